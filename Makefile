@@ -1,0 +1,27 @@
+# Two commands from a fresh clone: `make run` and `make test`. Both create .venv and install first.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-all bench reproduce clean
+
+# Re-installs only when pyproject.toml changes; otherwise this is a no-op.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/d2lrun $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest -q -m '' $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

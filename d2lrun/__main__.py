@@ -1,0 +1,4 @@
+"""`python -m d2lrun` is the `d2lrun` command."""
+from d2lrun.cli import train
+
+train()

@@ -1,0 +1,91 @@
+"""Checkpoints: plain dicts of tensors and containers, saved atomically, loaded with weights_only=True.
+
+A checkpoint (`last.pt`, `best.pt`) holds everything needed to resume or reload a run:
+    model      the state_dict                  optimizer  its state_dict
+    epoch      last completed epoch            history    metrics rows so far
+    best       {"epoch", "metric", "value"}    rng        torch, cuda and shuffling generator states
+    config     the run's config as a dict      spec       what the data decided (classes, statistics)
+`model.pt` is only the final state_dict, loadable into the book's own nn.Sequential.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from d2lrun.files import atomic_write
+
+FORMAT = "d2lrun-checkpoint"
+VERSION = 1
+CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "best", "rng", "config", "spec")
+
+
+def save_torch(path: str | Path, obj) -> Path:
+    """torch.save to memory first, then write atomically: a failed write leaves the old file intact."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write(path, buf.getvalue())
+
+
+def save_checkpoint(path: str | Path, ckpt: dict) -> Path:
+    return save_torch(path, {"format": FORMAT, "version": VERSION, **ckpt})
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a file saved by save_checkpoint (or a bare state_dict) without running any pickled code."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint. Fix: give a run directory or a .pt file that exists.")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory. Fix: give a .pt file, or pass the directory as run=.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).split("\n")[0]
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            raise ValueError(f"{path} was refused: it would run code when loaded, which a checkpoint never needs "
+                             f"({reason[:160]}). Fix: only load checkpoints that d2lrun or torch.save of tensors wrote.") from None
+        raise ValueError(f"{path} is not a readable checkpoint ({reason[:160]}). Fix: give a .pt file d2lrun wrote.") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ValueError(f"{path} is truncated or not a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
+                         f"Fix: use another checkpoint of the run (last.pt, best.pt) or train again.") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict. Fix: give a .pt file d2lrun wrote.")
+    return obj
+
+
+def is_full_checkpoint(obj: dict) -> bool:
+    return obj.get("format") == FORMAT
+
+
+def find_checkpoint(run: str | Path, name: str = "last.pt") -> Path:
+    """The checkpoint file for `run`, which is a run directory or a .pt file."""
+    run = Path(run)
+    if run.is_dir():
+        path = run / name
+        if not path.exists():
+            have = sorted(p.name for p in run.glob("*.pt"))
+            raise FileNotFoundError(f"{run} has no {name} (it has: {', '.join(have) or 'no .pt files'}). "
+                                    f"Fix: give a run directory that finished an epoch, or ckpt=PATH.")
+        return path
+    if not run.exists():
+        raise FileNotFoundError(f"{run}: no such run directory or checkpoint. Fix: give a path under outputs/.")
+    return run
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict, source: str) -> None:
+    """load_state_dict(strict=True), with one readable line when the architectures differ."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"missing keys {missing[:6]}" if missing else "", f"unexpected keys {unexpected[:6]}" if unexpected else "",
+                 f"shape mismatches {shapes[:4]}" if shapes else ""]
+        raise ValueError(f"{source} was saved from another architecture: {'; '.join(p for p in parts if p)}. "
+                         f"Fix: rebuild the model with the run's own config (d2lrun-eval run=DIR does).")
+    model.load_state_dict(state)

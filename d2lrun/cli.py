@@ -1,0 +1,166 @@
+"""The command-line entry points. Each resolves its paths and calls a plain function.
+
+    d2lrun          train (d2lrun.run.train_run); `-m` sweeps
+    d2lrun-eval     evaluate a saved run (d2lrun.reload.evaluate_run)
+    d2lrun-predict  predict new inputs with a saved run (d2lrun.reload.predict_file)
+    d2lrun-report   the results table of a sweep directory (d2lrun.sweep.report)
+
+Mistakes end with one line on stderr and an exit code: 2 for a bad config or input, 1 when
+the run itself fails (divergence, disk), 130 for Ctrl-C. HYDRA_FULL_ERROR=1 shows tracebacks.
+Heavy imports (torch, pandas, matplotlib) happen inside the functions, so `--help` is quick.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+
+def _config_dir() -> str:
+    here = Path(__file__).resolve().parent
+    shipped = here / "configs"  # a non-editable install ships configs/ inside the package
+    return str(shipped if shipped.is_dir() else here.parent / "configs")
+
+
+CONFIG_DIR = _config_dir()
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+_task_started = False  # a SystemExit(1) before our task runs is Hydra's own config error
+
+
+def fail(message: str, code: int) -> int:
+    print(f"d2lrun: error: {message}", file=sys.stderr)
+    return code
+
+
+def guarded(fn, run_dir: Path | None = None):
+    """Run fn(); turn the errors a user can cause into (exit code, None) after one line on stderr."""
+    from d2lrun.train import Diverged, Interrupted
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return 0, fn()
+    try:
+        return 0, fn()
+    except Interrupted as e:
+        if run_dir is not None and (run_dir / "last.pt").exists():
+            resume = f"d2lrun resume={run_dir}"
+            return fail(f"interrupted after epoch {e.args[0]}; the last complete epoch is saved. Resume with: {resume}",
+                        EXIT_INTERRUPTED), None
+        return fail("interrupted before any epoch finished; nothing to resume.", EXIT_INTERRUPTED), None
+    except KeyboardInterrupt:
+        return fail("interrupted before training started; nothing was saved.", EXIT_INTERRUPTED), None
+    except Diverged as e:
+        return fail(f"diverged: {e}", EXIT_FAILED), None
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        return fail(str(e), EXIT_USAGE), None
+    except OSError as e:  # disk full, permission denied, ...
+        where = f" ({e.filename})" if e.filename else ""
+        return fail(f"{e.strerror or e}{where}. Fix: free disk space or choose a writable hydra.run.dir=.",
+                    EXIT_FAILED), None
+
+
+def _record_failure(run_dir: Path, code: int) -> None:
+    """A sweep job that failed before training still leaves its status for the summary table."""
+    from d2lrun.files import write_json
+
+    if not (run_dir / "metrics.json").exists():
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "metrics.json", {"status": "failed", "reason": _last_error, "exit_code": code})
+        except OSError:
+            pass
+
+
+_last_error = ""
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _train(cfg: DictConfig):
+    global _task_started
+    _task_started = True
+    from d2lrun.run import train_run
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    overrides = [o for o in hc.overrides.task if not o.startswith("resume=")]
+    code, summary = guarded(lambda: train_run(cfg, run_dir, resume_overrides=overrides), run_dir)
+    if code == EXIT_INTERRUPTED:
+        sys.exit(code)
+    if hc.mode == RunMode.MULTIRUN:
+        return summary  # a failed job is recorded in its metrics.json; the sweep goes on
+    if code:
+        sys.exit(code)
+    return summary
+
+
+def _main(task) -> None:
+    try:
+        task()
+    except SystemExit as e:
+        if e.code == 1 and not _task_started:
+            sys.exit(EXIT_USAGE)  # Hydra printed its own message (unknown option, bad override, ...)
+        raise
+
+
+def train() -> None:
+    """`d2lrun`: train one model, or sweep with -m."""
+    _main(_train)
+
+
+def _run_target(cfg: DictConfig) -> tuple[str | None, str | None]:
+    if not cfg.run and not cfg.ckpt:
+        raise ValueError("say which run: run=outputs/DATE/TIME (a run directory) or ckpt=PATH (a .pt file).")
+    return cfg.run, cfg.ckpt
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def _evaluate(cfg: DictConfig) -> None:
+    global _task_started
+    _task_started = True
+
+    def work():
+        import json
+
+        from d2lrun.files import write_json
+        from d2lrun.reload import evaluate_run, load_run
+
+        run = load_run(*_run_target(cfg), device=cfg.device)
+        metrics = evaluate_run(run)
+        out = run.checkpoint.parent / "eval.json"
+        write_json(out, {"checkpoint": str(run.checkpoint), "device": str(run.device), **metrics})
+        print(json.dumps(metrics))
+        print(f"wrote {out}")
+
+    code, _ = guarded(work)
+    sys.exit(code)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def _predict(cfg: DictConfig) -> None:
+    global _task_started
+    _task_started = True
+
+    def work():
+        from d2lrun.reload import load_run, predict_file
+
+        run = load_run(*_run_target(cfg), device=cfg.device)
+        out = Path(cfg.output) if cfg.output else run.checkpoint.parent / "predictions.csv"
+        n = predict_file(run, Path(cfg.input), out)
+        print(f"wrote {n} prediction(s) to {out}")
+
+    code, _ = guarded(work)
+    sys.exit(code)
+
+
+def evaluate() -> None:
+    """`d2lrun-eval run=DIR`: metrics of a saved run on its held-out split."""
+    _main(_evaluate)
+
+
+def predict() -> None:
+    """`d2lrun-predict run=DIR input=FILE`: predictions for new inputs."""
+    _main(_predict)

@@ -1,0 +1,59 @@
+"""Dataset registry: `build_data(cfg, seed, device) -> (train, val, spec)`.
+
+Every dataset here fits in memory, so each split is held as two whole tensors on the training
+device and batched by slicing a shuffled index (see d2lrun.train) — no DataLoader, no per-sample
+transforms. `spec` is a plain dict of what the data decides (inputs, classes, image shape,
+preprocessing statistics); models read it and it is saved in every checkpoint.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+DATASETS = {
+    "synthetic": "d2lrun.data.synthetic",
+    "csv": "d2lrun.data.csv",
+    "fashion_mnist": "d2lrun.data.fashion_mnist",
+}
+
+
+@dataclass
+class Split:
+    """One split as whole tensors: X is float features or uint8 images (N, C, H, W); y is (N, 1) or (N,)."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.X.to(device), self.y.to(device))
+
+
+# Decoded datasets, keyed by their config: the jobs of a sweep in one process decode each once.
+_CACHE: dict[str, tuple[Split, Split, dict]] = {}
+_CACHE_SIZE = 4
+
+
+def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -> tuple[Split, Split, dict]:
+    """Load (or reuse) the dataset named by cfg.name and move both splits to `device`."""
+    name = cfg.get("name")
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset '{name}'. Choose one of: {', '.join(DATASETS)}.")
+    key = json.dumps([OmegaConf.to_container(cfg, resolve=True), seed], sort_keys=True)
+    if key not in _CACHE:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = importlib.import_module(DATASETS[name]).load(cfg, seed)
+    train, val, spec = _CACHE[key]
+    return train.to(device), val.to(device), spec
+
+
+def prepare_batch(X: torch.Tensor) -> torch.Tensor:
+    """Images are stored as uint8 and scaled to [0, 1] per batch, as ToTensor would (§3.5)."""
+    return X.float().div_(255) if X.dtype == torch.uint8 else X

@@ -1,0 +1,47 @@
+"""The book's synthetic regression data (§3.1-3.2, §4.5): y = Xw + b + ε, X ~ N(0, 1), ε ~ N(0, noise²)."""
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from d2lrun.data import Split
+
+
+def true_params(cfg: DictConfig) -> tuple[torch.Tensor, float]:
+    """w as a tensor (a list as given, or one number repeated num_inputs times) and b."""
+    w = cfg.w
+    if OmegaConf.is_list(w):
+        if cfg.get("num_inputs") not in (None, len(w)):
+            raise ValueError(f"dataset.num_inputs={cfg.num_inputs} but dataset.w has {len(w)} values. "
+                             f"Fix: drop dataset.num_inputs, or give one number as dataset.w.")
+        weights = torch.tensor(list(w), dtype=torch.float32)
+    else:
+        n = cfg.get("num_inputs")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"dataset.w={w} is one number, so dataset.num_inputs must say how many inputs "
+                             f"(got {n}). Fix: dataset.num_inputs=200.")
+        weights = torch.full((n,), float(w))
+    return weights, float(cfg.b)
+
+
+def synthetic_data(w: torch.Tensor, b: float, num_examples: int, noise: float,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The book's `synthetic_data` (§3.2), with an explicit generator for reproducibility."""
+    X = torch.normal(0, 1, (num_examples, len(w)), generator=generator)  # (N, d)
+    y = X @ w + b + torch.normal(0, noise, (num_examples,), generator=generator)
+    return X, y.reshape(-1, 1)  # (N, d), (N, 1)
+
+
+def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
+    w, b = true_params(cfg)
+    for key in ("num_train", "num_val"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ValueError(f"dataset.{key}={cfg[key]} must be a whole number of at least 1. Fix: dataset.{key}=1000.")
+    if cfg.noise < 0:
+        raise ValueError(f"dataset.noise={cfg.noise} must be 0 or more. Fix: dataset.noise=0.01.")
+    g = torch.Generator().manual_seed(seed)
+    X, y = synthetic_data(w, b, cfg.num_train + cfg.num_val, cfg.noise, g)
+    n = cfg.num_train
+    spec = {"dataset": "synthetic", "task": "regression", "num_inputs": len(w), "num_outputs": 1,
+            "image_shape": None, "class_names": None, "true_w": w.tolist(), "true_b": b}
+    return Split(X[:n], y[:n]), Split(X[n:], y[n:]), spec

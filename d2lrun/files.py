@@ -1,0 +1,77 @@
+"""Run outputs, each written atomically: a temporary file in the same folder, fsync, then rename.
+
+A reader (or a crash, or `kill -9`) therefore sees either the old complete file or the new one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, data: bytes) -> Path:
+    """Write bytes to path so that it is never seen half-written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def write_json(path: str | Path, obj) -> Path:
+    return atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> Path:
+    """Rows of dicts as CSV; the columns are the union of keys in first-seen order."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, buf.getvalue().encode())
+
+
+def plot_curves(path: str | Path, rows: list[dict], title: str = "") -> Path:
+    """Loss (and accuracy) per epoch for training and validation, like the book's plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    panels = [("loss", "loss")] + ([("acc", "accuracy")] if "val_acc" in rows[0] else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for split, style in (("train", "-"), ("val", "--")):
+            if f"{split}_{key}" in rows[0]:
+                ax.plot(epochs, [r[f"{split}_{key}"] for r in rows], style, marker="o", label=f"{split} {label}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        if key == "loss" and all(r["train_loss"] > 0 for r in rows):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return atomic_write(path, buf.getvalue())

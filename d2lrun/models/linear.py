@@ -1,0 +1,61 @@
+"""Linear and softmax regression (§3.1-3.7), concise (nn.Linear) and from scratch (raw tensors).
+
+The concise models are the book's nn.Sequential definitions, so their state_dict keys match the
+book's (`0.weight` for §3.3, `1.weight` for §3.7) and `net.load_state_dict(...)` works there.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LinearRegression(nn.Sequential):
+    """§3.3: nn.Sequential(nn.Linear(num_inputs, 1)), keys 0.weight, 0.bias."""
+
+    def __init__(self, num_inputs: int):
+        super().__init__(nn.Linear(num_inputs, 1))
+
+    def get_w_b(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self[0].weight.detach().reshape(-1), self[0].bias.detach()
+
+
+class LinearRegressionScratch(nn.Module):
+    """§3.4: w ~ N(0, 0.01²) of shape (num_inputs, 1), b = 0, y_hat = Xw + b."""
+
+    scratch = True  # raw tensors laid out as (fan_in, fan_out), as the book writes them
+
+    def __init__(self, num_inputs: int, sigma: float = 0.01):
+        super().__init__()
+        self.w = nn.Parameter(torch.normal(0, sigma, (num_inputs, 1)))
+        self.b = nn.Parameter(torch.zeros(1))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return X @ self.w + self.b  # (B, d) @ (d, 1) -> (B, 1)
+
+    def get_w_b(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.w.detach().reshape(-1), self.b.detach()
+
+
+class SoftmaxRegression(nn.Sequential):
+    """§3.7: nn.Sequential(nn.Flatten(), nn.Linear(num_inputs, num_outputs)); outputs logits."""
+
+    def __init__(self, num_inputs: int, num_outputs: int):
+        super().__init__(nn.Flatten(), nn.Linear(num_inputs, num_outputs))
+
+
+class SoftmaxRegressionScratch(nn.Module):
+    """§3.6: W ~ N(0, 0.01²) of shape (num_inputs, num_outputs), b = 0; outputs logits X W + b.
+
+    The softmax itself lives in the scratch loss (d2lrun.train.cross_entropy_scratch), which is
+    the numerically stable form of the book's softmax followed by -log.
+    """
+
+    scratch = True  # raw tensors laid out as (fan_in, fan_out), as the book writes them
+
+    def __init__(self, num_inputs: int, num_outputs: int, sigma: float = 0.01):
+        super().__init__()
+        self.W = nn.Parameter(torch.normal(0, sigma, (num_inputs, num_outputs)))
+        self.b = nn.Parameter(torch.zeros(num_outputs))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return X.reshape(-1, self.W.shape[0]) @ self.W + self.b  # (B, d) @ (d, q) -> (B, q)

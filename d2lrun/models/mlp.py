@@ -1,0 +1,65 @@
+"""Multilayer perceptrons (§4.2-4.3, dropout §4.6), concise and from scratch."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+class MLP(nn.Sequential):
+    """§4.3: Flatten, then per hidden layer Linear + activation (+ Dropout, §4.6), then Linear.
+
+    With one hidden layer and no dropout the keys are the book's 1.* and 3.*.
+    """
+
+    def __init__(self, num_inputs: int, num_outputs: int, num_hiddens: list[int],
+                 activation: str = "relu", dropouts: list[float] | None = None):
+        dropouts = dropouts or [0.0] * len(num_hiddens)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for fan_in, fan_out, p in zip([num_inputs, *num_hiddens], num_hiddens, dropouts):
+            layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
+            if p > 0:
+                layers.append(nn.Dropout(p))
+        layers.append(nn.Linear(([num_inputs, *num_hiddens])[-1], num_outputs))
+        super().__init__(*layers)
+
+
+def dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:
+    """§4.6's dropout_layer: keep each unit with probability 1 - p and scale it by 1 / (1 - p)."""
+    if p == 1:
+        return torch.zeros_like(X)
+    mask = (torch.rand(X.shape, device=X.device) > p).float()
+    return mask * X / (1.0 - p)
+
+
+class MLPScratch(nn.Module):
+    """§4.2: W_l ~ N(0, 0.01²) of shape (fan_in, fan_out), b_l = 0, hand-written activations."""
+
+    scratch = True  # raw tensors laid out as (fan_in, fan_out), as the book writes them
+
+    def __init__(self, num_inputs: int, num_outputs: int, num_hiddens: list[int],
+                 activation: str = "relu", dropouts: list[float] | None = None, sigma: float = 0.01):
+        super().__init__()
+        sizes = [num_inputs, *num_hiddens, num_outputs]
+        self.Ws = nn.ParameterList(nn.Parameter(torch.randn(a, b) * sigma) for a, b in zip(sizes, sizes[1:]))
+        self.bs = nn.ParameterList(nn.Parameter(torch.zeros(b)) for b in sizes[1:])
+        self.activation = activation
+        self.dropouts = dropouts or [0.0] * len(num_hiddens)
+
+    def act(self, H: torch.Tensor) -> torch.Tensor:
+        if self.activation == "relu":
+            return torch.max(H, torch.zeros_like(H))  # §4.2's relu
+        if self.activation == "sigmoid":
+            return 1 / (1 + torch.exp(-H))
+        return torch.tanh(H)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        H = X.reshape(-1, self.Ws[0].shape[0])  # (B, d)
+        for i, (W, b) in enumerate(zip(self.Ws, self.bs)):
+            H = H @ W + b
+            if i < len(self.dropouts):  # hidden layers only
+                H = self.act(H)
+                if self.training and self.dropouts[i] > 0:
+                    H = dropout_layer(H, self.dropouts[i])
+        return H  # (B, q) logits

@@ -1,0 +1,207 @@
+"""The training loop: `fit` runs `train_one_epoch` and `evaluate` once per epoch.
+
+Data stays on the device as whole tensors; a batch is a slice of a shuffled index. Losses and
+correct counts accumulate as device tensors and are read once per epoch, so no batch waits for
+the host. Checkpoints, metrics rows and the progress bar are plain lines at the end of an epoch.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from d2lrun.checkpoint import save_checkpoint
+from d2lrun.data import Split, prepare_batch
+from d2lrun.optim import l1_penalty
+
+EVAL_BATCH_SIZE = 1024  # evaluation needs no gradients, so bigger batches are only faster
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training; the last complete epoch is on disk."""
+
+
+def squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """§3.1: (y_hat - y)² / 2, averaged over the batch (the book sums, then divides in sgd)."""
+    return ((y_hat - y.reshape(y_hat.shape)) ** 2 / 2).mean()
+
+
+def cross_entropy_scratch(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """§3.6's softmax + -log(y_hat[y]), written in the stable log-sum-exp form (§3.7.2)."""
+    shifted = logits - logits.max(dim=1, keepdim=True).values  # (B, q); exp can no longer overflow
+    log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()
+    return -log_probs[torch.arange(len(y), device=y.device), y].mean()
+
+
+def loss_for(spec: dict, scratch: bool):
+    """The book's loss for the task: squared loss (scratch, §3.4) or MSELoss (§3.5); cross-entropy."""
+    if spec["task"] == "regression":
+        return squared_loss if scratch else F.mse_loss
+    return cross_entropy_scratch if scratch else F.cross_entropy
+
+
+@dataclass
+class Options:
+    epochs: int
+    batch_size: int
+    l1: float = 0.0
+    checkpoint_every: int = 1
+    progress: bool = True
+
+
+@dataclass
+class History:
+    """What a checkpoint restores besides weights: completed epochs, their metrics, the best one."""
+
+    epoch: int = 0
+    rows: list[dict] = field(default_factory=list)
+    best: dict | None = None
+
+
+def train_one_epoch(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, data: Split,
+                    batch_size: int, generator: torch.Generator, l1: float = 0.0,
+                    classify: bool = False, on_batch=None) -> dict[str, torch.Tensor]:
+    """One pass over shuffled minibatches; returns device tensors (loss sum, correct, per-batch loss)."""
+    model.train()
+    device = data.X.device
+    n = len(data)
+    perm = torch.randperm(n, generator=generator).to(device)
+    num_batches = math.ceil(n / batch_size)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    batch_losses = torch.empty(num_batches, device=device)
+    for i in range(num_batches):
+        idx = perm[i * batch_size:(i + 1) * batch_size]
+        X, y = prepare_batch(data.X[idx]), data.y[idx]
+        y_hat = model(X)
+        loss = loss_fn(y_hat, y)
+        objective = loss + l1 * l1_penalty(model) if l1 else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+        loss = loss.detach()
+        batch_losses[i] = loss
+        loss_sum += loss * len(idx)
+        if classify:
+            correct += (y_hat.argmax(dim=1) == y).sum()
+        if on_batch:
+            on_batch()
+    return {"loss_sum": loss_sum, "correct": correct, "batch_losses": batch_losses}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn, data: Split, classify: bool) -> dict[str, float]:
+    """Mean loss (and accuracy) over a split, in order, in evaluation mode (dropout off)."""
+    model.eval()
+    loss_sum = torch.zeros((), device=data.X.device)
+    correct = torch.zeros((), device=data.X.device, dtype=torch.long)
+    for start in range(0, len(data), EVAL_BATCH_SIZE):
+        X, y = prepare_batch(data.X[start:start + EVAL_BATCH_SIZE]), data.y[start:start + EVAL_BATCH_SIZE]
+        y_hat = model(X)
+        loss_sum += loss_fn(y_hat, y) * len(y)
+        if classify:
+            correct += (y_hat.argmax(dim=1) == y).sum()
+    metrics = {"loss": loss_sum.item() / len(data)}
+    if classify:
+        metrics["acc"] = correct.item() / len(data)
+    return metrics
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "shuffle": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["shuffle"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, train: Split, val: Split,
+        opts: Options, run_dir: Path, generator: torch.Generator, history: History,
+        checkpoint_extra: dict, classify: bool, log=print) -> History:
+    """Train for opts.epochs epochs from history.epoch; checkpoint, record and print each epoch."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    metric = "val_acc" if classify else "val_loss"  # higher accuracy, or lower loss, is better
+    saved_epoch = history.epoch
+    pending: dict | None = None  # the last complete epoch's checkpoint, if not yet on disk
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=True, disable=not opts.progress)
+    task = progress.add_task("", total=math.ceil(len(train) / opts.batch_size))
+    try:
+        with progress:
+            for epoch in range(history.epoch + 1, opts.epochs + 1):
+                progress.reset(task, description=f"epoch {epoch}/{opts.epochs}")
+                start = time.perf_counter()
+                out = train_one_epoch(model, loss_fn, optimizer, train, opts.batch_size, generator, opts.l1,
+                                      classify, on_batch=lambda: progress.advance(task))
+                train_loss = out["loss_sum"].item() / len(train)  # the one host sync of the epoch
+                if not math.isfinite(train_loss):
+                    bad = int((~torch.isfinite(out["batch_losses"])).nonzero()[0])
+                    raise Diverged(f"the training loss became {out['batch_losses'][bad].item()} at epoch {epoch}, "
+                                   f"batch {bad + 1}. Fix: lower optim.lr (now {optimizer.param_groups[0]['lr']:g}).")
+                train_seconds = time.perf_counter() - start
+                row = {"epoch": epoch, "train_loss": train_loss}
+                if classify:
+                    row["train_acc"] = out["correct"].item() / len(train)
+                row |= {f"val_{k}": v for k, v in evaluate(model, loss_fn, val, classify).items()}
+                row |= {"seconds": round(time.perf_counter() - start, 4),
+                        "examples_per_s": round(len(train) / train_seconds, 1)}
+                history.rows.append(row)
+                history.epoch = epoch
+                best = history.best["value"] if history.best else None
+                improved = best is None or (row[metric] > best if classify else row[metric] < best)
+                if improved:
+                    history.best = {"epoch": epoch, "metric": metric, "value": row[metric]}
+                pending = make_checkpoint(model, optimizer, history, generator, checkpoint_extra)
+                if improved:
+                    save_checkpoint(run_dir / "best.pt", pending)
+                if epoch % opts.checkpoint_every == 0 or epoch == opts.epochs:
+                    save_checkpoint(run_dir / "last.pt", pending)
+                    saved_epoch, pending = epoch, None
+                log(format_row(row, opts.epochs))
+    except KeyboardInterrupt:
+        if pending is not None and history.epoch > saved_epoch:
+            save_checkpoint(run_dir / "last.pt", pending)
+        raise Interrupted(history.epoch) from None
+    return history
+
+
+def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, history: History,
+                    generator: torch.Generator, extra: dict) -> dict:
+    """A resumable snapshot at an epoch boundary; tensors are copied so training can go on."""
+    return {"model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+            "optimizer": _to_cpu(optimizer.state_dict()), "epoch": history.epoch,
+            "history": [dict(r) for r in history.rows], "best": dict(history.best) if history.best else None,
+            "rng": rng_state(generator), **extra}
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def format_row(row: dict, epochs: int) -> str:
+    """One summary line per epoch: metrics, seconds and examples/s."""
+    width = len(str(epochs))
+    metrics = "  ".join(f"{k} {v:.4g}" if "loss" in k else f"{k} {v:.3f}"
+                        for k, v in row.items() if k not in ("epoch", "seconds", "examples_per_s"))
+    return f"epoch {row['epoch']:>{width}}/{epochs}  {metrics}  {row['seconds']:.2f}s  {row['examples_per_s']:,.0f} ex/s"
