@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny Fashion-MNIST written in the real IDX format, the real files when present,
+and a helper that runs the installed command-line tools."""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_FASHION_MNIST = ROOT.parent / "shared" / "data" / "fashion-mnist"
+BIN = Path(sys.executable).parent
+
+
+def write_fake_fashion_mnist(root: Path, num_train: int = 64, num_test: int = 32, seed: int = 0) -> Path:
+    """Write uncompressed IDX files under root/FashionMNIST/raw, as torchvision expects after download.
+
+    Each class gets a bright square in its own place, so a model can learn it in an epoch or two.
+    """
+    raw = Path(root) / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", num_train), ("t10k", num_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        rng.shuffle(labels)
+        images = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
+        for i, c in enumerate(labels):
+            r, col = divmod(int(c), 5)
+            images[i, 4 + 10 * r: 12 + 10 * r, 1 + 5 * col: 5 + 5 * col] = 255
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return Path(root)
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path_factory) -> Path:
+    """Root folder of a tiny IDX-format Fashion-MNIST (64 train, 32 test images)."""
+    return write_fake_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture(scope="session")
+def real_fmnist(tmp_path_factory) -> Path:
+    """A root with the real Fashion-MNIST .gz files copied in; skips when they are not on this machine."""
+    if not all((REAL_FASHION_MNIST / f).exists() for f in
+               ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")):
+        pytest.skip(f"real Fashion-MNIST files not found in {REAL_FASHION_MNIST}")
+    root = tmp_path_factory.mktemp("real_fmnist")
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in REAL_FASHION_MNIST.glob("*.gz"):
+        shutil.copy(f, raw / f.name)
+    return root
+
+
+def run_cli(*args: str, tool: str = "d2lrun", env: dict | None = None, timeout: float = 300,
+            **kwargs) -> subprocess.CompletedProcess:
+    """Run an installed d2lrun command; returns the completed process (never raises on exit code)."""
+    exe = BIN / tool
+    cmd = [str(exe) if exe.exists() else shutil.which(tool) or tool, *args]
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR") if full_env["HYDRA_FULL_ERROR"] == "0" else None
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, **kwargs)
