@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -44,13 +43,15 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).split("\n")[0]
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+        if "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            culprit = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "")
             raise ValueError(f"{path} was refused: it would run code when loaded, which a checkpoint never needs "
-                             f"({reason[:160]}). Fix: only load checkpoints that d2lrun or torch.save of tensors wrote.") from None
-        raise ValueError(f"{path} is not a readable checkpoint ({reason[:160]}). Fix: give a .pt file d2lrun wrote.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ValueError(f"{path} is truncated or not a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
+                             f"({culprit[:120]}). Fix: only load checkpoints that d2lrun wrote.") from None
+        raise ValueError(f"{path} is truncated or not a checkpoint (unpickling failed). "
+                         f"Fix: use another checkpoint of the run (last.pt, best.pt) or train again.") from None
+    except Exception as e:  # torch raises many kinds for a damaged zip or pickle stream
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise ValueError(f"{path} is truncated or not a checkpoint ({type(e).__name__}{': ' + first if first else ''}). "
                          f"Fix: use another checkpoint of the run (last.pt, best.pt) or train again.") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict. Fix: give a .pt file d2lrun wrote.")

@@ -1,0 +1,120 @@
+"""The training loop: learning, device-side accounting, divergence, checkpoints, interrupts, L1/L2."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from d2lrun.checkpoint import load_checkpoint
+from d2lrun.data import Split
+from d2lrun.models import build_model
+from d2lrun.optim import build_optimizer, l1_penalty
+from d2lrun.train import (Diverged, History, Interrupted, Options, cross_entropy_scratch, evaluate, fit,
+                          squared_loss, train_one_epoch)
+
+SPEC = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "num_outputs": 1, "image_shape": None}
+
+
+def regression_data(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 2, generator=g)
+    return Split(X, (X @ torch.tensor([2.0, -3.4]) + 4.2).reshape(-1, 1))
+
+
+def linreg():
+    torch.manual_seed(0)
+    return build_model(OmegaConf.create({"name": "linreg", "impl": "concise"}), SPEC)
+
+
+def sgd(model, lr=0.03, wd=0.0):
+    return build_optimizer(model, OmegaConf.create({"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": wd}))
+
+
+def run_fit(tmp_path, model, opt, epochs=3, **kw):
+    data = regression_data()
+    return fit(model, opt, torch.nn.functional.mse_loss, data, data, Options(epochs, 10, **kw), tmp_path,
+               torch.Generator().manual_seed(0), History(), {"config": {}, "spec": SPEC}, classify=False,
+               log=lambda *_: None)
+
+
+def test_fit_learns_and_writes_checkpoints(tmp_path):
+    model = linreg()
+    history = run_fit(tmp_path, model, sgd(model, lr=0.1))
+    assert [r["epoch"] for r in history.rows] == [1, 2, 3]
+    assert history.rows[-1]["val_loss"] < 1e-4 < 1 < history.rows[0]["train_loss"]
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 3 and ckpt["best"]["metric"] == "val_loss" and len(ckpt["history"]) == 3
+    assert (tmp_path / "best.pt").exists()
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_checkpoint_every_skips_epochs_but_always_saves_the_last(tmp_path):
+    model = linreg()
+    saved = []
+    import d2lrun.train as train_mod
+
+    original = train_mod.save_checkpoint
+    train_mod.save_checkpoint = lambda path, ck: saved.append((path.name, ck["epoch"])) or original(path, ck)
+    try:
+        run_fit(tmp_path, model, sgd(model), epochs=5, checkpoint_every=2)
+    finally:
+        train_mod.save_checkpoint = original
+    assert [e for name, e in saved if name == "last.pt"] == [2, 4, 5]
+
+
+def test_divergence_stops_with_epoch_and_batch(tmp_path):
+    model = linreg()
+    with pytest.raises(Diverged, match=r"epoch 1, batch \d+\. Fix: lower optim.lr"):
+        run_fit(tmp_path, model, sgd(model, lr=1e6))
+    assert not (tmp_path / "last.pt").exists()  # nothing saved from a diverged epoch
+
+
+def test_ctrl_c_saves_the_last_complete_epoch(tmp_path):
+    model = linreg()
+    opt = sgd(model)
+    calls = {"n": 0}
+    original = opt.step
+
+    def step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 20 * 3 + 5:  # in epoch 4 (20 batches per epoch)
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    opt.step = step
+    with pytest.raises(Interrupted):
+        run_fit(tmp_path, model, opt, epochs=6, checkpoint_every=10)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
+
+
+def test_weight_decay_applies_to_weights_not_biases():
+    model = linreg()
+    opt = sgd(model, wd=0.5)
+    groups = {tuple(p.shape): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert groups == {(1, 2): 0.5, (1,): 0.0}
+
+
+def test_l1_penalty_sums_absolute_weights_only():
+    model = linreg()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -2.0]]))
+        model[0].bias.fill_(100.0)
+    assert l1_penalty(model).item() == 3.0
+
+
+def test_train_one_epoch_accumulates_on_device_and_counts_correct():
+    X = torch.randn(30, 4)
+    y = (X[:, 0] > 0).long()
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = train_one_epoch(model, torch.nn.functional.cross_entropy, opt, Split(X, y), 8,
+                          torch.Generator().manual_seed(0), classify=True)
+    assert out["loss_sum"].ndim == 0 and out["batch_losses"].shape == (4,)  # last partial batch kept
+    assert 0 <= out["correct"].item() <= 30
+    metrics = evaluate(model, torch.nn.functional.cross_entropy, Split(X, y), classify=True)
+    assert set(metrics) == {"loss", "acc"}
+
+
+def test_scratch_losses_match_torch():
+    logits, y = torch.randn(6, 10) * 50, torch.randint(0, 10, (6,))
+    assert torch.allclose(cross_entropy_scratch(logits, y), torch.nn.functional.cross_entropy(logits, y), atol=1e-5)
+    y_hat, t = torch.randn(5, 1), torch.randn(5, 1)
+    assert torch.allclose(squared_loss(y_hat, t) * 2, torch.nn.functional.mse_loss(y_hat, t))
