@@ -1,0 +1,213 @@
+"""Reload a saved run: evaluate, predict, resume bit for bit, survive Ctrl-C and kill -9, refuse bad files."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from d2lrun import load_run
+from tests.conftest import BIN, run_cli
+
+FAST = ["trainer.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    from tests.conftest import write_fake_fashion_mnist
+
+    root = write_fake_fashion_mnist(tmp_path_factory.mktemp("fm"))
+    run = tmp_path_factory.mktemp("runs") / "mlp"
+    r = run_cli("model=mlp", "model.num_hiddens=[32]", "trainer.epochs=2", "trainer.batch_size=16",
+                f"dataset.root={root}", "dataset.download=false", f"hydra.run.dir={run}", *FAST)
+    assert r.returncode == 0, r.stderr
+    return run, root
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("csv")
+    rng = np.random.default_rng(0)
+    n = 200
+    size = rng.normal(0, 1, n)
+    color = rng.choice(["red", "blue", None], n)
+    label = np.where(size + (color == "red") > 0.3, "big", "small")
+    size[rng.random(n) < 0.1] = np.nan
+    pd.DataFrame({"size": size, "color": color, "label": label}).to_csv(tmp / "data.csv", index=False)
+    run = tmp / "run"
+    r = run_cli("dataset=csv", f"dataset.path={tmp / 'data.csv'}", "dataset.target=label", "model=softmax",
+                "trainer.epochs=3", f"hydra.run.dir={run}", *FAST)
+    assert r.returncode == 0, r.stderr
+    return run, tmp
+
+
+def test_eval_reproduces_the_final_metrics_exactly(image_run):
+    run, _ = image_run
+    r = run_cli(f"run={run}", tool="d2lrun-eval")
+    assert r.returncode == 0, r.stderr
+    final = json.loads((run / "metrics.json").read_text())["final"]
+    evaluated = json.loads((run / "eval.json").read_text())
+    assert evaluated["val_loss"] == final["val_loss"] and evaluated["val_acc"] == final["val_acc"]
+    assert json.loads(r.stdout.splitlines()[0]) == {"val_loss": final["val_loss"], "val_acc": final["val_acc"]}
+
+
+def test_eval_of_best_checkpoint(image_run):
+    run, _ = image_run
+    r = run_cli(f"ckpt={run / 'best.pt'}", tool="d2lrun-eval")
+    assert r.returncode == 0, r.stderr
+    best = json.loads((run / "metrics.json").read_text())["best"]
+    assert json.loads(r.stdout.splitlines()[0])["val_acc"] == best["value"]
+
+
+def test_load_run_predicts_class_names_from_uint8_images(image_run):
+    run, root = image_run
+    loaded = load_run(run)
+    assert not loaded.model.training
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    preds = loaded.predict(images)
+    assert len(preds) == 3 and all(p in loaded.spec["class_names"] for p in preds)
+    assert len(loaded.predict(torch.zeros(28, 28, dtype=torch.uint8))) == 1
+
+
+def test_predict_new_csv_rows_with_missing_values_and_unseen_categories(csv_run):
+    run, tmp = csv_run
+    rows = pd.DataFrame({"size": [2.0, np.nan, -2.0], "color": ["red", "green", None]})
+    preds = load_run(run).predict(rows)
+    assert preds[0] == "big" and preds[2] == "small" and preds[1] in ("big", "small")
+    rows.to_csv(tmp / "new.csv", index=False)
+    r = run_cli(f"run={run}", f"input={tmp / 'new.csv'}", f"output={tmp / 'out.csv'}", tool="d2lrun-predict")
+    assert r.returncode == 0, r.stderr
+    out = pd.read_csv(tmp / "out.csv")
+    assert list(out.columns) == ["size", "color", "prediction"] and out["prediction"].tolist() == preds
+
+
+def test_resume_is_bit_for_bit(tmp_path, fake_fmnist):
+    """4 epochs straight == 2 epochs, then resumed to 4 (with dropout, so RNG state matters)."""
+    common = ["model=mlp", "model.num_hiddens=[32]", "regularizer=dropout", "optim.momentum=0.9",
+              "trainer.batch_size=16", f"dataset.root={fake_fmnist}", "dataset.download=false", *FAST]
+    assert run_cli(*common, "trainer.epochs=4", f"hydra.run.dir={tmp_path / 'full'}").returncode == 0
+    assert run_cli(*common, "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'half'}").returncode == 0
+    r = run_cli(f"resume={tmp_path / 'half'}", "trainer.epochs=4", f"hydra.run.dir={tmp_path / 'resumed'}", *FAST)
+    assert r.returncode == 0, r.stderr
+    assert "from epoch 2" in r.stdout
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert summary["resumed_from"].startswith(str(tmp_path / "half")) and summary["epochs_completed"] == 4
+
+
+@pytest.mark.parametrize("override,key", [("model=lenet", "model"), ("dataset.num_train=10", "dataset.num_train"),
+                                          ("seed=3", "seed")])
+def test_resume_refuses_overrides_that_change_the_model_or_data(tmp_path, override, key):
+    assert run_cli("trainer.epochs=1", f"hydra.run.dir={tmp_path / 'a'}", *FAST).returncode == 0
+    r = run_cli(f"resume={tmp_path / 'a'}", override, f"hydra.run.dir={tmp_path / 'b'}", *FAST)
+    assert r.returncode == 2 and f"cannot change {key}" in r.stderr and "Traceback" not in r.stderr
+
+
+def long_run(tmp_path, *extra):
+    """A synthetic run long enough to interrupt: many epochs over 200,000 examples."""
+    cmd = [str(BIN / "d2lrun"), "dataset.num_train=200000", "dataset.num_val=1000", "trainer.batch_size=100",
+           "trainer.epochs=1000", f"hydra.run.dir={tmp_path / 'run'}", *FAST, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epoch(proc, epoch=1):
+    for line in proc.stdout:
+        if line.startswith(f"epoch {epoch:>4}/"):
+            return
+    raise AssertionError(proc.stderr.read())
+
+
+def test_ctrl_c_saves_and_prints_the_resume_command(tmp_path):
+    proc = long_run(tmp_path)
+    wait_for_epoch(proc, 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"Resume with: d2lrun resume={tmp_path / 'run'}" in err and "Traceback" not in err
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] >= 1
+
+
+def test_kill_9_never_leaves_a_broken_checkpoint(tmp_path):
+    """A big model makes each checkpoint write take a while; kill at random moments, then resume."""
+    rng = np.random.default_rng(0)
+    proc = long_run(tmp_path, "model=mlp", "dataset=synthetic", "model.num_hiddens=[1024,1024]", "dataset.num_train=20000",
+                    "optim.lr=0.001")
+    wait_for_epoch(proc, 1)
+    time.sleep(rng.uniform(0, 1.5))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] >= 1 and len(ckpt["history"]) == ckpt["epoch"]
+    r = run_cli(f"resume={tmp_path / 'run'}", f"trainer.epochs={ckpt['epoch'] + 1}",
+                f"hydra.run.dir={tmp_path / 'resumed'}", *FAST)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: torch.save({"model": Evil()}, p), "refused: it would run code"),
+    (lambda p: p.write_bytes(b"\x00" * 10), "truncated or not a checkpoint"),
+    (lambda p: None, "no such checkpoint"),
+])
+def test_bad_checkpoint_files(tmp_path, make, message):
+    path = tmp_path / "x.pt"
+    make(path)
+    marker = tmp_path / "pwned"
+    r = run_cli(f"ckpt={path}", tool="d2lrun-eval", env={"PWN": str(marker)})
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert not marker.exists()
+
+
+def test_run_dir_without_checkpoint(tmp_path):
+    r = run_cli(f"run={tmp_path}", tool="d2lrun-eval")
+    assert r.returncode == 2 and "has no last.pt" in r.stderr
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch $PWN",))
+
+
+def test_other_architecture_is_named(tmp_path, image_run):
+    run, _ = image_run
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["model"] = {"0.weight": torch.zeros(1, 2), "0.bias": torch.zeros(1)}
+    torch.save(ckpt, tmp_path / "other.pt")
+    r = run_cli(f"ckpt={tmp_path / 'other.pt'}", tool="d2lrun-eval")
+    assert r.returncode == 2 and "another architecture: missing keys" in r.stderr and "unexpected keys" in r.stderr
+
+
+def book_nets():
+    """The book's own nn.Sequential definitions (§3.3, §3.7, §4.3, §6.6)."""
+    return {
+        "linreg": nn.Sequential(nn.Linear(2, 1)),
+        "softmax": nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
+        "mlp": nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10)),
+        "lenet": nn.Sequential(
+            nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(),
+            nn.Linear(84, 10)),
+    }
+
+
+@pytest.mark.parametrize("name", ["linreg", "softmax", "mlp", "lenet"])
+def test_model_pt_loads_into_the_books_own_definitions(tmp_path, fake_fmnist, name):
+    data = [] if name == "linreg" else [f"dataset.root={fake_fmnist}", "dataset.download=false"]
+    run = tmp_path / name
+    r = run_cli(f"model={name}", "trainer.epochs=1", *data, f"hydra.run.dir={run}", *FAST)
+    assert r.returncode == 0, r.stderr
+    net = book_nets()[name]
+    net.load_state_dict(torch.load(run / "model.pt", weights_only=True), strict=True)
+    ours = load_run(run).model
+    x = torch.randn(4, 2) if name == "linreg" else torch.rand(4, 1, 28, 28)
+    net.eval()
+    assert torch.allclose(net(x), ours(x))
