@@ -51,19 +51,18 @@ def write_csv(path: str | Path, rows: list[dict]) -> Path:
 
 def plot_curves(path: str | Path, rows: list[dict], title: str = "") -> Path:
     """Loss (and accuracy) per epoch for training and validation, like the book's plots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, and a faster import
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     panels = [("loss", "loss")] + ([("acc", "accuracy")] if "val_acc" in rows[0] else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels):
+    fig = Figure(figsize=(4.5 * len(panels), 3.5))
+    for ax, (key, label) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         for split, style in (("train", "-"), ("val", "--")):
             if f"{split}_{key}" in rows[0]:
                 ax.plot(epochs, [r[f"{split}_{key}"] for r in rows], style, marker="o", label=f"{split} {label}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         if key == "loss" and all(r["train_loss"] > 0 for r in rows):
             ax.set_yscale("log")
@@ -73,5 +72,4 @@ def plot_curves(path: str | Path, rows: list[dict], title: str = "") -> Path:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     return atomic_write(path, buf.getvalue())
