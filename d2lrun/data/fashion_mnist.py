@@ -14,11 +14,26 @@ FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
 
+def missing_files(raw: Path) -> list[str]:
+    """The official files that are in raw/ neither compressed nor decompressed."""
+    return [f for f in FILES if not (raw / f).exists() and not (raw / f.removesuffix(".gz")).exists()]
+
+
 def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
     from torchvision.datasets import FashionMNIST  # imported only when this dataset is used
 
     root = Path(str(cfg.root)).expanduser()
     raw = root / "FashionMNIST" / "raw"
+    missing = missing_files(raw)
+    if missing and cfg.download:
+        try:
+            raw.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PermissionError(f"dataset.root={cfg.root} is not writable, so Fashion-MNIST cannot be downloaded "
+                                  f"there ({e.strerror}). Fix: dataset.root=<a writable folder>.") from None
+    if missing and not cfg.download:
+        raise FileNotFoundError(f"Fashion-MNIST is not in {raw} (missing {', '.join(missing)}) and dataset.download=false. "
+                                f"Fix: place the files from {URL} there, or dataset.download=true.")
     splits = []
     for train in (True, False):
         try:
@@ -26,13 +41,16 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
         except PermissionError as e:
             raise PermissionError(f"dataset.root={cfg.root} is not writable ({e.strerror}: {e.filename}). "
                                   f"Fix: dataset.root=<a writable folder>.") from None
-        except (RuntimeError, OSError, EOFError) as e:
-            if not bool(cfg.download) or "download" in str(e).lower() or "not found" in str(e).lower():
+        except Exception as e:  # torchvision raises RuntimeError, OSError, EOFError, ... for a failed download or a bad file
+            reason = str(e).splitlines()[0].rstrip(": ") if str(e) else type(e).__name__
+            if missing:
                 raise FileNotFoundError(
-                    f"Fashion-MNIST is not in {raw} and could not be downloaded ({str(e).splitlines()[0]}). "
-                    f"Fix: place {', '.join(FILES)} from {URL} in {raw}, or set dataset.root=<folder that has them>.") from None
-            raise ValueError(f"Fashion-MNIST files in {raw} are damaged ({type(e).__name__}: {e}). "
-                             f"Fix: delete them and run again to re-download, or copy fresh ones there.") from None
+                    f"Fashion-MNIST is not in {raw} and the download failed ({reason}). Fix: place "
+                    f"{', '.join(missing)} from {URL} in {raw}, or set dataset.root=<folder that has them>.") from None
+            if "download" in reason.lower():  # torchvision re-downloads a file whose checksum is wrong
+                reason = f"a checksum does not match and no fresh copy could be downloaded: {reason}"
+            raise ValueError(f"Fashion-MNIST files in {raw} are damaged ({reason}). "
+                             f"Fix: delete them and run again to download fresh copies, or copy fresh ones there.") from None
         splits.append(Split(ds.data.unsqueeze(1), ds.targets))  # (N, 1, 28, 28) uint8, (N,) int64
     spec = {"dataset": "fashion_mnist", "task": "classification", "num_inputs": 28 * 28, "num_outputs": 10,
             "image_shape": [1, 28, 28], "class_names": CLASS_NAMES}
