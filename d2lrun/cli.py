@@ -20,6 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from d2lrun.sweep import register_resolvers
+
 
 def _config_dir() -> str:
     here = Path(__file__).resolve().parent
@@ -30,15 +32,20 @@ def _config_dir() -> str:
 CONFIG_DIR = _config_dir()
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 _task_started = False  # a SystemExit(1) before our task runs is Hydra's own config error
+_last_error = ""  # the last message fail() printed; a failed sweep job records it as its reason
+register_resolvers()  # ${d2lrun.unique_dir:...} in hydra.sweep.dir
 
 
 def fail(message: str, code: int) -> int:
+    global _last_error
+    _last_error = message
     print(f"d2lrun: error: {message}", file=sys.stderr)
     return code
 
 
-def guarded(fn, run_dir: Path | None = None):
-    """Run fn(); turn the errors a user can cause into (exit code, None) after one line on stderr."""
+def guarded(fn, run_dir: Path | None = None, catch_all: bool = False):
+    """Run fn(); turn the errors a user can cause (any error, with catch_all) into (exit code, None)
+    after one line on stderr."""
     from d2lrun.train import Diverged, Interrupted
 
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -61,6 +68,11 @@ def guarded(fn, run_dir: Path | None = None):
         where = f" ({e.filename})" if e.filename else ""
         return fail(f"{e.strerror or e}{where}. Fix: free disk space or choose a writable hydra.run.dir=.",
                     EXIT_FAILED), None
+    except Exception as e:  # in a sweep, one job's crash must not stop the others
+        if not catch_all:
+            raise
+        first_line = (str(e).strip().splitlines() or ["(no message)"])[0]
+        return fail(f"{type(e).__name__}: {first_line}", EXIT_FAILED), None
 
 
 def _record_failure(run_dir: Path, code: int) -> None:
@@ -75,9 +87,6 @@ def _record_failure(run_dir: Path, code: int) -> None:
             pass
 
 
-_last_error = ""
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _train(cfg: DictConfig):
     global _task_started
@@ -87,11 +96,25 @@ def _train(cfg: DictConfig):
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     overrides = [o for o in hc.overrides.task if not o.startswith("resume=")]
-    code, summary = guarded(lambda: train_run(cfg, run_dir, resume_overrides=overrides), run_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        from d2lrun import sweep
+
+        done = sweep.finished_job(run_dir, list(hc.overrides.task))
+        if done is not None:  # the same sweep run again: only missing or failed jobs train
+            print(f"job {hc.job.num}: already completed in {run_dir}; skipped")
+            return sweep.score(done)
+        sweep.start_job(run_dir, list(hc.overrides.task))
+    code, summary = guarded(lambda: train_run(cfg, run_dir, resume_overrides=overrides), run_dir, catch_all=multirun)
     if code == EXIT_INTERRUPTED:
+        if multirun:
+            print(f"d2lrun: to finish the sweep, run the same command again with "
+                  f"hydra.sweep.dir={hc.sweep.dir}", file=sys.stderr)
         sys.exit(code)
-    if hc.mode == RunMode.MULTIRUN:
-        return summary  # a failed job is recorded in its metrics.json; the sweep goes on
+    if multirun:  # a failed job is recorded in its metrics.json; the sweep goes on
+        if code:
+            _record_failure(run_dir, code)
+        return sweep.score(summary)  # the number a search sweeper (optuna) maximizes
     if code:
         sys.exit(code)
     return summary
@@ -108,7 +131,11 @@ def _main(task) -> None:
 
 def train() -> None:
     """`d2lrun`: train one model, or sweep with -m."""
+    from d2lrun import sweep
+
     _main(_train)
+    if sweep.last_failure:  # the summary at the end of the sweep counted jobs that did not complete
+        sys.exit(fail(sweep.last_failure, EXIT_FAILED))
 
 
 def _run_target(cfg: DictConfig) -> tuple[str | None, str | None]:
@@ -164,3 +191,20 @@ def evaluate() -> None:
 def predict() -> None:
     """`d2lrun-predict run=DIR input=FILE`: predictions for new inputs."""
     _main(_predict)
+
+
+def report() -> None:
+    """`d2lrun-report DIR`: the results table, summary.csv and heatmap.png of a sweep folder, even a partial one."""
+    import argparse
+
+    from d2lrun.sweep import report as build_report
+
+    parser = argparse.ArgumentParser(prog="d2lrun-report", description=report.__doc__.split(": ", 1)[1])
+    parser.add_argument("dir", metavar="DIR", help="a sweep folder, e.g. outputs/multirun/2026-11-26/10-00-00")
+    args = parser.parse_args()
+    try:
+        failure = build_report(Path(args.dir))
+    except (ValueError, OSError) as e:
+        sys.exit(fail(str(e), EXIT_USAGE))
+    if failure:
+        print(failure)
