@@ -13,10 +13,12 @@ from torch import nn
 
 
 class MinibatchSGD(torch.optim.Optimizer):
-    """The book's `sgd` (§3.4): param -= lr * grad, with L2 added as weight decay.
+    """The book's `sgd` (§3.2): param -= lr * grad, with L2 added as weight decay (§4.5).
 
     The book sums the batch loss and divides the gradient by batch_size; d2lrun's losses are
-    already means over the batch, so the division is built in.
+    already means over the batch, so the division is built in. §4.5 adds λ/2·‖w‖² to every
+    example's loss, which after that division is λ·w in the gradient: weight_decay=λ.
+    tests/unit/test_scratch_concise.py checks both against the book's code.
     """
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0):

@@ -43,7 +43,7 @@ def cross_entropy_scratch(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 
 
 def loss_for(spec: dict, scratch: bool):
-    """The book's loss for the task: squared loss (scratch, §3.4) or MSELoss (§3.5); cross-entropy."""
+    """The book's loss for the task: squared loss (scratch, §3.2) or MSELoss (§3.3); cross-entropy."""
     if spec["task"] == "regression":
         return squared_loss if scratch else F.mse_loss
     return cross_entropy_scratch if scratch else F.cross_entropy

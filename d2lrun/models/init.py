@@ -1,6 +1,7 @@
 """Initialisation schemes (§5.2, §5.4), applied to every nn.Linear and nn.Conv2d with `model.apply`."""
 from __future__ import annotations
 
+import math
 from functools import partial
 
 from omegaconf import DictConfig
@@ -25,6 +26,13 @@ def _init_weight(w, cfg: DictConfig) -> None:
         nn.init.zeros_(w)
 
 
+def _linear_default(w, b) -> None:
+    """What nn.Linear.reset_parameters does: U(±1/sqrt(fan_in)) for weights (via Kaiming a=√5) and biases."""
+    nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+    bound = 1 / math.sqrt(w.shape[1])
+    nn.init.uniform_(b, -bound, bound)
+
+
 def _init_layer(m: nn.Module, cfg: DictConfig) -> None:
     if isinstance(m, (nn.Linear, nn.Conv2d)):
         _init_weight(m.weight, cfg)
@@ -33,22 +41,23 @@ def _init_layer(m: nn.Module, cfg: DictConfig) -> None:
 
 
 def apply_init(model: nn.Module, cfg: DictConfig) -> nn.Module:
-    """Apply init scheme cfg.name to the model's weights; `default` keeps the model's own."""
+    """Apply init scheme cfg.name to the model's weights; `default` is nn.Linear's own (for scratch models too)."""
     if cfg.name not in INITS:
         raise ValueError(f"Unknown init '{cfg.name}'. Choose one of: {', '.join(INITS)}.")
     if cfg.name == "xavier" and cfg.distribution not in ("uniform", "normal"):
         raise ValueError(f"init.distribution={cfg.distribution} must be uniform or normal. Fix: init.distribution=uniform.")
     if cfg.name == "kaiming" and cfg.mode not in ("fan_in", "fan_out"):
         raise ValueError(f"init.mode={cfg.mode} must be fan_in or fan_out. Fix: init.mode=fan_in.")
-    if cfg.name == "default":
-        return model
     if getattr(model, "scratch", False):
         # Scratch models hold raw tensors: weights (fan_in, fan_out), so initialise their transpose.
-        for p in model.parameters():
-            if p.ndim == 2:
-                _init_weight(p.T, cfg)
+        # `default` gives them nn.Linear's own initialisation, so both impls mean the same by it
+        # (§4.6's from-scratch dropout net is built from nn.Linear layers and keeps that init).
+        for W, b in model.layers():
+            if cfg.name == "default":
+                _linear_default(W.T, b)
             else:
-                nn.init.constant_(p, cfg.get("bias", 0.0))
-    else:
+                _init_weight(W.T, cfg)
+                nn.init.constant_(b, cfg.get("bias", 0.0))
+    elif cfg.name != "default":
         model.apply(partial(_init_layer, cfg=cfg))
     return model

@@ -1,5 +1,8 @@
 """Linear and softmax regression (§3.1-3.7), concise (nn.Linear) and from scratch (raw tensors).
 
+Section numbers are those of the book's PyTorch builds (zh 2.0.0, en 0.17.5): §3.2 linear
+regression from scratch, §3.3 concise, §3.6 softmax regression from scratch, §3.7 concise.
+
 The concise models are the book's nn.Sequential definitions, so their state_dict keys match the
 book's (`0.weight` for §3.3, `1.weight` for §3.7) and `net.load_state_dict(...)` works there.
 """
@@ -20,7 +23,7 @@ class LinearRegression(nn.Sequential):
 
 
 class LinearRegressionScratch(nn.Module):
-    """§3.4: w ~ N(0, 0.01²) of shape (num_inputs, 1), b = 0, y_hat = Xw + b."""
+    """§3.2: w ~ N(0, 0.01²) of shape (num_inputs, 1), b = 0, y_hat = Xw + b."""
 
     scratch = True  # raw tensors laid out as (fan_in, fan_out), as the book writes them
 
@@ -34,6 +37,10 @@ class LinearRegressionScratch(nn.Module):
 
     def get_w_b(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.w.detach().reshape(-1), self.b.detach()
+
+    def layers(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """(weight, bias) per layer, for d2lrun.models.init."""
+        return [(self.w, self.b)]
 
 
 class SoftmaxRegression(nn.Sequential):
@@ -59,3 +66,7 @@ class SoftmaxRegressionScratch(nn.Module):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return X.reshape(-1, self.W.shape[0]) @ self.W + self.b  # (B, d) @ (d, q) -> (B, q)
+
+    def layers(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """(weight, bias) per layer, for d2lrun.models.init."""
+        return [(self.W, self.b)]

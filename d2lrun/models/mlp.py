@@ -47,6 +47,10 @@ class MLPScratch(nn.Module):
         self.activation = activation
         self.dropouts = dropouts or [0.0] * len(num_hiddens)
 
+    def layers(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """(weight, bias) per layer, input to output, for d2lrun.models.init."""
+        return list(zip(self.Ws, self.bs))
+
     def act(self, H: torch.Tensor) -> torch.Tensor:
         if self.activation == "relu":
             return torch.max(H, torch.zeros_like(H))  # §4.2's relu
