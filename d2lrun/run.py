@@ -42,7 +42,10 @@ def train_run(cfg: DictConfig, run_dir: Path, log=print, resume_overrides: list[
     history = History()
     if ckpt is not None:
         load_state_dict_strict(model, ckpt["model"], "the checkpoint")
-        optimizer.load_state_dict(ckpt["optimizer"])
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        optimizer.load_state_dict(ckpt["optimizer"])  # momentum buffers, Adam moments ...
+        for group, h in zip(optimizer.param_groups, hyper):
+            group.update(h)  # ... but lr and weight decay as configured now (resume optim.lr=0.01 works)
         set_rng_state(ckpt["rng"], generator)
         history = History(ckpt["epoch"], list(ckpt["history"]), ckpt["best"])
         log(f"resuming {cfg.resume} from epoch {history.epoch}")

@@ -1,0 +1,214 @@
+"""Bad input and faults: one clear line naming the bad value and the fix, the right exit code,
+no traceback, and nothing already saved damaged."""
+import json
+import os
+import string
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from d2lrun.cli import CONFIG_DIR, guarded
+from d2lrun.run import train_run
+from tests.conftest import run_cli
+
+
+def compose_cfg(*overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=["trainer.progress=false", *overrides])
+
+
+def run_in_process(tmp_path, *overrides):
+    """What `d2lrun` does for one run, in this process: (exit code, stderr lines)."""
+    return guarded(lambda: train_run(compose_cfg(*overrides), tmp_path / "run", log=lambda *_: None),
+                   tmp_path / "run")[0]
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("d2lrun: error: ")
+    return err[0]
+
+
+def csv_run(tmp_path, capsys, content, *extra, target="y"):
+    path = tmp_path / "data.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    code = run_in_process(tmp_path, "dataset=csv", f"dataset.path={path}", f"dataset.target={target}",
+                          "trainer.epochs=1", *extra)
+    return code, capsys.readouterr().err
+
+
+GOOD = "x,c,y\n" + "".join(f"{i},{'ab'[i % 2]},{i * 2}\n" for i in range(20))
+
+
+@pytest.mark.parametrize("name,content,target,match", [
+    ("missing file", None, "y", "no such file"),
+    ("empty", "", "y", "is empty"),
+    ("header only", "x,y\n", "y", "has a header but no data rows"),
+    ("target absent", GOOD, "price", "dataset.target=price is not a column of .*; its columns are: x, c, y"),
+    ("not utf-8", b"x,y\n\xff\xfe,1\n2,3\n", "y", "is not UTF-8 text"),
+    ("ragged", "x,y\n1,2\n3,4,5,6\n", "y", "ragged rows"),
+    ("single row", "x,y\n1,2\n", "y", "has 1 labelled row"),
+    ("class only in validation", "x,y\n" + "".join(f"{i},{'a' if i < 19 else 'b'}\n" for i in range(20)), "y",
+     "occur only in the validation rows"),
+    ("no features", "y\n1\n2\n3\n4\n", "y", "no usable feature column"),
+])
+def test_csv_mistakes(tmp_path, capsys, name, content, target, match):
+    code, err = csv_run(tmp_path, capsys, content, target=target)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("d2lrun: error: ")
+    import re
+
+    assert re.search(match, lines[0]), lines[0]
+
+
+def test_csv_directory_instead_of_file(tmp_path, capsys):
+    code = run_in_process(tmp_path, "dataset=csv", f"dataset.path={tmp_path}", "dataset.target=y")
+    assert code == 2 and "is a directory, not a CSV file" in one_line(capsys)
+
+
+def test_csv_missing_targets_are_dropped_with_a_notice(tmp_path, capsys):
+    content = GOOD + "21,a,\n22,b,\n"
+    code, err = csv_run(tmp_path, capsys, content)
+    assert code == 0 and "note: dropped 2 row(s)" in err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_csv_empty_column_is_ignored_with_a_notice(tmp_path, capsys):
+    content = "x,empty,y\n" + "".join(f"{i},,{i}\n" for i in range(20))
+    code, err = csv_run(tmp_path, capsys, content)
+    assert code == 0 and "ignored column(s) ['empty']" in err
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    # lr 0.5 trains for a while on the default data, then 1e4 would blow up: resume with a huge lr.
+    assert run_in_process(tmp_path, "trainer.epochs=1") == 0
+    good = (tmp_path / "run" / "last.pt").read_bytes()
+    code = guarded(lambda: train_run(compose_cfg(f"resume={tmp_path / 'run'}", "optim.lr=1e6", "trainer.epochs=3"),
+                                     tmp_path / "run", log=lambda *_: None, resume_overrides=["optim.lr=1e6",
+                                                                                               "trainer.epochs=3"]))[0]
+    line = one_line(capsys)
+    assert code == 1 and "diverged" in line and "epoch 2, batch" in line and "lower optim.lr" in line
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["status"] == "diverged" and "epoch 2" in summary["reason"]
+    assert (tmp_path / "run" / "last.pt").read_bytes() == good
+
+
+def test_a_failing_write_leaves_no_half_written_checkpoint(tmp_path, capsys, monkeypatch):
+    """Disk full on the second epoch's checkpoint: exit 1, one line, epoch 1's checkpoint intact."""
+    import d2lrun.files as files
+
+    real_fsync, calls = os.fsync, []
+
+    def failing_fsync(fd):
+        calls.append(fd)
+        if len(calls) > 4:  # epoch 1 wrote best.pt and last.pt (and fsynced each file and its folder)
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", failing_fsync)
+    code = run_in_process(tmp_path, "trainer.epochs=3")
+    monkeypatch.undo()
+    assert code == 1 and "No space left on device" in one_line(capsys)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+    assert not [p for p in (tmp_path / "run").iterdir() if ".tmp" in p.name]
+
+
+def test_unwritable_output_directory(tmp_path):
+    (tmp_path / "file").write_text("")
+    r = run_cli(f"hydra.run.dir={tmp_path / 'file' / 'run'}")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot write the output directory" in r.stderr
+
+
+@pytest.mark.parametrize("args,match", [
+    (["model=lenet", "dataset.download=false"], "dataset.download=false"),  # offline, no files
+])
+def test_fashion_mnist_without_files(tmp_path, args, match):
+    r = run_cli(*args, f"dataset.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 2 and match in r.stderr and "train-images-idx3-ubyte.gz" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_fashion_mnist_damaged_file(tmp_path, fake_fmnist):
+    images = fake_fmnist / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])
+    r = run_cli("model=softmax", f"dataset.root={fake_fmnist}", "dataset.download=false",
+                f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 2 and "are damaged" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_fashion_mnist_root_not_writable(tmp_path):
+    (tmp_path / "file").write_text("")
+    r = run_cli("model=softmax", f"dataset.root={tmp_path / 'file'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 1 and "is not writable" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_hydra_full_error_shows_the_traceback(tmp_path):
+    r = run_cli("trainer.epochs=0", f"hydra.run.dir={tmp_path / 'run'}", env={"HYDRA_FULL_ERROR": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+# Random CSVs: NaN patterns, mixed types, unicode and duplicate headers, numeric-looking strings, empty columns.
+cell = st.one_of(st.none(), st.integers(-5, 5), st.floats(-1e3, 1e3, allow_nan=False),
+                 st.sampled_from(["a", "b", "ü", "1,5", "007", "", "NaN", "true", " x "]))
+header = st.sampled_from(["x", "y", "é", "x", "名前", "a b", "1", "y"])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(columns=st.lists(header, min_size=1, max_size=4), rows=st.lists(st.lists(cell, min_size=4, max_size=4),
+                                                                      min_size=0, max_size=12),
+       target=st.sampled_from(["y", "x", "é"]))
+def test_random_csvs_train_or_fail_in_one_line(tmp_path_factory, columns, rows, target):
+    import csv
+    import io
+
+    tmp = tmp_path_factory.mktemp("fuzz")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row[:len(columns)]])
+    (tmp / "data.csv").write_text(buf.getvalue(), encoding="utf-8")
+    cfg_overrides = ["dataset=csv", f"dataset.path={tmp / 'data.csv'}", f"dataset.target='{target}'",
+                     "trainer.epochs=1", "model=mlp", "model.num_hiddens=[4]"]
+    import contextlib
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code, _ = guarded(lambda: train_run(compose_cfg(*cfg_overrides), tmp / "run", log=lambda *_: None))
+    errors = [ln for ln in err.getvalue().splitlines() if ln.startswith("d2lrun: error:")]
+    assert code in (0, 1, 2)
+    assert (code == 0) == (not errors) and len(errors) <= 1
+
+
+def test_ctrl_c_while_loading_data(tmp_path, capsys, monkeypatch):
+    import d2lrun.run as run_mod
+
+    monkeypatch.setattr(run_mod, "build_data", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert run_in_process(tmp_path) == 130
+    assert "interrupted before training started" in one_line(capsys)
+
+
+def test_ctrl_c_during_evaluation_offers_resume(tmp_path, capsys, monkeypatch):
+    import d2lrun.train as train_mod
+
+    real, calls = train_mod.evaluate, []
+
+    def evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    assert run_in_process(tmp_path, "trainer.epochs=3") == 130
+    assert f"Resume with: d2lrun resume={tmp_path / 'run'}" in one_line(capsys)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
