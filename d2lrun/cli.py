@@ -17,6 +17,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -54,7 +55,9 @@ def guarded(fn, run_dir: Path | None = None, catch_all: bool = False):
         return 0, fn()
     except Interrupted as e:
         if run_dir is not None and (run_dir / "last.pt").exists():
-            resume = f"d2lrun resume={run_dir}"
+            from d2lrun.run import shown
+
+            resume = f"d2lrun resume={shown(run_dir)}"
             return fail(f"interrupted after epoch {e.args[0]}; the last complete epoch is saved. Resume with: {resume}",
                         EXIT_INTERRUPTED), None
         return fail("interrupted before any epoch finished; nothing to resume.", EXIT_INTERRUPTED), None
@@ -65,6 +68,8 @@ def guarded(fn, run_dir: Path | None = None, catch_all: bool = False):
     except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
         return fail(str(e), EXIT_USAGE), None
     except OSError as e:  # disk full, permission denied, ...
+        if e.errno is None:  # raised by d2lrun with its own message and fix
+            return fail(str(e), EXIT_FAILED), None
         where = f" ({e.filename})" if e.filename else ""
         return fail(f"{e.strerror or e}{where}. Fix: free disk space or choose a writable hydra.run.dir=.",
                     EXIT_FAILED), None
@@ -208,3 +213,26 @@ def report() -> None:
         sys.exit(fail(str(e), EXIT_USAGE))
     if failure:
         print(failure)
+
+
+class CheckOutputDir(Callback):
+    """Fail with one line, before anything runs, when the output directory cannot be written."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(path: str) -> None:
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            probe = Path(path) / f".d2lrun-write-test{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            global _task_started
+            _task_started = True  # our own message, and a runtime failure (exit 1), not a config error
+            sys.exit(fail(f"cannot write the output directory {path} ({e.strerror}). Fix: choose a writable "
+                          f"one with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m).", EXIT_FAILED))

@@ -55,7 +55,7 @@ def train_run(cfg: DictConfig, run_dir: Path, log=print, resume_overrides: list[
     opts = Options(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.regularizer.get("lambd", 0.0)
                    if cfg.regularizer.name == "l1" else 0.0, cfg.trainer.checkpoint_every, cfg.trainer.progress)
     log(f"{cfg.model.name} on {spec['dataset']} ({len(train):,} train / {len(val):,} val) on {device}, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters -> {run_dir}")
+        f"{sum(p.numel() for p in model.parameters()):,} parameters -> {shown(run_dir)}")
 
     summary = {"status": "running", "model": cfg.model.name, "dataset": spec["dataset"], "device": str(device),
                "epochs": cfg.trainer.epochs, "run_dir": str(run_dir),
@@ -84,6 +84,14 @@ def train_run(cfg: DictConfig, run_dir: Path, log=print, resume_overrides: list[
     if status == "interrupted":
         raise Interrupted(history.epoch)
     return summary
+
+
+def shown(path: Path) -> str:
+    """A path as the user would type it: relative to the current folder when it is below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def report_w_b(model, spec: dict, log) -> dict:

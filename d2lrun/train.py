@@ -138,8 +138,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, train: Spli
     metric = "val_acc" if classify else "val_loss"  # higher accuracy, or lower loss, is better
     saved_epoch = history.epoch
     pending: dict | None = None  # the last complete epoch's checkpoint, if not yet on disk
+    console = Console(stderr=True)  # the bar goes to stderr and only to a terminal; stdout keeps the epoch lines
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=True, disable=not opts.progress)
+                        console=console, transient=True, disable=not (opts.progress and console.is_terminal))
     task = progress.add_task("", total=math.ceil(len(train) / opts.batch_size))
     try:
         with progress:
