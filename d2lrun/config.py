@@ -17,6 +17,7 @@ class TrainerSchema:
     batch_size: int = 10
     checkpoint_every: int = 1
     progress: bool = True
+    compile: bool = False
 
 
 @dataclass

@@ -53,7 +53,8 @@ def train_run(cfg: DictConfig, run_dir: Path, log=print, resume_overrides: list[
     classify = spec["task"] == "classification"
     config = OmegaConf.to_container(cfg, resolve=True)
     opts = Options(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.regularizer.get("lambd", 0.0)
-                   if cfg.regularizer.name == "l1" else 0.0, cfg.trainer.checkpoint_every, cfg.trainer.progress)
+                   if cfg.regularizer.name == "l1" else 0.0, cfg.trainer.checkpoint_every, cfg.trainer.progress,
+                   cfg.trainer.compile)
     log(f"{cfg.model.name} on {spec['dataset']} ({len(train):,} train / {len(val):,} val) on {device}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters -> {shown(run_dir)}")
 

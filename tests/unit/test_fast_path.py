@@ -1,0 +1,43 @@
+"""trainer.compile: the fast path trains like eager, falls back with one line where it cannot apply."""
+import json
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+
+def test_compile_falls_back_without_a_compiler(monkeypatch):
+    import shutil
+
+    from d2lrun.train import compiled
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    notes = []
+    model = torch.nn.Linear(2, 1)
+    assert compiled(model, torch.device("cpu"), notes.append) is model
+    assert notes == ["note: trainer.compile=true needs a C++ compiler on CPU; training eagerly"]
+
+
+def final_acc(tmp_path, root, name, *extra):
+    r = run_cli("model=lenet", "model.variant=modern", "trainer.epochs=3", "trainer.batch_size=20", "optim.lr=0.1",
+                f"dataset.root={root}", "dataset.download=false", f"hydra.run.dir={tmp_path / name}",
+                "trainer.progress=false", *extra, timeout=900)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert summary["epochs_completed"] == 3  # the last, partial batch (64 = 3 x 20 + 4) was trained too
+    return summary["final"]["val_acc"]
+
+
+@pytest.mark.slow
+def test_compiled_cpu_training_matches_eager(tmp_path, fake_fmnist):
+    eager = final_acc(tmp_path, fake_fmnist, "eager", "device=cpu")
+    fast = final_acc(tmp_path, fake_fmnist, "compiled", "device=cpu", "trainer.compile=true")
+    assert abs(eager - fast) <= 0.01 + 1 / 32  # one test image of 32 may flip
+
+
+@pytest.mark.gpu
+def test_compiled_cuda_training_matches_eager(tmp_path, fake_fmnist):
+    eager = final_acc(tmp_path, fake_fmnist, "eager", "device=cuda")
+    fast = final_acc(tmp_path, fake_fmnist, "compiled", "device=cuda", "trainer.compile=true")
+    assert abs(eager - fast) <= 0.01 + 1 / 32
