@@ -96,7 +96,7 @@ def _record_failure(run_dir: Path, code: int) -> None:
 def _train(cfg: DictConfig):
     global _task_started
     _task_started = True
-    from d2lrun.run import train_run
+    from d2lrun.run import shown, train_run
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -107,7 +107,7 @@ def _train(cfg: DictConfig):
 
         done = sweep.finished_job(run_dir, list(hc.overrides.task))
         if done is not None:  # the same sweep run again: only missing or failed jobs train
-            print(f"job {hc.job.num}: already completed in {run_dir}; skipped")
+            print(f"job {hc.job.num}: already completed in {shown(run_dir)}; skipped")
             return sweep.score(done)
         sweep.start_job(run_dir, list(hc.overrides.task))
     code, summary = guarded(lambda: train_run(cfg, run_dir, resume_overrides=overrides), run_dir, catch_all=multirun)
