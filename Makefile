@@ -23,5 +23,10 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q -m '' $(ARGS)
 
+# Every preset in experiments/ on CPU, then the results table in experiments/README.md is rewritten.
+# Fashion-MNIST elsewhere: make reproduce ARGS="--data ../shared/data/fashion-mnist"
+reproduce: install
+	$(BIN)/python -m d2lrun.reproduce $(ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info
