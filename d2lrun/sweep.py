@@ -71,10 +71,14 @@ def start_job(run_dir: Path, overrides: list[str]) -> None:
 
 
 def score(metrics: dict | None) -> float:
-    """What a sweeper maximizes: best val_acc, or minus best val_loss; NaN (a failed trial) unless completed."""
+    """What a sweeper maximizes: best val_acc, or minus best val_loss; -inf, the worst, unless completed.
+
+    -inf rather than NaN: Optuna rejects NaN (and the Hydra plugin then crashes the sweep), while
+    -inf is a valid value that steers the search away from settings that diverge.
+    """
     best = (metrics or {}).get("best")
     if not metrics or metrics.get("status") != "completed" or not best:
-        return float("nan")
+        return -math.inf
     return best["value"] if best["metric"] in HIGHER_IS_BETTER else -best["value"]
 
 
@@ -178,7 +182,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
                + ["best_epoch", "seconds", "reason"])
     table = [{c: _number(r["_overrides"].get(c)) if c in keys else r.get(c) for c in columns}
              | {"_score": r["_score"], "_metric": r["_metric"]} for r in rows]
-    table.sort(key=lambda r: (0, -r["_score"], 0) if not math.isnan(r["_score"])
+    table.sort(key=lambda r: (0, -r["_score"], 0) if math.isfinite(r["_score"])
                else (1, 0, _job_number(r["job"])[0]))
     return table, keys
 
@@ -245,7 +249,7 @@ def plot_heatmap(path: Path, rows: list[dict], x_key: str, y_key: str, metric: s
 
     col = f"best_{metric}"
     cells = [r for r in rows if r[x_key] is not None and r[y_key] is not None]
-    done = [r for r in cells if not math.isnan(r["_score"])]
+    done = [r for r in cells if math.isfinite(r["_score"])]
     values = [r[col] for r in done]
     cmap = matplotlib.colormaps["viridis" if metric in HIGHER_IS_BETTER else "viridis_r"].with_extremes(bad="lightgray")
     norm = LogNorm() if values and min(values) > 0 and max(values) > 10 * min(values) else None
@@ -259,7 +263,7 @@ def plot_heatmap(path: Path, rows: list[dict], x_key: str, y_key: str, metric: s
             z[ys.index(r[y_key]), xs.index(r[x_key])] = r[col]
         image = ax.imshow(np.ma.masked_invalid(z), cmap=cmap, norm=norm, origin="lower", aspect="auto")
         for r in cells:
-            ok = not math.isnan(r["_score"])
+            ok = math.isfinite(r["_score"])
             red, green, blue, _ = cmap(image.norm(r[col])) if ok else (1, 1, 1, 1)
             dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells
             ax.text(xs.index(r[x_key]), ys.index(r[y_key]), f"{r[col]:.3g}" if ok else r["status"], ha="center",
@@ -269,7 +273,7 @@ def plot_heatmap(path: Path, rows: list[dict], x_key: str, y_key: str, metric: s
     else:  # a search (optuna): one dot per trial, failures as red crosses
         image = ax.scatter([r[x_key] for r in done], [r[y_key] for r in done], c=values, cmap=cmap, norm=norm,
                            s=60, edgecolors="black")
-        failed = [r for r in cells if math.isnan(r["_score"])]
+        failed = [r for r in cells if not math.isfinite(r["_score"])]
         ax.scatter([r[x_key] for r in failed], [r[y_key] for r in failed], marker="x", color="red", label="failed")
         for axis, vals in ((ax.set_xscale, xs), (ax.set_yscale, ys)):
             if vals[0] > 0 and vals[-1] > 10 * vals[0]:

@@ -59,12 +59,12 @@ def test_a_job_counts_as_finished_only_when_completed_with_the_same_overrides(tm
     assert sweep.finished_job(tmp_path, job) is None
 
 
-def test_score_is_higher_is_better_and_nan_for_failed_jobs():
+def test_score_is_higher_is_better_and_the_worst_for_failed_jobs():
     assert sweep.score({"status": "completed", "best": {"metric": "val_acc", "value": 0.8}}) == 0.8
     assert sweep.score({"status": "completed", "best": {"metric": "val_loss", "value": 0.25}}) == -0.25
-    assert math.isnan(sweep.score({"status": "diverged", "best": {"metric": "val_loss", "value": 0.25}}))
-    assert math.isnan(sweep.score({"status": "failed", "reason": "bad"}))
-    assert math.isnan(sweep.score(None))
+    assert sweep.score({"status": "diverged", "best": {"metric": "val_loss", "value": 0.25}}) == -math.inf
+    assert sweep.score({"status": "failed", "reason": "bad"}) == -math.inf
+    assert sweep.score(None) == -math.inf
 
 
 def write_job(sweep_dir, num, overrides, metrics=None):
