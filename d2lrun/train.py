@@ -17,7 +17,7 @@ from torch import nn
 
 from d2lrun.checkpoint import save_checkpoint
 from d2lrun.data import Split, prepare_batch
-from d2lrun.optim import l1_penalty
+from d2lrun.optim import Optimizer, l1_penalty
 
 EVAL_BATCH_SIZE = 1024  # evaluation needs no gradients, so bigger batches are only faster
 
@@ -68,7 +68,7 @@ class History:
     best: dict | None = None
 
 
-def train_one_epoch(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, data: Split,
+def train_one_epoch(model: nn.Module, loss_fn, optimizer: Optimizer, data: Split,
                     batch_size: int, generator: torch.Generator, l1: float = 0.0,
                     classify: bool = False, on_batch=None) -> dict[str, torch.Tensor]:
     """One pass over shuffled minibatches; returns device tensors (loss sum, correct, per-batch loss)."""
@@ -129,7 +129,7 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, train: Split, val: Split,
+def fit(model: nn.Module, optimizer: Optimizer, loss_fn, train: Split, val: Split,
         opts: Options, run_dir: Path, generator: torch.Generator, history: History,
         checkpoint_extra: dict, classify: bool, log=print) -> History:
     """Train for opts.epochs epochs from history.epoch; checkpoint, record and print each epoch."""
@@ -199,7 +199,7 @@ def compiled(model: nn.Module, device: torch.device, log=print) -> nn.Module:
         return model
 
 
-def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, history: History,
+def make_checkpoint(model: nn.Module, optimizer: Optimizer, history: History,
                     generator: torch.Generator, extra: dict) -> dict:
     """A resumable snapshot at an epoch boundary; tensors are copied so training can go on."""
     return {"model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},

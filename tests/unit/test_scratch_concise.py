@@ -14,7 +14,7 @@ from d2lrun.data import Split
 from d2lrun.data.synthetic import synthetic_data
 from d2lrun.models import build_model
 from d2lrun.models.init import apply_init
-from d2lrun.optim import MinibatchSGD, build_optimizer
+from d2lrun.optim import SGD, build_optimizer
 from d2lrun.train import cross_entropy_scratch, loss_for, squared_loss, train_one_epoch
 
 REGRESSION = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "num_outputs": 1, "image_shape": None}
@@ -76,8 +76,9 @@ def loss_curve(model: nn.Module, loss_fn, data: Split, lr: float, epochs: int = 
 
 def test_each_impl_gets_its_own_optimizer_and_loss():
     scratch, concise = twins("linreg", REGRESSION)
-    assert isinstance(build_optimizer(scratch, optim_cfg(0.03)), MinibatchSGD)
-    assert type(build_optimizer(concise, optim_cfg(0.03))) is torch.optim.SGD
+    # Both take torch.optim.SGD's exact steps (tests/unit/test_optim.py); with momentum 0 that is the book's sgd.
+    assert type(build_optimizer(scratch, optim_cfg(0.03))) is SGD
+    assert type(build_optimizer(concise, optim_cfg(0.03))) is SGD
     assert loss_for(REGRESSION, True) is squared_loss and loss_for(REGRESSION, False) is F.mse_loss
     assert loss_for(IMAGES, True) is cross_entropy_scratch and loss_for(IMAGES, False) is F.cross_entropy
 
@@ -140,7 +141,7 @@ def book_train(w, b, data: Split, lr: float, epochs: int, batch_size: int, lambd
 
 @pytest.mark.parametrize("lambd", [0.0, 3.0])
 def test_scratch_is_the_books_code(lambd):
-    """d2lrun's scratch path (mean loss, MinibatchSGD, weight decay on w only) = the book's sum-then-divide."""
+    """d2lrun's scratch path (mean loss, SGD, weight decay on w only) = the book's sum-then-divide."""
     data = weight_decay_data()
     spec = {**REGRESSION, "num_inputs": 200}
     torch.manual_seed(0)
