@@ -28,5 +28,10 @@ test-all: install
 reproduce: install
 	$(BIN)/python -m d2lrun.reproduce $(ARGS)
 
+# LeNet epochs: the book's loop vs a minimal loop vs d2lrun, in one run (README "Speed").
+# On a GPU: make bench ARGS="--device cuda --epochs 5"
+bench: install
+	$(BIN)/python experiments/benchmark.py --out experiments/bench-$$($(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')").json $(ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info
