@@ -204,7 +204,8 @@ def report() -> None:
 
     from d2lrun.sweep import report as build_report
 
-    parser = argparse.ArgumentParser(prog="d2lrun-report", description=report.__doc__.split(": ", 1)[1])
+    parser = argparse.ArgumentParser(prog="d2lrun-report", description="The results table, summary.csv and "
+                                     "heatmap.png of a sweep folder written by `d2lrun -m`, even a partial one.")
     parser.add_argument("dir", metavar="DIR", help="a sweep folder, e.g. outputs/multirun/2026-11-26/10-00-00")
     args = parser.parse_args()
     try:
