@@ -153,8 +153,12 @@ def fit(model: nn.Module, optimizer: Optimizer, loss_fn, train: Split, val: Spli
                                       classify, on_batch=lambda: progress.advance(task))
                 train_loss = out["loss_sum"].item() / len(train)  # the one host sync of the epoch
                 if not math.isfinite(train_loss):
-                    bad = int((~torch.isfinite(out["batch_losses"])).nonzero()[0])
-                    raise Diverged(f"the training loss became {out['batch_losses'][bad].item()} at epoch {epoch}, "
+                    # A NaN/inf batch loss, or finite ones whose float32 sum overflowed: the first batch where
+                    # the running sum stops being finite.
+                    running = torch.cumsum(out["batch_losses"] * opts.batch_size, 0)
+                    first = (~torch.isfinite(running)).nonzero()
+                    bad = int(first[0]) if len(first) else len(running) - 1
+                    raise Diverged(f"the training loss became {out['batch_losses'][bad].item():.4g} at epoch {epoch}, "
                                    f"batch {bad + 1}. Fix: lower optim.lr (now {optimizer.param_groups[0]['lr']:g}).")
                 train_seconds = time.perf_counter() - start
                 row = {"epoch": epoch, "train_loss": train_loss}

@@ -118,3 +118,20 @@ def test_scratch_losses_match_torch():
     assert torch.allclose(cross_entropy_scratch(logits, y), torch.nn.functional.cross_entropy(logits, y), atol=1e-5)
     y_hat, t = torch.randn(5, 1), torch.randn(5, 1)
     assert torch.allclose(squared_loss(y_hat, t) * 2, torch.nn.functional.mse_loss(y_hat, t))
+
+
+def test_an_overflowing_sum_of_finite_losses_is_divergence_too(tmp_path, monkeypatch):
+    import d2lrun.train as train_mod
+
+    real = train_mod.train_one_epoch
+
+    def huge(*a, **k):
+        out = real(*a, **k)
+        out["batch_losses"].fill_(3e37)  # each finite, their sum times the batch size is not
+        out["loss_sum"].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", huge)
+    model = linreg()
+    with pytest.raises(Diverged, match=r"became 3e\+37 at epoch 1, batch \d+"):
+        run_fit(tmp_path, model, sgd(model))
