@@ -7,9 +7,11 @@ STAMP  := $(VENV)/.installed
 .PHONY: install run test test-all bench reproduce clean
 
 # Re-installs only when pyproject.toml changes; otherwise this is a no-op.
+# pip's own chatter goes to .venv/pip.log and is shown only when the install fails.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@echo "installing d2lrun and its dependencies into $(VENV) (the first time takes a few minutes) ..."
+	@$(BIN)/python -m pip install -q -e '.[dev]' > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
