@@ -120,9 +120,19 @@ def _train(cfg: DictConfig):
         if code:
             _record_failure(run_dir, code)
         return sweep.score(summary)  # the number a search sweeper (optuna) maximizes
+    if code == EXIT_USAGE:
+        _remove_unused(run_dir)
     if code:
         sys.exit(code)
     return summary
+
+
+def _remove_unused(run_dir: Path) -> None:
+    """A run refused before it started leaves no folder behind, only its one-line error."""
+    import shutil
+
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _main(task) -> None:

@@ -1,6 +1,7 @@
 """Type and range checks for the fixed config sections, and device resolution."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
@@ -44,10 +45,14 @@ def _typed(section: str, schema: type, node: DictConfig) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), node)
     except OmegaConfBaseException as e:
-        key = f"{section}.{e.key}" if getattr(e, "key", None) else section
-        bad = getattr(e, "value", None)
-        raise ConfigError(f"{key}={bad!r} has the wrong type or is not a known key "
-                          f"({type(e).__name__}: {str(e).splitlines()[0]}). Fix: {key}=<a valid value>.") from None
+        name = str(getattr(e, "key", "") or "")
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        if name not in fields:
+            raise ConfigError(f"{section}.{name} is not a key of {section}; its keys are: {', '.join(fields)}.") from None
+        example = schema().__dict__[name]
+        kind = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(str(fields[name].type), "a list")
+        raise ConfigError(f"{section}.{name}={getattr(e, 'value', '?')} is not {kind}. "
+                          f"Fix: {section}.{name}={str(example).lower() if isinstance(example, bool) else example}.") from None
 
 
 def _check(ok: bool, key: str, value, rule: str, fix: str) -> None:

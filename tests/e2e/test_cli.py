@@ -93,7 +93,7 @@ def test_seeded_runs_are_reproducible(tmp_path):
 @pytest.mark.parametrize("args,code,message", [
     (["model=lenet", "dataset=csv"], 2, "model=lenet needs images, and dataset=csv is a table"),
     (["model=softmax", "dataset=synthetic"], 2, "Models that fit it: linreg, mlp"),
-    (["optim.lr=fast"], 2, "optim.lr='fast'"),
+    (["optim.lr=fast"], 2, "optim.lr=fast is not a number. Fix: optim.lr=0.03"),
     (["trainer.epochs=0"], 2, "trainer.epochs=0 is invalid"),
     (["device=cuda:3"], 2, "device=cuda:3 does not exist"),
     (["optim.lr=1e6"], 1, "diverged: the training loss became"),
@@ -108,6 +108,7 @@ def test_mistakes_give_one_line_and_exit_code(tmp_path, args, code, message):
     assert "Traceback" not in r.stderr
     if code == 2 and "Could not find" not in message:
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "run").exists()  # a run refused before it started leaves no folder behind
 
 
 def test_real_fashion_mnist_softmax_one_epoch(tmp_path, real_fmnist):

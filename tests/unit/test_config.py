@@ -12,14 +12,15 @@ def composed(*overrides):
 
 
 @pytest.mark.parametrize("override,match", [
-    ("optim.lr=fast", "optim.lr='fast'.*could not be converted to Float"),
+    ("optim.lr=fast", r"optim.lr=fast is not a number. Fix: optim.lr=0.03"),
     ("optim.lr=0", r"optim.lr=0.0 is invalid: the learning rate must be positive. Fix: optim.lr=0.1"),
     ("optim.lr=-1", "optim.lr=-1.0 is invalid"),
     ("trainer.epochs=0", "trainer.epochs=0 is invalid: must be at least 1"),
     ("trainer.batch_size=0", "trainer.batch_size=0 is invalid"),
     ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1 is invalid: must be 0 or more"),
     ("optim.momentum=1.5", "optim.momentum=1.5 is invalid"),
-    ("trainer.epochs=ten", "trainer.epochs='ten'"),
+    ("trainer.epochs=ten", "trainer.epochs=ten is not a whole number. Fix: trainer.epochs=3"),
+    ("trainer.progress=maybe", "trainer.progress=maybe is not true or false"),
 ])
 def test_bad_values_name_key_value_and_fix(override, match):
     with pytest.raises(ConfigError, match=match):
