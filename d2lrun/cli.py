@@ -172,7 +172,7 @@ def _evaluate(cfg: DictConfig) -> None:
 
         run = load_run(*_run_target(cfg), device=cfg.device)
         metrics = evaluate_run(run)
-        out = run.checkpoint.parent / "eval.json"
+        out = run.checkpoint.parent / ("eval.json" if not cfg.ckpt else f"eval-{Path(cfg.ckpt).stem}.json")
         write_json(out, {"checkpoint": str(run.checkpoint), "device": str(run.device), **metrics})
         print(json.dumps(metrics))
         print(f"wrote {out}")

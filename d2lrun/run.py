@@ -17,7 +17,12 @@ from d2lrun.optim import build_optimizer
 from d2lrun.train import Diverged, History, Interrupted, Options, fit, loss_for, set_rng_state
 
 
-def train_run(cfg: DictConfig, run_dir: Path, log=print, resume_overrides: list[str] | None = None) -> dict:
+def say(message: str) -> None:
+    """Print a line at once, also when stdout is a file or a pipe (`d2lrun | tee log`)."""
+    print(message, flush=True)
+
+
+def train_run(cfg: DictConfig, run_dir: Path, log=say, resume_overrides: list[str] | None = None) -> dict:
     """Train as cfg says, writing model.pt, last.pt, best.pt, metrics.csv/json and curves.png to run_dir."""
     wall = time.perf_counter()
     ckpt = None
