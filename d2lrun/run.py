@@ -33,7 +33,7 @@ def train_run(cfg: DictConfig, run_dir: Path, log=say, resume_overrides: list[st
         ckpt = load_checkpoint(ckpt_path)
         if not is_full_checkpoint(ckpt):
             raise ValueError(f"{ckpt_path} is a bare state_dict (model.pt); resuming needs last.pt or best.pt. "
-                             f"Fix: resume={Path(cfg.resume).parent if ckpt_path == Path(cfg.resume) else cfg.resume}/last.pt.")
+                             f"Fix: resume={shown(ckpt_path.parent)} (its last.pt).")
         cfg = resume_config(ckpt["config"], resume_overrides or [], str(ckpt_path))
     cfg = validate(cfg)
     device = resolve_device(cfg.device)

@@ -211,3 +211,9 @@ def test_model_pt_loads_into_the_books_own_definitions(tmp_path, fake_fmnist, na
     x = torch.randn(4, 2) if name == "linreg" else torch.rand(4, 1, 28, 28)
     net.eval()
     assert torch.allclose(net(x), ours(x))
+
+
+def test_resume_from_a_bare_state_dict_points_to_the_run(tmp_path):
+    assert run_cli("trainer.epochs=1", f"hydra.run.dir={tmp_path / 'a'}", *FAST).returncode == 0
+    r = run_cli(f"resume={tmp_path / 'a' / 'model.pt'}", f"hydra.run.dir={tmp_path / 'b'}", *FAST)
+    assert r.returncode == 2 and f"Fix: resume={tmp_path / 'a'} (its last.pt)" in r.stderr
