@@ -14,8 +14,9 @@ from torch import nn
 
 from d2lrun.checkpoint import find_checkpoint, is_full_checkpoint, load_checkpoint, load_state_dict_strict
 
-# Overrides that would change what the checkpoint's weights mean; resuming refuses them.
-FIXED_ON_RESUME = ("model", "dataset", "regularizer", "experiment", "seed", "optim.name")
+# Overrides that would change what the checkpoint's weights (or optimizer state) mean; resuming refuses them.
+FIXED_ON_RESUME = ("model", "dataset", "regularizer", "experiment", "seed")  # and every key below them
+OPTIMIZER_CHOICE = ("optim", "optim.name")  # another optimizer: the saved state would not fit it
 
 
 def resume_config(saved: dict, overrides: list[str], source: str):
@@ -31,7 +32,8 @@ def resume_config(saved: dict, overrides: list[str], source: str):
         current = OmegaConf.select(cfg, key)
         if isinstance(current, dict) or OmegaConf.is_dict(current):  # a group choice like model=mlp
             current = current.get("name")
-        if any(key == f or key.startswith(f + ".") for f in FIXED_ON_RESUME) and value != current:
+        fixed = key in OPTIMIZER_CHOICE or any(key == f or key.startswith(f + ".") for f in FIXED_ON_RESUME)
+        if fixed and value != current:
             raise ValueError(f"resume={source} cannot change {key} (the checkpoint has {key}={current}, "
                              f"asked {key}={value}). Fix: drop {o.input_line}, or start a new run without resume=.")
         if key == "init" or key.startswith("init.") or value == current:

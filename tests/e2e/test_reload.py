@@ -103,7 +103,7 @@ def test_resume_is_bit_for_bit(tmp_path, fake_fmnist):
 
 
 @pytest.mark.parametrize("override,key", [("model=lenet", "model"), ("dataset.num_train=10", "dataset.num_train"),
-                                          ("seed=3", "seed")])
+                                          ("seed=3", "seed"), ("optim=adam", "optim")])
 def test_resume_refuses_overrides_that_change_the_model_or_data(tmp_path, override, key):
     assert run_cli("trainer.epochs=1", f"hydra.run.dir={tmp_path / 'a'}", *FAST).returncode == 0
     r = run_cli(f"resume={tmp_path / 'a'}", override, f"hydra.run.dir={tmp_path / 'b'}", *FAST)
