@@ -19,7 +19,6 @@ from d2lrun.files import atomic_write
 
 FORMAT = "d2lrun-checkpoint"
 VERSION = 1
-CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "best", "rng", "config", "spec")
 
 
 def save_torch(path: str | Path, obj) -> Path:

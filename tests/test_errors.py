@@ -2,7 +2,6 @@
 no traceback, and nothing already saved damaged."""
 import json
 import os
-import string
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """Checkpoints and run files: atomic writes, safe loading, clear errors."""
 import os
-import pickle
 
 import pytest
 import torch
