@@ -73,3 +73,11 @@ def plot_curves(path: str | Path, rows: list[dict], title: str = "") -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return atomic_write(path, buf.getvalue())
+
+
+def shown(path: str | Path) -> str:
+    """A path as the user would type it: relative to the current folder when it is below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,60 +1,123 @@
-"""Reload a saved run: rebuild its model from the checkpoint alone, evaluate, predict, resume.
+"""Reload a saved run: compose its config again through Hydra, rebuild its model, evaluate, predict, resume.
 
     run = load_run("outputs/2026-11-26/10-00-00")
     run.predict(new_rows)            # a DataFrame for CSV runs, uint8 images for Fashion-MNIST
+
+Every checkpoint keeps the run's command-line overrides (with absolute paths). Reloading composes
+`config.yaml` with those plus the new ones through Hydra's Compose API, exactly as the command line
+would, then refuses only changes that would change what the weights mean: the model, the data's
+features, the seed (and, to resume, the optimizer). Where the data lives may change.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from d2lrun.checkpoint import find_checkpoint, is_full_checkpoint, load_checkpoint, load_state_dict_strict
+from d2lrun.checkpoint import find_checkpoint, load_checkpoint, load_full_checkpoint, load_state_dict_strict
+from d2lrun.config import PATH_KEYS, checked, resolve_device
+from d2lrun.errors import UsageError
 
-# Overrides that would change what the checkpoint's weights (or optimizer state) mean; resuming refuses them.
-FIXED_ON_RESUME = ("model", "dataset", "regularizer", "experiment", "seed")  # and every key below them
-OPTIMIZER_CHOICE = ("optim", "optim.name")  # another optimizer: the saved state would not fit it
+LOCATION_KEYS = (*PATH_KEYS, "download")  # the dataset keys that say where data is, not what it is
+MEANING = ("model", "dataset", "seed")  # what a reloaded run must keep
 
 
-def resume_config(saved: dict, overrides: list[str], source: str):
-    """The saved run's config with the user's compatible overrides applied (trainer.epochs=8, ...)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def _key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
 
-    cfg = OmegaConf.create(saved)
-    for o in OverridesParser.create().parse_overrides(overrides):
-        key = o.key_or_group
-        if key.startswith("hydra") or o.is_sweep_override():
-            continue
-        value = o.value()
-        current = OmegaConf.select(cfg, key)
-        if isinstance(current, dict) or OmegaConf.is_dict(current):  # a group choice like model=mlp
-            current = current.get("name")
-        fixed = key in OPTIMIZER_CHOICE or any(key == f or key.startswith(f + ".") for f in FIXED_ON_RESUME)
-        if fixed and value != current:
-            raise ValueError(f"resume={source} cannot change {key} (the checkpoint has {key}={current}, "
-                             f"asked {key}={value}). Fix: drop {o.input_line}, or start a new run without resume=.")
-        if key == "init" or key.startswith("init.") or value == current:
-            continue  # initialisation no longer matters: the weights come from the checkpoint
-        OmegaConf.update(cfg, key, value, merge=True, force_add=False)
-    cfg.resume = source
-    return cfg
+
+def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
+    """base less the keys that new sets again, then new (flags such as -m pass through)."""
+    again = {_key(o) for o in new if "=" in o and not o.startswith("-")}
+    return [o for o in base if _key(o) not in again] + list(new)
+
+
+def saved_overrides(overrides: Sequence[str], cfg: DictConfig) -> list[str]:
+    """A run's overrides as its checkpoints keep them: no resume=, the dataset's paths absolute."""
+    quoted = {k: str(cfg.dataset[k]).replace("\\", "\\\\").replace("'", "\\'") for k in PATH_KEYS
+              if isinstance(cfg.dataset.get(k), str)}
+    return merge_overrides([o for o in overrides if _key(o) != "resume"],
+                           [f"dataset.{k}='{v}'" for k, v in quoted.items()])
+
+
+def run_overrides(ckpt: dict, source: Path) -> list[str]:
+    """The overrides a checkpoint's run was started with (less resume=)."""
+    saved = ckpt.get("overrides")
+    if saved is None:  # written by d2lrun 0.1: the run folder's .hydra/ has them
+        hydra_file = source.parent / ".hydra" / "overrides.yaml"
+        if not hydra_file.exists():
+            raise UsageError(f"{source} does not say how its run was configured (d2lrun 0.1, without "
+                             f"its .hydra/ folder). Fix: give the run folder it came from.")
+        saved = list(OmegaConf.load(hydra_file))
+    return [o for o in saved if _key(o) != "resume"]
+
+
+def compose_run(ckpt: dict, source: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The saved run's config, composed again from its overrides plus new ones (Hydra's Compose API)."""
+    from d2lrun.config import compose
+
+    return compose(merge_overrides(run_overrides(ckpt, source), overrides))
+
+
+def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[str] = MEANING) -> None:
+    """Refuse, in one line, a change to what the saved weights mean; where the data is may change."""
+    now = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for key in keys:
+        section, _, name = key.partition(".")
+        a, b = saved.get(section), now.get(section)
+        if name:
+            a, b = (a or {}).get(name), (b or {}).get(name)
+        if section == "dataset":
+            a, b = ({k: v for k, v in d.items() if k not in LOCATION_KEYS} for d in (a, b))
+        diff = _first_difference(a, b, key)
+        if diff:
+            k, was, asked = diff
+            drop = f"{k[:-5]}={asked}" if k.endswith(".name") else f"{k}=..."  # a group's option
+            raise UsageError(f"{what} cannot change {k} (the run has {k}={was}, asked {k}={asked}). "
+                             f"Fix: drop {drop}, or start a new run without {'it' if 'resume' in what else 'the run'}.")
+
+
+def _first_difference(a, b, prefix: str):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in dict.fromkeys([*a, *b]):
+            diff = _first_difference(a.get(k), b.get(k), f"{prefix}.{k}")
+            if diff:
+                return diff
+        return None
+    return None if a == b else (prefix, a, b)
+
+
+def resume_arguments(resume: str, args: Sequence[str]) -> list[str]:
+    """The command line of `d2lrun resume=RUN ...`: the run's own overrides, then the new ones."""
+    source = find_checkpoint(resume)
+    return merge_overrides(run_overrides(load_full_checkpoint(source, "resuming"), source), args)
+
+
+def resume_checkpoint(cfg: DictConfig) -> dict:
+    """The checkpoint that cfg.resume names, after checking cfg keeps what its weights mean."""
+    source = find_checkpoint(cfg.resume)
+    ckpt = load_full_checkpoint(source, "resuming")
+    # Another optimizer could not take the saved state (momentum buffers, Adam moments).
+    check_same_meaning(ckpt["config"], cfg, f"resume={cfg.resume}", (*MEANING, "optim.name"))
+    return ckpt
 
 
 @dataclass
-class Run:
-    """A reloaded run: the model (eval mode, on `device`), its config, the data spec, and where it came from."""
+class SavedRun:
+    """A reloaded run: the model (eval mode, on `device`), its config, the data spec, and its source."""
 
     model: nn.Module
-    config: dict
+    config: DictConfig
     spec: dict
     checkpoint: Path
     device: torch.device
 
     def predict(self, inputs) -> list:
-        """Predict raw inputs: a DataFrame of rows (CSV runs) or uint8 images (N, 28, 28) (image runs).
+        """Predict raw inputs: a DataFrame of rows (CSV runs) or uint8 images (N, 28, 28).
 
         Returns class names for classification and floats for regression.
         """
@@ -75,72 +138,72 @@ class Run:
             from d2lrun.data.csv import transform
 
             if not isinstance(inputs, pd.DataFrame):
-                raise ValueError(f"this run was trained on a CSV table; predict takes a pandas DataFrame, "
-                                 f"not {type(inputs).__name__}.")
+                raise UsageError(f"this run was trained on a CSV table; predict takes a pandas "
+                                 f"DataFrame, not {type(inputs).__name__}. Fix: pd.read_csv(FILE).")
             return torch.from_numpy(transform(inputs, self.spec["preprocess"])).to(self.device)
         X = torch.as_tensor(inputs)
-        if self.spec.get("image_shape"):
-            shape = tuple(self.spec["image_shape"])
-            if X.ndim == 2:
-                X = X.unsqueeze(0)  # one image (H, W) -> (1, H, W)
-            if X.ndim == 3:
-                X = X.unsqueeze(1)  # (N, H, W) -> (N, 1, H, W)
+        shape = tuple(self.spec["image_shape"] or ())
+        if shape:
+            X = X.reshape(1, *X.shape) if X.ndim == 2 else X  # one image (H, W) -> (1, H, W)
+            X = X.unsqueeze(1) if X.ndim == 3 else X  # (N, H, W) -> (N, 1, H, W)
             if tuple(X.shape[1:]) != shape:
-                raise ValueError(f"images must be (N, {shape[1]}, {shape[2]}) uint8; got {tuple(X.shape)}.")
+                raise UsageError(f"images must be (N, {shape[1]}, {shape[2]}) uint8; got "
+                                 f"{tuple(X.shape)}. Fix: give images of the run's size.")
         return prepare_batch(X.to(self.device))
 
 
-def load_run(path: str | Path, ckpt: str | Path | None = None, device: str = "cpu") -> Run:
-    """Rebuild a run's model from what it saved: run dir (final weights) or a checkpoint file."""
-    from d2lrun.config import resolve_device
+def load_run(path: str | Path | None = None, ckpt: str | Path | None = None, device: str = "cpu",
+             overrides: Sequence[str] = ()) -> SavedRun:
+    """Rebuild a run's model: from a run folder (its final weights) or one checkpoint file.
+
+    `overrides` may say where the run's data is now (`dataset.root=...`, `dataset.path=...`).
+    """
     from d2lrun.models import build_model
 
     source = Path(ckpt) if ckpt else find_checkpoint(path)
-    saved = load_checkpoint(source)
-    if not is_full_checkpoint(saved):
-        raise ValueError(f"{source} is a bare state_dict without its config. Fix: pass the run directory, "
-                         f"or ckpt=RUN/last.pt or RUN/best.pt.")
+    saved = load_full_checkpoint(source, "reloading")
     weights = saved["model"]
-    final = source.parent / "model.pt"
-    if ckpt is None and final.exists():  # a finished run: its final weights
-        weights = load_checkpoint(final)
-    cfg = OmegaConf.create(saved["config"])
+    if ckpt is None and (source.parent / "model.pt").exists():  # a finished run: its final weights
+        weights = load_checkpoint(source.parent / "model.pt")
+    cfg = compose_run(saved, source, overrides)
+    check_same_meaning(saved["config"], cfg, str(source))
+    cfg = checked(cfg)
     dev = resolve_device(device)
-    model = build_model(cfg.model, saved["spec"], cfg.regularizer)
+    model = build_model(cfg.model, saved["spec"])
     load_state_dict_strict(model, weights, str(source))
-    return Run(model.to(dev).eval(), saved["config"], saved["spec"], source, dev)
+    return SavedRun(model.to(dev).eval(), cfg, saved["spec"], source, dev)
 
 
-def evaluate_run(run: Run) -> dict:
+def evaluate_run(run: SavedRun) -> dict:
     """Metrics of the reloaded model on the held-out split of the run's own dataset."""
     from d2lrun.data import build_data
+    from d2lrun.models import is_scratch
     from d2lrun.train import evaluate, loss_for
 
-    cfg = OmegaConf.create(run.config)
-    _, val, spec = build_data(cfg.dataset, cfg.seed, run.device)
-    classify = spec["task"] == "classification"
-    metrics = evaluate(run.model, loss_for(spec, getattr(run.model, "scratch", False)), val, classify)
+    _, val, spec = build_data(run.config.dataset, run.config.seed, run.device)
+    loss_fn = loss_for(spec["task"], is_scratch(run.config.model))
+    metrics = evaluate(run.model, loss_fn, val, spec["task"] == "classification")
     return {f"val_{k}": v for k, v in metrics.items()}
 
 
-def read_inputs(run: Run, path: Path):
+def read_inputs(run: SavedRun, path: Path):
     """Read new inputs for `run`: CSV rows, or uint8 images from .npy / .pt."""
     if not path.exists():
-        raise FileNotFoundError(f"input={path}: no such file. Fix: give a file of new inputs.")
+        raise UsageError(f"input={path}: no such file. Fix: give a file of new inputs.")
     if run.spec["dataset"] == "csv" or path.suffix == ".csv":
         from d2lrun.data.csv import read_table
 
-        return read_table(path)
+        return read_table(path, "input")
     if path.suffix == ".npy":
         import numpy as np
 
         return np.load(path, allow_pickle=False)
     if path.suffix == ".pt":
         return torch.load(path, weights_only=True)
-    raise ValueError(f"input={path}: unknown kind of file. Fix: give .csv rows, or .npy / .pt uint8 images.")
+    raise UsageError(f"input={path}: unknown kind of file. Fix: give .csv rows, or .npy / .pt uint8 images.")
 
 
-def predict_file(run: Run, path: Path, out: Path) -> int:
+def predict_file(run: SavedRun, path: Path, out: Path) -> int:
     """Predict every input in `path` and write them, one row each, to the CSV file `out`."""
     import pandas as pd
 

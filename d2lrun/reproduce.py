@@ -5,7 +5,7 @@
     python -m d2lrun.reproduce --only ch6_lenet lenet_modern      # some presets: print their rows, README untouched
 
 Each run is `d2lrun experiment=NAME` composed through Hydra's compose API and trained by
-d2lrun.run.train_run, with its files in outputs/reproduce/NAME. A number is within tolerance when
+d2lrun.job.train_job, with its files in outputs/reproduce/NAME. A number is within tolerance when
 it is within tolerance of either edition's number (zh 2.0.0 / en 0.17.5) or of the book's range:
 accuracy within 0.02 of the book or better, losses within 15%, weight-decay norms within 10%.
 """
@@ -148,27 +148,29 @@ def read_values(run_dir: Path, summary: dict) -> dict[str, float]:
 
 def compose_preset(experiment: Experiment, extra: list[str]):
     """The preset's config as `d2lrun experiment=NAME OVERRIDES...` would compose it."""
-    from hydra import compose, initialize_config_dir
+    from d2lrun.config import compose
 
-    from d2lrun.cli import CONFIG_DIR
+    return compose(preset_overrides(experiment, extra))
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=[f"experiment={experiment.preset}", *experiment.overrides, *extra])
+
+def preset_overrides(experiment: Experiment, extra: list[str]) -> list[str]:
+    return [f"experiment={experiment.preset}", *experiment.overrides, *extra]
 
 
 def run_experiment(experiment: Experiment, out: Path, extra: list[str], fmnist: list[str], log=print) -> Result:
     """Train one preset (fmnist: overrides for Fashion-MNIST presets only) and read its numbers."""
-    from d2lrun.run import train_run
+    from d2lrun.job import train_job
 
     cfg = compose_preset(experiment, extra)
     if cfg.dataset.name == "fashion_mnist" and fmnist:
-        cfg = compose_preset(experiment, [*extra, *fmnist])
+        extra = [*extra, *fmnist]
+        cfg = compose_preset(experiment, extra)
     run_dir = out / experiment.name.replace(" ", "_").replace("λ=", "lambd")
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run, not a resumed one
     start = time.perf_counter()
     try:
-        summary = train_run(cfg, run_dir, log=lambda line: log(f"  {line}"))
+        summary = train_job(cfg, run_dir, preset_overrides(experiment, extra), log=lambda line: log(f"  {line}"))
     except Exception as e:  # one broken preset must not hide the others' numbers
         log(f"  failed: {type(e).__name__}: {e}")
         return Result(experiment, f"failed ({type(e).__name__})", {}, time.perf_counter() - start, str(run_dir))

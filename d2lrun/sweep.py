@@ -1,7 +1,7 @@
 """Sweeps (`d2lrun -m`): a folder of its own, resumable jobs, and the results table at the end.
 
     unique_dir    the resolver behind hydra.sweep.dir: two sweeps never share a folder
-    finished_job  a re-run sweep skips the jobs that already completed (see cli._train)
+    run_job       one job: skipped when it already completed; a failure is recorded, the sweep goes on
     score         what each job returns to the sweeper: best val_acc, or minus best val_loss
     SweepSummary  the Hydra callback (configs/config.yaml) that ends every sweep with `report`
     report        table, summary.csv and heatmap.png of any sweep folder (`d2lrun-report DIR`)
@@ -11,20 +11,23 @@ Imports stay light (no torch): Hydra instantiates the callback for every run, sw
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import math
+import sys
+import traceback
 from collections import Counter
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.files import atomic_write, write_csv, write_json
+from d2lrun.errors import Abort, Interrupted, UsageError, translate
+from d2lrun.files import atomic_write, shown, write_csv, write_json
 
 JOB_FILE = Path(".hydra") / "d2lrun_job.json"  # the overrides a job folder was last started with
 HIGHER_IS_BETTER = {"val_acc"}  # every other metric (val_loss) is better when lower
-last_failure: str | None = None  # set when a sweep ends with failed jobs; cli.train exits 1 with it
 
 
 def unique_dir(base: str) -> str:
@@ -63,6 +66,37 @@ def finished_job(run_dir: Path, overrides: list[str]) -> dict | None:
     return None
 
 
+def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
+    """One job of a sweep; returns its score. A job that fails is recorded in its metrics.json
+    (status, reason, exit code; error.txt has the traceback of an unexpected one) and the sweep goes on."""
+    from d2lrun.job import train_job
+
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    done = finished_job(run_dir, overrides)
+    if done is not None:  # the same sweep run again: only missing or failed jobs train
+        print(f"job {hc.job.num}: already completed in {shown(run_dir)}; skipped")
+        return score(done)
+    start_job(run_dir, overrides)
+    try:
+        return score(train_job(cfg, run_dir, overrides))
+    except Interrupted as e:
+        raise Interrupted(f"{e} To finish the sweep, run the same command again with "
+                          f"hydra.sweep.dir={shown(hc.sweep.dir)}") from None
+    except Exception as e:
+        error = translate(e)
+        reason = str(error) if error else f"{type(e).__name__}: {e} (traceback in error.txt)"
+        print(f"d2lrun: error: {reason}", file=sys.stderr, flush=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if error is None:
+            atomic_write(run_dir / "error.txt", traceback.format_exc().encode())
+        if not (run_dir / "metrics.json").exists():
+            write_json(run_dir / "metrics.json", {"status": "failed", "reason": reason,
+                                                  "exit_code": getattr(error, "exit_code", 1)})
+        return -math.inf
+
+
 def start_job(run_dir: Path, overrides: list[str]) -> None:
     """Record which job runs in run_dir; an earlier attempt's metrics.json no longer counts."""
     (run_dir / "metrics.json").unlink(missing_ok=True)
@@ -94,8 +128,9 @@ class SweepSummary(Callback):
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        global last_failure
-        last_failure = report(Path(str(config.hydra.sweep.dir)))
+        failure = report(Path(str(config.hydra.sweep.dir)))
+        if failure:  # an Abort, not an Exception: Hydra would turn that into a warning
+            raise Abort(failure)
 
 
 def _as_dict(overrides) -> dict[str, str] | None:
@@ -107,7 +142,6 @@ def planned_jobs(sweep_dir: Path) -> tuple[list[dict | None], list[str]]:
     path = sweep_dir / "multirun.yaml"
     if not path.exists():
         return [], []
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     hydra_cfg = OmegaConf.load(path).hydra
@@ -117,7 +151,10 @@ def planned_jobs(sweep_dir: Path) -> tuple[list[dict | None], list[str]]:
     overrides = OverridesParser.create().parse_overrides(args)
     swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
     if str(sweeper.get("_target_", "")).endswith("BasicSweeper"):  # the grid, in Hydra's own job order
-        return [_as_dict(job) for job in BasicSweeper.split_arguments(overrides, None)[0]], swept
+        values = {o.get_key_element(): [str(v) for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                  else [o.get_value_element_as_str()] for o in overrides}
+        grid = itertools.product(*([f"{k}={v}" for v in vs] for k, vs in values.items()))
+        return [_as_dict(job) for job in grid], swept
     return [None] * int(sweeper.get("n_trials") or 0), swept
 
 
@@ -172,7 +209,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         rows.append(_row(name, overrides, metrics, started=True))
     rows += [_row(str(j), o, None, started=False) for j, o in todo.items()]
     if not rows:
-        raise FileNotFoundError(f"{sweep_dir} holds no sweep: no multirun.yaml and no job folders (0/, 1/, ...). "
+        raise UsageError(f"{sweep_dir} holds no sweep: no multirun.yaml and no job folders (0/, 1/, ...). "
                                 f"Fix: give a folder that `d2lrun -m` wrote, e.g. outputs/multirun/DATE/TIME.")
     varied = [k for r in rows for k in r["_overrides"]
               if len({r2["_overrides"].get(k) for r2 in rows if r2["_overrides"]}) > 1]
@@ -191,7 +228,7 @@ def report(sweep_dir: Path) -> str | None:
     """Print the results table of a sweep folder, write summary.csv (and heatmap.png); say what failed, if any."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"{sweep_dir} is not a folder. Fix: d2lrun-report outputs/multirun/DATE/TIME "
+        raise UsageError(f"{sweep_dir} is not a folder. Fix: d2lrun-report outputs/multirun/DATE/TIME "
                                 f"(the folder a sweep printed).")
     rows, keys = collect(sweep_dir)
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]

@@ -17,17 +17,10 @@ from torch import nn
 
 from d2lrun.checkpoint import save_checkpoint
 from d2lrun.data import Split, prepare_batch
+from d2lrun.errors import Diverged
 from d2lrun.optim import Optimizer, l1_penalty
 
 EVAL_BATCH_SIZE = 1024  # evaluation needs no gradients, so bigger batches are only faster
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-class Interrupted(Exception):
-    """Ctrl-C during training; the last complete epoch is on disk."""
 
 
 def squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -42,21 +35,11 @@ def cross_entropy_scratch(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return -log_probs[torch.arange(len(y), device=y.device), y].mean()
 
 
-def loss_for(spec: dict, scratch: bool):
+def loss_for(task: str, scratch: bool):
     """The book's loss for the task: squared loss (scratch, §3.2) or MSELoss (§3.3); cross-entropy."""
-    if spec["task"] == "regression":
+    if task == "regression":
         return squared_loss if scratch else F.mse_loss
     return cross_entropy_scratch if scratch else F.cross_entropy
-
-
-@dataclass
-class Options:
-    epochs: int
-    batch_size: int
-    l1: float = 0.0
-    checkpoint_every: int = 1
-    progress: bool = True
-    compile: bool = False
 
 
 @dataclass
@@ -86,7 +69,7 @@ def train_one_epoch(model: nn.Module, loss_fn, optimizer: Optimizer, data: Split
         y_hat = model(X)
         loss = loss_fn(y_hat, y)
         objective = loss + l1 * l1_penalty(model) if l1 else loss
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         objective.backward()
         optimizer.step()
         loss = loss.detach()
@@ -129,33 +112,35 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def fit(model: nn.Module, optimizer: Optimizer, loss_fn, train: Split, val: Split,
-        opts: Options, run_dir: Path, generator: torch.Generator, history: History,
-        checkpoint_extra: dict, classify: bool, log=print) -> History:
-    """Train for opts.epochs epochs from history.epoch; checkpoint, record and print each epoch."""
+def fit(model: nn.Module, optimizer: Optimizer, loss_fn, train: Split, val: Split, trainer,
+        l1: float, run_dir: Path, generator: torch.Generator, history: History,
+        checkpoint_extra: dict, log=print) -> History:
+    """Train for trainer.epochs epochs (the config's `trainer`) from history.epoch, with an
+    L1 term of strength l1; checkpoint, record and print each epoch. Ctrl-C saves the last epoch."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    classify = not torch.is_floating_point(train.y)  # class indices, or regression targets
     metric = "val_acc" if classify else "val_loss"  # higher accuracy, or lower loss, is better
     saved_epoch = history.epoch
     pending: dict | None = None  # the last complete epoch's checkpoint, if not yet on disk
     console = Console(stderr=True)  # the bar goes to stderr and only to a terminal; stdout keeps the epoch lines
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=console, transient=True, disable=not (opts.progress and console.is_terminal))
-    task = progress.add_task("", total=math.ceil(len(train) / opts.batch_size))
-    net = compiled(model, train.X.device, log) if opts.compile else model  # `model` keeps the plain state_dict
+                        console=console, transient=True, disable=not (trainer.progress and console.is_terminal))
+    task = progress.add_task("", total=math.ceil(len(train) / trainer.batch_size))
+    net = compiled(model, train.X.device, log) if trainer.compile else model  # `model` keeps the plain state_dict
     try:
         with progress:
-            for epoch in range(history.epoch + 1, opts.epochs + 1):
-                progress.reset(task, description=f"epoch {epoch}/{opts.epochs}")
+            for epoch in range(history.epoch + 1, trainer.epochs + 1):
+                progress.reset(task, description=f"epoch {epoch}/{trainer.epochs}")
                 start = time.perf_counter()
-                out = train_one_epoch(net, loss_fn, optimizer, train, opts.batch_size, generator, opts.l1,
+                out = train_one_epoch(net, loss_fn, optimizer, train, trainer.batch_size, generator, l1,
                                       classify, on_batch=lambda: progress.advance(task))
                 train_loss = out["loss_sum"].item() / len(train)  # the one host sync of the epoch
                 if not math.isfinite(train_loss):
                     # A NaN/inf batch loss, or finite ones whose float32 sum overflowed: the first batch where
                     # the running sum stops being finite.
-                    running = torch.cumsum(out["batch_losses"] * opts.batch_size, 0)
+                    running = torch.cumsum(out["batch_losses"] * trainer.batch_size, 0)
                     first = (~torch.isfinite(running)).nonzero()
                     bad = int(first[0]) if len(first) else len(running) - 1
                     raise Diverged(f"the training loss became {out['batch_losses'][bad].item():.4g} at epoch {epoch}, "
@@ -176,14 +161,14 @@ def fit(model: nn.Module, optimizer: Optimizer, loss_fn, train: Split, val: Spli
                 pending = make_checkpoint(model, optimizer, history, generator, checkpoint_extra)
                 if improved:
                     save_checkpoint(run_dir / "best.pt", pending)
-                if epoch % opts.checkpoint_every == 0 or epoch == opts.epochs:
+                if epoch % trainer.checkpoint_every == 0 or epoch == trainer.epochs:
                     save_checkpoint(run_dir / "last.pt", pending)
                     saved_epoch, pending = epoch, None
-                log(format_row(row, opts.epochs))
+                log(format_row(row, trainer.epochs))
     except KeyboardInterrupt:
         if pending is not None and history.epoch > saved_epoch:
             save_checkpoint(run_dir / "last.pt", pending)
-        raise Interrupted(history.epoch) from None
+        raise
     return history
 
 

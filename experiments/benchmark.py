@@ -2,7 +2,7 @@
 
   (a) the book's loop: torchvision FashionMNIST + ToTensor + DataLoader(shuffle, 4 workers), d2l's train_ch6
   (b) a minimal hand-written loop over device-resident tensors (randperm slices, metrics read once per epoch)
-  (c) d2lrun's own trainer through its Python API (d2lrun.run.train_run), checkpoints and metrics included
+  (c) d2lrun's own trainer through its Python API (d2lrun.job.train_job), checkpoints and metrics included
 
 Each epoch trains on the 60,000 training images and evaluates on the 10,000 test images. Reported:
 seconds per epoch (median of the epochs after the first), training examples/s (data time included),
@@ -127,17 +127,15 @@ def minimal_loop(root: Path, device: torch.device, epochs: int) -> dict:
 
 def d2lrun_trainer(root: Path, device: torch.device, epochs: int) -> dict:
     """(c) d2lrun's trainer, composed from its configs exactly as `d2lrun model=lenet` would be."""
-    from hydra import compose, initialize_config_dir
-
-    from d2lrun.cli import CONFIG_DIR
+    from d2lrun.config import compose
     from d2lrun.data import build_data
-    from d2lrun.run import train_run
+    from d2lrun.job import train_job
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["model=lenet", f"trainer.epochs={epochs}", f"device={device}",
-                                           f"dataset.root={root}", "dataset.download=false", "trainer.progress=false"])
+    overrides = ["model=lenet", f"trainer.epochs={epochs}", f"device={device}", f"dataset.root={root}",
+                 "dataset.download=false", "trainer.progress=false"]
+    cfg = compose(overrides)
     with tempfile.TemporaryDirectory() as out:
-        summary = train_run(cfg, Path(out), log=lambda *_: None)
+        summary = train_job(cfg, Path(out), overrides, log=lambda *_: None)
         rows = _read_rows(Path(out) / "metrics.csv")
     train, _, _ = build_data(cfg.dataset, cfg.seed)  # the same process: d2lrun's cache, no second decode
     return {"epoch_seconds": [float(r["seconds"]) for r in rows], "test_acc": summary["final"]["val_acc"],

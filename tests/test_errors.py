@@ -5,24 +5,24 @@ import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d2lrun.cli import CONFIG_DIR, guarded
-from d2lrun.run import train_run
+from d2lrun.cli import handle
+from d2lrun.config import compose
+from d2lrun.job import train_job
 from tests.conftest import run_cli
 
 
-def compose_cfg(*overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=["trainer.progress=false", *overrides])
-
-
-def run_in_process(tmp_path, *overrides):
-    """What `d2lrun` does for one run, in this process: (exit code, stderr lines)."""
-    return guarded(lambda: train_run(compose_cfg(*overrides), tmp_path / "run", log=lambda *_: None),
-                   tmp_path / "run")[0]
+def run_in_process(tmp_path, *overrides, run_dir=None) -> int:
+    """What `d2lrun OVERRIDES` does for one run, in this process: its exit code (the line goes to stderr)."""
+    overrides = ["trainer.progress=false", *overrides]
+    run_dir = run_dir or tmp_path / "run"
+    try:
+        handle(lambda: train_job(compose(overrides), run_dir, overrides, log=lambda *_: None), "d2lrun")
+    except SystemExit as e:
+        return e.code
+    return 0
 
 
 def one_line(capsys) -> str:
@@ -90,9 +90,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, capsys):
     # lr 0.5 trains for a while on the default data, then 1e4 would blow up: resume with a huge lr.
     assert run_in_process(tmp_path, "trainer.epochs=1") == 0
     good = (tmp_path / "run" / "last.pt").read_bytes()
-    code = guarded(lambda: train_run(compose_cfg(f"resume={tmp_path / 'run'}", "optim.lr=1e6", "trainer.epochs=3"),
-                                     tmp_path / "run", log=lambda *_: None, resume_overrides=["optim.lr=1e6",
-                                                                                               "trainer.epochs=3"]))[0]
+    code = run_in_process(tmp_path, f"resume={tmp_path / 'run'}", "optim.lr=1e6", "trainer.epochs=3")
     line = one_line(capsys)
     assert code == 1 and "diverged" in line and "epoch 2, batch" in line and "lower optim.lr" in line
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -181,16 +179,16 @@ def test_random_csvs_train_or_fail_in_one_line(tmp_path_factory, columns, rows, 
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code, _ = guarded(lambda: train_run(compose_cfg(*cfg_overrides), tmp / "run", log=lambda *_: None))
+        code = run_in_process(tmp, *cfg_overrides)
     errors = [ln for ln in err.getvalue().splitlines() if ln.startswith("d2lrun: error:")]
     assert code in (0, 1, 2)
     assert (code == 0) == (not errors) and len(errors) <= 1
 
 
 def test_ctrl_c_while_loading_data(tmp_path, capsys, monkeypatch):
-    import d2lrun.run as run_mod
+    import d2lrun.job as job_mod
 
-    monkeypatch.setattr(run_mod, "build_data", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(job_mod, "build_data", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     assert run_in_process(tmp_path) == 130
     assert "interrupted before training started" in one_line(capsys)
 

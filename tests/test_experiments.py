@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from d2lrun import reproduce
-from d2lrun.cli import CONFIG_DIR
+from d2lrun.config import EXPERIMENTS_DIR, compose
 from d2lrun.reproduce import EXPERIMENTS, Check, Experiment, Result, judge, run_experiment
 
-PRESET_DIR = Path(CONFIG_DIR) / "experiment"
+PRESET_DIR = EXPERIMENTS_DIR
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 FMNIST = {"dataset.name": "fashion_mnist", "trainer.batch_size": 256, "trainer.epochs": 10}
 SYNTHETIC = {"dataset.name": "synthetic", "dataset.w": [2, -3.4], "dataset.b": 4.2, "dataset.noise": 0.01,
@@ -26,7 +25,7 @@ SOFTMAX = {**FMNIST, "model.name": "softmax", "init.name": "normal", "init.std":
 MLP = {**FMNIST, "model.name": "mlp", "model.num_hiddens": [256], "model.activation": "relu",
        "init.name": "normal", "init.std": 0.01, "optim.lr": 0.1, "regularizer.name": "none"}
 DROPOUT = {**FMNIST, "model.name": "mlp", "model.num_hiddens": [256, 256], "regularizer.name": "dropout",
-           "regularizer.dropout": [0.2, 0.5], "optim.lr": 0.5}
+           "model.dropout": [0.2, 0.5], "optim.lr": 0.5}
 # The book's protocol, key by key, written out independently of the preset files.
 PROTOCOL = {
     "ch3_linreg_scratch": {**SYNTHETIC, "model.impl": "scratch"},
@@ -48,8 +47,7 @@ KNOWN_MISSES = {"ch4_weight_decay λ=3": "‖w‖₂ ≈ 0.026·‖w₀‖₂, a
 
 
 def compose_preset(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=[f"experiment={name}", *overrides])
+    return compose([f"experiment={name}", *overrides])
 
 
 def test_every_preset_is_tested_and_reproduced():

@@ -42,10 +42,8 @@ _CACHE_SIZE = 4
 
 def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -> tuple[Split, Split, dict]:
     """Load (or reuse) the dataset named by cfg.name and move both splits to `device`."""
-    name = cfg.get("name")
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset '{name}'. Choose one of: {', '.join(DATASETS)}.")
-    key = json.dumps([OmegaConf.to_container(cfg, resolve=True), seed], sort_keys=True)
+    name = cfg.name
+    key = json.dumps([OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), seed], sort_keys=True)
     if key not in _CACHE:
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))

@@ -11,38 +11,36 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from d2lrun.data import Split
+from d2lrun.errors import UsageError
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, key: str = "dataset.path") -> pd.DataFrame:
     """Read a CSV file, turning every way it can be unreadable into one clear error."""
-    if path in (None, "???"):
-        raise ValueError("dataset=csv needs a file. Fix: dataset.path=FILE.csv dataset.target=COLUMN.")
-    p = Path(str(path)).expanduser()
+    p, where = Path(str(path)).expanduser(), f"{key}={path}"
     if not p.exists():
-        raise FileNotFoundError(f"dataset.path={path}: no such file. Fix: give the path of a CSV file.")
+        raise UsageError(f"{where}: no such file. Fix: {key}=<the path of a CSV file>.")
     if p.is_dir():
-        raise ValueError(f"dataset.path={path} is a directory, not a CSV file. Fix: dataset.path={path}/FILE.csv.")
+        raise UsageError(f"{where} is a directory, not a CSV file. Fix: {key}={path}/FILE.csv.")
     try:
         frame = pd.read_csv(p)
     except UnicodeDecodeError as e:
-        raise ValueError(f"dataset.path={path} is not UTF-8 text (byte {e.start}). "
-                         f"Fix: re-save the file as UTF-8.") from None
+        raise UsageError(f"{where} is not UTF-8 text (byte {e.start}). Fix: re-save the file as UTF-8.") from None
     except pd.errors.EmptyDataError:
-        raise ValueError(f"dataset.path={path} is empty. Fix: give a CSV file with a header row and data rows.") from None
+        raise UsageError(f"{where} is empty. Fix: give a CSV file with a header row and data rows.") from None
     except pd.errors.ParserError as e:
         reason = str(e).strip().splitlines()[-1]
-        raise ValueError(f"dataset.path={path} has ragged rows ({reason}). "
+        raise UsageError(f"{where} has ragged rows ({reason}). "
                          f"Fix: give every row as many fields as the header.") from None
     if frame.empty:
-        raise ValueError(f"dataset.path={path} has a header but no data rows. Fix: add rows.")
+        raise UsageError(f"{where} has a header but no data rows. Fix: add rows.")
     frame.columns = [str(c) for c in frame.columns]
     return frame
 
 
-def fit_preprocess(features: pd.DataFrame, standardize: bool = False, max_categories: int = 50) -> dict:
+def fit_preprocess(features: pd.DataFrame, standardize: bool, max_categories: int) -> dict:
     """Learn what `transform` needs from training rows: numeric means/stds, categories per text column."""
     numeric, categorical, dropped = {}, {}, []
     for col in features.columns:
@@ -71,7 +69,7 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
     """
     missing = [c for c in [*stats["numeric"], *stats["categorical"]] if c not in features.columns]
     if missing:
-        raise ValueError(f"The input lacks the column(s) {missing} the model was trained on. "
+        raise UsageError(f"The input lacks the column(s) {missing} the model was trained on. "
                          f"Fix: add them (values may be empty).")
     parts = []
     for col, s in stats["numeric"].items():
@@ -88,13 +86,10 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
 
 
 def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
-    if OmegaConf.is_missing(cfg, "path") or OmegaConf.is_missing(cfg, "target"):
-        raise ValueError("dataset=csv needs a file and the column to predict. "
-                         "Fix: dataset.path=FILE.csv dataset.target=COLUMN.")
     frame = read_table(cfg.path)
     target = cfg.target
-    if target in (None, "???") or target not in frame.columns:
-        raise ValueError(f"dataset.target={target} is not a column of {cfg.path}; its columns are: "
+    if target not in frame.columns:
+        raise UsageError(f"dataset.target={target} is not a column of {cfg.path}; its columns are: "
                          f"{', '.join(frame.columns)}. Fix: dataset.target=<one of them>.")
     unlabeled = int(frame[target].isna().sum())
     if unlabeled:
@@ -102,32 +97,27 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
         print(f"note: dropped {unlabeled} row(s) of {cfg.path} with no value in '{target}'", file=sys.stderr)
         frame = frame[frame[target].notna()].reset_index(drop=True)
 
-    task = cfg.get("task", "auto")
-    if task not in ("auto", "regression", "classification"):
-        raise ValueError(f"dataset.task={task} is not one of auto, regression, classification. Fix: dataset.task=auto.")
+    task = str(cfg.task)
     if task == "auto":
         task = "regression" if pd.api.types.is_numeric_dtype(frame[target]) else "classification"
     if task == "regression" and not pd.api.types.is_numeric_dtype(frame[target]):
-        raise ValueError(f"dataset.task=regression but column '{target}' is not numeric. Fix: dataset.task=classification.")
+        raise UsageError(f"dataset.task=regression but column '{target}' is not numeric. Fix: dataset.task=classification.")
 
-    n = len(frame)
-    frac = float(cfg.get("val_fraction", 0.2))
-    if not 0 < frac < 1:
-        raise ValueError(f"dataset.val_fraction={frac} must be between 0 and 1. Fix: dataset.val_fraction=0.2.")
+    n, frac = len(frame), cfg.val_fraction
     n_val = max(1, round(n * frac))
     if n - n_val < 1:
-        raise ValueError(f"{cfg.path} has {n} labelled row(s): too few to hold out {frac:.0%} for validation "
+        raise UsageError(f"{cfg.path} has {n} labelled row(s): too few to hold out {frac:.0%} for validation "
                          f"and still train. Fix: add rows (at least 2).")
     order = np.random.default_rng(seed).permutation(n)
     train_rows, val_rows = frame.iloc[order[n_val:]], frame.iloc[order[:n_val]]
 
     features = frame.columns.drop(target)
-    stats = fit_preprocess(train_rows[features], bool(cfg.get("standardize", True)), int(cfg.get("max_categories", 50)))
+    stats = fit_preprocess(train_rows[features], cfg.standardize, cfg.max_categories)
     if stats["dropped"]:
         print(f"note: ignored column(s) {stats['dropped']} (empty in training rows or more than "
-              f"dataset.max_categories={cfg.get('max_categories', 50)} distinct values)", file=sys.stderr)
+              f"dataset.max_categories={cfg.max_categories} distinct values)", file=sys.stderr)
     if not stats["columns"]:
-        raise ValueError(f"{cfg.path} has no usable feature column besides '{target}'. Fix: add feature columns.")
+        raise UsageError(f"{cfg.path} has no usable feature column besides '{target}'. Fix: add feature columns.")
     spec = {"dataset": "csv", "task": task, "num_inputs": len(stats["columns"]), "image_shape": None,
             "target": target, "preprocess": stats}
 
@@ -142,7 +132,7 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
         classes = sorted(train_rows[target].astype(str).unique())
         unseen = sorted(set(val_rows[target].astype(str)) - set(classes))
         if unseen:
-            raise ValueError(f"class(es) {unseen} of '{target}' occur only in the validation rows, so the model "
+            raise UsageError(f"class(es) {unseen} of '{target}' occur only in the validation rows, so the model "
                              f"could never learn them. Fix: add training rows of them, or change seed or dataset.val_fraction.")
         spec |= {"num_outputs": len(classes), "class_names": classes}
     else:

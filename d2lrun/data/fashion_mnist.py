@@ -6,6 +6,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from d2lrun.data import Split
+from d2lrun.errors import RunFailed, UsageError
 
 # d2l's text labels (§3.5 get_fashion_mnist_labels).
 CLASS_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
@@ -29,27 +30,27 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
         try:
             raw.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise PermissionError(f"dataset.root={cfg.root} is not writable, so Fashion-MNIST cannot be downloaded "
+            raise RunFailed(f"dataset.root={cfg.root} is not writable, so Fashion-MNIST cannot be downloaded "
                                   f"there ({e.strerror}). Fix: dataset.root=<a writable folder>.") from None
     if missing and not cfg.download:
-        raise FileNotFoundError(f"Fashion-MNIST is not in {raw} (missing {', '.join(missing)}) and dataset.download=false. "
+        raise UsageError(f"Fashion-MNIST is not in {raw} (missing {', '.join(missing)}) and dataset.download=false. "
                                 f"Fix: place the files from {URL} there, or dataset.download=true.")
     splits = []
     for train in (True, False):
         try:
             ds = FashionMNIST(str(root), train=train, download=bool(cfg.download))
         except PermissionError as e:
-            raise PermissionError(f"dataset.root={cfg.root} is not writable ({e.strerror}: {e.filename}). "
+            raise RunFailed(f"dataset.root={cfg.root} is not writable ({e.strerror}: {e.filename}). "
                                   f"Fix: dataset.root=<a writable folder>.") from None
         except Exception as e:  # torchvision raises RuntimeError, OSError, EOFError, ... for a failed download or a bad file
             reason = str(e).splitlines()[0].rstrip(": ") if str(e) else type(e).__name__
             if missing:
-                raise FileNotFoundError(
+                raise UsageError(
                     f"Fashion-MNIST is not in {raw} and the download failed ({reason}). Fix: place "
                     f"{', '.join(missing)} from {URL} in {raw}, or set dataset.root=<folder that has them>.") from None
             if "download" in reason.lower():  # torchvision re-downloads a file whose checksum is wrong
                 reason = f"a checksum does not match and no fresh copy could be downloaded: {reason}"
-            raise ValueError(f"Fashion-MNIST files in {raw} are damaged ({reason}). "
+            raise UsageError(f"Fashion-MNIST files in {raw} are damaged ({reason}). "
                              f"Fix: delete them and run again to download fresh copies, or copy fresh ones there.") from None
         splits.append(Split(ds.data.unsqueeze(1), ds.targets))  # (N, 1, 28, 28) uint8, (N,) int64
     spec = {"dataset": "fashion_mnist", "task": "classification", "num_inputs": 28 * 28, "num_outputs": 10,

@@ -23,14 +23,15 @@ class LinearRegression(nn.Sequential):
 
 
 class LinearRegressionScratch(nn.Module):
-    """§3.2: w ~ N(0, 0.01²) of shape (num_inputs, 1), b = 0, y_hat = Xw + b."""
+    """§3.2: w of shape (num_inputs, 1) and b, y_hat = Xw + b; init sets them (§3.2: N(0, 0.01²), 0).
 
-    scratch = True  # raw tensors laid out as (fan_in, fan_out), as the book writes them
+    Raw tensors are laid out (fan_in, fan_out), as the book writes them.
+    """
 
-    def __init__(self, num_inputs: int, sigma: float = 0.01):
+    def __init__(self, num_inputs: int):
         super().__init__()
-        self.w = nn.Parameter(torch.normal(0, sigma, (num_inputs, 1)))
-        self.b = nn.Parameter(torch.zeros(1))
+        self.w = nn.Parameter(torch.empty(num_inputs, 1))  # values: d2lrun.models.init or a checkpoint
+        self.b = nn.Parameter(torch.empty(1))
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return X @ self.w + self.b  # (B, d) @ (d, 1) -> (B, 1)
@@ -51,18 +52,16 @@ class SoftmaxRegression(nn.Sequential):
 
 
 class SoftmaxRegressionScratch(nn.Module):
-    """§3.6: W ~ N(0, 0.01²) of shape (num_inputs, num_outputs), b = 0; outputs logits X W + b.
+    """§3.6: W of shape (num_inputs, num_outputs) and b; outputs logits X W + b.
 
     The softmax itself lives in the scratch loss (d2lrun.train.cross_entropy_scratch), which is
     the numerically stable form of the book's softmax followed by -log.
     """
 
-    scratch = True  # raw tensors laid out as (fan_in, fan_out), as the book writes them
-
-    def __init__(self, num_inputs: int, num_outputs: int, sigma: float = 0.01):
+    def __init__(self, num_inputs: int, num_outputs: int):
         super().__init__()
-        self.W = nn.Parameter(torch.normal(0, sigma, (num_inputs, num_outputs)))
-        self.b = nn.Parameter(torch.zeros(num_outputs))
+        self.W = nn.Parameter(torch.empty(num_inputs, num_outputs))  # values: d2lrun.models.init
+        self.b = nn.Parameter(torch.empty(num_outputs))
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return X.reshape(-1, self.W.shape[0]) @ self.W + self.b  # (B, d) @ (d, q) -> (B, q)

@@ -216,4 +216,4 @@ def test_model_pt_loads_into_the_books_own_definitions(tmp_path, fake_fmnist, na
 def test_resume_from_a_bare_state_dict_points_to_the_run(tmp_path):
     assert run_cli("trainer.epochs=1", f"hydra.run.dir={tmp_path / 'a'}", *FAST).returncode == 0
     r = run_cli(f"resume={tmp_path / 'a' / 'model.pt'}", f"hydra.run.dir={tmp_path / 'b'}", *FAST)
-    assert r.returncode == 2 and f"Fix: resume={tmp_path / 'a'} (its last.pt)" in r.stderr
+    assert r.returncode == 2 and f"Fix: give the run folder {tmp_path / 'a'} (its last.pt)" in r.stderr

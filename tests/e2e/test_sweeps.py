@@ -52,7 +52,7 @@ def test_rerun_skips_completed_jobs_and_report_shows_a_partial_sweep(tmp_path):
     r = sweep(s, *grid)
     assert r.returncode == 1 and "1 of 3 sweep jobs did not complete (1 failed)" in r.stderr
     assert metrics(s / "2") == {"status": "failed", "exit_code": 2, "reason":
-                                "optim.lr=-1.0 is invalid: the learning rate must be positive. Fix: optim.lr=0.1."}
+                                "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.1."}
 
     shutil.rmtree(s / "1")  # as if the sweep had been stopped before job 1
     r = run_cli(str(s), tool="d2lrun-report")
@@ -81,9 +81,9 @@ def test_fashion_mnist_sweep_decodes_the_data_once(tmp_path):
         "calls, load = [], fm.load\n"
         "fm.load = lambda *a, **k: calls.append(1) or load(*a, **k)\n"
         "atexit.register(lambda: print('decoded', len(calls), 'time(s)'))\n"
-        "from d2lrun.cli import train\n"
+        "from d2lrun.cli import train_main\n"
         "sys.argv[0] = 'd2lrun'\n"
-        "train()\n")
+        "train_main()\n")
     r = subprocess.run([sys.executable, "-c", count_loads, "-m", "model=softmax", "optim.lr=0.1,0.3",
                         "optim.weight_decay=0,1e-3", "trainer.epochs=2", "trainer.progress=false",
                         "dataset.download=false", f"hydra.sweep.dir={s}"],

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from d2lrun.checkpoint import find_checkpoint, load_checkpoint, load_state_dict_strict, save_checkpoint
+from d2lrun.errors import UsageError
 from d2lrun.files import atomic_write, write_csv, write_json
 
 
@@ -39,7 +40,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     torch.save({"model": Exploit()}, path)
     if os.path.exists("/tmp/d2lrun_pwned"):
         os.remove("/tmp/d2lrun_pwned")
-    with pytest.raises(ValueError, match="refused: it would run code"):
+    with pytest.raises(UsageError, match="refused: it would run code"):
         load_checkpoint(path)
     assert not os.path.exists("/tmp/d2lrun_pwned")
 
@@ -51,7 +52,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 def test_garbage_files_get_one_clear_error(tmp_path, content, match):
     path = tmp_path / "bad.pt"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UsageError, match=match):
         load_checkpoint(path)
 
 
@@ -59,23 +60,23 @@ def test_truncated_checkpoint(tmp_path):
     path = tmp_path / "t.pt"
     save_checkpoint(path, {"model": {"w": torch.randn(1000)}})
     path.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(ValueError, match="truncated or not a checkpoint"):
+    with pytest.raises(UsageError, match="truncated or not a checkpoint"):
         load_checkpoint(path)
 
 
 def test_missing_paths(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+    with pytest.raises(UsageError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "nope.pt")
-    with pytest.raises(FileNotFoundError, match="has no last.pt"):
+    with pytest.raises(UsageError, match="has no last.pt"):
         find_checkpoint(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no such run directory"):
+    with pytest.raises(UsageError, match="no such run folder"):
         find_checkpoint(tmp_path / "nope")
 
 
 def test_architecture_mismatch_lists_keys_and_shapes():
     net = torch.nn.Sequential(torch.nn.Linear(2, 1))
     other = {"0.weight": torch.zeros(3, 2), "1.bias": torch.zeros(1)}
-    with pytest.raises(ValueError, match=r"missing keys \['0.bias'\].*unexpected keys \['1.bias'\].*0.weight \(3, 2\) vs \(1, 2\)"):
+    with pytest.raises(UsageError, match=r"missing keys \['0.bias'\].*unexpected keys \['1.bias'\].*0.weight \(3, 2\) vs \(1, 2\)"):
         load_state_dict_strict(net, other, "x.pt")
 
 

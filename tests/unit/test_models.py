@@ -3,19 +3,19 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from d2lrun.errors import UsageError
 from d2lrun.models import build_model
 from d2lrun.models.init import apply_init
 
 IMAGES = {"dataset": "fashion_mnist", "task": "classification", "num_inputs": 784, "num_outputs": 10,
           "image_shape": [1, 28, 28], "class_names": list("abcdefghij")}
 TABLE = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "num_outputs": 1, "image_shape": None}
-NONE = OmegaConf.create({"name": "none"})
 
 
 def model_cfg(name, **kw):
     defaults = {"linreg": {"impl": "concise"}, "softmax": {"impl": "concise"},
-                "mlp": {"impl": "concise", "num_hiddens": [256], "activation": "relu"},
-                "lenet": {"variant": "classic", "batch_norm": False}}[name]
+                "mlp": {"impl": "concise", "num_hiddens": [256], "activation": "relu", "dropout": 0.0},
+                "lenet": {"variant": "classic", "batch_norm": False, "dropout": 0.0}}[name]
     return OmegaConf.create({"name": name, **defaults, **kw})
 
 
@@ -27,59 +27,60 @@ def model_cfg(name, **kw):
     for impl in ("concise", "scratch")] + [("lenet", IMAGES, torch.rand(5, 1, 28, 28), (5, 10), None)])
 def test_output_shapes(name, spec, x, out, impl):
     kw = {"impl": impl} if impl else {}
-    assert build_model(model_cfg(name, **kw), spec, NONE)(x).shape == out
+    assert build_model(model_cfg(name, **kw), spec)(x).shape == out
 
 
 def test_lenet_matches_the_book():
-    net = build_model(model_cfg("lenet"), IMAGES, NONE)
+    net = build_model(model_cfg("lenet"), IMAGES)
     assert sum(p.numel() for p in net.parameters()) == 61_706
     assert sorted({k.split(".")[0] for k in net.state_dict()}) == ["0", "11", "3", "7", "9"]
     assert isinstance(net[1], torch.nn.Sigmoid) and isinstance(net[2], torch.nn.AvgPool2d)
-    modern = build_model(model_cfg("lenet", variant="modern"), IMAGES, NONE)
+    modern = build_model(model_cfg("lenet", variant="modern"), IMAGES)
     assert isinstance(modern[1], torch.nn.ReLU) and isinstance(modern[2], torch.nn.MaxPool2d)
 
 
 def test_book_state_dict_keys():
-    assert list(build_model(model_cfg("linreg"), TABLE, NONE).state_dict()) == ["0.weight", "0.bias"]
-    assert list(build_model(model_cfg("softmax"), IMAGES, NONE).state_dict()) == ["1.weight", "1.bias"]
-    assert list(build_model(model_cfg("mlp"), IMAGES, NONE).state_dict()) == ["1.weight", "1.bias", "3.weight", "3.bias"]
+    assert list(build_model(model_cfg("linreg"), TABLE).state_dict()) == ["0.weight", "0.bias"]
+    assert list(build_model(model_cfg("softmax"), IMAGES).state_dict()) == ["1.weight", "1.bias"]
+    assert list(build_model(model_cfg("mlp"), IMAGES).state_dict()) == ["1.weight", "1.bias", "3.weight", "3.bias"]
 
 
 @pytest.mark.parametrize("name,spec,fits", [("lenet", TABLE, "linreg, mlp"), ("softmax", TABLE, "linreg, mlp"),
                                             ("linreg", IMAGES, "softmax, mlp, lenet")])
 def test_impossible_pairs_name_what_fits(name, spec, fits):
-    with pytest.raises(ValueError, match=f"Models that fit it: {fits}"):
-        build_model(model_cfg(name), spec, NONE)
+    with pytest.raises(UsageError, match=f"Models that fit it: {fits}"):
+        build_model(model_cfg(name), spec)
 
 
 def test_dropout_acts_only_in_training():
-    reg = OmegaConf.create({"name": "dropout", "dropout": [0.2, 0.5]})
-    net = build_model(model_cfg("mlp", num_hiddens=[256, 256]), IMAGES, reg)
+    net = build_model(model_cfg("mlp", num_hiddens=[256, 256], dropout=[0.2, 0.5]), IMAGES)
     assert [m.p for m in net if isinstance(m, torch.nn.Dropout)] == [0.2, 0.5]
     x = torch.rand(8, 1, 28, 28)
     net.eval()
     assert torch.equal(net(x), net(x))
     net.train()
     assert not torch.equal(net(x), net(x))
-    with pytest.raises(ValueError, match="has 2 rate.*1 hidden layer"):
-        build_model(model_cfg("mlp"), IMAGES, reg)
-    with pytest.raises(ValueError, match="has none"):
-        build_model(model_cfg("linreg"), TABLE, OmegaConf.create({"name": "dropout", "dropout": 0.5}))
+    lenet = build_model(model_cfg("lenet", dropout=0.3), IMAGES)
+    assert [m.p for m in lenet if isinstance(m, torch.nn.Dropout)] == [0.3, 0.3]
 
 
 @pytest.mark.parametrize("init,check", [
     ({"name": "zeros"}, lambda w: torch.all(w == 0)),
     ({"name": "constant", "value": 42.0, "bias": 0.0}, lambda w: torch.all(w == 42)),
     ({"name": "normal", "mean": 0.0, "std": 0.01, "bias": 0.0}, lambda w: 0.005 < w.std() < 0.015),
-    ({"name": "xavier", "distribution": "uniform", "bias": 0.0},
-     lambda w: w.abs().max() <= (6 / (784 + 256)) ** 0.5 + 1e-6),
+    ({"name": "xavier", "distribution": "uniform", "bias": 0.0},  # U(±√(6/(in+out))): std √(2/(in+out))
+     lambda w: w.abs().max() <= (6 / (784 + 256)) ** 0.5 + 1e-6 and abs(w.std() - (2 / 1040) ** 0.5) < 0.002),
+    ({"name": "xavier", "distribution": "normal", "bias": 0.0},
+     lambda w: w.abs().max() > (6 / 1040) ** 0.5 and abs(w.std() - (2 / 1040) ** 0.5) < 0.002),
+    ({"name": "kaiming", "distribution": "normal", "mode": "fan_out", "bias": 0.0},
+     lambda w: abs(w.std() - (2 / 256) ** 0.5) < 0.005),
     ({"name": "kaiming", "distribution": "normal", "mode": "fan_in", "bias": 0.0},
      lambda w: abs(w.std() - (2 / 784) ** 0.5) < 0.005),
 ])
 @pytest.mark.parametrize("impl", ["concise", "scratch"])
 def test_init_schemes_set_weights_and_zero_biases(init, check, impl):
     torch.manual_seed(0)
-    net = build_model(model_cfg("mlp", impl=impl), IMAGES, NONE)
+    net = build_model(model_cfg("mlp", impl=impl), IMAGES)
     for p in net.parameters():
         torch.nn.init.constant_(p, 7.0)
     apply_init(net, OmegaConf.create(init))
@@ -87,8 +88,3 @@ def test_init_schemes_set_weights_and_zero_biases(init, check, impl):
     first = weights[0] if impl == "concise" else weights[0].T  # scratch stores (fan_in, fan_out)
     assert check(first)
     assert all(torch.all(p == 0) for p in net.parameters() if p.ndim == 1)
-
-
-def test_unknown_init_lists_options():
-    with pytest.raises(ValueError, match="Unknown init 'xavir'. Choose one of: default, normal"):
-        apply_init(torch.nn.Linear(2, 1), OmegaConf.create({"name": "xavir"}))

@@ -21,8 +21,8 @@ REGRESSION = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "nu
 IMAGES = {"dataset": "fashion_mnist", "task": "classification", "num_inputs": 784, "num_outputs": 10,
           "image_shape": [1, 28, 28]}
 MODELS = {"linreg": {"name": "linreg"}, "softmax": {"name": "softmax"},
-          "mlp": {"name": "mlp", "num_hiddens": [32], "activation": "relu"},
-          "mlp2": {"name": "mlp", "num_hiddens": [32, 16], "activation": "relu"}}
+          "mlp": {"name": "mlp", "num_hiddens": [32], "activation": "relu", "dropout": 0.0},
+          "mlp2": {"name": "mlp", "num_hiddens": [32, 16], "activation": "relu", "dropout": 0.0}}
 
 
 def regression_data(w: torch.Tensor = torch.tensor([2.0, -3.4]), b: float = 4.2, n: int = 1000) -> Split:
@@ -79,8 +79,8 @@ def test_each_impl_gets_its_own_optimizer_and_loss():
     # Both take torch.optim.SGD's exact steps (tests/unit/test_optim.py); with momentum 0 that is the book's sgd.
     assert type(build_optimizer(scratch, optim_cfg(0.03))) is SGD
     assert type(build_optimizer(concise, optim_cfg(0.03))) is SGD
-    assert loss_for(REGRESSION, True) is squared_loss and loss_for(REGRESSION, False) is F.mse_loss
-    assert loss_for(IMAGES, True) is cross_entropy_scratch and loss_for(IMAGES, False) is F.cross_entropy
+    assert loss_for("regression", True) is squared_loss and loss_for("regression", False) is F.mse_loss
+    assert loss_for("classification", True) is cross_entropy_scratch and loss_for("classification", False) is F.cross_entropy
 
 
 def test_linreg_same_loss_same_curve():
@@ -96,8 +96,8 @@ def test_linreg_book_losses_differ_by_the_half():
     """§3.3's MSELoss has no ½: its loss is twice §3.2's, and so is its gradient (half the lr, same path)."""
     data = regression_data()
     scratch, concise = twins("linreg", REGRESSION)
-    a = loss_curve(scratch, loss_for(REGRESSION, True), data, lr=0.03, batch_size=10)
-    b = loss_curve(concise, loss_for(REGRESSION, False), data, lr=0.015, batch_size=10)
+    a = loss_curve(scratch, loss_for("regression", True), data, lr=0.03, batch_size=10)
+    b = loss_curve(concise, loss_for("regression", False), data, lr=0.015, batch_size=10)
     torch.testing.assert_close(2 * a, b, atol=1e-5, rtol=0)
 
 
@@ -106,8 +106,8 @@ def test_classifier_same_loss_same_curve(key, lr):
     """Each impl with its own loss (hand-written stable cross-entropy vs F.cross_entropy) and optimizer."""
     data = image_data()
     scratch, concise = twins(key, IMAGES)
-    a = loss_curve(scratch, loss_for(IMAGES, True), data, lr)
-    b = loss_curve(concise, loss_for(IMAGES, False), data, lr)
+    a = loss_curve(scratch, loss_for("classification", True), data, lr)
+    b = loss_curve(concise, loss_for("classification", False), data, lr)
     assert a[-3:].mean() < a[:3].mean()  # it learned
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     scratch.eval(), concise.eval()

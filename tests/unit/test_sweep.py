@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from d2lrun import sweep
 from d2lrun.cli import CONFIG_DIR
+from d2lrun.errors import UsageError
 
 
 def compose_hydra(*overrides):
@@ -106,9 +107,9 @@ def test_report_of_an_interrupted_grid_lists_missing_and_unfinished_jobs(tmp_pat
 
 
 def test_report_names_the_problem_and_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="is not a folder. Fix: d2lrun-report outputs/multirun/DATE/TIME"):
+    with pytest.raises(UsageError, match="is not a folder. Fix: d2lrun-report outputs/multirun/DATE/TIME"):
         sweep.report(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="holds no sweep.*Fix: give a folder that `d2lrun -m` wrote"):
+    with pytest.raises(UsageError, match="holds no sweep.*Fix: give a folder that `d2lrun -m` wrote"):
         sweep.report(tmp_path)
 
 

@@ -4,11 +4,12 @@ import torch
 from omegaconf import OmegaConf
 
 from d2lrun.checkpoint import load_checkpoint
+from d2lrun.config import Trainer
 from d2lrun.data import Split
+from d2lrun.errors import Diverged
 from d2lrun.models import build_model
 from d2lrun.optim import build_optimizer, l1_penalty
-from d2lrun.train import (Diverged, History, Interrupted, Options, cross_entropy_scratch, evaluate, fit,
-                          squared_loss, train_one_epoch)
+from d2lrun.train import History, cross_entropy_scratch, evaluate, fit, squared_loss, train_one_epoch
 
 SPEC = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "num_outputs": 1, "image_shape": None}
 
@@ -28,11 +29,11 @@ def sgd(model, lr=0.03, wd=0.0):
     return build_optimizer(model, OmegaConf.create({"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": wd}))
 
 
-def run_fit(tmp_path, model, opt, epochs=3, **kw):
+def run_fit(tmp_path, model, opt, epochs=3, checkpoint_every=1, l1=0.0):
     data = regression_data()
-    return fit(model, opt, torch.nn.functional.mse_loss, data, data, Options(epochs, 10, **kw), tmp_path,
-               torch.Generator().manual_seed(0), History(), {"config": {}, "spec": SPEC}, classify=False,
-               log=lambda *_: None)
+    trainer = Trainer(epochs=epochs, batch_size=10, checkpoint_every=checkpoint_every, progress=False, compile=False)
+    return fit(model, opt, torch.nn.functional.mse_loss, data, data, trainer, l1, tmp_path,
+               torch.Generator().manual_seed(0), History(), {"config": {}, "spec": SPEC}, log=lambda *_: None)
 
 
 def test_fit_learns_and_writes_checkpoints(tmp_path):
@@ -80,7 +81,7 @@ def test_ctrl_c_saves_the_last_complete_epoch(tmp_path):
         return original(*a, **k)
 
     opt.step = step
-    with pytest.raises(Interrupted):
+    with pytest.raises(KeyboardInterrupt):
         run_fit(tmp_path, model, opt, epochs=6, checkpoint_every=10)
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
 
