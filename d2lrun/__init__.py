@@ -1,4 +1,5 @@
 """d2lrun: the experiments of Dive into Deep Learning (chapters 2-6), run from Hydra configs."""
+
 __version__ = "0.2.0"
 
 

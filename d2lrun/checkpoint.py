@@ -1,4 +1,4 @@
-"""Checkpoints: plain dicts of tensors and containers, saved atomically, loaded with weights_only=True.
+"""Checkpoints: plain dicts of tensors and containers, saved atomically, loaded weights_only.
 
 A checkpoint (`last.pt`, `best.pt`) holds everything needed to resume or reload a run:
     model      the state_dict                  optimizer  its state_dict
@@ -8,6 +8,7 @@ A checkpoint (`last.pt`, `best.pt`) holds everything needed to resume or reload 
     spec       what the data decided (classes, statistics)
 `model.pt` is only the final state_dict, loadable into the book's own nn.Sequential.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,7 +25,7 @@ RETRAIN = "Fix: use another checkpoint of the run (last.pt, best.pt) or train ag
 
 
 def save_torch(path: str | Path, obj) -> Path:
-    """torch.save to memory first, then write atomically: a failed write leaves the old file intact."""
+    """torch.save to memory, then write atomically: a failed write leaves the old file intact."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write(path, buf.getvalue())
@@ -35,28 +36,42 @@ def save_checkpoint(path: str | Path, ckpt: dict) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a file saved by save_checkpoint (or a bare state_dict) without running any pickled code."""
+    """Load a file of save_checkpoint (or a bare state_dict) without running any pickled code."""
     path = Path(path)
     if not path.exists():
-        raise UsageError(f"{path}: no such checkpoint. Fix: give a run folder or a .pt file that exists.")
+        raise UsageError(
+            f"{path}: no such checkpoint. Fix: give a run folder or a .pt file that exists."
+        )
     if path.is_dir():
-        raise UsageError(f"{path} is a directory. Fix: give a .pt file, or pass the folder as run=.")
+        raise UsageError(
+            f"{path} is a directory. Fix: give a .pt file, or pass the folder as run=."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        culprit = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "GLOBAL")
+        culprit = next(
+            (ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "GLOBAL"
+        )
         if "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            raise UsageError(f"{path} was refused: it would run code when loaded, which a checkpoint "
-                             f"never needs ({culprit[:120]}). Fix: only load checkpoints that d2lrun "
-                             f"wrote.") from None
-        raise UsageError(f"{path} is truncated or not a checkpoint (unpickling failed). {RETRAIN}") from None
+            raise UsageError(
+                f"{path} was refused: it would run code when loaded, which a checkpoint "
+                f"never needs ({culprit[:120]}). Fix: only load checkpoints that d2lrun "
+                f"wrote."
+            ) from None
+        raise UsageError(
+            f"{path} is truncated or not a checkpoint (unpickling failed). {RETRAIN}"
+        ) from None
     except Exception as e:  # torch raises many kinds for a damaged zip or pickle stream
         first = (str(e).splitlines() or [""])[0][:120]
-        raise UsageError(f"{path} is truncated or not a checkpoint ({type(e).__name__}"
-                         f"{': ' + first if first else ''}). {RETRAIN}") from None
+        raise UsageError(
+            f"{path} is truncated or not a checkpoint ({type(e).__name__}"
+            f"{': ' + first if first else ''}). {RETRAIN}"
+        ) from None
     if not isinstance(obj, dict):
-        raise UsageError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict. "
-                         f"Fix: give a .pt file d2lrun wrote.")
+        raise UsageError(
+            f"{path} holds a {type(obj).__name__}, not a checkpoint dict. "
+            f"Fix: give a .pt file d2lrun wrote."
+        )
     return obj
 
 
@@ -64,8 +79,10 @@ def load_full_checkpoint(path: Path, what: str) -> dict:
     """A checkpoint with its config (last.pt, best.pt), not a bare state_dict (model.pt)."""
     ckpt = load_checkpoint(path)
     if ckpt.get("format") != FORMAT:
-        raise UsageError(f"{path} is a bare state_dict without its config; {what} needs last.pt or "
-                         f"best.pt. Fix: give the run folder {shown(path.parent)} (its last.pt).")
+        raise UsageError(
+            f"{path} is a bare state_dict without its config; {what} needs last.pt or "
+            f"best.pt. Fix: give the run folder {shown(path.parent)} (its last.pt)."
+        )
     return ckpt
 
 
@@ -76,11 +93,15 @@ def find_checkpoint(run: str | Path, name: str = "last.pt") -> Path:
         path = run / name
         if not path.exists():
             have = sorted(p.name for p in run.glob("*.pt"))
-            raise UsageError(f"{run} has no {name} (it has: {', '.join(have) or 'no .pt files'}). "
-                             f"Fix: give a run folder that finished an epoch, or ckpt=PATH.")
+            raise UsageError(
+                f"{run} has no {name} (it has: {', '.join(have) or 'no .pt files'}). "
+                f"Fix: give a run folder that finished an epoch, or ckpt=PATH."
+            )
         return path
     if not run.exists():
-        raise UsageError(f"{run}: no such run folder or checkpoint. Fix: give a path under outputs/.")
+        raise UsageError(
+            f"{run}: no such run folder or checkpoint. Fix: give a path under outputs/."
+        )
     return run
 
 
@@ -89,13 +110,20 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict, source: str) -> 
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
-        parts = [f"missing keys {missing[:6]}" if missing else "",
-                 f"unexpected keys {unexpected[:6]}" if unexpected else "",
-                 f"shape mismatches {shapes[:4]}" if shapes else ""]
-        raise UsageError(f"{source} was saved from another architecture: "
-                         f"{'; '.join(p for p in parts if p)}. Fix: rebuild the model with the run's "
-                         f"own config (d2lrun-eval run=DIR does).")
+        parts = [
+            f"missing keys {missing[:6]}" if missing else "",
+            f"unexpected keys {unexpected[:6]}" if unexpected else "",
+            f"shape mismatches {shapes[:4]}" if shapes else "",
+        ]
+        raise UsageError(
+            f"{source} was saved from another architecture: "
+            f"{'; '.join(p for p in parts if p)}. Fix: rebuild the model with the run's "
+            f"own config (d2lrun-eval run=DIR does)."
+        )
     model.load_state_dict(state)

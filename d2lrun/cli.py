@@ -9,6 +9,7 @@ Every entry point runs inside `handle`, the one place where errors become one li
 an exit code (d2lrun.errors). Heavy imports (torch, pandas, matplotlib) happen inside the
 functions, so `--help` is quick.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,7 +32,7 @@ config.register()
 
 
 def handle(main: Callable[[], object], prog: str) -> None:
-    """Run an entry point; any error of d2lrun, Hydra or the OS ends as one line and its exit code."""
+    """Run an entry point; an error of d2lrun, Hydra or the OS ends as one line and an exit code."""
     tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Unless HYDRA_FULL_ERROR=1, Hydra prints its own multi-line message and exits 1; with it, the
     # error reaches this handler, which shows one line and exits 2 for a bad config.
@@ -45,8 +46,10 @@ def handle(main: Callable[[], object], prog: str) -> None:
         if tracebacks:
             raise e
         if error is None:  # a bug: say so in one line; the traceback is one variable away
-            error = Abort(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''} "
-                          f"(a bug in d2lrun? HYDRA_FULL_ERROR=1 shows the traceback)")
+            error = Abort(
+                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''} "
+                f"(a bug in d2lrun? HYDRA_FULL_ERROR=1 shows the traceback)"
+            )
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         sys.exit(error.exit_code)
     finally:
@@ -89,7 +92,7 @@ def _train(cfg: DictConfig) -> float | None:
 
 
 def train_main() -> None:
-    """`d2lrun`: train one model, or sweep with -m; `resume=RUN` starts from the run's own choices."""
+    """`d2lrun`: train one model, or sweep with -m; `resume=RUN` starts from the run's choices."""
 
     def main() -> None:
         resume = next((a.partition("=")[2] for a in sys.argv[1:] if a.startswith("resume=")), None)
@@ -112,7 +115,9 @@ def _evaluate(cfg: DictConfig) -> None:
 
     run = load_run(cfg.run, cfg.ckpt, cfg.device, _data_overrides(cfg))
     metrics = evaluate_run(run)
-    out = run.checkpoint.parent / ("eval.json" if not cfg.ckpt else f"eval-{Path(cfg.ckpt).stem}.json")
+    out = run.checkpoint.parent / (
+        "eval.json" if not cfg.ckpt else f"eval-{Path(cfg.ckpt).stem}.json"
+    )
     write_json(out, {"checkpoint": str(run.checkpoint), "device": str(run.device), **metrics})
     print(json.dumps(metrics))
     print(f"wrote {out}")
@@ -132,7 +137,9 @@ def _predict(cfg: DictConfig) -> None:
 def _data_overrides(cfg: DictConfig) -> list[str]:
     """dataset.root=... and the like, for composing the saved run again (d2lrun.reload)."""
     if not cfg.run and not cfg.ckpt:
-        raise UsageError("say which run: run=outputs/DATE/TIME (a run folder) or ckpt=PATH (a .pt file).")
+        raise UsageError(
+            "say which run: run=outputs/DATE/TIME (a run folder) or ckpt=PATH (a .pt file)."
+        )
     return [f"dataset.{k}={v}" for k, v in cfg.dataset.items() if v is not None]
 
 
@@ -151,10 +158,14 @@ def report_main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="d2lrun-report", description="The results table, summary.csv and heatmap.png of a sweep "
+        prog="d2lrun-report",
+        description="The results table, summary.csv and heatmap.png of a sweep "
         "folder written by `d2lrun -m`, even a partial one.",
-        epilog="example: d2lrun-report outputs/multirun/2026-11-26/10-00-00")
-    parser.add_argument("dir", metavar="DIR", help="a sweep folder, e.g. outputs/multirun/DATE/TIME")
+        epilog="example: d2lrun-report outputs/multirun/2026-11-26/10-00-00",
+    )
+    parser.add_argument(
+        "dir", metavar="DIR", help="a sweep folder, e.g. outputs/multirun/DATE/TIME"
+    )
     args = parser.parse_args()
 
     def main() -> None:
@@ -184,5 +195,7 @@ class CheckOutputDir(Callback):
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
-            raise Abort(f"cannot write the output directory {path} ({e.strerror}). Fix: choose a "
-                        f"writable one with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m).") from None
+            raise Abort(
+                f"cannot write the output directory {path} ({e.strerror}). Fix: choose a "
+                f"writable one with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)."
+            ) from None

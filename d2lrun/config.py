@@ -5,6 +5,7 @@ wrong type while it composes (`optim.lr=fast`). `checked` then tests the ranges 
 the few rules that tie keys together. The values themselves live only in the YAML files: every
 field below is MISSING, so no Python code re-defaults a key.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -18,8 +19,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from d2lrun.errors import UsageError
 
 
-def key(example: Any = None, ge: float | None = None, gt: float | None = None,
-        lt: float | None = None) -> Any:
+def key(
+    example: Any = None, ge: float | None = None, gt: float | None = None, lt: float | None = None
+) -> Any:
     """A field whose value comes from YAML; its allowed range, and an example value for the Fix."""
     return field(default=MISSING, metadata={"example": example, "ge": ge, "gt": gt, "lt": lt})
 
@@ -38,7 +40,7 @@ def choices(name: str, *words: str) -> type[Choice]:
     return Choice(name, {w: w for w in words})
 
 
-Impl = choices("Impl", "concise", "scratch")  # nn layers and losses | the book's raw tensors (§3.2)
+Impl = choices("Impl", "concise", "scratch")  # nn layers | the book's raw tensors (§3.2)
 Activation = choices("Activation", "relu", "sigmoid", "tanh")
 Variant = choices("Variant", "classic", "modern")
 Task = choices("Task", "auto", "regression", "classification")
@@ -202,19 +204,27 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"linreg": LinReg, "softmax": Softmax, "mlp": MLP, "lenet": LeNet},
     "optim": {"sgd": SGD, "adam": Adam},
     "regularizer": {n: Regularizer for n in ("none", "l1", "l2", "dropout")},
-    "init": {"default": InitDefault, "normal": InitNormal, "constant": InitConstant,
-             "xavier": InitXavier, "kaiming": InitKaiming, "zeros": InitDefault},
+    "init": {
+        "default": InitDefault,
+        "normal": InitNormal,
+        "constant": InitConstant,
+        "xavier": InitXavier,
+        "kaiming": InitKaiming,
+        "zeros": InitDefault,
+    },
 }
 IMAGE_DATASETS = ("fashion_mnist",)
 HERE = Path(__file__).resolve().parent
-# A wheel ships configs/ and experiments/ inside the package (pyproject.toml); a checkout has them beside it.
+# A wheel ships configs/ and experiments/ inside the package (pyproject.toml); a checkout beside it.
 CONFIG_DIR = str(HERE / "configs" if (HERE / "configs").is_dir() else HERE.parent / "configs")
-EXPERIMENTS_DIR = HERE / "experiments" if (HERE / "experiments").is_dir() else HERE.parent / "experiments"
+EXPERIMENTS_DIR = (
+    HERE / "experiments" if (HERE / "experiments").is_dir() else HERE.parent / "experiments"
+)
 PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
 
 
 def register() -> None:
-    """Put the schemas and the presets in Hydra's ConfigStore, and the sweep folder resolver in OmegaConf.
+    """Put the schemas and presets in Hydra's ConfigStore, the sweep folder resolver in OmegaConf.
 
     The YAML files name their schema in their defaults list. The presets live in experiments/,
     outside configs/, so they join the `experiment` group here: one small file read each.
@@ -233,7 +243,7 @@ def register() -> None:
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config of `d2lrun OVERRIDES...`, through Hydra's Compose API (inside a Hydra app: its own)."""
+    """The config of `d2lrun OVERRIDES...` through Hydra's Compose API (in a Hydra app: its own)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -253,8 +263,10 @@ def options_with_key(group: str, name: str) -> list[str]:
 def checked(cfg: DictConfig) -> DictConfig:
     """Check every declared range and the rules between keys; return a copy with absolute paths."""
     if cfg.model.name == "lenet" and cfg.dataset.name not in IMAGE_DATASETS:
-        raise UsageError(f"model=lenet needs images, and dataset={cfg.dataset.name} is a table. "
-                         f"Fix: dataset=fashion_mnist, or model=mlp for dataset={cfg.dataset.name}.")
+        raise UsageError(
+            f"model=lenet needs images, and dataset={cfg.dataset.name} is a table. "
+            f"Fix: dataset=fashion_mnist, or model=mlp for dataset={cfg.dataset.name}."
+        )
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         k = missing[0]
@@ -285,37 +297,52 @@ def _check_ranges(path: str, node: DictConfig) -> None:
         if not m or value is None or is_dataclass(f.type):
             continue
         name = f"{path}.{f.name}" if path else f.name
-        for v in (value if OmegaConf.is_list(value) else [value]):
+        for v in value if OmegaConf.is_list(value) else [value]:
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
             if (m.get("ge") is not None or m.get("gt") is not None) and not number:
                 raise UsageError(f"{name}={value} is not a number. Fix: {name}={m['example']}.")
-            rule = (f"at least {m['ge']}" if m.get("ge") is not None and v < m["ge"] else
-                    f"greater than {m['gt']}" if m.get("gt") is not None and v <= m["gt"] else
-                    f"less than {m['lt']}" if m.get("lt") is not None and v >= m["lt"] else None)
+            rule = (
+                f"at least {m['ge']}"
+                if m.get("ge") is not None and v < m["ge"]
+                else f"greater than {m['gt']}"
+                if m.get("gt") is not None and v <= m["gt"]
+                else f"less than {m['lt']}"
+                if m.get("lt") is not None and v >= m["lt"]
+                else None
+            )
             if rule:
-                raise UsageError(f"{name}={value} is out of range: it must be {rule}. "
-                                 f"Fix: {name}={m['example']}.")
+                raise UsageError(
+                    f"{name}={value} is out of range: it must be {rule}. "
+                    f"Fix: {name}={m['example']}."
+                )
 
 
 def _check_rules(cfg: DictConfig) -> None:
     """The rules that tie one key to another."""
     model, data = cfg.model, cfg.dataset
     if model.name == "lenet" and model.batch_norm and model.variant == "classic":
-        raise UsageError("model.batch_norm=true belongs to the modern LeNet (§8.5). "
-                         "Fix: model.variant=modern.")
+        raise UsageError(
+            "model.batch_norm=true belongs to the modern LeNet (§8.5). Fix: model.variant=modern."
+        )
     if "dropout" in model and OmegaConf.is_list(model.dropout):
         layers = len(hidden_sizes(model)) if model.name == "mlp" else 2
         if len(model.dropout) not in (1, layers):
-            raise UsageError(f"model.dropout={list(model.dropout)} has {len(model.dropout)} rates "
-                             f"and model={model.name} has {layers} hidden layers. "
-                             f"Fix: give one rate, or {layers}.")
+            raise UsageError(
+                f"model.dropout={list(model.dropout)} has {len(model.dropout)} rates "
+                f"and model={model.name} has {layers} hidden layers. "
+                f"Fix: give one rate, or {layers}."
+            )
     if data.name == "synthetic":
         if OmegaConf.is_list(data.w) and data.num_inputs not in (None, len(data.w)):
-            raise UsageError(f"dataset.num_inputs={data.num_inputs} but dataset.w has {len(data.w)} "
-                             f"values. Fix: dataset.num_inputs=null, or one number as dataset.w.")
+            raise UsageError(
+                f"dataset.num_inputs={data.num_inputs} but dataset.w has {len(data.w)} "
+                f"values. Fix: dataset.num_inputs=null, or one number as dataset.w."
+            )
         if not OmegaConf.is_list(data.w) and data.num_inputs is None:
-            raise UsageError(f"dataset.w={data.w} is one number, so dataset.num_inputs must say "
-                             f"how many inputs. Fix: dataset.num_inputs=200.")
+            raise UsageError(
+                f"dataset.w={data.w} is one number, so dataset.num_inputs must say "
+                f"how many inputs. Fix: dataset.num_inputs=200."
+            )
 
 
 def hidden_sizes(model: DictConfig) -> list[int]:
@@ -333,13 +360,22 @@ def resolve_device(name: str):
     if name == "auto":
         return torch.device("cuda" if has_cuda else "cpu")
     index = name.partition(":")[2]
-    if name == "cpu" or (name == "mps" and has_mps) or (
-            has_cuda and name.split(":")[0] == "cuda"
-            and (not index or index.isdigit() and int(index) < torch.cuda.device_count())):
+    if (
+        name == "cpu"
+        or (name == "mps" and has_mps)
+        or (
+            has_cuda
+            and name.split(":")[0] == "cuda"
+            and (not index or index.isdigit() and int(index) < torch.cuda.device_count())
+        )
+    ):
         return torch.device(name)
     if name in ("mps", "cuda") or name.startswith("cuda:"):
         have = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        raise UsageError(f"device={name} does not exist on this machine; available: "
-                         f"{', '.join(have + ['mps'] * has_mps)}. Fix: device=auto or device=cpu.")
-    raise UsageError(f"Unknown device '{name}'. Choose one of: auto, cpu, cuda, cuda:N, mps. "
-                     f"Fix: device=auto.")
+        raise UsageError(
+            f"device={name} does not exist on this machine; available: "
+            f"{', '.join(have + ['mps'] * has_mps)}. Fix: device=auto or device=cpu."
+        )
+    raise UsageError(
+        f"Unknown device '{name}'. Choose one of: auto, cpu, cuda, cuda:N, mps. Fix: device=auto."
+    )

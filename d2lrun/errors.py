@@ -1,13 +1,14 @@
-"""What can go wrong, as exceptions that carry their exit code, and the one translation of library errors.
+"""What can go wrong, as exceptions carrying their exit code, and library errors translated.
 
     UsageError   2    a bad config value, a missing file, a checkpoint that does not fit
     RunFailed    1    the run itself failed: divergence (Diverged), disk full
     Interrupted  130  Ctrl-C; a KeyboardInterrupt, so that nothing on the way treats it as an error
-    Abort        1    stops the command from inside Hydra (a callback), which turns Exceptions into warnings
+    Abort        1    stops the command from a Hydra callback (whose Exceptions Hydra only warns of)
 
 str(error) is the one line the user sees: the bad value, what is allowed, and "Fix: ...".
 Each entry point in d2lrun.cli catches these in one place; d2lrun.job records them in metrics.json.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,14 +43,18 @@ class Interrupted(KeyboardInterrupt):
 
 
 class Abort(BaseException):
-    """Stop the whole command: an unwritable output folder, a sweep whose jobs did not all complete."""
+    """Stop the command: an unwritable output folder, a sweep whose jobs did not all complete."""
 
     exit_code = 1
 
 
 def translate(e: BaseException) -> D2lrunError | Interrupted | Abort | None:
     """The one-line error for an error of d2lrun, Hydra, OmegaConf or the OS; None for a bug."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
     from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(e, (D2lrunError, Interrupted, Abort)):
@@ -58,28 +63,41 @@ def translate(e: BaseException) -> D2lrunError | Interrupted | Abort | None:
         return Interrupted("interrupted before training started; nothing was saved.")
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
         group, _, name = e.missing_cfg_file.rpartition("/")
-        return UsageError(f"Unknown {group} '{name}'. Choose one of: {', '.join(sorted(e.options))}. "
-                          f"Fix: {group}={_closest(name, e.options)}.")
+        return UsageError(
+            f"Unknown {group} '{name}'. Choose one of: {', '.join(sorted(e.options))}. "
+            f"Fix: {group}={_closest(name, e.options)}."
+        )
     cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        return UsageError(_config_message(cause.full_key, getattr(cause, "value", None),
-                                          getattr(cause, "object_type", None)))
+        return UsageError(
+            _config_message(
+                cause.full_key, getattr(cause, "value", None), getattr(cause, "object_type", None)
+            )
+        )
     # A config file of a group sets a key the chosen option lacks (regularizer=dropout on linreg).
     found = re.search(r"In '(.+?)'.*not in '(\w+)'.*full_key: (\S+)", str(e), re.S)
     if isinstance(e, ConfigCompositionException) and found:
         from d2lrun.config import SCHEMAS
 
         origin, schema_name, key = found.groups()
-        schema = next((s for o in SCHEMAS.values() for s in o.values() if s.__name__ == schema_name), None)
-        message = _config_message(key, None, schema).replace(" is not a key", ", which is not a key", 1)
+        schema = next(
+            (s for o in SCHEMAS.values() for s in o.values() if s.__name__ == schema_name), None
+        )
+        message = _config_message(key, None, schema).replace(
+            " is not a key", ", which is not a key", 1
+        )
         return UsageError(f"{origin.replace('/', '=')} sets {message}")
     if isinstance(e, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        return UsageError(" ".join(lines[:2]) + " Fix: see `d2lrun --help` for the keys and options.")
+        return UsageError(
+            " ".join(lines[:2]) + " Fix: see `d2lrun --help` for the keys and options."
+        )
     if isinstance(e, OSError):
         where = f" ({e.filename})" if e.filename else ""
-        return RunFailed(f"{e.strerror or e}{where}. Fix: free disk space or choose a writable folder "
-                         f"(hydra.run.dir=DIR).")
+        return RunFailed(
+            f"{e.strerror or e}{where}. Fix: free disk space or choose a writable folder "
+            f"(hydra.run.dir=DIR)."
+        )
     return None
 
 
@@ -88,10 +106,12 @@ def _closest(name: str, options) -> str:
 
 
 def _config_message(key: str, value, schema) -> str:
-    """One line for a bad override: an unknown key, or a value of the wrong type, with a working fix."""
+    """One line for a bad override: an unknown key, or a value of the wrong type; a working fix."""
     from d2lrun.config import SCHEMAS, options_with_key
 
-    fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    fields = (
+        {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    )
     section, _, name = key.rpartition(".")
     if name not in fields:  # a key the chosen option does not have
         owners = [o for o, s in SCHEMAS.get(section, {}).items() if s is schema]
@@ -103,8 +123,10 @@ def _config_message(key: str, value, schema) -> str:
     field, kind = fields[name], typing.get_type_hints(schema)[name]
     if isinstance(kind, type) and issubclass(kind, Enum):
         allowed = [m.value for m in kind]
-        return (f"{key}={value} is not one of {', '.join(allowed)}. "
-                f"Fix: {key}={_closest(str(value), allowed)}.")
+        return (
+            f"{key}={value} is not one of {', '.join(allowed)}. "
+            f"Fix: {key}={_closest(str(value), allowed)}."
+        )
     what = {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, "a list")
     example = field.metadata.get("example")
     return f"{key}={value} is not {what}. Fix: {key}={example if example is not None else '...'}."

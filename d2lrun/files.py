@@ -2,6 +2,7 @@
 
 A reader (or a crash, or `kill -9`) therefore sees either the old complete file or the new one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -60,7 +61,13 @@ def plot_curves(path: str | Path, rows: list[dict], title: str = "") -> Path:
     for ax, (key, label) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         for split, style in (("train", "-"), ("val", "--")):
             if f"{split}_{key}" in rows[0]:
-                ax.plot(epochs, [r[f"{split}_{key}"] for r in rows], style, marker="o", label=f"{split} {label}")
+                ax.plot(
+                    epochs,
+                    [r[f"{split}_{key}"] for r in rows],
+                    style,
+                    marker="o",
+                    label=f"{split} {label}",
+                )
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)

@@ -1,4 +1,5 @@
 """One training job, start to finish: config -> data -> model -> fit -> files in the run folder."""
+
 from __future__ import annotations
 
 import time
@@ -51,23 +52,48 @@ def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], log=say) -> 
 
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     extra = {"config": config, "overrides": saved_overrides(overrides, cfg), "spec": spec}
-    log(f"{cfg.model.name} on {spec['dataset']} ({len(train_split):,} train / {len(val_split):,} val) "
-        f"on {device}, {sum(p.numel() for p in model.parameters()):,} parameters -> {shown(run_dir)}")
-    summary = {"status": "running", "model": cfg.model.name, "dataset": spec["dataset"],
-               "device": str(device), "epochs": cfg.trainer.epochs, "run_dir": str(run_dir),
-               "resumed_from": str(cfg.resume) if cfg.resume else None}
+    sizes = f"{len(train_split):,} train / {len(val_split):,} val"
+    params = sum(p.numel() for p in model.parameters())
+    where = f"on {device}, {params:,} parameters -> {shown(run_dir)}"
+    log(f"{cfg.model.name} on {spec['dataset']} ({sizes}) {where}")
+    summary = {
+        "status": "running",
+        "model": cfg.model.name,
+        "dataset": spec["dataset"],
+        "device": str(device),
+        "epochs": cfg.trainer.epochs,
+        "run_dir": str(run_dir),
+        "resumed_from": str(cfg.resume) if cfg.resume else None,
+    }
     status, reason = "completed", None
     loss_fn = loss_for(spec["task"], is_scratch(cfg.model))
     try:
-        fit(model, optimizer, loss_fn, train_split, val_split, cfg.trainer, cfg.regularizer.lambd,
-            run_dir, generator, history, extra, log)
+        fit(
+            model,
+            optimizer,
+            loss_fn,
+            train_split,
+            val_split,
+            cfg.trainer,
+            cfg.regularizer.lambd,
+            run_dir,
+            generator,
+            history,
+            extra,
+            log,
+        )
     except Diverged as e:
         status, reason = "diverged", str(e)
     except KeyboardInterrupt:
         status, reason = "interrupted", f"stopped by Ctrl-C after epoch {history.epoch}"
-    summary |= {"status": status, "reason": reason, "epochs_completed": history.epoch,
-                "final": history.rows[-1] if history.rows else None, "best": history.best,
-                "wall_seconds": round(time.perf_counter() - wall, 3)}
+    summary |= {
+        "status": status,
+        "reason": reason,
+        "epochs_completed": history.epoch,
+        "final": history.rows[-1] if history.rows else None,
+        "best": history.best,
+        "wall_seconds": round(time.perf_counter() - wall, 3),
+    }
     if history.rows:
         write_csv(run_dir / "metrics.csv", history.rows)
         plot_curves(run_dir / "curves.png", history.rows, f"{cfg.model.name} on {spec['dataset']}")
@@ -81,8 +107,10 @@ def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], log=say) -> 
     if status == "interrupted":
         if history.epoch == 0:
             raise Interrupted("interrupted before any epoch finished; nothing to resume.")
-        raise Interrupted(f"interrupted after epoch {history.epoch}; the last complete epoch is "
-                          f"saved. Resume with: d2lrun resume={shown(run_dir)}")
+        raise Interrupted(
+            f"interrupted after epoch {history.epoch}; the last complete epoch is "
+            f"saved. Resume with: d2lrun resume={shown(run_dir)}"
+        )
     return summary
 
 
@@ -92,7 +120,9 @@ def restore(ckpt: dict, model, optimizer, generator: torch.Generator) -> History
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])  # momentum buffers, Adam moments ...
     for group, h in zip(optimizer.param_groups, hyper):
-        group.update(h)  # ... but lr and weight decay as configured now (resume optim.lr=0.01 works)
+        group.update(
+            h
+        )  # ... but lr and weight decay as configured now (resume optim.lr=0.01 works)
     set_rng_state(ckpt["rng"], generator)
     return History(ckpt["epoch"], list(ckpt["history"]), ckpt["best"])
 
@@ -103,11 +133,21 @@ def report_w_b(model, spec: dict, log) -> dict:
     true_w, true_b = torch.tensor(spec["true_w"]), spec["true_b"]
     w, b = w.cpu(), float(b.cpu().reshape(-1)[0])
     if len(true_w) <= 10:
-        log(f"error in estimating w: {[round(x, 6) for x in (true_w - w).tolist()]}  "
-            f"(w = {[round(x, 4) for x in w.tolist()]})")
+        log(
+            f"error in estimating w: {[round(x, 6) for x in (true_w - w).tolist()]}  "
+            f"(w = {[round(x, 4) for x in w.tolist()]})"
+        )
         log(f"error in estimating b: {true_b - b:.6f}  (b = {b:.4f})")
     else:
-        log(f"‖w‖₂ = {w.norm().item():.4f}; error ‖w - w_true‖₂ = {(true_w - w).norm().item():.6f}; "
-            f"error in b: {true_b - b:.6f}")
-    return {"w": w.tolist(), "b": b, "w_error": (true_w - w).tolist(), "b_error": true_b - b,
-            "w_norm": w.norm().item()}
+        error = (true_w - w).norm().item()
+        log(
+            f"‖w‖₂ = {w.norm().item():.4f}; error ‖w - w_true‖₂ = {error:.6f}; "
+            f"error in b: {true_b - b:.6f}"
+        )
+    return {
+        "w": w.tolist(),
+        "b": b,
+        "w_error": (true_w - w).tolist(),
+        "b_error": true_b - b,
+        "w_norm": w.norm().item(),
+    }

@@ -5,6 +5,7 @@ matrices and kernels) get optim.weight_decay, biases and batch-norm scales get n
 L1 adds regularizer.lambd · Σ|w| over the same weights to the training loss.
 Dropout is a layer, built into the model (d2lrun.models).
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,20 +40,33 @@ class Optimizer:
         index = {id(p): i for i, p in enumerate(self._params())}
         groups, start = [], 0
         for g in self.param_groups:
-            groups.append({**{k: v for k, v in g.items() if k != "params"},
-                           "params": list(range(start, start + len(g["params"])))})
+            groups.append(
+                {
+                    **{k: v for k, v in g.items() if k != "params"},
+                    "params": list(range(start, start + len(g["params"]))),
+                }
+            )
             start += len(g["params"])
-        return {"state": {index[id(p)]: dict(s) for p, s in self.state.items()}, "param_groups": groups}
+        return {
+            "state": {index[id(p)]: dict(s) for p, s in self.state.items()},
+            "param_groups": groups,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         params = self._params()
         if len(state_dict["param_groups"]) != len(self.param_groups):
-            raise UsageError("the checkpoint's optimizer has another number of parameter groups. "
-                             "Fix: resume with the run's own model and optimizer.")
+            raise UsageError(
+                "the checkpoint's optimizer has another number of parameter groups. "
+                "Fix: resume with the run's own model and optimizer."
+            )
         for group, saved in zip(self.param_groups, state_dict["param_groups"]):
             group.update({k: v for k, v in saved.items() if k != "params"})
-        self.state = {params[int(i)]: {k: v.to(params[int(i)].device) if torch.is_tensor(v) else v
-                                       for k, v in s.items()} for i, s in state_dict["state"].items()}
+        self.state = {
+            params[int(i)]: {
+                k: v.to(params[int(i)].device) if torch.is_tensor(v) else v for k, v in s.items()
+            }
+            for i, s in state_dict["state"].items()
+        }
 
 
 class SGD(Optimizer):
@@ -87,27 +101,42 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (§12.10) with per-group L2 weight decay; torch.optim.Adam's update (no amsgrad)."""
 
-    def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        groups: list[dict],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         super().__init__(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=0.0)
 
     @torch.no_grad()
     def step(self) -> None:
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            lr, (beta1, beta2), eps, wd = (
+                group["lr"],
+                group["betas"],
+                group["eps"],
+                group["weight_decay"],
+            )
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 grad = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
                 state = self.state.setdefault(p, {})
                 if not state:
-                    state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                    state.update(
+                        step=torch.tensor(0.0),
+                        exp_avg=torch.zeros_like(p),
+                        exp_avg_sq=torch.zeros_like(p),
+                    )
                 state["step"] += 1
                 state["exp_avg"].lerp_(grad, 1 - beta1)
                 state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 step = state["step"].item()  # a CPU scalar, as in torch.optim: no device sync
-                bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+                bias_correction2_sqrt = (1 - beta2**step) ** 0.5
                 denom = (state["exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(eps)
-                p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** step))
+                p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1**step))
 
 
 def decayed(p: torch.Tensor) -> bool:
@@ -118,8 +147,10 @@ def decayed(p: torch.Tensor) -> bool:
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> Optimizer:
     """SGD or Adam over the model, weight decay on weights only."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if decayed(p)], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if not decayed(p)], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if decayed(p)], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if not decayed(p)], "weight_decay": 0.0},
+    ]
     groups = [g for g in groups if g["params"]]
     if cfg.name == "sgd":
         return SGD(groups, lr=cfg.lr, momentum=cfg.momentum)

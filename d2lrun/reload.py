@@ -1,4 +1,4 @@
-"""Reload a saved run: compose its config again through Hydra, rebuild its model, evaluate, predict, resume.
+"""Reload a saved run: compose its config again through Hydra; evaluate, predict, resume it.
 
     run = load_run("outputs/2026-11-26/10-00-00")
     run.predict(new_rows)            # a DataFrame for CSV runs, uint8 images for Fashion-MNIST
@@ -8,6 +8,7 @@ Every checkpoint keeps the run's command-line overrides (with absolute paths). R
 would, then refuses only changes that would change what the weights mean: the model, the data's
 features, the seed (and, to resume, the optimizer). Where the data lives may change.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,7 +19,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from d2lrun.checkpoint import find_checkpoint, load_checkpoint, load_full_checkpoint, load_state_dict_strict
+from d2lrun.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    load_full_checkpoint,
+    load_state_dict_strict,
+)
 from d2lrun.config import PATH_KEYS, checked, resolve_device
 from d2lrun.errors import UsageError
 
@@ -38,10 +44,15 @@ def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
 
 def saved_overrides(overrides: Sequence[str], cfg: DictConfig) -> list[str]:
     """A run's overrides as its checkpoints keep them: no resume=, the dataset's paths absolute."""
-    quoted = {k: str(cfg.dataset[k]).replace("\\", "\\\\").replace("'", "\\'") for k in PATH_KEYS
-              if isinstance(cfg.dataset.get(k), str)}
-    return merge_overrides([o for o in overrides if _key(o) != "resume"],
-                           [f"dataset.{k}='{v}'" for k, v in quoted.items()])
+    quoted = {
+        k: str(cfg.dataset[k]).replace("\\", "\\\\").replace("'", "\\'")
+        for k in PATH_KEYS
+        if isinstance(cfg.dataset.get(k), str)
+    }
+    return merge_overrides(
+        [o for o in overrides if _key(o) != "resume"],
+        [f"dataset.{k}='{v}'" for k, v in quoted.items()],
+    )
 
 
 def run_overrides(ckpt: dict, source: Path) -> list[str]:
@@ -50,21 +61,25 @@ def run_overrides(ckpt: dict, source: Path) -> list[str]:
     if saved is None:  # written by d2lrun 0.1: the run folder's .hydra/ has them
         hydra_file = source.parent / ".hydra" / "overrides.yaml"
         if not hydra_file.exists():
-            raise UsageError(f"{source} does not say how its run was configured (d2lrun 0.1, without "
-                             f"its .hydra/ folder). Fix: give the run folder it came from.")
+            raise UsageError(
+                f"{source} does not say how its run was configured (d2lrun 0.1, without "
+                f"its .hydra/ folder). Fix: give the run folder it came from."
+            )
         saved = list(OmegaConf.load(hydra_file))
     return [o for o in saved if _key(o) != "resume"]
 
 
 def compose_run(ckpt: dict, source: Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The saved run's config, composed again from its overrides plus new ones (Hydra's Compose API)."""
+    """The saved run's config, composed again from its overrides plus new ones (Compose API)."""
     from d2lrun.config import compose
 
     return compose(merge_overrides(run_overrides(ckpt, source), overrides))
 
 
-def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[str] = MEANING) -> None:
-    """Refuse, in one line, a change to what the saved weights mean; where the data is may change."""
+def check_same_meaning(
+    saved: dict, cfg: DictConfig, what: str, keys: Sequence[str] = MEANING
+) -> None:
+    """Refuse, in one line, a change to what the weights mean; where the data is may change."""
     now = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for key in keys:
         section, _, name = key.partition(".")
@@ -77,8 +92,10 @@ def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[s
         if diff:
             k, was, asked = diff
             drop = f"{k[:-5]}={asked}" if k.endswith(".name") else f"{k}=..."  # a group's option
-            raise UsageError(f"{what} cannot change {k} (the run has {k}={was}, asked {k}={asked}). "
-                             f"Fix: drop {drop}, or start a new run without {'it' if 'resume' in what else 'the run'}.")
+            raise UsageError(
+                f"{what} cannot change {k} (the run has {k}={was}, asked {k}={asked}). "
+                f"Fix: drop {drop}, or start a new run."
+            )
 
 
 def _first_difference(a, b, prefix: str):
@@ -108,7 +125,7 @@ def resume_checkpoint(cfg: DictConfig) -> dict:
 
 @dataclass
 class SavedRun:
-    """A reloaded run: the model (eval mode, on `device`), its config, the data spec, and its source."""
+    """A reloaded run: the model (eval mode, on `device`), its config, data spec and source."""
 
     model: nn.Module
     config: DictConfig
@@ -138,8 +155,10 @@ class SavedRun:
             from d2lrun.data.csv import transform
 
             if not isinstance(inputs, pd.DataFrame):
-                raise UsageError(f"this run was trained on a CSV table; predict takes a pandas "
-                                 f"DataFrame, not {type(inputs).__name__}. Fix: pd.read_csv(FILE).")
+                raise UsageError(
+                    f"this run was trained on a CSV table; predict takes a pandas "
+                    f"DataFrame, not {type(inputs).__name__}. Fix: pd.read_csv(FILE)."
+                )
             return torch.from_numpy(transform(inputs, self.spec["preprocess"])).to(self.device)
         X = torch.as_tensor(inputs)
         shape = tuple(self.spec["image_shape"] or ())
@@ -147,13 +166,19 @@ class SavedRun:
             X = X.reshape(1, *X.shape) if X.ndim == 2 else X  # one image (H, W) -> (1, H, W)
             X = X.unsqueeze(1) if X.ndim == 3 else X  # (N, H, W) -> (N, 1, H, W)
             if tuple(X.shape[1:]) != shape:
-                raise UsageError(f"images must be (N, {shape[1]}, {shape[2]}) uint8; got "
-                                 f"{tuple(X.shape)}. Fix: give images of the run's size.")
+                raise UsageError(
+                    f"images must be (N, {shape[1]}, {shape[2]}) uint8; got "
+                    f"{tuple(X.shape)}. Fix: give images of the run's size."
+                )
         return prepare_batch(X.to(self.device))
 
 
-def load_run(path: str | Path | None = None, ckpt: str | Path | None = None, device: str = "cpu",
-             overrides: Sequence[str] = ()) -> SavedRun:
+def load_run(
+    path: str | Path | None = None,
+    ckpt: str | Path | None = None,
+    device: str = "cpu",
+    overrides: Sequence[str] = (),
+) -> SavedRun:
     """Rebuild a run's model: from a run folder (its final weights) or one checkpoint file.
 
     `overrides` may say where the run's data is now (`dataset.root=...`, `dataset.path=...`).
@@ -200,7 +225,9 @@ def read_inputs(run: SavedRun, path: Path):
         return np.load(path, allow_pickle=False)
     if path.suffix == ".pt":
         return torch.load(path, weights_only=True)
-    raise UsageError(f"input={path}: unknown kind of file. Fix: give .csv rows, or .npy / .pt uint8 images.")
+    raise UsageError(
+        f"input={path}: unknown kind of file. Fix: give .csv rows, or .npy / .pt uint8 images."
+    )
 
 
 def predict_file(run: SavedRun, path: Path, out: Path) -> int:
@@ -211,7 +238,11 @@ def predict_file(run: SavedRun, path: Path, out: Path) -> int:
 
     inputs = read_inputs(run, path)
     predictions = run.predict(inputs)
-    frame = inputs.copy() if isinstance(inputs, pd.DataFrame) else pd.DataFrame(index=range(len(predictions)))
+    frame = (
+        inputs.copy()
+        if isinstance(inputs, pd.DataFrame)
+        else pd.DataFrame(index=range(len(predictions)))
+    )
     frame["prediction"] = predictions
     atomic_write(out, frame.to_csv(index=False).encode())
     return len(predictions)

@@ -9,6 +9,7 @@ d2lrun.job.train_job, with its files in outputs/reproduce/NAME. A number is with
 it is within tolerance of either edition's number (zh 2.0.0 / en 0.17.5) or of the book's range:
 accuracy within 0.02 of the book or better, losses within 15%, weight-decay norms within 10%.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,11 @@ BEGIN, END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
 class Check:
     """One number the book printed and how close d2lrun must come to it."""
 
-    label: str                 # what the table calls it
-    metric: str                # a column of the last metrics row, COLUMN@EPOCH, or w_norm / w_error / b_error
-    book: tuple[float, ...]    # (zh, en), one value, or (low, high) when span
-    kind: str                  # loss | acc | norm | at_least | info (shown, not judged)
-    span: bool = False         # book is a range (low, high), not two editions
+    label: str  # what the table calls it
+    metric: str  # a column of the last metrics row, COLUMN@EPOCH, or w_norm / w_error / b_error
+    book: tuple[float, ...]  # (zh, en), one value, or (low, high) when span
+    kind: str  # loss | acc | norm | at_least | info (shown, not judged)
+    span: bool = False  # book is a range (low, high), not two editions
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Experiment:
     protocol: str
     checks: tuple[Check, ...]
     overrides: tuple[str, ...] = ()
-    label: str = ""            # how the table names this run; the preset name unless set
+    label: str = ""  # how the table names this run; the preset name unless set
 
     @property
     def name(self) -> str:
@@ -55,12 +56,17 @@ class Experiment:
 
 
 def _loss_acc(loss: tuple, train_acc: tuple, test_acc: tuple, span: bool) -> tuple[Check, ...]:
-    return (Check("train loss", "train_loss", loss, "loss"), Check("train acc", "train_acc", train_acc, "acc"),
-            Check("test acc", "val_acc", test_acc, "acc", span=span))
+    return (
+        Check("train loss", "train_loss", loss, "loss"),
+        Check("train acc", "train_acc", train_acc, "acc"),
+        Check("test acc", "val_acc", test_acc, "acc", span=span),
+    )
 
 
 def _epoch_losses(*books: tuple) -> tuple[Check, ...]:
-    return tuple(Check(f"loss epoch {i}", f"val_loss@{i}", b, "loss") for i, b in enumerate(books, 1))
+    return tuple(
+        Check(f"loss epoch {i}", f"val_loss@{i}", b, "loss") for i, b in enumerate(books, 1)
+    )
 
 
 def _w_norm(book: float) -> tuple[Check, ...]:
@@ -68,40 +74,94 @@ def _w_norm(book: float) -> tuple[Check, ...]:
 
 
 FMNIST = "Fashion-MNIST, batch 256"
-WD = ("20 training and 100 test examples, 200 inputs, y = 0.05 + Σ 0.01·xᵢ + N(0, 0.01²); batch 5, lr 0.003, "
-      "100 epochs; scratch w ~ N(0, 1)")
+WD = (
+    "20 training and 100 test examples, 200 inputs, y = 0.05 + Σ 0.01·xᵢ + N(0, 0.01²); batch 5, lr 0.003, "
+    "100 epochs; scratch w ~ N(0, 1)"
+)
 EXPERIMENTS = (
-    Experiment("ch3_linreg_scratch", "§3.2: synthetic w=[2,-3.4], b=4.2, noise 0.01, 1000 examples; batch 10, "
-               "lr 0.03, 3 epochs; w ~ N(0, 0.01), b = 0; loss (ŷ−y)²/2",
-               _epoch_losses((0.0428, 0.0332), (0.00016, 0.00012), (0.000051, 0.000049))
-               + (Check("max abs error in w", "w_error", (1e-4, 6e-4), "info", span=True),
-                  Check("abs error in b", "b_error", (1e-4, 6e-4), "info", span=True))),
-    Experiment("ch3_linreg_concise", "§3.3: nn.Linear, N(0, 0.01) init, MSELoss, SGD lr 0.03, 3 epochs",
-               _epoch_losses((0.00025, 0.00022), (0.00010, 0.00009), (0.00010, 0.00009))),
-    Experiment("ch3_softmax_scratch", f"§3.6: {FMNIST}, lr 0.1, 10 epochs, N(0, 0.01) init",
-               _loss_acc((0.447,), (0.848,), (0.83,), False)),
-    Experiment("ch3_softmax_concise", f"§3.7: {FMNIST}, lr 0.1, 10 epochs, N(0, 0.01) init",
-               _loss_acc((0.447,), (0.848,), (0.83,), False)),
-    Experiment("ch4_mlp_scratch", f"§4.2: 784-256-10 ReLU, {FMNIST}, lr 0.1, 10 epochs",
-               _loss_acc((0.38,), (0.864,), (0.82, 0.84), True)),
-    Experiment("ch4_mlp_concise", f"§4.3: 784-256-10 ReLU, {FMNIST}, lr 0.1, 10 epochs",
-               _loss_acc((0.38,), (0.864,), (0.82, 0.84), True)),
-    Experiment("ch4_weight_decay", f"§4.5: {WD}; λ = 0", _w_norm(13), ("optim.weight_decay=0",),
-               "ch4_weight_decay λ=0"),
-    Experiment("ch4_weight_decay", "§4.5: as above, λ = 3", _w_norm(0.35), ("optim.weight_decay=3",),
-               "ch4_weight_decay λ=3"),
-    Experiment("ch4_weight_decay_concise", "§4.5 concise: as above with nn.Linear, MSELoss, SGD weight_decay; λ = 0",
-               _w_norm(13.7), ("optim.weight_decay=0",), "ch4_weight_decay_concise λ=0"),
-    Experiment("ch4_weight_decay_concise", "§4.5 concise: λ = 3", _w_norm(0.39), ("optim.weight_decay=3",),
-               "ch4_weight_decay_concise λ=3"),
-    Experiment("ch4_dropout_scratch", f"§4.6: 784-256-256-10 ReLU, dropout 0.2 then 0.5, {FMNIST}, lr 0.5, 10 epochs",
-               _loss_acc((0.33,), (0.877,), (0.84, 0.86), True)),
-    Experiment("ch4_dropout_concise", f"§4.6: 784-256-256-10 ReLU, dropout 0.2 then 0.5, {FMNIST}, lr 0.5, 10 epochs",
-               _loss_acc((0.33,), (0.877,), (0.84, 0.86), True)),
-    Experiment("ch6_lenet", f"§6.6: sigmoid + average pooling, Xavier init, {FMNIST}, lr 0.9, 10 epochs",
-               _loss_acc((0.469, 0.455), (0.823, 0.831), (0.779, 0.789), False)),
-    Experiment("lenet_modern", f"beyond the book: ReLU + max pooling, Adam lr 0.001, Xavier init, {FMNIST}, 10 epochs",
-               (Check("test acc", "val_acc", (0.89,), "at_least"),)),
+    Experiment(
+        "ch3_linreg_scratch",
+        "§3.2: synthetic w=[2,-3.4], b=4.2, noise 0.01, 1000 examples; batch 10, "
+        "lr 0.03, 3 epochs; w ~ N(0, 0.01), b = 0; loss (ŷ−y)²/2",
+        _epoch_losses((0.0428, 0.0332), (0.00016, 0.00012), (0.000051, 0.000049))
+        + (
+            Check("max abs error in w", "w_error", (1e-4, 6e-4), "info", span=True),
+            Check("abs error in b", "b_error", (1e-4, 6e-4), "info", span=True),
+        ),
+    ),
+    Experiment(
+        "ch3_linreg_concise",
+        "§3.3: nn.Linear, N(0, 0.01) init, MSELoss, SGD lr 0.03, 3 epochs",
+        _epoch_losses((0.00025, 0.00022), (0.00010, 0.00009), (0.00010, 0.00009)),
+    ),
+    Experiment(
+        "ch3_softmax_scratch",
+        f"§3.6: {FMNIST}, lr 0.1, 10 epochs, N(0, 0.01) init",
+        _loss_acc((0.447,), (0.848,), (0.83,), False),
+    ),
+    Experiment(
+        "ch3_softmax_concise",
+        f"§3.7: {FMNIST}, lr 0.1, 10 epochs, N(0, 0.01) init",
+        _loss_acc((0.447,), (0.848,), (0.83,), False),
+    ),
+    Experiment(
+        "ch4_mlp_scratch",
+        f"§4.2: 784-256-10 ReLU, {FMNIST}, lr 0.1, 10 epochs",
+        _loss_acc((0.38,), (0.864,), (0.82, 0.84), True),
+    ),
+    Experiment(
+        "ch4_mlp_concise",
+        f"§4.3: 784-256-10 ReLU, {FMNIST}, lr 0.1, 10 epochs",
+        _loss_acc((0.38,), (0.864,), (0.82, 0.84), True),
+    ),
+    Experiment(
+        "ch4_weight_decay",
+        f"§4.5: {WD}; λ = 0",
+        _w_norm(13),
+        ("optim.weight_decay=0",),
+        "ch4_weight_decay λ=0",
+    ),
+    Experiment(
+        "ch4_weight_decay",
+        "§4.5: as above, λ = 3",
+        _w_norm(0.35),
+        ("optim.weight_decay=3",),
+        "ch4_weight_decay λ=3",
+    ),
+    Experiment(
+        "ch4_weight_decay_concise",
+        "§4.5 concise: as above with nn.Linear, MSELoss, SGD weight_decay; λ = 0",
+        _w_norm(13.7),
+        ("optim.weight_decay=0",),
+        "ch4_weight_decay_concise λ=0",
+    ),
+    Experiment(
+        "ch4_weight_decay_concise",
+        "§4.5 concise: λ = 3",
+        _w_norm(0.39),
+        ("optim.weight_decay=3",),
+        "ch4_weight_decay_concise λ=3",
+    ),
+    Experiment(
+        "ch4_dropout_scratch",
+        f"§4.6: 784-256-256-10 ReLU, dropout 0.2 then 0.5, {FMNIST}, lr 0.5, 10 epochs",
+        _loss_acc((0.33,), (0.877,), (0.84, 0.86), True),
+    ),
+    Experiment(
+        "ch4_dropout_concise",
+        f"§4.6: 784-256-256-10 ReLU, dropout 0.2 then 0.5, {FMNIST}, lr 0.5, 10 epochs",
+        _loss_acc((0.33,), (0.877,), (0.84, 0.86), True),
+    ),
+    Experiment(
+        "ch6_lenet",
+        f"§6.6: sigmoid + average pooling, Xavier init, {FMNIST}, lr 0.9, 10 epochs",
+        _loss_acc((0.469, 0.455), (0.823, 0.831), (0.779, 0.789), False),
+    ),
+    Experiment(
+        "lenet_modern",
+        f"beyond the book: ReLU + max pooling, Adam lr 0.001, Xavier init, {FMNIST}, 10 epochs",
+        (Check("test acc", "val_acc", (0.89,), "at_least"),),
+    ),
 )
 
 
@@ -125,8 +185,10 @@ class Result:
     run_dir: str = ""
 
     def verdicts(self) -> dict[str, bool | None]:
-        return {c.label: judge(c, self.values[c.metric]) if c.metric in self.values else False
-                for c in self.experiment.checks}
+        return {
+            c.label: judge(c, self.values[c.metric]) if c.metric in self.values else False
+            for c in self.experiment.checks
+        }
 
     @property
     def ok(self) -> bool:
@@ -138,11 +200,16 @@ def read_values(run_dir: Path, summary: dict) -> dict[str, float]:
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     values = {k: float(v) for k, v in rows[-1].items() if v not in ("", None)}
-    values |= {f"{k}@{r['epoch']}": float(v) for r in rows for k, v in r.items() if k != "epoch" and v}
+    values |= {
+        f"{k}@{r['epoch']}": float(v) for r in rows for k, v in r.items() if k != "epoch" and v
+    }
     learned = summary.get("learned")
     if learned:
-        values |= {"w_norm": learned["w_norm"], "w_error": max(abs(e) for e in learned["w_error"]),
-                   "b_error": abs(learned["b_error"])}
+        values |= {
+            "w_norm": learned["w_norm"],
+            "w_error": max(abs(e) for e in learned["w_error"]),
+            "b_error": abs(learned["b_error"]),
+        }
     return values
 
 
@@ -157,7 +224,9 @@ def preset_overrides(experiment: Experiment, extra: list[str]) -> list[str]:
     return [f"experiment={experiment.preset}", *experiment.overrides, *extra]
 
 
-def run_experiment(experiment: Experiment, out: Path, extra: list[str], fmnist: list[str], log=print) -> Result:
+def run_experiment(
+    experiment: Experiment, out: Path, extra: list[str], fmnist: list[str], log=print
+) -> Result:
     """Train one preset (fmnist: overrides for Fashion-MNIST presets only) and read its numbers."""
     from d2lrun.job import train_job
 
@@ -170,17 +239,29 @@ def run_experiment(experiment: Experiment, out: Path, extra: list[str], fmnist: 
         shutil.rmtree(run_dir)  # a fresh run, not a resumed one
     start = time.perf_counter()
     try:
-        summary = train_job(cfg, run_dir, preset_overrides(experiment, extra), log=lambda line: log(f"  {line}"))
+        summary = train_job(
+            cfg, run_dir, preset_overrides(experiment, extra), log=lambda line: log(f"  {line}")
+        )
     except Exception as e:  # one broken preset must not hide the others' numbers
         log(f"  failed: {type(e).__name__}: {e}")
-        return Result(experiment, f"failed ({type(e).__name__})", {}, time.perf_counter() - start, str(run_dir))
+        return Result(
+            experiment,
+            f"failed ({type(e).__name__})",
+            {},
+            time.perf_counter() - start,
+            str(run_dir),
+        )
     seconds = time.perf_counter() - start
-    return Result(experiment, summary["status"], read_values(run_dir, summary), seconds, str(run_dir))
+    return Result(
+        experiment, summary["status"], read_values(run_dir, summary), seconds, str(run_dir)
+    )
 
 
 def prepare_data(data: Path, out: Path) -> list[str]:
     """Overrides that point Fashion-MNIST at `data`: a dataset.root, or a folder of the four .gz files."""
-    if all((data / f).exists() for f in FILES):  # the official .gz files side by side: unpack them once
+    if all(
+        (data / f).exists() for f in FILES
+    ):  # the official .gz files side by side: unpack them once
         raw = out / "data" / "FashionMNIST" / "raw"
         raw.mkdir(parents=True, exist_ok=True)
         for f in FILES:
@@ -210,27 +291,38 @@ def _book(c: Check) -> str:
 def _miss(c: Check, value: float) -> str:
     if c.kind in ("loss", "norm"):
         off = min(abs(value - b) / b for b in c.book)
-        return f"{c.label} {_num(value)} is {off:.2%} off the book's {_book(c).removeprefix(c.label + ' ')} " \
-               f"(tolerance {TOLERANCE[c.kind]:.0%})"
+        return (
+            f"{c.label} {_num(value)} is {off:.2%} off the book's {_book(c).removeprefix(c.label + ' ')} "
+            f"(tolerance {TOLERANCE[c.kind]:.0%})"
+        )
     return f"{c.label} {_num(value)} < {_num(min(c.book) - (ACC_SLACK if c.kind == 'acc' else 0), None)}"
 
 
 def table(results: list[Result]) -> str:
     """The results table in Markdown: protocol, the book's numbers, d2lrun's in the same order, seconds, verdict."""
-    lines = ["| preset | protocol | the book printed (zh 2.0.0 / en 0.17.5) | d2lrun measured | s/run | within tolerance |",
-             "|---|---|---|---|---:|---|"]
+    lines = [
+        "| preset | protocol | the book printed (zh 2.0.0 / en 0.17.5) | d2lrun measured | s/run | within tolerance |",
+        "|---|---|---|---|---:|---|",
+    ]
     for r in results:
         e = r.experiment
         book = "; ".join(_book(c) for c in e.checks)
         if r.status == "completed":
-            measured = "; ".join(_num(r.values[c.metric]) if c.metric in r.values else "–" for c in e.checks)
+            measured = "; ".join(
+                _num(r.values[c.metric]) if c.metric in r.values else "–" for c in e.checks
+            )
             verdicts = r.verdicts()
-            misses = [_miss(c, r.values[c.metric]) if c.metric in r.values else f"{c.label} missing"
-                      for c in e.checks if verdicts[c.label] is False]
+            misses = [
+                _miss(c, r.values[c.metric]) if c.metric in r.values else f"{c.label} missing"
+                for c in e.checks
+                if verdicts[c.label] is False
+            ]
             verdict = "yes" if not misses else "**no**: " + "; ".join(misses)
         else:
             measured, verdict = r.status, "**no**" if r.status != "not run" else "–"
-        lines.append(f"| `{e.name}` | {e.protocol} | {book} | {measured} | {r.seconds:.1f} | {verdict} |")
+        lines.append(
+            f"| `{e.name}` | {e.protocol} | {book} | {measured} | {r.seconds:.1f} | {verdict} |"
+        )
     return "\n".join(lines)
 
 
@@ -239,47 +331,78 @@ def environment() -> str:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        cpu = next(
+            ln.split(":", 1)[1].strip()
+            for ln in open("/proc/cpuinfo")
+            if ln.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    return (f"{datetime.date.today().isoformat()}, torch {torch.__version__}, {cpu}, "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+    return (
+        f"{datetime.date.today().isoformat()}, torch {torch.__version__}, {cpu}, "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+    )
 
 
 def write_readme(path: Path, results: list[Result], device: str) -> None:
     """Replace the block between the reproduce markers of path with the new table."""
     text = path.read_text()
     if BEGIN not in text or END not in text:
-        raise ValueError(f"{path} has no {BEGIN} ... {END} block to rewrite. Fix: add those two lines around the table.")
+        raise ValueError(
+            f"{path} has no {BEGIN} ... {END} block to rewrite. Fix: add those two lines around the table."
+        )
     ok = sum(r.ok for r in results)
-    block = (f"{BEGIN}\n_Measured by `python -m d2lrun.reproduce` on {device}: {environment()}; seed 0. "
-             f"{ok} of {len(results)} runs within tolerance; {sum(r.seconds for r in results):.0f} s in all._\n\n"
-             f"{table(results)}\n{END}")
+    block = (
+        f"{BEGIN}\n_Measured by `python -m d2lrun.reproduce` on {device}: {environment()}; seed 0. "
+        f"{ok} of {len(results)} runs within tolerance; {sum(r.seconds for r in results):.0f} s in all._\n\n"
+        f"{table(results)}\n{END}"
+    )
     head, rest = text.split(BEGIN, 1)
     path.write_text(head + block + rest.split(END, 1)[1])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m d2lrun.reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", metavar="PRESET", help="run only these presets (README is left as is)")
-    parser.add_argument("--data", type=Path, help="dataset.root for Fashion-MNIST, or a folder holding its four "
-                        ".gz files (default: the config's root, env D2LRUN_DATA or ./data)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/reproduce"), help="where the runs go")
-    parser.add_argument("--readme", type=Path, default=Path("experiments/README.md"), help="the table to rewrite")
-    parser.add_argument("--device", default="cpu", help="device= for every run (the table is measured on cpu)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a number is out of tolerance, "
-                        "not only when a run fails")
+    parser = argparse.ArgumentParser(
+        prog="python -m d2lrun.reproduce", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--only", nargs="+", metavar="PRESET", help="run only these presets (README is left as is)"
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="dataset.root for Fashion-MNIST, or a folder holding its four "
+        ".gz files (default: the config's root, env D2LRUN_DATA or ./data)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/reproduce"), help="where the runs go"
+    )
+    parser.add_argument(
+        "--readme", type=Path, default=Path("experiments/README.md"), help="the table to rewrite"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="device= for every run (the table is measured on cpu)"
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a number is out of tolerance, not only when a run fails",
+    )
     args = parser.parse_args(argv)
 
     known = {e.preset for e in EXPERIMENTS}
     unknown = sorted(set(args.only or ()) - known)
     if unknown:
-        print(f"reproduce: error: unknown preset(s) {', '.join(unknown)}. Choose from: {', '.join(sorted(known))}.",
-              file=sys.stderr)
+        print(
+            f"reproduce: error: unknown preset(s) {', '.join(unknown)}. Choose from: {', '.join(sorted(known))}.",
+            file=sys.stderr,
+        )
         return 2
     if args.data is not None and not args.data.is_dir():
-        print(f"reproduce: error: --data {args.data} is not a folder. Fix: --data <folder with the .gz files>.",
-              file=sys.stderr)
+        print(
+            f"reproduce: error: --data {args.data} is not a folder. Fix: --data <folder with the .gz files>.",
+            file=sys.stderr,
+        )
         return 2
     experiments = [e for e in EXPERIMENTS if not args.only or e.preset in args.only]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -287,13 +410,32 @@ def main(argv: list[str] | None = None) -> int:
     extra = [f"device={args.device}", "trainer.progress=false"]
     results = []
     for e in experiments:
-        print(f"{e.name}: d2lrun experiment={e.preset} {' '.join(e.overrides)}".rstrip(), flush=True)
+        print(
+            f"{e.name}: d2lrun experiment={e.preset} {' '.join(e.overrides)}".rstrip(), flush=True
+        )
         results.append(run_experiment(e, args.out, extra, fmnist))
-        print(f"  -> {'within tolerance' if results[-1].ok else 'NOT within tolerance'} "
-              f"({results[-1].seconds:.1f} s)", flush=True)
-    (args.out / "results.json").write_text(json.dumps(
-        [{"name": r.experiment.name, "status": r.status, "ok": r.ok, "seconds": r.seconds, "values": r.values,
-          "run_dir": r.run_dir} for r in results], indent=2) + "\n")
+        print(
+            f"  -> {'within tolerance' if results[-1].ok else 'NOT within tolerance'} "
+            f"({results[-1].seconds:.1f} s)",
+            flush=True,
+        )
+    (args.out / "results.json").write_text(
+        json.dumps(
+            [
+                {
+                    "name": r.experiment.name,
+                    "status": r.status,
+                    "ok": r.ok,
+                    "seconds": r.seconds,
+                    "values": r.values,
+                    "run_dir": r.run_dir,
+                }
+                for r in results
+            ],
+            indent=2,
+        )
+        + "\n"
+    )
     print(table(results))
     if args.only:
         print(f"(--only: {args.readme} left as is)")
@@ -301,12 +443,16 @@ def main(argv: list[str] | None = None) -> int:
         write_readme(args.readme, results, args.device)
         print(f"rewrote the table in {args.readme}")
     else:
-        print(f"{args.readme} not found; the table above was not saved. Fix: run from the repository root.")
+        print(
+            f"{args.readme} not found; the table above was not saved. Fix: run from the repository root."
+        )
     failed = [r.experiment.name for r in results if r.status != "completed"]
     missed = [r.experiment.name for r in results if not r.ok and r.status == "completed"]
-    print(f"{len(results) - len(failed) - len(missed)} of {len(results)} within tolerance"
-          + (f"; out of tolerance: {', '.join(missed)}" if missed else "")
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"{len(results) - len(failed) - len(missed)} of {len(results)} within tolerance"
+        + (f"; out of tolerance: {', '.join(missed)}" if missed else "")
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed or (args.strict and missed) else 0
 
 

@@ -4,6 +4,7 @@ Data stays on the device as whole tensors; a batch is a slice of a shuffled inde
 correct counts accumulate as device tensors and are read once per epoch, so no batch waits for
 the host. Checkpoints, metrics rows and the progress bar are plain lines at the end of an epoch.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,9 +52,17 @@ class History:
     best: dict | None = None
 
 
-def train_one_epoch(model: nn.Module, loss_fn, optimizer: Optimizer, data: Split,
-                    batch_size: int, generator: torch.Generator, l1: float = 0.0,
-                    classify: bool = False, on_batch=None) -> dict[str, torch.Tensor]:
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn,
+    optimizer: Optimizer,
+    data: Split,
+    batch_size: int,
+    generator: torch.Generator,
+    l1: float = 0.0,
+    classify: bool = False,
+    on_batch=None,
+) -> dict[str, torch.Tensor]:
     """One pass over shuffled minibatches; returns device tensors (loss sum, correct, per-batch loss)."""
     model.train()
     device = data.X.device
@@ -64,7 +73,7 @@ def train_one_epoch(model: nn.Module, loss_fn, optimizer: Optimizer, data: Split
     correct = torch.zeros((), device=device, dtype=torch.long)
     batch_losses = torch.empty(num_batches, device=device)
     for i in range(num_batches):
-        idx = perm[i * batch_size:(i + 1) * batch_size]
+        idx = perm[i * batch_size : (i + 1) * batch_size]
         X, y = prepare_batch(data.X[idx]), data.y[idx]
         y_hat = model(X)
         loss = loss_fn(y_hat, y)
@@ -89,7 +98,10 @@ def evaluate(model: nn.Module, loss_fn, data: Split, classify: bool) -> dict[str
     loss_sum = torch.zeros((), device=data.X.device)
     correct = torch.zeros((), device=data.X.device, dtype=torch.long)
     for start in range(0, len(data), EVAL_BATCH_SIZE):
-        X, y = prepare_batch(data.X[start:start + EVAL_BATCH_SIZE]), data.y[start:start + EVAL_BATCH_SIZE]
+        X, y = (
+            prepare_batch(data.X[start : start + EVAL_BATCH_SIZE]),
+            data.y[start : start + EVAL_BATCH_SIZE],
+        )
         y_hat = model(X)
         loss_sum += loss_fn(y_hat, y) * len(y)
         if classify:
@@ -101,8 +113,11 @@ def evaluate(model: nn.Module, loss_fn, data: Split, classify: bool) -> dict[str
 
 
 def rng_state(generator: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "shuffle": generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "shuffle": generator.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state: dict, generator: torch.Generator) -> None:
@@ -112,30 +127,67 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def fit(model: nn.Module, optimizer: Optimizer, loss_fn, train: Split, val: Split, trainer,
-        l1: float, run_dir: Path, generator: torch.Generator, history: History,
-        checkpoint_extra: dict, log=print) -> History:
+def fit(
+    model: nn.Module,
+    optimizer: Optimizer,
+    loss_fn,
+    train: Split,
+    val: Split,
+    trainer,
+    l1: float,
+    run_dir: Path,
+    generator: torch.Generator,
+    history: History,
+    checkpoint_extra: dict,
+    log=print,
+) -> History:
     """Train for trainer.epochs epochs (the config's `trainer`) from history.epoch, with an
     L1 term of strength l1; checkpoint, record and print each epoch. Ctrl-C saves the last epoch."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     classify = not torch.is_floating_point(train.y)  # class indices, or regression targets
     metric = "val_acc" if classify else "val_loss"  # higher accuracy, or lower loss, is better
     saved_epoch = history.epoch
     pending: dict | None = None  # the last complete epoch's checkpoint, if not yet on disk
-    console = Console(stderr=True)  # the bar goes to stderr and only to a terminal; stdout keeps the epoch lines
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=console, transient=True, disable=not (trainer.progress and console.is_terminal))
+    console = Console(
+        stderr=True
+    )  # the bar goes to stderr and only to a terminal; stdout keeps the epoch lines
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not (trainer.progress and console.is_terminal),
+    )
     task = progress.add_task("", total=math.ceil(len(train) / trainer.batch_size))
-    net = compiled(model, train.X.device, log) if trainer.compile else model  # `model` keeps the plain state_dict
+    net = (
+        compiled(model, train.X.device, log) if trainer.compile else model
+    )  # `model` keeps the plain state_dict
     try:
         with progress:
             for epoch in range(history.epoch + 1, trainer.epochs + 1):
                 progress.reset(task, description=f"epoch {epoch}/{trainer.epochs}")
                 start = time.perf_counter()
-                out = train_one_epoch(net, loss_fn, optimizer, train, trainer.batch_size, generator, l1,
-                                      classify, on_batch=lambda: progress.advance(task))
+                out = train_one_epoch(
+                    net,
+                    loss_fn,
+                    optimizer,
+                    train,
+                    trainer.batch_size,
+                    generator,
+                    l1,
+                    classify,
+                    on_batch=lambda: progress.advance(task),
+                )
                 train_loss = out["loss_sum"].item() / len(train)  # the one host sync of the epoch
                 if not math.isfinite(train_loss):
                     # A NaN/inf batch loss, or finite ones whose float32 sum overflowed: the first batch where
@@ -143,15 +195,19 @@ def fit(model: nn.Module, optimizer: Optimizer, loss_fn, train: Split, val: Spli
                     running = torch.cumsum(out["batch_losses"] * trainer.batch_size, 0)
                     first = (~torch.isfinite(running)).nonzero()
                     bad = int(first[0]) if len(first) else len(running) - 1
-                    raise Diverged(f"the training loss became {out['batch_losses'][bad].item():.4g} at epoch {epoch}, "
-                                   f"batch {bad + 1}. Fix: lower optim.lr (now {optimizer.param_groups[0]['lr']:g}).")
+                    raise Diverged(
+                        f"the training loss became {out['batch_losses'][bad].item():.4g} at epoch {epoch}, "
+                        f"batch {bad + 1}. Fix: lower optim.lr (now {optimizer.param_groups[0]['lr']:g})."
+                    )
                 train_seconds = time.perf_counter() - start
                 row = {"epoch": epoch, "train_loss": train_loss}
                 if classify:
                     row["train_acc"] = out["correct"].item() / len(train)
                 row |= {f"val_{k}": v for k, v in evaluate(net, loss_fn, val, classify).items()}
-                row |= {"seconds": round(time.perf_counter() - start, 4),
-                        "examples_per_s": round(len(train) / train_seconds, 1)}
+                row |= {
+                    "seconds": round(time.perf_counter() - start, 4),
+                    "examples_per_s": round(len(train) / train_seconds, 1),
+                }
                 history.rows.append(row)
                 history.epoch = epoch
                 best = history.best["value"] if history.best else None
@@ -178,23 +234,37 @@ def compiled(model: nn.Module, device: torch.device, log=print) -> nn.Module:
     compiles once more; nothing is dropped. Falls back to eager, with one line, where it cannot apply."""
     import shutil
 
-    if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++") or shutil.which("cc")):
+    if device.type == "cpu" and not (
+        shutil.which("c++") or shutil.which("g++") or shutil.which("cc")
+    ):
         log("note: trainer.compile=true needs a C++ compiler on CPU; training eagerly")
         return model
     try:
         return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
     except Exception as e:  # unsupported Python or platform
-        log(f"note: trainer.compile=true is not available here ({type(e).__name__}: {e}); training eagerly")
+        log(
+            f"note: trainer.compile=true is not available here ({type(e).__name__}: {e}); training eagerly"
+        )
         return model
 
 
-def make_checkpoint(model: nn.Module, optimizer: Optimizer, history: History,
-                    generator: torch.Generator, extra: dict) -> dict:
+def make_checkpoint(
+    model: nn.Module,
+    optimizer: Optimizer,
+    history: History,
+    generator: torch.Generator,
+    extra: dict,
+) -> dict:
     """A resumable snapshot at an epoch boundary; tensors are copied so training can go on."""
-    return {"model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-            "optimizer": _to_cpu(optimizer.state_dict()), "epoch": history.epoch,
-            "history": [dict(r) for r in history.rows], "best": dict(history.best) if history.best else None,
-            "rng": rng_state(generator), **extra}
+    return {
+        "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        "optimizer": _to_cpu(optimizer.state_dict()),
+        "epoch": history.epoch,
+        "history": [dict(r) for r in history.rows],
+        "best": dict(history.best) if history.best else None,
+        "rng": rng_state(generator),
+        **extra,
+    }
 
 
 def _to_cpu(obj):
@@ -210,6 +280,9 @@ def _to_cpu(obj):
 def format_row(row: dict, epochs: int) -> str:
     """One summary line per epoch: metrics, seconds and examples/s."""
     width = len(str(epochs))
-    metrics = "  ".join(f"{k} {v:.4g}" if "loss" in k else f"{k} {v:.3f}"
-                        for k, v in row.items() if k not in ("epoch", "seconds", "examples_per_s"))
+    metrics = "  ".join(
+        f"{k} {v:.4g}" if "loss" in k else f"{k} {v:.3f}"
+        for k, v in row.items()
+        if k not in ("epoch", "seconds", "examples_per_s")
+    )
     return f"epoch {row['epoch']:>{width}}/{epochs}  {metrics}  {row['seconds']:.2f}s  {row['examples_per_s']:,.0f} ex/s"

@@ -11,6 +11,7 @@ over the minimal loop). Usage:
 
     python experiments/benchmark.py [--device cpu|cuda] [--epochs 3] [--root DIR] [--out bench.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,19 @@ SHARED = REPO.parent / "shared" / "data" / "fashion-mnist"
 def lenet() -> nn.Sequential:
     """§6.6, with the book's Xavier initialisation."""
     net = nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10))
+        nn.Conv2d(1, 6, kernel_size=5, padding=2),
+        nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.Sigmoid(),
+        nn.Linear(120, 84),
+        nn.Sigmoid(),
+        nn.Linear(84, 10),
+    )
     for m in net:
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             nn.init.xavier_uniform_(m.weight)
@@ -52,7 +63,9 @@ def book_loop(root: Path, device: torch.device, epochs: int) -> dict:
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on 2 cores, as the book does
+    warnings.filterwarnings(
+        "ignore", message="This DataLoader will create"
+    )  # 4 workers on 2 cores, as the book does
     trans = transforms.ToTensor()
     train = datasets.FashionMNIST(str(root), train=True, transform=trans, download=False)
     test = datasets.FashionMNIST(str(root), train=False, transform=trans, download=False)
@@ -118,7 +131,9 @@ def minimal_loop(root: Path, device: torch.device, epochs: int) -> dict:
         correct = torch.zeros((), device=device, dtype=torch.long)
         with torch.no_grad():
             for i in range(0, len(yt), 1024):
-                correct += (net(Xt[i:i + 1024].float().div_(255)).argmax(1) == yt[i:i + 1024]).sum()
+                correct += (
+                    net(Xt[i : i + 1024].float().div_(255)).argmax(1) == yt[i : i + 1024]
+                ).sum()
         acc = correct.item() / len(yt)
         loss_sum.item()
         times.append(time.perf_counter() - start)
@@ -131,15 +146,26 @@ def d2lrun_trainer(root: Path, device: torch.device, epochs: int) -> dict:
     from d2lrun.data import build_data
     from d2lrun.job import train_job
 
-    overrides = ["model=lenet", f"trainer.epochs={epochs}", f"device={device}", f"dataset.root={root}",
-                 "dataset.download=false", "trainer.progress=false"]
+    overrides = [
+        "model=lenet",
+        f"trainer.epochs={epochs}",
+        f"device={device}",
+        f"dataset.root={root}",
+        "dataset.download=false",
+        "trainer.progress=false",
+    ]
     cfg = compose(overrides)
     with tempfile.TemporaryDirectory() as out:
         summary = train_job(cfg, Path(out), overrides, log=lambda *_: None)
         rows = _read_rows(Path(out) / "metrics.csv")
-    train, _, _ = build_data(cfg.dataset, cfg.seed)  # the same process: d2lrun's cache, no second decode
-    return {"epoch_seconds": [float(r["seconds"]) for r in rows], "test_acc": summary["final"]["val_acc"],
-            "n_train": len(train)}
+    train, _, _ = build_data(
+        cfg.dataset, cfg.seed
+    )  # the same process: d2lrun's cache, no second decode
+    return {
+        "epoch_seconds": [float(r["seconds"]) for r in rows],
+        "test_acc": summary["final"]["val_acc"],
+        "n_train": len(train),
+    }
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -150,8 +176,12 @@ def _read_rows(path: Path) -> list[dict]:
 def summarize(result: dict) -> dict:
     steady = result["epoch_seconds"][1:] or result["epoch_seconds"]
     seconds = statistics.median(steady)
-    return {"seconds_per_epoch": round(seconds, 3), "examples_per_s": round(result["n_train"] / seconds),
-            "test_acc": round(result["test_acc"], 4), "epoch_seconds": [round(s, 3) for s in result["epoch_seconds"]]}
+    return {
+        "seconds_per_epoch": round(seconds, 3),
+        "examples_per_s": round(result["n_train"] / seconds),
+        "test_acc": round(result["test_acc"], 4),
+        "epoch_seconds": [round(s, 3) for s in result["epoch_seconds"]],
+    }
 
 
 def find_root(root: str | None) -> Path:
@@ -159,14 +189,18 @@ def find_root(root: str | None) -> Path:
     if root:
         return Path(root)
     if not SHARED.exists():
-        raise SystemExit(f"no Fashion-MNIST files: pass --root DIR (with DIR/FashionMNIST/raw) or put them in {SHARED}")
+        raise SystemExit(
+            f"no Fashion-MNIST files: pass --root DIR (with DIR/FashionMNIST/raw) or put them in {SHARED}"
+        )
     tmp = Path(tempfile.mkdtemp(prefix="d2lrun-bench-"))
     (tmp / "FashionMNIST" / "raw").mkdir(parents=True)
     for f in SHARED.glob("*.gz"):
         shutil.copy(f, tmp / "FashionMNIST" / "raw" / f.name)
     from torchvision import datasets
 
-    datasets.FashionMNIST(str(tmp), train=True, download=True)  # checksums match: decompresses, no network
+    datasets.FashionMNIST(
+        str(tmp), train=True, download=True
+    )  # checksums match: decompresses, no network
     datasets.FashionMNIST(str(tmp), train=False, download=True)
     return tmp
 
@@ -175,29 +209,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--root", default=None, help="folder holding FashionMNIST/raw (default: ../shared's files)")
+    parser.add_argument(
+        "--root", default=None, help="folder holding FashionMNIST/raw (default: ../shared's files)"
+    )
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--skip-book", action="store_true", help="skip (a), the slowest")
     args = parser.parse_args()
     device = torch.device(args.device)
     root = find_root(args.root)
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"LeNet (§6.6) on Fashion-MNIST, batch 256, {args.epochs} epochs, on {card}, torch {torch.__version__}")
+    card = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"LeNet (§6.6) on Fashion-MNIST, batch 256, {args.epochs} epochs, on {card}, torch {torch.__version__}"
+    )
     results = {}
     for name, fn in [("book", book_loop), ("minimal", minimal_loop), ("d2lrun", d2lrun_trainer)]:
         if name == "book" and args.skip_book:
             continue
         results[name] = summarize(fn(root, device, args.epochs))
         r = results[name]
-        print(f"  {name:8s} {r['seconds_per_epoch']:8.3f} s/epoch {r['examples_per_s']:>9,} ex/s  test acc {r['test_acc']:.4f}")
+        print(
+            f"  {name:8s} {r['seconds_per_epoch']:8.3f} s/epoch {r['examples_per_s']:>9,} ex/s  test acc {r['test_acc']:.4f}"
+        )
     c = results["d2lrun"]["seconds_per_epoch"]
     ratios = {"c_over_b": round(c / results["minimal"]["seconds_per_epoch"], 3)}
     if "book" in results:
         ratios["a_over_c"] = round(results["book"]["seconds_per_epoch"] / c, 2)
         print(f"  d2lrun is {ratios['a_over_c']:.2f}x faster than the book's loop (a/c)")
     print(f"  d2lrun takes {ratios['c_over_b']:.2f}x the minimal loop's time (c/b)")
-    Path(args.out).write_text(json.dumps({"device": card, "torch": torch.__version__, "epochs": args.epochs,
-                                          "results": results, "ratios": ratios}, indent=2) + "\n")
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "device": card,
+                "torch": torch.__version__,
+                "epochs": args.epochs,
+                "results": results,
+                "ratios": ratios,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {args.out}")
 
 

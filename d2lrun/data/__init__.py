@@ -5,6 +5,7 @@ device and batched by slicing a shuffled index (see d2lrun.train) — no DataLoa
 transforms. `spec` is a plain dict of what the data decides (inputs, classes, image shape,
 preprocessing statistics); models read it and it is saved in every checkpoint.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -40,10 +41,14 @@ _CACHE: dict[str, tuple[Split, Split, dict]] = {}
 _CACHE_SIZE = 4
 
 
-def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -> tuple[Split, Split, dict]:
+def build_data(
+    cfg: DictConfig, seed: int, device: torch.device | str = "cpu"
+) -> tuple[Split, Split, dict]:
     """Load (or reuse) the dataset named by cfg.name and move both splits to `device`."""
     name = cfg.name
-    key = json.dumps([OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), seed], sort_keys=True)
+    key = json.dumps(
+        [OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), seed], sort_keys=True
+    )
     if key not in _CACHE:
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))

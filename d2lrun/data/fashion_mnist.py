@@ -1,4 +1,5 @@
 """Fashion-MNIST (§3.5) through torchvision's own loader, held as uint8 tensors (N, 1, 28, 28)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,15 +10,32 @@ from d2lrun.data import Split
 from d2lrun.errors import RunFailed, UsageError
 
 # d2l's text labels (§3.5 get_fashion_mnist_labels).
-CLASS_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+CLASS_NAMES = [
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+]
+FILES = [
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+]
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
 
 def missing_files(raw: Path) -> list[str]:
     """The official files that are in raw/ neither compressed nor decompressed."""
-    return [f for f in FILES if not (raw / f).exists() and not (raw / f.removesuffix(".gz")).exists()]
+    return [
+        f for f in FILES if not (raw / f).exists() and not (raw / f.removesuffix(".gz")).exists()
+    ]
 
 
 def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
@@ -30,29 +48,48 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
         try:
             raw.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise RunFailed(f"dataset.root={cfg.root} is not writable, so Fashion-MNIST cannot be downloaded "
-                                  f"there ({e.strerror}). Fix: dataset.root=<a writable folder>.") from None
+            raise RunFailed(
+                f"dataset.root={cfg.root} is not writable, so Fashion-MNIST cannot be downloaded "
+                f"there ({e.strerror}). Fix: dataset.root=<a writable folder>."
+            ) from None
     if missing and not cfg.download:
-        raise UsageError(f"Fashion-MNIST is not in {raw} (missing {', '.join(missing)}) and dataset.download=false. "
-                                f"Fix: place the files from {URL} there, or dataset.download=true.")
+        raise UsageError(
+            f"Fashion-MNIST is not in {raw} (missing {', '.join(missing)}) and dataset.download=false. "
+            f"Fix: place the files from {URL} there, or dataset.download=true."
+        )
     splits = []
     for train in (True, False):
         try:
             ds = FashionMNIST(str(root), train=train, download=bool(cfg.download))
         except PermissionError as e:
-            raise RunFailed(f"dataset.root={cfg.root} is not writable ({e.strerror}: {e.filename}). "
-                                  f"Fix: dataset.root=<a writable folder>.") from None
+            raise RunFailed(
+                f"dataset.root={cfg.root} is not writable ({e.strerror}: {e.filename}). "
+                f"Fix: dataset.root=<a writable folder>."
+            ) from None
         except Exception as e:  # torchvision raises RuntimeError, OSError, EOFError, ... for a failed download or a bad file
             reason = str(e).splitlines()[0].rstrip(": ") if str(e) else type(e).__name__
             if missing:
                 raise UsageError(
                     f"Fashion-MNIST is not in {raw} and the download failed ({reason}). Fix: place "
-                    f"{', '.join(missing)} from {URL} in {raw}, or set dataset.root=<folder that has them>.") from None
-            if "download" in reason.lower():  # torchvision re-downloads a file whose checksum is wrong
-                reason = f"a checksum does not match and no fresh copy could be downloaded: {reason}"
-            raise UsageError(f"Fashion-MNIST files in {raw} are damaged ({reason}). "
-                             f"Fix: delete them and run again to download fresh copies, or copy fresh ones there.") from None
+                    f"{', '.join(missing)} from {URL} in {raw}, or set dataset.root=<folder that has them>."
+                ) from None
+            if (
+                "download" in reason.lower()
+            ):  # torchvision re-downloads a file whose checksum is wrong
+                reason = (
+                    f"a checksum does not match and no fresh copy could be downloaded: {reason}"
+                )
+            raise UsageError(
+                f"Fashion-MNIST files in {raw} are damaged ({reason}). "
+                f"Fix: delete them and run again to download fresh copies, or copy fresh ones there."
+            ) from None
         splits.append(Split(ds.data.unsqueeze(1), ds.targets))  # (N, 1, 28, 28) uint8, (N,) int64
-    spec = {"dataset": "fashion_mnist", "task": "classification", "num_inputs": 28 * 28, "num_outputs": 10,
-            "image_shape": [1, 28, 28], "class_names": CLASS_NAMES}
+    spec = {
+        "dataset": "fashion_mnist",
+        "task": "classification",
+        "num_inputs": 28 * 28,
+        "num_outputs": 10,
+        "image_shape": [1, 28, 28],
+        "class_names": CLASS_NAMES,
+    }
     return splits[0], splits[1], spec

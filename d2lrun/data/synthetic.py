@@ -1,4 +1,5 @@
 """The book's synthetic regression data (§3.1-3.2, §4.5): y = Xw + b + ε, X ~ N(0, 1), ε ~ N(0, noise²)."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,9 @@ def true_params(cfg: DictConfig) -> tuple[torch.Tensor, float]:
     return torch.full((cfg.num_inputs,), float(cfg.w)), float(cfg.b)
 
 
-def synthetic_data(w: torch.Tensor, b: float, num_examples: int, noise: float,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_data(
+    w: torch.Tensor, b: float, num_examples: int, noise: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The book's `synthetic_data` (§3.2), with an explicit generator for reproducibility."""
     X = torch.normal(0, 1, (num_examples, len(w)), generator=generator)  # (N, d)
     y = X @ w + b + torch.normal(0, noise, (num_examples,), generator=generator)
@@ -27,6 +29,14 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
     g = torch.Generator().manual_seed(seed)
     X, y = synthetic_data(w, b, cfg.num_train + cfg.num_val, cfg.noise, g)
     n = cfg.num_train
-    spec = {"dataset": "synthetic", "task": "regression", "num_inputs": len(w), "num_outputs": 1,
-            "image_shape": None, "class_names": None, "true_w": w.tolist(), "true_b": b}
+    spec = {
+        "dataset": "synthetic",
+        "task": "regression",
+        "num_inputs": len(w),
+        "num_outputs": 1,
+        "image_shape": None,
+        "class_names": None,
+        "true_w": w.tolist(),
+        "true_b": b,
+    }
     return Split(X[:n], y[:n]), Split(X[n:], y[n:]), spec

@@ -1,4 +1,5 @@
 """Model registry: `build_model(cfg, spec) -> nn.Module`, sized by what the data decided."""
+
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
@@ -7,14 +8,21 @@ from torch import nn
 from d2lrun.config import hidden_sizes
 from d2lrun.errors import UsageError
 from d2lrun.models.lenet import LeNet
-from d2lrun.models.linear import (LinearRegression, LinearRegressionScratch, SoftmaxRegression,
-                                  SoftmaxRegressionScratch)
+from d2lrun.models.linear import (
+    LinearRegression,
+    LinearRegressionScratch,
+    SoftmaxRegression,
+    SoftmaxRegressionScratch,
+)
 from d2lrun.models.mlp import MLP, MLPScratch
 
 MODELS = ("linreg", "softmax", "mlp", "lenet")
 # Which models can learn which kind of data.
-FITTING = {"regression": ("linreg", "mlp"), "classification": ("softmax", "mlp"),
-           "images": ("softmax", "mlp", "lenet")}
+FITTING = {
+    "regression": ("linreg", "mlp"),
+    "classification": ("softmax", "mlp"),
+    "images": ("softmax", "mlp", "lenet"),
+}
 
 
 def check_fit(name: str, spec: dict) -> None:
@@ -23,11 +31,14 @@ def check_fit(name: str, spec: dict) -> None:
     if name not in FITTING[kind]:
         what = "images to classify" if kind == "images" else f"a {kind} table"
         fits = FITTING[kind]
-        raise UsageError(f"model={name} cannot learn dataset={spec['dataset']} ({what}). Models that "
-                         f"fit it: {', '.join(fits)}. Fix: model={fits[0]}, or choose another dataset=.")
+        raise UsageError(
+            f"model={name} cannot learn dataset={spec['dataset']} ({what}). Models that "
+            f"fit it: {', '.join(fits)}. Fix: model={fits[0]}, or choose another dataset=."
+        )
     if name == "lenet" and spec["image_shape"][1:] != [28, 28]:
-        raise UsageError(f"model=lenet expects 28x28 images; the data has {spec['image_shape']}. "
-                         f"Fix: model=mlp.")
+        raise UsageError(
+            f"model=lenet expects 28x28 images; the data has {spec['image_shape']}. Fix: model=mlp."
+        )
 
 
 def is_scratch(cfg: DictConfig) -> bool:
@@ -52,7 +63,9 @@ def build_model(cfg: DictConfig, spec: dict) -> nn.Module:
         return SoftmaxRegressionScratch(d, q) if scratch else SoftmaxRegression(d, q)
     if cfg.name == "mlp":
         hiddens = hidden_sizes(cfg)
-        return (MLPScratch if scratch else MLP)(d, q, hiddens, str(cfg.activation),
-                                                dropouts(cfg.dropout, len(hiddens)))
-    return LeNet(q, str(cfg.variant), bool(cfg.batch_norm), dropouts(cfg.dropout, 2),
-                 spec["image_shape"][0])
+        return (MLPScratch if scratch else MLP)(
+            d, q, hiddens, str(cfg.activation), dropouts(cfg.dropout, len(hiddens))
+        )
+    return LeNet(
+        q, str(cfg.variant), bool(cfg.batch_norm), dropouts(cfg.dropout, 2), spec["image_shape"][0]
+    )

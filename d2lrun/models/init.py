@@ -1,4 +1,5 @@
 """Initialisation schemes (§5.2, §5.4), applied to every nn.Linear and nn.Conv2d with `model.apply`."""
+
 from __future__ import annotations
 
 import math

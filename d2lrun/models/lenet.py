@@ -1,4 +1,5 @@
 """LeNet-5 (§6.6) and a modern variant (ReLU, max pooling, optional batch norm §8.5)."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -11,8 +12,14 @@ class LeNet(nn.Sequential):
     -> conv 5x5 (B, 16, 10, 10) -> pool (B, 16, 5, 5) -> 400 -> 120 -> 84 -> num_classes.
     """
 
-    def __init__(self, num_classes: int = 10, variant: str = "classic", batch_norm: bool = False,
-                 dropouts: list[float] | None = None, in_channels: int = 1):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        variant: str = "classic",
+        batch_norm: bool = False,
+        dropouts: list[float] | None = None,
+        in_channels: int = 1,
+    ):
         classic = variant == "classic"
         act = nn.Sigmoid if classic else nn.ReLU
         pool = nn.AvgPool2d if classic else nn.MaxPool2d
@@ -25,11 +32,22 @@ class LeNet(nn.Sequential):
             return [nn.Dropout(p)] if p > 0 else []
 
         super().__init__(
-            nn.Conv2d(in_channels, 6, kernel_size=5, padding=2), *norm(6, 2), act(),
+            nn.Conv2d(in_channels, 6, kernel_size=5, padding=2),
+            *norm(6, 2),
+            act(),
             pool(kernel_size=2, stride=2),
-            nn.Conv2d(6, 16, kernel_size=5), *norm(16, 2), act(),
+            nn.Conv2d(6, 16, kernel_size=5),
+            *norm(16, 2),
+            act(),
             pool(kernel_size=2, stride=2),
             nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120), *norm(120, 1), act(), *drop(d1),
-            nn.Linear(120, 84), *norm(84, 1), act(), *drop(d2),
-            nn.Linear(84, num_classes))
+            nn.Linear(16 * 5 * 5, 120),
+            *norm(120, 1),
+            act(),
+            *drop(d1),
+            nn.Linear(120, 84),
+            *norm(84, 1),
+            act(),
+            *drop(d2),
+            nn.Linear(84, num_classes),
+        )

@@ -6,6 +6,7 @@ regression from scratch, §3.3 concise, §3.6 softmax regression from scratch, �
 The concise models are the book's nn.Sequential definitions, so their state_dict keys match the
 book's (`0.weight` for §3.3, `1.weight` for §3.7) and `net.load_state_dict(...)` works there.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,9 @@ class LinearRegressionScratch(nn.Module):
 
     def __init__(self, num_inputs: int):
         super().__init__()
-        self.w = nn.Parameter(torch.empty(num_inputs, 1))  # values: d2lrun.models.init or a checkpoint
+        self.w = nn.Parameter(
+            torch.empty(num_inputs, 1)
+        )  # values: d2lrun.models.init or a checkpoint
         self.b = nn.Parameter(torch.empty(1))
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Multilayer perceptrons (§4.2-4.3, dropout §4.6), concise and from scratch."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,14 @@ class MLP(nn.Sequential):
     With one hidden layer and no dropout the keys are the book's 1.* and 3.*.
     """
 
-    def __init__(self, num_inputs: int, num_outputs: int, num_hiddens: list[int],
-                 activation: str = "relu", dropouts: list[float] | None = None):
+    def __init__(
+        self,
+        num_inputs: int,
+        num_outputs: int,
+        num_hiddens: list[int],
+        activation: str = "relu",
+        dropouts: list[float] | None = None,
+    ):
         dropouts = dropouts or [0.0] * len(num_hiddens)
         layers: list[nn.Module] = [nn.Flatten()]
         for fan_in, fan_out, p in zip([num_inputs, *num_hiddens], num_hiddens, dropouts):
@@ -37,11 +44,19 @@ class MLPScratch(nn.Module):
     init sets the weights (§4.2: N(0, 0.01²), biases 0), as for the concise MLP.
     """
 
-    def __init__(self, num_inputs: int, num_outputs: int, num_hiddens: list[int],
-                 activation: str = "relu", dropouts: list[float] | None = None):
+    def __init__(
+        self,
+        num_inputs: int,
+        num_outputs: int,
+        num_hiddens: list[int],
+        activation: str = "relu",
+        dropouts: list[float] | None = None,
+    ):
         super().__init__()
         sizes = [num_inputs, *num_hiddens, num_outputs]
-        self.Ws = nn.ParameterList(nn.Parameter(torch.empty(a, b)) for a, b in zip(sizes, sizes[1:]))
+        self.Ws = nn.ParameterList(
+            nn.Parameter(torch.empty(a, b)) for a, b in zip(sizes, sizes[1:])
+        )
         self.bs = nn.ParameterList(nn.Parameter(torch.empty(b)) for b in sizes[1:])
         self.activation = activation
         self.dropouts = dropouts or [0.0] * len(num_hiddens)
