@@ -102,7 +102,42 @@ def train_main() -> None:
             sys.argv[1:] = resume_arguments(resume, sys.argv[1:])
         _train()
 
-    handle(main, "d2lrun")
+    handle(with_help(main, "config"), "d2lrun")
+
+
+def print_help(config_name: str, args: list[str]) -> None:
+    """`--help`: the command's header, its groups (d2lrun only), its keys, its footer.
+
+    Hydra's own help lists the groups by copying its config repository once per option, which
+    took 1.4 s here with d2lrun's schemas and presets (0.5 s for a bare Hydra app); this, 0.1 s.
+    """
+    from omegaconf import OmegaConf
+
+    name = {"config": "d2lrun"}.get(config_name, config_name)
+    text = OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "help" / f"{name}.yaml")
+    cfg = config.compose([a for a in args if "=" in a and not a.startswith("-")], config_name)
+    parts = [text.header]
+    if config_name == "config":
+        folders = {g: Path(CONFIG_DIR) / g for g in config.SCHEMAS}
+        folders["experiment"] = config.EXPERIMENTS_DIR
+        parts.append(
+            "== Groups (pick one option each, e.g. model=mlp) ==\n"
+            + "\n".join(
+                f"{g}: {', '.join(sorted(p.stem for p in folder.glob('*.yaml')))}"
+                for g, folder in sorted(folders.items())
+            )
+        )
+    example = " (set any, e.g. trainer.epochs=5)" if config_name == "config" else ""
+    keys = OmegaConf.to_yaml(cfg).rstrip()
+    parts += [f"== Keys and their current values{example} ==\n{keys}", text.footer]
+    print("\n\n".join(parts))
+
+
+def with_help(main: Callable[[], object], config_name: str) -> Callable[[], object]:
+    """main, or the command's own help when asked for (`--help`, `-h`)."""
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        return lambda: print_help(config_name, sys.argv[1:])
+    return main
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
@@ -145,12 +180,12 @@ def _data_overrides(cfg: DictConfig) -> list[str]:
 
 def eval_main() -> None:
     """`d2lrun-eval run=DIR`: metrics of a saved run on its held-out split."""
-    handle(_evaluate, "d2lrun-eval")
+    handle(with_help(_evaluate, "eval"), "d2lrun-eval")
 
 
 def predict_main() -> None:
     """`d2lrun-predict run=DIR input=FILE`: predictions for new inputs."""
-    handle(_predict, "d2lrun-predict")
+    handle(with_help(_predict, "predict"), "d2lrun-predict")
 
 
 def report_main() -> None:

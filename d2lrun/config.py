@@ -242,17 +242,17 @@ def register() -> None:
             cs.store(name=f"schema_{group}_{option}", node=node)
 
 
-def compose(overrides: Sequence[str] = ()) -> DictConfig:
+def compose(overrides: Sequence[str] = (), name: str = "config") -> DictConfig:
     """The config of `d2lrun OVERRIDES...` through Hydra's Compose API (in a Hydra app: its own)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():  # e.g. d2lrun-eval's @hydra.main: the same configs
-        return hydra_compose("config", overrides=list(overrides))
+        return hydra_compose(name, overrides=list(overrides))
     register()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+        return hydra_compose(name, overrides=list(overrides))
 
 
 def options_with_key(group: str, name: str) -> list[str]:

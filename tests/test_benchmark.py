@@ -17,3 +17,15 @@ def test_benchmark_runs_the_three_loops(tmp_path, fake_fmnist):
     assert set(result["ratios"]) == {"a_over_c", "c_over_b"}
     assert all(len(v["epoch_seconds"]) == 2 and 0 <= v["test_acc"] <= 1 for v in result["results"].values())
     assert "faster than the book's loop (a/c)" in r.stdout
+
+
+def test_startup_script_times_d2lrun_against_a_bare_hydra_app(tmp_path):
+    """experiments/startup.py runs and reports both ratios (a smoke test: no timing is asserted)."""
+    out = tmp_path / "startup.json"
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "startup.py"), "--repeat", "1", "--out", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert set(result["median_seconds"]) == {"d2lrun --help", "minimal app --help", "d2lrun (default run)",
+                                             "import torch + minimal app run"}
+    assert result["help_ratio"] > 0 and result["run_ratio"] > 0 and "--help takes" in r.stdout
