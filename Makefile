@@ -26,7 +26,7 @@ test-all: install
 	$(BIN)/python -m pytest -q -m '' $(ARGS)
 
 # Every preset in experiments/ on CPU, then the results table in experiments/README.md is rewritten.
-# Fashion-MNIST elsewhere: make reproduce ARGS="--data ../shared/data/fashion-mnist"
+# Data elsewhere: make reproduce ARGS="--data ../shared/data/fashion-mnist --kaggle ../shared/data/kaggle-house"
 reproduce: install
 	$(BIN)/python -m d2lrun.reproduce $(ARGS)
 

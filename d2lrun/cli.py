@@ -1,6 +1,6 @@
 """The command-line entry points: each resolves its paths and calls a plain function.
 
-    d2lrun          train one run (d2lrun.job.train_job), or a sweep with -m (d2lrun.sweep.run_job)
+    d2lrun          train one run (d2lrun.job.train), or a sweep with -m (d2lrun.sweep.run_job)
     d2lrun-eval     evaluate a saved run (d2lrun.reload.evaluate_run)
     d2lrun-predict  predict new inputs with a saved run (d2lrun.reload.predict_file)
     d2lrun-report   the results table of a sweep folder (d2lrun.sweep.report)
@@ -81,7 +81,7 @@ def _train(cfg: DictConfig) -> float | None:
     if hc.mode == RunMode.MULTIRUN:
         return sweep.run_job(cfg, run_dir, overrides)
     try:
-        job.train_job(cfg, run_dir, overrides)
+        job.train(cfg, run_dir, overrides)
     except UsageError:  # a run refused before it started leaves no folder behind
         if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
             import shutil

@@ -44,8 +44,14 @@ Impl = choices("Impl", "concise", "scratch")  # nn layers | the book's raw tenso
 Activation = choices("Activation", "relu", "sigmoid", "tanh")
 Variant = choices("Variant", "classic", "modern")
 Task = choices("Task", "auto", "regression", "classification")
+Statistics = choices("Statistics", "train_and_test", "train")
 Distribution = choices("Distribution", "uniform", "normal")
 FanMode = choices("FanMode", "fan_in", "fan_out")
+
+
+def folds() -> Any:
+    """dataset.folds of every dataset of rows: k-fold cross-validation (§4.10); null: one split."""
+    return key(5, ge=2)
 
 
 @dataclass
@@ -57,17 +63,55 @@ class Synthetic:
     num_inputs: Optional[int] = key(200, ge=1)
     num_train: int = key(1000, ge=1)
     num_val: int = key(1000, ge=1)
+    folds: Optional[int] = folds()
+    shuffle_folds: bool = key(False)  # False: fold i holds out the i-th contiguous slice (the book)
 
 
 @dataclass
-class CSV:
+class Table:
+    """Keys of every dataset read from a table (§2.2, §4.10)."""
+
     name: str = key()
-    path: str = key("data/house.csv")
     target: str = key("Price")
-    task: Task = key("auto")
-    val_fraction: float = key(0.2, gt=0, lt=1)
-    standardize: bool = key(True)
+    drop: list[str] = key("[Id]")  # columns that are not features (ids): carried to predictions
+    val_fraction: float = key(0.2, ge=0, lt=1)
     max_categories: int = key(50, ge=1)
+    standardize_target: bool = key(True)
+    folds: Optional[int] = folds()
+    shuffle_folds: bool = key(False)
+
+
+@dataclass
+class CSV(Table):
+    path: str = key("data/house.csv")
+    task: Task = key("auto")
+    standardize: bool = key(True)
+
+
+@dataclass
+class KaggleHouse(Table):
+    root: str = key("data")
+    download: bool = key(True)
+    statistics: Statistics = key("train_and_test")
+
+
+@dataclass
+class Polynomial:
+    name: str = key()
+    max_degree: int = key(20, ge=1)
+    true_w: list[float] = key("[5,1.2,-3.4,5.6]")
+    num_features: int = key(4, ge=1)
+    num_train: int = key(100, ge=1)
+    num_val: int = key(100, ge=1)
+    noise: float = key(0.1, ge=0)
+    folds: Optional[int] = folds()
+    shuffle_folds: bool = key(False)
+
+
+@dataclass
+class Kernel:
+    name: str = key()
+    kernel: list[float] = key("[1,-1]")  # the edge detector K that makes Y = corr2d(X, K)
 
 
 @dataclass
@@ -78,18 +122,18 @@ class FashionMNIST:
 
 
 @dataclass
-class LinReg:
+class Softmax:
     name: str = key()
     impl: Impl = key("concise")
 
 
 @dataclass
-class Softmax(LinReg):
-    pass
+class LinReg(Softmax):
+    bias: bool = key(True)
 
 
 @dataclass
-class MLP(LinReg):
+class MLP(Softmax):
     num_hiddens: Any = key("[256]", ge=1)  # one width, or one per hidden layer
     activation: Activation = key("relu")
     dropout: Any = key(0.5, ge=0, lt=1)  # one rate, or one per hidden layer (§4.6)
@@ -101,6 +145,13 @@ class LeNet:
     variant: Variant = key("classic")
     batch_norm: bool = key(False)
     dropout: Any = key(0.5, ge=0, lt=1)  # after the two hidden dense layers
+
+
+@dataclass
+class Conv2D:
+    name: str = key()
+    kernel_size: list[int] = key("[1,2]", ge=1)
+    bias: bool = key(False)
 
 
 @dataclass
@@ -161,6 +212,7 @@ class Trainer:
     checkpoint_every: int = key(1, ge=1)
     progress: bool = key(True)
     compile: bool = key(False)
+    log_rmse: bool = key(True)  # also report the book's log RMSE of a regression (§4.10)
 
 
 @dataclass
@@ -200,8 +252,15 @@ class Predict(Eval):
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "dataset": {"synthetic": Synthetic, "csv": CSV, "fashion_mnist": FashionMNIST},
-    "model": {"linreg": LinReg, "softmax": Softmax, "mlp": MLP, "lenet": LeNet},
+    "dataset": {
+        "synthetic": Synthetic,
+        "csv": CSV,
+        "fashion_mnist": FashionMNIST,
+        "polynomial": Polynomial,
+        "kaggle_house": KaggleHouse,
+        "kernel": Kernel,
+    },
+    "model": {"linreg": LinReg, "softmax": Softmax, "mlp": MLP, "lenet": LeNet, "conv2d": Conv2D},
     "optim": {"sgd": SGD, "adam": Adam},
     "regularizer": {n: Regularizer for n in ("none", "l1", "l2", "dropout")},
     "init": {
@@ -213,7 +272,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "zeros": InitDefault,
     },
 }
-IMAGE_DATASETS = ("fashion_mnist",)
+IMAGE_DATASETS = ("fashion_mnist", "kernel")
 HERE = Path(__file__).resolve().parent
 # A wheel ships configs/ and experiments/ inside the package (pyproject.toml); a checkout beside it.
 CONFIG_DIR = str(HERE / "configs" if (HERE / "configs").is_dir() else HERE.parent / "configs")

@@ -65,7 +65,7 @@ def plot_curves(path: str | Path, rows: list[dict], title: str = "") -> Path:
                     epochs,
                     [r[f"{split}_{key}"] for r in rows],
                     style,
-                    marker="o",
+                    marker="o" if len(rows) <= 30 else None,
                     label=f"{split} {label}",
                 )
         ax.set_xlabel("epoch")

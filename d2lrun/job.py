@@ -11,9 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 from d2lrun.checkpoint import load_state_dict_strict, save_torch
 from d2lrun.config import checked, resolve_device
 from d2lrun.data import build_data
-from d2lrun.errors import Diverged, Interrupted
+from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError
 from d2lrun.files import plot_curves, shown, write_csv, write_json
-from d2lrun.models import build_model, is_scratch
+from d2lrun.kfold import mean_row
+from d2lrun.models import build_model, loss_kind
 from d2lrun.models.init import apply_init
 from d2lrun.optim import build_optimizer
 from d2lrun.reload import resume_checkpoint, saved_overrides
@@ -25,11 +26,62 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], log=say) -> dict:
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str], log=say) -> dict:
+    """One run; with dataset.folds=K, K runs (run_dir/fold_0, ...) and their mean (§4.10)."""
+    k = cfg.dataset.folds if "folds" in cfg.dataset else None
+    if not k:
+        return train_job(cfg, run_dir, overrides, log)
+    if cfg.resume:
+        raise UsageError(f"resume= continues one run, and dataset.folds={k} trains {k}. "
+                         f"Fix: resume one fold, e.g. resume=RUN/fold_0 dataset.folds=null.")  # fmt: skip
+    wall, finals = time.perf_counter(), []
+    for i in range(k):
+        log(f"fold {i + 1}/{k}")
+        try:
+            finals.append(
+                train_job(cfg, run_dir / f"fold_{i}", overrides, log, fold=(k, i))["final"]
+            )
+        except (UsageError, RunFailed) as e:
+            status = "diverged" if isinstance(e, Diverged) else "failed"
+            write_json(run_dir / "metrics.json", {"status": status, "reason": f"fold {i}: {e}"})
+            raise
+    mean = mean_row([{k: v for k, v in f.items() if k not in ("epoch", "seconds")} for f in finals])
+    metric = next(m for m in ("val_acc", "val_loss", "train_acc", "train_loss") if m in mean)
+    log(fold_table(finals, mean, k))
+    summary = {
+        "status": "completed", "model": cfg.model.name, "dataset": cfg.dataset.name,
+        "epochs": cfg.trainer.epochs, "run_dir": str(run_dir), "resumed_from": None,
+        "kfold": {"k": k, "mean": mean, "folds": finals}, "final": mean,
+        "best": {"epoch": cfg.trainer.epochs, "metric": metric, "value": mean[metric]},
+        "wall_seconds": round(time.perf_counter() - wall, 3),
+    }  # fmt: skip
+    write_json(run_dir / "metrics.json", summary)
+    return summary
+
+
+def fold_table(finals: list[dict], mean: dict, k: int) -> str:
+    """Each fold's final metrics and their mean, as the book prints its k-fold result."""
+    keys = [key for key in mean if key not in ("examples_per_s",)]
+    lines = [f"{k}-fold cross-validation:", "  fold  " + "  ".join(f"{key:>14}" for key in keys)]
+    lines += [
+        f"  {i:>4}  " + "  ".join(f"{f[key]:>14.4g}" for key in keys) for i, f in enumerate(finals)
+    ]
+    lines.append("  mean  " + "  ".join(f"{mean[key]:>14.4g}" for key in keys))
+    return "\n".join(lines)
+
+
+def train_job(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: list[str],
+    log=say,
+    fold: tuple[int, int] | None = None,
+) -> dict:
     """Train as cfg says; write model.pt, last.pt, best.pt, metrics.csv/json, curves.png to run_dir.
 
     `overrides` are the command line's (Hydra's task overrides): with the config's absolute paths
-    they go into every checkpoint, so that reload composes this run again from anywhere.
+    they go into every checkpoint, so that reload composes this run again from anywhere. fold=(k, i)
+    trains on the other folds and validates on fold i.
     """
     wall = time.perf_counter()
     ckpt = resume_checkpoint(cfg) if cfg.resume else None
@@ -38,7 +90,9 @@ def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], log=say) -> 
     run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
-    train_split, val_split, spec = build_data(cfg.dataset, cfg.seed, device)
+    train_split, val_split, spec = build_data(cfg.dataset, cfg.seed, device, fold)
+    if cfg.trainer.log_rmse and spec["task"] == "regression":
+        check_positive_target(train_split, val_split, spec)
     model = build_model(cfg.model, spec)
     if ckpt is None:
         apply_init(model, cfg.init)
@@ -66,7 +120,7 @@ def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], log=say) -> 
         "resumed_from": str(cfg.resume) if cfg.resume else None,
     }
     status, reason = "completed", None
-    loss_fn = loss_for(spec["task"], is_scratch(cfg.model))
+    loss_fn = loss_for(spec["task"], loss_kind(cfg.model))
     try:
         fit(
             model,
@@ -101,6 +155,10 @@ def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], log=say) -> 
         save_torch(run_dir / "model.pt", {k: v.to("cpu") for k, v in model.state_dict().items()})
         if spec.get("true_w") is not None and hasattr(model, "get_w_b"):
             summary["learned"] = report_w_b(model, spec, log)
+        if spec.get("true_kernel") is not None:
+            kernel = [[round(x, 4) for x in row] for row in model.kernel.cpu().tolist()]
+            log(f"learned kernel: {kernel}  (true: {spec['true_kernel']})")
+            summary["learned"] = {"kernel": model.kernel.cpu().tolist()}
     write_json(run_dir / "metrics.json", summary)
     if status == "diverged":
         raise Diverged(f"diverged: {reason}")
@@ -112,6 +170,17 @@ def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], log=say) -> 
             f"saved. Resume with: d2lrun resume={shown(run_dir)}"
         )
     return summary
+
+
+def check_positive_target(train_split, val_split, spec: dict) -> None:
+    """§4.10's log RMSE takes the log of the target, so every target must be positive."""
+    scale = spec.get("target_scale") or {"mean": 0.0, "std": 1.0}
+    y = torch.cat([train_split.y, val_split.y]).reshape(-1) * scale["std"] + scale["mean"]
+    if len(y) and y.min().item() <= 0:
+        raise UsageError(
+            f"trainer.log_rmse=true takes the log of the target, and {spec.get('target', 'it')} has "
+            f"values <= 0 (smallest {y.min().item():.4g}). Fix: trainer.log_rmse=false."
+        )
 
 
 def restore(ckpt: dict, model, optimizer, generator: torch.Generator) -> History:
@@ -132,6 +201,9 @@ def report_w_b(model, spec: dict, log) -> dict:
     w, b = model.get_w_b()
     true_w, true_b = torch.tensor(spec["true_w"]), spec["true_b"]
     w, b = w.cpu(), float(b.cpu().reshape(-1)[0])
+    if true_b is None:  # a model without a bias (§4.4): its weights, as the book prints them
+        log(f"weight: {[round(x, 4) for x in w.tolist()]}  (true: {spec['true_w']})")
+        return {"w": w.tolist(), "w_error": (true_w - w).tolist(), "w_norm": w.norm().item()}
     if len(true_w) <= 10:
         log(
             f"error in estimating w: {[round(x, 6) for x in (true_w - w).tolist()]}  "

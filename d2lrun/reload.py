@@ -143,13 +143,19 @@ class SavedRun:
             out = self.model(X)
         if self.spec["task"] == "classification":
             return [self.spec["class_names"][i] for i in out.argmax(dim=1).tolist()]
-        return out.reshape(-1).tolist()
+        scale = self.spec.get("target_scale")  # predictions in the target's own units
+        return (
+            (out * scale["std"] + scale["mean"] if scale else out)
+            .reshape(len(X), -1)
+            .squeeze(1)
+            .tolist()
+        )
 
     def prepare(self, inputs) -> torch.Tensor:
         """Raw inputs -> the tensor the model was trained on, with the run's stored statistics."""
         from d2lrun.data import prepare_batch
 
-        if self.spec["dataset"] == "csv":
+        if self.spec.get("preprocess"):  # a table: the statistics fitted when it trained
             import pandas as pd
 
             from d2lrun.data.csv import transform
@@ -202,12 +208,14 @@ def load_run(
 def evaluate_run(run: SavedRun) -> dict:
     """Metrics of the reloaded model on the held-out split of the run's own dataset."""
     from d2lrun.data import build_data
-    from d2lrun.models import is_scratch
+    from d2lrun.models import loss_kind
     from d2lrun.train import evaluate, loss_for
 
-    _, val, spec = build_data(run.config.dataset, run.config.seed, run.device)
-    loss_fn = loss_for(spec["task"], is_scratch(run.config.model))
-    metrics = evaluate(run.model, loss_fn, val, spec["task"] == "classification")
+    fold = tuple(run.spec["fold"]) if run.spec.get("fold") else None  # a fold of a k-fold run
+    _, val, spec = build_data(run.config.dataset, run.config.seed, run.device, fold)
+    loss_fn = loss_for(spec["task"], loss_kind(run.config.model))
+    scale, log_rmse = spec.get("target_scale"), run.config.trainer.log_rmse
+    metrics = evaluate(run.model, loss_fn, val, spec["task"] == "classification", scale, log_rmse)
     return {f"val_{k}": v for k, v in metrics.items()}
 
 
@@ -215,7 +223,7 @@ def read_inputs(run: SavedRun, path: Path):
     """Read new inputs for `run`: CSV rows, or uint8 images from .npy / .pt."""
     if not path.exists():
         raise UsageError(f"input={path}: no such file. Fix: give a file of new inputs.")
-    if run.spec["dataset"] == "csv" or path.suffix == ".csv":
+    if run.spec.get("preprocess") or path.suffix == ".csv":
         from d2lrun.data.csv import read_table
 
         return read_table(path, "input")
@@ -231,18 +239,26 @@ def read_inputs(run: SavedRun, path: Path):
 
 
 def predict_file(run: SavedRun, path: Path, out: Path) -> int:
-    """Predict every input in `path` and write them, one row each, to the CSV file `out`."""
+    """Predict every input in `path` and write them, one row each, to the CSV file `out`.
+
+    A table's rows keep their identifying columns (dataset.drop, e.g. Id; all of them when it drops
+    none) beside the prediction, named after the target: Kaggle's submission format (§4.10).
+    """
     import pandas as pd
 
     from d2lrun.files import atomic_write
 
     inputs = read_inputs(run, path)
     predictions = run.predict(inputs)
-    frame = (
-        inputs.copy()
-        if isinstance(inputs, pd.DataFrame)
-        else pd.DataFrame(index=range(len(predictions)))
-    )
-    frame["prediction"] = predictions
+    if isinstance(inputs, pd.DataFrame):
+        missing = [c for c in run.spec.get("drop", []) if c not in inputs.columns]
+        if missing:
+            raise UsageError(f"input={path} lacks the column(s) {missing} the run carries into its "
+                             f"predictions (dataset.drop). Fix: add them.")  # fmt: skip
+        kept = run.spec.get("drop") or list(inputs.columns)
+        frame = inputs[kept].copy()
+        frame[run.spec.get("target") or "prediction"] = predictions
+    else:
+        frame = pd.DataFrame({"prediction": predictions})
     atomic_write(out, frame.to_csv(index=False).encode())
     return len(predictions)

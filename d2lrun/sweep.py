@@ -75,7 +75,7 @@ def finished_job(run_dir: Path, overrides: list[str]) -> dict | None:
 def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
     """One job of a sweep; returns its score. A job that fails is recorded in its metrics.json
     (status, reason, exit code; error.txt: an unexpected one's traceback); the sweep goes on."""
-    from d2lrun.job import train_job
+    from d2lrun.job import train
 
     from hydra.core.hydra_config import HydraConfig
 
@@ -86,7 +86,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
         return score(done)
     start_job(run_dir, overrides)
     try:
-        return score(train_job(cfg, run_dir, overrides))
+        return score(train(cfg, run_dir, overrides))
     except Interrupted as e:
         raise Interrupted(
             f"{e} To finish the sweep, run the same command again with "

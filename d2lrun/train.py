@@ -36,11 +36,19 @@ def cross_entropy_scratch(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return -log_probs[torch.arange(len(y), device=y.device), y].mean()
 
 
-def loss_for(task: str, scratch: bool):
-    """The book's loss for the task: squared loss (scratch, §3.2) or MSELoss (§3.3); cross-entropy."""
+def sum_squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """§6.2.4: (Y_hat - Y)² summed over the batch."""
+    return ((y_hat - y.reshape(y_hat.shape)) ** 2).sum()
+
+
+def loss_for(task: str, kind: str):
+    """The book's loss: squared loss (scratch, §3.2), MSELoss (§3.3) or its sum (§6.2.4); cross-entropy.
+
+    kind is d2lrun.models.loss_kind: "scratch", "concise" or "sum".
+    """
     if task == "regression":
-        return squared_loss if scratch else F.mse_loss
-    return cross_entropy_scratch if scratch else F.cross_entropy
+        return {"scratch": squared_loss, "concise": F.mse_loss, "sum": sum_squared_loss}[kind]
+    return cross_entropy_scratch if kind == "scratch" else F.cross_entropy
 
 
 @dataclass
@@ -92,11 +100,23 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loss_fn, data: Split, classify: bool) -> dict[str, float]:
-    """Mean loss (and accuracy) over a split, in order, in evaluation mode (dropout off)."""
+def evaluate(
+    model: nn.Module,
+    loss_fn,
+    data: Split,
+    classify: bool,
+    scale: dict | None = None,
+    log_rmse: bool = False,
+) -> dict[str, float]:
+    """Mean loss over a split, in order, in evaluation mode (dropout off); accuracy for classes, and for
+    regression the RMSE (and the book's log RMSE, §4.10) in the target's own units (scale undoes scaling)."""
     model.eval()
-    loss_sum = torch.zeros((), device=data.X.device)
-    correct = torch.zeros((), device=data.X.device, dtype=torch.long)
+    device = data.X.device
+    loss_sum, correct = (
+        torch.zeros((), device=device),
+        torch.zeros((), device=device, dtype=torch.long),
+    )
+    squares, log_squares = torch.zeros((), device=device), torch.zeros((), device=device)
     for start in range(0, len(data), EVAL_BATCH_SIZE):
         X, y = (
             prepare_batch(data.X[start : start + EVAL_BATCH_SIZE]),
@@ -106,9 +126,22 @@ def evaluate(model: nn.Module, loss_fn, data: Split, classify: bool) -> dict[str
         loss_sum += loss_fn(y_hat, y) * len(y)
         if classify:
             correct += (y_hat.argmax(dim=1) == y).sum()
+            continue
+        pred, true = y_hat.reshape(y.shape), y
+        if scale:
+            pred, true = pred * scale["std"] + scale["mean"], true * scale["std"] + scale["mean"]
+        squares += ((pred - true) ** 2).sum()
+        if log_rmse:  # §4.10: predictions below 1 are clamped to 1 so that the log is defined
+            log_squares += ((pred.clamp(min=1).log() - true.log()) ** 2).sum()
+    if len(data) == 0:
+        return {}
     metrics = {"loss": loss_sum.item() / len(data)}
     if classify:
         metrics["acc"] = correct.item() / len(data)
+    else:
+        metrics["rmse"] = math.sqrt(squares.item() / data.y.numel())
+        if log_rmse:
+            metrics["log_rmse"] = math.sqrt(log_squares.item() / data.y.numel())
     return metrics
 
 
@@ -141,8 +174,12 @@ def fit(
     checkpoint_extra: dict,
     log=print,
 ) -> History:
-    """Train for trainer.epochs epochs (the config's `trainer`) from history.epoch, with an
-    L1 term of strength l1; checkpoint, record and print each epoch. Ctrl-C saves the last epoch."""
+    """Train for trainer.epochs epochs (the config's `trainer`) from history.epoch, with an L1 term
+    of strength l1; checkpoint, record and print each epoch. Ctrl-C saves the last epoch.
+
+    checkpoint_extra goes into every checkpoint; its "spec" (what the data decided) also says how
+    a regression target was scaled, so that *_rmse comes out in the target's own units.
+    """
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -153,61 +190,42 @@ def fit(
     )
 
     classify = not torch.is_floating_point(train.y)  # class indices, or regression targets
-    metric = "val_acc" if classify else "val_loss"  # higher accuracy, or lower loss, is better
+    scale = checkpoint_extra["spec"].get("target_scale")
+    # Higher accuracy, or lower loss, is better; without a validation split, the training metric.
+    metric = ("val_" if len(val) else "train_") + ("acc" if classify else "loss")
     saved_epoch = history.epoch
     pending: dict | None = None  # the last complete epoch's checkpoint, if not yet on disk
-    console = Console(
-        stderr=True
-    )  # the bar goes to stderr and only to a terminal; stdout keeps the epoch lines
+    console = Console(stderr=True)  # the bar goes to stderr only; stdout keeps the epoch lines
     progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not (trainer.progress and console.is_terminal),
-    )
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+        disable=not (trainer.progress and (console.is_terminal or console.is_jupyter)),
+    )  # fmt: skip
     task = progress.add_task("", total=math.ceil(len(train) / trainer.batch_size))
-    net = (
-        compiled(model, train.X.device, log) if trainer.compile else model
-    )  # `model` keeps the plain state_dict
+    net = compiled(model, train.X.device, log) if trainer.compile else model  # model: plain keys
     try:
         with progress:
             for epoch in range(history.epoch + 1, trainer.epochs + 1):
                 progress.reset(task, description=f"epoch {epoch}/{trainer.epochs}")
                 start = time.perf_counter()
                 out = train_one_epoch(
-                    net,
-                    loss_fn,
-                    optimizer,
-                    train,
-                    trainer.batch_size,
-                    generator,
-                    l1,
-                    classify,
+                    net, loss_fn, optimizer, train, trainer.batch_size, generator, l1, classify,
                     on_batch=lambda: progress.advance(task),
-                )
+                )  # fmt: skip
                 train_loss = out["loss_sum"].item() / len(train)  # the one host sync of the epoch
                 if not math.isfinite(train_loss):
-                    # A NaN/inf batch loss, or finite ones whose float32 sum overflowed: the first batch where
-                    # the running sum stops being finite.
-                    running = torch.cumsum(out["batch_losses"] * trainer.batch_size, 0)
-                    first = (~torch.isfinite(running)).nonzero()
-                    bad = int(first[0]) if len(first) else len(running) - 1
-                    raise Diverged(
-                        f"the training loss became {out['batch_losses'][bad].item():.4g} at epoch {epoch}, "
-                        f"batch {bad + 1}. Fix: lower optim.lr (now {optimizer.param_groups[0]['lr']:g})."
-                    )
+                    raise diverged(out["batch_losses"], trainer.batch_size, epoch, optimizer)
                 train_seconds = time.perf_counter() - start
                 row = {"epoch": epoch, "train_loss": train_loss}
                 if classify:
                     row["train_acc"] = out["correct"].item() / len(train)
-                row |= {f"val_{k}": v for k, v in evaluate(net, loss_fn, val, classify).items()}
-                row |= {
-                    "seconds": round(time.perf_counter() - start, 4),
-                    "examples_per_s": round(len(train) / train_seconds, 1),
-                }
+                else:  # the book's train_ls: the training split evaluated after the epoch (§4.10)
+                    after = evaluate(net, loss_fn, train, False, scale, trainer.log_rmse)
+                    row |= {f"train_{k}": v for k, v in after.items() if k != "loss"}
+                row |= {f"val_{k}": v for k, v in evaluate(
+                    net, loss_fn, val, classify, scale, trainer.log_rmse).items()}  # fmt: skip
+                row |= {"seconds": round(time.perf_counter() - start, 4),
+                        "examples_per_s": round(len(train) / train_seconds, 1)}  # fmt: skip
                 history.rows.append(row)
                 history.epoch = epoch
                 best = history.best["value"] if history.best else None
@@ -226,6 +244,18 @@ def fit(
             save_checkpoint(run_dir / "last.pt", pending)
         raise
     return history
+
+
+def diverged(batch_losses: torch.Tensor, batch_size: int, epoch: int, optimizer) -> Diverged:
+    """Where the loss stopped being finite: a NaN/inf batch loss, or finite ones whose float32 sum
+    overflowed (the first batch where the running sum is no longer finite)."""
+    running = torch.cumsum(batch_losses * batch_size, 0)
+    first = (~torch.isfinite(running)).nonzero()
+    bad = int(first[0]) if len(first) else len(running) - 1
+    return Diverged(
+        f"the training loss became {batch_losses[bad].item():.4g} at epoch {epoch}, batch {bad + 1}. "
+        f"Fix: lower optim.lr (now {optimizer.param_groups[0]['lr']:g})."
+    )
 
 
 def compiled(model: nn.Module, device: torch.device, log=print) -> nn.Module:
@@ -281,8 +311,9 @@ def format_row(row: dict, epochs: int) -> str:
     """One summary line per epoch: metrics, seconds and examples/s."""
     width = len(str(epochs))
     metrics = "  ".join(
-        f"{k} {v:.4g}" if "loss" in k else f"{k} {v:.3f}"
+        f"{k} {v:.3f}" if k.endswith("acc") else f"{k} {v:.4g}"
         for k, v in row.items()
         if k not in ("epoch", "seconds", "examples_per_s")
     )
-    return f"epoch {row['epoch']:>{width}}/{epochs}  {metrics}  {row['seconds']:.2f}s  {row['examples_per_s']:,.0f} ex/s"
+    speed = f"{row['seconds']:.2f}s  {row['examples_per_s']:,.0f} ex/s"
+    return f"epoch {row['epoch']:>{width}}/{epochs}  {metrics}  {speed}"

@@ -14,6 +14,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_FASHION_MNIST = ROOT.parent / "shared" / "data" / "fashion-mnist"
+KAGGLE_HOUSE = ROOT.parent / "shared" / "data" / "kaggle-house"
+
+
+def missing_data(what: str, where: Path) -> None:
+    """Skip a test whose real data is not on this machine; under CI (CI=true) that is a failure."""
+    message = f"{what} not found in {where}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}, and CI must run this test")
+    pytest.skip(message)
 BIN = Path(sys.executable).parent
 
 
@@ -49,13 +58,21 @@ def real_fmnist(tmp_path_factory) -> Path:
     if not all((REAL_FASHION_MNIST / f).exists() for f in
                ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")):
-        pytest.skip(f"real Fashion-MNIST files not found in {REAL_FASHION_MNIST}")
+        missing_data("the real Fashion-MNIST files", REAL_FASHION_MNIST)
     root = tmp_path_factory.mktemp("real_fmnist")
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     for f in REAL_FASHION_MNIST.glob("*.gz"):
         shutil.copy(f, raw / f.name)
     return root
+
+
+@pytest.fixture(scope="session")
+def kaggle_house() -> Path:
+    """The folder of §4.10's two CSV files (read only); skips when they are not on this machine."""
+    if not all((KAGGLE_HOUSE / f).exists() for f in ("kaggle_house_pred_train.csv", "kaggle_house_pred_test.csv")):
+        missing_data("the book's Kaggle house files", KAGGLE_HOUSE)
+    return KAGGLE_HOUSE
 
 
 def run_cli(*args: str, tool: str = "d2lrun", env: dict | None = None, timeout: float = 300,

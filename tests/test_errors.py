@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from d2lrun.cli import handle
 from d2lrun.config import compose
-from d2lrun.job import train_job
+from d2lrun.job import train
 from tests.conftest import run_cli
 
 
@@ -19,7 +19,7 @@ def run_in_process(tmp_path, *overrides, run_dir=None) -> int:
     overrides = ["trainer.progress=false", *overrides]
     run_dir = run_dir or tmp_path / "run"
     try:
-        handle(lambda: train_job(compose(overrides), run_dir, overrides, log=lambda *_: None), "d2lrun")
+        handle(lambda: train(compose(overrides), run_dir, overrides, log=lambda *_: None), "d2lrun")
     except SystemExit as e:
         return e.code
     return 0

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from d2lrun import reproduce
 from d2lrun.config import EXPERIMENTS_DIR, compose
 from d2lrun.reproduce import EXPERIMENTS, Check, Experiment, Result, judge, run_experiment
+from tests.conftest import KAGGLE_HOUSE as KAGGLE
 
 PRESET_DIR = EXPERIMENTS_DIR
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
@@ -26,6 +27,9 @@ MLP = {**FMNIST, "model.name": "mlp", "model.num_hiddens": [256], "model.activat
        "init.name": "normal", "init.std": 0.01, "optim.lr": 0.1, "regularizer.name": "none"}
 DROPOUT = {**FMNIST, "model.name": "mlp", "model.num_hiddens": [256, 256], "regularizer.name": "dropout",
            "model.dropout": [0.2, 0.5], "optim.lr": 0.5}
+POLY = {"dataset.name": "polynomial", "dataset.max_degree": 20, "dataset.true_w": [5, 1.2, -3.4, 5.6],
+        "dataset.num_train": 100, "dataset.num_val": 100, "dataset.noise": 0.1, "model.name": "linreg",
+        "model.bias": False, "init.name": "default", "optim.name": "sgd", "optim.lr": 0.01, "trainer.batch_size": 10}
 # The book's protocol, key by key, written out independently of the preset files.
 PROTOCOL = {
     "ch3_linreg_scratch": {**SYNTHETIC, "model.impl": "scratch"},
@@ -41,6 +45,17 @@ PROTOCOL = {
     "ch6_lenet": {**FMNIST, "model.name": "lenet", "model.variant": "classic", "model.batch_norm": False,
                   "init.name": "xavier", "init.distribution": "uniform", "optim.name": "sgd", "optim.lr": 0.9},
     "lenet_modern": {**FMNIST, "model.name": "lenet", "model.variant": "modern", "init.name": "xavier"},
+    "ch4_poly_third": {**POLY, "dataset.num_features": 4, "trainer.epochs": 400},
+    "ch4_poly_underfit": {**POLY, "dataset.num_features": 2, "trainer.epochs": 400},
+    "ch4_poly_overfit": {**POLY, "dataset.num_features": 20, "trainer.epochs": 1500},
+    "ch4_kaggle_house": {"dataset.name": "kaggle_house", "dataset.folds": 5, "dataset.drop": ["Id"],
+                         "dataset.statistics": "train_and_test", "dataset.standardize_target": False,
+                         "model.name": "linreg", "model.bias": True, "init.name": "default", "optim.name": "adam",
+                         "optim.lr": 5, "optim.weight_decay": 0, "trainer.epochs": 100, "trainer.batch_size": 64,
+                         "trainer.log_rmse": True},
+    "ch6_learn_kernel": {"dataset.name": "kernel", "dataset.kernel": [1, -1], "model.name": "conv2d",
+                         "model.kernel_size": [1, 2], "model.bias": False, "init.name": "default",
+                         "optim.name": "sgd", "optim.lr": 0.03, "trainer.epochs": 10, "trainer.batch_size": 1},
 }
 # Out of tolerance on the real data, and why (experiments/README.md, "Notes on the table").
 KNOWN_MISSES = {"ch4_weight_decay λ=3": "‖w‖₂ ≈ 0.026·‖w₀‖₂, and seed 0 draws ‖w₀‖₂ = 15.0 where the book's was ≈ 13.7"}
@@ -80,11 +95,16 @@ def test_command_line_still_wins_over_a_preset():
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda e: e.name)
-def test_preset_trains_one_epoch_on_tiny_data(experiment, fake_fmnist, tmp_path):
+def test_preset_trains_one_epoch_on_tiny_data(experiment, fake_fmnist, tmp_path, request):
+    data = {"fashion_mnist": [f"dataset.root={fake_fmnist}", "dataset.download=false"]}
+    if experiment.preset == "ch4_kaggle_house":
+        data["kaggle_house"] = [f"dataset.root={request.getfixturevalue('kaggle_house')}", "dataset.download=false"]
     result = run_experiment(experiment, tmp_path, ["device=cpu", "trainer.progress=false", "trainer.epochs=1"],
-                            [f"dataset.root={fake_fmnist}", "dataset.download=false"], log=lambda line: None)
+                            data, log=lambda line: None)
     assert result.status == "completed"
     run = Path(result.run_dir)
+    if experiment.preset == "ch4_kaggle_house":  # k-fold: one run folder per fold
+        run = run / "fold_4"
     assert (run / "model.pt").exists() and json.loads((run / "metrics.json").read_text())["epochs_completed"] == 1
     one_epoch = [c.metric for c in experiment.checks if "@" not in c.metric or c.metric.endswith("@1")]
     assert all(m in result.values for m in one_epoch)
@@ -142,8 +162,10 @@ def test_reproduce_command_only_and_unknown(tmp_path, capsys):
 @pytest.mark.slow
 def test_the_book_is_reproduced(real_fmnist, tmp_path):
     """Every preset, full protocol, real Fashion-MNIST on CPU (a few minutes), against the book's numbers."""
-    results = [run_experiment(e, tmp_path, ["device=cpu", "trainer.progress=false"], [f"dataset.root={real_fmnist}"],
-                              log=lambda line: None) for e in EXPERIMENTS]
+    data = {"fashion_mnist": [f"dataset.root={real_fmnist}"],
+            "kaggle_house": [f"dataset.root={KAGGLE}", "dataset.download=false"]}
+    results = [run_experiment(e, tmp_path, ["device=cpu", "trainer.progress=false"], data, log=lambda line: None)
+               for e in EXPERIMENTS]
     print(reproduce.table(results))
     assert all(r.status == "completed" for r in results)
     misses = {r.experiment.name for r in results if not r.ok}

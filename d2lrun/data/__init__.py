@@ -19,7 +19,12 @@ DATASETS = {
     "synthetic": "d2lrun.data.synthetic",
     "csv": "d2lrun.data.csv",
     "fashion_mnist": "d2lrun.data.fashion_mnist",
+    "polynomial": "d2lrun.data.polynomial",
+    "kaggle_house": "d2lrun.data.kaggle_house",
+    "kernel": "d2lrun.data.kernel",
 }
+# Tables fit their statistics on the training rows, so they split folds themselves: load(..., fold).
+SPLIT_FOLDS_THEMSELVES = ("csv", "kaggle_house")
 
 
 @dataclass
@@ -42,19 +47,46 @@ _CACHE_SIZE = 4
 
 
 def build_data(
-    cfg: DictConfig, seed: int, device: torch.device | str = "cpu"
+    cfg: DictConfig,
+    seed: int,
+    device: torch.device | str = "cpu",
+    fold: tuple[int, int] | None = None,
 ) -> tuple[Split, Split, dict]:
-    """Load (or reuse) the dataset named by cfg.name and move both splits to `device`."""
+    """Load (or reuse) the dataset named by cfg.name and move both splits to `device`.
+
+    With fold=(k, i), the validation split is the i-th of k folds of the training rows (§4.10).
+    """
     name = cfg.name
-    key = json.dumps(
-        [OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), seed], sort_keys=True
-    )
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    key = json.dumps([config, seed, fold], sort_keys=True)
     if key not in _CACHE:
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = importlib.import_module(DATASETS[name]).load(cfg, seed)
+        module = importlib.import_module(DATASETS[name])
+        if fold and name in SPLIT_FOLDS_THEMSELVES:
+            _CACHE[key] = module.load(cfg, seed, fold)
+        else:
+            train, val, spec = build_data(cfg, seed) if fold else module.load(cfg, seed)
+            _CACHE[key] = fold_splits(train, cfg, seed, fold, spec) if fold else (train, val, spec)
     train, val, spec = _CACHE[key]
     return train.to(device), val.to(device), spec
+
+
+def fold_splits(train: Split, cfg: DictConfig, seed: int, fold: tuple[int, int], spec: dict):
+    """Fold i of k over generated training examples: the held-out part becomes the validation split."""
+    from d2lrun.kfold import fold_rows
+
+    keep, held_out = (
+        torch.from_numpy(a) for a in fold_rows(len(train), *fold, cfg.shuffle_folds, seed)
+    )
+    return (
+        Split(train.X[keep], train.y[keep]),
+        Split(train.X[held_out], train.y[held_out]),
+        {
+            **spec,
+            "fold": list(fold),
+        },
+    )
 
 
 def prepare_batch(X: torch.Tensor) -> torch.Tensor:

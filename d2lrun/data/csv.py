@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from d2lrun.data import Split
 from d2lrun.errors import UsageError
+from d2lrun.kfold import fold_rows
 
 
 def read_table(path: str | Path, key: str = "dataset.path") -> pd.DataFrame:
@@ -46,8 +47,13 @@ def read_table(path: str | Path, key: str = "dataset.path") -> pd.DataFrame:
     return frame
 
 
-def fit_preprocess(features: pd.DataFrame, standardize: bool, max_categories: int) -> dict:
-    """Learn what `transform` needs from training rows: numeric means/stds, categories per text column."""
+def fit_preprocess(
+    features: pd.DataFrame, standardize: bool, max_categories: int, ddof: int = 0
+) -> dict:
+    """Learn what `transform` needs from training rows: numeric means/stds, categories per text column.
+
+    ddof=1 is pandas' std, which the book's §4.10 uses; 0 divides by n.
+    """
     numeric, categorical, dropped = {}, {}, []
     for col in features.columns:
         values = features[col]
@@ -55,7 +61,7 @@ def fit_preprocess(features: pd.DataFrame, standardize: bool, max_categories: in
             dropped.append(col)  # no value to learn a mean or a category from
         elif pd.api.types.is_numeric_dtype(values):
             v = values.astype(float)
-            std = float(v.std(ddof=0)) if standardize else 1.0
+            std = float(v.std(ddof=ddof)) if standardize else 1.0
             numeric[col] = {
                 "mean": float(v.mean()),
                 "std": std if std > 0 and np.isfinite(std) else 1.0,
@@ -105,43 +111,77 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
     return np.column_stack(parts).astype(np.float32)
 
 
-def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
-    frame = read_table(cfg.path)
+def load(
+    cfg: DictConfig, seed: int, fold: tuple[int, int] | None = None
+) -> tuple[Split, Split, dict]:
+    return table_splits(read_table(cfg.path), cfg, seed, fold, str(cfg.path))
+
+
+def table_splits(
+    frame: pd.DataFrame,
+    cfg: DictConfig,
+    seed: int,
+    fold: tuple[int, int] | None,
+    source: str,
+    also_fit: pd.DataFrame | None = None,
+    ddof: int = 0,
+) -> tuple[Split, Split, dict]:
+    """Training and validation splits of a table: its rows split by dataset.val_fraction (shuffled with
+    seed) or by fold (k, i), statistics fitted on the training rows (and also_fit's feature rows)."""
     target = cfg.target
     if target not in frame.columns:
         raise UsageError(
-            f"dataset.target={target} is not a column of {cfg.path}; its columns are: "
+            f"dataset.target={target} is not a column of {source}; its columns are: "
             f"{', '.join(frame.columns)}. Fix: dataset.target=<one of them>."
+        )
+    unknown = [c for c in cfg.drop if c not in frame.columns]
+    if unknown:
+        raise UsageError(
+            f"dataset.drop names {unknown}, which {source} does not have. "
+            f"Fix: dataset.drop=[{','.join(c for c in cfg.drop if c in frame.columns)}]."
         )
     unlabeled = int(frame[target].isna().sum())
     if unlabeled:
         # Rows without a target cannot be learned from; drop them rather than invent labels.
         print(
-            f"note: dropped {unlabeled} row(s) of {cfg.path} with no value in '{target}'",
+            f"note: dropped {unlabeled} row(s) of {source} with no value in '{target}'",
             file=sys.stderr,
         )
         frame = frame[frame[target].notna()].reset_index(drop=True)
 
-    task = str(cfg.task)
+    numeric_target = pd.api.types.is_numeric_dtype(frame[target])
+    task = str(cfg.task) if "task" in cfg else "auto"
     if task == "auto":
-        task = "regression" if pd.api.types.is_numeric_dtype(frame[target]) else "classification"
-    if task == "regression" and not pd.api.types.is_numeric_dtype(frame[target]):
+        task = "regression" if numeric_target else "classification"
+    if task == "regression" and not numeric_target:
         raise UsageError(
-            f"dataset.task=regression but column '{target}' is not numeric. Fix: dataset.task=classification."
+            f"dataset.task=regression but column '{target}' is not numeric. "
+            f"Fix: dataset.task=classification."
         )
 
-    n, frac = len(frame), cfg.val_fraction
-    n_val = max(1, round(n * frac))
-    if n - n_val < 1:
-        raise UsageError(
-            f"{cfg.path} has {n} labelled row(s): too few to hold out {frac:.0%} for validation "
-            f"and still train. Fix: add rows (at least 2)."
+    n = len(frame)
+    if fold is not None:
+        train_at, val_at = fold_rows(n, fold[0], fold[1], cfg.shuffle_folds, seed)
+    else:
+        n_val = (
+            round(n * cfg.val_fraction)
+            if cfg.val_fraction == 0
+            else max(1, round(n * cfg.val_fraction))
         )
-    order = np.random.default_rng(seed).permutation(n)
-    train_rows, val_rows = frame.iloc[order[n_val:]], frame.iloc[order[:n_val]]
+        if n - n_val < 1:
+            raise UsageError(
+                f"{source} has {n} labelled row(s): too few to hold out {cfg.val_fraction:.0%} for "
+                f"validation and still train. Fix: add rows (at least 2)."
+            )
+        order = np.random.default_rng(seed).permutation(n)
+        train_at, val_at = order[n_val:], order[:n_val]
+    train_rows, val_rows = frame.iloc[train_at], frame.iloc[val_at]
 
-    features = frame.columns.drop(target)
-    stats = fit_preprocess(train_rows[features], cfg.standardize, cfg.max_categories)
+    features = [c for c in frame.columns if c != target and c not in cfg.drop]
+    # The book fits §4.10's statistics on every row of both files, held-out folds included.
+    fit_on = train_rows[features] if also_fit is None else pd.concat([frame, also_fit])[features]
+    standardize = cfg.standardize if "standardize" in cfg else True
+    stats = fit_preprocess(fit_on, standardize, cfg.max_categories, ddof)
     if stats["dropped"]:
         print(
             f"note: ignored column(s) {stats['dropped']} (empty in training rows or more than "
@@ -150,30 +190,19 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
         )
     if not stats["columns"]:
         raise UsageError(
-            f"{cfg.path} has no usable feature column besides '{target}'. Fix: add feature columns."
+            f"{source} has no usable feature column besides '{target}'. Fix: add feature columns."
         )
     spec = {
-        "dataset": "csv",
+        "dataset": cfg.name,
         "task": task,
         "num_inputs": len(stats["columns"]),
         "image_shape": None,
         "target": target,
+        "drop": list(cfg.drop),
         "preprocess": stats,
+        "target_scale": None,
+        "fold": list(fold) if fold else None,
     }
-
-    def split(rows: pd.DataFrame) -> Split:
-        X = torch.from_numpy(transform(rows[features], stats))
-        if task == "regression":
-            return Split(
-                X,
-                torch.tensor(rows[target].astype(float).to_numpy(), dtype=torch.float32).reshape(
-                    -1, 1
-                ),
-            )
-        index = {c: i for i, c in enumerate(spec["class_names"])}
-        return Split(
-            X, torch.tensor([index[v] for v in rows[target].astype(str)], dtype=torch.long)
-        )
 
     if task == "classification":
         classes = sorted(train_rows[target].astype(str).unique())
@@ -185,5 +214,20 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
             )
         spec |= {"num_outputs": len(classes), "class_names": classes}
     else:
+        y = train_rows[target].astype(float)
+        if cfg.standardize_target:  # predictions and *_rmse are scaled back to the target's units
+            spec["target_scale"] = {"mean": float(y.mean()), "std": float(y.std(ddof=0)) or 1.0}
         spec |= {"num_outputs": 1, "class_names": None}
+
+    def split(rows: pd.DataFrame) -> Split:
+        X = torch.from_numpy(transform(rows[features], stats))
+        if task == "classification":
+            index = {c: i for i, c in enumerate(spec["class_names"])}
+            return Split(
+                X, torch.tensor([index[v] for v in rows[target].astype(str)], dtype=torch.long)
+            )
+        y = torch.tensor(rows[target].astype(float).to_numpy(), dtype=torch.float32).reshape(-1, 1)
+        scale = spec["target_scale"]
+        return Split(X, (y - scale["mean"]) / scale["std"] if scale else y)
+
     return split(train_rows), split(val_rows), spec

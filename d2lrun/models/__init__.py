@@ -7,6 +7,7 @@ from torch import nn
 
 from d2lrun.config import hidden_sizes
 from d2lrun.errors import UsageError
+from d2lrun.models.conv import Conv2D
 from d2lrun.models.lenet import LeNet
 from d2lrun.models.linear import (
     LinearRegression,
@@ -16,20 +17,24 @@ from d2lrun.models.linear import (
 )
 from d2lrun.models.mlp import MLP, MLPScratch
 
-MODELS = ("linreg", "softmax", "mlp", "lenet")
+MODELS = ("linreg", "softmax", "mlp", "lenet", "conv2d")
 # Which models can learn which kind of data.
 FITTING = {
     "regression": ("linreg", "mlp"),
     "classification": ("softmax", "mlp"),
     "images": ("softmax", "mlp", "lenet"),
+    "image regression": ("conv2d",),
 }
 
 
 def check_fit(name: str, spec: dict) -> None:
     """Refuse a model/dataset pair that cannot work, naming the models that would."""
-    kind = "images" if spec.get("image_shape") else spec["task"]
+    kind = spec["task"] if not spec.get("image_shape") else "images"
+    kind = "image regression" if kind == "images" and spec["task"] == "regression" else kind
     if name not in FITTING[kind]:
-        what = "images to classify" if kind == "images" else f"a {kind} table"
+        what = {"images": "images to classify", "image regression": "images to images"}.get(
+            kind, f"a {kind} table"
+        )
         fits = FITTING[kind]
         raise UsageError(
             f"model={name} cannot learn dataset={spec['dataset']} ({what}). Models that "
@@ -46,6 +51,12 @@ def is_scratch(cfg: DictConfig) -> bool:
     return "impl" in cfg and cfg.impl == "scratch"
 
 
+def loss_kind(cfg: DictConfig) -> str:
+    """Which of the book's losses trains this model (d2lrun.train.loss_for): §6.2.4 sums the squared
+    errors of conv2d, impl=scratch uses the hand-written losses, the rest nn's."""
+    return "sum" if cfg.name == "conv2d" else "scratch" if is_scratch(cfg) else "concise"
+
+
 def dropouts(p, num_layers: int) -> list[float]:
     """model.dropout as one rate per hidden layer."""
     rates = list(p) if OmegaConf.is_list(p) or isinstance(p, list) else [p]
@@ -58,7 +69,9 @@ def build_model(cfg: DictConfig, spec: dict) -> nn.Module:
     d, q = spec["num_inputs"], spec["num_outputs"]
     scratch = is_scratch(cfg)
     if cfg.name == "linreg":
-        return LinearRegressionScratch(d) if scratch else LinearRegression(d)
+        return LinearRegressionScratch(d) if scratch else LinearRegression(d, cfg.bias)
+    if cfg.name == "conv2d":
+        return Conv2D(list(cfg.kernel_size), cfg.bias)
     if cfg.name == "softmax":
         return SoftmaxRegressionScratch(d, q) if scratch else SoftmaxRegression(d, q)
     if cfg.name == "mlp":

@@ -14,13 +14,14 @@ from torch import nn
 
 
 class LinearRegression(nn.Sequential):
-    """§3.3: nn.Sequential(nn.Linear(num_inputs, 1)), keys 0.weight, 0.bias."""
+    """§3.3: nn.Sequential(nn.Linear(num_inputs, 1)), keys 0.weight, 0.bias (no bias in §4.4)."""
 
-    def __init__(self, num_inputs: int):
-        super().__init__(nn.Linear(num_inputs, 1))
+    def __init__(self, num_inputs: int, bias: bool = True):
+        super().__init__(nn.Linear(num_inputs, 1, bias=bias))
 
     def get_w_b(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self[0].weight.detach().reshape(-1), self[0].bias.detach()
+        b = self[0].bias
+        return self[0].weight.detach().reshape(-1), b.detach() if b is not None else torch.zeros(1)
 
 
 class LinearRegressionScratch(nn.Module):

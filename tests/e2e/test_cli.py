@@ -97,7 +97,7 @@ def test_seeded_runs_are_reproducible(tmp_path):
     (["trainer.epochs=0"], 2, "trainer.epochs=0 is out of range: it must be at least 1. Fix: trainer.epochs=10."),
     (["device=cuda:3"], 2, "device=cuda:3 does not exist"),
     (["optim.lr=1e6"], 1, "diverged: the training loss became"),
-    (["model=lenett"], 2, "Unknown model 'lenett'. Choose one of: lenet, linreg, mlp, softmax. Fix: model=lenet."),
+    (["model=lenett"], 2, "Unknown model 'lenett'. Choose one of: conv2d, lenet, linreg, mlp, softmax. Fix: model=lenet."),
 ])
 def test_mistakes_give_one_line_and_exit_code(tmp_path, args, code, message):
     if "cuda" in args[0] and torch.cuda.is_available():

@@ -28,10 +28,11 @@ def message(*overrides) -> str:
     ("trainer.epochs=ten", "trainer.epochs=ten is not a whole number. Fix: trainer.epochs=10."),
     ("trainer.progress=maybe", "trainer.progress=maybe is not true or false. Fix: trainer.progress=True."),
     ("model.impl=foo", "model.impl=foo is not one of concise, scratch. Fix: model.impl=concise."),
-    ("model=lenett", "Unknown model 'lenett'. Choose one of: lenet, linreg, mlp, softmax. Fix: model=lenet."),
+    ("model=lenett", "Unknown model 'lenett'. Choose one of: conv2d, lenet, linreg, mlp, softmax. Fix: model=lenet."),
     ("experiment=ch6_lenett", "Unknown experiment 'ch6_lenett'. Choose one of: ch3_linreg_concise"),
     ("dataset.root=data", "dataset.root is not a key of dataset=synthetic (its keys: name, w, b, noise, "
-                          "num_inputs, num_train, num_val). Fix: choose dataset=fashion_mnist."),
+                          "num_inputs, num_train, num_val, folds, shuffle_folds). "
+                          "Fix: choose dataset=fashion_mnist or dataset=kaggle_house."),
     ("dataset.num_train=0", "dataset.num_train=0 is out of range: it must be at least 1"),
 ])
 def test_bad_values_name_key_value_and_fix(override, expected):
@@ -40,7 +41,7 @@ def test_bad_values_name_key_value_and_fix(override, expected):
 
 @pytest.mark.parametrize("overrides,expected", [
     (["regularizer=dropout"], "regularizer=dropout sets model.dropout, which is not a key of model=linreg "
-                              "(its keys: name, impl). Fix: choose model=mlp or model=lenet."),
+                              "(its keys: name, impl, bias). Fix: choose model=mlp or model=lenet."),
     (["model=mlp", "regularizer=dropout", "model.dropout=1.0"], "model.dropout=1.0 is out of range: it must "
                                                                   "be less than 1"),
     (["model=mlp", "model.dropout=[0.2,-0.1]"], "model.dropout=[0.2, -0.1] is out of range: it must be at least 0"),

@@ -55,7 +55,7 @@ def test_csv_statistics_come_from_training_rows_only(tmp_path):
     rows = pd.DataFrame({"x": np.arange(100.0), "city": ["a", "b"] * 50, "y": np.arange(100.0) * 2})
     path = tmp_path / "t.csv"
     rows.to_csv(path, index=False)
-    cfg = OmegaConf.create({"name": "csv", "path": str(path), "target": "y", "task": "auto", "val_fraction": 0.2,
+    cfg = OmegaConf.create({"name": "csv", "drop": [], "standardize_target": False, "folds": None, "shuffle_folds": False, "path": str(path), "target": "y", "task": "auto", "val_fraction": 0.2,
                             "standardize": True, "max_categories": 50})
     train, val, spec = build_data(cfg, seed=0)
     assert (len(train), len(val)) == (80, 20) and spec["task"] == "regression"
@@ -72,7 +72,7 @@ def test_csv_statistics_come_from_training_rows_only(tmp_path):
 def test_csv_string_target_is_classification(tmp_path):
     path = tmp_path / "c.csv"
     pd.DataFrame({"a": range(40), "label": ["cat", "dog"] * 20}).to_csv(path, index=False)
-    cfg = OmegaConf.create({"name": "csv", "path": str(path), "target": "label", "task": "auto",
+    cfg = OmegaConf.create({"name": "csv", "drop": [], "standardize_target": False, "folds": None, "shuffle_folds": False, "path": str(path), "target": "label", "task": "auto",
                             "val_fraction": 0.25, "standardize": False, "max_categories": 50})
     train, _, spec = build_data(cfg, seed=0)
     assert spec["task"] == "classification" and spec["class_names"] == ["cat", "dog"]

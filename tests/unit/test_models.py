@@ -13,7 +13,7 @@ TABLE = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "num_out
 
 
 def model_cfg(name, **kw):
-    defaults = {"linreg": {"impl": "concise"}, "softmax": {"impl": "concise"},
+    defaults = {"linreg": {"impl": "concise", "bias": True}, "softmax": {"impl": "concise"},
                 "mlp": {"impl": "concise", "num_hiddens": [256], "activation": "relu", "dropout": 0.0},
                 "lenet": {"variant": "classic", "batch_norm": False, "dropout": 0.0}}[name]
     return OmegaConf.create({"name": name, **defaults, **kw})

@@ -15,12 +15,12 @@ from d2lrun.data.synthetic import synthetic_data
 from d2lrun.models import build_model
 from d2lrun.models.init import apply_init
 from d2lrun.optim import SGD, build_optimizer
-from d2lrun.train import cross_entropy_scratch, loss_for, squared_loss, train_one_epoch
+from d2lrun.train import cross_entropy_scratch, loss_for, squared_loss, sum_squared_loss, train_one_epoch
 
 REGRESSION = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "num_outputs": 1, "image_shape": None}
 IMAGES = {"dataset": "fashion_mnist", "task": "classification", "num_inputs": 784, "num_outputs": 10,
           "image_shape": [1, 28, 28]}
-MODELS = {"linreg": {"name": "linreg"}, "softmax": {"name": "softmax"},
+MODELS = {"linreg": {"name": "linreg", "bias": True}, "softmax": {"name": "softmax"},
           "mlp": {"name": "mlp", "num_hiddens": [32], "activation": "relu", "dropout": 0.0},
           "mlp2": {"name": "mlp", "num_hiddens": [32, 16], "activation": "relu", "dropout": 0.0}}
 
@@ -79,8 +79,9 @@ def test_each_impl_gets_its_own_optimizer_and_loss():
     # Both take torch.optim.SGD's exact steps (tests/unit/test_optim.py); with momentum 0 that is the book's sgd.
     assert type(build_optimizer(scratch, optim_cfg(0.03))) is SGD
     assert type(build_optimizer(concise, optim_cfg(0.03))) is SGD
-    assert loss_for("regression", True) is squared_loss and loss_for("regression", False) is F.mse_loss
-    assert loss_for("classification", True) is cross_entropy_scratch and loss_for("classification", False) is F.cross_entropy
+    assert loss_for("regression", "scratch") is squared_loss and loss_for("regression", "concise") is F.mse_loss
+    assert loss_for("regression", "sum") is sum_squared_loss  # §6.2.4
+    assert loss_for("classification", "scratch") is cross_entropy_scratch and loss_for("classification", "concise") is F.cross_entropy
 
 
 def test_linreg_same_loss_same_curve():
@@ -96,8 +97,8 @@ def test_linreg_book_losses_differ_by_the_half():
     """§3.3's MSELoss has no ½: its loss is twice §3.2's, and so is its gradient (half the lr, same path)."""
     data = regression_data()
     scratch, concise = twins("linreg", REGRESSION)
-    a = loss_curve(scratch, loss_for("regression", True), data, lr=0.03, batch_size=10)
-    b = loss_curve(concise, loss_for("regression", False), data, lr=0.015, batch_size=10)
+    a = loss_curve(scratch, loss_for("regression", "scratch"), data, lr=0.03, batch_size=10)
+    b = loss_curve(concise, loss_for("regression", "concise"), data, lr=0.015, batch_size=10)
     torch.testing.assert_close(2 * a, b, atol=1e-5, rtol=0)
 
 
@@ -106,8 +107,8 @@ def test_classifier_same_loss_same_curve(key, lr):
     """Each impl with its own loss (hand-written stable cross-entropy vs F.cross_entropy) and optimizer."""
     data = image_data()
     scratch, concise = twins(key, IMAGES)
-    a = loss_curve(scratch, loss_for("classification", True), data, lr)
-    b = loss_curve(concise, loss_for("classification", False), data, lr)
+    a = loss_curve(scratch, loss_for("classification", "scratch"), data, lr)
+    b = loss_curve(concise, loss_for("classification", "concise"), data, lr)
     assert a[-3:].mean() < a[:3].mean()  # it learned
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     scratch.eval(), concise.eval()
@@ -145,7 +146,7 @@ def test_scratch_is_the_books_code(lambd):
     data = weight_decay_data()
     spec = {**REGRESSION, "num_inputs": 200}
     torch.manual_seed(0)
-    model = build_model(OmegaConf.create({"name": "linreg", "impl": "scratch"}), spec)
+    model = build_model(OmegaConf.create({"name": "linreg", "impl": "scratch", "bias": True}), spec)
     apply_init(model, OmegaConf.create({"name": "normal", "mean": 0.0, "std": 1.0, "bias": 0.0}))
     book_losses, book_w = book_train(model.w, model.b, data, lr=0.003, epochs=20, batch_size=5, lambd=lambd)
     ours = loss_curve(model, squared_loss, data, lr=0.003, epochs=20, batch_size=5, weight_decay=lambd)
@@ -158,7 +159,7 @@ def test_concise_weight_decay_is_the_books_param_groups():
     data = weight_decay_data()
     spec = {**REGRESSION, "num_inputs": 200}
     torch.manual_seed(0)
-    ours = build_model(OmegaConf.create({"name": "linreg", "impl": "concise"}), spec)
+    ours = build_model(OmegaConf.create({"name": "linreg", "impl": "concise", "bias": True}), spec)
     book = nn.Sequential(nn.Linear(200, 1))
     book.load_state_dict(ours.state_dict())
     trainer = torch.optim.SGD([{"params": book[0].weight, "weight_decay": 3.0}, {"params": book[0].bias}], lr=0.003)

@@ -22,7 +22,7 @@ def regression_data(n=200, seed=0):
 
 def linreg():
     torch.manual_seed(0)
-    return build_model(OmegaConf.create({"name": "linreg", "impl": "concise"}), SPEC)
+    return build_model(OmegaConf.create({"name": "linreg", "impl": "concise", "bias": True}), SPEC)
 
 
 def sgd(model, lr=0.03, wd=0.0):

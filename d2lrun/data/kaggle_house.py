@@ -1,0 +1,49 @@
+"""§4.10 Predicting house prices on Kaggle: the book's two files, checked by SHA-1, and its preprocessing.
+
+The book standardizes every numeric feature, fills missing values with 0 (the mean, after
+standardizing) and one-hot encodes the rest with a column for "missing" (79 features -> 331
+columns), fitting those statistics on the training and test features together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from d2lrun.data import Split
+from d2lrun.data.csv import read_table, table_splits
+from d2lrun.data.download import download
+
+DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"  # the book's DATA_HUB
+FILES = {
+    "train": ("kaggle_house_pred_train.csv", "585e9cc93e70b39160e7921475f9bcd7d31219ce"),
+    "test": ("kaggle_house_pred_test.csv", "fa19780a7b011d9b009e8bff8e99922a8ee2eb90"),
+}
+
+
+def find_files(root: str | Path, fetch: bool) -> dict[str, Path]:
+    """The two files, in ROOT/kaggle_house/ or ROOT itself; downloaded when missing and fetch is set."""
+    root = Path(root).expanduser()
+    paths = {}
+    for split, (name, sha1) in FILES.items():
+        there = next((p for p in (root / "kaggle_house" / name, root / name) if p.exists()), None)
+        if there is None and not fetch:
+            from d2lrun.errors import UsageError
+
+            raise UsageError(
+                f"{name} is not in {root / 'kaggle_house'} and dataset.download=false. "
+                f"Fix: place it there from {DATA_URL}{name}, or dataset.download=true."
+            )
+        paths[split] = there or download(DATA_URL + name, root / "kaggle_house" / name, sha1)
+    return paths
+
+
+def load(
+    cfg: DictConfig, seed: int, fold: tuple[int, int] | None = None
+) -> tuple[Split, Split, dict]:
+    paths = find_files(cfg.root, cfg.download)
+    train = read_table(paths["train"], "dataset.root")
+    test = read_table(paths["test"], "dataset.root") if cfg.statistics == "train_and_test" else None
+    # ddof=1: pandas' std, as the book's `(x - x.mean()) / (x.std())`.
+    return table_splits(train, cfg, seed, fold, paths["train"].name, also_fit=test, ddof=1)

@@ -1,0 +1,126 @@
+"""§4.4 polynomial data, §4.10 k-fold, log RMSE and the checked download, §6.2 corr2d: each against the book's
+own formula written out here."""
+
+import hashlib
+import http.server
+import math
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from d2lrun.data.download import download
+from d2lrun.data.kernel import corr2d
+from d2lrun.data.polynomial import poly_data
+from d2lrun.errors import UsageError
+from d2lrun.kfold import fold_bounds, fold_rows, mean_row
+from d2lrun.train import evaluate
+
+
+def book_k_fold_slices(n, k):
+    """The book's get_k_fold_data: fold j holds out X[j * fold_size:(j + 1) * fold_size]."""
+    fold_size = n // k
+    return [(j * fold_size, (j + 1) * fold_size) for j in range(k)]
+
+
+@pytest.mark.parametrize("n,k", [(1460, 5), (10, 3), (7, 7), (101, 4), (20, 2)])
+def test_folds_partition_the_rows_and_each_row_is_held_out_once(n, k):
+    held_out = np.concatenate([fold_rows(n, k, i, False, 0)[1] for i in range(k)])
+    assert sorted(held_out.tolist()) == list(range(n))
+    for i in range(k):
+        train, val = fold_rows(n, k, i, False, 0)
+        assert set(train.tolist()).isdisjoint(val.tolist()) and len(train) + len(val) == n
+    if n % k == 0:
+        assert fold_bounds(n, k) == book_k_fold_slices(n, k)
+
+
+def test_shuffled_folds_follow_the_seed():
+    a, b, c = (fold_rows(50, 5, 2, True, seed)[1] for seed in (0, 0, 1))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert sorted(np.concatenate([fold_rows(50, 5, i, True, 3)[1] for i in range(5)]).tolist()) == list(range(50))
+
+
+def test_more_folds_than_rows_is_one_line_with_a_fix():
+    with pytest.raises(UsageError, match=r"dataset.folds=6 is more folds than the 4 rows. Fix: dataset.folds=4."):
+        fold_rows(4, 6, 0, False, 0)
+
+
+def test_the_k_fold_mean_is_computed_from_the_folds():
+    rows = [{"val_log_rmse": 0.2, "epoch": 3, "status": "x"}, {"val_log_rmse": 0.1, "epoch": 3, "status": "y"}]
+    assert mean_row(rows) == pytest.approx({"val_log_rmse": 0.15, "epoch": 3})
+
+
+def test_log_rmse_is_the_books_formula():
+    """§4.10: clipped_preds = clamp(net(X), 1, inf); sqrt(MSELoss(log(clipped_preds), log(labels)))."""
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 3), torch.rand(64, 1) * 1e5 + 1
+    net = nn.Linear(3, 1)
+    with torch.no_grad():
+        net.bias.fill_(5e4)
+        net.weight.mul_(1e5)  # some predictions below 1, which the book clamps
+    from d2lrun.data import Split
+
+    book = torch.sqrt(nn.MSELoss()(torch.log(torch.clamp(net(X), 1, float("inf"))), torch.log(y))).item()
+    rmse = torch.sqrt(nn.MSELoss()(net(X), y)).item()
+    metrics = evaluate(net, nn.functional.mse_loss, Split(X, y), classify=False, log_rmse=True)
+    assert metrics["log_rmse"] == pytest.approx(book, rel=1e-5) and metrics["rmse"] == pytest.approx(rmse, rel=1e-5)
+    # A model trained on the target scaled by (mean, std) reports both in the target's own units.
+    scale = {"mean": 3.0, "std": 2.0}
+    scaled = evaluate(net, nn.functional.mse_loss, Split(X, (y - 3) / 2), False, scale, log_rmse=True)
+    assert scaled["rmse"] == pytest.approx(torch.sqrt(((net(X) * 2 + 3 - y) ** 2).mean()).item(), rel=1e-5)
+
+
+def test_polynomial_features_are_x_to_the_i_over_i_factorial():
+    g = torch.Generator().manual_seed(0)
+    features, labels = poly_data(20, [5, 1.2, -3.4, 5.6], 200, 0.1, g)
+    x = features[:, 1]  # x^1 / 1!
+    for i in (0, 2, 3, 7, 19):
+        torch.testing.assert_close(features[:, i], x**i / math.factorial(i), rtol=1e-5, atol=1e-7)
+    residual = labels[:, 0] - features[:, :4] @ torch.tensor([5, 1.2, -3.4, 5.6])
+    assert 0.08 < residual.std().item() < 0.12  # the book's noise N(0, 0.1²)
+    w = torch.linalg.lstsq(features[:, :4], labels).solution.reshape(-1)
+    torch.testing.assert_close(w, torch.tensor([5, 1.2, -3.4, 5.6]), atol=0.1, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (2, 2), (3, 1), (2, 3)])
+def test_corr2d_is_what_nn_conv2d_computes(shape):
+    torch.manual_seed(0)
+    X, K = torch.randn(6, 8), torch.randn(*shape)
+    expected = nn.functional.conv2d(X.reshape(1, 1, 6, 8), K.reshape(1, 1, *shape)).reshape(corr2d(X, K).shape)
+    torch.testing.assert_close(corr2d(X, K), expected, rtol=1e-5, atol=1e-5)
+    X = torch.ones(6, 8)
+    X[:, 2:6] = 0
+    edges = corr2d(X, torch.tensor([[1.0, -1.0]]))
+    assert edges[:, 1].eq(1).all() and edges[:, 5].eq(-1).all() and edges.abs().sum() == 12  # §6.2.3
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server over tmp_path/www (no internet in tests)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield www, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+
+
+def test_download_checks_the_sha1_and_keeps_no_bad_file(server, tmp_path):
+    www, url = server
+    (www / "good.csv").write_bytes(b"a,b\n1,2\n")
+    sha1 = hashlib.sha1(b"a,b\n1,2\n").hexdigest()
+    target = tmp_path / "data" / "good.csv"
+    assert download(url + "good.csv", target, sha1).read_bytes() == b"a,b\n1,2\n"
+    (www / "good.csv").unlink()  # present with the right hash: no network any more
+    assert download(url + "good.csv", target, sha1) == target
+
+    (www / "bad.csv").write_bytes(b"tampered\n")
+    with pytest.raises(UsageError, match=f"downloaded with SHA-1 .* not {sha1}; the file was not kept"):
+        download(url + "bad.csv", tmp_path / "data" / "bad.csv", sha1)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["good.csv"]  # nothing half-written
+    with pytest.raises(UsageError, match="downloading .* failed .* Fix: place the file there"):
+        download(url + "missing.csv", tmp_path / "data" / "missing.csv", sha1)
