@@ -1,9 +1,9 @@
 """The command-line entry points: each resolves its paths and calls a plain function.
 
-    d2lrun          train one run (d2lrun.job.train), or a sweep with -m (d2lrun.sweep.run_job)
+    d2lrun          train one run (d2lrun.job.train), or a sweep with -m (d2lrun.sweeps.run_job)
     d2lrun-eval     evaluate a saved run (d2lrun.reload.evaluate_run)
     d2lrun-predict  predict new inputs with a saved run (d2lrun.reload.predict_file)
-    d2lrun-report   the results table of a sweep folder (d2lrun.sweep.report)
+    d2lrun-report   the results table of a sweep folder (d2lrun.sweeps.report)
 
 Every entry point runs inside `handle`, the one place where errors become one line on stderr and
 an exit code (d2lrun.errors). Heavy imports (torch, pandas, matplotlib) happen inside the
@@ -74,12 +74,12 @@ def task(fn: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 @task
 def _train(cfg: DictConfig) -> float | None:
-    from d2lrun import job, sweep
+    from d2lrun import job, sweeps
 
     hc = HydraConfig.get()
     run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
     if hc.mode == RunMode.MULTIRUN:
-        return sweep.run_job(cfg, run_dir, overrides)
+        return sweeps.run_job(cfg, run_dir, overrides)
     try:
         job.train(cfg, run_dir, overrides)
     except UsageError:  # a run refused before it started leaves no folder behind
@@ -204,7 +204,7 @@ def report_main() -> None:
     args = parser.parse_args()
 
     def main() -> None:
-        from d2lrun.sweep import report
+        from d2lrun.sweeps import report
 
         failure = report(Path(args.dir))
         if failure:

@@ -288,7 +288,7 @@ def register() -> None:
     The YAML files name their schema in their defaults list. The presets live in experiments/,
     outside configs/, so they join the `experiment` group here: one small file read each.
     """
-    from d2lrun.sweep import register_resolvers
+    from d2lrun.sweeps import register_resolvers
 
     register_resolvers()
     cs = ConfigStore.instance()

@@ -18,7 +18,7 @@ from d2lrun.models import build_model, loss_kind
 from d2lrun.models.init import apply_init
 from d2lrun.optim import build_optimizer
 from d2lrun.reload import resume_checkpoint, saved_overrides
-from d2lrun.train import History, fit, loss_for, set_rng_state
+from d2lrun.trainer import History, fit, loss_for, set_rng_state
 
 
 def say(message: str) -> None:

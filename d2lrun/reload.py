@@ -209,7 +209,7 @@ def evaluate_run(run: SavedRun) -> dict:
     """Metrics of the reloaded model on the held-out split of the run's own dataset."""
     from d2lrun.data import build_data
     from d2lrun.models import loss_kind
-    from d2lrun.train import evaluate, loss_for
+    from d2lrun.trainer import evaluate, loss_for
 
     fold = tuple(run.spec["fold"]) if run.spec.get("fold") else None  # a fold of a k-fold run
     _, val, spec = build_data(run.config.dataset, run.config.seed, run.device, fold)

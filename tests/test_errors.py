@@ -194,7 +194,7 @@ def test_ctrl_c_while_loading_data(tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_during_evaluation_offers_resume(tmp_path, capsys, monkeypatch):
-    import d2lrun.train as train_mod
+    import d2lrun.trainer as train_mod
 
     real, calls = train_mod.evaluate, []
 

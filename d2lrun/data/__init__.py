@@ -1,7 +1,7 @@
 """Dataset registry: `build_data(cfg, seed, device) -> (train, val, spec)`.
 
 Every dataset here fits in memory, so each split is held as two whole tensors on the training
-device and batched by slicing a shuffled index (see d2lrun.train) — no DataLoader, no per-sample
+device and batched by slicing a shuffled index (see d2lrun.trainer) — no DataLoader, no per-sample
 transforms. `spec` is a plain dict of what the data decides (inputs, classes, image shape,
 preprocessing statistics); models read it and it is saved in every checkpoint.
 """

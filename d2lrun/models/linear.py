@@ -58,7 +58,7 @@ class SoftmaxRegression(nn.Sequential):
 class SoftmaxRegressionScratch(nn.Module):
     """§3.6: W of shape (num_inputs, num_outputs) and b; outputs logits X W + b.
 
-    The softmax itself lives in the scratch loss (d2lrun.train.cross_entropy_scratch), which is
+    The softmax itself lives in the scratch loss (d2lrun.trainer.cross_entropy_scratch), which is
     the numerically stable form of the book's softmax followed by -log.
     """
 

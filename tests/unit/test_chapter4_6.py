@@ -17,7 +17,7 @@ from d2lrun.data.kernel import corr2d
 from d2lrun.data.polynomial import poly_data
 from d2lrun.errors import UsageError
 from d2lrun.kfold import fold_bounds, fold_rows, mean_row
-from d2lrun.train import evaluate
+from d2lrun.trainer import evaluate
 
 
 def book_k_fold_slices(n, k):

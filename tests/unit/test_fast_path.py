@@ -10,7 +10,7 @@ from tests.conftest import run_cli
 def test_compile_falls_back_without_a_compiler(monkeypatch):
     import shutil
 
-    from d2lrun.train import compiled
+    from d2lrun.trainer import compiled
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
     notes = []

@@ -15,7 +15,7 @@ from d2lrun.data.synthetic import synthetic_data
 from d2lrun.models import build_model
 from d2lrun.models.init import apply_init
 from d2lrun.optim import SGD, build_optimizer
-from d2lrun.train import cross_entropy_scratch, loss_for, squared_loss, sum_squared_loss, train_one_epoch
+from d2lrun.trainer import cross_entropy_scratch, loss_for, squared_loss, sum_squared_loss, train_one_epoch
 
 REGRESSION = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "num_outputs": 1, "image_shape": None}
 IMAGES = {"dataset": "fashion_mnist", "task": "classification", "num_inputs": 784, "num_outputs": 10,

@@ -1,4 +1,4 @@
-"""d2lrun.sweep without training: folder claiming, resumable jobs, scores, the report of a sweep folder, presets."""
+"""d2lrun.sweeps without training: folder claiming, resumable jobs, scores, the report of a sweep folder, presets."""
 import csv
 import json
 import math
@@ -12,7 +12,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from d2lrun import sweep
+from d2lrun import sweeps as sweep
 from d2lrun.cli import CONFIG_DIR
 from d2lrun.errors import UsageError
 

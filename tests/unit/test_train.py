@@ -9,7 +9,7 @@ from d2lrun.data import Split
 from d2lrun.errors import Diverged
 from d2lrun.models import build_model
 from d2lrun.optim import build_optimizer, l1_penalty
-from d2lrun.train import History, cross_entropy_scratch, evaluate, fit, squared_loss, train_one_epoch
+from d2lrun.trainer import History, cross_entropy_scratch, evaluate, fit, squared_loss, train_one_epoch
 
 SPEC = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "num_outputs": 1, "image_shape": None}
 
@@ -50,7 +50,7 @@ def test_fit_learns_and_writes_checkpoints(tmp_path):
 def test_checkpoint_every_skips_epochs_but_always_saves_the_last(tmp_path):
     model = linreg()
     saved = []
-    import d2lrun.train as train_mod
+    import d2lrun.trainer as train_mod
 
     original = train_mod.save_checkpoint
     train_mod.save_checkpoint = lambda path, ck: saved.append((path.name, ck["epoch"])) or original(path, ck)
@@ -122,7 +122,7 @@ def test_scratch_losses_match_torch():
 
 
 def test_an_overflowing_sum_of_finite_losses_is_divergence_too(tmp_path, monkeypatch):
-    import d2lrun.train as train_mod
+    import d2lrun.trainer as train_mod
 
     real = train_mod.train_one_epoch
 
