@@ -6,6 +6,7 @@ A checkpoint (`last.pt`, `best.pt`) holds everything needed to resume or reload 
     best       {"epoch", "metric", "value"}    rng        torch, cuda and shuffling generator states
     config     the run's config as a dict      overrides  its command line, paths made absolute
     spec       what the data decided (classes, statistics)
+    mlflow_run_id  logger=mlflow's run (None otherwise), which `d2lrun resume=` continues
 `model.pt` is only the final state_dict, loadable into the book's own nn.Sequential.
 """
 

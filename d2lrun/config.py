@@ -206,6 +206,19 @@ class InitKaiming(InitXavier):
 
 
 @dataclass
+class Logger:
+    """logger=none and logger=tensorboard (event files in RUN/tensorboard/) have no other keys."""
+
+    name: str = key()
+
+
+@dataclass
+class MLflow(Logger):
+    tracking_uri: str = key("sqlite:///outputs/mlflow.db")  # or http://HOST:5000, a server
+    experiment_name: Optional[str] = key("lenet-fashion_mnist")  # null: the preset, or MODEL-DATA
+
+
+@dataclass
 class Trainer:
     epochs: int = key(10, ge=1)
     batch_size: int = key(256, ge=1)
@@ -226,6 +239,7 @@ class Config:
     optim: Any = MISSING
     regularizer: Any = MISSING
     init: Any = MISSING
+    logger: Any = MISSING
 
 
 @dataclass
@@ -271,6 +285,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "kaiming": InitKaiming,
         "zeros": InitDefault,
     },
+    "logger": {"none": Logger, "tensorboard": Logger, "mlflow": MLflow},
 }
 IMAGE_DATASETS = ("fashion_mnist", "kernel")
 HERE = Path(__file__).resolve().parent
@@ -339,7 +354,17 @@ def checked(cfg: DictConfig) -> DictConfig:
     for k in PATH_KEYS:  # a run folder must work from any folder: store what the user meant
         if isinstance(cfg.dataset.get(k), str):
             cfg.dataset[k] = str(Path(cfg.dataset[k]).expanduser().absolute())
+    if isinstance(cfg.logger.get("tracking_uri"), str):  # the same MLflow store from anywhere
+        cfg.logger.tracking_uri = absolute_uri(cfg.logger.tracking_uri)
     return cfg
+
+
+def absolute_uri(uri: str) -> str:
+    """An MLflow tracking URI with a relative SQLite path made absolute; any other as it is."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).expanduser().absolute())
+    return uri
 
 
 def _example(cfg: DictConfig, dotted: str):

@@ -18,6 +18,7 @@ from d2lrun.models import build_model, loss_kind
 from d2lrun.models.init import apply_init
 from d2lrun.optim import build_optimizer
 from d2lrun.reload import resume_checkpoint, saved_overrides
+from d2lrun.tracking import open_tracker
 from d2lrun.trainer import History, fit, loss_for, set_rng_state
 
 
@@ -26,11 +27,13 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: list[str], log=say) -> dict:
+def train(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], log=say, sweep_dir: Path | None = None
+) -> dict:
     """One run; with dataset.folds=K, K runs (run_dir/fold_0, ...) and their mean (§4.10)."""
     k = cfg.dataset.folds if "folds" in cfg.dataset else None
     if not k:
-        return train_job(cfg, run_dir, overrides, log)
+        return train_job(cfg, run_dir, overrides, log, sweep_dir=sweep_dir)
     if cfg.resume:
         raise UsageError(f"resume= continues one run, and dataset.folds={k} trains {k}. "
                          f"Fix: resume one fold, e.g. resume=RUN/fold_0 dataset.folds=null.")  # fmt: skip
@@ -39,7 +42,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], log=say) -> dict
         log(f"fold {i + 1}/{k}")
         try:
             finals.append(
-                train_job(cfg, run_dir / f"fold_{i}", overrides, log, fold=(k, i))["final"]
+                train_job(cfg, run_dir / f"fold_{i}", overrides, log, (k, i), sweep_dir)["final"]
             )
         except (UsageError, RunFailed) as e:
             status = "diverged" if isinstance(e, Diverged) else "failed"
@@ -76,17 +79,20 @@ def train_job(
     overrides: list[str],
     log=say,
     fold: tuple[int, int] | None = None,
+    sweep_dir: Path | None = None,
 ) -> dict:
     """Train as cfg says; write model.pt, last.pt, best.pt, metrics.csv/json, curves.png to run_dir.
 
     `overrides` are the command line's (Hydra's task overrides): with the config's absolute paths
     they go into every checkpoint, so that reload composes this run again from anywhere. fold=(k, i)
-    trains on the other folds and validates on fold i.
+    trains on the other folds and validates on fold i. sweep_dir: the sweep this job belongs to.
     """
     wall = time.perf_counter()
     ckpt = resume_checkpoint(cfg) if cfg.resume else None
     cfg = checked(cfg)
     device = resolve_device(cfg.device)
+    # Before any data: a logger whose package is missing or whose server is down fails now.
+    tracker = open_tracker(cfg, run_dir, overrides, ckpt, sweep_dir, log)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
@@ -106,6 +112,7 @@ def train_job(
 
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     extra = {"config": config, "overrides": saved_overrides(overrides, cfg), "spec": spec}
+    extra["mlflow_run_id"] = tracker.start(config, history.rows)  # resume continues that run
     sizes = f"{len(train_split):,} train / {len(val_split):,} val"
     params = sum(p.numel() for p in model.parameters())
     where = f"on {device}, {params:,} parameters -> {shown(run_dir)}"
@@ -135,11 +142,15 @@ def train_job(
             history,
             extra,
             log,
+            tracker,
         )
     except Diverged as e:
         status, reason = "diverged", str(e)
     except KeyboardInterrupt:
         status, reason = "interrupted", f"stopped by Ctrl-C after epoch {history.epoch}"
+    except Exception as e:  # disk full, a bug: the tracked run ends too, then the error goes on
+        tracker.finish("failed", summary | {"status": "failed", "reason": str(e)}, run_dir)
+        raise
     summary |= {
         "status": status,
         "reason": reason,
@@ -160,6 +171,7 @@ def train_job(
             log(f"learned kernel: {kernel}  (true: {spec['true_kernel']})")
             summary["learned"] = {"kernel": model.kernel.cpu().tolist()}
     write_json(run_dir / "metrics.json", summary)
+    tracker.finish(status, summary, run_dir)
     if status == "diverged":
         raise Diverged(f"diverged: {reason}")
     if status == "interrupted":

@@ -37,21 +37,33 @@ def _key(override: str) -> str:
 
 
 def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
-    """base less the keys that new sets again, then new (flags such as -m pass through)."""
-    again = {_key(o) for o in new if "=" in o and not o.startswith("-")}
-    return [o for o in base if _key(o) not in again] + list(new)
+    """base less the keys that new sets again, then new (flags such as -m pass through).
+
+    When new picks another option of a group (logger=none for a run of logger=mlflow), base's keys
+    of that group go too: they belonged to the other option (logger.tracking_uri).
+    """
+    again = {_key(o): o.partition("=")[2] for o in new if "=" in o and not o.startswith("-")}
+    switched = {
+        _key(o)
+        for o in base
+        if "." not in _key(o) and _key(o) in again and o.partition("=")[2] != again[_key(o)]
+    }
+    return [
+        o for o in base if _key(o) not in again and _key(o).partition(".")[0] not in switched
+    ] + list(new)
 
 
 def saved_overrides(overrides: Sequence[str], cfg: DictConfig) -> list[str]:
-    """A run's overrides as its checkpoints keep them: no resume=, the dataset's paths absolute."""
-    quoted = {
-        k: str(cfg.dataset[k]).replace("\\", "\\\\").replace("'", "\\'")
-        for k in PATH_KEYS
-        if isinstance(cfg.dataset.get(k), str)
+    """A run's overrides as its checkpoints keep them: no resume=, the paths it uses absolute
+    (the dataset's, and the MLflow store's, so that resume logs to the same one from anywhere)."""
+    paths = {
+        f"dataset.{k}": cfg.dataset[k] for k in PATH_KEYS if isinstance(cfg.dataset.get(k), str)
     }
+    if isinstance(cfg.logger.get("tracking_uri"), str):
+        paths["logger.tracking_uri"] = cfg.logger.tracking_uri
+    quoted = {k: str(v).replace("\\", "\\\\").replace("'", "\\'") for k, v in paths.items()}
     return merge_overrides(
-        [o for o in overrides if _key(o) != "resume"],
-        [f"dataset.{k}='{v}'" for k, v in quoted.items()],
+        [o for o in overrides if _key(o) != "resume"], [f"{k}='{v}'" for k, v in quoted.items()]
     )
 
 

@@ -86,7 +86,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
         return score(done)
     start_job(run_dir, overrides)
     try:
-        return score(train(cfg, run_dir, overrides))
+        return score(train(cfg, run_dir, overrides, sweep_dir=Path(hc.sweep.dir)))
     except Interrupted as e:
         raise Interrupted(
             f"{e} To finish the sweep, run the same command again with "

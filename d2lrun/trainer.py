@@ -20,6 +20,7 @@ from d2lrun.checkpoint import save_checkpoint
 from d2lrun.data import Split, prepare_batch
 from d2lrun.errors import Diverged
 from d2lrun.optim import Optimizer, l1_penalty
+from d2lrun.tracking import Tracker
 
 EVAL_BATCH_SIZE = 1024  # evaluation needs no gradients, so bigger batches are only faster
 
@@ -173,12 +174,14 @@ def fit(
     history: History,
     checkpoint_extra: dict,
     log=print,
+    tracker: Tracker = Tracker(),
 ) -> History:
     """Train for trainer.epochs epochs (the config's `trainer`) from history.epoch, with an L1 term
     of strength l1; checkpoint, record and print each epoch. Ctrl-C saves the last epoch.
 
     checkpoint_extra goes into every checkpoint; its "spec" (what the data decided) also says how
-    a regression target was scaled, so that *_rmse comes out in the target's own units.
+    a regression target was scaled, so that *_rmse comes out in the target's own units. tracker
+    (logger=tensorboard|mlflow) gets each epoch's row.
     """
     from rich.console import Console
     from rich.progress import (
@@ -239,6 +242,7 @@ def fit(
                     save_checkpoint(run_dir / "last.pt", pending)
                     saved_epoch, pending = epoch, None
                 log(format_row(row, trainer.epochs))
+                tracker.log_epoch(row)
     except KeyboardInterrupt:
         if pending is not None and history.epoch > saved_epoch:
             save_checkpoint(run_dir / "last.pt", pending)

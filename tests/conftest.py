@@ -85,6 +85,17 @@ def run_cli(*args: str, tool: str = "d2lrun", env: dict | None = None, timeout: 
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, **kwargs)
 
 
+def run_module(*args: str, pythonpath: tuple = (), timeout: float = 300,
+               **kwargs) -> subprocess.CompletedProcess:
+    """`d2lrun ARGS` as `python -m d2lrun` from this checkout (ROOT first on PYTHONPATH, after the
+    folders in pythonpath), so that it tests these sources wherever the tests run from."""
+    path = [*map(str, pythonpath), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "d2lrun", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, **kwargs)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need CUDA; without it they are skipped, not failed."""
     import torch

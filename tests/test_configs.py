@@ -10,9 +10,10 @@ from d2lrun.config import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, checked, compose
 from d2lrun.data import DATASETS
 from d2lrun.models import MODELS
 from d2lrun.models.init import INITS
+from d2lrun.tracking import LOGGERS
 
 REGISTRIES = {"dataset": DATASETS, "model": MODELS, "optim": ("sgd", "adam"),
-              "regularizer": ("none", "l1", "l2", "dropout"), "init": INITS}
+              "regularizer": ("none", "l1", "l2", "dropout"), "init": INITS, "logger": LOGGERS}
 OPTIONS = [(group, p.stem) for group in REGISTRIES for p in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))]
 FILES = sorted(Path(CONFIG_DIR).glob("**/*.yaml")) + sorted(EXPERIMENTS_DIR.glob("*.yaml"))
 NEEDS = {"csv": ["dataset.path=x.csv", "dataset.target=y"], "lenet": [], "dropout": ["model=mlp"]}

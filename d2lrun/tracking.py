@@ -1,0 +1,321 @@
+"""Run tracking where people compare runs: TensorBoard and MLflow (the `logger` config group).
+
+    tracker = open_tracker(cfg, run_dir, overrides, ckpt)  # before any data: fails in one line
+    run_id = tracker.start(config, history.rows)   # the MLflow run id goes into every checkpoint
+    tracker.log_epoch(row)                         # d2lrun.trainer.fit, at the end of each epoch
+    tracker.finish(status, summary, run_dir)       # d2lrun.job.train_job, after the run's files
+
+Nothing is sent per batch. The packages are imported only when chosen, so `d2lrun --help` stays
+quick. Once training has started, a logging failure costs a note, never the run: its files are
+the record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig
+
+from d2lrun.errors import UsageError
+
+NOT_METRICS = ("epoch", "seconds", "examples_per_s")  # columns of a metrics row that are not logged
+# MLflow's HTTP client retries for minutes by default; the check before training gives up quickly.
+QUICK = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+RUN_STATUS = {"completed": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}  # else KILLED
+
+
+class Tracker:
+    """logger=none: nothing beyond the run folder's own files. The other loggers extend it."""
+
+    def start(self, config: dict, rows: list[dict]) -> str | None:
+        """Begin (rows: the epochs a resumed run already has); returns the MLflow run id, if any."""
+        return None
+
+    def log_epoch(self, row: dict) -> None:
+        """One epoch's metrics row, once it is complete."""
+
+    def finish(self, status: str, summary: dict, run_dir: Path) -> None:
+        """The run ended (completed, diverged, interrupted, failed); its files are written."""
+
+
+class TensorBoard(Tracker):
+    """Event files in RUN/tensorboard/: a scalar per metric per epoch, the config as hparams."""
+
+    def __init__(self, run_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise missing_package("tensorboard", e) from None
+        self.SummaryWriter, self.folder = SummaryWriter, run_dir / "tensorboard"
+
+    def start(self, config: dict, rows: list[dict]) -> None:
+        self.config = config
+        self.writer = self.SummaryWriter(log_dir=str(self.folder))
+        for row in rows:  # a resumed run's earlier epochs: its folder has them all, as metrics.csv
+            self._scalars(row)
+
+    def log_epoch(self, row: dict) -> None:
+        self._scalars(row)
+        self.writer.flush()  # `tensorboard --logdir` shows the epoch now, not two minutes later
+
+    def _scalars(self, row: dict) -> None:
+        for name, value in metrics_of(row).items():
+            self.writer.add_scalar(name, value, row["epoch"])
+
+    def finish(self, status: str, summary: dict, run_dir: Path) -> None:
+        """The HParams view: the config and status, and as metrics the epochs' scalars (their last
+        values) and best_<metric>. SummaryWriter.add_hparams would put them in a second run folder
+        with a second copy of each metric, so its three summaries go into this run's file."""
+        from torch.utils.tensorboard.summary import hparams
+
+        best = summary.get("best")
+        names = list(metrics_of(summary.get("final") or {}))
+        if best:
+            self.writer.add_scalar(f"best_{best['metric']}", best["value"], best["epoch"])
+            names.append(f"best_{best['metric']}")
+        for part in hparams(flatten(self.config) | {"status": status}, dict.fromkeys(names, 0.0)):
+            self.writer.file_writer.add_summary(part)
+        self.writer.close()
+
+
+class MLflow(Tracker):
+    """One MLflow run per d2lrun run: params, metrics per epoch (step = epoch), artifacts, tags."""
+
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, overrides, ckpt: dict | None, sweep_dir, log
+    ):
+        try:
+            from mlflow import MlflowClient
+        except ImportError as e:
+            raise missing_package("mlflow", e) from None
+        # A new SQLite store logs its migrations at INFO on stderr, which d2lrun keeps for errors.
+        for name in ("mlflow.store.db.utils", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self.uri, self.run_dir, self.sweep_dir = cfg.logger.tracking_uri, run_dir, sweep_dir
+        self.ckpt, self.log, self.run_id = ckpt, log, None
+        name = experiment_name(cfg, overrides, sweep_dir)
+        with quick_requests():
+            try:
+                if self.uri.startswith("sqlite:///"):
+                    Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+                self.client = MlflowClient(self.uri)
+                self.experiment_id = self._experiment(name)
+                self.continued = self._continued(ckpt) if ckpt else None
+            except UsageError:
+                raise
+            except Exception as e:
+                raise unreachable(self.uri, e) from None
+
+    def _experiment(self, name: str) -> str:
+        """The id of the experiment `name`, created when new (next to a SQLite store's file)."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            local = self.uri.startswith("sqlite:///")
+            where = (
+                str(Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts") if local else None
+            )
+            try:
+                return self.client.create_experiment(name, artifact_location=where)
+            except MlflowException:  # a sweep job in another process created it first
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+        if found.lifecycle_stage == "deleted":
+            raise UsageError(
+                f"the MLflow experiment '{name}' was deleted. Fix: restore it (mlflow experiments "
+                f"restore --experiment-id {found.experiment_id}) or logger.experiment_name=NEW."
+            )
+        return found.experiment_id
+
+    def _continued(self, ckpt: dict) -> str | None:
+        """The checkpoint's MLflow run, unless it is gone or already has later epochs (resuming
+        from best.pt): then a new MLflow run starts, with the epochs the checkpoint holds."""
+        from mlflow.exceptions import MlflowException
+
+        run_id, epoch = ckpt.get("mlflow_run_id"), ckpt["epoch"]
+        if not run_id:
+            return None
+        try:
+            if self.client.get_run(run_id).info.lifecycle_stage == "deleted":
+                raise MlflowException("deleted")
+        except MlflowException:
+            self.log(f"note: the checkpoint's MLflow run {run_id} is not in {self.uri}; new run")
+            return None
+        if any(m.step > epoch for m in self.client.get_metric_history(run_id, "train_loss")):
+            self.log(f"note: MLflow run {run_id} has epochs after epoch {epoch}; new run")
+            return None
+        return run_id
+
+    def start(self, config: dict, rows: list[dict]) -> str | None:
+        from mlflow.entities import Param, RunTag
+
+        params = flatten(config)
+        tags = {"d2lrun.status": "running", "d2lrun.run_dir": str(self.run_dir.resolve())}
+        tags |= {"d2lrun.sweep_dir": str(Path(self.sweep_dir).resolve())} if self.sweep_dir else {}
+        if self.ckpt:
+            tags["d2lrun.resumed_from"] = str(Path(config["resume"]).resolve())
+        try:
+            if self.continued:
+                self.run_id, rows = self.continued, []  # its earlier epochs are logged already
+                logged = self.client.get_run(self.run_id).data.params
+                params = {k: v for k, v in params.items() if k not in logged}  # never changes one
+                self.client.update_run(self.run_id, status="RUNNING")
+            else:
+                name = "/".join(self.run_dir.resolve().parts[-2:])  # DATE/TIME, or TIME/JOB
+                run = self.client.create_run(self.experiment_id, run_name=name)
+                self.run_id = run.info.run_id
+            items = [Param(k, str(v)) for k, v in params.items()]
+            for i in range(0, len(items), 100):  # log_batch takes at most 100 params
+                self.client.log_batch(self.run_id, params=items[i : i + 100])
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            self._metrics(rows)
+        except Exception as e:
+            self._lost(e)
+        return self.run_id
+
+    def log_epoch(self, row: dict) -> None:
+        self._metrics([row])
+
+    def _metrics(self, rows: list[dict], extra=()) -> None:
+        from mlflow.entities import Metric
+
+        if self.run_id is None:
+            return
+        now = int(time.time() * 1000)
+        items = [Metric(k, v, now, r["epoch"]) for r in rows for k, v in metrics_of(r).items()]
+        items += [Metric(k, v, now, step) for k, v, step in extra]
+        try:
+            for i in range(0, len(items), 1000):  # log_batch takes at most 1000 metrics
+                self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+        except Exception as e:
+            self._lost(e)
+
+    def finish(self, status: str, summary: dict, run_dir: Path) -> None:
+        best = summary.get("best")
+        self._metrics(
+            [], [(f"best_{best['metric']}", best["value"], best["epoch"])] if best else []
+        )
+        if self.run_id is None:
+            return
+        try:
+            self.client.set_tag(self.run_id, "d2lrun.status", status)
+            for name in ("curves.png", "metrics.json", "model.pt"):
+                if (run_dir / name).exists():
+                    self.client.log_artifact(self.run_id, str(run_dir / name))
+            self.client.set_terminated(self.run_id, RUN_STATUS.get(status, "KILLED"))
+        except Exception as e:
+            self._lost(e)
+
+    def _lost(self, e: Exception) -> None:
+        self.log(f"note: MLflow logging to {self.uri} stopped ({why(e)}); training goes on")
+        self.run_id = None
+
+
+LOGGERS = {"none": Tracker, "tensorboard": TensorBoard, "mlflow": MLflow}
+
+
+def open_tracker(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: list[str],
+    ckpt: dict | None = None,
+    sweep_dir: Path | None = None,
+    log=print,
+) -> Tracker:
+    """The tracker cfg.logger names; a missing package or an unreachable server fails here."""
+    if cfg.logger.name == "tensorboard":
+        return TensorBoard(run_dir)
+    if cfg.logger.name == "mlflow":
+        return MLflow(cfg, run_dir, overrides, ckpt, sweep_dir, log)
+    return Tracker()
+
+
+def metrics_of(row: dict) -> dict[str, float]:
+    """The metrics of a metrics row: every number but the epoch and the timings."""
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, str | int | float]:
+    """A nested config as dotted keys (optim.lr); lists, booleans and null as YAML writes them."""
+    flat: dict[str, str | int | float] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            flat |= flatten(v, f"{prefix}{k}.")
+        else:
+            plain = isinstance(v, (int, float, str)) and not isinstance(v, bool)
+            flat[f"{prefix}{k}"] = v if plain else json.dumps(v)
+    return flat
+
+
+def experiment_name(cfg: DictConfig, overrides: list[str], sweep_dir: Path | None) -> str:
+    """logger.experiment_name, else the preset's name, else MODEL-DATASET; a sweep that varies
+    the model, the dataset or the preset is one experiment named after its folder."""
+    if cfg.logger.experiment_name:
+        return cfg.logger.experiment_name
+    if sweep_dir is not None:
+        from d2lrun.sweeps import planned_jobs
+
+        swept = {k.lstrip("+~") for k in planned_jobs(Path(sweep_dir))[1]}
+        if swept & {"model", "dataset", "experiment"}:
+            return f"sweep {Path(sweep_dir).resolve()}"
+    presets = [
+        o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == "experiment"
+    ]
+    if presets and presets[-1] not in ("", "null"):
+        return presets[-1]
+    return f"{cfg.model.name}-{cfg.dataset.name}"
+
+
+@contextmanager
+def quick_requests():
+    """Short HTTP timeouts and no retries for MLflow, unless the user set their own, then back."""
+    added = [k for k in QUICK if k not in os.environ]
+    os.environ.update({k: QUICK[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def missing_package(logger: str, e: ImportError) -> UsageError:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return UsageError(
+        f"logger={logger} needs the {logger} package ({reason}). "
+        f"Fix: pip install 'd2lrun[{logger}]', or logger=none."
+    )
+
+
+def unreachable(uri: str, e: Exception) -> UsageError:
+    if uri.startswith(("http://", "https://")):
+        where = urlparse(uri)
+        return UsageError(
+            f"logger.tracking_uri={uri} cannot be reached ({why(e)}). Fix: start the server "
+            f"(mlflow server --host {where.hostname} --port {where.port or 80}) or correct the "
+            f"address; logger.tracking_uri=sqlite:///outputs/mlflow.db logs to a local file."
+        )
+    return UsageError(
+        f"logger.tracking_uri={uri} cannot be used ({why(e)}). "
+        f"Fix: a writable place, e.g. logger.tracking_uri=sqlite:///outputs/mlflow.db."
+    )
+
+
+def why(e: Exception) -> str:
+    """The gist of a client error: the OS error of a connection, else its first line."""
+    text = str(e)
+    found = re.search(r"\[Errno -?\d+\] [^'\")\]]+|(?:Read|Connect)TimeoutError|timed out", text)
+    first = (text.strip().splitlines() or [type(e).__name__])[0]
+    return found.group(0).rstrip(": ") if found else first[:160]

@@ -1,0 +1,366 @@
+"""logger=tensorboard and logger=mlflow end to end with the real packages: what each run logged is
+read back with each tool's own reader (TensorBoard's event accumulator and its HTTP data API,
+MlflowClient), never by parsing files; and a logger that cannot work fails before training."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import run_module
+
+FAST = ["trainer.progress=false", "dataset.num_train=200"]
+NOT_METRICS = ("epoch", "seconds", "examples_per_s")
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_error_line(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("d2lrun: error: "), r.stderr
+    return lines[0]
+
+
+def metrics_csv(run: Path) -> pd.DataFrame:
+    rows = pd.read_csv(run / "metrics.csv")
+    return rows[[c for c in rows.columns if c not in NOT_METRICS or c == "epoch"]]
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> str:
+    """What url answers once the server that process runs is up; fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server exited: {log.read_text()[-2000:]}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {seconds} s: {log.read_text()[-2000:]}")
+
+
+def server(args: list, log: Path, cwd: Path) -> subprocess.Popen:
+    """A server process in a session of its own, so that stop() ends its workers too."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+        )
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def tensorboard_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("tensorboard") / "run"
+    r = run_module("logger=tensorboard", "trainer.epochs=3", *FAST, f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+def test_tensorboard_event_files_hold_every_epoch_and_the_config_as_hparams(tensorboard_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    events = EventAccumulator(str(tensorboard_run / "tensorboard"))
+    events.Reload()
+    rows = metrics_csv(tensorboard_run)
+    metrics = [c for c in rows.columns if c != "epoch"]
+    assert set(events.Tags()["scalars"]) == {*metrics, "best_val_loss"}
+    for name in metrics:  # float32 in the event file
+        assert [e.step for e in events.Scalars(name)] == [1, 2, 3]
+        assert [e.value for e in events.Scalars(name)] == pytest.approx(
+            rows[name].tolist(), rel=1e-6
+        )
+
+    hparams = events.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(hparams["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["optim.lr"].number_value == 0.03
+    assert start.hparams["model.name"].string_value == "linreg"
+    assert start.hparams["dataset.w"].string_value == "[2, -3.4]"
+    assert start.hparams["status"].string_value == "completed"
+    experiment = HParamsPluginData.FromString(hparams["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {*metrics, "best_val_loss"}
+
+
+def test_a_tensorboard_server_shows_the_runs_scalars(tensorboard_run, tmp_path):
+    port, log = free_port(), tmp_path / "tensorboard.log"
+    exe = BIN / "tensorboard"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "tensorboard.main"]
+    process = server(
+        [
+            *command,
+            "--logdir",
+            str(tensorboard_run.parent),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast=false",
+        ],
+        log,
+        tmp_path,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/data/plugin/scalars"
+        deadline = time.monotonic() + 90
+        while "val_loss" not in json.loads(wait_for(f"{base}/tags", process, log)).get(
+            "run/tensorboard", {}
+        ):
+            assert time.monotonic() < deadline, "tensorboard did not load the run"
+            time.sleep(0.5)
+        query = urllib.parse.urlencode({"run": "run/tensorboard", "tag": "val_loss"})
+        points = json.loads(wait_for(f"{base}/scalars?{query}", process, log))
+        rows = metrics_csv(tensorboard_run)
+        assert [step for _, step, _ in points] == rows["epoch"].tolist()
+        assert [value for _, _, value in points] == pytest.approx(
+            rows["val_loss"].tolist(), rel=1e-6
+        )
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store: creating one takes seconds (its migrations), copying it none."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def store(empty_store: Path, path: Path) -> str:
+    """A copy of the empty store at path, as a tracking URI."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(empty_store, path)
+    return f"sqlite:///{path}"
+
+
+def mlflow_history(client, run_id: str, rows: pd.DataFrame) -> None:
+    """Each metric's MLflow history, step by step, is the metrics.csv column."""
+    for name in [c for c in rows.columns if c != "epoch"]:
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+        assert history == list(zip(rows["epoch"], rows[name])), name
+
+
+def test_an_mlflow_run_has_params_per_epoch_metrics_artifacts_and_tags(tmp_path, empty_store):
+    from mlflow import MlflowClient
+
+    uri, run = store(empty_store, tmp_path / "mlflow.db"), tmp_path / "run"
+    r = run_module(
+        "logger=mlflow",
+        f"logger.tracking_uri={uri}",
+        "trainer.epochs=2",
+        *FAST,
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+
+    client = MlflowClient(uri)
+    run_id = torch.load(run / "last.pt", weights_only=True)["mlflow_run_id"]
+    logged = client.get_run(run_id)
+    assert client.get_experiment(logged.info.experiment_id).name == "linreg-synthetic"
+    assert logged.info.status == "FINISHED"
+    assert logged.data.tags["d2lrun.status"] == "completed"
+    assert logged.data.tags["d2lrun.run_dir"] == str(run)
+    assert "d2lrun.sweep_dir" not in logged.data.tags
+    params = logged.data.params
+    assert (params["optim.lr"], params["model.name"], params["trainer.epochs"]) == (
+        "0.03",
+        "linreg",
+        "2",
+    )
+    assert params["logger.tracking_uri"] == uri
+    mlflow_history(client, run_id, metrics_csv(run))
+    assert (
+        logged.data.metrics["best_val_loss"]
+        == json.loads((run / "metrics.json").read_text())["best"]["value"]
+    )
+    assert {a.path for a in client.list_artifacts(run_id)} == {
+        "curves.png",
+        "metrics.json",
+        "model.pt",
+    }
+    assert not (
+        tmp_path / "mlruns"
+    ).exists()  # artifacts go beside the SQLite file, not into the cwd
+
+
+def test_resume_continues_the_checkpoints_mlflow_run_from_another_folder(tmp_path, empty_store):
+    from mlflow import MlflowClient
+
+    store(empty_store, tmp_path / "start" / "store" / "mlflow.db")
+    (tmp_path / "elsewhere").mkdir()
+    r = run_module(
+        "logger=mlflow",
+        "logger.tracking_uri=sqlite:///store/mlflow.db",
+        "trainer.epochs=2",
+        *FAST,
+        "hydra.run.dir=../runs/first",
+        cwd=tmp_path / "start",
+    )
+    assert r.returncode == 0, r.stderr
+    # No logger= or tracking URI given again: the run's own, and its store, with its relative path.
+    r = run_module(
+        "resume=../runs/first",
+        "trainer.epochs=4",
+        "hydra.run.dir=../runs/resumed",
+        *FAST,
+        cwd=tmp_path / "elsewhere",
+    )
+    assert r.returncode == 0, r.stderr
+    first, resumed = (
+        torch.load(tmp_path / "runs" / d / "last.pt", weights_only=True)["mlflow_run_id"]
+        for d in ("first", "resumed")
+    )
+    assert first == resumed
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'start' / 'store' / 'mlflow.db'}")
+    assert (
+        len(client.search_runs([client.get_experiment_by_name("linreg-synthetic").experiment_id]))
+        == 1
+    )
+    logged = client.get_run(resumed)
+    mlflow_history(
+        client, resumed, metrics_csv(tmp_path / "runs" / "resumed")
+    )  # epochs 1-4, once each
+    assert logged.info.status == "FINISHED"
+    assert logged.data.tags["d2lrun.run_dir"] == str(tmp_path / "runs" / "resumed")
+    assert logged.data.tags["d2lrun.resumed_from"] == str(tmp_path / "runs" / "first")
+    assert logged.data.params["trainer.epochs"] == "2"  # MLflow keeps a param's first value
+
+
+def test_a_diverged_run_is_a_failed_mlflow_run_tagged_diverged(tmp_path):
+    from mlflow import MlflowClient
+
+    # A new store in a new folder: created, and its INFO lines kept off stderr (one error line).
+    uri, run = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}", tmp_path / "run"
+    r = run_module(
+        "logger=mlflow", f"logger.tracking_uri={uri}", "optim.lr=10", *FAST, f"hydra.run.dir={run}"
+    )
+    assert r.returncode == 1 and "diverged" in one_error_line(r)
+    client = MlflowClient(uri)
+    [logged] = client.search_runs([client.get_experiment_by_name("linreg-synthetic").experiment_id])
+    assert (logged.info.status, logged.data.tags["d2lrun.status"]) == ("FAILED", "diverged")
+    assert {a.path for a in client.list_artifacts(logged.info.run_id)} == {"metrics.json"}
+
+
+def test_a_sweep_logs_over_http_to_an_mlflow_server_in_one_experiment(tmp_path):
+    from mlflow import MlflowClient
+
+    port, log = free_port(), tmp_path / "mlflow-server.log"
+    exe = BIN / "mlflow"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "mlflow"]
+    process = server(
+        [
+            *command,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        log,
+        tmp_path,
+    )
+    uri, sweep = f"http://127.0.0.1:{port}", tmp_path / "sweep"
+    try:
+        wait_for(f"{uri}/health", process, log)
+        r = run_module(
+            "-m",
+            "logger=mlflow",
+            f"logger.tracking_uri={uri}",
+            "optim.lr=0.01,0.03",
+            "trainer.epochs=2",
+            *FAST,
+            f"hydra.sweep.dir={sweep}",
+        )
+        assert r.returncode == 0, r.stderr
+
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("linreg-synthetic")
+        runs = {
+            run.data.tags["d2lrun.run_dir"]: run
+            for run in client.search_runs([experiment.experiment_id])
+        }
+        assert set(runs) == {str(sweep / "0"), str(sweep / "1")}
+        for job, lr in (("0", "0.01"), ("1", "0.03")):
+            logged = runs[str(sweep / job)]
+            assert logged.data.tags["d2lrun.sweep_dir"] == str(sweep)
+            assert (logged.data.params["optim.lr"], logged.info.status) == (lr, "FINISHED")
+            mlflow_history(client, logged.info.run_id, metrics_csv(sweep / job))
+            assert {a.path for a in client.list_artifacts(logged.info.run_id)} == {
+                "curves.png",
+                "metrics.json",
+                "model.pt",
+            }
+    finally:
+        stop(process)
+
+
+def test_a_missing_package_fails_before_training_naming_the_install_command(tmp_path):
+    for package in ("mlflow", "tensorboard"):  # an installed package hidden behind one that fails
+        (tmp_path / "hide" / package).mkdir(parents=True)
+        (tmp_path / "hide" / package / "__init__.py").write_text(
+            f"raise ImportError('No module named {package}')"
+        )
+    for logger in ("mlflow", "tensorboard"):
+        run = tmp_path / logger
+        r = run_module(
+            f"logger={logger}", *FAST, f"hydra.run.dir={run}", pythonpath=(tmp_path / "hide",)
+        )
+        assert r.returncode == 2
+        assert one_error_line(r).endswith(f"Fix: pip install 'd2lrun[{logger}]', or logger=none.")
+        assert r.stdout == "" and not run.exists()  # nothing trained, no folder left
+
+
+def test_an_unreachable_tracking_server_fails_quickly_before_training(tmp_path):
+    port, run = free_port(), tmp_path / "run"  # nobody listens on it
+    start = time.monotonic()
+    r = run_module(
+        "logger=mlflow",
+        f"logger.tracking_uri=http://127.0.0.1:{port}",
+        *FAST,
+        f"hydra.run.dir={run}",
+    )
+    assert r.returncode == 2
+    line = one_error_line(r)
+    assert line.startswith(
+        f"d2lrun: error: logger.tracking_uri=http://127.0.0.1:{port} cannot be reached ("
+    )
+    assert "Connection refused" in line
+    assert line.endswith(
+        f"Fix: start the server (mlflow server --host 127.0.0.1 --port {port}) or correct the "
+        f"address; logger.tracking_uri=sqlite:///outputs/mlflow.db logs to a local file."
+    )
+    assert r.stdout == "" and not run.exists()
+    assert time.monotonic() - start < 30
