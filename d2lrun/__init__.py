@@ -1,12 +1,28 @@
-"""d2lrun: the experiments of Dive into Deep Learning (chapters 2-6), run from Hydra configs."""
+"""d2lrun: the experiments of Dive into Deep Learning (chapters 2-6), run from Hydra configs.
+
+From Python or Jupyter (d2lrun.api):
+    run = d2lrun.train("model=lenet", "trainer.epochs=2")   # as `d2lrun model=lenet ...`
+    run.metrics, run.summary, run.plot()                    # a DataFrame, metrics.json, a Figure
+    d2lrun.sweep("optim.lr=0.01,0.1"), d2lrun.report(DIR)   # a sweep's table as a DataFrame
+    d2lrun.load_run(DIR)                                    # a saved run, as train returns it
+"""
 
 __version__ = "0.2.0"
+__all__ = ["train", "sweep", "report", "load_run"]
 
 
 def __getattr__(name: str):
-    # `from d2lrun import load_run` without importing torch for `d2lrun --help`.
+    # Imported on first use, so that `import d2lrun` (and `d2lrun --help`) does not import torch.
     if name == "load_run":
         from d2lrun.reload import load_run
 
         return load_run
+    if name in ("train", "sweep", "report"):
+        from d2lrun import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'd2lrun' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

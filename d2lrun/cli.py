@@ -95,14 +95,20 @@ def train_main() -> None:
     """`d2lrun`: train one model, or sweep with -m; `resume=RUN` starts from the run's choices."""
 
     def main() -> None:
-        resume = next((a.partition("=")[2] for a in sys.argv[1:] if a.startswith("resume=")), None)
-        if resume:
-            from d2lrun.reload import resume_arguments
-
-            sys.argv[1:] = resume_arguments(resume, sys.argv[1:])
+        sys.argv[1:] = train_arguments(sys.argv[1:])
         _train()
 
     handle(with_help(main, "config"), "d2lrun")
+
+
+def train_arguments(args: list[str]) -> list[str]:
+    """The arguments of `d2lrun ARGS`; with resume=RUN, the run's own overrides, then ARGS."""
+    resume = next((a.partition("=")[2] for a in args if a.startswith("resume=")), None)
+    if not resume:
+        return list(args)
+    from d2lrun.reload import resume_arguments
+
+    return resume_arguments(resume, args)
 
 
 def print_help(config_name: str, args: list[str]) -> None:

@@ -137,13 +137,47 @@ def resume_checkpoint(cfg: DictConfig) -> dict:
 
 @dataclass
 class SavedRun:
-    """A reloaded run: the model (eval mode, on `device`), its config, data spec and source."""
+    """A reloaded run: the model (eval mode, on `device`), its config, data spec and source; and
+    its folder's record: `metrics` (a DataFrame of the epochs), `summary`, `plot()`."""
 
     model: nn.Module
     config: DictConfig
     spec: dict
     checkpoint: Path
     device: torch.device
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder: where the checkpoint is, with metrics.csv, metrics.json, curves.png."""
+        return self.checkpoint.parent
+
+    @property
+    def metrics(self):
+        """One row per epoch, as metrics.csv has them: a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.read_csv(self._file("metrics.csv"))
+
+    @property
+    def summary(self) -> dict:
+        """metrics.json: status, final and best metrics, wall time, device."""
+        import json
+
+        return json.loads(self._file("metrics.json").read_text())
+
+    def plot(self):
+        """The loss (and accuracy) curves as a matplotlib Figure, as curves.png draws them."""
+        from d2lrun.files import curves_figure
+
+        title = f"{self.config.model.name} on {self.spec['dataset']}"
+        return curves_figure(self.metrics.to_dict("records"), title)
+
+    def _file(self, name: str) -> Path:
+        if not (self.run_dir / name).exists():
+            raise UsageError(
+                f"{self.run_dir} has no {name}. Fix: load_run the run folder that d2lrun wrote."
+            )
+        return self.run_dir / name
 
     def predict(self, inputs) -> list:
         """Predict raw inputs: a DataFrame of rows (CSV runs) or uint8 images (N, 28, 28).

@@ -273,8 +273,9 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     return table, keys
 
 
-def report(sweep_dir: Path) -> str | None:
-    """Print a sweep folder's table, write summary.csv (and heatmap.png); say what failed."""
+def report(sweep_dir: Path, show: bool = True) -> str | None:
+    """Print a sweep folder's table (unless not show), write summary.csv (and heatmap.png); say
+    what failed."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UsageError(
@@ -289,8 +290,9 @@ def report(sweep_dir: Path) -> str | None:
     if len(keys) == 2 and numeric and len(metrics) == 1:
         written.append(plot_heatmap(sweep_dir / "heatmap.png", rows, *keys, metrics.pop()))
     counts = Counter(r["status"] for r in rows)
-    print_table(sweep_dir, public, counts)
-    print(f"wrote {', '.join(str(p) for p in written)}")
+    if show:
+        print_table(sweep_dir, public, counts)
+        print(f"wrote {', '.join(str(p) for p in written)}")
     bad = len(rows) - counts["completed"]
     if bad:
         what = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "completed")

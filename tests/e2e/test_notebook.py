@@ -1,0 +1,136 @@
+"""d2lrun from Python, as in a notebook: d2lrun.train gives the command line's numbers and run folder
+and returns the run with its metrics, summary and plot; mistakes raise the command line's one-line
+errors; d2lrun.sweep and d2lrun.report give a sweep's table; `d2lrun --help` lists the loggers and
+imports none of them."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import d2lrun
+from d2lrun.errors import Diverged, UsageError
+from tests.conftest import ROOT, run_module
+
+TIMINGS = ["seconds", "examples_per_s"]
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch) -> Path:
+    """A notebook's folder: runs go to outputs/ below it, as from the command line."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_folders(here: Path) -> list[Path]:
+    return sorted(p for p in here.glob("outputs/*/*") if p.parent.name != "multirun")
+
+
+def test_train_gives_the_command_lines_numbers_and_returns_the_run(here, fake_fmnist):
+    args = [
+        "model=softmax",
+        f"dataset.root={fake_fmnist}",
+        "dataset.download=false",
+        "trainer.epochs=2",
+        "trainer.batch_size=16",
+        "trainer.progress=false",
+    ]
+    r = run_module(*args, f"hydra.run.dir={here / 'cli'}")
+    assert r.returncode == 0, r.stderr
+    argv, env = list(sys.argv), os.environ.get("HYDRA_FULL_ERROR")
+
+    run = d2lrun.train(*args)
+    assert (sys.argv, os.environ.get("HYDRA_FULL_ERROR")) == (argv, env)  # as they were
+    assert run_folders(here) == [
+        here / run.run_dir
+    ]  # outputs/DATE/TIME, as the command line names it
+    assert run.run_dir.parent.parent == Path("outputs")
+    cli = pd.read_csv(here / "cli" / "metrics.csv").drop(columns=TIMINGS)
+    pd.testing.assert_frame_equal(
+        run.metrics.drop(columns=TIMINGS), cli, check_exact=True
+    )  # bit for bit
+    assert run.summary["status"] == "completed" and run.summary["epochs_completed"] == 2
+    assert run.summary["final"]["val_acc"] == run.metrics["val_acc"].iloc[-1]
+    assert len(run.predict(fake_fmnist_images(fake_fmnist))) == 4  # the load_run object
+
+    figure = run.plot()
+    assert [ax.get_ylabel() for ax in figure.axes] == ["loss", "accuracy"]
+    assert [line.get_label() for line in figure.axes[1].lines] == ["train accuracy", "val accuracy"]
+    assert list(figure.axes[1].lines[1].get_ydata()) == run.metrics["val_acc"].tolist()
+    assert figure._repr_png_()[:4] == b"\x89PNG"  # what Jupyter shows inline
+
+
+def fake_fmnist_images(root: Path):
+    from torchvision.datasets import FashionMNIST
+
+    return FashionMNIST(str(root), train=False).data[:4]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["optim.lr=fast"],
+        ["optim.lrr=0.1"],
+        ["model=lenett"],
+        ["resume=nowhere"],
+        ["logger=tensorboard", "--foo"],
+    ],
+)
+def test_a_mistake_raises_the_one_line_the_command_line_prints(here, args):
+    r = run_module(*args, f"hydra.run.dir={here / 'cli'}")
+    assert r.returncode == 2
+    with pytest.raises(UsageError) as error:
+        d2lrun.train(*args)
+    if "--foo" not in args:  # argparse prints its own usage there
+        assert r.stderr.strip() == f"d2lrun: error: {error.value}"
+    assert run_folders(here) == []  # refused before it started: no folder left
+
+
+def test_a_diverged_run_raises_diverged(here):
+    with pytest.raises(
+        Diverged, match=r"^diverged: the training loss became inf .* Fix: lower optim.lr"
+    ):
+        d2lrun.train("optim.lr=10", "trainer.progress=false")
+
+
+def test_sweep_and_report_return_one_row_per_job(here):
+    with pytest.warns(UserWarning, match=r"1 of 3 sweep jobs did not complete \(1 diverged\)"):
+        table = d2lrun.sweep(
+            "optim.lr=0.01,0.03,10",
+            "trainer.epochs=2",
+            "dataset.num_train=100",
+            "trainer.progress=false",
+        )
+    assert table[["job", "optim.lr", "status"]].values.tolist() == [
+        [1, 0.03, "completed"],
+        [0, 0.01, "completed"],
+        [2, 10, "diverged"],
+    ]  # best first
+    assert table["best_val_loss"].iloc[0] < table["best_val_loss"].iloc[1]
+    [folder] = here.glob("outputs/multirun/*/*")
+    pd.testing.assert_frame_equal(d2lrun.report(folder), table)
+    with pytest.raises(UsageError, match="is not a folder"):
+        d2lrun.report(here / "nowhere")
+
+
+def test_help_lists_the_logger_group_and_imports_no_logger():
+    r = run_module("--help")
+    assert r.returncode == 0, r.stderr
+    assert "logger: mlflow, none, tensorboard" in r.stdout
+    assert "logger=mlflow logger.tracking_uri=http://HOST:5000" in r.stdout
+    code = (
+        "import sys; sys.argv = ['d2lrun', '--help']; from d2lrun.cli import train_main; train_main(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'mlflow', 'tensorboard'}))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "[]"
