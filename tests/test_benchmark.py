@@ -1,5 +1,6 @@
 """experiments/benchmark.py runs all three loops and writes its JSON (no timing is asserted here)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,16 @@ def test_startup_script_times_d2lrun_against_a_bare_hydra_app(tmp_path):
     assert set(result["median_seconds"]) == {"d2lrun --help", "minimal app --help", "d2lrun (default run)",
                                              "import torch + minimal app run"}
     assert result["help_ratio"] > 0 and result["run_ratio"] > 0 and "--help takes" in r.stdout
+
+
+def test_logger_overhead_script_times_tensorboard_against_no_logger(tmp_path, fake_fmnist):
+    """experiments/logger_overhead.py runs both loggers and reports the ratio (no timing is asserted)."""
+    out = tmp_path / "overhead.json"
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "logger_overhead.py"), "--epochs", "2",
+                        "--repeat", "1", "--root", str(fake_fmnist), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert {k: len(v) for k, v in result["epoch_seconds"].items()} == {"none": 1, "tensorboard": 1}
+    assert result["ratio"] > 0 and "logger=tensorboard takes" in r.stdout

@@ -1,0 +1,97 @@
+"""Logging never slows an epoch: LeNet (§6.6) epochs on Fashion-MNIST with logger=tensorboard against
+logger=none, measured in one run (issue 13; target: within 5%).
+
+    python experiments/logger_overhead.py [--epochs 3] [--repeat 2] [--root DIR] [--out FILE]
+
+Each run is d2lrun's train_job as `d2lrun model=lenet logger=... device=cpu` composes it. An epoch
+is timed from one epoch line to the next, so it includes the checkpoints and the logger's work at
+the end of the epoch before; the first epoch (warm-up) is left out. The runs alternate (none,
+tensorboard, none, ...) so that a busy moment of the machine hits both alike. Reported: the median
+epoch of each and their ratio (the target), and the fastest epoch of each and their ratio, which a
+machine shared with other work disturbs least.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmark import find_root  # experiments/benchmark.py: a temporary copy of the real files
+
+
+def epoch_seconds(root: Path, logger: str, epochs: int) -> tuple[list[float], float]:
+    """Seconds of each epoch after the first, and of the whole job, for one LeNet run."""
+    from d2lrun.config import compose
+    from d2lrun.job import train_job
+
+    overrides = [
+        "model=lenet",
+        f"logger={logger}",
+        f"trainer.epochs={epochs}",
+        "device=cpu",
+        f"dataset.root={root}",
+        "dataset.download=false",
+        "trainer.progress=false",
+    ]
+    lines: list[tuple[float, str]] = []  # (when, line): the header, then one line per epoch
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        log = lambda s: lines.append((time.perf_counter(), s))  # noqa: E731
+        train_job(compose(overrides), Path(out), overrides, log=log)
+        wall = time.perf_counter() - start
+    ends = [t for t, line in lines if line.startswith("epoch ")]
+    return [b - a for a, b in zip(ends, ends[1:])], wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each logger, alternating")
+    parser.add_argument("--root", default=None, help="folder holding FashionMNIST/raw")
+    parser.add_argument("--out", default="logger-overhead.json")
+    args = parser.parse_args()
+    root = find_root(args.root)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"LeNet (§6.6) on Fashion-MNIST, batch 256, {args.epochs} epochs, CPU ({machine})")
+    epochs = {"none": [], "tensorboard": []}
+    walls = {"none": [], "tensorboard": []}
+    for _ in range(args.repeat):
+        for logger in epochs:
+            seconds, wall = epoch_seconds(root, logger, args.epochs)
+            epochs[logger] += seconds
+            walls[logger].append(wall)
+    median = {k: statistics.median(v) for k, v in epochs.items()}
+    fastest = {k: min(v) for k, v in epochs.items()}
+    ratio = median["tensorboard"] / median["none"]
+    for logger in epochs:
+        print(
+            f"  logger={logger:<12} {median[logger]:6.3f} s/epoch median, {fastest[logger]:6.3f} "
+            f"fastest (of {len(epochs[logger])})"
+        )
+    print(f"  logger=tensorboard takes {ratio:.3f}x logger=none's time per epoch (target <= 1.05)")
+    print(f"  fastest epochs: {fastest['tensorboard'] / fastest['none']:.3f}x")
+    result = {
+        "machine": machine,
+        "torch": torch.__version__,
+        "epochs": args.epochs,
+        "repeat": args.repeat,
+        "epoch_seconds": {k: [round(s, 3) for s in v] for k, v in epochs.items()},
+        "job_seconds": {k: [round(s, 3) for s in v] for k, v in walls.items()},
+        "median_epoch_seconds": {k: round(v, 3) for k, v in median.items()},
+        "fastest_epoch_seconds": {k: round(v, 3) for k, v in fastest.items()},
+        "ratio": round(ratio, 3),
+        "fastest_ratio": round(fastest["tensorboard"] / fastest["none"], 3),
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
