@@ -1,11 +1,15 @@
-"""d2lrun.tracking without a run: what is logged (flattened config, metric columns), the experiment's
-name, the MLflow store's path, the quick start-up check; and reload's merge when a logger changes."""
+"""d2lrun.tracking without the packages: what is logged (flattened config, metric columns), the
+experiment's name, the MLflow store's path, the quick start-up check, reload's merge when a logger
+changes; and when a run calls its tracker (each epoch once, the end after the files, on every exit)."""
 
 import os
 
+import pytest
+import torch
+
 from d2lrun.config import checked, compose
-from d2lrun.reload import merge_overrides, saved_overrides
-from d2lrun.tracking import experiment_name, flatten, metrics_of, quick_requests, why
+from d2lrun.reload import merge_overrides, resume_arguments, saved_overrides
+from d2lrun.tracking import Tracker, experiment_name, flatten, metrics_of, quick_requests, why
 
 
 def test_flatten_gives_dotted_keys_and_scalars_as_yaml_writes_them():
@@ -104,3 +108,77 @@ def test_why_keeps_the_os_error_of_a_long_client_message():
     )
     assert why(Exception(text)) == "[Errno 111] Connection refused"
     assert why(Exception("first line\nsecond")) == "first line"
+
+
+class Recorder(Tracker):
+    """A tracker that records what the run tells it, and when."""
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, config, rows):
+        self.calls.append(("start", [r["epoch"] for r in rows]))
+        return "run-1"
+
+    def log_epoch(self, row):
+        self.calls.append(("epoch", row["epoch"]))
+
+    def finish(self, status, summary, run_dir):
+        self.calls.append(
+            ("finish", status, summary["status"], sorted(p.name for p in run_dir.iterdir()))
+        )
+
+
+def recorder(monkeypatch) -> Recorder:
+    """The Recorder that d2lrun.job.train_job opens as its tracker from now on."""
+    import d2lrun.job as job
+
+    tracker = Recorder()
+    monkeypatch.setattr(job, "open_tracker", lambda *args, **kwargs: tracker)
+    return tracker
+
+
+def train(run, *overrides):
+    """train_job in this process, as `d2lrun OVERRIDES` composes it."""
+    from d2lrun.job import train_job
+
+    args = ["dataset.num_train=100", "trainer.progress=false", *overrides]
+    resume = [a.partition("=")[2] for a in args if a.startswith("resume=")]
+    args = resume_arguments(resume[0], args) if resume else args
+    return train_job(compose(args), run, args, log=lambda *_: None)
+
+
+def test_the_tracker_gets_each_epoch_once_and_the_end_after_the_files(tmp_path, monkeypatch):
+    tracker, run = recorder(monkeypatch), tmp_path / "run"
+    train(run, "trainer.epochs=3")
+    assert tracker.calls[:4] == [("start", []), ("epoch", 1), ("epoch", 2), ("epoch", 3)]
+    assert tracker.calls[4][:3] == ("finish", "completed", "completed") and len(tracker.calls) == 5
+    assert {"metrics.json", "metrics.csv", "curves.png", "model.pt"} <= set(tracker.calls[4][3])
+    assert torch.load(run / "last.pt", weights_only=True)["mlflow_run_id"] == "run-1"
+
+    tracker = recorder(monkeypatch)
+    train(tmp_path / "more", f"resume={run}", "trainer.epochs=5")
+    assert tracker.calls[:3] == [("start", [1, 2, 3]), ("epoch", 4), ("epoch", 5)]  # it has 1-3
+
+
+@pytest.mark.parametrize(
+    "error,status", [(KeyboardInterrupt, "interrupted"), (OSError(28, "No space"), "failed")]
+)
+def test_an_interrupted_or_failed_run_still_ends_its_tracked_run(
+    tmp_path, monkeypatch, error, status
+):
+    import d2lrun.trainer as trainer
+
+    tracker, real, epochs = recorder(monkeypatch), trainer.train_one_epoch, []
+
+    def train_one_epoch(*args, **kwargs):
+        epochs.append(1)
+        if len(epochs) == 2:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", train_one_epoch)
+    with pytest.raises((KeyboardInterrupt, OSError)):  # the run still ends as it would untracked
+        train(tmp_path / "run", "trainer.epochs=3")
+    assert tracker.calls[:2] == [("start", []), ("epoch", 1)]
+    assert tracker.calls[2][:3] == ("finish", status, status) and len(tracker.calls) == 3
