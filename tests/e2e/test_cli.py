@@ -40,7 +40,8 @@ def test_python_m_and_help_list_groups_and_keys():
 
     r = subprocess.run([sys.executable, "-m", "d2lrun", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    for text in ("model: lenet, linreg, mlp, softmax", "dataset: csv, fashion_mnist, synthetic",
+    for text in ("model: conv2d, lenet, linreg, mlp, softmax",
+                 "dataset: csv, fashion_mnist, kaggle_house, kernel, polynomial, synthetic",
                  "regularizer: dropout, l1, l2, none", "init: constant, default", "optim: adam, sgd",
                  "batch_size:", "epochs:", "device: auto", "d2lrun -m"):
         assert text in r.stdout, text

@@ -83,7 +83,7 @@ def test_predict_new_csv_rows_with_missing_values_and_unseen_categories(csv_run)
     r = run_cli(f"run={run}", f"input={tmp / 'new.csv'}", f"output={tmp / 'out.csv'}", tool="d2lrun-predict")
     assert r.returncode == 0, r.stderr
     out = pd.read_csv(tmp / "out.csv")
-    assert list(out.columns) == ["size", "color", "prediction"] and out["prediction"].tolist() == preds
+    assert list(out.columns) == ["size", "color", "label"] and out["label"].tolist() == preds  # named after the target
 
 
 def test_resume_is_bit_for_bit(tmp_path, fake_fmnist):
