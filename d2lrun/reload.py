@@ -272,7 +272,7 @@ def read_inputs(run: SavedRun, path: Path):
     if run.spec.get("preprocess") or path.suffix == ".csv":
         from d2lrun.data.csv import read_table
 
-        return read_table(path, "input")
+        return read_table(path, "input", run.spec.get("na_values"))
     if path.suffix == ".npy":
         import numpy as np
 

@@ -58,7 +58,10 @@ PROTOCOL = {
                          "optim.name": "sgd", "optim.lr": 0.03, "trainer.epochs": 10, "trainer.batch_size": 1},
 }
 # Out of tolerance on the real data, and why (experiments/README.md, "Notes on the table").
-KNOWN_MISSES = {"ch4_weight_decay λ=3": "‖w‖₂ ≈ 0.026·‖w₀‖₂, and seed 0 draws ‖w₀‖₂ = 15.0 where the book's was ≈ 13.7"}
+KNOWN_MISSES = {
+    "ch4_poly_underfit": "a line fitted to a cubic depends on the sampled x: seeds 0-5 give w[0] 3.18-3.37, "
+    "w[1] 3.30-5.44 around the population fit [3.3, 4.0]; the book's few runs gave 3.4-3.6, 3.6-4.0",
+}
 
 
 def compose_preset(name: str, *overrides: str):
@@ -108,6 +111,23 @@ def test_preset_trains_one_epoch_on_tiny_data(experiment, fake_fmnist, tmp_path,
     assert (run / "model.pt").exists() and json.loads((run / "metrics.json").read_text())["epochs_completed"] == 1
     one_epoch = [c.metric for c in experiment.checks if "@" not in c.metric or c.metric.endswith("@1")]
     assert all(m in result.values for m in one_epoch)
+
+
+FAST_PRESETS = [e for e in EXPERIMENTS if not e.preset.startswith(("ch3_softmax", "ch4_mlp", "ch4_dropout", "ch6_lenet",
+                                                                    "lenet_modern"))]
+
+
+@pytest.mark.parametrize("experiment", FAST_PRESETS, ids=lambda e: e.name)
+def test_presets_of_seconds_reach_the_books_numbers(experiment, tmp_path, request):
+    """The whole protocol of every preset that takes seconds on CPU, judged against the book in the default run."""
+    data = {}
+    if experiment.preset == "ch4_kaggle_house":
+        data["kaggle_house"] = [f"dataset.root={request.getfixturevalue('kaggle_house')}", "dataset.download=false"]
+    result = run_experiment(experiment, tmp_path, ["device=cpu", "trainer.progress=false"], data, log=lambda line: None)
+    assert result.status == "completed"
+    if not result.ok and experiment.name in KNOWN_MISSES:  # explained in experiments/README.md
+        pytest.xfail(KNOWN_MISSES[experiment.name])
+    assert result.ok, reproduce.table([result])
 
 
 @pytest.mark.parametrize("check,value,ok", [
@@ -170,5 +190,3 @@ def test_the_book_is_reproduced(real_fmnist, tmp_path):
     assert all(r.status == "completed" for r in results)
     misses = {r.experiment.name for r in results if not r.ok}
     assert misses <= set(KNOWN_MISSES), f"out of tolerance: {sorted(misses - set(KNOWN_MISSES))}"
-    lam3 = next(r for r in results if r.experiment.name == "ch4_weight_decay λ=3")
-    assert abs(lam3.values["w_norm"] - 0.35) / 0.35 < 0.15  # the known miss stays a near miss

@@ -19,15 +19,24 @@ from d2lrun.errors import UsageError
 from d2lrun.kfold import fold_rows
 
 
-def read_table(path: str | Path, key: str = "dataset.path") -> pd.DataFrame:
-    """Read a CSV file, turning every way it can be unreadable into one clear error."""
+def read_table(
+    path: str | Path, key: str = "dataset.path", na_values: list | None = None
+) -> pd.DataFrame:
+    """Read a CSV file, turning every way it can be unreadable into one clear error.
+
+    na_values: the strings that mean "missing", instead of pandas' own list.
+    """
     p, where = Path(str(path)).expanduser(), f"{key}={path}"
     if not p.exists():
         raise UsageError(f"{where}: no such file. Fix: {key}=<the path of a CSV file>.")
     if p.is_dir():
         raise UsageError(f"{where} is a directory, not a CSV file. Fix: {key}={path}/FILE.csv.")
     try:
-        frame = pd.read_csv(p)
+        frame = (
+            pd.read_csv(p)
+            if na_values is None
+            else pd.read_csv(p, keep_default_na=False, na_values=na_values)
+        )
     except UnicodeDecodeError as e:
         raise UsageError(
             f"{where} is not UTF-8 text (byte {e.start}). Fix: re-save the file as UTF-8."

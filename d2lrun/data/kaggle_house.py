@@ -16,6 +16,10 @@ from d2lrun.data.csv import read_table, table_splits
 from d2lrun.data.download import download
 
 DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"  # the book's DATA_HUB
+# pandas 1's missing-value markers, which the book read with: pandas 2 added "None", a real category
+# here (MasVnrType: no masonry veneer), and reading it as missing gives 330 columns, not the book's 331.
+BOOK_NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                  "<NA>", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"]  # fmt: skip
 FILES = {
     "train": ("kaggle_house_pred_train.csv", "585e9cc93e70b39160e7921475f9bcd7d31219ce"),
     "test": ("kaggle_house_pred_test.csv", "fa19780a7b011d9b009e8bff8e99922a8ee2eb90"),
@@ -43,7 +47,10 @@ def load(
     cfg: DictConfig, seed: int, fold: tuple[int, int] | None = None
 ) -> tuple[Split, Split, dict]:
     paths = find_files(cfg.root, cfg.download)
-    train = read_table(paths["train"], "dataset.root")
-    test = read_table(paths["test"], "dataset.root") if cfg.statistics == "train_and_test" else None
+    train = read_table(paths["train"], "dataset.root", BOOK_NA_VALUES)
+    fit_test = cfg.statistics == "train_and_test"
+    test = read_table(paths["test"], "dataset.root", BOOK_NA_VALUES) if fit_test else None
     # ddof=1: pandas' std, as the book's `(x - x.mean()) / (x.std())`.
-    return table_splits(train, cfg, seed, fold, paths["train"].name, also_fit=test, ddof=1)
+    splits = table_splits(train, cfg, seed, fold, paths["train"].name, also_fit=test, ddof=1)
+    splits[2]["na_values"] = BOOK_NA_VALUES  # new rows to predict are read the same way
+    return splits

@@ -10,7 +10,7 @@ import math
 import torch
 from omegaconf import DictConfig
 
-from d2lrun.data import Split
+from d2lrun.data import Split, data_generator
 from d2lrun.errors import UsageError
 
 
@@ -40,7 +40,7 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
             f"dataset.num_features={cfg.num_features} and dataset.true_w ({len(cfg.true_w)} values) "
             f"must not exceed dataset.max_degree={cfg.max_degree}. Fix: dataset.num_features=4."
         )
-    g = torch.Generator().manual_seed(seed)
+    g = data_generator(seed)
     n, d = cfg.num_train, cfg.num_features
     features, labels = poly_data(cfg.max_degree, list(cfg.true_w), n + cfg.num_val, cfg.noise, g)
     true_w = (list(cfg.true_w) + [0.0] * d)[:d]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.data import Split
+from d2lrun.data import Split, data_generator
 
 
 def true_params(cfg: DictConfig) -> tuple[torch.Tensor, float]:
@@ -26,7 +26,7 @@ def synthetic_data(
 
 def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
     w, b = true_params(cfg)
-    g = torch.Generator().manual_seed(seed)
+    g = data_generator(seed)
     X, y = synthetic_data(w, b, cfg.num_train + cfg.num_val, cfg.noise, g)
     n = cfg.num_train
     spec = {

@@ -14,14 +14,8 @@ class MLP(nn.Sequential):
     With one hidden layer and no dropout the keys are the book's 1.* and 3.*.
     """
 
-    def __init__(
-        self,
-        num_inputs: int,
-        num_outputs: int,
-        num_hiddens: list[int],
-        activation: str = "relu",
-        dropouts: list[float] | None = None,
-    ):
+    def __init__(self, num_inputs: int, num_outputs: int, num_hiddens: list[int],
+                 activation: str = "relu", dropouts: list[float] | None = None):  # fmt: skip
         dropouts = dropouts or [0.0] * len(num_hiddens)
         layers: list[nn.Module] = [nn.Flatten()]
         for fan_in, fan_out, p in zip([num_inputs, *num_hiddens], num_hiddens, dropouts):
@@ -44,14 +38,8 @@ class MLPScratch(nn.Module):
     init sets the weights (§4.2: N(0, 0.01²), biases 0), as for the concise MLP.
     """
 
-    def __init__(
-        self,
-        num_inputs: int,
-        num_outputs: int,
-        num_hiddens: list[int],
-        activation: str = "relu",
-        dropouts: list[float] | None = None,
-    ):
+    def __init__(self, num_inputs: int, num_outputs: int, num_hiddens: list[int],
+                 activation: str = "relu", dropouts: list[float] | None = None):  # fmt: skip
         super().__init__()
         sizes = [num_inputs, *num_hiddens, num_outputs]
         self.Ws = nn.ParameterList(

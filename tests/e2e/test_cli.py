@@ -40,7 +40,8 @@ def test_python_m_and_help_list_groups_and_keys():
 
     r = subprocess.run([sys.executable, "-m", "d2lrun", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    for text in ("model: lenet, linreg, mlp, softmax", "dataset: csv, fashion_mnist, synthetic",
+    for text in ("model: conv2d, lenet, linreg, mlp, softmax",
+                 "dataset: csv, fashion_mnist, kaggle_house, kernel, polynomial, synthetic",
                  "regularizer: dropout, l1, l2, none", "init: constant, default", "optim: adam, sgd",
                  "batch_size:", "epochs:", "device: auto", "d2lrun -m"):
         assert text in r.stdout, text
@@ -116,3 +117,15 @@ def test_real_fashion_mnist_softmax_one_epoch(tmp_path, real_fmnist):
     r = run_cli("model=softmax", "trainer.epochs=1", f"dataset.root={real_fmnist}", f"hydra.run.dir={run}", *FAST)
     assert r.returncode == 0, r.stderr
     assert json.loads((run / "metrics.json").read_text())["final"]["val_acc"] > 0.75
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_on_stderr_only(tmp_path):
+    """On a terminal (TTY_COMPATIBLE=1 tells rich it is one) the bar runs on stderr; stdout keeps the epoch lines."""
+    r = run_cli("dataset.num_train=20000", "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'run'}",
+                env={"TTY_COMPATIBLE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "epoch 1/2" in r.stderr and "━" in r.stderr  # the bar: its description and its line
+    assert "━" not in r.stdout and [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("epoch")] == [
+        "1/2", "2/2"]
+    r = run_cli("trainer.epochs=1", f"hydra.run.dir={tmp_path / 'piped'}")  # not a terminal: no bar
+    assert r.returncode == 0 and "━" not in r.stderr + r.stdout

@@ -64,14 +64,35 @@ def test_eval_of_best_checkpoint(image_run):
     assert json.loads(r.stdout.splitlines()[0])["val_acc"] == best["value"]
 
 
-def test_load_run_predicts_class_names_from_uint8_images(image_run):
+def test_load_run_predicts_the_test_images_with_the_runs_accuracy(image_run):
+    """The run's own test images, as raw uint8 (N, 28, 28): predictions score exactly the run's val_acc."""
+    from torchvision.datasets import FashionMNIST
+
     run, root = image_run
     loaded = load_run(run)
     assert not loaded.model.training
-    images = np.zeros((3, 28, 28), dtype=np.uint8)
-    preds = loaded.predict(images)
-    assert len(preds) == 3 and all(p in loaded.spec["class_names"] for p in preds)
-    assert len(loaded.predict(torch.zeros(28, 28, dtype=torch.uint8))) == 1
+    test = FashionMNIST(str(root), train=False)
+    preds = loaded.predict(test.data)
+    truth = [loaded.spec["class_names"][i] for i in test.targets]
+    accuracy = sum(p == t for p, t in zip(preds, truth)) / len(truth)
+    assert accuracy == json.loads((run / "metrics.json").read_text())["final"]["val_acc"] > 0.2  # chance: 0.1
+    assert loaded.predict(test.data[0]) == preds[:1]  # one image (28, 28)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".pt"])
+def test_predict_command_takes_npy_and_pt_images(image_run, tmp_path, suffix):
+    from torchvision.datasets import FashionMNIST
+
+    run, root = image_run
+    test = FashionMNIST(str(root), train=False)
+    path = tmp_path / f"images{suffix}"
+    np.save(path, test.data.numpy()) if suffix == ".npy" else torch.save(test.data, path)
+    r = run_cli(f"run={run}", f"input={path}", f"output={tmp_path / 'out.csv'}", tool="d2lrun-predict")
+    assert r.returncode == 0, r.stderr
+    assert pd.read_csv(tmp_path / "out.csv")["prediction"].tolist() == load_run(run).predict(test.data)
+    torch.save(torch.zeros(2, 32, 32, dtype=torch.uint8), path.with_suffix(".pt"))
+    r = run_cli(f"run={run}", f"input={path.with_suffix('.pt')}", tool="d2lrun-predict")
+    assert r.returncode == 2 and "images must be (N, 28, 28) uint8; got (2, 1, 32, 32)" in r.stderr
 
 
 def test_predict_new_csv_rows_with_missing_values_and_unseen_categories(csv_run):
@@ -83,7 +104,7 @@ def test_predict_new_csv_rows_with_missing_values_and_unseen_categories(csv_run)
     r = run_cli(f"run={run}", f"input={tmp / 'new.csv'}", f"output={tmp / 'out.csv'}", tool="d2lrun-predict")
     assert r.returncode == 0, r.stderr
     out = pd.read_csv(tmp / "out.csv")
-    assert list(out.columns) == ["size", "color", "prediction"] and out["prediction"].tolist() == preds
+    assert list(out.columns) == ["size", "color", "label"] and out["label"].tolist() == preds  # named after the target
 
 
 def test_resume_is_bit_for_bit(tmp_path, fake_fmnist):

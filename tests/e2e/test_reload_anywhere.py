@@ -88,7 +88,7 @@ def test_a_csv_run_given_by_a_relative_path_is_evaluated_and_predicted_from_any_
     r = run_cli("run=../runs/csv", "dataset.path=moved.csv", "input=new.csv", "output=out.csv",
                 tool="d2lrun-predict", cwd=elsewhere)
     assert r.returncode == 0, r.stderr
-    assert pd.read_csv(elsewhere / "out.csv")["prediction"].isin(["big", "small"]).all()
+    assert pd.read_csv(elsewhere / "out.csv")["label"].isin(["big", "small"]).all()
 
     r = run_cli("resume=../runs/csv", "dataset.path=moved.csv", "trainer.epochs=3", "hydra.run.dir=../runs/more",
                 *FAST, cwd=elsewhere)

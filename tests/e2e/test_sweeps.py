@@ -110,7 +110,7 @@ def test_joblib_launcher_gives_the_same_results_as_sequential_jobs(tmp_path):
     assert drop_seconds(summary(seq)) == drop_seconds(summary(par))
 
 
-@pytest.mark.slow  # ~15 s: submitit starts a Python process per job and polls them
+# ~15 s: submitit starts a Python process per job and polls them; in the default suite, so CI runs it
 def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
     s = tmp_path / "sweep"
     r = sweep(s, "hydra/launcher=submitit_local", "optim.lr=0.03,0.1", "trainer.epochs=1")

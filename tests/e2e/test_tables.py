@@ -88,7 +88,7 @@ def test_the_kaggle_submission_has_every_id_in_order(tmp_path, kaggle_house):
     r = run_cli("experiment=ch4_kaggle_house", "dataset.folds=null", "trainer.epochs=3",
                 f"dataset.root={kaggle_house}", "dataset.download=false", f"hydra.run.dir={run}", *FAST)
     assert r.returncode == 0, r.stderr
-    assert "linreg on kaggle_house (1,460 train / 0 val) on cpu, 331 parameters" in r.stdout
+    assert "linreg on kaggle_house (1,460 train / 0 val) on cpu, 332 parameters" in r.stdout
     r = run_cli(f"run={run}", f"input={kaggle_house / 'kaggle_house_pred_test.csv'}",
                 f"output={tmp_path / 'submission.csv'}", tool="d2lrun-predict")
     assert r.returncode == 0, r.stderr
@@ -127,6 +127,21 @@ def test_predicting_rows_without_the_training_columns_is_one_line(tmp_path):
     frame[["id", "origin"]].to_csv(tmp_path / "new.csv", index=False)
     r = run_cli(f"run={run}", f"input={tmp_path / 'new.csv'}", tool="d2lrun-predict")
     assert r.returncode == 2 and "lacks the column(s) ['weight', 'year'" in one_error_line(r, "d2lrun-predict")
-    frame[["weight", "origin", "year"]].to_csv(tmp_path / "no_id.csv", index=False)
+    frame[["weight", "origin", "year", "name"]].to_csv(tmp_path / "no_id.csv", index=False)
     r = run_cli(f"run={run}", f"input={tmp_path / 'no_id.csv'}", tool="d2lrun-predict")
     assert r.returncode == 2 and "lacks the column(s) ['id']" in one_error_line(r, "d2lrun-predict")
+
+
+def test_a_csv_of_100000_rows_trains(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 100_000
+    x = rng.normal(size=(n, 8))
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(8)]).assign(
+        kind=rng.choice(["a", "b", "c"], n), y=x @ np.arange(8) + rng.normal(0, 0.1, n))
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    run = tmp_path / "run"
+    r = run_cli("dataset=csv", f"dataset.path={tmp_path / 'big.csv'}", "dataset.target=y", "trainer.epochs=1",
+                "trainer.batch_size=256", f"hydra.run.dir={run}", *FAST)
+    assert r.returncode == 0, r.stderr
+    assert "linreg on csv (80,000 train / 20,000 val)" in r.stdout
+    assert summary_of(run)["final"]["val_rmse"] < 0.5  # the target's std is 11.8

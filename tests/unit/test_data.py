@@ -98,3 +98,11 @@ def test_datasets_are_decoded_once_per_process(fake_fmnist, monkeypatch):
     for _ in range(3):
         build_data(cfg, seed=0)
     assert len(calls) == 1
+
+
+def test_a_text_column_with_more_values_than_max_categories_is_not_one_hot_encoded():
+    features = pd.DataFrame({"x": np.arange(60.0), "name": [f"n{i}" for i in range(60)], "c": ["a", "b"] * 30})
+    stats = fit_preprocess(features, standardize=False, max_categories=50)
+    assert stats["dropped"] == ["name"] and stats["columns"] == ["x", "c_a", "c_b", "c_nan"]
+    kept = fit_preprocess(features, standardize=False, max_categories=60)
+    assert "name" in kept["categorical"] and len(kept["columns"]) == 1 + 61 + 3

@@ -41,3 +41,22 @@ def test_compiled_cuda_training_matches_eager(tmp_path, fake_fmnist):
     eager = final_acc(tmp_path, fake_fmnist, "eager", "device=cuda")
     fast = final_acc(tmp_path, fake_fmnist, "compiled", "device=cuda", "trainer.compile=true")
     assert abs(eager - fast) <= 0.01 + 1 / 32
+
+
+def test_compiled_tiny_model_trains_like_eager(tmp_path):
+    """trainer.compile=true in the default suite: torch.compile (inductor, the machine's C++ compiler) on a tiny
+    linear regression gives eager's metrics within float tolerance (here they are equal)."""
+    import csv
+
+    def rows(name, *extra):
+        r = run_cli("trainer.epochs=2", "dataset.num_train=200", f"hydra.run.dir={tmp_path / name}",
+                    "trainer.progress=false", *extra, timeout=600)
+        assert r.returncode == 0, r.stderr
+        with open(tmp_path / name / "metrics.csv") as f:
+            return [{k: float(v) for k, v in row.items() if k not in ("seconds", "examples_per_s")}
+                    for row in csv.DictReader(f)]
+
+    eager, fast = rows("eager"), rows("compiled", "trainer.compile=true")
+    assert len(fast) == 2 and "note:" not in str(fast)
+    for a, b in zip(eager, fast):
+        assert a == pytest.approx(b, rel=1e-5)

@@ -88,3 +88,15 @@ def test_init_schemes_set_weights_and_zero_biases(init, check, impl):
     first = weights[0] if impl == "concise" else weights[0].T  # scratch stores (fan_in, fan_out)
     assert check(first)
     assert all(torch.all(p == 0) for p in net.parameters() if p.ndim == 1)
+
+
+def test_modern_lenet_with_batch_norm_normalizes_in_training_only():
+    net = build_model(model_cfg("lenet", variant="modern", batch_norm=True), IMAGES)
+    kinds = [type(m).__name__ for m in net]
+    assert kinds.count("BatchNorm2d") == 2 and kinds.count("BatchNorm1d") == 2 and "ReLU" in kinds
+    x = torch.rand(16, 1, 28, 28)
+    net.train()
+    out = net(x)
+    assert out.shape == (16, 10) and net[1].running_mean.abs().sum() > 0  # statistics were updated
+    net.eval()
+    assert not torch.allclose(net(x), out)  # running statistics, not the batch's, at evaluation

@@ -21,6 +21,8 @@ REGRESSION = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "nu
 IMAGES = {"dataset": "fashion_mnist", "task": "classification", "num_inputs": 784, "num_outputs": 10,
           "image_shape": [1, 28, 28]}
 MODELS = {"linreg": {"name": "linreg", "bias": True}, "softmax": {"name": "softmax"},
+          "mlp_sigmoid": {"name": "mlp", "num_hiddens": [32], "activation": "sigmoid", "dropout": 0.0},
+          "mlp_tanh": {"name": "mlp", "num_hiddens": [32, 16], "activation": "tanh", "dropout": 0.0},
           "mlp": {"name": "mlp", "num_hiddens": [32], "activation": "relu", "dropout": 0.0},
           "mlp2": {"name": "mlp", "num_hiddens": [32, 16], "activation": "relu", "dropout": 0.0}}
 
@@ -102,7 +104,8 @@ def test_linreg_book_losses_differ_by_the_half():
     torch.testing.assert_close(2 * a, b, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("key,lr", [("softmax", 0.1), ("mlp", 0.1), ("mlp2", 0.5)])
+@pytest.mark.parametrize("key,lr", [("softmax", 0.1), ("mlp", 0.1), ("mlp2", 0.5), ("mlp_sigmoid", 0.5),
+                                    ("mlp_tanh", 0.3)])
 def test_classifier_same_loss_same_curve(key, lr):
     """Each impl with its own loss (hand-written stable cross-entropy vs F.cross_entropy) and optimizer."""
     data = image_data()

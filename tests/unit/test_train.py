@@ -106,12 +106,28 @@ def test_train_one_epoch_accumulates_on_device_and_counts_correct():
     y = (X[:, 0] > 0).long()
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     out = train_one_epoch(model, torch.nn.functional.cross_entropy, opt, Split(X, y), 8,
                           torch.Generator().manual_seed(0), classify=True)
     assert out["loss_sum"].ndim == 0 and out["batch_losses"].shape == (4,)  # last partial batch kept
-    assert 0 <= out["correct"].item() <= 30
+    # The counts are of the predictions made while training: recompute them batch by batch, in the same order.
+    perm, correct, losses = torch.randperm(30, generator=torch.Generator().manual_seed(0)), 0, []
+    model.load_state_dict(before)
+    replay = torch.optim.SGD(model.parameters(), lr=0.1)
+    for i in range(0, 30, 8):
+        idx = perm[i:i + 8]
+        y_hat = model(X[idx])
+        loss = torch.nn.functional.cross_entropy(y_hat, y[idx])
+        correct += (y_hat.argmax(1) == y[idx]).sum().item()
+        losses.append(loss.item())
+        replay.zero_grad()
+        loss.backward()
+        replay.step()
+    assert out["correct"].item() == correct
+    torch.testing.assert_close(out["batch_losses"], torch.tensor(losses))
     metrics = evaluate(model, torch.nn.functional.cross_entropy, Split(X, y), classify=True)
-    assert set(metrics) == {"loss", "acc"}
+    assert metrics["acc"] == pytest.approx((model(X).argmax(1) == y).float().mean().item())
+    assert metrics["loss"] == pytest.approx(torch.nn.functional.cross_entropy(model(X), y).item(), rel=1e-6)
 
 
 def test_scratch_losses_match_torch():
@@ -136,3 +152,33 @@ def test_an_overflowing_sum_of_finite_losses_is_divergence_too(tmp_path, monkeyp
     model = linreg()
     with pytest.raises(Diverged, match=r"became 3e\+37 at epoch 1, batch \d+"):
         run_fit(tmp_path, model, sgd(model))
+
+
+def test_l1_training_drives_the_useless_weights_to_zero(tmp_path):
+    """§4.5's L1 term in the loop: with 10 inputs of which only the first matters, lambd 0.3 leaves the other
+    nine weights far smaller than plain training does, and still learns the first."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 10, generator=g)
+    data = Split(X, (3 * X[:, :1] + 0.5 * torch.randn(200, 1, generator=g)))
+    spec = {**SPEC, "num_inputs": 10}
+    weights = {}
+    for l1 in (0.0, 0.3):
+        torch.manual_seed(0)
+        model = build_model(OmegaConf.create({"name": "linreg", "impl": "concise", "bias": True}), spec)
+        (tmp_path / str(l1)).mkdir()
+        trainer = Trainer(epochs=20, batch_size=10, checkpoint_every=20, progress=False, compile=False)
+        fit(model, sgd(model, lr=0.02), torch.nn.functional.mse_loss, data, data, trainer, l1, tmp_path / str(l1),
+            torch.Generator().manual_seed(0), History(), {"config": {}, "spec": spec}, log=lambda *_: None)
+        weights[l1] = model[0].weight.detach().reshape(-1)
+    assert weights[0.3][1:].abs().sum() < 0.5 * weights[0.0][1:].abs().sum()
+    assert abs(weights[0.3][0] - 3) < 0.25  # the L1 optimum: 3 - λ/2
+
+
+def test_best_pt_holds_the_best_epoch(tmp_path):
+    """best.pt is the epoch with the lowest validation loss, not the last one."""
+    model = linreg()
+    history = run_fit(tmp_path, model, sgd(model, lr=0.6), epochs=6)  # a large step: the loss bounces
+    best = min(history.rows, key=lambda r: r["val_loss"])
+    saved = load_checkpoint(tmp_path / "best.pt")
+    assert saved["epoch"] == best["epoch"] == history.best["epoch"]
+    assert saved["best"]["value"] == best["val_loss"]
