@@ -35,8 +35,10 @@ def train(
     if not k:
         return train_job(cfg, run_dir, overrides, log, sweep_dir=sweep_dir)
     if cfg.resume:
-        raise UsageError(f"resume= continues one run, and dataset.folds={k} trains {k}. "
-                         f"Fix: resume one fold, e.g. resume=RUN/fold_0 dataset.folds=null.")  # fmt: skip
+        raise UsageError(
+            f"resume= continues one run, and dataset.folds={k} trains {k}. "
+            f"Fix: resume one fold, e.g. resume=RUN/fold_0 dataset.folds=null."
+        )
     wall, finals = time.perf_counter(), []
     for i in range(k):
         log(f"fold {i + 1}/{k}")
@@ -190,8 +192,9 @@ def check_positive_target(train_split, val_split, spec: dict) -> None:
     y = torch.cat([train_split.y, val_split.y]).reshape(-1) * scale["std"] + scale["mean"]
     if len(y) and y.min().item() <= 0:
         raise UsageError(
-            f"trainer.log_rmse=true takes the log of the target, and {spec.get('target', 'it')} has "
-            f"values <= 0 (smallest {y.min().item():.4g}). Fix: trainer.log_rmse=false."
+            f"trainer.log_rmse=true takes the log of the target, and "
+            f"{spec.get('target', 'it')} has values <= 0 (smallest {y.min().item():.4g}). "
+            f"Fix: trainer.log_rmse=false."
         )
 
 

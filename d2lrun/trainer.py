@@ -43,7 +43,8 @@ def sum_squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def loss_for(task: str, kind: str):
-    """The book's loss: squared loss (scratch, §3.2), MSELoss (§3.3) or its sum (§6.2.4); cross-entropy.
+    """The book's loss: squared loss (scratch, §3.2), MSELoss (§3.3) or its sum (§6.2.4);
+    cross-entropy.
 
     kind is d2lrun.models.loss_kind: "scratch", "concise" or "sum".
     """
@@ -72,7 +73,7 @@ def train_one_epoch(
     classify: bool = False,
     on_batch=None,
 ) -> dict[str, torch.Tensor]:
-    """One pass over shuffled minibatches; returns device tensors (loss sum, correct, per-batch loss)."""
+    """One pass over shuffled minibatches; returns device tensors (loss sum, correct, losses)."""
     model.train()
     device = data.X.device
     n = len(data)
@@ -109,8 +110,9 @@ def evaluate(
     scale: dict | None = None,
     log_rmse: bool = False,
 ) -> dict[str, float]:
-    """Mean loss over a split, in order, in evaluation mode (dropout off); accuracy for classes, and for
-    regression the RMSE (and the book's log RMSE, §4.10) in the target's own units (scale undoes scaling)."""
+    """Mean loss over a split, in order, in evaluation mode (dropout off); accuracy for classes, and
+    for regression the RMSE (and the book's log RMSE, §4.10) in the target's own units (scale undoes
+    the target's scaling)."""
     model.eval()
     device = data.X.device
     loss_sum, correct = (
@@ -257,15 +259,16 @@ def diverged(batch_losses: torch.Tensor, batch_size: int, epoch: int, optimizer)
     first = (~torch.isfinite(running)).nonzero()
     bad = int(first[0]) if len(first) else len(running) - 1
     return Diverged(
-        f"the training loss became {batch_losses[bad].item():.4g} at epoch {epoch}, batch {bad + 1}. "
-        f"Fix: lower optim.lr (now {optimizer.param_groups[0]['lr']:g})."
+        f"the training loss became {batch_losses[bad].item():.4g} at epoch {epoch}, "
+        f"batch {bad + 1}. Fix: lower optim.lr (now {optimizer.param_groups[0]['lr']:g})."
     )
 
 
 def compiled(model: nn.Module, device: torch.device, log=print) -> nn.Module:
     """trainer.compile=true: torch.compile the model; on CUDA with CUDA graphs ("reduce-overhead"),
     which removes the per-kernel launch cost that dominates tiny models. The last, smaller batch
-    compiles once more; nothing is dropped. Falls back to eager, with one line, where it cannot apply."""
+    compiles once more; nothing is dropped. Falls back to eager, with one line, where it cannot
+    apply."""
     import shutil
 
     if device.type == "cpu" and not (
@@ -277,7 +280,8 @@ def compiled(model: nn.Module, device: torch.device, log=print) -> nn.Module:
         return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
     except Exception as e:  # unsupported Python or platform
         log(
-            f"note: trainer.compile=true is not available here ({type(e).__name__}: {e}); training eagerly"
+            f"note: trainer.compile=true is not available here ({type(e).__name__}: {e}); "
+            f"training eagerly"
         )
         return model
 

@@ -29,7 +29,8 @@ SPLIT_FOLDS_THEMSELVES = ("csv", "kaggle_house")
 
 @dataclass
 class Split:
-    """One split as whole tensors: X is float features or uint8 images (N, C, H, W); y is (N, 1) or (N,)."""
+    """One split as whole tensors: X is float features or uint8 images (N, C, H, W); y is (N, 1)
+    or (N,)."""
 
     X: torch.Tensor
     y: torch.Tensor
@@ -73,7 +74,7 @@ def build_data(
 
 
 def fold_splits(train: Split, cfg: DictConfig, seed: int, fold: tuple[int, int], spec: dict):
-    """Fold i of k over generated training examples: the held-out part becomes the validation split."""
+    """Fold i of k over generated training examples; the held-out part is the validation split."""
     from d2lrun.kfold import fold_rows
 
     keep, held_out = (

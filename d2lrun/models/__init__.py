@@ -52,8 +52,8 @@ def is_scratch(cfg: DictConfig) -> bool:
 
 
 def loss_kind(cfg: DictConfig) -> str:
-    """Which of the book's losses trains this model (d2lrun.trainer.loss_for): §6.2.4 sums the squared
-    errors of conv2d, impl=scratch uses the hand-written losses, the rest nn's."""
+    """Which of the book's losses trains this model (d2lrun.trainer.loss_for): §6.2.4 sums the
+    squared errors of conv2d, impl=scratch uses the hand-written losses, the rest nn's."""
     return "sum" if cfg.name == "conv2d" else "scratch" if is_scratch(cfg) else "concise"
 
 

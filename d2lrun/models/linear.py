@@ -25,7 +25,7 @@ class LinearRegression(nn.Sequential):
 
 
 class LinearRegressionScratch(nn.Module):
-    """§3.2: w of shape (num_inputs, 1) and b, y_hat = Xw + b; init sets them (§3.2: N(0, 0.01²), 0).
+    """§3.2: w of shape (num_inputs, 1) and b, y_hat = Xw + b; init sets them (N(0, 0.01²), 0).
 
     Raw tensors are laid out (fan_in, fan_out), as the book writes them.
     """
