@@ -8,6 +8,7 @@ the host. Checkpoints, metrics rows and the progress bar are plain lines at the 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +206,9 @@ def fit(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=console, transient=True,
         disable=not (trainer.progress and (console.is_terminal or console.is_jupyter)),
+        # Epoch lines printed while the bar runs: above it on a terminal, but into stdout itself when
+        # that is a file or a pipe (`d2lrun | tee log`), not into the bar's stderr.
+        redirect_stdout=sys.stdout.isatty(),
     )  # fmt: skip
     task = progress.add_task("", total=math.ceil(len(train) / trainer.batch_size))
     net = compiled(model, train.X.device, log) if trainer.compile else model  # model: plain keys
