@@ -1,4 +1,5 @@
 """experiments/benchmark.py runs all three loops and writes its JSON (no timing is asserted here)."""
+
 import json
 import os
 import subprocess
@@ -10,36 +11,90 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_benchmark_runs_the_three_loops(tmp_path, fake_fmnist):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--device", "cpu", "--epochs", "2",
-                        "--root", str(fake_fmnist), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "benchmark.py"),
+            "--device",
+            "cpu",
+            "--epochs",
+            "2",
+            "--root",
+            str(fake_fmnist),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     assert set(result["results"]) == {"book", "minimal", "d2lrun"}
     assert set(result["ratios"]) == {"a_over_c", "c_over_b"}
-    assert all(len(v["epoch_seconds"]) == 2 and 0 <= v["test_acc"] <= 1 for v in result["results"].values())
+    assert all(
+        len(v["epoch_seconds"]) == 2 and 0 <= v["test_acc"] <= 1 for v in result["results"].values()
+    )
     assert "faster than the book's loop (a/c)" in r.stdout
 
 
 def test_startup_script_times_d2lrun_against_a_bare_hydra_app(tmp_path):
     """experiments/startup.py runs and reports both ratios (a smoke test: no timing is asserted)."""
     out = tmp_path / "startup.json"
-    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "startup.py"), "--repeat", "1", "--out", str(out)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "startup.py"),
+            "--repeat",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
-    assert set(result["median_seconds"]) == {"d2lrun --help", "minimal app --help", "d2lrun (default run)",
-                                             "import torch + minimal app run"}
+    assert set(result["median_seconds"]) == {
+        "d2lrun --help",
+        "minimal app --help",
+        "d2lrun (default run)",
+        "import torch + minimal app run",
+    }
     assert result["help_ratio"] > 0 and result["run_ratio"] > 0 and "--help takes" in r.stdout
 
 
 def test_logger_overhead_script_times_each_logger_against_none(tmp_path, fake_fmnist):
     """experiments/logger_overhead.py runs the three loggers and reports ratios (no timing is asserted)."""
     out = tmp_path / "overhead.json"
-    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "logger_overhead.py"), "--epochs", "2",
-                        "--repeat", "1", "--root", str(fake_fmnist), "--out", str(out)],
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "logger_overhead.py"),
+            "--epochs",
+            "2",
+            "--repeat",
+            "1",
+            "--root",
+            str(fake_fmnist),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        },
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
-    assert {k: len(v) for k, v in result["epoch_seconds"].items()} == {"none": 1, "tensorboard": 1, "mlflow": 1}
+    assert {k: len(v) for k, v in result["epoch_seconds"].items()} == {
+        "none": 1,
+        "tensorboard": 1,
+        "mlflow": 1,
+    }
     assert result["ratio"]["none"] == 1 and result["ratio"]["mlflow"] > 0 and "x none)" in r.stdout

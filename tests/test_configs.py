@@ -1,5 +1,6 @@
 """Compose every option of every config group on disk: file stem = name = schema = registry key, every
 key commented, and the schema in force (a wrong type fails while Hydra composes)."""
+
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,19 @@ from d2lrun.models import MODELS
 from d2lrun.models.init import INITS
 from d2lrun.tracking import LOGGERS
 
-REGISTRIES = {"dataset": DATASETS, "model": MODELS, "optim": ("sgd", "adam"),
-              "regularizer": ("none", "l1", "l2", "dropout"), "init": INITS, "logger": LOGGERS}
-OPTIONS = [(group, p.stem) for group in REGISTRIES for p in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))]
+REGISTRIES = {
+    "dataset": DATASETS,
+    "model": MODELS,
+    "optim": ("sgd", "adam"),
+    "regularizer": ("none", "l1", "l2", "dropout"),
+    "init": INITS,
+    "logger": LOGGERS,
+}
+OPTIONS = [
+    (group, p.stem)
+    for group in REGISTRIES
+    for p in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))
+]
 FILES = sorted(Path(CONFIG_DIR).glob("**/*.yaml")) + sorted(EXPERIMENTS_DIR.glob("*.yaml"))
 NEEDS = {"csv": ["dataset.path=x.csv", "dataset.target=y"], "lenet": [], "dropout": ["model=mlp"]}
 
@@ -52,18 +63,32 @@ def test_every_key_has_a_comment(path):
 
 def test_defaults_and_smart_dataset_choice():
     cfg = compose()
-    assert (cfg.model.name, cfg.dataset.name, cfg.trainer.batch_size, cfg.optim.lr) == ("linreg", "synthetic", 10, 0.03)
+    assert (cfg.model.name, cfg.dataset.name, cfg.trainer.batch_size, cfg.optim.lr) == (
+        "linreg",
+        "synthetic",
+        10,
+        0.03,
+    )
     cfg = compose(["model=lenet"])
-    assert (cfg.dataset.name, cfg.trainer.batch_size, cfg.optim.lr, cfg.init.name) == ("fashion_mnist", 256, 0.9, "xavier")
+    assert (cfg.dataset.name, cfg.trainer.batch_size, cfg.optim.lr, cfg.init.name) == (
+        "fashion_mnist",
+        256,
+        0.9,
+        "xavier",
+    )
     assert compose(["model=linreg"]).dataset.name == "synthetic"
-    assert compose(["model=mlp", "dataset=synthetic"]).dataset.name == "synthetic"  # explicit dataset wins
+    assert (
+        compose(["model=mlp", "dataset=synthetic"]).dataset.name == "synthetic"
+    )  # explicit dataset wins
     assert compose(["model=lenet", "optim=adam"]).optim.lr == 0.001  # Adam's own step size
     assert compose(["regularizer=l2"]).optim.weight_decay == 0.001  # one knob for L2
     assert compose(["regularizer=l2", "optim.weight_decay=0.1"]).optim.weight_decay == 0.1
 
 
 def test_regularizers_combine_where_they_act():
-    cfg = compose(["model=mlp", "regularizer=dropout", "regularizer.lambd=1e-3", "optim.weight_decay=1e-2"])
+    cfg = compose(
+        ["model=mlp", "regularizer=dropout", "regularizer.lambd=1e-3", "optim.weight_decay=1e-2"]
+    )
     assert (cfg.model.dropout, cfg.regularizer.lambd, cfg.optim.weight_decay) == (0.5, 1e-3, 1e-2)
     assert compose(["model=mlp"]).model.dropout == 0.0 and compose().regularizer.lambd == 0.0
 
@@ -72,5 +97,8 @@ def test_every_preset_names_an_option_of_each_group_it_overrides():
     for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
         cfg = compose([f"experiment={path.stem}"])
         for group in SCHEMAS:
-            assert OmegaConf.get_type(cfg[group]) is SCHEMAS[group][cfg[group].name], (path.stem, group)
+            assert OmegaConf.get_type(cfg[group]) is SCHEMAS[group][cfg[group].name], (
+                path.stem,
+                group,
+            )
         assert yaml.safe_load(path.read_text())  # plain YAML

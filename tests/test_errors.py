@@ -1,5 +1,6 @@
 """Bad input and faults: one clear line naming the bad value and the fix, the right exit code,
 no traceback, and nothing already saved damaged."""
+
 import json
 import os
 
@@ -38,26 +39,44 @@ def csv_run(tmp_path, capsys, content, *extra, target="y"):
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content)
-    code = run_in_process(tmp_path, "dataset=csv", f"dataset.path={path}", f"dataset.target={target}",
-                          "trainer.epochs=1", *extra)
+    code = run_in_process(
+        tmp_path,
+        "dataset=csv",
+        f"dataset.path={path}",
+        f"dataset.target={target}",
+        "trainer.epochs=1",
+        *extra,
+    )
     return code, capsys.readouterr().err
 
 
 GOOD = "x,c,y\n" + "".join(f"{i},{'ab'[i % 2]},{i * 2}\n" for i in range(20))
 
 
-@pytest.mark.parametrize("name,content,target,match", [
-    ("missing file", None, "y", "no such file"),
-    ("empty", "", "y", "is empty"),
-    ("header only", "x,y\n", "y", "has a header but no data rows"),
-    ("target absent", GOOD, "price", "dataset.target=price is not a column of .*; its columns are: x, c, y"),
-    ("not utf-8", b"x,y\n\xff\xfe,1\n2,3\n", "y", "is not UTF-8 text"),
-    ("ragged", "x,y\n1,2\n3,4,5,6\n", "y", "ragged rows"),
-    ("single row", "x,y\n1,2\n", "y", "has 1 labelled row"),
-    ("class only in validation", "x,y\n" + "".join(f"{i},{'a' if i < 19 else 'b'}\n" for i in range(20)), "y",
-     "occur only in the validation rows"),
-    ("no features", "y\n1\n2\n3\n4\n", "y", "no usable feature column"),
-])
+@pytest.mark.parametrize(
+    "name,content,target,match",
+    [
+        ("missing file", None, "y", "no such file"),
+        ("empty", "", "y", "is empty"),
+        ("header only", "x,y\n", "y", "has a header but no data rows"),
+        (
+            "target absent",
+            GOOD,
+            "price",
+            "dataset.target=price is not a column of .*; its columns are: x, c, y",
+        ),
+        ("not utf-8", b"x,y\n\xff\xfe,1\n2,3\n", "y", "is not UTF-8 text"),
+        ("ragged", "x,y\n1,2\n3,4,5,6\n", "y", "ragged rows"),
+        ("single row", "x,y\n1,2\n", "y", "has 1 labelled row"),
+        (
+            "class only in validation",
+            "x,y\n" + "".join(f"{i},{'a' if i < 19 else 'b'}\n" for i in range(20)),
+            "y",
+            "occur only in the validation rows",
+        ),
+        ("no features", "y\n1\n2\n3\n4\n", "y", "no usable feature column"),
+    ],
+)
 def test_csv_mistakes(tmp_path, capsys, name, content, target, match):
     code, err = csv_run(tmp_path, capsys, content, target=target)
     assert code == 2, err
@@ -90,9 +109,13 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, capsys):
     # lr 0.5 trains for a while on the default data, then 1e4 would blow up: resume with a huge lr.
     assert run_in_process(tmp_path, "trainer.epochs=1") == 0
     good = (tmp_path / "run" / "last.pt").read_bytes()
-    code = run_in_process(tmp_path, f"resume={tmp_path / 'run'}", "optim.lr=1e6", "trainer.epochs=3")
+    code = run_in_process(
+        tmp_path, f"resume={tmp_path / 'run'}", "optim.lr=1e6", "trainer.epochs=3"
+    )
     line = one_line(capsys)
-    assert code == 1 and "diverged" in line and "epoch 2, batch" in line and "lower optim.lr" in line
+    assert (
+        code == 1 and "diverged" in line and "epoch 2, batch" in line and "lower optim.lr" in line
+    )
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert summary["status"] == "diverged" and "epoch 2" in summary["reason"]
     assert (tmp_path / "run" / "last.pt").read_bytes() == good
@@ -106,7 +129,9 @@ def test_a_failing_write_leaves_no_half_written_checkpoint(tmp_path, capsys, mon
 
     def failing_fsync(fd):
         calls.append(fd)
-        if len(calls) > 4:  # epoch 1 wrote best.pt and last.pt (and fsynced each file and its folder)
+        if (
+            len(calls) > 4
+        ):  # epoch 1 wrote best.pt and last.pt (and fsynced each file and its folder)
             raise OSError(28, "No space left on device")
         return real_fsync(fd)
 
@@ -121,12 +146,19 @@ def test_a_failing_write_leaves_no_half_written_checkpoint(tmp_path, capsys, mon
 def test_unwritable_output_directory(tmp_path):
     (tmp_path / "file").write_text("")
     r = run_cli(f"hydra.run.dir={tmp_path / 'file' / 'run'}")
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot write the output directory" in r.stderr
+    assert (
+        r.returncode == 1
+        and r.stderr.count("\n") == 1
+        and "cannot write the output directory" in r.stderr
+    )
 
 
-@pytest.mark.parametrize("args,match", [
-    (["model=lenet", "dataset.download=false"], "dataset.download=false"),  # offline, no files
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["model=lenet", "dataset.download=false"], "dataset.download=false"),  # offline, no files
+    ],
+)
 def test_fashion_mnist_without_files(tmp_path, args, match):
     r = run_cli(*args, f"dataset.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 2 and match in r.stderr and "train-images-idx3-ubyte.gz" in r.stderr
@@ -136,32 +168,48 @@ def test_fashion_mnist_without_files(tmp_path, args, match):
 def test_fashion_mnist_damaged_file(tmp_path, fake_fmnist):
     images = fake_fmnist / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:5000])
-    r = run_cli("model=softmax", f"dataset.root={fake_fmnist}", "dataset.download=false",
-                f"hydra.run.dir={tmp_path / 'run'}")
+    r = run_cli(
+        "model=softmax",
+        f"dataset.root={fake_fmnist}",
+        "dataset.download=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert r.returncode == 2 and "are damaged" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_fashion_mnist_root_not_writable(tmp_path):
     (tmp_path / "file").write_text("")
-    r = run_cli("model=softmax", f"dataset.root={tmp_path / 'file'}", f"hydra.run.dir={tmp_path / 'run'}")
+    r = run_cli(
+        "model=softmax", f"dataset.root={tmp_path / 'file'}", f"hydra.run.dir={tmp_path / 'run'}"
+    )
     assert r.returncode == 1 and "is not writable" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_hydra_full_error_shows_the_traceback(tmp_path):
-    r = run_cli("trainer.epochs=0", f"hydra.run.dir={tmp_path / 'run'}", env={"HYDRA_FULL_ERROR": "1"})
+    r = run_cli(
+        "trainer.epochs=0", f"hydra.run.dir={tmp_path / 'run'}", env={"HYDRA_FULL_ERROR": "1"}
+    )
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
 # Random CSVs: NaN patterns, mixed types, unicode and duplicate headers, numeric-looking strings, empty columns.
-cell = st.one_of(st.none(), st.integers(-5, 5), st.floats(-1e3, 1e3, allow_nan=False),
-                 st.sampled_from(["a", "b", "ü", "1,5", "007", "", "NaN", "true", " x "]))
+cell = st.one_of(
+    st.none(),
+    st.integers(-5, 5),
+    st.floats(-1e3, 1e3, allow_nan=False),
+    st.sampled_from(["a", "b", "ü", "1,5", "007", "", "NaN", "true", " x "]),
+)
 header = st.sampled_from(["x", "y", "é", "x", "名前", "a b", "1", "y"])
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(columns=st.lists(header, min_size=1, max_size=4), rows=st.lists(st.lists(cell, min_size=4, max_size=4),
-                                                                      min_size=0, max_size=12),
-       target=st.sampled_from(["y", "x", "é"]))
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    columns=st.lists(header, min_size=1, max_size=4),
+    rows=st.lists(st.lists(cell, min_size=4, max_size=4), min_size=0, max_size=12),
+    target=st.sampled_from(["y", "x", "é"]),
+)
 def test_random_csvs_train_or_fail_in_one_line(tmp_path_factory, columns, rows, target):
     import csv
     import io
@@ -171,10 +219,16 @@ def test_random_csvs_train_or_fail_in_one_line(tmp_path_factory, columns, rows, 
     writer = csv.writer(buf)
     writer.writerow(columns)
     for row in rows:
-        writer.writerow(["" if v is None else v for v in row[:len(columns)]])
+        writer.writerow(["" if v is None else v for v in row[: len(columns)]])
     (tmp / "data.csv").write_text(buf.getvalue(), encoding="utf-8")
-    cfg_overrides = ["dataset=csv", f"dataset.path={tmp / 'data.csv'}", f"dataset.target='{target}'",
-                     "trainer.epochs=1", "model=mlp", "model.num_hiddens=[4]"]
+    cfg_overrides = [
+        "dataset=csv",
+        f"dataset.path={tmp / 'data.csv'}",
+        f"dataset.target='{target}'",
+        "trainer.epochs=1",
+        "model=mlp",
+        "model.num_hiddens=[4]",
+    ]
     import contextlib
 
     err = io.StringIO()
@@ -183,10 +237,19 @@ def test_random_csvs_train_or_fail_in_one_line(tmp_path_factory, columns, rows, 
     errors = [ln for ln in err.getvalue().splitlines() if ln.startswith("d2lrun: error:")]
     assert (code == 0) == (not errors) and len(errors) <= 1
     # A table is refused only for what is really wrong with it, never with a crash or a runtime failure.
-    legitimate = ("is empty", "has a header but no data rows", "is not a column of", "labelled row(s): too few",
-                  "no usable feature column", "occur only in the validation rows", "is not numeric",
-                  "the training loss became")  # a wild numeric column may still make SGD diverge
-    assert code in (0, 1, 2) and all(any(reason in e for reason in legitimate) for e in errors), errors
+    legitimate = (
+        "is empty",
+        "has a header but no data rows",
+        "is not a column of",
+        "labelled row(s): too few",
+        "no usable feature column",
+        "occur only in the validation rows",
+        "is not numeric",
+        "the training loss became",
+    )  # a wild numeric column may still make SGD diverge
+    assert code in (0, 1, 2) and all(any(reason in e for reason in legitimate) for e in errors), (
+        errors
+    )
     if code == 1:
         assert "the training loss became" in errors[0]
 

@@ -1,4 +1,5 @@
 """A non-editable install ships every config: the wheel holds configs/ and the experiment presets."""
+
 import os
 import subprocess
 import sys
@@ -13,15 +14,32 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT),
-                        "-w", str(out)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(ROOT),
+            "-w",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     return next(out.glob("d2lrun-*.whl"))
 
 
 def test_wheel_holds_every_config_and_preset_and_nothing_else_of_theirs(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    configs = {f"d2lrun/configs/{p.relative_to(ROOT / 'configs')}" for p in (ROOT / "configs").glob("**/*.yaml")}
+    configs = {
+        f"d2lrun/configs/{p.relative_to(ROOT / 'configs')}"
+        for p in (ROOT / "configs").glob("**/*.yaml")
+    }
     presets = {f"d2lrun/experiments/{p.name}" for p in (ROOT / "experiments").glob("*.yaml")}
     assert configs <= names and presets <= names and len(presets) >= 12
     shipped = {n for n in names if n.startswith(("d2lrun/configs/", "d2lrun/experiments/"))}
@@ -33,10 +51,30 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = {**os.environ, "PYTHONPATH": str(site)}
-    r = subprocess.run([sys.executable, "-m", "d2lrun", "experiment=ch3_linreg_concise", "trainer.progress=false",
-                        f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "d2lrun",
+            "experiment=ch3_linreg_concise",
+            "trainer.progress=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert "error in estimating w" in r.stdout and (tmp_path / "run" / "model.pt").exists()
-    r = subprocess.run([sys.executable, "-c", "import d2lrun.config as c; print(c.CONFIG_DIR, c.EXPERIMENTS_DIR)"],
-                       capture_output=True, text=True, cwd=tmp_path, env=env)
-    assert r.stdout.split() == [str(site / "d2lrun" / "configs"), str(site / "d2lrun" / "experiments")]
+    r = subprocess.run(
+        [sys.executable, "-c", "import d2lrun.config as c; print(c.CONFIG_DIR, c.EXPERIMENTS_DIR)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert r.stdout.split() == [
+        str(site / "d2lrun" / "configs"),
+        str(site / "d2lrun" / "experiments"),
+    ]

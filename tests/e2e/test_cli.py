@@ -1,4 +1,5 @@
 """The installed `d2lrun` command, end to end, as a user runs it."""
+
 import csv
 import json
 import sys
@@ -21,14 +22,29 @@ def test_default_run_trains_linreg_and_writes_every_file(tmp_path):
     r = run_cli(f"hydra.run.dir={run}")
     assert r.returncode == 0, r.stderr
     assert "error in estimating w" in r.stdout and "error in estimating b" in r.stdout
-    assert [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("epoch")] == ["1/3", "2/3", "3/3"]
-    assert {p.name for p in run.iterdir()} >= {".hydra", "model.pt", "last.pt", "best.pt", "metrics.csv",
-                                              "metrics.json", "curves.png"}
+    assert [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("epoch")] == [
+        "1/3",
+        "2/3",
+        "3/3",
+    ]
+    assert {p.name for p in run.iterdir()} >= {
+        ".hydra",
+        "model.pt",
+        "last.pt",
+        "best.pt",
+        "metrics.csv",
+        "metrics.json",
+        "curves.png",
+    }
     state = torch.load(run / "model.pt", weights_only=True)
     assert list(state) == ["0.weight", "0.bias"]
     assert torch.allclose(state["0.weight"], torch.tensor([[2.0, -3.4]]), atol=0.01)
     summary = json.loads((run / "metrics.json").read_text())
-    assert summary["status"] == "completed" and summary["device"] == "cpu" and summary["final"]["val_loss"] < 1e-3
+    assert (
+        summary["status"] == "completed"
+        and summary["device"] == "cpu"
+        and summary["final"]["val_loss"] < 1e-3
+    )
     assert abs(summary["learned"]["b_error"]) < 0.01
     assert len(read_rows(run / "metrics.csv")) == 3
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -40,21 +56,43 @@ def test_python_m_and_help_list_groups_and_keys():
 
     r = subprocess.run([sys.executable, "-m", "d2lrun", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    for text in ("model: conv2d, lenet, linreg, mlp, softmax",
-                 "dataset: csv, fashion_mnist, kaggle_house, kernel, polynomial, synthetic",
-                 "regularizer: dropout, l1, l2, none", "init: constant, default", "optim: adam, sgd",
-                 "batch_size:", "epochs:", "device: auto", "d2lrun -m"):
+    for text in (
+        "model: conv2d, lenet, linreg, mlp, softmax",
+        "dataset: csv, fashion_mnist, kaggle_house, kernel, polynomial, synthetic",
+        "regularizer: dropout, l1, l2, none",
+        "init: constant, default",
+        "optim: adam, sgd",
+        "batch_size:",
+        "epochs:",
+        "device: auto",
+        "d2lrun -m",
+    ):
         assert text in r.stdout, text
 
 
 def test_lenet_on_fashion_mnist_format(tmp_path, fake_fmnist):
     run = tmp_path / "lenet"
-    r = run_cli("model=lenet", "trainer.epochs=2", "trainer.batch_size=16", f"dataset.root={fake_fmnist}",
-                "dataset.download=false", f"hydra.run.dir={run}", *FAST)
+    r = run_cli(
+        "model=lenet",
+        "trainer.epochs=2",
+        "trainer.batch_size=16",
+        f"dataset.root={fake_fmnist}",
+        "dataset.download=false",
+        f"hydra.run.dir={run}",
+        *FAST,
+    )
     assert r.returncode == 0, r.stderr
     assert "lenet on fashion_mnist (64 train / 32 val)" in r.stdout
     rows = read_rows(run / "metrics.csv")
-    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "examples_per_s"]
+    assert list(rows[0]) == [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "seconds",
+        "examples_per_s",
+    ]
     keys = {k.split(".")[0] for k in torch.load(run / "model.pt", weights_only=True)}
     assert keys == {"0", "3", "7", "9", "11"}
 
@@ -69,10 +107,20 @@ def test_csv_run_imputes_and_keeps_statistics(tmp_path):
     alley = rng.choice(["Pave", "Grvl", None], n)
     price = 50_000 * rooms + np.where(alley == "Pave", 20_000, 0) + rng.normal(0, 1000, n)
     rooms[rng.random(n) < 0.2] = np.nan
-    pd.DataFrame({"NumRooms": rooms, "Alley": alley, "Price": price}).to_csv(tmp_path / "house.csv", index=False)
+    pd.DataFrame({"NumRooms": rooms, "Alley": alley, "Price": price}).to_csv(
+        tmp_path / "house.csv", index=False
+    )
     run = tmp_path / "run"
-    r = run_cli("dataset=csv", f"dataset.path={tmp_path / 'house.csv'}", "dataset.target=Price", "model=mlp",
-                "model.num_hiddens=[16]", "trainer.epochs=2", f"hydra.run.dir={run}", *FAST)
+    r = run_cli(
+        "dataset=csv",
+        f"dataset.path={tmp_path / 'house.csv'}",
+        "dataset.target=Price",
+        "model=mlp",
+        "model.num_hiddens=[16]",
+        "trainer.epochs=2",
+        f"hydra.run.dir={run}",
+        *FAST,
+    )
     assert r.returncode == 0, r.stderr
     assert "mlp on csv (96 train / 24 val)" in r.stdout
     spec = torch.load(run / "last.pt", weights_only=True)["spec"]
@@ -82,24 +130,44 @@ def test_csv_run_imputes_and_keeps_statistics(tmp_path):
 
 def test_seeded_runs_are_reproducible(tmp_path):
     def metrics(name):
-        r = run_cli("model=mlp", "dataset=synthetic", "model.num_hiddens=[8]", "regularizer=dropout", "optim.lr=0.05",
-                    f"hydra.run.dir={tmp_path / name}", *FAST)
+        r = run_cli(
+            "model=mlp",
+            "dataset=synthetic",
+            "model.num_hiddens=[8]",
+            "regularizer=dropout",
+            "optim.lr=0.05",
+            f"hydra.run.dir={tmp_path / name}",
+            *FAST,
+        )
         assert r.returncode == 0, r.stderr
-        return [{k: v for k, v in row.items() if k not in ("seconds", "examples_per_s")}
-                for row in read_rows(tmp_path / name / "metrics.csv")]
+        return [
+            {k: v for k, v in row.items() if k not in ("seconds", "examples_per_s")}
+            for row in read_rows(tmp_path / name / "metrics.csv")
+        ]
 
     assert metrics("a") == metrics("b")
 
 
-@pytest.mark.parametrize("args,code,message", [
-    (["model=lenet", "dataset=csv"], 2, "model=lenet needs images, and dataset=csv is a table"),
-    (["model=softmax", "dataset=synthetic"], 2, "Models that fit it: linreg, mlp"),
-    (["optim.lr=fast"], 2, "optim.lr=fast is not a number. Fix: optim.lr=0.1."),
-    (["trainer.epochs=0"], 2, "trainer.epochs=0 is out of range: it must be at least 1. Fix: trainer.epochs=10."),
-    (["device=cuda:3"], 2, "device=cuda:3 does not exist"),
-    (["optim.lr=1e6"], 1, "diverged: the training loss became"),
-    (["model=lenett"], 2, "Unknown model 'lenett'. Choose one of: conv2d, lenet, linreg, mlp, softmax. Fix: model=lenet."),
-])
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["model=lenet", "dataset=csv"], 2, "model=lenet needs images, and dataset=csv is a table"),
+        (["model=softmax", "dataset=synthetic"], 2, "Models that fit it: linreg, mlp"),
+        (["optim.lr=fast"], 2, "optim.lr=fast is not a number. Fix: optim.lr=0.1."),
+        (
+            ["trainer.epochs=0"],
+            2,
+            "trainer.epochs=0 is out of range: it must be at least 1. Fix: trainer.epochs=10.",
+        ),
+        (["device=cuda:3"], 2, "device=cuda:3 does not exist"),
+        (["optim.lr=1e6"], 1, "diverged: the training loss became"),
+        (
+            ["model=lenett"],
+            2,
+            "Unknown model 'lenett'. Choose one of: conv2d, lenet, linreg, mlp, softmax. Fix: model=lenet.",
+        ),
+    ],
+)
 def test_mistakes_give_one_line_and_exit_code(tmp_path, args, code, message):
     if "cuda" in args[0] and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -109,23 +177,36 @@ def test_mistakes_give_one_line_and_exit_code(tmp_path, args, code, message):
     assert "Traceback" not in r.stderr
     if code == 2:
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-        assert not (tmp_path / "run").exists()  # a run refused before it started leaves no folder behind
+        assert not (
+            tmp_path / "run"
+        ).exists()  # a run refused before it started leaves no folder behind
 
 
 def test_real_fashion_mnist_softmax_one_epoch(tmp_path, real_fmnist):
     run = tmp_path / "softmax"
-    r = run_cli("model=softmax", "trainer.epochs=1", f"dataset.root={real_fmnist}", f"hydra.run.dir={run}", *FAST)
+    r = run_cli(
+        "model=softmax",
+        "trainer.epochs=1",
+        f"dataset.root={real_fmnist}",
+        f"hydra.run.dir={run}",
+        *FAST,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((run / "metrics.json").read_text())["final"]["val_acc"] > 0.75
 
 
 def test_the_progress_bar_is_drawn_on_a_terminal_on_stderr_only(tmp_path):
     """On a terminal (TTY_COMPATIBLE=1 tells rich it is one) the bar runs on stderr; stdout keeps the epoch lines."""
-    r = run_cli("dataset.num_train=20000", "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'run'}",
-                env={"TTY_COMPATIBLE": "1"})
+    r = run_cli(
+        "dataset.num_train=20000",
+        "trainer.epochs=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        env={"TTY_COMPATIBLE": "1"},
+    )
     assert r.returncode == 0, r.stderr
     assert "epoch 1/2" in r.stderr and "━" in r.stderr  # the bar: its description and its line
-    assert "━" not in r.stdout and [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("epoch")] == [
-        "1/2", "2/2"]
+    assert "━" not in r.stdout and [
+        ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("epoch")
+    ] == ["1/2", "2/2"]
     r = run_cli("trainer.epochs=1", f"hydra.run.dir={tmp_path / 'piped'}")  # not a terminal: no bar
     assert r.returncode == 0 and "━" not in r.stderr + r.stdout

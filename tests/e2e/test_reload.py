@@ -1,4 +1,5 @@
 """Reload a saved run: evaluate, predict, resume bit for bit, survive Ctrl-C and kill -9, refuse bad files."""
+
 import json
 import os
 import signal
@@ -23,8 +24,16 @@ def image_run(tmp_path_factory):
 
     root = write_fake_fashion_mnist(tmp_path_factory.mktemp("fm"))
     run = tmp_path_factory.mktemp("runs") / "mlp"
-    r = run_cli("model=mlp", "model.num_hiddens=[32]", "trainer.epochs=2", "trainer.batch_size=16",
-                f"dataset.root={root}", "dataset.download=false", f"hydra.run.dir={run}", *FAST)
+    r = run_cli(
+        "model=mlp",
+        "model.num_hiddens=[32]",
+        "trainer.epochs=2",
+        "trainer.batch_size=16",
+        f"dataset.root={root}",
+        "dataset.download=false",
+        f"hydra.run.dir={run}",
+        *FAST,
+    )
     assert r.returncode == 0, r.stderr
     return run, root
 
@@ -38,10 +47,19 @@ def csv_run(tmp_path_factory):
     color = rng.choice(["red", "blue", None], n)
     label = np.where(size + (color == "red") > 0.3, "big", "small")
     size[rng.random(n) < 0.1] = np.nan
-    pd.DataFrame({"size": size, "color": color, "label": label}).to_csv(tmp / "data.csv", index=False)
+    pd.DataFrame({"size": size, "color": color, "label": label}).to_csv(
+        tmp / "data.csv", index=False
+    )
     run = tmp / "run"
-    r = run_cli("dataset=csv", f"dataset.path={tmp / 'data.csv'}", "dataset.target=label", "model=softmax",
-                "trainer.epochs=3", f"hydra.run.dir={run}", *FAST)
+    r = run_cli(
+        "dataset=csv",
+        f"dataset.path={tmp / 'data.csv'}",
+        "dataset.target=label",
+        "model=softmax",
+        "trainer.epochs=3",
+        f"hydra.run.dir={run}",
+        *FAST,
+    )
     assert r.returncode == 0, r.stderr
     return run, tmp
 
@@ -53,7 +71,10 @@ def test_eval_reproduces_the_final_metrics_exactly(image_run):
     final = json.loads((run / "metrics.json").read_text())["final"]
     evaluated = json.loads((run / "eval.json").read_text())
     assert evaluated["val_loss"] == final["val_loss"] and evaluated["val_acc"] == final["val_acc"]
-    assert json.loads(r.stdout.splitlines()[0]) == {"val_loss": final["val_loss"], "val_acc": final["val_acc"]}
+    assert json.loads(r.stdout.splitlines()[0]) == {
+        "val_loss": final["val_loss"],
+        "val_acc": final["val_acc"],
+    }
 
 
 def test_eval_of_best_checkpoint(image_run):
@@ -75,7 +96,9 @@ def test_load_run_predicts_the_test_images_with_the_runs_accuracy(image_run):
     preds = loaded.predict(test.data)
     truth = [loaded.spec["class_names"][i] for i in test.targets]
     accuracy = sum(p == t for p, t in zip(preds, truth)) / len(truth)
-    assert accuracy == json.loads((run / "metrics.json").read_text())["final"]["val_acc"] > 0.2  # chance: 0.1
+    assert (
+        accuracy == json.loads((run / "metrics.json").read_text())["final"]["val_acc"] > 0.2
+    )  # chance: 0.1
     assert loaded.predict(test.data[0]) == preds[:1]  # one image (28, 28)
 
 
@@ -87,9 +110,13 @@ def test_predict_command_takes_npy_and_pt_images(image_run, tmp_path, suffix):
     test = FashionMNIST(str(root), train=False)
     path = tmp_path / f"images{suffix}"
     np.save(path, test.data.numpy()) if suffix == ".npy" else torch.save(test.data, path)
-    r = run_cli(f"run={run}", f"input={path}", f"output={tmp_path / 'out.csv'}", tool="d2lrun-predict")
+    r = run_cli(
+        f"run={run}", f"input={path}", f"output={tmp_path / 'out.csv'}", tool="d2lrun-predict"
+    )
     assert r.returncode == 0, r.stderr
-    assert pd.read_csv(tmp_path / "out.csv")["prediction"].tolist() == load_run(run).predict(test.data)
+    assert pd.read_csv(tmp_path / "out.csv")["prediction"].tolist() == load_run(run).predict(
+        test.data
+    )
     torch.save(torch.zeros(2, 32, 32, dtype=torch.uint8), path.with_suffix(".pt"))
     r = run_cli(f"run={run}", f"input={path.with_suffix('.pt')}", tool="d2lrun-predict")
     assert r.returncode == 2 and "images must be (N, 28, 28) uint8; got (2, 1, 32, 32)" in r.stderr
@@ -101,30 +128,61 @@ def test_predict_new_csv_rows_with_missing_values_and_unseen_categories(csv_run)
     preds = load_run(run).predict(rows)
     assert preds[0] == "big" and preds[2] == "small" and preds[1] in ("big", "small")
     rows.to_csv(tmp / "new.csv", index=False)
-    r = run_cli(f"run={run}", f"input={tmp / 'new.csv'}", f"output={tmp / 'out.csv'}", tool="d2lrun-predict")
+    r = run_cli(
+        f"run={run}", f"input={tmp / 'new.csv'}", f"output={tmp / 'out.csv'}", tool="d2lrun-predict"
+    )
     assert r.returncode == 0, r.stderr
     out = pd.read_csv(tmp / "out.csv")
-    assert list(out.columns) == ["size", "color", "label"] and out["label"].tolist() == preds  # named after the target
+    assert (
+        list(out.columns) == ["size", "color", "label"] and out["label"].tolist() == preds
+    )  # named after the target
 
 
 def test_resume_is_bit_for_bit(tmp_path, fake_fmnist):
     """4 epochs straight == 2 epochs, then resumed to 4 (with dropout, so RNG state matters)."""
-    common = ["model=mlp", "model.num_hiddens=[32]", "regularizer=dropout", "optim.momentum=0.9",
-              "trainer.batch_size=16", f"dataset.root={fake_fmnist}", "dataset.download=false", *FAST]
-    assert run_cli(*common, "trainer.epochs=4", f"hydra.run.dir={tmp_path / 'full'}").returncode == 0
-    assert run_cli(*common, "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'half'}").returncode == 0
-    r = run_cli(f"resume={tmp_path / 'half'}", "trainer.epochs=4", f"hydra.run.dir={tmp_path / 'resumed'}", *FAST)
+    common = [
+        "model=mlp",
+        "model.num_hiddens=[32]",
+        "regularizer=dropout",
+        "optim.momentum=0.9",
+        "trainer.batch_size=16",
+        f"dataset.root={fake_fmnist}",
+        "dataset.download=false",
+        *FAST,
+    ]
+    assert (
+        run_cli(*common, "trainer.epochs=4", f"hydra.run.dir={tmp_path / 'full'}").returncode == 0
+    )
+    assert (
+        run_cli(*common, "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'half'}").returncode == 0
+    )
+    r = run_cli(
+        f"resume={tmp_path / 'half'}",
+        "trainer.epochs=4",
+        f"hydra.run.dir={tmp_path / 'resumed'}",
+        *FAST,
+    )
     assert r.returncode == 0, r.stderr
     assert "from epoch 2" in r.stdout
     a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     summary = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
-    assert summary["resumed_from"].startswith(str(tmp_path / "half")) and summary["epochs_completed"] == 4
+    assert (
+        summary["resumed_from"].startswith(str(tmp_path / "half"))
+        and summary["epochs_completed"] == 4
+    )
 
 
-@pytest.mark.parametrize("override,key", [("model=lenet", "model"), ("dataset.num_train=10", "dataset.num_train"),
-                                          ("seed=3", "seed"), ("optim=adam", "optim")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model=lenet", "model"),
+        ("dataset.num_train=10", "dataset.num_train"),
+        ("seed=3", "seed"),
+        ("optim=adam", "optim"),
+    ],
+)
 def test_resume_refuses_overrides_that_change_the_model_or_data(tmp_path, override, key):
     assert run_cli("trainer.epochs=1", f"hydra.run.dir={tmp_path / 'a'}", *FAST).returncode == 0
     r = run_cli(f"resume={tmp_path / 'a'}", override, f"hydra.run.dir={tmp_path / 'b'}", *FAST)
@@ -133,8 +191,16 @@ def test_resume_refuses_overrides_that_change_the_model_or_data(tmp_path, overri
 
 def long_run(tmp_path, *extra):
     """A synthetic run long enough to interrupt: many epochs over 200,000 examples."""
-    cmd = [str(BIN / "d2lrun"), "dataset.num_train=200000", "dataset.num_val=1000", "trainer.batch_size=100",
-           "trainer.epochs=1000", f"hydra.run.dir={tmp_path / 'run'}", *FAST, *extra]
+    cmd = [
+        str(BIN / "d2lrun"),
+        "dataset.num_train=200000",
+        "dataset.num_val=1000",
+        "trainer.batch_size=100",
+        "trainer.epochs=1000",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *FAST,
+        *extra,
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -160,24 +226,37 @@ def test_ctrl_c_saves_and_prints_the_resume_command(tmp_path):
 def test_kill_9_never_leaves_a_broken_checkpoint(tmp_path):
     """A big model makes each checkpoint write take a while; kill at random moments, then resume."""
     rng = np.random.default_rng(0)
-    proc = long_run(tmp_path, "model=mlp", "dataset=synthetic", "model.num_hiddens=[1024,1024]", "dataset.num_train=20000",
-                    "optim.lr=0.001")
+    proc = long_run(
+        tmp_path,
+        "model=mlp",
+        "dataset=synthetic",
+        "model.num_hiddens=[1024,1024]",
+        "dataset.num_train=20000",
+        "optim.lr=0.001",
+    )
     wait_for_epoch(proc, 1)
     time.sleep(rng.uniform(0, 1.5))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["epoch"] >= 1 and len(ckpt["history"]) == ckpt["epoch"]
-    r = run_cli(f"resume={tmp_path / 'run'}", f"trainer.epochs={ckpt['epoch'] + 1}",
-                f"hydra.run.dir={tmp_path / 'resumed'}", *FAST)
+    r = run_cli(
+        f"resume={tmp_path / 'run'}",
+        f"trainer.epochs={ckpt['epoch'] + 1}",
+        f"hydra.run.dir={tmp_path / 'resumed'}",
+        *FAST,
+    )
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda p: torch.save({"model": Evil()}, p), "refused: it would run code"),
-    (lambda p: p.write_bytes(b"\x00" * 10), "truncated or not a checkpoint"),
-    (lambda p: None, "no such checkpoint"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda p: torch.save({"model": Evil()}, p), "refused: it would run code"),
+        (lambda p: p.write_bytes(b"\x00" * 10), "truncated or not a checkpoint"),
+        (lambda p: None, "no such checkpoint"),
+    ],
+)
 def test_bad_checkpoint_files(tmp_path, make, message):
     path = tmp_path / "x.pt"
     make(path)
@@ -203,7 +282,11 @@ def test_other_architecture_is_named(tmp_path, image_run):
     ckpt["model"] = {"0.weight": torch.zeros(1, 2), "0.bias": torch.zeros(1)}
     torch.save(ckpt, tmp_path / "other.pt")
     r = run_cli(f"ckpt={tmp_path / 'other.pt'}", tool="d2lrun-eval")
-    assert r.returncode == 2 and "another architecture: missing keys" in r.stderr and "unexpected keys" in r.stderr
+    assert (
+        r.returncode == 2
+        and "another architecture: missing keys" in r.stderr
+        and "unexpected keys" in r.stderr
+    )
 
 
 def book_nets():
@@ -213,10 +296,19 @@ def book_nets():
         "softmax": nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
         "mlp": nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10)),
         "lenet": nn.Sequential(
-            nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-            nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(),
-            nn.Linear(84, 10)),
+            nn.Conv2d(1, 6, kernel_size=5, padding=2),
+            nn.Sigmoid(),
+            nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Conv2d(6, 16, kernel_size=5),
+            nn.Sigmoid(),
+            nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120),
+            nn.Sigmoid(),
+            nn.Linear(120, 84),
+            nn.Sigmoid(),
+            nn.Linear(84, 10),
+        ),
     }
 
 
@@ -237,4 +329,6 @@ def test_model_pt_loads_into_the_books_own_definitions(tmp_path, fake_fmnist, na
 def test_resume_from_a_bare_state_dict_points_to_the_run(tmp_path):
     assert run_cli("trainer.epochs=1", f"hydra.run.dir={tmp_path / 'a'}", *FAST).returncode == 0
     r = run_cli(f"resume={tmp_path / 'a' / 'model.pt'}", f"hydra.run.dir={tmp_path / 'b'}", *FAST)
-    assert r.returncode == 2 and f"Fix: give the run folder {tmp_path / 'a'} (its last.pt)" in r.stderr
+    assert (
+        r.returncode == 2 and f"Fix: give the run folder {tmp_path / 'a'} (its last.pt)" in r.stderr
+    )

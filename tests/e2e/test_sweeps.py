@@ -1,4 +1,5 @@
 """`d2lrun -m` sweeps end to end: the results table, failures, resuming, launchers, search, folders."""
+
 import csv
 import json
 import os
@@ -31,15 +32,19 @@ def test_grid_sweep_prints_a_table_writes_csv_and_heatmap_and_exits_1_when_jobs_
     s = tmp_path / "sweep"
     r = sweep(s, "optim.lr=0.01,0.1,3", "optim.weight_decay=0,1e-3", "trainer.epochs=2")
     assert r.returncode == 1, r.stderr
-    assert r.stderr.splitlines()[-1] == ("d2lrun: error: 2 of 6 sweep jobs did not complete (2 diverged); "
-                                         f"see {s / 'summary.csv'}")
+    assert r.stderr.splitlines()[-1] == (
+        f"d2lrun: error: 2 of 6 sweep jobs did not complete (2 diverged); see {s / 'summary.csv'}"
+    )
     assert f"sweep {s}: 4 completed, 2 diverged" in r.stdout and "best_val_loss" in r.stdout
     assert "job 4 diverged: the training loss became" in r.stdout
     for n in range(6):  # each job is a normal run folder
-        assert (s / str(n) / ".hydra" / "overrides.yaml").exists() and (s / str(n) / "metrics.json").exists()
+        assert (s / str(n) / ".hydra" / "overrides.yaml").exists() and (
+            s / str(n) / "metrics.json"
+        ).exists()
     rows = summary(s)
     assert [(r["optim.lr"], r["status"]) for r in rows] == [("0.1", "completed")] * 2 + [
-        ("0.01", "completed")] * 2 + [("3", "diverged")] * 2  # best first, failures last
+        ("0.01", "completed")
+    ] * 2 + [("3", "diverged")] * 2  # best first, failures last
     assert float(rows[0]["best_val_loss"]) < 1e-3 < float(rows[2]["best_val_loss"])
     assert rows[0]["best_epoch"] == "2" and float(rows[0]["seconds"]) > 0
     assert "Fix: lower optim.lr" in rows[-1]["reason"]
@@ -51,24 +56,37 @@ def test_rerun_skips_completed_jobs_and_report_shows_a_partial_sweep(tmp_path):
     grid = ["optim.lr=0.1,0.03,-1", "trainer.epochs=1"]
     r = sweep(s, *grid)
     assert r.returncode == 1 and "1 of 3 sweep jobs did not complete (1 failed)" in r.stderr
-    assert metrics(s / "2") == {"status": "failed", "exit_code": 2, "reason":
-                                "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.1."}
+    assert metrics(s / "2") == {
+        "status": "failed",
+        "exit_code": 2,
+        "reason": "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.1.",
+    }
 
     shutil.rmtree(s / "1")  # as if the sweep had been stopped before job 1
     r = run_cli(str(s), tool="d2lrun-report")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[-1].startswith("2 of 3 sweep jobs did not complete (1 missing, 1 failed)")
+    assert r.stdout.splitlines()[-1].startswith(
+        "2 of 3 sweep jobs did not complete (1 missing, 1 failed)"
+    )
     assert [(row["job"], row["optim.lr"], row["status"]) for row in summary(s)] == [
-        ("0", "0.1", "completed"), ("1", "0.03", "missing"), ("2", "-1", "failed")]
+        ("0", "0.1", "completed"),
+        ("1", "0.03", "missing"),
+        ("2", "-1", "failed"),
+    ]
 
     first = (s / "0" / "model.pt").stat().st_mtime_ns
     r = sweep(s, *grid)
     assert r.returncode == 1
     assert f"job 0: already completed in {s / '0'}; skipped" in r.stdout
-    assert "job 1: already" not in r.stdout and "job 2: already" not in r.stdout  # missing and failed ones run
+    assert (
+        "job 1: already" not in r.stdout and "job 2: already" not in r.stdout
+    )  # missing and failed ones run
     assert (s / "0" / "model.pt").stat().st_mtime_ns == first
     assert [(row["job"], row["status"]) for row in summary(s)] == [
-        ("0", "completed"), ("1", "completed"), ("2", "failed")]
+        ("0", "completed"),
+        ("1", "completed"),
+        ("2", "failed"),
+    ]
 
 
 def test_fashion_mnist_sweep_decodes_the_data_once(tmp_path):
@@ -83,11 +101,27 @@ def test_fashion_mnist_sweep_decodes_the_data_once(tmp_path):
         "atexit.register(lambda: print('decoded', len(calls), 'time(s)'))\n"
         "from d2lrun.cli import train_main\n"
         "sys.argv[0] = 'd2lrun'\n"
-        "train_main()\n")
-    r = subprocess.run([sys.executable, "-c", count_loads, "-m", "model=softmax", "optim.lr=0.1,0.3",
-                        "optim.weight_decay=0,1e-3", "trainer.epochs=2", "trainer.progress=false",
-                        "dataset.download=false", f"hydra.sweep.dir={s}"],
-                       capture_output=True, text=True, timeout=300, env={**os.environ, "D2LRUN_DATA": str(root)})
+        "train_main()\n"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            count_loads,
+            "-m",
+            "model=softmax",
+            "optim.lr=0.1,0.3",
+            "optim.weight_decay=0,1e-3",
+            "trainer.epochs=2",
+            "trainer.progress=false",
+            "dataset.download=false",
+            f"hydra.sweep.dir={s}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "D2LRUN_DATA": str(root)},
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "decoded 1 time(s)"
     rows = summary(s)
@@ -105,7 +139,11 @@ def test_joblib_launcher_gives_the_same_results_as_sequential_jobs(tmp_path):
     assert "Joblib.Parallel(n_jobs=2" in r.stdout + r.stderr
     for n in ("0", "1"):
         a, b = metrics(seq / n), metrics(par / n)
-        assert (a["status"], a["final"]["val_loss"], a["best"]) == (b["status"], b["final"]["val_loss"], b["best"])
+        assert (a["status"], a["final"]["val_loss"], a["best"]) == (
+            b["status"],
+            b["final"]["val_loss"],
+            b["best"],
+        )
     drop_seconds = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
     assert drop_seconds(summary(seq)) == drop_seconds(summary(par))
 
@@ -123,15 +161,25 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
 def test_optuna_preset_searches_lr_and_weight_decay_and_maximizes_the_score(tmp_path):
     s = tmp_path / "sweep"
     # A wider lr range than the preset's, so that some trials diverge: they score -inf and the search goes on.
-    r = sweep(s, "hydra/sweeper=optuna_lr_wd", "optim.lr=tag(log, interval(0.05, 50))", "hydra.sweeper.n_trials=4",
-              "trainer.epochs=2")
+    r = sweep(
+        s,
+        "hydra/sweeper=optuna_lr_wd",
+        "optim.lr=tag(log, interval(0.05, 50))",
+        "hydra.sweeper.n_trials=4",
+        "trainer.epochs=2",
+    )
     assert "alembic" not in r.stdout + r.stderr
     rows = summary(s)
     statuses = [row["status"] for row in rows]
     assert len(rows) == 4 and "completed" in statuses and "diverged" in statuses
-    assert r.returncode == 1 and f"{statuses.count('diverged')} of 4 sweep jobs did not complete" in r.stderr
-    assert all(0.05 <= float(row["optim.lr"]) <= 50 and 0 <= float(row["optim.weight_decay"]) <= 0.01
-               for row in rows)
+    assert (
+        r.returncode == 1
+        and f"{statuses.count('diverged')} of 4 sweep jobs did not complete" in r.stderr
+    )
+    assert all(
+        0.05 <= float(row["optim.lr"]) <= 50 and 0 <= float(row["optim.weight_decay"]) <= 0.01
+        for row in rows
+    )
     best = yaml.safe_load((s / "optimization_results.yaml").read_text())
     # regression: each job returned minus its best val_loss, so the study's best is the table's first row
     assert best["best_value"] == pytest.approx(-float(rows[0]["best_val_loss"]))
@@ -143,13 +191,25 @@ def test_two_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path):
     # Both ask for the same folder name, as two sweeps of one second do with the default hydra.sweep.dir.
     same = "hydra.sweep.dir=${d2lrun.unique_dir:sweeps/10-00-00}"
     cmd = [str(BIN / "d2lrun"), "-m", "optim.lr=0.1", "trainer.epochs=1", *FAST, same]
-    procs = [subprocess.Popen([*cmd, f"seed={i}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [*cmd, f"seed={i}"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (1, 2)
+    ]
     for p in procs:
         p.communicate(timeout=300)
         assert p.returncode == 0
     folders = sorted(p.name for p in (tmp_path / "sweeps").iterdir())
     assert folders == ["10-00-00", "10-00-00_2"]
-    seeds = {yaml.safe_load((tmp_path / "sweeps" / f / "0" / ".hydra" / "config.yaml").read_text())["seed"]
-             for f in folders}
+    seeds = {
+        yaml.safe_load((tmp_path / "sweeps" / f / "0" / ".hydra" / "config.yaml").read_text())[
+            "seed"
+        ]
+        for f in folders
+    }
     assert seeds == {1, 2}

@@ -40,16 +40,23 @@ def test_folds_partition_the_rows_and_each_row_is_held_out_once(n, k):
 def test_shuffled_folds_follow_the_seed():
     a, b, c = (fold_rows(50, 5, 2, True, seed)[1] for seed in (0, 0, 1))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
-    assert sorted(np.concatenate([fold_rows(50, 5, i, True, 3)[1] for i in range(5)]).tolist()) == list(range(50))
+    assert sorted(
+        np.concatenate([fold_rows(50, 5, i, True, 3)[1] for i in range(5)]).tolist()
+    ) == list(range(50))
 
 
 def test_more_folds_than_rows_is_one_line_with_a_fix():
-    with pytest.raises(UsageError, match=r"dataset.folds=6 is more folds than the 4 rows. Fix: dataset.folds=4."):
+    with pytest.raises(
+        UsageError, match=r"dataset.folds=6 is more folds than the 4 rows. Fix: dataset.folds=4."
+    ):
         fold_rows(4, 6, 0, False, 0)
 
 
 def test_the_k_fold_mean_is_computed_from_the_folds():
-    rows = [{"val_log_rmse": 0.2, "epoch": 3, "status": "x"}, {"val_log_rmse": 0.1, "epoch": 3, "status": "y"}]
+    rows = [
+        {"val_log_rmse": 0.2, "epoch": 3, "status": "x"},
+        {"val_log_rmse": 0.1, "epoch": 3, "status": "y"},
+    ]
     assert mean_row(rows) == pytest.approx({"val_log_rmse": 0.15, "epoch": 3})
 
 
@@ -63,14 +70,22 @@ def test_log_rmse_is_the_books_formula():
         net.weight.mul_(1e5)  # some predictions below 1, which the book clamps
     from d2lrun.data import Split
 
-    book = torch.sqrt(nn.MSELoss()(torch.log(torch.clamp(net(X), 1, float("inf"))), torch.log(y))).item()
+    book = torch.sqrt(
+        nn.MSELoss()(torch.log(torch.clamp(net(X), 1, float("inf"))), torch.log(y))
+    ).item()
     rmse = torch.sqrt(nn.MSELoss()(net(X), y)).item()
     metrics = evaluate(net, nn.functional.mse_loss, Split(X, y), classify=False, log_rmse=True)
-    assert metrics["log_rmse"] == pytest.approx(book, rel=1e-5) and metrics["rmse"] == pytest.approx(rmse, rel=1e-5)
+    assert metrics["log_rmse"] == pytest.approx(book, rel=1e-5) and metrics[
+        "rmse"
+    ] == pytest.approx(rmse, rel=1e-5)
     # A model trained on the target scaled by (mean, std) reports both in the target's own units.
     scale = {"mean": 3.0, "std": 2.0}
-    scaled = evaluate(net, nn.functional.mse_loss, Split(X, (y - 3) / 2), False, scale, log_rmse=True)
-    assert scaled["rmse"] == pytest.approx(torch.sqrt(((net(X) * 2 + 3 - y) ** 2).mean()).item(), rel=1e-5)
+    scaled = evaluate(
+        net, nn.functional.mse_loss, Split(X, (y - 3) / 2), False, scale, log_rmse=True
+    )
+    assert scaled["rmse"] == pytest.approx(
+        torch.sqrt(((net(X) * 2 + 3 - y) ** 2).mean()).item(), rel=1e-5
+    )
 
 
 def test_polynomial_features_are_x_to_the_i_over_i_factorial():
@@ -89,12 +104,16 @@ def test_polynomial_features_are_x_to_the_i_over_i_factorial():
 def test_corr2d_is_what_nn_conv2d_computes(shape):
     torch.manual_seed(0)
     X, K = torch.randn(6, 8), torch.randn(*shape)
-    expected = nn.functional.conv2d(X.reshape(1, 1, 6, 8), K.reshape(1, 1, *shape)).reshape(corr2d(X, K).shape)
+    expected = nn.functional.conv2d(X.reshape(1, 1, 6, 8), K.reshape(1, 1, *shape)).reshape(
+        corr2d(X, K).shape
+    )
     torch.testing.assert_close(corr2d(X, K), expected, rtol=1e-5, atol=1e-5)
     X = torch.ones(6, 8)
     X[:, 2:6] = 0
     edges = corr2d(X, torch.tensor([[1.0, -1.0]]))
-    assert edges[:, 1].eq(1).all() and edges[:, 5].eq(-1).all() and edges.abs().sum() == 12  # §6.2.3
+    assert (
+        edges[:, 1].eq(1).all() and edges[:, 5].eq(-1).all() and edges.abs().sum() == 12
+    )  # §6.2.3
 
 
 @pytest.fixture
@@ -119,8 +138,12 @@ def test_download_checks_the_sha1_and_keeps_no_bad_file(server, tmp_path):
     assert download(url + "good.csv", target, sha1) == target
 
     (www / "bad.csv").write_bytes(b"tampered\n")
-    with pytest.raises(UsageError, match=f"downloaded with SHA-1 .* not {sha1}; the file was not kept"):
+    with pytest.raises(
+        UsageError, match=f"downloaded with SHA-1 .* not {sha1}; the file was not kept"
+    ):
         download(url + "bad.csv", tmp_path / "data" / "bad.csv", sha1)
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["good.csv"]  # nothing half-written
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "good.csv"
+    ]  # nothing half-written
     with pytest.raises(UsageError, match="downloading .* failed .* Fix: place the file there"):
         download(url + "missing.csv", tmp_path / "data" / "missing.csv", sha1)

@@ -1,4 +1,5 @@
 """trainer.compile: the fast path trains like eager, falls back with one line where it cannot apply."""
+
 import json
 
 import pytest
@@ -20,12 +21,24 @@ def test_compile_falls_back_without_a_compiler(monkeypatch):
 
 
 def final_acc(tmp_path, root, name, *extra):
-    r = run_cli("model=lenet", "model.variant=modern", "trainer.epochs=3", "trainer.batch_size=20", "optim.lr=0.1",
-                f"dataset.root={root}", "dataset.download=false", f"hydra.run.dir={tmp_path / name}",
-                "trainer.progress=false", *extra, timeout=900)
+    r = run_cli(
+        "model=lenet",
+        "model.variant=modern",
+        "trainer.epochs=3",
+        "trainer.batch_size=20",
+        "optim.lr=0.1",
+        f"dataset.root={root}",
+        "dataset.download=false",
+        f"hydra.run.dir={tmp_path / name}",
+        "trainer.progress=false",
+        *extra,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / name / "metrics.json").read_text())
-    assert summary["epochs_completed"] == 3  # the last, partial batch (64 = 3 x 20 + 4) was trained too
+    assert (
+        summary["epochs_completed"] == 3
+    )  # the last, partial batch (64 = 3 x 20 + 4) was trained too
     return summary["final"]["val_acc"]
 
 
@@ -49,12 +62,20 @@ def test_compiled_tiny_model_trains_like_eager(tmp_path):
     import csv
 
     def rows(name, *extra):
-        r = run_cli("trainer.epochs=2", "dataset.num_train=200", f"hydra.run.dir={tmp_path / name}",
-                    "trainer.progress=false", *extra, timeout=600)
+        r = run_cli(
+            "trainer.epochs=2",
+            "dataset.num_train=200",
+            f"hydra.run.dir={tmp_path / name}",
+            "trainer.progress=false",
+            *extra,
+            timeout=600,
+        )
         assert r.returncode == 0, r.stderr
         with open(tmp_path / name / "metrics.csv") as f:
-            return [{k: float(v) for k, v in row.items() if k not in ("seconds", "examples_per_s")}
-                    for row in csv.DictReader(f)]
+            return [
+                {k: float(v) for k, v in row.items() if k not in ("seconds", "examples_per_s")}
+                for row in csv.DictReader(f)
+            ]
 
     eager, fast = rows("eager"), rows("compiled", "trainer.compile=true")
     assert len(fast) == 2 and "note:" not in str(fast)

@@ -1,4 +1,5 @@
 """Models: shapes, the book's parameter counts and state_dict keys, fit checks, dropout, init."""
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -7,24 +8,46 @@ from d2lrun.errors import UsageError
 from d2lrun.models import build_model
 from d2lrun.models.init import apply_init
 
-IMAGES = {"dataset": "fashion_mnist", "task": "classification", "num_inputs": 784, "num_outputs": 10,
-          "image_shape": [1, 28, 28], "class_names": list("abcdefghij")}
-TABLE = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "num_outputs": 1, "image_shape": None}
+IMAGES = {
+    "dataset": "fashion_mnist",
+    "task": "classification",
+    "num_inputs": 784,
+    "num_outputs": 10,
+    "image_shape": [1, 28, 28],
+    "class_names": list("abcdefghij"),
+}
+TABLE = {
+    "dataset": "synthetic",
+    "task": "regression",
+    "num_inputs": 2,
+    "num_outputs": 1,
+    "image_shape": None,
+}
 
 
 def model_cfg(name, **kw):
-    defaults = {"linreg": {"impl": "concise", "bias": True}, "softmax": {"impl": "concise"},
-                "mlp": {"impl": "concise", "num_hiddens": [256], "activation": "relu", "dropout": 0.0},
-                "lenet": {"variant": "classic", "batch_norm": False, "dropout": 0.0}}[name]
+    defaults = {
+        "linreg": {"impl": "concise", "bias": True},
+        "softmax": {"impl": "concise"},
+        "mlp": {"impl": "concise", "num_hiddens": [256], "activation": "relu", "dropout": 0.0},
+        "lenet": {"variant": "classic", "batch_norm": False, "dropout": 0.0},
+    }[name]
     return OmegaConf.create({"name": name, **defaults, **kw})
 
 
-@pytest.mark.parametrize("name,spec,x,out,impl", [
-    (name, spec, x, out, impl)
-    for name, spec, x, out in [("linreg", TABLE, torch.randn(5, 2), (5, 1)),
-                               ("softmax", IMAGES, torch.rand(5, 1, 28, 28), (5, 10)),
-                               ("mlp", IMAGES, torch.rand(5, 1, 28, 28), (5, 10))]
-    for impl in ("concise", "scratch")] + [("lenet", IMAGES, torch.rand(5, 1, 28, 28), (5, 10), None)])
+@pytest.mark.parametrize(
+    "name,spec,x,out,impl",
+    [
+        (name, spec, x, out, impl)
+        for name, spec, x, out in [
+            ("linreg", TABLE, torch.randn(5, 2), (5, 1)),
+            ("softmax", IMAGES, torch.rand(5, 1, 28, 28), (5, 10)),
+            ("mlp", IMAGES, torch.rand(5, 1, 28, 28), (5, 10)),
+        ]
+        for impl in ("concise", "scratch")
+    ]
+    + [("lenet", IMAGES, torch.rand(5, 1, 28, 28), (5, 10), None)],
+)
 def test_output_shapes(name, spec, x, out, impl):
     kw = {"impl": impl} if impl else {}
     assert build_model(model_cfg(name, **kw), spec)(x).shape == out
@@ -42,11 +65,22 @@ def test_lenet_matches_the_book():
 def test_book_state_dict_keys():
     assert list(build_model(model_cfg("linreg"), TABLE).state_dict()) == ["0.weight", "0.bias"]
     assert list(build_model(model_cfg("softmax"), IMAGES).state_dict()) == ["1.weight", "1.bias"]
-    assert list(build_model(model_cfg("mlp"), IMAGES).state_dict()) == ["1.weight", "1.bias", "3.weight", "3.bias"]
+    assert list(build_model(model_cfg("mlp"), IMAGES).state_dict()) == [
+        "1.weight",
+        "1.bias",
+        "3.weight",
+        "3.bias",
+    ]
 
 
-@pytest.mark.parametrize("name,spec,fits", [("lenet", TABLE, "linreg, mlp"), ("softmax", TABLE, "linreg, mlp"),
-                                            ("linreg", IMAGES, "softmax, mlp, lenet")])
+@pytest.mark.parametrize(
+    "name,spec,fits",
+    [
+        ("lenet", TABLE, "linreg, mlp"),
+        ("softmax", TABLE, "linreg, mlp"),
+        ("linreg", IMAGES, "softmax, mlp, lenet"),
+    ],
+)
 def test_impossible_pairs_name_what_fits(name, spec, fits):
     with pytest.raises(UsageError, match=f"Models that fit it: {fits}"):
         build_model(model_cfg(name), spec)
@@ -64,19 +98,42 @@ def test_dropout_acts_only_in_training():
     assert [m.p for m in lenet if isinstance(m, torch.nn.Dropout)] == [0.3, 0.3]
 
 
-@pytest.mark.parametrize("init,check", [
-    ({"name": "zeros"}, lambda w: torch.all(w == 0)),
-    ({"name": "constant", "value": 42.0, "bias": 0.0}, lambda w: torch.all(w == 42)),
-    ({"name": "normal", "mean": 0.0, "std": 0.01, "bias": 0.0}, lambda w: 0.005 < w.std() < 0.015),
-    ({"name": "xavier", "distribution": "uniform", "bias": 0.0},  # U(±√(6/(in+out))): std √(2/(in+out))
-     lambda w: w.abs().max() <= (6 / (784 + 256)) ** 0.5 + 1e-6 and abs(w.std() - (2 / 1040) ** 0.5) < 0.002),
-    ({"name": "xavier", "distribution": "normal", "bias": 0.0},
-     lambda w: w.abs().max() > (6 / 1040) ** 0.5 and abs(w.std() - (2 / 1040) ** 0.5) < 0.002),
-    ({"name": "kaiming", "distribution": "normal", "mode": "fan_out", "bias": 0.0},
-     lambda w: abs(w.std() - (2 / 256) ** 0.5) < 0.005),
-    ({"name": "kaiming", "distribution": "normal", "mode": "fan_in", "bias": 0.0},
-     lambda w: abs(w.std() - (2 / 784) ** 0.5) < 0.005),
-])
+@pytest.mark.parametrize(
+    "init,check",
+    [
+        ({"name": "zeros"}, lambda w: torch.all(w == 0)),
+        ({"name": "constant", "value": 42.0, "bias": 0.0}, lambda w: torch.all(w == 42)),
+        (
+            {"name": "normal", "mean": 0.0, "std": 0.01, "bias": 0.0},
+            lambda w: 0.005 < w.std() < 0.015,
+        ),
+        (
+            {
+                "name": "xavier",
+                "distribution": "uniform",
+                "bias": 0.0,
+            },  # U(±√(6/(in+out))): std √(2/(in+out))
+            lambda w: (
+                w.abs().max() <= (6 / (784 + 256)) ** 0.5 + 1e-6
+                and abs(w.std() - (2 / 1040) ** 0.5) < 0.002
+            ),
+        ),
+        (
+            {"name": "xavier", "distribution": "normal", "bias": 0.0},
+            lambda w: (
+                w.abs().max() > (6 / 1040) ** 0.5 and abs(w.std() - (2 / 1040) ** 0.5) < 0.002
+            ),
+        ),
+        (
+            {"name": "kaiming", "distribution": "normal", "mode": "fan_out", "bias": 0.0},
+            lambda w: abs(w.std() - (2 / 256) ** 0.5) < 0.005,
+        ),
+        (
+            {"name": "kaiming", "distribution": "normal", "mode": "fan_in", "bias": 0.0},
+            lambda w: abs(w.std() - (2 / 784) ** 0.5) < 0.005,
+        ),
+    ],
+)
 @pytest.mark.parametrize("impl", ["concise", "scratch"])
 def test_init_schemes_set_weights_and_zero_biases(init, check, impl):
     torch.manual_seed(0)

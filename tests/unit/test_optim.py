@@ -1,4 +1,5 @@
 """d2lrun's SGD and Adam take exactly torch.optim's steps, and save and restore like it."""
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -26,12 +27,21 @@ def train(make, steps=6):
     return net, opt
 
 
-@pytest.mark.parametrize("ours,theirs", [
-    (lambda g: SGD(g, lr=0.1), lambda g: torch.optim.SGD(g, lr=0.1)),
-    (lambda g: SGD(g, lr=0.1, momentum=0.9), lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9)),
-    (lambda g: Adam(g, lr=0.01), lambda g: torch.optim.Adam(g, lr=0.01)),
-    (lambda g: Adam(g, lr=0.01, betas=(0.8, 0.99)), lambda g: torch.optim.Adam(g, lr=0.01, betas=(0.8, 0.99))),
-])
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (lambda g: SGD(g, lr=0.1), lambda g: torch.optim.SGD(g, lr=0.1)),
+        (
+            lambda g: SGD(g, lr=0.1, momentum=0.9),
+            lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9),
+        ),
+        (lambda g: Adam(g, lr=0.01), lambda g: torch.optim.Adam(g, lr=0.01)),
+        (
+            lambda g: Adam(g, lr=0.01, betas=(0.8, 0.99)),
+            lambda g: torch.optim.Adam(g, lr=0.01, betas=(0.8, 0.99)),
+        ),
+    ],
+)
 def test_same_steps_as_torch_optim(ours, theirs):
     a, _ = train(ours)
     b, _ = train(theirs)
@@ -39,7 +49,9 @@ def test_same_steps_as_torch_optim(ours, theirs):
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("make", [lambda g: SGD(g, lr=0.1, momentum=0.9), lambda g: Adam(g, lr=0.01)])
+@pytest.mark.parametrize(
+    "make", [lambda g: SGD(g, lr=0.1, momentum=0.9), lambda g: Adam(g, lr=0.01)]
+)
 def test_state_dict_round_trip_continues_identically(make):
     net, opt = train(make, steps=3)
     saved_net = {k: v.clone() for k, v in net.state_dict().items()}
@@ -50,8 +62,12 @@ def test_state_dict_round_trip_continues_identically(make):
     restored = torch.load(buf, weights_only=True)
     net2, groups2 = net_and_groups(seed=5)
     net2.load_state_dict(saved_net)
-    opt2 = make([{"params": [p for p in net2.parameters() if p.ndim == 2], "weight_decay": 0.1},
-                 {"params": [p for p in net2.parameters() if p.ndim == 1], "weight_decay": 0.0}])
+    opt2 = make(
+        [
+            {"params": [p for p in net2.parameters() if p.ndim == 2], "weight_decay": 0.1},
+            {"params": [p for p in net2.parameters() if p.ndim == 1], "weight_decay": 0.0},
+        ]
+    )
     opt2.load_state_dict(restored)
     for o, n in ((opt, net), (opt2, net2)):
         x = torch.ones(2, 5)
@@ -64,6 +80,9 @@ def test_state_dict_round_trip_continues_identically(make):
 
 def test_build_optimizer_decays_weights_only():
     net, _ = net_and_groups()
-    opt = build_optimizer(net, OmegaConf.create({"name": "adam", "lr": 0.1, "betas": [0.9, 0.999], "weight_decay": 0.5}))
+    opt = build_optimizer(
+        net,
+        OmegaConf.create({"name": "adam", "lr": 0.1, "betas": [0.9, 0.999], "weight_decay": 0.5}),
+    )
     assert [g["weight_decay"] for g in opt.param_groups] == [0.5, 0.0]
     assert [p.ndim for p in opt.param_groups[0]["params"]] == [2, 2]

@@ -1,5 +1,6 @@
 """Scratch and concise are the same model: from the same parameters, with the same loss definition,
 they trace the same loss curve; and the scratch path is the book's own code (§3.2, §4.5)."""
+
 from __future__ import annotations
 
 import math
@@ -15,19 +16,41 @@ from d2lrun.data.synthetic import synthetic_data
 from d2lrun.models import build_model
 from d2lrun.models.init import apply_init
 from d2lrun.optim import SGD, build_optimizer
-from d2lrun.trainer import cross_entropy_scratch, loss_for, squared_loss, sum_squared_loss, train_one_epoch
+from d2lrun.trainer import (
+    cross_entropy_scratch,
+    loss_for,
+    squared_loss,
+    sum_squared_loss,
+    train_one_epoch,
+)
 
-REGRESSION = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "num_outputs": 1, "image_shape": None}
-IMAGES = {"dataset": "fashion_mnist", "task": "classification", "num_inputs": 784, "num_outputs": 10,
-          "image_shape": [1, 28, 28]}
-MODELS = {"linreg": {"name": "linreg", "bias": True}, "softmax": {"name": "softmax"},
-          "mlp_sigmoid": {"name": "mlp", "num_hiddens": [32], "activation": "sigmoid", "dropout": 0.0},
-          "mlp_tanh": {"name": "mlp", "num_hiddens": [32, 16], "activation": "tanh", "dropout": 0.0},
-          "mlp": {"name": "mlp", "num_hiddens": [32], "activation": "relu", "dropout": 0.0},
-          "mlp2": {"name": "mlp", "num_hiddens": [32, 16], "activation": "relu", "dropout": 0.0}}
+REGRESSION = {
+    "dataset": "synthetic",
+    "task": "regression",
+    "num_inputs": 2,
+    "num_outputs": 1,
+    "image_shape": None,
+}
+IMAGES = {
+    "dataset": "fashion_mnist",
+    "task": "classification",
+    "num_inputs": 784,
+    "num_outputs": 10,
+    "image_shape": [1, 28, 28],
+}
+MODELS = {
+    "linreg": {"name": "linreg", "bias": True},
+    "softmax": {"name": "softmax"},
+    "mlp_sigmoid": {"name": "mlp", "num_hiddens": [32], "activation": "sigmoid", "dropout": 0.0},
+    "mlp_tanh": {"name": "mlp", "num_hiddens": [32, 16], "activation": "tanh", "dropout": 0.0},
+    "mlp": {"name": "mlp", "num_hiddens": [32], "activation": "relu", "dropout": 0.0},
+    "mlp2": {"name": "mlp", "num_hiddens": [32, 16], "activation": "relu", "dropout": 0.0},
+}
 
 
-def regression_data(w: torch.Tensor = torch.tensor([2.0, -3.4]), b: float = 4.2, n: int = 1000) -> Split:
+def regression_data(
+    w: torch.Tensor = torch.tensor([2.0, -3.4]), b: float = 4.2, n: int = 1000
+) -> Split:
     X, y = synthetic_data(w, b, n, 0.01, torch.Generator().manual_seed(1))
     return Split(X, y)
 
@@ -44,12 +67,14 @@ def image_data(n: int = 256) -> Split:
     X = torch.randint(0, 40, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
     for i, c in enumerate(y.tolist()):
         r, col = divmod(c, 5)
-        X[i, 0, 4 + 10 * r:12 + 10 * r, 1 + 5 * col:5 + 5 * col] = 255
+        X[i, 0, 4 + 10 * r : 12 + 10 * r, 1 + 5 * col : 5 + 5 * col] = 255
     return Split(X, y)
 
 
 def optim_cfg(lr: float, weight_decay: float = 0.0):
-    return OmegaConf.create({"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": weight_decay})
+    return OmegaConf.create(
+        {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": weight_decay}
+    )
 
 
 def twins(key: str, spec: dict) -> tuple[nn.Module, nn.Module]:
@@ -62,18 +87,31 @@ def twins(key: str, spec: dict) -> tuple[nn.Module, nn.Module]:
     assert len(linears) == len(scratch.layers())
     with torch.no_grad():
         for (W, b), linear in zip(scratch.layers(), linears):
-            linear.weight.copy_(W.T)  # scratch stores (fan_in, fan_out), nn.Linear (fan_out, fan_in)
+            linear.weight.copy_(
+                W.T
+            )  # scratch stores (fan_in, fan_out), nn.Linear (fan_out, fan_in)
             linear.bias.copy_(b)
     return scratch, concise
 
 
-def loss_curve(model: nn.Module, loss_fn, data: Split, lr: float, epochs: int = 3, batch_size: int = 32,
-               weight_decay: float = 0.0) -> torch.Tensor:
+def loss_curve(
+    model: nn.Module,
+    loss_fn,
+    data: Split,
+    lr: float,
+    epochs: int = 3,
+    batch_size: int = 32,
+    weight_decay: float = 0.0,
+) -> torch.Tensor:
     """Every minibatch loss of d2lrun's own train_one_epoch, batches in a fixed shuffled order."""
     optimizer = build_optimizer(model, optim_cfg(lr, weight_decay))
     g = torch.Generator().manual_seed(0)
-    return torch.cat([train_one_epoch(model, loss_fn, optimizer, data, batch_size, g)["batch_losses"]
-                      for _ in range(epochs)])
+    return torch.cat(
+        [
+            train_one_epoch(model, loss_fn, optimizer, data, batch_size, g)["batch_losses"]
+            for _ in range(epochs)
+        ]
+    )
 
 
 def test_each_impl_gets_its_own_optimizer_and_loss():
@@ -81,9 +119,15 @@ def test_each_impl_gets_its_own_optimizer_and_loss():
     # Both take torch.optim.SGD's exact steps (tests/unit/test_optim.py); with momentum 0 that is the book's sgd.
     assert type(build_optimizer(scratch, optim_cfg(0.03))) is SGD
     assert type(build_optimizer(concise, optim_cfg(0.03))) is SGD
-    assert loss_for("regression", "scratch") is squared_loss and loss_for("regression", "concise") is F.mse_loss
+    assert (
+        loss_for("regression", "scratch") is squared_loss
+        and loss_for("regression", "concise") is F.mse_loss
+    )
     assert loss_for("regression", "sum") is sum_squared_loss  # §6.2.4
-    assert loss_for("classification", "scratch") is cross_entropy_scratch and loss_for("classification", "concise") is F.cross_entropy
+    assert (
+        loss_for("classification", "scratch") is cross_entropy_scratch
+        and loss_for("classification", "concise") is F.cross_entropy
+    )
 
 
 def test_linreg_same_loss_same_curve():
@@ -104,8 +148,10 @@ def test_linreg_book_losses_differ_by_the_half():
     torch.testing.assert_close(2 * a, b, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("key,lr", [("softmax", 0.1), ("mlp", 0.1), ("mlp2", 0.5), ("mlp_sigmoid", 0.5),
-                                    ("mlp_tanh", 0.3)])
+@pytest.mark.parametrize(
+    "key,lr",
+    [("softmax", 0.1), ("mlp", 0.1), ("mlp2", 0.5), ("mlp_sigmoid", 0.5), ("mlp_tanh", 0.3)],
+)
 def test_classifier_same_loss_same_curve(key, lr):
     """Each impl with its own loss (hand-written stable cross-entropy vs F.cross_entropy) and optimizer."""
     data = image_data()
@@ -127,14 +173,16 @@ def book_sgd(params, lr, batch_size):
             param.grad.zero_()
 
 
-def book_train(w, b, data: Split, lr: float, epochs: int, batch_size: int, lambd: float = 0.0) -> torch.Tensor:
+def book_train(
+    w, b, data: Split, lr: float, epochs: int, batch_size: int, lambd: float = 0.0
+) -> torch.Tensor:
     """§3.2's training loop (with §4.5's `+ lambd * l2_penalty(w)`), batches in d2lrun's order."""
     w, b = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
     g, losses = torch.Generator().manual_seed(0), []
     for _ in range(epochs):
         perm = torch.randperm(len(data), generator=g)
         for i in range(0, len(data), batch_size):
-            X, y = data.X[perm[i:i + batch_size]], data.y[perm[i:i + batch_size]]
+            X, y = data.X[perm[i : i + batch_size]], data.y[perm[i : i + batch_size]]
             data_loss = (X @ w + b - y.reshape(-1, 1)) ** 2 / 2  # linreg + squared_loss, (B, 1)
             l = data_loss + lambd * torch.sum(w.pow(2)) / 2  # broadcast over the batch, as in §4.5
             l.sum().backward()
@@ -151,8 +199,12 @@ def test_scratch_is_the_books_code(lambd):
     torch.manual_seed(0)
     model = build_model(OmegaConf.create({"name": "linreg", "impl": "scratch", "bias": True}), spec)
     apply_init(model, OmegaConf.create({"name": "normal", "mean": 0.0, "std": 1.0, "bias": 0.0}))
-    book_losses, book_w = book_train(model.w, model.b, data, lr=0.003, epochs=20, batch_size=5, lambd=lambd)
-    ours = loss_curve(model, squared_loss, data, lr=0.003, epochs=20, batch_size=5, weight_decay=lambd)
+    book_losses, book_w = book_train(
+        model.w, model.b, data, lr=0.003, epochs=20, batch_size=5, lambd=lambd
+    )
+    ours = loss_curve(
+        model, squared_loss, data, lr=0.003, epochs=20, batch_size=5, weight_decay=lambd
+    )
     torch.testing.assert_close(ours, book_losses, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model.w.detach(), book_w, atol=1e-5, rtol=0)
 
@@ -165,12 +217,14 @@ def test_concise_weight_decay_is_the_books_param_groups():
     ours = build_model(OmegaConf.create({"name": "linreg", "impl": "concise", "bias": True}), spec)
     book = nn.Sequential(nn.Linear(200, 1))
     book.load_state_dict(ours.state_dict())
-    trainer = torch.optim.SGD([{"params": book[0].weight, "weight_decay": 3.0}, {"params": book[0].bias}], lr=0.003)
+    trainer = torch.optim.SGD(
+        [{"params": book[0].weight, "weight_decay": 3.0}, {"params": book[0].bias}], lr=0.003
+    )
     g, book_losses = torch.Generator().manual_seed(0), []
     for _ in range(10):
         perm = torch.randperm(20, generator=g)
         for i in range(0, 20, 5):
-            X, y = data.X[perm[i:i + 5]], data.y[perm[i:i + 5]]
+            X, y = data.X[perm[i : i + 5]], data.y[perm[i : i + 5]]
             trainer.zero_grad()
             l = nn.MSELoss(reduction="none")(book(X), y)
             l.mean().backward()

@@ -1,4 +1,5 @@
 """d2lrun.sweeps without training: folder claiming, resumable jobs, scores, the report of a sweep folder, presets."""
+
 import csv
 import json
 import math
@@ -25,7 +26,9 @@ def compose_hydra(*overrides):
 def test_unique_dir_gives_racing_sweeps_their_own_folders(tmp_path):
     base = str(tmp_path / "multirun" / "2026-11-26" / "10-00-00")
     got = []
-    threads = [threading.Thread(target=lambda: got.append(sweep.unique_dir(base))) for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: got.append(sweep.unique_dir(base))) for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -36,12 +39,19 @@ def test_unique_dir_gives_racing_sweeps_their_own_folders(tmp_path):
 
 def test_default_sweep_dir_is_claimed_once_per_sweep_and_shared_by_its_jobs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    first, second = compose_hydra(), compose_hydra()  # two sweeps, started within the same second or two
+    first, second = (
+        compose_hydra(),
+        compose_hydra(),
+    )  # two sweeps, started within the same second or two
     a = first.hydra.sweep.dir
     assert re.fullmatch(r"outputs/multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d(_\d+)?", a)
-    assert first.hydra.sweep.dir == a and Path(a).is_dir()  # resolved again: the same folder, no new one
+    assert (
+        first.hydra.sweep.dir == a and Path(a).is_dir()
+    )  # resolved again: the same folder, no new one
     assert second.hydra.sweep.dir != a
-    job = compose_hydra("optim.lr=0.1")  # Hydra composes each job anew, then copies the resolver cache
+    job = compose_hydra(
+        "optim.lr=0.1"
+    )  # Hydra composes each job anew, then copies the resolver cache
     OmegaConf.copy_cache(from_config=first, to_config=job)
     assert job.hydra.sweep.dir == a
     assert len(list((tmp_path / "outputs" / "multirun").glob("*/*"))) == 2
@@ -55,15 +65,22 @@ def test_a_job_counts_as_finished_only_when_completed_with_the_same_overrides(tm
     assert sweep.finished_job(tmp_path, job) is None
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "completed"}))
     assert sweep.finished_job(tmp_path, job) == {"status": "completed"}
-    assert sweep.finished_job(tmp_path, ["optim.lr=0.3", "trainer.epochs=2"]) is None  # the grid changed
+    assert (
+        sweep.finished_job(tmp_path, ["optim.lr=0.3", "trainer.epochs=2"]) is None
+    )  # the grid changed
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "diverged"}))
     assert sweep.finished_job(tmp_path, job) is None
 
 
 def test_score_is_higher_is_better_and_the_worst_for_failed_jobs():
     assert sweep.score({"status": "completed", "best": {"metric": "val_acc", "value": 0.8}}) == 0.8
-    assert sweep.score({"status": "completed", "best": {"metric": "val_loss", "value": 0.25}}) == -0.25
-    assert sweep.score({"status": "diverged", "best": {"metric": "val_loss", "value": 0.25}}) == -math.inf
+    assert (
+        sweep.score({"status": "completed", "best": {"metric": "val_loss", "value": 0.25}}) == -0.25
+    )
+    assert (
+        sweep.score({"status": "diverged", "best": {"metric": "val_loss", "value": 0.25}})
+        == -math.inf
+    )
     assert sweep.score({"status": "failed", "reason": "bad"}) == -math.inf
     assert sweep.score(None) == -math.inf
 
@@ -77,39 +94,80 @@ def write_job(sweep_dir, num, overrides, metrics=None):
 
 
 def done(value, epoch=2, seconds=1.5):
-    return {"status": "completed", "final": {"epoch": 2, "val_loss": value}, "wall_seconds": seconds,
-            "best": {"epoch": epoch, "metric": "val_loss", "value": value}}
+    return {
+        "status": "completed",
+        "final": {"epoch": 2, "val_loss": value},
+        "wall_seconds": seconds,
+        "best": {"epoch": epoch, "metric": "val_loss", "value": value},
+    }
 
 
 def test_report_of_an_interrupted_grid_lists_missing_and_unfinished_jobs(tmp_path, capsys):
     s = tmp_path / "sweep"
     s.mkdir()
-    OmegaConf.save({"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-                                          "params": None},
-                              "overrides": {"task": ["optim.lr=0.1,0.01", "optim.weight_decay=0,1e-3",
-                                                     "trainer.epochs=2"]}}}, s / "multirun.yaml")
+    OmegaConf.save(
+        {
+            "hydra": {
+                "sweeper": {
+                    "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "params": None,
+                },
+                "overrides": {
+                    "task": ["optim.lr=0.1,0.01", "optim.weight_decay=0,1e-3", "trainer.epochs=2"]
+                },
+            }
+        },
+        s / "multirun.yaml",
+    )
     write_job(s, 0, ["optim.lr=0.1", "optim.weight_decay=0", "trainer.epochs=2"], done(0.5))
-    write_job(s, 1, ["optim.lr=0.1", "optim.weight_decay=0.001", "trainer.epochs=2"], done(0.1, epoch=1))
-    write_job(s, 2, ["optim.lr=0.01", "optim.weight_decay=0", "trainer.epochs=2"])  # killed while training
+    write_job(
+        s, 1, ["optim.lr=0.1", "optim.weight_decay=0.001", "trainer.epochs=2"], done(0.1, epoch=1)
+    )
+    write_job(
+        s, 2, ["optim.lr=0.01", "optim.weight_decay=0", "trainer.epochs=2"]
+    )  # killed while training
     failure = sweep.report(s)  # job 3 never started
 
-    assert failure == f"2 of 4 sweep jobs did not complete (1 unfinished, 1 missing); see {s / 'summary.csv'}"
+    assert (
+        failure
+        == f"2 of 4 sweep jobs did not complete (1 unfinished, 1 missing); see {s / 'summary.csv'}"
+    )
     rows = list(csv.DictReader(open(s / "summary.csv")))
     assert [(r["job"], r["optim.lr"], r["optim.weight_decay"], r["status"]) for r in rows] == [
-        ("1", "0.1", "0.001", "completed"), ("0", "0.1", "0", "completed"),
-        ("2", "0.01", "0", "unfinished"), ("3", "0.01", "0.001", "missing")]
-    assert list(rows[0]) == ["job", "optim.lr", "optim.weight_decay", "status", "final_val_loss", "best_val_loss",
-                             "best_epoch", "seconds", "reason"]
-    assert (rows[0]["best_val_loss"], rows[0]["best_epoch"], rows[0]["seconds"]) == ("0.1", "1", "1.5")
+        ("1", "0.1", "0.001", "completed"),
+        ("0", "0.1", "0", "completed"),
+        ("2", "0.01", "0", "unfinished"),
+        ("3", "0.01", "0.001", "missing"),
+    ]
+    assert list(rows[0]) == [
+        "job",
+        "optim.lr",
+        "optim.weight_decay",
+        "status",
+        "final_val_loss",
+        "best_val_loss",
+        "best_epoch",
+        "seconds",
+        "reason",
+    ]
+    assert (rows[0]["best_val_loss"], rows[0]["best_epoch"], rows[0]["seconds"]) == (
+        "0.1",
+        "1",
+        "1.5",
+    )
     assert (s / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "2 completed, 1 unfinished, 1 missing" in out and "missing" in out.splitlines()[-3]
 
 
 def test_report_names_the_problem_and_the_fix(tmp_path):
-    with pytest.raises(UsageError, match="is not a folder. Fix: d2lrun-report outputs/multirun/DATE/TIME"):
+    with pytest.raises(
+        UsageError, match="is not a folder. Fix: d2lrun-report outputs/multirun/DATE/TIME"
+    ):
         sweep.report(tmp_path / "nope")
-    with pytest.raises(UsageError, match="holds no sweep.*Fix: give a folder that `d2lrun -m` wrote"):
+    with pytest.raises(
+        UsageError, match="holds no sweep.*Fix: give a folder that `d2lrun -m` wrote"
+    ):
         sweep.report(tmp_path)
 
 
@@ -118,18 +176,32 @@ def test_slurm_preset_asks_sbatch_for_partition_gpus_and_time():
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
     from submitit.slurm import slurm
 
-    cfg = compose_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30")
+    cfg = compose_hydra(
+        "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30"
+    )
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
-    assert params["_target_"] == SlurmQueueConf._target_ and set(params) == set(SlurmQueueConf.__dataclass_fields__)
+    assert params["_target_"] == SlurmQueueConf._target_ and set(params) == set(
+        SlurmQueueConf.__dataclass_fields__
+    )
     # What the plugin's SlurmLauncher.launch does with these keys, up to writing the sbatch file.
     folder, timeouts = params.pop("submitit_folder"), params.pop("max_num_timeout")
     del params["_target_"]
-    with mock.patch.object(slurm.SlurmExecutor, "affinity", return_value=1):  # no SLURM on this machine
-        executor = submitit.AutoExecutor(cluster="slurm", folder=folder, slurm_max_num_timeout=timeouts)
+    with mock.patch.object(
+        slurm.SlurmExecutor, "affinity", return_value=1
+    ):  # no SLURM on this machine
+        executor = submitit.AutoExecutor(
+            cluster="slurm", folder=folder, slurm_max_num_timeout=timeouts
+        )
     base = set(BaseQueueConf.__dataclass_fields__)
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     script = executor._executor._make_submission_file_text("python -m d2lrun", "uid")
-    for line in ("--partition=gpu", "--gpus-per-node=1", "--time=30", "--cpus-per-task=4", "--mem=16GB"):
+    for line in (
+        "--partition=gpu",
+        "--gpus-per-node=1",
+        "--time=30",
+        "--cpus-per-task=4",
+        "--mem=16GB",
+    ):
         assert f"#SBATCH {line}\n" in script
 
 

@@ -1,4 +1,5 @@
 """The training loop: learning, device-side accounting, divergence, checkpoints, interrupts, L1/L2."""
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -9,9 +10,22 @@ from d2lrun.data import Split
 from d2lrun.errors import Diverged
 from d2lrun.models import build_model
 from d2lrun.optim import build_optimizer, l1_penalty
-from d2lrun.trainer import History, cross_entropy_scratch, evaluate, fit, squared_loss, train_one_epoch
+from d2lrun.trainer import (
+    History,
+    cross_entropy_scratch,
+    evaluate,
+    fit,
+    squared_loss,
+    train_one_epoch,
+)
 
-SPEC = {"dataset": "synthetic", "task": "regression", "num_inputs": 2, "num_outputs": 1, "image_shape": None}
+SPEC = {
+    "dataset": "synthetic",
+    "task": "regression",
+    "num_inputs": 2,
+    "num_outputs": 1,
+    "image_shape": None,
+}
 
 
 def regression_data(n=200, seed=0):
@@ -26,14 +40,34 @@ def linreg():
 
 
 def sgd(model, lr=0.03, wd=0.0):
-    return build_optimizer(model, OmegaConf.create({"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": wd}))
+    return build_optimizer(
+        model, OmegaConf.create({"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": wd})
+    )
 
 
 def run_fit(tmp_path, model, opt, epochs=3, checkpoint_every=1, l1=0.0):
     data = regression_data()
-    trainer = Trainer(epochs=epochs, batch_size=10, checkpoint_every=checkpoint_every, progress=False, compile=False)
-    return fit(model, opt, torch.nn.functional.mse_loss, data, data, trainer, l1, tmp_path,
-               torch.Generator().manual_seed(0), History(), {"config": {}, "spec": SPEC}, log=lambda *_: None)
+    trainer = Trainer(
+        epochs=epochs,
+        batch_size=10,
+        checkpoint_every=checkpoint_every,
+        progress=False,
+        compile=False,
+    )
+    return fit(
+        model,
+        opt,
+        torch.nn.functional.mse_loss,
+        data,
+        data,
+        trainer,
+        l1,
+        tmp_path,
+        torch.Generator().manual_seed(0),
+        History(),
+        {"config": {}, "spec": SPEC},
+        log=lambda *_: None,
+    )
 
 
 def test_fit_learns_and_writes_checkpoints(tmp_path):
@@ -53,7 +87,9 @@ def test_checkpoint_every_skips_epochs_but_always_saves_the_last(tmp_path):
     import d2lrun.trainer as train_mod
 
     original = train_mod.save_checkpoint
-    train_mod.save_checkpoint = lambda path, ck: saved.append((path.name, ck["epoch"])) or original(path, ck)
+    train_mod.save_checkpoint = lambda path, ck: (
+        saved.append((path.name, ck["epoch"])) or original(path, ck)
+    )
     try:
         run_fit(tmp_path, model, sgd(model), epochs=5, checkpoint_every=2)
     finally:
@@ -107,15 +143,24 @@ def test_train_one_epoch_accumulates_on_device_and_counts_correct():
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    out = train_one_epoch(model, torch.nn.functional.cross_entropy, opt, Split(X, y), 8,
-                          torch.Generator().manual_seed(0), classify=True)
-    assert out["loss_sum"].ndim == 0 and out["batch_losses"].shape == (4,)  # last partial batch kept
+    out = train_one_epoch(
+        model,
+        torch.nn.functional.cross_entropy,
+        opt,
+        Split(X, y),
+        8,
+        torch.Generator().manual_seed(0),
+        classify=True,
+    )
+    assert out["loss_sum"].ndim == 0 and out["batch_losses"].shape == (
+        4,
+    )  # last partial batch kept
     # The counts are of the predictions made while training: recompute them batch by batch, in the same order.
     perm, correct, losses = torch.randperm(30, generator=torch.Generator().manual_seed(0)), 0, []
     model.load_state_dict(before)
     replay = torch.optim.SGD(model.parameters(), lr=0.1)
     for i in range(0, 30, 8):
-        idx = perm[i:i + 8]
+        idx = perm[i : i + 8]
         y_hat = model(X[idx])
         loss = torch.nn.functional.cross_entropy(y_hat, y[idx])
         correct += (y_hat.argmax(1) == y[idx]).sum().item()
@@ -127,12 +172,16 @@ def test_train_one_epoch_accumulates_on_device_and_counts_correct():
     torch.testing.assert_close(out["batch_losses"], torch.tensor(losses))
     metrics = evaluate(model, torch.nn.functional.cross_entropy, Split(X, y), classify=True)
     assert metrics["acc"] == pytest.approx((model(X).argmax(1) == y).float().mean().item())
-    assert metrics["loss"] == pytest.approx(torch.nn.functional.cross_entropy(model(X), y).item(), rel=1e-6)
+    assert metrics["loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(model(X), y).item(), rel=1e-6
+    )
 
 
 def test_scratch_losses_match_torch():
     logits, y = torch.randn(6, 10) * 50, torch.randint(0, 10, (6,))
-    assert torch.allclose(cross_entropy_scratch(logits, y), torch.nn.functional.cross_entropy(logits, y), atol=1e-5)
+    assert torch.allclose(
+        cross_entropy_scratch(logits, y), torch.nn.functional.cross_entropy(logits, y), atol=1e-5
+    )
     y_hat, t = torch.randn(5, 1), torch.randn(5, 1)
     assert torch.allclose(squared_loss(y_hat, t) * 2, torch.nn.functional.mse_loss(y_hat, t))
 
@@ -164,11 +213,27 @@ def test_l1_training_drives_the_useless_weights_to_zero(tmp_path):
     weights = {}
     for l1 in (0.0, 0.3):
         torch.manual_seed(0)
-        model = build_model(OmegaConf.create({"name": "linreg", "impl": "concise", "bias": True}), spec)
+        model = build_model(
+            OmegaConf.create({"name": "linreg", "impl": "concise", "bias": True}), spec
+        )
         (tmp_path / str(l1)).mkdir()
-        trainer = Trainer(epochs=20, batch_size=10, checkpoint_every=20, progress=False, compile=False)
-        fit(model, sgd(model, lr=0.02), torch.nn.functional.mse_loss, data, data, trainer, l1, tmp_path / str(l1),
-            torch.Generator().manual_seed(0), History(), {"config": {}, "spec": spec}, log=lambda *_: None)
+        trainer = Trainer(
+            epochs=20, batch_size=10, checkpoint_every=20, progress=False, compile=False
+        )
+        fit(
+            model,
+            sgd(model, lr=0.02),
+            torch.nn.functional.mse_loss,
+            data,
+            data,
+            trainer,
+            l1,
+            tmp_path / str(l1),
+            torch.Generator().manual_seed(0),
+            History(),
+            {"config": {}, "spec": spec},
+            log=lambda *_: None,
+        )
         weights[l1] = model[0].weight.detach().reshape(-1)
     assert weights[0.3][1:].abs().sum() < 0.5 * weights[0.0][1:].abs().sum()
     assert abs(weights[0.3][0] - 3) < 0.25  # the L1 optimum: 3 - λ/2
@@ -177,7 +242,9 @@ def test_l1_training_drives_the_useless_weights_to_zero(tmp_path):
 def test_best_pt_holds_the_best_epoch(tmp_path):
     """best.pt is the epoch with the lowest validation loss, not the last one."""
     model = linreg()
-    history = run_fit(tmp_path, model, sgd(model, lr=0.6), epochs=6)  # a large step: the loss bounces
+    history = run_fit(
+        tmp_path, model, sgd(model, lr=0.6), epochs=6
+    )  # a large step: the loss bounces
     best = min(history.rows, key=lambda r: r["val_loss"])
     saved = load_checkpoint(tmp_path / "best.pt")
     assert saved["epoch"] == best["epoch"] == history.best["epoch"]
