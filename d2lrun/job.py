@@ -50,7 +50,7 @@ def train(
             status = "diverged" if isinstance(e, Diverged) else "failed"
             write_json(run_dir / "metrics.json", {"status": status, "reason": f"fold {i}: {e}"})
             raise
-    mean = mean_row([{k: v for k, v in f.items() if k not in ("epoch", "seconds")} for f in finals])
+    mean = mean_row([{m: v for m, v in f.items() if m not in ("epoch", "seconds")} for f in finals])
     metric = next(m for m in ("val_acc", "val_loss", "train_acc", "train_loss") if m in mean)
     log(fold_table(finals, mean, k))
     summary = {

@@ -364,3 +364,40 @@ def test_an_unreachable_tracking_server_fails_quickly_before_training(tmp_path):
     )
     assert r.stdout == "" and not run.exists()
     assert time.monotonic() - start < 30
+
+
+def test_tensorboard_in_a_sweep_a_diverged_job_and_a_resumed_run(tmp_path):
+    """Each sweep job writes its own events and hparams (status included, so HParams shows the diverged job);
+    a resumed run's events hold every epoch, the ones before the resume too."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    def events(run):
+        accumulator = EventAccumulator(str(run / "tensorboard"))
+        accumulator.Reload()
+        start = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        status = HParamsPluginData.FromString(start).session_start_info.hparams["status"]
+        return accumulator, status.string_value
+
+    s = tmp_path / "sweep"
+    r = run_module("-m", "logger=tensorboard", "optim.lr=0.03,100", "trainer.epochs=2", *FAST,
+                   f"hydra.sweep.dir={s}")  # fmt: skip
+    assert r.returncode == 1, r.stderr  # the diverged job
+    done, status = events(s / "0")
+    assert status == "completed" and [e.step for e in done.Scalars("val_loss")] == [1, 2]
+    diverged, status = events(s / "1")
+    assert (
+        status == "diverged"
+        and json.loads((s / "1" / "metrics.json").read_text())["status"] == "diverged"
+    )
+
+    r = run_module(
+        f"resume={s / '0'}", "trainer.epochs=4", f"hydra.run.dir={tmp_path / 'more'}", *FAST
+    )
+    assert r.returncode == 0, r.stderr
+    resumed, status = events(tmp_path / "more")
+    rows = pd.read_csv(tmp_path / "more" / "metrics.csv")
+    assert status == "completed" and [e.step for e in resumed.Scalars("val_loss")] == [1, 2, 3, 4]
+    assert [e.value for e in resumed.Scalars("val_loss")] == pytest.approx(
+        rows["val_loss"].tolist(), rel=1e-6
+    )
