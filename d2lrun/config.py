@@ -307,6 +307,8 @@ def register() -> None:
 
     register_resolvers()
     cs = ConfigStore.instance()
+    if "schema_config.yaml" in cs.repo:  # already there: compose() calls this for every composition
+        return
     for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
         cs.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
     for name, node in (("config", Config), ("eval", Eval), ("predict", Predict)):
