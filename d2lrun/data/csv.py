@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from d2lrun.data import Split
 from d2lrun.errors import UsageError
+from d2lrun.files import shown
 from d2lrun.kfold import fold_rows
 
 
@@ -26,11 +27,14 @@ def read_table(
 
     na_values: the strings that mean "missing", instead of pandas' own list.
     """
-    p, where = Path(str(path)).expanduser(), f"{key}={path}"
+    # Shown as the user would type it: config paths are stored absolute (d2lrun.config.checked).
+    p, where = Path(str(path)).expanduser(), f"{key}={shown(path)}"
     if not p.exists():
         raise UsageError(f"{where}: no such file. Fix: {key}=<the path of a CSV file>.")
     if p.is_dir():
-        raise UsageError(f"{where} is a directory, not a CSV file. Fix: {key}={path}/FILE.csv.")
+        raise UsageError(
+            f"{where} is a directory, not a CSV file. Fix: {key}={shown(path)}/FILE.csv."
+        )
     try:
         frame = (
             pd.read_csv(p)
@@ -123,7 +127,7 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
 def load(
     cfg: DictConfig, seed: int, fold: tuple[int, int] | None = None
 ) -> tuple[Split, Split, dict]:
-    return table_splits(read_table(cfg.path), cfg, seed, fold, str(cfg.path))
+    return table_splits(read_table(cfg.path), cfg, seed, fold, shown(cfg.path))
 
 
 def table_splits(
