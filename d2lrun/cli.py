@@ -42,6 +42,9 @@ def handle(main: Callable[[], object], prog: str) -> None:
     except (Exception, KeyboardInterrupt, Abort) as e:
         if isinstance(e, Abort) and isinstance(e.__cause__, Exception):
             e = e.__cause__  # a task's own error, carried past Hydra by `task`
+        if isinstance(e, BrokenPipeError):  # `d2lrun --help | head`: the reader left, say nothing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own advice
+            sys.exit(1)
         error = translate(e)
         if tracebacks:
             raise e
