@@ -8,10 +8,11 @@ field below is MISSING, so no Python code re-defaults a key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -60,10 +61,10 @@ class Synthetic:
     w: Any = key([2, -3.4])  # a list, or one number for all num_inputs
     b: float = key(4.2)
     noise: float = key(0.01, ge=0)
-    num_inputs: Optional[int] = key(200, ge=1)
+    num_inputs: int | None = key(200, ge=1)
     num_train: int = key(1000, ge=1)
     num_val: int = key(1000, ge=1)
-    folds: Optional[int] = folds()
+    folds: int | None = folds()
     shuffle_folds: bool = key(False)  # False: fold i holds out the i-th contiguous slice (the book)
 
 
@@ -77,7 +78,7 @@ class Table:
     val_fraction: float = key(0.2, ge=0, lt=1)
     max_categories: int = key(50, ge=1)
     standardize_target: bool = key(True)
-    folds: Optional[int] = folds()
+    folds: int | None = folds()
     shuffle_folds: bool = key(False)
 
 
@@ -104,7 +105,7 @@ class Polynomial:
     num_train: int = key(100, ge=1)
     num_val: int = key(100, ge=1)
     noise: float = key(0.1, ge=0)
-    folds: Optional[int] = folds()
+    folds: int | None = folds()
     shuffle_folds: bool = key(False)
 
 
@@ -215,7 +216,7 @@ class Logger:
 @dataclass
 class MLflow(Logger):
     tracking_uri: str = key("sqlite:///outputs/mlflow.db")  # or http://HOST:5000, a server
-    experiment_name: Optional[str] = key("lenet-fashion_mnist")  # null: the preset, or MODEL-DATA
+    experiment_name: str | None = key("lenet-fashion_mnist")  # null: the preset, or MODEL-DATA
 
 
 @dataclass
@@ -232,7 +233,7 @@ class Trainer:
 class Config:
     device: str = key("auto")
     seed: int = key(0)
-    resume: Optional[str] = key("outputs/DATE/TIME")
+    resume: str | None = key("outputs/DATE/TIME")
     trainer: Trainer = field(default_factory=Trainer)
     dataset: Any = MISSING
     model: Any = MISSING
@@ -246,15 +247,15 @@ class Config:
 class DataLocation:
     """The dataset keys a reloaded run may change: where the files are, not what they hold."""
 
-    root: Optional[str] = key("data")
-    path: Optional[str] = key("data/house.csv")
-    download: Optional[bool] = key(False)
+    root: str | None = key("data")
+    path: str | None = key("data/house.csv")
+    download: bool | None = key(False)
 
 
 @dataclass
 class Eval:
-    run: Optional[str] = key("outputs/DATE/TIME")
-    ckpt: Optional[str] = key("outputs/DATE/TIME/best.pt")
+    run: str | None = key("outputs/DATE/TIME")
+    ckpt: str | None = key("outputs/DATE/TIME/best.pt")
     device: str = key("cpu")
     dataset: DataLocation = field(default_factory=DataLocation)
 
@@ -262,7 +263,7 @@ class Eval:
 @dataclass
 class Predict(Eval):
     input: str = key("new.csv")
-    output: Optional[str] = key("predictions.csv")
+    output: str | None = key("predictions.csv")
 
 
 SCHEMAS: dict[str, dict[str, type]] = {

@@ -66,7 +66,8 @@ def curves_figure(rows: list[dict], title: str = ""):
     epochs = [r["epoch"] for r in rows]
     panels = [("loss", "loss")] + ([("acc", "accuracy")] if "val_acc" in rows[0] else [])
     fig = Figure(figsize=(4.5 * len(panels), 3.5))
-    for ax, (key, label) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (key, label) in zip(axes, panels, strict=True):
         for split, style in (("train", "-"), ("val", "--")):
             if f"{split}_{key}" in rows[0]:
                 ax.plot(

@@ -203,7 +203,7 @@ def restore(ckpt: dict, model, optimizer, generator: torch.Generator) -> History
     load_state_dict_strict(model, ckpt["model"], "the checkpoint")
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])  # momentum buffers, Adam moments ...
-    for group, h in zip(optimizer.param_groups, hyper):
+    for group, h in zip(optimizer.param_groups, hyper, strict=True):
         group.update(
             h
         )  # ... but lr and weight decay as configured now (resume optim.lr=0.01 works)

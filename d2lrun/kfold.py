@@ -1,4 +1,5 @@
-"""K-fold cross-validation (§4.10) as a runner feature: which rows each fold holds out, and the mean.
+"""K-fold cross-validation (§4.10) as a runner feature: which rows each fold holds out, and the
+mean.
 
 The book's `get_k_fold_data` holds out the i-th contiguous slice of n // k rows and never uses the
 last n % k rows; here the first n % k folds hold one row more, so every row is held out exactly once
@@ -6,6 +7,8 @@ last n % k rows; here the first n % k folds hold one row more, so every row is h
 """
 
 from __future__ import annotations
+
+from itertools import pairwise
 
 import numpy as np
 
@@ -16,11 +19,12 @@ def fold_bounds(n: int, k: int) -> list[tuple[int, int]]:
     """(start, stop) of each fold's held-out slice."""
     sizes = [n // k + (i < n % k) for i in range(k)]
     starts = np.cumsum([0, *sizes])
-    return [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+    return [(int(a), int(b)) for a, b in pairwise(starts)]
 
 
 def fold_rows(n: int, k: int, i: int, shuffle: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, held-out rows) of fold i of k over n rows; shuffle permutes them with seed first."""
+    """(training rows, held-out rows) of fold i of k over n rows; shuffle permutes them with seed
+    first."""
     if n < k:
         raise UsageError(
             f"dataset.folds={k} is more folds than the {n} rows. Fix: dataset.folds={max(2, n)}."

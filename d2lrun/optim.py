@@ -16,12 +16,13 @@ from d2lrun.errors import UsageError
 
 
 class Optimizer:
-    """What the loop needs of an optimizer: param_groups, zero_grad, step, state_dict, load_state_dict.
+    """What the loop needs of an optimizer: param_groups, zero_grad, step, state_dict and
+    load_state_dict.
 
-    d2lrun writes its two update rules out instead of using torch.optim: constructing any torch.optim
-    optimizer imports torch._dynamo, 1.8 s of a 5.4 s default run measured on a 2-core CPU. The updates are torch.optim's own,
-    operation for operation (tests/unit/test_optim.py checks they agree exactly), and the
-    state_dict has torch.optim's layout.
+    d2lrun writes its two update rules out instead of using torch.optim: constructing any
+    torch.optim optimizer imports torch._dynamo, 1.8 s of a 5.4 s default run measured on a 2-core
+    CPU. The updates are torch.optim's own, operation for operation (tests/unit/test_optim.py
+    checks they agree exactly), and the state_dict has torch.optim's layout.
     """
 
     def __init__(self, groups: list[dict], **defaults):
@@ -59,7 +60,7 @@ class Optimizer:
                 "the checkpoint's optimizer has another number of parameter groups. "
                 "Fix: resume with the run's own model and optimizer."
             )
-        for group, saved in zip(self.param_groups, state_dict["param_groups"]):
+        for group, saved in zip(self.param_groups, state_dict["param_groups"], strict=True):
             group.update({k: v for k, v in saved.items() if k != "params"})
         self.state = {
             params[int(i)]: {
@@ -70,11 +71,12 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Minibatch SGD (§3.2) with momentum (§12.6) and per-group weight decay (§4.5); torch.optim.SGD's update.
+    """Minibatch SGD (§3.2) with momentum (§12.6) and per-group weight decay (§4.5):
+    torch.optim.SGD's update.
 
-    With momentum 0 this is the book's own `sgd`: param -= lr * grad. The book sums the batch loss and
-    divides by batch_size; d2lrun's losses are already batch means, so the division is built in, and
-    §4.5's λ/2·‖w‖² per example becomes weight_decay=λ on the weights.
+    With momentum 0 this is the book's own `sgd`: param -= lr * grad. The book sums the batch loss
+    and divides by batch_size; d2lrun's losses are already batch means, so the division is built
+    in, and §4.5's λ/2·‖w‖² per example becomes weight_decay=λ on the weights.
     """
 
     def __init__(self, groups: list[dict], lr: float, momentum: float = 0.0):

@@ -11,9 +11,9 @@ features, the seed (and, to resume, the optimizer). Where the data lives may cha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf

@@ -1,9 +1,12 @@
-"""Reproduce the book: run every preset in experiments/ and rewrite the results table in experiments/README.md.
+"""Reproduce the book: run every preset in experiments/ and rewrite the results table in
+experiments/README.md.
 
-    python -m d2lrun.reproduce                                    # all presets on CPU, then rewrite the table
-    python -m d2lrun.reproduce --data ../shared/data/fashion-mnist  # a folder of the four .gz files, or a dataset.root
+    python -m d2lrun.reproduce             # all presets on CPU, then rewrite the table
+    python -m d2lrun.reproduce --data ../shared/data/fashion-mnist
+                                           # a folder of the four .gz files, or a dataset.root
     python -m d2lrun.reproduce --kaggle ../shared/data/kaggle-house  # §4.10's two CSV files
-    python -m d2lrun.reproduce --only ch6_lenet lenet_modern      # some presets: print their rows, README untouched
+    python -m d2lrun.reproduce --only ch6_lenet lenet_modern
+                                           # some presets: print their rows, README untouched
 
 Each run is `d2lrun experiment=NAME` composed through Hydra's compose API and trained by
 d2lrun.job.train, with its files in outputs/reproduce/NAME. A number is within tolerance when
@@ -28,7 +31,8 @@ from pathlib import Path
 from d2lrun.data.fashion_mnist import FILES
 
 # Relative: losses 15%, weight-decay norms 10%, log RMSE 3% (the book's re-runs spread by 0.4%).
-# Absolute: accuracy 0.02 below the book (ACC_SLACK), learned weights and kernels 0.05 (WEIGHT_SLACK).
+# Absolute: accuracy 0.02 below the book (ACC_SLACK), learned weights and kernels 0.05
+# (WEIGHT_SLACK).
 TOLERANCE = {"loss": 0.15, "norm": 0.10, "rmse": 0.03}
 WEIGHT_SLACK = 0.05
 ACC_SLACK = 0.02
@@ -84,10 +88,13 @@ def _w_norm(book: float) -> tuple[Check, ...]:
 
 
 FMNIST = "Fashion-MNIST, batch 256"
-POLY = "100 training and 100 test examples, features x^i/i!, w = [5, 1.2, -3.4, 5.6], noise 0.1; nn.Linear without bias, MSE, SGD lr 0.01, batch 10"
+POLY = (
+    "100 training and 100 test examples, features x^i/i!, w = [5, 1.2, -3.4, 5.6], noise 0.1; "
+    "nn.Linear without bias, MSE, SGD lr 0.01, batch 10"
+)
 WD = (
-    "20 training and 100 test examples, 200 inputs, y = 0.05 + Σ 0.01·xᵢ + N(0, 0.01²); batch 5, lr 0.003, "
-    "100 epochs; scratch w ~ N(0, 1)"
+    "20 training and 100 test examples, 200 inputs, y = 0.05 + Σ 0.01·xᵢ + N(0, 0.01²); batch 5, "
+    "lr 0.003, 100 epochs; scratch w ~ N(0, 1)"
 )
 EXPERIMENTS = (
     Experiment(
@@ -194,8 +201,8 @@ EXPERIMENTS = (
     ),
     Experiment(
         "ch6_learn_kernel",
-        "§6.2.4: X = ones(6, 8) with columns 2-5 zero, Y = corr2d(X, [[1, -1]]); nn.Conv2d(1, 1, (1, 2)), "
-        "summed squared error, lr 3e-2, 10 iterations",
+        "§6.2.4: X = ones(6, 8) with columns 2-5 zero, Y = corr2d(X, [[1, -1]]); "
+        "nn.Conv2d(1, 1, (1, 2)), summed squared error, lr 3e-2, 10 iterations",
         (
             Check("kernel[0]", "kernel0", (1.0,), "weight"),
             Check("kernel[1]", "kernel1", (-1.0,), "weight"),
@@ -289,7 +296,8 @@ def preset_overrides(experiment: Experiment, extra: list[str]) -> list[str]:
 def run_experiment(
     experiment: Experiment, out: Path, extra: list[str], data: dict[str, list[str]], log=print
 ) -> Result:
-    """Train one preset and read its numbers; data: more overrides for presets of a dataset, by name."""
+    """Train one preset and read its numbers; data: more overrides for presets of a dataset, by
+    name."""
     from d2lrun.job import train
 
     cfg = compose_preset(experiment, extra)
@@ -320,7 +328,8 @@ def run_experiment(
 
 
 def prepare_data(data: Path, out: Path) -> list[str]:
-    """Overrides that point Fashion-MNIST at `data`: a dataset.root, or a folder of the four .gz files."""
+    """Overrides that point Fashion-MNIST at `data`: a dataset.root, or a folder of the four .gz
+    files."""
     if all(
         (data / f).exists() for f in FILES
     ):  # the official .gz files side by side: unpack them once
@@ -337,7 +346,8 @@ def prepare_data(data: Path, out: Path) -> list[str]:
 
 
 def _num(x: float, digits: int | None = 3) -> str:
-    """Plain decimals as the book prints them: 0.000051, 0.0428; `digits` significant ones (None: as given)."""
+    """Plain decimals as the book prints them: 0.000051, 0.0428; `digits` significant ones (None:
+    as given)."""
     import numpy as np
 
     if digits is None:
@@ -347,23 +357,28 @@ def _num(x: float, digits: int | None = 3) -> str:
 
 def _book(c: Check) -> str:
     values = ("–" if c.span else " / ").join(_num(b, None) for b in c.book)
-    return f"{c.label} {'≥ ' if c.kind == 'at_least' else ''}{values}{' (shown, not judged)' if c.kind == 'info' else ''}"
+    at_least = "≥ " if c.kind == "at_least" else ""
+    note = " (shown, not judged)" if c.kind == "info" else ""
+    return f"{c.label} {at_least}{values}{note}"
 
 
 def _miss(c: Check, value: float) -> str:
     if c.kind in ("loss", "norm"):
         off = min(abs(value - b) / b for b in c.book)
         return (
-            f"{c.label} {_num(value)} is {off:.2%} off the book's {_book(c).removeprefix(c.label + ' ')} "
-            f"(tolerance {TOLERANCE[c.kind]:.0%})"
+            f"{c.label} {_num(value)} is {off:.2%} off the book's "
+            f"{_book(c).removeprefix(c.label + ' ')} (tolerance {TOLERANCE[c.kind]:.0%})"
         )
-    return f"{c.label} {_num(value)} < {_num(min(c.book) - (ACC_SLACK if c.kind == 'acc' else 0), None)}"
+    floor = min(c.book) - (ACC_SLACK if c.kind == "acc" else 0)
+    return f"{c.label} {_num(value)} < {_num(floor, None)}"
 
 
 def table(results: list[Result]) -> str:
-    """The results table in Markdown: protocol, the book's numbers, d2lrun's in the same order, seconds, verdict."""
+    """The results table in Markdown: protocol, the book's numbers, d2lrun's in the same order,
+    seconds, verdict."""
     lines = [
-        "| preset | protocol | the book printed (zh 2.0.0 / en 0.17.5) | d2lrun measured | s/run | within tolerance |",
+        "| preset | protocol | the book printed (zh 2.0.0 / en 0.17.5) | d2lrun measured | s/run "
+        "| within tolerance |",
         "|---|---|---|---|---:|---|",
     ]
     for r in results:
@@ -411,12 +426,14 @@ def write_readme(path: Path, results: list[Result], device: str) -> None:
     text = path.read_text()
     if BEGIN not in text or END not in text:
         raise ValueError(
-            f"{path} has no {BEGIN} ... {END} block to rewrite. Fix: add those two lines around the table."
+            f"{path} has no {BEGIN} ... {END} block to rewrite. "
+            "Fix: add those two lines around the table."
         )
     ok = sum(r.ok for r in results)
     block = (
         f"{BEGIN}\n_Measured by `python -m d2lrun.reproduce` on {device}: {environment()}; seed 0. "
-        f"{ok} of {len(results)} runs within tolerance; {sum(r.seconds for r in results):.0f} s in all._\n\n"
+        f"{ok} of {len(results)} runs within tolerance; "
+        f"{sum(r.seconds for r in results):.0f} s in all._\n\n"
         f"{table(results)}\n{END}"
     )
     head, rest = text.split(BEGIN, 1)
@@ -439,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kaggle",
         type=Path,
-        help="a folder holding §4.10's two CSV files (default: dataset.root, downloaded when missing)",
+        help="a folder holding §4.10's two CSV files "
+        "(default: dataset.root, downloaded when missing)",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("outputs/reproduce"), help="where the runs go"
@@ -461,13 +479,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.only or ()) - known)
     if unknown:
         print(
-            f"reproduce: error: unknown preset(s) {', '.join(unknown)}. Choose from: {', '.join(sorted(known))}.",
+            f"reproduce: error: unknown preset(s) {', '.join(unknown)}. "
+            f"Choose from: {', '.join(sorted(known))}.",
             file=sys.stderr,
         )
         return 2
     if args.data is not None and not args.data.is_dir():
         print(
-            f"reproduce: error: --data {args.data} is not a folder. Fix: --data <folder with the .gz files>.",
+            f"reproduce: error: --data {args.data} is not a folder. "
+            "Fix: --data <folder with the .gz files>.",
             file=sys.stderr,
         )
         return 2
@@ -513,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rewrote the table in {args.readme}")
     else:
         print(
-            f"{args.readme} not found; the table above was not saved. Fix: run from the repository root."
+            f"{args.readme} not found; the table above was not saved. "
+            "Fix: run from the repository root."
         )
     failed = [r.experiment.name for r in results if r.status != "completed"]
     missed = [r.experiment.name for r in results if not r.ok and r.status == "completed"]

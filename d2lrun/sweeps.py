@@ -75,9 +75,9 @@ def finished_job(run_dir: Path, overrides: list[str]) -> dict | None:
 def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
     """One job of a sweep; returns its score. A job that fails is recorded in its metrics.json
     (status, reason, exit code; error.txt: an unexpected one's traceback); the sweep goes on."""
-    from d2lrun.job import train
-
     from hydra.core.hydra_config import HydraConfig
+
+    from d2lrun.job import train
 
     hc = HydraConfig.get()
     done = finished_job(run_dir, overrides)

@@ -177,7 +177,7 @@ def fit(
     history: History,
     checkpoint_extra: dict,
     log=print,
-    tracker: Tracker = Tracker(),
+    tracker: Tracker | None = None,
 ) -> History:
     """Train for trainer.epochs epochs (the config's `trainer`) from history.epoch, with an L1 term
     of strength l1; checkpoint, record and print each epoch. Ctrl-C saves the last epoch.
@@ -195,6 +195,7 @@ def fit(
         TimeRemainingColumn,
     )
 
+    tracker = tracker or Tracker()
     classify = not torch.is_floating_point(train.y)  # class indices, or regression targets
     scale = checkpoint_extra["spec"].get("target_scale")
     # Higher accuracy, or lower loss, is better; without a validation split, the training metric.
@@ -206,8 +207,8 @@ def fit(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=console, transient=True,
         disable=not (trainer.progress and (console.is_terminal or console.is_jupyter)),
-        # Epoch lines printed while the bar runs: above it on a terminal, but into stdout itself when
-        # that is a file or a pipe (`d2lrun | tee log`), not into the bar's stderr.
+        # Epoch lines printed while the bar runs: above it on a terminal, but into stdout itself
+        # when that is a file or a pipe (`d2lrun | tee log`), not into the bar's stderr.
         redirect_stdout=sys.stdout.isatty(),
     )  # fmt: skip
     task = progress.add_task("", total=math.ceil(len(train) / trainer.batch_size))

@@ -1,8 +1,11 @@
 """Speed of one LeNet epoch on Fashion-MNIST (§6.6, batch 256, SGD lr 0.9), three ways, in one run:
 
-  (a) the book's loop: torchvision FashionMNIST + ToTensor + DataLoader(shuffle, 4 workers), d2l's train_ch6
-  (b) a minimal hand-written loop over device-resident tensors (randperm slices, metrics read once per epoch)
-  (c) d2lrun's own trainer through its Python API (d2lrun.job.train_job), checkpoints and metrics included
+  (a) the book's loop: torchvision FashionMNIST + ToTensor + DataLoader(shuffle, 4 workers),
+      d2l's train_ch6
+  (b) a minimal hand-written loop over device-resident tensors (randperm slices, metrics read once
+      per epoch)
+  (c) d2lrun's own trainer through its Python API (d2lrun.job.train_job), checkpoints and metrics
+      included
 
 Each epoch trains on the 60,000 training images and evaluates on the 10,000 test images. Reported:
 seconds per epoch (median of the epochs after the first), training examples/s (data time included),
@@ -59,7 +62,8 @@ def sync(device: torch.device) -> None:
 
 
 def book_loop(root: Path, device: torch.device, epochs: int) -> dict:
-    """(a) d2l's load_data_fashion_mnist + train_ch6 (§3.5, §6.6), metrics accumulated per batch as the book does."""
+    """(a) d2l's load_data_fashion_mnist + train_ch6 (§3.5, §6.6), metrics accumulated per batch
+    as the book does."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -84,11 +88,11 @@ def book_loop(root: Path, device: torch.device, epochs: int) -> dict:
             optimizer.zero_grad()
             X, y = X.to(device), y.to(device)
             y_hat = net(X)
-            l = loss(y_hat, y)
-            l.backward()
+            batch_loss = loss(y_hat, y)
+            batch_loss.backward()
             optimizer.step()
             with torch.no_grad():
-                metric[0] += float(l) * X.shape[0]
+                metric[0] += float(batch_loss) * X.shape[0]
                 metric[1] += float((y_hat.argmax(1) == y).sum())
                 metric[2] += X.shape[0]
         net.eval()
@@ -122,11 +126,11 @@ def minimal_loop(root: Path, device: torch.device, epochs: int) -> dict:
         net.train()
         loss_sum = torch.zeros((), device=device)
         for idx in torch.randperm(len(y), generator=g).to(device).split(256):
-            l = nn.functional.cross_entropy(net(X[idx].float().div_(255)), y[idx])
+            batch_loss = nn.functional.cross_entropy(net(X[idx].float().div_(255)), y[idx])
             optimizer.zero_grad(set_to_none=True)
-            l.backward()
+            batch_loss.backward()
             optimizer.step()
-            loss_sum += l.detach() * len(idx)
+            loss_sum += batch_loss.detach() * len(idx)
         net.eval()
         correct = torch.zeros((), device=device, dtype=torch.long)
         with torch.no_grad():
@@ -190,7 +194,8 @@ def find_root(root: str | None) -> Path:
         return Path(root)
     if not SHARED.exists():
         raise SystemExit(
-            f"no Fashion-MNIST files: pass --root DIR (with DIR/FashionMNIST/raw) or put them in {SHARED}"
+            "no Fashion-MNIST files: pass --root DIR (with DIR/FashionMNIST/raw) or put them in "
+            f"{SHARED}"
         )
     tmp = Path(tempfile.mkdtemp(prefix="d2lrun-bench-"))
     (tmp / "FashionMNIST" / "raw").mkdir(parents=True)
@@ -223,7 +228,8 @@ def main() -> None:
         else f"CPU ({torch.get_num_threads()} threads)"
     )
     print(
-        f"LeNet (§6.6) on Fashion-MNIST, batch 256, {args.epochs} epochs, on {card}, torch {torch.__version__}"
+        f"LeNet (§6.6) on Fashion-MNIST, batch 256, {args.epochs} epochs, on {card}, "
+        f"torch {torch.__version__}"
     )
     results = {}
     for name, fn in [("book", book_loop), ("minimal", minimal_loop), ("d2lrun", d2lrun_trainer)]:
@@ -232,7 +238,8 @@ def main() -> None:
         results[name] = summarize(fn(root, device, args.epochs))
         r = results[name]
         print(
-            f"  {name:8s} {r['seconds_per_epoch']:8.3f} s/epoch {r['examples_per_s']:>9,} ex/s  test acc {r['test_acc']:.4f}"
+            f"  {name:8s} {r['seconds_per_epoch']:8.3f} s/epoch {r['examples_per_s']:>9,} ex/s  "
+            f"test acc {r['test_acc']:.4f}"
         )
     c = results["d2lrun"]["seconds_per_epoch"]
     ratios = {"c_over_b": round(c / results["minimal"]["seconds_per_epoch"], 3)}

@@ -1,5 +1,6 @@
 """Logging never slows an epoch: LeNet (§6.6) epochs on Fashion-MNIST with logger=tensorboard and
-logger=mlflow (a SQLite store) against logger=none, measured in one run (issue 13; target: within 5%).
+logger=mlflow (a SQLite store) against logger=none, measured in one run (issue 13; target: within
+5%).
 
     python experiments/logger_overhead.py [--epochs 3] [--repeat 2] [--root DIR] [--out FILE]
 
@@ -20,10 +21,10 @@ import shutil
 import statistics
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import torch
-
 from benchmark import find_root  # experiments/benchmark.py: a temporary copy of the real files
 
 
@@ -50,7 +51,7 @@ def epoch_seconds(root: Path, logger: str, epochs: int) -> tuple[list[float], fl
     wall = time.perf_counter() - start
     shutil.rmtree(out)
     ends = [t for t, line in lines if line.startswith("epoch ")]
-    return [b - a for a, b in zip(ends, ends[1:])], wall
+    return [b - a for a, b in pairwise(ends)], wall
 
 
 def main() -> None:

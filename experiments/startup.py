@@ -63,7 +63,9 @@ def measure(repeat: int) -> dict:
         "run_ratio": round(
             median["d2lrun (default run)"] / median["import torch + minimal app run"], 2
         ),
-        "machine": f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
+        ),
     }
 
 
@@ -79,7 +81,8 @@ def main() -> None:
         print(f"  {name:<32} {s:6.3f} s")
     print(f"  d2lrun --help takes {result['help_ratio']}x the minimal app's (target <= 1.3)")
     print(
-        f"  the default run takes {result['run_ratio']}x import torch + the minimal app (target <= 1.4)"
+        f"  the default run takes {result['run_ratio']}x import torch + the minimal app "
+        "(target <= 1.4)"
     )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -63,7 +63,8 @@ def read_table(
 def fit_preprocess(
     features: pd.DataFrame, standardize: bool, max_categories: int, ddof: int = 0
 ) -> dict:
-    """Learn what `transform` needs from training rows: numeric means/stds, categories per text column.
+    """Learn what `transform` needs from training rows: numeric means and stds, and the categories
+    of each text column.
 
     ddof=1 is pandas' std, which the book's §4.10 uses; 0 divides by n.
     """
@@ -139,8 +140,9 @@ def table_splits(
     also_fit: pd.DataFrame | None = None,
     ddof: int = 0,
 ) -> tuple[Split, Split, dict]:
-    """Training and validation splits of a table: its rows split by dataset.val_fraction (shuffled with
-    seed) or by fold (k, i), statistics fitted on the training rows (and also_fit's feature rows)."""
+    """Training and validation splits of a table: its rows split by dataset.val_fraction (shuffled
+    with seed) or by fold (k, i), statistics fitted on the training rows (and also_fit's feature
+    rows)."""
     target = cfg.target
     if target not in frame.columns:
         raise UsageError(
@@ -223,7 +225,8 @@ def table_splits(
         if unseen:
             raise UsageError(
                 f"class(es) {unseen} of '{target}' occur only in the validation rows, so the model "
-                f"could never learn them. Fix: add training rows of them, or change seed or dataset.val_fraction."
+                f"could never learn them. Fix: add training rows of them, or change seed or "
+                f"dataset.val_fraction."
             )
         spec |= {"num_outputs": len(classes), "class_names": classes}
     else:

@@ -1,4 +1,5 @@
-"""Download a file from a data hub with its SHA-1 checked; a file that does not match is not kept."""
+"""Download a file from a data hub with its SHA-1 checked; a file that does not match is not
+kept."""
 
 from __future__ import annotations
 

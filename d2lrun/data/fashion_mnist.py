@@ -54,7 +54,8 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
             ) from None
     if missing and not cfg.download:
         raise UsageError(
-            f"Fashion-MNIST is not in {raw} (missing {', '.join(missing)}) and dataset.download=false. "
+            f"Fashion-MNIST is not in {raw} (missing {', '.join(missing)}) and "
+            f"dataset.download=false. "
             f"Fix: place the files from {URL} there, or dataset.download=true."
         )
     splits = []
@@ -66,12 +67,14 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
                 f"dataset.root={cfg.root} is not writable ({e.strerror}: {e.filename}). "
                 f"Fix: dataset.root=<a writable folder>."
             ) from None
-        except Exception as e:  # torchvision raises RuntimeError, OSError, EOFError, ... for a failed download or a bad file
+        # torchvision raises RuntimeError, OSError, EOFError, ... for a failed download or bad file
+        except Exception as e:
             reason = str(e).splitlines()[0].rstrip(": ") if str(e) else type(e).__name__
             if missing:
                 raise UsageError(
                     f"Fashion-MNIST is not in {raw} and the download failed ({reason}). Fix: place "
-                    f"{', '.join(missing)} from {URL} in {raw}, or set dataset.root=<folder that has them>."
+                    f"{', '.join(missing)} from {URL} in {raw}, or set "
+                    f"dataset.root=<folder that has them>."
                 ) from None
             if (
                 "download" in reason.lower()
@@ -81,7 +84,8 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
                 )
             raise UsageError(
                 f"Fashion-MNIST files in {raw} are damaged ({reason}). "
-                f"Fix: delete them and run again to download fresh copies, or copy fresh ones there."
+                f"Fix: delete them and run again to download fresh copies, or copy fresh ones "
+                f"there."
             ) from None
         splits.append(Split(ds.data.unsqueeze(1), ds.targets))  # (N, 1, 28, 28) uint8, (N,) int64
     spec = {

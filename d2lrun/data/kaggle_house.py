@@ -1,4 +1,5 @@
-"""§4.10 Predicting house prices on Kaggle: the book's two files, checked by SHA-1, and its preprocessing.
+"""§4.10 Predicting house prices on Kaggle: the book's two files, checked by SHA-1, and its
+preprocessing.
 
 The book standardizes every numeric feature, fills missing values with 0 (the mean, after
 standardizing) and one-hot encodes the rest with a column for "missing" (79 features -> 331
@@ -16,10 +17,11 @@ from d2lrun.data.csv import read_table, table_splits
 from d2lrun.data.download import download
 
 DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"  # the book's DATA_HUB
-# pandas 1's missing-value markers, which the book read with: pandas 2 added "None", a real category
-# here (MasVnrType: no masonry veneer), and reading it as missing gives 330 columns, not the book's 331.
-BOOK_NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-                  "<NA>", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"]  # fmt: skip
+# pandas 1's missing-value markers, which the book read with: pandas 2 added "None", a real
+# category here (MasVnrType: no masonry veneer), and reading it as missing gives 330 columns, not
+# the book's 331.
+BOOK_NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                  "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"]  # fmt: skip
 FILES = {
     "train": ("kaggle_house_pred_train.csv", "585e9cc93e70b39160e7921475f9bcd7d31219ce"),
     "test": ("kaggle_house_pred_test.csv", "fa19780a7b011d9b009e8bff8e99922a8ee2eb90"),
@@ -27,7 +29,8 @@ FILES = {
 
 
 def find_files(root: str | Path, fetch: bool) -> dict[str, Path]:
-    """The two files, in ROOT/kaggle_house/ or ROOT itself; downloaded when missing and fetch is set."""
+    """The two files, in ROOT/kaggle_house/ or ROOT itself; downloaded when missing and fetch is
+    set."""
     root = Path(root).expanduser()
     paths = {}
     for split, (name, sha1) in FILES.items():

@@ -1,4 +1,5 @@
-"""§6.2.4 Learning a kernel: one 6x8 image of a vertical stripe and the edges a [1, -1] kernel finds in it."""
+"""§6.2.4 Learning a kernel: one 6x8 image of a vertical stripe and the edges a [1, -1] kernel
+finds in it."""
 
 from __future__ import annotations
 

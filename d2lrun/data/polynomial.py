@@ -1,4 +1,5 @@
-"""§4.4 Model selection, underfitting and overfitting: a polynomial of degree 3 fitted with 2, 4 or 20 features.
+"""§4.4 Model selection, underfitting and overfitting: a polynomial of degree 3 fitted with 2, 4 or
+20 features.
 
 x ~ N(0, 1),  features x^i / i! for i < max_degree,  y = features · true_w + N(0, noise²)
 """
@@ -37,8 +38,9 @@ def poly_data(
 def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
     if cfg.num_features > cfg.max_degree or len(cfg.true_w) > cfg.max_degree:
         raise UsageError(
-            f"dataset.num_features={cfg.num_features} and dataset.true_w ({len(cfg.true_w)} values) "
-            f"must not exceed dataset.max_degree={cfg.max_degree}. Fix: dataset.num_features=4."
+            f"dataset.num_features={cfg.num_features} and dataset.true_w "
+            f"({len(cfg.true_w)} values) must not exceed dataset.max_degree={cfg.max_degree}. "
+            f"Fix: dataset.num_features=4."
         )
     g = data_generator(seed)
     n, d = cfg.num_train, cfg.num_features

@@ -1,4 +1,5 @@
-"""The book's synthetic regression data (§3.1-3.2, §4.5): y = Xw + b + ε, X ~ N(0, 1), ε ~ N(0, noise²)."""
+"""The book's synthetic regression data (§3.1-3.2, §4.5): y = Xw + b + ε, X ~ N(0, 1),
+ε ~ N(0, noise²)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Initialisation schemes (§5.2, §5.4), applied to every nn.Linear and nn.Conv2d with `model.apply`."""
+"""Initialisation schemes (§5.2, §5.4), applied to every nn.Linear and nn.Conv2d with
+`model.apply`."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def _init_weight(w, cfg: DictConfig) -> None:
 
 
 def _linear_default(w, b) -> None:
-    """What nn.Linear.reset_parameters does: U(±1/sqrt(fan_in)) for weights (via Kaiming a=√5) and biases."""
+    """What nn.Linear.reset_parameters does: U(±1/sqrt(fan_in)) for weights (via Kaiming a=√5)
+    and biases."""
     nn.init.kaiming_uniform_(w, a=math.sqrt(5))
     bound = 1 / math.sqrt(w.shape[1])
     nn.init.uniform_(b, -bound, bound)
@@ -45,7 +47,8 @@ def apply_init(model: nn.Module, cfg: DictConfig) -> nn.Module:
     """Apply init scheme cfg.name to the model's weights; `default` is nn.Linear's own, for scratch
     models too."""
     if hasattr(model, "layers"):
-        # Scratch models list their raw tensors, weights laid out (fan_in, fan_out): initialise the transpose.
+        # Scratch models list their raw tensors, weights laid out (fan_in, fan_out): initialise
+        # the transpose.
         # `default` gives them nn.Linear's own initialisation, so both impls mean the same by it
         # (§4.6's from-scratch dropout net is built from nn.Linear layers and keeps that init).
         for W, b in model.layers():

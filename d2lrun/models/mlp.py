@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 
@@ -18,11 +20,12 @@ class MLP(nn.Sequential):
                  activation: str = "relu", dropouts: list[float] | None = None):  # fmt: skip
         dropouts = dropouts or [0.0] * len(num_hiddens)
         layers: list[nn.Module] = [nn.Flatten()]
-        for fan_in, fan_out, p in zip([num_inputs, *num_hiddens], num_hiddens, dropouts):
+        sizes = [num_inputs, *num_hiddens]
+        for (fan_in, fan_out), p in zip(pairwise(sizes), dropouts, strict=True):
             layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
             if p > 0:
                 layers.append(nn.Dropout(p))
-        layers.append(nn.Linear(([num_inputs, *num_hiddens])[-1], num_outputs))
+        layers.append(nn.Linear(sizes[-1], num_outputs))
         super().__init__(*layers)
 
 
@@ -42,16 +45,14 @@ class MLPScratch(nn.Module):
                  activation: str = "relu", dropouts: list[float] | None = None):  # fmt: skip
         super().__init__()
         sizes = [num_inputs, *num_hiddens, num_outputs]
-        self.Ws = nn.ParameterList(
-            nn.Parameter(torch.empty(a, b)) for a, b in zip(sizes, sizes[1:])
-        )
+        self.Ws = nn.ParameterList(nn.Parameter(torch.empty(a, b)) for a, b in pairwise(sizes))
         self.bs = nn.ParameterList(nn.Parameter(torch.empty(b)) for b in sizes[1:])
         self.activation = activation
         self.dropouts = dropouts or [0.0] * len(num_hiddens)
 
     def layers(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
         """(weight, bias) per layer, input to output, for d2lrun.models.init."""
-        return list(zip(self.Ws, self.bs))
+        return list(zip(self.Ws, self.bs, strict=True))
 
     def act(self, H: torch.Tensor) -> torch.Tensor:
         if self.activation == "relu":
@@ -62,7 +63,7 @@ class MLPScratch(nn.Module):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         H = X.reshape(-1, self.Ws[0].shape[0])  # (B, d)
-        for i, (W, b) in enumerate(zip(self.Ws, self.bs)):
+        for i, (W, b) in enumerate(zip(self.Ws, self.bs, strict=True)):
             H = H @ W + b
             if i < len(self.dropouts):  # hidden layers only
                 H = self.act(H)
