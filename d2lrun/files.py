@@ -36,6 +36,29 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of atomic_write that a killed process (kill -9, power loss) left
+    in folder; a live process's own temporary is kept. Returns what was deleted."""
+    removed = []
+    for tmp in folder.glob(".*.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def write_json(path: str | Path, obj) -> Path:
     return atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 

@@ -27,6 +27,7 @@ from d2lrun.checkpoint import (
 )
 from d2lrun.config import PATH_KEYS, checked, resolve_device
 from d2lrun.errors import UsageError
+from d2lrun.files import remove_stale_temporaries
 
 LOCATION_KEYS = (*PATH_KEYS, "download")  # the dataset keys that say where data is, not what it is
 MEANING = ("model", "dataset", "seed")  # what a reloaded run must keep
@@ -129,6 +130,8 @@ def resume_arguments(resume: str, args: Sequence[str]) -> list[str]:
 def resume_checkpoint(cfg: DictConfig) -> dict:
     """The checkpoint that cfg.resume names, after checking cfg keeps what its weights mean."""
     source = find_checkpoint(cfg.resume)
+    # A run killed inside a checkpoint write (kill -9, power loss) left a temporary file there.
+    remove_stale_temporaries(source.parent)
     ckpt = load_full_checkpoint(source, "resuming")
     # Another optimizer could not take the saved state (momentum buffers, Adam moments).
     check_same_meaning(ckpt["config"], cfg, f"resume={cfg.resume}", (*MEANING, "optim.name"))

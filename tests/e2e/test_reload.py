@@ -1,10 +1,9 @@
-"""Reload a saved run: evaluate, predict, resume bit for bit, survive Ctrl-C and kill -9, refuse bad files."""
+"""Reload a saved run: evaluate, predict, resume bit for bit, survive Ctrl-C, refuse bad files."""
 
 import json
 import os
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pandas as pd
@@ -221,32 +220,6 @@ def test_ctrl_c_saves_and_prints_the_resume_command(tmp_path):
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert summary["status"] == "interrupted"
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] >= 1
-
-
-def test_kill_9_never_leaves_a_broken_checkpoint(tmp_path):
-    """A big model makes each checkpoint write take a while; kill at random moments, then resume."""
-    rng = np.random.default_rng(0)
-    proc = long_run(
-        tmp_path,
-        "model=mlp",
-        "dataset=synthetic",
-        "model.num_hiddens=[1024,1024]",
-        "dataset.num_train=20000",
-        "optim.lr=0.001",
-    )
-    wait_for_epoch(proc, 1)
-    time.sleep(rng.uniform(0, 1.5))
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert ckpt["epoch"] >= 1 and len(ckpt["history"]) == ckpt["epoch"]
-    r = run_cli(
-        f"resume={tmp_path / 'run'}",
-        f"trainer.epochs={ckpt['epoch'] + 1}",
-        f"hydra.run.dir={tmp_path / 'resumed'}",
-        *FAST,
-    )
-    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize(
