@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-all bench startup reproduce clean
+.PHONY: install run test test-all bench bench-csv startup reproduce clean
 
 # Re-installs only when pyproject.toml changes; otherwise this is a no-op.
 # pip's own chatter goes to .venv/pip.log and is shown only when the install fails.
@@ -34,6 +34,10 @@ reproduce: install
 # On a GPU: make bench ARGS="--device cuda --epochs 5"
 bench: install
 	$(BIN)/python experiments/benchmark.py --out experiments/bench-$$($(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')").json $(ARGS)
+
+# A 100,000-row CSV: d2lrun dataset=csv against a hand-written pandas + torch script (time, memory).
+bench-csv: install
+	$(BIN)/python experiments/csv_scale.py --out experiments/csv-scale-cpu.json $(ARGS)
 
 # Start-up of `d2lrun --help` and of the default run against a bare Hydra app, side by side.
 startup: install

@@ -107,3 +107,23 @@ def test_logger_overhead_script_times_each_logger_against_none(tmp_path, fake_fm
         "mlflow": 1,
     }
     assert result["ratio"]["none"] == 1 and result["ratio"]["mlflow"] > 0 and "x none)" in r.stdout
+
+
+def test_csv_scale_trains_both_sides_to_the_same_error(tmp_path):
+    """experiments/csv_scale.py: d2lrun and the hand-written script learn the same table equally
+    well, and the ratios it prints follow from its medians."""
+    out = tmp_path / "csv.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "csv_scale.py"), "--rows", "20000",
+         "--repeat", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    script, ours = result["median"]["pandas + torch script"], result["median"]["d2lrun dataset=csv"]
+    # The target's std is about 11.8 and its noise 1: one epoch gets both well below the std.
+    assert script["val_rmse"] < 4 and ours["val_rmse"] < 4
+    assert ours["val_rmse"] == pytest.approx(script["val_rmse"], rel=0.25)
+    assert result["seconds_ratio"] == pytest.approx(ours["seconds"] / script["seconds"], abs=0.01)
+    assert result["memory_ratio"] == pytest.approx(ours["peak_mib"] / script["peak_mib"], abs=0.01)
+    assert "d2lrun takes" in r.stdout and result["rows"] == 20000
