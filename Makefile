@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-all bench bench-csv startup reproduce clean
+.PHONY: install run test test-all lint format bench bench-csv startup reproduce clean
 
 # Re-installs only when pyproject.toml changes; otherwise this is a no-op.
 # pip's own chatter goes to .venv/pip.log and is shown only when the install fails.
@@ -21,6 +21,15 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# ruff's lint rules and formatting, configured in pyproject.toml; `make format` fixes what it can.
+lint: install
+	$(BIN)/ruff check --quiet .
+	$(BIN)/ruff format --check --quiet .
+
+format: install
+	$(BIN)/ruff check --fix --quiet .
+	$(BIN)/ruff format --quiet .
 
 test-all: install
 	$(BIN)/python -m pytest -q -m '' $(ARGS)
