@@ -76,7 +76,8 @@ def test_startup_script_times_d2lrun_against_a_bare_hydra_app(tmp_path):
 
 
 def test_logger_overhead_script_times_each_logger_against_none(tmp_path, fake_fmnist):
-    """experiments/logger_overhead.py runs the three loggers and reports ratios (no timing is asserted)."""
+    """experiments/logger_overhead.py runs the three loggers and reports ratios (no timing is
+    asserted)."""
     out = tmp_path / "overhead.json"
     r = subprocess.run(
         [

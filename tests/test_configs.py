@@ -1,5 +1,5 @@
-"""Compose every option of every config group on disk: file stem = name = schema = registry key, every
-key commented, and the schema in force (a wrong type fails while Hydra composes)."""
+"""Compose every option of every config group on disk: file stem = name = schema = registry key,
+every key commented, and the schema in force (a wrong type fails while Hydra composes)."""
 
 from pathlib import Path
 
@@ -47,7 +47,8 @@ def test_option_composes_checks_and_stem_is_name_and_registry_key(group, option)
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_key_has_a_comment(path):
-    """Each file explains itself: a header comment, and a comment on every line that sets a value."""
+    """Each file explains itself: a header comment, and a comment on every line that sets a
+    value."""
     text = path.read_text()
     assert text.lstrip().startswith("#"), f"{path.name} has no header comment"
     if path.parent.name == "help":

@@ -1,5 +1,6 @@
-"""The book's presets: each composes to the book's protocol and trains (one epoch, tiny data); the reproduce
-tool judges and tabulates them; and, marked slow, the whole set reaches the book's numbers on the real data."""
+"""The book's presets: each composes to the book's protocol and trains (one epoch, tiny data); the
+reproduce tool judges and tabulates them; and, marked slow, the whole set reaches the book's numbers
+on the real data."""
 
 from __future__ import annotations
 
@@ -150,8 +151,11 @@ PROTOCOL = {
 }
 # Out of tolerance on the real data, and why (experiments/README.md, "Notes on the table").
 KNOWN_MISSES = {
-    "ch4_poly_underfit": "a line fitted to a cubic depends on the sampled x: seeds 0-5 give w[0] 3.18-3.37, "
-    "w[1] 3.30-5.44 around the population fit [3.3, 4.0]; the book's few runs gave 3.4-3.6, 3.6-4.0",
+    "ch4_poly_underfit": (
+        "a line fitted to a cubic depends on the sampled x: seeds 0-5 give w[0] 3.18-3.37, "
+        "w[1] 3.30-5.44 around the population fit [3.3, 4.0]; "
+        "the book's few runs gave 3.4-3.6, 3.6-4.0"
+    ),
 }
 
 
@@ -229,7 +233,8 @@ FAST_PRESETS = [
 
 @pytest.mark.parametrize("experiment", FAST_PRESETS, ids=lambda e: e.name)
 def test_presets_of_seconds_reach_the_books_numbers(experiment, tmp_path, request):
-    """The whole protocol of every preset that takes seconds on CPU, judged against the book in the default run."""
+    """The whole protocol of every preset that takes seconds on CPU, judged against the book in the
+    default run."""
     data = {}
     if experiment.preset == "ch4_kaggle_house":
         data["kaggle_house"] = [
@@ -320,7 +325,8 @@ def test_reproduce_command_only_and_unknown(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_book_is_reproduced(real_fmnist, tmp_path):
-    """Every preset, full protocol, real Fashion-MNIST on CPU (a few minutes), against the book's numbers."""
+    """Every preset, full protocol, real Fashion-MNIST on CPU (a few minutes), against the book's
+    numbers."""
     data = {
         "fashion_mnist": [f"dataset.root={real_fmnist}"],
         "kaggle_house": [f"dataset.root={KAGGLE}", "dataset.download=false"],

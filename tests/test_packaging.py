@@ -1,4 +1,5 @@
-"""A non-editable install ships every config: the wheel holds configs/ and the experiment presets."""
+"""A non-editable install ships every config: the wheel holds configs/ and the experiment
+presets."""
 
 import os
 import subprocess
@@ -47,7 +48,8 @@ def test_wheel_holds_every_config_and_preset_and_nothing_else_of_theirs(wheel):
 
 
 def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
-    """Unpacked alone (no source tree on the path), `python -m d2lrun` finds its configs and trains."""
+    """Unpacked alone (no source tree on the path), `python -m d2lrun` finds its configs and
+    trains."""
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = {**os.environ, "PYTHONPATH": str(site)}

@@ -164,7 +164,8 @@ def test_seeded_runs_are_reproducible(tmp_path):
         (
             ["model=lenett"],
             2,
-            "Unknown model 'lenett'. Choose one of: conv2d, lenet, linreg, mlp, softmax. Fix: model=lenet.",
+            "Unknown model 'lenett'. Choose one of: conv2d, lenet, linreg, mlp, softmax. "
+            "Fix: model=lenet.",
         ),
     ],
 )
@@ -196,7 +197,8 @@ def test_real_fashion_mnist_softmax_one_epoch(tmp_path, real_fmnist):
 
 
 def test_the_progress_bar_is_drawn_on_a_terminal_on_stderr_only(tmp_path):
-    """On a terminal (TTY_COMPATIBLE=1 tells rich it is one) the bar runs on stderr; stdout keeps the epoch lines."""
+    """On a terminal (TTY_COMPATIBLE=1 tells rich it is one) the bar runs on stderr; stdout keeps
+    the epoch lines."""
     r = run_cli(
         "dataset.num_train=20000",
         "trainer.epochs=2",

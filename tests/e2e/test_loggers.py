@@ -144,7 +144,8 @@ def test_a_tensorboard_server_shows_the_runs_scalars(tensorboard_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def empty_store(tmp_path_factory) -> Path:
-    """An empty MLflow SQLite store: creating one takes seconds (its migrations), copying it none."""
+    """An empty MLflow SQLite store: creating one takes seconds (its migrations), copying it
+    none."""
     from mlflow import MlflowClient
 
     path = tmp_path_factory.mktemp("store") / "mlflow.db"
@@ -163,7 +164,7 @@ def mlflow_history(client, run_id: str, rows: pd.DataFrame) -> None:
     """Each metric's MLflow history, step by step, is the metrics.csv column."""
     for name in [c for c in rows.columns if c != "epoch"]:
         history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
-        assert history == list(zip(rows["epoch"], rows[name])), name
+        assert history == list(zip(rows["epoch"], rows[name], strict=True)), name
 
 
 def test_an_mlflow_run_has_params_per_epoch_metrics_artifacts_and_tags(tmp_path, empty_store):
@@ -367,8 +368,8 @@ def test_an_unreachable_tracking_server_fails_quickly_before_training(tmp_path):
 
 
 def test_tensorboard_in_a_sweep_a_diverged_job_and_a_resumed_run(tmp_path):
-    """Each sweep job writes its own events and hparams (status included, so HParams shows the diverged job);
-    a resumed run's events hold every epoch, the ones before the resume too."""
+    """Each sweep job writes its own events and hparams (status included, so HParams shows the
+    diverged job); a resumed run's events hold every epoch, the ones before the resume too."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 

@@ -1,7 +1,7 @@
-"""d2lrun from Python, as in a notebook: d2lrun.train gives the command line's numbers and run folder
-and returns the run with its metrics, summary and plot; mistakes raise the command line's one-line
-errors; d2lrun.sweep and d2lrun.report give a sweep's table; `d2lrun --help` lists the loggers and
-imports none of them."""
+"""d2lrun from Python, as in a notebook: d2lrun.train gives the command line's numbers and run
+folder and returns the run with its metrics, summary and plot; mistakes raise the command line's
+one-line errors; d2lrun.sweep and d2lrun.report give a sweep's table; `d2lrun --help` lists the
+loggers and imports none of them."""
 
 import os
 import subprocess
@@ -122,7 +122,8 @@ def test_help_lists_the_logger_group_and_imports_no_logger():
     assert "logger: mlflow, none, tensorboard" in r.stdout
     assert "logger=mlflow logger.tracking_uri=http://HOST:5000" in r.stdout
     code = (
-        "import sys; sys.argv = ['d2lrun', '--help']; from d2lrun.cli import train_main; train_main(); "
+        "import sys; sys.argv = ['d2lrun', '--help']; "
+        "from d2lrun.cli import train_main; train_main(); "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'mlflow', 'tensorboard'}))"
     )
     env = {

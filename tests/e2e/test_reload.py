@@ -85,7 +85,8 @@ def test_eval_of_best_checkpoint(image_run):
 
 
 def test_load_run_predicts_the_test_images_with_the_runs_accuracy(image_run):
-    """The run's own test images, as raw uint8 (N, 28, 28): predictions score exactly the run's val_acc."""
+    """The run's own test images, as raw uint8 (N, 28, 28): predictions score exactly the run's
+    val_acc."""
     from torchvision.datasets import FashionMNIST
 
     run, root = image_run
@@ -94,7 +95,7 @@ def test_load_run_predicts_the_test_images_with_the_runs_accuracy(image_run):
     test = FashionMNIST(str(root), train=False)
     preds = loaded.predict(test.data)
     truth = [loaded.spec["class_names"][i] for i in test.targets]
-    accuracy = sum(p == t for p, t in zip(preds, truth)) / len(truth)
+    accuracy = sum(p == t for p, t in zip(preds, truth, strict=True)) / len(truth)
     assert (
         accuracy == json.loads((run / "metrics.json").read_text())["final"]["val_acc"] > 0.2
     )  # chance: 0.1

@@ -1,5 +1,5 @@
-"""Reloading composes the saved run again through Hydra: from any folder, after the data moved, with each
-command's own --help; and a misspelt preset is refused like a misspelt model."""
+"""Reloading composes the saved run again through Hydra: from any folder, after the data moved, with
+each command's own --help; and a misspelt preset is refused like a misspelt model."""
 
 import json
 import shutil

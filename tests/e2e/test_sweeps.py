@@ -1,4 +1,5 @@
-"""`d2lrun -m` sweeps end to end: the results table, failures, resuming, launchers, search, folders."""
+"""`d2lrun -m` sweeps end to end: the results table, failures, resuming, launchers, search,
+folders."""
 
 import csv
 import json
@@ -147,11 +148,15 @@ def test_joblib_launcher_gives_the_same_results_as_sequential_jobs(tmp_path):
             b["final"]["val_loss"],
             b["best"],
         )
-    drop_seconds = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    def drop_seconds(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
     assert drop_seconds(summary(seq)) == drop_seconds(summary(par))
 
 
-# ~15 s: submitit starts a Python process per job and polls them; in the default suite, so CI runs it
+# ~15 s: submitit starts a Python process per job and polls them; in the default suite, so CI runs
+# it
 def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
     s = tmp_path / "sweep"
     r = sweep(s, "hydra/launcher=submitit_local", "optim.lr=0.03,0.1", "trainer.epochs=1")
@@ -163,7 +168,8 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
 
 def test_optuna_preset_searches_lr_and_weight_decay_and_maximizes_the_score(tmp_path):
     s = tmp_path / "sweep"
-    # A wider lr range than the preset's, so that some trials diverge: they score -inf and the search goes on.
+    # A wider lr range than the preset's, so that some trials diverge: they score -inf and the
+    # search goes on.
     r = sweep(
         s,
         "hydra/sweeper=optuna_lr_wd",
@@ -184,7 +190,8 @@ def test_optuna_preset_searches_lr_and_weight_decay_and_maximizes_the_score(tmp_
         for row in rows
     )
     best = yaml.safe_load((s / "optimization_results.yaml").read_text())
-    # regression: each job returned minus its best val_loss, so the study's best is the table's first row
+    # regression: each job returned minus its best val_loss, so the study's best is the table's
+    # first row
     assert best["best_value"] == pytest.approx(-float(rows[0]["best_val_loss"]))
     assert best["best_params"]["optim.lr"] == pytest.approx(float(rows[0]["optim.lr"]))
     assert (s / "heatmap.png").exists()
@@ -207,7 +214,8 @@ def test_optuna_preset_improves_on_its_random_start(tmp_path):
 
 
 def test_two_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path):
-    # Both ask for the same folder name, as two sweeps of one second do with the default hydra.sweep.dir.
+    # Both ask for the same folder name, as two sweeps of one second do with the default
+    # hydra.sweep.dir.
     same = "hydra.sweep.dir=${d2lrun.unique_dir:sweeps/10-00-00}"
     cmd = [str(BIN / "d2lrun"), "-m", "optim.lr=0.1", "trainer.epochs=1", *FAST, same]
     procs = [

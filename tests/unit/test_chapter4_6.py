@@ -1,5 +1,5 @@
-"""§4.4 polynomial data, §4.10 k-fold, log RMSE and the checked download, §6.2 corr2d: each against the book's
-own formula written out here."""
+"""§4.4 polynomial data, §4.10 k-fold, log RMSE and the checked download, §6.2 corr2d: each against
+the book's own formula written out here."""
 
 import hashlib
 import http.server
@@ -61,7 +61,8 @@ def test_the_k_fold_mean_is_computed_from_the_folds():
 
 
 def test_log_rmse_is_the_books_formula():
-    """§4.10: clipped_preds = clamp(net(X), 1, inf); sqrt(MSELoss(log(clipped_preds), log(labels)))."""
+    """§4.10: clipped_preds = clamp(net(X), 1, inf); sqrt(MSELoss(log(clipped_preds),
+    log(labels)))."""
     torch.manual_seed(0)
     X, y = torch.randn(64, 3), torch.rand(64, 1) * 1e5 + 1
     net = nn.Linear(3, 1)

@@ -1,5 +1,5 @@
-"""The schema: wrong types fail while Hydra composes, out-of-range values in `checked`; every message is one
-line naming the key, the value and a working fix."""
+"""The schema: wrong types fail while Hydra composes, out-of-range values in `checked`; every
+message is one line naming the key, the value and a working fix."""
 
 import pytest
 
@@ -8,7 +8,8 @@ from d2lrun.errors import UsageError, translate
 
 
 def message(*overrides) -> str:
-    """The one line a user sees for these overrides (what d2lrun.cli.handle prints after 'error: ')."""
+    """The one line a user sees for these overrides (what d2lrun.cli.handle prints after 'error:
+    ')."""
     with pytest.raises(BaseException) as info:
         checked(compose(list(overrides)))
     error = translate(info.value)
@@ -35,7 +36,8 @@ def message(*overrides) -> str:
         ),
         (
             "trainer.batch_size=0",
-            "trainer.batch_size=0 is out of range: it must be at least 1. Fix: trainer.batch_size=256.",
+            "trainer.batch_size=0 is out of range: it must be at least 1. "
+            "Fix: trainer.batch_size=256.",
         ),
         (
             "optim.weight_decay=-0.1",
@@ -57,7 +59,8 @@ def message(*overrides) -> str:
         ),
         (
             "model=lenett",
-            "Unknown model 'lenett'. Choose one of: conv2d, lenet, linreg, mlp, softmax. Fix: model=lenet.",
+            "Unknown model 'lenett'. Choose one of: conv2d, lenet, linreg, mlp, softmax. "
+            "Fix: model=lenet.",
         ),
         (
             "experiment=ch6_lenett",

@@ -1,4 +1,5 @@
-"""trainer.compile: the fast path trains like eager, falls back with one line where it cannot apply."""
+"""trainer.compile: the fast path trains like eager, falls back with one line where it cannot
+apply."""
 
 import json
 
@@ -57,8 +58,9 @@ def test_compiled_cuda_training_matches_eager(tmp_path, fake_fmnist):
 
 
 def test_compiled_tiny_model_trains_like_eager(tmp_path):
-    """trainer.compile=true in the default suite: torch.compile (inductor, the machine's C++ compiler) on a tiny
-    linear regression gives eager's metrics within float tolerance (here they are equal)."""
+    """trainer.compile=true in the default suite: torch.compile (inductor, the machine's C++
+    compiler) on a tiny linear regression gives eager's metrics within float tolerance (here they
+    are equal)."""
     import csv
 
     def rows(name, *extra):
@@ -79,5 +81,5 @@ def test_compiled_tiny_model_trains_like_eager(tmp_path):
 
     eager, fast = rows("eager"), rows("compiled", "trainer.compile=true")
     assert len(fast) == 2 and "note:" not in str(fast)
-    for a, b in zip(eager, fast):
+    for a, b in zip(eager, fast, strict=True):
         assert a == pytest.approx(b, rel=1e-5)

@@ -48,9 +48,9 @@ MODELS = {
 }
 
 
-def regression_data(
-    w: torch.Tensor = torch.tensor([2.0, -3.4]), b: float = 4.2, n: int = 1000
-) -> Split:
+def regression_data(w: torch.Tensor | None = None, b: float = 4.2, n: int = 1000) -> Split:
+    if w is None:
+        w = torch.tensor([2.0, -3.4])
     X, y = synthetic_data(w, b, n, 0.01, torch.Generator().manual_seed(1))
     return Split(X, y)
 
@@ -86,10 +86,9 @@ def twins(key: str, spec: dict) -> tuple[nn.Module, nn.Module]:
     linears = [m for m in concise.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == len(scratch.layers())
     with torch.no_grad():
-        for (W, b), linear in zip(scratch.layers(), linears):
-            linear.weight.copy_(
-                W.T
-            )  # scratch stores (fan_in, fan_out), nn.Linear (fan_out, fan_in)
+        for (W, b), linear in zip(scratch.layers(), linears, strict=True):
+            # scratch stores (fan_in, fan_out), nn.Linear (fan_out, fan_in)
+            linear.weight.copy_(W.T)
             linear.bias.copy_(b)
     return scratch, concise
 
@@ -116,7 +115,8 @@ def loss_curve(
 
 def test_each_impl_gets_its_own_optimizer_and_loss():
     scratch, concise = twins("linreg", REGRESSION)
-    # Both take torch.optim.SGD's exact steps (tests/unit/test_optim.py); with momentum 0 that is the book's sgd.
+    # Both take torch.optim.SGD's exact steps (tests/unit/test_optim.py); with momentum 0 that is
+    # the book's sgd.
     assert type(build_optimizer(scratch, optim_cfg(0.03))) is SGD
     assert type(build_optimizer(concise, optim_cfg(0.03))) is SGD
     assert (
@@ -140,7 +140,8 @@ def test_linreg_same_loss_same_curve():
 
 
 def test_linreg_book_losses_differ_by_the_half():
-    """§3.3's MSELoss has no ½: its loss is twice §3.2's, and so is its gradient (half the lr, same path)."""
+    """§3.3's MSELoss has no ½: its loss is twice §3.2's, and so is its gradient (half the lr, same
+    path)."""
     data = regression_data()
     scratch, concise = twins("linreg", REGRESSION)
     a = loss_curve(scratch, loss_for("regression", "scratch"), data, lr=0.03, batch_size=10)
@@ -153,7 +154,8 @@ def test_linreg_book_losses_differ_by_the_half():
     [("softmax", 0.1), ("mlp", 0.1), ("mlp2", 0.5), ("mlp_sigmoid", 0.5), ("mlp_tanh", 0.3)],
 )
 def test_classifier_same_loss_same_curve(key, lr):
-    """Each impl with its own loss (hand-written stable cross-entropy vs F.cross_entropy) and optimizer."""
+    """Each impl with its own loss (hand-written stable cross-entropy vs F.cross_entropy) and
+    optimizer."""
     data = image_data()
     scratch, concise = twins(key, IMAGES)
     a = loss_curve(scratch, loss_for("classification", "scratch"), data, lr)
@@ -184,8 +186,9 @@ def book_train(
         for i in range(0, len(data), batch_size):
             X, y = data.X[perm[i : i + batch_size]], data.y[perm[i : i + batch_size]]
             data_loss = (X @ w + b - y.reshape(-1, 1)) ** 2 / 2  # linreg + squared_loss, (B, 1)
-            l = data_loss + lambd * torch.sum(w.pow(2)) / 2  # broadcast over the batch, as in §4.5
-            l.sum().backward()
+            # the book's `l`, broadcast over the batch as in §4.5
+            batch_loss = data_loss + lambd * torch.sum(w.pow(2)) / 2
+            batch_loss.sum().backward()
             book_sgd([w, b], lr, batch_size)
             losses.append(data_loss.mean().item())
     return torch.tensor(losses), w.detach()
@@ -193,7 +196,8 @@ def book_train(
 
 @pytest.mark.parametrize("lambd", [0.0, 3.0])
 def test_scratch_is_the_books_code(lambd):
-    """d2lrun's scratch path (mean loss, SGD, weight decay on w only) = the book's sum-then-divide."""
+    """d2lrun's scratch path (mean loss, SGD, weight decay on w only) = the book's
+    sum-then-divide."""
     data = weight_decay_data()
     spec = {**REGRESSION, "num_inputs": 200}
     torch.manual_seed(0)
@@ -210,7 +214,8 @@ def test_scratch_is_the_books_code(lambd):
 
 
 def test_concise_weight_decay_is_the_books_param_groups():
-    """§4.5 concise: SGD([{weight, weight_decay: wd}, {bias}]) with MSELoss; d2lrun builds the same groups."""
+    """§4.5 concise: SGD([{weight, weight_decay: wd}, {bias}]) with MSELoss; d2lrun builds the same
+    groups."""
     data = weight_decay_data()
     spec = {**REGRESSION, "num_inputs": 200}
     torch.manual_seed(0)
@@ -226,10 +231,10 @@ def test_concise_weight_decay_is_the_books_param_groups():
         for i in range(0, 20, 5):
             X, y = data.X[perm[i : i + 5]], data.y[perm[i : i + 5]]
             trainer.zero_grad()
-            l = nn.MSELoss(reduction="none")(book(X), y)
-            l.mean().backward()
+            batch_loss = nn.MSELoss(reduction="none")(book(X), y)  # the book's `l`
+            batch_loss.mean().backward()
             trainer.step()
-            book_losses.append(l.mean().item())
+            book_losses.append(batch_loss.mean().item())
     curve = loss_curve(ours, F.mse_loss, data, lr=0.003, epochs=10, batch_size=5, weight_decay=3.0)
     torch.testing.assert_close(curve, torch.tensor(book_losses), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours[0].weight, book[0].weight, atol=1e-5, rtol=0)

@@ -1,6 +1,7 @@
 """d2lrun.tracking without the packages: what is logged (flattened config, metric columns), the
-experiment's name, the MLflow store's path, the quick start-up check, reload's merge when a logger
-changes; and when a run calls its tracker (each epoch once, the end after the files, on every exit)."""
+experiment's name, the MLflow store's path, the quick start-up check, reload's merge when a
+logger changes; and when a run calls its tracker (each epoch once, the end after the files, on
+every exit)."""
 
 import os
 
@@ -101,8 +102,10 @@ def test_the_start_up_check_uses_short_timeouts_and_puts_the_environment_back(mo
 
 def test_why_keeps_the_os_error_of_a_long_client_message():
     text = (
-        "API request to http://127.0.0.1:1/api/2.0/mlflow/experiments/get-by-name failed with exception "
-        "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded (Caused by NewConnectionError("
+        "API request to http://127.0.0.1:1/api/2.0/mlflow/experiments/get-by-name "
+        "failed with exception "
+        "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded "
+        "(Caused by NewConnectionError("
         "'<urllib3.connection.HTTPConnection object>: Failed to establish a new connection: "
         "[Errno 111] Connection refused'))"
     )
