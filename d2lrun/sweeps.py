@@ -100,11 +100,15 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
         if error is None:
             atomic_write(run_dir / "error.txt", traceback.format_exc().encode())
         if not (run_dir / "metrics.json").exists():
-            write_json(
-                run_dir / "metrics.json",
-                {"status": "failed", "reason": reason, "exit_code": getattr(error, "exit_code", 1)},
-            )
+            record_failure(run_dir, reason, getattr(error, "exit_code", 1))
         return -math.inf
+
+
+def record_failure(run_dir: Path, reason: str, exit_code: int) -> None:
+    """metrics.json of a job that failed: the table shows it as failed, with its reason."""
+    write_json(
+        run_dir / "metrics.json", {"status": "failed", "reason": reason, "exit_code": exit_code}
+    )
 
 
 def start_job(run_dir: Path, overrides: list[str]) -> None:

@@ -1,0 +1,238 @@
+"""SLURM sweeps (`hydra/launcher=slurm`): the submitit plugin's job array, waited on with `squeue`.
+
+The plugin submits a sweep as one sbatch job array, then waits on `sacct`, which reads Slurm's
+accounting database. Many clusters keep none: there, every poll printed sacct's "Slurm accounting
+storage is disabled" and submitit's warning about it twice, and a job that Slurm ended without a
+result (out of memory, past its time limit, cancelled) kept the sweep waiting for ever. `launch`
+submits the same array and waits on `squeue`, which asks the controller that every cluster has:
+
+    submit   sbatch's refusal (no such partition, GPUs that no node has) is one line
+    wait     a job that Slurm will never start (more CPUs than any node has) is cancelled, one line
+    collect  a job that ended without a result is recorded as failed in its folder; the rest go on
+
+Hydra takes launchers only from the hydra_plugins package: the launcher class is
+hydra_plugins/d2lrun_launcher/slurm_launcher.py, which calls `launch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from omegaconf import OmegaConf, open_dict
+
+from d2lrun.errors import Interrupted, UsageError
+from d2lrun.files import shown
+
+log = logging.getLogger(__name__)
+
+# squeue's states of a job that has ended (https://slurm.schedmd.com/squeue.html, JOB STATE CODES)
+ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+         "TIMEOUT"}  # fmt: skip
+GONE = "no longer listed by squeue"
+# Pending reasons under which a job waits until an administrator changes the partition or a limit.
+NEVER_STARTS = re.compile(r"PartitionConfig|PartitionTimeLimit|BadConstraints|PerJob")
+RESULT_GRACE_S = 15  # a result written on a node can show up late on a shared filesystem
+
+
+def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    """Submit the jobs as one array, wait for them, return their JobReturns (the plugin's launch,
+    waiting on squeue)."""
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if "mode" in launcher.config.hydra.sweep:  # hydra.sweep.mode, as the plugin honours it
+        os.chmod(sweep_dir, int(str(launcher.config.hydra.sweep.mode), 8))
+    log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
+    numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
+    for num, overrides in zip(numbers, job_overrides):
+        log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+    # The plugin's own arguments: each array task calls launcher(*call) on its node.
+    calls = [
+        (list(o), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
+        for num, o in zip(numbers, job_overrides)
+    ]
+    jobs = submit(executor(launcher.params), launcher, calls)
+    array = jobs[0].job_id.split("_")[0]
+    logs = shown(jobs[0].paths.folder.parent)
+    log.info(f"Slurm job {array} (squeue -j {array} shows it; its logs go to {logs})")
+    try:
+        ended = wait(jobs, launcher.params)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"stopped waiting; Slurm job {array} goes on (scancel {array} stops it). "
+            f"Its results, later: d2lrun-report {shown(sweep_dir)}"
+        ) from None
+    return [
+        collect(launcher, job, num, overrides, ended.get(job.job_id))
+        for job, num, overrides in zip(jobs, numbers, job_overrides)
+    ]
+
+
+def executor(params: dict):
+    """submitit's executor with the config's keys, mapped as the plugin's launch maps them."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    params = dict(params)
+    folder, timeouts = params.pop("submitit_folder"), params.pop("max_num_timeout")
+    try:
+        ex = submitit.AutoExecutor(cluster="slurm", folder=folder, slurm_max_num_timeout=timeouts)
+    except RuntimeError as e:  # 'Could not detect "srun", are you indeed on a slurm cluster?'
+        raise UsageError(
+            "hydra/launcher=slurm needs Slurm's commands (sbatch, srun, squeue), and this machine "
+            "has none. Fix: run it on a login node of the cluster, or try "
+            "hydra/launcher=submitit_local here."
+        ) from e
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    ex.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    return ex
+
+
+def submit(ex, fn, calls: list[tuple]) -> list:
+    """sbatch the job array; a refusal becomes one line naming the fix."""
+    from submitit.core.utils import FailedJobError
+
+    try:
+        # submitit prints sbatch's complaint, then raises it: show it once, below
+        with contextlib.redirect_stderr(io.StringIO()):
+            return ex.map_array(fn, *zip(*calls))
+    except FailedJobError as e:
+        lines = [re.sub(r"^sbatch: error: ", "", ln) for ln in str(e).splitlines() if ln.strip()]
+        message = "; ".join(dict.fromkeys(lines))
+        if "partition" in message.lower():
+            fix = f"hydra.launcher.partition=<one of: {', '.join(_sinfo('%R')) or 'see sinfo'}>"
+        elif "gres" in message.lower() or "gpu" in message.lower():
+            fix = "hydra.launcher.gpus_per_node=0 where the nodes have no GPUs"
+        else:
+            fix = "ask for what the nodes have (sinfo -N -l) with hydra.launcher.cpus_per_task, "
+            fix += "mem_gb, gpus_per_node, timeout_min, or the account or qos the cluster wants"
+        raise UsageError(f"sbatch refused the sweep: {message}. Fix: {fix}.") from None
+
+
+def wait(jobs: list, params: dict) -> dict[str, str]:
+    """Wait until each job has written its result or Slurm has ended it; returns the state of
+    each job that ended without a result. Result files are checked every second, squeue less often:
+    2 s apart at first, then half the time waited so far, at most a minute."""
+    array = jobs[0].job_id.split("_")[0]
+    start, last_poll, quiet = time.monotonic(), -math.inf, False
+    ended: dict[str, tuple[float, str]] = {}  # job id: (when squeue first said so, its state)
+    while True:
+        now = time.monotonic()
+        todo = [j for j in jobs if not j.paths.result_pickle.exists()]
+        if all(now - ended.get(j.job_id, (now, ""))[0] > RESULT_GRACE_S for j in todo):
+            return {j.job_id: ended[j.job_id][1] for j in todo}
+        if now - last_poll >= min(60.0, max(2.0, (now - start) / 2)):
+            last_poll, states = now, squeue(array)
+            if states is None and not quiet:  # the controller did not answer: say so once
+                log.warning(f"squeue -j {array} failed; still waiting for the results")
+                quiet = True
+            for job in todo if states is not None else []:
+                state, reason = states.get(job.job_id, (GONE, ""))
+                if state == "PENDING" and NEVER_STARTS.search(reason):
+                    never_starts(array, reason, params)
+                if state in ENDED or state == GONE:
+                    ended.setdefault(job.job_id, (now, state))
+                else:  # pending or running (again, when requeued)
+                    ended.pop(job.job_id, None)
+        time.sleep(1)
+
+
+def squeue(array: str) -> dict[str, tuple[str, str]] | None:
+    """{job id (7_0; 7 for a sweep of one job): (state, pending reason)}; None when squeue fails.
+    Slurm lists an ended job for MinJobAge (300 s by default), longer than polls are apart."""
+    r = subprocess.run(
+        ["squeue", "--noheader", "--array", "--states=all", f"--jobs={array}", "--format=%i|%T|%r"],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:  # the array is no longer known, or the controller did not answer
+        return {} if "Invalid job id" in r.stderr else None
+    return {i: (state, why) for i, state, why in (ln.split("|", 2) for ln in r.stdout.splitlines())}
+
+
+def never_starts(array: str, reason: str, params: dict) -> None:
+    """Cancel the job array; say what each job asks for against what the partition has."""
+    subprocess.run(["scancel", array], capture_output=True)
+    rows = [ln.split("|") for ln in _sinfo("%P|%c|%m")]  # one row per partition and kind of node
+    default = next((r[0].rstrip("*") for r in rows if r[0].endswith("*")), "(the default)")
+    partition = params.get("partition") or default
+    rows = [r for r in rows if r[0].rstrip("*") == partition]
+    cpus, memory = (max(int(r[i]) for r in rows) if rows else None for i in (1, 2))
+    fixes = []
+    if cpus is not None and (params.get("cpus_per_task") or 1) > cpus:
+        fixes.append(f"hydra.launcher.cpus_per_task={cpus}")
+    if memory is not None and (params.get("mem_gb") or 0) * 1024 > memory:
+        fixes.append(f"hydra.launcher.mem_gb={max(1, memory // 1024)}")
+    asked = ", ".join(
+        f"{k}={params.get(k)}" for k in ("cpus_per_task", "mem_gb", "gpus_per_node", "timeout_min")
+    )
+    has = f"at most {cpus} CPUs and {memory} MB of memory per node" if rows else "less (sinfo)"
+    raise UsageError(
+        f"Slurm will not start job {array} in partition {partition} ({reason}): each job asks for "
+        f"{asked}; the partition has {has}. The job is cancelled. "
+        f"Fix: {' '.join(fixes) or 'ask for what the partition has (sinfo -N -l lists it)'}."
+    )
+
+
+def collect(launcher, job, num: int, overrides: Sequence[str], ended: str | None) -> JobReturn:
+    """The job's JobReturn; a job without a result is recorded as failed in its folder, as
+    d2lrun.sweeps.run_job records the failures it sees, and scores -inf."""
+    from submitit.core.utils import UncompletedJobError
+
+    from d2lrun.sweeps import record_failure, start_job
+
+    if ended is None:  # its result file is there
+        try:
+            return job.results()[0]
+        except UncompletedJobError as e:  # it raised before d2lrun could record why
+            reason = f"{_last_line(e)}. Its log: {shown(job.paths.stderr)}"
+    else:
+        reason = f"Slurm ended job {job.job_id} ({ended}) without a result. "
+        reason += f"Its log: {shown(job.paths.stderr)}"
+    run_dir = job_dir(launcher, num, overrides)
+    if not (run_dir / "metrics.json").exists():
+        if not (run_dir / ".hydra").exists():  # it never started: the table needs its overrides
+            start_job(run_dir, list(overrides))
+        record_failure(run_dir, reason, exit_code=1)
+    return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=-math.inf)
+
+
+def job_dir(launcher, num: int, overrides: Sequence[str]) -> Path:
+    """The job's folder: hydra.sweep.dir / hydra.sweep.subdir (0/, 1/, ... unless overridden)."""
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    loader = launcher.hydra_context.config_loader
+    try:
+        cfg = loader.load_sweep_config(launcher.config, list(overrides))
+        with open_dict(cfg.hydra.job):
+            cfg.hydra.job.num = num
+        return sweep_dir / str(cfg.hydra.sweep.subdir)
+    except Exception:  # its config does not load (the job failed for that): Hydra's default
+        return sweep_dir / str(num)
+
+
+def _last_line(error: Exception) -> str:
+    """The exception a job raised, from submitit's error text: the last line of its traceback."""
+    text = str(error)
+    parts = text.split(
+        "-" * 22
+    )  # "... failed during processing with trace:\n-----\n{trace}\n-----"
+    lines = [ln.strip() for ln in (parts[1] if len(parts) > 2 else text).splitlines()]
+    return next((ln for ln in reversed(lines) if ln), type(error).__name__)
+
+
+def _sinfo(fields: str) -> list[str]:
+    """sinfo's lines in this format, without repeats; none when sinfo fails."""
+    r = subprocess.run(
+        ["sinfo", "--noheader", f"--format={fields}"], capture_output=True, text=True
+    )
+    return list(dict.fromkeys(r.stdout.split())) if r.returncode == 0 else []

@@ -1,0 +1,22 @@
+"""d2lrun's launcher for `hydra/launcher=slurm` (configs/hydra/launcher/slurm.yaml).
+
+Hydra instantiates launchers only from the hydra_plugins package, and imports every module in it at
+each start: this one stays light and hands the work to d2lrun.slurm.
+"""
+
+try:
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
+        SlurmLauncher as SubmititSlurmLauncher,
+    )
+except ImportError:  # installed without d2lrun[sweeps]: no SLURM launcher, and no warning at start
+    SubmititSlurmLauncher = None
+
+if SubmititSlurmLauncher is not None:
+
+    class SlurmLauncher(SubmititSlurmLauncher):
+        """The submitit plugin's launcher (same keys, sbatch file, job array), waiting on squeue."""
+
+        def launch(self, job_overrides, initial_job_idx):
+            from d2lrun.slurm import launch
+
+            return launch(self, job_overrides, initial_job_idx)
