@@ -171,36 +171,34 @@ def test_report_names_the_problem_and_the_fix(tmp_path):
         sweep.report(tmp_path)
 
 
-def test_slurm_preset_asks_sbatch_for_partition_gpus_and_time():
-    import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
+def test_slurm_preset_is_the_plugins_launcher_with_its_keys_and_readmes_sbatch_lines():
+    """The preset's defaults as sbatch gets them (README "Sweeps"), through d2lrun.slurm's own
+    mapping; tests/e2e/test_slurm.py submits to a real cluster."""
+    from hydra.utils import get_class
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
     from submitit.slurm import slurm
 
-    cfg = compose_hydra(
-        "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30"
-    )
+    from d2lrun.slurm import executor
+
+    cfg = compose_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu")
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
-    assert params["_target_"] == SlurmQueueConf._target_ and set(params) == set(
-        SlurmQueueConf.__dataclass_fields__
-    )
-    # What the plugin's SlurmLauncher.launch does with these keys, up to writing the sbatch file.
-    folder, timeouts = params.pop("submitit_folder"), params.pop("max_num_timeout")
-    del params["_target_"]
-    with mock.patch.object(
-        slurm.SlurmExecutor, "affinity", return_value=1
-    ):  # no SLURM on this machine
-        executor = submitit.AutoExecutor(
-            cluster="slurm", folder=folder, slurm_max_num_timeout=timeouts
-        )
-    base = set(BaseQueueConf.__dataclass_fields__)
-    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-    script = executor._executor._make_submission_file_text("python -m d2lrun", "uid")
+    # By name: Hydra's plugin scan runs the plugin's module again, which makes its classes anew.
+    bases = [f"{c.__module__}.{c.__qualname__}" for c in get_class(params.pop("_target_")).__mro__]
+    assert SlurmQueueConf._target_ in bases
+    assert set(params) == set(SlurmQueueConf.__dataclass_fields__) - {"_target_"}
+    # ${hydra.job.name}: resolved alone, as resolving hydra.sweep.dir would claim a folder
+    params["name"] = cfg.hydra.launcher.name
+    params["submitit_folder"] = "/tmp/unused/%j"
+    with mock.patch.object(slurm.SlurmExecutor, "affinity", return_value=1):  # srun need not exist
+        ex = executor(params)
+    script = ex._executor._make_submission_file_text("python -m d2lrun", "uid")
     for line in (
         "--partition=gpu",
         "--gpus-per-node=1",
-        "--time=30",
+        "--time=60",
         "--cpus-per-task=4",
         "--mem=16GB",
+        "--job-name=d2lrun",
     ):
         assert f"#SBATCH {line}\n" in script
 

@@ -1,0 +1,153 @@
+"""`d2lrun -m hydra/launcher=slurm` through a real Slurm: sbatch, a job array, squeue, the table.
+
+Needs partition `debug` with an idle node; `.ci/slurm-up` starts such a one-node cluster on this
+machine (as root). Without one these tests skip, saying so. The jobs run on the node in the
+environment sbatch copies from this one (PATH, PYTHONPATH), so they run this checkout's d2lrun.
+"""
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slurm
+
+# One CPU and 1 GB each: two jobs run at once on a 2-core machine.
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.mem_gb=1",
+]
+FAST = ["trainer.epochs=1", "trainer.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def node_cpus() -> int:
+    """CPUs of the idle node in partition debug; skips the tests when there is none."""
+    if shutil.which("sinfo") is None:
+        pytest.skip("no Slurm on this machine (sinfo not found); .ci/slurm-up starts one")
+    r = subprocess.run(
+        ["sinfo", "--noheader", "--partition=debug", "--format=%t %c"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    up = [ln.split() for ln in r.stdout.splitlines() if ln.split()[0] in ("idle", "mix")]
+    if r.returncode != 0 or not up:
+        said = (r.stdout + r.stderr).strip() or "no nodes"
+        pytest.skip(f"Slurm partition debug has no idle node ({said}); .ci/slurm-up starts one")
+    return int(up[0][1])
+
+
+@pytest.fixture
+def sweep_dir(tmp_path, node_cpus):
+    """The sweep's folder; the Slurm jobs submitted from it are cancelled when the test ends."""
+    s = tmp_path / "sweep"
+    yield s
+    arrays = {p.name.split("_")[0] for p in (s / ".submitit").glob("*")}
+    if arrays:
+        subprocess.run(["scancel", *arrays], capture_output=True)
+
+
+def slurm_job(stdout: str) -> str:
+    """The job array's id, from the line the launcher logs after sbatch."""
+    return re.search(r"Slurm job (\d+) \(squeue -j", stdout).group(1)
+
+
+def squeue(array: str, field: str) -> set[str]:
+    r = subprocess.run(
+        ["squeue", "--noheader", "--array", "--states=all", f"--jobs={array}", f"--format={field}"],
+        capture_output=True,
+        text=True,
+    )
+    return set(r.stdout.split())
+
+
+def test_sweep_runs_as_a_job_array_and_records_each_failure(sweep_dir):
+    s = sweep_dir
+    # Job 1 fails in d2lrun (a bad value, recorded by the job); job 2 ends before d2lrun starts,
+    # as a job that Slurm kills (out of memory, past its time) does: recorded by the launcher.
+    r = run_cli(
+        "-m",
+        *SLURM,
+        "hydra.launcher.cpus_per_task=1",
+        'hydra.launcher.setup=["test $SLURM_ARRAY_TASK_ID != 2 || exit 3"]',
+        "optim.lr=0.1,-1,0.03",
+        *FAST,
+        f"hydra.sweep.dir={s}",
+        timeout=120,
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert r.stderr.splitlines()[-1] == (
+        f"d2lrun: error: 2 of 3 sweep jobs did not complete (2 failed); see {s / 'summary.csv'}"
+    )
+    assert f"sweep {s}: 1 completed, 2 failed" in r.stdout and "best_val_loss" in r.stdout
+    assert "sacct" not in out and "submitit WARNING" not in out and "Traceback" not in out
+
+    array = slurm_job(r.stdout)
+    assert squeue(array, "%j") == {"d2lrun"}  # the job's name in squeue, not `cli` or `submitit`
+    assert squeue(array, "%i|%T") == {
+        f"{array}_0|COMPLETED",
+        f"{array}_1|COMPLETED",  # d2lrun recorded the failure; the job itself ended normally
+        f"{array}_2|FAILED",
+    }
+    script = (s / ".submitit" / array / f"{array}_submission.sh").read_text()
+    for line in ("--job-name=d2lrun", "--partition=debug", "--cpus-per-task=1", "--mem=1GB"):
+        assert f"#SBATCH {line}\n" in script
+    log = (s / ".submitit" / f"{array}_0" / f"{array}_0_0_log.out").read_text()
+    assert "epoch 1/1" in log and "-> " + str(s / "0") in log
+
+    with open(s / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["job"], row["optim.lr"], row["status"]) for row in rows] == [
+        ("0", "0.1", "completed"),
+        ("1", "-1", "failed"),
+        ("2", "0.03", "failed"),
+    ]
+    assert {"metrics.json", "model.pt", "last.pt", "best.pt", ".hydra"} <= {
+        p.name for p in (s / "0").iterdir()
+    }
+    assert json.loads((s / "0" / "metrics.json").read_text())["status"] == "completed"
+    assert json.loads((s / "1" / "metrics.json").read_text()) == {
+        "status": "failed",
+        "exit_code": 2,
+        "reason": "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.1.",
+    }
+    killed = json.loads((s / "2" / "metrics.json").read_text())
+    assert killed["status"] == "failed" and killed["reason"] == (
+        f"Slurm ended job {array}_2 (FAILED) without a result. "
+        f"Its log: {s / '.submitit' / f'{array}_2' / f'{array}_2_0_log.err'}"
+    )
+    assert f"job 2 failed: Slurm ended job {array}_2 (FAILED)" in r.stdout
+
+
+def test_what_slurm_refuses_or_cannot_start_ends_in_one_line(sweep_dir, node_cpus):
+    s = sweep_dir
+    r = run_cli("-m", *SLURM, "hydra.launcher.partition=nope", "optim.lr=0.1", *FAST,
+                f"hydra.sweep.dir={s}")  # fmt: skip
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "d2lrun: error: sbatch refused the sweep: invalid partition specified: nope; Batch job "
+        "submission failed: Invalid partition name specified. "
+        "Fix: hydra.launcher.partition=<one of: debug>."
+    ]
+
+    too_many = node_cpus + 1  # accepted by sbatch, then pending for ever: PartitionConfig
+    r = run_cli("-m", *SLURM, f"hydra.launcher.cpus_per_task={too_many}", "optim.lr=0.1,0.3",
+                *FAST, f"hydra.sweep.dir={s}", timeout=60)  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.splitlines()
+    array = slurm_job(r.stdout)
+    assert line.startswith(
+        f"d2lrun: error: Slurm will not start job {array} in partition debug (PartitionConfig): "
+        f"each job asks for cpus_per_task={too_many}, mem_gb=1, gpus_per_node=0, timeout_min=60; "
+        f"the partition has at most {node_cpus} CPUs and "
+    )
+    assert line.endswith(f"The job is cancelled. Fix: hydra.launcher.cpus_per_task={node_cpus}.")
+    assert squeue(array, "%T") == {"CANCELLED"}
