@@ -54,12 +54,12 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         os.chmod(sweep_dir, int(str(launcher.config.hydra.sweep.mode), 8))
     log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
     numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
-    for num, overrides in zip(numbers, job_overrides):
+    for num, overrides in zip(numbers, job_overrides, strict=True):
         log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
     # The plugin's own arguments: each array task calls launcher(*call) on its node.
     calls = [
         (list(o), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
-        for num, o in zip(numbers, job_overrides)
+        for num, o in zip(numbers, job_overrides, strict=True)
     ]
     jobs = submit(executor(launcher.params), launcher, calls)
     array = jobs[0].job_id.split("_")[0]
@@ -74,7 +74,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         ) from None
     return [
         collect(launcher, job, num, overrides, ended.get(job.job_id))
-        for job, num, overrides in zip(jobs, numbers, job_overrides)
+        for job, num, overrides in zip(jobs, numbers, job_overrides, strict=True)
     ]
 
 
@@ -105,7 +105,7 @@ def submit(ex, fn, calls: list[tuple]) -> list:
     try:
         # submitit prints sbatch's complaint, then raises it: show it once, below
         with contextlib.redirect_stderr(io.StringIO()):
-            return ex.map_array(fn, *zip(*calls))
+            return ex.map_array(fn, *zip(*calls, strict=True))
     except FailedJobError as e:
         lines = [re.sub(r"^sbatch: error: ", "", ln) for ln in str(e).splitlines() if ln.strip()]
         message = "; ".join(dict.fromkeys(lines))
