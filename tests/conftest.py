@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny Fashion-MNIST written in the real IDX format, the real files when present,
-and a helper that runs the installed command-line tools."""
+"""Shared fixtures: a tiny Fashion-MNIST written in the real IDX format, the real files when
+present, and a helper that runs the installed command-line tools."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ BIN = Path(sys.executable).parent
 def write_fake_fashion_mnist(
     root: Path, num_train: int = 64, num_test: int = 32, seed: int = 0
 ) -> Path:
-    """Write uncompressed IDX files under root/FashionMNIST/raw, as torchvision expects after download.
+    """Write uncompressed IDX files under root/FashionMNIST/raw, as torchvision expects after
+    download.
 
     Each class gets a bright square in its own place, so a model can learn it in an epoch or two.
     """
@@ -63,7 +64,8 @@ def fake_fmnist(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def real_fmnist(tmp_path_factory) -> Path:
-    """A root with the real Fashion-MNIST .gz files copied in; skips when they are not on this machine."""
+    """A root with the real Fashion-MNIST .gz files copied in; skips when they are not on this
+    machine (fails under CI=true)."""
     if not all(
         (REAL_FASHION_MNIST / f).exists()
         for f in (
@@ -96,7 +98,8 @@ def kaggle_house() -> Path:
 def run_cli(
     *args: str, tool: str = "d2lrun", env: dict | None = None, timeout: float = 300, **kwargs
 ) -> subprocess.CompletedProcess:
-    """Run an installed d2lrun command; returns the completed process (never raises on exit code)."""
+    """Run an installed d2lrun command; returns the completed process (never raises on exit
+    code)."""
     exe = BIN / tool
     cmd = [str(exe) if exe.exists() else shutil.which(tool) or tool, *args]
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}

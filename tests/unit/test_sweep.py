@@ -1,4 +1,5 @@
-"""d2lrun.sweeps without training: folder claiming, resumable jobs, scores, the report of a sweep folder, presets."""
+"""d2lrun.sweeps without training: folder claiming, resumable jobs, scores, the report of a sweep
+folder, presets."""
 
 import csv
 import json
