@@ -87,6 +87,31 @@ def test_csv_mistakes(tmp_path, capsys, name, content, target, match):
     assert re.search(match, lines[0]), lines[0]
 
 
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (
+            ["dataset.drop=[x,id,nope]"],
+            (
+                "dataset.drop names ['id', 'nope'], which {csv} does not have. "
+                "Fix: dataset.drop=[x]."
+            ),
+        ),
+        (
+            ["dataset.task=regression", "dataset.target=c"],
+            (
+                "dataset.task=regression but column 'c' is not numeric. "
+                "Fix: dataset.task=classification."
+            ),
+        ),
+    ],
+)
+def test_csv_options_that_do_not_fit_the_table(tmp_path, capsys, extra, message):
+    code, err = csv_run(tmp_path, capsys, GOOD, *extra)
+    message = message.format(csv=tmp_path / "data.csv")
+    assert code == 2 and err.strip() == f"d2lrun: error: {message}", err
+
+
 def test_csv_directory_instead_of_file(tmp_path, capsys):
     code = run_in_process(tmp_path, "dataset=csv", f"dataset.path={tmp_path}", "dataset.target=y")
     assert code == 2 and "is a directory, not a CSV file" in one_line(capsys)
