@@ -12,7 +12,9 @@ from d2lrun.models import build_model
 from d2lrun.optim import build_optimizer, l1_penalty
 from d2lrun.trainer import (
     History,
+    compiled,
     cross_entropy_scratch,
+    diverged,
     evaluate,
     fit,
     squared_loss,
@@ -249,3 +251,55 @@ def test_best_pt_holds_the_best_epoch(tmp_path):
     saved = load_checkpoint(tmp_path / "best.pt")
     assert saved["epoch"] == best["epoch"] == history.best["epoch"]
     assert saved["best"]["value"] == best["val_loss"]
+
+
+@pytest.mark.parametrize(
+    "losses,batch",
+    [
+        ([1.0, 2.0, float("nan"), 3.0], 3),  # the first batch whose loss is not finite
+        ([1.0, float("inf"), float("inf"), 3.0], 2),
+        ([3e37, 3e37, 3e37, 3e37], 2),  # finite losses; their running sum x 10 overflows here
+        ([1.0, 2.0, 3.0, 4.0], 4),  # all finite, yet the epoch's sum was not: the last batch
+    ],
+)
+def test_divergence_names_the_batch_where_the_loss_stopped_being_finite(losses, batch):
+    model = build_model(
+        OmegaConf.create({"name": "linreg", "impl": "concise", "bias": False}), SPEC
+    )
+    error = diverged(torch.tensor(losses), 10, 7, sgd(model, lr=1e6))  # one parameter group
+    value = f"{losses[batch - 1]:.4g}"
+    assert str(error) == (
+        f"the training loss became {value} at epoch 7, batch {batch}. Fix: lower optim.lr (now 1e+06)."
+    )
+
+
+def test_compile_wraps_the_model_on_cpu_and_cuda_without_a_note():
+    notes, model = [], torch.nn.Linear(2, 1)
+    for device in ("cpu", "cuda"):  # torch.compile is lazy: nothing runs on the device here
+        fast = compiled(model, torch.device(device), notes.append)
+        assert fast is not model and fast._orig_mod is model
+    assert notes == []
+
+
+@pytest.mark.parametrize("found", ["c++", "g++", "cc"])
+def test_compile_on_cpu_needs_any_one_c_compiler(monkeypatch, found):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}" if name == found else None)
+    notes, model = [], torch.nn.Linear(2, 1)
+    assert compiled(model, torch.device("cpu"), notes.append)._orig_mod is model and notes == []
+
+
+def test_compile_falls_back_to_eager_with_one_note_where_torch_compile_fails(monkeypatch):
+    def unsupported(*a, **k):
+        raise RuntimeError("Python 3.14+ is not supported")
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    notes, model = [], torch.nn.Linear(2, 1)
+    assert compiled(model, torch.device("cpu"), notes.append) is model
+    assert notes == [
+        (
+            "note: trainer.compile=true is not available here (RuntimeError: Python 3.14+ is not "
+            "supported); training eagerly"
+        )
+    ]
