@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from d2lrun.data import build_data, prepare_batch
-from d2lrun.data.csv import fit_preprocess, table_splits, transform
+from d2lrun.data.csv import fit_preprocess, read_table, table_splits, transform
 from d2lrun.errors import UsageError
 
 HOUSE = "NumRooms,Alley,Price\nNA,Pave,127500\n2,NA,106000\n4,NA,178100\nNA,NA,140000\n"
@@ -287,3 +287,72 @@ def test_rows_without_a_target_are_dropped_and_add_no_column(tmp_path, capsys):
     assert (len(train), len(val)) == (4, 1) and spec["preprocess"]["columns"] == ["x"]
     assert sorted(rows_of(train) + rows_of(val)) == [0, 2, 4, 6, 8]  # the labelled rows
     assert "note: dropped 5 row(s)" in capsys.readouterr().err
+
+
+def test_a_standardized_target_is_scaled_by_the_training_rows_and_its_scale_is_kept():
+    frame = pd.DataFrame({"x": np.arange(10.0), "y": [1.0, 3.0] * 5})
+    cfg = table_cfg(val_fraction=0.0, standardize_target=True)
+    train, _, spec = table_splits(frame, cfg, 0, None, "t", "auto", False)
+    assert spec["target_scale"] == {"mean": 2.0, "std": 1.0}  # std divides by n
+    assert train.y.shape == (10, 1) and train.y.dtype == torch.float32
+    torch.testing.assert_close(train.y, torch.tensor([[-1.0], [1.0]] * 5)[train.X[:, 0].long()])
+    frame["y"] = frame["y"] * 10  # y: 10, 30, ...: mean 20, std 10
+    train, _, spec = table_splits(frame, cfg, 0, None, "t", "auto", False)
+    assert spec["target_scale"] == {"mean": 20.0, "std": 10.0}
+    frame["y"] = 7.0  # a constant target is shifted, not divided by 0
+    train, _, spec = table_splits(frame, cfg, 0, None, "t", "auto", False)
+    assert spec["target_scale"] == {"mean": 7.0, "std": 1.0} and train.y.abs().max() == 0
+    raw, _, kept = table_splits(frame, table_cfg(val_fraction=0.0), 0, None, "t", "auto", False)
+    assert kept["target_scale"] is None and raw.y.shape == (10, 1) and raw.y.max() == 7.0
+
+
+def test_the_spec_keeps_what_eval_and_predict_read_back():
+    """reload.py rebuilds a k-fold run's fold from spec["fold"], carries spec["drop"] (ids) into
+    predictions and names their column after spec["target"]; class_names decode classes."""
+    frame = pd.DataFrame({"id": range(12), "x": np.arange(12.0), "y": np.arange(12.0)})
+    _, _, spec = table_splits(frame, table_cfg(drop=["id"]), 0, (3, 1), "t", "auto", False)
+    assert (spec["target"], spec["drop"], spec["fold"]) == ("y", ["id"], [3, 1])
+    assert (spec["num_outputs"], spec["class_names"], spec["image_shape"]) == (1, None, None)
+    assert spec["preprocess"]["columns"] == ["x"]  # the dropped id is no feature
+    _, _, split = table_splits(frame, table_cfg(drop=["id"]), 0, None, "t", "auto", False)
+    assert split["fold"] is None
+
+
+def test_a_csv_run_reads_its_file_by_fold_and_names_it_in_errors(tmp_path):
+    path = tmp_path / "t.csv"
+    counting_table(12).to_csv(path, index=False)
+    train, val, spec = build_data(table_cfg(path), seed=0, fold=(4, 3))
+    assert rows_of(val) == [9, 10, 11] and spec["fold"] == [4, 3] and len(train) == 9
+    with pytest.raises(UsageError) as e:
+        build_data(table_cfg(path, target="price"), seed=0)
+    assert str(e.value) == (
+        f"dataset.target=price is not a column of {path}; its columns are: x, y. "
+        "Fix: dataset.target=<one of them>."
+    )
+
+
+def test_read_table_errors_name_the_key_and_pandas_reason(tmp_path):
+    with pytest.raises(UsageError) as e:
+        read_table(tmp_path / "nope.csv")
+    assert str(e.value) == (
+        f"dataset.path={tmp_path / 'nope.csv'}: no such file. "
+        "Fix: dataset.path=<the path of a CSV file>."
+    )
+    (tmp_path / "ragged.csv").write_text("x,y\n1,2\n3,4,5,6\n")
+    with pytest.raises(
+        UsageError, match=r"has ragged rows \(.*Expected 2 fields in line 3, saw 4\)"
+    ):
+        read_table(tmp_path / "ragged.csv")
+
+
+def test_read_table_with_na_values_reads_only_those_as_missing(tmp_path):
+    """The Kaggle files are read with pandas 1's markers: 'None' is a category there, not missing."""
+    (tmp_path / "t.csv").write_text("kind,y\nNone,1\nNA,2\nbrick,3\n")
+    default = read_table(tmp_path / "t.csv")
+    assert default["kind"].isna().tolist() == [True, True, False]
+    book = read_table(tmp_path / "t.csv", "dataset.root", ["NA"])
+    assert book["kind"].tolist()[0] == "None" and book["kind"].isna().tolist() == [
+        False,
+        True,
+        False,
+    ]
