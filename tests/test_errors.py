@@ -91,10 +91,10 @@ def test_csv_mistakes(tmp_path, capsys, name, content, target, match):
     "extra,message",
     [
         (
-            ["dataset.drop=[x,id,nope]"],
+            ["dataset.drop=[x,id,c,nope]"],
             (
                 "dataset.drop names ['id', 'nope'], which {csv} does not have. "
-                "Fix: dataset.drop=[x]."
+                "Fix: dataset.drop=[x,c]."
             ),
         ),
         (

@@ -299,6 +299,7 @@ def test_a_standardized_target_is_scaled_by_the_training_rows_and_its_scale_is_k
     frame["y"] = frame["y"] * 10  # y: 10, 30, ...: mean 20, std 10
     train, _, spec = table_splits(frame, cfg, 0, None, "t", "auto", False)
     assert spec["target_scale"] == {"mean": 20.0, "std": 10.0}
+    torch.testing.assert_close(train.y, torch.tensor([[-1.0], [1.0]] * 5)[train.X[:, 0].long()])
     frame["y"] = 7.0  # a constant target is shifted, not divided by 0
     train, _, spec = table_splits(frame, cfg, 0, None, "t", "auto", False)
     assert spec["target_scale"] == {"mean": 7.0, "std": 1.0} and train.y.abs().max() == 0
