@@ -17,6 +17,8 @@ from d2lrun.trainer import (
     diverged,
     evaluate,
     fit,
+    rng_state,
+    set_rng_state,
     squared_loss,
     train_one_epoch,
 )
@@ -303,3 +305,14 @@ def test_compile_falls_back_to_eager_with_one_note_where_torch_compile_fails(mon
             "supported); training eagerly"
         )
     ]
+
+
+@pytest.mark.gpu
+def test_a_checkpoints_rng_state_restores_the_cuda_generator_too():
+    """Dropout on a GPU draws from CUDA's generator: a resume must restore it to be bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    saved = rng_state(generator)
+    first = torch.rand(3, device="cuda")
+    torch.rand(5, device="cuda")
+    set_rng_state(saved, generator)
+    assert torch.equal(torch.rand(3, device="cuda"), first)
