@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from d2lrun.data import build_data, prepare_batch
 from d2lrun.data.csv import fit_preprocess, read_table, table_splits, transform
+from d2lrun.data.csv import load as csv_load
 from d2lrun.errors import UsageError
 
 HOUSE = "NumRooms,Alley,Price\nNA,Pave,127500\n2,NA,106000\n4,NA,178100\nNA,NA,140000\n"
@@ -357,3 +358,15 @@ def test_read_table_with_na_values_reads_only_those_as_missing(tmp_path):
         True,
         False,
     ]
+
+
+def test_the_validation_rows_are_drawn_with_the_runs_seed(tmp_path):
+    """The same seed holds out the same rows, run after run; another seed other rows."""
+    path = tmp_path / "t.csv"
+    counting_table(40).to_csv(path, index=False)
+
+    def held_out(seed):
+        return rows_of(csv_load(table_cfg(path), seed)[1])  # not build_data, which caches
+
+    assert held_out(0) == held_out(0) == held_out(0) != held_out(1)
+    assert len(held_out(0)) == 8
