@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-all lint format bench bench-csv startup reproduce clean
+.PHONY: install run test test-all lint format mutation bench bench-csv startup reproduce clean
 
 # Re-installs only when pyproject.toml changes; otherwise this is a no-op.
 # pip's own chatter goes to .venv/pip.log and is shown only when the install fails.
@@ -19,7 +19,7 @@ install: $(STAMP)
 run: install
 	$(BIN)/d2lrun $(ARGS)
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # ruff's lint rules and formatting, configured in pyproject.toml; `make format` fixes what it can.
@@ -33,6 +33,31 @@ format: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -m '' $(ARGS)
+
+# Mutation score of trainer.py, optim.py, data/csv.py and checkpoint.py (issue 14; [tool.mutmut] in
+# pyproject.toml), from scratch: mutants/ is rebuilt. Survivors: .venv/bin/mutmut results, then
+# .venv/bin/mutmut show NAME. MUTMUT_CHILDREN test processes at a time, one torch thread each.
+MUTMUT_CHILDREN ?= 2
+mutation: install
+	@test -x $(BIN)/mutmut || $(BIN)/python -m pip install -q -e '.[dev,mutation]' > $(VENV)/pip.log 2>&1 \
+		|| { cat $(VENV)/pip.log; exit 1; }
+	rm -rf mutants
+	D2LRUN_TEST_DATA=$${D2LRUN_TEST_DATA:-$(abspath ..)/shared/data} OMP_NUM_THREADS=1 \
+		$(BIN)/mutmut run --max-children $(MUTMUT_CHILDREN)
+	$(BIN)/mutmut results --all true | $(BIN)/python -c "$$MUTATION_SCORES"
+
+# Killed/total per module from `mutmut results --all true` ("  d2lrun.trainer.x_fit__mutmut_3: killed").
+define MUTATION_SCORES
+import collections, re, sys
+counts = collections.defaultdict(collections.Counter)
+for line in sys.stdin:
+    m = re.match(r"\s*(d2lrun\.[\w.]+?)\.x\S*__mutmut_\d+: (.+)", line)
+    if m:
+        counts[m[1]][m[2].strip()] += 1
+for module, c in sorted(counts.items()):
+    print(f"{module}: {c['killed']}/{sum(c.values())} killed", dict(c))
+endef
+export MUTATION_SCORES
 
 # Every preset in experiments/ on CPU, then the results table in experiments/README.md is rewritten.
 # Data elsewhere: make reproduce ARGS="--data ../shared/data/fashion-mnist --kaggle ../shared/data/kaggle-house"

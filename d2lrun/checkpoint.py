@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -50,14 +51,13 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        culprit = next(
-            (ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "GLOBAL"
-        )
-        if "Unsupported global" in str(e) or "GLOBAL" in str(e):
+        # torch names the refused function as "GLOBAL module.name" ("Trying to load unsupported
+        # GLOBAL posix.system ..." or "Unsupported global: GLOBAL x.y was not an allowed ...").
+        culprit = re.search(r"GLOBAL (\S+)", str(e))
+        if culprit:
             raise UsageError(
                 f"{path} was refused: it would run code when loaded, which a checkpoint "
-                f"never needs ({culprit[:120]}). Fix: only load checkpoints that d2lrun "
-                f"wrote."
+                f"never needs ({culprit[1]}). Fix: only load checkpoints that d2lrun wrote."
             ) from None
         raise UsageError(
             f"{path} is truncated or not a checkpoint (unpickling failed). {RETRAIN}"

@@ -62,9 +62,12 @@ class Optimizer:
             )
         for group, saved in zip(self.param_groups, state_dict["param_groups"], strict=True):
             group.update({k: v for k, v in saved.items() if k != "params"})
+        # State follows its parameter's device, except Adam's step count: torch.optim keeps it a
+        # CPU scalar, so that reading it in step() never waits for the GPU.
         self.state = {
             params[int(i)]: {
-                k: v.to(params[int(i)].device) if torch.is_tensor(v) else v for k, v in s.items()
+                k: v.to(params[int(i)].device) if torch.is_tensor(v) and k != "step" else v
+                for k, v in s.items()
             }
             for i, s in state_dict["state"].items()
         }

@@ -16,7 +16,8 @@ from tests.conftest import run_cli
 
 
 def run_in_process(tmp_path, *overrides, run_dir=None) -> int:
-    """What `d2lrun OVERRIDES` does for one run, in this process: its exit code (the line goes to stderr)."""
+    """What `d2lrun OVERRIDES` does for one run, in this process: its exit code (the line goes to
+    stderr)."""
     overrides = ["trainer.progress=false", *overrides]
     run_dir = run_dir or tmp_path / "run"
     try:
@@ -85,6 +86,31 @@ def test_csv_mistakes(tmp_path, capsys, name, content, target, match):
     import re
 
     assert re.search(match, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (
+            ["dataset.drop=[x,id,c,nope]"],
+            (
+                "dataset.drop names ['id', 'nope'], which {csv} does not have. "
+                "Fix: dataset.drop=[x,c]."
+            ),
+        ),
+        (
+            ["dataset.task=regression", "dataset.target=c"],
+            (
+                "dataset.task=regression but column 'c' is not numeric. "
+                "Fix: dataset.task=classification."
+            ),
+        ),
+    ],
+)
+def test_csv_options_that_do_not_fit_the_table(tmp_path, capsys, extra, message):
+    code, err = csv_run(tmp_path, capsys, GOOD, *extra)
+    message = message.format(csv=tmp_path / "data.csv")
+    assert code == 2 and err.strip() == f"d2lrun: error: {message}", err
 
 
 def test_csv_directory_instead_of_file(tmp_path, capsys):
@@ -192,7 +218,8 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
-# Random CSVs: NaN patterns, mixed types, unicode and duplicate headers, numeric-looking strings, empty columns.
+# Random CSVs: NaN patterns, mixed types, unicode and duplicate headers, numeric-looking strings,
+# empty columns.
 cell = st.one_of(
     st.none(),
     st.integers(-5, 5),
@@ -236,7 +263,8 @@ def test_random_csvs_train_or_fail_in_one_line(tmp_path_factory, columns, rows, 
         code = run_in_process(tmp, *cfg_overrides)
     errors = [ln for ln in err.getvalue().splitlines() if ln.startswith("d2lrun: error:")]
     assert (code == 0) == (not errors) and len(errors) <= 1
-    # A table is refused only for what is really wrong with it, never with a crash or a runtime failure.
+    # A table is refused only for what is really wrong with it, never with a crash or a runtime
+    # failure.
     legitimate = (
         "is empty",
         "has a header but no data rows",

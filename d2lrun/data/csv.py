@@ -61,7 +61,7 @@ def read_table(
 
 
 def fit_preprocess(
-    features: pd.DataFrame, standardize: bool, max_categories: int, ddof: int = 0
+    features: pd.DataFrame, standardize: bool, max_categories: int, ddof: int
 ) -> dict:
     """Learn what `transform` needs from training rows: numeric means and stds, and the categories
     of each text column.
@@ -120,15 +120,14 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
         isna = values.isna().to_numpy()
         text = values.astype(str).to_numpy()
         parts += [(text == c) & ~isna for c in cats] + [isna]
-    if not parts:
-        return np.zeros((len(features), 0), dtype=np.float32)
     return np.column_stack(parts).astype(np.float32)
 
 
 def load(
     cfg: DictConfig, seed: int, fold: tuple[int, int] | None = None
 ) -> tuple[Split, Split, dict]:
-    return table_splits(read_table(cfg.path), cfg, seed, fold, shown(cfg.path))
+    frame = read_table(cfg.path)
+    return table_splits(frame, cfg, seed, fold, shown(cfg.path), str(cfg.task), cfg.standardize)
 
 
 def table_splits(
@@ -137,12 +136,16 @@ def table_splits(
     seed: int,
     fold: tuple[int, int] | None,
     source: str,
+    task: str,
+    standardize: bool,
     also_fit: pd.DataFrame | None = None,
     ddof: int = 0,
 ) -> tuple[Split, Split, dict]:
     """Training and validation splits of a table: its rows split by dataset.val_fraction (shuffled
     with seed) or by fold (k, i), statistics fitted on the training rows (and also_fit's feature
-    rows)."""
+    rows).
+
+    task is "auto", "regression" or "classification"; standardize scales the numeric features."""
     target = cfg.target
     if target not in frame.columns:
         raise UsageError(
@@ -165,7 +168,6 @@ def table_splits(
         frame = frame[frame[target].notna()].reset_index(drop=True)
 
     numeric_target = pd.api.types.is_numeric_dtype(frame[target])
-    task = str(cfg.task) if "task" in cfg else "auto"
     if task == "auto":
         task = "regression" if numeric_target else "classification"
     if task == "regression" and not numeric_target:
@@ -195,7 +197,6 @@ def table_splits(
     features = [c for c in frame.columns if c != target and c not in cfg.drop]
     # The book fits §4.10's statistics on every row of both files, held-out folds included.
     fit_on = train_rows[features] if also_fit is None else pd.concat([frame, also_fit])[features]
-    standardize = cfg.standardize if "standardize" in cfg else True
     stats = fit_preprocess(fit_on, standardize, cfg.max_categories, ddof)
     if stats["dropped"]:
         print(

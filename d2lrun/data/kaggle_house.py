@@ -53,7 +53,10 @@ def load(
     train = read_table(paths["train"], "dataset.root", BOOK_NA_VALUES)
     fit_test = cfg.statistics == "train_and_test"
     test = read_table(paths["test"], "dataset.root", BOOK_NA_VALUES) if fit_test else None
-    # ddof=1: pandas' std, as the book's `(x - x.mean()) / (x.std())`.
-    splits = table_splits(train, cfg, seed, fold, paths["train"].name, also_fit=test, ddof=1)
+    # SalePrice is numeric, so "auto" is regression; ddof=1: pandas' std, as the book's
+    # `(x - x.mean()) / (x.std())`.
+    splits = table_splits(
+        train, cfg, seed, fold, paths["train"].name, "auto", True, also_fit=test, ddof=1
+    )
     splits[2]["na_values"] = BOOK_NA_VALUES  # new rows to predict are read the same way
     return splits

@@ -1,5 +1,5 @@
-"""Tables as the book's §4.10 uses them, through the installed commands: k-fold cross-validation, log RMSE, the
-Kaggle submission, and regression with the default settings on real-looking tables."""
+"""Tables as the book's §4.10 uses them, through the installed commands: k-fold cross-validation,
+log RMSE, the Kaggle submission, and regression with the default settings on real-looking tables."""
 
 import csv
 import json
@@ -20,7 +20,8 @@ def one_error_line(r, prog="d2lrun") -> str:
 
 
 def cars(path, n=300, seed=0):
-    """A real-looking table: a numeric target in its own units (mpg, ~10-46), NaNs, text columns, an id."""
+    """A real-looking table: a numeric target in its own units (mpg, ~10-46), NaNs, text columns,
+    an id."""
     rng = np.random.default_rng(seed)
     weight = rng.normal(3000, 800, n)
     origin = rng.choice(["usa", "europe", "japan", None], n)
@@ -67,7 +68,7 @@ def test_mlp_with_its_defaults_learns_a_real_regression_table(tmp_path):
     final = summary_of(run)["final"]
     baseline = frame["mpg"].std(ddof=0)  # the RMSE of always predicting the mean
     assert np.isfinite(final["val_rmse"]) and final["val_rmse"] < 0.5 * baseline, (final, baseline)
-    # Predictions come back in miles per gallon, named after the target, with the id carried through.
+    # Predictions come back in miles per gallon, named after the target, with the id carried.
     frame.drop(columns="mpg").head(5).to_csv(tmp_path / "new.csv", index=False)
     r = run_cli(
         f"run={run}",

@@ -1,6 +1,10 @@
 """Checkpoints and run files: atomic writes, safe loading, clear errors."""
 
+import json
 import os
+import pickle
+import re
+import zipfile
 
 import pytest
 import torch
@@ -8,8 +12,10 @@ import torch
 from d2lrun.checkpoint import (
     find_checkpoint,
     load_checkpoint,
+    load_full_checkpoint,
     load_state_dict_strict,
     save_checkpoint,
+    save_torch,
 )
 from d2lrun.errors import UsageError
 from d2lrun.files import atomic_write, write_csv, write_json
@@ -31,7 +37,8 @@ def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatc
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(path, {"epoch": 2, "model": {"w": torch.zeros(2)}})
     monkeypatch.undo()
-    assert load_checkpoint(path)["epoch"] == 1
+    kept = load_checkpoint(path)
+    assert kept["epoch"] == 1 and torch.equal(kept["model"]["w"], torch.ones(2))  # the old weights
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # the temporary file is gone
 
 
@@ -45,8 +52,17 @@ def test_checkpoint_round_trip_is_plain_data(tmp_path):
         "spec": {"class_names": None},
     }
     save_checkpoint(tmp_path / "c.pt", ckpt)
+    # torch's own safe loader reads it back: nothing but tensors and containers in the file.
     loaded = torch.load(tmp_path / "c.pt", weights_only=True)
     assert loaded["format"] == "d2lrun-checkpoint" and loaded["config"] == {"optim": {"lr": 0.1}}
+    assert torch.equal(loaded["model"]["0.weight"], ckpt["model"]["0.weight"])
+    assert torch.equal(loaded["rng"]["torch"], ckpt["rng"]["torch"])
+    assert {k: v for k, v in loaded.items() if k not in ("model", "rng", "format")} == {
+        k: v for k, v in ckpt.items() if k not in ("model", "rng")
+    }
+    ours = load_checkpoint(tmp_path / "c.pt")  # d2lrun's loader returns the same dict
+    assert sorted(ours) == sorted(loaded)
+    assert torch.equal(ours["model"]["0.weight"], ckpt["model"]["0.weight"])
 
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
@@ -54,23 +70,87 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     torch.save({"model": Exploit()}, path)
     if os.path.exists("/tmp/d2lrun_pwned"):
         os.remove("/tmp/d2lrun_pwned")
-    with pytest.raises(UsageError, match="refused: it would run code"):
+    # The line names what the file would have called (posix.system on Linux, nt.system on Windows).
+    with pytest.raises(UsageError, match=r"refused: it would run code .*\(\w+\.system\)\. Fix:"):
         load_checkpoint(path)
     assert not os.path.exists("/tmp/d2lrun_pwned")
 
 
+def test_a_checkpoint_written_on_a_gpu_loads_on_a_machine_without_one(tmp_path):
+    """The storages of a checkpoint saved from CUDA tensors say "cuda:0"; load_checkpoint maps them
+    to the CPU, so a run trained on a GPU is evaluated, predicted or resumed on a laptop."""
+    save_checkpoint(tmp_path / "cpu.pt", {"model": {"w": torch.ones(2)}})
+    with zipfile.ZipFile(
+        tmp_path / "cpu.pt"
+    ) as z:  # rewrite the storage location, as CUDA saves it
+        files = {n: z.read(n) for n in z.namelist()}
+    pkl = next(n for n in files if n.endswith("/data.pkl"))
+    files[pkl] = files[pkl].replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+    assert b"cuda:0" in files[pkl]
+    with zipfile.ZipFile(tmp_path / "gpu.pt", "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    w = load_checkpoint(tmp_path / "gpu.pt")["model"]["w"]
+    assert w.device == torch.device("cpu") and torch.equal(w, torch.ones(2))
+
+
+RETRAIN = r"\. Fix: use another checkpoint of the run \(last.pt, best.pt\) or train again\.$"
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
 @pytest.mark.parametrize(
-    "content,match",
+    "content",
     [
-        (b"", "truncated or not a checkpoint"),
-        (b"hello, not a checkpoint", "not a readable checkpoint|truncated or not a checkpoint"),
+        b"hello, not a checkpoint",
+        b"PK\x03\x04 a damaged zip",  # torch's first line here is longer than the 120 shown
+        b"\x80\x02]q\x00.",
+        pickle.dumps([1, 2], protocol=4),  # a pickle, but not one torch.save writes
     ],
 )
-def test_garbage_files_get_one_clear_error(tmp_path, content, match):
+def test_garbage_files_get_one_clear_error_with_torchs_reason(tmp_path, content):
     path = tmp_path / "bad.pt"
     path.write_bytes(content)
-    with pytest.raises(UsageError, match=match):
+    with pytest.raises(Exception) as theirs:  # what torch itself says about the file
+        torch.load(path, map_location="cpu", weights_only=True)
+    reason = str(theirs.value).splitlines()[0] if str(theirs.value) else ""
+    with pytest.raises(UsageError) as ours:
         load_checkpoint(path)
+    assert str(ours.value).startswith(f"{path} is truncated or not a checkpoint (")
+    assert re.search(RETRAIN, str(ours.value))
+    if isinstance(theirs.value, pickle.UnpicklingError):
+        assert "(unpickling failed)" in str(ours.value)
+    else:  # the kind of failure and torch's first line, for a bug report
+        assert f"({type(theirs.value).__name__}: {reason[:120]})" in str(ours.value)
+
+
+def test_an_empty_file_names_the_error_without_a_dangling_colon(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(
+        UsageError, match=r"is truncated or not a checkpoint \(EOFError\)" + RETRAIN
+    ):
+        load_checkpoint(tmp_path / "empty.pt")
+
+
+@pytest.mark.parametrize("obj,kind", [(torch.ones(2), "Tensor"), ([1, 2], "list")])
+def test_a_file_of_torch_save_that_is_not_a_dict_is_refused(tmp_path, obj, kind):
+    torch.save(obj, tmp_path / "x.pt")
+    with pytest.raises(UsageError, match=rf"x.pt holds a {kind}, not a checkpoint dict\. Fix:"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_a_bare_state_dict_is_not_a_full_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_torch(run / "model.pt", {"w": torch.ones(2)})
+    assert torch.equal(load_checkpoint(run / "model.pt")["w"], torch.ones(2))  # loads as it is
+    with pytest.raises(
+        UsageError,
+        match=rf"model.pt is a bare state_dict without its config; eval needs last.pt or best.pt\. "
+        rf"Fix: give the run folder {re.escape(str(run))} \(its last.pt\)\.",
+    ):
+        load_full_checkpoint(run / "model.pt", "eval")
+    save_checkpoint(run / "last.pt", {"epoch": 1})
+    assert load_full_checkpoint(run / "last.pt", "eval")["epoch"] == 1
 
 
 def test_truncated_checkpoint(tmp_path):
@@ -84,20 +164,74 @@ def test_truncated_checkpoint(tmp_path):
 def test_missing_paths(tmp_path):
     with pytest.raises(UsageError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "nope.pt")
-    with pytest.raises(UsageError, match="has no last.pt"):
+    with pytest.raises(
+        UsageError, match=r"is a directory\. Fix: give a .pt file, or pass the folder"
+    ):
+        load_checkpoint(tmp_path)
+    with pytest.raises(UsageError, match=r"has no last.pt \(it has: no .pt files\)\. Fix:"):
         find_checkpoint(tmp_path)
     with pytest.raises(UsageError, match="no such run folder"):
         find_checkpoint(tmp_path / "nope")
 
 
+def test_a_run_folder_without_last_pt_lists_the_checkpoints_it_has(tmp_path):
+    for name in ("model.pt", "best.pt", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(UsageError, match=r"has no last.pt \(it has: best.pt, model.pt\)\. Fix:"):
+        find_checkpoint(tmp_path)
+    assert find_checkpoint(tmp_path, "best.pt") == tmp_path / "best.pt"
+    assert find_checkpoint(tmp_path / "model.pt") == tmp_path / "model.pt"
+
+
 def test_architecture_mismatch_lists_keys_and_shapes():
     net = torch.nn.Sequential(torch.nn.Linear(2, 1))
     other = {"0.weight": torch.zeros(3, 2), "1.bias": torch.zeros(1)}
-    with pytest.raises(
-        UsageError,
-        match=r"missing keys \['0.bias'\].*unexpected keys \['1.bias'\].*0.weight \(3, 2\) vs \(1, 2\)",
-    ):
+    with pytest.raises(UsageError) as e:
         load_state_dict_strict(net, other, "x.pt")
+    assert str(e.value) == (
+        "x.pt was saved from another architecture: missing keys ['0.bias']; "
+        "unexpected keys ['1.bias']; shape mismatches ['0.weight (3, 2) vs (1, 2)']. "
+        "Fix: rebuild the model with the run's own config (d2lrun-eval run=DIR does)."
+    )
+
+
+WIDE = torch.nn.Sequential(
+    *[torch.nn.Linear(2, 2) for _ in range(5)]
+)  # 10 tensors of shape (2, 2), (2,)
+
+
+@pytest.mark.parametrize(
+    "state,only",
+    [
+        ({}, "missing keys ['0.weight', '0.bias', '1.weight', '1.bias', '2.weight', '2.bias']"),
+        (
+            {**WIDE.state_dict(), **{f"x{i}": torch.zeros(1) for i in range(8)}},
+            "unexpected keys ['x0', 'x1', 'x2', 'x3', 'x4', 'x5']",
+        ),
+        (
+            {k: torch.zeros(3, *v.shape[1:]) for k, v in WIDE.state_dict().items()},
+            (
+                "shape mismatches ['0.weight (3, 2) vs (2, 2)', '0.bias (3,) vs (2,)', "
+                "'1.weight (3, 2) vs (2, 2)', '1.bias (3,) vs (2,)']"
+            ),
+        ),
+    ],
+    ids=["missing", "unexpected", "shapes"],
+)
+def test_each_kind_of_mismatch_alone_is_one_line_naming_the_first_few(state, only):
+    with pytest.raises(UsageError) as e:
+        load_state_dict_strict(WIDE, state, "x.pt")
+    assert str(e.value) == (
+        f"x.pt was saved from another architecture: {only}. "
+        "Fix: rebuild the model with the run's own config (d2lrun-eval run=DIR does)."
+    )
+
+
+def test_a_matching_state_dict_is_loaded():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1))
+    state = {"0.weight": torch.tensor([[1.0, 2.0]]), "0.bias": torch.tensor([3.0])}
+    load_state_dict_strict(net, state, "x.pt")
+    assert net(torch.tensor([[1.0, 1.0]])).item() == 6.0
 
 
 def test_csv_and_json_writers(tmp_path):
@@ -109,6 +243,8 @@ def test_csv_and_json_writers(tmp_path):
         "1,0.5,",
         "2,0.25,0.9",
     ]
-    write_json(tmp_path / "m.json", {"a": 1})
+    summary = {"status": "completed", "final": {"val_loss": 0.25}, "tags": ["a", "é"]}
+    write_json(tmp_path / "m.json", summary)
+    assert json.loads((tmp_path / "m.json").read_text()) == summary
     atomic_write(tmp_path / "b.bin", b"xyz")
     assert (tmp_path / "b.bin").read_bytes() == b"xyz"

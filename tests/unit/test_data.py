@@ -7,7 +7,9 @@ import torch
 from omegaconf import OmegaConf
 
 from d2lrun.data import build_data, prepare_batch
-from d2lrun.data.csv import fit_preprocess, transform
+from d2lrun.data.csv import fit_preprocess, read_table, table_splits, transform
+from d2lrun.data.csv import load as csv_load
+from d2lrun.errors import UsageError
 
 HOUSE = "NumRooms,Alley,Price\nNA,Pave,127500\n2,NA,106000\n4,NA,178100\nNA,NA,140000\n"
 
@@ -65,7 +67,7 @@ def test_book_house_csv_imputation():
     frame = pd.read_csv(StringIO(HOUSE))
     inputs = frame.iloc[:, :2]
     stats = fit_preprocess(
-        inputs, standardize=False, max_categories=50
+        inputs, standardize=False, max_categories=50, ddof=0
     )  # the book: plain mean fill
     X = transform(inputs, stats)
     assert stats["columns"] == ["NumRooms", "Alley_Pave", "Alley_nan"]
@@ -152,7 +154,220 @@ def test_a_text_column_with_more_values_than_max_categories_is_not_one_hot_encod
     features = pd.DataFrame(
         {"x": np.arange(60.0), "name": [f"n{i}" for i in range(60)], "c": ["a", "b"] * 30}
     )
-    stats = fit_preprocess(features, standardize=False, max_categories=50)
+    stats = fit_preprocess(features, standardize=False, max_categories=50, ddof=0)
     assert stats["dropped"] == ["name"] and stats["columns"] == ["x", "c_a", "c_b", "c_nan"]
-    kept = fit_preprocess(features, standardize=False, max_categories=60)
+    kept = fit_preprocess(features, standardize=False, max_categories=60, ddof=0)
     assert "name" in kept["categorical"] and len(kept["columns"]) == 1 + 61 + 3
+
+
+def table_cfg(path="unused.csv", **kw):
+    """A dataset=csv config as the schema composes it (d2lrun.config.CSV), with kw overrides."""
+    base = {
+        "name": "csv",
+        "path": str(path),
+        "target": "y",
+        "drop": [],
+        "task": "auto",
+        "val_fraction": 0.2,
+        "max_categories": 50,
+        "standardize": False,
+        "standardize_target": False,
+        "folds": None,
+        "shuffle_folds": False,
+    }
+    return OmegaConf.create({**base, **kw})
+
+
+def counting_table(n):
+    """x is the row number, so a split's X says which rows it holds."""
+    return pd.DataFrame({"x": np.arange(float(n)), "y": np.arange(float(n)) * 2})
+
+
+def rows_of(split):
+    return sorted(int(v) for v in split.X[:, 0])
+
+
+def test_standardizing_divides_by_the_fitted_std_and_by_1_where_it_is_zero_or_undefined():
+    fitted = fit_preprocess(
+        pd.DataFrame({"small": [0.0, 1.0] * 4, "const": [5.0] * 8}), True, 50, ddof=0
+    )
+    assert fitted["numeric"] == {
+        "small": {"mean": 0.5, "std": 0.5},
+        "const": {"mean": 5.0, "std": 1.0},
+    }
+    np.testing.assert_allclose(
+        transform(pd.DataFrame({"small": [1.5], "const": [7.0]}), fitted), [[2, 2]]
+    )
+    one_row = fit_preprocess(
+        pd.DataFrame({"a": [3.0]}), True, 50, ddof=1
+    )  # pandas' std of 1 row: NaN
+    assert one_row["numeric"]["a"] == {"mean": 3.0, "std": 1.0}
+
+
+def test_ddof_1_is_pandas_std_and_0_divides_by_n():
+    features = pd.DataFrame({"a": [0.0, 2.0]})
+    assert fit_preprocess(features, True, 50, ddof=0)["numeric"]["a"]["std"] == 1.0
+    assert fit_preprocess(features, True, 50, ddof=1)["numeric"]["a"]["std"] == pytest.approx(
+        2**0.5
+    )
+
+
+def test_new_rows_need_the_trained_columns_and_a_stray_text_in_a_number_column_is_missing():
+    stats = fit_preprocess(pd.DataFrame({"a": [1.0, 3.0], "c": ["u", "v"]}), False, 50, ddof=0)
+    np.testing.assert_array_equal(
+        transform(pd.DataFrame({"a": ["n/a?", "5"], "c": ["v", "u"]}), stats),
+        [[2, 0, 1, 0], [5, 1, 0, 0]],  # the text is imputed with the training mean, 2
+    )
+    with pytest.raises(UsageError) as e:
+        transform(pd.DataFrame({"b": [1.0]}), stats)
+    assert str(e.value) == (
+        "The input lacks the column(s) ['a', 'c'] the model was trained on. "
+        "Fix: add them (values may be empty)."
+    )
+
+
+@pytest.mark.parametrize(
+    "n,val_fraction,sizes",
+    [(50, 0.0, (50, 0)), (5, 0.1, (4, 1)), (2, 0.5, (1, 1)), (10, 0.3, (7, 3))],
+)
+def test_val_fraction_holds_out_that_share_of_rows_and_at_least_one_unless_zero(
+    n, val_fraction, sizes
+):
+    train, val, _ = table_splits(
+        counting_table(n), table_cfg(val_fraction=val_fraction), 0, None, "t.csv", "auto", False
+    )
+    assert (len(train), len(val)) == sizes
+    assert sorted(rows_of(train) + rows_of(val)) == list(range(n))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_k_folds_hold_out_each_row_once_and_train_on_the_rest(shuffle):
+    frame, held_out = counting_table(10), []
+    for i in range(4):
+        cfg = table_cfg(shuffle_folds=shuffle)
+        train, val, spec = table_splits(frame, cfg, 3, (4, i), "t.csv", "auto", False)
+        again = table_splits(frame, cfg, 3, (4, i), "t.csv", "auto", False)[1]
+        assert rows_of(val) == rows_of(again)  # the same folds for the same seed
+        assert sorted(rows_of(train) + rows_of(val)) == list(range(10))
+        assert spec["fold"] == [4, i]
+        held_out.append(rows_of(val))
+    assert sorted(r for rows in held_out for r in rows) == list(range(10))
+    in_order = [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]  # fold i: the i-th slice of the rows
+    assert (held_out == in_order) is not shuffle
+
+
+def test_statistics_can_also_come_from_other_rows_as_the_books_kaggle_preprocessing_does():
+    frame = counting_table(10)  # x = 0..9
+    test_rows = pd.DataFrame({"x": [100.0, 110.0]})
+    _, _, alone = table_splits(frame, table_cfg(val_fraction=0.0), 0, None, "t", "auto", True)
+    _, _, both = table_splits(
+        frame, table_cfg(val_fraction=0.0), 0, None, "t", "auto", True, also_fit=test_rows, ddof=1
+    )
+    assert alone["preprocess"]["numeric"]["x"]["mean"] == 4.5
+    everything = pd.concat([frame["x"], test_rows["x"]])
+    assert both["preprocess"]["numeric"]["x"] == {
+        "mean": pytest.approx(everything.mean()),
+        "std": pytest.approx(everything.std()),  # pandas' own, ddof=1
+    }
+
+
+def test_task_can_be_forced_to_classification_on_numeric_labels():
+    frame = pd.DataFrame({"x": np.arange(20.0), "y": [0, 1] * 10})
+    train, _, spec = table_splits(frame, table_cfg(), 0, None, "t", "classification", False)
+    assert spec["task"] == "classification" and spec["class_names"] == ["0", "1"]
+    assert train.y.dtype == torch.long
+    _, _, auto = table_splits(frame, table_cfg(), 0, None, "t", "auto", False)
+    assert auto["task"] == "regression"
+
+
+def test_rows_without_a_target_are_dropped_and_add_no_column(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    frame = pd.DataFrame({"x": np.arange(10.0), "y": [1.0, None] * 5})
+    frame.to_csv(path, index=False)
+    train, val, spec = build_data(table_cfg(path, val_fraction=0.2), seed=0)
+    assert (len(train), len(val)) == (4, 1) and spec["preprocess"]["columns"] == ["x"]
+    assert sorted(rows_of(train) + rows_of(val)) == [0, 2, 4, 6, 8]  # the labelled rows
+    assert "note: dropped 5 row(s)" in capsys.readouterr().err
+
+
+def test_a_standardized_target_is_scaled_by_the_training_rows_and_its_scale_is_kept():
+    frame = pd.DataFrame({"x": np.arange(10.0), "y": [1.0, 3.0] * 5})
+    cfg = table_cfg(val_fraction=0.0, standardize_target=True)
+    train, _, spec = table_splits(frame, cfg, 0, None, "t", "auto", False)
+    assert spec["target_scale"] == {"mean": 2.0, "std": 1.0}  # std divides by n
+    assert train.y.shape == (10, 1) and train.y.dtype == torch.float32
+    torch.testing.assert_close(train.y, torch.tensor([[-1.0], [1.0]] * 5)[train.X[:, 0].long()])
+    frame["y"] = frame["y"] * 10  # y: 10, 30, ...: mean 20, std 10
+    train, _, spec = table_splits(frame, cfg, 0, None, "t", "auto", False)
+    assert spec["target_scale"] == {"mean": 20.0, "std": 10.0}
+    torch.testing.assert_close(train.y, torch.tensor([[-1.0], [1.0]] * 5)[train.X[:, 0].long()])
+    frame["y"] = 7.0  # a constant target is shifted, not divided by 0
+    train, _, spec = table_splits(frame, cfg, 0, None, "t", "auto", False)
+    assert spec["target_scale"] == {"mean": 7.0, "std": 1.0} and train.y.abs().max() == 0
+    raw, _, kept = table_splits(frame, table_cfg(val_fraction=0.0), 0, None, "t", "auto", False)
+    assert kept["target_scale"] is None and raw.y.shape == (10, 1) and raw.y.max() == 7.0
+
+
+def test_the_spec_keeps_what_eval_and_predict_read_back():
+    """reload.py rebuilds a k-fold run's fold from spec["fold"], carries spec["drop"] (ids) into
+    predictions and names their column after spec["target"]; class_names decode classes."""
+    frame = pd.DataFrame({"id": range(12), "x": np.arange(12.0), "y": np.arange(12.0)})
+    _, _, spec = table_splits(frame, table_cfg(drop=["id"]), 0, (3, 1), "t", "auto", False)
+    assert (spec["target"], spec["drop"], spec["fold"]) == ("y", ["id"], [3, 1])
+    assert (spec["num_outputs"], spec["class_names"], spec["image_shape"]) == (1, None, None)
+    assert spec["preprocess"]["columns"] == ["x"]  # the dropped id is no feature
+    _, _, split = table_splits(frame, table_cfg(drop=["id"]), 0, None, "t", "auto", False)
+    assert split["fold"] is None
+
+
+def test_a_csv_run_reads_its_file_by_fold_and_names_it_in_errors(tmp_path):
+    path = tmp_path / "t.csv"
+    counting_table(12).to_csv(path, index=False)
+    train, val, spec = build_data(table_cfg(path), seed=0, fold=(4, 3))
+    assert rows_of(val) == [9, 10, 11] and spec["fold"] == [4, 3] and len(train) == 9
+    with pytest.raises(UsageError) as e:
+        build_data(table_cfg(path, target="price"), seed=0)
+    assert str(e.value) == (
+        f"dataset.target=price is not a column of {path}; its columns are: x, y. "
+        "Fix: dataset.target=<one of them>."
+    )
+
+
+def test_read_table_errors_name_the_key_and_pandas_reason(tmp_path):
+    with pytest.raises(UsageError) as e:
+        read_table(tmp_path / "nope.csv")
+    assert str(e.value) == (
+        f"dataset.path={tmp_path / 'nope.csv'}: no such file. "
+        "Fix: dataset.path=<the path of a CSV file>."
+    )
+    (tmp_path / "ragged.csv").write_text("x,y\n1,2\n3,4,5,6\n")
+    with pytest.raises(
+        UsageError, match=r"has ragged rows \(.*Expected 2 fields in line 3, saw 4\)"
+    ):
+        read_table(tmp_path / "ragged.csv")
+
+
+def test_read_table_with_na_values_reads_only_those_as_missing(tmp_path):
+    """The Kaggle files are read with pandas 1's markers: 'None' is a category there, not
+    missing."""
+    (tmp_path / "t.csv").write_text("kind,y\nNone,1\nNA,2\nbrick,3\n")
+    default = read_table(tmp_path / "t.csv")
+    assert default["kind"].isna().tolist() == [True, True, False]
+    book = read_table(tmp_path / "t.csv", "dataset.root", ["NA"])
+    assert book["kind"].tolist()[0] == "None" and book["kind"].isna().tolist() == [
+        False,
+        True,
+        False,
+    ]
+
+
+def test_the_validation_rows_are_drawn_with_the_runs_seed(tmp_path):
+    """The same seed holds out the same rows, run after run; another seed other rows."""
+    path = tmp_path / "t.csv"
+    counting_table(40).to_csv(path, index=False)
+
+    def held_out(seed):
+        return rows_of(csv_load(table_cfg(path), seed)[1])  # not build_data, which caches
+
+    assert held_out(0) == held_out(0) == held_out(0) != held_out(1)
+    assert len(held_out(0)) == 8

@@ -63,6 +63,8 @@ def test_compiled_tiny_model_trains_like_eager(tmp_path):
     are equal)."""
     import csv
 
+    printed = {}
+
     def rows(name, *extra):
         r = run_cli(
             "trainer.epochs=2",
@@ -73,6 +75,7 @@ def test_compiled_tiny_model_trains_like_eager(tmp_path):
             timeout=600,
         )
         assert r.returncode == 0, r.stderr
+        printed[name] = r.stdout + r.stderr
         with open(tmp_path / name / "metrics.csv") as f:
             return [
                 {k: float(v) for k, v in row.items() if k not in ("seconds", "examples_per_s")}
@@ -80,6 +83,7 @@ def test_compiled_tiny_model_trains_like_eager(tmp_path):
             ]
 
     eager, fast = rows("eager"), rows("compiled", "trainer.compile=true")
-    assert len(fast) == 2 and "note:" not in str(fast)
+    # No "note: ... training eagerly": the compiled path really ran (the rows alone cannot tell).
+    assert len(fast) == 2 and "note:" not in printed["compiled"]
     for a, b in zip(eager, fast, strict=True):
         assert a == pytest.approx(b, rel=1e-5)

@@ -4,7 +4,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from d2lrun.optim import Adam, SGD, build_optimizer
+from d2lrun.errors import UsageError
+from d2lrun.optim import SGD, Adam, build_optimizer
 
 
 def net_and_groups(seed=0):
@@ -45,7 +46,7 @@ def train(make, steps=6):
 def test_same_steps_as_torch_optim(ours, theirs):
     a, _ = train(ours)
     b, _ = train(theirs)
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -74,7 +75,7 @@ def test_state_dict_round_trip_continues_identically(make):
         o.zero_grad()
         n(x).sum().backward()
         o.step()
-    for p, q in zip(net.parameters(), net2.parameters()):
+    for p, q in zip(net.parameters(), net2.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -86,3 +87,56 @@ def test_build_optimizer_decays_weights_only():
     )
     assert [g["weight_decay"] for g in opt.param_groups] == [0.5, 0.0]
     assert [p.ndim for p in opt.param_groups[0]["params"]] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (lambda ps: SGD(ps, lr=0.1), lambda ps: torch.optim.SGD(ps, lr=0.1)),
+        (lambda ps: Adam(ps, lr=0.01), lambda ps: torch.optim.Adam(ps, lr=0.01)),
+    ],
+)
+def test_groups_without_weight_decay_get_none_as_in_torch_optim(ours, theirs):
+    def without_decay(groups):
+        return [{"params": g["params"]} for g in groups]
+
+    a, _ = train(lambda g: ours(without_decay(g)))
+    b, _ = train(lambda g: theirs(without_decay(g)))
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (
+            lambda ps: SGD(ps, lr=0.1, momentum=0.9),
+            lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+        ),
+        (lambda ps: Adam(ps, lr=0.01), lambda ps: torch.optim.Adam(ps, lr=0.01)),
+    ],
+)
+def test_restored_state_goes_where_torch_optim_puts_it(ours, theirs):
+    """Resuming on a GPU: the state follows the parameters to their device, and Adam's step count
+    stays a CPU scalar. The "meta" device stands in for the GPU this machine may not have."""
+    _, opt = train(ours)
+    saved = opt.state_dict()
+    devices = []
+    for make in (ours, theirs):
+        params = list(net_and_groups()[0].to("meta").parameters())
+        restored = make([{"params": [p for p in params if p.ndim == n]} for n in (2, 1)])
+        restored.load_state_dict(saved)
+        devices.append([{k: v.device.type for k, v in s.items()} for s in restored.state.values()])
+    assert devices[0] == devices[1] and "meta" in {d for s in devices[0] for d in s.values()}
+
+
+def test_a_state_dict_of_another_number_of_groups_is_refused():
+    _, opt = train(lambda g: Adam(g, lr=0.01))
+    _, groups = net_and_groups()
+    one_group = Adam([{"params": [p for g in groups for p in g["params"]]}], lr=0.01)
+    with pytest.raises(UsageError) as e:
+        one_group.load_state_dict(opt.state_dict())
+    assert str(e.value) == (
+        "the checkpoint's optimizer has another number of parameter groups. "
+        "Fix: resume with the run's own model and optimizer."
+    )

@@ -1,4 +1,5 @@
-"""The training loop: learning, device-side accounting, divergence, checkpoints, interrupts, L1/L2."""
+"""The training loop: learning, device-side accounting, divergence, checkpoints, interrupts,
+L1/L2."""
 
 import pytest
 import torch
@@ -12,9 +13,13 @@ from d2lrun.models import build_model
 from d2lrun.optim import build_optimizer, l1_penalty
 from d2lrun.trainer import (
     History,
+    compiled,
     cross_entropy_scratch,
+    diverged,
     evaluate,
     fit,
+    rng_state,
+    set_rng_state,
     squared_loss,
     train_one_epoch,
 )
@@ -155,7 +160,8 @@ def test_train_one_epoch_accumulates_on_device_and_counts_correct():
     assert out["loss_sum"].ndim == 0 and out["batch_losses"].shape == (
         4,
     )  # last partial batch kept
-    # The counts are of the predictions made while training: recompute them batch by batch, in the same order.
+    # The counts are of the predictions made while training: recompute them batch by batch, in the
+    # same order.
     perm, correct, losses = torch.randperm(30, generator=torch.Generator().manual_seed(0)), 0, []
     model.load_state_dict(before)
     replay = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -204,8 +210,8 @@ def test_an_overflowing_sum_of_finite_losses_is_divergence_too(tmp_path, monkeyp
 
 
 def test_l1_training_drives_the_useless_weights_to_zero(tmp_path):
-    """§4.5's L1 term in the loop: with 10 inputs of which only the first matters, lambd 0.3 leaves the other
-    nine weights far smaller than plain training does, and still learns the first."""
+    """§4.5's L1 term in the loop: with 10 inputs of which only the first matters, lambd 0.3 leaves
+    the other nine weights far smaller than plain training does, and still learns the first."""
     g = torch.Generator().manual_seed(0)
     X = torch.randn(200, 10, generator=g)
     data = Split(X, (3 * X[:, :1] + 0.5 * torch.randn(200, 1, generator=g)))
@@ -249,3 +255,67 @@ def test_best_pt_holds_the_best_epoch(tmp_path):
     saved = load_checkpoint(tmp_path / "best.pt")
     assert saved["epoch"] == best["epoch"] == history.best["epoch"]
     assert saved["best"]["value"] == best["val_loss"]
+
+
+@pytest.mark.parametrize(
+    "losses,batch",
+    [
+        ([1.0, 2.0, float("nan"), 3.0], 3),  # the first batch whose loss is not finite
+        ([1.0, float("inf"), float("inf"), 3.0], 2),
+        ([3e37, 3e37, 3e37, 3e37], 2),  # finite losses; their running sum x 10 overflows here
+        ([1.0, 2.0, 3.0, 4.0], 4),  # all finite, yet the epoch's sum was not: the last batch
+    ],
+)
+def test_divergence_names_the_batch_where_the_loss_stopped_being_finite(losses, batch):
+    model = build_model(
+        OmegaConf.create({"name": "linreg", "impl": "concise", "bias": False}), SPEC
+    )
+    error = diverged(torch.tensor(losses), 10, 7, sgd(model, lr=1e6))  # one parameter group
+    value = f"{losses[batch - 1]:.4g}"
+    assert str(error) == (
+        f"the training loss became {value} at epoch 7, batch {batch}. "
+        "Fix: lower optim.lr (now 1e+06)."
+    )
+
+
+def test_compile_wraps_the_model_on_cpu_and_cuda_without_a_note():
+    notes, model = [], torch.nn.Linear(2, 1)
+    for device in ("cpu", "cuda"):  # torch.compile is lazy: nothing runs on the device here
+        fast = compiled(model, torch.device(device), notes.append)
+        assert fast is not model and fast._orig_mod is model
+    assert notes == []
+
+
+@pytest.mark.parametrize("found", ["c++", "g++", "cc"])
+def test_compile_on_cpu_needs_any_one_c_compiler(monkeypatch, found):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}" if name == found else None)
+    notes, model = [], torch.nn.Linear(2, 1)
+    assert compiled(model, torch.device("cpu"), notes.append)._orig_mod is model and notes == []
+
+
+def test_compile_falls_back_to_eager_with_one_note_where_torch_compile_fails(monkeypatch):
+    def unsupported(*a, **k):
+        raise RuntimeError("Python 3.14+ is not supported")
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    notes, model = [], torch.nn.Linear(2, 1)
+    assert compiled(model, torch.device("cpu"), notes.append) is model
+    assert notes == [
+        (
+            "note: trainer.compile=true is not available here (RuntimeError: Python 3.14+ is not "
+            "supported); training eagerly"
+        )
+    ]
+
+
+@pytest.mark.gpu
+def test_a_checkpoints_rng_state_restores_the_cuda_generator_too():
+    """Dropout on a GPU draws from CUDA's generator: a resume must restore it to be bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    saved = rng_state(generator)
+    first = torch.rand(3, device="cuda")
+    torch.rand(5, device="cuda")
+    set_rng_state(saved, generator)
+    assert torch.equal(torch.rand(3, device="cuda"), first)
