@@ -75,25 +75,29 @@ def test_book_house_csv_imputation():
     np.testing.assert_array_equal(X[:, 1:], [[1, 0], [0, 1], [0, 1], [0, 1]])
 
 
+def table_cfg(path="unused.csv", **kw):
+    """A dataset=csv config as the schema composes it (d2lrun.config.CSV), with kw overrides."""
+    base = {
+        "name": "csv",
+        "path": str(path),
+        "target": "y",
+        "drop": [],
+        "task": "auto",
+        "val_fraction": 0.2,
+        "max_categories": 50,
+        "standardize": False,
+        "standardize_target": False,
+        "folds": None,
+        "shuffle_folds": False,
+    }
+    return OmegaConf.create({**base, **kw})
+
+
 def test_csv_statistics_come_from_training_rows_only(tmp_path):
     rows = pd.DataFrame({"x": np.arange(100.0), "city": ["a", "b"] * 50, "y": np.arange(100.0) * 2})
     path = tmp_path / "t.csv"
     rows.to_csv(path, index=False)
-    cfg = OmegaConf.create(
-        {
-            "name": "csv",
-            "drop": [],
-            "standardize_target": False,
-            "folds": None,
-            "shuffle_folds": False,
-            "path": str(path),
-            "target": "y",
-            "task": "auto",
-            "val_fraction": 0.2,
-            "standardize": True,
-            "max_categories": 50,
-        }
-    )
+    cfg = table_cfg(path, standardize=True)
     train, val, spec = build_data(cfg, seed=0)
     assert (len(train), len(val)) == (80, 20) and spec["task"] == "regression"
     stats = spec["preprocess"]
@@ -109,21 +113,7 @@ def test_csv_statistics_come_from_training_rows_only(tmp_path):
 def test_csv_string_target_is_classification(tmp_path):
     path = tmp_path / "c.csv"
     pd.DataFrame({"a": range(40), "label": ["cat", "dog"] * 20}).to_csv(path, index=False)
-    cfg = OmegaConf.create(
-        {
-            "name": "csv",
-            "drop": [],
-            "standardize_target": False,
-            "folds": None,
-            "shuffle_folds": False,
-            "path": str(path),
-            "target": "label",
-            "task": "auto",
-            "val_fraction": 0.25,
-            "standardize": False,
-            "max_categories": 50,
-        }
-    )
+    cfg = table_cfg(path, target="label", val_fraction=0.25)
     train, _, spec = build_data(cfg, seed=0)
     assert spec["task"] == "classification" and spec["class_names"] == ["cat", "dog"]
     assert train.y.dtype == torch.long and spec["num_outputs"] == 2
@@ -158,24 +148,6 @@ def test_a_text_column_with_more_values_than_max_categories_is_not_one_hot_encod
     assert stats["dropped"] == ["name"] and stats["columns"] == ["x", "c_a", "c_b", "c_nan"]
     kept = fit_preprocess(features, standardize=False, max_categories=60, ddof=0)
     assert "name" in kept["categorical"] and len(kept["columns"]) == 1 + 61 + 3
-
-
-def table_cfg(path="unused.csv", **kw):
-    """A dataset=csv config as the schema composes it (d2lrun.config.CSV), with kw overrides."""
-    base = {
-        "name": "csv",
-        "path": str(path),
-        "target": "y",
-        "drop": [],
-        "task": "auto",
-        "val_fraction": 0.2,
-        "max_categories": 50,
-        "standardize": False,
-        "standardize_target": False,
-        "folds": None,
-        "shuffle_folds": False,
-    }
-    return OmegaConf.create({**base, **kw})
 
 
 def counting_table(n):
