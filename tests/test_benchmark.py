@@ -12,27 +12,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_benchmark_runs_the_three_loops(tmp_path, fake_fmnist):
-    out = tmp_path / "bench.json"
+def run_script(
+    name: str, out: Path, *args: str, **kwargs
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run experiments/NAME ARGS --out OUT; returns the process and the JSON it wrote."""
     r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "benchmark.py"),
-            "--device",
-            "cpu",
-            "--epochs",
-            "2",
-            "--root",
-            str(fake_fmnist),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        [sys.executable, str(ROOT / "experiments" / name), *args, "--out", str(out)],
+        capture_output=True, text=True, timeout=300, **kwargs,
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    result = json.loads(out.read_text())
+    return r, json.loads(out.read_text())
+
+
+def test_benchmark_runs_the_three_loops(tmp_path, fake_fmnist):
+    r, result = run_script(
+        "benchmark.py", tmp_path / "bench.json", "--device", "cpu", "--epochs", "2",
+        "--root", str(fake_fmnist),
+    )  # fmt: skip
     assert set(result["results"]) == {"book", "minimal", "d2lrun"}
     assert set(result["ratios"]) == {"a_over_c", "c_over_b"}
     for v in result["results"].values():  # 64 training and 32 test images (fake_fmnist)
@@ -49,23 +45,7 @@ def test_benchmark_runs_the_three_loops(tmp_path, fake_fmnist):
 
 def test_startup_script_times_d2lrun_against_a_bare_hydra_app(tmp_path):
     """experiments/startup.py runs and reports both ratios (a smoke test: no timing is asserted)."""
-    out = tmp_path / "startup.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "startup.py"),
-            "--repeat",
-            "1",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    result = json.loads(out.read_text())
+    r, result = run_script("startup.py", tmp_path / "startup.json", "--repeat", "1", cwd=tmp_path)
     assert set(result["median_seconds"]) == {
         "d2lrun --help",
         "minimal app --help",
@@ -78,30 +58,11 @@ def test_startup_script_times_d2lrun_against_a_bare_hydra_app(tmp_path):
 def test_logger_overhead_script_times_each_logger_against_none(tmp_path, fake_fmnist):
     """experiments/logger_overhead.py runs the three loggers and reports ratios (no timing is
     asserted)."""
-    out = tmp_path / "overhead.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "logger_overhead.py"),
-            "--epochs",
-            "2",
-            "--repeat",
-            "1",
-            "--root",
-            str(fake_fmnist),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        },
-    )
-    assert r.returncode == 0, r.stderr
-    result = json.loads(out.read_text())
+    pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    r, result = run_script(
+        "logger_overhead.py", tmp_path / "overhead.json", "--epochs", "2", "--repeat", "1",
+        "--root", str(fake_fmnist), env={**os.environ, "PYTHONPATH": pythonpath},
+    )  # fmt: skip
     assert {k: len(v) for k, v in result["epoch_seconds"].items()} == {
         "none": 1,
         "tensorboard": 1,
@@ -113,14 +74,9 @@ def test_logger_overhead_script_times_each_logger_against_none(tmp_path, fake_fm
 def test_csv_scale_trains_both_sides_to_the_same_error(tmp_path):
     """experiments/csv_scale.py: d2lrun and the hand-written script learn the same table equally
     well, and the ratios it prints follow from its medians."""
-    out = tmp_path / "csv.json"
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "csv_scale.py"), "--rows", "20000",
-         "--repeat", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    result = json.loads(out.read_text())
+    r, result = run_script(
+        "csv_scale.py", tmp_path / "csv.json", "--rows", "20000", "--repeat", "1"
+    )
     script, ours = result["median"]["pandas + torch script"], result["median"]["d2lrun dataset=csv"]
     # The target's std is about 11.8 and its noise 1: one epoch gets both well below the std.
     assert script["val_rmse"] < 4 and ours["val_rmse"] < 4
