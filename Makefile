@@ -22,10 +22,12 @@ run: install
 test: install lint
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# ruff's lint rules and formatting, configured in pyproject.toml; `make format` fixes what it can.
+# ruff's lint rules and formatting, and import-linter's layers of d2lrun/ (all in pyproject.toml);
+# `make format` fixes what ruff can.
 lint: install
 	$(BIN)/ruff check --quiet .
 	$(BIN)/ruff format --check --quiet .
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff check --fix --quiet .
@@ -62,7 +64,7 @@ export MUTATION_SCORES
 # Every preset in experiments/ on CPU, then the results table in experiments/README.md is rewritten.
 # Data elsewhere: make reproduce ARGS="--data ../shared/data/fashion-mnist --kaggle ../shared/data/kaggle-house"
 reproduce: install
-	$(BIN)/python -m d2lrun.reproduce $(ARGS)
+	$(BIN)/python experiments/reproduce.py $(ARGS)
 
 # LeNet epochs: the book's loop vs a minimal loop vs d2lrun, in one run (README "Speed").
 # On a GPU: make bench ARGS="--device cuda --epochs 5"

@@ -1,25 +1,31 @@
-"""One training job, start to finish: config -> data -> model -> fit -> files in the run folder."""
+"""One run, start to finish: config -> data -> model -> fit -> the files of its folder.
+
+    train(cfg, run_dir, overrides)   one run; with dataset.folds=K, K runs and their mean (§4.10)
+
+The loop (d2lrun.trainer.fit) writes nothing; this job's one on_epoch hook writes the checkpoints,
+sends the epoch to the tracker and prints its line. However the run ends, its folder holds the last
+complete epoch and metrics.json says what happened.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.checkpoint import load_state_dict_strict, save_torch
-from d2lrun.config import checked, resolve_device
-from d2lrun.data import build_data
+from d2lrun.config import checked, given, resolve_device
+from d2lrun.data import Spec, Split, build_data
 from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError
-from d2lrun.files import plot_curves, shown, write_csv, write_json
-from d2lrun.kfold import mean_row
+from d2lrun.files import atomic_write, curves_figure, png, save_torch, shown, write_csv, write_json
 from d2lrun.models import build_model, loss_kind
 from d2lrun.models.init import apply_init
-from d2lrun.optim import build_optimizer
-from d2lrun.reload import resume_checkpoint, saved_overrides
-from d2lrun.tracking import open_tracker
-from d2lrun.trainer import History, fit, loss_for, set_rng_state
+from d2lrun.optim import Optimizer, build_optimizer
+from d2lrun.reload import FORMAT, MEANING, check_same_meaning, load_state_dict_strict
+from d2lrun.tracking import experiment_name, open_tracker
+from d2lrun.trainer import Trainer, compiled, fit, loss_for
 
 
 def say(message: str) -> None:
@@ -28,13 +34,21 @@ def say(message: str) -> None:
 
 
 def train(
-    cfg: DictConfig, run_dir: Path, overrides: list[str], log=say, sweep_dir: Path | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: list[str],
+    ckpt: dict | None = None,
+    log=say,
+    sweep_dir: Path | None = None,
+    experiment: str | None = None,
 ) -> dict:
-    """One run; with dataset.folds=K, K runs (run_dir/fold_0, ...) and their mean (§4.10)."""
-    k = cfg.dataset.folds if "folds" in cfg.dataset else None
+    """One run into run_dir; ckpt: the checkpoint it resumes (cfg.resume's). With dataset.folds=K,
+    K runs (run_dir/fold_0, ...) and their mean (§4.10). overrides: the command line, kept in the
+    checkpoints; sweep_dir, experiment: the sweep this job belongs to, its MLflow experiment."""
+    k = cfg.dataset.get("folds")
     if not k:
-        return train_job(cfg, run_dir, overrides, log, sweep_dir=sweep_dir)
-    if cfg.resume:
+        return train_job(cfg, run_dir, overrides, ckpt, log, None, sweep_dir, experiment)
+    if ckpt is not None:
         raise UsageError(
             f"resume= continues one run, and dataset.folds={k} trains {k}. "
             f"Fix: resume one fold, e.g. resume=RUN/fold_0 dataset.folds=null."
@@ -43,14 +57,15 @@ def train(
     for i in range(k):
         log(f"fold {i + 1}/{k}")
         try:
-            finals.append(
-                train_job(cfg, run_dir / f"fold_{i}", overrides, log, (k, i), sweep_dir)["final"]
-            )
+            fold = train_job(cfg, run_dir / f"fold_{i}", overrides, None, log, [k, i], sweep_dir,
+                             experiment)  # fmt: skip
         except (UsageError, RunFailed) as e:
             status = "diverged" if isinstance(e, Diverged) else "failed"
             write_json(run_dir / "metrics.json", {"status": status, "reason": f"fold {i}: {e}"})
             raise
-    mean = mean_row([{m: v for m, v in f.items() if m not in ("epoch", "seconds")} for f in finals])
+        finals.append(fold["final"])
+    keys = [m for m, v in finals[0].items() if m not in ("epoch", "seconds") and v is not None]
+    mean = {m: sum(f[m] for f in finals) / k for m in keys}
     metric = next(m for m in ("val_acc", "val_loss", "train_acc", "train_loss") if m in mean)
     log(fold_table(finals, mean, k))
     summary = {
@@ -66,175 +81,224 @@ def train(
 
 def fold_table(finals: list[dict], mean: dict, k: int) -> str:
     """Each fold's final metrics and their mean, as the book prints its k-fold result."""
-    keys = [key for key in mean if key not in ("examples_per_s",)]
+    keys = [key for key in mean if key != "examples_per_s"]
     lines = [f"{k}-fold cross-validation:", "  fold  " + "  ".join(f"{key:>14}" for key in keys)]
-    lines += [
-        f"  {i:>4}  " + "  ".join(f"{f[key]:>14.4g}" for key in keys) for i, f in enumerate(finals)
-    ]
-    lines.append("  mean  " + "  ".join(f"{mean[key]:>14.4g}" for key in keys))
+    for name, row in [*enumerate(finals), ("mean", mean)]:
+        lines.append(f"  {name:>4}  " + "  ".join(f"{row[key]:>14.4g}" for key in keys))
     return "\n".join(lines)
+
+
+@dataclass
+class History:
+    """What the run has done so far: its metrics rows, its best epoch, and the last complete
+    epoch's checkpoint while it is not yet on disk (trainer.checkpoint_every > 1)."""
+
+    rows: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    pending: dict | None = None
 
 
 def train_job(
     cfg: DictConfig,
     run_dir: Path,
     overrides: list[str],
+    ckpt: dict | None = None,
     log=say,
-    fold: tuple[int, int] | None = None,
+    fold: list[int] | None = None,
     sweep_dir: Path | None = None,
+    experiment: str | None = None,
 ) -> dict:
     """Train as cfg says; write model.pt, last.pt, best.pt, metrics.csv/json, curves.png to run_dir.
-
-    `overrides` are the command line's (Hydra's task overrides): with the config's absolute paths
-    they go into every checkpoint, so that reload composes this run again from anywhere. fold=(k, i)
-    trains on the other folds and validates on fold i. sweep_dir: the sweep this job belongs to.
-    """
+    fold=[k, i] trains on the other folds and validates on fold i."""
     wall = time.perf_counter()
-    ckpt = resume_checkpoint(cfg) if cfg.resume else None
+    if ckpt is not None:  # another optimizer could not take the saved momentum or Adam moments
+        check_same_meaning(ckpt["config"], cfg, f"resume={cfg.resume}", (*MEANING, "optim.name"))
     cfg = checked(cfg)
     device = resolve_device(cfg.device)
     # Before any data: a logger whose package is missing or whose server is down fails now.
-    tracker = open_tracker(cfg, run_dir, overrides, ckpt, sweep_dir, log)
+    name = experiment_name(cfg, given(overrides, "experiment"), experiment)
+    tracker = open_tracker(cfg, run_dir, name, ckpt, sweep_dir, log)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
     train_split, val_split, spec = build_data(cfg.dataset, cfg.seed, device, fold)
-    if cfg.trainer.log_rmse and spec["task"] == "regression":
+    if cfg.trainer.log_rmse and spec.task == "regression":
         check_positive_target(train_split, val_split, spec)
     model = build_model(cfg.model, spec)
     if ckpt is None:
         apply_init(model, cfg.init)
     model.to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    generator = torch.Generator().manual_seed(cfg.seed)  # the shuffling order, saved in checkpoints
+    optimizer = build_optimizer(model, cfg.optim, cfg.regularizer.lambd)
+    trainer = Trainer(**cfg.trainer, generator=torch.Generator().manual_seed(cfg.seed))
     history = History()
     if ckpt is not None:
-        history = restore(ckpt, model, optimizer, generator)
-        log(f"resuming {shown(cfg.resume)} from epoch {history.epoch}")
+        history = restore(ckpt, model, optimizer, trainer)
+        log(f"resuming {shown(cfg.resume)} from epoch {trainer.epoch}")
 
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    extra = {"config": config, "overrides": saved_overrides(overrides, cfg), "spec": spec}
+    config = OmegaConf.to_container(cfg, resolve=True)
+    kept = [o for o in overrides if not o.startswith("resume=")]
+    extra = {"format": FORMAT, "config": config, "overrides": kept, "spec": asdict(spec)}
     extra["mlflow_run_id"] = tracker.start(config, history.rows)  # resume continues that run
-    sizes = f"{len(train_split):,} train / {len(val_split):,} val"
     params = sum(p.numel() for p in model.parameters())
-    where = f"on {device}, {params:,} parameters -> {shown(run_dir)}"
-    log(f"{cfg.model.name} on {spec['dataset']} ({sizes}) {where}")
-    summary = {
-        "status": "running",
-        "model": cfg.model.name,
-        "dataset": spec["dataset"],
-        "device": str(device),
-        "epochs": cfg.trainer.epochs,
-        "run_dir": str(run_dir),
-        "resumed_from": str(cfg.resume) if cfg.resume else None,
-    }
+    log(f"{cfg.model.name} on {spec.dataset} ({len(train_split):,} train / {len(val_split):,} "
+        f"val) on {device}, {params:,} parameters -> {shown(run_dir)}")  # fmt: skip
+    summary = {"status": "running", "model": cfg.model.name, "dataset": spec.dataset,
+               "device": str(device), "epochs": cfg.trainer.epochs, "run_dir": str(run_dir),
+               "resumed_from": str(cfg.resume) if cfg.resume else None}  # fmt: skip
+    # Higher accuracy, or lower loss, is better; without a validation split, the training metric.
+    classify = spec.task == "classification"
+    metric = ("val_" if len(val_split) else "train_") + ("acc" if classify else "loss")
+
+    def on_epoch(row: dict) -> None:
+        """The epoch's checkpoints (last.pt every trainer.checkpoint_every epochs and at the end,
+        best.pt when it improved), its row for the tracker, its line."""
+        history.rows.append(row)
+        best = history.best["value"] if history.best else None
+        improved = best is None or (row[metric] > best if classify else row[metric] < best)
+        if improved:
+            history.best = {"epoch": trainer.epoch, "metric": metric, "value": row[metric]}
+        history.pending = checkpoint(model, optimizer, trainer, history, extra)
+        if improved:
+            save_torch(run_dir / "best.pt", history.pending)
+        if trainer.epoch % trainer.checkpoint_every == 0 or trainer.epoch == trainer.epochs:
+            save_torch(run_dir / "last.pt", history.pending)
+            history.pending = None
+        log(format_row(row, trainer.epochs))
+        tracker.log_epoch(row)
+
+    net = compiled(model, device, log) if cfg.trainer.compile else model
     status, reason = "completed", None
-    loss_fn = loss_for(spec["task"], loss_kind(cfg.model))
     try:
-        fit(
-            model,
-            optimizer,
-            loss_fn,
-            train_split,
-            val_split,
-            cfg.trainer,
-            cfg.regularizer.lambd,
-            run_dir,
-            generator,
-            history,
-            extra,
-            log,
-            tracker,
-        )
+        fit(net, optimizer, loss_for(spec.task, loss_kind(cfg.model)), train_split, val_split,
+            trainer, on_epoch)  # fmt: skip
     except Diverged as e:
         status, reason = "diverged", str(e)
     except KeyboardInterrupt:
-        status, reason = "interrupted", f"stopped by Ctrl-C after epoch {history.epoch}"
+        status, reason = "interrupted", f"stopped by Ctrl-C after epoch {trainer.epoch}"
+        if history.pending is not None:
+            save_torch(run_dir / "last.pt", history.pending)
     except Exception as e:  # disk full, a bug: the tracked run ends too, then the error goes on
         tracker.finish("failed", summary | {"status": "failed", "reason": str(e)}, run_dir)
         raise
     summary |= {
-        "status": status,
-        "reason": reason,
-        "epochs_completed": history.epoch,
-        "final": history.rows[-1] if history.rows else None,
-        "best": history.best,
+        "status": status, "reason": reason, "epochs_completed": trainer.epoch,
+        "final": history.rows[-1] if history.rows else None, "best": history.best,
         "wall_seconds": round(time.perf_counter() - wall, 3),
-    }
+    }  # fmt: skip
     if history.rows:
         write_csv(run_dir / "metrics.csv", history.rows)
-        plot_curves(run_dir / "curves.png", history.rows, f"{cfg.model.name} on {spec['dataset']}")
+        figure = curves_figure(history.rows, f"{cfg.model.name} on {spec.dataset}")
+        atomic_write(run_dir / "curves.png", png(figure))
     if status == "completed":
         save_torch(run_dir / "model.pt", {k: v.to("cpu") for k, v in model.state_dict().items()})
-        if spec.get("true_w") is not None and hasattr(model, "get_w_b"):
-            summary["learned"] = report_w_b(model, spec, log)
-        if spec.get("true_kernel") is not None:
-            kernel = [[round(x, 4) for x in row] for row in model.kernel.cpu().tolist()]
-            log(f"learned kernel: {kernel}  (true: {spec['true_kernel']})")
-            summary["learned"] = {"kernel": model.kernel.cpu().tolist()}
+        if (found := learned(model, spec, log)) is not None:
+            summary["learned"] = found
     write_json(run_dir / "metrics.json", summary)
     tracker.finish(status, summary, run_dir)
     if status == "diverged":
         raise Diverged(f"diverged: {reason}")
+    if status == "interrupted" and trainer.epoch == 0:
+        raise Interrupted("interrupted before any epoch finished; nothing to resume.")
     if status == "interrupted":
-        if history.epoch == 0:
-            raise Interrupted("interrupted before any epoch finished; nothing to resume.")
         raise Interrupted(
-            f"interrupted after epoch {history.epoch}; the last complete epoch is "
+            f"interrupted after epoch {trainer.epoch}; the last complete epoch is "
             f"saved. Resume with: d2lrun resume={shown(run_dir)}"
         )
     return summary
 
 
-def check_positive_target(train_split, val_split, spec: dict) -> None:
+def checkpoint(model, optimizer: Optimizer, trainer: Trainer, history: History, extra: dict):
+    """A resumable snapshot at an epoch boundary, on the CPU; tensors are copied so that training
+    can go on (d2lrun.reload describes its keys)."""
+    return {
+        "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        "optimizer": to_cpu(optimizer.state_dict()),
+        "epoch": trainer.epoch,
+        "history": [dict(r) for r in history.rows],
+        "best": dict(history.best) if history.best else None,
+        "rng": rng_state(trainer.generator),
+        **extra,
+    }
+
+
+def to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "shuffle": generator.get_state(), "cuda": cuda}
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["shuffle"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore(ckpt: dict, model, optimizer: Optimizer, trainer: Trainer) -> History:
+    """Weights, optimizer state, random state and epoch from a checkpoint, to resume training."""
+    load_state_dict_strict(model, ckpt["model"], "the checkpoint")
+    configured = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(ckpt["optimizer"])  # momentum buffers, Adam moments ...
+    for group, now in zip(optimizer.param_groups, configured, strict=True):
+        group.update(now)  # ... but lr and weight decay as configured now (resume optim.lr=0.01)
+    set_rng_state(ckpt["rng"], trainer.generator)
+    trainer.epoch = ckpt["epoch"]
+    return History(list(ckpt["history"]), ckpt["best"])
+
+
+def format_row(row: dict, epochs: int) -> str:
+    """One summary line per epoch: metrics, seconds and examples/s."""
+    metrics = "  ".join(
+        f"{k} {v:.3f}" if k.endswith("acc") else f"{k} {v:.4g}"
+        for k, v in row.items()
+        if k not in ("epoch", "seconds", "examples_per_s")
+    )
+    speed = f"{row['seconds']:.2f}s  {row['examples_per_s']:,.0f} ex/s"
+    return f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  {metrics}  {speed}"
+
+
+def check_positive_target(train: Split, val: Split, spec: Spec) -> None:
     """§4.10's log RMSE takes the log of the target, so every target must be positive."""
-    scale = spec.get("target_scale") or {"mean": 0.0, "std": 1.0}
-    y = torch.cat([train_split.y, val_split.y]).reshape(-1) * scale["std"] + scale["mean"]
+    scale = spec.target_scale or {"mean": 0.0, "std": 1.0}
+    y = torch.cat([train.y, val.y]).reshape(-1) * scale["std"] + scale["mean"]
     if len(y) and y.min().item() <= 0:
         raise UsageError(
-            f"trainer.log_rmse=true takes the log of the target, and "
-            f"{spec.get('target', 'it')} has values <= 0 (smallest {y.min().item():.4g}). "
-            f"Fix: trainer.log_rmse=false."
+            f"trainer.log_rmse=true takes the log of the target, and {spec.target or 'it'} has "
+            f"values <= 0 (smallest {y.min().item():.4g}). Fix: trainer.log_rmse=false."
         )
 
 
-def restore(ckpt: dict, model, optimizer, generator: torch.Generator) -> History:
-    """Weights, optimizer state, random state and history from a checkpoint, to resume training."""
-    load_state_dict_strict(model, ckpt["model"], "the checkpoint")
-    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(ckpt["optimizer"])  # momentum buffers, Adam moments ...
-    for group, h in zip(optimizer.param_groups, hyper, strict=True):
-        group.update(
-            h
-        )  # ... but lr and weight decay as configured now (resume optim.lr=0.01 works)
-    set_rng_state(ckpt["rng"], generator)
-    return History(ckpt["epoch"], list(ckpt["history"]), ckpt["best"])
-
-
-def report_w_b(model, spec: dict, log) -> dict:
-    """§3.2's closing check: the learned w and b against the true ones."""
+def learned(model, spec: Spec, log) -> dict | None:
+    """What generated data lets a run check at the end: §3.2's learned w and b against the true
+    ones, §4.4's weights, §6.2.4's kernel."""
+    if spec.true_kernel is not None:
+        kernel = model.kernel.cpu().tolist()
+        rounded = [[round(x, 4) for x in r] for r in kernel]
+        log(f"learned kernel: {rounded}  (true: {spec.true_kernel})")
+        return {"kernel": kernel}
+    if spec.true_w is None or not hasattr(model, "get_w_b"):
+        return None
     w, b = model.get_w_b()
-    true_w, true_b = torch.tensor(spec["true_w"]), spec["true_b"]
+    true_w, true_b = torch.tensor(spec.true_w), spec.true_b
     w, b = w.cpu(), float(b.cpu().reshape(-1)[0])
     if true_b is None:  # a model without a bias (§4.4): its weights, as the book prints them
-        log(f"weight: {[round(x, 4) for x in w.tolist()]}  (true: {spec['true_w']})")
+        log(f"weight: {[round(x, 4) for x in w.tolist()]}  (true: {spec.true_w})")
         return {"w": w.tolist(), "w_error": (true_w - w).tolist(), "w_norm": w.norm().item()}
     if len(true_w) <= 10:
-        log(
-            f"error in estimating w: {[round(x, 6) for x in (true_w - w).tolist()]}  "
-            f"(w = {[round(x, 4) for x in w.tolist()]})"
-        )
+        errors = [round(x, 6) for x in (true_w - w).tolist()]
+        log(f"error in estimating w: {errors}  (w = {[round(x, 4) for x in w.tolist()]})")
         log(f"error in estimating b: {true_b - b:.6f}  (b = {b:.4f})")
     else:
-        error = (true_w - w).norm().item()
-        log(
-            f"‖w‖₂ = {w.norm().item():.4f}; error ‖w - w_true‖₂ = {error:.6f}; "
-            f"error in b: {true_b - b:.6f}"
-        )
-    return {
-        "w": w.tolist(),
-        "b": b,
-        "w_error": (true_w - w).tolist(),
-        "b_error": true_b - b,
-        "w_norm": w.norm().item(),
-    }
+        log(f"‖w‖₂ = {w.norm().item():.4f}; error ‖w - w_true‖₂ = "
+            f"{(true_w - w).norm().item():.6f}; error in b: {true_b - b:.6f}")  # fmt: skip
+    return {"w": w.tolist(), "b": b, "w_error": (true_w - w).tolist(), "b_error": true_b - b,
+            "w_norm": w.norm().item()}  # fmt: skip

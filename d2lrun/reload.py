@@ -1,16 +1,26 @@
-"""Reload a saved run: compose its config again through Hydra; evaluate, predict, resume it.
+"""A saved run composed again: its checkpoint, evaluated, asked for predictions, or resumed.
 
     run = load_run("outputs/2026-11-26/10-00-00")
     run.predict(new_rows)            # a DataFrame for CSV runs, uint8 images for Fashion-MNIST
 
-Every checkpoint keeps the run's command-line overrides (with absolute paths). Reloading composes
-`config.yaml` with those plus the new ones through Hydra's Compose API, exactly as the command line
-would, then refuses only changes that would change what the weights mean: the model, the data's
-features, the seed (and, to resume, the optimizer). Where the data lives may change.
+A checkpoint is a plain dict of tensors and containers, loaded weights_only:
+    model      the state_dict                  optimizer  its state_dict (torch.optim's layout)
+    epoch      last completed epoch            history    metrics rows so far
+    best       {"epoch", "metric", "value"}    rng        torch, cuda and shuffling generator states
+    config     the run's config, resolved      overrides  its command line, as typed
+    spec       what the data decided (d2lrun.data.Spec as a dict)
+    mlflow_run_id  logger=mlflow's run (None otherwise), which `d2lrun resume=` continues
+`model.pt` is only the final state_dict, loadable into the book's own nn.Sequential.
+
+Resume, eval and predict all compose the run the same way: its own overrides, its data and MLflow
+store where its config says they were (absolute paths), then the new overrides (run_overrides),
+through Hydra; then they refuse what would change what the weights mean (check_same_meaning).
 """
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,81 +29,151 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from d2lrun.checkpoint import (
-    find_checkpoint,
-    load_checkpoint,
-    load_full_checkpoint,
-    load_state_dict_strict,
-)
-from d2lrun.config import PATH_KEYS, checked, resolve_device
+from d2lrun.config import PATH_KEYS, checked, compose, resolve_device
+from d2lrun.data import Spec
 from d2lrun.errors import UsageError
-from d2lrun.files import remove_stale_temporaries
+from d2lrun.files import remove_stale_temporaries, shown
 
-LOCATION_KEYS = (*PATH_KEYS, "download")  # the dataset keys that say where data is, not what it is
+FORMAT = "d2lrun-checkpoint"
+RETRAIN = "Fix: use another checkpoint of the run (last.pt, best.pt) or train again."
 MEANING = ("model", "dataset", "seed")  # what a reloaded run must keep
+LOCATION_KEYS = (*PATH_KEYS, "download")  # the dataset keys that say where data is, not what it is
 
 
-def _key(override: str) -> str:
-    return override.partition("=")[0].lstrip("+~")
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint (or a bare state_dict) without running any pickled code."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(
+            f"{path}: no such checkpoint. Fix: give a run folder or a .pt file that exists."
+        )
+    if path.is_dir():
+        raise UsageError(
+            f"{path} is a directory. Fix: give a .pt file, or pass the folder as run=."
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch names the refused function as "GLOBAL module.name" ("Trying to load unsupported
+        # GLOBAL posix.system ..." or "Unsupported global: GLOBAL x.y was not an allowed ...").
+        culprit = re.search(r"GLOBAL (\S+)", str(e))
+        if culprit:
+            raise UsageError(
+                f"{path} was refused: it would run code when loaded, which a checkpoint "
+                f"never needs ({culprit[1]}). Fix: only load checkpoints that d2lrun wrote."
+            ) from None
+        raise UsageError(
+            f"{path} is truncated or not a checkpoint (unpickling failed). {RETRAIN}"
+        ) from None
+    except Exception as e:  # torch raises many kinds for a damaged zip or pickle stream
+        first = (str(e).splitlines() or [""])[0][:120]
+        what = f"{type(e).__name__}{': ' + first if first else ''}"
+        raise UsageError(f"{path} is truncated or not a checkpoint ({what}). {RETRAIN}") from None
+    if not isinstance(obj, dict):
+        raise UsageError(
+            f"{path} holds a {type(obj).__name__}, not a checkpoint dict. "
+            f"Fix: give a .pt file d2lrun wrote."
+        )
+    return obj
+
+
+def load_full_checkpoint(path: Path, what: str) -> dict:
+    """A checkpoint with its config (last.pt, best.pt), not a bare state_dict (model.pt)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("format") != FORMAT:
+        raise UsageError(
+            f"{path} is a bare state_dict without its config; {what} needs last.pt or "
+            f"best.pt. Fix: give the run folder {shown(path.parent)} (its last.pt)."
+        )
+    return ckpt
+
+
+def find_checkpoint(run: str | Path, name: str = "last.pt") -> Path:
+    """The checkpoint file for `run`, which is a run folder or a .pt file."""
+    run = Path(run)
+    if run.is_dir():
+        if not (run / name).exists():
+            have = ", ".join(sorted(p.name for p in run.glob("*.pt"))) or "no .pt files"
+            raise UsageError(
+                f"{run} has no {name} (it has: {have}). "
+                f"Fix: give a run folder that finished an epoch, or ckpt=PATH."
+            )
+        return run / name
+    if not run.exists():
+        raise UsageError(
+            f"{run}: no such run folder or checkpoint. Fix: give a path under outputs/."
+        )
+    return run
+
+
+def resume_checkpoint(resume: str) -> dict:
+    """The checkpoint that `resume=` names, read once; a run killed inside a checkpoint write
+    (kill -9, power loss) left a temporary file in its folder, which goes."""
+    source = find_checkpoint(resume)
+    remove_stale_temporaries(source.parent)
+    return load_full_checkpoint(source, "resuming")
+
+
+def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:
+    """load_state_dict(strict=True), with one readable line when the architectures differ."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            f"missing keys {missing[:6]}" if missing else "",
+            f"unexpected keys {unexpected[:6]}" if unexpected else "",
+            f"shape mismatches {shapes[:4]}" if shapes else "",
+        ]
+        raise UsageError(
+            f"{source} was saved from another architecture: {'; '.join(p for p in parts if p)}. "
+            f"Fix: rebuild the model with the run's own config (d2lrun-eval run=DIR does)."
+        )
+    model.load_state_dict(state)
 
 
 def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
-    """base less the keys that new sets again, then new (flags such as -m pass through).
+    """base less what new sets again, then new (flags such as -m pass through), read with Hydra's
+    own override parser. When new picks another option of a group (logger=none for a run of
+    logger=mlflow), base's keys of that group go too: they belonged to the other option."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    When new picks another option of a group (logger=none for a run of logger=mlflow), base's keys
-    of that group go too: they belonged to the other option (logger.tracking_uri).
-    """
-    again = {_key(o): o.partition("=")[2] for o in new if "=" in o and not o.startswith("-")}
-    switched = {
-        _key(o)
-        for o in base
-        if "." not in _key(o) and _key(o) in again and o.partition("=")[2] != again[_key(o)]
-    }
-    return [
-        o for o in base if _key(o) not in again and _key(o).partition(".")[0] not in switched
-    ] + list(new)
-
-
-def saved_overrides(overrides: Sequence[str], cfg: DictConfig) -> list[str]:
-    """A run's overrides as its checkpoints keep them: no resume=, the paths it uses absolute
-    (the dataset's, and the MLflow store's, so that resume logs to the same one from anywhere)."""
-    paths = {
-        f"dataset.{k}": cfg.dataset[k] for k in PATH_KEYS if isinstance(cfg.dataset.get(k), str)
-    }
-    if isinstance(cfg.logger.get("tracking_uri"), str):
-        paths["logger.tracking_uri"] = cfg.logger.tracking_uri
-    quoted = {k: str(v).replace("\\", "\\\\").replace("'", "\\'") for k, v in paths.items()}
-    return merge_overrides(
-        [o for o in overrides if _key(o) != "resume"], [f"{k}='{v}'" for k, v in quoted.items()]
-    )
+    parse = OverridesParser.create().parse_overrides
+    again = {o.key_or_group: o for o in parse([o for o in new if not o.startswith("-")])}
+    old = parse(list(base))
+    switched = [
+        f"{o.key_or_group.replace('/', '.')}."
+        for o in old
+        if "." not in o.key_or_group and o.key_or_group in again
+        and o.get_value_element_as_str() != again[o.key_or_group].get_value_element_as_str()
+    ]  # fmt: skip
+    kept = [o.input_line for o in old if o.key_or_group not in again]
+    return [o for o in kept if not o.lstrip("+~").startswith(tuple(switched))] + list(new)
 
 
-def run_overrides(ckpt: dict, source: Path) -> list[str]:
-    """The overrides a checkpoint's run was started with (less resume=)."""
-    saved = ckpt.get("overrides")
-    if saved is None:  # written by d2lrun 0.1: the run folder's .hydra/ has them
-        hydra_file = source.parent / ".hydra" / "overrides.yaml"
-        if not hydra_file.exists():
-            raise UsageError(
-                f"{source} does not say how its run was configured (d2lrun 0.1, without "
-                f"its .hydra/ folder). Fix: give the run folder it came from."
-            )
-        saved = list(OmegaConf.load(hydra_file))
-    return [o for o in saved if _key(o) != "resume"]
+def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:
+    """The command line that composes a saved run again: its own overrides, where its data and its
+    MLflow store were (from its config, absolute, so that this works from any folder), then new."""
+    saved = ckpt["config"]
+    where = {f"dataset.{k}": saved["dataset"].get(k) for k in PATH_KEYS}
+    where["logger.tracking_uri"] = saved["logger"].get("tracking_uri")
+    quoted = [f"{k}='{quote(v)}'" for k, v in where.items() if isinstance(v, str)]
+    return merge_overrides(merge_overrides(ckpt["overrides"], quoted), new)
 
 
-def compose_run(ckpt: dict, source: Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The saved run's config, composed again from its overrides plus new ones (Compose API)."""
-    from d2lrun.config import compose
-
-    return compose(merge_overrides(run_overrides(ckpt, source), overrides))
+def quote(value: str) -> str:
+    """A value inside '...' in Hydra's override grammar."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def check_same_meaning(
-    saved: dict, cfg: DictConfig, what: str, keys: Sequence[str] = MEANING
-) -> None:
+def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[str] = MEANING):
     """Refuse, in one line, a change to what the weights mean; where the data is may change."""
-    now = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    now = OmegaConf.to_container(cfg, resolve=True)
     for key in keys:
         section, _, name = key.partition(".")
         a, b = saved.get(section), now.get(section)
@@ -101,7 +181,7 @@ def check_same_meaning(
             a, b = (a or {}).get(name), (b or {}).get(name)
         if section == "dataset":
             a, b = ({k: v for k, v in d.items() if k not in LOCATION_KEYS} for d in (a, b))
-        diff = _first_difference(a, b, key)
+        diff = first_difference(a, b, key)
         if diff:
             k, was, asked = diff
             drop = f"{k[:-5]}={asked}" if k.endswith(".name") else f"{k}=..."  # a group's option
@@ -111,31 +191,11 @@ def check_same_meaning(
             )
 
 
-def _first_difference(a, b, prefix: str):
+def first_difference(a, b, prefix: str):
     if isinstance(a, dict) and isinstance(b, dict):
-        for k in dict.fromkeys([*a, *b]):
-            diff = _first_difference(a.get(k), b.get(k), f"{prefix}.{k}")
-            if diff:
-                return diff
-        return None
+        diffs = (first_difference(a.get(k), b.get(k), f"{prefix}.{k}") for k in {**a, **b})
+        return next((d for d in diffs if d), None)
     return None if a == b else (prefix, a, b)
-
-
-def resume_arguments(resume: str, args: Sequence[str]) -> list[str]:
-    """The command line of `d2lrun resume=RUN ...`: the run's own overrides, then the new ones."""
-    source = find_checkpoint(resume)
-    return merge_overrides(run_overrides(load_full_checkpoint(source, "resuming"), source), args)
-
-
-def resume_checkpoint(cfg: DictConfig) -> dict:
-    """The checkpoint that cfg.resume names, after checking cfg keeps what its weights mean."""
-    source = find_checkpoint(cfg.resume)
-    # A run killed inside a checkpoint write (kill -9, power loss) left a temporary file there.
-    remove_stale_temporaries(source.parent)
-    ckpt = load_full_checkpoint(source, "resuming")
-    # Another optimizer could not take the saved state (momentum buffers, Adam moments).
-    check_same_meaning(ckpt["config"], cfg, f"resume={cfg.resume}", (*MEANING, "optim.name"))
-    return ckpt
 
 
 @dataclass
@@ -145,7 +205,7 @@ class SavedRun:
 
     model: nn.Module
     config: DictConfig
-    spec: dict
+    spec: Spec
     checkpoint: Path
     device: torch.device
 
@@ -159,23 +219,23 @@ class SavedRun:
         """One row per epoch, as metrics.csv has them: a pandas DataFrame."""
         import pandas as pd
 
-        return pd.read_csv(self._file("metrics.csv"))
+        return pd.read_csv(self.file("metrics.csv"))
 
     @property
     def summary(self) -> dict:
         """metrics.json: status, final and best metrics, wall time, device."""
         import json
 
-        return json.loads(self._file("metrics.json").read_text())
+        return json.loads(self.file("metrics.json").read_text())
 
     def plot(self):
         """The loss (and accuracy) curves as a matplotlib Figure, as curves.png draws them."""
         from d2lrun.files import curves_figure
 
-        title = f"{self.config.model.name} on {self.spec['dataset']}"
+        title = f"{self.config.model.name} on {self.spec.dataset}"
         return curves_figure(self.metrics.to_dict("records"), title)
 
-    def _file(self, name: str) -> Path:
+    def file(self, name: str) -> Path:
         if not (self.run_dir / name).exists():
             raise UsageError(
                 f"{self.run_dir} has no {name}. Fix: load_run the run folder that d2lrun wrote."
@@ -184,27 +244,21 @@ class SavedRun:
 
     def predict(self, inputs) -> list:
         """Predict raw inputs: a DataFrame of rows (CSV runs) or uint8 images (N, 28, 28).
-
-        Returns class names for classification and floats for regression.
-        """
+        Returns class names for classification and floats for regression."""
         X = self.prepare(inputs)
         with torch.no_grad():
             out = self.model(X)
-        if self.spec["task"] == "classification":
-            return [self.spec["class_names"][i] for i in out.argmax(dim=1).tolist()]
-        scale = self.spec.get("target_scale")  # predictions in the target's own units
-        return (
-            (out * scale["std"] + scale["mean"] if scale else out)
-            .reshape(len(X), -1)
-            .squeeze(1)
-            .tolist()
-        )
+        if self.spec.task == "classification":
+            return [self.spec.class_names[i] for i in out.argmax(dim=1).tolist()]
+        scale = self.spec.target_scale  # predictions in the target's own units
+        out = out * scale["std"] + scale["mean"] if scale else out
+        return out.reshape(len(X), -1).squeeze(1).tolist()
 
     def prepare(self, inputs) -> torch.Tensor:
         """Raw inputs -> the tensor the model was trained on, with the run's stored statistics."""
         from d2lrun.data import prepare_batch
 
-        if self.spec.get("preprocess"):  # a table: the statistics fitted when it trained
+        if self.spec.preprocess:  # a table: the statistics fitted when it trained
             import pandas as pd
 
             from d2lrun.data.csv import transform
@@ -214,9 +268,9 @@ class SavedRun:
                     f"this run was trained on a CSV table; predict takes a pandas "
                     f"DataFrame, not {type(inputs).__name__}. Fix: pd.read_csv(FILE)."
                 )
-            return torch.from_numpy(transform(inputs, self.spec["preprocess"])).to(self.device)
+            return torch.from_numpy(transform(inputs, self.spec.preprocess)).to(self.device)
         X = torch.as_tensor(inputs)
-        shape = tuple(self.spec["image_shape"] or ())
+        shape = tuple(self.spec.image_shape or ())
         if shape:
             X = X.reshape(1, *X.shape) if X.ndim == 2 else X  # one image (H, W) -> (1, H, W)
             X = X.unsqueeze(1) if X.ndim == 3 else X  # (N, H, W) -> (N, 1, H, W)
@@ -235,9 +289,7 @@ def load_run(
     overrides: Sequence[str] = (),
 ) -> SavedRun:
     """Rebuild a run's model: from a run folder (its final weights) or one checkpoint file.
-
-    `overrides` may say where the run's data is now (`dataset.root=...`, `dataset.path=...`).
-    """
+    `overrides` may say where the run's data is now (`dataset.root=...`, `dataset.path=...`)."""
     from d2lrun.models import build_model
 
     source = Path(ckpt) if ckpt else find_checkpoint(path)
@@ -245,13 +297,12 @@ def load_run(
     weights = saved["model"]
     if ckpt is None and (source.parent / "model.pt").exists():  # a finished run: its final weights
         weights = load_checkpoint(source.parent / "model.pt")
-    cfg = compose_run(saved, source, overrides)
+    cfg = compose(run_overrides(saved, overrides))
     check_same_meaning(saved["config"], cfg, str(source))
-    cfg = checked(cfg)
-    dev = resolve_device(device)
-    model = build_model(cfg.model, saved["spec"])
+    cfg, dev, spec = checked(cfg), resolve_device(device), Spec(**saved["spec"])
+    model = build_model(cfg.model, spec)
     load_state_dict_strict(model, weights, str(source))
-    return SavedRun(model.to(dev).eval(), cfg, saved["spec"], source, dev)
+    return SavedRun(model.to(dev).eval(), cfg, spec, source, dev)
 
 
 def evaluate_run(run: SavedRun) -> dict:
@@ -260,11 +311,9 @@ def evaluate_run(run: SavedRun) -> dict:
     from d2lrun.models import loss_kind
     from d2lrun.trainer import evaluate, loss_for
 
-    fold = tuple(run.spec["fold"]) if run.spec.get("fold") else None  # a fold of a k-fold run
-    _, val, spec = build_data(run.config.dataset, run.config.seed, run.device, fold)
-    loss_fn = loss_for(spec["task"], loss_kind(run.config.model))
-    scale, log_rmse = spec.get("target_scale"), run.config.trainer.log_rmse
-    metrics = evaluate(run.model, loss_fn, val, spec["task"] == "classification", scale, log_rmse)
+    _, val, spec = build_data(run.config.dataset, run.config.seed, run.device, run.spec.fold)
+    loss = loss_for(spec.task, loss_kind(run.config.model))
+    metrics = evaluate(run.model, loss, val, run.config.trainer.log_rmse)
     return {f"val_{k}": v for k, v in metrics.items()}
 
 
@@ -272,10 +321,10 @@ def read_inputs(run: SavedRun, path: Path):
     """Read new inputs for `run`: CSV rows, or uint8 images from .npy / .pt."""
     if not path.exists():
         raise UsageError(f"input={path}: no such file. Fix: give a file of new inputs.")
-    if run.spec.get("preprocess") or path.suffix == ".csv":
+    if run.spec.preprocess or path.suffix == ".csv":
         from d2lrun.data.csv import read_table
 
-        return read_table(path, "input", run.spec.get("na_values"))
+        return read_table(path, "input", run.spec.na_values)
     if path.suffix == ".npy":
         import numpy as np
 
@@ -300,13 +349,12 @@ def predict_file(run: SavedRun, path: Path, out: Path) -> int:
     inputs = read_inputs(run, path)
     predictions = run.predict(inputs)
     if isinstance(inputs, pd.DataFrame):
-        missing = [c for c in run.spec.get("drop", []) if c not in inputs.columns]
+        missing = [c for c in run.spec.drop if c not in inputs.columns]
         if missing:
             raise UsageError(f"input={path} lacks the column(s) {missing} the run carries into its "
                              f"predictions (dataset.drop). Fix: add them.")  # fmt: skip
-        kept = run.spec.get("drop") or list(inputs.columns)
-        frame = inputs[kept].copy()
-        frame[run.spec.get("target") or "prediction"] = predictions
+        frame = inputs[run.spec.drop or list(inputs.columns)].copy()
+        frame[run.spec.target or "prediction"] = predictions
     else:
         frame = pd.DataFrame({"prediction": predictions})
     atomic_write(out, frame.to_csv(index=False).encode())

@@ -189,7 +189,7 @@ def collect(launcher, job, num: int, overrides: Sequence[str], ended: str | None
     d2lrun.sweeps.run_job records the failures it sees, and scores -inf."""
     from submitit.core.utils import UncompletedJobError
 
-    from d2lrun.sweeps import record_failure, start_job
+    from d2lrun.sweeps import record_failure
 
     if ended is None:  # its result file is there
         try:
@@ -200,9 +200,10 @@ def collect(launcher, job, num: int, overrides: Sequence[str], ended: str | None
         reason = f"Slurm ended job {job.job_id} ({ended}) without a result. "
         reason += f"Its log: {shown(job.paths.stderr)}"
     run_dir = job_dir(launcher, num, overrides)
+    if not (run_dir / ".hydra").exists():  # it never started: its overrides as Hydra records
+        (run_dir / ".hydra").mkdir(parents=True)  # them, for the sweep's table
+        OmegaConf.save(list(overrides), run_dir / ".hydra" / "overrides.yaml")
     if not (run_dir / "metrics.json").exists():
-        if not (run_dir / ".hydra").exists():  # it never started: the table needs its overrides
-            start_job(run_dir, list(overrides))
         record_failure(run_dir, reason, exit_code=1)
     return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=-math.inf)
 

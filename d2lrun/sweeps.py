@@ -1,58 +1,32 @@
-"""Sweeps (`d2lrun -m`): a folder of its own, resumable jobs, and the results table at the end.
+"""Sweeps (`d2lrun -m`): resumable jobs, and the results table of any sweep folder.
 
-    unique_dir    the resolver behind hydra.sweep.dir: two sweeps never share a folder
-    run_job       one job: skipped when already completed; a failure is recorded, the sweep goes on
-    score         what each job returns to the sweeper: best val_acc, or minus best val_loss
-    SweepSummary  the Hydra callback (configs/config.yaml) that ends every sweep with `report`
-    report        table, summary.csv and heatmap.png of any sweep folder (`d2lrun-report DIR`)
+    run_job   one job: skipped when already completed; a failure is recorded, the sweep goes on
+    score     what each job returns to the sweeper: best val_acc, or minus best val_loss
+    report    the table (pandas), summary.csv and heatmap.png of a sweep folder (`d2lrun-report`)
 
-Imports stay light (no torch): Hydra instantiates the callback for every run, sweep or not.
+Launchers hand their jobs here: Hydra's basic and joblib launchers, submitit's, and d2lrun's own
+SLURM launcher (d2lrun.slurm). Imports stay light (no torch) until a job trains.
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
-import logging
 import math
 import sys
 import traceback
-from collections import Counter
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.errors import Abort, Interrupted, UsageError, translate
-from d2lrun.files import atomic_write, shown, write_csv, write_json
+from d2lrun.config import explain
+from d2lrun.errors import Bug, Interrupted, UsageError
+from d2lrun.files import atomic_write, png, shown, write_json
 
-JOB_FILE = Path(".hydra") / "d2lrun_job.json"  # the overrides a job folder was last started with
 HIGHER_IS_BETTER = {"val_acc"}  # every other metric (val_loss) is better when lower
 
 
-def unique_dir(base: str) -> str:
-    """Create base, or base_2, base_3, ... when taken; mkdir is atomic: sweeps never share one."""
-    path = Path(base)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 1
-    while True:
-        candidate = path if n == 1 else path.with_name(f"{path.name}_{n}")
-        try:
-            candidate.mkdir()
-            return str(candidate)
-        except FileExistsError:
-            n += 1
-
-
-def register_resolvers() -> None:
-    # use_cache: Hydra copies the resolver cache into each job's config (joblib and submitit
-    # workers too), so the folder is created once per sweep, not once per job.
-    if not OmegaConf.has_resolver("d2lrun.unique_dir"):
-        OmegaConf.register_new_resolver("d2lrun.unique_dir", unique_dir, use_cache=True)
-
-
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -60,47 +34,60 @@ def _read_json(path: Path) -> dict | None:
 
 
 def finished_job(run_dir: Path, overrides: list[str]) -> dict | None:
-    """metrics.json of the job that completed in run_dir with these same overrides, else None."""
-    job, metrics = _read_json(run_dir / JOB_FILE), _read_json(run_dir / "metrics.json")
-    if (
-        job
-        and metrics
-        and job.get("overrides") == list(overrides)
-        and metrics.get("status") == "completed"
-    ):
-        return metrics
-    return None
+    """metrics.json of the job that completed in run_dir with these same overrides, else None: the
+    overrides its checkpoint keeps (a k-fold job's first fold's) must be these."""
+    from d2lrun.reload import load_checkpoint
+
+    metrics = read_json(run_dir / "metrics.json")
+    if not metrics or metrics.get("status") != "completed":
+        return None
+    saved = next(
+        (p for p in (run_dir / "last.pt", run_dir / "fold_0" / "last.pt") if p.exists()), None
+    )
+    kept = [o for o in overrides if not o.startswith("resume=")]
+    return metrics if saved and load_checkpoint(saved).get("overrides") == kept else None
 
 
-def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
-    """One job of a sweep; returns its score. A job that fails is recorded in its metrics.json
-    (status, reason, exit code; error.txt: an unexpected one's traceback); the sweep goes on."""
-    from hydra.core.hydra_config import HydraConfig
-
+def run_job(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: list[str],
+    sweep_dir: Path,
+    num: int,
+    ckpt: dict | None = None,
+) -> float:
+    """Job number num of a sweep (ckpt: the checkpoint it resumes); returns its score. A job that
+    fails is recorded in its metrics.json (status, reason, exit code; error.txt: a bug's
+    traceback); the sweep goes on."""
     from d2lrun.job import train
 
-    hc = HydraConfig.get()
     done = finished_job(run_dir, overrides)
     if done is not None:  # the same sweep run again: only missing or failed jobs train
-        print(f"job {hc.job.num}: already completed in {shown(run_dir)}; skipped")
+        print(f"job {num}: already completed in {shown(run_dir)}; skipped")
         return score(done)
-    start_job(run_dir, overrides)
+    (run_dir / "metrics.json").unlink(missing_ok=True)  # an earlier attempt's no longer counts
+    swept = {k.lstrip("+~") for k in planned_jobs(sweep_dir)[1]}
+    experiment = (
+        f"sweep {sweep_dir.resolve()}" if swept & {"model", "dataset", "experiment"} else None
+    )
     try:
-        return score(train(cfg, run_dir, overrides, sweep_dir=Path(hc.sweep.dir)))
+        return score(
+            train(cfg, run_dir, overrides, ckpt, sweep_dir=sweep_dir, experiment=experiment)
+        )
     except Interrupted as e:
         raise Interrupted(
             f"{e} To finish the sweep, run the same command again with "
-            f"hydra.sweep.dir={shown(hc.sweep.dir)}"
+            f"hydra.sweep.dir={shown(sweep_dir)}"
         ) from None
     except Exception as e:
-        error = translate(e)
-        reason = str(error) if error else f"{type(e).__name__}: {e} (traceback in error.txt)"
+        error = explain(e)
+        reason = f"{error} (traceback in error.txt)" if isinstance(error, Bug) else str(error)
         print(f"d2lrun: error: {reason}", file=sys.stderr, flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        if error is None:
+        if isinstance(error, Bug):
             atomic_write(run_dir / "error.txt", traceback.format_exc().encode())
         if not (run_dir / "metrics.json").exists():
-            record_failure(run_dir, reason, getattr(error, "exit_code", 1))
+            record_failure(run_dir, reason, error.exit_code)
         return -math.inf
 
 
@@ -109,13 +96,6 @@ def record_failure(run_dir: Path, reason: str, exit_code: int) -> None:
     write_json(
         run_dir / "metrics.json", {"status": "failed", "reason": reason, "exit_code": exit_code}
     )
-
-
-def start_job(run_dir: Path, overrides: list[str]) -> None:
-    """Record which job runs in run_dir; an earlier attempt's metrics.json no longer counts."""
-    (run_dir / "metrics.json").unlink(missing_ok=True)
-    (run_dir / JOB_FILE).parent.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / JOB_FILE, {"overrides": list(overrides)})
 
 
 def score(metrics: dict | None) -> float:
@@ -130,77 +110,53 @@ def score(metrics: dict | None) -> float:
     return best["value"] if best["metric"] in HIGHER_IS_BETTER else -best["value"]
 
 
-class SweepSummary(Callback):
-    """Ends every sweep, under any launcher or sweeper, with the table, summary.csv, heatmap."""
+def planned_jobs(sweep_dir: Path) -> tuple[list[dict | None], list[str]]:
+    """The jobs multirun.yaml asks for ({key: value}, None where a sampler picks); swept keys."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        # Only Hydra's basic sweeper saves multirun.yaml; the report reads the plan from it.
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(config, sweep_dir / "multirun.yaml")
-        # Optuna imports alembic, whose INFO lines ("setup plugin ...") would print as Hydra's own.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    if not (sweep_dir / "multirun.yaml").exists():
+        return [], []
+    hydra_cfg = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
+    sweeper = OmegaConf.to_container(hydra_cfg.sweeper, resolve=False)  # as written, unresolved
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    task = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+    overrides = OverridesParser.create().parse_overrides(params + task)
+    swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return [None] * int(sweeper.get("n_trials") or 0), swept
+    values = [  # the grid, in Hydra's own job order
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
+        for o in overrides
+    ]
+    return [as_dict(job) for job in itertools.product(*values)], swept
 
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        failure = report(Path(str(config.hydra.sweep.dir)))
-        if failure:  # an Abort, not an Exception: Hydra would turn that into a warning
-            raise Abort(failure)
 
-
-def _as_dict(overrides) -> dict[str, str] | None:
+def as_dict(overrides: list[str] | None) -> dict[str, str] | None:
     return None if overrides is None else dict(o.split("=", 1) for o in overrides if "=" in o)
 
 
-def planned_jobs(sweep_dir: Path) -> tuple[list[dict | None], list[str]]:
-    """The jobs multirun.yaml asks for ({key: value}, None where a sampler picks); swept keys."""
-    path = sweep_dir / "multirun.yaml"
-    if not path.exists():
-        return [], []
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    hydra_cfg = OmegaConf.load(path).hydra
-    sweeper = hydra_cfg.sweeper  # read without resolving: hydra.sweep.dir would claim a new folder
-    params = OmegaConf.to_container(sweeper, resolve=False).get("params") or {}
-    args = [f"{k}={v}" for k, v in params.items()] + OmegaConf.to_container(
-        hydra_cfg.overrides.task, resolve=False
+def found_jobs(sweep_dir: Path):
+    """(name, overrides, metrics) of every job folder; overrides are what Hydra recorded in its
+    .hydra/ (None for a job that never started), metrics None while it runs or when killed."""
+    folders = sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: job_number(p.name)
     )
-    overrides = OverridesParser.create().parse_overrides(args)
-    swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
-    if str(sweeper.get("_target_", "")).endswith(
-        "BasicSweeper"
-    ):  # the grid, in Hydra's own job order
-        values = {
-            o.get_key_element(): [str(v) for v in o.sweep_string_iterator()]
-            if o.is_sweep_override()
-            else [o.get_value_element_as_str()]
-            for o in overrides
-        }
-        grid = itertools.product(*([f"{k}={v}" for v in vs] for k, vs in values.items()))
-        return [_as_dict(job) for job in grid], swept
-    return [None] * int(sweeper.get("n_trials") or 0), swept
-
-
-def _found_jobs(sweep_dir: Path):
-    """(name, overrides, metrics) of every job folder; metrics is None while it runs or killed."""
-    import yaml
-
-    for d in sorted(
-        (p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: _job_number(p.name)
-    ):
-        job = _read_json(d / JOB_FILE)
-        overrides = job["overrides"] if job else None
-        if overrides is None and (d / ".hydra" / "overrides.yaml").exists():
-            overrides = yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())
-        metrics = _read_json(d / "metrics.json")
+    for d in folders:
+        hydra_file = d / ".hydra" / "overrides.yaml"
+        overrides = list(OmegaConf.load(hydra_file)) if hydra_file.exists() else None
+        metrics = read_json(d / "metrics.json")
         if overrides is not None or metrics is not None:
-            yield d.name, _as_dict(overrides), metrics
+            yield d.name, as_dict(overrides), metrics
 
 
-def _job_number(name: str) -> tuple[int, str]:
-    return (int(name), "") if name.isdigit() else (1 << 30, name)
+def job_number(name: str) -> int:
+    return int(name) if name.isdigit() else 1 << 30
 
 
-def _number(text: str | None):
+def number(text):
+    """A swept value as the number it names, else as it was typed."""
     for cast in (int, float):
         try:
             return cast(text)
@@ -209,11 +165,46 @@ def _number(text: str | None):
     return text
 
 
-def _row(job: str, overrides: dict | None, metrics: dict | None, started: bool) -> dict:
-    metrics = metrics or {}
-    status = (
-        metrics.get("status", "unknown") if metrics else ("unfinished" if started else "missing")
+def collect(sweep_dir: Path):
+    """One row per job, found or only planned, best first (a pandas DataFrame; the columns
+    _score and _metric are for sorting and the heatmap); and the swept keys."""
+    import pandas as pd
+
+    planned, swept = planned_jobs(sweep_dir)
+    todo = dict(enumerate(planned))  # job number -> planned overrides, until its folder turns up
+    rows = []
+    for name, overrides, metrics in found_jobs(sweep_dir):
+        match = next((j for j, o in todo.items() if o is not None and o == overrides), None)
+        if match is None and job_number(name) in todo and todo[job_number(name)] is None:
+            match = job_number(name)  # a search sampler's trial: matched by number
+        rows.append(row(name, overrides, metrics, started=True))
+        todo.pop(match, None)
+    rows += [row(str(j), o, None, started=False) for j, o in todo.items()]
+    if not rows:
+        raise UsageError(
+            f"{sweep_dir} holds no sweep: no multirun.yaml and no job folders (0/, 1/, ...). "
+            f"Fix: give a folder that `d2lrun -m` wrote, e.g. outputs/multirun/DATE/TIME."
+        )
+    overrides = [{k: number(v) for k, v in r.pop("_overrides").items()} for r in rows]
+    values = pd.DataFrame(overrides, dtype=object)  # object: 3 stays 3 beside 0.1, as typed
+    varied = [k for k in values if values[k].nunique() > 1]
+    keys = list(dict.fromkeys(swept + varied))
+    table = pd.DataFrame(rows, dtype=object)
+    metrics = list(dict.fromkeys(m for m in table["_metric"] if m))
+    columns = ["job", "status", *(f"{w}_{m}" for m in metrics for w in ("final", "best"))]
+    table = pd.concat([values.reindex(columns=keys), table], axis=1)
+    table = table.reindex(columns=[*columns[:1], *keys, *columns[1:], "best_epoch", "seconds",
+                                   "reason", "_score", "_metric"])  # fmt: skip
+    finite = table["_score"].map(math.isfinite)
+    order = table.assign(
+        _rank=~finite, _key=(-table["_score"]).where(finite, table["job"].map(job_number))
     )
+    return table.loc[order.sort_values(["_rank", "_key"], kind="stable").index], keys
+
+
+def row(job: str, overrides: dict | None, metrics: dict | None, started: bool) -> dict:
+    metrics = metrics or {}
+    status = metrics.get("status", "unknown") if metrics else "unfinished" if started else "missing"
     best, final = metrics.get("best") or {}, metrics.get("final") or {}
     metric = best.get("metric")
     values = (
@@ -221,130 +212,70 @@ def _row(job: str, overrides: dict | None, metrics: dict | None, started: bool) 
         if metric
         else {}
     )
-    return {
-        "job": job,
-        "_overrides": overrides or {},
-        "_score": score(metrics),
-        "_metric": metric,
-        "status": status,
-        **values,
-        "best_epoch": best.get("epoch"),
-        "seconds": metrics.get("wall_seconds"),
-        "reason": metrics.get("reason"),
-    }
-
-
-def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
-    """One row per job, found or only planned, best first; and the swept keys."""
-    planned, swept = planned_jobs(sweep_dir)
-    todo = dict(enumerate(planned))  # job number -> planned overrides, until its folder turns up
-    rows = []
-    for name, overrides, metrics in _found_jobs(sweep_dir):
-        match = next((j for j, o in todo.items() if o is not None and o == overrides), None)
-        if match is None and name.isdigit() and int(name) in todo and todo[int(name)] is None:
-            match = int(name)  # a search sampler's trial: matched by number
-        todo.pop(match, None)
-        rows.append(_row(name, overrides, metrics, started=True))
-    rows += [_row(str(j), o, None, started=False) for j, o in todo.items()]
-    if not rows:
-        raise UsageError(
-            f"{sweep_dir} holds no sweep: no multirun.yaml and no job folders (0/, 1/, ...). "
-            f"Fix: give a folder that `d2lrun -m` wrote, e.g. outputs/multirun/DATE/TIME."
-        )
-    varied = [
-        k
-        for r in rows
-        for k in r["_overrides"]
-        if len({r2["_overrides"].get(k) for r2 in rows if r2["_overrides"]}) > 1
-    ]
-    keys = list(dict.fromkeys(swept + varied))
-    metrics = list(dict.fromkeys(r["_metric"] for r in rows if r["_metric"]))
-    columns = (
-        ["job", *keys, "status"]
-        + [f"{w}_{m}" for m in metrics for w in ("final", "best")]
-        + ["best_epoch", "seconds", "reason"]
-    )
-    table = [
-        {c: _number(r["_overrides"].get(c)) if c in keys else r.get(c) for c in columns}
-        | {"_score": r["_score"], "_metric": r["_metric"]}
-        for r in rows
-    ]
-    table.sort(
-        key=lambda r: (
-            (0, -r["_score"], 0) if math.isfinite(r["_score"]) else (1, 0, _job_number(r["job"])[0])
-        )
-    )
-    return table, keys
+    return {"job": job, "_overrides": overrides or {}, "_score": score(metrics), "_metric": metric,
+            "status": status, **values, "best_epoch": best.get("epoch"),
+            "seconds": metrics.get("wall_seconds"), "reason": metrics.get("reason")}  # fmt: skip
 
 
 def report(sweep_dir: Path, show: bool = True) -> str | None:
     """Print a sweep folder's table (unless not show), write summary.csv (and heatmap.png); say
-    what failed."""
+    what did not complete."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UsageError(
             f"{sweep_dir} is not a folder. Fix: d2lrun-report outputs/multirun/DATE/TIME "
             f"(the folder a sweep printed)."
         )
-    rows, keys = collect(sweep_dir)
-    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    written = [write_csv(sweep_dir / "summary.csv", public)]
-    metrics = {r["_metric"] for r in rows if r["_metric"]}
-    numeric = all(isinstance(r[k], (int, float)) for r in rows for k in keys if r[k] is not None)
+    table, keys = collect(sweep_dir)
+    public = table[[c for c in table if not c.startswith("_")]]
+    written = [atomic_write(sweep_dir / "summary.csv", public.to_csv(index=False).encode())]
+    metrics = set(table["_metric"].dropna())
+    numeric = all(isinstance(v, (int, float)) for k in keys for v in table[k].dropna())
     if len(keys) == 2 and numeric and len(metrics) == 1:
-        written.append(plot_heatmap(sweep_dir / "heatmap.png", rows, *keys, metrics.pop()))
-    counts = Counter(r["status"] for r in rows)
+        written.append(plot_heatmap(sweep_dir / "heatmap.png", table, *keys, metrics.pop()))
+    counts = table["status"].value_counts(sort=False)
     if show:
         print_table(sweep_dir, public, counts)
         print(f"wrote {', '.join(str(p) for p in written)}")
-    bad = len(rows) - counts["completed"]
+    bad = len(table) - counts.get("completed", 0)
     if bad:
         what = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "completed")
-        return f"{bad} of {len(rows)} sweep jobs did not complete ({what}); see {written[0]}"
+        return f"{bad} of {len(table)} sweep jobs did not complete ({what}); see {written[0]}"
     return None
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def print_table(sweep_dir: Path, rows: list[dict], counts: Counter) -> None:
+def print_table(sweep_dir: Path, table, counts) -> None:
     """The rows as a rich table, best first (bold), failures in red, their reasons below."""
     from rich.console import Console
     from rich.table import Table
 
-    columns = [c for c in rows[0] if c != "reason"]
-    table = Table()
+    columns = [c for c in table if c != "reason"]
+    shown_table = Table()
     for c in columns:
-        table.add_column(c, justify="left" if c == "status" else "right")
-    for i, r in enumerate(rows):
-        style = (
-            "bold"
-            if i == 0 and r["status"] == "completed"
-            else None
-            if r["status"] == "completed"
-            else "red"
-        )
-        table.add_row(*(_fmt(r[c]) for c in columns), style=style)
+        shown_table.add_column(c, justify="left" if c == "status" else "right")
+    for i, r in enumerate(table.to_dict("records")):
+        style = ("bold" if i == 0 else None) if r["status"] == "completed" else "red"
+        shown_table.add_row(*(fmt(r[c]) for c in columns), style=style)
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # piped to a file: not squeezed into 80 columns
-    console.print(
-        f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items()), soft_wrap=True
-    )
-    console.print(table)
-    for r in rows:
-        if r["reason"]:
+    console.print(f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items()),
+                  soft_wrap=True)  # fmt: skip
+    console.print(shown_table)
+    for r in table.to_dict("records"):
+        if isinstance(r["reason"], str):
             console.print(
                 f"job {r['job']} {r['status']}: {r['reason']}", style="red", soft_wrap=True
             )
 
 
-def plot_heatmap(path: Path, rows: list[dict], x_key: str, y_key: str, metric: str) -> Path:
+def fmt(value) -> str:
+    if value is None or value != value:  # None or NaN: an empty cell
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def plot_heatmap(path: Path, table, x_key: str, y_key: str, metric: str) -> Path:
     """best_<metric> over two swept values: a cell per grid job, a dot per trial of a search."""
     import matplotlib
     import numpy as np
@@ -352,70 +283,49 @@ def plot_heatmap(path: Path, rows: list[dict], x_key: str, y_key: str, metric: s
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, and a faster import
 
     col = f"best_{metric}"
-    cells = [r for r in rows if r[x_key] is not None and r[y_key] is not None]
-    done = [r for r in cells if math.isfinite(r["_score"])]
-    values = [r[col] for r in done]
-    cmap = matplotlib.colormaps[
-        "viridis" if metric in HIGHER_IS_BETTER else "viridis_r"
-    ].with_extremes(bad="lightgray")
-    norm = LogNorm() if values and min(values) > 0 and max(values) > 10 * min(values) else None
-    xs, ys = sorted({r[x_key] for r in cells}), sorted({r[y_key] for r in cells})
-    grid = len(xs) * len(ys) == len({(r[x_key], r[y_key]) for r in cells})
-    fig = Figure(
-        figsize=(max(5.0, 1.1 * len(xs) + 2.5), max(3.5, 0.7 * len(ys) + 2)) if grid else (6, 4.5)
+    cells = table.dropna(subset=[x_key, y_key])
+    ok = cells["_score"].map(math.isfinite)
+    values = cells.loc[ok, col].astype(float)
+    cmap = matplotlib.colormaps["viridis" if metric in HIGHER_IS_BETTER else "viridis_r"]
+    cmap = cmap.with_extremes(bad="lightgray")
+    norm = (
+        LogNorm() if len(values) and values.min() > 0 and values.max() > 10 * values.min() else None
     )
+    xs, ys = sorted(set(cells[x_key])), sorted(set(cells[y_key]))
+    grid = len(xs) * len(ys) == len(set(zip(cells[x_key], cells[y_key], strict=True)))
+    size = (max(5.0, 1.1 * len(xs) + 2.5), max(3.5, 0.7 * len(ys) + 2)) if grid else (6, 4.5)
+    fig = Figure(figsize=size)
     ax = fig.subplots()
     if grid:  # a grid sweep: one cell per job, failures grey with their status
         z = np.full((len(ys), len(xs)), np.nan)
-        for r in done:
+        for r in cells[ok].to_dict("records"):
             z[ys.index(r[y_key]), xs.index(r[x_key])] = r[col]
         image = ax.imshow(
             np.ma.masked_invalid(z), cmap=cmap, norm=norm, origin="lower", aspect="auto"
         )
-        for r in cells:
-            ok = math.isfinite(r["_score"])
-            red, green, blue, _ = cmap(image.norm(r[col])) if ok else (1, 1, 1, 1)
+        for r, good in zip(cells.to_dict("records"), ok, strict=True):
+            red, green, blue, _ = cmap(image.norm(r[col])) if good else (1, 1, 1, 1)
             dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells
-            ax.text(
-                xs.index(r[x_key]),
-                ys.index(r[y_key]),
-                f"{r[col]:.3g}" if ok else r["status"],
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if dark else "black" if ok else "dimgray",
-            )
+            text = f"{r[col]:.3g}" if good else r["status"]
+            color = "white" if dark else "black" if good else "dimgray"
+            ax.text(xs.index(r[x_key]), ys.index(r[y_key]), text, ha="center", va="center",
+                    fontsize=8, color=color)  # fmt: skip
         ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
         ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
     else:  # a search (optuna): one dot per trial, failures as red crosses
-        image = ax.scatter(
-            [r[x_key] for r in done],
-            [r[y_key] for r in done],
-            c=values,
-            cmap=cmap,
-            norm=norm,
-            s=60,
-            edgecolors="black",
-        )
-        failed = [r for r in cells if not math.isfinite(r["_score"])]
-        ax.scatter(
-            [r[x_key] for r in failed],
-            [r[y_key] for r in failed],
-            marker="x",
-            color="red",
-            label="failed",
-        )
+        image = ax.scatter(cells.loc[ok, x_key], cells.loc[ok, y_key], c=values, cmap=cmap,
+                           norm=norm, s=60, edgecolors="black")  # fmt: skip
+        failed = cells[~ok]
+        ax.scatter(failed[x_key], failed[y_key], marker="x", color="red", label="failed")
         for axis, vals in ((ax.set_xscale, xs), (ax.set_yscale, ys)):
             if vals[0] > 0 and vals[-1] > 10 * vals[0]:
                 axis("log")
-        if failed:
+        if len(failed):
             ax.legend()
-    if values:
+    if len(values):
         fig.colorbar(image, ax=ax, label=col)
     ax.set_xlabel(x_key)
     ax.set_ylabel(y_key)
     ax.set_title(f"{col} ({path.parent.name})")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return atomic_write(path, buf.getvalue())
+    return atomic_write(path, png(fig))

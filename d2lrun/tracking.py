@@ -1,9 +1,9 @@
 """Run tracking where people compare runs: TensorBoard and MLflow (the `logger` config group).
 
-    tracker = open_tracker(cfg, run_dir, overrides, ckpt)  # before any data: fails in one line
-    run_id = tracker.start(config, history.rows)   # the MLflow run id goes into every checkpoint
-    tracker.log_epoch(row)                         # d2lrun.trainer.fit, at the end of each epoch
-    tracker.finish(status, summary, run_dir)       # d2lrun.job.train_job, after the run's files
+    tracker = open_tracker(cfg, run_dir, name, ckpt)  # before any data: fails in one line
+    run_id = tracker.start(config, rows)  # the MLflow run id goes into every checkpoint
+    tracker.log_epoch(row)                # at the end of each epoch (d2lrun.job's on_epoch)
+    tracker.finish(status, summary, run_dir)  # after the run's files are written
 
 Nothing is sent per batch. The packages are imported only when chosen, so `d2lrun --help` stays
 quick. Once training has started, a logging failure costs a note, never the run: its files are
@@ -89,7 +89,7 @@ class MLflow(Tracker):
     """One MLflow run per d2lrun run: params, metrics per epoch (step = epoch), artifacts, tags."""
 
     def __init__(
-        self, cfg: DictConfig, run_dir: Path, overrides, ckpt: dict | None, sweep_dir, log
+        self, cfg: DictConfig, run_dir: Path, name: str, ckpt: dict | None, sweep_dir, log
     ):
         # MLflow 3's usage telemetry starts threads at import that slowed a softmax epoch here from
         # 0.14 s to 6-9 s (offline); off unless the user chose (MLFLOW_DISABLE_TELEMETRY=false).
@@ -99,11 +99,10 @@ class MLflow(Tracker):
         except ImportError as e:
             raise missing_package("mlflow", e) from None
         # A new SQLite store logs its migrations at INFO on stderr, which d2lrun keeps for errors.
-        for name in ("mlflow.store.db.utils", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        for logger in ("mlflow.store.db.utils", "alembic"):
+            logging.getLogger(logger).setLevel(logging.WARNING)
         self.uri, self.run_dir, self.sweep_dir = cfg.logger.tracking_uri, run_dir, sweep_dir
         self.ckpt, self.log, self.run_id = ckpt, log, None
-        name = experiment_name(cfg, overrides, sweep_dir)
         with quick_requests():
             try:
                 if self.uri.startswith("sqlite:///"):
@@ -176,10 +175,10 @@ class MLflow(Tracker):
                 name = "/".join(self.run_dir.resolve().parts[-2:])  # DATE/TIME, or TIME/JOB
                 run = self.client.create_run(self.experiment_id, run_name=name)
                 self.run_id = run.info.run_id
-            items = [Param(k, str(v)) for k, v in params.items()]
-            for i in range(0, len(items), 100):  # log_batch takes at most 100 params
-                self.client.log_batch(self.run_id, params=items[i : i + 100])
-            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            params = [Param(k, str(v)) for k, v in params.items()]  # log_batch chunks them itself
+            self.client.log_batch(
+                self.run_id, params=params, tags=[RunTag(*t) for t in tags.items()]
+            )
             self._metrics(rows)
         except Exception as e:
             self._lost(e)
@@ -197,8 +196,7 @@ class MLflow(Tracker):
         items = [Metric(k, v, now, r["epoch"]) for r in rows for k, v in metrics_of(r).items()]
         items += [Metric(k, v, now, step) for k, v, step in extra]
         try:
-            for i in range(0, len(items), 1000):  # log_batch takes at most 1000 metrics
-                self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+            self.client.log_batch(self.run_id, metrics=items)
         except Exception as e:
             self._lost(e)
 
@@ -223,22 +221,15 @@ class MLflow(Tracker):
         self.run_id = None
 
 
-LOGGERS = {"none": Tracker, "tensorboard": TensorBoard, "mlflow": MLflow}
-
-
 def open_tracker(
-    cfg: DictConfig,
-    run_dir: Path,
-    overrides: list[str],
-    ckpt: dict | None = None,
-    sweep_dir: Path | None = None,
-    log=print,
+    cfg: DictConfig, run_dir: Path, name: str, ckpt: dict | None, sweep_dir: Path | None, log
 ) -> Tracker:
-    """The tracker cfg.logger names; a missing package or an unreachable server fails here."""
+    """The tracker cfg.logger names; a missing package or an unreachable server fails here. name:
+    the MLflow experiment (experiment_name)."""
     if cfg.logger.name == "tensorboard":
         return TensorBoard(run_dir)
     if cfg.logger.name == "mlflow":
-        return MLflow(cfg, run_dir, overrides, ckpt, sweep_dir, log)
+        return MLflow(cfg, run_dir, name, ckpt, sweep_dir, log)
     return Tracker()
 
 
@@ -263,23 +254,12 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str | int | float]:
     return flat
 
 
-def experiment_name(cfg: DictConfig, overrides: list[str], sweep_dir: Path | None) -> str:
-    """logger.experiment_name, else the preset's name, else MODEL-DATASET; a sweep that varies
-    the model, the dataset or the preset is one experiment named after its folder."""
-    if cfg.logger.experiment_name:
+def experiment_name(cfg: DictConfig, preset: str | None, sweep: str | None) -> str:
+    """logger.experiment_name, else the sweep's (one that varies the model, the dataset or the
+    preset is one experiment named after its folder), else the preset's name, else MODEL-DATASET."""
+    if cfg.logger.get("experiment_name"):
         return cfg.logger.experiment_name
-    if sweep_dir is not None:
-        from d2lrun.sweeps import planned_jobs
-
-        swept = {k.lstrip("+~") for k in planned_jobs(Path(sweep_dir))[1]}
-        if swept & {"model", "dataset", "experiment"}:
-            return f"sweep {Path(sweep_dir).resolve()}"
-    presets = [
-        o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == "experiment"
-    ]
-    if presets and presets[-1] not in ("", "null"):
-        return presets[-1]
-    return f"{cfg.model.name}-{cfg.dataset.name}"
+    return sweep or preset or f"{cfg.model.name}-{cfg.dataset.name}"
 
 
 @contextmanager

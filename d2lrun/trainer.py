@@ -1,8 +1,9 @@
-"""The training loop: `fit` runs `train_one_epoch` and `evaluate` once per epoch.
+"""The training loop, named as in the book: `fit` runs `train_one_epoch` and `evaluate` per epoch.
 
 Data stays on the device as whole tensors; a batch is a slice of a shuffled index. Losses and
 correct counts accumulate as device tensors and are read once per epoch, so no batch waits for
-the host. Checkpoints, metrics rows and the progress bar are plain lines at the end of an epoch.
+the host. The loop writes no files: after each epoch it hands the metrics to one hook, on_epoch,
+with which the job (d2lrun.job) checkpoints, tracks and prints.
 """
 
 from __future__ import annotations
@@ -10,18 +11,17 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2lrun.checkpoint import save_checkpoint
+from d2lrun.config import schema
 from d2lrun.data import Split, prepare_batch
 from d2lrun.errors import Diverged
-from d2lrun.optim import Optimizer, l1_penalty
-from d2lrun.tracking import Tracker
+from d2lrun.optim import Optimizer
 
 EVAL_BATCH_SIZE = 1024  # evaluation needs no gradients, so bigger batches are only faster
 
@@ -43,91 +43,69 @@ def sum_squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((y_hat - y.reshape(y_hat.shape)) ** 2).sum()
 
 
-def loss_for(task: str, kind: str):
+def loss_for(task: str, kind: str) -> Callable:
     """The book's loss: squared loss (scratch, §3.2), MSELoss (§3.3) or its sum (§6.2.4);
-    cross-entropy.
-
-    kind is d2lrun.models.loss_kind: "scratch", "concise" or "sum".
-    """
+    cross-entropy. kind is d2lrun.models.loss_kind: "scratch", "concise" or "sum"."""
     if task == "regression":
         return {"scratch": squared_loss, "concise": F.mse_loss, "sum": sum_squared_loss}[kind]
     return cross_entropy_scratch if kind == "scratch" else F.cross_entropy
 
 
 @dataclass
-class History:
-    """What a checkpoint restores besides weights: completed epochs, their metrics, the best one."""
+class Trainer(schema.Trainer):
+    """cfg.trainer's keys, and where the loop stands: like d2l's Trainer, it counts its epochs."""
 
-    epoch: int = 0
-    rows: list[dict] = field(default_factory=list)
-    best: dict | None = None
+    epoch: int = 0  # epochs completed: fit goes on with the next one
+    generator: torch.Generator = field(default_factory=torch.Generator)  # the shuffling order
 
 
 def train_one_epoch(
     model: nn.Module,
-    loss_fn,
+    loss: Callable,
     optimizer: Optimizer,
     data: Split,
     batch_size: int,
     generator: torch.Generator,
-    l1: float = 0.0,
-    classify: bool = False,
-    on_batch=None,
+    on_batch: Callable[[], None] = lambda: None,
 ) -> dict[str, torch.Tensor]:
-    """One pass over shuffled minibatches; returns device tensors (loss sum, correct, losses)."""
+    """One pass over shuffled minibatches; returns device tensors: the loss summed over examples,
+    the correct predictions (classification) and each batch's loss."""
     model.train()
-    device = data.X.device
-    n = len(data)
+    device, n = data.X.device, len(data)
     perm = torch.randperm(n, generator=generator).to(device)
-    num_batches = math.ceil(n / batch_size)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    batch_losses = torch.empty(num_batches, device=device)
-    for i in range(num_batches):
+    batch_losses = torch.empty(math.ceil(n / batch_size), device=device)
+    for i in range(len(batch_losses)):
         idx = perm[i * batch_size : (i + 1) * batch_size]
         X, y = prepare_batch(data.X[idx]), data.y[idx]
         y_hat = model(X)
-        loss = loss_fn(y_hat, y)
-        objective = loss + l1 * l1_penalty(model) if l1 else loss
+        batch_loss = loss(y_hat, y)
         optimizer.zero_grad()
-        objective.backward()
+        batch_loss.backward()
         optimizer.step()
-        loss = loss.detach()
-        batch_losses[i] = loss
-        loss_sum += loss * len(idx)
-        if classify:
+        batch_loss = batch_loss.detach()
+        batch_losses[i] = batch_loss
+        loss_sum += batch_loss * len(idx)
+        if not torch.is_floating_point(y):
             correct += (y_hat.argmax(dim=1) == y).sum()
-        if on_batch:
-            on_batch()
+        on_batch()
     return {"loss_sum": loss_sum, "correct": correct, "batch_losses": batch_losses}
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loss_fn,
-    data: Split,
-    classify: bool,
-    scale: dict | None = None,
-    log_rmse: bool = False,
-) -> dict[str, float]:
-    """Mean loss over a split, in order, in evaluation mode (dropout off); accuracy for classes, and
-    for regression the RMSE (and the book's log RMSE, §4.10) in the target's own units (scale undoes
-    the target's scaling)."""
+def evaluate(model: nn.Module, loss: Callable, data: Split, log_rmse: bool = False) -> dict:
+    """Mean loss over a split, in order, in evaluation mode (dropout off); accuracy for classes,
+    and for regression the RMSE (and the book's log RMSE, §4.10) in the target's own units."""
     model.eval()
-    device = data.X.device
-    loss_sum, correct = (
-        torch.zeros((), device=device),
-        torch.zeros((), device=device, dtype=torch.long),
-    )
+    device, classify, scale = data.X.device, not torch.is_floating_point(data.y), data.scale
+    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device).long()
     squares, log_squares = torch.zeros((), device=device), torch.zeros((), device=device)
     for start in range(0, len(data), EVAL_BATCH_SIZE):
-        X, y = (
-            prepare_batch(data.X[start : start + EVAL_BATCH_SIZE]),
-            data.y[start : start + EVAL_BATCH_SIZE],
-        )
+        X = prepare_batch(data.X[start : start + EVAL_BATCH_SIZE])
+        y = data.y[start : start + EVAL_BATCH_SIZE]
         y_hat = model(X)
-        loss_sum += loss_fn(y_hat, y) * len(y)
+        loss_sum += loss(y_hat, y) * len(y)
         if classify:
             correct += (y_hat.argmax(dim=1) == y).sum()
             continue
@@ -139,53 +117,57 @@ def evaluate(
             log_squares += ((pred.clamp(min=1).log() - true.log()) ** 2).sum()
     if len(data) == 0:
         return {}
-    metrics = {"loss": loss_sum.item() / len(data)}
     if classify:
-        metrics["acc"] = correct.item() / len(data)
-    else:
-        metrics["rmse"] = math.sqrt(squares.item() / data.y.numel())
-        if log_rmse:
-            metrics["log_rmse"] = math.sqrt(log_squares.item() / data.y.numel())
-    return metrics
-
-
-def rng_state(generator: torch.Generator) -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "shuffle": generator.get_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        return {"loss": loss_sum.item() / len(data), "acc": correct.item() / len(data)}
+    metrics = {
+        "loss": loss_sum.item() / len(data),
+        "rmse": math.sqrt(squares.item() / data.y.numel()),
     }
-
-
-def set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["shuffle"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if log_rmse:
+        metrics["log_rmse"] = math.sqrt(log_squares.item() / data.y.numel())
+    return metrics
 
 
 def fit(
     model: nn.Module,
     optimizer: Optimizer,
-    loss_fn,
+    loss: Callable,
     train: Split,
     val: Split,
-    trainer,
-    l1: float,
-    run_dir: Path,
-    generator: torch.Generator,
-    history: History,
-    checkpoint_extra: dict,
-    log=print,
-    tracker: Tracker | None = None,
-) -> History:
-    """Train for trainer.epochs epochs (the config's `trainer`) from history.epoch, with an L1 term
-    of strength l1; checkpoint, record and print each epoch. Ctrl-C saves the last epoch.
+    trainer: Trainer,
+    on_epoch: Callable[[dict], None],
+) -> None:
+    """Train from epoch trainer.epoch + 1 through trainer.epochs. After each epoch, on_epoch gets
+    its row of metrics (epoch, train_loss, train_acc or train_rmse, val_*, seconds, examples_per_s).
+    Raises Diverged when the training loss stops being finite; Ctrl-C leaves trainer.epoch at the
+    last complete epoch."""
+    classify = not torch.is_floating_point(train.y)
+    with progress_bar(trainer.progress) as bar:
+        task = bar.add_task("", total=math.ceil(len(train) / trainer.batch_size))
+        for epoch in range(trainer.epoch + 1, trainer.epochs + 1):
+            bar.reset(task, description=f"epoch {epoch}/{trainer.epochs}")
+            start = time.perf_counter()
+            out = train_one_epoch(model, loss, optimizer, train, trainer.batch_size,
+                                  trainer.generator, lambda: bar.advance(task))  # fmt: skip
+            train_loss = out["loss_sum"].item() / len(train)  # the one host sync of the epoch
+            if not math.isfinite(train_loss):
+                raise diverged(out["batch_losses"], trainer.batch_size, epoch, optimizer)
+            seconds = time.perf_counter() - start
+            row = {"epoch": epoch, "train_loss": train_loss}
+            if classify:
+                row["train_acc"] = out["correct"].item() / len(train)
+            else:  # the book's train_ls: the training split evaluated after the epoch (§4.10)
+                after = evaluate(model, loss, train, trainer.log_rmse)
+                row |= {f"train_{k}": v for k, v in after.items() if k != "loss"}
+            row |= {f"val_{k}": v for k, v in evaluate(model, loss, val, trainer.log_rmse).items()}
+            row |= {"seconds": round(time.perf_counter() - start, 4),
+                    "examples_per_s": round(len(train) / seconds, 1)}  # fmt: skip
+            trainer.epoch = epoch
+            on_epoch(row)
 
-    checkpoint_extra goes into every checkpoint; its "spec" (what the data decided) also says how
-    a regression target was scaled, so that *_rmse comes out in the target's own units. tracker
-    (logger=tensorboard|mlflow) gets each epoch's row.
-    """
+
+def progress_bar(show: bool):
+    """A rich progress bar over an epoch's batches on stderr, on a terminal or in Jupyter only."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -195,66 +177,15 @@ def fit(
         TimeRemainingColumn,
     )
 
-    tracker = tracker or Tracker()
-    classify = not torch.is_floating_point(train.y)  # class indices, or regression targets
-    scale = checkpoint_extra["spec"].get("target_scale")
-    # Higher accuracy, or lower loss, is better; without a validation split, the training metric.
-    metric = ("val_" if len(val) else "train_") + ("acc" if classify else "loss")
-    saved_epoch = history.epoch
-    pending: dict | None = None  # the last complete epoch's checkpoint, if not yet on disk
-    console = Console(stderr=True)  # the bar goes to stderr only; stdout keeps the epoch lines
-    progress = Progress(
+    console = Console(stderr=True)  # stdout keeps the epoch lines
+    return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=console, transient=True,
-        disable=not (trainer.progress and (console.is_terminal or console.is_jupyter)),
+        disable=not (show and (console.is_terminal or console.is_jupyter)),
         # Epoch lines printed while the bar runs: above it on a terminal, but into stdout itself
         # when that is a file or a pipe (`d2lrun | tee log`), not into the bar's stderr.
         redirect_stdout=sys.stdout.isatty(),
     )  # fmt: skip
-    task = progress.add_task("", total=math.ceil(len(train) / trainer.batch_size))
-    net = compiled(model, train.X.device, log) if trainer.compile else model  # model: plain keys
-    try:
-        with progress:
-            for epoch in range(history.epoch + 1, trainer.epochs + 1):
-                progress.reset(task, description=f"epoch {epoch}/{trainer.epochs}")
-                start = time.perf_counter()
-                out = train_one_epoch(
-                    net, loss_fn, optimizer, train, trainer.batch_size, generator, l1, classify,
-                    on_batch=lambda: progress.advance(task),
-                )  # fmt: skip
-                train_loss = out["loss_sum"].item() / len(train)  # the one host sync of the epoch
-                if not math.isfinite(train_loss):
-                    raise diverged(out["batch_losses"], trainer.batch_size, epoch, optimizer)
-                train_seconds = time.perf_counter() - start
-                row = {"epoch": epoch, "train_loss": train_loss}
-                if classify:
-                    row["train_acc"] = out["correct"].item() / len(train)
-                else:  # the book's train_ls: the training split evaluated after the epoch (§4.10)
-                    after = evaluate(net, loss_fn, train, False, scale, trainer.log_rmse)
-                    row |= {f"train_{k}": v for k, v in after.items() if k != "loss"}
-                row |= {f"val_{k}": v for k, v in evaluate(
-                    net, loss_fn, val, classify, scale, trainer.log_rmse).items()}  # fmt: skip
-                row |= {"seconds": round(time.perf_counter() - start, 4),
-                        "examples_per_s": round(len(train) / train_seconds, 1)}  # fmt: skip
-                history.rows.append(row)
-                history.epoch = epoch
-                best = history.best["value"] if history.best else None
-                improved = best is None or (row[metric] > best if classify else row[metric] < best)
-                if improved:
-                    history.best = {"epoch": epoch, "metric": metric, "value": row[metric]}
-                pending = make_checkpoint(model, optimizer, history, generator, checkpoint_extra)
-                if improved:
-                    save_checkpoint(run_dir / "best.pt", pending)
-                if epoch % trainer.checkpoint_every == 0 or epoch == trainer.epochs:
-                    save_checkpoint(run_dir / "last.pt", pending)
-                    saved_epoch, pending = epoch, None
-                log(format_row(row, trainer.epochs))
-                tracker.log_epoch(row)
-    except KeyboardInterrupt:
-        if pending is not None and history.epoch > saved_epoch:
-            save_checkpoint(run_dir / "last.pt", pending)
-        raise
-    return history
 
 
 def diverged(batch_losses: torch.Tensor, batch_size: int, epoch: int, optimizer) -> Diverged:
@@ -269,64 +200,19 @@ def diverged(batch_losses: torch.Tensor, batch_size: int, epoch: int, optimizer)
     )
 
 
-def compiled(model: nn.Module, device: torch.device, log=print) -> nn.Module:
+def compiled(model: nn.Module, device: torch.device, log: Callable[[str], None]) -> nn.Module:
     """trainer.compile=true: torch.compile the model; on CUDA with CUDA graphs ("reduce-overhead"),
     which removes the per-kernel launch cost that dominates tiny models. The last, smaller batch
     compiles once more; nothing is dropped. Falls back to eager, with one line, where it cannot
     apply."""
     import shutil
 
-    if device.type == "cpu" and not (
-        shutil.which("c++") or shutil.which("g++") or shutil.which("cc")
-    ):
+    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "cc")):
         log("note: trainer.compile=true needs a C++ compiler on CPU; training eagerly")
         return model
     try:
         return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
     except Exception as e:  # unsupported Python or platform
-        log(
-            f"note: trainer.compile=true is not available here ({type(e).__name__}: {e}); "
-            f"training eagerly"
-        )
+        log(f"note: trainer.compile=true is not available here ({type(e).__name__}: {e}); "
+            f"training eagerly")  # fmt: skip
         return model
-
-
-def make_checkpoint(
-    model: nn.Module,
-    optimizer: Optimizer,
-    history: History,
-    generator: torch.Generator,
-    extra: dict,
-) -> dict:
-    """A resumable snapshot at an epoch boundary; tensors are copied so training can go on."""
-    return {
-        "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-        "optimizer": _to_cpu(optimizer.state_dict()),
-        "epoch": history.epoch,
-        "history": [dict(r) for r in history.rows],
-        "best": dict(history.best) if history.best else None,
-        "rng": rng_state(generator),
-        **extra,
-    }
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def format_row(row: dict, epochs: int) -> str:
-    """One summary line per epoch: metrics, seconds and examples/s."""
-    width = len(str(epochs))
-    metrics = "  ".join(
-        f"{k} {v:.3f}" if k.endswith("acc") else f"{k} {v:.4g}"
-        for k, v in row.items()
-        if k not in ("epoch", "seconds", "examples_per_s")
-    )
-    speed = f"{row['seconds']:.2f}s  {row['examples_per_s']:,.0f} ex/s"
-    return f"epoch {row['epoch']:>{width}}/{epochs}  {metrics}  {speed}"

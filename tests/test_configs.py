@@ -1,5 +1,6 @@
-"""Compose every option of every config group on disk: file stem = name = schema = registry key,
-every key commented, and the schema in force (a wrong type fails while Hydra composes)."""
+"""Compose every option of every config group on disk: file stem = name = schema key (and, for a
+dataset, the key of d2lrun.data.DATASETS), every key commented, and the schema in force (a wrong
+type fails while Hydra composes)."""
 
 from pathlib import Path
 
@@ -9,17 +10,15 @@ from omegaconf import OmegaConf
 
 from d2lrun.config import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, checked, compose
 from d2lrun.data import DATASETS
-from d2lrun.models import MODELS
-from d2lrun.models.init import INITS
-from d2lrun.tracking import LOGGERS
 
+# The options the code knows of each group: a dataset's loader module, else the group's schemas.
 REGISTRIES = {
     "dataset": DATASETS,
-    "model": MODELS,
+    "model": SCHEMAS["model"],
     "optim": ("sgd", "adam"),
     "regularizer": ("none", "l1", "l2", "dropout"),
-    "init": INITS,
-    "logger": LOGGERS,
+    "init": SCHEMAS["init"],
+    "logger": SCHEMAS["logger"],
 }
 OPTIONS = [
     (group, p.stem)

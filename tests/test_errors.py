@@ -9,19 +9,27 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from d2lrun import config
 from d2lrun.cli import handle
-from d2lrun.config import compose
 from d2lrun.job import train
+from d2lrun.reload import resume_checkpoint, run_overrides
 from tests.conftest import run_cli
 
 
 def run_in_process(tmp_path, *overrides, run_dir=None) -> int:
     """What `d2lrun OVERRIDES` does for one run, in this process: its exit code (the line goes to
-    stderr)."""
+    stderr). With resume=RUN, the run's own overrides and then these, as the command line does."""
     overrides = ["trainer.progress=false", *overrides]
     run_dir = run_dir or tmp_path / "run"
+
+    def main() -> None:
+        resume = config.given(overrides, "resume")
+        ckpt = resume_checkpoint(resume) if resume else None
+        args = run_overrides(ckpt, overrides) if ckpt else overrides
+        train(config.compose(args), run_dir, args, ckpt, log=lambda *_: None)
+
     try:
-        handle(lambda: train(compose(overrides), run_dir, overrides, log=lambda *_: None), "d2lrun")
+        handle("d2lrun", main)
     except SystemExit as e:
         return e.code
     return 0

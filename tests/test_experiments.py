@@ -5,15 +5,19 @@ on the real data."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from d2lrun import reproduce
 from d2lrun.config import EXPERIMENTS_DIR, compose
-from d2lrun.reproduce import EXPERIMENTS, Check, Experiment, Result, judge, run_experiment
 from tests.conftest import KAGGLE_HOUSE as KAGGLE
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "experiments"))  # experiments/reproduce.py is not in the package
+import reproduce
+from reproduce import EXPERIMENTS, Check, Experiment, Result, judge, run_experiment
 
 PRESET_DIR = EXPERIMENTS_DIR
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))

@@ -1,5 +1,5 @@
 """A non-editable install ships every config: the wheel holds configs/ and the experiment
-presets."""
+presets, and none of the experiments/ scripts (reproduce.py included)."""
 
 import os
 import subprocess
@@ -45,6 +45,17 @@ def test_wheel_holds_every_config_and_preset_and_nothing_else_of_theirs(wheel):
     assert configs <= names and presets <= names and len(presets) >= 12
     shipped = {n for n in names if n.startswith(("d2lrun/configs/", "d2lrun/experiments/"))}
     assert shipped == configs | presets  # no benchmark.py, README.md or bench-*.json
+    # experiments/reproduce.py is a tool of the checkout (`make reproduce`), not of the package
+    assert not [n for n in names if n.endswith("/reproduce.py") or n == "reproduce.py"]
+    assert not [n for n in names if n.startswith("experiments/")]
+
+
+def test_wheel_holds_every_module_of_the_package_and_config_as_a_package(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "d2lrun").glob("**/*.py")}
+    assert sources <= names
+    assert {"d2lrun/config/__init__.py", "d2lrun/config/schema.py"} <= names
+    assert "d2lrun/config.py" not in names
 
 
 def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):

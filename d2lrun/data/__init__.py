@@ -1,19 +1,24 @@
-"""Dataset registry: `build_data(cfg, seed, device) -> (train, val, spec)`.
+"""Datasets: `build_data(cfg, seed, device, fold) -> (train, val, spec)`.
 
 Every dataset here fits in memory, so each split is held as two whole tensors on the training
-device and batched by slicing a shuffled index (see d2lrun.trainer) — no DataLoader, no per-sample
-transforms. `spec` is a plain dict of what the data decides (inputs, classes, image shape,
-preprocessing statistics); models read it and it is saved in every checkpoint.
+device and batched by slicing a shuffled index (d2lrun.trainer): no DataLoader, no per-sample
+transforms. `spec` is what the data decided (inputs after one-hot, classes, image shape, fitted
+statistics): models size themselves by it, and every checkpoint keeps it for predictions.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from d2lrun.errors import UsageError
 
 DATASETS = {
     "synthetic": "d2lrun.data.synthetic",
@@ -30,64 +35,87 @@ SPLIT_FOLDS_THEMSELVES = ("csv", "kaggle_house")
 @dataclass
 class Split:
     """One split as whole tensors: X is float features or uint8 images (N, C, H, W); y is (N, 1)
-    or (N,)."""
+    or (N,). scale: a regression target stored as (y - mean) / std, so that metrics and predictions
+    can be given in the target's own units."""
 
     X: torch.Tensor
     y: torch.Tensor
+    scale: dict | None = None  # {"mean": ..., "std": ...}
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device: torch.device) -> Split:
-        return Split(self.X.to(device), self.y.to(device))
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.X.to(device), self.y.to(device), self.scale)
 
 
-# Decoded datasets, keyed by their config: the jobs of a sweep in one process decode each once.
-_CACHE: dict[str, tuple[Split, Split, dict]] = {}
-_CACHE_SIZE = 4
+@dataclass
+class Spec:
+    """What the data decided. A checkpoint keeps it as a dict (dataclasses.asdict); Spec(**d)."""
+
+    dataset: str
+    task: str  # "regression" or "classification"
+    num_inputs: int  # features after one-hot encoding, or pixels
+    num_outputs: int  # classes, or values per example
+    image_shape: list[int] | None = None  # (C, H, W)
+    class_names: list[str] | None = None
+    target_scale: dict | None = None  # {"mean", "std"} that a regression target was scaled by
+    fold: list[int] | None = None  # [k, i]: validated on fold i of k (§4.10)
+    target: str | None = None  # a table's target column
+    drop: list[str] = field(default_factory=list)  # a table's id columns, kept in predictions
+    preprocess: dict | None = None  # a table's fitted statistics (d2lrun.data.csv)
+    na_values: list[str] | None = None  # the strings a table reads as missing
+    true_w: list[float] | None = None  # generated data: the weights (§3.2, §4.4, §4.5)
+    true_b: float | None = None
+    true_kernel: list[list[float]] | None = None  # §6.2.4's edge detector
 
 
 def build_data(
-    cfg: DictConfig,
-    seed: int,
-    device: torch.device | str = "cpu",
-    fold: tuple[int, int] | None = None,
-) -> tuple[Split, Split, dict]:
-    """Load (or reuse) the dataset named by cfg.name and move both splits to `device`.
-
-    With fold=(k, i), the validation split is the i-th of k folds of the training rows (§4.10).
-    """
-    name = cfg.name
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    key = json.dumps([config, seed, fold], sort_keys=True)
-    if key not in _CACHE:
-        if len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-        module = importlib.import_module(DATASETS[name])
-        if fold and name in SPLIT_FOLDS_THEMSELVES:
-            _CACHE[key] = module.load(cfg, seed, fold)
-        else:
-            train, val, spec = build_data(cfg, seed) if fold else module.load(cfg, seed)
-            _CACHE[key] = fold_splits(train, cfg, seed, fold, spec) if fold else (train, val, spec)
-    train, val, spec = _CACHE[key]
+    cfg: DictConfig, seed: int, device: torch.device | str = "cpu", fold: list[int] | None = None
+) -> tuple[Split, Split, Spec]:
+    """The dataset cfg.name on `device`; with fold=[k, i], validated on fold i of k (§4.10)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    train, val, spec = load(json.dumps([config, seed, fold], sort_keys=True))
     return train.to(device), val.to(device), spec
 
 
-def fold_splits(train: Split, cfg: DictConfig, seed: int, fold: tuple[int, int], spec: dict):
-    """Fold i of k over generated training examples; the held-out part is the validation split."""
-    from d2lrun.kfold import fold_rows
-
-    keep, held_out = (
-        torch.from_numpy(a) for a in fold_rows(len(train), *fold, cfg.shuffle_folds, seed)
-    )
+@functools.lru_cache(maxsize=4)  # the jobs of a sweep in one process decode a dataset once
+def load(key: str) -> tuple[Split, Split, Spec]:
+    config, seed, fold = json.loads(key)
+    cfg = OmegaConf.create(config)
+    module = importlib.import_module(DATASETS[cfg.name])
+    if not fold:
+        return module.load(cfg, seed)
+    if cfg.name in SPLIT_FOLDS_THEMSELVES:
+        return module.load(cfg, seed, fold)
+    train, _, spec = module.load(cfg, seed)
+    rows = fold_rows(len(train), *fold, cfg.shuffle_folds, seed)
+    keep, held_out = (torch.from_numpy(a) for a in rows)
     return (
-        Split(train.X[keep], train.y[keep]),
-        Split(train.X[held_out], train.y[held_out]),
-        {
-            **spec,
-            "fold": list(fold),
-        },
+        Split(train.X[keep], train.y[keep], train.scale),
+        Split(train.X[held_out], train.y[held_out], train.scale),
+        replace(spec, fold=list(fold)),
     )
+
+
+def fold_rows(n: int, k: int, i: int, shuffle: bool, seed: int) -> tuple[np.ndarray, ...]:
+    """(training rows, held-out rows) of fold i of k over n rows (§4.10), shuffled with the seed
+    first when shuffle (dataset.shuffle_folds). The book's `get_k_fold_data` holds out the i-th
+    contiguous slice of n // k rows and never uses the last n % k; here the first n % k folds hold
+    one row more, so every row is held out exactly once (the book's slices when k divides n)."""
+    if n < k:
+        raise UsageError(
+            f"dataset.folds={k} is more folds than the {n} rows. Fix: dataset.folds={max(2, n)}."
+        )
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    start, stop = fold_bounds(n, k)[i]
+    return np.concatenate([order[:start], order[stop:]]), order[start:stop]
+
+
+def fold_bounds(n: int, k: int) -> list[tuple[int, int]]:
+    """(start, stop) of each fold's held-out slice."""
+    starts = np.cumsum([0, *(n // k + (i < n % k) for i in range(k))])
+    return [(int(a), int(b)) for a, b in pairwise(starts)]
 
 
 def data_generator(seed: int) -> torch.Generator:

@@ -14,10 +14,9 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from d2lrun.data import Split
+from d2lrun.data import Spec, Split, fold_rows
 from d2lrun.errors import UsageError
 from d2lrun.files import shown
-from d2lrun.kfold import fold_rows
 
 
 def read_table(
@@ -123,24 +122,22 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
     return np.column_stack(parts).astype(np.float32)
 
 
-def load(
-    cfg: DictConfig, seed: int, fold: tuple[int, int] | None = None
-) -> tuple[Split, Split, dict]:
+def load(cfg: DictConfig, seed: int, fold: list[int] | None = None) -> tuple[Split, Split, Spec]:
     frame = read_table(cfg.path)
-    return table_splits(frame, cfg, seed, fold, shown(cfg.path), str(cfg.task), cfg.standardize)
+    return table_splits(frame, cfg, seed, fold, shown(cfg.path), cfg.task, cfg.standardize)
 
 
 def table_splits(
     frame: pd.DataFrame,
     cfg: DictConfig,
     seed: int,
-    fold: tuple[int, int] | None,
+    fold: list[int] | None,
     source: str,
     task: str,
     standardize: bool,
     also_fit: pd.DataFrame | None = None,
     ddof: int = 0,
-) -> tuple[Split, Split, dict]:
+) -> tuple[Split, Split, Spec]:
     """Training and validation splits of a table: its rows split by dataset.val_fraction (shuffled
     with seed) or by fold (k, i), statistics fitted on the training rows (and also_fit's feature
     rows).
@@ -208,18 +205,7 @@ def table_splits(
         raise UsageError(
             f"{source} has no usable feature column besides '{target}'. Fix: add feature columns."
         )
-    spec = {
-        "dataset": cfg.name,
-        "task": task,
-        "num_inputs": len(stats["columns"]),
-        "image_shape": None,
-        "target": target,
-        "drop": list(cfg.drop),
-        "preprocess": stats,
-        "target_scale": None,
-        "fold": list(fold) if fold else None,
-    }
-
+    classes, scale = None, None
     if task == "classification":
         classes = sorted(train_rows[target].astype(str).unique())
         unseen = sorted(set(val_rows[target].astype(str)) - set(classes))
@@ -229,22 +215,22 @@ def table_splits(
                 f"could never learn them. Fix: add training rows of them, or change seed or "
                 f"dataset.val_fraction."
             )
-        spec |= {"num_outputs": len(classes), "class_names": classes}
-    else:
+    elif cfg.standardize_target:  # predictions and *_rmse are scaled back to the target's units
         y = train_rows[target].astype(float)
-        if cfg.standardize_target:  # predictions and *_rmse are scaled back to the target's units
-            spec["target_scale"] = {"mean": float(y.mean()), "std": float(y.std(ddof=0)) or 1.0}
-        spec |= {"num_outputs": 1, "class_names": None}
+        scale = {"mean": float(y.mean()), "std": float(y.std(ddof=0)) or 1.0}
+    spec = Spec(
+        cfg.name, task, len(stats["columns"]), len(classes) if classes else 1, class_names=classes,
+        target_scale=scale, fold=list(fold) if fold else None, target=target, drop=list(cfg.drop),
+        preprocess=stats,
+    )  # fmt: skip
 
     def split(rows: pd.DataFrame) -> Split:
         X = torch.from_numpy(transform(rows[features], stats))
-        if task == "classification":
-            index = {c: i for i, c in enumerate(spec["class_names"])}
-            return Split(
-                X, torch.tensor([index[v] for v in rows[target].astype(str)], dtype=torch.long)
-            )
+        if classes:
+            index = {c: i for i, c in enumerate(classes)}
+            labels = [index[v] for v in rows[target].astype(str)]
+            return Split(X, torch.tensor(labels, dtype=torch.long))
         y = torch.tensor(rows[target].astype(float).to_numpy(), dtype=torch.float32).reshape(-1, 1)
-        scale = spec["target_scale"]
-        return Split(X, (y - scale["mean"]) / scale["std"] if scale else y)
+        return Split(X, (y - scale["mean"]) / scale["std"] if scale else y, scale)
 
     return split(train_rows), split(val_rows), spec

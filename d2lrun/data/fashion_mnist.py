@@ -6,28 +6,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from d2lrun.data import Split
+from d2lrun.data import Spec, Split
 from d2lrun.errors import RunFailed, UsageError
 
 # d2l's text labels (§3.5 get_fashion_mnist_labels).
-CLASS_NAMES = [
-    "t-shirt",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle boot",
-]
-FILES = [
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-]
+CLASS_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+               "bag", "ankle boot"]  # fmt: skip
+FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+         "t10k-labels-idx1-ubyte.gz"]  # fmt: skip
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
 
@@ -38,7 +24,7 @@ def missing_files(raw: Path) -> list[str]:
     ]
 
 
-def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
+def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
     from torchvision.datasets import FashionMNIST  # imported only when this dataset is used
 
     root = Path(str(cfg.root)).expanduser()
@@ -76,9 +62,7 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
                     f"{', '.join(missing)} from {URL} in {raw}, or set "
                     f"dataset.root=<folder that has them>."
                 ) from None
-            if (
-                "download" in reason.lower()
-            ):  # torchvision re-downloads a file whose checksum is wrong
+            if "download" in reason.lower():  # torchvision re-downloads a file of a wrong checksum
                 reason = (
                     f"a checksum does not match and no fresh copy could be downloaded: {reason}"
                 )
@@ -88,12 +72,5 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
                 f"there."
             ) from None
         splits.append(Split(ds.data.unsqueeze(1), ds.targets))  # (N, 1, 28, 28) uint8, (N,) int64
-    spec = {
-        "dataset": "fashion_mnist",
-        "task": "classification",
-        "num_inputs": 28 * 28,
-        "num_outputs": 10,
-        "image_shape": [1, 28, 28],
-        "class_names": CLASS_NAMES,
-    }
+    spec = Spec("fashion_mnist", "classification", 28 * 28, 10, [1, 28, 28], CLASS_NAMES)
     return splits[0], splits[1], spec

@@ -8,13 +8,15 @@ columns), fitting those statistics on the training and test features together.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from d2lrun.data import Split
+from d2lrun.data import Spec, Split
 from d2lrun.data.csv import read_table, table_splits
 from d2lrun.data.download import download
+from d2lrun.errors import UsageError
 
 DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"  # the book's DATA_HUB
 # pandas 1's missing-value markers, which the book read with: pandas 2 added "None", a real
@@ -36,8 +38,6 @@ def find_files(root: str | Path, fetch: bool) -> dict[str, Path]:
     for split, (name, sha1) in FILES.items():
         there = next((p for p in (root / "kaggle_house" / name, root / name) if p.exists()), None)
         if there is None and not fetch:
-            from d2lrun.errors import UsageError
-
             raise UsageError(
                 f"{name} is not in {root / 'kaggle_house'} and dataset.download=false. "
                 f"Fix: place it there from {DATA_URL}{name}, or dataset.download=true."
@@ -46,17 +46,14 @@ def find_files(root: str | Path, fetch: bool) -> dict[str, Path]:
     return paths
 
 
-def load(
-    cfg: DictConfig, seed: int, fold: tuple[int, int] | None = None
-) -> tuple[Split, Split, dict]:
+def load(cfg: DictConfig, seed: int, fold: list[int] | None = None) -> tuple[Split, Split, Spec]:
     paths = find_files(cfg.root, cfg.download)
     train = read_table(paths["train"], "dataset.root", BOOK_NA_VALUES)
     fit_test = cfg.statistics == "train_and_test"
     test = read_table(paths["test"], "dataset.root", BOOK_NA_VALUES) if fit_test else None
     # SalePrice is numeric, so "auto" is regression; ddof=1: pandas' std, as the book's
     # `(x - x.mean()) / (x.std())`.
-    splits = table_splits(
+    train, val, spec = table_splits(
         train, cfg, seed, fold, paths["train"].name, "auto", True, also_fit=test, ddof=1
     )
-    splits[2]["na_values"] = BOOK_NA_VALUES  # new rows to predict are read the same way
-    return splits
+    return train, val, replace(spec, na_values=BOOK_NA_VALUES)  # new rows are read the same way

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from d2lrun.data import Split
+from d2lrun.data import Spec, Split
 
 
 def corr2d(X: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -19,20 +19,10 @@ def corr2d(X: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     return Y
 
 
-def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
+def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
     X = torch.ones((6, 8))
     X[:, 2:6] = 0  # §6.2.3: black in the middle, white at the sides
     Y = corr2d(X, torch.tensor([list(cfg.kernel)]))  # (6, 7): 1 at white->black, -1 at black->white
-    image = Split(
-        X.reshape(1, 1, 6, 8), Y.reshape(1, 1, *Y.shape)
-    )  # (batch, channel, height, width)
-    spec = {
-        "dataset": "kernel",
-        "task": "regression",
-        "num_inputs": 48,
-        "num_outputs": Y.numel(),
-        "image_shape": [1, 6, 8],
-        "class_names": None,
-        "true_kernel": [list(cfg.kernel)],
-    }
+    image = Split(X.reshape(1, 1, 6, 8), Y.reshape(1, 1, *Y.shape))  # (batch, channel, H, W)
+    spec = Spec("kernel", "regression", 48, Y.numel(), [1, 6, 8], true_kernel=[list(cfg.kernel)])
     return image, image, spec  # the book trains on the one image and watches its loss

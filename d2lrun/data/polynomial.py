@@ -11,7 +11,7 @@ import math
 import torch
 from omegaconf import DictConfig
 
-from d2lrun.data import Split, data_generator
+from d2lrun.data import Spec, Split, data_generator
 from d2lrun.errors import UsageError
 
 
@@ -35,7 +35,7 @@ def poly_data(
     return features, labels.reshape(-1, 1)  # (N, max_degree), (N, 1)
 
 
-def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
+def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
     if cfg.num_features > cfg.max_degree or len(cfg.true_w) > cfg.max_degree:
         raise UsageError(
             f"dataset.num_features={cfg.num_features} and dataset.true_w "
@@ -46,15 +46,6 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
     n, d = cfg.num_train, cfg.num_features
     features, labels = poly_data(cfg.max_degree, list(cfg.true_w), n + cfg.num_val, cfg.noise, g)
     true_w = (list(cfg.true_w) + [0.0] * d)[:d]
-    spec = {
-        "dataset": "polynomial",
-        "task": "regression",
-        "num_inputs": d,
-        "num_outputs": 1,
-        "image_shape": None,
-        "class_names": None,
-        "true_w": true_w,
-        "true_b": None,
-    }
+    spec = Spec("polynomial", "regression", d, 1, true_w=true_w)  # no bias: true_b None
     X = features[:, :d]  # the model sees only the first num_features columns
     return Split(X[:n], labels[:n]), Split(X[n:], labels[n:]), spec

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.data import Split, data_generator
+from d2lrun.data import Spec, Split, data_generator
 
 
 def true_params(cfg: DictConfig) -> tuple[torch.Tensor, float]:
@@ -25,19 +25,9 @@ def synthetic_data(
     return X, y.reshape(-1, 1)  # (N, d), (N, 1)
 
 
-def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, dict]:
+def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
     w, b = true_params(cfg)
-    g = data_generator(seed)
-    X, y = synthetic_data(w, b, cfg.num_train + cfg.num_val, cfg.noise, g)
+    X, y = synthetic_data(w, b, cfg.num_train + cfg.num_val, cfg.noise, data_generator(seed))
     n = cfg.num_train
-    spec = {
-        "dataset": "synthetic",
-        "task": "regression",
-        "num_inputs": len(w),
-        "num_outputs": 1,
-        "image_shape": None,
-        "class_names": None,
-        "true_w": w.tolist(),
-        "true_b": b,
-    }
+    spec = Spec("synthetic", "regression", len(w), 1, true_w=w.tolist(), true_b=b)
     return Split(X[:n], y[:n]), Split(X[n:], y[n:]), spec

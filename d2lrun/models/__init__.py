@@ -6,6 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from d2lrun.config import hidden_sizes
+from d2lrun.data import Spec
 from d2lrun.errors import UsageError
 from d2lrun.models.conv import Conv2D
 from d2lrun.models.lenet import LeNet
@@ -17,7 +18,6 @@ from d2lrun.models.linear import (
 )
 from d2lrun.models.mlp import MLP, MLPScratch
 
-MODELS = ("linreg", "softmax", "mlp", "lenet", "conv2d")
 # Which models can learn which kind of data.
 FITTING = {
     "regression": ("linreg", "mlp"),
@@ -27,22 +27,22 @@ FITTING = {
 }
 
 
-def check_fit(name: str, spec: dict) -> None:
+def check_fit(name: str, spec: Spec) -> None:
     """Refuse a model/dataset pair that cannot work, naming the models that would."""
-    kind = spec["task"] if not spec.get("image_shape") else "images"
-    kind = "image regression" if kind == "images" and spec["task"] == "regression" else kind
+    kind = spec.task if not spec.image_shape else "images"
+    kind = "image regression" if kind == "images" and spec.task == "regression" else kind
     if name not in FITTING[kind]:
         what = {"images": "images to classify", "image regression": "images to images"}.get(
             kind, f"a {kind} table"
         )
         fits = FITTING[kind]
         raise UsageError(
-            f"model={name} cannot learn dataset={spec['dataset']} ({what}). Models that "
+            f"model={name} cannot learn dataset={spec.dataset} ({what}). Models that "
             f"fit it: {', '.join(fits)}. Fix: model={fits[0]}, or choose another dataset=."
         )
-    if name == "lenet" and spec["image_shape"][1:] != [28, 28]:
+    if name == "lenet" and list(spec.image_shape[1:]) != [28, 28]:
         raise UsageError(
-            f"model=lenet expects 28x28 images; the data has {spec['image_shape']}. Fix: model=mlp."
+            f"model=lenet expects 28x28 images; the data has {spec.image_shape}. Fix: model=mlp."
         )
 
 
@@ -63,10 +63,10 @@ def dropouts(p, num_layers: int) -> list[float]:
     return [float(r) for r in (rates * num_layers if len(rates) == 1 else rates)]
 
 
-def build_model(cfg: DictConfig, spec: dict) -> nn.Module:
+def build_model(cfg: DictConfig, spec: Spec) -> nn.Module:
     """Model cfg.name sized by the data spec; the weights are set by init (d2lrun.models.init)."""
     check_fit(cfg.name, spec)
-    d, q = spec["num_inputs"], spec["num_outputs"]
+    d, q = spec.num_inputs, spec.num_outputs
     scratch = is_scratch(cfg)
     if cfg.name == "linreg":
         return LinearRegressionScratch(d) if scratch else LinearRegression(d, cfg.bias)
@@ -77,8 +77,6 @@ def build_model(cfg: DictConfig, spec: dict) -> nn.Module:
     if cfg.name == "mlp":
         hiddens = hidden_sizes(cfg)
         return (MLPScratch if scratch else MLP)(
-            d, q, hiddens, str(cfg.activation), dropouts(cfg.dropout, len(hiddens))
+            d, q, hiddens, cfg.activation, dropouts(cfg.dropout, len(hiddens))
         )
-    return LeNet(
-        q, str(cfg.variant), bool(cfg.batch_norm), dropouts(cfg.dropout, 2), spec["image_shape"][0]
-    )
+    return LeNet(q, cfg.variant, cfg.batch_norm, dropouts(cfg.dropout, 2), spec.image_shape[0])

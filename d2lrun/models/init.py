@@ -9,8 +9,6 @@ from functools import partial
 from omegaconf import DictConfig
 from torch import nn
 
-INITS = ("default", "normal", "constant", "xavier", "kaiming", "zeros")
-
 
 def _init_weight(w, cfg: DictConfig) -> None:
     """Initialise one weight tensor laid out as (fan_out, fan_in, ...) like nn.Linear's."""
@@ -23,7 +21,7 @@ def _init_weight(w, cfg: DictConfig) -> None:
         (nn.init.xavier_normal_ if cfg.distribution == "normal" else nn.init.xavier_uniform_)(w)
     elif name == "kaiming":
         fn = nn.init.kaiming_normal_ if cfg.distribution == "normal" else nn.init.kaiming_uniform_
-        fn(w, mode=str(cfg.mode), nonlinearity="relu")
+        fn(w, mode=cfg.mode, nonlinearity="relu")
     elif name == "zeros":
         nn.init.zeros_(w)
 

@@ -70,6 +70,24 @@ def test_python_m_and_help_list_groups_and_keys():
         assert text in r.stdout, text
 
 
+@pytest.mark.parametrize("tool", ["d2lrun", "d2lrun-eval", "d2lrun-predict", "d2lrun-report"])
+def test_version_is_d2lruns_own(tool):
+    """--version names d2lrun's version, as pyproject.toml declares it (Hydra's app said "Hydra
+    1.3.8")."""
+    from importlib.metadata import version
+
+    r = run_cli("--version", tool=tool)
+    assert r.returncode == 0 and r.stdout == f"d2lrun {version('d2lrun')}\n", r.stdout + r.stderr
+
+
+def test_an_override_hydra_cannot_read_says_how_to_quote_it(tmp_path):
+    r = run_cli("dataset.target=preis€", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 2 and r.stderr == (
+        "d2lrun: error: cannot read the override dataset.target=preis€. "
+        "Fix: quote the value: dataset.target='preis€'.\n"
+    )
+
+
 def test_lenet_on_fashion_mnist_format(tmp_path, fake_fmnist):
     run = tmp_path / "lenet"
     r = run_cli(
@@ -123,7 +141,7 @@ def test_csv_run_imputes_and_keeps_statistics(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "mlp on csv (96 train / 24 val)" in r.stdout
-    spec = torch.load(run / "last.pt", weights_only=True)["spec"]
+    spec = torch.load(run / "last.pt", weights_only=True)["spec"]  # d2lrun.data.Spec, as a dict
     assert spec["task"] == "regression"
     assert spec["preprocess"]["columns"] == ["NumRooms", "Alley_Grvl", "Alley_Pave", "Alley_nan"]
 
@@ -153,11 +171,11 @@ def test_seeded_runs_are_reproducible(tmp_path):
     [
         (["model=lenet", "dataset=csv"], 2, "model=lenet needs images, and dataset=csv is a table"),
         (["model=softmax", "dataset=synthetic"], 2, "Models that fit it: linreg, mlp"),
-        (["optim.lr=fast"], 2, "optim.lr=fast is not a number. Fix: optim.lr=0.1."),
+        (["optim.lr=fast"], 2, "optim.lr=fast is not a number. Fix: optim.lr=0.03."),
         (
             ["trainer.epochs=0"],
             2,
-            "trainer.epochs=0 is out of range: it must be at least 1. Fix: trainer.epochs=10.",
+            "trainer.epochs=0 is out of range: it must be at least 1. Fix: trainer.epochs=3.",
         ),
         (["device=cuda:3"], 2, "device=cuda:3 does not exist"),
         (["optim.lr=1e6"], 1, "diverged: the training loss became"),

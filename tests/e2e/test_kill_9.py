@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import BIN, run_cli
+from tests.conftest import BIN, run_cli
 
 PAUSE = Path(__file__).parent / "pause_in_write"  # its sitecustomize.py stops the chosen write
 RUN = ["trainer.epochs=3", "trainer.progress=false", "dataset.num_train=2000", "optim.lr=0.01"]

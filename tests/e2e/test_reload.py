@@ -94,7 +94,7 @@ def test_load_run_predicts_the_test_images_with_the_runs_accuracy(image_run):
     assert not loaded.model.training
     test = FashionMNIST(str(root), train=False)
     preds = loaded.predict(test.data)
-    truth = [loaded.spec["class_names"][i] for i in test.targets]
+    truth = [loaded.spec.class_names[i] for i in test.targets]
     accuracy = sum(p == t for p, t in zip(preds, truth, strict=True)) / len(truth)
     assert (
         accuracy == json.loads((run / "metrics.json").read_text())["final"]["val_acc"] > 0.2

@@ -218,7 +218,10 @@ def test_a_misspelt_preset_is_refused_and_lists_the_presets(tmp_path):
         ),
         (
             "d2lrun-report",
-            ["usage: d2lrun-report [-h] DIR", "example: d2lrun-report outputs/multirun/"],
+            [
+                "usage: d2lrun-report [-h] [--version] DIR",
+                "example: d2lrun-report outputs/multirun/",
+            ],
         ),
     ],
 )

@@ -118,7 +118,7 @@ def test_sweep_runs_as_a_job_array_and_records_each_failure(sweep_dir):
     assert json.loads((s / "1" / "metrics.json").read_text()) == {
         "status": "failed",
         "exit_code": 2,
-        "reason": "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.1.",
+        "reason": "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.03.",
     }
     killed = json.loads((s / "2" / "metrics.json").read_text())
     assert killed["status"] == "failed" and killed["reason"] == (

@@ -60,7 +60,7 @@ def test_rerun_skips_completed_jobs_and_report_shows_a_partial_sweep(tmp_path):
     assert metrics(s / "2") == {
         "status": "failed",
         "exit_code": 2,
-        "reason": "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.1.",
+        "reason": "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.03.",
     }
 
     shutil.rmtree(s / "1")  # as if the sweep had been stopped before job 1
@@ -214,29 +214,21 @@ def test_optuna_preset_improves_on_its_random_start(tmp_path):
 
 
 def test_two_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path):
-    # Both ask for the same folder name, as two sweeps of one second do with the default
-    # hydra.sweep.dir.
-    same = "hydra.sweep.dir=${d2lrun.unique_dir:sweeps/10-00-00}"
-    cmd = [str(BIN / "d2lrun"), "-m", "optim.lr=0.1", "trainer.epochs=1", *FAST, same]
+    """Both start at once with the default hydra.sweep.dir (outputs/multirun/DATE/TIME): in one
+    second the second sweep gets TIME_2; either way each keeps its own job."""
+    cmd = [str(BIN / "d2lrun"), "-m", "optim.lr=0.1", "trainer.epochs=1", *FAST]
     procs = [
         subprocess.Popen(
-            [*cmd, f"seed={i}"],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            [*cmd, f"seed={i}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         )
         for i in (1, 2)
-    ]
+    ]  # fmt: skip
     for p in procs:
         p.communicate(timeout=300)
         assert p.returncode == 0
-    folders = sorted(p.name for p in (tmp_path / "sweeps").iterdir())
-    assert folders == ["10-00-00", "10-00-00_2"]
-    seeds = {
-        yaml.safe_load((tmp_path / "sweeps" / f / "0" / ".hydra" / "config.yaml").read_text())[
-            "seed"
-        ]
-        for f in folders
-    }
-    assert seeds == {1, 2}
+    folders = sorted((tmp_path / "outputs" / "multirun").glob("*/*"))
+    if folders[0].name == folders[-1].name.removesuffix("_2"):  # the same second
+        assert [f.name for f in folders] == [folders[0].name, f"{folders[0].name}_2"]
+    configs = [f / "0" / ".hydra" / "config.yaml" for f in folders]
+    assert {yaml.safe_load(c.read_text())["seed"] for c in configs} == {1, 2}

@@ -12,11 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from d2lrun import job
+from d2lrun.config import compose
+from d2lrun.data import Split, fold_bounds, fold_rows
 from d2lrun.data.download import download
 from d2lrun.data.kernel import corr2d
 from d2lrun.data.polynomial import poly_data
 from d2lrun.errors import UsageError
-from d2lrun.kfold import fold_bounds, fold_rows, mean_row
 from d2lrun.trainer import evaluate
 
 
@@ -52,12 +54,24 @@ def test_more_folds_than_rows_is_one_line_with_a_fix():
         fold_rows(4, 6, 0, False, 0)
 
 
-def test_the_k_fold_mean_is_computed_from_the_folds():
-    rows = [
-        {"val_log_rmse": 0.2, "epoch": 3, "status": "x"},
-        {"val_log_rmse": 0.1, "epoch": 3, "status": "y"},
+def test_the_k_fold_mean_is_computed_from_the_folds(tmp_path, monkeypatch):
+    """A k-fold run's result (metrics.json's final and kfold.mean) is the mean of every metric of
+    the folds' final rows; their epoch and seconds are no metrics."""
+    finals = [
+        {"epoch": 3, "seconds": 1.0, "val_loss": 0.4, "val_log_rmse": 0.2},
+        {"epoch": 3, "seconds": 3.0, "val_loss": 0.2, "val_log_rmse": 0.1},
     ]
-    assert mean_row(rows) == pytest.approx({"val_log_rmse": 0.15, "epoch": 3})
+    folds = []
+
+    def train_job(cfg, run_dir, overrides, ckpt, log, fold, *rest):
+        folds.append(fold)
+        return {"final": finals[fold[1]]}
+
+    monkeypatch.setattr(job, "train_job", train_job)
+    summary = job.train(compose(["dataset.folds=2"]), tmp_path, [], log=lambda *_: None)
+    assert folds == [[2, 0], [2, 1]]
+    mean = pytest.approx({"val_loss": 0.3, "val_log_rmse": 0.15})
+    assert summary["final"] == mean and summary["kfold"]["mean"] == mean
 
 
 def test_log_rmse_is_the_books_formula():
@@ -69,21 +83,17 @@ def test_log_rmse_is_the_books_formula():
     with torch.no_grad():
         net.bias.fill_(5e4)
         net.weight.mul_(1e5)  # some predictions below 1, which the book clamps
-    from d2lrun.data import Split
-
     book = torch.sqrt(
         nn.MSELoss()(torch.log(torch.clamp(net(X), 1, float("inf"))), torch.log(y))
     ).item()
     rmse = torch.sqrt(nn.MSELoss()(net(X), y)).item()
-    metrics = evaluate(net, nn.functional.mse_loss, Split(X, y), classify=False, log_rmse=True)
+    metrics = evaluate(net, nn.functional.mse_loss, Split(X, y), log_rmse=True)
     assert metrics["log_rmse"] == pytest.approx(book, rel=1e-5) and metrics[
         "rmse"
     ] == pytest.approx(rmse, rel=1e-5)
     # A model trained on the target scaled by (mean, std) reports both in the target's own units.
     scale = {"mean": 3.0, "std": 2.0}
-    scaled = evaluate(
-        net, nn.functional.mse_loss, Split(X, (y - 3) / 2), False, scale, log_rmse=True
-    )
+    scaled = evaluate(net, nn.functional.mse_loss, Split(X, (y - 3) / 2, scale), log_rmse=True)
     assert scaled["rmse"] == pytest.approx(
         torch.sqrt(((net(X) * 2 + 3 - y) ** 2).mean()).item(), rel=1e-5
     )

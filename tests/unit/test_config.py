@@ -1,10 +1,12 @@
 """The schema: wrong types fail while Hydra composes, out-of-range values in `checked`; every
 message is one line naming the key, the value and a working fix."""
 
+import errno
+
 import pytest
 
-from d2lrun.config import checked, compose, resolve_device
-from d2lrun.errors import UsageError, translate
+from d2lrun.config import checked, compose, example, explain, resolve_device
+from d2lrun.errors import Bug, D2lrunError, Diverged, Interrupted, RunFailed, UsageError
 
 
 def message(*overrides) -> str:
@@ -12,7 +14,7 @@ def message(*overrides) -> str:
     ')."""
     with pytest.raises(BaseException) as info:
         checked(compose(list(overrides)))
-    error = translate(info.value)
+    error = explain(info.value)
     assert isinstance(error, UsageError), info.value
     assert "\n" not in str(error)
     return str(error)
@@ -21,37 +23,37 @@ def message(*overrides) -> str:
 @pytest.mark.parametrize(
     "override,expected",
     [
-        ("optim.lr=fast", "optim.lr=fast is not a number. Fix: optim.lr=0.1."),
+        ("optim.lr=fast", "optim.lr=fast is not a number. Fix: optim.lr=0.03."),
         (
             "optim.lr=0",
-            "optim.lr=0.0 is out of range: it must be greater than 0. Fix: optim.lr=0.1.",
+            "optim.lr=0.0 is out of range: it must be greater than 0. Fix: optim.lr=0.03.",
         ),
         (
             "optim.lr=-1",
-            "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.1.",
+            "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.03.",
         ),
         (
             "trainer.epochs=0",
-            "trainer.epochs=0 is out of range: it must be at least 1. Fix: trainer.epochs=10.",
+            "trainer.epochs=0 is out of range: it must be at least 1. Fix: trainer.epochs=3.",
         ),
         (
             "trainer.batch_size=0",
             "trainer.batch_size=0 is out of range: it must be at least 1. "
-            "Fix: trainer.batch_size=256.",
+            "Fix: trainer.batch_size=10.",
         ),
         (
             "optim.weight_decay=-0.1",
             "optim.weight_decay=-0.1 is out of range: it must be at least 0. "
-            "Fix: optim.weight_decay=0.001.",
+            "Fix: optim.weight_decay=0.0.",
         ),
         (
             "optim.momentum=1.5",
-            "optim.momentum=1.5 is out of range: it must be less than 1. Fix: optim.momentum=0.9.",
+            "optim.momentum=1.5 is out of range: it must be less than 1. Fix: optim.momentum=0.0.",
         ),
-        ("trainer.epochs=ten", "trainer.epochs=ten is not a whole number. Fix: trainer.epochs=10."),
+        ("trainer.epochs=ten", "trainer.epochs=ten is not a whole number. Fix: trainer.epochs=3."),
         (
             "trainer.progress=maybe",
-            "trainer.progress=maybe is not true or false. Fix: trainer.progress=True.",
+            "trainer.progress=maybe is not true or false. Fix: trainer.progress=true.",
         ),
         (
             "model.impl=foo",
@@ -73,10 +75,21 @@ def message(*overrides) -> str:
             "Fix: choose dataset=fashion_mnist or dataset=kaggle_house.",
         ),
         ("dataset.num_train=0", "dataset.num_train=0 is out of range: it must be at least 1"),
+        ("seed=abc", "seed=abc is not a whole number. Fix: seed=0."),  # a key of config.yaml's own
+        (
+            "dataset.target=preis€",  # Hydra's grammar reads no € unquoted
+            "cannot read the override dataset.target=preis€. "
+            "Fix: quote the value: dataset.target='preis€'.",
+        ),
     ],
 )
 def test_bad_values_name_key_value_and_fix(override, expected):
     assert message(override).startswith(expected)
+
+
+def test_a_quoted_value_hydras_grammar_cannot_read_unquoted_is_taken():
+    cfg = compose(["dataset=csv", "dataset.path=x.csv", "dataset.target='preis€'"])
+    assert cfg.dataset.target == "preis€"
 
 
 @pytest.mark.parametrize(
@@ -108,7 +121,7 @@ def test_bad_values_name_key_value_and_fix(override, expected):
         ),
         (
             ["dataset=csv"],
-            "dataset.path is required for dataset=csv. Fix: dataset.path=data/house.csv.",
+            "dataset.path is required for dataset=csv. Fix: dataset.path=data/house_tiny.csv.",
         ),
         (["dataset.w=0.5"], "dataset.w=0.5 is one number, so dataset.num_inputs must say how many"),
         (["dataset.num_inputs=3"], "dataset.num_inputs=3 but dataset.w has 2 values"),
@@ -137,3 +150,85 @@ def test_devices():
             resolve_device("cuda:3")
     with pytest.raises(UsageError, match="Unknown device 'tpu'"):
         resolve_device("tpu")
+
+
+@pytest.mark.parametrize(
+    "error,kind,code,expected",
+    [
+        (
+            KeyboardInterrupt(),
+            Interrupted,
+            130,
+            "interrupted before training started; nothing was saved.",
+        ),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/tmp/run/last.pt"),
+            RunFailed,
+            1,
+            "No space left on device (/tmp/run/last.pt). Fix: free disk space or choose a "
+            "writable folder (hydra.run.dir=DIR).",
+        ),
+        (
+            ZeroDivisionError("division by zero\nwhere it happened"),
+            Bug,
+            1,
+            "ZeroDivisionError: division by zero "
+            "(a bug in d2lrun? HYDRA_FULL_ERROR=1 shows the traceback)",
+        ),
+    ],
+    ids=["ctrl-c", "disk-full", "bug"],
+)
+def test_explain_turns_any_exception_into_one_line_and_its_exit_code(error, kind, code, expected):
+    explained = explain(error)
+    assert type(explained) is kind and isinstance(explained, D2lrunError)
+    assert explained.exit_code == code and str(explained) == expected
+
+
+def test_explain_reads_hydras_override_parse_error():
+    from hydra.errors import OverrideParseException
+
+    with pytest.raises(OverrideParseException) as info:
+        compose(["dataset.target=preis€"])
+    explained = explain(info.value)
+    assert type(explained) is UsageError and explained.exit_code == 2
+    assert str(explained) == (
+        "cannot read the override dataset.target=preis€. "
+        "Fix: quote the value: dataset.target='preis€'."
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [UsageError("u"), RunFailed("r"), Diverged("d"), Bug("b"), Interrupted("i")],
+    ids=lambda e: type(e).__name__,
+)
+def test_explain_gives_d2lruns_own_errors_back_unchanged(error):
+    assert explain(error) is error
+
+
+def test_example_is_the_chosen_options_own_yaml_value():
+    adam = compose(["optim=adam"])
+    assert example(adam, "optim.lr") == "0.001"  # configs/optim/adam.yaml, not config.yaml's 0.03
+    assert example(adam, "optim.betas") == "[0.9,0.999]"  # a list as it is typed
+    assert example(None, "optim.lr", option="adam") == "0.001"  # the option named, no config
+    assert example(compose(["init=normal"]), "init.std") == "0.01"
+    mlp = compose(["model=mlp"])  # a file of the _global_ package: model/mlp.yaml's model.dropout
+    assert example(mlp, "model.dropout") == "0.0" and example(mlp, "model.num_hiddens") == "[256]"
+
+
+def test_example_falls_back_to_config_yaml():
+    cfg = compose()  # optim=sgd: configs/optim/sgd.yaml has no lr
+    assert example(cfg, "optim.lr") == "0.03"
+    assert example(cfg, "optim.momentum") == "0.0"  # ... but its own momentum
+    assert example(cfg, "trainer.epochs") == "3" and example(cfg, "trainer.progress") == "true"
+    assert example(cfg, "seed") == "0"  # a key of no group
+
+
+def test_example_of_a_required_key_is_the_e_g_of_its_comment():
+    cfg = compose(
+        ["dataset=csv"]
+    )  # path: ???  # the CSV file, e.g. dataset.path=data/house_tiny.csv
+    assert example(cfg, "dataset.path") == "data/house_tiny.csv"
+    assert example(cfg, "dataset.target") == "Price"
+    assert example(cfg, "dataset.val_fraction") == "0.2"
+    assert example(None, "nope.key") == "..."  # nowhere to take a value from

@@ -36,7 +36,7 @@ def test_synthetic_follows_the_book():
         .split([2, 1])
     )
     assert torch.allclose(w, torch.tensor([2, -3.4]), atol=2e-3) and abs(b.item() - 4.2) < 2e-3
-    assert spec["task"] == "regression" and spec["true_w"] == pytest.approx([2, -3.4])
+    assert spec.task == "regression" and spec.true_w == pytest.approx([2, -3.4])
 
 
 def test_synthetic_is_reproducible_and_seeded():
@@ -57,7 +57,7 @@ def test_synthetic_scalar_w_needs_num_inputs():
     train, _, spec = build_data(
         synthetic(w=0.01, b=0.05, num_inputs=200, num_train=20, num_val=100), seed=0
     )
-    assert train.X.shape == (20, 200) and spec["num_inputs"] == 200
+    assert train.X.shape == (20, 200) and spec.num_inputs == 200
 
 
 def test_book_house_csv_imputation():
@@ -76,7 +76,8 @@ def test_book_house_csv_imputation():
 
 
 def table_cfg(path="unused.csv", **kw):
-    """A dataset=csv config as the schema composes it (d2lrun.config.CSV), with kw overrides."""
+    """A dataset=csv config as the schema composes it (d2lrun.config.schema.CSV), with kw
+    overrides."""
     base = {
         "name": "csv",
         "path": str(path),
@@ -99,8 +100,8 @@ def test_csv_statistics_come_from_training_rows_only(tmp_path):
     rows.to_csv(path, index=False)
     cfg = table_cfg(path, standardize=True)
     train, val, spec = build_data(cfg, seed=0)
-    assert (len(train), len(val)) == (80, 20) and spec["task"] == "regression"
-    stats = spec["preprocess"]
+    assert (len(train), len(val)) == (80, 20) and spec.task == "regression"
+    stats = spec.preprocess
     train_x = train.X[:, 0]
     # Standardized with the training mean/std: the training column has mean 0, std 1 exactly.
     assert abs(train_x.mean().item()) < 1e-5 and abs(train_x.std(unbiased=False).item() - 1) < 1e-4
@@ -115,15 +116,15 @@ def test_csv_string_target_is_classification(tmp_path):
     pd.DataFrame({"a": range(40), "label": ["cat", "dog"] * 20}).to_csv(path, index=False)
     cfg = table_cfg(path, target="label", val_fraction=0.25)
     train, _, spec = build_data(cfg, seed=0)
-    assert spec["task"] == "classification" and spec["class_names"] == ["cat", "dog"]
-    assert train.y.dtype == torch.long and spec["num_outputs"] == 2
+    assert spec.task == "classification" and spec.class_names == ["cat", "dog"]
+    assert train.y.dtype == torch.long and spec.num_outputs == 2
 
 
 def test_fashion_mnist_loads_idx_files_as_uint8(fake_fmnist):
     cfg = OmegaConf.create({"name": "fashion_mnist", "root": str(fake_fmnist), "download": True})
     train, val, spec = build_data(cfg, seed=0)
     assert train.X.shape == (64, 1, 28, 28) and train.X.dtype == torch.uint8 and len(val) == 32
-    assert spec["class_names"][9] == "ankle boot" and spec["image_shape"] == [1, 28, 28]
+    assert spec.class_names[9] == "ankle boot" and spec.image_shape == [1, 28, 28]
     scaled = prepare_batch(train.X[:4])
     assert scaled.dtype == torch.float32 and 0 <= scaled.min() and scaled.max() <= 1
 
@@ -221,7 +222,7 @@ def test_k_folds_hold_out_each_row_once_and_train_on_the_rest(shuffle):
         again = table_splits(frame, cfg, 3, (4, i), "t.csv", "auto", False)[1]
         assert rows_of(val) == rows_of(again)  # the same folds for the same seed
         assert sorted(rows_of(train) + rows_of(val)) == list(range(10))
-        assert spec["fold"] == [4, i]
+        assert spec.fold == [4, i]
         held_out.append(rows_of(val))
     assert sorted(r for rows in held_out for r in rows) == list(range(10))
     in_order = [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]  # fold i: the i-th slice of the rows
@@ -235,9 +236,9 @@ def test_statistics_can_also_come_from_other_rows_as_the_books_kaggle_preprocess
     _, _, both = table_splits(
         frame, table_cfg(val_fraction=0.0), 0, None, "t", "auto", True, also_fit=test_rows, ddof=1
     )
-    assert alone["preprocess"]["numeric"]["x"]["mean"] == 4.5
+    assert alone.preprocess["numeric"]["x"]["mean"] == 4.5
     everything = pd.concat([frame["x"], test_rows["x"]])
-    assert both["preprocess"]["numeric"]["x"] == {
+    assert both.preprocess["numeric"]["x"] == {
         "mean": pytest.approx(everything.mean()),
         "std": pytest.approx(everything.std()),  # pandas' own, ddof=1
     }
@@ -246,10 +247,10 @@ def test_statistics_can_also_come_from_other_rows_as_the_books_kaggle_preprocess
 def test_task_can_be_forced_to_classification_on_numeric_labels():
     frame = pd.DataFrame({"x": np.arange(20.0), "y": [0, 1] * 10})
     train, _, spec = table_splits(frame, table_cfg(), 0, None, "t", "classification", False)
-    assert spec["task"] == "classification" and spec["class_names"] == ["0", "1"]
+    assert spec.task == "classification" and spec.class_names == ["0", "1"]
     assert train.y.dtype == torch.long
     _, _, auto = table_splits(frame, table_cfg(), 0, None, "t", "auto", False)
-    assert auto["task"] == "regression"
+    assert auto.task == "regression"
 
 
 def test_rows_without_a_target_are_dropped_and_add_no_column(tmp_path, capsys):
@@ -257,7 +258,7 @@ def test_rows_without_a_target_are_dropped_and_add_no_column(tmp_path, capsys):
     frame = pd.DataFrame({"x": np.arange(10.0), "y": [1.0, None] * 5})
     frame.to_csv(path, index=False)
     train, val, spec = build_data(table_cfg(path, val_fraction=0.2), seed=0)
-    assert (len(train), len(val)) == (4, 1) and spec["preprocess"]["columns"] == ["x"]
+    assert (len(train), len(val)) == (4, 1) and spec.preprocess["columns"] == ["x"]
     assert sorted(rows_of(train) + rows_of(val)) == [0, 2, 4, 6, 8]  # the labelled rows
     assert "note: dropped 5 row(s)" in capsys.readouterr().err
 
@@ -266,37 +267,37 @@ def test_a_standardized_target_is_scaled_by_the_training_rows_and_its_scale_is_k
     frame = pd.DataFrame({"x": np.arange(10.0), "y": [1.0, 3.0] * 5})
     cfg = table_cfg(val_fraction=0.0, standardize_target=True)
     train, _, spec = table_splits(frame, cfg, 0, None, "t", "auto", False)
-    assert spec["target_scale"] == {"mean": 2.0, "std": 1.0}  # std divides by n
+    assert spec.target_scale == {"mean": 2.0, "std": 1.0}  # std divides by n
     assert train.y.shape == (10, 1) and train.y.dtype == torch.float32
     torch.testing.assert_close(train.y, torch.tensor([[-1.0], [1.0]] * 5)[train.X[:, 0].long()])
     frame["y"] = frame["y"] * 10  # y: 10, 30, ...: mean 20, std 10
     train, _, spec = table_splits(frame, cfg, 0, None, "t", "auto", False)
-    assert spec["target_scale"] == {"mean": 20.0, "std": 10.0}
+    assert spec.target_scale == {"mean": 20.0, "std": 10.0}
     torch.testing.assert_close(train.y, torch.tensor([[-1.0], [1.0]] * 5)[train.X[:, 0].long()])
     frame["y"] = 7.0  # a constant target is shifted, not divided by 0
     train, _, spec = table_splits(frame, cfg, 0, None, "t", "auto", False)
-    assert spec["target_scale"] == {"mean": 7.0, "std": 1.0} and train.y.abs().max() == 0
+    assert spec.target_scale == {"mean": 7.0, "std": 1.0} and train.y.abs().max() == 0
     raw, _, kept = table_splits(frame, table_cfg(val_fraction=0.0), 0, None, "t", "auto", False)
-    assert kept["target_scale"] is None and raw.y.shape == (10, 1) and raw.y.max() == 7.0
+    assert kept.target_scale is None and raw.y.shape == (10, 1) and raw.y.max() == 7.0
 
 
 def test_the_spec_keeps_what_eval_and_predict_read_back():
-    """reload.py rebuilds a k-fold run's fold from spec["fold"], carries spec["drop"] (ids) into
-    predictions and names their column after spec["target"]; class_names decode classes."""
+    """reload.py rebuilds a k-fold run's fold from spec.fold, carries spec.drop (ids) into
+    predictions and names their column after spec.target; class_names decode classes."""
     frame = pd.DataFrame({"id": range(12), "x": np.arange(12.0), "y": np.arange(12.0)})
     _, _, spec = table_splits(frame, table_cfg(drop=["id"]), 0, (3, 1), "t", "auto", False)
-    assert (spec["target"], spec["drop"], spec["fold"]) == ("y", ["id"], [3, 1])
-    assert (spec["num_outputs"], spec["class_names"], spec["image_shape"]) == (1, None, None)
-    assert spec["preprocess"]["columns"] == ["x"]  # the dropped id is no feature
+    assert (spec.target, spec.drop, spec.fold) == ("y", ["id"], [3, 1])
+    assert (spec.num_outputs, spec.class_names, spec.image_shape) == (1, None, None)
+    assert spec.preprocess["columns"] == ["x"]  # the dropped id is no feature
     _, _, split = table_splits(frame, table_cfg(drop=["id"]), 0, None, "t", "auto", False)
-    assert split["fold"] is None
+    assert split.fold is None
 
 
 def test_a_csv_run_reads_its_file_by_fold_and_names_it_in_errors(tmp_path):
     path = tmp_path / "t.csv"
     counting_table(12).to_csv(path, index=False)
     train, val, spec = build_data(table_cfg(path), seed=0, fold=(4, 3))
-    assert rows_of(val) == [9, 10, 11] and spec["fold"] == [4, 3] and len(train) == 9
+    assert rows_of(val) == [9, 10, 11] and spec.fold == [4, 3] and len(train) == 9
     with pytest.raises(UsageError) as e:
         build_data(table_cfg(path, target="price"), seed=0)
     assert str(e.value) == (

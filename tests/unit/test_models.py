@@ -4,25 +4,20 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from d2lrun.data import Spec
 from d2lrun.errors import UsageError
 from d2lrun.models import build_model
 from d2lrun.models.init import apply_init
 
-IMAGES = {
-    "dataset": "fashion_mnist",
-    "task": "classification",
-    "num_inputs": 784,
-    "num_outputs": 10,
-    "image_shape": [1, 28, 28],
-    "class_names": list("abcdefghij"),
-}
-TABLE = {
-    "dataset": "synthetic",
-    "task": "regression",
-    "num_inputs": 2,
-    "num_outputs": 1,
-    "image_shape": None,
-}
+IMAGES = Spec(
+    dataset="fashion_mnist",
+    task="classification",
+    num_inputs=784,
+    num_outputs=10,
+    image_shape=[1, 28, 28],
+    class_names=list("abcdefghij"),
+)
+TABLE = Spec(dataset="synthetic", task="regression", num_inputs=2, num_outputs=1, image_shape=None)
 
 
 def model_cfg(name, **kw):

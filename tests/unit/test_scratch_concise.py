@@ -4,6 +4,7 @@ they trace the same loss curve; and the scratch path is the book's own code (§3
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,11 +12,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from d2lrun.data import Split
+from d2lrun.data import Spec, Split
 from d2lrun.data.synthetic import synthetic_data
 from d2lrun.models import build_model
 from d2lrun.models.init import apply_init
-from d2lrun.optim import SGD, build_optimizer
+from d2lrun.optim import Optimizer, build_optimizer
 from d2lrun.trainer import (
     cross_entropy_scratch,
     loss_for,
@@ -24,20 +25,16 @@ from d2lrun.trainer import (
     train_one_epoch,
 )
 
-REGRESSION = {
-    "dataset": "synthetic",
-    "task": "regression",
-    "num_inputs": 2,
-    "num_outputs": 1,
-    "image_shape": None,
-}
-IMAGES = {
-    "dataset": "fashion_mnist",
-    "task": "classification",
-    "num_inputs": 784,
-    "num_outputs": 10,
-    "image_shape": [1, 28, 28],
-}
+REGRESSION = Spec(
+    dataset="synthetic", task="regression", num_inputs=2, num_outputs=1, image_shape=None
+)
+IMAGES = Spec(
+    dataset="fashion_mnist",
+    task="classification",
+    num_inputs=784,
+    num_outputs=10,
+    image_shape=[1, 28, 28],
+)
 MODELS = {
     "linreg": {"name": "linreg", "bias": True},
     "softmax": {"name": "softmax"},
@@ -77,7 +74,7 @@ def optim_cfg(lr: float, weight_decay: float = 0.0):
     )
 
 
-def twins(key: str, spec: dict) -> tuple[nn.Module, nn.Module]:
+def twins(key: str, spec: Spec) -> tuple[nn.Module, nn.Module]:
     """A scratch model and a concise one holding the very same parameters."""
     torch.manual_seed(0)
     scratch = build_model(OmegaConf.create({**MODELS[key], "impl": "scratch"}), spec)
@@ -117,8 +114,9 @@ def test_each_impl_gets_its_own_optimizer_and_loss():
     scratch, concise = twins("linreg", REGRESSION)
     # Both take torch.optim.SGD's exact steps (tests/unit/test_optim.py); with momentum 0 that is
     # the book's sgd.
-    assert type(build_optimizer(scratch, optim_cfg(0.03))) is SGD
-    assert type(build_optimizer(concise, optim_cfg(0.03))) is SGD
+    for model in (scratch, concise):
+        optimizer = build_optimizer(model, optim_cfg(0.03))
+        assert type(optimizer) is Optimizer and optimizer.kind is torch.optim.SGD
     assert (
         loss_for("regression", "scratch") is squared_loss
         and loss_for("regression", "concise") is F.mse_loss
@@ -199,7 +197,7 @@ def test_scratch_is_the_books_code(lambd):
     """d2lrun's scratch path (mean loss, SGD, weight decay on w only) = the book's
     sum-then-divide."""
     data = weight_decay_data()
-    spec = {**REGRESSION, "num_inputs": 200}
+    spec = replace(REGRESSION, num_inputs=200)
     torch.manual_seed(0)
     model = build_model(OmegaConf.create({"name": "linreg", "impl": "scratch", "bias": True}), spec)
     apply_init(model, OmegaConf.create({"name": "normal", "mean": 0.0, "std": 1.0, "bias": 0.0}))
@@ -217,7 +215,7 @@ def test_concise_weight_decay_is_the_books_param_groups():
     """§4.5 concise: SGD([{weight, weight_decay: wd}, {bias}]) with MSELoss; d2lrun builds the same
     groups."""
     data = weight_decay_data()
-    spec = {**REGRESSION, "num_inputs": 200}
+    spec = replace(REGRESSION, num_inputs=200)
     torch.manual_seed(0)
     ours = build_model(OmegaConf.create({"name": "linreg", "impl": "concise", "bias": True}), spec)
     book = nn.Sequential(nn.Linear(200, 1))

@@ -7,9 +7,11 @@ import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from d2lrun.config import checked, compose
-from d2lrun.reload import merge_overrides, resume_arguments, saved_overrides
+from d2lrun.errors import Interrupted
+from d2lrun.reload import merge_overrides, resume_checkpoint, run_overrides
 from d2lrun.tracking import Tracker, experiment_name, flatten, metrics_of, quick_requests, why
 
 
@@ -42,12 +44,43 @@ def test_only_metrics_are_logged_not_the_epoch_or_timings():
     assert metrics_of(row) == {"train_loss": 0.5, "val_acc": 0.75, "val_rmse": 1.0}
 
 
-def test_experiment_name_is_the_key_else_the_preset_else_model_and_dataset():
+class Opened(Exception):
+    """Raised by the stand-in for open_tracker: the job stops before any data."""
+
+
+def opened_as(monkeypatch, names: list):
+    """d2lrun.job's open_tracker records the experiment name it is given, then stops the job."""
+    import d2lrun.job as job
+
+    def open_tracker(cfg, run_dir, name, *args):
+        names.append(name)
+        raise Opened(name)
+
+    monkeypatch.setattr(job, "open_tracker", open_tracker)
+
+
+def tracked_name(tmp_path, monkeypatch, *overrides) -> str:
+    """The MLflow experiment of `d2lrun OVERRIDES` (d2lrun.job.train_job names it)."""
+    from d2lrun.job import train_job
+
+    names = []
+    opened_as(monkeypatch, names)
+    with pytest.raises(Opened):
+        train_job(compose(list(overrides)), tmp_path / "run", list(overrides), log=lambda *_: None)
+    return names[0]
+
+
+def test_experiment_name_is_the_key_else_the_preset_else_model_and_dataset(tmp_path, monkeypatch):
     cfg = compose(["logger=mlflow"])
-    assert experiment_name(cfg, [], None) == "linreg-synthetic"
-    assert experiment_name(cfg, ["experiment=ch6_lenet", "trainer.epochs=1"], None) == "ch6_lenet"
+    assert experiment_name(cfg, None, None) == "linreg-synthetic"
+    assert experiment_name(cfg, "ch6_lenet", None) == "ch6_lenet"
+    assert tracked_name(tmp_path, monkeypatch, "logger=mlflow") == "linreg-synthetic"
+    preset = ["logger=mlflow", "experiment=ch6_lenet", "trainer.epochs=1"]
+    assert tracked_name(tmp_path, monkeypatch, *preset) == "ch6_lenet"
     cfg = compose(["logger=mlflow", "logger.experiment_name=mine"])
-    assert experiment_name(cfg, ["experiment=ch6_lenet"], None) == "mine"
+    assert experiment_name(cfg, "ch6_lenet", None) == "mine"
+    mine = ["logger=mlflow", "logger.experiment_name=mine", "experiment=ch6_lenet"]
+    assert tracked_name(tmp_path, monkeypatch, *mine) == "mine"
 
 
 def plan(sweep, *overrides):
@@ -59,21 +92,35 @@ def plan(sweep, *overrides):
     OmegaConf.save({"hydra": hydra}, sweep / "multirun.yaml")
 
 
-def test_a_sweep_over_models_is_one_experiment_named_after_its_folder(tmp_path):
-    cfg = compose(["logger=mlflow", "model=mlp", "dataset=synthetic"])
+def test_a_sweep_over_models_is_one_experiment_named_after_its_folder(tmp_path, monkeypatch):
+    """The name a sweep's job (d2lrun.sweeps.run_job) gives its tracker."""
+    from d2lrun.sweeps import run_job
+
+    names = []
+    opened_as(monkeypatch, names)
+    job = ["logger=mlflow", "model=mlp", "dataset=synthetic"]
     plan(tmp_path, "model=linreg,mlp", "dataset=synthetic")
-    assert experiment_name(cfg, ["model=mlp"], tmp_path) == f"sweep {tmp_path}"
+    run_job(compose(job), tmp_path / "1", ["model=mlp"], tmp_path, 1)
+    assert names == [f"sweep {tmp_path}"]
     plan(tmp_path, "optim.lr=0.1,0.3", "model=mlp")
-    assert experiment_name(cfg, ["optim.lr=0.1", "model=mlp"], tmp_path) == "mlp-synthetic"
+    swept = ["optim.lr=0.1", "model=mlp"]
+    run_job(compose([*job, "optim.lr=0.1"]), tmp_path / "0", swept, tmp_path, 0)
+    assert names[1] == "mlp-synthetic"
+    assert experiment_name(compose(job), None, f"sweep {tmp_path}") == f"sweep {tmp_path}"
 
 
 def test_a_relative_sqlite_store_is_saved_absolute_for_resume_from_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = checked(compose(["logger=mlflow", "logger.tracking_uri=sqlite:///outputs/mlflow.db"]))
     assert cfg.logger.tracking_uri == f"sqlite:///{tmp_path}/outputs/mlflow.db"
-    assert f"logger.tracking_uri='sqlite:///{tmp_path}/outputs/mlflow.db'" in saved_overrides(
-        ["logger=mlflow"], cfg
-    )
+    # A run's checkpoint keeps its command line as typed, and its config: resume composes from those
+    typed = ["logger=mlflow", "logger.tracking_uri=sqlite:///outputs/mlflow.db"]
+    ckpt = {"overrides": typed, "config": OmegaConf.to_container(cfg, resolve=True)}
+    again = run_overrides(ckpt)
+    assert f"logger.tracking_uri='sqlite:///{tmp_path}/outputs/mlflow.db'" in again
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert checked(compose(again)).logger.tracking_uri == f"sqlite:///{tmp_path}/outputs/mlflow.db"
     server = checked(compose(["logger=mlflow", "logger.tracking_uri=http://host:5000"]))
     assert server.logger.tracking_uri == "http://host:5000"
 
@@ -147,8 +194,9 @@ def train(run, *overrides):
 
     args = ["dataset.num_train=100", "trainer.progress=false", *overrides]
     resume = [a.partition("=")[2] for a in args if a.startswith("resume=")]
-    args = resume_arguments(resume[0], args) if resume else args
-    return train_job(compose(args), run, args, log=lambda *_: None)
+    ckpt = resume_checkpoint(resume[0]) if resume else None
+    args = run_overrides(ckpt, args) if ckpt else args
+    return train_job(compose(args), run, args, ckpt, log=lambda *_: None)
 
 
 def test_the_tracker_gets_each_epoch_once_and_the_end_after_the_files(tmp_path, monkeypatch):
@@ -165,10 +213,11 @@ def test_the_tracker_gets_each_epoch_once_and_the_end_after_the_files(tmp_path, 
 
 
 @pytest.mark.parametrize(
-    "error,status", [(KeyboardInterrupt, "interrupted"), (OSError(28, "No space"), "failed")]
+    "error,status,raised",
+    [(KeyboardInterrupt, "interrupted", Interrupted), (OSError(28, "No space"), "failed", OSError)],
 )
 def test_an_interrupted_or_failed_run_still_ends_its_tracked_run(
-    tmp_path, monkeypatch, error, status
+    tmp_path, monkeypatch, error, status, raised
 ):
     import d2lrun.trainer as trainer
 
@@ -181,7 +230,7 @@ def test_an_interrupted_or_failed_run_still_ends_its_tracked_run(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "train_one_epoch", train_one_epoch)
-    with pytest.raises((KeyboardInterrupt, OSError)):  # the run still ends as it would untracked
+    with pytest.raises(raised):  # the run still ends as it would untracked (Ctrl-C: Interrupted)
         train(tmp_path / "run", "trainer.epochs=3")
     assert tracker.calls[:2] == [("start", []), ("epoch", 1)]
     assert tracker.calls[2][:3] == ("finish", status, status) and len(tracker.calls) == 3

@@ -1,76 +1,109 @@
-"""d2lrun.sweeps without training: folder claiming, resumable jobs, scores, the report of a sweep
-folder, presets."""
+"""d2lrun.sweeps without training (but for the one sweep that claims its folder): folder claiming,
+resumable jobs, scores, the report of a sweep folder, presets."""
 
 import csv
 import json
 import math
 import re
-import threading
+from datetime import datetime
 from pathlib import Path
 from unittest import mock
 
+import hydra.core.utils
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from d2lrun import app, job
 from d2lrun import sweeps as sweep
-from d2lrun.cli import CONFIG_DIR
+from d2lrun.config import compose
 from d2lrun.errors import UsageError
+from d2lrun.files import save_torch
+from d2lrun.reload import FORMAT
 
 
 def compose_hydra(*overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
+    return compose(list(overrides), with_hydra=True)
 
 
-def test_unique_dir_gives_racing_sweeps_their_own_folders(tmp_path):
-    base = str(tmp_path / "multirun" / "2026-11-26" / "10-00-00")
-    got = []
-    threads = [
-        threading.Thread(target=lambda: got.append(sweep.unique_dir(base))) for _ in range(8)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(got) == sorted([base] + [f"{base}_{i}" for i in range(2, 9)])
-    assert all(Path(p).is_dir() for p in got)
+class OneSecond(datetime):
+    """Hydra's ${now:...} at one fixed time: every sweep starts in the same second."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 11, 26, 10, 0, 0)
 
 
 def test_default_sweep_dir_is_claimed_once_per_sweep_and_shared_by_its_jobs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    first, second = (
-        compose_hydra(),
-        compose_hydra(),
-    )  # two sweeps, started within the same second or two
-    a = first.hydra.sweep.dir
+    monkeypatch.setattr(hydra.core.utils, "datetime", OneSecond)  # two sweeps in the same second
+    fast = ["trainer.epochs=1", "dataset.num_train=50", "trainer.progress=false"]
+    first, failure = app.sweep([*fast, "optim.lr=0.1,0.3"])
+    assert failure is None
+    second, failure = app.sweep([*fast, "optim.lr=0.1"])
+    assert failure is None
+    a = str(first)
     assert re.fullmatch(r"outputs/multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d(_\d+)?", a)
-    assert (
-        first.hydra.sweep.dir == a and Path(a).is_dir()
-    )  # resolved again: the same folder, no new one
-    assert second.hydra.sweep.dir != a
-    job = compose_hydra(
-        "optim.lr=0.1"
-    )  # Hydra composes each job anew, then copies the resolver cache
-    OmegaConf.copy_cache(from_config=first, to_config=job)
-    assert job.hydra.sweep.dir == a
-    assert len(list((tmp_path / "outputs" / "multirun").glob("*/*"))) == 2
+    assert a == "outputs/multirun/2026-11-26/10-00-00" and str(second) == f"{a}_2"
+    assert second != first
+    for folder, lrs in ((first, ["0.1", "0.3"]), (second, ["0.1"])):  # each keeps its own jobs
+        for num, lr in enumerate(lrs):
+            assert json.loads((folder / str(num) / "metrics.json").read_text())["status"] == (
+                "completed"
+            )
+            assert f"optim.lr={lr}" in OmegaConf.load(folder / str(num) / ".hydra/overrides.yaml")
+        assert not (folder / str(len(lrs))).exists()
+    assert len(list((tmp_path / "outputs" / "multirun").glob("*/*"))) == 2  # no folder per job
+
+
+def save_overrides(run_dir: Path, overrides: list[str]) -> None:
+    """The last.pt a job with these overrides writes (only the keys finished_job reads)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_torch(run_dir / "last.pt", {"format": FORMAT, "overrides": overrides})
 
 
 def test_a_job_counts_as_finished_only_when_completed_with_the_same_overrides(tmp_path):
-    job = ["optim.lr=0.1", "trainer.epochs=2"]
-    (tmp_path / "metrics.json").write_text(json.dumps({"status": "completed", "best": None}))
-    sweep.start_job(tmp_path, job)
-    assert not (tmp_path / "metrics.json").exists()  # an earlier attempt's result no longer counts
-    assert sweep.finished_job(tmp_path, job) is None
+    job_overrides = ["optim.lr=0.1", "trainer.epochs=2"]
+    assert sweep.finished_job(tmp_path, job_overrides) is None  # a fresh start
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "completed"}))
-    assert sweep.finished_job(tmp_path, job) == {"status": "completed"}
+    assert sweep.finished_job(tmp_path, job_overrides) is None  # no checkpoint says which job
+    save_overrides(tmp_path, job_overrides)
+    assert sweep.finished_job(tmp_path, job_overrides) == {"status": "completed"}
+    assert sweep.finished_job(tmp_path, [*job_overrides, f"resume={tmp_path}"]) == {
+        "status": "completed"
+    }  # resume= is not kept in a checkpoint
     assert (
         sweep.finished_job(tmp_path, ["optim.lr=0.3", "trainer.epochs=2"]) is None
     )  # the grid changed
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "diverged"}))
-    assert sweep.finished_job(tmp_path, job) is None
+    assert sweep.finished_job(tmp_path, job_overrides) is None
+    kfold = tmp_path / "kfold"  # a k-fold job: its first fold's checkpoint
+    save_overrides(kfold / "fold_0", job_overrides)
+    (kfold / "metrics.json").write_text(json.dumps({"status": "completed"}))
+    assert sweep.finished_job(kfold, job_overrides) == {"status": "completed"}
+    assert sweep.finished_job(kfold, ["optim.lr=0.3", "trainer.epochs=2"]) is None
+
+
+def test_run_job_skips_a_finished_job_and_drops_an_earlier_attempts_result(
+    tmp_path, monkeypatch, capsys
+):
+    job_overrides, calls = ["optim.lr=0.1", "trainer.epochs=2"], []
+    done_metrics = {"status": "completed", "best": {"metric": "val_loss", "value": 0.25}}
+
+    def train(cfg, run_dir, overrides, ckpt=None, **kwargs):
+        calls.append((run_dir / "metrics.json").exists())
+        return done_metrics
+
+    monkeypatch.setattr(job, "train", train)
+    cfg = compose(job_overrides)
+    run_dir = tmp_path / "0"
+    save_overrides(run_dir, job_overrides)
+    (run_dir / "metrics.json").write_text(json.dumps(done_metrics))
+    assert sweep.run_job(cfg, run_dir, job_overrides, tmp_path, 0) == -0.25
+    assert calls == [] and "job 0: already completed" in capsys.readouterr().out
+    other = ["optim.lr=0.3", "trainer.epochs=2"]  # the grid changed: the job trains again
+    assert sweep.run_job(compose(other), run_dir, other, tmp_path, 0) == -0.25
+    assert calls == [False]  # an earlier attempt's result no longer counts
 
 
 def test_score_is_higher_is_better_and_the_worst_for_failed_jobs():
@@ -187,8 +220,7 @@ def test_slurm_preset_is_the_plugins_launcher_with_its_keys_and_readmes_sbatch_l
     bases = [f"{c.__module__}.{c.__qualname__}" for c in get_class(params.pop("_target_")).__mro__]
     assert SlurmQueueConf._target_ in bases
     assert set(params) == set(SlurmQueueConf.__dataclass_fields__) - {"_target_"}
-    # ${hydra.job.name}: resolved alone, as resolving hydra.sweep.dir would claim a folder
-    params["name"] = cfg.hydra.launcher.name
+    params["name"] = cfg.hydra.launcher.name  # ${hydra.job.name}
     params["submitit_folder"] = "/tmp/unused/%j"
     with mock.patch.object(slurm.SlurmExecutor, "affinity", return_value=1):  # srun need not exist
         ex = executor(params)

@@ -1,11 +1,11 @@
 """Reproduce the book: run every preset in experiments/ and rewrite the results table in
 experiments/README.md.
 
-    python -m d2lrun.reproduce             # all presets on CPU, then rewrite the table
-    python -m d2lrun.reproduce --data ../shared/data/fashion-mnist
+    python experiments/reproduce.py             # all presets on CPU, then rewrite the table
+    python experiments/reproduce.py --data ../shared/data/fashion-mnist
                                            # a folder of the four .gz files, or a dataset.root
-    python -m d2lrun.reproduce --kaggle ../shared/data/kaggle-house  # §4.10's two CSV files
-    python -m d2lrun.reproduce --only ch6_lenet lenet_modern
+    python experiments/reproduce.py --kaggle ../shared/data/kaggle-house  # §4.10's two CSV files
+    python experiments/reproduce.py --only ch6_lenet lenet_modern
                                            # some presets: print their rows, README untouched
 
 Each run is `d2lrun experiment=NAME` composed through Hydra's compose API and trained by
@@ -431,7 +431,8 @@ def write_readme(path: Path, results: list[Result], device: str) -> None:
         )
     ok = sum(r.ok for r in results)
     block = (
-        f"{BEGIN}\n_Measured by `python -m d2lrun.reproduce` on {device}: {environment()}; seed 0. "
+        f"{BEGIN}\n_Measured by `python experiments/reproduce.py` on {device}: {environment()}; "
+        f"seed 0. "
         f"{ok} of {len(results)} runs within tolerance; "
         f"{sum(r.seconds for r in results):.0f} s in all._\n\n"
         f"{table(results)}\n{END}"
@@ -442,7 +443,7 @@ def write_readme(path: Path, results: list[Result], device: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m d2lrun.reproduce", description=__doc__.splitlines()[0]
+        prog="python experiments/reproduce.py", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--only", nargs="+", metavar="PRESET", help="run only these presets (README is left as is)"

@@ -1,6 +1,6 @@
-"""Checkpoints and run files: atomic writes, safe loading, clear errors."""
+"""Reloading a run: checkpoints loaded safely with clear errors, the run folder's checkpoint found,
+weights loaded strictly, and the command line that composes a saved run again."""
 
-import json
 import os
 import pickle
 import re
@@ -8,17 +8,25 @@ import zipfile
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from d2lrun.checkpoint import (
+from d2lrun.config import checked, compose
+from d2lrun.errors import UsageError
+from d2lrun.files import save_torch
+from d2lrun.reload import (
+    FORMAT,
     find_checkpoint,
     load_checkpoint,
     load_full_checkpoint,
     load_state_dict_strict,
-    save_checkpoint,
-    save_torch,
+    merge_overrides,
+    run_overrides,
 )
-from d2lrun.errors import UsageError
-from d2lrun.files import atomic_write, write_csv, write_json
+
+
+def save_checkpoint(path, ckpt):
+    """A checkpoint as the job writes it: its dict, marked as d2lrun's format."""
+    return save_torch(path, {"format": FORMAT, **ckpt})
 
 
 class Exploit:
@@ -26,20 +34,6 @@ class Exploit:
 
     def __reduce__(self):
         return (os.system, ("touch /tmp/d2lrun_pwned",))
-
-
-def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    save_checkpoint(path, {"epoch": 1, "model": {"w": torch.ones(2)}})
-    monkeypatch.setattr(
-        os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device"))
-    )
-    with pytest.raises(OSError, match="No space"):
-        save_checkpoint(path, {"epoch": 2, "model": {"w": torch.zeros(2)}})
-    monkeypatch.undo()
-    kept = load_checkpoint(path)
-    assert kept["epoch"] == 1 and torch.equal(kept["model"]["w"], torch.ones(2))  # the old weights
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # the temporary file is gone
 
 
 def test_checkpoint_round_trip_is_plain_data(tmp_path):
@@ -234,17 +228,104 @@ def test_a_matching_state_dict_is_loaded():
     assert net(torch.tensor([[1.0, 1.0]])).item() == 6.0
 
 
-def test_csv_and_json_writers(tmp_path):
-    write_csv(
-        tmp_path / "m.csv", [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25, "acc": 0.9}]
-    )
-    assert (tmp_path / "m.csv").read_text().splitlines() == [
-        "epoch,loss,acc",
-        "1,0.5,",
-        "2,0.25,0.9",
+def test_merge_overrides_lets_a_key_set_again_replace_the_old_one():
+    saved = ["optim.lr=0.1", "trainer.epochs=2", "model=mlp"]
+    assert merge_overrides(saved, ["optim.lr=0.3"]) == [
+        "trainer.epochs=2",
+        "model=mlp",
+        "optim.lr=0.3",
     ]
-    summary = {"status": "completed", "final": {"val_loss": 0.25}, "tags": ["a", "é"]}
-    write_json(tmp_path / "m.json", summary)
-    assert json.loads((tmp_path / "m.json").read_text()) == summary
-    atomic_write(tmp_path / "b.bin", b"xyz")
-    assert (tmp_path / "b.bin").read_bytes() == b"xyz"
+    assert merge_overrides(saved, []) == saved and merge_overrides([], ["seed=1"]) == ["seed=1"]
+    # + and ~ say how to set a key, not which: +model.x=1 is model.x too.
+    assert merge_overrides(["+model.x=1", "seed=1"], ["model.x=2"]) == ["seed=1", "model.x=2"]
+
+
+def test_merge_overrides_drops_the_keys_of_a_group_option_that_is_switched():
+    mlflow = ["optim.lr=0.1", "logger=mlflow", "logger.tracking_uri='sqlite:////x/m.db'"]
+    assert merge_overrides(mlflow, ["logger=none"]) == ["optim.lr=0.1", "logger=none"]
+    # The same option again keeps its keys.
+    assert merge_overrides(mlflow, ["logger=mlflow", "trainer.epochs=4"]) == [
+        "optim.lr=0.1",
+        "logger.tracking_uri='sqlite:////x/m.db'",
+        "logger=mlflow",
+        "trainer.epochs=4",
+    ]
+    joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "+hydra.launcher.x=1", "seed=3"]
+    assert merge_overrides(joblib, ["hydra/launcher=basic"]) == ["seed=3", "hydra/launcher=basic"]
+    assert merge_overrides(["model=mlp", "model.num_hiddens=[64]"], ["model=lenet"]) == [
+        "model=lenet"
+    ]
+    assert merge_overrides(["model=mlp", "model.num_hiddens=[64]"], ["model.num_hiddens=[32]"]) == [
+        "model=mlp",
+        "model.num_hiddens=[32]",
+    ]
+
+
+def test_merge_overrides_passes_flags_through():
+    assert merge_overrides(["optim.lr=0.1", "seed=1"], ["-m", "optim.lr=0.1,0.2"]) == [
+        "seed=1",
+        "-m",
+        "optim.lr=0.1,0.2",
+    ]
+    assert merge_overrides(["seed=1"], ["--multirun"]) == ["seed=1", "--multirun"]
+
+
+def test_values_with_spaces_and_quotes_survive_hydras_parser():
+    saved = [
+        "dataset=csv",
+        "dataset.path='/data/my file.csv'",
+        r"dataset.target='it\'s'",
+        "dataset.drop=['a b',c]",
+    ]
+    merged = merge_overrides(saved, ["trainer.epochs=2"])
+    assert merged == [*saved, "trainer.epochs=2"]  # each as it was typed
+    cfg = compose(merged)
+    assert (cfg.dataset.path, cfg.dataset.target, cfg.trainer.epochs) == (
+        "/data/my file.csv",
+        "it's",
+        2,
+    )
+    assert list(cfg.dataset.drop) == ["a b", "c"]
+    again = compose(merge_overrides(merged, ["dataset.target='price (€)'"]))
+    assert again.dataset.target == "price (€)" and again.dataset.path == "/data/my file.csv"
+
+
+def saved_run(overrides, where):
+    """A checkpoint's overrides and config as a run started in folder `where` keeps them."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(where)
+        cfg = checked(compose(overrides))
+    return {"overrides": list(overrides), "config": OmegaConf.to_container(cfg, resolve=True)}
+
+
+def test_run_overrides_put_the_saved_runs_absolute_data_and_mlflow_paths(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    start = tmp_path / "it's here"  # a quote and a space in the paths
+    start.mkdir()
+    typed = ["dataset=csv", "dataset.path=data/t.csv", "dataset.target=y", "logger=mlflow"]
+    ckpt = saved_run(typed, start)
+    path, uri = f"{start}/data/t.csv", f"sqlite:///{start}/outputs/mlflow.db"
+    quoted = str(start).replace("'", "\\'")
+    assert run_overrides(ckpt) == [
+        "dataset=csv",
+        "dataset.target=y",
+        "logger=mlflow",
+        f"dataset.path='{quoted}/data/t.csv'",
+        f"logger.tracking_uri='sqlite:///{quoted}/outputs/mlflow.db'",
+    ]
+    monkeypatch.chdir(tmp_path)  # elsewhere: the same files
+    cfg = compose(run_overrides(ckpt, ["trainer.epochs=5"]))
+    assert (cfg.dataset.path, cfg.logger.tracking_uri, cfg.trainer.epochs) == (path, uri, 5)
+    assert (cfg.dataset.target, cfg.model.name) == ("y", "linreg")
+    # New overrides come last and win; another logger drops the MLflow store.
+    assert run_overrides(ckpt, ["dataset.path=/new.csv"])[-1] == "dataset.path=/new.csv"
+    assert compose(run_overrides(ckpt, ["dataset.path=/new.csv"])).dataset.path == "/new.csv"
+    none = run_overrides(ckpt, ["logger=none"])
+    assert none[-1] == "logger=none" and not [o for o in none if "tracking_uri" in o]
+    compose(none)  # logger=none has no tracking_uri: it composes
+
+
+def test_run_overrides_put_the_saved_runs_absolute_data_root(tmp_path):
+    ckpt = saved_run(["model=softmax", "dataset.root=data"], tmp_path)
+    assert run_overrides(ckpt) == ["model=softmax", f"dataset.root='{tmp_path}/data'"]
+    assert compose(run_overrides(ckpt)).dataset.root == f"{tmp_path}/data"

@@ -1,0 +1,183 @@
+"""The Hydra apps behind the commands, run in this process with a command line's arguments.
+
+    train(args)      `d2lrun ARGS`: one run; returns its folder
+    sweep(args)      `d2lrun -m ARGS`: a sweep; its folder and what did not complete (or None)
+    evaluate(args)   `d2lrun-eval ARGS`: the metrics of a saved run, written to its eval.json
+    predict(args)    `d2lrun-predict ARGS`: the output file and how many predictions it holds
+
+`run` hands Hydra the arguments as @hydra.main reads them and gives back what the task returned, or
+raises what it raised: left alone, Hydra prints "Error executing job ..." for a task's error, and a
+sweep's launcher goes on with the next job after Ctrl-C. d2lrun.cli prints errors, d2lrun.api
+raises them (both through d2lrun.config.explain).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from d2lrun import sweeps
+from d2lrun.config import CONFIG_DIR, compose, given, register
+from d2lrun.errors import Interrupted, UsageError
+from d2lrun.files import claim_dir, unwritable
+
+
+def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], object]):
+    """@hydra.main(config_name) over task, with args as its command line; task's return value.
+    sys.argv and HYDRA_FULL_ERROR are what they were afterwards."""
+    outcome: dict = {}
+
+    def hydra_task(cfg: DictConfig):
+        try:
+            outcome["value"] = task(cfg)
+            return outcome["value"]
+        except Exception as e:
+            outcome["error"] = e
+            if isinstance(e, Interrupted):  # the user's Ctrl-C: stop a sweep's launcher too
+                raise KeyboardInterrupt from e
+
+    register()
+    argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = [sys.argv[0], *args]  # what @hydra.main parses
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them
+    try:
+        hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(
+            hydra_task
+        )()
+    except KeyboardInterrupt:
+        if "error" not in outcome:
+            raise
+    except OSError as e:  # Hydra's own writes: the run folder and its .hydra/
+        if isinstance(e, HydraException):  # MissingConfigException is an IOError too
+            raise
+        raise unwritable(e.filename or "", e) from e
+    finally:
+        sys.argv = argv
+        os.environ.pop("HYDRA_FULL_ERROR")
+        if full_error is not None:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
+    """args, and with resume=RUN: the run's own overrides, then args; and its checkpoint."""
+    from d2lrun.reload import resume_checkpoint, run_overrides
+
+    resume = given(args, "resume")
+    if not resume:
+        return list(args), None
+    ckpt = resume_checkpoint(resume)
+    return run_overrides(ckpt, args), ckpt
+
+
+def train(args: Sequence[str]) -> Path:
+    """`d2lrun ARGS`: one run (d2lrun.job.train); its folder."""
+    from d2lrun import job
+
+    args, ckpt = resumed(args)
+
+    def task(cfg: DictConfig) -> Path:
+        hc = HydraConfig.get()
+        run_dir = Path(hc.runtime.output_dir)
+        try:
+            job.train(cfg, run_dir, list(hc.overrides.task), ckpt)
+        except UsageError:  # a run refused before it started leaves no folder behind
+            if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        return run_dir
+
+    return run("config", args, task)
+
+
+def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
+    """`d2lrun -m ARGS`: every job (d2lrun.sweeps.run_job) into a sweep folder of its own, then the
+    sweep's table (d2lrun.sweeps.report); the folder, and what did not complete (None: all did)."""
+    from d2lrun.reload import quote
+
+    args, ckpt = resumed([a for a in args if a not in ("-m", "--multirun")])
+    given_dir = given(args, "hydra.sweep.dir")
+    if given_dir:  # named by the user: run again into it, completed jobs are skipped
+        sweep_dir = Path(given_dir)
+    else:  # the configured folder, claimed: two sweeps started in one second never share it
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        fixed = [o.input_line for o in OverridesParser.create().parse_overrides(args)
+                 if not o.is_sweep_override()]  # fmt: skip
+        cfg = compose(fixed, with_hydra=True)
+        sweep_dir = claim_dir(cfg.hydra.sweep.dir)
+        cfg.hydra.overrides.task = list(args)  # the plan, for d2lrun-report (as Hydra's own
+        OmegaConf.save(cfg, sweep_dir / "multirun.yaml")  # basic sweeper saves it)
+        args = [*args, f"hydra.sweep.dir='{quote(str(sweep_dir))}'"]
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's INFO lines, not Hydra's
+
+    def task(cfg: DictConfig) -> float:
+        hc = HydraConfig.get()
+        run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
+        return sweeps.run_job(cfg, run_dir, overrides, Path(hc.sweep.dir), hc.job.num, ckpt)
+
+    try:
+        run("config", ["-m", *args], task)
+    except BaseException:
+        started = any(p.name != "multirun.yaml" for p in sweep_dir.iterdir())
+        if not given_dir and not started:  # refused before any job started: no folder behind
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
+    return sweep_dir, sweeps.report(sweep_dir)
+
+
+def evaluate(args: Sequence[str]) -> dict:
+    """`d2lrun-eval ARGS`: a saved run's metrics on its held-out split, also in RUN/eval.json."""
+    import json
+
+    from d2lrun.files import write_json
+    from d2lrun.reload import evaluate_run, load_run
+
+    def task(cfg: DictConfig) -> dict:
+        run = load_run(cfg.run, cfg.ckpt, cfg.device, data_overrides(cfg))
+        metrics = evaluate_run(run)
+        name = f"eval-{Path(cfg.ckpt).stem}.json" if cfg.ckpt else "eval.json"
+        out = run.checkpoint.parent / name
+        write_json(out, {"checkpoint": str(run.checkpoint), "device": str(run.device), **metrics})
+        print(json.dumps(metrics))
+        print(f"wrote {out}")
+        return metrics
+
+    return run("eval", args, task)
+
+
+def predict(args: Sequence[str]) -> Path:
+    """`d2lrun-predict ARGS`: predictions for new inputs, written as CSV; the file."""
+    from d2lrun.reload import load_run, predict_file
+
+    def task(cfg: DictConfig) -> Path:
+        run = load_run(cfg.run, cfg.ckpt, cfg.device, data_overrides(cfg))
+        out = Path(cfg.output) if cfg.output else run.checkpoint.parent / "predictions.csv"
+        n = predict_file(run, Path(cfg.input), out)
+        print(f"wrote {n} prediction(s) to {out}")
+        return out
+
+    return run("predict", args, task)
+
+
+def data_overrides(cfg: DictConfig) -> list[str]:
+    """dataset.root=... and the like, for composing the saved run again (d2lrun.reload)."""
+    from d2lrun.reload import quote
+
+    if not cfg.run and not cfg.ckpt:
+        raise UsageError(
+            "say which run: run=outputs/DATE/TIME (a run folder) or ckpt=PATH (a .pt file)."
+        )
+    return [f"dataset.{k}={v}" if isinstance(v, bool) else f"dataset.{k}='{quote(v)}'"
+            for k, v in cfg.dataset.items() if v is not None]  # fmt: skip

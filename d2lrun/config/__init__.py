@@ -1,0 +1,279 @@
+"""The config: the one schema (d2lrun.config.schema) composed by Hydra, checked once, and what any
+error means to the user.
+
+    compose(overrides)   the config of `d2lrun OVERRIDES` through Hydra's Compose API
+    given(args, key)     the value an override gives key, read with Hydra's override parser
+    checked(cfg)         the declared ranges and the rules between keys; paths made absolute
+    resolve_device(name) device=auto|cpu|cuda|cuda:N|mps as a torch.device that exists here
+    explain(error)       any exception as d2lrun's own: its one line and its exit code
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from d2lrun.config.schema import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, Trainer, register
+from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
+
+__all__ = ["CONFIG_DIR", "EXPERIMENTS_DIR", "SCHEMAS", "Trainer", "register"]
+IMAGE_DATASETS = ("fashion_mnist", "kernel")
+PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
+
+
+def compose(
+    overrides: Sequence[str] = (), name: str = "config", with_hydra: bool = False
+) -> DictConfig:
+    """The config of `d2lrun OVERRIDES...` through Hydra's Compose API (in a Hydra app: its own);
+    with_hydra: with Hydra's own keys too (hydra.sweep.dir ...)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # e.g. d2lrun-eval's @hydra.main: the same configs
+        return hydra_compose(name, list(overrides), return_hydra_config=with_hydra)
+    register()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra_compose(name, list(overrides), return_hydra_config=with_hydra)
+
+
+def checked(cfg: DictConfig) -> DictConfig:
+    """Check every declared range and the rules between keys; return a copy with absolute paths."""
+    if cfg.model.name == "lenet" and cfg.dataset.name not in IMAGE_DATASETS:
+        raise UsageError(
+            f"model=lenet needs images, and dataset={cfg.dataset.name} is a table. "
+            f"Fix: dataset=fashion_mnist, or model=mlp for dataset={cfg.dataset.name}."
+        )
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        k, group = missing[0], missing[0].split(".")[0]
+        which = f" for {group}={cfg[group].name}" if group in SCHEMAS else ""
+        raise UsageError(f"{k} is required{which}. Fix: {k}={example(cfg, k)}.")
+    for path in ["", "trainer", *SCHEMAS]:
+        check_ranges(cfg, path)
+    check_rules(cfg)
+    cfg = cfg.copy()
+    for k in PATH_KEYS:  # a run folder must work from any folder: store what the user meant
+        if isinstance(cfg.dataset.get(k), str):
+            cfg.dataset[k] = str(Path(cfg.dataset[k]).expanduser().absolute())
+    uri = cfg.logger.get("tracking_uri")  # the same MLflow store from anywhere
+    if isinstance(uri, str) and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        cfg.logger.tracking_uri = "sqlite:///" + str(Path(uri[10:]).expanduser().absolute())
+    return cfg
+
+
+def check_ranges(cfg: DictConfig, path: str) -> None:
+    node = OmegaConf.select(cfg, path) if path else cfg
+    schema = OmegaConf.get_type(node)
+    for f in dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ():
+        m, value, name = f.metadata, node[f.name], f"{path}.{f.name}" if path else f.name
+        if not m or value is None:
+            continue
+        if m["words"] and value not in m["words"]:
+            raise UsageError(
+                f"{name}={value} is not one of {', '.join(m['words'])}. "
+                f"Fix: {name}={closest(str(value), m['words'])}."
+            )
+        for v in value if OmegaConf.is_list(value) else [value]:
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if (m["ge"] is not None or m["gt"] is not None) and not number:
+                raise UsageError(
+                    f"{name}={value} is not a number. Fix: {name}={example(cfg, name)}."
+                )
+            rule = (
+                f"at least {m['ge']}" if m["ge"] is not None and v < m["ge"]
+                else f"greater than {m['gt']}" if m["gt"] is not None and v <= m["gt"]
+                else f"less than {m['lt']}" if m["lt"] is not None and v >= m["lt"]
+                else None
+            )  # fmt: skip
+            if rule:
+                raise UsageError(
+                    f"{name}={value} is out of range: it must be {rule}. "
+                    f"Fix: {name}={example(cfg, name)}."
+                )
+
+
+def check_rules(cfg: DictConfig) -> None:
+    """The rules that tie one key to another."""
+    model, data = cfg.model, cfg.dataset
+    if model.name == "lenet" and model.batch_norm and model.variant == "classic":
+        raise UsageError(
+            "model.batch_norm=true belongs to the modern LeNet (§8.5). Fix: model.variant=modern."
+        )
+    if "dropout" in model and OmegaConf.is_list(model.dropout):
+        layers = len(hidden_sizes(model)) if model.name == "mlp" else 2
+        if len(model.dropout) not in (1, layers):
+            raise UsageError(
+                f"model.dropout={list(model.dropout)} has {len(model.dropout)} rates "
+                f"and model={model.name} has {layers} hidden layers. "
+                f"Fix: give one rate, or {layers}."
+            )
+    if data.name == "synthetic" and OmegaConf.is_list(data.w):
+        if data.num_inputs not in (None, len(data.w)):
+            raise UsageError(
+                f"dataset.num_inputs={data.num_inputs} but dataset.w has {len(data.w)} "
+                f"values. Fix: dataset.num_inputs=null, or one number as dataset.w."
+            )
+    elif data.name == "synthetic" and data.num_inputs is None:
+        raise UsageError(
+            f"dataset.w={data.w} is one number, so dataset.num_inputs must say "
+            f"how many inputs. Fix: dataset.num_inputs=200."
+        )
+
+
+def given(args: Sequence[str], key: str) -> str | None:
+    """The value the last override of key in args gives it (read with Hydra's own override parser),
+    or None; flags (-m) are skipped."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    found = [o for o in parsed if o.key_or_group == key]
+    return found[-1].get_value_element_as_str() if found and found[-1].value() is not None else None
+
+
+def hidden_sizes(model: DictConfig) -> list[int]:
+    """model.num_hiddens as a list: one width per hidden layer."""
+    h = model.num_hiddens
+    return list(h) if OmegaConf.is_list(h) else [h]
+
+
+def example(cfg: DictConfig | None, dotted: str, option: str | None = None) -> str:
+    """A working value of a key for a Fix: the one in the chosen option's own YAML file, else in
+    config.yaml; for a key that has none (???), the `e.g. KEY=VALUE` of the file's comment."""
+    group, _, rest = dotted.partition(".")
+    if option is None and cfg is not None and group in SCHEMAS:
+        option = cfg[group].name
+    for path in [Path(CONFIG_DIR, group, f"{option}.yaml"), Path(CONFIG_DIR, "config.yaml")]:
+        if not path.is_file():  # a key outside the groups (seed): config.yaml only
+            continue
+        text = path.read_text()
+        node = OmegaConf.create(text)
+        within_group = path.parent.name == group and "@package _global_" not in text
+        value = OmegaConf.select(node, rest if within_group else dotted, default=...)  # ???: ...
+        if value is not ...:
+            return yaml_value(value)
+        shown = re.search(rf"e\.g\. {re.escape(dotted)}=(\S+)", text)
+        if shown:
+            return shown[1]
+    return "..."
+
+
+def yaml_value(value) -> str:
+    """A value as it is typed on the command line: true, null, [0.9,0.999]."""
+    if OmegaConf.is_list(value) or isinstance(value, list):
+        return "[" + ",".join(yaml_value(v) for v in value) + "]"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
+
+
+def resolve_device(name: str):
+    """`device=auto|cpu|cuda|cuda:N|mps` as a torch.device that exists on this machine."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    has_mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if has_cuda else "cpu")
+    kind, _, index = name.partition(":")
+    count = torch.cuda.device_count() if has_cuda else 0
+    if name == "cpu" or (name == "mps" and has_mps) or (
+        kind == "cuda" and has_cuda and (not index or index.isdigit() and int(index) < count)
+    ):  # fmt: skip
+        return torch.device(name)
+    if name == "mps" or kind == "cuda":
+        have = ["cpu"] + [f"cuda:{i}" for i in range(count)] + ["mps"] * has_mps
+        raise UsageError(
+            f"device={name} does not exist on this machine; available: {', '.join(have)}. "
+            f"Fix: device=auto or device=cpu."
+        )
+    raise UsageError(
+        f"Unknown device '{name}'. Choose one of: auto, cpu, cuda, cuda:N, mps. Fix: device=auto."
+    )
+
+
+def explain(e: BaseException) -> D2lrunError:
+    """Any exception as d2lrun's own, whose str is the one line to show and whose exit_code is the
+    exit code: d2lrun's own as they are, Hydra's, OmegaConf's and the OS's translated, and anything
+    else a Bug. Every entry point (d2lrun.cli, d2lrun.api) and a sweep's job use this."""
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(e, D2lrunError):
+        return e
+    if isinstance(e, KeyboardInterrupt):
+        return Interrupted("interrupted before training started; nothing was saved.")
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        return UsageError(
+            f"Unknown {group} '{name}'. Choose one of: {', '.join(sorted(e.options))}. "
+            f"Fix: {group}={closest(name, e.options)}."
+        )
+    if isinstance(e, OverrideParseException):
+        key, equals, value = e.override.partition("=")
+        fix = f"quote the value: {key}='{value}'" if equals else "write it as KEY=VALUE"
+        return UsageError(f"cannot read the override {e.override}. Fix: {fix}.")
+    cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        node = getattr(cause, "parent_node", None)
+        option = node.get("name") if isinstance(node, DictConfig) else None
+        return UsageError(bad_value(cause.full_key, cause.value, cause.object_type, option))
+    # A config file of a group sets a key the chosen option lacks (regularizer=dropout on linreg).
+    found = re.search(r"In '(.+?)'.*not in '(\w+)'.*full_key: (\S+)", str(e), re.S)
+    if isinstance(e, ConfigCompositionException) and found:
+        origin, schema_name, k = found.groups()
+        owners = {o: s for g in SCHEMAS.values() for o, s in g.items() if s.__name__ == schema_name}
+        message = bad_value(k, None, next(iter(owners.values())), next(iter(owners)))
+        return UsageError(
+            f"{origin.replace('/', '=')} sets {message.replace(' is', ', which is', 1)}"
+        )
+    if isinstance(e, (ConfigCompositionException, OmegaConfBaseException)):
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        return UsageError(
+            " ".join(lines[:2]) + " Fix: see `d2lrun --help` for the keys and options."
+        )
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if e.filename else ""
+        return RunFailed(
+            f"{e.strerror or e}{where}. Fix: free disk space or choose a writable folder "
+            f"(hydra.run.dir=DIR)."
+        )
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return Bug(
+        f"{type(e).__name__}: {first} (a bug in d2lrun? HYDRA_FULL_ERROR=1 shows the traceback)"
+    )
+
+
+def closest(name: str, options) -> str:
+    return (difflib.get_close_matches(name, list(options), n=1, cutoff=0) or sorted(options))[0]
+
+
+def bad_value(dotted: str, value, schema, option: str | None) -> str:
+    """One line for a bad override: an unknown key, or a value of the wrong type; a working fix."""
+    fields = (
+        {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    )
+    group, _, name = dotted.rpartition(".")
+    if name not in fields:  # a key the chosen option does not have
+        where = f"{group}={option}" if option and group in SCHEMAS else group or "the config"
+        has = [
+            o
+            for o, s in SCHEMAS.get(group, {}).items()
+            if name in {f.name for f in dataclasses.fields(s)}
+        ]
+        fix = f"choose {' or '.join(f'{group}={o}' for o in has)}" if has else f"drop {dotted}"
+        keys = ", ".join(fields) or "none"
+        return f"{dotted} is not a key of {where} (its keys: {keys}). Fix: {fix}."
+    kind = typing.get_type_hints(schema)[name]
+    what = {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, "a list")
+    return f"{dotted}={value} is not {what}. Fix: {dotted}={example(None, dotted, option)}."

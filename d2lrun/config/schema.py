@@ -1,0 +1,287 @@
+"""The one schema: every group's keys, their types and ranges, registered in Hydra's ConfigStore.
+
+Each YAML option begins with `defaults: [/schema_GROUP_OPTION]`, so Hydra refuses a value of the
+wrong type while it composes (`optim.lr=fast`); d2lrun.config.checked then tests the ranges and the
+allowed words declared here. The values themselves live only in the YAML files: every field below
+is MISSING, so no Python code re-defaults a key, and a "Fix:" quotes the option's own YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+def key(
+    ge: float | None = None, gt: float | None = None, lt: float | None = None, words: str = ""
+) -> Any:
+    """A field whose value comes from YAML, with its allowed range or its allowed words."""
+    return field(default=MISSING, metadata={"ge": ge, "gt": gt, "lt": lt, "words": words.split()})
+
+
+def folds() -> Any:
+    """dataset.folds of every dataset of rows: k-fold cross-validation (§4.10); null: one split."""
+    return key(ge=2)
+
+
+@dataclass
+class Synthetic:
+    name: str = key()
+    w: Any = key()  # a list, or one number for all num_inputs
+    b: float = key()
+    noise: float = key(ge=0)
+    num_inputs: int | None = key(ge=1)
+    num_train: int = key(ge=1)
+    num_val: int = key(ge=1)
+    folds: int | None = folds()
+    shuffle_folds: bool = key()  # false: fold i holds out the i-th contiguous slice (the book)
+
+
+@dataclass
+class Table:
+    """Keys of every dataset read from a table (§2.2, §4.10)."""
+
+    name: str = key()
+    target: str = key()
+    drop: list[str] = key()  # columns that are not features (ids): carried to predictions
+    val_fraction: float = key(ge=0, lt=1)
+    max_categories: int = key(ge=1)
+    standardize_target: bool = key()
+    folds: int | None = folds()
+    shuffle_folds: bool = key()
+
+
+@dataclass
+class CSV(Table):
+    path: str = key()
+    task: str = key(words="auto regression classification")
+    standardize: bool = key()
+
+
+@dataclass
+class KaggleHouse(Table):
+    root: str = key()
+    download: bool = key()
+    statistics: str = key(words="train_and_test train")
+
+
+@dataclass
+class Polynomial:
+    name: str = key()
+    max_degree: int = key(ge=1)
+    true_w: list[float] = key()
+    num_features: int = key(ge=1)
+    num_train: int = key(ge=1)
+    num_val: int = key(ge=1)
+    noise: float = key(ge=0)
+    folds: int | None = folds()
+    shuffle_folds: bool = key()
+
+
+@dataclass
+class Kernel:
+    name: str = key()
+    kernel: list[float] = key()  # the edge detector K that makes Y = corr2d(X, K)
+
+
+@dataclass
+class FashionMNIST:
+    name: str = key()
+    root: str = key()
+    download: bool = key()
+
+
+@dataclass
+class Softmax:
+    name: str = key()
+    impl: str = key(words="concise scratch")  # nn layers | the book's raw tensors (§3.2)
+
+
+@dataclass
+class LinReg(Softmax):
+    bias: bool = key()
+
+
+@dataclass
+class MLP(Softmax):
+    num_hiddens: Any = key(ge=1)  # one width, or one per hidden layer
+    activation: str = key(words="relu sigmoid tanh")
+    dropout: Any = key(ge=0, lt=1)  # one rate, or one per hidden layer (§4.6)
+
+
+@dataclass
+class LeNet:
+    name: str = key()
+    variant: str = key(words="classic modern")
+    batch_norm: bool = key()
+    dropout: Any = key(ge=0, lt=1)  # after the two hidden dense layers
+
+
+@dataclass
+class Conv2D:
+    name: str = key()
+    kernel_size: list[int] = key(ge=1)
+    bias: bool = key()
+
+
+@dataclass
+class SGD:
+    name: str = key()
+    lr: float = key(gt=0)
+    momentum: float = key(ge=0, lt=1)
+    weight_decay: float = key(ge=0)
+
+
+@dataclass
+class Adam:
+    name: str = key()
+    lr: float = key(gt=0)
+    betas: list[float] = key(ge=0, lt=1)
+    weight_decay: float = key(ge=0)
+
+
+@dataclass
+class Regularizer:
+    name: str = key()
+    lambd: float = key(ge=0)  # L1 strength, a loss term (§4.5); 0 = none
+
+
+@dataclass
+class InitDefault:
+    name: str = key()
+
+
+@dataclass
+class InitNormal(InitDefault):
+    mean: float = key()
+    std: float = key(gt=0)
+    bias: float = key()
+
+
+@dataclass
+class InitConstant(InitDefault):
+    value: float = key()
+    bias: float = key()
+
+
+@dataclass
+class InitXavier(InitDefault):
+    distribution: str = key(words="uniform normal")
+    bias: float = key()
+
+
+@dataclass
+class InitKaiming(InitXavier):
+    mode: str = key(words="fan_in fan_out")
+
+
+@dataclass
+class Logger:
+    """logger=none and logger=tensorboard (event files in RUN/tensorboard/) have no other keys."""
+
+    name: str = key()
+
+
+@dataclass
+class MLflow(Logger):
+    tracking_uri: str = key()  # a SQLite file or a server http://HOST:5000
+    experiment_name: str | None = key()  # null: the preset, or MODEL-DATASET
+
+
+@dataclass
+class Trainer:
+    epochs: int = key(ge=1)
+    batch_size: int = key(ge=1)
+    checkpoint_every: int = key(ge=1)
+    progress: bool = key()
+    compile: bool = key()
+    log_rmse: bool = key()  # also report the book's log RMSE of a regression (§4.10)
+
+
+@dataclass
+class Config:
+    device: str = key()
+    seed: int = key()
+    resume: str | None = key()
+    trainer: Trainer = field(default_factory=Trainer)
+    dataset: Any = MISSING
+    model: Any = MISSING
+    optim: Any = MISSING
+    regularizer: Any = MISSING
+    init: Any = MISSING
+    logger: Any = MISSING
+
+
+@dataclass
+class DataLocation:
+    """The dataset keys a reloaded run may change: where the files are, not what they hold."""
+
+    root: str | None = key()
+    path: str | None = key()
+    download: bool | None = key()
+
+
+@dataclass
+class Eval:
+    run: str | None = key()
+    ckpt: str | None = key()
+    device: str = key()
+    dataset: DataLocation = field(default_factory=DataLocation)
+
+
+@dataclass
+class Predict(Eval):
+    input: str = key()
+    output: str | None = key()
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "dataset": {
+        "synthetic": Synthetic,
+        "csv": CSV,
+        "fashion_mnist": FashionMNIST,
+        "polynomial": Polynomial,
+        "kaggle_house": KaggleHouse,
+        "kernel": Kernel,
+    },
+    "model": {"linreg": LinReg, "softmax": Softmax, "mlp": MLP, "lenet": LeNet, "conv2d": Conv2D},
+    "optim": {"sgd": SGD, "adam": Adam},
+    "regularizer": {n: Regularizer for n in ("none", "l1", "l2", "dropout")},
+    "init": {
+        "default": InitDefault,
+        "normal": InitNormal,
+        "constant": InitConstant,
+        "xavier": InitXavier,
+        "kaiming": InitKaiming,
+        "zeros": InitDefault,
+    },
+    "logger": {"none": Logger, "tensorboard": Logger, "mlflow": MLflow},
+}
+HERE = Path(__file__).resolve().parent.parent
+# A wheel ships configs/ and experiments/ inside the package (pyproject.toml); a checkout beside it.
+CONFIG_DIR = str(HERE / "configs" if (HERE / "configs").is_dir() else HERE.parent / "configs")
+EXPERIMENTS_DIR = (
+    HERE / "experiments" if (HERE / "experiments").is_dir() else HERE.parent / "experiments"
+)
+
+
+def register() -> None:
+    """Put the schemas and presets in Hydra's ConfigStore (once per process).
+
+    The YAML files name their schema in their defaults list. The presets live in experiments/,
+    outside configs/, so they join the `experiment` group here: one small file read each.
+    """
+    cs = ConfigStore.instance()
+    if "schema_config.yaml" in cs.repo:
+        return
+    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+        cs.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
+    for name, node in (("config", Config), ("eval", Eval), ("predict", Predict)):
+        cs.store(name=f"schema_{name}", node=node)
+    for group, options in SCHEMAS.items():
+        for option, node in options.items():
+            cs.store(name=f"schema_{group}_{option}", node=node)

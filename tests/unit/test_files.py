@@ -1,0 +1,107 @@
+"""A run's files: atomic writes that keep the old file when a write fails, the CSV and JSON writers,
+and output folders claimed once each."""
+
+import json
+import os
+import re
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from d2lrun.errors import RunFailed
+from d2lrun.files import atomic_write, claim_dir, save_torch, write_csv, write_json
+
+
+def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_torch(path, {"epoch": 1, "model": {"w": torch.ones(2)}})
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+    )
+    with pytest.raises(OSError, match="No space"):
+        save_torch(path, {"epoch": 2, "model": {"w": torch.zeros(2)}})
+    monkeypatch.undo()
+    kept = torch.load(path, weights_only=True)
+    assert kept["epoch"] == 1 and torch.equal(kept["model"]["w"], torch.ones(2))  # the old weights
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # the temporary file is gone
+
+
+def test_csv_and_json_writers(tmp_path):
+    write_csv(
+        tmp_path / "m.csv", [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25, "acc": 0.9}]
+    )
+    assert (tmp_path / "m.csv").read_text().splitlines() == [
+        "epoch,loss,acc",
+        "1,0.5,",
+        "2,0.25,0.9",
+    ]
+    summary = {"status": "completed", "final": {"val_loss": 0.25}, "tags": ["a", "é"]}
+    write_json(tmp_path / "m.json", summary)
+    assert json.loads((tmp_path / "m.json").read_text()) == summary
+    atomic_write(tmp_path / "b.bin", b"xyz")
+    assert (tmp_path / "b.bin").read_bytes() == b"xyz"
+
+
+def test_threads_claiming_one_folder_each_get_a_new_one(tmp_path):
+    base = tmp_path / "multirun" / "10-00-00"  # its parent is created too
+    start, claimed = threading.Barrier(8), []
+
+    def claim():
+        start.wait()  # all at once, as sweeps started in the same second
+        claimed.append(claim_dir(base))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = {base} | {base.with_name(f"10-00-00_{n}") for n in range(2, 9)}
+    assert len(claimed) == 8 and set(claimed) == expected  # base, base_2 ... base_8, once each
+    assert all(p.is_dir() and not any(p.iterdir()) for p in claimed)  # each a new, empty folder
+    assert claim_dir(base) == base.parent / "10-00-00_9"  # taken ones stay taken
+
+
+def test_a_file_of_the_same_name_is_taken_too(tmp_path):
+    (tmp_path / "sweep").write_text("")
+    assert claim_dir(tmp_path / "sweep") == tmp_path / "sweep_2"
+
+
+FIX = r"\. Fix: choose a writable one with hydra\.run\.dir=DIR \(hydra\.sweep\.dir=DIR with -m\)\.$"
+
+
+@pytest.mark.parametrize("below", ["file/sweep", "file/multirun/sweep"])
+def test_a_parent_that_is_a_file_is_one_line_naming_the_folder(tmp_path, below):
+    """The OS's reason, not a search through base_2 ... base_10000 (the folder is not taken)."""
+    (tmp_path / "file").write_text("")
+    base = tmp_path / below
+    with pytest.raises(RunFailed) as e:
+        claim_dir(base)
+    assert re.fullmatch(
+        rf"cannot write the output directory {re.escape(str(base))} "
+        rf"\((Not a directory|File exists)\){FIX}",
+        str(e.value),
+    ), str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_an_unwritable_parent_is_one_line_naming_the_folder(tmp_path, monkeypatch):
+    """A folder the user may not write to (simulated: tests often run as root, who may)."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if locked in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    base = locked / "multirun" / "10-00-00"
+    with pytest.raises(RunFailed) as e:
+        claim_dir(base)
+    assert re.fullmatch(
+        rf"cannot write the output directory {re.escape(str(base))} \(Permission denied\){FIX}",
+        str(e.value),
+    ), str(e.value)
