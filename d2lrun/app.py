@@ -25,10 +25,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun import sweeps
 from d2lrun.config import CONFIG_DIR, compose, given, register
 from d2lrun.errors import Interrupted, UsageError
-from d2lrun.files import claim_dir, unwritable
+from d2lrun.files import Plotter, claim_dir, unwritable
 
 
 def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], object]):
@@ -45,7 +44,7 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
             if isinstance(e, Interrupted):  # the user's Ctrl-C: stop a sweep's launcher too
                 raise KeyboardInterrupt from e
 
-    register()
+    register(presets=any("experiment" in a for a in args))  # experiment=..., +experiment=...
     argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [sys.argv[0], *args]  # what @hydra.main parses
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them
@@ -83,27 +82,29 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
 
 def train(args: Sequence[str]) -> Path:
     """`d2lrun ARGS`: one run (d2lrun.job.train); its folder."""
-    from d2lrun import job
+    with Plotter() as draw:  # before d2lrun.job imports torch: matplotlib's import beside it
+        from d2lrun import job
 
-    args, ckpt = resumed(args)
+        args, ckpt = resumed(args)
+        return run("config", args, lambda cfg: train_task(cfg, job, ckpt, draw))
 
-    def task(cfg: DictConfig) -> Path:
-        hc = HydraConfig.get()
-        run_dir = Path(hc.runtime.output_dir)
-        try:
-            job.train(cfg, run_dir, list(hc.overrides.task), ckpt)
-        except UsageError:  # a run refused before it started leaves no folder behind
-            if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        return run_dir
 
-    return run("config", args, task)
+def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        job.train(cfg, run_dir, list(hc.overrides.task), ckpt, draw=draw)
+    except UsageError:  # a run refused before it started leaves no folder behind
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run_dir
 
 
 def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     """`d2lrun -m ARGS`: every job (d2lrun.sweeps.run_job) into a sweep folder of its own, then the
     sweep's table (d2lrun.sweeps.report); the folder, and what did not complete (None: all did)."""
+    from d2lrun import sweeps
     from d2lrun.reload import quote
 
     args, ckpt = resumed([a for a in args if a not in ("-m", "--multirun")])

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from d2lrun.config import checked, given, resolve_device
 from d2lrun.data import Spec, Split, build_data
 from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError
-from d2lrun.files import atomic_write, curves_figure, png, save_torch, shown, write_csv, write_json
+from d2lrun.files import atomic_write, curves_png, save_torch, shown, write_csv, write_json
 from d2lrun.models import build_model, loss_kind
 from d2lrun.models.init import apply_init
 from d2lrun.optim import Optimizer, build_optimizer
@@ -41,13 +41,15 @@ def train(
     log=say,
     sweep_dir: Path | None = None,
     experiment: str | None = None,
+    draw=curves_png,
 ) -> dict:
     """One run into run_dir; ckpt: the checkpoint it resumes (cfg.resume's). With dataset.folds=K,
     K runs (run_dir/fold_0, ...) and their mean (§4.10). overrides: the command line, kept in the
-    checkpoints; sweep_dir, experiment: the sweep this job belongs to, its MLflow experiment."""
+    checkpoints; sweep_dir, experiment: the sweep this job belongs to, its MLflow experiment;
+    draw(rows, title): curves.png's bytes (d2lrun.files.Plotter draws them in a helper process)."""
     k = cfg.dataset.get("folds")
     if not k:
-        return train_job(cfg, run_dir, overrides, ckpt, log, None, sweep_dir, experiment)
+        return train_job(cfg, run_dir, overrides, ckpt, log, None, sweep_dir, experiment, draw)
     if ckpt is not None:
         raise UsageError(
             f"resume= continues one run, and dataset.folds={k} trains {k}. "
@@ -107,6 +109,7 @@ def train_job(
     fold: list[int] | None = None,
     sweep_dir: Path | None = None,
     experiment: str | None = None,
+    draw=curves_png,
 ) -> dict:
     """Train as cfg says; write model.pt, last.pt, best.pt, metrics.csv/json, curves.png to run_dir.
     fold=[k, i] trains on the other folds and validates on fold i."""
@@ -187,8 +190,8 @@ def train_job(
     }  # fmt: skip
     if history.rows:
         write_csv(run_dir / "metrics.csv", history.rows)
-        figure = curves_figure(history.rows, f"{cfg.model.name} on {spec.dataset}")
-        atomic_write(run_dir / "curves.png", png(figure))
+        title = f"{cfg.model.name} on {spec.dataset}"
+        atomic_write(run_dir / "curves.png", draw(history.rows, title))
     if status == "completed":
         save_torch(run_dir / "model.pt", {k: v.to("cpu") for k, v in model.state_dict().items()})
         if (found := learned(model, spec, log)) is not None:

@@ -5,7 +5,7 @@
     report    the table (pandas), summary.csv and heatmap.png of a sweep folder (`d2lrun-report`)
 
 Launchers hand their jobs here: Hydra's basic and joblib launchers, submitit's, and d2lrun's own
-SLURM launcher (d2lrun.slurm). Imports stay light (no torch) until a job trains.
+SLURM launcher (hydra_plugins/d2lrun_launcher). Imports stay light (no torch) until a job trains.
 """
 
 from __future__ import annotations

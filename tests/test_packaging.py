@@ -96,5 +96,6 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
 def test_wheel_holds_the_slurm_launcher_where_hydra_looks_for_launchers(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "hydra_plugins/d2lrun_launcher/slurm_launcher.py" in names
+    assert "hydra_plugins/d2lrun_launcher/slurm.py" in names  # what the launcher hands its work
     # hydra_plugins is a namespace package, shared with the other plugins
     assert "hydra_plugins/__init__.py" not in names

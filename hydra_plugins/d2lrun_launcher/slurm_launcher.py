@@ -1,7 +1,7 @@
 """d2lrun's launcher for `hydra/launcher=slurm` (configs/hydra/launcher/slurm.yaml).
 
 Hydra instantiates launchers only from the hydra_plugins package, and imports every module in it at
-each start: this one stays light and hands the work to d2lrun.slurm.
+each start: this one stays light and hands the work to slurm.py beside it.
 """
 
 try:
@@ -17,6 +17,6 @@ if SubmititSlurmLauncher is not None:
         """The submitit plugin's launcher (same keys, sbatch file, job array), waiting on squeue."""
 
         def launch(self, job_overrides, initial_job_idx):
-            from d2lrun.slurm import launch
+            from hydra_plugins.d2lrun_launcher.slurm import launch
 
             return launch(self, job_overrides, initial_job_idx)

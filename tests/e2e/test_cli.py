@@ -51,6 +51,23 @@ def test_default_run_trains_linreg_and_writes_every_file(tmp_path):
     assert not list(run.glob(".*tmp*"))
 
 
+def test_a_default_run_never_imports_torch_dynamo(tmp_path):
+    """Constructing a torch.optim optimizer imports torch._dynamo (2.3 s of start-up here);
+    d2lrun's optimizer calls torch's functional kernels instead."""
+    import subprocess
+
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('dynamo imported:', 'torch._dynamo' in sys.modules))\n"
+        f"sys.argv = ['d2lrun', 'hydra.run.dir={tmp_path / 'run'}']\n"
+        "from d2lrun.cli import train_main\n"
+        "train_main()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "error in estimating w" in r.stdout and "dynamo imported: False" in r.stdout
+
+
 def test_python_m_and_help_list_groups_and_keys():
     import subprocess
 

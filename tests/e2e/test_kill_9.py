@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+
 from tests.conftest import BIN, run_cli
 
 PAUSE = Path(__file__).parent / "pause_in_write"  # its sitecustomize.py stops the chosen write

@@ -206,13 +206,13 @@ def test_report_names_the_problem_and_the_fix(tmp_path):
 
 
 def test_slurm_preset_is_the_plugins_launcher_with_its_keys_and_readmes_sbatch_lines():
-    """The preset's defaults as sbatch gets them (README "Sweeps"), through d2lrun.slurm's own
+    """The preset's defaults as sbatch gets them (README "Sweeps"), through the launcher's own
     mapping; tests/e2e/test_slurm.py submits to a real cluster."""
     from hydra.utils import get_class
     from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
     from submitit.slurm import slurm
 
-    from d2lrun.slurm import executor
+    from hydra_plugins.d2lrun_launcher.slurm import executor
 
     cfg = compose_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu")
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
