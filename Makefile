@@ -36,7 +36,7 @@ format: install
 test-all: install
 	$(BIN)/python -m pytest -q -m '' $(ARGS)
 
-# Mutation score of trainer.py, optim.py, data/csv.py and checkpoint.py (issue 14; [tool.mutmut] in
+# Mutation score of trainer.py, optim.py, data/csv.py and reload.py (issue 14; [tool.mutmut] in
 # pyproject.toml), from scratch: mutants/ is rebuilt. Survivors: .venv/bin/mutmut results, then
 # .venv/bin/mutmut show NAME. MUTMUT_CHILDREN test processes at a time, one torch thread each.
 MUTMUT_CHILDREN ?= 2

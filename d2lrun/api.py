@@ -6,10 +6,8 @@
     table = d2lrun.sweep("optim.lr=0.01,0.1")               # = d2lrun -m optim.lr=0.01,0.1
     table = d2lrun.report("outputs/multirun/DATE/TIME")      # = d2lrun-report DIR
 
-Each call runs the `d2lrun` command's own Hydra app (d2lrun.app) in this process, so the configs,
-the run folders and, on CPU, the numbers are the command line's. A mistake raises the exception of
-d2lrun.errors with the one line the command would print (never SystemExit). A sweep whose jobs did
-not all complete still returns its table, with a warning: its rows say what failed and why.
+Each call runs the command's Hydra app (d2lrun.app) in this process: the same configs, folders
+and, on CPU, numbers. A mistake raises d2lrun.errors' exception with the command's one line.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from d2lrun import app
+from d2lrun import app, sweeps
 from d2lrun.config import explain, given
 from d2lrun.errors import Bug, UsageError
 from d2lrun.files import claim_dir
@@ -54,18 +52,15 @@ def sweep(*overrides: str):
 
 def report(sweep_dir: str | Path):
     """The table of a sweep folder, a partial one too (`d2lrun-report DIR`), as a DataFrame."""
-    from d2lrun.sweeps import report as write_report
-
-    raising(write_report, Path(sweep_dir), False)  # summary.csv and heatmap.png, written again
+    raising(sweeps.report, Path(sweep_dir), False)  # summary.csv and heatmap.png, written again
     return table(sweep_dir)
 
 
 def raising(fn: Callable, *args):
-    """fn(*args), any error raised as d2lrun's one-line exception (d2lrun.config.explain), without
-    a traceback into Hydra; a bug keeps its own."""
+    """fn(*args); an error raised as d2lrun's one-line exception, without Hydra's traceback."""
     try:
         return fn(*args)
-    except SystemExit as e:  # Hydra's argument parser refused one
+    except SystemExit as e:  # Hydra's argument parser refused one: never SystemExit from here
         if not e.code:
             return None
         raise UsageError(
@@ -74,7 +69,7 @@ def raising(fn: Callable, *args):
         ) from None
     except Exception as e:
         error = explain(e)
-        if isinstance(error, Bug):
+        if isinstance(error, Bug):  # with its traceback
             raise
         raise error.with_traceback(None) from None
 

@@ -1,18 +1,11 @@
-"""The Hydra apps behind the commands, run in this process with a command line's arguments.
+"""The Hydra apps behind d2lrun's commands, run in this process with a command line's arguments.
 
-    train(args)      `d2lrun ARGS`: one run; returns its folder
-    sweep(args)      `d2lrun -m ARGS`: a sweep; its folder and what did not complete (or None)
-    evaluate(args)   `d2lrun-eval ARGS`: the metrics of a saved run, written to its eval.json
-    predict(args)    `d2lrun-predict ARGS`: the output file and how many predictions it holds
-
-`run` hands Hydra the arguments as @hydra.main reads them and gives back what the task returned, or
-raises what it raised: left alone, Hydra prints "Error executing job ..." for a task's error, and a
-sweep's launcher goes on with the next job after Ctrl-C. d2lrun.cli prints errors, d2lrun.api
-raises them (both through d2lrun.config.explain).
+d2lrun.cli prints their errors, d2lrun.api raises them (both through d2lrun.config.explain).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -27,12 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from d2lrun.config import CONFIG_DIR, compose, given, register
 from d2lrun.errors import Interrupted, UsageError
-from d2lrun.files import Plotter, claim_dir, unwritable
+from d2lrun.files import Plotter, claim_dir, unwritable, write_json
 
 
 def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], object]):
-    """@hydra.main(config_name) over task, with args as its command line; task's return value.
-    sys.argv and HYDRA_FULL_ERROR are what they were afterwards."""
+    """@hydra.main(config_name) over task, with args as its command line; what task returned."""
+    # Left alone, Hydra prints "Error executing job ..." for a task's error, and a sweep's launcher
+    # goes on with the next job after Ctrl-C: the task's error is kept, and raised here.
     outcome: dict = {}
 
     def hydra_task(cfg: DictConfig):
@@ -44,14 +38,14 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
             if isinstance(e, Interrupted):  # the user's Ctrl-C: stop a sweep's launcher too
                 raise KeyboardInterrupt from e
 
-    register(presets=any("experiment" in a for a in args))  # experiment=..., +experiment=...
+    # The presets when the command names one (+experiment=...), or reloads a run that may have.
+    register(presets=config_name != "config" or any("experiment" in a for a in args))
     argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [sys.argv[0], *args]  # what @hydra.main parses
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them
     try:
-        hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(
-            hydra_task
-        )()
+        main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
+        main(hydra_task)()
     except KeyboardInterrupt:
         if "error" not in outcome:
             raise
@@ -102,8 +96,7 @@ def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
 
 
 def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
-    """`d2lrun -m ARGS`: every job (d2lrun.sweeps.run_job) into a sweep folder of its own, then the
-    sweep's table (d2lrun.sweeps.report); the folder, and what did not complete (None: all did)."""
+    """`d2lrun -m ARGS`: every job, in a sweep folder of its own; (folder, what failed or None)."""
     from d2lrun import sweeps
     from d2lrun.reload import quote
 
@@ -140,9 +133,6 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
 
 def evaluate(args: Sequence[str]) -> dict:
     """`d2lrun-eval ARGS`: a saved run's metrics on its held-out split, also in RUN/eval.json."""
-    import json
-
-    from d2lrun.files import write_json
     from d2lrun.reload import evaluate_run, load_run
 
     def task(cfg: DictConfig) -> dict:

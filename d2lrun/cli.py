@@ -1,13 +1,6 @@
-"""The command-line entry points: each reads its arguments and calls one function of d2lrun.app.
-
-    d2lrun          train one run, or a sweep with -m
-    d2lrun-eval     evaluate a saved run
-    d2lrun-predict  predict new inputs with a saved run
-    d2lrun-report   the results table of a sweep folder (d2lrun.sweeps.report)
-
-Each runs inside `handle`, where any error becomes one line on stderr and its exit code
-(d2lrun.config.explain). Heavy imports (torch, pandas, matplotlib) happen inside the functions they
-serve, so `--help` is quick.
+"""The command-line entry points (d2lrun, d2lrun-eval, d2lrun-predict, d2lrun-report): each reads
+its arguments and calls one function of d2lrun.app or d2lrun.sweeps inside `handle`. Heavy imports
+(torch, pandas, matplotlib) wait for the function that needs them, so `--help` is quick.
 """
 
 from __future__ import annotations
@@ -20,18 +13,18 @@ from pathlib import Path
 from d2lrun import __version__, app
 from d2lrun.config import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, compose, explain
 from d2lrun.errors import RunFailed
+from d2lrun.sweeps import report
 
 
 def handle(prog: str, main: Callable[[], object]) -> None:
-    """Run an entry point; any error ends as one line on stderr and its exit code (a traceback
-    only with HYDRA_FULL_ERROR=1)."""
+    """Run an entry point; any error ends as one line on stderr and its exit code."""
     try:
         main()
     except BrokenPipeError:  # `d2lrun --help | head`: the reader left, say nothing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own advice
         sys.exit(1)
     except (Exception, KeyboardInterrupt) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the traceback instead
             raise
         error = explain(e)
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
@@ -40,9 +33,8 @@ def handle(prog: str, main: Callable[[], object]) -> None:
 
 def train_main() -> None:
     """`d2lrun`: train one model, or sweep with -m; `resume=RUN` continues a run."""
-    args = sys.argv[1:]
 
-    def main() -> None:
+    def main(args: list[str]) -> None:
         if {"-m", "--multirun"} & set(args):
             _, failure = app.sweep(args)
             if failure:
@@ -50,19 +42,17 @@ def train_main() -> None:
         else:
             app.train(args)
 
-    handle("d2lrun", own_options(main, "config", args))
+    handle("d2lrun", own_options(main, "config"))
 
 
 def eval_main() -> None:
     """`d2lrun-eval run=DIR`: metrics of a saved run on its held-out split."""
-    handle("d2lrun-eval", own_options(lambda: app.evaluate(sys.argv[1:]), "eval", sys.argv[1:]))
+    handle("d2lrun-eval", own_options(app.evaluate, "eval"))
 
 
 def predict_main() -> None:
     """`d2lrun-predict run=DIR input=FILE`: predictions for new inputs."""
-    handle(
-        "d2lrun-predict", own_options(lambda: app.predict(sys.argv[1:]), "predict", sys.argv[1:])
-    )
+    handle("d2lrun-predict", own_options(app.predict, "predict"))
 
 
 def report_main() -> None:
@@ -82,8 +72,6 @@ def report_main() -> None:
     args = parser.parse_args()
 
     def main() -> None:
-        from d2lrun.sweeps import report
-
         failure = report(Path(args.dir))
         if failure:
             print(failure)
@@ -91,21 +79,20 @@ def report_main() -> None:
     handle("d2lrun-report", main)
 
 
-def own_options(main: Callable[[], object], config_name: str, args: list[str]):
-    """main, or what the command's own --help and --version print."""
+def own_options(main: Callable[[list[str]], object], config_name: str) -> Callable[[], object]:
+    """main(the command line's arguments), or what the command's own --help and --version print."""
+    args = sys.argv[1:]
     if "--version" in args:
         return lambda: print(f"d2lrun {__version__}")
     if {"--help", "-h"} & set(args):
         return lambda: print_help(config_name, args)
-    return main
+    return lambda: main(args)
 
 
 def print_help(config_name: str, args: list[str]) -> None:
-    """`--help`: the command's header, its groups (d2lrun only), its keys, its footer.
-
-    Hydra's own help lists the groups by copying its config repository once per option, which
-    took 1.4 s here with d2lrun's schemas and presets (0.5 s for a bare Hydra app); this, 0.1 s.
-    """
+    """`--help`: the command's header, its groups (d2lrun only), its keys, its footer."""
+    # Hydra's own help lists the groups by copying its config repository once per option, which
+    # took 1.4 s here with d2lrun's schemas and presets (0.5 s for a bare Hydra app); this, 0.1 s.
     from omegaconf import OmegaConf
 
     name = {"config": "d2lrun"}.get(config_name, config_name)

@@ -5,6 +5,7 @@ A reader (or a crash, or `kill -9`) therefore sees either the old complete file 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -30,43 +31,34 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable
+    with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    except OSError:
-        pass
     return path
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the temporary files of atomic_write that a killed process (kill -9, power loss) left
-    in folder; a live process's own temporary is kept. Returns what was deleted."""
+    """Delete what atomic_write left in folder when killed (kill -9, power loss); return it."""
     removed = []
     for tmp in folder.glob(".*.tmp*"):
         pid = tmp.name.rpartition(".tmp")[2]
-        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid():
             continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
+        try:
+            os.kill(int(pid), 0)  # signal 0 only asks: is that process alive?
+        except ProcessLookupError:  # no: its temporary goes
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        except PermissionError:  # yes, another user's: its write may still finish
+            pass
     return removed
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def claim_dir(base: str | Path) -> Path:
-    """Create base, or base_2, base_3, ... when taken: mkdir is atomic, so two callers that start
-    in the same second never share a folder."""
+    """Create base, or base_2, base_3, ... when taken; mkdir is atomic: no two callers share one."""
     path = Path(base)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,8 +88,7 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> Path:
-    """Rows of dicts as CSV; the columns are the union of keys in first-seen order. (The csv module,
-    not pandas: importing pandas would add 0.4 s to every run for one small file.)"""
+    """Rows of dicts as CSV, columns in first-seen order (csv, not pandas: 0.4 s less a run)."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -116,8 +107,7 @@ def save_torch(path: str | Path, obj) -> Path:
 
 
 def curves_figure(rows: list[dict], title: str = ""):
-    """Loss (and accuracy) per epoch for training and validation, like the book's plots; a
-    matplotlib Figure that Jupyter shows inline, whether or not matplotlib.pyplot is imported."""
+    """Loss (and accuracy) per epoch, training and validation, as the book plots them: a Figure."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, and a faster import
     from matplotlib.ticker import MaxNLocator
 
@@ -125,15 +115,14 @@ def curves_figure(rows: list[dict], title: str = ""):
     panels = [("loss", "loss")] + ([("acc", "accuracy")] if "val_acc" in rows[0] else [])
     fig = Figure(figsize=(4.5 * len(panels), 3.5))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    marker = "o" if len(rows) <= 30 else None
     for ax, (key, label) in zip(axes, panels, strict=True):
         for split, style in (("train", "-"), ("val", "--")):
             if f"{split}_{key}" in rows[0]:
                 values = [r[f"{split}_{key}"] for r in rows]
-                marker = "o" if len(rows) <= 30 else None
                 ax.plot(epochs, values, style, marker=marker, label=f"{split} {label}")
-        ax.set_xlabel("epoch")
+        ax.set(xlabel="epoch", ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
         if key == "loss" and all(r["train_loss"] > 0 for r in rows):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
@@ -158,23 +147,18 @@ def curves_png(rows: list[dict], title: str) -> bytes:
     return png(curves_figure(rows, title))
 
 
-class Plotter:
-    """curves.png drawn by a helper process that starts with the command, before torch is
-    imported: its own import of matplotlib (0.3-0.4 s) then runs beside torch's, on another core.
-    Measured by `make startup`: a tenth of the default run. Should the helper be gone (it could
-    not start, or was killed), the figure is drawn in this process."""
+class Plotter(contextlib.AbstractContextManager):
+    """curves.png drawn by a helper process, whose import of matplotlib runs beside torch's."""
 
     def __init__(self):
-        try:
+        # Started before the command imports torch, the helper imports matplotlib (0.3-0.4 s) on
+        # another core: a tenth of the default run (`make startup`).
+        self.helper = None
+        with contextlib.suppress(OSError):
             self.helper = subprocess.Popen(
                 [sys.executable, "-m", "d2lrun.files"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-        except OSError:
-            self.helper = None
-
-    def __enter__(self) -> Plotter:
-        return self
 
     def __exit__(self, *exc) -> None:  # the command ended: a helper still waiting goes
         if self.helper is not None and self.helper.poll() is None:
@@ -182,13 +166,11 @@ class Plotter:
             self.helper.wait()
 
     def __call__(self, rows: list[dict], title: str) -> bytes:
-        try:
+        with contextlib.suppress(AttributeError, OSError, ValueError, subprocess.SubprocessError):
             out, _ = self.helper.communicate(json.dumps([rows, title]).encode(), timeout=120)
             if self.helper.returncode == 0 and out.startswith(b"\x89PNG"):
                 return out
-        except (AttributeError, OSError, ValueError, subprocess.SubprocessError):
-            pass
-        return curves_png(rows, title)
+        return curves_png(rows, title)  # no helper (it could not start, or was killed): here
 
 
 def shown(path: str | Path) -> str:
@@ -202,6 +184,5 @@ def shown(path: str | Path) -> str:
 if __name__ == "__main__":  # Plotter's helper: matplotlib at once, then rows and title in, PNG out
     import matplotlib.figure  # noqa: F401  (while the command imports torch)
 
-    request = sys.stdin.buffer.read()  # empty when the command ended without a plot
-    if request:
+    if request := sys.stdin.buffer.read():  # empty when the command ended without a plot
         sys.stdout.buffer.write(curves_png(*json.loads(request)))

@@ -1,8 +1,6 @@
 """One run, start to finish: config -> data -> model -> fit -> the files of its folder.
 
-    train(cfg, run_dir, overrides)   one run; with dataset.folds=K, K runs and their mean (§4.10)
-
-The loop (d2lrun.trainer.fit) writes nothing; this job's one on_epoch hook writes the checkpoints,
+The loop (d2lrun.trainer.fit) writes nothing; the job's one on_epoch hook writes the checkpoints,
 sends the epoch to the tracker and prints its line. However the run ends, its folder holds the last
 complete epoch and metrics.json says what happened.
 """
@@ -34,33 +32,23 @@ def say(message: str) -> None:
 
 
 def train(
-    cfg: DictConfig,
-    run_dir: Path,
-    overrides: list[str],
-    ckpt: dict | None = None,
-    log=say,
-    sweep_dir: Path | None = None,
-    experiment: str | None = None,
-    draw=curves_png,
+    cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt: dict | None = None, **job
 ) -> dict:
-    """One run into run_dir; ckpt: the checkpoint it resumes (cfg.resume's). With dataset.folds=K,
-    K runs (run_dir/fold_0, ...) and their mean (§4.10). overrides: the command line, kept in the
-    checkpoints; sweep_dir, experiment: the sweep this job belongs to, its MLflow experiment;
-    draw(rows, title): curves.png's bytes (d2lrun.files.Plotter draws them in a helper process)."""
+    """One run into run_dir; with dataset.folds=K, K runs (run_dir/fold_i) and their mean (§4.10).
+    job: train_job's log, sweep_dir, experiment, draw."""
     k = cfg.dataset.get("folds")
     if not k:
-        return train_job(cfg, run_dir, overrides, ckpt, log, None, sweep_dir, experiment, draw)
+        return train_job(cfg, run_dir, overrides, ckpt, **job)
     if ckpt is not None:
         raise UsageError(
             f"resume= continues one run, and dataset.folds={k} trains {k}. "
             f"Fix: resume one fold, e.g. resume=RUN/fold_0 dataset.folds=null."
         )
-    wall, finals = time.perf_counter(), []
+    wall, finals, log = time.perf_counter(), [], job.get("log", say)
     for i in range(k):
         log(f"fold {i + 1}/{k}")
         try:
-            fold = train_job(cfg, run_dir / f"fold_{i}", overrides, None, log, [k, i], sweep_dir,
-                             experiment)  # fmt: skip
+            fold = train_job(cfg, run_dir / f"fold_{i}", overrides, fold=[k, i], **job)
         except (UsageError, RunFailed) as e:
             status = "diverged" if isinstance(e, Diverged) else "failed"
             write_json(run_dir / "metrics.json", {"status": status, "reason": f"fold {i}: {e}"})
@@ -92,12 +80,11 @@ def fold_table(finals: list[dict], mean: dict, k: int) -> str:
 
 @dataclass
 class History:
-    """What the run has done so far: its metrics rows, its best epoch, and the last complete
-    epoch's checkpoint while it is not yet on disk (trainer.checkpoint_every > 1)."""
+    """What the run has done: its metrics rows, its best epoch and a checkpoint not yet on disk."""
 
     rows: list[dict] = field(default_factory=list)
     best: dict | None = None
-    pending: dict | None = None
+    pending: dict | None = None  # the last complete epoch's, with trainer.checkpoint_every > 1
 
 
 def train_job(
@@ -111,8 +98,12 @@ def train_job(
     experiment: str | None = None,
     draw=curves_png,
 ) -> dict:
-    """Train as cfg says; write model.pt, last.pt, best.pt, metrics.csv/json, curves.png to run_dir.
-    fold=[k, i] trains on the other folds and validates on fold i."""
+    """One run: model.pt, last.pt, best.pt, metrics.csv and .json, curves.png in run_dir.
+
+    overrides: the command line, kept in the checkpoints; ckpt: the one it resumes (cfg.resume's);
+    fold=[k, i]: validated on fold i of k; sweep_dir, experiment: its sweep and MLflow experiment;
+    draw(rows, title): curves.png's bytes (d2lrun.files.Plotter draws them in a helper process).
+    """
     wall = time.perf_counter()
     if ckpt is not None:  # another optimizer could not take the saved momentum or Adam moments
         check_same_meaning(ckpt["config"], cfg, f"resume={cfg.resume}", (*MEANING, "optim.name"))
@@ -153,8 +144,7 @@ def train_job(
     metric = ("val_" if len(val_split) else "train_") + ("acc" if classify else "loss")
 
     def on_epoch(row: dict) -> None:
-        """The epoch's checkpoints (last.pt every trainer.checkpoint_every epochs and at the end,
-        best.pt when it improved), its row for the tracker, its line."""
+        """The epoch's checkpoints, its row for the tracker, its line."""
         history.rows.append(row)
         best = history.best["value"] if history.best else None
         improved = best is None or (row[metric] > best if classify else row[metric] < best)
@@ -211,8 +201,7 @@ def train_job(
 
 
 def checkpoint(model, optimizer: Optimizer, trainer: Trainer, history: History, extra: dict):
-    """A resumable snapshot at an epoch boundary, on the CPU; tensors are copied so that training
-    can go on (d2lrun.reload describes its keys)."""
+    """A resumable snapshot of the run, copied to the CPU (d2lrun.reload lists its keys)."""
     return {
         "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         "optimizer": to_cpu(optimizer.state_dict()),
@@ -281,8 +270,7 @@ def check_positive_target(train: Split, val: Split, spec: Spec) -> None:
 
 
 def learned(model, spec: Spec, log) -> dict | None:
-    """What generated data lets a run check at the end: §3.2's learned w and b against the true
-    ones, §4.4's weights, §6.2.4's kernel."""
+    """What generated data lets a run check: learned w and b (§3.2, §4.4), the kernel (§6.2.4)."""
     if spec.true_kernel is not None:
         kernel = model.kernel.cpu().tolist()
         rounded = [[round(x, 4) for x in r] for r in kernel]

@@ -21,13 +21,11 @@ from d2lrun.errors import UsageError
 
 
 class Optimizer:
-    """torch.optim.SGD's or Adam's step, taken by torch's own functional kernel (the foreach one
-    where torch picks it), with torch.optim's param_groups, state and state_dict layout.
+    """torch.optim.SGD's or Adam's step by torch's functional kernel, in torch.optim's layout."""
 
-    Why not construct torch.optim.SGD itself: that imports torch._dynamo, 2.3 s of start-up on a
-    2-core CPU; calling the functional kernel does not. `torch.optim.SGD(params, ...)
-    .load_state_dict(ckpt["optimizer"])` accepts the state_dict of this one (tests/unit/test_optim).
-    """
+    # Why not torch.optim.SGD itself: constructing it imports torch._dynamo, 2.3 s of start-up on
+    # a 2-core CPU; its functional kernel does not. torch.optim.SGD(...).load_state_dict() takes
+    # this one's state_dict (tests/unit/test_optim.py).
 
     def __init__(self, kind: type[torch.optim.Optimizer], groups: list[dict], **hyper):
         defaults = {  # every key torch.optim's own groups have, so that it can load our state_dict
@@ -83,8 +81,7 @@ class Optimizer:
         return {"state": {index[p]: dict(s) for p, s in self.state.items()}, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """The saved state and hyperparameters; each tensor follows its parameter's device, but
-        Adam's step count, a CPU scalar in torch.optim too, so that step() never waits for it."""
+        """The saved state and hyperparameters, each tensor on its parameter's device."""
         if len(state_dict["param_groups"]) != len(self.param_groups):
             raise UsageError(
                 "the checkpoint's optimizer has another number of parameter groups. "
@@ -96,6 +93,7 @@ class Optimizer:
         self.state = defaultdict(dict)
         for i, s in state_dict["state"].items():
             p = params[int(i)]
+            # but Adam's step count: a CPU scalar in torch.optim too, so step() never waits for it
             self.state[p] = {k: v if k == "step" else v.to(p.device, p.dtype) for k, v in s.items()}
 
 

@@ -11,28 +11,30 @@ A checkpoint is a plain dict of tensors and containers, loaded weights_only:
     spec       what the data decided (d2lrun.data.Spec as a dict)
     mlflow_run_id  logger=mlflow's run (None otherwise), which `d2lrun resume=` continues
 `model.pt` is only the final state_dict, loadable into the book's own nn.Sequential.
-
-Resume, eval and predict all compose the run the same way: its own overrides, its data and MLflow
-store where its config says they were (absolute paths), then the new overrides (run_overrides),
-through Hydra; then they refuse what would change what the weights mean (check_same_meaning).
+Resume, eval and predict compose a saved run alike: run_overrides, then check_same_meaning.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from d2lrun.config import PATH_KEYS, checked, compose, resolve_device
-from d2lrun.data import Spec
+from d2lrun.data import Spec, build_data, prepare_batch
 from d2lrun.errors import UsageError
-from d2lrun.files import remove_stale_temporaries, shown
+from d2lrun.files import atomic_write, curves_figure, remove_stale_temporaries, shown
+from d2lrun.models import build_model, loss_kind
+from d2lrun.trainer import evaluate, loss_for
 
 FORMAT = "d2lrun-checkpoint"
 RETRAIN = "Fix: use another checkpoint of the run (last.pt, best.pt) or train again."
@@ -40,8 +42,8 @@ MEANING = ("model", "dataset", "seed")  # what a reloaded run must keep
 LOCATION_KEYS = (*PATH_KEYS, "download")  # the dataset keys that say where data is, not what it is
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint (or a bare state_dict) without running any pickled code."""
+def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
+    """A checkpoint loaded without running pickled code; with `needs`, never a bare state_dict."""
     path = Path(path)
     if not path.exists():
         raise UsageError(
@@ -53,39 +55,31 @@ def load_checkpoint(path: str | Path) -> dict:
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch names the refused function as "GLOBAL module.name" ("Trying to load unsupported
+    except Exception as e:  # torch raises many kinds for a damaged zip or pickle stream
+        # torch names a refused function as "GLOBAL module.name" ("Trying to load unsupported
         # GLOBAL posix.system ..." or "Unsupported global: GLOBAL x.y was not an allowed ...").
         culprit = re.search(r"GLOBAL (\S+)", str(e))
-        if culprit:
+        if isinstance(e, pickle.UnpicklingError) and culprit:
             raise UsageError(
                 f"{path} was refused: it would run code when loaded, which a checkpoint "
                 f"never needs ({culprit[1]}). Fix: only load checkpoints that d2lrun wrote."
             ) from None
-        raise UsageError(
-            f"{path} is truncated or not a checkpoint (unpickling failed). {RETRAIN}"
-        ) from None
-    except Exception as e:  # torch raises many kinds for a damaged zip or pickle stream
         first = (str(e).splitlines() or [""])[0][:120]
         what = f"{type(e).__name__}{': ' + first if first else ''}"
+        if isinstance(e, pickle.UnpicklingError):
+            what = "unpickling failed"
         raise UsageError(f"{path} is truncated or not a checkpoint ({what}). {RETRAIN}") from None
     if not isinstance(obj, dict):
         raise UsageError(
             f"{path} holds a {type(obj).__name__}, not a checkpoint dict. "
             f"Fix: give a .pt file d2lrun wrote."
         )
-    return obj
-
-
-def load_full_checkpoint(path: Path, what: str) -> dict:
-    """A checkpoint with its config (last.pt, best.pt), not a bare state_dict (model.pt)."""
-    ckpt = load_checkpoint(path)
-    if ckpt.get("format") != FORMAT:
+    if needs and obj.get("format") != FORMAT:  # a bare state_dict (model.pt) has no config
         raise UsageError(
-            f"{path} is a bare state_dict without its config; {what} needs last.pt or "
+            f"{path} is a bare state_dict without its config; {needs} needs last.pt or "
             f"best.pt. Fix: give the run folder {shown(path.parent)} (its last.pt)."
         )
-    return ckpt
+    return obj
 
 
 def find_checkpoint(run: str | Path, name: str = "last.pt") -> Path:
@@ -107,45 +101,38 @@ def find_checkpoint(run: str | Path, name: str = "last.pt") -> Path:
 
 
 def resume_checkpoint(resume: str) -> dict:
-    """The checkpoint that `resume=` names, read once; a run killed inside a checkpoint write
-    (kill -9, power loss) left a temporary file in its folder, which goes."""
+    """The checkpoint that `resume=` names, read once."""
     source = find_checkpoint(resume)
-    remove_stale_temporaries(source.parent)
-    return load_full_checkpoint(source, "resuming")
+    remove_stale_temporaries(source.parent)  # of a run killed inside a write (kill -9, power loss)
+    return load_checkpoint(source, needs="resuming")
 
 
 def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:
     """load_state_dict(strict=True), with one readable line when the architectures differ."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        parts = [
-            f"missing keys {missing[:6]}" if missing else "",
-            f"unexpected keys {unexpected[:6]}" if unexpected else "",
-            f"shape mismatches {shapes[:4]}" if shapes else "",
-        ]
+    mismatches = {  # the first few of each kind
+        "missing keys": [k for k in own if k not in state][:6],
+        "unexpected keys": [k for k in state if k not in own][:6],
+        "shape mismatches": [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape
+        ][:4],
+    }
+    if found := "; ".join(f"{kind} {keys}" for kind, keys in mismatches.items() if keys):
         raise UsageError(
-            f"{source} was saved from another architecture: {'; '.join(p for p in parts if p)}. "
+            f"{source} was saved from another architecture: {found}. "
             f"Fix: rebuild the model with the run's own config (d2lrun-eval run=DIR does)."
         )
     model.load_state_dict(state)
 
 
 def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
-    """base less what new sets again, then new (flags such as -m pass through), read with Hydra's
-    own override parser. When new picks another option of a group (logger=none for a run of
-    logger=mlflow), base's keys of that group go too: they belonged to the other option."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
+    """base less what new sets again, then new (flags such as -m pass through), as Hydra reads."""
     parse = OverridesParser.create().parse_overrides
     again = {o.key_or_group: o for o in parse([o for o in new if not o.startswith("-")])}
     old = parse(list(base))
+    # new picks another option of a group (logger=none for logger=mlflow): base's keys of it go
     switched = [
         f"{o.key_or_group.replace('/', '.')}."
         for o in old
@@ -157,8 +144,7 @@ def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
 
 
 def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:
-    """The command line that composes a saved run again: its own overrides, where its data and its
-    MLflow store were (from its config, absolute, so that this works from any folder), then new."""
+    """A saved run's command line: its overrides, where its data and MLflow store are, then new."""
     saved = ckpt["config"]
     where = {f"dataset.{k}": saved["dataset"].get(k) for k in PATH_KEYS}
     where["logger.tracking_uri"] = saved["logger"].get("tracking_uri")
@@ -181,8 +167,7 @@ def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[s
             a, b = (a or {}).get(name), (b or {}).get(name)
         if section == "dataset":
             a, b = ({k: v for k, v in d.items() if k not in LOCATION_KEYS} for d in (a, b))
-        diff = first_difference(a, b, key)
-        if diff:
+        if diff := first_difference(a, b, key):
             k, was, asked = diff
             drop = f"{k[:-5]}={asked}" if k.endswith(".name") else f"{k}=..."  # a group's option
             raise UsageError(
@@ -200,8 +185,7 @@ def first_difference(a, b, prefix: str):
 
 @dataclass
 class SavedRun:
-    """A reloaded run: the model (eval mode, on `device`), its config, data spec and source; and
-    its folder's record: `metrics` (a DataFrame of the epochs), `summary`, `plot()`."""
+    """A reloaded run: its model (eval mode, on `device`), config, spec and run folder's files."""
 
     model: nn.Module
     config: DictConfig
@@ -224,14 +208,10 @@ class SavedRun:
     @property
     def summary(self) -> dict:
         """metrics.json: status, final and best metrics, wall time, device."""
-        import json
-
         return json.loads(self.file("metrics.json").read_text())
 
     def plot(self):
         """The loss (and accuracy) curves as a matplotlib Figure, as curves.png draws them."""
-        from d2lrun.files import curves_figure
-
         title = f"{self.config.model.name} on {self.spec.dataset}"
         return curves_figure(self.metrics.to_dict("records"), title)
 
@@ -243,8 +223,7 @@ class SavedRun:
         return self.run_dir / name
 
     def predict(self, inputs) -> list:
-        """Predict raw inputs: a DataFrame of rows (CSV runs) or uint8 images (N, 28, 28).
-        Returns class names for classification and floats for regression."""
+        """Predict raw inputs, CSV rows (a DataFrame) or uint8 images: class names or floats."""
         X = self.prepare(inputs)
         with torch.no_grad():
             out = self.model(X)
@@ -256,8 +235,6 @@ class SavedRun:
 
     def prepare(self, inputs) -> torch.Tensor:
         """Raw inputs -> the tensor the model was trained on, with the run's stored statistics."""
-        from d2lrun.data import prepare_batch
-
         if self.spec.preprocess:  # a table: the statistics fitted when it trained
             import pandas as pd
 
@@ -270,8 +247,7 @@ class SavedRun:
                 )
             return torch.from_numpy(transform(inputs, self.spec.preprocess)).to(self.device)
         X = torch.as_tensor(inputs)
-        shape = tuple(self.spec.image_shape or ())
-        if shape:
+        if shape := tuple(self.spec.image_shape or ()):
             X = X.reshape(1, *X.shape) if X.ndim == 2 else X  # one image (H, W) -> (1, H, W)
             X = X.unsqueeze(1) if X.ndim == 3 else X  # (N, H, W) -> (N, 1, H, W)
             if tuple(X.shape[1:]) != shape:
@@ -288,12 +264,9 @@ def load_run(
     device: str = "cpu",
     overrides: Sequence[str] = (),
 ) -> SavedRun:
-    """Rebuild a run's model: from a run folder (its final weights) or one checkpoint file.
-    `overrides` may say where the run's data is now (`dataset.root=...`, `dataset.path=...`)."""
-    from d2lrun.models import build_model
-
+    """Rebuild a run's model from its folder or one checkpoint; overrides: where its data is now."""
     source = Path(ckpt) if ckpt else find_checkpoint(path)
-    saved = load_full_checkpoint(source, "reloading")
+    saved = load_checkpoint(source, needs="reloading")
     weights = saved["model"]
     if ckpt is None and (source.parent / "model.pt").exists():  # a finished run: its final weights
         weights = load_checkpoint(source.parent / "model.pt")
@@ -307,10 +280,6 @@ def load_run(
 
 def evaluate_run(run: SavedRun) -> dict:
     """Metrics of the reloaded model on the held-out split of the run's own dataset."""
-    from d2lrun.data import build_data
-    from d2lrun.models import loss_kind
-    from d2lrun.trainer import evaluate, loss_for
-
     _, val, spec = build_data(run.config.dataset, run.config.seed, run.device, run.spec.fold)
     loss = loss_for(spec.task, loss_kind(run.config.model))
     metrics = evaluate(run.model, loss, val, run.config.trainer.log_rmse)
@@ -326,8 +295,6 @@ def read_inputs(run: SavedRun, path: Path):
 
         return read_table(path, "input", run.spec.na_values)
     if path.suffix == ".npy":
-        import numpy as np
-
         return np.load(path, allow_pickle=False)
     if path.suffix == ".pt":
         return torch.load(path, weights_only=True)
@@ -337,22 +304,17 @@ def read_inputs(run: SavedRun, path: Path):
 
 
 def predict_file(run: SavedRun, path: Path, out: Path) -> int:
-    """Predict every input in `path` and write them, one row each, to the CSV file `out`.
-
-    A table's rows keep their identifying columns (dataset.drop, e.g. Id; all of them when it drops
-    none) beside the prediction, named after the target: Kaggle's submission format (§4.10).
-    """
+    """Predict every input in `path` and write them, one row each, to the CSV file `out`."""
     import pandas as pd
-
-    from d2lrun.files import atomic_write
 
     inputs = read_inputs(run, path)
     predictions = run.predict(inputs)
     if isinstance(inputs, pd.DataFrame):
-        missing = [c for c in run.spec.drop if c not in inputs.columns]
-        if missing:
+        if missing := [c for c in run.spec.drop if c not in inputs.columns]:
             raise UsageError(f"input={path} lacks the column(s) {missing} the run carries into its "
                              f"predictions (dataset.drop). Fix: add them.")  # fmt: skip
+        # Rows keep their ids (dataset.drop; all columns when it drops none) beside the prediction,
+        # named after the target: Kaggle's submission format (§4.10).
         frame = inputs[run.spec.drop or list(inputs.columns)].copy()
         frame[run.spec.target or "prediction"] = predictions
     else:

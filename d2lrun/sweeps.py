@@ -1,11 +1,8 @@
 """Sweeps (`d2lrun -m`): resumable jobs, and the results table of any sweep folder.
 
-    run_job   one job: skipped when already completed; a failure is recorded, the sweep goes on
-    score     what each job returns to the sweeper: best val_acc, or minus best val_loss
-    report    the table (pandas), summary.csv and heatmap.png of a sweep folder (`d2lrun-report`)
-
-Launchers hand their jobs here: Hydra's basic and joblib launchers, submitit's, and d2lrun's own
-SLURM launcher (hydra_plugins/d2lrun_launcher). Imports stay light (no torch) until a job trains.
+Launchers (Hydra's basic and joblib ones, submitit's, d2lrun's own SLURM launcher in
+hydra_plugins/d2lrun_launcher) hand each job to run_job, which returns its score to the sweeper.
+report writes summary.csv and heatmap.png (`d2lrun-report`). No torch until a job trains.
 """
 
 from __future__ import annotations
@@ -34,18 +31,16 @@ def read_json(path: Path) -> dict | None:
 
 
 def finished_job(run_dir: Path, overrides: list[str]) -> dict | None:
-    """metrics.json of the job that completed in run_dir with these same overrides, else None: the
-    overrides its checkpoint keeps (a k-fold job's first fold's) must be these."""
+    """metrics.json of the job that completed in run_dir with these same overrides, else None."""
     from d2lrun.reload import load_checkpoint
 
     metrics = read_json(run_dir / "metrics.json")
     if not metrics or metrics.get("status") != "completed":
         return None
-    saved = next(
-        (p for p in (run_dir / "last.pt", run_dir / "fold_0" / "last.pt") if p.exists()), None
-    )
+    # The overrides its checkpoint keeps (a k-fold job's: its first fold's) must be these.
+    saved = [p for p in (run_dir / "last.pt", run_dir / "fold_0" / "last.pt") if p.exists()]
     kept = [o for o in overrides if not o.startswith("resume=")]
-    return metrics if saved and load_checkpoint(saved).get("overrides") == kept else None
+    return metrics if saved and load_checkpoint(saved[0]).get("overrides") == kept else None
 
 
 def run_job(
@@ -56,9 +51,7 @@ def run_job(
     num: int,
     ckpt: dict | None = None,
 ) -> float:
-    """Job number num of a sweep (ckpt: the checkpoint it resumes); returns its score. A job that
-    fails is recorded in its metrics.json (status, reason, exit code; error.txt: a bug's
-    traceback); the sweep goes on."""
+    """Job num of a sweep (ckpt: the checkpoint it resumes); its score. A failure is recorded."""
     from d2lrun.job import train
 
     done = finished_job(run_dir, overrides)
@@ -67,19 +60,16 @@ def run_job(
         return score(done)
     (run_dir / "metrics.json").unlink(missing_ok=True)  # an earlier attempt's no longer counts
     swept = {k.lstrip("+~") for k in planned_jobs(sweep_dir)[1]}
-    experiment = (
-        f"sweep {sweep_dir.resolve()}" if swept & {"model", "dataset", "experiment"} else None
-    )
+    one_experiment = swept & {"model", "dataset", "experiment"}  # in MLflow, named after the sweep
+    experiment = f"sweep {sweep_dir.resolve()}" if one_experiment else None
     try:
-        return score(
-            train(cfg, run_dir, overrides, ckpt, sweep_dir=sweep_dir, experiment=experiment)
-        )
+        metrics = train(cfg, run_dir, overrides, ckpt, sweep_dir=sweep_dir, experiment=experiment)
     except Interrupted as e:
         raise Interrupted(
             f"{e} To finish the sweep, run the same command again with "
             f"hydra.sweep.dir={shown(sweep_dir)}"
         ) from None
-    except Exception as e:
+    except Exception as e:  # recorded (a bug's traceback too, in error.txt); the sweep goes on
         error = explain(e)
         reason = f"{error} (traceback in error.txt)" if isinstance(error, Bug) else str(error)
         print(f"d2lrun: error: {reason}", file=sys.stderr, flush=True)
@@ -89,21 +79,19 @@ def run_job(
         if not (run_dir / "metrics.json").exists():
             record_failure(run_dir, reason, error.exit_code)
         return -math.inf
+    return score(metrics)
 
 
 def record_failure(run_dir: Path, reason: str, exit_code: int) -> None:
     """metrics.json of a job that failed: the table shows it as failed, with its reason."""
-    write_json(
-        run_dir / "metrics.json", {"status": "failed", "reason": reason, "exit_code": exit_code}
-    )
+    failure = {"status": "failed", "reason": reason, "exit_code": exit_code}
+    write_json(run_dir / "metrics.json", failure)
 
 
 def score(metrics: dict | None) -> float:
-    """What a sweeper maximizes: best val_acc, or minus best val_loss; -inf unless completed.
-
-    -inf rather than NaN: Optuna rejects NaN (and the Hydra plugin then crashes the sweep), while
-    -inf is a valid value that steers the search away from settings that diverge.
-    """
+    """What a sweeper maximizes: best val_acc, or minus best val_loss; -inf unless completed."""
+    # -inf rather than NaN: Optuna rejects NaN (and the Hydra plugin then crashes the sweep), while
+    # -inf is a valid value that steers the search away from settings that diverge.
     best = (metrics or {}).get("best")
     if not metrics or metrics.get("status") != "completed" or not best:
         return -math.inf
@@ -124,31 +112,25 @@ def planned_jobs(sweep_dir: Path) -> tuple[list[dict | None], list[str]]:
     swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return [None] * int(sweeper.get("n_trials") or 0), swept
-    values = [  # the grid, in Hydra's own job order
+    values = [  # the grid, in the order of Hydra's basic sweeper
         [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
         if o.is_sweep_override()
         else [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
         for o in overrides
     ]
-    return [as_dict(job) for job in itertools.product(*values)], swept
-
-
-def as_dict(overrides: list[str] | None) -> dict[str, str] | None:
-    return None if overrides is None else dict(o.split("=", 1) for o in overrides if "=" in o)
+    return [dict(o.split("=", 1) for o in job) for job in itertools.product(*values)], swept
 
 
 def found_jobs(sweep_dir: Path):
-    """(name, overrides, metrics) of every job folder; overrides are what Hydra recorded in its
-    .hydra/ (None for a job that never started), metrics None while it runs or when killed."""
-    folders = sorted(
-        (p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: job_number(p.name)
-    )
-    for d in folders:
-        hydra_file = d / ".hydra" / "overrides.yaml"
-        overrides = list(OmegaConf.load(hydra_file)) if hydra_file.exists() else None
+    """(name, overrides, metrics) of each job folder; None: not started, or running or killed."""
+    folders = [p for p in sweep_dir.iterdir() if p.is_dir()]
+    for d in sorted(folders, key=lambda p: job_number(p.name)):
+        recorded, overrides = d / ".hydra" / "overrides.yaml", None
+        if recorded.exists():
+            overrides = dict(o.split("=", 1) for o in OmegaConf.load(recorded) if "=" in o)
         metrics = read_json(d / "metrics.json")
         if overrides is not None or metrics is not None:
-            yield d.name, as_dict(overrides), metrics
+            yield d.name, overrides, metrics
 
 
 def job_number(name: str) -> int:
@@ -166,8 +148,7 @@ def number(text):
 
 
 def collect(sweep_dir: Path):
-    """One row per job, found or only planned, best first (a pandas DataFrame; the columns
-    _score and _metric are for sorting and the heatmap); and the swept keys."""
+    """One row per job, found or only planned, best first, as a DataFrame; and the swept keys."""
     import pandas as pd
 
     planned, swept = planned_jobs(sweep_dir)
@@ -187,39 +168,30 @@ def collect(sweep_dir: Path):
         )
     overrides = [{k: number(v) for k, v in r.pop("_overrides").items()} for r in rows]
     values = pd.DataFrame(overrides, dtype=object)  # object: 3 stays 3 beside 0.1, as typed
-    varied = [k for k in values if values[k].nunique() > 1]
-    keys = list(dict.fromkeys(swept + varied))
+    keys = list(dict.fromkeys(swept + [k for k in values if values[k].nunique() > 1]))
     table = pd.DataFrame(rows, dtype=object)
-    metrics = list(dict.fromkeys(m for m in table["_metric"] if m))
-    columns = ["job", "status", *(f"{w}_{m}" for m in metrics for w in ("final", "best"))]
+    measured = [f"{w}_{m}" for m in table["_metric"].dropna().unique() for w in ("final", "best")]
+    ends = ["best_epoch", "seconds", "reason", "_score", "_metric"]  # _: to sort and to draw
     table = pd.concat([values.reindex(columns=keys), table], axis=1)
-    table = table.reindex(columns=[*columns[:1], *keys, *columns[1:], "best_epoch", "seconds",
-                                   "reason", "_score", "_metric"])  # fmt: skip
-    finite = table["_score"].map(math.isfinite)
-    order = table.assign(
-        _rank=~finite, _key=(-table["_score"]).where(finite, table["job"].map(job_number))
-    )
-    return table.loc[order.sort_values(["_rank", "_key"], kind="stable").index], keys
+    table = table.reindex(columns=["job", *keys, "status", *measured, *ends])
+    # Best first; the jobs that did not complete (score -inf) last, in job order.
+    table["_number"] = table["job"].map(job_number)
+    return table.sort_values(["_score", "_number"], ascending=[False, True]), keys
 
 
 def row(job: str, overrides: dict | None, metrics: dict | None, started: bool) -> dict:
     metrics = metrics or {}
     status = metrics.get("status", "unknown") if metrics else "unfinished" if started else "missing"
     best, final = metrics.get("best") or {}, metrics.get("final") or {}
-    metric = best.get("metric")
-    values = (
-        {f"final_{metric}": final.get(metric), f"best_{metric}": best.get("value")}
-        if metric
-        else {}
-    )
+    metric = best.get("metric")  # None: no final_None, best_None columns (collect drops them)
     return {"job": job, "_overrides": overrides or {}, "_score": score(metrics), "_metric": metric,
-            "status": status, **values, "best_epoch": best.get("epoch"),
+            "status": status, f"final_{metric}": final.get(metric),
+            f"best_{metric}": best.get("value"), "best_epoch": best.get("epoch"),
             "seconds": metrics.get("wall_seconds"), "reason": metrics.get("reason")}  # fmt: skip
 
 
 def report(sweep_dir: Path, show: bool = True) -> str | None:
-    """Print a sweep folder's table (unless not show), write summary.csv (and heatmap.png); say
-    what did not complete."""
+    """Print a sweep folder's table (if show), write summary.csv and heatmap.png; what failed."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UsageError(
@@ -236,7 +208,7 @@ def report(sweep_dir: Path, show: bool = True) -> str | None:
     counts = table["status"].value_counts(sort=False)
     if show:
         print_table(sweep_dir, public, counts)
-        print(f"wrote {', '.join(str(p) for p in written)}")
+        print(f"wrote {', '.join(map(str, written))}")
     bad = len(table) - counts.get("completed", 0)
     if bad:
         what = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "completed")
@@ -247,26 +219,21 @@ def report(sweep_dir: Path, show: bool = True) -> str | None:
 def print_table(sweep_dir: Path, table, counts) -> None:
     """The rows as a rich table, best first (bold), failures in red, their reasons below."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     columns = [c for c in table if c != "reason"]
-    shown_table = Table()
-    for c in columns:
-        shown_table.add_column(c, justify="left" if c == "status" else "right")
+    rich_table = Table(*(Column(c, justify="left" if c == "status" else "right") for c in columns))
     for i, r in enumerate(table.to_dict("records")):
         style = ("bold" if i == 0 else None) if r["status"] == "completed" else "red"
-        shown_table.add_row(*(fmt(r[c]) for c in columns), style=style)
+        rich_table.add_row(*(fmt(r[c]) for c in columns), style=style)
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # piped to a file: not squeezed into 80 columns
     console.print(f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items()),
                   soft_wrap=True)  # fmt: skip
-    console.print(shown_table)
-    for r in table.to_dict("records"):
-        if isinstance(r["reason"], str):
-            console.print(
-                f"job {r['job']} {r['status']}: {r['reason']}", style="red", soft_wrap=True
-            )
+    console.print(rich_table)
+    for r in table.dropna(subset=["reason"]).to_dict("records"):
+        console.print(f"job {r['job']} {r['status']}: {r['reason']}", style="red", soft_wrap=True)
 
 
 def fmt(value) -> str:
@@ -278,7 +245,6 @@ def fmt(value) -> str:
 def plot_heatmap(path: Path, table, x_key: str, y_key: str, metric: str) -> Path:
     """best_<metric> over two swept values: a cell per grid job, a dot per trial of a search."""
     import matplotlib
-    import numpy as np
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, and a faster import
 
@@ -288,21 +254,17 @@ def plot_heatmap(path: Path, table, x_key: str, y_key: str, metric: str) -> Path
     values = cells.loc[ok, col].astype(float)
     cmap = matplotlib.colormaps["viridis" if metric in HIGHER_IS_BETTER else "viridis_r"]
     cmap = cmap.with_extremes(bad="lightgray")
-    norm = (
-        LogNorm() if len(values) and values.min() > 0 and values.max() > 10 * values.min() else None
-    )
+    # A log scale when the values span more than a decade (min and max are NaN when none are left).
+    norm = LogNorm() if values.min() > 0 and values.max() > 10 * values.min() else None
     xs, ys = sorted(set(cells[x_key])), sorted(set(cells[y_key]))
     grid = len(xs) * len(ys) == len(set(zip(cells[x_key], cells[y_key], strict=True)))
     size = (max(5.0, 1.1 * len(xs) + 2.5), max(3.5, 0.7 * len(ys) + 2)) if grid else (6, 4.5)
     fig = Figure(figsize=size)
     ax = fig.subplots()
     if grid:  # a grid sweep: one cell per job, failures grey with their status
-        z = np.full((len(ys), len(xs)), np.nan)
-        for r in cells[ok].to_dict("records"):
-            z[ys.index(r[y_key]), xs.index(r[x_key])] = r[col]
-        image = ax.imshow(
-            np.ma.masked_invalid(z), cmap=cmap, norm=norm, origin="lower", aspect="auto"
-        )
+        z = cells[ok].pivot_table(col, index=y_key, columns=x_key, aggfunc="last")
+        z = z.reindex(index=ys, columns=xs).astype(float).to_numpy()
+        image = ax.imshow(z, cmap=cmap, norm=norm, origin="lower", aspect="auto")
         for r, good in zip(cells.to_dict("records"), ok, strict=True):
             red, green, blue, _ = cmap(image.norm(r[col])) if good else (1, 1, 1, 1)
             dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells
@@ -324,8 +286,6 @@ def plot_heatmap(path: Path, table, x_key: str, y_key: str, metric: str) -> Path
             ax.legend()
     if len(values):
         fig.colorbar(image, ax=ax, label=col)
-    ax.set_xlabel(x_key)
-    ax.set_ylabel(y_key)
-    ax.set_title(f"{col} ({path.parent.name})")
+    ax.set(xlabel=x_key, ylabel=y_key, title=f"{col} ({path.parent.name})")
     fig.tight_layout()
     return atomic_write(path, png(fig))

@@ -1,13 +1,12 @@
 """Run tracking where people compare runs: TensorBoard and MLflow (the `logger` config group).
 
-    tracker = open_tracker(cfg, run_dir, name, ckpt)  # before any data: fails in one line
-    run_id = tracker.start(config, rows)  # the MLflow run id goes into every checkpoint
-    tracker.log_epoch(row)                # at the end of each epoch (d2lrun.job's on_epoch)
-    tracker.finish(status, summary, run_dir)  # after the run's files are written
+    tracker = open_tracker(cfg, run_dir, name, ckpt, ...)  # before any data: fails in one line
+    run_id = tracker.start(config, rows)      # rows: a resumed run's epochs; MLflow's run id
+    tracker.log_epoch(row)                    # at the end of each epoch (d2lrun.job's on_epoch)
+    tracker.finish(status, summary, run_dir)  # the run ended; its files are written
 
-Nothing is sent per batch. The packages are imported only when chosen, so `d2lrun --help` stays
-quick. Once training has started, a logging failure costs a note, never the run: its files are
-the record.
+Nothing is sent per batch; the packages are imported only when chosen. Once training has started,
+a logging failure costs a note, never the run: its files are the record.
 """
 
 from __future__ import annotations
@@ -32,47 +31,35 @@ RUN_STATUS = {"completed": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
 
 
 class Tracker:
-    """logger=none: nothing beyond the run folder's own files. The other loggers extend it."""
+    """logger=none: nothing beyond the run folder's own files. The other loggers override these."""
 
-    def start(self, config: dict, rows: list[dict]) -> str | None:
-        """Begin (rows: the epochs a resumed run already has); returns the MLflow run id, if any."""
-        return None
-
-    def log_epoch(self, row: dict) -> None:
-        """One epoch's metrics row, once it is complete."""
-
-    def finish(self, status: str, summary: dict, run_dir: Path) -> None:
-        """The run ended (completed, diverged, interrupted, failed); its files are written."""
+    def start(self, config: dict, rows: list[dict]) -> str | None: ...
+    def log_epoch(self, row: dict) -> None: ...
+    def finish(self, status: str, summary: dict, run_dir: Path) -> None: ...
 
 
 class TensorBoard(Tracker):
     """Event files in RUN/tensorboard/: a scalar per metric per epoch, the config as hparams."""
 
     def __init__(self, run_dir: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise missing_package("tensorboard", e) from None
+        from torch.utils.tensorboard import SummaryWriter
+
         self.SummaryWriter, self.folder = SummaryWriter, run_dir / "tensorboard"
 
     def start(self, config: dict, rows: list[dict]) -> None:
         self.config = config
         self.writer = self.SummaryWriter(log_dir=str(self.folder))
         for row in rows:  # a resumed run's earlier epochs: its folder has them all, as metrics.csv
-            self._scalars(row)
+            self.log_epoch(row)
 
     def log_epoch(self, row: dict) -> None:
-        self._scalars(row)
-        self.writer.flush()  # `tensorboard --logdir` shows the epoch now, not two minutes later
-
-    def _scalars(self, row: dict) -> None:
         for name, value in metrics_of(row).items():
             self.writer.add_scalar(name, value, row["epoch"])
+        self.writer.flush()  # `tensorboard --logdir` shows the epoch now, not two minutes later
 
     def finish(self, status: str, summary: dict, run_dir: Path) -> None:
-        """The HParams view: the config and status, and as metrics the epochs' scalars (their last
-        values) and best_<metric>. SummaryWriter.add_hparams would put them in a second run folder
-        with a second copy of each metric, so its three summaries go into this run's file."""
+        """The HParams view: the config and status; the epochs' scalars and best_<metric>."""
+        # Not SummaryWriter.add_hparams: it writes a second run folder, with a copy of each metric.
         from torch.utils.tensorboard.summary import hparams
 
         best = summary.get("best")
@@ -94,19 +81,19 @@ class MLflow(Tracker):
         # MLflow 3's usage telemetry starts threads at import that slowed a softmax epoch here from
         # 0.14 s to 6-9 s (offline); off unless the user chose (MLFLOW_DISABLE_TELEMETRY=false).
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        try:
-            from mlflow import MlflowClient
-        except ImportError as e:
-            raise missing_package("mlflow", e) from None
+        from mlflow import MlflowClient
+
         # A new SQLite store logs its migrations at INFO on stderr, which d2lrun keeps for errors.
         for logger in ("mlflow.store.db.utils", "alembic"):
             logging.getLogger(logger).setLevel(logging.WARNING)
         self.uri, self.run_dir, self.sweep_dir = cfg.logger.tracking_uri, run_dir, sweep_dir
         self.ckpt, self.log, self.run_id = ckpt, log, None
+        local = self.uri.startswith("sqlite:///")  # its folder: made here, artifacts beside it
+        self.sqlite_dir = Path(self.uri.removeprefix("sqlite:///")).parent if local else None
         with quick_requests():
             try:
-                if self.uri.startswith("sqlite:///"):
-                    Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+                if self.sqlite_dir:
+                    self.sqlite_dir.mkdir(parents=True, exist_ok=True)
                 self.client = MlflowClient(self.uri)
                 self.experiment_id = self._experiment(name)
                 self.continued = self._continued(ckpt) if ckpt else None
@@ -121,10 +108,7 @@ class MLflow(Tracker):
 
         found = self.client.get_experiment_by_name(name)
         if found is None:
-            local = self.uri.startswith("sqlite:///")
-            where = (
-                str(Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts") if local else None
-            )
+            where = str(self.sqlite_dir / "mlartifacts") if self.sqlite_dir else None
             try:
                 return self.client.create_experiment(name, artifact_location=where)
             except MlflowException:  # a sweep job in another process created it first
@@ -139,8 +123,7 @@ class MLflow(Tracker):
         return found.experiment_id
 
     def _continued(self, ckpt: dict) -> str | None:
-        """The checkpoint's MLflow run, unless it is gone or already has later epochs (resuming
-        from best.pt): then a new MLflow run starts, with the epochs the checkpoint holds."""
+        """The checkpoint's MLflow run; None when it is gone or has later epochs (from best.pt)."""
         from mlflow.exceptions import MlflowException
 
         run_id, epoch = ckpt.get("mlflow_run_id"), ckpt["epoch"]
@@ -173,8 +156,7 @@ class MLflow(Tracker):
                 self.client.update_run(self.run_id, status="RUNNING")
             else:
                 name = "/".join(self.run_dir.resolve().parts[-2:])  # DATE/TIME, or TIME/JOB
-                run = self.client.create_run(self.experiment_id, run_name=name)
-                self.run_id = run.info.run_id
+                self.run_id = self.client.create_run(self.experiment_id, run_name=name).info.run_id
             params = [Param(k, str(v)) for k, v in params.items()]  # log_batch chunks them itself
             self.client.log_batch(
                 self.run_id, params=params, tags=[RunTag(*t) for t in tags.items()]
@@ -187,14 +169,13 @@ class MLflow(Tracker):
     def log_epoch(self, row: dict) -> None:
         self._metrics([row])
 
-    def _metrics(self, rows: list[dict], extra=()) -> None:
+    def _metrics(self, rows: list[dict]) -> None:
         from mlflow.entities import Metric
 
         if self.run_id is None:
             return
         now = int(time.time() * 1000)
         items = [Metric(k, v, now, r["epoch"]) for r in rows for k, v in metrics_of(r).items()]
-        items += [Metric(k, v, now, step) for k, v, step in extra]
         try:
             self.client.log_batch(self.run_id, metrics=items)
         except Exception as e:
@@ -202,9 +183,8 @@ class MLflow(Tracker):
 
     def finish(self, status: str, summary: dict, run_dir: Path) -> None:
         best = summary.get("best")
-        self._metrics(
-            [], [(f"best_{best['metric']}", best["value"], best["epoch"])] if best else []
-        )
+        if best:
+            self._metrics([{"epoch": best["epoch"], f"best_{best['metric']}": best["value"]}])
         if self.run_id is None:
             return
         try:
@@ -224,12 +204,19 @@ class MLflow(Tracker):
 def open_tracker(
     cfg: DictConfig, run_dir: Path, name: str, ckpt: dict | None, sweep_dir: Path | None, log
 ) -> Tracker:
-    """The tracker cfg.logger names; a missing package or an unreachable server fails here. name:
-    the MLflow experiment (experiment_name)."""
-    if cfg.logger.name == "tensorboard":
-        return TensorBoard(run_dir)
-    if cfg.logger.name == "mlflow":
-        return MLflow(cfg, run_dir, name, ckpt, sweep_dir, log)
+    """The tracker cfg.logger names (name: MLflow's experiment); a missing package fails here."""
+    logger = cfg.logger.name
+    try:
+        if logger == "tensorboard":
+            return TensorBoard(run_dir)
+        if logger == "mlflow":
+            return MLflow(cfg, run_dir, name, ckpt, sweep_dir, log)
+    except ImportError as e:  # the logger's package: MLflow's client errors are caught in MLflow
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(
+            f"logger={logger} needs the {logger} package ({reason}). "
+            f"Fix: pip install 'd2lrun[{logger}]', or logger=none."
+        ) from None
     return Tracker()
 
 
@@ -255,11 +242,9 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str | int | float]:
 
 
 def experiment_name(cfg: DictConfig, preset: str | None, sweep: str | None) -> str:
-    """logger.experiment_name, else the sweep's (one that varies the model, the dataset or the
-    preset is one experiment named after its folder), else the preset's name, else MODEL-DATASET."""
-    if cfg.logger.get("experiment_name"):
-        return cfg.logger.experiment_name
-    return sweep or preset or f"{cfg.model.name}-{cfg.dataset.name}"
+    """logger.experiment_name, else the sweep's, else the preset's name, else MODEL-DATASET."""
+    default = f"{cfg.model.name}-{cfg.dataset.name}"
+    return cfg.logger.get("experiment_name") or sweep or preset or default
 
 
 @contextmanager
@@ -272,14 +257,6 @@ def quick_requests():
     finally:
         for k in added:
             os.environ.pop(k, None)
-
-
-def missing_package(logger: str, e: ImportError) -> UsageError:
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return UsageError(
-        f"logger={logger} needs the {logger} package ({reason}). "
-        f"Fix: pip install 'd2lrun[{logger}]', or logger=none."
-    )
 
 
 def unreachable(uri: str, e: Exception) -> UsageError:

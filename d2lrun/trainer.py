@@ -8,7 +8,6 @@ with which the job (d2lrun.job) checkpoints, tracks and prints.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -167,32 +166,16 @@ def fit(
             on_epoch(row)
 
 
-class NoBar(contextlib.nullcontext):
-    """trainer.progress=false: no bar, and no import of rich (0.04 s of a run's start)."""
-
-    def reset(self, *args, **kwargs) -> None:
-        pass
-
-    advance = reset
-
-
 def progress_bar(show: bool, batches: int):
     """A rich progress bar over an epoch's batches (its task 0) on stderr, on a terminal or in
     Jupyter only."""
-    if not show:
-        return NoBar()
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import TimeRemainingColumn as Remaining
 
     console = Console(stderr=True)  # stdout keeps the epoch lines
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Remaining(),
         console=console, transient=True,
         disable=not (show and (console.is_terminal or console.is_jupyter)),
         # Epoch lines printed while the bar runs: above it on a terminal, but into stdout itself
@@ -204,8 +187,8 @@ def progress_bar(show: bool, batches: int):
 
 
 def diverged(batch_losses: torch.Tensor, batch_size: int, epoch: int, optimizer) -> Diverged:
-    """Where the loss stopped being finite: a NaN/inf batch loss, or finite ones whose float32 sum
-    overflowed (the first batch where the running sum is no longer finite)."""
+    """Where the loss stopped being finite: the first batch whose loss, or running float32 sum of
+    losses, is NaN or infinite."""
     running = torch.cumsum(batch_losses * batch_size, 0)
     first = (~torch.isfinite(running)).nonzero()
     bad = int(first[0]) if len(first) else len(running) - 1
@@ -216,10 +199,8 @@ def diverged(batch_losses: torch.Tensor, batch_size: int, epoch: int, optimizer)
 
 
 def compiled(model: nn.Module, device: torch.device, log: Callable[[str], None]) -> nn.Module:
-    """trainer.compile=true: torch.compile the model; on CUDA with CUDA graphs ("reduce-overhead"),
-    which removes the per-kernel launch cost that dominates tiny models. The last, smaller batch
-    compiles once more; nothing is dropped. Falls back to eager, with one line, where it cannot
-    apply."""
+    """trainer.compile=true: torch.compile, on CUDA with CUDA graphs ("reduce-overhead"), which
+    remove the launch cost that dominates tiny models; eager, with a note, where it cannot apply."""
     import shutil
 
     if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "cc")):

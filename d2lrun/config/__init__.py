@@ -1,11 +1,7 @@
 """The config: the one schema (d2lrun.config.schema) composed by Hydra, checked once, and what any
-error means to the user.
+error means to the user (explain).
 
-    compose(overrides)   the config of `d2lrun OVERRIDES` through Hydra's Compose API
-    given(args, key)     the value an override gives key, read with Hydra's override parser
-    checked(cfg)         the declared ranges and the rules between keys; paths made absolute
-    resolve_device(name) device=auto|cpu|cuda|cuda:N|mps as a torch.device that exists here
-    explain(error)       any exception as d2lrun's own: its one line and its exit code
+    cfg = checked(compose(["model=mlp", "optim.lr=0.1"]))   # as `d2lrun model=mlp optim.lr=0.1`
 """
 
 from __future__ import annotations
@@ -17,12 +13,19 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+# Hydra is imported already (config.schema's ConfigStore): its modules cost nothing more here.
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from d2lrun.config.schema import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, Trainer, register
+from d2lrun.config.schema import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, register
 from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
 
-__all__ = ["CONFIG_DIR", "EXPERIMENTS_DIR", "SCHEMAS", "Trainer", "register"]
+__all__ = ["CONFIG_DIR", "EXPERIMENTS_DIR", "SCHEMAS", "register"]
 IMAGE_DATASETS = ("fashion_mnist", "kernel")
 PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
 
@@ -30,12 +33,7 @@ PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
 def compose(
     overrides: Sequence[str] = (), name: str = "config", with_hydra: bool = False
 ) -> DictConfig:
-    """The config of `d2lrun OVERRIDES...` through Hydra's Compose API (in a Hydra app: its own);
-    with_hydra: with Hydra's own keys too (hydra.sweep.dir ...)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
+    """The config of `d2lrun OVERRIDES...` via Hydra's Compose API; with_hydra: Hydra's keys too."""
     if GlobalHydra.instance().is_initialized():  # e.g. d2lrun-eval's @hydra.main: the same configs
         return hydra_compose(name, list(overrides), return_hydra_config=with_hydra)
     register()
@@ -50,8 +48,7 @@ def checked(cfg: DictConfig) -> DictConfig:
             f"model=lenet needs images, and dataset={cfg.dataset.name} is a table. "
             f"Fix: dataset=fashion_mnist, or model=mlp for dataset={cfg.dataset.name}."
         )
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
+    if missing := sorted(OmegaConf.missing_keys(cfg)):
         k, group = missing[0], missing[0].split(".")[0]
         which = f" for {group}={cfg[group].name}" if group in SCHEMAS else ""
         raise UsageError(f"{k} is required{which}. Fix: {k}={example(cfg, k)}.")
@@ -128,10 +125,7 @@ def check_rules(cfg: DictConfig) -> None:
 
 
 def given(args: Sequence[str], key: str) -> str | None:
-    """The value the last override of key in args gives it (read with Hydra's own override parser),
-    or None; flags (-m) are skipped."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
+    """The value the last override of key in args gives it (None: none does), as Hydra reads it."""
     parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
     found = [o for o in parsed if o.key_or_group == key]
     return found[-1].get_value_element_as_str() if found and found[-1].value() is not None else None
@@ -144,22 +138,22 @@ def hidden_sizes(model: DictConfig) -> list[int]:
 
 
 def example(cfg: DictConfig | None, dotted: str, option: str | None = None) -> str:
-    """A working value of a key for a Fix: the one in the chosen option's own YAML file, else in
-    config.yaml; for a key that has none (???), the `e.g. KEY=VALUE` of the file's comment."""
+    """A working value of a key for a Fix: the chosen option's YAML's, else config.yaml's."""
     group, _, rest = dotted.partition(".")
     if option is None and cfg is not None and group in SCHEMAS:
         option = cfg[group].name
-    for path in [Path(CONFIG_DIR, group, f"{option}.yaml"), Path(CONFIG_DIR, "config.yaml")]:
+    tops = [Path(CONFIG_DIR, f"{name}.yaml") for name in ("config", "eval", "predict")]
+    for path in [Path(CONFIG_DIR, group, f"{option}.yaml"), *tops]:
         if not path.is_file():  # a key outside the groups (seed): config.yaml only
             continue
         text = path.read_text()
-        node = OmegaConf.create(text)
         within_group = path.parent.name == group and "@package _global_" not in text
-        value = OmegaConf.select(node, rest if within_group else dotted, default=...)  # ???: ...
+        key = rest if within_group else dotted
+        value = OmegaConf.select(OmegaConf.create(text), key, default=...)  # ???: ...
         if value is not ...:
             return yaml_value(value)
-        shown = re.search(rf"e\.g\. {re.escape(dotted)}=(\S+)", text)
-        if shown:
+        # A key without a value (???) shows one in its comment: `e.g. KEY=VALUE`.
+        if shown := re.search(rf"e\.g\. {re.escape(dotted)}=(\S+)", text):
             return shown[1]
     return "..."
 
@@ -178,17 +172,14 @@ def resolve_device(name: str):
     import torch
 
     has_cuda = torch.cuda.is_available()
-    has_mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if has_cuda else "cpu")
-    kind, _, index = name.partition(":")
+    has_mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
     count = torch.cuda.device_count() if has_cuda else 0
-    if name == "cpu" or (name == "mps" and has_mps) or (
-        kind == "cuda" and has_cuda and (not index or index.isdigit() and int(index) < count)
-    ):  # fmt: skip
+    have = ["cpu", *(f"cuda:{i}" for i in range(count)), *["mps"] * has_mps]
+    if name in have or (name == "cuda" and has_cuda):
         return torch.device(name)
-    if name == "mps" or kind == "cuda":
-        have = ["cpu"] + [f"cuda:{i}" for i in range(count)] + ["mps"] * has_mps
+    if name == "mps" or name.partition(":")[0] == "cuda":
         raise UsageError(
             f"device={name} does not exist on this machine; available: {', '.join(have)}. "
             f"Fix: device=auto or device=cpu."
@@ -199,16 +190,8 @@ def resolve_device(name: str):
 
 
 def explain(e: BaseException) -> D2lrunError:
-    """Any exception as d2lrun's own, whose str is the one line to show and whose exit_code is the
-    exit code: d2lrun's own as they are, Hydra's, OmegaConf's and the OS's translated, and anything
-    else a Bug. Every entry point (d2lrun.cli, d2lrun.api) and a sweep's job use this."""
-    from hydra.errors import (
-        ConfigCompositionException,
-        MissingConfigException,
-        OverrideParseException,
-    )
-    from omegaconf.errors import OmegaConfBaseException
-
+    """Any exception as d2lrun's own: its str the one line to show, its exit_code the exit code."""
+    # Hydra's, OmegaConf's and the OS's are translated; anything else is a Bug.
     if isinstance(e, D2lrunError):
         return e
     if isinstance(e, KeyboardInterrupt):
@@ -224,6 +207,10 @@ def explain(e: BaseException) -> D2lrunError:
         fix = f"quote the value: {key}='{value}'" if equals else "write it as KEY=VALUE"
         return UsageError(f"cannot read the override {e.override}. Fix: {fix}.")
     cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
+    if isinstance(cause, MissingMandatoryValue):  # a ??? key that the command line did not set
+        return UsageError(
+            f"{cause.full_key} is required. Fix: {cause.full_key}={example(None, cause.full_key)}."
+        )
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         node = getattr(cause, "parent_node", None)
         option = node.get("name") if isinstance(node, DictConfig) else None
@@ -233,10 +220,9 @@ def explain(e: BaseException) -> D2lrunError:
     if isinstance(e, ConfigCompositionException) and found:
         origin, schema_name, k = found.groups()
         owners = {o: s for g in SCHEMAS.values() for o, s in g.items() if s.__name__ == schema_name}
-        message = bad_value(k, None, next(iter(owners.values())), next(iter(owners)))
-        return UsageError(
-            f"{origin.replace('/', '=')} sets {message.replace(' is', ', which is', 1)}"
-        )
+        option, schema = next(iter(owners.items()))
+        message = bad_value(k, None, schema, option).replace(" is", ", which is", 1)
+        return UsageError(f"{origin.replace('/', '=')} sets {message}")
     if isinstance(e, (ConfigCompositionException, OmegaConfBaseException)):
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         return UsageError(
@@ -260,20 +246,14 @@ def closest(name: str, options) -> str:
 
 def bad_value(dotted: str, value, schema, option: str | None) -> str:
     """One line for a bad override: an unknown key, or a value of the wrong type; a working fix."""
-    fields = (
-        {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
-    )
+    types = typing.get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
     group, _, name = dotted.rpartition(".")
-    if name not in fields:  # a key the chosen option does not have
+    if name not in types:  # a key the chosen option does not have
         where = f"{group}={option}" if option and group in SCHEMAS else group or "the config"
-        has = [
-            o
-            for o, s in SCHEMAS.get(group, {}).items()
-            if name in {f.name for f in dataclasses.fields(s)}
-        ]
+        has = [o for o, s in SCHEMAS.get(group, {}).items() if name in typing.get_type_hints(s)]
         fix = f"choose {' or '.join(f'{group}={o}' for o in has)}" if has else f"drop {dotted}"
-        keys = ", ".join(fields) or "none"
+        keys = ", ".join(types) or "none"
         return f"{dotted} is not a key of {where} (its keys: {keys}). Fix: {fix}."
-    kind = typing.get_type_hints(schema)[name]
+    kind = types[name]
     what = {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, "a list")
     return f"{dotted}={value} is not {what}. Fix: {dotted}={example(None, dotted, option)}."

@@ -1,9 +1,7 @@
 """The one schema: every group's keys, their types and ranges, registered in Hydra's ConfigStore.
 
-Each YAML option begins with `defaults: [/schema_GROUP_OPTION]`, so Hydra refuses a value of the
-wrong type while it composes (`optim.lr=fast`); d2lrun.config.checked then tests the ranges and the
-allowed words declared here. The values themselves live only in the YAML files: every field below
-is MISSING, so no Python code re-defaults a key, and a "Fix:" quotes the option's own YAML.
+Each YAML option names its schema (`defaults: [/schema_GROUP_OPTION]`), so Hydra refuses a wrong
+type as it composes (`optim.lr=fast`); every field is MISSING: the values live only in the YAML.
 """
 
 from __future__ import annotations
@@ -23,35 +21,35 @@ def key(
     return field(default=MISSING, metadata={"ge": ge, "gt": gt, "lt": lt, "words": words.split()})
 
 
-def folds() -> Any:
-    """dataset.folds of every dataset of rows: k-fold cross-validation (§4.10); null: one split."""
-    return key(ge=2)
+@dataclass
+class Option:
+    """What every option of a group has: its own name (dataset.name is csv for dataset=csv)."""
+
+    name: str = key()
 
 
 @dataclass
-class Synthetic:
-    name: str = key()
+class Synthetic(Option):
     w: Any = key()  # a list, or one number for all num_inputs
     b: float = key()
     noise: float = key(ge=0)
     num_inputs: int | None = key(ge=1)
     num_train: int = key(ge=1)
     num_val: int = key(ge=1)
-    folds: int | None = folds()
+    folds: int | None = key(ge=2)  # k-fold cross-validation (§4.10); null: one split
     shuffle_folds: bool = key()  # false: fold i holds out the i-th contiguous slice (the book)
 
 
 @dataclass
-class Table:
+class Table(Option):
     """Keys of every dataset read from a table (§2.2, §4.10)."""
 
-    name: str = key()
     target: str = key()
     drop: list[str] = key()  # columns that are not features (ids): carried to predictions
     val_fraction: float = key(ge=0, lt=1)
     max_categories: int = key(ge=1)
     standardize_target: bool = key()
-    folds: int | None = folds()
+    folds: int | None = key(ge=2)  # k-fold cross-validation (§4.10); null: one split
     shuffle_folds: bool = key()
 
 
@@ -70,34 +68,30 @@ class KaggleHouse(Table):
 
 
 @dataclass
-class Polynomial:
-    name: str = key()
+class Polynomial(Option):
     max_degree: int = key(ge=1)
     true_w: list[float] = key()
     num_features: int = key(ge=1)
     num_train: int = key(ge=1)
     num_val: int = key(ge=1)
     noise: float = key(ge=0)
-    folds: int | None = folds()
+    folds: int | None = key(ge=2)  # k-fold cross-validation (§4.10); null: one split
     shuffle_folds: bool = key()
 
 
 @dataclass
-class Kernel:
-    name: str = key()
+class Kernel(Option):
     kernel: list[float] = key()  # the edge detector K that makes Y = corr2d(X, K)
 
 
 @dataclass
-class FashionMNIST:
-    name: str = key()
+class FashionMNIST(Option):
     root: str = key()
     download: bool = key()
 
 
 @dataclass
-class Softmax:
-    name: str = key()
+class Softmax(Option):
     impl: str = key(words="concise scratch")  # nn layers | the book's raw tensors (§3.2)
 
 
@@ -114,45 +108,40 @@ class MLP(Softmax):
 
 
 @dataclass
-class LeNet:
-    name: str = key()
+class LeNet(Option):
     variant: str = key(words="classic modern")
     batch_norm: bool = key()
     dropout: Any = key(ge=0, lt=1)  # after the two hidden dense layers
 
 
 @dataclass
-class Conv2D:
-    name: str = key()
+class Conv2D(Option):
     kernel_size: list[int] = key(ge=1)
     bias: bool = key()
 
 
 @dataclass
-class SGD:
-    name: str = key()
+class SGD(Option):
     lr: float = key(gt=0)
     momentum: float = key(ge=0, lt=1)
     weight_decay: float = key(ge=0)
 
 
 @dataclass
-class Adam:
-    name: str = key()
+class Adam(Option):
     lr: float = key(gt=0)
     betas: list[float] = key(ge=0, lt=1)
     weight_decay: float = key(ge=0)
 
 
 @dataclass
-class Regularizer:
-    name: str = key()
+class Regularizer(Option):
     lambd: float = key(ge=0)  # L1 strength, a loss term (§4.5); 0 = none
 
 
 @dataclass
-class InitDefault:
-    name: str = key()
+class InitDefault(Option):
+    """init=default (torch's own initialization) and init=zeros have no other keys."""
 
 
 @dataclass
@@ -180,10 +169,8 @@ class InitKaiming(InitXavier):
 
 
 @dataclass
-class Logger:
+class Logger(Option):
     """logger=none and logger=tensorboard (event files in RUN/tensorboard/) have no other keys."""
-
-    name: str = key()
 
 
 @dataclass
@@ -263,19 +250,13 @@ SCHEMAS: dict[str, dict[str, type]] = {
 }
 HERE = Path(__file__).resolve().parent.parent
 # A wheel ships configs/ and experiments/ inside the package (pyproject.toml); a checkout beside it.
-CONFIG_DIR = str(HERE / "configs" if (HERE / "configs").is_dir() else HERE.parent / "configs")
-EXPERIMENTS_DIR = (
-    HERE / "experiments" if (HERE / "experiments").is_dir() else HERE.parent / "experiments"
-)
+ROOT = HERE if (HERE / "configs").is_dir() else HERE.parent
+CONFIG_DIR = str(ROOT / "configs")
+EXPERIMENTS_DIR = ROOT / "experiments"
 
 
 def register(presets: bool = True) -> None:
-    """Put the schemas, and the presets when asked, in Hydra's ConfigStore (once per process).
-
-    The YAML files name their schema in their defaults list. The presets live in experiments/,
-    outside configs/, so they join the `experiment` group here: one small file read each, 0.07 s
-    in all, which a command that names no preset does not spend (d2lrun.app.run).
-    """
+    """Put the schemas, and the presets when asked, in Hydra's ConfigStore (once per process)."""
     cs = ConfigStore.instance()
     if "schema_config.yaml" not in cs.repo:
         for name, node in (("config", Config), ("eval", Eval), ("predict", Predict)):
@@ -283,6 +264,8 @@ def register(presets: bool = True) -> None:
         for group, options in SCHEMAS.items():
             for option, node in options.items():
                 cs.store(name=f"schema_{group}_{option}", node=node)
+    # The presets live outside configs/, so they join the `experiment` group here: a file read each,
+    # 0.07 s in all, which a command that names no preset does not spend (d2lrun.app.run).
     for path in (
         sorted(EXPERIMENTS_DIR.glob("*.yaml")) if presets and "experiment" not in cs.repo else ()
     ):

@@ -1,9 +1,8 @@
-"""Datasets: `build_data(cfg, seed, device, fold) -> (train, val, spec)`.
+"""Datasets: `build_data(cfg, seed, device, fold) -> (train, val, spec)`, one module each.
 
-Every dataset here fits in memory, so each split is held as two whole tensors on the training
-device and batched by slicing a shuffled index (d2lrun.trainer): no DataLoader, no per-sample
-transforms. `spec` is what the data decided (inputs after one-hot, classes, image shape, fitted
-statistics): models size themselves by it, and every checkpoint keeps it for predictions.
+Every dataset fits in memory, so each split is two whole tensors on the training device, batched
+by slicing a shuffled index (d2lrun.trainer): no DataLoader. Models size themselves by `spec`, and
+every checkpoint keeps it for predictions.
 """
 
 from __future__ import annotations
@@ -20,26 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from d2lrun.errors import UsageError
 
-DATASETS = {
-    "synthetic": "d2lrun.data.synthetic",
-    "csv": "d2lrun.data.csv",
-    "fashion_mnist": "d2lrun.data.fashion_mnist",
-    "polynomial": "d2lrun.data.polynomial",
-    "kaggle_house": "d2lrun.data.kaggle_house",
-    "kernel": "d2lrun.data.kernel",
-}
+# dataset.name: its module d2lrun.data.<name> has load(cfg, seed) -> (train, val, spec).
+DATASETS = ("synthetic", "csv", "fashion_mnist", "polynomial", "kaggle_house", "kernel")
 # Tables fit their statistics on the training rows, so they split folds themselves: load(..., fold).
 SPLIT_FOLDS_THEMSELVES = ("csv", "kaggle_house")
 
 
 @dataclass
 class Split:
-    """One split as whole tensors: X is float features or uint8 images (N, C, H, W); y is (N, 1)
-    or (N,). scale: a regression target stored as (y - mean) / std, so that metrics and predictions
-    can be given in the target's own units."""
+    """One split as whole tensors: X features or uint8 images (N, C, H, W), y (N, 1) or (N,)."""
 
     X: torch.Tensor
     y: torch.Tensor
+    # A regression target stored as (y - mean) / std: metrics and predictions scale it back.
     scale: dict | None = None  # {"mean": ..., "std": ...}
 
     def __len__(self) -> int:
@@ -83,14 +75,13 @@ def build_data(
 def load(key: str) -> tuple[Split, Split, Spec]:
     config, seed, fold = json.loads(key)
     cfg = OmegaConf.create(config)
-    module = importlib.import_module(DATASETS[cfg.name])
+    module = importlib.import_module(f"d2lrun.data.{cfg.name}")
     if not fold:
         return module.load(cfg, seed)
     if cfg.name in SPLIT_FOLDS_THEMSELVES:
         return module.load(cfg, seed, fold)
     train, _, spec = module.load(cfg, seed)
-    rows = fold_rows(len(train), *fold, cfg.shuffle_folds, seed)
-    keep, held_out = (torch.from_numpy(a) for a in rows)
+    keep, held_out = map(torch.from_numpy, fold_rows(len(train), *fold, cfg.shuffle_folds, seed))
     return (
         Split(train.X[keep], train.y[keep], train.scale),
         Split(train.X[held_out], train.y[held_out], train.scale),
@@ -99,10 +90,7 @@ def load(key: str) -> tuple[Split, Split, Spec]:
 
 
 def fold_rows(n: int, k: int, i: int, shuffle: bool, seed: int) -> tuple[np.ndarray, ...]:
-    """(training rows, held-out rows) of fold i of k over n rows (§4.10), shuffled with the seed
-    first when shuffle (dataset.shuffle_folds). The book's `get_k_fold_data` holds out the i-th
-    contiguous slice of n // k rows and never uses the last n % k; here the first n % k folds hold
-    one row more, so every row is held out exactly once (the book's slices when k divides n)."""
+    """(training rows, held-out rows) of fold i of k over n rows (§4.10), shuffled if shuffle."""
     if n < k:
         raise UsageError(
             f"dataset.folds={k} is more folds than the {n} rows. Fix: dataset.folds={max(2, n)}."
@@ -114,16 +102,16 @@ def fold_rows(n: int, k: int, i: int, shuffle: bool, seed: int) -> tuple[np.ndar
 
 def fold_bounds(n: int, k: int) -> list[tuple[int, int]]:
     """(start, stop) of each fold's held-out slice."""
-    starts = np.cumsum([0, *(n // k + (i < n % k) for i in range(k))])
-    return [(int(a), int(b)) for a, b in pairwise(starts)]
+    # The book's `get_k_fold_data` holds out slices of n // k rows and never the last n % k; here
+    # the first n % k folds hold one row more, so every row is held out once (the book's if k | n).
+    starts = np.cumsum([0, *(n // k + (i < n % k) for i in range(k))]).tolist()
+    return list(pairwise(starts))
 
 
 def data_generator(seed: int) -> torch.Generator:
-    """The random stream of generated data (synthetic, polynomial), apart from torch's global one.
-
-    Seeded alike, the two draw the same normals, and the initial weights of a model came out 0.96
-    correlated with the first training example (§4.5's ‖w‖ then fell from 13.7 to 3.6 at λ = 0).
-    """
+    """The random stream of generated data (synthetic, polynomial), apart from torch's global."""
+    # Seeded alike, the two drew the same normals: a model's initial weights came out 0.96
+    # correlated with the first training example (§4.5's ‖w‖ then fell from 13.7 to 3.6 at λ = 0).
     return torch.Generator().manual_seed(seed + 0xDA7A)
 
 

@@ -22,10 +22,7 @@ from d2lrun.files import shown
 def read_table(
     path: str | Path, key: str = "dataset.path", na_values: list | None = None
 ) -> pd.DataFrame:
-    """Read a CSV file, turning every way it can be unreadable into one clear error.
-
-    na_values: the strings that mean "missing", instead of pandas' own list.
-    """
+    """Read a CSV file, turning every way it can be unreadable into one clear error."""
     # Shown as the user would type it: config paths are stored absolute (d2lrun.config.checked).
     p, where = Path(str(path)).expanduser(), f"{key}={shown(path)}"
     if not p.exists():
@@ -34,12 +31,10 @@ def read_table(
         raise UsageError(
             f"{where} is a directory, not a CSV file. Fix: {key}={shown(path)}/FILE.csv."
         )
+    # na_values, when given, are the only strings read as missing (instead of pandas' list).
+    only_these = {} if na_values is None else {"keep_default_na": False, "na_values": na_values}
     try:
-        frame = (
-            pd.read_csv(p)
-            if na_values is None
-            else pd.read_csv(p, keep_default_na=False, na_values=na_values)
-        )
+        frame = pd.read_csv(p, **only_these)
     except UnicodeDecodeError as e:
         raise UsageError(
             f"{where} is not UTF-8 text (byte {e.start}). Fix: re-save the file as UTF-8."
@@ -62,11 +57,8 @@ def read_table(
 def fit_preprocess(
     features: pd.DataFrame, standardize: bool, max_categories: int, ddof: int
 ) -> dict:
-    """Learn what `transform` needs from training rows: numeric means and stds, and the categories
-    of each text column.
-
-    ddof=1 is pandas' std, which the book's §4.10 uses; 0 divides by n.
-    """
+    """Learn what `transform` needs from training rows: numeric means and stds, text categories."""
+    # ddof=1 is pandas' std, which the book's §4.10 uses; 0 divides by n.
     numeric, categorical, dropped = {}, {}, []
     for col in features.columns:
         values = features[col]
@@ -75,33 +67,26 @@ def fit_preprocess(
         elif pd.api.types.is_numeric_dtype(values):
             v = values.astype(float)
             std = float(v.std(ddof=ddof)) if standardize else 1.0
-            numeric[col] = {
-                "mean": float(v.mean()),
-                "std": std if std > 0 and np.isfinite(std) else 1.0,
-            }
+            std = std if std > 0 and np.isfinite(std) else 1.0  # constant, or one row: only centred
+            numeric[col] = {"mean": float(v.mean()), "std": std}
         else:
             cats = sorted(values.dropna().astype(str).unique())
             if len(cats) > max_categories:
                 dropped.append(col)  # an id or free text: one-hot would make a column per row
             else:
                 categorical[col] = cats
-    columns = list(numeric) + [
-        f"{c}_{v}" for c, cats in categorical.items() for v in [*cats, "nan"]
-    ]
+    one_hot = [f"{c}_{v}" for c, cats in categorical.items() for v in [*cats, "nan"]]
     return {
         "numeric": numeric,
         "categorical": categorical,
         "dropped": dropped,
         "standardize": bool(standardize),
-        "columns": columns,
+        "columns": list(numeric) + one_hot,
     }
 
 
 def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
-    """§2.2 on fitted statistics: fillna(mean) (then standardize), one-hot with a NaN column.
-
-    A category not seen in training gets all zeros in its column's one-hot block.
-    """
+    """§2.2 on fitted statistics: fillna(mean) (then standardize), one-hot with a NaN column."""
     missing = [c for c in [*stats["numeric"], *stats["categorical"]] if c not in features.columns]
     if missing:
         raise UsageError(
@@ -111,10 +96,10 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
     parts = []
     for col, s in stats["numeric"].items():
         v = pd.to_numeric(features[col], errors="coerce").astype(float).fillna(s["mean"])
-        parts.append(
-            ((v - s["mean"]) / s["std"]).to_numpy() if stats["standardize"] else v.to_numpy()
-        )
-    for col, cats in stats["categorical"].items():
+        if stats["standardize"]:
+            v = (v - s["mean"]) / s["std"]
+        parts.append(v.to_numpy())
+    for col, cats in stats["categorical"].items():  # a category new since training: all zeros
         values = features[col]
         isna = values.isna().to_numpy()
         text = values.astype(str).to_numpy()
@@ -138,11 +123,7 @@ def table_splits(
     also_fit: pd.DataFrame | None = None,
     ddof: int = 0,
 ) -> tuple[Split, Split, Spec]:
-    """Training and validation splits of a table: its rows split by dataset.val_fraction (shuffled
-    with seed) or by fold (k, i), statistics fitted on the training rows (and also_fit's feature
-    rows).
-
-    task is "auto", "regression" or "classification"; standardize scales the numeric features."""
+    """A table split by dataset.val_fraction or fold (k, i), statistics fitted on training rows."""
     target = cfg.target
     if target not in frame.columns:
         raise UsageError(
@@ -156,8 +137,7 @@ def table_splits(
             f"Fix: dataset.drop=[{','.join(c for c in cfg.drop if c in frame.columns)}]."
         )
     unlabeled = int(frame[target].isna().sum())
-    if unlabeled:
-        # Rows without a target cannot be learned from; drop them rather than invent labels.
+    if unlabeled:  # rows without a target cannot be learned from: dropped, not given labels
         print(
             f"note: dropped {unlabeled} row(s) of {source} with no value in '{target}'",
             file=sys.stderr,
@@ -177,11 +157,7 @@ def table_splits(
     if fold is not None:
         train_at, val_at = fold_rows(n, fold[0], fold[1], cfg.shuffle_folds, seed)
     else:
-        n_val = (
-            round(n * cfg.val_fraction)
-            if cfg.val_fraction == 0
-            else max(1, round(n * cfg.val_fraction))
-        )
+        n_val = max(1, round(n * cfg.val_fraction)) if cfg.val_fraction else 0
         if n - n_val < 1:
             raise UsageError(
                 f"{source} has {n} labelled row(s): too few to hold out {cfg.val_fraction:.0%} for "
@@ -227,8 +203,7 @@ def table_splits(
     def split(rows: pd.DataFrame) -> Split:
         X = torch.from_numpy(transform(rows[features], stats))
         if classes:
-            index = {c: i for i, c in enumerate(classes)}
-            labels = [index[v] for v in rows[target].astype(str)]
+            labels = pd.Categorical(rows[target].astype(str), categories=classes).codes
             return Split(X, torch.tensor(labels, dtype=torch.long))
         y = torch.tensor(rows[target].astype(float).to_numpy(), dtype=torch.float32).reshape(-1, 1)
         return Split(X, (y - scale["mean"]) / scale["std"] if scale else y, scale)

@@ -17,19 +17,15 @@ FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-image
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
 
-def missing_files(raw: Path) -> list[str]:
-    """The official files that are in raw/ neither compressed nor decompressed."""
-    return [
-        f for f in FILES if not (raw / f).exists() and not (raw / f.removesuffix(".gz")).exists()
-    ]
-
-
 def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
     from torchvision.datasets import FashionMNIST  # imported only when this dataset is used
 
     root = Path(str(cfg.root)).expanduser()
     raw = root / "FashionMNIST" / "raw"
-    missing = missing_files(raw)
+    # The official files that are in raw/ neither compressed nor decompressed.
+    missing = [
+        f for f in FILES if not (raw / f).exists() and not (raw / f.removesuffix(".gz")).exists()
+    ]
     if missing and cfg.download:
         try:
             raw.mkdir(parents=True, exist_ok=True)
@@ -53,8 +49,7 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
                 f"dataset.root={cfg.root} is not writable ({e.strerror}: {e.filename}). "
                 f"Fix: dataset.root=<a writable folder>."
             ) from None
-        # torchvision raises RuntimeError, OSError, EOFError, ... for a failed download or bad file
-        except Exception as e:
+        except Exception as e:  # torchvision's RuntimeError, OSError, EOFError, ...: any failure
             reason = str(e).splitlines()[0].rstrip(": ") if str(e) else type(e).__name__
             if missing:
                 raise UsageError(
@@ -67,10 +62,8 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
                     f"a checksum does not match and no fresh copy could be downloaded: {reason}"
                 )
             raise UsageError(
-                f"Fashion-MNIST files in {raw} are damaged ({reason}). "
-                f"Fix: delete them and run again to download fresh copies, or copy fresh ones "
-                f"there."
+                f"Fashion-MNIST files in {raw} are damaged ({reason}). Fix: delete them and run "
+                f"again to download fresh copies, or copy fresh ones there."
             ) from None
         splits.append(Split(ds.data.unsqueeze(1), ds.targets))  # (N, 1, 28, 28) uint8, (N,) int64
-    spec = Spec("fashion_mnist", "classification", 28 * 28, 10, [1, 28, 28], CLASS_NAMES)
-    return splits[0], splits[1], spec
+    return *splits, Spec("fashion_mnist", "classification", 28 * 28, 10, [1, 28, 28], CLASS_NAMES)

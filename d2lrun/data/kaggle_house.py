@@ -1,13 +1,13 @@
 """§4.10 Predicting house prices on Kaggle: the book's two files, checked by SHA-1, and its
-preprocessing.
-
-The book standardizes every numeric feature, fills missing values with 0 (the mean, after
-standardizing) and one-hot encodes the rest with a column for "missing" (79 features -> 331
-columns), fitting those statistics on the training and test features together.
+preprocessing: every numeric feature standardized, missing values filled with 0 (the mean, after
+standardizing), the rest one-hot encoded with a column for "missing" (79 features -> 331 columns),
+statistics fitted on the training and test features together.
 """
 
 from __future__ import annotations
 
+import hashlib
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,13 +15,12 @@ from omegaconf import DictConfig
 
 from d2lrun.data import Spec, Split
 from d2lrun.data.csv import read_table, table_splits
-from d2lrun.data.download import download
 from d2lrun.errors import UsageError
+from d2lrun.files import atomic_write
 
 DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"  # the book's DATA_HUB
-# pandas 1's missing-value markers, which the book read with: pandas 2 added "None", a real
-# category here (MasVnrType: no masonry veneer), and reading it as missing gives 330 columns, not
-# the book's 331.
+# pandas 1's missing-value markers, as the book read: pandas 2 added "None", a real category here
+# (MasVnrType: no masonry veneer), and reading it as missing gives 330 columns, not the book's 331.
 BOOK_NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
                   "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"]  # fmt: skip
 FILES = {
@@ -30,9 +29,32 @@ FILES = {
 }
 
 
+def download(url: str, path: Path, sha1: str, timeout: float = 30) -> Path:
+    """path, fetched from url when it is not there yet; the SHA-1 must match before it is kept."""
+    if path.exists() and hashlib.sha1(path.read_bytes()).hexdigest() == sha1:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read()
+        got = hashlib.sha1(data).hexdigest()
+        if got != sha1:
+            raise UsageError(
+                f"{url} downloaded with SHA-1 {got}, not {sha1}; the file was not kept. "
+                f"Fix: place a good copy of {path.name} in {path.parent}."
+            )
+        atomic_write(path, data)
+    except OSError as e:
+        reason = getattr(e, "reason", None) or e.strerror or e
+        raise UsageError(
+            f"{path.name} is not in {path.parent} and downloading {url} failed ({reason}). "
+            f"Fix: place the file there, or set dataset.root=<folder that has it>."
+        ) from None
+    return path
+
+
 def find_files(root: str | Path, fetch: bool) -> dict[str, Path]:
-    """The two files, in ROOT/kaggle_house/ or ROOT itself; downloaded when missing and fetch is
-    set."""
+    """The two files, in ROOT/kaggle_house/ or ROOT; downloaded when missing and fetch is set."""
     root = Path(root).expanduser()
     paths = {}
     for split, (name, sha1) in FILES.items():
@@ -51,8 +73,7 @@ def load(cfg: DictConfig, seed: int, fold: list[int] | None = None) -> tuple[Spl
     train = read_table(paths["train"], "dataset.root", BOOK_NA_VALUES)
     fit_test = cfg.statistics == "train_and_test"
     test = read_table(paths["test"], "dataset.root", BOOK_NA_VALUES) if fit_test else None
-    # SalePrice is numeric, so "auto" is regression; ddof=1: pandas' std, as the book's
-    # `(x - x.mean()) / (x.std())`.
+    # SalePrice is numeric, so "auto" is regression; ddof=1 is the book's `x.std()` (pandas').
     train, val, spec = table_splits(
         train, cfg, seed, fold, paths["train"].name, "auto", True, also_fit=test, ddof=1
     )

@@ -1,5 +1,4 @@
-"""§6.2.4 Learning a kernel: one 6x8 image of a vertical stripe and the edges a [1, -1] kernel
-finds in it."""
+"""§6.2.4 Learning a kernel: a 6x8 image of a vertical stripe and the edges [1, -1] finds in it."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""§4.4 Model selection, underfitting and overfitting: a polynomial of degree 3 fitted with 2, 4 or
-20 features.
+"""§4.4 Model selection, underfitting and overfitting: a cubic fitted with 2, 4 or 20 features.
 
 x ~ N(0, 1),  features x^i / i! for i < max_degree,  y = features · true_w + N(0, noise²)
 """
@@ -28,9 +27,8 @@ def poly_data(
     x = torch.normal(0, 1, (num_examples, 1), generator=generator)  # (N, 1)
     powers = x ** torch.arange(max_degree)  # (N, max_degree)
     # Divide by i! (gamma(i + 1)) so that large powers do not dominate the gradients.
-    features = powers / torch.tensor(
-        [math.factorial(i) for i in range(max_degree)], dtype=torch.float32
-    )
+    factorials = torch.tensor([math.factorial(i) for i in range(max_degree)], dtype=torch.float32)
+    features = powers / factorials
     labels = features @ w + torch.normal(0, noise, (num_examples,), generator=generator)
     return features, labels.reshape(-1, 1)  # (N, max_degree), (N, 1)
 

@@ -1,5 +1,4 @@
-"""The book's synthetic regression data (§3.1-3.2, §4.5): y = Xw + b + ε, X ~ N(0, 1),
-ε ~ N(0, noise²)."""
+"""Synthetic regression data (§3.1-3.2, §4.5): y = Xw + b + ε, X ~ N(0, 1), ε ~ N(0, noise²)."""
 
 from __future__ import annotations
 
@@ -7,13 +6,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from d2lrun.data import Spec, Split, data_generator
-
-
-def true_params(cfg: DictConfig) -> tuple[torch.Tensor, float]:
-    """w as a tensor (a list as given, or one number repeated num_inputs times) and b."""
-    if OmegaConf.is_list(cfg.w):
-        return torch.tensor(list(cfg.w), dtype=torch.float32), float(cfg.b)
-    return torch.full((cfg.num_inputs,), float(cfg.w)), float(cfg.b)
 
 
 def synthetic_data(
@@ -26,7 +18,11 @@ def synthetic_data(
 
 
 def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
-    w, b = true_params(cfg)
+    if OmegaConf.is_list(cfg.w):
+        w = torch.tensor(list(cfg.w), dtype=torch.float32)
+    else:  # one number, repeated num_inputs times
+        w = torch.full((cfg.num_inputs,), float(cfg.w))
+    b = float(cfg.b)
     X, y = synthetic_data(w, b, cfg.num_train + cfg.num_val, cfg.noise, data_generator(seed))
     n = cfg.num_train
     spec = Spec("synthetic", "regression", len(w), 1, true_w=w.tolist(), true_b=b)

@@ -8,8 +8,7 @@ from torch import nn
 from d2lrun.config import hidden_sizes
 from d2lrun.data import Spec
 from d2lrun.errors import UsageError
-from d2lrun.models.conv import Conv2D
-from d2lrun.models.lenet import LeNet
+from d2lrun.models.lenet import Conv2D, LeNet
 from d2lrun.models.linear import (
     LinearRegression,
     LinearRegressionScratch,
@@ -20,24 +19,23 @@ from d2lrun.models.mlp import MLP, MLPScratch
 
 # Which models can learn which kind of data.
 FITTING = {
-    "regression": ("linreg", "mlp"),
-    "classification": ("softmax", "mlp"),
-    "images": ("softmax", "mlp", "lenet"),
-    "image regression": ("conv2d",),
+    "a regression table": ("linreg", "mlp"),
+    "a classification table": ("softmax", "mlp"),
+    "images to classify": ("softmax", "mlp", "lenet"),
+    "images to images": ("conv2d",),
 }
 
 
 def check_fit(name: str, spec: Spec) -> None:
     """Refuse a model/dataset pair that cannot work, naming the models that would."""
-    kind = spec.task if not spec.image_shape else "images"
-    kind = "image regression" if kind == "images" and spec.task == "regression" else kind
-    if name not in FITTING[kind]:
-        what = {"images": "images to classify", "image regression": "images to images"}.get(
-            kind, f"a {kind} table"
-        )
-        fits = FITTING[kind]
+    if spec.image_shape:
+        kind = "images to images" if spec.task == "regression" else "images to classify"
+    else:
+        kind = f"a {spec.task} table"
+    fits = FITTING[kind]
+    if name not in fits:
         raise UsageError(
-            f"model={name} cannot learn dataset={spec.dataset} ({what}). Models that "
+            f"model={name} cannot learn dataset={spec.dataset} ({kind}). Models that "
             f"fit it: {', '.join(fits)}. Fix: model={fits[0]}, or choose another dataset=."
         )
     if name == "lenet" and list(spec.image_shape[1:]) != [28, 28]:
@@ -52,8 +50,7 @@ def is_scratch(cfg: DictConfig) -> bool:
 
 
 def loss_kind(cfg: DictConfig) -> str:
-    """Which of the book's losses trains this model (d2lrun.trainer.loss_for): §6.2.4 sums the
-    squared errors of conv2d, impl=scratch uses the hand-written losses, the rest nn's."""
+    """The book's loss for it (d2lrun.trainer.loss_for); §6.2.4 sums conv2d's squared errors."""
     return "sum" if cfg.name == "conv2d" else "scratch" if is_scratch(cfg) else "concise"
 
 

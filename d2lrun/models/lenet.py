@@ -1,16 +1,24 @@
-"""LeNet-5 (§6.6) and a modern variant (ReLU, max pooling, optional batch norm §8.5)."""
+"""The convolutional models: §6.2.4's one learnable kernel, and LeNet-5 (§6.6) with a modern
+variant (ReLU, max pooling, optional batch norm §8.5)."""
 
 from __future__ import annotations
 
 from torch import nn
 
 
-class LeNet(nn.Sequential):
-    """§6.6's nn.Sequential, so its state_dict keys are the book's: 0.*, 3.*, 7.*, 9.*, 11.*.
+class Conv2D(nn.Sequential):
+    """nn.Conv2d(1, 1, kernel_size, bias=False) as §6.2.4 builds it; keys 0.weight (1, 1, h, w)."""
 
-    Input (B, 1, 28, 28) -> conv 5x5 pad 2 (B, 6, 28, 28) -> pool (B, 6, 14, 14)
-    -> conv 5x5 (B, 16, 10, 10) -> pool (B, 16, 5, 5) -> 400 -> 120 -> 84 -> num_classes.
-    """
+    def __init__(self, kernel_size: tuple[int, int], bias: bool = False):
+        super().__init__(nn.Conv2d(1, 1, kernel_size=tuple(kernel_size), bias=bias))
+
+    @property
+    def kernel(self):
+        return self[0].weight.detach().reshape(self[0].weight.shape[2:])  # (h, w)
+
+
+class LeNet(nn.Sequential):
+    """§6.6's nn.Sequential, so its state_dict keys are the book's: 0.*, 3.*, 7.*, 9.*, 11.*."""
 
     def __init__(
         self,
@@ -31,6 +39,8 @@ class LeNet(nn.Sequential):
         def drop(p: float) -> list[nn.Module]:
             return [nn.Dropout(p)] if p > 0 else []
 
+        # (B, 1, 28, 28) -> conv 5x5 pad 2 (B, 6, 28, 28) -> pool (B, 6, 14, 14)
+        # -> conv 5x5 (B, 16, 10, 10) -> pool (B, 16, 5, 5) -> 400 -> 120 -> 84 -> num_classes
         super().__init__(
             nn.Conv2d(in_channels, 6, kernel_size=5, padding=2),
             *norm(6, 2),

@@ -1,10 +1,8 @@
 """Linear and softmax regression (§3.1-3.7), concise (nn.Linear) and from scratch (raw tensors).
 
-Section numbers are those of the book's PyTorch builds (zh 2.0.0, en 0.17.5): §3.2 linear
-regression from scratch, §3.3 concise, §3.6 softmax regression from scratch, §3.7 concise.
-
-The concise models are the book's nn.Sequential definitions, so their state_dict keys match the
-book's (`0.weight` for §3.3, `1.weight` for §3.7) and `net.load_state_dict(...)` works there.
+Sections as in the book's PyTorch builds (zh 2.0.0, en 0.17.5). The concise models are the book's
+nn.Sequential definitions, so their state_dict keys match the book's (`0.weight` for §3.3,
+`1.weight` for §3.7) and `net.load_state_dict(...)` works there.
 """
 
 from __future__ import annotations
@@ -25,16 +23,12 @@ class LinearRegression(nn.Sequential):
 
 
 class LinearRegressionScratch(nn.Module):
-    """§3.2: w of shape (num_inputs, 1) and b, y_hat = Xw + b; init sets them (N(0, 0.01²), 0).
-
-    Raw tensors are laid out (fan_in, fan_out), as the book writes them.
-    """
+    """§3.2: w (num_inputs, 1), laid out (fan_in, fan_out) as the book writes it, and b."""
 
     def __init__(self, num_inputs: int):
         super().__init__()
-        self.w = nn.Parameter(
-            torch.empty(num_inputs, 1)
-        )  # values: d2lrun.models.init or a checkpoint
+        # Values: d2lrun.models.init (§3.2: N(0, 0.01²) and 0) or a checkpoint.
+        self.w = nn.Parameter(torch.empty(num_inputs, 1))
         self.b = nn.Parameter(torch.empty(1))
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
@@ -56,11 +50,7 @@ class SoftmaxRegression(nn.Sequential):
 
 
 class SoftmaxRegressionScratch(nn.Module):
-    """§3.6: W of shape (num_inputs, num_outputs) and b; outputs logits X W + b.
-
-    The softmax itself lives in the scratch loss (d2lrun.trainer.cross_entropy_scratch), which is
-    the numerically stable form of the book's softmax followed by -log.
-    """
+    """§3.6: W (num_inputs, num_outputs) and b; outputs the logits XW + b."""
 
     def __init__(self, num_inputs: int, num_outputs: int):
         super().__init__()
@@ -68,6 +58,7 @@ class SoftmaxRegressionScratch(nn.Module):
         self.b = nn.Parameter(torch.empty(num_outputs))
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
+        # No softmax: the scratch loss (d2lrun.trainer.cross_entropy_scratch) is its stable form.
         return X.reshape(-1, self.W.shape[0]) @ self.W + self.b  # (B, d) @ (d, q) -> (B, q)
 
     def layers(self) -> list[tuple[nn.Parameter, nn.Parameter]]:

@@ -11,10 +11,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 
 class MLP(nn.Sequential):
-    """§4.3: Flatten, then per hidden layer Linear + activation (+ Dropout, §4.6), then Linear.
-
-    With one hidden layer and no dropout the keys are the book's 1.* and 3.*.
-    """
+    """§4.3: Flatten, per hidden layer Linear + activation (+ Dropout §4.6), then Linear."""
 
     def __init__(self, num_inputs: int, num_outputs: int, num_hiddens: list[int],
                  activation: str = "relu", dropouts: list[float] | None = None):  # fmt: skip
@@ -26,7 +23,7 @@ class MLP(nn.Sequential):
             if p > 0:
                 layers.append(nn.Dropout(p))
         layers.append(nn.Linear(sizes[-1], num_outputs))
-        super().__init__(*layers)
+        super().__init__(*layers)  # one hidden layer, no dropout: the book's keys 1.* and 3.*
 
 
 def dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:
@@ -36,10 +33,7 @@ def dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class MLPScratch(nn.Module):
-    """§4.2: W_l of shape (fan_in, fan_out) and b_l per layer, hand-written activations.
-
-    init sets the weights (§4.2: N(0, 0.01²), biases 0), as for the concise MLP.
-    """
+    """§4.2: W_l (fan_in, fan_out) and b_l per layer, hand-written activations; init sets them."""
 
     def __init__(self, num_inputs: int, num_outputs: int, num_hiddens: list[int],
                  activation: str = "relu", dropouts: list[float] | None = None):  # fmt: skip

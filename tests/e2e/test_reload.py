@@ -306,3 +306,10 @@ def test_resume_from_a_bare_state_dict_points_to_the_run(tmp_path):
     assert (
         r.returncode == 2 and f"Fix: give the run folder {tmp_path / 'a'} (its last.pt)" in r.stderr
     )
+
+
+def test_predict_without_input_says_it_is_required(image_run):
+    run, _ = image_run
+    r = run_cli(f"run={run}", tool="d2lrun-predict")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == "d2lrun-predict: error: input is required. Fix: input=new.csv.\n"

@@ -15,7 +15,7 @@ from torch import nn
 from d2lrun import job
 from d2lrun.config import compose
 from d2lrun.data import Split, fold_bounds, fold_rows
-from d2lrun.data.download import download
+from d2lrun.data.kaggle_house import download
 from d2lrun.data.kernel import corr2d
 from d2lrun.data.polynomial import poly_data
 from d2lrun.errors import UsageError
@@ -63,7 +63,7 @@ def test_the_k_fold_mean_is_computed_from_the_folds(tmp_path, monkeypatch):
     ]
     folds = []
 
-    def train_job(cfg, run_dir, overrides, ckpt, log, fold, *rest):
+    def train_job(cfg, run_dir, overrides, ckpt=None, fold=None, **rest):
         folds.append(fold)
         return {"final": finals[fold[1]]}
 

@@ -17,7 +17,6 @@ from d2lrun.reload import (
     FORMAT,
     find_checkpoint,
     load_checkpoint,
-    load_full_checkpoint,
     load_state_dict_strict,
     merge_overrides,
     run_overrides,
@@ -142,9 +141,9 @@ def test_a_bare_state_dict_is_not_a_full_checkpoint(tmp_path):
         match=rf"model.pt is a bare state_dict without its config; eval needs last.pt or best.pt\. "
         rf"Fix: give the run folder {re.escape(str(run))} \(its last.pt\)\.",
     ):
-        load_full_checkpoint(run / "model.pt", "eval")
+        load_checkpoint(run / "model.pt", needs="eval")
     save_checkpoint(run / "last.pt", {"epoch": 1})
-    assert load_full_checkpoint(run / "last.pt", "eval")["epoch"] == 1
+    assert load_checkpoint(run / "last.pt", needs="eval")["epoch"] == 1
 
 
 def test_truncated_checkpoint(tmp_path):
