@@ -15,10 +15,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.config import CONFIG_DIR, compose, given, register
+from d2lrun.config import CONFIG_DIR, compose, given, override, register
 from d2lrun.errors import Interrupted, UsageError
 from d2lrun.files import Plotter, claim_dir, unwritable, write_json
 
@@ -98,22 +99,19 @@ def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
 def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     """`d2lrun -m ARGS`: every job, in a sweep folder of its own; (folder, what failed or None)."""
     from d2lrun import sweeps
-    from d2lrun.reload import quote
 
     args, ckpt = resumed([a for a in args if a not in ("-m", "--multirun")])
     given_dir = given(args, "hydra.sweep.dir")
     if given_dir:  # named by the user: run again into it, completed jobs are skipped
         sweep_dir = Path(given_dir)
     else:  # the configured folder, claimed: two sweeps started in one second never share it
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         fixed = [o.input_line for o in OverridesParser.create().parse_overrides(args)
                  if not o.is_sweep_override()]  # fmt: skip
         cfg = compose(fixed, with_hydra=True)
         sweep_dir = claim_dir(cfg.hydra.sweep.dir)
         cfg.hydra.overrides.task = list(args)  # the plan, for d2lrun-report (as Hydra's own
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")  # basic sweeper saves it)
-        args = [*args, f"hydra.sweep.dir='{quote(str(sweep_dir))}'"]
+        args = [*args, override("hydra.sweep.dir", str(sweep_dir))]
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's INFO lines, not Hydra's
 
     def task(cfg: DictConfig) -> float:
@@ -133,10 +131,10 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
 
 def evaluate(args: Sequence[str]) -> dict:
     """`d2lrun-eval ARGS`: a saved run's metrics on its held-out split, also in RUN/eval.json."""
-    from d2lrun.reload import evaluate_run, load_run
+    from d2lrun.reload import evaluate_run
 
     def task(cfg: DictConfig) -> dict:
-        run = load_run(cfg.run, cfg.ckpt, cfg.device, data_overrides(cfg))
+        run = saved_run(cfg)
         metrics = evaluate_run(run)
         name = f"eval-{Path(cfg.ckpt).stem}.json" if cfg.ckpt else "eval.json"
         out = run.checkpoint.parent / name
@@ -150,10 +148,10 @@ def evaluate(args: Sequence[str]) -> dict:
 
 def predict(args: Sequence[str]) -> Path:
     """`d2lrun-predict ARGS`: predictions for new inputs, written as CSV; the file."""
-    from d2lrun.reload import load_run, predict_file
+    from d2lrun.reload import predict_file
 
     def task(cfg: DictConfig) -> Path:
-        run = load_run(cfg.run, cfg.ckpt, cfg.device, data_overrides(cfg))
+        run = saved_run(cfg)
         out = Path(cfg.output) if cfg.output else run.checkpoint.parent / "predictions.csv"
         n = predict_file(run, Path(cfg.input), out)
         print(f"wrote {n} prediction(s) to {out}")
@@ -162,13 +160,13 @@ def predict(args: Sequence[str]) -> Path:
     return run("predict", args, task)
 
 
-def data_overrides(cfg: DictConfig) -> list[str]:
-    """dataset.root=... and the like, for composing the saved run again (d2lrun.reload)."""
-    from d2lrun.reload import quote
+def saved_run(cfg: DictConfig):
+    """The run of d2lrun-eval's and -predict's run= or ckpt=, its data where dataset.* says."""
+    from d2lrun.reload import load_run
 
     if not cfg.run and not cfg.ckpt:
         raise UsageError(
             "say which run: run=outputs/DATE/TIME (a run folder) or ckpt=PATH (a .pt file)."
         )
-    return [f"dataset.{k}={v}" if isinstance(v, bool) else f"dataset.{k}='{quote(v)}'"
-            for k, v in cfg.dataset.items() if v is not None]  # fmt: skip
+    where = [override(f"dataset.{k}", str(v)) for k, v in cfg.dataset.items() if v is not None]
+    return load_run(cfg.run, cfg.ckpt, cfg.device, where)

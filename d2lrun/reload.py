@@ -29,7 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from d2lrun.config import PATH_KEYS, checked, compose, resolve_device
+from d2lrun.config import PATH_KEYS, checked, compose, override, resolve_device
 from d2lrun.data import Spec, build_data, prepare_batch
 from d2lrun.errors import UsageError
 from d2lrun.files import atomic_write, curves_figure, remove_stale_temporaries, shown
@@ -148,13 +148,8 @@ def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:
     saved = ckpt["config"]
     where = {f"dataset.{k}": saved["dataset"].get(k) for k in PATH_KEYS}
     where["logger.tracking_uri"] = saved["logger"].get("tracking_uri")
-    quoted = [f"{k}='{quote(v)}'" for k, v in where.items() if isinstance(v, str)]
+    quoted = [override(k, v) for k, v in where.items() if isinstance(v, str)]
     return merge_overrides(merge_overrides(ckpt["overrides"], quoted), new)
-
-
-def quote(value: str) -> str:
-    """A value inside '...' in Hydra's override grammar."""
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[str] = MEANING):

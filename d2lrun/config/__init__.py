@@ -127,8 +127,15 @@ def check_rules(cfg: DictConfig) -> None:
 def given(args: Sequence[str], key: str) -> str | None:
     """The value the last override of key in args gives it (None: none does), as Hydra reads it."""
     parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
-    found = [o for o in parsed if o.key_or_group == key]
-    return found[-1].get_value_element_as_str() if found and found[-1].value() is not None else None
+    value = next((o.value() for o in reversed(parsed) if o.key_or_group == key), None)
+    return None if value is None else str(value)
+
+
+def override(key: str, value: str) -> str:
+    """key='value', quoted so that Hydra's override grammar reads any value (spaces, quotes, €)."""
+    # Its grammar escapes a quote, and doubles only the backslashes before a quote or the end.
+    quoted = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
+    return f"{key}='{quoted}'"
 
 
 def hidden_sizes(model: DictConfig) -> list[int]:

@@ -232,3 +232,15 @@ def test_example_of_a_required_key_is_the_e_g_of_its_comment():
     assert example(cfg, "dataset.target") == "Price"
     assert example(cfg, "dataset.val_fraction") == "0.2"
     assert example(None, "nope.key") == "..."  # nowhere to take a value from
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["/a b/it's", "c:\\runs\\house", "ends in \\", "a\\'b", "q'q'", "preis€", "x\\\\y", "plain"],
+)
+def test_override_quotes_any_value_so_hydra_reads_it_back_as_it_was(value):
+    """Reloading a run passes its saved paths back through Hydra's grammar, which escapes quotes
+    and the backslashes before them; a path with a space, a quote or a backslash survives."""
+    from d2lrun.config import given, override
+
+    assert given([override("dataset.path", value)], "dataset.path") == value
