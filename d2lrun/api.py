@@ -1,10 +1,4 @@
-"""d2lrun from Python and Jupyter: the command line's runs, as objects.
-
-    import d2lrun
-    run = d2lrun.train("model=lenet", "trainer.epochs=2")  # = d2lrun model=lenet trainer.epochs=2
-    run.metrics, run.summary, run.plot()                    # the epochs, metrics.json, the curves
-    table = d2lrun.sweep("optim.lr=0.01,0.1")               # = d2lrun -m optim.lr=0.01,0.1
-    table = d2lrun.report("outputs/multirun/DATE/TIME")      # = d2lrun-report DIR
+"""d2lrun from Python and Jupyter (examples in d2lrun/__init__.py): the commands' runs as objects.
 
 Each call runs the command's Hydra app (d2lrun.app) in this process: the same configs, folders
 and, on CPU, numbers. A mistake raises d2lrun.errors' exception with the command's one line.

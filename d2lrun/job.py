@@ -34,8 +34,7 @@ def say(message: str) -> None:
 def train(
     cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt: dict | None = None, **job
 ) -> dict:
-    """One run into run_dir; with dataset.folds=K, K runs (run_dir/fold_i) and their mean (§4.10).
-    job: train_job's log, sweep_dir, experiment, draw."""
+    """One run into run_dir; with dataset.folds=K, K runs (run_dir/fold_i) and their mean."""
     k = cfg.dataset.get("folds")
     if not k:
         return train_job(cfg, run_dir, overrides, ckpt, **job)
@@ -98,12 +97,8 @@ def train_job(
     experiment: str | None = None,
     draw=curves_png,
 ) -> dict:
-    """One run: model.pt, last.pt, best.pt, metrics.csv and .json, curves.png in run_dir.
-
-    overrides: the command line, kept in the checkpoints; ckpt: the one it resumes (cfg.resume's);
-    fold=[k, i]: validated on fold i of k; sweep_dir, experiment: its sweep and MLflow experiment;
-    draw(rows, title): curves.png's bytes (d2lrun.files.Plotter draws them in a helper process).
-    """
+    """One run: model.pt, last.pt, best.pt, metrics.csv and .json, curves.png in run_dir."""
+    # ckpt: the one it resumes; fold=[k, i]: validated on fold i of k; draw: curves.png's bytes
     wall = time.perf_counter()
     if ckpt is not None:  # another optimizer could not take the saved momentum or Adam moments
         check_same_meaning(ckpt["config"], cfg, f"resume={cfg.resume}", (*MEANING, "optim.name"))

@@ -1,12 +1,8 @@
 """Run tracking where people compare runs: TensorBoard and MLflow (the `logger` config group).
 
-    tracker = open_tracker(cfg, run_dir, name, ckpt, ...)  # before any data: fails in one line
-    run_id = tracker.start(config, rows)      # rows: a resumed run's epochs; MLflow's run id
-    tracker.log_epoch(row)                    # at the end of each epoch (d2lrun.job's on_epoch)
-    tracker.finish(status, summary, run_dir)  # the run ended; its files are written
-
-Nothing is sent per batch; the packages are imported only when chosen. Once training has started,
-a logging failure costs a note, never the run: its files are the record.
+open_tracker fails in one line before any data; then start, log_epoch (from d2lrun.job's on_epoch)
+and finish. Nothing is sent per batch; the packages are imported only when chosen. Once training
+has started, a logging failure costs a note, never the run: its files are the record.
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ RUN_STATUS = {"completed": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
 class Tracker:
     """logger=none: nothing beyond the run folder's own files. The other loggers override these."""
 
-    def start(self, config: dict, rows: list[dict]) -> str | None: ...
+    def start(self, config: dict, rows: list[dict]) -> str | None: ...  # rows: a resumed run's
     def log_epoch(self, row: dict) -> None: ...
     def finish(self, status: str, summary: dict, run_dir: Path) -> None: ...
 

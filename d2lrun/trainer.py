@@ -1,9 +1,7 @@
 """The training loop, named as in the book: `fit` runs `train_one_epoch` and `evaluate` per epoch.
 
-Data stays on the device as whole tensors; a batch is a slice of a shuffled index. Losses and
-correct counts accumulate as device tensors and are read once per epoch, so no batch waits for
-the host. The loop writes no files: after each epoch it hands the metrics to one hook, on_epoch,
-with which the job (d2lrun.job) checkpoints, tracks and prints.
+Data stays on the device as whole tensors, a batch a slice of a shuffled index; losses and correct
+counts are device tensors read once per epoch. The loop writes no files: on_epoch (d2lrun.job) does.
 """
 
 from __future__ import annotations
@@ -44,8 +42,7 @@ def sum_squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def loss_for(task: str, kind: str) -> Callable:
-    """The book's loss: squared loss (scratch, §3.2), MSELoss (§3.3) or its sum (§6.2.4);
-    cross-entropy. kind is d2lrun.models.loss_kind: "scratch", "concise" or "sum"."""
+    """The book's loss for d2lrun.models.loss_kind: squared (§3.2), MSE (§3.3), summed (§6.2.4)."""
     if task == "regression":
         return {"scratch": squared_loss, "concise": F.mse_loss, "sum": sum_squared_loss}[kind]
     return cross_entropy_scratch if kind == "scratch" else F.cross_entropy
@@ -68,8 +65,7 @@ def train_one_epoch(
     generator: torch.Generator,
     on_batch: Callable[[], None] = lambda: None,
 ) -> dict[str, torch.Tensor]:
-    """One pass over shuffled minibatches; returns device tensors: the loss summed over examples,
-    the correct predictions (classification) and each batch's loss."""
+    """One pass over shuffled minibatches: device tensors of loss sum, correct, batch losses."""
     model.train()
     device, n = data.X.device, len(data)
     perm = torch.randperm(n, generator=generator).to(device)
@@ -95,8 +91,7 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss: Callable, data: Split, log_rmse: bool = False) -> dict:
-    """Mean loss over a split, in order, in evaluation mode (dropout off); accuracy for classes,
-    and for regression the RMSE (and the book's log RMSE, §4.10) in the target's own units."""
+    """Mean loss in eval mode; accuracy, or RMSE (and §4.10's log RMSE) in the target's units."""
     model.eval()
     device, classify, scale = data.X.device, not torch.is_floating_point(data.y), data.scale
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device).long()
@@ -137,10 +132,7 @@ def fit(
     trainer: Trainer,
     on_epoch: Callable[[dict], None],
 ) -> None:
-    """Train from epoch trainer.epoch + 1 through trainer.epochs. After each epoch, on_epoch gets
-    its row of metrics (epoch, train_loss, train_acc or train_rmse, val_*, seconds, examples_per_s).
-    Raises Diverged when the training loss stops being finite; Ctrl-C leaves trainer.epoch at the
-    last complete epoch."""
+    """Epochs trainer.epoch + 1 .. trainer.epochs, each row to on_epoch; Diverged on NaN."""
     classify = not torch.is_floating_point(train.y)
     bar = progress_bar(trainer.progress, math.ceil(len(train) / trainer.batch_size))
     with bar:
@@ -167,8 +159,7 @@ def fit(
 
 
 def progress_bar(show: bool, batches: int):
-    """A rich progress bar over an epoch's batches (its task 0) on stderr, on a terminal or in
-    Jupyter only."""
+    """A rich progress bar over an epoch's batches (task 0) on stderr; terminal or Jupyter only."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.progress import TimeRemainingColumn as Remaining
@@ -187,8 +178,7 @@ def progress_bar(show: bool, batches: int):
 
 
 def diverged(batch_losses: torch.Tensor, batch_size: int, epoch: int, optimizer) -> Diverged:
-    """Where the loss stopped being finite: the first batch whose loss, or running float32 sum of
-    losses, is NaN or infinite."""
+    """Where the loss stopped being finite: the first batch whose loss, or running sum, is not."""
     running = torch.cumsum(batch_losses * batch_size, 0)
     first = (~torch.isfinite(running)).nonzero()
     bad = int(first[0]) if len(first) else len(running) - 1
@@ -199,8 +189,8 @@ def diverged(batch_losses: torch.Tensor, batch_size: int, epoch: int, optimizer)
 
 
 def compiled(model: nn.Module, device: torch.device, log: Callable[[str], None]) -> nn.Module:
-    """trainer.compile=true: torch.compile, on CUDA with CUDA graphs ("reduce-overhead"), which
-    remove the launch cost that dominates tiny models; eager, with a note, where it cannot apply."""
+    """trainer.compile=true: torch.compile; eager, with a note, where it cannot apply."""
+    # On CUDA with CUDA graphs ("reduce-overhead"): they remove the launch cost of tiny models.
     import shutil
 
     if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "cc")):
