@@ -6,15 +6,13 @@ and, on CPU, numbers. A mistake raises d2lrun.errors' exception with the command
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from d2lrun import app, sweeps
-from d2lrun.config import explain, given
+from d2lrun.config import explain
 from d2lrun.errors import Bug, UsageError
-from d2lrun.files import claim_dir
 
 
 def train(*overrides: str):
@@ -23,17 +21,7 @@ def train(*overrides: str):
 
     if {"-m", "--multirun"} & set(overrides):
         raise UsageError("d2lrun.train trains one run. Fix: d2lrun.sweep(...) for a sweep.")
-    args, folder = list(overrides), None
-    if not given(args, "hydra.run.dir"):  # a folder of its own, even for two calls in one second
-        folder = claim_dir(f"outputs/{time.strftime('%Y-%m-%d/%H-%M-%S')}")
-        args.append(f"hydra.run.dir={folder}")
-    try:
-        raising(app.train, args)
-        return load_run(given(args, "hydra.run.dir"))  # as the command line names it
-    except BaseException:
-        if folder is not None and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()  # refused before it started: no folder left behind
-        raise
+    return load_run(raising(app.train, list(overrides)))
 
 
 def sweep(*overrides: str):

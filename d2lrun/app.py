@@ -5,11 +5,14 @@ d2lrun.cli prints their errors, d2lrun.api raises them (both through d2lrun.conf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,11 +20,113 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from d2lrun.config import CONFIG_DIR, compose, given, override, register
-from d2lrun.errors import Interrupted, UsageError
-from d2lrun.files import Plotter, claim_dir, unwritable, write_json
+from d2lrun.errors import Interrupted, RunFailed, UsageError
+from d2lrun.files import Plotter, claim_dir, hold, unwritable, write_json
+
+# What clusters and containers send to stop a process: SIGTERM (Slurm's time limit and scancel,
+# docker stop, systemd, Kubernetes) and the warning Slurm can send before (--signal=USR2@90).
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.json", "metrics.csv", "fold_0")
+
+
+class Stop(KeyboardInterrupt):
+    """A stop signal, raised in the main thread as Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Within: a stop signal ends the run as Ctrl-C does. After: the handler it replaced runs (the
+    one submitit installs on a Slurm node checkpoints the job and requeues it)."""
+    if threading.current_thread() is not threading.main_thread():  # only it can handle signals
+        yield
+        return
+    caught: list[int] = []
+
+    def stop(signum, frame):
+        if not caught:  # once: a second signal does not break the saving of the first
+            caught.append(signum)
+            raise Stop(signum)
+
+    numbers = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+    replaced = {n: signal.signal(n, stop) for n in numbers}
+    try:
+        yield
+    finally:
+        for n, handler in replaced.items():
+            signal.signal(n, handler)
+        if caught and callable(replaced[caught[0]]):
+            replaced[caught[0]](caught[0], None)
+
+
+class RunDir(Callback):
+    """The configured hydra.run.dir claimed before Hydra writes into it (configs/config.yaml):
+    TIME_2, TIME_3, ... when another run took TIME in the same second."""
+
+    lock = None
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        if given(list(config.hydra.overrides.hydra), "hydra.run.dir") is not None:
+            return  # named: named_dir holds it
+        with contextlib.suppress(RunFailed):  # unwritable: Hydra's own mkdir then says so
+            folder = claim_dir(config.hydra.run.dir)
+            self.lock = hold(folder)  # a resume= into it is refused while the run runs
+            with read_write(config.hydra.run):
+                config.hydra.run.dir = str(folder)
+
+    def on_run_end(self, **kwargs) -> None:
+        if self.lock is not None:
+            self.lock.close()
+
+
+@contextlib.contextmanager
+def named_dir(args: Sequence[str]):
+    """The folder hydra.run.dir=DIR names, locked while the run runs; refused while another run
+    writes it, or when it holds another run's files (but for resume=DIR, which continues it)."""
+    # Here, not in RunDir: Hydra turns a callback's error into a warning and goes on.
+    named = given(args, "hydra.run.dir")
+    if not named:
+        yield
+        return
+    folder = Path(named)
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise unwritable(folder, e) from None
+    lock = hold(folder)
+    if lock is None:
+        raise UsageError(
+            f"hydra.run.dir={named} is being written by another run now. "
+            f"Fix: choose another hydra.run.dir, or wait for that run to end."
+        )
+    with lock:
+        resume = given(args, "resume")
+        resume = Path(resume).resolve() if resume else None
+        found = [f for f in RUN_FILES if (folder / f).exists()]
+        if found and resume not in (folder.resolve(), folder.resolve() / "last.pt"):
+            raise UsageError(
+                f"hydra.run.dir={named} already holds a run ({', '.join(found)}), which d2lrun "
+                f"never writes over. Fix: choose another hydra.run.dir, or resume={named} to "
+                f"continue that run."
+            )
+        try:
+            yield
+        except BaseException:  # refused before it started: the folder it made goes again
+            if (
+                made
+                and folder.is_dir()
+                and {p.name for p in folder.iterdir()} <= {".hydra", ".lock"}
+            ):
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
 
 
 def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], object]):
@@ -31,13 +136,14 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
     outcome: dict = {}
 
     def hydra_task(cfg: DictConfig):
-        try:
-            outcome["value"] = task(cfg)
-            return outcome["value"]
-        except Exception as e:
-            outcome["error"] = e
-            if isinstance(e, Interrupted):  # the user's Ctrl-C: stop a sweep's launcher too
-                raise KeyboardInterrupt from e
+        with stop_signals():
+            try:
+                outcome["value"] = task(cfg)
+                return outcome["value"]
+            except Exception as e:
+                outcome["error"] = e
+                if isinstance(e, Interrupted):  # Ctrl-C or a stop signal: stop a sweep's launcher
+                    raise KeyboardInterrupt from e
 
     # The presets when the command names one (+experiment=...), or reloads a run that may have.
     register(presets=config_name != "config" or any("experiment" in a for a in args))
@@ -81,7 +187,8 @@ def train(args: Sequence[str]) -> Path:
         from d2lrun import job
 
         args, ckpt = resumed(args)
-        return run("config", args, lambda cfg: train_task(cfg, job, ckpt, draw))
+        with named_dir(args):
+            return run("config", args, lambda cfg: train_task(cfg, job, ckpt, draw))
 
 
 def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
@@ -90,10 +197,10 @@ def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
     try:
         job.train(cfg, run_dir, list(hc.overrides.task), ckpt, draw=draw)
     except UsageError:  # a run refused before it started leaves no folder behind
-        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", ".lock"}:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    return run_dir
+    return Path(hc.run.dir)  # as named (relative to where the command ran)
 
 
 def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
@@ -104,6 +211,15 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     given_dir = given(args, "hydra.sweep.dir")
     if given_dir:  # named by the user: run again into it, completed jobs are skipped
         sweep_dir = Path(given_dir)
+        plan = sweep_dir / "multirun.yaml"
+        task = [a for a in args if not a.lstrip("+~").startswith("hydra")]
+        before = list(OmegaConf.load(plan).hydra.overrides.task) if plan.exists() else task
+        started = plan.exists() and any(p.joinpath(".hydra").is_dir() for p in sweep_dir.iterdir())
+        if started and sorted(before) != sorted(task):  # its folders 0/, 1/, ... hold other jobs
+            raise UsageError(
+                f"hydra.sweep.dir={given_dir} holds another sweep ({' '.join(before)}). Fix: "
+                f"the same overrides to finish that one, or another hydra.sweep.dir."
+            )
     else:  # the configured folder, claimed: two sweeps started in one second never share it
         fixed = [o.input_line for o in OverridesParser.create().parse_overrides(args)
                  if not o.is_sweep_override()]  # fmt: skip

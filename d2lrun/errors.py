@@ -2,7 +2,7 @@
 
     UsageError   2    a bad config value, a missing file, a checkpoint that does not fit
     RunFailed    1    the run itself failed: divergence (Diverged), a full disk, a bug (Bug)
-    Interrupted  130  Ctrl-C: the message says what was saved and how to go on
+    Interrupted  130  Ctrl-C; 128 + N for signal N (143 SIGTERM): what was saved, how to go on
 
 str(error) is the one line the user sees: the bad value, what is allowed, and "Fix: ...".
 d2lrun.config.explain turns any other exception (Hydra's, OmegaConf's, the OS's) into one of these.
@@ -34,4 +34,8 @@ class Bug(RunFailed):
 
 
 class Interrupted(D2lrunError):
-    exit_code = 130
+    """Ctrl-C, or a stop signal (d2lrun.app.stop_signals): exits 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -76,6 +76,22 @@ def claim_dir(base: str | Path) -> Path:
     raise unwritable(path, FileExistsError(17, "all 10,000 suffixes are taken"))
 
 
+def hold(folder: Path, wait: bool = False):
+    """An exclusive lock on folder while the returned file is open (None: another process holds
+    it; wait: until it lets go). The kernel lets go when the process ends, even by kill -9."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): claim_dir's atomic mkdir is the only claim
+        return contextlib.nullcontext(folder)
+    lock = open(Path(folder) / ".lock", "a")  # noqa: SIM115 (open for as long as the run runs)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
 def unwritable(folder: str | Path, e: OSError) -> RunFailed:
     return RunFailed(
         f"cannot write the output directory {folder} ({e.strerror}). Fix: choose a writable one "

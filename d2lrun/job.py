@@ -7,6 +7,7 @@ complete epoch and metrics.json says what happened.
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,30 +128,33 @@ def train_job(
     config = OmegaConf.to_container(cfg, resolve=True)
     kept = [o for o in overrides if not o.startswith("resume=")]
     extra = {"format": FORMAT, "config": config, "overrides": kept, "spec": asdict(spec)}
+    extra["restarts"] = ckpt.get("restarts", 0) + 1 if ckpt else 0  # resumed, or requeued, so often
     extra["mlflow_run_id"] = tracker.start(config, history.rows)  # resume continues that run
     params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.model.name} on {spec.dataset} ({len(train_split):,} train / {len(val_split):,} "
         f"val) on {device}, {params:,} parameters -> {shown(run_dir)}")  # fmt: skip
     summary = {"status": "running", "model": cfg.model.name, "dataset": spec.dataset,
                "device": str(device), "epochs": cfg.trainer.epochs, "run_dir": str(run_dir),
-               "resumed_from": str(cfg.resume) if cfg.resume else None}  # fmt: skip
+               "resumed_from": str(cfg.resume) if cfg.resume else None,
+               "restarts": extra["restarts"]}  # fmt: skip
     # Higher accuracy, or lower loss, is better; without a validation split, the training metric.
     classify = spec.task == "classification"
     metric = ("val_" if len(val_split) else "train_") + ("acc" if classify else "loss")
 
     def on_epoch(row: dict) -> None:
         """The epoch's checkpoints, its row for the tracker, its line."""
-        history.rows.append(row)
-        best = history.best["value"] if history.best else None
-        improved = best is None or (row[metric] > best if classify else row[metric] < best)
-        if improved:
-            history.best = {"epoch": trainer.epoch, "metric": metric, "value": row[metric]}
-        history.pending = checkpoint(model, optimizer, trainer, history, extra)
-        if improved:
-            save_torch(run_dir / "best.pt", history.pending)
-        if trainer.epoch % trainer.checkpoint_every == 0 or trainer.epoch == trainer.epochs:
-            save_torch(run_dir / "last.pt", history.pending)
-            history.pending = None
+        rows, best, value = [*history.rows, row], history.best, row[metric]
+        if best is None or (value > best["value"] if classify else value < best["value"]):
+            best = {"epoch": trainer.epoch, "metric": metric, "value": value}
+        snapshot = checkpoint(model, optimizer, trainer, History(rows, best), extra)
+        if best is not history.best:
+            save_torch(run_dir / "best.pt", snapshot)
+        due = trainer.epoch % trainer.checkpoint_every == 0 or trainer.epoch == trainer.epochs
+        if due:
+            save_torch(run_dir / "last.pt", snapshot)
+        # The history moves on in one assignment, which no signal handler interrupts (they run at
+        # calls): Ctrl-C or SIGTERM above leaves it at the epoch before, as the files on disk are.
+        history.rows, history.best, history.pending = rows, best, None if due else snapshot
         log(format_row(row, trainer.epochs))
         tracker.log_epoch(row)
 
@@ -161,8 +165,12 @@ def train_job(
             trainer, on_epoch)  # fmt: skip
     except Diverged as e:
         status, reason = "diverged", str(e)
-    except KeyboardInterrupt:
-        status, reason = "interrupted", f"stopped by Ctrl-C after epoch {trainer.epoch}"
+    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.app.stop_signals)
+        signum = getattr(e, "signum", signal.SIGINT)
+        summary["signal"] = signal.Signals(signum).name
+        by = "Ctrl-C" if signum == signal.SIGINT else summary["signal"]
+        trainer.epoch = history.rows[-1]["epoch"] if history.rows else 0  # the last one saved
+        status, reason = "interrupted", f"stopped by {by} after epoch {trainer.epoch}"
         if history.pending is not None:
             save_torch(run_dir / "last.pt", history.pending)
     except Exception as e:  # disk full, a bug: the tracked run ends too, then the error goes on
@@ -185,12 +193,14 @@ def train_job(
     tracker.finish(status, summary, run_dir)
     if status == "diverged":
         raise Diverged(f"diverged: {reason}")
-    if status == "interrupted" and trainer.epoch == 0:
-        raise Interrupted("interrupted before any epoch finished; nothing to resume.")
     if status == "interrupted":
+        what = "interrupted" + ("" if by == "Ctrl-C" else f" by {by}")
+        if trainer.epoch == 0:
+            raise Interrupted(f"{what} before any epoch finished; nothing to resume.", signum)
         raise Interrupted(
-            f"interrupted after epoch {trainer.epoch}; the last complete epoch is "
-            f"saved. Resume with: d2lrun resume={shown(run_dir)}"
+            f"{what} after epoch {trainer.epoch}; the last complete epoch is saved. "
+            f"Resume with: d2lrun resume={shown(run_dir)}",
+            signum,
         )
     return summary
 

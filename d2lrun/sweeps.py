@@ -16,9 +16,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.config import explain
+from d2lrun.config import checked, explain
 from d2lrun.errors import Bug, Interrupted, UsageError
-from d2lrun.files import atomic_write, png, shown, write_json
+from d2lrun.files import atomic_write, hold, png, shown, write_json
 
 HIGHER_IS_BETTER = {"val_acc"}  # every other metric (val_loss) is better when lower
 
@@ -52,22 +52,32 @@ def run_job(
     ckpt: dict | None = None,
 ) -> float:
     """Job num of a sweep (ckpt: the checkpoint it resumes); its score. A failure is recorded."""
+    # Locked: of two sweeps run into one folder, one trains the job and the other then skips it.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with hold(run_dir, wait=True):
+        return locked_job(cfg, run_dir, overrides, sweep_dir, num, ckpt)
+
+
+def locked_job(cfg, run_dir: Path, overrides: list[str], sweep_dir: Path, num: int, ckpt) -> float:
     from d2lrun.job import train
 
     done = finished_job(run_dir, overrides)
     if done is not None:  # the same sweep run again: only missing or failed jobs train
         print(f"job {num}: already completed in {shown(run_dir)}; skipped")
         return score(done)
-    (run_dir / "metrics.json").unlink(missing_ok=True)  # an earlier attempt's no longer counts
     swept = {k.lstrip("+~") for k in planned_jobs(sweep_dir)[1]}
     one_experiment = swept & {"model", "dataset", "experiment"}  # in MLflow, named after the sweep
     experiment = f"sweep {sweep_dir.resolve()}" if one_experiment else None
     try:
+        if ckpt is None and (run_dir / "last.pt").exists():  # stopped before (Slurm requeued it)
+            ckpt = continued(cfg, run_dir)
+        (run_dir / "metrics.json").unlink(missing_ok=True)  # an earlier attempt's no longer counts
         metrics = train(cfg, run_dir, overrides, ckpt, sweep_dir=sweep_dir, experiment=experiment)
     except Interrupted as e:
         raise Interrupted(
             f"{e} To finish the sweep, run the same command again with "
-            f"hydra.sweep.dir={shown(sweep_dir)}"
+            f"hydra.sweep.dir={shown(sweep_dir)}",
+            e.exit_code - 128,  # the signal's number (SIGINT for Ctrl-C)
         ) from None
     except Exception as e:  # recorded (a bug's traceback too, in error.txt); the sweep goes on
         error = explain(e)
@@ -80,6 +90,22 @@ def run_job(
             record_failure(run_dir, reason, error.exit_code)
         return -math.inf
     return score(metrics)
+
+
+def continued(cfg: DictConfig, run_dir: Path) -> dict:
+    """The checkpoint of the job's earlier attempt, to go on from, when the same config wrote it."""
+    from d2lrun.reload import first_difference, load_checkpoint
+
+    saved = load_checkpoint(run_dir / "last.pt", needs="continuing")
+    now = OmegaConf.to_container(checked(cfg), resolve=True)
+    was, now = ({k: v for k, v in c.items() if k != "resume"} for c in (saved["config"], now))
+    if diff := first_difference(was, now, "config"):
+        raise UsageError(
+            f"{shown(run_dir)} holds a checkpoint of another config ({diff[0][7:]}={diff[1]} "
+            f"there, {diff[2]} now). Fix: another hydra.sweep.dir, or delete {shown(run_dir)}."
+        )
+    cfg.resume = str(run_dir)
+    return saved
 
 
 def record_failure(run_dir: Path, reason: str, exit_code: int) -> None:
@@ -171,7 +197,8 @@ def collect(sweep_dir: Path):
     keys = list(dict.fromkeys(swept + [k for k in values if values[k].nunique() > 1]))
     table = pd.DataFrame(rows, dtype=object)
     measured = [f"{w}_{m}" for m in table["_metric"].dropna().unique() for w in ("final", "best")]
-    ends = ["best_epoch", "seconds", "reason", "_score", "_metric"]  # _: to sort and to draw
+    restarted = bool(table["restarts"].fillna(0).astype(float).gt(0).any())  # a column only then
+    ends = ["best_epoch", "seconds", *["restarts"] * restarted, "reason", "_score", "_metric"]
     table = pd.concat([values.reindex(columns=keys), table], axis=1)
     table = table.reindex(columns=["job", *keys, "status", *measured, *ends])
     # Best first; the jobs that did not complete (score -inf) last, in job order.
@@ -187,7 +214,8 @@ def row(job: str, overrides: dict | None, metrics: dict | None, started: bool) -
     return {"job": job, "_overrides": overrides or {}, "_score": score(metrics), "_metric": metric,
             "status": status, f"final_{metric}": final.get(metric),
             f"best_{metric}": best.get("value"), "best_epoch": best.get("epoch"),
-            "seconds": metrics.get("wall_seconds"), "reason": metrics.get("reason")}  # fmt: skip
+            "seconds": metrics.get("wall_seconds"), "restarts": metrics.get("restarts"),
+            "reason": metrics.get("reason")}  # fmt: skip
 
 
 def report(sweep_dir: Path, show: bool = True) -> str | None:

@@ -1,19 +1,22 @@
 """`d2lrun -m hydra/launcher=slurm` through a real Slurm: sbatch, a job array, squeue, the table.
 
 Needs partition `debug` with an idle node; `.ci/slurm-up` starts such a one-node cluster on this
-machine (as root). Without one these tests skip, saying so. The jobs run on the node in the
-environment sbatch copies from this one (PATH, PYTHONPATH), so they run this checkout's d2lrun.
+machine (as root). Without one these tests skip, saying so; under CI (CI=true) they fail. The jobs
+run on the node in the environment sbatch copies from this one (PATH, PYTHONPATH), so they run this
+checkout's d2lrun.
 """
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import BIN, run_cli, unavailable
 
 pytestmark = pytest.mark.slurm
 
@@ -31,7 +34,7 @@ FAST = ["trainer.epochs=1", "trainer.progress=false"]
 def node_cpus() -> int:
     """CPUs of the idle node in partition debug; skips the tests when there is none."""
     if shutil.which("sinfo") is None:
-        pytest.skip("no Slurm on this machine (sinfo not found); .ci/slurm-up starts one")
+        unavailable("no Slurm on this machine (sinfo not found); .ci/slurm-up starts one")
     r = subprocess.run(
         ["sinfo", "--noheader", "--partition=debug", "--format=%t %c"],
         capture_output=True,
@@ -41,7 +44,7 @@ def node_cpus() -> int:
     up = [ln.split() for ln in r.stdout.splitlines() if ln.split()[0] in ("idle", "mix")]
     if r.returncode != 0 or not up:
         said = (r.stdout + r.stderr).strip() or "no nodes"
-        pytest.skip(f"Slurm partition debug has no idle node ({said}); .ci/slurm-up starts one")
+        unavailable(f"Slurm partition debug has no idle node ({said}); .ci/slurm-up starts one")
     return int(up[0][1])
 
 
@@ -151,3 +154,40 @@ def test_what_slurm_refuses_or_cannot_start_ends_in_one_line(sweep_dir, node_cpu
     )
     assert line.endswith(f"The job is cancelled. Fix: hydra.launcher.cpus_per_task={node_cpus}.")
     assert squeue(array, "%T") == {"CANCELLED"}
+
+
+def test_signalled_jobs_are_requeued_and_go_on_from_their_last_epoch(sweep_dir):
+    """Slurm's warning before a time limit (--signal=USR2@90, which submitit asks for) or a
+    preemption: each job saves its last complete epoch, submitit requeues it, and it goes on."""
+    s = sweep_dir
+    cmd = [str(BIN / "d2lrun"), "-m", *SLURM, "hydra.launcher.cpus_per_task=1",
+           "optim.lr=0.01,0.03", "trainer.epochs=8", "dataset.num_train=50000",
+           "trainer.progress=false", f"hydra.sweep.dir={s}"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                          text=True) as proc:  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not all((s / j / "last.pt").exists() for j in "01"):  # both past epoch 1
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+            time.sleep(0.5)
+        array = next((s / ".submitit").glob("*_0")).name.split("_")[0]
+        subprocess.run(["scancel", "--signal=USR2", array], check=True)
+        # Slurm holds a requeued job back for a while (BeginTime): let it start at once.
+        while proc.poll() is None and time.monotonic() < deadline + 120:
+            for task, state in (line.split("|") for line in squeue(array, "%i|%T")):
+                if state == "PENDING":
+                    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"],
+                                   capture_output=True)  # fmt: skip
+            time.sleep(1)
+        out = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 0, out
+    assert f"sweep {s}: 2 completed" in out
+    for job in ("0", "1"):
+        summary = json.loads((s / job / "metrics.json").read_text())
+        assert summary["status"] == "completed" and summary["restarts"] == 1
+        epochs = [int(row["epoch"]) for row in csv.DictReader(open(s / job / "metrics.csv"))]
+        assert epochs == list(range(1, 9))  # each epoch once: at most the one in progress redone
+        log = (s / ".submitit" / f"{array}_{job}" / f"{array}_{job}_0_log.err").read_text()
+        assert "Caught signal SIGUSR2" in log
+    with open(s / "summary.csv") as f:
+        assert [row["restarts"] for row in csv.DictReader(f)] == ["1", "1"]

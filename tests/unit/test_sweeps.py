@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from d2lrun import app, job
 from d2lrun import sweeps as sweep
-from d2lrun.config import compose
+from d2lrun.config import checked, compose
 from d2lrun.errors import UsageError
 from d2lrun.files import save_torch
 from d2lrun.reload import FORMAT
@@ -59,7 +59,8 @@ def test_default_sweep_dir_is_claimed_once_per_sweep_and_shared_by_its_jobs(tmp_
 def save_overrides(run_dir: Path, overrides: list[str]) -> None:
     """The last.pt a job with these overrides writes (only the keys finished_job reads)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_torch(run_dir / "last.pt", {"format": FORMAT, "overrides": overrides})
+    config = OmegaConf.to_container(checked(compose(overrides)), resolve=True)
+    save_torch(run_dir / "last.pt", {"format": FORMAT, "overrides": overrides, "config": config})
 
 
 def test_a_job_counts_as_finished_only_when_completed_with_the_same_overrides(tmp_path):
@@ -101,9 +102,18 @@ def test_run_job_skips_a_finished_job_and_drops_an_earlier_attempts_result(
     (run_dir / "metrics.json").write_text(json.dumps(done_metrics))
     assert sweep.run_job(cfg, run_dir, job_overrides, tmp_path, 0) == -0.25
     assert calls == [] and "job 0: already completed" in capsys.readouterr().out
-    other = ["optim.lr=0.3", "trainer.epochs=2"]  # the grid changed: the job trains again
-    assert sweep.run_job(compose(other), run_dir, other, tmp_path, 0) == -0.25
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
+    assert sweep.run_job(cfg, run_dir, job_overrides, tmp_path, 0) == -0.25
     assert calls == [False]  # an earlier attempt's result no longer counts
+
+    other = ["optim.lr=0.3", "trainer.epochs=2"]  # another grid: its job 0 is another job
+    (run_dir / "metrics.json").write_text(json.dumps(done_metrics))
+    assert sweep.run_job(compose(other), run_dir, other, tmp_path, 0) == -math.inf
+    assert calls == [False] and json.loads((run_dir / "metrics.json").read_text()) == done_metrics
+    assert capsys.readouterr().err == (
+        f"d2lrun: error: {run_dir} holds a checkpoint of another config (optim.lr=0.1 there, 0.3 "
+        f"now). Fix: another hydra.sweep.dir, or delete {run_dir}.\n"
+    )
 
 
 def test_score_is_higher_is_better_and_the_worst_for_failed_jobs():

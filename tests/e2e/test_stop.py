@@ -1,0 +1,159 @@
+"""What clusters and shells do to runs: SIGTERM mid-epoch, runs and sweeps that start together, a
+named folder that already holds a run. (Slurm's requeue is in test_slurm.py.)"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+from tests.conftest import BIN, run_cli
+
+# About a second an epoch on a 2-core machine: a signal sent after an epoch line lands mid-epoch.
+SLOW = ["trainer.epochs=6", "dataset.num_train=50000", "trainer.progress=false"]
+
+
+def start(*args: str, cwd=None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    cmd = [str(BIN / "d2lrun"), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=cwd, env=env)  # fmt: skip
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
+def test_a_stop_signal_mid_epoch_keeps_the_run_and_resume_finishes_it(tmp_path, signum):
+    run_dir = tmp_path / "run"
+    proc = start(*SLOW, f"hydra.run.dir={run_dir}")
+    for line in proc.stdout:  # the signal comes during epoch 3
+        if line.startswith("epoch 2/6"):
+            proc.send_signal(signum)
+            break
+    out, err = proc.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, err  # 143 for SIGTERM, as Slurm and docker expect
+    assert err.splitlines() == [
+        f"d2lrun: error: interrupted by {name} after epoch 2; the last complete epoch is saved. "
+        f"Resume with: d2lrun resume={run_dir}"
+    ]
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == name
+    assert (
+        summary["epochs_completed"] == 2 and summary["reason"] == f"stopped by {name} after epoch 2"
+    )
+    assert list(pd.read_csv(run_dir / "metrics.csv")["epoch"]) == [1, 2]
+    assert (run_dir / "curves.png").stat().st_size > 0 and not (run_dir / "model.pt").exists()
+
+    if signum != signal.SIGTERM:  # Slurm's warning signal ends a run as SIGTERM does
+        return
+    r = run_cli(f"resume={run_dir}", *SLOW, f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert r.returncode == 0, r.stderr
+    whole = run_cli(*SLOW, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr
+    for name in ("model.pt", "metrics.csv"):  # bit for bit (metrics.csv less its timings)
+        resumed, uninterrupted = (tmp_path / d / name for d in ("resumed", "whole"))
+        if name == "model.pt":
+            assert resumed.read_bytes() == uninterrupted.read_bytes()
+        else:
+            drop = ["seconds", "examples_per_s"]
+            pd.testing.assert_frame_equal(pd.read_csv(resumed).drop(columns=drop),
+                                          pd.read_csv(uninterrupted).drop(columns=drop),
+                                          check_exact=True)  # fmt: skip
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["restarts"] == 1
+
+
+def test_eight_runs_started_together_each_own_a_folder(tmp_path):
+    # The default folder is named by the second (outputs/DATE/TIME): runs that start in the same
+    # second get TIME, TIME_2, TIME_3, ...
+    procs = [start("trainer.progress=false", f"optim.lr=0.0{i}", cwd=tmp_path) for i in range(1, 9)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    folders = sorted(tmp_path.glob("outputs/*/*"))
+    assert len(folders) == 8, folders
+    lrs = set()
+    for d in folders:
+        assert json.loads((d / "metrics.json").read_text())["status"] == "completed"
+        assert len(pd.read_csv(d / "metrics.csv")) == 3 and (d / "model.pt").exists()
+        (override,) = [
+            o for o in (d / ".hydra" / "overrides.yaml").read_text().split() if "lr" in o
+        ]
+        lrs.add(override)
+    assert len(lrs) == 8  # each folder holds its own run, none written by two
+
+
+def test_a_named_folder_that_holds_a_run_is_refused_unless_resumed(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli("trainer.progress=false", f"hydra.run.dir={run_dir}").returncode == 0
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    r = run_cli("optim.lr=0.1", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"d2lrun: error: hydra.run.dir={run_dir} already holds a run (last.pt, best.pt, model.pt, "
+        f"metrics.json, metrics.csv), which d2lrun never writes over. Fix: choose another "
+        f"hydra.run.dir, or resume={run_dir} to continue that run."
+    ]
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+    r = run_cli(f"resume={run_dir}", "trainer.epochs=5", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stderr
+    assert list(pd.read_csv(run_dir / "metrics.csv")["epoch"]) == [1, 2, 3, 4, 5]
+
+
+def test_a_named_folder_being_written_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(*SLOW, f"hydra.run.dir={run_dir}")
+    assert proc.stdout.readline().startswith("linreg on synthetic")  # it holds the folder now
+    r = run_cli(f"resume={run_dir}", f"hydra.run.dir={run_dir}")
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"d2lrun: error: hydra.run.dir={run_dir} is being written by another run now. "
+        f"Fix: choose another hydra.run.dir, or wait for that run to end."
+    ]
+
+
+def test_two_sweeps_into_one_folder_lose_no_job(tmp_path):
+    sweep = [
+        "-m",
+        "optim.lr=0.01,0.03,0.1",
+        "trainer.progress=false",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    procs = [start(*sweep), start(*sweep)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    # Each job trained once, by one of them; the other waited for it, then skipped it.
+    trained = sum(out.count(" -> ") for out, _ in outs)
+    skipped = sum(out.count("already completed") for out, _ in outs)
+    assert (trained, skipped) == (3, 3)
+    for job in ("0", "1", "2"):
+        assert json.loads((tmp_path / job / "metrics.json").read_text())["status"] == "completed"
+        assert list(pd.read_csv(tmp_path / job / "metrics.csv")["epoch"]) == [1, 2, 3]
+
+    r = run_cli("-m", "optim.lr=0.5", f"hydra.sweep.dir={tmp_path}")
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"d2lrun: error: hydra.sweep.dir={tmp_path} holds another sweep (optim.lr=0.01,0.03,0.1 "
+        f"trainer.progress=false). Fix: the same overrides to finish that one, or another "
+        f"hydra.sweep.dir."
+    ]
+
+
+def test_a_stopped_sweep_job_goes_on_from_its_last_epoch_when_run_again(tmp_path):
+    sweep = ["-m", "optim.lr=0.01,0.03", *SLOW, f"hydra.sweep.dir={tmp_path}"]
+    proc = start(*sweep)
+    for line in proc.stdout:
+        if line.startswith("epoch 2/6"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "To finish the sweep, run the same command again" in err
+    time.sleep(0.1)
+    r = run_cli(*sweep)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming {tmp_path / '0'} from epoch 2" in r.stdout
+    assert list(pd.read_csv(tmp_path / "0" / "metrics.csv")["epoch"]) == [1, 2, 3, 4, 5, 6]
+    table = pd.read_csv(tmp_path / "summary.csv").set_index("job")
+    assert list(table.loc[[0, 1], "restarts"]) == [1, 0]
+    assert list(table["status"]) == ["completed", "completed"]
