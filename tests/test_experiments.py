@@ -161,6 +161,18 @@ KNOWN_MISSES = {
         "the book's few runs gave 3.4-3.6, 3.6-4.0"
     ),
 }
+# What experiments/README.md documents for that miss at seed 0 (to the digits it prints), judged
+# instead of the book's range: a change to the data, the model or the loop moves it.
+UNDERFIT_SEED_0 = {"w0": 3.18, "w1": 3.30}
+
+
+def check_known_miss(result) -> None:
+    """A preset that misses the book for a documented reason reaches its documented numbers."""
+    if result.experiment.name == "ch4_poly_underfit":
+        got = {k: round(result.values[k], 2) for k in UNDERFIT_SEED_0}
+        assert got == UNDERFIT_SEED_0, (
+            f"ch4_poly_underfit at seed 0: {got}, documented {UNDERFIT_SEED_0}"
+        )
 
 
 def compose_preset(name: str, *overrides: str):
@@ -249,9 +261,10 @@ def test_presets_of_seconds_reach_the_books_numbers(experiment, tmp_path, reques
         experiment, tmp_path, ["device=cpu", "trainer.progress=false"], data, log=lambda line: None
     )
     assert result.status == "completed"
-    if not result.ok and experiment.name in KNOWN_MISSES:  # explained in experiments/README.md
-        pytest.xfail(KNOWN_MISSES[experiment.name])
-    assert result.ok, reproduce.table([result])
+    if experiment.name in KNOWN_MISSES:  # explained in experiments/README.md
+        check_known_miss(result)
+    else:
+        assert result.ok, reproduce.table([result])
 
 
 @pytest.mark.parametrize(
@@ -345,3 +358,5 @@ def test_the_book_is_reproduced(real_fmnist, tmp_path):
     assert all(r.status == "completed" for r in results)
     misses = {r.experiment.name for r in results if not r.ok}
     assert misses <= set(KNOWN_MISSES), f"out of tolerance: {sorted(misses - set(KNOWN_MISSES))}"
+    for result in results:
+        check_known_miss(result)
