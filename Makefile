@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-all lint format mutation bench bench-csv startup reproduce clean
+.PHONY: install run test book test-all lint format mutation bench bench-csv startup reproduce clean
 
 # Re-installs only when pyproject.toml changes; otherwise this is a no-op.
 # pip's own chatter goes to .venv/pip.log and is shown only when the install fails.
@@ -32,6 +32,11 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix --quiet .
 	$(BIN)/ruff format --quiet .
+
+# The book's numbers: every preset's whole protocol on the real data, judged against the book (the
+# tests marked slow; about 5 minutes on 2 cores). CI runs it after make test (.ci/run).
+book: install
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
 
 test-all: install
 	$(BIN)/python -m pytest -q -m '' $(ARGS)
@@ -69,7 +74,7 @@ reproduce: install
 # LeNet epochs: the book's loop vs a minimal loop vs d2lrun, in one run (README "Speed").
 # On a GPU: make bench ARGS="--device cuda --epochs 5"
 bench: install
-	$(BIN)/python experiments/benchmark.py --out experiments/bench-$$($(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')").json $(ARGS)
+	$(BIN)/python experiments/benchmark.py $(ARGS)
 
 # A 100,000-row CSV: d2lrun dataset=csv against a hand-written pandas + torch script (time, memory).
 bench-csv: install
