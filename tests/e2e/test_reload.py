@@ -1,5 +1,6 @@
 """Reload a saved run: evaluate, predict, resume bit for bit, survive Ctrl-C, refuse bad files."""
 
+import csv
 import json
 import os
 import signal
@@ -15,6 +16,14 @@ from d2lrun import load_run
 from tests.conftest import BIN, run_cli
 
 FAST = ["trainer.progress=false"]
+# image_run's run, but for trainer.epochs and dataset.root
+IMAGE_RUN = [
+    "model=mlp",
+    "model.num_hiddens=[32]",
+    "trainer.batch_size=16",
+    "dataset.download=false",
+    *FAST,
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +32,7 @@ def image_run(tmp_path_factory):
 
     root = write_fake_fashion_mnist(tmp_path_factory.mktemp("fm"))
     run = tmp_path_factory.mktemp("runs") / "mlp"
-    r = run_cli(
-        "model=mlp",
-        "model.num_hiddens=[32]",
-        "trainer.epochs=2",
-        "trainer.batch_size=16",
-        f"dataset.root={root}",
-        "dataset.download=false",
-        f"hydra.run.dir={run}",
-        *FAST,
-    )
+    r = run_cli(*IMAGE_RUN, "trainer.epochs=2", f"dataset.root={root}", f"hydra.run.dir={run}")
     assert r.returncode == 0, r.stderr
     return run, root
 
@@ -76,12 +76,30 @@ def test_eval_reproduces_the_final_metrics_exactly(image_run):
     }
 
 
-def test_eval_of_best_checkpoint(image_run):
-    run, _ = image_run
+def test_eval_of_best_checkpoint(image_run, tmp_path):
+    """best.pt holds the best epoch (here the first of two): evaluated, it scores that epoch's row
+    of metrics.csv exactly, and its weights are those of the same run stopped after that epoch."""
+    run, root = image_run
     r = run_cli(f"ckpt={run / 'best.pt'}", tool="d2lrun-eval")
     assert r.returncode == 0, r.stderr
     best = json.loads((run / "metrics.json").read_text())["best"]
-    assert json.loads(r.stdout.splitlines()[0])["val_acc"] == best["value"]
+    with open(run / "metrics.csv") as f:
+        row = next(row for row in csv.DictReader(f) if int(row["epoch"]) == best["epoch"])
+    assert best["metric"] == "val_acc" and best["value"] == float(row["val_acc"])
+    assert json.loads(r.stdout.splitlines()[0]) == {
+        "val_loss": float(row["val_loss"]),
+        "val_acc": float(row["val_acc"]),
+    }
+    stopped = tmp_path / "stopped"
+    r = run_cli(
+        *IMAGE_RUN, f"trainer.epochs={best['epoch']}", f"dataset.root={root}",
+        f"hydra.run.dir={stopped}",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    saved = torch.load(run / "best.pt", weights_only=True)
+    expected = torch.load(stopped / "model.pt", weights_only=True)
+    assert saved["epoch"] == best["epoch"] and list(saved["model"]) == list(expected)
+    assert all(torch.equal(saved["model"][k], expected[k]) for k in expected)
 
 
 def test_load_run_predicts_the_test_images_with_the_runs_accuracy(image_run):
@@ -122,11 +140,24 @@ def test_predict_command_takes_npy_and_pt_images(image_run, tmp_path, suffix):
     assert r.returncode == 2 and "images must be (N, 28, 28) uint8; got (2, 1, 32, 32)" in r.stderr
 
 
+def no_color(run, sizes) -> list[str]:
+    """The run's model on these sizes (NaN: the training mean) with every color column 0, which is
+    how §2.2's one-hot encoding leaves a color it never saw: neither a known one nor missing."""
+    stats = run.spec.preprocess
+    assert stats["columns"] == ["size", "color_blue", "color_red", "color_nan"]
+    mean, std = stats["numeric"]["size"]["mean"], stats["numeric"]["size"]["std"]
+    x = torch.zeros(len(sizes), 4)
+    x[:, 0] = torch.tensor((np.nan_to_num(sizes, nan=mean) - mean) / std)
+    with torch.no_grad():
+        return [run.spec.class_names[i] for i in run.model(x).argmax(dim=1).tolist()]
+
+
 def test_predict_new_csv_rows_with_missing_values_and_unseen_categories(csv_run):
     run, tmp = csv_run
     rows = pd.DataFrame({"size": [2.0, np.nan, -2.0], "color": ["red", "green", None]})
-    preds = load_run(run).predict(rows)
-    assert preds[0] == "big" and preds[2] == "small" and preds[1] in ("big", "small")
+    loaded = load_run(run)
+    preds = loaded.predict(rows)
+    assert preds == ["big", no_color(loaded, np.array([np.nan]))[0], "small"]
     rows.to_csv(tmp / "new.csv", index=False)
     r = run_cli(
         f"run={run}", f"input={tmp / 'new.csv'}", f"output={tmp / 'out.csv'}", tool="d2lrun-predict"
@@ -136,6 +167,17 @@ def test_predict_new_csv_rows_with_missing_values_and_unseen_categories(csv_run)
     assert (
         list(out.columns) == ["size", "color", "label"] and out["label"].tolist() == preds
     )  # named after the target
+
+
+def test_an_unseen_category_turns_on_no_known_categorys_column(csv_run):
+    """Over sizes -1 to 1, rows of a color new since training are predicted as with every color
+    column 0; that differs, at some sizes, from predicting them as red, blue or missing."""
+    run = load_run(csv_run[0])
+    sizes = np.linspace(-1, 1, 201)
+    expected = no_color(run, sizes)
+    assert run.predict(pd.DataFrame({"size": sizes, "color": "green"})) == expected
+    for known in ("red", "blue", None):
+        assert run.predict(pd.DataFrame({"size": sizes, "color": known})) != expected, known
 
 
 def test_resume_is_bit_for_bit(tmp_path, fake_fmnist):

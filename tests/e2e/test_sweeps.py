@@ -8,8 +8,10 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
+from matplotlib.image import imread
 
 from tests.conftest import BIN, run_cli, write_fake_fashion_mnist
 
@@ -46,10 +48,25 @@ def test_grid_sweep_prints_a_table_writes_csv_and_heatmap_and_exits_1_when_jobs_
     assert [(r["optim.lr"], r["status"]) for r in rows] == [("0.1", "completed")] * 2 + [
         ("0.01", "completed")
     ] * 2 + [("3", "diverged")] * 2  # best first, failures last
+    jobs = {r["job"]: metrics(s / r["job"]) for r in rows}
+    assert sorted(jobs) == [str(n) for n in range(6)]
+    assert [r["status"] for r in rows] == [jobs[r["job"]]["status"] for r in rows]
+
+    def rank(job):  # the lowest best val_loss first; jobs that did not complete last, in job order
+        done = jobs[job]["status"] == "completed"
+        return (not done, jobs[job]["best"]["value"] if done else 0, int(job))
+
+    assert [r["job"] for r in rows] == sorted(jobs, key=rank)
+    assert [float(r["best_val_loss"]) for r in rows[:4]] == [
+        jobs[r["job"]]["best"]["value"] for r in rows[:4]
+    ]
     assert float(rows[0]["best_val_loss"]) < 1e-3 < float(rows[2]["best_val_loss"])
     assert rows[0]["best_epoch"] == "2" and float(rows[0]["seconds"]) > 0
     assert "Fix: lower optim.lr" in rows[-1]["reason"]
-    assert (s / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    image = imread(s / "heatmap.png")[:, :, :3]  # a cell per job: lr 3's column is grey (diverged)
+    grey = (np.abs(image - 211 / 255) < 1 / 255).all(axis=2)
+    half = image.shape[1] // 2
+    assert grey[:, half:].mean() > 0.2 and grey[:, :half].mean() < 0.01  # text edges: a few
 
 
 def test_rerun_skips_completed_jobs_and_report_shows_a_partial_sweep(tmp_path):

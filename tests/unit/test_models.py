@@ -93,44 +93,68 @@ def test_dropout_acts_only_in_training():
     assert [m.p for m in lenet if isinstance(m, torch.nn.Dropout)] == [0.3, 0.3]
 
 
+def near(value, expected, rel=0.01):
+    return abs(float(value) / expected - 1) < rel
+
+
+# The first weight matrix of model_cfg("mlp") is (256, 784): fan_in 784, fan_out 256, and its
+# n = 200,704 draws estimate a std with relative standard error 1/sqrt(2n) = 0.16% (normal draws)
+# or sqrt(0.2/n) = 0.10% (uniform ones): within 1% is 6 standard errors and more, while a formula
+# with the wrong fan or gain is off by 15% (sqrt(2/1040) vs sqrt(2/784)) to 73% (fan_in vs out).
+XAVIER_STD = (2 / (784 + 256)) ** 0.5  # both distributions; uniform: bound sqrt(3) std
+KAIMING_BOUND = {"fan_in": (6 / 784) ** 0.5, "fan_out": (6 / 256) ** 0.5}  # ReLU gain sqrt(2)
+
+
 @pytest.mark.parametrize(
     "init,check",
     [
         ({"name": "zeros"}, lambda w: torch.all(w == 0)),
-        ({"name": "constant", "value": 42.0, "bias": 0.0}, lambda w: torch.all(w == 42)),
+        ({"name": "constant", "value": 42.0, "bias": 0.5}, lambda w: torch.all(w == 42)),
         (
-            {"name": "normal", "mean": 0.0, "std": 0.01, "bias": 0.0},
-            lambda w: 0.005 < w.std() < 0.015,
+            {"name": "normal", "mean": 0.0, "std": 0.01, "bias": 0.5},
+            lambda w: near(w.std(), 0.01) and abs(w.mean()) < 6 * 0.01 / 200_704**0.5,
         ),
         (
-            {
-                "name": "xavier",
-                "distribution": "uniform",
-                "bias": 0.0,
-            },  # U(±√(6/(in+out))): std √(2/(in+out))
+            {"name": "normal", "mean": 0.5, "std": 0.01, "bias": -0.5},
+            lambda w: near(w.std(), 0.01) and abs(w.mean() - 0.5) < 6 * 0.01 / 200_704**0.5,
+        ),
+        (
+            {"name": "xavier", "distribution": "uniform", "bias": 0.5},  # U(±sqrt(6/(in+out)))
             lambda w: (
-                w.abs().max() <= (6 / (784 + 256)) ** 0.5 + 1e-6
-                and abs(w.std() - (2 / 1040) ** 0.5) < 0.002
+                3**0.5 * XAVIER_STD * 0.999 < w.abs().max() <= 3**0.5 * XAVIER_STD
+                and near(w.std(), XAVIER_STD)
             ),
         ),
         (
-            {"name": "xavier", "distribution": "normal", "bias": 0.0},
+            {"name": "xavier", "distribution": "normal", "bias": 0.5},
+            lambda w: w.abs().max() > 3**0.5 * XAVIER_STD and near(w.std(), XAVIER_STD),
+        ),
+        (
+            {"name": "kaiming", "distribution": "normal", "mode": "fan_out", "bias": 0.5},
+            lambda w: near(w.std(), (2 / 256) ** 0.5),
+        ),
+        (
+            {"name": "kaiming", "distribution": "normal", "mode": "fan_in", "bias": 0.5},
+            lambda w: near(w.std(), (2 / 784) ** 0.5),
+        ),
+        (  # U(±sqrt(6/fan)): the largest of 200,704 draws is within 0.1% of the bound
+            {"name": "kaiming", "distribution": "uniform", "mode": "fan_out", "bias": 0.5},
             lambda w: (
-                w.abs().max() > (6 / 1040) ** 0.5 and abs(w.std() - (2 / 1040) ** 0.5) < 0.002
+                KAIMING_BOUND["fan_out"] * 0.999 < w.abs().max() <= KAIMING_BOUND["fan_out"]
+                and near(w.std(), (2 / 256) ** 0.5)
             ),
         ),
         (
-            {"name": "kaiming", "distribution": "normal", "mode": "fan_out", "bias": 0.0},
-            lambda w: abs(w.std() - (2 / 256) ** 0.5) < 0.005,
-        ),
-        (
-            {"name": "kaiming", "distribution": "normal", "mode": "fan_in", "bias": 0.0},
-            lambda w: abs(w.std() - (2 / 784) ** 0.5) < 0.005,
+            {"name": "kaiming", "distribution": "uniform", "mode": "fan_in", "bias": 0.5},
+            lambda w: (
+                KAIMING_BOUND["fan_in"] * 0.999 < w.abs().max() <= KAIMING_BOUND["fan_in"]
+                and near(w.std(), (2 / 784) ** 0.5)
+            ),
         ),
     ],
 )
 @pytest.mark.parametrize("impl", ["concise", "scratch"])
-def test_init_schemes_set_weights_and_zero_biases(init, check, impl):
+def test_init_schemes_set_weights_and_biases(init, check, impl):
     torch.manual_seed(0)
     net = build_model(model_cfg("mlp", impl=impl), IMAGES)
     for p in net.parameters():
@@ -138,8 +162,48 @@ def test_init_schemes_set_weights_and_zero_biases(init, check, impl):
     apply_init(net, OmegaConf.create(init))
     weights = [p for p in net.parameters() if p.ndim == 2]
     first = weights[0] if impl == "concise" else weights[0].T  # scratch stores (fan_in, fan_out)
-    assert check(first)
-    assert all(torch.all(p == 0) for p in net.parameters() if p.ndim == 1)
+    assert check(first.detach())
+    biases = [p for p in net.parameters() if p.ndim == 1]
+    assert len(biases) == 2 and all(torch.all(b == init.get("bias", 0.0)) for b in biases)
+
+
+def test_init_sets_every_conv_kernel_and_dense_layer_and_leaves_batch_norm_alone():
+    """LeNet's and §6.2.4's conv kernels get the init scheme as the dense layers do; batch norm's
+    scale and shift stay 1 and 0."""
+    init = OmegaConf.create({"name": "constant", "value": 0.5, "bias": 0.25})
+    net = build_model(model_cfg("lenet", variant="modern", batch_norm=True), IMAGES)
+    apply_init(net, init)
+    layers = [m for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert [type(m).__name__ for m in layers] == ["Conv2d"] * 2 + ["Linear"] * 3
+    assert all(torch.all(m.weight == 0.5) and torch.all(m.bias == 0.25) for m in layers)
+    norms = [m for m in net if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+    assert len(norms) == 4
+    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
+    conv2d = OmegaConf.create({"name": "conv2d", "kernel_size": [1, 2], "bias": False})
+    conv = build_model(conv2d, Spec("kernel", "regression", 48, 42, [1, 6, 8]))
+    assert torch.equal(apply_init(conv, init).kernel, torch.full((1, 2), 0.5))
+
+
+@pytest.mark.parametrize(
+    "init,bound",
+    [  # a kernel (out, in, k, k) has fan_in = in·k·k and fan_out = out·k·k (PyTorch's fans)
+        ({"name": "kaiming", "distribution": "uniform", "mode": "fan_in"}, lambda i, o: 6 / i),
+        ({"name": "kaiming", "distribution": "uniform", "mode": "fan_out"}, lambda i, o: 6 / o),
+        ({"name": "xavier", "distribution": "uniform"}, lambda i, o: 6 / (i + o)),
+    ],
+)
+def test_uniform_inits_bound_each_lenet_layer_by_its_own_fans(init, bound):
+    """Each layer's weights lie within its own ±sqrt(bound) and reach near it: the largest of the
+    first conv's 150 draws is below 0.9·bound with probability 0.9^150 < 1e-6."""
+    torch.manual_seed(0)
+    net = build_model(model_cfg("lenet"), IMAGES)
+    apply_init(net, OmegaConf.create({**init, "bias": 0.0}))
+    weights = [m.weight for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    fans = [(w[0].numel(), w.shape[0] * w[0, 0].numel()) for w in weights]
+    assert fans == [(25, 150), (150, 400), (400, 120), (120, 84), (84, 10)]
+    for w, (fan_in, fan_out) in zip(weights, fans, strict=True):
+        limit = bound(fan_in, fan_out) ** 0.5
+        assert 0.9 * limit < w.abs().max() <= limit
 
 
 def test_modern_lenet_with_batch_norm_normalizes_in_training_only():

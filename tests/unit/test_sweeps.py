@@ -6,19 +6,23 @@ import json
 import math
 import re
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from unittest import mock
 
 import hydra.core.utils
+import matplotlib
+import numpy as np
 import pytest
 import yaml
+from matplotlib.image import imread
 from omegaconf import OmegaConf
 
 from d2lrun import app, job
 from d2lrun import sweeps as sweep
 from d2lrun.config import checked, compose
 from d2lrun.errors import UsageError
-from d2lrun.files import save_torch
+from d2lrun.files import png, save_torch
 from d2lrun.reload import FORMAT
 
 
@@ -202,6 +206,48 @@ def test_report_of_an_interrupted_grid_lists_missing_and_unfinished_jobs(tmp_pat
     assert (s / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "2 completed, 1 unfinished, 1 missing" in out and "missing" in out.splitlines()[-3]
+
+
+def test_heatmap_colours_each_jobs_cell_by_its_best_value_and_failures_grey(tmp_path, monkeypatch):
+    """A 3 x 2 grid of val_loss: each job's best value in its (lr, weight decay) cell, the lowest
+    brightest (viridis' yellow end), the highest darkest (its purple end), a diverged job's cell
+    light grey with its status, whatever its best epoch before diverging reached."""
+    s = tmp_path / "sweep"
+    s.mkdir()
+    grid = [(lr, wd) for lr in ("0.01", "0.1", "1") for wd in ("0", "0.001")]
+    values = [0.4, 0.3, 0.1, 0.2, 0.05, 0.9]
+    for num, ((lr, wd), value) in enumerate(zip(grid, values, strict=True)):
+        result = done(value, epoch=1)
+        if num == 4:  # diverged in epoch 2: its best epoch does not make it a result
+            result |= {"status": "diverged", "reason": "the training loss became nan"}
+        write_job(s, num, [f"optim.lr={lr}", f"optim.weight_decay={wd}"], result)
+    figures = []
+    monkeypatch.setattr(sweep, "png", lambda fig: figures.append(fig) or png(fig))
+    sweep.report(s, show=False)
+
+    (ax, _colorbar) = figures[0].axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.01", "0.1", "1"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "0.001"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("optim.lr", "optim.weight_decay")
+    cells = np.ma.filled(ax.images[0].get_array().astype(float), np.nan)  # rows: weight decay
+    np.testing.assert_array_equal(cells, [[0.4, 0.1, np.nan], [0.3, 0.2, 0.9]])
+    texts = {tuple(t.get_position()): t.get_text() for t in ax.texts}
+    assert texts == {(0, 0): "0.4", (0, 1): "0.3", (1, 0): "0.1", (1, 1): "0.2", (2, 0): "diverged",
+                     (2, 1): "0.9"}  # fmt: skip
+
+    image = imread(s / "heatmap.png")[:, :, :3]  # png() writes 100 dots per inch
+    scale = 100 / figures[0].dpi
+
+    def colour(x, y):  # a cell's colour, off its centre's text
+        px, py = ax.transData.transform((x + 0.3, y + 0.3)) * scale
+        return image[image.shape[0] - 1 - int(py), int(px)]
+
+    tol = 1.5 / 255
+    np.testing.assert_allclose(colour(1, 0), matplotlib.colormaps["viridis"](1.0)[:3], atol=tol)
+    np.testing.assert_allclose(colour(2, 1), matplotlib.colormaps["viridis"](0.0)[:3], atol=tol)
+    np.testing.assert_allclose(colour(2, 0), [211 / 255] * 3, atol=tol)  # lightgray
+    brightness = [colour(x, y) @ [0.299, 0.587, 0.114] for x, y in ((1, 0), (1, 1), (0, 1), (0, 0))]
+    assert all(a > b for a, b in pairwise(brightness))  # 0.1, 0.2, 0.3, 0.4: lower is brighter
 
 
 def test_report_names_the_problem_and_the_fix(tmp_path):
