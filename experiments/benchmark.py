@@ -12,7 +12,10 @@ seconds per epoch (median of the epochs after the first), training examples/s (d
 final test accuracy, and the ratios a/c (d2lrun's speed-up over the book) and c/b (d2lrun's overhead
 over the minimal loop). Usage:
 
-    python experiments/benchmark.py [--device cpu|cuda] [--epochs 3] [--root DIR] [--out bench.json]
+    python experiments/benchmark.py [--device cpu|cuda] [--epochs 3] [--root DIR] [--out FILE]
+
+Without --out it writes experiments/bench-cpu.json or experiments/bench-cuda.json, one file per
+kind of device, so a GPU's numbers never overwrite the CPU's.
 """
 
 from __future__ import annotations
@@ -210,6 +213,11 @@ def find_root(root: str | None) -> Path:
     return tmp
 
 
+def default_out(device: torch.device) -> Path:
+    """experiments/bench-DEVICE.json by the device's kind: bench-cuda.json for cuda and cuda:1."""
+    return REPO / "experiments" / f"bench-{device.type}.json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -217,10 +225,11 @@ def main() -> None:
     parser.add_argument(
         "--root", default=None, help="folder holding FashionMNIST/raw (default: ../shared's files)"
     )
-    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--out", type=Path, help="default: experiments/bench-DEVICE.json")
     parser.add_argument("--skip-book", action="store_true", help="skip (a), the slowest")
     args = parser.parse_args()
     device = torch.device(args.device)
+    out = args.out or default_out(device)
     root = find_root(args.root)
     card = (
         torch.cuda.get_device_name(device)
@@ -247,7 +256,7 @@ def main() -> None:
         ratios["a_over_c"] = round(results["book"]["seconds_per_epoch"] / c, 2)
         print(f"  d2lrun is {ratios['a_over_c']:.2f}x faster than the book's loop (a/c)")
     print(f"  d2lrun takes {ratios['c_over_b']:.2f}x the minimal loop's time (c/b)")
-    Path(args.out).write_text(
+    out.write_text(
         json.dumps(
             {
                 "device": card,
@@ -260,7 +269,7 @@ def main() -> None:
         )
         + "\n"
     )
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

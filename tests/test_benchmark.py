@@ -43,6 +43,25 @@ def test_benchmark_runs_the_three_loops(tmp_path, fake_fmnist):
     assert "faster than the book's loop (a/c)" in r.stdout
 
 
+def test_benchmark_writes_one_file_per_kind_of_device():
+    """Without --out, a GPU's numbers go to experiments/bench-cuda.json, never over the CPU's."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "benchmark", ROOT / "experiments" / "benchmark.py"
+    )
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    out = {d: benchmark.default_out(torch.device(d)) for d in ("cpu", "cuda", "cuda:1")}
+    assert out == {
+        "cpu": ROOT / "experiments" / "bench-cpu.json",
+        "cuda": ROOT / "experiments" / "bench-cuda.json",
+        "cuda:1": ROOT / "experiments" / "bench-cuda.json",
+    }
+
+
 def test_startup_script_times_d2lrun_against_a_bare_hydra_app(tmp_path):
     """experiments/startup.py runs and reports both ratios (a smoke test: no timing is asserted)."""
     r, result = run_script("startup.py", tmp_path / "startup.json", "--repeat", "1", cwd=tmp_path)

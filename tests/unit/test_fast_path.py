@@ -50,13 +50,6 @@ def test_compiled_cpu_training_matches_eager(tmp_path, fake_fmnist):
     assert abs(eager - fast) <= 0.01 + 1 / 32  # one test image of 32 may flip
 
 
-@pytest.mark.gpu
-def test_compiled_cuda_training_matches_eager(tmp_path, fake_fmnist):
-    eager = final_acc(tmp_path, fake_fmnist, "eager", "device=cuda")
-    fast = final_acc(tmp_path, fake_fmnist, "compiled", "device=cuda", "trainer.compile=true")
-    assert abs(eager - fast) <= 0.01 + 1 / 32
-
-
 def test_compiled_tiny_model_trains_like_eager(tmp_path):
     """trainer.compile=true in the default suite: torch.compile (inductor, the machine's C++
     compiler) on a tiny linear regression gives eager's metrics within float tolerance (here they
