@@ -243,7 +243,11 @@ def long_run(tmp_path, *extra):
         *FAST,
         *extra,
     ]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As in a terminal, Ctrl-C's SIGINT is handled: a shell without job control starts background
+    # commands with SIGINT ignored, which the test run (and d2lrun under it) would inherit.
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=restore)  # fmt: skip
 
 
 def wait_for_epoch(proc, epoch=1):
