@@ -41,9 +41,10 @@ book: install
 test-all: install
 	$(BIN)/python -m pytest -q -m '' $(ARGS)
 
-# Mutation score of trainer.py, optim.py, data/csv.py and reload.py (issue 14; [tool.mutmut] in
-# pyproject.toml), from scratch: mutants/ is rebuilt. Survivors: .venv/bin/mutmut results, then
-# .venv/bin/mutmut show NAME. MUTMUT_CHILDREN test processes at a time, one torch thread each.
+# Mutation score of the modules [tool.mutmut] in pyproject.toml names, from scratch: mutants/ is
+# rebuilt, and the counts per module go to experiments/mutation.json (README "Checks"). Survivors:
+# .venv/bin/mutmut results, then .venv/bin/mutmut show NAME. MUTMUT_CHILDREN test processes at a
+# time, one torch thread each.
 MUTMUT_CHILDREN ?= 2
 mutation: install
 	@test -x $(BIN)/mutmut || $(BIN)/python -m pip install -q -e '.[dev,mutation]' > $(VENV)/pip.log 2>&1 \
@@ -51,18 +52,23 @@ mutation: install
 	rm -rf mutants
 	D2LRUN_TEST_DATA=$${D2LRUN_TEST_DATA:-$(abspath ..)/shared/data} OMP_NUM_THREADS=1 \
 		$(BIN)/mutmut run --max-children $(MUTMUT_CHILDREN)
-	$(BIN)/mutmut results --all true | $(BIN)/python -c "$$MUTATION_SCORES"
+	$(BIN)/mutmut results --all true | $(BIN)/python -c "$$MUTATION_SCORES" > experiments/mutation.json.tmp
+	mv experiments/mutation.json.tmp experiments/mutation.json && cat experiments/mutation.json
 
-# Killed/total per module from `mutmut results --all true` ("  d2lrun.trainer.x_fit__mutmut_3: killed").
+# Counts per module from `mutmut results --all true` ("  d2lrun.trainer.x_fit__mutmut_3: killed").
 define MUTATION_SCORES
-import collections, re, sys
-counts = collections.defaultdict(collections.Counter)
+import collections, json, os, platform, re, sys
+counts, survivors = collections.defaultdict(collections.Counter), []
 for line in sys.stdin:
-    m = re.match(r"\s*(d2lrun\.[\w.]+?)\.x\S*__mutmut_\d+: (.+)", line)
+    m = re.match(r"\s*((d2lrun\.[\w.]+?)\.x\S*__mutmut_\d+): (.+)", line)
     if m:
-        counts[m[1]][m[2].strip()] += 1
-for module, c in sorted(counts.items()):
-    print(f"{module}: {c['killed']}/{sum(c.values())} killed", dict(c))
+        counts[m[2]][m[3].strip()] += 1
+        survivors += [m[1]] if m[3].strip() != "killed" else []
+modules = {m: {"mutants": sum(c.values()), **c} for m, c in sorted(counts.items())}
+killed = sum(c["killed"] for c in counts.values())
+print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "killed": killed,
+                  "mutants": sum(c["mutants"] for c in modules.values()), "modules": modules,
+                  "not_killed": survivors}, indent=1))
 endef
 export MUTATION_SCORES
 

@@ -344,3 +344,17 @@ def test_the_validation_rows_are_drawn_with_the_runs_seed(tmp_path):
 
     assert held_out(0) == held_out(0) == held_out(0) != held_out(1)
     assert len(held_out(0)) == 8
+
+
+def test_class_codes_follow_the_training_classes_in_every_split_and_the_scale_is_kept():
+    """A held-out split without some class still codes each label as training does (its
+    position in spec.class_names); a regression split keeps the scale its metrics undo."""
+    frame = pd.DataFrame({"x": np.arange(12.0), "y": ["c", "c", "a", "b"] * 3})
+    _, held_out, spec = table_splits(frame, table_cfg(), 0, (4, 0), "t", "auto", False)
+    assert spec.class_names == ["a", "b", "c"]
+    # fold 0 of 4 holds out the first 3 rows: c, c, a (no b)
+    assert [spec.class_names[i] for i in held_out.y.tolist()] == ["c", "c", "a"]
+    numbers = pd.DataFrame({"x": np.arange(10.0), "y": np.arange(10.0) * 3})
+    scaled = table_cfg(val_fraction=0.2, standardize_target=True)
+    train, val, spec = table_splits(numbers, scaled, 0, None, "t", "auto", False)
+    assert train.scale == val.scale == spec.target_scale and spec.target_scale["std"] > 1

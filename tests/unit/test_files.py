@@ -4,6 +4,8 @@ and output folders claimed once each."""
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -11,7 +13,15 @@ import pytest
 import torch
 
 from d2lrun.errors import RunFailed
-from d2lrun.files import atomic_write, claim_dir, save_torch, write_csv, write_json
+from d2lrun.files import (
+    atomic_write,
+    claim_dir,
+    hold,
+    remove_stale_temporaries,
+    save_torch,
+    write_csv,
+    write_json,
+)
 
 
 def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
@@ -105,3 +115,47 @@ def test_an_unwritable_parent_is_one_line_naming_the_folder(tmp_path, monkeypatc
         rf"cannot write the output directory {re.escape(str(base))} \(Permission denied\){FIX}",
         str(e.value),
     ), str(e.value)
+
+
+def test_stale_temporaries_of_dead_writers_go_and_live_ones_stay(tmp_path):
+    """What atomic_write left when killed: a dead process's temporary goes, a live one's and this
+    process's own stay (their writes may still finish), other files are never touched."""
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()  # a process id that no longer runs
+    names = {
+        "stale": f".last.pt.tmp{dead.pid}",
+        "alive": f".best.pt.tmp{os.getppid()}",
+        "own": f".metrics.json.tmp{os.getpid()}",
+        "not a pid": ".curves.png.tmpabc",
+        "a run file": "last.pt",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path) == [tmp_path / names["stale"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        n for k, n in names.items() if k != "stale"
+    )
+
+
+def test_a_held_folder_is_refused_until_its_holder_lets_go(tmp_path):
+    first = hold(tmp_path)
+    assert first is not None and (tmp_path / ".lock").exists()
+    assert hold(tmp_path) is None  # another open of the lock: refused, without waiting
+    first.close()
+    second = hold(tmp_path)
+    assert second is not None
+    second.close()
+
+
+def test_when_every_suffix_is_taken_the_error_names_the_folder(tmp_path, monkeypatch):
+    def taken(self, *args, **kwargs):
+        if self.parent == tmp_path:
+            raise FileExistsError(17, "File exists")
+
+    monkeypatch.setattr(Path, "mkdir", taken)
+    with pytest.raises(RunFailed) as e:
+        claim_dir(tmp_path / "run")
+    assert str(e.value) == (
+        f"cannot write the output directory {tmp_path / 'run'} (all 10,000 suffixes are taken). "
+        "Fix: choose a writable one with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)."
+    )

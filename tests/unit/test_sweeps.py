@@ -297,3 +297,81 @@ def test_optuna_preset_maximizes_over_log_lr_and_weight_decay():
     assert cfg._target_.endswith("OptunaSweeper") and cfg.direction == "maximize"
     assert cfg.params["optim.lr"].startswith("tag(log,") and "optim.weight_decay" in cfg.params
     assert cfg.sampler._target_ == "optuna.samplers.TPESampler" and cfg.sampler.seed == 0
+
+
+def test_a_failed_job_is_recorded_with_its_reason_and_exit_code(tmp_path, monkeypatch, capsys):
+    """A job's error ends as metrics.json {status, reason, exit_code} and one line; a bug's
+    traceback goes to error.txt; the sweep goes on (score -inf)."""
+    overrides = ["optim.lr=0.1"]
+
+    def refused(cfg, run_dir, overrides, ckpt=None, **kwargs):
+        raise UsageError("dataset.path=nowhere.csv does not exist. Fix: a CSV file.")
+
+    monkeypatch.setattr(job, "train", refused)
+    assert sweep.run_job(compose(overrides), tmp_path / "0", overrides, tmp_path, 0) == -math.inf
+    assert json.loads((tmp_path / "0" / "metrics.json").read_text()) == {
+        "status": "failed", "exit_code": 2,
+        "reason": "dataset.path=nowhere.csv does not exist. Fix: a CSV file.",
+    }  # fmt: skip
+    assert capsys.readouterr().err == (
+        "d2lrun: error: dataset.path=nowhere.csv does not exist. Fix: a CSV file.\n"
+    )
+    assert not (tmp_path / "0" / "error.txt").exists()
+
+    def bug(cfg, run_dir, overrides, ckpt=None, **kwargs):
+        return {}["missing"]
+
+    monkeypatch.setattr(job, "train", bug)
+    assert sweep.run_job(compose(overrides), tmp_path / "1", overrides, tmp_path, 1) == -math.inf
+    failure = json.loads((tmp_path / "1" / "metrics.json").read_text())
+    assert failure["status"] == "failed" and failure["exit_code"] == 1
+    assert failure["reason"].endswith("(traceback in error.txt)")
+    traceback = (tmp_path / "1" / "error.txt").read_text()
+    assert traceback.startswith("Traceback") and "KeyError: 'missing'" in traceback
+
+
+def test_a_stopped_job_goes_on_from_its_last_epoch_when_run_again(tmp_path):
+    """The same sweep run again (or Slurm's requeue): the job continues its own last.pt."""
+    overrides = ["device=cpu", "trainer.progress=false", "dataset.num_train=100",
+                 "trainer.epochs=4"]  # fmt: skip
+    run_dir, lines = tmp_path / "0", []
+
+    def stop_after_epoch_2(line):
+        lines.append(line)
+        if line.startswith("epoch 2/4"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(Exception, match="interrupted after epoch 2"):
+        job.train_job(compose(overrides), run_dir, overrides, log=stop_after_epoch_2)
+    cfg = compose(overrides)
+    assert sweep.run_job(cfg, run_dir, overrides, tmp_path, 0) > -math.inf
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["restarts"] == 1
+    assert summary["resumed_from"] == str(run_dir) == cfg.resume
+    with open(run_dir / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_to_change_what_the_weights_mean_in_one_line():
+    from d2lrun.reload import check_same_meaning
+
+    saved = OmegaConf.to_container(compose(["model=mlp", "dataset=fashion_mnist"]), resolve=True)
+    moved = compose(["model=mlp", "dataset=fashion_mnist", "dataset.root=elsewhere"])
+    check_same_meaning(saved, moved, "resume=RUN")  # where the data is may change
+    with pytest.raises(UsageError) as e:
+        check_same_meaning(saved, compose(["model=softmax", "dataset=fashion_mnist"]), "resume=R")
+    assert str(e.value) == (
+        "resume=R cannot change model.name (the run has model.name=mlp, asked "
+        "model.name=softmax). Fix: drop model=softmax, or start a new run."
+    )
+    wider = compose(["model=mlp", "model.num_hiddens=512", "dataset=fashion_mnist"])
+    with pytest.raises(UsageError) as e:
+        check_same_meaning(saved, wider, "d2lrun-eval")
+    assert str(e.value) == (
+        "d2lrun-eval cannot change model.num_hiddens (the run has model.num_hiddens=[256], asked "
+        "model.num_hiddens=512). Fix: drop model.num_hiddens=..., or start a new run."
+    )
+    with pytest.raises(
+        UsageError, match=r"cannot change seed \(the run has seed=0, asked seed=1\)"
+    ):
+        check_same_meaning(saved, compose(["model=mlp", "dataset=fashion_mnist", "seed=1"]), "x")
