@@ -238,7 +238,7 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     try:
         run("config", ["-m", *args], task)
     except BaseException:
-        started = any(p.name != "multirun.yaml" for p in sweep_dir.iterdir())
+        started = sweep_dir.is_dir() and any(p.name != "multirun.yaml" for p in sweep_dir.iterdir())
         if not given_dir and not started:  # refused before any job started: no folder behind
             shutil.rmtree(sweep_dir, ignore_errors=True)
         raise
