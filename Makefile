@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test book test-all lint format mutation bench bench-csv startup reproduce clean
+.PHONY: install run test book test-all lint format mutation bench bench-sweep bench-csv startup reproduce clean
 
 # Re-installs only when pyproject.toml changes; otherwise this is a no-op.
 # pip's own chatter goes to .venv/pip.log and is shown only when the install fails.
@@ -81,6 +81,11 @@ reproduce: install
 # On a GPU: make bench ARGS="--device cuda --epochs 5"
 bench: install
 	$(BIN)/python experiments/benchmark.py $(ARGS)
+
+# Sweeps end to end: Hydra's basic launcher vs hydra/launcher=batched, in one run (README "Sweeps").
+# On a GPU: make bench-sweep ARGS="--device cuda"
+bench-sweep: install
+	$(BIN)/python experiments/bench_sweep.py $(ARGS)
 
 # A 100,000-row CSV: d2lrun dataset=csv against a hand-written pandas + torch script (time, memory).
 bench-csv: install

@@ -189,6 +189,34 @@ class Plotter(contextlib.AbstractContextManager):
         return curves_png(rows, title)  # no helper (it could not start, or was killed): here
 
 
+def curves_pngs(plots: list[tuple[list[dict], str]]) -> list[bytes]:
+    """curves.png of several runs (a stack's members, d2lrun.batched.train_stack), drawn by as
+    many helper processes as there are cores: 0.3 s a plot here, for 16 members 5 s in one."""
+    # Helpers started as `python -m d2lrun.files`, not by multiprocessing: its spawn imports the
+    # caller's main script again, which a script without `if __name__ == "__main__"` reruns.
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(len(plots), os.cpu_count() or 1)
+    parts = [plots[i::workers] for i in range(workers)]
+
+    def draw(part: list) -> list[bytes]:
+        with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
+            helper = subprocess.run([sys.executable, "-m", "d2lrun.files"], timeout=600,
+                                    input=json.dumps({"plots": part}).encode(),
+                                    capture_output=True)  # fmt: skip
+            out, pngs = helper.stdout, []
+            while helper.returncode == 0 and len(out) >= 8:
+                size = int.from_bytes(out[:8], "big")
+                pngs, out = [*pngs, out[8 : 8 + size]], out[8 + size :]
+            if len(pngs) == len(part) and all(png.startswith(b"\x89PNG") for png in pngs):
+                return pngs
+        return [curves_png(*plot) for plot in part]  # no helper: here
+
+    with ThreadPoolExecutor(workers) as pool:
+        drawn = list(pool.map(draw, parts))
+    return [drawn[i % workers][i // workers] for i in range(len(plots))]
+
+
 def shown(path: str | Path) -> str:
     """A path as the user would type it: relative to the current folder when it is below it."""
     try:
@@ -201,4 +229,10 @@ if __name__ == "__main__":  # Plotter's helper: matplotlib at once, then rows an
     import matplotlib.figure  # noqa: F401  (while the command imports torch)
 
     if request := sys.stdin.buffer.read():  # empty when the command ended without a plot
-        sys.stdout.buffer.write(curves_png(*json.loads(request)))
+        plots = json.loads(request)
+        if isinstance(plots, dict):  # several (curves_pngs): each PNG after its length
+            for rows, title in plots["plots"]:
+                png = curves_png(rows, title)
+                sys.stdout.buffer.write(len(png).to_bytes(8, "big") + png)
+        else:
+            sys.stdout.buffer.write(curves_png(*plots))

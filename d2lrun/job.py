@@ -18,7 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from d2lrun.config import checked, given, resolve_device
 from d2lrun.data import Spec, Split, build_data
 from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError
-from d2lrun.files import atomic_write, curves_png, save_torch, shown, write_csv, write_json
+from d2lrun.files import (
+    atomic_write,
+    curves_png,
+    save_torch,
+    shown,
+    write_csv,
+    write_json,
+)
 from d2lrun.models import build_model, loss_kind
 from d2lrun.models.init import apply_init
 from d2lrun.optim import Optimizer, build_optimizer
@@ -87,122 +94,149 @@ class History:
     pending: dict | None = None  # the last complete epoch's, with trainer.checkpoint_every > 1
 
 
-def train_job(
-    cfg: DictConfig,
-    run_dir: Path,
-    overrides: list[str],
-    ckpt: dict | None = None,
-    log=say,
-    fold: list[int] | None = None,
-    sweep_dir: Path | None = None,
-    experiment: str | None = None,
-    draw=curves_png,
-) -> dict:
+def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt=None, **job) -> dict:
     """One run: model.pt, last.pt, best.pt, metrics.csv and .json, curves.png in run_dir."""
-    # ckpt: the one it resumes; fold=[k, i]: validated on fold i of k; draw: curves.png's bytes
-    wall = time.perf_counter()
-    if ckpt is not None:  # another optimizer could not take the saved momentum or Adam moments
-        check_same_meaning(ckpt["config"], cfg, f"resume={cfg.resume}", (*MEANING, "optim.name"))
-    cfg = checked(cfg)
-    device = resolve_device(cfg.device)
-    # Before any data: a logger whose package is missing or whose server is down fails now.
-    name = experiment_name(cfg, given(overrides, "experiment"), experiment)
-    tracker = open_tracker(cfg, run_dir, name, ckpt, sweep_dir, log)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(cfg, run_dir, overrides, ckpt, **job)
+    net = compiled(run.model, run.device, run.log) if run.cfg.trainer.compile else run.model
+    try:
+        fit(net, run.optimizer, run.loss, run.train, run.val, run.trainer, run.on_epoch)
+    except Diverged as e:
+        return run.end("diverged", str(e))
+    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.app.stop_signals)
+        return run.end("interrupted", signum=getattr(e, "signum", signal.SIGINT))
+    except Exception as e:  # disk full, a bug: the tracked run ends too, then the error goes on
+        run.failed(e)
+        raise
+    return run.end("completed")
 
-    torch.manual_seed(cfg.seed)
-    train_split, val_split, spec = build_data(cfg.dataset, cfg.seed, device, fold)
-    if cfg.trainer.log_rmse and spec.task == "regression":
-        check_positive_target(train_split, val_split, spec)
-    model = build_model(cfg.model, spec)
-    if ckpt is None:
-        apply_init(model, cfg.init)
-    model.to(device)
-    optimizer = build_optimizer(model, cfg.optim, cfg.regularizer.lambd)
-    trainer = Trainer(**cfg.trainer, generator=torch.Generator().manual_seed(cfg.seed))
-    history = History()
-    if ckpt is not None:
-        history = restore(ckpt, model, optimizer, trainer)
-        log(f"resuming {shown(cfg.resume)} from epoch {trainer.epoch}")
 
-    config = OmegaConf.to_container(cfg, resolve=True)
-    kept = [o for o in overrides if not o.startswith("resume=")]
-    extra = {"format": FORMAT, "config": config, "overrides": kept, "spec": asdict(spec)}
-    extra["restarts"] = ckpt.get("restarts", 0) + 1 if ckpt else 0  # resumed, or requeued, so often
-    extra["mlflow_run_id"] = tracker.start(config, history.rows)  # resume continues that run
-    params = sum(p.numel() for p in model.parameters())
-    log(f"{cfg.model.name} on {spec.dataset} ({len(train_split):,} train / {len(val_split):,} "
-        f"val) on {device}, {params:,} parameters -> {shown(run_dir)}")  # fmt: skip
-    summary = {"status": "running", "model": cfg.model.name, "dataset": spec.dataset,
-               "device": str(device), "epochs": cfg.trainer.epochs, "run_dir": str(run_dir),
-               "resumed_from": str(cfg.resume) if cfg.resume else None,
-               "restarts": extra["restarts"]}  # fmt: skip
-    # Higher accuracy, or lower loss, is better; without a validation split, the training metric.
-    classify = spec.task == "classification"
-    metric = ("val_" if len(val_split) else "train_") + ("acc" if classify else "loss")
+class Run:
+    """One run's config, data, model, optimizer and history, and the files of its folder: set up,
+    then on_epoch after each epoch of fit, then end. A stack of runs (hydra/launcher=batched,
+    d2lrun.batched) trains several with one fit, each still a Run with its own folder."""
 
-    def on_epoch(row: dict) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        overrides: list[str],
+        ckpt: dict | None = None,
+        log=say,
+        fold: list[int] | None = None,
+        sweep_dir: Path | None = None,
+        experiment: str | None = None,
+        draw=curves_png,
+    ):
+        # ckpt: the one it resumes; fold=[k, i]: validated on fold i of k; draw: curves.png's bytes
+        self.wall, self.run_dir, self.log, self.draw = time.perf_counter(), run_dir, log, draw
+        if ckpt is not None:  # another optimizer could not take the saved momentum or Adam moments
+            check_same_meaning(
+                ckpt["config"], cfg, f"resume={cfg.resume}", (*MEANING, "optim.name")
+            )
+        self.cfg = cfg = checked(cfg)
+        self.device = device = resolve_device(cfg.device)
+        # Before any data: a logger whose package is missing or whose server is down fails now.
+        name = experiment_name(cfg, given(overrides, "experiment"), experiment)
+        self.tracker = open_tracker(cfg, run_dir, name, ckpt, sweep_dir, log)
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+        torch.manual_seed(cfg.seed)
+        self.train, self.val, self.spec = build_data(cfg.dataset, cfg.seed, device, fold)
+        spec = self.spec
+        if cfg.trainer.log_rmse and spec.task == "regression":
+            check_positive_target(self.train, self.val, spec)
+        self.model = model = build_model(cfg.model, spec)
+        if ckpt is None:
+            apply_init(model, cfg.init)
+        model.to(device)
+        self.loss = loss_for(spec.task, loss_kind(cfg.model))
+        self.optimizer = build_optimizer(model, cfg.optim, cfg.regularizer.lambd)
+        self.trainer = Trainer(**cfg.trainer, generator=torch.Generator().manual_seed(cfg.seed))
+        self.history = History()
+        if ckpt is not None:
+            self.history = restore(ckpt, model, self.optimizer, self.trainer)
+            log(f"resuming {shown(cfg.resume)} from epoch {self.trainer.epoch}")
+
+        config = OmegaConf.to_container(cfg, resolve=True)
+        kept = [o for o in overrides if not o.startswith("resume=")]
+        extra = {"format": FORMAT, "config": config, "overrides": kept, "spec": asdict(spec)}
+        extra["restarts"] = ckpt.get("restarts", 0) + 1 if ckpt else 0  # resumed or requeued
+        extra["mlflow_run_id"] = self.tracker.start(config, self.history.rows)  # resume goes on
+        self.extra = extra
+        params = sum(p.numel() for p in model.parameters())
+        log(f"{cfg.model.name} on {spec.dataset} ({len(self.train):,} train / {len(self.val):,} "
+            f"val) on {device}, {params:,} parameters -> {shown(run_dir)}")  # fmt: skip
+        self.summary = {"status": "running", "model": cfg.model.name, "dataset": spec.dataset,
+                        "device": str(device), "epochs": cfg.trainer.epochs,
+                        "run_dir": str(run_dir),
+                        "resumed_from": str(cfg.resume) if cfg.resume else None,
+                        "restarts": extra["restarts"]}  # fmt: skip
+        # Higher accuracy, or lower loss, is better; without a validation split, the training one.
+        self.classify, self.title = (
+            spec.task == "classification",
+            f"{cfg.model.name} on {spec.dataset}",
+        )
+        self.metric = ("val_" if len(self.val) else "train_") + ("acc" if self.classify else "loss")
+
+    def on_epoch(self, row: dict) -> None:
         """The epoch's checkpoints, its row for the tracker, its line."""
-        rows, best, value = [*history.rows, row], history.best, row[metric]
-        if best is None or (value > best["value"] if classify else value < best["value"]):
-            best = {"epoch": trainer.epoch, "metric": metric, "value": value}
-        snapshot = checkpoint(model, optimizer, trainer, History(rows, best), extra)
+        history, trainer = self.history, self.trainer
+        rows, best, value = [*history.rows, row], history.best, row[self.metric]
+        if best is None or (value > best["value"] if self.classify else value < best["value"]):
+            best = {"epoch": trainer.epoch, "metric": self.metric, "value": value}
+        snapshot = checkpoint(self.model, self.optimizer, trainer, History(rows, best), self.extra)
         if best is not history.best:
-            save_torch(run_dir / "best.pt", snapshot)
+            save_torch(self.run_dir / "best.pt", snapshot)
         due = trainer.epoch % trainer.checkpoint_every == 0 or trainer.epoch == trainer.epochs
         if due:
-            save_torch(run_dir / "last.pt", snapshot)
+            save_torch(self.run_dir / "last.pt", snapshot)
         # The history moves on in one assignment, which no signal handler interrupts (they run at
         # calls): Ctrl-C or SIGTERM above leaves it at the epoch before, as the files on disk are.
         history.rows, history.best, history.pending = rows, best, None if due else snapshot
-        log(format_row(row, trainer.epochs))
-        tracker.log_epoch(row)
+        self.log(format_row(row, trainer.epochs))
+        self.tracker.log_epoch(row)
 
-    net = compiled(model, device, log) if cfg.trainer.compile else model
-    status, reason = "completed", None
-    try:
-        fit(net, optimizer, loss_for(spec.task, loss_kind(cfg.model)), train_split, val_split,
-            trainer, on_epoch)  # fmt: skip
-    except Diverged as e:
-        status, reason = "diverged", str(e)
-    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.app.stop_signals)
-        signum = getattr(e, "signum", signal.SIGINT)
-        summary["signal"] = signal.Signals(signum).name
-        by = "Ctrl-C" if signum == signal.SIGINT else summary["signal"]
-        trainer.epoch = history.rows[-1]["epoch"] if history.rows else 0  # the last one saved
-        status, reason = "interrupted", f"stopped by {by} after epoch {trainer.epoch}"
-        if history.pending is not None:
-            save_torch(run_dir / "last.pt", history.pending)
-    except Exception as e:  # disk full, a bug: the tracked run ends too, then the error goes on
-        tracker.finish("failed", summary | {"status": "failed", "reason": str(e)}, run_dir)
-        raise
-    summary |= {
-        "status": status, "reason": reason, "epochs_completed": trainer.epoch,
-        "final": history.rows[-1] if history.rows else None, "best": history.best,
-        "wall_seconds": round(time.perf_counter() - wall, 3),
-    }  # fmt: skip
-    if history.rows:
-        write_csv(run_dir / "metrics.csv", history.rows)
-        title = f"{cfg.model.name} on {spec.dataset}"
-        atomic_write(run_dir / "curves.png", draw(history.rows, title))
-    if status == "completed":
-        save_torch(run_dir / "model.pt", {k: v.to("cpu") for k, v in model.state_dict().items()})
-        if (found := learned(model, spec, log)) is not None:
-            summary["learned"] = found
-    write_json(run_dir / "metrics.json", summary)
-    tracker.finish(status, summary, run_dir)
-    if status == "diverged":
-        raise Diverged(f"diverged: {reason}")
-    if status == "interrupted":
-        what = "interrupted" + ("" if by == "Ctrl-C" else f" by {by}")
-        if trainer.epoch == 0:
-            raise Interrupted(f"{what} before any epoch finished; nothing to resume.", signum)
-        raise Interrupted(
-            f"{what} after epoch {trainer.epoch}; the last complete epoch is saved. "
-            f"Resume with: d2lrun resume={shown(run_dir)}",
-            signum,
-        )
-    return summary
+    def failed(self, e: Exception) -> None:
+        summary = self.summary | {"status": "failed", "reason": str(e)}
+        self.tracker.finish("failed", summary, self.run_dir)
+
+    def end(self, status: str, reason: str | None = None, signum: int | None = None) -> dict:
+        """The run's files as it ended (completed, diverged or interrupted); its summary."""
+        history, run_dir, summary = self.history, self.run_dir, self.summary
+        epoch = history.rows[-1]["epoch"] if history.rows else 0  # the last one saved
+        if status == "interrupted":
+            summary["signal"] = signal.Signals(signum).name
+            by = "Ctrl-C" if signum == signal.SIGINT else summary["signal"]
+            reason = f"stopped by {by} after epoch {epoch}"
+            if history.pending is not None:
+                save_torch(run_dir / "last.pt", history.pending)
+        summary |= {
+            "status": status, "reason": reason, "epochs_completed": epoch,
+            "final": history.rows[-1] if history.rows else None, "best": history.best,
+            "wall_seconds": round(time.perf_counter() - self.wall, 3),
+        }  # fmt: skip
+        if history.rows:
+            write_csv(run_dir / "metrics.csv", history.rows)
+            atomic_write(run_dir / "curves.png", self.draw(history.rows, self.title))
+        if status == "completed":
+            state = {k: v.to("cpu") for k, v in self.model.state_dict().items()}
+            save_torch(run_dir / "model.pt", state)
+            if (found := learned(self.model, self.spec, self.log)) is not None:
+                summary["learned"] = found
+        write_json(run_dir / "metrics.json", summary)
+        self.tracker.finish(status, summary, run_dir)
+        if status == "diverged":
+            raise Diverged(f"diverged: {reason}")
+        if status == "interrupted":
+            what = "interrupted" + ("" if by == "Ctrl-C" else f" by {by}")
+            if epoch == 0:
+                raise Interrupted(f"{what} before any epoch finished; nothing to resume.", signum)
+            raise Interrupted(
+                f"{what} after epoch {epoch}; the last complete epoch is saved. "
+                f"Resume with: d2lrun resume={shown(run_dir)}",
+                signum,
+            )
+        return summary
 
 
 def checkpoint(model, optimizer: Optimizer, trainer: Trainer, history: History, extra: dict):

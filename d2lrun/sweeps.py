@@ -65,31 +65,49 @@ def locked_job(cfg, run_dir: Path, overrides: list[str], sweep_dir: Path, num: i
     if done is not None:  # the same sweep run again: only missing or failed jobs train
         print(f"job {num}: already completed in {shown(run_dir)}; skipped")
         return score(done)
-    swept = {k.lstrip("+~") for k in planned_jobs(sweep_dir)[1]}
-    one_experiment = swept & {"model", "dataset", "experiment"}  # in MLflow, named after the sweep
-    experiment = f"sweep {sweep_dir.resolve()}" if one_experiment else None
     try:
-        if ckpt is None and (run_dir / "last.pt").exists():  # stopped before (Slurm requeued it)
-            ckpt = continued(cfg, run_dir)
-        (run_dir / "metrics.json").unlink(missing_ok=True)  # an earlier attempt's no longer counts
+        ckpt = prepared(cfg, run_dir, ckpt)
+        experiment = sweep_experiment(sweep_dir)
         metrics = train(cfg, run_dir, overrides, ckpt, sweep_dir=sweep_dir, experiment=experiment)
-    except Interrupted as e:
+    except Exception as e:
+        return job_failed(e, run_dir, sweep_dir)
+    return score(metrics)
+
+
+def prepared(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict | None:
+    """The checkpoint a job starts from: ckpt, or its own last.pt when it was stopped before
+    (Slurm requeued it, or the sweep was interrupted and run again)."""
+    if ckpt is None and (run_dir / "last.pt").exists():
+        ckpt = continued(cfg, run_dir)
+    (run_dir / "metrics.json").unlink(missing_ok=True)  # an earlier attempt's no longer counts
+    return ckpt
+
+
+def sweep_experiment(sweep_dir: Path) -> str | None:
+    """The MLflow experiment of a sweep over models or datasets: named after the sweep."""
+    swept = {k.lstrip("+~") for k in planned_jobs(sweep_dir)[1]}
+    one_experiment = swept & {"model", "dataset", "experiment"}
+    return f"sweep {sweep_dir.resolve()}" if one_experiment else None
+
+
+def job_failed(e: Exception, run_dir: Path, sweep_dir: Path) -> float:
+    """A job's failure, recorded (a bug's traceback too, in error.txt), so that the sweep goes
+    on: its score. Ctrl-C or a stop signal ends the sweep, saying how to finish it."""
+    if isinstance(e, Interrupted):
         raise Interrupted(
             f"{e} To finish the sweep, run the same command again with "
             f"hydra.sweep.dir={shown(sweep_dir)}",
             e.exit_code - 128,  # the signal's number (SIGINT for Ctrl-C)
         ) from None
-    except Exception as e:  # recorded (a bug's traceback too, in error.txt); the sweep goes on
-        error = explain(e)
-        reason = f"{error} (traceback in error.txt)" if isinstance(error, Bug) else str(error)
-        print(f"d2lrun: error: {reason}", file=sys.stderr, flush=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if isinstance(error, Bug):
-            atomic_write(run_dir / "error.txt", traceback.format_exc().encode())
-        if not (run_dir / "metrics.json").exists():
-            record_failure(run_dir, reason, error.exit_code)
-        return -math.inf
-    return score(metrics)
+    error = explain(e)
+    reason = f"{error} (traceback in error.txt)" if isinstance(error, Bug) else str(error)
+    print(f"d2lrun: error: {reason}", file=sys.stderr, flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(error, Bug):
+        atomic_write(run_dir / "error.txt", "".join(traceback.format_exception(e)).encode())
+    if not (run_dir / "metrics.json").exists():
+        record_failure(run_dir, reason, error.exit_code)
+    return -math.inf
 
 
 def continued(cfg: DictConfig, run_dir: Path) -> dict:

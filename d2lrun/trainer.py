@@ -6,6 +6,7 @@ counts are device tensors read once per epoch. The loop writes no files: on_epoc
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -24,16 +25,35 @@ from d2lrun.optim import Optimizer
 EVAL_BATCH_SIZE = 1024  # evaluation needs no gradients, so bigger batches are only faster
 
 
+# Each loss takes y_hat (B, q), or a stack's (M, B, q) (d2lrun.stack): then one loss per member.
+
+
 def squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """§3.1: (y_hat - y)² / 2, averaged over the batch (the book sums, then divides in sgd)."""
-    return ((y_hat - y.reshape(y_hat.shape)) ** 2 / 2).mean()
+    return ((y_hat - y.reshape(y_hat.shape[-2:])) ** 2 / 2).mean(dim=(-2, -1))
+
+
+def mse_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """§3.3's nn.MSELoss."""
+    if y_hat.ndim == 2:
+        return F.mse_loss(y_hat, y)
+    return ((y_hat - y.reshape(y_hat.shape[-2:])) ** 2).mean(dim=(-2, -1))
 
 
 def cross_entropy_scratch(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """§3.6's softmax + -log(y_hat[y]), written in the stable log-sum-exp form (§3.7.2)."""
-    shifted = logits - logits.max(dim=1, keepdim=True).values  # (B, q); exp can no longer overflow
-    log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()
-    return -log_probs[torch.arange(len(y), device=y.device), y].mean()
+    shifted = logits - logits.max(dim=-1, keepdim=True).values  # exp can no longer overflow
+    log_probs = shifted - shifted.exp().sum(dim=-1, keepdim=True).log()
+    return -log_probs.gather(-1, y.expand(log_probs.shape[:-1]).unsqueeze(-1)).mean(dim=(-2, -1))
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """§3.7's nn.CrossEntropyLoss."""
+    if logits.ndim == 2:
+        return F.cross_entropy(logits, y)
+    members, batch, q = logits.shape
+    losses = F.cross_entropy(logits.reshape(-1, q), y.repeat(members), reduction="none")
+    return losses.view(members, batch).mean(dim=1)
 
 
 def sum_squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -44,8 +64,8 @@ def sum_squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def loss_for(task: str, kind: str) -> Callable:
     """The book's loss for d2lrun.models.loss_kind: squared (§3.2), MSE (§3.3), summed (§6.2.4)."""
     if task == "regression":
-        return {"scratch": squared_loss, "concise": F.mse_loss, "sum": sum_squared_loss}[kind]
-    return cross_entropy_scratch if kind == "scratch" else F.cross_entropy
+        return {"scratch": squared_loss, "concise": mse_loss, "sum": sum_squared_loss}[kind]
+    return cross_entropy_scratch if kind == "scratch" else cross_entropy
 
 
 @dataclass
@@ -65,62 +85,70 @@ def train_one_epoch(
     generator: torch.Generator,
     on_batch: Callable[[], None] = lambda: None,
 ) -> dict[str, torch.Tensor]:
-    """One pass over shuffled minibatches: device tensors of loss sum, correct, batch losses."""
+    """One pass over shuffled minibatches: device tensors of loss sum, correct, batch losses
+    (for a stack of members, d2lrun.stack: one of each per member)."""
     model.train()
     device, n = data.X.device, len(data)
     perm = torch.randperm(n, generator=generator).to(device)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    batch_losses = torch.empty(math.ceil(n / batch_size), device=device)
-    for i in range(len(batch_losses)):
-        idx = perm[i * batch_size : (i + 1) * batch_size]
+    loss_sum, correct, batch_losses = 0, 0, []
+    for start in range(0, n, batch_size):
+        idx = perm[start : start + batch_size]
         X, y = prepare_batch(data.X[idx]), data.y[idx]
         y_hat = model(X)
         batch_loss = loss(y_hat, y)
+        if batch_loss.ndim:  # a stack: a member whose loss is not finite stops training
+            optimizer.live &= torch.isfinite(batch_loss.detach())
         optimizer.zero_grad()
-        batch_loss.backward()
+        batch_loss.sum().backward()  # each member's parameters get their own loss's gradient
         optimizer.step()
         batch_loss = batch_loss.detach()
-        batch_losses[i] = batch_loss
-        loss_sum += batch_loss * len(idx)
+        batch_losses.append(batch_loss)
+        loss_sum = loss_sum + batch_loss * len(idx)
         if not torch.is_floating_point(y):
-            correct += (y_hat.argmax(dim=1) == y).sum()
+            correct = correct + (y_hat.argmax(dim=-1) == y).sum(dim=-1)
         on_batch()
-    return {"loss_sum": loss_sum, "correct": correct, "batch_losses": batch_losses}
+    loss_sum = torch.as_tensor(loss_sum, device=device)
+    correct = torch.as_tensor(correct, device=device)
+    return {"loss_sum": loss_sum, "correct": correct, "batch_losses": torch.stack(batch_losses)}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss: Callable, data: Split, log_rmse: bool = False) -> dict:
-    """Mean loss in eval mode; accuracy, or RMSE (and §4.10's log RMSE) in the target's units."""
+    """Mean loss in eval mode; accuracy, or RMSE (and §4.10's log RMSE) in the target's units.
+    Each a float, or for a stack of members (d2lrun.stack) a list of one per member."""
     model.eval()
-    device, classify, scale = data.X.device, not torch.is_floating_point(data.y), data.scale
-    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device).long()
-    squares, log_squares = torch.zeros((), device=device), torch.zeros((), device=device)
-    for start in range(0, len(data), EVAL_BATCH_SIZE):
+    classify, scale, n = not torch.is_floating_point(data.y), data.scale, len(data)
+    lead = (model.members,) if hasattr(model, "members") else ()  # a stack's member dimension
+
+    def squared(t: torch.Tensor) -> torch.Tensor:  # summed, per member
+        return (t**2).flatten(len(lead)).sum(-1)
+
+    loss_sum, correct, squares, log_squares = 0, 0, 0, 0
+    for start in range(0, n, EVAL_BATCH_SIZE):
         X = prepare_batch(data.X[start : start + EVAL_BATCH_SIZE])
         y = data.y[start : start + EVAL_BATCH_SIZE]
         y_hat = model(X)
-        loss_sum += loss(y_hat, y) * len(y)
+        loss_sum = loss_sum + loss(y_hat, y) * len(y)
         if classify:
-            correct += (y_hat.argmax(dim=1) == y).sum()
+            correct = correct + (y_hat.argmax(dim=-1) == y).sum(dim=-1)
             continue
-        pred, true = y_hat.reshape(y.shape), y
+        pred, true = y_hat.reshape(*lead, *y.shape), y
         if scale:
             pred, true = pred * scale["std"] + scale["mean"], true * scale["std"] + scale["mean"]
-        squares += ((pred - true) ** 2).sum()
+        squares = squares + squared(pred - true)
         if log_rmse:  # §4.10: predictions below 1 are clamped to 1 so that the log is defined
-            log_squares += ((pred.clamp(min=1).log() - true.log()) ** 2).sum()
-    if len(data) == 0:
+            log_squares = log_squares + squared(pred.clamp(min=1).log() - true.log())
+    if n == 0:
         return {}
+    # In float64, as Python's floats: a run alone gets the same numbers as from .item().
+    metrics = {"loss": torch.as_tensor(loss_sum).double() / n}
     if classify:
-        return {"loss": loss_sum.item() / len(data), "acc": correct.item() / len(data)}
-    metrics = {
-        "loss": loss_sum.item() / len(data),
-        "rmse": math.sqrt(squares.item() / data.y.numel()),
-    }
-    if log_rmse:
-        metrics["log_rmse"] = math.sqrt(log_squares.item() / data.y.numel())
-    return metrics
+        metrics["acc"] = torch.as_tensor(correct).double() / n
+    else:
+        metrics["rmse"] = (torch.as_tensor(squares).double() / data.y.numel()).sqrt()
+        if log_rmse:
+            metrics["log_rmse"] = (torch.as_tensor(log_squares).double() / data.y.numel()).sqrt()
+    return {k: v.tolist() for k, v in metrics.items()}
 
 
 def fit(
@@ -132,30 +160,43 @@ def fit(
     trainer: Trainer,
     on_epoch: Callable[[dict], None],
 ) -> None:
-    """Epochs trainer.epoch + 1 .. trainer.epochs, each row to on_epoch; Diverged on NaN."""
+    """Epochs trainer.epoch + 1 .. trainer.epochs, each row to on_epoch; Diverged on NaN.
+
+    A stack of members (d2lrun.stack) gets rows of lists, one value per member, and "diverged":
+    per member, why it stopped in this epoch, else None; it goes on until every member stopped."""
     classify = not torch.is_floating_point(train.y)
+    live = getattr(optimizer, "live", None)  # a stack's members that still train
     bar = progress_bar(trainer.progress, math.ceil(len(train) / trainer.batch_size))
     with bar:
         for epoch in range(trainer.epoch + 1, trainer.epochs + 1):
             bar.reset(0, description=f"epoch {epoch}/{trainer.epochs}")
             start = time.perf_counter()
+            was = None if live is None else live.tolist()
             out = train_one_epoch(model, loss, optimizer, train, trainer.batch_size,
                                   trainer.generator, lambda: bar.advance(0))  # fmt: skip
-            train_loss = out["loss_sum"].item() / len(train)  # the one host sync of the epoch
-            if not math.isfinite(train_loss):
-                raise diverged(out["batch_losses"], trainer.batch_size, epoch, optimizer)
+            train_loss = (out["loss_sum"].double() / len(train)).tolist()  # the one host sync
+            lr = optimizer.param_groups[0]["lr"]  # a stack's: one per member
+            why = functools.partial(diverged, out["batch_losses"], trainer.batch_size, epoch, lr)
+            if live is None and not math.isfinite(train_loss):
+                raise why()
             seconds = time.perf_counter() - start
             row = {"epoch": epoch, "train_loss": train_loss}
             if classify:
-                row["train_acc"] = out["correct"].item() / len(train)
+                row["train_acc"] = (out["correct"].double() / len(train)).tolist()
             else:  # the book's train_ls: the training split evaluated after the epoch (§4.10)
                 after = evaluate(model, loss, train, trainer.log_rmse)
                 row |= {f"train_{k}": v for k, v in after.items() if k != "loss"}
             row |= {f"val_{k}": v for k, v in evaluate(model, loss, val, trainer.log_rmse).items()}
             row |= {"seconds": round(time.perf_counter() - start, 4),
                     "examples_per_s": round(len(train) / seconds, 1)}  # fmt: skip
+            if live is not None:
+                now = live.tolist()
+                row["diverged"] = [str(why(m)) if a and not b else None for m, (a, b) in
+                                   enumerate(zip(was, now, strict=True))]  # fmt: skip
             trainer.epoch = epoch
             on_epoch(row)
+            if live is not None and not any(now):
+                return
 
 
 def progress_bar(show: bool, batches: int):
@@ -177,14 +218,17 @@ def progress_bar(show: bool, batches: int):
     return bar
 
 
-def diverged(batch_losses: torch.Tensor, batch_size: int, epoch: int, optimizer) -> Diverged:
-    """Where the loss stopped being finite: the first batch whose loss, or running sum, is not."""
+def diverged(batch_losses, batch_size: int, epoch: int, lr, member: int | None = None):
+    """Where the loss stopped being finite: the first batch whose loss, or running sum, is not.
+    A stack's batch_losses (batches, members) and lr (one per member): those of member."""
+    if member is not None:
+        batch_losses, lr = batch_losses[:, member], lr[member]
     running = torch.cumsum(batch_losses * batch_size, 0)
     first = (~torch.isfinite(running)).nonzero()
     bad = int(first[0]) if len(first) else len(running) - 1
     return Diverged(
         f"the training loss became {batch_losses[bad].item():.4g} at epoch {epoch}, "
-        f"batch {bad + 1}. Fix: lower optim.lr (now {optimizer.param_groups[0]['lr']:g})."
+        f"batch {bad + 1}. Fix: lower optim.lr (now {float(lr):g})."
     )
 
 

@@ -3,6 +3,7 @@ here: the numbers it derives are checked against its own timings)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,17 @@ def test_csv_scale_trains_both_sides_to_the_same_error(tmp_path):
     assert result["seconds_ratio"] == pytest.approx(ours["seconds"] / script["seconds"], abs=0.01)
     assert result["memory_ratio"] == pytest.approx(ours["peak_mib"] / script["peak_mib"], abs=0.01)
     assert "d2lrun takes" in r.stdout and result["rows"] == 20000
+
+
+def test_bench_sweep_times_both_launchers_on_the_same_sweep(tmp_path):
+    """experiments/bench_sweep.py: each sweep run by both launchers; their ratio and agreement."""
+    r, result = run_script(
+        "bench_sweep.py", tmp_path / "bench-sweep.json", "--only", "weight_decay",
+        "--wd-epochs", "3", "--repeat", "1",
+    )  # fmt: skip
+    assert result["device"] == "cpu" and set(result["results"]) == {"weight_decay"}
+    v = result["results"]["weight_decay"]
+    assert (v["jobs"], v["epochs"]) == (8, 3)  # §4.5 over 8 values of λ
+    assert v["speedup"] == pytest.approx(v["basic_s"] / v["batched_s"], abs=0.01)
+    assert v["best_metric_max_rel_diff"] < 1e-4  # the same jobs, trained either way
+    assert re.search(r"weight_decay\s+8 jobs x\s+3 epochs  basic\s+[\d.]+ s  batched", r.stdout)

@@ -26,9 +26,9 @@ class MLP(nn.Sequential):
         super().__init__(*layers)  # one hidden layer, no dropout: the book's keys 1.* and 3.*
 
 
-def dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:
+def dropout_layer(X: torch.Tensor, p: float, generator: torch.Generator | None = None):
     """§4.6's dropout_layer: keep each unit with probability 1 - p and scale it by 1 / (1 - p)."""
-    mask = (torch.rand(X.shape, device=X.device) > p).float()
+    mask = (torch.rand(X.shape, device=X.device, generator=generator) > p).float()
     return mask * X / (1.0 - p)
 
 

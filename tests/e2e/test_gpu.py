@@ -123,3 +123,23 @@ def test_benchmark_on_cuda_writes_bench_cuda_json(tmp_path, fake_fmnist):
         assert len(v["epoch_seconds"]) == 2 and v["examples_per_s"] > 0
         assert (v["test_acc"] * 32) == pytest.approx(round(v["test_acc"] * 32), abs=0.01)
     assert set(result["ratios"]) == {"a_over_c", "c_over_b"}
+
+
+def test_a_batched_sweep_on_cuda_gives_the_basic_launchers_results(tmp_path):
+    """hydra/launcher=batched on CUDA: one stack of 4 MLPs (lr x momentum), each member's best
+    validation loss that of its job trained alone (no dropout: CUDA draws its masks fused)."""
+    root = write_fake_fashion_mnist(tmp_path / "fm", num_train=256, num_test=64)
+    grid = ["-m", "model=mlp", "model.num_hiddens=[32]", "dataset=fashion_mnist",
+            f"dataset.root={root}", "device=cuda", "trainer.epochs=2", "trainer.batch_size=16",
+            "trainer.progress=false", "optim.lr=0.1,0.3", "optim.momentum=0,0.9"]  # fmt: skip
+    basic = run_cli(*grid, f"hydra.sweep.dir={tmp_path / 'basic'}", timeout=600)
+    batched = run_cli(*grid, "hydra/launcher=batched", f"hydra.sweep.dir={tmp_path / 'b'}",
+                      timeout=600)  # fmt: skip
+    assert basic.returncode == batched.returncode == 0, batched.stderr
+    assert "jobs 0, 1, 2, 3: mlp, trained as one stack of 4" in batched.stdout
+    for job in "0123":
+        a, b = (
+            json.loads((tmp_path / s / job / "metrics.json").read_text()) for s in ("basic", "b")
+        )
+        assert b["device"].startswith("cuda") and b["status"] == "completed"
+        assert b["best"]["value"] == pytest.approx(a["best"]["value"], rel=1e-3)

@@ -16,6 +16,8 @@ from d2lrun.errors import RunFailed
 from d2lrun.files import (
     atomic_write,
     claim_dir,
+    curves_png,
+    curves_pngs,
     hold,
     remove_stale_temporaries,
     save_torch,
@@ -159,3 +161,10 @@ def test_when_every_suffix_is_taken_the_error_names_the_folder(tmp_path, monkeyp
         f"cannot write the output directory {tmp_path / 'run'} (all 10,000 suffixes are taken). "
         "Fix: choose a writable one with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)."
     )
+
+
+def test_several_runs_curves_are_drawn_by_helpers_in_order():
+    """A stack's members' curves.png, drawn side by side: each the picture of its own rows."""
+    plots = [([{"epoch": e, "train_loss": 1 / (e + k), "val_loss": 2 / (e + k)} for e in (1, 2)],
+              f"run {k}") for k in range(5)]  # fmt: skip
+    assert curves_pngs(plots) == [curves_png(rows, title) for rows, title in plots]

@@ -117,15 +117,17 @@ def test_each_impl_gets_its_own_optimizer_and_loss():
     for model in (scratch, concise):
         optimizer = build_optimizer(model, optim_cfg(0.03))
         assert type(optimizer) is Optimizer and optimizer.kind is torch.optim.SGD
-    assert (
-        loss_for("regression", "scratch") is squared_loss
-        and loss_for("regression", "concise") is F.mse_loss
-    )
+    assert loss_for("regression", "scratch") is squared_loss
     assert loss_for("regression", "sum") is sum_squared_loss  # §6.2.4
-    assert (
-        loss_for("classification", "scratch") is cross_entropy_scratch
-        and loss_for("classification", "concise") is F.cross_entropy
-    )
+    assert loss_for("classification", "scratch") is cross_entropy_scratch
+    # The concise ones are nn.MSELoss's and nn.CrossEntropyLoss's for one model (a stack of
+    # models, d2lrun.stack, gets one loss per member).
+    g = torch.Generator().manual_seed(0)
+    y_hat, y = torch.randn(8, 1, generator=g), torch.randn(8, 1, generator=g)
+    assert torch.equal(loss_for("regression", "concise")(y_hat, y), F.mse_loss(y_hat, y))
+    logits, labels = torch.randn(8, 10, generator=g), torch.randint(10, (8,), generator=g)
+    concise = loss_for("classification", "concise")
+    assert torch.equal(concise(logits, labels), F.cross_entropy(logits, labels))
 
 
 def test_linreg_same_loss_same_curve():

@@ -1,0 +1,258 @@
+"""`d2lrun -m hydra/launcher=batched ...`: the jobs of a sweep that differ only in what one stack of
+models carries per member (MEMBER_KEYS) train as one (d2lrun.stack), each still a run of its own.
+
+The launcher (hydra_plugins/d2lrun_launcher/batched_launcher.py) hands `launch` all the jobs. Those
+whose configs are equal but for MEMBER_KEYS form a group. A group trains as one stack unless
+d2lrun.stack.stackable says why not; then its jobs run one after another, as Hydra's basic launcher
+runs them, in this one process. The launcher says which, one line per group. Every job gets its
+folder, .hydra/ and files as any sweep job (d2lrun.sweeps.run_job): skipped when it completed
+before, continued from its last.pt when it was stopped, recorded when it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from d2lrun.app import stop_signals
+from d2lrun.errors import Diverged, Interrupted
+from d2lrun.files import curves_pngs, hold, shown
+from d2lrun.job import Run
+from d2lrun.stack import Stack, StackOptimizer, most_members, stackable
+from d2lrun.sweeps import finished_job, job_failed, prepared, score, sweep_experiment
+from d2lrun.trainer import fit
+
+log = logging.getLogger(__name__)
+
+# One value per member in a stack: the optimizer's (d2lrun.stack.StackOptimizer) and dropout's.
+# Not seed: the members of a stack share the data and its shuffling order, which the seed sets.
+MEMBER_KEYS = ("optim.lr", "optim.weight_decay", "optim.momentum", "regularizer.lambd",
+               "model.dropout")  # fmt: skip
+
+
+def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
+    """Every job of the sweep, grouped; their JobReturns in job order."""
+    setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for num, overrides in enumerate(job_overrides, initial_job_idx):
+        log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+        cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+        with open_dict(cfg):
+            cfg.hydra.job.id = cfg.hydra.job.num = num
+        jobs.append((num, cfg))
+    returns = {}
+    for group in grouped(jobs):
+        returns |= launch_group(launcher, group, sweep_dir)
+    return [returns[num] for num, _ in jobs]
+
+
+def grouped(jobs: list[tuple[int, DictConfig]]) -> list[list[tuple[int, DictConfig]]]:
+    """The jobs whose configs are equal but for MEMBER_KEYS, together, in job order."""
+    groups: dict[str, list] = {}
+    for num, cfg in jobs:
+        config = OmegaConf.to_container(cfg, resolve=False)
+        config.pop("hydra")
+        for key in MEMBER_KEYS:
+            section, name = key.split(".")
+            config.get(section, {}).pop(name, None)
+        groups.setdefault(json.dumps(config, sort_keys=True, default=str), []).append((num, cfg))
+    return list(groups.values())
+
+
+def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]:
+    from d2lrun.config import checked
+
+    nums = [num for num, _ in group]
+    named = f"job {nums[0]}" if len(nums) == 1 else f"jobs {', '.join(map(str, nums))}"
+    first = copy.deepcopy(group[0][1])
+    with open_dict(first):
+        del first["hydra"]
+    first = checked(first)
+    why = stackable(first) if len(group) > 1 else "nothing to stack it with"
+    if why:
+        log.info(f"{named}: one after another ({why})")
+        returns = {}
+        for num, cfg in group:
+            returns[num] = run(launcher, cfg, launcher.task_function)
+        return returns
+    log.info(f"{named}: {first.model.name}, trained as one stack of {len(group)}")
+    found = {}
+
+    def folder(cfg: DictConfig) -> None:  # Hydra's run_job makes the job's folder and .hydra/
+        hc = HydraConfig.get()
+        OmegaConf.resolve(cfg)  # while Hydra's config is this job's
+        found[hc.job.num] = (cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+
+    returns = {num: run(launcher, cfg, folder) for num, cfg in group}
+    with contextlib.ExitStack() as locks, stop_signals():
+        for num in nums:  # as run_job: of two sweeps run into one folder, one trains each job
+            locks.enter_context(hold(found[num][1], wait=True))
+        scores = train_group(launcher, found, sweep_dir)
+    for num, value in scores.items():
+        returns[num].return_value = value
+    return returns
+
+
+def run(launcher, cfg: DictConfig, task) -> JobReturn:
+    """One job as Hydra's basic launcher runs it: its folder, .hydra/, logging, task(cfg)."""
+    ret = run_job(hydra_context=launcher.hydra_context, task_function=task, config=cfg,
+                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")  # fmt: skip
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    return ret
+
+
+def train_group(launcher, found: dict, sweep_dir: Path) -> dict[int, float]:
+    """The group's jobs that are still to do, trained as stacks: one per starting epoch and
+    shuffling state (a job stopped earlier goes on from its last.pt), each of at most as many
+    members as fit in memory. Each job's score."""
+    scores, todo = {}, {}
+    for num, (cfg, run_dir, overrides) in found.items():
+        done = finished_job(run_dir, overrides)
+        if done is not None:
+            print(f"job {num}: already completed in {shown(run_dir)}; skipped")
+            scores[num] = score(done)
+            continue
+        try:
+            ckpt = prepared(cfg, run_dir, None)
+        except Exception as e:
+            scores[num] = job_failed(e, run_dir, sweep_dir)
+            continue
+        start = (ckpt["epoch"], ckpt["rng"]["shuffle"].tolist()) if ckpt else (0, None)
+        todo.setdefault(json.dumps(start), []).append((num, cfg, run_dir, overrides, ckpt))
+    experiment = sweep_experiment(sweep_dir)
+    for members in todo.values():
+        limit = launcher.max_members or most_stack(members)
+        for part in (members[i : i + limit] for i in range(0, len(members), limit)):
+            jobs = [{"cfg": cfg, "run_dir": run_dir, "overrides": overrides, "ckpt": ckpt,
+                     "log": lambda line, num=num: print(f"job {num}: {line}", flush=True)}
+                    for num, cfg, run_dir, overrides, ckpt in part]  # fmt: skip
+            try:
+                ended = train_stack(jobs, sweep_dir=sweep_dir, experiment=experiment)
+            except Exception as e:  # a full disk, a bug: every member of the stack failed
+                for num, _, run_dir, _, _ in part:
+                    scores[num] = job_failed(e, run_dir, sweep_dir)
+                continue
+            stopped = None
+            for (num, _, run_dir, _, _), end in zip(part, ended, strict=True):
+                if isinstance(end, Exception):
+                    with contextlib.suppress(Exception):
+                        scores[num] = job_failed(end, run_dir, sweep_dir)
+                    stopped = stopped or (end if end.exit_code > 128 else None)
+                else:
+                    scores[num] = score(end)
+            if stopped is not None:  # Ctrl-C or a stop signal: every member saved; the sweep ends
+                job_failed(stopped, part[0][2], sweep_dir)
+    return scores
+
+
+def most_stack(members: list) -> int:
+    """How many of these members one stack holds in memory (d2lrun.stack.most_members)."""
+    from d2lrun.config import checked, resolve_device
+    from d2lrun.data import build_data
+    from d2lrun.models import build_model
+
+    cfg = checked(copy.deepcopy(members[0][1]))  # as its Run will: the data is decoded once
+    spec = build_data(cfg.dataset, cfg.seed)[2]
+    device = torch.device(resolve_device(cfg.device))
+    return most_members(build_model(cfg.model, spec), cfg.trainer.batch_size, device)
+
+
+def train_stack(jobs: list[dict], **common) -> list[dict | Exception]:
+    """Runs whose configs differ only in what d2lrun.stack carries per member, trained as one
+    stack; each job a dict of train_job's arguments. Each run's summary, or how it ended
+    (Diverged, Interrupted). An error that ends them all (a full disk, a bug) is raised."""
+    runs, generators = [], []
+    for job in jobs:
+        runs.append(Run(**job, **common))
+        # Its dropout masks come from its own generator, in the state torch's is in after its
+        # init (or its checkpoint's): the ones it draws alone.
+        device = runs[-1].device
+        state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+        generators.append(torch.Generator(device=device).set_state(state))
+    models, first = [run.model for run in runs], runs[0]
+    stack = Stack(models, [run.cfg.model for run in runs], generators)
+    optimizer = StackOptimizer(stack, [run.optimizer for run in runs], models)
+    for run in runs:  # one epoch count and shuffling order for all
+        run.trainer = first.trainer
+    ended: list = [None] * len(runs)
+
+    def end(m: int, *how, **signum) -> None:
+        try:
+            ended[m] = runs[m].end(*how, **signum)
+        except (Diverged, Interrupted) as e:
+            ended[m] = e
+
+    def on_epoch(row: dict) -> None:
+        """Each member's own on_epoch, with its weights, optimizer and random state. Ctrl-C or a
+        stop signal waits until every member has saved the epoch: they go on from the same one."""
+        stopped = row.pop("diverged")
+        with deferred_signals():
+            for m, run in enumerate(runs):
+                member_epoch(m, run, stopped[m], row)
+
+    def member_epoch(m: int, run: Run, stopped: str | None, row: dict) -> None:
+        if ended[m] is not None:
+            return
+        if stopped:
+            return end(m, "diverged", stopped)
+        stack.write_back(m, run.model)
+        optimizer.write_back(m)
+        if run.device.type == "cuda":
+            torch.cuda.set_rng_state(generators[m].get_state(), run.device)
+        else:
+            torch.set_rng_state(generators[m].get_state())
+        run.on_epoch({k: v[m] if isinstance(v, list) else v for k, v in row.items()})
+
+    try:
+        fit(stack, optimizer, first.loss, first.train, first.val, first.trainer, on_epoch)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.app.stop_signals)
+        for m in range(len(runs)):
+            if ended[m] is None:
+                end(m, "interrupted", signum=getattr(e, "signum", signal.SIGINT))
+        return ended
+    except Exception as e:
+        for m, run in enumerate(runs):
+            if ended[m] is None:
+                run.failed(e)
+        raise
+    going = [m for m in range(len(runs)) if ended[m] is None]
+    plots = [(runs[m].history.rows, runs[m].title) for m in going]
+    for m, png in zip(going, curves_pngs(plots) if len(going) > 1 else [None], strict=False):
+        if png is not None:
+            runs[m].draw = lambda rows, title, png=png: png  # drawn side by side above
+        end(m, "completed")
+    return ended
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Ctrl-C and the stop signals held back until the block ends, then handled as before."""
+    # Not with pthread_sigmask: it holds them back from the main thread only, and the OS then
+    # hands them to another (torch's), whose handler still interrupts the main one.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    names = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+    numbers = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    handlers = {n: signal.signal(n, lambda signum, _: caught.append(signum)) for n in numbers}
+    try:
+        yield
+    finally:
+        for n, handler in handlers.items():
+            signal.signal(n, handler)
+        if caught:
+            signal.raise_signal(caught[0])  # now to the handler it had

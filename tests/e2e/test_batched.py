@@ -1,0 +1,87 @@
+"""`d2lrun -m hydra/launcher=batched`: the basic launcher's sweep, its jobs trained as one stack
+where they can, each job a run of its own."""
+
+import csv
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import BIN, run_cli, write_fake_fashion_mnist
+
+FAST = ["trainer.progress=false", "dataset.num_train=200"]
+BATCHED = "hydra/launcher=batched"
+
+
+def sweep(sweep_dir, *args, **kwargs):
+    return run_cli("-m", *args, *FAST, f"hydra.sweep.dir={sweep_dir}", **kwargs)
+
+
+def summary(sweep_dir):
+    with open(sweep_dir / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_batched_gives_the_basic_launchers_table_and_runs(tmp_path):
+    grid = ["optim.lr=0.01,0.1,3", "optim.weight_decay=0,1e-3", "trainer.epochs=2"]
+    basic, batched = tmp_path / "basic", tmp_path / "batched"
+    r = sweep(basic, *grid)
+    b = sweep(batched, BATCHED, *grid)
+    assert r.returncode == b.returncode == 1, b.stderr
+    assert "jobs 0, 1, 2, 3, 4, 5: linreg, trained as one stack of 6" in b.stdout
+    assert f"sweep {batched}: 4 completed, 2 diverged" in b.stdout
+    assert "job 4 diverged: the training loss became" in b.stdout
+    rows, alone = summary(batched), summary(basic)
+    assert [(x["job"], x["status"]) for x in rows] == [(x["job"], x["status"]) for x in alone]
+    for x, y in zip(rows, alone, strict=True):
+        for key in ("final_val_loss", "best_val_loss"):
+            if y[key]:
+                assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-4)
+    assert (batched / "heatmap.png").exists()
+    job = batched / "1"
+    for name in ("model.pt", "last.pt", "best.pt", "metrics.csv", "curves.png", ".hydra"):
+        assert (job / name).exists(), name
+    e = run_cli(f"run={job}", "device=cpu", tool="d2lrun-eval")
+    assert e.returncode == 0, e.stderr
+    final = json.loads((job / "metrics.json").read_text())["final"]
+    # its own weights, evaluated alone: the stack's numbers within float32 reordering
+    assert json.loads(e.stdout.splitlines()[0])["val_loss"] == pytest.approx(final["val_loss"])
+
+
+def test_models_that_do_not_stack_run_one_after_another(tmp_path):
+    root = write_fake_fashion_mnist(tmp_path / "data")
+    s = tmp_path / "sweep"
+    r = run_cli("-m", BATCHED, "model=softmax,lenet", "optim.lr=0.1,0.3", "dataset=fashion_mnist",
+                f"dataset.root={root}", "trainer.epochs=1", f"hydra.sweep.dir={s}")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "jobs 0, 1: softmax, trained as one stack of 2" in r.stdout
+    assert "jobs 2, 3: one after another (model=lenet: convolutions do not stack" in r.stdout
+    assert f"sweep {s}: 4 completed" in r.stdout
+
+
+def test_a_stopped_stack_saves_every_member_at_one_epoch_and_goes_on(tmp_path):
+    s = tmp_path / "sweep"
+    args = ["-m", BATCHED, "experiment=ch4_weight_decay", "optim.weight_decay=0,1,3",
+            "trainer.epochs=300", "trainer.progress=false", f"hydra.sweep.dir={s}"]  # fmt: skip
+    with subprocess.Popen([str(BIN / "d2lrun"), *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:  # fmt: skip
+        for line in proc.stdout:
+            if line.startswith("job 2: epoch   3/300"):
+                break
+        time.sleep(0.2)  # in the middle of an epoch, or of the members' saving of one
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "To finish the sweep, run the same command again" in out.splitlines()[-1]
+    stopped = [json.loads((s / j / "metrics.json").read_text()) for j in "012"]
+    assert {m["status"] for m in stopped} == {"interrupted"}
+    assert len({m["epochs_completed"] for m in stopped}) == 1  # all at one epoch
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert "trained as one stack of 3" in r.stdout and f"sweep {s}: 3 completed" in r.stdout
+    for j in "012":
+        assert json.loads((s / j / "metrics.json").read_text())["restarts"] == 1
+        with open(s / j / "metrics.csv") as f:
+            assert [int(row["epoch"]) for row in csv.DictReader(f)] == list(range(1, 301))

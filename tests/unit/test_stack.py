@@ -1,0 +1,125 @@
+"""Runs trained as one stack (hydra/launcher=batched): each member is its run alone, its files
+those of a run, and a member that diverges stops without touching the others."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from d2lrun.batched import train_stack
+from d2lrun.config import compose
+from d2lrun.job import train_job
+from d2lrun.reload import load_checkpoint
+
+# Measured on this 2-core CPU: the largest relative difference between a member and its run alone
+# was 4e-7 (float32 sums in another order: one matrix product for all members).
+RTOL = 1e-4
+
+
+def quiet(overrides: list[str], run_dir) -> dict:
+    args = ["device=cpu", "trainer.progress=false", *overrides]
+    return {"cfg": compose(args), "run_dir": run_dir, "overrides": args, "log": lambda *_: None}
+
+
+def rows(run_dir) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: float(v) for k, v in r.items() if k not in ("seconds", "examples_per_s")}
+                for r in csv.DictReader(f)]  # fmt: skip
+
+
+def assert_same_run(a, b, exact=False):
+    """Two run folders with the same metrics per epoch and the same final weights."""
+    ra, rb = rows(a), rows(b)
+    assert [r.keys() for r in ra] == [r.keys() for r in rb] and len(ra) == len(rb)
+    for x, y in zip(ra, rb, strict=True):
+        for k in x:
+            assert x[k] == pytest.approx(y[k], rel=0 if exact else RTOL, abs=0 if exact else 1e-7)
+    wa, wb = (torch.load(d / "last.pt", weights_only=False) for d in (a, b))
+    assert wa["model"].keys() == wb["model"].keys() and wa["epoch"] == wb["epoch"]
+    for k in wa["model"]:
+        torch.testing.assert_close(wa["model"][k], wb["model"][k], rtol=RTOL, atol=1e-6)
+    sa, sb = wa["optimizer"]["state"], wb["optimizer"]["state"]
+    assert sa.keys() == sb.keys()  # momentum buffers where the run alone keeps them
+    for i in sa:
+        for k in sa[i]:
+            torch.testing.assert_close(sa[i][k], sb[i][k], rtol=RTOL, atol=1e-6)
+    assert wa["optimizer"]["param_groups"] == wb["optimizer"]["param_groups"]
+    assert torch.equal(wa["rng"]["torch"], wb["rng"]["torch"])  # dropout masks drawn alike
+
+
+CASES = {
+    # §4.5 from scratch: weight decay on w only, and an L1 term, per member
+    "linreg-scratch": (["experiment=ch4_weight_decay", "trainer.epochs=4"],
+                       [["optim.weight_decay=0"], ["optim.weight_decay=3", "regularizer=l1"],
+                        ["optim.weight_decay=1", "optim.lr=0.01"]]),
+    "softmax-concise": (["model=softmax", "dataset=fashion_mnist", "trainer.epochs=3",
+                         "trainer.batch_size=16"],
+                        [["optim.lr=0.1"], ["optim.lr=0.3", "optim.momentum=0.9"],
+                         ["optim.lr=0.1", "optim.weight_decay=0.01"]]),
+    # dropout masks per member, drawn as each member alone draws them
+    "mlp-scratch": (["model=mlp", "model.impl=scratch", "model.num_hiddens=[32,16]",
+                     "dataset=fashion_mnist", "trainer.epochs=2", "trainer.batch_size=16"],
+                    [["model.dropout=0"], ["model.dropout=[0.5,0.2]"], ["model.dropout=0.3",
+                                                                       "optim.lr=0.05"]]),
+    "mlp-concise-adam": (["model=mlp", "model.num_hiddens=32", "dataset=fashion_mnist",
+                          "optim=adam", "trainer.epochs=2", "trainer.batch_size=16"],
+                         [["model.dropout=0.5"], ["optim.lr=0.01"], ["optim.weight_decay=0.1"]]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_member_trains_as_its_run_alone(case, tmp_path, fake_fmnist):
+    common, members = CASES[case]
+    common = [*common, f"dataset.root={fake_fmnist}"] if "fashion" in str(common) else common
+    alone = [train_job(**quiet([*common, *m], tmp_path / f"alone{i}")) for i, m in
+             enumerate(members)]  # fmt: skip
+    jobs = [quiet([*common, *m], tmp_path / f"member{i}") for i, m in enumerate(members)]
+    stacked = train_stack(jobs)
+    for i, (one, member) in enumerate(zip(alone, stacked, strict=True)):
+        assert member["status"] == one["status"] == "completed"
+        assert_same_run(tmp_path / f"alone{i}", tmp_path / f"member{i}")
+        for name in ("model.pt", "best.pt", "metrics.json", "curves.png"):
+            assert (tmp_path / f"member{i}" / name).exists()
+        saved = load_checkpoint(tmp_path / f"member{i}" / "last.pt")
+        assert saved["overrides"] == jobs[i]["overrides"] and saved["config"] == json.loads(
+            json.dumps(saved["config"])
+        )
+
+
+def test_a_member_that_diverges_stops_and_the_others_go_on_bit_for_bit(tmp_path):
+    common = ["experiment=ch4_weight_decay", "trainer.epochs=5"]
+    calm = train_stack([quiet([*common, f"optim.lr={lr}"], tmp_path / f"calm{i}")
+                        for i, lr in enumerate((0.003, 0.001))])  # fmt: skip
+    wild = train_stack([quiet([*common, f"optim.lr={lr}"], tmp_path / f"wild{i}")
+                        for i, lr in enumerate((0.003, 1e6))])  # fmt: skip
+    assert [r["status"] for r in calm] == ["completed", "completed"]
+    assert wild[0]["status"] == "completed"
+    assert str(wild[1]).startswith("diverged: the training loss became ")
+    assert str(wild[1]).endswith("Fix: lower optim.lr (now 1e+06).")
+    summary = json.loads((tmp_path / "wild1" / "metrics.json").read_text())
+    assert summary["status"] == "diverged" and not (tmp_path / "wild1" / "model.pt").exists()
+    assert_same_run(tmp_path / "calm0", tmp_path / "wild0", exact=True)
+
+
+def test_jobs_group_by_all_but_the_member_keys_and_the_preset_is_the_launcher():
+    from hydra.utils import get_class
+
+    from d2lrun.batched import MEMBER_KEYS, grouped
+
+    jobs = [
+        ["optim.lr=0.1"], ["optim.lr=0.3", "optim.weight_decay=1e-3"],
+        ["optim.momentum=0.9", "regularizer=l1", "regularizer.lambd=0.01"],
+        ["trainer.batch_size=64"], ["seed=1"], ["model=mlp", "model.dropout=0.5"],
+        ["model=mlp", "model.dropout=0.2", "optim.lr=1"],
+    ]  # fmt: skip
+    configs = [(i, compose(job, with_hydra=True)) for i, job in enumerate(jobs)]
+    assert [[num for num, _ in group] for group in grouped(configs)] == [[0, 1], [2], [3], [4],
+                                                                          [5, 6]]  # fmt: skip
+    assert MEMBER_KEYS == ("optim.lr", "optim.weight_decay", "optim.momentum",
+                           "regularizer.lambd", "model.dropout")  # fmt: skip
+    launcher = compose(["hydra/launcher=batched"], with_hydra=True).hydra.launcher
+    assert get_class(launcher._target_).__name__ == "BatchedLauncher"
+    assert launcher.max_members is None
