@@ -10,18 +10,9 @@ import time
 import pytest
 
 from tests.conftest import BIN, run_cli, write_fake_fashion_mnist
+from tests.e2e.test_sweeps import summary, sweep  # the basic launcher's sweeps, run alike
 
-FAST = ["trainer.progress=false", "dataset.num_train=200"]
 BATCHED = "hydra/launcher=batched"
-
-
-def sweep(sweep_dir, *args, **kwargs):
-    return run_cli("-m", *args, *FAST, f"hydra.sweep.dir={sweep_dir}", **kwargs)
-
-
-def summary(sweep_dir):
-    with open(sweep_dir / "summary.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def test_batched_gives_the_basic_launchers_table_and_runs(tmp_path):
