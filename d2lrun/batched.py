@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from d2lrun.app import stop_signals
+from d2lrun.app import STOP_SIGNALS, stop_signals
 from d2lrun.errors import Diverged, Interrupted
 from d2lrun.files import curves_pngs, hold, shown
 from d2lrun.job import Run
@@ -246,8 +246,7 @@ def deferred_signals():
         yield
         return
     caught: list[int] = []
-    names = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
-    numbers = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    numbers = [getattr(signal, n) for n in ("SIGINT", *STOP_SIGNALS) if hasattr(signal, n)]
     handlers = {n: signal.signal(n, lambda signum, _: caught.append(signum)) for n in numbers}
     try:
         yield

@@ -18,14 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from d2lrun.config import checked, given, resolve_device
 from d2lrun.data import Spec, Split, build_data
 from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError
-from d2lrun.files import (
-    atomic_write,
-    curves_png,
-    save_torch,
-    shown,
-    write_csv,
-    write_json,
-)
+from d2lrun.files import atomic_write, curves_png, save_torch, shown, write_csv, write_json
 from d2lrun.models import build_model, loss_kind
 from d2lrun.models.init import apply_init
 from d2lrun.optim import Optimizer, build_optimizer
