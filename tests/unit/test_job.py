@@ -140,3 +140,87 @@ def test_a_checkpoints_rng_state_restores_the_cuda_generator_too():
     torch.rand(5, device="cuda")
     set_rng_state(saved, generator)
     assert torch.equal(torch.rand(3, device="cuda"), first)
+
+
+def test_an_epoch_line_has_each_metric_its_seconds_and_speed():
+    from d2lrun.job import format_row
+
+    row = {"epoch": 3, "train_loss": 0.0123456, "train_acc": 0.81234, "val_loss": 1234.5678,
+           "val_acc": 0.8, "seconds": 1.2345, "examples_per_s": 48612.4}  # fmt: skip
+    assert format_row(row, 10) == (
+        "epoch  3/10  train_loss 0.01235  train_acc 0.812  val_loss 1235  val_acc 0.800  "
+        "1.23s  48,612 ex/s"
+    )
+    assert format_row(row | {"epoch": 7}, 7).startswith("epoch 7/7  ")
+
+
+def test_the_k_fold_table_has_a_row_per_fold_and_their_mean():
+    from d2lrun.job import fold_table
+
+    finals = [{"train_loss": 0.25, "val_rmse": 0.1234567, "examples_per_s": 9.0},
+              {"train_loss": 0.75, "val_rmse": 12345.0, "examples_per_s": 9.0}]  # fmt: skip
+    mean = {"train_loss": 0.5, "val_rmse": 6172.56, "examples_per_s": 9.0}
+    assert fold_table(finals, mean, 2).splitlines() == [
+        "2-fold cross-validation:",
+        "  fold      train_loss        val_rmse",
+        "     0            0.25          0.1235",
+        "     1            0.75       1.234e+04",
+        "  mean             0.5            6173",
+    ]
+
+
+def test_log_rmse_refuses_a_target_with_values_at_or_below_zero_in_its_own_units():
+    from d2lrun.data import Split
+    from d2lrun.errors import UsageError
+    from d2lrun.job import check_positive_target
+
+    spec = Spec(dataset="csv", task="regression", num_inputs=1, num_outputs=1,
+                target="price", target_scale={"mean": 10.0, "std": 2.0})  # fmt: skip
+    x = torch.zeros(2, 1)
+    fine = Split(x, torch.tensor([[-4.9], [1.0]]))  # 0.2 and 12 in the target's own units
+    check_positive_target(fine, fine, spec)
+    low = Split(x, torch.tensor([[-5.5], [0.0]]))  # -1: in the validation rows only
+    with pytest.raises(UsageError) as e:
+        check_positive_target(fine, low, spec)
+    assert str(e.value) == (
+        "trainer.log_rmse=true takes the log of the target, and price has values <= 0 "
+        "(smallest -1). Fix: trainer.log_rmse=false."
+    )
+    unscaled = Spec(dataset="synthetic", task="regression", num_inputs=1, num_outputs=1)
+    with pytest.raises(UsageError, match=r"and it has values <= 0 \(smallest 0\)"):
+        check_positive_target(Split(x, torch.tensor([[0.0], [3.0]])), Split(x, x + 1), unscaled)
+
+
+def test_a_run_on_generated_data_says_what_it_learned_against_the_truth(tmp_path):
+    lines = []
+    args = ["device=cpu", "trainer.progress=false"]  # the book's 1,000 examples, 3 epochs
+    learned = train_job(compose(args), tmp_path, args, log=lines.append)["learned"]
+    w, b = learned["w"], learned["b"]
+    assert learned["w_error"] == pytest.approx([2 - w[0], -3.4 - w[1]], abs=1e-6)
+    assert learned["b_error"] == pytest.approx(4.2 - b, abs=1e-6)
+    assert learned["w_norm"] == pytest.approx((w[0] ** 2 + w[1] ** 2) ** 0.5, rel=1e-6)
+    assert abs(w[0] - 2) < 0.1 and abs(w[1] + 3.4) < 0.1 and abs(b - 4.2) < 0.1
+    errors = [round(x, 6) for x in learned["w_error"]]
+    assert lines[-2:] == [
+        f"error in estimating w: {errors}  (w = {[round(x, 4) for x in w]})",
+        f"error in estimating b: {4.2 - b:.6f}  (b = {b:.4f})",
+    ]
+
+
+def test_a_model_without_bias_or_with_many_weights_says_it_in_one_line(tmp_path):
+    lines = []
+    args = ["experiment=ch4_weight_decay", "device=cpu", "trainer.progress=false",
+            "trainer.epochs=2"]  # fmt: skip
+    learned = train_job(compose(args), tmp_path / "wd", args, log=lines.append)["learned"]
+    w = torch.tensor(learned["w"])
+    assert len(w) == 200 and learned["w_norm"] == pytest.approx(w.norm().item(), rel=1e-6)
+    assert lines[-1] == (
+        f"‖w‖₂ = {w.norm().item():.4f}; error ‖w - w_true‖₂ = "
+        f"{(0.01 - w).norm().item():.6f}; error in b: {0.05 - learned['b']:.6f}"
+    )
+    args = ["experiment=ch4_poly_third", "device=cpu", "trainer.progress=false", "trainer.epochs=2"]
+    learned = train_job(compose(args), tmp_path / "poly", args, log=lines.append)["learned"]
+    w = learned["w"]  # §4.4: no bias; the book prints the weights beside the true ones
+    assert "b" not in learned and len(w) == 4
+    assert learned["w_error"] == pytest.approx([5 - w[0], 1.2 - w[1], -3.4 - w[2], 5.6 - w[3]])
+    assert lines[-1] == f"weight: {[round(x, 4) for x in w]}  (true: [5.0, 1.2, -3.4, 5.6])"

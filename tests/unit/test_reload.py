@@ -1,6 +1,7 @@
 """Reloading a run: checkpoints loaded safely with clear errors, the run folder's checkpoint found,
 weights loaded strictly, and the command line that composes a saved run again."""
 
+import json
 import os
 import pickle
 import re
@@ -328,3 +329,167 @@ def test_run_overrides_put_the_saved_runs_absolute_data_root(tmp_path):
     ckpt = saved_run(["model=softmax", "dataset.root=data"], tmp_path)
     assert run_overrides(ckpt) == ["model=softmax", f"dataset.root='{tmp_path}/data'"]
     assert compose(run_overrides(ckpt)).dataset.root == f"{tmp_path}/data"
+
+
+# A saved run reloaded in this process (the commands' e2e tests run the same through subprocesses,
+# where mutation testing cannot see them): load_run, evaluate_run, predict and predict_file.
+
+
+def trained(run_dir, *overrides):
+    """A run trained by d2lrun.job into run_dir, on the CPU, as `d2lrun OVERRIDES` would."""
+    from d2lrun.job import train_job
+
+    args = ["device=cpu", "trainer.progress=false", *overrides]
+    train_job(compose(args), run_dir, args, log=lambda *_: None)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+    """A regression run on a CSV with an id, missing numbers and a text column (§2.2)."""
+    import numpy as np
+    import pandas as pd
+
+    tmp = tmp_path_factory.mktemp("table")
+    rng = np.random.default_rng(0)
+    n = 120
+    size, color = rng.normal(0, 1, n), rng.choice(["red", "blue"], n)
+    price = 100 + 20 * size + 5 * (color == "red") + rng.normal(0, 1, n)
+    size[::10] = np.nan
+    frame = pd.DataFrame({"Id": range(n), "size": size, "color": color, "price": price})
+    frame.to_csv(tmp / "t.csv", index=False)
+    run = trained(tmp / "run", "dataset=csv", f"dataset.path={tmp / 't.csv'}",
+                  "dataset.target=price", "dataset.drop=[Id]", "trainer.epochs=3")  # fmt: skip
+    return run, frame
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    from tests.conftest import write_fake_fashion_mnist
+
+    root = write_fake_fashion_mnist(tmp_path_factory.mktemp("fm"))
+    run = trained(tmp_path_factory.mktemp("images") / "run", "model=softmax",
+                  f"dataset.root={root}", "dataset.download=false", "trainer.batch_size=16",
+                  "trainer.epochs=2")  # fmt: skip
+    return run, root
+
+
+def test_load_run_gives_the_final_weights_config_and_files_of_the_run(table_run):
+    from d2lrun.reload import load_run
+
+    folder, _ = table_run
+    run = load_run(folder)
+    final = torch.load(folder / "model.pt", weights_only=True)
+    assert run.model.state_dict().keys() == final.keys()
+    assert all(torch.equal(v, final[k]) for k, v in run.model.state_dict().items())
+    assert not run.model.training and run.device == torch.device("cpu")
+    assert run.checkpoint == folder / "last.pt" and run.run_dir == folder
+    assert (run.config.dataset.target, run.config.trainer.epochs) == ("price", 3)
+    assert run.spec.task == "regression" and run.spec.drop == ["Id"]
+    assert list(run.metrics["epoch"]) == [1, 2, 3]
+    assert run.summary["status"] == "completed" and run.summary["epochs_completed"] == 3
+    figure = run.plot()
+    assert figure.axes[0].get_xlabel() == "epoch" and figure.axes[0].get_ylabel() == "loss"
+    assert figure._suptitle.get_text() == "linreg on csv"
+    with pytest.raises(UsageError, match=r"has no eval\.json\. Fix: load_run the run folder"):
+        run.file("eval.json")
+
+
+def test_load_run_of_one_checkpoint_has_that_checkpoints_weights(table_run):
+    from d2lrun.reload import load_run
+
+    folder, _ = table_run
+    best = torch.load(folder / "best.pt", weights_only=True)
+    run = load_run(ckpt=folder / "best.pt")
+    assert run.checkpoint == folder / "best.pt"
+    assert all(torch.equal(v, best["model"][k]) for k, v in run.model.state_dict().items())
+
+
+def test_load_run_refuses_overrides_that_change_what_the_weights_mean(table_run):
+    from d2lrun.reload import load_run
+
+    folder, _ = table_run
+    with pytest.raises(UsageError, match=r"cannot change model\.name \(the run has model\.name="
+                       r"linreg, asked model\.name=mlp\)\. Fix: drop model=mlp"):  # fmt: skip
+        load_run(folder, overrides=["model=mlp"])
+    assert load_run(folder, overrides=["trainer.epochs=9"]).config.trainer.epochs == 9
+
+
+def test_evaluate_run_gives_the_runs_own_final_validation_metrics(table_run, image_run):
+    from d2lrun.reload import evaluate_run, load_run
+
+    for folder, keys in ((table_run[0], ("val_loss", "val_rmse")),
+                         (image_run[0], ("val_loss", "val_acc"))):  # fmt: skip
+        final = json.loads((folder / "metrics.json").read_text())["final"]
+        metrics = evaluate_run(load_run(folder))
+        assert set(metrics) == set(keys)
+        assert metrics == {k: final[k] for k in keys}  # the same computation: exactly
+
+
+def test_predict_gives_the_target_in_its_own_units(table_run):
+    from d2lrun.data.csv import transform
+    from d2lrun.reload import load_run
+
+    folder, frame = table_run
+    run = load_run(folder)
+    rows = frame.drop(columns="price").head(12)
+    scale = run.spec.target_scale
+    with torch.no_grad():
+        expected = run.model(torch.from_numpy(transform(rows, run.spec.preprocess)))
+    expected = (expected * scale["std"] + scale["mean"]).reshape(-1).tolist()
+    assert run.predict(rows) == pytest.approx(expected, rel=1e-6)
+    # A fitted run predicts prices near the true ones (100 + 20 size + 5 red, noise 1).
+    truth = frame.price.head(12)[rows["size"].notna()]
+    got = [p for p, ok in zip(run.predict(rows), rows["size"].notna(), strict=True) if ok]
+    assert max(abs(a - b) for a, b in zip(got, truth, strict=True)) < 30
+    with pytest.raises(UsageError, match="predict takes a pandas DataFrame, not ndarray"):
+        run.predict(rows.to_numpy())
+
+
+def test_predict_file_writes_ids_beside_predictions_named_after_the_target(table_run, tmp_path):
+    import pandas as pd
+
+    from d2lrun.reload import load_run, predict_file
+
+    folder, frame = table_run
+    run = load_run(folder)
+    rows = frame.drop(columns="price").tail(7)
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    assert predict_file(run, tmp_path / "new.csv", tmp_path / "out.csv") == 7
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out.columns) == ["Id", "price"] and list(out.Id) == list(rows.Id)
+    assert list(out.price) == pytest.approx(run.predict(rows), rel=1e-6)
+    rows.drop(columns="Id").to_csv(tmp_path / "no_id.csv", index=False)
+    with pytest.raises(UsageError, match=r"lacks the column\(s\) \['Id'\] the run carries"):
+        predict_file(run, tmp_path / "no_id.csv", tmp_path / "out2.csv")
+    assert not (tmp_path / "out2.csv").exists()
+    with pytest.raises(UsageError, match=r"input=.*nothing\.csv: no such file\. Fix: give"):
+        predict_file(run, tmp_path / "nothing.csv", tmp_path / "out3.csv")
+
+
+def test_predict_takes_uint8_images_one_or_many(image_run, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from d2lrun.data import build_data
+    from d2lrun.reload import load_run, predict_file
+
+    folder, _ = image_run
+    run = load_run(folder)
+    _, val, _ = build_data(run.config.dataset, run.config.seed, run.device)  # its test images
+    images = (val.X * 255).round().to(torch.uint8).reshape(-1, 28, 28)
+    names = run.predict(images)
+    with torch.no_grad():
+        classes = run.model(images.unsqueeze(1).float() / 255).argmax(1).tolist()
+    assert names == [run.spec.class_names[c] for c in classes]
+    assert run.predict(images[0]) == names[:1]  # one image, (28, 28)
+    with pytest.raises(UsageError, match=r"images must be \(N, 28, 28\) uint8; got \(2, 1, 27"):
+        run.predict(images[:2, :27])
+    np.save(tmp_path / "x.npy", images[:5].numpy())
+    torch.save(images[:5].clone(), tmp_path / "x.pt")
+    for name in ("x.npy", "x.pt"):
+        assert predict_file(run, tmp_path / name, tmp_path / "p.csv") == 5
+        assert pd.read_csv(tmp_path / "p.csv").prediction.tolist() == names[:5]
+    (tmp_path / "x.txt").write_text("1 2 3")
+    with pytest.raises(UsageError, match=r"unknown kind of file\. Fix: give \.csv rows"):
+        predict_file(run, tmp_path / "x.txt", tmp_path / "p.csv")
