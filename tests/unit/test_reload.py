@@ -493,3 +493,18 @@ def test_predict_takes_uint8_images_one_or_many(image_run, tmp_path):
     (tmp_path / "x.txt").write_text("1 2 3")
     with pytest.raises(UsageError, match=r"unknown kind of file\. Fix: give \.csv rows"):
         predict_file(run, tmp_path / "x.txt", tmp_path / "p.csv")
+
+
+def test_a_run_that_held_out_no_rows_is_evaluated_on_its_training_rows(tmp_path):
+    import pandas as pd
+
+    from d2lrun.reload import evaluate_run, load_run
+
+    x = torch.linspace(-1, 1, 50)
+    pd.DataFrame({"x": x, "y": 3 * x + 1}).to_csv(tmp_path / "t.csv", index=False)
+    folder = trained(tmp_path / "run", "dataset=csv", f"dataset.path={tmp_path / 't.csv'}",
+                     "dataset.target=y", "dataset.val_fraction=0", "trainer.epochs=2")  # fmt: skip
+    final = json.loads((folder / "metrics.json").read_text())["final"]
+    metrics = evaluate_run(load_run(folder))
+    assert set(metrics) == {"train_loss", "train_rmse"}
+    assert metrics["train_rmse"] == final["train_rmse"]  # evaluated after its last epoch, as here
