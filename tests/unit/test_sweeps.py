@@ -234,6 +234,10 @@ def test_heatmap_colours_each_jobs_cell_by_its_best_value_and_failures_grey(tmp_
     texts = {tuple(t.get_position()): t.get_text() for t in ax.texts}
     assert texts == {(0, 0): "0.4", (0, 1): "0.3", (1, 0): "0.1", (1, 1): "0.2", (2, 0): "diverged",
                      (2, 1): "0.9"}  # fmt: skip
+    ink = {tuple(t.get_position()): t.get_color() for t in ax.texts}  # readable on its cell
+    assert (ink[(2, 1)], ink[(1, 0)], ink[(2, 0)]) == ("white", "black", "dimgray")
+    assert tuple(figures[0].get_size_inches()) == pytest.approx((5.8, 3.5))  # 3 x 2 cells
+    assert ax.get_title() == "best_val_loss (sweep)"
 
     image = imread(s / "heatmap.png")[:, :, :3]  # png() writes 100 dots per inch
     scale = 100 / figures[0].dpi
@@ -375,3 +379,90 @@ def test_resume_refuses_to_change_what_the_weights_mean_in_one_line():
         UsageError, match=r"cannot change seed \(the run has seed=0, asked seed=1\)"
     ):
         check_same_meaning(saved, compose(["model=mlp", "dataset=fashion_mnist", "seed=1"]), "x")
+
+
+def test_the_printed_table_has_the_best_job_first_in_bold_and_failures_in_red(
+    tmp_path, capsys, monkeypatch
+):
+    """What `d2lrun -m` prints at the end, line for line: counts, the table (4 significant digits,
+    empty cells where a job has no value), the best row bold, a failure red with its reason."""
+    import rich.console
+
+    s = tmp_path / "sweep"
+    s.mkdir()
+
+    def acc(final, best, epoch, seconds):
+        return {"status": "completed", "final": {"epoch": 3, "val_acc": final},
+                "wall_seconds": seconds, "best": {"epoch": epoch, "metric": "val_acc",
+                "value": best}}  # fmt: skip
+
+    write_job(s, 0, ["optim.lr=0.01", "model=softmax"], acc(0.7123456, 0.7123456, 3, 12.3456))
+    write_job(s, 1, ["optim.lr=0.1", "model=softmax"], acc(0.8012345, 0.8123456, 2, 11.0))
+    reason = "the training loss became nan at epoch 1, batch 3. Fix: lower optim.lr (now 10)."
+    write_job(s, 2, ["optim.lr=10", "model=softmax"],
+              {"status": "diverged", "reason": reason, "wall_seconds": 0.5})  # fmt: skip
+    assert (
+        sweep.report(s) == f"1 of 3 sweep jobs did not complete (1 diverged); see {s}/summary.csv"
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        f"sweep {s}: 2 completed, 1 diverged",
+        "┏━━━━━┳━━━━━━━━━━┳━━━━━━━━━━━┳━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━┳━━━━━━━━━━━━┳━━━━━━━━━┓",
+        "┃ job ┃ optim.lr ┃ status    ┃ final_val_acc ┃ best_val_acc ┃ best_epoch ┃ seconds ┃",
+        "┡━━━━━╇━━━━━━━━━━╇━━━━━━━━━━━╇━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━╇━━━━━━━━━━━━╇━━━━━━━━━┩",
+        "│   1 │      0.1 │ completed │        0.8012 │       0.8123 │          2 │      11 │",
+        "│   0 │     0.01 │ completed │        0.7123 │       0.7123 │          3 │   12.35 │",
+        "│   2 │       10 │ diverged  │               │              │            │     0.5 │",
+        "└─────┴──────────┴───────────┴───────────────┴──────────────┴────────────┴─────────┘",
+        f"job 2 diverged: {reason}",
+        f"wrote {s}/summary.csv",  # one swept key: no heatmap
+    ]
+
+    class Terminal(rich.console.Console):  # a terminal with colours, as a user sees it
+        def __init__(self, **kw):
+            super().__init__(**kw | {"force_terminal": True, "color_system": "standard",
+                                     "width": 200})  # fmt: skip
+
+    monkeypatch.setattr(rich.console, "Console", Terminal)
+    sweep.report(s)
+    lines = capsys.readouterr().out.splitlines()
+    plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines]
+    best, second, failed, why = (lines[plain.index(x)] for x in (
+        "│   1 │      0.1 │ completed │        0.8012 │       0.8123 │          2 │      11 │",
+        "│   0 │     0.01 │ completed │        0.7123 │       0.7123 │          3 │   12.35 │",
+        "│   2 │       10 │ diverged  │               │              │            │     0.5 │",
+        f"job 2 diverged: {reason}"))  # fmt: skip
+    bold, red = "\x1b[1m", "\x1b[31m"
+    assert bold in best and red not in best
+    assert bold not in second and red not in second
+    assert red in failed and red in why
+
+
+def test_a_search_sweeps_heatmap_is_a_dot_per_trial_on_log_axes_failures_as_red_crosses(
+    tmp_path, monkeypatch
+):
+    """Trials that do not fill a grid (Optuna's): one dot per trial coloured by its best value on a
+    log colour scale when the values span more than a decade, log axes where the values do."""
+    from matplotlib.colors import LogNorm
+
+    s = tmp_path / "sweep"
+    s.mkdir()
+    trials = [("0.001", "1e-05", 0.5), ("0.01", "0.001", 0.04), ("0.1", "0.0001", 0.2)]
+    for num, (lr, wd, value) in enumerate(trials):
+        write_job(s, num, [f"optim.lr={lr}", f"optim.weight_decay={wd}"], done(value))
+    write_job(s, 3, ["optim.lr=1", "optim.weight_decay=0.01"],
+              {"status": "diverged", "reason": "nan", "wall_seconds": 0.1})  # fmt: skip
+    figures = []
+    monkeypatch.setattr(sweep, "png", lambda fig: figures.append(fig) or png(fig))
+    sweep.report(s, show=False)
+
+    ax, colorbar = figures[0].axes
+    dots, crosses = ax.collections
+    got = sorted(zip(map(tuple, dots.get_offsets().tolist()), dots.get_array(), strict=True))
+    assert got == [((0.001, 1e-05), 0.5), ((0.01, 0.001), 0.04), ((0.1, 0.0001), 0.2)]
+    assert isinstance(dots.norm, LogNorm)  # 0.04 .. 0.5: more than a decade
+    assert crosses.get_offsets().tolist() == [[1.0, 0.01]]
+    assert matplotlib.colors.to_hex(crosses.get_facecolor()[0]) == "#ff0000"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["failed"]
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("optim.lr", "optim.weight_decay")
+    assert ax.get_title() == "best_val_loss (sweep)" and colorbar.get_ylabel() == "best_val_loss"
