@@ -168,3 +168,54 @@ def test_several_runs_curves_are_drawn_by_helpers_in_order():
     plots = [([{"epoch": e, "train_loss": 1 / (e + k), "val_loss": 2 / (e + k)} for e in (1, 2)],
               f"run {k}") for k in range(5)]  # fmt: skip
     assert curves_pngs(plots) == [curves_png(rows, title) for rows, title in plots]
+
+
+def test_curves_are_the_books_plot_loss_and_accuracy_per_epoch_train_and_val():
+    from d2lrun.files import curves_figure
+
+    rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": 0.5 + e / 10, "val_loss": 1.5 / e,
+             "val_acc": 0.4 + e / 10} for e in (1, 2, 3)]  # fmt: skip
+    fig = curves_figure(rows, "softmax on fashion_mnist")
+    assert fig._suptitle.get_text() == "softmax on fashion_mnist"
+    assert tuple(fig.get_size_inches()) == (9.0, 3.5)  # two panels side by side
+    loss, acc = fig.axes
+    for ax, label, scale, key in (
+        (loss, "loss", "log", "loss"),
+        (acc, "accuracy", "linear", "acc"),
+    ):
+        assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_yscale()) == ("epoch", label, scale)
+        train, val = ax.get_lines()
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend == [f"train {label}", f"val {label}"]
+        assert (train.get_linestyle(), val.get_linestyle()) == ("-", "--")
+        assert train.get_marker() == val.get_marker() == "o"  # up to 30 epochs: each one marked
+        assert list(train.get_xdata()) == [1, 2, 3]
+        assert list(train.get_ydata()) == [r[f"train_{key}"] for r in rows]
+        assert list(val.get_ydata()) == [r[f"val_{key}"] for r in rows]
+    assert loss.xaxis.get_major_locator()._integer  # whole epochs on the axis
+
+    # Regression without held-out rows, 31 epochs, a loss that reaches 0: one linear panel.
+    rows = [{"epoch": e, "train_loss": 30 - e + 1, "train_rmse": 1.0} for e in range(1, 32)]
+    fig = curves_figure(rows)
+    (only,) = fig.axes
+    (train,) = only.get_lines()
+    assert tuple(fig.get_size_inches()) == (4.5, 3.5)
+    assert only.get_yscale() == "linear" and train.get_marker() == "None"
+    assert [t.get_text() for t in only.get_legend().get_texts()] == ["train loss"]
+
+
+def test_a_runs_curves_come_from_its_helper_process_or_are_drawn_here_without_one():
+    from d2lrun.files import Plotter
+
+    rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e} for e in (1, 2)]
+    with Plotter() as draw:
+        helper = draw.helper
+        assert draw(rows, "linreg") == curves_png(rows, "linreg")
+    assert helper.returncode == 0  # it drew the picture and ended
+    with Plotter() as draw:
+        draw.helper.kill()  # a helper that died (or never started): drawn in this process
+        draw.helper.wait()
+        assert draw(rows, "linreg") == curves_png(rows, "linreg")
+    with Plotter() as draw:  # the command ended without a plot: its helper goes with it
+        helper = draw.helper
+    assert helper.poll() is not None
