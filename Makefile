@@ -57,7 +57,7 @@ mutation: install
 
 # Counts per module from `mutmut results --all true` ("  d2lrun.trainer.x_fit__mutmut_3: killed").
 define MUTATION_SCORES
-import collections, json, os, platform, re, sys
+import collections, json, os, platform, re, subprocess, sys
 counts, survivors = collections.defaultdict(collections.Counter), []
 for line in sys.stdin:
     m = re.match(r"\s*((d2lrun\.[\w.]+?)\.x\S*__mutmut_\d+): (.+)", line)
@@ -66,7 +66,9 @@ for line in sys.stdin:
         survivors += [m[1]] if m[3].strip() != "killed" else []
 modules = {m: {"mutants": sum(c.values()), **c} for m, c in sorted(counts.items())}
 killed = sum(c["killed"] for c in counts.values())
-print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "killed": killed,
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+print(json.dumps({"commit": commit.stdout.strip(),
+                  "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "killed": killed,
                   "mutants": sum(c["mutants"] for c in modules.values()), "modules": modules,
                   "not_killed": survivors}, indent=1))
 endef

@@ -291,10 +291,17 @@ def read_inputs(run: SavedRun, path: Path):
         from d2lrun.data.csv import read_table
 
         return read_table(path, "input", run.spec.na_values)
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.suffix == ".pt":
-        return torch.load(path, weights_only=True)
+    try:  # never unpickling: a file of Python objects could run code when loaded
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".pt":
+            return torch.load(path, weights_only=True)
+    except (ValueError, pickle.UnpicklingError, RuntimeError, OSError) as e:
+        raise UsageError(
+            f"input={path} cannot be read as images without unpickling Python objects "
+            f"({type(e).__name__}), which d2lrun never does. Fix: save a uint8 array of images "
+            f"with np.save or torch.save."
+        ) from None
     raise UsageError(
         f"input={path}: unknown kind of file. Fix: give .csv rows, or .npy / .pt uint8 images."
     )

@@ -337,10 +337,10 @@ def test_run_overrides_put_the_saved_runs_absolute_data_root(tmp_path):
 
 def trained(run_dir, *overrides):
     """A run trained by d2lrun.job into run_dir, on the CPU, as `d2lrun OVERRIDES` would."""
-    from d2lrun.job import train_job
+    from d2lrun.job import train
 
     args = ["device=cpu", "trainer.progress=false", *overrides]
-    train_job(compose(args), run_dir, args, log=lambda *_: None)
+    train(compose(args), run_dir, args, log=lambda *_: None)
     return run_dir
 
 
@@ -359,7 +359,8 @@ def table_run(tmp_path_factory):
     frame = pd.DataFrame({"Id": range(n), "size": size, "color": color, "price": price})
     frame.to_csv(tmp / "t.csv", index=False)
     run = trained(tmp / "run", "dataset=csv", f"dataset.path={tmp / 't.csv'}",
-                  "dataset.target=price", "dataset.drop=[Id]", "trainer.epochs=3")  # fmt: skip
+                  "dataset.target=price", "dataset.drop=[Id]", "trainer.epochs=3",
+                  "trainer.log_rmse=true")  # fmt: skip
     return run, frame
 
 
@@ -395,30 +396,38 @@ def test_load_run_gives_the_final_weights_config_and_files_of_the_run(table_run)
         run.file("eval.json")
 
 
-def test_load_run_of_one_checkpoint_has_that_checkpoints_weights(table_run):
+def test_load_run_of_one_checkpoint_has_that_checkpoints_weights(table_run, tmp_path):
     from d2lrun.reload import load_run
 
     folder, _ = table_run
-    best = torch.load(folder / "best.pt", weights_only=True)
-    run = load_run(ckpt=folder / "best.pt")
-    assert run.checkpoint == folder / "best.pt"
-    assert all(torch.equal(v, best["model"][k]) for k, v in run.model.state_dict().items())
+    ckpt = torch.load(folder / "best.pt", weights_only=True)
+    ckpt["model"] = {k: v * 2 for k, v in ckpt["model"].items()}  # unlike model.pt beside it
+    save_torch(folder / "other.pt", ckpt)
+    run = load_run(ckpt=folder / "other.pt")
+    assert run.checkpoint == folder / "other.pt"
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in run.model.state_dict().items())
+    with pytest.raises(UsageError, match=r"model\.pt is a bare state_dict without its config; "
+                       r"reloading needs last\.pt or best\.pt"):  # fmt: skip
+        load_run(ckpt=folder / "model.pt")
 
 
 def test_load_run_refuses_overrides_that_change_what_the_weights_mean(table_run):
     from d2lrun.reload import load_run
 
     folder, _ = table_run
-    with pytest.raises(UsageError, match=r"cannot change model\.name \(the run has model\.name="
-                       r"linreg, asked model\.name=mlp\)\. Fix: drop model=mlp"):  # fmt: skip
+    with pytest.raises(UsageError) as e:
         load_run(folder, overrides=["model=mlp"])
+    assert str(e.value) == (
+        f"{folder / 'last.pt'} cannot change model.name (the run has model.name=linreg, asked "
+        f"model.name=mlp). Fix: drop model=mlp, or start a new run."
+    )
     assert load_run(folder, overrides=["trainer.epochs=9"]).config.trainer.epochs == 9
 
 
 def test_evaluate_run_gives_the_runs_own_final_validation_metrics(table_run, image_run):
     from d2lrun.reload import evaluate_run, load_run
 
-    for folder, keys in ((table_run[0], ("val_loss", "val_rmse")),
+    for folder, keys in ((table_run[0], ("val_loss", "val_rmse", "val_log_rmse")),
                          (image_run[0], ("val_loss", "val_acc"))):  # fmt: skip
         final = json.loads((folder / "metrics.json").read_text())["final"]
         metrics = evaluate_run(load_run(folder))
@@ -493,6 +502,52 @@ def test_predict_takes_uint8_images_one_or_many(image_run, tmp_path):
     (tmp_path / "x.txt").write_text("1 2 3")
     with pytest.raises(UsageError, match=r"unknown kind of file\. Fix: give \.csv rows"):
         predict_file(run, tmp_path / "x.txt", tmp_path / "p.csv")
+
+
+def test_inputs_that_would_unpickle_python_objects_are_refused(image_run, tmp_path):
+    import numpy as np
+
+    from d2lrun.reload import load_run, predict_file
+
+    run = load_run(image_run[0])
+    np.save(tmp_path / "objects.npy", np.array([{"image": 1}], dtype=object), allow_pickle=True)
+    torch.save({"x": Exploit()}, tmp_path / "exploit.pt")
+    if os.path.exists("/tmp/d2lrun_pwned"):
+        os.remove("/tmp/d2lrun_pwned")
+    for name, kind in (("objects.npy", "ValueError"), ("exploit.pt", "UnpicklingError")):
+        with pytest.raises(UsageError) as e:
+            predict_file(run, tmp_path / name, tmp_path / "p.csv")
+        assert str(e.value) == (
+            f"input={tmp_path / name} cannot be read as images without unpickling Python objects "
+            f"({kind}), which d2lrun never does. Fix: save a uint8 array of images with np.save "
+            f"or torch.save."
+        )
+    assert not os.path.exists("/tmp/d2lrun_pwned") and not (tmp_path / "p.csv").exists()
+
+
+def test_a_table_runs_inputs_are_rows_whatever_the_files_name(table_run, tmp_path):
+    from d2lrun.reload import load_run, predict_file
+
+    folder, frame = table_run
+    frame.drop(columns="price").head(3).to_csv(tmp_path / "new_rows.txt", index=False)
+    assert predict_file(load_run(folder), tmp_path / "new_rows.txt", tmp_path / "out.csv") == 3
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(UsageError, match=r"^input=.*empty\.txt is empty\. Fix: give a CSV file"):
+        predict_file(load_run(folder), tmp_path / "empty.txt", tmp_path / "out.csv")
+
+
+def test_eval_of_a_k_fold_run_scores_the_rows_that_fold_held_out(table_run, tmp_path):
+    from d2lrun.reload import evaluate_run, load_run
+
+    path = load_run(table_run[0]).config.dataset.path
+    folder = trained(tmp_path / "kfold", "dataset=csv", f"dataset.path={path}",
+                     "dataset.target=price", "dataset.drop=[Id]", "dataset.folds=3",
+                     "trainer.epochs=2")  # fmt: skip
+    for i in range(3):
+        final = json.loads((folder / f"fold_{i}" / "metrics.json").read_text())["final"]
+        assert evaluate_run(load_run(folder / f"fold_{i}")) == {
+            k: final[k] for k in ("val_loss", "val_rmse")
+        }
 
 
 def test_a_run_that_held_out_no_rows_is_evaluated_on_its_training_rows(tmp_path):
