@@ -187,8 +187,8 @@ def test_log_rmse_refuses_a_target_with_values_at_or_below_zero_in_its_own_units
         "(smallest -1). Fix: trainer.log_rmse=false."
     )
     unscaled = Spec(dataset="synthetic", task="regression", num_inputs=1, num_outputs=1)
-    with pytest.raises(UsageError, match=r"and it has values <= 0 \(smallest 0\)"):
-        check_positive_target(Split(x, torch.tensor([[0.0], [3.0]])), Split(x, x + 1), unscaled)
+    with pytest.raises(UsageError, match=r"and it has values <= 0 \(smallest -1\.5\)"):
+        check_positive_target(Split(x, torch.tensor([[-1.5], [3.0]])), Split(x, x + 1), unscaled)
 
 
 def test_a_run_on_generated_data_says_what_it_learned_against_the_truth(tmp_path):
@@ -224,3 +224,16 @@ def test_a_model_without_bias_or_with_many_weights_says_it_in_one_line(tmp_path)
     assert "b" not in learned and len(w) == 4
     assert learned["w_error"] == pytest.approx([5 - w[0], 1.2 - w[1], -3.4 - w[2], 5.6 - w[3]])
     assert lines[-1] == f"weight: {[round(x, 4) for x in w]}  (true: [5.0, 1.2, -3.4, 5.6])"
+
+
+def test_resume_restores_the_history_and_the_best_epoch_so_far(tmp_path):
+    from d2lrun.job import restore
+    from d2lrun.trainer import Trainer
+
+    run_job(tmp_path)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    model = linreg()
+    trainer = Trainer(**compose(["device=cpu"]).trainer)
+    history = restore(ckpt, model, sgd(model), trainer)
+    assert (history.rows, history.best, trainer.epoch) == (ckpt["history"], ckpt["best"], 3)
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
