@@ -124,9 +124,10 @@ def test_stale_temporaries_of_dead_writers_go_and_live_ones_stay(tmp_path):
     process's own stay (their writes may still finish), other files are never touched."""
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()  # a process id that no longer runs
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     names = {
         "stale": f".last.pt.tmp{dead.pid}",
-        "alive": f".best.pt.tmp{os.getppid()}",
+        "alive": f".best.pt.tmp{live.pid}",
         "own": f".metrics.json.tmp{os.getpid()}",
         "not a pid": ".curves.png.tmpabc",
         "a run file": "last.pt",
@@ -137,6 +138,9 @@ def test_stale_temporaries_of_dead_writers_go_and_live_ones_stay(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         n for k, n in names.items() if k != "stale"
     )
+    assert live.poll() is None  # only asked whether it runs: the live writer is not signalled
+    live.kill()
+    live.wait()
 
 
 def test_a_held_folder_is_refused_until_its_holder_lets_go(tmp_path):
@@ -147,6 +151,19 @@ def test_a_held_folder_is_refused_until_its_holder_lets_go(tmp_path):
     second = hold(tmp_path)
     assert second is not None
     second.close()
+
+
+def test_a_waiting_holder_gets_the_folder_when_its_holder_lets_go(tmp_path):
+    """Two sweeps run into one folder: the second waits for the job the first trains."""
+    first, got = hold(tmp_path), []
+    waiter = threading.Thread(target=lambda: got.append(hold(tmp_path, wait=True)))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and not got  # still waiting
+    first.close()
+    waiter.join(10)
+    assert got and got[0] is not None
+    got[0].close()
 
 
 def test_when_every_suffix_is_taken_the_error_names_the_folder(tmp_path, monkeypatch):

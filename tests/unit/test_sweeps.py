@@ -466,3 +466,45 @@ def test_a_search_sweeps_heatmap_is_a_dot_per_trial_on_log_axes_failures_as_red_
     assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("optim.lr", "optim.weight_decay")
     assert ax.get_title() == "best_val_loss (sweep)" and colorbar.get_ylabel() == "best_val_loss"
+
+
+def test_the_counts_line_follows_the_table_and_a_sweep_without_a_completed_job_says_so(
+    tmp_path, capsys
+):
+    s = tmp_path / "sweep"
+    s.mkdir()
+    grid = [(lr, wd) for lr in ("0.1", "1") for wd in ("0", "0.001")]
+    endings = [done(0.2), {"status": "failed"}, {"status": "diverged"}, {"status": "diverged"}]
+    for num, ((lr, wd), ending) in enumerate(zip(grid, endings, strict=True)):
+        write_job(s, num, [f"optim.lr={lr}", f"optim.weight_decay={wd}"], ending)
+    assert sweep.report(s).startswith("3 of 4 sweep jobs did not complete (1 failed, 2 diverged)")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"sweep {s}: 1 completed, 1 failed, 2 diverged"  # the table's order
+    assert out[-1] == f"wrote {s}/summary.csv, {s}/heatmap.png"  # two swept numbers: a heatmap
+
+    none = tmp_path / "none"
+    none.mkdir()
+    for num in range(2):
+        write_job(none, num, [f"optim.lr={num + 1}"], {"status": "diverged"})
+    assert sweep.report(none, show=False) == (
+        f"2 of 2 sweep jobs did not complete (2 diverged); see {none}/summary.csv"
+    )
+
+
+def test_a_search_sweep_stopped_early_lists_the_trials_it_did_not_run(tmp_path):
+    """Optuna's n_trials: the trials that never started are rows of their own, 'missing'."""
+    s = tmp_path / "sweep"
+    s.mkdir()
+    OmegaConf.save({"hydra": {
+        "sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+                    "n_trials": 4, "params": {"optim.lr": "tag(log, interval(0.001, 1))"}},
+        "overrides": {"task": ["trainer.epochs=2"]}}}, s / "multirun.yaml")  # fmt: skip
+    write_job(s, 0, ["optim.lr=0.01", "trainer.epochs=2"], done(0.3))
+    write_job(s, 1, ["optim.lr=0.2", "trainer.epochs=2"], done(0.1))
+    assert sweep.report(s, show=False) == (
+        f"2 of 4 sweep jobs did not complete (2 missing); see {s}/summary.csv"
+    )
+    rows = list(csv.DictReader(open(s / "summary.csv")))
+    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [
+        ("1", "0.2", "completed"), ("0", "0.01", "completed"), ("2", "", "missing"),
+        ("3", "", "missing")]  # fmt: skip
