@@ -236,3 +236,18 @@ def test_a_runs_curves_come_from_its_helper_process_or_are_drawn_here_without_on
     with Plotter() as draw:  # the command ended without a plot: its helper goes with it
         helper = draw.helper
     assert helper.poll() is not None
+
+
+def test_a_suffix_that_cannot_be_made_is_named_in_the_error(tmp_path, monkeypatch):
+    def mkdir(self, *args, **kwargs):
+        if self == tmp_path / "run":
+            raise FileExistsError(17, "File exists")
+        if self == tmp_path / "run_2":
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(RunFailed) as e:
+        claim_dir(tmp_path / "run")
+    assert str(e.value).startswith(
+        f"cannot write the output directory {tmp_path / 'run_2'} (Permission denied). Fix:"
+    )

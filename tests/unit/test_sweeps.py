@@ -508,3 +508,20 @@ def test_a_search_sweep_stopped_early_lists_the_trials_it_did_not_run(tmp_path):
     assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [
         ("1", "0.2", "completed"), ("0", "0.01", "completed"), ("2", "", "missing"),
         ("3", "", "missing")]  # fmt: skip
+
+
+def test_a_job_stopped_by_a_signal_ends_the_sweep_with_its_exit_code_and_how_to_finish(tmp_path):
+    import signal
+
+    from d2lrun.errors import Interrupted
+
+    stop = Interrupted("interrupted by SIGTERM after epoch 2; the last complete epoch is saved.",
+                       signal.SIGTERM)  # fmt: skip
+    with pytest.raises(Interrupted) as e:
+        sweep.job_failed(stop, tmp_path / "sweep" / "3", tmp_path / "sweep")
+    assert e.value.exit_code == 143  # 128 + SIGTERM, as the job's own exit would be
+    assert str(e.value) == (
+        f"{stop} To finish the sweep, run the same command again with "
+        f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    )
+    assert not (tmp_path / "sweep").exists()  # nothing recorded as failed: the job goes on later

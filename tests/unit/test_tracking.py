@@ -94,7 +94,7 @@ def plan(sweep, *overrides):
 
 def test_a_sweep_over_models_is_one_experiment_named_after_its_folder(tmp_path, monkeypatch):
     """The name a sweep's job (d2lrun.sweeps.run_job) gives its tracker."""
-    from d2lrun.sweeps import run_job
+    from d2lrun.sweeps import run_job, sweep_experiment
 
     names = []
     opened_as(monkeypatch, names)
@@ -107,6 +107,12 @@ def test_a_sweep_over_models_is_one_experiment_named_after_its_folder(tmp_path, 
     run_job(compose([*job, "optim.lr=0.1"]), tmp_path / "0", swept, tmp_path, 0)
     assert names[1] == "mlp-synthetic"
     assert experiment_name(compose(job), None, f"sweep {tmp_path}") == f"sweep {tmp_path}"
+    for swept in ("dataset=synthetic,kernel", "experiment=ch3_linreg_scratch,ch3_linreg_concise",
+                  "+model=linreg,mlp"):  # fmt: skip
+        plan(tmp_path, swept)
+        assert sweep_experiment(tmp_path) == f"sweep {tmp_path}"
+    plan(tmp_path, "seed=0,1", "model=mlp")
+    assert sweep_experiment(tmp_path) is None  # one model on one dataset: its usual experiment
 
 
 def test_a_relative_sqlite_store_is_saved_absolute_for_resume_from_anywhere(tmp_path, monkeypatch):
