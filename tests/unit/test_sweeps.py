@@ -525,3 +525,14 @@ def test_a_job_stopped_by_a_signal_ends_the_sweep_with_its_exit_code_and_how_to_
         f"hydra.sweep.dir={tmp_path / 'sweep'}"
     )
     assert not (tmp_path / "sweep").exists()  # nothing recorded as failed: the job goes on later
+
+
+def test_an_override_value_holding_an_equals_sign_stays_whole_in_the_table(tmp_path):
+    s = tmp_path / "sweep"
+    s.mkdir()
+    for num, path in enumerate(["/data/a=1.csv", "/data/a=2.csv"]):
+        write_job(s, num, [f"dataset.path={path}"], done(0.1 * (num + 1)))
+    sweep.report(s, show=False)
+    rows = list(csv.DictReader(open(s / "summary.csv")))
+    assert [(r["job"], r["dataset.path"]) for r in rows] == [("0", "/data/a=1.csv"),
+                                                             ("1", "/data/a=2.csv")]  # fmt: skip
