@@ -396,7 +396,7 @@ def test_load_run_gives_the_final_weights_config_and_files_of_the_run(table_run)
         run.file("eval.json")
 
 
-def test_load_run_of_one_checkpoint_has_that_checkpoints_weights(table_run, tmp_path):
+def test_load_run_of_one_checkpoint_has_that_checkpoints_weights(table_run):
     from d2lrun.reload import load_run
 
     folder, _ = table_run
