@@ -165,10 +165,8 @@ class Run:
                         "resumed_from": str(cfg.resume) if cfg.resume else None,
                         "restarts": extra["restarts"]}  # fmt: skip
         # Higher accuracy, or lower loss, is better; without a validation split, the training one.
-        self.classify, self.title = (
-            spec.task == "classification",
-            f"{cfg.model.name} on {spec.dataset}",
-        )
+        self.classify = spec.task == "classification"
+        self.title = f"{cfg.model.name} on {spec.dataset}"
         self.metric = ("val_" if len(self.val) else "train_") + ("acc" if self.classify else "loss")
 
     def on_epoch(self, row: dict) -> None:
