@@ -113,13 +113,15 @@ def write_csv(path: str | Path, rows: list[dict]) -> Path:
     return atomic_write(path, buf.getvalue().encode())
 
 
-def save_torch(path: str | Path, obj) -> Path:
-    """torch.save to memory, then write atomically: a failed write leaves the old file intact."""
+def save_torch(paths: str | Path | list[Path], obj) -> None:
+    """torch.save to memory once, then write each path atomically: a failed write leaves the old
+    file intact (best.pt and last.pt of an epoch are the same bytes, serialized once)."""
     import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    return atomic_write(path, buf.getvalue())
+    for path in paths if isinstance(paths, list) else [paths]:
+        atomic_write(path, buf.getvalue())
 
 
 def curves_figure(rows: list[dict], title: str = ""):

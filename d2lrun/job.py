@@ -176,11 +176,10 @@ class Run:
         if best is None or (value > best["value"] if self.classify else value < best["value"]):
             best = {"epoch": trainer.epoch, "metric": self.metric, "value": value}
         snapshot = checkpoint(self.model, self.optimizer, trainer, History(rows, best), self.extra)
-        if best is not history.best:
-            save_torch(self.run_dir / "best.pt", snapshot)
         due = trainer.epoch % trainer.checkpoint_every == 0 or trainer.epoch == trainer.epochs
-        if due:
-            save_torch(self.run_dir / "last.pt", snapshot)
+        names = ["best.pt"] * (best is not history.best) + ["last.pt"] * due
+        if names:
+            save_torch([self.run_dir / name for name in names], snapshot)
         # The history moves on in one assignment, which no signal handler interrupts (they run at
         # calls): Ctrl-C or SIGTERM above leaves it at the epoch before, as the files on disk are.
         history.rows, history.best, history.pending = rows, best, None if due else snapshot

@@ -48,9 +48,10 @@ def test_checkpoint_every_skips_epochs_but_always_saves_the_last(tmp_path, monke
     saved = []
     original = d2lrun.job.save_torch
 
-    def save_torch(path, obj):
-        saved.append((path.name, obj.get("epoch")))  # model.pt: a state_dict, no epoch
-        return original(path, obj)
+    def save_torch(paths, obj):
+        for path in paths if isinstance(paths, list) else [paths]:
+            saved.append((path.name, obj.get("epoch")))  # model.pt: a state_dict, no epoch
+        return original(paths, obj)
 
     monkeypatch.setattr(d2lrun.job, "save_torch", save_torch)
     run_job(tmp_path, "trainer.epochs=5", "trainer.checkpoint_every=2")

@@ -26,7 +26,7 @@ from d2lrun.reload import (
 
 def save_checkpoint(path, ckpt):
     """A checkpoint as the job writes it: its dict, marked as d2lrun's format."""
-    return save_torch(path, {"format": FORMAT, **ckpt})
+    save_torch(path, {"format": FORMAT, **ckpt})
 
 
 class Exploit:
