@@ -15,7 +15,33 @@ class BatchedLauncher(BasicLauncher):
         super().__init__()
         self.max_members = max_members
 
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        hydra_context.config_loader = Composed(hydra_context.config_loader)  # the sweeper's too
+
     def launch(self, job_overrides, initial_job_idx):
         from d2lrun.batched import launch
 
         return launch(self, job_overrides, initial_job_idx)
+
+
+class Composed:
+    """Hydra's config loader, keeping what it composes for `take`: Hydra's basic sweeper composes
+    every job to check it, then hands the launcher the overrides to compose again (0.08 s a job
+    here, a tenth of a 16-job softmax sweep's time). The launcher takes the sweeper's."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.kept = loader, {}
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        cfg = self.loader.load_sweep_config(master_config, list(sweep_overrides))
+        self.kept[tuple(sweep_overrides)] = cfg
+        return cfg
+
+    def take(self, master_config, sweep_overrides):
+        """The job's config: the one composed before (once), else composed now."""
+        cfg = self.kept.pop(tuple(sweep_overrides), None)
+        return cfg or self.loader.load_sweep_config(master_config, list(sweep_overrides))
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)

@@ -123,3 +123,22 @@ def test_jobs_group_by_all_but_the_member_keys_and_the_preset_is_the_launcher():
     launcher = compose(["hydra/launcher=batched"], with_hydra=True).hydra.launcher
     assert get_class(launcher._target_).__name__ == "BatchedLauncher"
     assert launcher.max_members is None
+
+
+def test_the_launcher_takes_each_job_config_the_sweeper_composed_and_never_one_twice():
+    from hydra_plugins.d2lrun_launcher.batched_launcher import Composed
+
+    class Loader:  # Hydra's config loader: a new config per call
+        calls = 0
+
+        def load_sweep_config(self, master_config, sweep_overrides):
+            self.calls += 1
+            return {"overrides": list(sweep_overrides), "call": self.calls}
+
+    loader = Composed(Loader())
+    checked = loader.load_sweep_config(None, ["optim.lr=0.1"])  # Hydra's basic sweeper checks it
+    assert loader.take(None, ["optim.lr=0.1"]) is checked  # the launcher takes it: no second one
+    # Again (a search sampler's repeated trial), or never checked: composed anew.
+    assert loader.take(None, ["optim.lr=0.1"]) == {"overrides": ["optim.lr=0.1"], "call": 2}
+    assert loader.take(None, ["optim.lr=1"])["call"] == 3
+    assert loader.calls == 3 and loader.kept == {}
