@@ -15,6 +15,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -26,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from d2lrun.app import STOP_SIGNALS, stop_signals
 from d2lrun.errors import Diverged, Interrupted
-from d2lrun.files import curves_pngs, hold, shown
+from d2lrun.files import Plotter, hold, shown
 from d2lrun.job import Run
 from d2lrun.stack import Stack, StackOptimizer, most_members, stackable
 from d2lrun.sweeps import finished_job, job_failed, prepared, score, sweep_experiment
@@ -96,11 +97,13 @@ def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]
         OmegaConf.resolve(cfg)  # while Hydra's config is this job's
         found[hc.job.num] = (cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
 
-    returns = {num: run(launcher, cfg, folder) for num, cfg in group}
-    with contextlib.ExitStack() as locks, stop_signals():
-        for num in nums:  # as run_job: of two sweeps run into one folder, one trains each job
-            locks.enter_context(hold(found[num][1], wait=True))
-        scores = train_group(launcher, found, sweep_dir)
+    # The plot helpers, one per core, import matplotlib while the stack trains.
+    with Plotter(min(len(group), os.cpu_count() or 1)) as plotter:
+        returns = {num: run(launcher, cfg, folder) for num, cfg in group}
+        with contextlib.ExitStack() as locks, stop_signals():
+            for num in nums:  # as run_job: of two sweeps run into one folder, one trains each job
+                locks.enter_context(hold(found[num][1], wait=True))
+            scores = train_group(launcher, found, sweep_dir, plotter)
     for num, value in scores.items():
         returns[num].return_value = value
     return returns
@@ -114,7 +117,7 @@ def run(launcher, cfg: DictConfig, task) -> JobReturn:
     return ret
 
 
-def train_group(launcher, found: dict, sweep_dir: Path) -> dict[int, float]:
+def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dict[int, float]:
     """The group's jobs that are still to do, trained as stacks: one per starting epoch and
     shuffling state (a job stopped earlier goes on from its last.pt), each of at most as many
     members as fit in memory. Each job's score."""
@@ -140,7 +143,7 @@ def train_group(launcher, found: dict, sweep_dir: Path) -> dict[int, float]:
                      "log": lambda line, num=num: print(f"job {num}: {line}", flush=True)}
                     for num, cfg, run_dir, overrides, ckpt in part]  # fmt: skip
             try:
-                ended = train_stack(jobs, sweep_dir=sweep_dir, experiment=experiment)
+                ended = train_stack(jobs, plotter, sweep_dir=sweep_dir, experiment=experiment)
             except Exception as e:  # a full disk, a bug: every member of the stack failed
                 for num, _, run_dir, _, _ in part:
                     scores[num] = job_failed(e, run_dir, sweep_dir)
@@ -170,10 +173,11 @@ def most_stack(members: list) -> int:
     return most_members(build_model(cfg.model, spec), cfg.trainer.batch_size, device)
 
 
-def train_stack(jobs: list[dict], **common) -> list[dict | Exception]:
+def train_stack(jobs: list[dict], plotter: Plotter | None = None, **common) -> list:
     """Runs whose configs differ only in what d2lrun.stack carries per member, trained as one
-    stack; each job a dict of train_job's arguments. Each run's summary, or how it ended
-    (Diverged, Interrupted). An error that ends them all (a full disk, a bug) is raised."""
+    stack; each job a dict of Run's arguments; plotter draws their curves. Each run's summary,
+    or how it ended (Diverged, Interrupted). An error that ends them all (a full disk, a bug) is
+    raised."""
     runs, generators = [], []
     for job in jobs:
         runs.append(Run(**job, **common))
@@ -230,9 +234,8 @@ def train_stack(jobs: list[dict], **common) -> list[dict | Exception]:
         raise
     going = [m for m in range(len(runs)) if ended[m] is None]
     plots = [(runs[m].history.rows, runs[m].title) for m in going]
-    for m, png in zip(going, curves_pngs(plots) if len(going) > 1 else [None], strict=False):
-        if png is not None:
-            runs[m].draw = lambda rows, title, png=png: png  # drawn side by side above
+    for m, png in zip(going, (plotter or Plotter(0)).many(plots), strict=True):
+        runs[m].draw = lambda rows, title, png=png: png  # drawn side by side above
         end(m, "completed")
     return ended
 

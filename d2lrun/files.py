@@ -166,57 +166,62 @@ def curves_png(rows: list[dict], title: str) -> bytes:
 
 
 class Plotter(contextlib.AbstractContextManager):
-    """curves.png drawn by a helper process, whose import of matplotlib runs beside torch's."""
+    """curves.png drawn by helper processes (`python -m d2lrun.files`), started ahead so that
+    their import of matplotlib (0.3-0.4 s) runs beside the command's work: before a run imports
+    torch, a tenth of the default run (`make startup`); while a stack of runs trains, one helper
+    per core draws its members' plots (0.1-0.3 s each) side by side (d2lrun.batched)."""
 
-    def __init__(self):
-        # Started before the command imports torch, the helper imports matplotlib (0.3-0.4 s) on
-        # another core: a tenth of the default run (`make startup`).
-        self.helper = None
-        with contextlib.suppress(OSError):
-            self.helper = subprocess.Popen(
-                [sys.executable, "-m", "d2lrun.files"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+    # Processes, not multiprocessing: its spawn imports the caller's main script again, which a
+    # script without `if __name__ == "__main__"` reruns.
+
+    def __init__(self, helpers: int = 1):
+        self.helpers = start_helpers(helpers)
 
     def __exit__(self, *exc) -> None:  # the command ended: a helper still waiting goes
-        if self.helper is not None and self.helper.poll() is None:
-            self.helper.kill()
-            self.helper.wait()
+        for helper in self.helpers:
+            helper.kill()
+            helper.wait()
 
     def __call__(self, rows: list[dict], title: str) -> bytes:
-        with contextlib.suppress(AttributeError, OSError, ValueError, subprocess.SubprocessError):
-            out, _ = self.helper.communicate(json.dumps([rows, title]).encode(), timeout=120)
-            if self.helper.returncode == 0 and out.startswith(b"\x89PNG"):
-                return out
-        return curves_png(rows, title)  # no helper (it could not start, or was killed): here
+        return self.many([(rows, title)])[0]
+
+    def many(self, plots: list[tuple[list[dict], str]]) -> list[bytes]:
+        """curves.png of each (rows, title), in order: by the helpers started ahead (each draws
+        once), else by new ones, one per core; where none can, here."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        helpers, self.helpers = self.helpers[: len(plots)], self.helpers[len(plots) :]
+        if not helpers and len(plots) > 1:
+            helpers = start_helpers(min(len(plots), os.cpu_count() or 1))
+        helpers = helpers or [None]
+        parts = [plots[i :: len(helpers)] for i in range(len(helpers))]
+        with ThreadPoolExecutor(len(helpers)) as pool:
+            drawn = list(pool.map(helper_pngs, helpers, parts))
+        return [drawn[i % len(helpers)][i // len(helpers)] for i in range(len(plots))]
 
 
-def curves_pngs(plots: list[tuple[list[dict], str]]) -> list[bytes]:
-    """curves.png of several runs (a stack's members, d2lrun.batched.train_stack), drawn by as
-    many helper processes as there are cores: 0.3 s a plot here, for 16 members 5 s in one."""
-    # Helpers started as `python -m d2lrun.files`, not by multiprocessing: its spawn imports the
-    # caller's main script again, which a script without `if __name__ == "__main__"` reruns.
-    from concurrent.futures import ThreadPoolExecutor
+def start_helpers(count: int) -> list[subprocess.Popen]:
+    helpers = []
+    with contextlib.suppress(OSError):  # none, or fewer: drawn here
+        for _ in range(count):
+            helpers.append(subprocess.Popen(
+                [sys.executable, "-m", "d2lrun.files"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+            ))  # fmt: skip
+    return helpers
 
-    workers = min(len(plots), os.cpu_count() or 1)
-    parts = [plots[i::workers] for i in range(workers)]
 
-    def draw(part: list) -> list[bytes]:
-        with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
-            helper = subprocess.run([sys.executable, "-m", "d2lrun.files"], timeout=600,
-                                    input=json.dumps({"plots": part}).encode(),
-                                    capture_output=True)  # fmt: skip
-            out, pngs = helper.stdout, []
-            while helper.returncode == 0 and len(out) >= 8:
-                size = int.from_bytes(out[:8], "big")
-                pngs, out = [*pngs, out[8 : 8 + size]], out[8 + size :]
-            if len(pngs) == len(part) and all(png.startswith(b"\x89PNG") for png in pngs):
-                return pngs
-        return [curves_png(*plot) for plot in part]  # no helper: here
-
-    with ThreadPoolExecutor(workers) as pool:
-        drawn = list(pool.map(draw, parts))
-    return [drawn[i % workers][i // workers] for i in range(len(plots))]
+def helper_pngs(helper: subprocess.Popen | None, plots: list) -> list[bytes]:
+    """The helper's PNG of each plot, each after its length; drawn here if it cannot."""
+    with contextlib.suppress(AttributeError, OSError, ValueError, subprocess.SubprocessError):
+        out, _ = helper.communicate(json.dumps(plots).encode(), timeout=600)
+        pngs = []
+        while helper.returncode == 0 and len(out) >= 8:
+            size = int.from_bytes(out[:8], "big")
+            pngs, out = [*pngs, out[8 : 8 + size]], out[8 + size :]
+        if len(pngs) == len(plots) and all(png.startswith(b"\x89PNG") for png in pngs):
+            return pngs
+    return [curves_png(*plot) for plot in plots]  # no helper (it could not start, or was killed)
 
 
 def shown(path: str | Path) -> str:
@@ -227,14 +232,9 @@ def shown(path: str | Path) -> str:
         return str(path)
 
 
-if __name__ == "__main__":  # Plotter's helper: matplotlib at once, then rows and title in, PNG out
-    import matplotlib.figure  # noqa: F401  (while the command imports torch)
+if __name__ == "__main__":  # Plotter's helper: matplotlib at once, then plots in, PNGs out
+    import matplotlib.figure  # noqa: F401  (while the command works)
 
-    if request := sys.stdin.buffer.read():  # empty when the command ended without a plot
-        plots = json.loads(request)
-        if isinstance(plots, dict):  # several (curves_pngs): each PNG after its length
-            for rows, title in plots["plots"]:
-                png = curves_png(rows, title)
-                sys.stdout.buffer.write(len(png).to_bytes(8, "big") + png)
-        else:
-            sys.stdout.buffer.write(curves_png(*plots))
+    for rows, title in json.loads(sys.stdin.buffer.read() or "[]"):  # none: it ended first
+        picture = curves_png(rows, title)  # not `png`: that is the function curves_png calls
+        sys.stdout.buffer.write(len(picture).to_bytes(8, "big") + picture)

@@ -14,10 +14,10 @@ import torch
 
 from d2lrun.errors import RunFailed
 from d2lrun.files import (
+    Plotter,
     atomic_write,
     claim_dir,
     curves_png,
-    curves_pngs,
     hold,
     remove_stale_temporaries,
     save_torch,
@@ -184,7 +184,13 @@ def test_several_runs_curves_are_drawn_by_helpers_in_order():
     """A stack's members' curves.png, drawn side by side: each the picture of its own rows."""
     plots = [([{"epoch": e, "train_loss": 1 / (e + k), "val_loss": 2 / (e + k)} for e in (1, 2)],
               f"run {k}") for k in range(5)]  # fmt: skip
-    assert curves_pngs(plots) == [curves_png(rows, title) for rows, title in plots]
+    with Plotter(2) as plotter:  # started ahead: each draws its share once
+        helpers = list(plotter.helpers)
+        assert plotter.many(plots) == [curves_png(rows, title) for rows, title in plots]
+        assert [h.returncode for h in helpers] == [0, 0] and plotter.helpers == []
+        # Then new ones, one per core; a single plot without a helper is drawn here.
+        assert plotter.many(plots[:2]) == [curves_png(*plot) for plot in plots[:2]]
+        assert plotter.many(plots[:1]) == [curves_png(*plots[0])]
 
 
 def test_curves_are_the_books_plot_loss_and_accuracy_per_epoch_train_and_val():
@@ -222,20 +228,19 @@ def test_curves_are_the_books_plot_loss_and_accuracy_per_epoch_train_and_val():
 
 
 def test_a_runs_curves_come_from_its_helper_process_or_are_drawn_here_without_one():
-    from d2lrun.files import Plotter
 
     rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e} for e in (1, 2)]
     with Plotter() as draw:
-        helper = draw.helper
+        (helper,) = draw.helpers
         assert draw(rows, "linreg") == curves_png(rows, "linreg")
     assert helper.returncode == 0  # it drew the picture and ended
     with Plotter() as draw:
-        draw.helper.kill()  # a helper that died (or never started): drawn in this process
-        draw.helper.wait()
+        draw.helpers[0].kill()  # a helper that died (or never started): drawn in this process
+        draw.helpers[0].wait()
         assert draw(rows, "linreg") == curves_png(rows, "linreg")
-    with Plotter() as draw:  # the command ended without a plot: its helper goes with it
-        helper = draw.helper
-    assert helper.poll() is not None
+    with Plotter(2) as draw:  # the command ended without a plot: its helpers go with it
+        helpers = list(draw.helpers)
+    assert all(h.poll() is not None for h in helpers)
 
 
 def test_a_suffix_that_cannot_be_made_is_named_in_the_error(tmp_path, monkeypatch):
