@@ -7,6 +7,7 @@ complete epoch and metrics.json says what happened.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,13 @@ from d2lrun.files import atomic_write, curves_png, save_torch, shown, write_csv,
 from d2lrun.models import build_model, loss_kind
 from d2lrun.models.init import apply_init
 from d2lrun.optim import Optimizer, build_optimizer
-from d2lrun.reload import FORMAT, MEANING, check_same_meaning, load_state_dict_strict
+from d2lrun.reload import (
+    FORMAT,
+    MEANING,
+    check_same_meaning,
+    continued,
+    load_state_dict_strict,
+)
 from d2lrun.tracking import experiment_name, open_tracker
 from d2lrun.trainer import Trainer, compiled, fit, loss_for
 
@@ -47,8 +54,18 @@ def train(
     wall, finals, log = time.perf_counter(), [], job.get("log", say)
     for i in range(k):
         log(f"fold {i + 1}/{k}")
+        folder, fold_cfg, ckpt = run_dir / f"fold_{i}", cfg, None
         try:
-            fold = train_job(cfg, run_dir / f"fold_{i}", overrides, fold=[k, i], **job)
+            if (folder / "last.pt").exists():  # a sweep's job run again (Slurm requeued it)
+                fold_cfg = cfg.copy()
+                ckpt = continued(fold_cfg, folder)
+                ended = folder / "metrics.json"
+                fold = json.loads(ended.read_text()) if ended.exists() else {}
+                if fold.get("status") == "completed":
+                    log(f"fold {i + 1}/{k}: completed before in {shown(folder)}; kept")
+                    finals.append(fold["final"])
+                    continue
+            fold = train_job(fold_cfg, folder, overrides, ckpt, fold=[k, i], **job)
         except (UsageError, RunFailed) as e:
             status = "diverged" if isinstance(e, Diverged) else "failed"
             write_json(run_dir / "metrics.json", {"status": status, "reason": f"fold {i}: {e}"})

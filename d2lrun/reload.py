@@ -171,6 +171,21 @@ def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[s
             )
 
 
+def continued(cfg: DictConfig, run_dir: Path) -> dict:
+    """The checkpoint of a sweep job's earlier attempt (or of one of its folds), to go on from,
+    when the same config wrote it; cfg.resume is then run_dir."""
+    saved = load_checkpoint(run_dir / "last.pt", needs="continuing")
+    now = OmegaConf.to_container(checked(cfg), resolve=True)
+    was, now = ({k: v for k, v in c.items() if k != "resume"} for c in (saved["config"], now))
+    if diff := first_difference(was, now, "config"):
+        raise UsageError(
+            f"{shown(run_dir)} holds a checkpoint of another config ({diff[0][7:]}={diff[1]} "
+            f"there, {diff[2]} now). Fix: another hydra.sweep.dir, or delete {shown(run_dir)}."
+        )
+    cfg.resume = str(run_dir)
+    return saved
+
+
 def first_difference(a, b, prefix: str):
     if isinstance(a, dict) and isinstance(b, dict):
         diffs = (first_difference(a.get(k), b.get(k), f"{prefix}.{k}") for k in {**a, **b})

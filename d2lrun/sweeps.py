@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.config import checked, explain
+from d2lrun.config import explain
 from d2lrun.errors import Bug, Interrupted, UsageError
 from d2lrun.files import atomic_write, hold, png, shown, write_json
 
@@ -77,6 +77,8 @@ def locked_job(cfg, run_dir: Path, overrides: list[str], sweep_dir: Path, num: i
 def prepared(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict | None:
     """The checkpoint a job starts from: ckpt, or its own last.pt when it was stopped before
     (Slurm requeued it, or the sweep was interrupted and run again)."""
+    from d2lrun.reload import continued
+
     if ckpt is None and (run_dir / "last.pt").exists():
         ckpt = continued(cfg, run_dir)
     (run_dir / "metrics.json").unlink(missing_ok=True)  # an earlier attempt's no longer counts
@@ -108,22 +110,6 @@ def job_failed(e: Exception, run_dir: Path, sweep_dir: Path) -> float:
     if not (run_dir / "metrics.json").exists():
         record_failure(run_dir, reason, error.exit_code)
     return -math.inf
-
-
-def continued(cfg: DictConfig, run_dir: Path) -> dict:
-    """The checkpoint of the job's earlier attempt, to go on from, when the same config wrote it."""
-    from d2lrun.reload import first_difference, load_checkpoint
-
-    saved = load_checkpoint(run_dir / "last.pt", needs="continuing")
-    now = OmegaConf.to_container(checked(cfg), resolve=True)
-    was, now = ({k: v for k, v in c.items() if k != "resume"} for c in (saved["config"], now))
-    if diff := first_difference(was, now, "config"):
-        raise UsageError(
-            f"{shown(run_dir)} holds a checkpoint of another config ({diff[0][7:]}={diff[1]} "
-            f"there, {diff[2]} now). Fix: another hydra.sweep.dir, or delete {shown(run_dir)}."
-        )
-    cfg.resume = str(run_dir)
-    return saved
 
 
 def record_failure(run_dir: Path, reason: str, exit_code: int) -> None:

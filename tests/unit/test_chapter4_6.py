@@ -18,7 +18,7 @@ from d2lrun.data import Split, fold_bounds, fold_rows
 from d2lrun.data.kaggle_house import download
 from d2lrun.data.kernel import corr2d
 from d2lrun.data.polynomial import poly_data
-from d2lrun.errors import UsageError
+from d2lrun.errors import Interrupted, UsageError
 from d2lrun.trainer import evaluate
 
 
@@ -158,3 +158,42 @@ def test_download_checks_the_sha1_and_keeps_no_bad_file(server, tmp_path):
     ]  # nothing half-written
     with pytest.raises(UsageError, match="downloading .* failed .* Fix: place the file there"):
         download(url + "missing.csv", tmp_path / "data" / "missing.csv", sha1)
+
+
+def test_a_kfold_job_run_again_keeps_its_completed_folds_and_continues_the_stopped_one(
+    tmp_path, monkeypatch
+):
+    """A k-fold sweep job that Slurm stopped and requeued (or a sweep run again) goes on where
+    it stopped: the folds it completed are kept, the stopped one continues from its last.pt, and
+    the result is the uninterrupted job's."""
+    args = ["device=cpu", "trainer.progress=false", "dataset.num_train=120", "dataset.folds=3",
+            "trainer.epochs=3"]  # fmt: skip
+    lines = []
+    clean = job.train(compose(args), tmp_path / "clean", args, log=lambda *_: None)
+    on_epoch = job.Run.on_epoch
+
+    def stopped_in_fold_1(self, row):
+        on_epoch(self, row)
+        if self.run_dir.name == "fold_1" and self.trainer.epoch == 2:
+            raise KeyboardInterrupt  # as a stop signal: after the epoch is saved
+
+    monkeypatch.setattr(job.Run, "on_epoch", stopped_in_fold_1)
+    with pytest.raises(Interrupted, match="after epoch 2"):
+        job.train(compose(args), tmp_path / "job", args, log=lambda *_: None)
+    monkeypatch.undo()
+    kept = (tmp_path / "job" / "fold_0" / "model.pt").stat().st_mtime_ns
+    again = job.train(compose(args), tmp_path / "job", args, log=lines.append)
+    assert "fold 1/3: completed before in" in lines[1] and "; kept" in lines[1]
+    assert any(line.startswith("resuming") and "from epoch 2" in line for line in lines)
+    assert (tmp_path / "job" / "fold_0" / "model.pt").stat().st_mtime_ns == kept
+    with open(tmp_path / "job" / "fold_1" / "metrics.csv") as f:
+        assert [r.split(",")[0] for r in f.read().splitlines()[1:]] == ["1", "2", "3"]
+
+    def timeless(summary):
+        return [{k: v for k, v in f.items() if k not in ("seconds", "examples_per_s")}
+                for f in summary["kfold"]["folds"]]  # fmt: skip
+
+    assert timeless(again) == timeless(clean)
+    for i in range(3):
+        a, b = (torch.load(tmp_path / d / f"fold_{i}" / "model.pt") for d in ("clean", "job"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
