@@ -7,7 +7,6 @@ report writes summary.csv and heatmap.png (`d2lrun-report`). No torch until a jo
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import sys
@@ -130,6 +129,7 @@ def score(metrics: dict | None) -> float:
 
 def planned_jobs(sweep_dir: Path) -> tuple[list[dict | None], list[str]]:
     """The jobs multirun.yaml asks for ({key: value}, None where a sampler picks); swept keys."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if not (sweep_dir / "multirun.yaml").exists():
@@ -142,13 +142,9 @@ def planned_jobs(sweep_dir: Path) -> tuple[list[dict | None], list[str]]:
     swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return [None] * int(sweeper.get("n_trials") or 0), swept
-    values = [  # the grid, in the order of Hydra's basic sweeper
-        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
-        if o.is_sweep_override()
-        else [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
-        for o in overrides
-    ]
-    return [dict(o.split("=", 1) for o in job) for job in itertools.product(*values)], swept
+    # The grid as Hydra's basic sweeper makes it: a key given twice once, with its last value.
+    jobs = BasicSweeper.split_arguments(overrides, None)[0]
+    return [dict(o.split("=", 1) for o in job) for job in jobs], swept
 
 
 def found_jobs(sweep_dir: Path):

@@ -536,3 +536,20 @@ def test_an_override_value_holding_an_equals_sign_stays_whole_in_the_table(tmp_p
     rows = list(csv.DictReader(open(s / "summary.csv")))
     assert [(r["job"], r["dataset.path"]) for r in rows] == [("0", "/data/a=1.csv"),
                                                              ("1", "/data/a=2.csv")]  # fmt: skip
+
+
+def test_a_key_given_twice_is_planned_once_with_its_last_value_as_hydra_runs_it(tmp_path):
+    """hydra.sweeper.params sweeps optim.lr and the command line sets it again: Hydra's basic
+    sweeper runs one job (the last value wins), so the table plans one, not a phantom second."""
+    s = tmp_path / "sweep"
+    s.mkdir()
+    sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+               "params": {"optim.lr": "0.1,0.01"}}  # fmt: skip
+    task = ["optim.lr=0.3", "seed=1,2", "seed=3"]
+    OmegaConf.save(
+        {"hydra": {"sweeper": sweeper, "overrides": {"task": task}}}, s / "multirun.yaml"
+    )
+    write_job(s, 0, ["optim.lr=0.3", "seed=3"], done(0.5))
+    assert sweep.report(s, show=False) is None  # nothing missing
+    rows = list(csv.DictReader(open(s / "summary.csv")))
+    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [("0", "0.3", "completed")]
