@@ -79,11 +79,11 @@ def claim_dir(base: str | Path) -> Path:
 def hold(folder: Path, wait: bool = False):
     """An exclusive lock on folder while the returned file is open (None: another process holds
     it; wait: until it lets go). The kernel lets go when the process ends, even by kill -9."""
+    lock = open(Path(folder) / ".lock", "a")  # noqa: SIM115 (open for as long as the run runs)
     try:
         import fcntl
     except ImportError:  # not POSIX (Windows): claim_dir's atomic mkdir is the only claim
-        return contextlib.nullcontext(folder)
-    lock = open(Path(folder) / ".lock", "a")  # noqa: SIM115 (open for as long as the run runs)
+        return lock
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:

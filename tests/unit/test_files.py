@@ -256,3 +256,25 @@ def test_a_suffix_that_cannot_be_made_is_named_in_the_error(tmp_path, monkeypatc
     assert str(e.value).startswith(
         f"cannot write the output directory {tmp_path / 'run_2'} (Permission denied). Fix:"
     )
+
+
+def test_without_posix_locks_a_run_folder_is_held_by_its_claim_alone(tmp_path, monkeypatch):
+    """On Windows (no fcntl) the atomic mkdir is the only claim: the run still starts and ends
+    without Hydra's "Callback RunDir.on_run_end raised AttributeError"."""
+    from omegaconf import OmegaConf
+
+    from d2lrun.app import RunDir
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError
+    config = OmegaConf.create({"hydra": {"overrides": {"hydra": []},
+                                         "run": {"dir": str(tmp_path / "run")}}})  # fmt: skip
+    callbacks = RunDir(), RunDir()
+    for callback in callbacks:  # two runs started in the same second
+        callback.on_run_start(config)
+        assert config.hydra.run.dir == str(
+            tmp_path / ("run" if callback is callbacks[0] else "run_2")
+        )
+        config.hydra.run.dir = str(tmp_path / "run")
+    for callback in callbacks:
+        callback.on_run_end()
+        assert callback.lock.closed
