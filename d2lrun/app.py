@@ -120,11 +120,7 @@ def named_dir(args: Sequence[str]):
         try:
             yield
         except BaseException:  # refused before it started: the folder it made goes again
-            if (
-                made
-                and folder.is_dir()
-                and {p.name for p in folder.iterdir()} <= {".hydra", ".lock"}
-            ):
+            if made and folder.is_dir() and set(os.listdir(folder)) <= {".hydra", ".lock"}:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
 

@@ -26,9 +26,12 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from d2lrun.app import STOP_SIGNALS, stop_signals
+from d2lrun.config import checked, resolve_device
+from d2lrun.data import build_data
 from d2lrun.errors import Diverged, Interrupted
 from d2lrun.files import Plotter, hold, shown
 from d2lrun.job import Run
+from d2lrun.models import build_model
 from d2lrun.stack import Stack, StackOptimizer, most_members, stackable
 from d2lrun.sweeps import finished_job, job_failed, prepared, score, sweep_experiment
 from d2lrun.trainer import fit
@@ -74,8 +77,6 @@ def grouped(jobs: list[tuple[int, DictConfig]]) -> list[list[tuple[int, DictConf
 
 
 def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]:
-    from d2lrun.config import checked
-
     nums = [num for num, _ in group]
     named = f"job {nums[0]}" if len(nums) == 1 else f"jobs {', '.join(map(str, nums))}"
     first = copy.deepcopy(group[0][1])
@@ -85,10 +86,7 @@ def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]
     why = stackable(first) if len(group) > 1 else "nothing to stack it with"
     if why:
         log.info(f"{named}: one after another ({why})")
-        returns = {}
-        for num, cfg in group:
-            returns[num] = run(launcher, cfg, launcher.task_function)
-        return returns
+        return {num: run(launcher, cfg, launcher.task_function) for num, cfg in group}
     log.info(f"{named}: {first.model.name}, trained as one stack of {len(group)}")
     found = {}
 
@@ -163,10 +161,6 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
 
 def most_stack(members: list) -> int:
     """How many of these members one stack holds in memory (d2lrun.stack.most_members)."""
-    from d2lrun.config import checked, resolve_device
-    from d2lrun.data import build_data
-    from d2lrun.models import build_model
-
     cfg = checked(copy.deepcopy(members[0][1]))  # as its Run will: the data is decoded once
     spec = build_data(cfg.dataset, cfg.seed)[2]
     device = torch.device(resolve_device(cfg.device))
