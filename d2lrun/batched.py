@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from d2lrun.app import STOP_SIGNALS, stop_signals
 from d2lrun.config import checked, resolve_device
 from d2lrun.data import build_data
-from d2lrun.errors import Diverged, Interrupted
+from d2lrun.errors import Diverged, Interrupted, UsageError
 from d2lrun.files import Plotter, hold, shown
 from d2lrun.job import Run
 from d2lrun.models import build_model
@@ -46,6 +46,12 @@ MEMBER_KEYS = ("optim.lr", "optim.weight_decay", "optim.momentum", "regularizer.
 
 def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     """Every job of the sweep, grouped; their JobReturns in job order."""
+    most = launcher.max_members
+    if most is not None and (type(most) is not int or most < 1):
+        raise UsageError(
+            f"hydra.launcher.max_members={most} is not a whole number of at least 1. "
+            f"Fix: hydra.launcher.max_members=8, or null for as many as fit in memory."
+        )
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
@@ -79,10 +85,7 @@ def grouped(jobs: list[tuple[int, DictConfig]]) -> list[list[tuple[int, DictConf
 def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]:
     nums = [num for num, _ in group]
     named = f"job {nums[0]}" if len(nums) == 1 else f"jobs {', '.join(map(str, nums))}"
-    first = copy.deepcopy(group[0][1])
-    with open_dict(first):
-        del first["hydra"]
-    first = checked(first)
+    first = group[0][1]  # not checked here: a member whose value is refused fails alone
     why = stackable(first) if len(group) > 1 else "nothing to stack it with"
     if why:
         log.info(f"{named}: one after another ({why})")
@@ -126,7 +129,8 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
             print(f"job {num}: already completed in {shown(run_dir)}; skipped")
             scores[num] = score(done)
             continue
-        try:
+        try:  # a refused value (optim.lr=-1) fails its job only, as with the basic launcher
+            checked(cfg)
             ckpt = prepared(cfg, run_dir, None)
         except Exception as e:
             scores[num] = job_failed(e, run_dir, sweep_dir)

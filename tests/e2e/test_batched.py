@@ -76,3 +76,18 @@ def test_a_stopped_stack_saves_every_member_at_one_epoch_and_goes_on(tmp_path):
         assert json.loads((s / j / "metrics.json").read_text())["restarts"] == 1
         with open(s / j / "metrics.csv") as f:
             assert [int(row["epoch"]) for row in csv.DictReader(f)] == list(range(1, 301))
+
+
+def test_a_member_whose_value_is_refused_fails_alone_and_the_others_train(tmp_path):
+    """As with the basic launcher: optim.lr=-1 fails its own job with its one line; the rest of
+    its group still trains as one stack."""
+    s = tmp_path / "sweep"
+    r = sweep(s, BATCHED, "optim.lr=-1,0.03,0.1", "trainer.epochs=1")
+    assert r.returncode == 1, r.stderr
+    assert "optim.lr=-1.0 is out of range: it must be greater than 0" in r.stderr
+    assert [(x["job"], x["status"]) for x in summary(s)] == [
+        ("2", "completed"), ("1", "completed"), ("0", "failed")]  # fmt: skip
+    r = sweep(tmp_path / "other", BATCHED, "optim.lr=0.1,0.3", "hydra.launcher.max_members=0")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "d2lrun: error: hydra.launcher.max_members=0 is not a whole number of at least 1. "
+        "Fix: hydra.launcher.max_members=8, or null for as many as fit in memory.")  # fmt: skip
