@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from d2lrun.config import CONFIG_DIR, compose, given, override, register
 from d2lrun.errors import Interrupted, RunFailed, UsageError
-from d2lrun.files import Plotter, claim_dir, hold, unwritable, write_json
+from d2lrun.files import Plotter, claim_dir, hold, shown, unwritable, write_json
 
 # What clusters and containers send to stop a process: SIGTERM (Slurm's time limit and scancel,
 # docker stop, systemd, Kubernetes) and the warning Slurm can send before (--signal=USR2@90).
@@ -204,11 +204,14 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     from d2lrun import sweeps
 
     args, ckpt = resumed([a for a in args if a not in ("-m", "--multirun")])
+    task = [a for a in args if not a.lstrip("+~").startswith("hydra")]  # as Hydra splits them
+    overrides = OverridesParser.create().parse_overrides(args)
+    cfg = compose([o.input_line for o in overrides if not o.is_sweep_override()], with_hydra=True)
+    check_sweep(cfg.hydra.sweeper, overrides)
     given_dir = given(args, "hydra.sweep.dir")
     if given_dir:  # named by the user: run again into it, completed jobs are skipped
         sweep_dir = Path(given_dir)
         plan = sweep_dir / "multirun.yaml"
-        task = [a for a in args if not a.lstrip("+~").startswith("hydra")]
         before = list(OmegaConf.load(plan).hydra.overrides.task) if plan.exists() else task
         started = plan.exists() and any(p.joinpath(".hydra").is_dir() for p in sweep_dir.iterdir())
         if started and sorted(before) != sorted(task):  # its folders 0/, 1/, ... hold other jobs
@@ -217,28 +220,51 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
                 f"the same overrides to finish that one, or another hydra.sweep.dir."
             )
     else:  # the configured folder, claimed: two sweeps started in one second never share it
-        fixed = [o.input_line for o in OverridesParser.create().parse_overrides(args)
-                 if not o.is_sweep_override()]  # fmt: skip
-        cfg = compose(fixed, with_hydra=True)
         sweep_dir = claim_dir(cfg.hydra.sweep.dir)
-        cfg.hydra.overrides.task = list(args)  # the plan, for d2lrun-report (as Hydra's own
-        OmegaConf.save(cfg, sweep_dir / "multirun.yaml")  # basic sweeper saves it)
         args = [*args, override("hydra.sweep.dir", str(sweep_dir))]
+    made = not sweep_dir.exists() or not given_dir
+    if not (sweep_dir / "multirun.yaml").exists():  # the plan, for d2lrun-report and a re-run
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # (Hydra's basic sweeper saves it too,
+        cfg.hydra.overrides.task = task  # Optuna's does not)
+        OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's INFO lines, not Hydra's
 
-    def task(cfg: DictConfig) -> float:
+    def job(cfg: DictConfig) -> float:
         hc = HydraConfig.get()
         run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
         return sweeps.run_job(cfg, run_dir, overrides, Path(hc.sweep.dir), hc.job.num, ckpt)
 
     try:
-        run("config", ["-m", *args], task)
-    except BaseException:
+        run("config", ["-m", *args], job)
+    except BaseException as e:
         started = sweep_dir.is_dir() and any(p.name != "multirun.yaml" for p in sweep_dir.iterdir())
-        if not given_dir and not started:  # refused before any job started: no folder behind
+        if made and not started:  # refused before any job started: no folder behind
             shutil.rmtree(sweep_dir, ignore_errors=True)
-        raise
+        if not isinstance(e, KeyboardInterrupt) or not started:
+            raise
+        signum = getattr(e, "signum", signal.SIGINT)  # between jobs, or while one saved its files
+        raise Interrupted(
+            f"interrupted. To finish the sweep, run the same command again with "
+            f"hydra.sweep.dir={shown(sweep_dir)}",
+            signum,
+        ) from None
     return sweep_dir, sweeps.report(sweep_dir)
+
+
+def check_sweep(sweeper: DictConfig, overrides: list) -> None:
+    """What Hydra's sweepers fail on with a traceback, as one line."""
+    if str(sweeper._target_).endswith("BasicSweeper"):
+        for o in (o for o in overrides if o.is_sweep_override() and not o.is_discrete_sweep()):
+            raise UsageError(
+                f"{o.input_line} is a range to search, which Hydra's basic sweeper cannot list as "
+                f"a grid. Fix: list values ({o.key_or_group}=0.01,0.1,1), or search it with "
+                f"hydra/sweeper=optuna_lr_wd."
+            )
+    if sweeper.get("n_trials") is not None and sweeper.n_trials < 1:
+        raise UsageError(
+            f"hydra.sweeper.n_trials={sweeper.n_trials} is out of range: it must be at least 1. "
+            f"Fix: hydra.sweeper.n_trials=20."
+        )
 
 
 def evaluate(args: Sequence[str]) -> dict:

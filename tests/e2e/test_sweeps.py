@@ -214,6 +214,24 @@ def test_optuna_preset_searches_lr_and_weight_decay_and_maximizes_the_score(tmp_
     assert (s / "heatmap.png").exists()
 
 
+def test_an_optuna_sweep_is_finished_in_its_folder_and_another_is_refused_there(tmp_path):
+    """Optuna's sweeper saves no multirun.yaml: d2lrun writes the plan, with the task's overrides
+    as Hydra's basic sweeper does, so the printed `hydra.sweep.dir=` finishes the same sweep and
+    refuses another."""
+    search = ["-m", "hydra/sweeper=optuna_lr_wd", "hydra.sweeper.n_trials=2", "trainer.epochs=1",
+              *FAST]  # fmt: skip
+    r = run_cli(*search, cwd=tmp_path)  # into the default folder, outputs/multirun/DATE/TIME
+    assert r.returncode == 0, r.stderr
+    (s,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    r = run_cli(*search, f"hydra.sweep.dir={s}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("already completed in") == 2 and f"sweep {s}: 2 completed" in r.stdout
+    r = run_cli(*search[:3], "trainer.epochs=2", *FAST, f"hydra.sweep.dir={s}")
+    assert r.returncode == 2 and f"hydra.sweep.dir={s} holds another sweep" in r.stderr
+    given = tmp_path / "given"  # named from the start: its plan too, which lists unrun trials
+    assert sweep(given, *search[1:3]).returncode == 0 and (given / "multirun.yaml").exists()
+
+
 def test_optuna_preset_improves_on_its_random_start(tmp_path):
     """TPE samples its first 10 trials at random (optuna's n_startup_trials), then models them: over
     16 seeded trials, the trials it chose beat the random ones and find the study's best."""

@@ -515,13 +515,13 @@ def test_a_job_stopped_by_a_signal_ends_the_sweep_with_its_exit_code_and_how_to_
 
     from d2lrun.errors import Interrupted
 
-    stop = Interrupted("interrupted by SIGTERM after epoch 2; the last complete epoch is saved.",
-                       signal.SIGTERM)  # fmt: skip
+    saved = "interrupted by SIGTERM after epoch 2; the last complete epoch is saved."
+    stop = Interrupted(f"{saved} Resume with: d2lrun resume={tmp_path}/sweep/3", signal.SIGTERM)
     with pytest.raises(Interrupted) as e:
         sweep.job_failed(stop, tmp_path / "sweep" / "3", tmp_path / "sweep")
     assert e.value.exit_code == 143  # 128 + SIGTERM, as the job's own exit would be
-    assert str(e.value) == (
-        f"{stop} To finish the sweep, run the same command again with "
+    assert str(e.value) == (  # the sweep's way on, not the run's
+        f"{saved} To finish the sweep, run the same command again with "
         f"hydra.sweep.dir={tmp_path / 'sweep'}"
     )
     assert not (tmp_path / "sweep").exists()  # nothing recorded as failed: the job goes on later
@@ -553,3 +553,43 @@ def test_a_key_given_twice_is_planned_once_with_its_last_value_as_hydra_runs_it(
     assert sweep.report(s, show=False) is None  # nothing missing
     rows = list(csv.DictReader(open(s / "summary.csv")))
     assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [("0", "0.3", "completed")]
+
+
+def test_what_hydras_sweepers_fail_on_is_one_line_before_any_folder(tmp_path):
+    s = tmp_path / "sweep"
+    with pytest.raises(UsageError) as e:
+        app.sweep(["optim.lr=interval(0,1)", f"hydra.sweep.dir={s}"])
+    assert str(e.value) == (
+        "optim.lr=interval(0,1) is a range to search, which Hydra's basic sweeper cannot list as "
+        "a grid. Fix: list values (optim.lr=0.01,0.1,1), or search it with "
+        "hydra/sweeper=optuna_lr_wd."
+    )
+    with pytest.raises(UsageError) as e:
+        app.sweep(
+            ["hydra/sweeper=optuna_lr_wd", "hydra.sweeper.n_trials=0", f"hydra.sweep.dir={s}"]
+        )
+    assert str(e.value) == (
+        "hydra.sweeper.n_trials=0 is out of range: it must be at least 1. "
+        "Fix: hydra.sweeper.n_trials=20."
+    )
+    assert not s.exists()
+
+
+def test_ctrl_c_between_jobs_says_how_to_finish_the_sweep(tmp_path, monkeypatch):
+    """Not 'nothing was saved': job 0 completed before Ctrl-C came, outside any job's training."""
+    from d2lrun.errors import Interrupted
+
+    def run_job(cfg, run_dir, overrides, sweep_dir, num, ckpt):
+        if num == 1:
+            raise KeyboardInterrupt
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return 0.0
+
+    monkeypatch.setattr(sweep, "run_job", run_job)
+    s = tmp_path / "sweep"
+    with pytest.raises(Interrupted) as e:
+        app.sweep(["optim.lr=0.1,0.3", f"hydra.sweep.dir={s}"])
+    assert e.value.exit_code == 130 and str(e.value) == (
+        f"interrupted. To finish the sweep, run the same command again with hydra.sweep.dir={s}"
+    )
+    assert (s / "multirun.yaml").exists() and (s / "0").is_dir()
