@@ -94,10 +94,10 @@ def sweep_experiment(sweep_dir: Path) -> str | None:
 def job_failed(e: Exception, run_dir: Path, sweep_dir: Path) -> float:
     """A job's failure, recorded (a bug's traceback too, in error.txt), so that the sweep goes
     on: its score. Ctrl-C or a stop signal ends the sweep, saying how to finish it."""
-    if isinstance(e, Interrupted):
+    if isinstance(e, Interrupted):  # its run's own `Resume with:` gives way to the sweep's
         raise Interrupted(
-            f"{e} To finish the sweep, run the same command again with "
-            f"hydra.sweep.dir={shown(sweep_dir)}",
+            f"{str(e).partition(' Resume with:')[0]} To finish the sweep, run the same command "
+            f"again with hydra.sweep.dir={shown(sweep_dir)}",
             e.exit_code - 128,  # the signal's number (SIGINT for Ctrl-C)
         ) from None
     error = explain(e)
