@@ -36,10 +36,12 @@ def finished_job(run_dir: Path, overrides: list[str]) -> dict | None:
     metrics = read_json(run_dir / "metrics.json")
     if not metrics or metrics.get("status") != "completed":
         return None
-    # The overrides its checkpoint keeps (a k-fold job's: its first fold's) must be these.
+    # The overrides its checkpoint keeps (a k-fold job's: its first fold's) must be these, in any
+    # order: the same sweep run again with its overrides typed in another order skips it too.
     saved = [p for p in (run_dir / "last.pt", run_dir / "fold_0" / "last.pt") if p.exists()]
-    kept = [o for o in overrides if not o.startswith("resume=")]
-    return metrics if saved and load_checkpoint(saved[0]).get("overrides") == kept else None
+    kept = sorted(o for o in overrides if not o.startswith("resume="))
+    same = saved and sorted(load_checkpoint(saved[0]).get("overrides", [])) == kept
+    return metrics if same else None
 
 
 def run_job(

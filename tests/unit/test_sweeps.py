@@ -74,6 +74,7 @@ def test_a_job_counts_as_finished_only_when_completed_with_the_same_overrides(tm
     assert sweep.finished_job(tmp_path, job_overrides) is None  # no checkpoint says which job
     save_overrides(tmp_path, job_overrides)
     assert sweep.finished_job(tmp_path, job_overrides) == {"status": "completed"}
+    assert sweep.finished_job(tmp_path, job_overrides[::-1]) == {"status": "completed"}  # retyped
     assert sweep.finished_job(tmp_path, [*job_overrides, f"resume={tmp_path}"]) == {
         "status": "completed"
     }  # resume= is not kept in a checkpoint
