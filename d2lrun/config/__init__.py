@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from collections.abc import Sequence
@@ -83,8 +84,10 @@ def check_ranges(cfg: DictConfig, path: str) -> None:
                 raise UsageError(
                     f"{name}={value} is not a number. Fix: {name}={example(cfg, name)}."
                 )
+            bounded = number and any(m[k] is not None for k in ("ge", "gt", "lt"))
             rule = (
-                f"at least {m['ge']}" if m["ge"] is not None and v < m["ge"]
+                "a finite number" if bounded and not math.isfinite(v)  # nan passes every <
+                else f"at least {m['ge']}" if m["ge"] is not None and v < m["ge"]
                 else f"greater than {m['gt']}" if m["gt"] is not None and v <= m["gt"]
                 else f"less than {m['lt']}" if m["lt"] is not None and v >= m["lt"]
                 else None

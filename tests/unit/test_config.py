@@ -33,6 +33,15 @@ def message(*overrides) -> str:
             "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.03.",
         ),
         (
+            "optim.lr=nan",  # NaN is neither > 0 nor <= 0: it trained, and 'diverged'
+            "optim.lr=nan is out of range: it must be a finite number. Fix: optim.lr=0.03.",
+        ),
+        (
+            "optim.weight_decay=inf",
+            "optim.weight_decay=inf is out of range: it must be a finite number. "
+            "Fix: optim.weight_decay=0.",
+        ),
+        (
             "trainer.epochs=0",
             "trainer.epochs=0 is out of range: it must be at least 1. Fix: trainer.epochs=3.",
         ),
