@@ -151,7 +151,8 @@ class Run:
         run_dir.mkdir(parents=True, exist_ok=True)
 
         torch.manual_seed(cfg.seed)
-        self.train, self.val, self.spec = build_data(cfg.dataset, cfg.seed, device, fold)
+        saved = Spec(**ckpt["spec"]) if ckpt else None  # its statistics: the same features
+        self.train, self.val, self.spec = build_data(cfg.dataset, cfg.seed, device, fold, saved)
         spec = self.spec
         if cfg.trainer.log_rmse and spec.task == "regression":
             check_positive_target(self.train, self.val, spec)

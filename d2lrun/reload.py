@@ -291,10 +291,11 @@ def load_run(
 def evaluate_run(run: SavedRun) -> dict:
     """Metrics of the reloaded model on the held-out split of the run's own dataset (val_*), or,
     when it held out no rows (dataset.val_fraction=0), on its training rows (train_*)."""
-    train, val, spec = build_data(run.config.dataset, run.config.seed, run.device, run.spec.fold)
+    cfg = run.config
+    train, val, spec = build_data(cfg.dataset, cfg.seed, run.device, run.spec.fold, run.spec)
     split, name = (val, "val") if len(val) else (train, "train")
-    loss = loss_for(spec.task, loss_kind(run.config.model))
-    metrics = evaluate(run.model, loss, split, run.config.trainer.log_rmse)
+    loss = loss_for(spec.task, loss_kind(cfg.model))
+    metrics = evaluate(run.model, loss, split, cfg.trainer.log_rmse)
     return {f"{name}_{k}": v for k, v in metrics.items()}
 
 

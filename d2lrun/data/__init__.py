@@ -21,8 +21,9 @@ from d2lrun.errors import UsageError
 
 # dataset.name: its module d2lrun.data.<name> has load(cfg, seed) -> (train, val, spec).
 DATASETS = ("synthetic", "csv", "fashion_mnist", "polynomial", "kaggle_house", "kernel")
-# Tables fit their statistics on the training rows, so they split folds themselves: load(..., fold).
-SPLIT_FOLDS_THEMSELVES = ("csv", "kaggle_house")
+# Tables fit their statistics on the training rows, so they split folds themselves, and a saved
+# run's statistics transform them again: load(cfg, seed, fold, fitted).
+TABLES = ("csv", "kaggle_house")
 
 
 @dataclass
@@ -63,23 +64,34 @@ class Spec:
 
 
 def build_data(
-    cfg: DictConfig, seed: int, device: torch.device | str = "cpu", fold: list[int] | None = None
+    cfg: DictConfig,
+    seed: int,
+    device: torch.device | str = "cpu",
+    fold: list[int] | None = None,
+    fitted: Spec | None = None,
 ) -> tuple[Split, Split, Spec]:
-    """The dataset cfg.name on `device`; with fold=[k, i], validated on fold i of k (§4.10)."""
+    """The dataset cfg.name on `device`; with fold=[k, i], validated on fold i of k (§4.10);
+    fitted: a saved run's spec, whose statistics a table is transformed with (d2lrun.data.csv)."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    train, val, spec = load(json.dumps([config, seed, fold], sort_keys=True))
+    if fitted is not None and cfg.name in TABLES:  # not cached: the key sorts dicts whose
+        train, val, spec = read(config, seed, fold, fitted)  # order is the features' order
+    else:
+        train, val, spec = load(json.dumps([config, seed, fold], sort_keys=True))
     return train.to(device), val.to(device), spec
 
 
 @functools.lru_cache(maxsize=4)  # the jobs of a sweep in one process decode a dataset once
 def load(key: str) -> tuple[Split, Split, Spec]:
-    config, seed, fold = json.loads(key)
+    return read(*json.loads(key))
+
+
+def read(config: dict, seed: int, fold: list[int] | None, fitted: Spec | None = None):
     cfg = OmegaConf.create(config)
     module = importlib.import_module(f"d2lrun.data.{cfg.name}")
+    if cfg.name in TABLES:
+        return module.load(cfg, seed, fold, fitted)
     if not fold:
         return module.load(cfg, seed)
-    if cfg.name in SPLIT_FOLDS_THEMSELVES:
-        return module.load(cfg, seed, fold)
     train, _, spec = module.load(cfg, seed)
     keep, held_out = map(torch.from_numpy, fold_rows(len(train), *fold, cfg.shuffle_folds, seed))
     return (

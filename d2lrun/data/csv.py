@@ -107,9 +107,11 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
     return np.column_stack(parts).astype(np.float32)
 
 
-def load(cfg: DictConfig, seed: int, fold: list[int] | None = None) -> tuple[Split, Split, Spec]:
+def load(cfg: DictConfig, seed: int, fold=None, fitted: Spec | None = None):
     frame = read_table(cfg.path)
-    return table_splits(frame, cfg, seed, fold, shown(cfg.path), cfg.task, cfg.standardize)
+    return table_splits(
+        frame, cfg, seed, fold, shown(cfg.path), cfg.task, cfg.standardize, fitted=fitted
+    )
 
 
 def table_splits(
@@ -122,8 +124,12 @@ def table_splits(
     standardize: bool,
     also_fit: pd.DataFrame | None = None,
     ddof: int = 0,
+    fitted: Spec | None = None,
 ) -> tuple[Split, Split, Spec]:
-    """A table split by dataset.val_fraction or fold (k, i), statistics fitted on training rows."""
+    """A table split by dataset.val_fraction or fold (k, i), statistics fitted on training rows;
+    or, for a saved run (eval, resume), its own fitted ones: a moved file, or another with the
+    same columns, then means what the run's file meant (columns in any order, new categories
+    all zeros), as in predictions."""
     target = cfg.target
     if target not in frame.columns:
         raise UsageError(
@@ -145,6 +151,7 @@ def table_splits(
         frame = frame[frame[target].notna()].reset_index(drop=True)
 
     numeric_target = pd.api.types.is_numeric_dtype(frame[target])
+    task = fitted.task if fitted else task
     if task == "auto":
         task = "regression" if numeric_target else "classification"
     if task == "regression" and not numeric_target:
@@ -170,8 +177,9 @@ def table_splits(
     features = [c for c in frame.columns if c != target and c not in cfg.drop]
     # The book fits §4.10's statistics on every row of both files, held-out folds included.
     fit_on = train_rows[features] if also_fit is None else pd.concat([frame, also_fit])[features]
-    stats = fit_preprocess(fit_on, standardize, cfg.max_categories, ddof)
-    if stats["dropped"]:
+    if fitted:
+        stats = fitted.preprocess
+    elif (stats := fit_preprocess(fit_on, standardize, cfg.max_categories, ddof))["dropped"]:
         print(
             f"note: ignored column(s) {stats['dropped']} (empty in training rows or more than "
             f"dataset.max_categories={cfg.max_categories} distinct values)",
@@ -182,7 +190,17 @@ def table_splits(
             f"{source} has no usable feature column besides '{target}'. Fix: add feature columns."
         )
     classes, scale = None, None
-    if task == "classification":
+    if fitted and fitted.class_names:
+        classes = fitted.class_names
+        unseen = sorted(set(frame[target].astype(str)) - set(classes))
+        if unseen:
+            raise UsageError(
+                f"class(es) {unseen} of '{target}' in {source} are not among the run's classes "
+                f"({', '.join(classes)}). Fix: give rows of those classes only, or train anew."
+            )
+    elif fitted:
+        scale = fitted.target_scale
+    elif task == "classification":
         classes = sorted(train_rows[target].astype(str).unique())
         unseen = sorted(set(val_rows[target].astype(str)) - set(classes))
         if unseen:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from d2lrun.data import Spec, Split
+from d2lrun.data import Spec
 from d2lrun.data.csv import read_table, table_splits
 from d2lrun.errors import UsageError
 from d2lrun.files import atomic_write
@@ -68,13 +68,14 @@ def find_files(root: str | Path, fetch: bool) -> dict[str, Path]:
     return paths
 
 
-def load(cfg: DictConfig, seed: int, fold: list[int] | None = None) -> tuple[Split, Split, Spec]:
+def load(cfg: DictConfig, seed: int, fold=None, fitted: Spec | None = None):
     paths = find_files(cfg.root, cfg.download)
     train = read_table(paths["train"], "dataset.root", BOOK_NA_VALUES)
     fit_test = cfg.statistics == "train_and_test"
     test = read_table(paths["test"], "dataset.root", BOOK_NA_VALUES) if fit_test else None
     # SalePrice is numeric, so "auto" is regression; ddof=1 is the book's `x.std()` (pandas').
     train, val, spec = table_splits(
-        train, cfg, seed, fold, paths["train"].name, "auto", True, also_fit=test, ddof=1
-    )
+        train, cfg, seed, fold, paths["train"].name, "auto", True, also_fit=test, ddof=1,
+        fitted=fitted,
+    )  # fmt: skip
     return train, val, replace(spec, na_values=BOOK_NA_VALUES)  # new rows are read the same way

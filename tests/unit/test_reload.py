@@ -435,6 +435,53 @@ def test_evaluate_run_gives_the_runs_own_final_validation_metrics(table_run, ima
         assert metrics == {k: final[k] for k in keys}  # the same computation: exactly
 
 
+def test_eval_of_another_csv_transforms_it_with_the_runs_own_statistics(tmp_path):
+    """d2lrun-eval dataset.path=OTHER.csv: the columns in another order, or a category new since
+    training, mean what they meant when the run trained (as in predictions)."""
+    import numpy as np
+    import pandas as pd
+
+    from d2lrun.reload import evaluate_run, load_run
+
+    rng = np.random.default_rng(0)
+    rooms, area, color = rng.normal(3, 1, 60), rng.normal(100, 30, 60), rng.choice(["a", "b"], 60)
+    frame = pd.DataFrame({"rooms": rooms, "area": area, "color": color,
+                          "price": 10 * rooms + area + 5 * (color == "a")})  # fmt: skip
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    run = trained(tmp_path / "run", "dataset=csv", f"dataset.path={tmp_path / 't.csv'}",
+                  "dataset.target=price", "trainer.epochs=2")  # fmt: skip
+    own = evaluate_run(load_run(run))
+    final = json.loads((run / "metrics.json").read_text())["final"]
+    assert own == {k: final[k] for k in own}  # its own file: the run's final numbers, exactly
+
+    def evaluated(name: str, rows: pd.DataFrame) -> dict:
+        rows.to_csv(tmp_path / name, index=False)
+        return evaluate_run(load_run(run, overrides=[f"dataset.path={tmp_path / name}"]))
+
+    # Not refitted: area is not taken for rooms, and the statistics are the run's own.
+    assert evaluated("reordered.csv", frame[["area", "rooms", "price", "color"]]) == own
+    green = evaluated("green.csv", frame.assign(color=frame.color.where(frame.index % 7 > 0, "c")))
+    assert set(green) == set(own)  # a new category: all zeros in its one-hot columns, no crash
+
+
+def test_eval_refuses_a_class_the_run_never_learned(tmp_path):
+    import pandas as pd
+
+    from d2lrun.reload import evaluate_run, load_run
+
+    rows = pd.DataFrame({"x": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "y": ["a", "b"] * 3})
+    rows.to_csv(tmp_path / "ab.csv", index=False)
+    run = trained(tmp_path / "run", "dataset=csv", f"dataset.path={tmp_path / 'ab.csv'}",
+                  "dataset.target=y", "model=softmax", "trainer.epochs=1")  # fmt: skip
+    rows.assign(y=["a", "b", "c"] * 2).to_csv(tmp_path / "abc.csv", index=False)
+    with pytest.raises(UsageError) as e:
+        evaluate_run(load_run(run, overrides=[f"dataset.path={tmp_path / 'abc.csv'}"]))
+    assert str(e.value) == (
+        f"class(es) ['c'] of 'y' in {tmp_path / 'abc.csv'} are not among the run's classes (a, b). "
+        "Fix: give rows of those classes only, or train anew."
+    )
+
+
 def test_predict_gives_the_target_in_its_own_units(table_run):
     from d2lrun.data.csv import transform
     from d2lrun.reload import load_run
