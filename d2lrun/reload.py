@@ -303,10 +303,21 @@ def read_inputs(run: SavedRun, path: Path):
     """Read new inputs for `run`: CSV rows, or uint8 images from .npy / .pt."""
     if not path.exists():
         raise UsageError(f"input={path}: no such file. Fix: give a file of new inputs.")
-    if run.spec.preprocess or path.suffix == ".csv":
+    if run.spec.preprocess:  # a table: CSV rows, whatever the file is named
         from d2lrun.data.csv import read_table
 
-        return read_table(path, "input", run.spec.na_values)
+        if path.suffix in (".npy", ".pt"):
+            raise UsageError(
+                f"input={path}: this run was trained on a CSV table; it takes CSV rows, not a "
+                f"{path.suffix} array. Fix: give a .csv file with the training file's columns."
+            )
+        return read_table(path, "input", run.spec.na_values, run.spec.preprocess["categorical"])
+    takes = "uint8 images" if run.spec.image_shape else "arrays of inputs"
+    if path.suffix == ".csv":
+        raise UsageError(
+            f"input={path}: this run was not trained on a CSV table; it takes {takes} in .npy "
+            f"or .pt. Fix: save them with np.save or torch.save."
+        )
     try:  # never unpickling: a file of Python objects could run code when loaded
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False)
@@ -318,9 +329,7 @@ def read_inputs(run: SavedRun, path: Path):
             f"({type(e).__name__}), which d2lrun never does. Fix: save a uint8 array of images "
             f"with np.save or torch.save."
         ) from None
-    raise UsageError(
-        f"input={path}: unknown kind of file. Fix: give .csv rows, or .npy / .pt uint8 images."
-    )
+    raise UsageError(f"input={path}: unknown kind of file. Fix: give {takes} in .npy or .pt.")
 
 
 def predict_file(run: SavedRun, path: Path, out: Path) -> int:

@@ -20,9 +20,10 @@ from d2lrun.files import shown
 
 
 def read_table(
-    path: str | Path, key: str = "dataset.path", na_values: list | None = None
+    path: str | Path, key: str = "dataset.path", na_values: list | None = None, text=()
 ) -> pd.DataFrame:
-    """Read a CSV file, turning every way it can be unreadable into one clear error."""
+    """Read a CSV file, turning every way it can be unreadable into one clear error; the
+    columns `text` as text (a run's categories: "1" stays "1" where an empty cell is read)."""
     # Shown as the user would type it: config paths are stored absolute (d2lrun.config.checked).
     p, where = Path(str(path)).expanduser(), f"{key}={shown(path)}"
     if not p.exists():
@@ -34,7 +35,7 @@ def read_table(
     # na_values, when given, are the only strings read as missing (instead of pandas' list).
     only_these = {} if na_values is None else {"keep_default_na": False, "na_values": na_values}
     try:
-        frame = pd.read_csv(p, **only_these)
+        frame = pd.read_csv(p, dtype=dict.fromkeys(text, str), **only_these)
     except UnicodeDecodeError as e:
         raise UsageError(
             f"{where} is not UTF-8 text (byte {e.start}). Fix: re-save the file as UTF-8."
@@ -108,7 +109,7 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
 
 
 def load(cfg: DictConfig, seed: int, fold=None, fitted: Spec | None = None):
-    frame = read_table(cfg.path)
+    frame = read_table(cfg.path, text=fitted.preprocess["categorical"] if fitted else ())
     return table_splits(
         frame, cfg, seed, fold, shown(cfg.path), cfg.task, cfg.standardize, fitted=fitted
     )

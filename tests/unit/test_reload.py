@@ -503,6 +503,7 @@ def test_predict_gives_the_target_in_its_own_units(table_run):
 
 
 def test_predict_file_writes_ids_beside_predictions_named_after_the_target(table_run, tmp_path):
+    import numpy as np
     import pandas as pd
 
     from d2lrun.reload import load_run, predict_file
@@ -521,6 +522,32 @@ def test_predict_file_writes_ids_beside_predictions_named_after_the_target(table
     assert not (tmp_path / "out2.csv").exists()
     with pytest.raises(UsageError, match=r"input=.*nothing\.csv: no such file\. Fix: give"):
         predict_file(run, tmp_path / "nothing.csv", tmp_path / "out3.csv")
+    np.save(tmp_path / "rows.npy", np.zeros((2, 2)))
+    with pytest.raises(
+        UsageError, match=r"it takes CSV rows, not a \.npy array\. Fix: give a \.csv"
+    ):
+        predict_file(run, tmp_path / "rows.npy", tmp_path / "out4.csv")
+
+
+def test_a_category_that_looks_like_a_number_is_one_whatever_the_other_rows(tmp_path):
+    """Zone was text in training (1, 2, A): in a file whose Zone has an empty cell, pandas alone
+    reads 1 as the float 1.0, an unseen category; d2lrun reads the run's categories as text."""
+    import pandas as pd
+
+    from d2lrun.reload import load_run, predict_file
+
+    pd.DataFrame({"Zone": ["1", "2", "A"] * 10, "x": range(30), "y": [1.0, 5.0, 9.0] * 10}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    run = load_run(trained(tmp_path / "run", "dataset=csv", f"dataset.path={tmp_path / 't.csv'}",
+                           "dataset.target=y", "trainer.epochs=2"))  # fmt: skip
+    (tmp_path / "a.csv").write_text("Zone,x\n1,3\n2,4\n")
+    (tmp_path / "b.csv").write_text("Zone,x\n1,3\n,4\n")
+    predict_file(run, tmp_path / "a.csv", tmp_path / "a_out.csv")
+    predict_file(run, tmp_path / "b.csv", tmp_path / "b_out.csv")
+    a, b = (pd.read_csv(tmp_path / f"{n}_out.csv") for n in "ab")
+    assert a.y[0] == b.y[0]
+    assert (tmp_path / "b_out.csv").read_text().splitlines()[1].startswith("1,")  # as it was typed
 
 
 def test_predict_takes_uint8_images_one_or_many(image_run, tmp_path):
@@ -547,8 +574,15 @@ def test_predict_takes_uint8_images_one_or_many(image_run, tmp_path):
         assert predict_file(run, tmp_path / name, tmp_path / "p.csv") == 5
         assert pd.read_csv(tmp_path / "p.csv").prediction.tolist() == names[:5]
     (tmp_path / "x.txt").write_text("1 2 3")
-    with pytest.raises(UsageError, match=r"unknown kind of file\. Fix: give \.csv rows"):
+    with pytest.raises(UsageError, match=r"unknown kind of file\. Fix: give uint8 images in \.npy"):
         predict_file(run, tmp_path / "x.txt", tmp_path / "p.csv")
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UsageError) as e:
+        predict_file(run, tmp_path / "x.csv", tmp_path / "p.csv")
+    assert str(e.value) == (
+        f"input={tmp_path / 'x.csv'}: this run was not trained on a CSV table; it takes uint8 "
+        f"images in .npy or .pt. Fix: save them with np.save or torch.save."
+    )
 
 
 def test_inputs_that_would_unpickle_python_objects_are_refused(image_run, tmp_path):
