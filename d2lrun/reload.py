@@ -345,7 +345,8 @@ def predict_file(run: SavedRun, path: Path, out: Path) -> int:
         # Rows keep their ids (dataset.drop; all columns when it drops none) beside the prediction,
         # named after the target: Kaggle's submission format (§4.10).
         frame = inputs[run.spec.drop or list(inputs.columns)].copy()
-        frame[run.spec.target or "prediction"] = predictions
+        name = run.spec.target or "prediction"
+        frame[f"{name}_predicted" if name in frame else name] = predictions  # truth kept beside
     else:
         frame = pd.DataFrame({"prediction": predictions})
     atomic_write(out, frame.to_csv(index=False).encode())

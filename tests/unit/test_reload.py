@@ -546,6 +546,11 @@ def test_a_category_that_looks_like_a_number_is_one_whatever_the_other_rows(tmp_
     predict_file(run, tmp_path / "a.csv", tmp_path / "a_out.csv")
     predict_file(run, tmp_path / "b.csv", tmp_path / "b_out.csv")
     a, b = (pd.read_csv(tmp_path / f"{n}_out.csv") for n in "ab")
+    (tmp_path / "c.csv").write_text("Zone,x,y\n1,3,1.0\n")  # the truth too: kept beside
+    predict_file(run, tmp_path / "c.csv", tmp_path / "c_out.csv")
+    c = pd.read_csv(tmp_path / "c_out.csv")
+    assert list(c.columns) == ["Zone", "x", "y", "y_predicted"] and c.y[0] == 1.0
+    assert c.y_predicted[0] == a.y[0]
     assert a.y[0] == b.y[0]
     assert (tmp_path / "b_out.csv").read_text().splitlines()[1].startswith("1,")  # as it was typed
 
