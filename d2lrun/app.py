@@ -291,6 +291,9 @@ def predict(args: Sequence[str]) -> Path:
     def task(cfg: DictConfig) -> Path:
         run = saved_run(cfg)
         out = Path(cfg.output) if cfg.output else run.checkpoint.parent / "predictions.csv"
+        if out.is_dir() or not out.parent.is_dir():
+            where = "is a folder" if out.is_dir() else f"is in {out.parent}, which does not exist"
+            raise UsageError(f"output={out} {where}. Fix: output=FILE.csv in a folder that exists.")
         n = predict_file(run, Path(cfg.input), out)
         print(f"wrote {n} prediction(s) to {out}")
         return out

@@ -43,14 +43,10 @@ def train(
     cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt: dict | None = None, **job
 ) -> dict:
     """One run into run_dir; with dataset.folds=K, K runs (run_dir/fold_i) and their mean."""
-    k = cfg.dataset.get("folds")
-    if not k:
-        return train_job(cfg, run_dir, overrides, ckpt, **job)
-    if ckpt is not None:
-        raise UsageError(
-            f"resume= continues one run, and dataset.folds={k} trains {k}. "
-            f"Fix: resume one fold, e.g. resume=RUN/fold_0 dataset.folds=null."
-        )
+    k = checked(cfg).dataset.get("folds")  # checked before any fold starts
+    if not k or ckpt is not None:  # resume=RUN/fold_i: that fold, continued as one run
+        fold = ckpt["spec"].get("fold") if ckpt else None
+        return train_job(cfg, run_dir, overrides, ckpt, fold=fold, **job)
     wall, finals, log = time.perf_counter(), [], job.get("log", say)
     for i in range(k):
         log(f"fold {i + 1}/{k}")
@@ -143,6 +139,15 @@ class Run:
             check_same_meaning(
                 ckpt["config"], cfg, f"resume={cfg.resume}", (*MEANING, "optim.name")
             )
+            source = Path(cfg.resume)  # a run folder, or a checkpoint in one
+            source = (source if source.is_dir() else source.parent).resolve()
+            if ckpt["epoch"] >= cfg.trainer.epochs and source != run_dir.resolve():
+                done, asked = ckpt["epoch"], cfg.trainer.epochs  # a new folder would get no .pt
+                raise UsageError(
+                    f"resume={shown(cfg.resume)} has trained {done} epochs, and trainer.epochs="
+                    f"{asked} asks for no more (it counts all of them). Fix: trainer.epochs="
+                    f"{done + asked}."
+                )
         self.cfg = cfg = checked(cfg)
         self.device = device = resolve_device(cfg.device)
         # Before any data: a logger whose package is missing or whose server is down fails now.

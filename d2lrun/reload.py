@@ -86,6 +86,11 @@ def find_checkpoint(run: str | Path, name: str = "last.pt") -> Path:
     """The checkpoint file for `run`, which is a run folder or a .pt file."""
     run = Path(run)
     if run.is_dir():
+        if not (run / name).exists() and (run / "fold_0").is_dir():
+            raise UsageError(
+                f"{run} is a k-fold run: each fold is a run of its own, in fold_0/, fold_1/, ... "
+                f"Fix: give one fold, e.g. {run / 'fold_0'}."
+            )
         if not (run / name).exists():
             have = ", ".join(sorted(p.name for p in run.glob("*.pt"))) or "no .pt files"
             raise UsageError(

@@ -192,7 +192,7 @@ class Trainer:
 @dataclass
 class Config:
     device: str = key()
-    seed: int = key()
+    seed: int = key(ge=0)  # numpy's generators (tables, folds) take no negative seed
     resume: str | None = key()
     trainer: Trainer = field(default_factory=Trainer)
     dataset: Any = MISSING

@@ -143,6 +143,12 @@ def table_splits(
             f"dataset.drop names {unknown}, which {source} does not have. "
             f"Fix: dataset.drop=[{','.join(c for c in cfg.drop if c in frame.columns)}]."
         )
+    numbers = frame.select_dtypes("number")
+    if infinite := [c for c in numbers if np.isinf(numbers[c]).any()]:
+        raise UsageError(
+            f"column(s) {infinite} of {source} hold infinite values, which no mean or loss can "
+            f"use. Fix: leave those cells empty (missing) or give finite numbers."
+        )
     unlabeled = int(frame[target].isna().sum())
     if unlabeled:  # rows without a target cannot be learned from: dropped, not given labels
         print(

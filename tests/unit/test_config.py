@@ -85,6 +85,7 @@ def message(*overrides) -> str:
         ),
         ("dataset.num_train=0", "dataset.num_train=0 is out of range: it must be at least 1"),
         ("seed=abc", "seed=abc is not a whole number. Fix: seed=0."),  # a key of config.yaml's own
+        ("seed=-1", "seed=-1 is out of range: it must be at least 0. Fix: seed=0."),
         (
             "dataset.target=preis€",  # Hydra's grammar reads no € unquoted
             "cannot read the override dataset.target=preis€. "

@@ -358,3 +358,14 @@ def test_class_codes_follow_the_training_classes_in_every_split_and_the_scale_is
     scaled = table_cfg(val_fraction=0.2, standardize_target=True)
     train, val, spec = table_splits(numbers, scaled, 0, None, "t", "auto", False)
     assert train.scale == val.scale == spec.target_scale and spec.target_scale["std"] > 1
+
+
+def test_a_table_with_infinite_values_is_refused_in_one_line(tmp_path):
+    """No mean, standard deviation or loss can use inf: it diverged in batch 1 and blamed lr."""
+    (tmp_path / "t.csv").write_text("x,z,y\n1,2,1\ninf,3,2\n3,4,-inf\n4,5,4\n")
+    with pytest.raises(UsageError) as e:
+        csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
+    assert str(e.value) == (
+        f"column(s) ['x', 'y'] of {tmp_path / 't.csv'} hold infinite values, which no mean or "
+        f"loss can use. Fix: leave those cells empty (missing) or give finite numbers."
+    )

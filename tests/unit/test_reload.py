@@ -649,3 +649,43 @@ def test_a_run_that_held_out_no_rows_is_evaluated_on_its_training_rows(tmp_path)
     metrics = evaluate_run(load_run(folder))
     assert set(metrics) == {"train_loss", "train_rmse"}
     assert metrics["train_rmse"] == final["train_rmse"]  # evaluated after its last epoch, as here
+
+
+def test_a_kfold_run_is_reloaded_fold_by_fold_and_a_fold_resumes_as_one_run(tmp_path):
+    from d2lrun import app
+    from d2lrun.reload import load_run
+
+    rows = ["dataset.num_train=60", "dataset.folds=3", "trainer.epochs=2"]
+    kfold = trained(tmp_path / "kfold", *rows)
+    with pytest.raises(UsageError) as e:
+        load_run(kfold)
+    assert str(e.value) == (
+        f"{kfold} is a k-fold run: each fold is a run of its own, in fold_0/, fold_1/, ... "
+        f"Fix: give one fold, e.g. {kfold / 'fold_0'}."
+    )
+    more = app.train([f"resume={kfold / 'fold_1'}", "trainer.epochs=3", "trainer.progress=false",
+                      f"hydra.run.dir={tmp_path / 'more'}"])  # fmt: skip
+    run = load_run(more)
+    assert run.spec.fold == [3, 1] and list(run.metrics["epoch"]) == [1, 2, 3]
+    with pytest.raises(UsageError) as e:  # nothing more to train: refused, no folder left
+        app.train([f"resume={more}", "trainer.epochs=3", f"hydra.run.dir={tmp_path / 'same'}"])
+    assert str(e.value) == (
+        f"resume={more} has trained 3 epochs, and trainer.epochs=3 asks for no more (it "
+        f"counts all of them). Fix: trainer.epochs=6."
+    )
+    assert not (tmp_path / "same").exists()
+
+
+def test_predictions_go_to_a_file_in_a_folder_that_exists(table_run, tmp_path):
+    from d2lrun import app
+
+    folder, frame = table_run
+    frame.drop(columns="price").to_csv(tmp_path / "new.csv", index=False)
+    missing = f"is in {tmp_path / 'no'}, which does not exist"
+    for output, where in ((tmp_path, "is a folder"), (tmp_path / "no" / "p.csv", missing)):
+        with pytest.raises(UsageError) as e:
+            app.predict([f"run={folder}", f"input={tmp_path / 'new.csv'}", f"output={output}"])
+        assert (
+            str(e.value)
+            == f"output={output} {where}. Fix: output=FILE.csv in a folder that exists."
+        )
