@@ -29,7 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from d2lrun.config import PATH_KEYS, checked, compose, override, resolve_device
+from d2lrun.config import PATH_KEYS, checked, compose, override, resolve_device, yaml_value
 from d2lrun.data import Spec, build_data, prepare_batch
 from d2lrun.errors import UsageError
 from d2lrun.files import atomic_write, curves_figure, remove_stale_temporaries, shown
@@ -192,10 +192,11 @@ def continued(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def first_difference(a, b, prefix: str):
+    """(the dotted key, a's value, b's value) where a and b first differ, as typed (null, true)."""
     if isinstance(a, dict) and isinstance(b, dict):
         diffs = (first_difference(a.get(k), b.get(k), f"{prefix}.{k}") for k in {**a, **b})
         return next((d for d in diffs if d), None)
-    return None if a == b else (prefix, a, b)
+    return None if a == b else (prefix, yaml_value(a), yaml_value(b))
 
 
 @dataclass

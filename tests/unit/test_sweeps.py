@@ -358,7 +358,7 @@ def test_a_stopped_job_goes_on_from_its_last_epoch_when_run_again(tmp_path):
 
 
 def test_resume_refuses_to_change_what_the_weights_mean_in_one_line():
-    from d2lrun.reload import check_same_meaning
+    from d2lrun.reload import check_same_meaning, first_difference
 
     saved = OmegaConf.to_container(compose(["model=mlp", "dataset=fashion_mnist"]), resolve=True)
     moved = compose(["model=mlp", "dataset=fashion_mnist", "dataset.root=elsewhere"])
@@ -380,6 +380,11 @@ def test_resume_refuses_to_change_what_the_weights_mean_in_one_line():
         UsageError, match=r"cannot change seed \(the run has seed=0, asked seed=1\)"
     ):
         check_same_meaning(saved, compose(["model=mlp", "dataset=fashion_mnist", "seed=1"]), "x")
+    # Values as they are typed on the command line, not as Python prints them.
+    was = {"folds": None, "standardize": True, "w": [2.0, -3.4]}
+    now = {"folds": 3, "standardize": False, "w": [2.0, -3.4]}
+    assert first_difference(was, now, "dataset") == ("dataset.folds", "null", "3")
+    assert first_difference(was | {"folds": 3}, now, "d") == ("d.standardize", "true", "false")
 
 
 def test_the_printed_table_has_the_best_job_first_in_bold_and_failures_in_red(
