@@ -263,6 +263,9 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
         where = f"{group}={option}" if option and group in SCHEMAS else group or "the config"
         has = [o for o, s in SCHEMAS.get(group, {}).items() if name in typing.get_type_hints(s)]
         fix = f"choose {' or '.join(f'{group}={o}' for o in has)}" if has else f"drop {dotted}"
+        if not has and (near := difflib.get_close_matches(name, list(types), n=1, cutoff=0.75)):
+            fix = f"{group}.{near[0]}" if group else near[0]  # a typo: trainer.epoch
+            fix = f"write {fix} instead of {dotted}"
         keys = ", ".join(types) or "none"
         return f"{dotted} is not a key of {where} (its keys: {keys}). Fix: {fix}."
     kind = types[name]

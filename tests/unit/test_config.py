@@ -87,6 +87,17 @@ def message(*overrides) -> str:
         ("seed=abc", "seed=abc is not a whole number. Fix: seed=0."),  # a key of config.yaml's own
         ("seed=-1", "seed=-1 is out of range: it must be at least 0. Fix: seed=0."),
         (
+            "trainer.epoch=3",  # a typo: the key it is near
+            "trainer.epoch is not a key of trainer (its keys: epochs, batch_size, "
+            "checkpoint_every, progress, compile, log_rmse). "
+            "Fix: write trainer.epochs instead of trainer.epoch.",
+        ),
+        (
+            "optim.xyz=1",  # near no key
+            "optim.xyz is not a key of optim=sgd (its keys: name, lr, momentum, weight_decay). "
+            "Fix: drop optim.xyz.",
+        ),
+        (
             "dataset.target=preis€",  # Hydra's grammar reads no € unquoted
             "cannot read the override dataset.target=preis€. "
             "Fix: quote the value: dataset.target='preis€'.",
