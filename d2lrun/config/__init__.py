@@ -261,7 +261,8 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
     group, _, name = dotted.rpartition(".")
     if name not in types:  # a key the chosen option does not have
         where = f"{group}={option}" if option and group in SCHEMAS else group or "the config"
-        has = [o for o, s in SCHEMAS.get(group, {}).items() if name in typing.get_type_hints(s)]
+        options = SCHEMAS.get(group, {}) if schema in SCHEMAS.get(group, {}).values() else {}
+        has = [o for o, s in options.items() if name in typing.get_type_hints(s)]  # not eval's
         fix = f"choose {' or '.join(f'{group}={o}' for o in has)}" if has else f"drop {dotted}"
         if not has and (near := difflib.get_close_matches(name, list(types), n=1, cutoff=0.75)):
             fix = f"{group}.{near[0]}" if group else near[0]  # a typo: trainer.epoch
@@ -269,5 +270,9 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
         keys = ", ".join(types) or "none"
         return f"{dotted} is not a key of {where} (its keys: {keys}). Fix: {fix}."
     kind = types[name]
+    if dataclasses.is_dataclass(kind):  # trainer=5: a section, not a value
+        key = f"{dotted}.{dataclasses.fields(kind)[0].name}"
+        return f"{dotted} is a section of keys, not a value. Fix: {key}={example(None, key)}."
     what = {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, "a list")
-    return f"{dotted}={value} is not {what}. Fix: {dotted}={example(None, dotted, option)}."
+    fix = f"[{value}]" if what == "a list" and value is not None else example(None, dotted, option)
+    return f"{dotted}={value} is not {what}. Fix: {dotted}={fix}."

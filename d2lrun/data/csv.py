@@ -175,7 +175,7 @@ def table_splits(
         if n - n_val < 1:
             raise UsageError(
                 f"{source} has {n} labelled row(s): too few to hold out {cfg.val_fraction:.0%} for "
-                f"validation and still train. Fix: add rows (at least 2)."
+                f"validation and still train. Fix: add rows, or dataset.val_fraction=0."
             )
         order = np.random.default_rng(seed).permutation(n)
         train_at, val_at = order[n_val:], order[:n_val]

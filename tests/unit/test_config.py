@@ -92,6 +92,7 @@ def message(*overrides) -> str:
             "checkpoint_every, progress, compile, log_rmse). "
             "Fix: write trainer.epochs instead of trainer.epoch.",
         ),
+        ("trainer=5", "trainer is a section of keys, not a value. Fix: trainer.epochs=3."),
         (
             "optim.xyz=1",  # near no key
             "optim.xyz is not a key of optim=sgd (its keys: name, lr, momentum, weight_decay). "
@@ -146,10 +147,26 @@ def test_a_quoted_value_hydras_grammar_cannot_read_unquoted_is_taken():
         ),
         (["dataset.w=0.5"], "dataset.w=0.5 is one number, so dataset.num_inputs must say how many"),
         (["dataset.num_inputs=3"], "dataset.num_inputs=3 but dataset.w has 2 values"),
+        (
+            ["dataset=csv", "dataset.drop=Id"],
+            "dataset.drop=Id is not a list. Fix: dataset.drop=[Id].",
+        ),
     ],
 )
 def test_bad_combinations(overrides, expected):
     assert message(*overrides).startswith(expected)
+
+
+def test_d2lrun_eval_names_no_dataset_option_it_cannot_choose():
+    """d2lrun-eval's dataset keys say where the data is; the target is the run's own."""
+    from d2lrun.config import explain
+
+    with pytest.raises(Exception) as e:
+        compose(["dataset.target=Area"], "eval")
+    assert str(explain(e.value)) == (
+        "dataset.target is not a key of dataset (its keys: root, path, download). "
+        "Fix: drop dataset.target."
+    )
 
 
 def test_good_config_passes_is_typed_and_paths_become_absolute(tmp_path, monkeypatch):
