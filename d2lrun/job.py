@@ -141,7 +141,9 @@ class Run:
             )
             source = Path(cfg.resume)  # a run folder, or a checkpoint in one
             source = (source if source.is_dir() else source.parent).resolve()
-            if ckpt["epoch"] >= cfg.trainer.epochs and source != run_dir.resolve():
+            ended = source / "metrics.json"  # not a run killed in its last files: it finishes
+            completed = ended.exists() and json.loads(ended.read_text())["status"] == "completed"
+            if completed and ckpt["epoch"] >= cfg.trainer.epochs and source != run_dir.resolve():
                 done, asked = ckpt["epoch"], cfg.trainer.epochs  # a new folder would get no .pt
                 raise UsageError(
                     f"resume={shown(cfg.resume)} has trained {done} epochs, and trainer.epochs="
