@@ -55,9 +55,7 @@ def train(
             if (folder / "last.pt").exists():  # a sweep's job run again (Slurm requeued it)
                 fold_cfg = cfg.copy()
                 ckpt = continued(fold_cfg, folder)
-                ended = folder / "metrics.json"
-                fold = json.loads(ended.read_text()) if ended.exists() else {}
-                if fold.get("status") == "completed":
+                if fold := completed(folder):
                     log(f"fold {i + 1}/{k}: completed before in {shown(folder)}; kept")
                     finals.append(fold["final"])
                     continue
@@ -80,6 +78,13 @@ def train(
     }  # fmt: skip
     write_json(run_dir / "metrics.json", summary)
     return summary
+
+
+def completed(folder: Path) -> dict | None:
+    """metrics.json of the run that completed in folder, else None."""
+    ended = folder / "metrics.json"
+    summary = json.loads(ended.read_text()) if ended.exists() else {}
+    return summary if summary.get("status") == "completed" else None
 
 
 def fold_table(finals: list[dict], mean: dict, k: int) -> str:
@@ -141,9 +146,8 @@ class Run:
             )
             source = Path(cfg.resume)  # a run folder, or a checkpoint in one
             source = (source if source.is_dir() else source.parent).resolve()
-            ended = source / "metrics.json"  # not a run killed in its last files: it finishes
-            completed = ended.exists() and json.loads(ended.read_text())["status"] == "completed"
-            if completed and ckpt["epoch"] >= cfg.trainer.epochs and source != run_dir.resolve():
+            finished = completed(source)  # not a run killed in its last files: that one finishes
+            if finished and ckpt["epoch"] >= cfg.trainer.epochs and source != run_dir.resolve():
                 done, asked = ckpt["epoch"], cfg.trainer.epochs  # a new folder would get no .pt
                 raise UsageError(
                     f"resume={shown(cfg.resume)} has trained {done} epochs, and trainer.epochs="
