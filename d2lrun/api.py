@@ -16,12 +16,15 @@ from d2lrun.errors import Bug, UsageError
 
 
 def train(*overrides: str):
-    """Train as `d2lrun OVERRIDES...` does; the run reloaded (d2lrun.reload.SavedRun)."""
+    """Train as `d2lrun OVERRIDES...` does; the run reloaded (d2lrun.reload.SavedRun), or with
+    dataset.folds=K a list of the K folds' runs."""
     from d2lrun.reload import load_run
 
     if {"-m", "--multirun"} & set(overrides):
         raise UsageError("d2lrun.train trains one run. Fix: d2lrun.sweep(...) for a sweep.")
-    return load_run(raising(app.train, list(overrides)))
+    run_dir = raising(app.train, list(overrides))
+    k = sum(1 for _ in run_dir.glob("fold_*"))
+    return [load_run(run_dir / f"fold_{i}") for i in range(k)] if k else load_run(run_dir)
 
 
 def sweep(*overrides: str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
@@ -76,13 +77,17 @@ def build_data(
     if fitted is not None and cfg.name in TABLES:  # not cached: the key sorts dicts whose
         train, val, spec = read(config, seed, fold, fitted)  # order is the features' order
     else:
-        train, val, spec = load(json.dumps([config, seed, fold], sort_keys=True))
+        # A file edited between two runs of one process (a notebook) is read again: its size and
+        # modification time are part of the key.
+        found = os.stat(config["path"]) if os.path.isfile(config.get("path", "")) else None
+        stamp = found and [found.st_mtime_ns, found.st_size]
+        train, val, spec = load(json.dumps([config, seed, fold, stamp], sort_keys=True))
     return train.to(device), val.to(device), spec
 
 
 @functools.lru_cache(maxsize=4)  # the jobs of a sweep in one process decode a dataset once
 def load(key: str) -> tuple[Split, Split, Spec]:
-    return read(*json.loads(key))
+    return read(*json.loads(key)[:3])
 
 
 def read(config: dict, seed: int, fold: list[int] | None, fitted: Spec | None = None):

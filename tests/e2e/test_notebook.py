@@ -96,6 +96,25 @@ def test_a_diverged_run_raises_diverged(here):
         d2lrun.train("optim.lr=10", "trainer.progress=false")
 
 
+def test_a_k_fold_run_returns_its_folds(here):
+    folds = d2lrun.train("dataset.folds=2", "trainer.epochs=1", "trainer.progress=false")
+    assert [run.spec.fold for run in folds] == [[2, 0], [2, 1]]
+    assert [run.run_dir.name for run in folds] == ["fold_0", "fold_1"]
+    assert all(run.summary["status"] == "completed" for run in folds)
+
+
+def test_a_csv_edited_between_two_runs_is_read_again(here):
+    """One process (a notebook): the second run trains on the file as it is now."""
+    args = ["dataset=csv", "dataset.path=t.csv", "dataset.target=y", "trainer.epochs=1",
+            "trainer.progress=false"]  # fmt: skip
+    Path("t.csv").write_text("x,y\n" + "".join(f"{i},{2 * i}\n" for i in range(100)))
+    first = d2lrun.train(*args)
+    Path("t.csv").write_text("x,y\n" + "".join(f"{i},{-i}\n" for i in range(20)))
+    second = d2lrun.train(*args)
+    # the first file's targets are 0 ... 198, the second's 0 ... -19
+    assert first.spec.target_scale["mean"] > 0 > second.spec.target_scale["mean"]
+
+
 def test_sweep_and_report_return_one_row_per_job(here):
     with pytest.warns(UserWarning, match=r"1 of 3 sweep jobs did not complete \(1 diverged\)"):
         table = d2lrun.sweep(
