@@ -28,6 +28,7 @@ from d2lrun.reload import (
     MEANING,
     check_same_meaning,
     continued,
+    load_checkpoint,
     load_state_dict_strict,
 )
 from d2lrun.tracking import experiment_name, open_tracker
@@ -177,6 +178,8 @@ class Run:
         self.history = History()
         if ckpt is not None:
             self.history = restore(ckpt, model, self.optimizer, self.trainer)
+            if source != run_dir.resolve():  # a new folder has the best epoch's best.pt too
+                carry_best(source / "best.pt", ckpt, run_dir)
             log(f"resuming {shown(cfg.resume)} from epoch {self.trainer.epoch}")
 
         config = OmegaConf.to_container(cfg, resolve=True)
@@ -256,6 +259,13 @@ class Run:
                 signum,
             )
         return summary
+
+
+def carry_best(best: Path, ckpt: dict, run_dir: Path) -> None:
+    """best, copied into run_dir when it is the best epoch of the resumed ckpt."""
+    if ckpt.get("best") and best.exists():
+        if load_checkpoint(best).get("epoch") == ckpt["best"]["epoch"]:
+            atomic_write(run_dir / "best.pt", best.read_bytes())
 
 
 def checkpoint(model, optimizer: Optimizer, trainer: Trainer, history: History, extra: dict):

@@ -238,3 +238,16 @@ def test_resume_restores_the_history_and_the_best_epoch_so_far(tmp_path):
     history = restore(ckpt, model, sgd(model), trainer)
     assert (history.rows, history.best, trainer.epoch) == (ckpt["history"], ckpt["best"], 3)
     assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
+
+
+def test_a_run_resumed_into_a_new_folder_has_the_best_epochs_best_pt(tmp_path):
+    """Its metrics.json names epoch 1 as the best: d2lrun-eval ckpt=NEW/best.pt finds it there."""
+    run_job(tmp_path / "a", "trainer.epochs=1")
+    ckpt = load_checkpoint(tmp_path / "a" / "last.pt")
+    # a step too small to change a float32 weight: epoch 2 does not beat epoch 1
+    args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "trainer.epochs=2",
+            f"resume={tmp_path / 'a'}", "optim.lr=1e-30"]  # fmt: skip
+    train_job(compose(args), tmp_path / "b", args, ckpt, log=lambda *_: None)
+    summary = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert summary["epochs_completed"] == 2 and summary["best"]["epoch"] == 1
+    assert (tmp_path / "b" / "best.pt").read_bytes() == (tmp_path / "a" / "best.pt").read_bytes()
