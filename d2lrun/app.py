@@ -25,11 +25,8 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from d2lrun.config import CONFIG_DIR, compose, given, override, register
 from d2lrun.errors import Interrupted, RunFailed, UsageError
-from d2lrun.files import Plotter, claim_dir, hold, shown, unwritable, write_json
+from d2lrun.files import STOP_SIGNALS, Plotter, claim_dir, hold, shown, unwritable, write_json
 
-# What clusters and containers send to stop a process: SIGTERM (Slurm's time limit and scancel,
-# docker stop, systemd, Kubernetes) and the warning Slurm can send before (--signal=USR2@90).
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.json", "metrics.csv", "fold_0")
 
 

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import threading
 from pathlib import Path
 
 import torch
@@ -25,11 +24,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from d2lrun.app import STOP_SIGNALS, stop_signals
+from d2lrun.app import stop_signals
 from d2lrun.config import checked, resolve_device
 from d2lrun.data import build_data
 from d2lrun.errors import Diverged, Interrupted, UsageError
-from d2lrun.files import Plotter, hold, shown
+from d2lrun.files import Plotter, deferred_signals, hold, shown
 from d2lrun.job import Run
 from d2lrun.models import build_model
 from d2lrun.stack import Stack, StackOptimizer, most_members, stackable
@@ -230,29 +229,10 @@ def train_stack(jobs: list[dict], plotter: Plotter | None = None, **common) -> l
             if ended[m] is None:
                 run.failed(e)
         raise
-    going = [m for m in range(len(runs)) if ended[m] is None]
-    plots = [(runs[m].history.rows, runs[m].title) for m in going]
-    for m, png in zip(going, (plotter or Plotter(0)).many(plots), strict=True):
-        runs[m].draw = lambda rows, title, png=png: png  # drawn side by side above
-        end(m, "completed")
+    with deferred_signals():  # Ctrl-C or a stop signal now: once every member has its files
+        going = [m for m in range(len(runs)) if ended[m] is None]
+        plots = [(runs[m].history.rows, runs[m].title) for m in going]
+        for m, png in zip(going, (plotter or Plotter(0)).many(plots), strict=True):
+            runs[m].draw = lambda rows, title, png=png: png  # drawn side by side above
+            end(m, "completed")
     return ended
-
-
-@contextlib.contextmanager
-def deferred_signals():
-    """Ctrl-C and the stop signals held back until the block ends, then handled as before."""
-    # Not with pthread_sigmask: it holds them back from the main thread only, and the OS then
-    # hands them to another (torch's), whose handler still interrupts the main one.
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    numbers = [getattr(signal, n) for n in ("SIGINT", *STOP_SIGNALS) if hasattr(signal, n)]
-    handlers = {n: signal.signal(n, lambda signum, _: caught.append(signum)) for n in numbers}
-    try:
-        yield
-    finally:
-        for n, handler in handlers.items():
-            signal.signal(n, handler)
-        if caught:
-            signal.raise_signal(caught[0])  # now to the handler it had

@@ -11,11 +11,17 @@ import functools
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from d2lrun.errors import RunFailed
+
+# What clusters and containers send to stop a process: SIGTERM (Slurm's time limit and scancel,
+# docker stop, systemd, Kubernetes) and the warning Slurm can send before (--signal=USR2@90).
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
@@ -38,6 +44,27 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
         finally:
             os.close(fd)
     return path
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Ctrl-C and the stop signals held back until the block has written its files, then handled
+    as before; dropped when the block raised or cleared the list it is given."""
+    # Not with pthread_sigmask: it holds them back from the main thread only, and the OS then
+    # hands them to another (torch's), whose handler still interrupts the main one.
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    numbers = [getattr(signal, n) for n in ("SIGINT", *STOP_SIGNALS) if hasattr(signal, n)]
+    handlers = {n: signal.signal(n, lambda signum, _: caught.append(signum)) for n in numbers}
+    try:
+        yield caught
+    finally:
+        for n, handler in handlers.items():
+            signal.signal(n, handler)
+    if caught:
+        signal.raise_signal(caught[0])  # now to the handler it had
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -19,7 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from d2lrun.config import checked, given, resolve_device
 from d2lrun.data import Spec, Split, build_data
 from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError
-from d2lrun.files import atomic_write, curves_png, save_torch, shown, write_csv, write_json
+from d2lrun.files import (
+    atomic_write,
+    curves_png,
+    deferred_signals,
+    save_torch,
+    shown,
+    write_csv,
+    write_json,
+)
 from d2lrun.models import build_model, loss_kind
 from d2lrun.models.init import apply_init
 from d2lrun.optim import Optimizer, build_optimizer
@@ -226,31 +234,44 @@ class Run:
         """The run's files as it ended (completed, diverged or interrupted); its summary."""
         history, run_dir, summary = self.history, self.run_dir, self.summary
         epoch = history.rows[-1]["epoch"] if history.rows else 0  # the last one saved
-        if status == "interrupted":
-            summary["signal"] = signal.Signals(signum).name
-            by = "Ctrl-C" if signum == signal.SIGINT else summary["signal"]
-            reason = f"stopped by {by} after epoch {epoch}"
-            if history.pending is not None:
-                save_torch(run_dir / "last.pt", history.pending)
-        summary |= {
-            "status": status, "reason": reason, "epochs_completed": epoch,
-            "final": history.rows[-1] if history.rows else None, "best": history.best,
-            "wall_seconds": round(time.perf_counter() - self.wall, 3),
-        }  # fmt: skip
-        if history.rows:
-            write_csv(run_dir / "metrics.csv", history.rows)
-            atomic_write(run_dir / "curves.png", self.draw(history.rows, self.title))
-        if status == "completed":
-            state = {k: v.to("cpu") for k, v in self.model.state_dict().items()}
-            save_torch(run_dir / "model.pt", state)
-            if (found := learned(self.model, self.spec, self.log)) is not None:
-                summary["learned"] = found
-        write_json(run_dir / "metrics.json", summary)
+        # Ctrl-C or a stop signal now is handled once the files are written (ignored when the
+        # run is stopping already: a second Ctrl-C)
+        try:
+            with deferred_signals() as caught:
+                if status == "interrupted":
+                    summary["signal"] = signal.Signals(signum).name
+                    reason = f"stopped by {by(signum)} after epoch {epoch}"
+                    if history.pending is not None:
+                        save_torch(run_dir / "last.pt", history.pending)
+                summary |= {
+                    "status": status, "reason": reason, "epochs_completed": epoch,
+                    "final": history.rows[-1] if history.rows else None, "best": history.best,
+                    "wall_seconds": round(time.perf_counter() - self.wall, 3),
+                }  # fmt: skip
+                if history.rows:
+                    write_csv(run_dir / "metrics.csv", history.rows)
+                    atomic_write(run_dir / "curves.png", self.draw(history.rows, self.title))
+                if status == "completed":
+                    state = {k: v.to("cpu") for k, v in self.model.state_dict().items()}
+                    save_torch(run_dir / "model.pt", state)
+                    if (found := learned(self.model, self.spec, self.log)) is not None:
+                        summary["learned"] = found
+                write_json(run_dir / "metrics.json", summary)
+                if status == "interrupted":
+                    caught.clear()
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            self.tracker.finish(status, summary, run_dir)
+            raise Interrupted(
+                f"interrupted by {by(signum)} as the run ended ({status}); its files are all "
+                f"written in {shown(run_dir)}.",
+                signum,
+            ) from None
         self.tracker.finish(status, summary, run_dir)
         if status == "diverged":
             raise Diverged(f"diverged: {reason}")
         if status == "interrupted":
-            what = "interrupted" + ("" if by == "Ctrl-C" else f" by {by}")
+            what = "interrupted" + ("" if signum == signal.SIGINT else f" by {by(signum)}")
             if epoch == 0:
                 raise Interrupted(f"{what} before any epoch finished; nothing to resume.", signum)
             raise Interrupted(
@@ -259,6 +280,11 @@ class Run:
                 signum,
             )
         return summary
+
+
+def by(signum: int) -> str:
+    """What sent signum: Ctrl-C, or the signal's name (SIGTERM)."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 def carry_best(best: Path, ckpt: dict, run_dir: Path) -> None:

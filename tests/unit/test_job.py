@@ -251,3 +251,52 @@ def test_a_run_resumed_into_a_new_folder_has_the_best_epochs_best_pt(tmp_path):
     summary = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert summary["epochs_completed"] == 2 and summary["best"]["epoch"] == 1
     assert (tmp_path / "b" / "best.pt").read_bytes() == (tmp_path / "a" / "best.pt").read_bytes()
+
+
+def signal_while_drawing(monkeypatch, signum):
+    """curves.png's drawing sends signum to this process: it arrives while the run's files are
+    being written."""
+    import os
+    import signal
+
+    original = d2lrun.job.Run.end
+
+    def end(self, *how, **kw):
+        draw = self.draw
+        self.draw = lambda rows, title: (os.kill(os.getpid(), signum), draw(rows, title))[1]
+        return original(self, *how, **kw)
+
+    monkeypatch.setattr(d2lrun.job.Run, "end", end)
+    return signal.getsignal(signal.SIGINT)
+
+
+def test_ctrl_c_while_a_completed_run_writes_its_files_waits_for_them(tmp_path, monkeypatch):
+    import signal
+
+    handler = signal_while_drawing(monkeypatch, signal.SIGINT)
+    with pytest.raises(Interrupted, match=r"^interrupted by Ctrl-C as the run ended \(completed"):
+        run_job(tmp_path, "trainer.epochs=2")
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+    assert {p.name for p in tmp_path.iterdir()} >= {"model.pt", "curves.png", "metrics.csv"}
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_a_second_ctrl_c_while_an_interrupted_run_saves_is_ignored(tmp_path, monkeypatch):
+    import signal
+
+    signal_while_drawing(monkeypatch, signal.SIGINT)
+    calls = {"n": 0}
+    original = d2lrun.optim.Optimizer.step
+
+    def step(self):
+        calls["n"] += 1
+        if calls["n"] == 20 + 5:  # in epoch 2
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
+    with pytest.raises(Interrupted, match="interrupted after epoch 1; the last complete epoch"):
+        run_job(tmp_path, "trainer.epochs=3")
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] == 1
+    assert (tmp_path / "curves.png").exists()

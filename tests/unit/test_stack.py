@@ -142,3 +142,34 @@ def test_the_launcher_takes_each_job_config_the_sweeper_composed_and_never_one_t
     assert loader.take(None, ["optim.lr=0.1"]) == {"overrides": ["optim.lr=0.1"], "call": 2}
     assert loader.take(None, ["optim.lr=1"])["call"] == 3
     assert loader.calls == 3 and loader.kept == {}
+
+
+def test_a_stop_signal_while_the_members_write_their_files_waits_for_all_of_them(
+    tmp_path, monkeypatch
+):
+    import os
+    import signal
+
+    import d2lrun.job
+
+    original = d2lrun.job.Run.end
+
+    def end(self, *how, **kw):  # SIGTERM arrives as the first member writes its files
+        if self.run_dir.name == "m0":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *how, **kw)
+
+    monkeypatch.setattr(d2lrun.job.Run, "end", end)
+    last = tmp_path / "m2" / "metrics.json"
+    caught = []
+    before = signal.signal(signal.SIGTERM, lambda signum, _: caught.append((signum, last.exists())))
+    try:
+        train_stack([quiet(["experiment=ch4_weight_decay", "trainer.epochs=2",
+                            f"optim.lr={lr}"], tmp_path / f"m{i}")
+                     for i, lr in enumerate((0.003, 0.001, 0.002))])  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert caught == [(signal.SIGTERM, True)]  # handled once, after the last member's files
+    for i in range(3):
+        summary = json.loads((tmp_path / f"m{i}" / "metrics.json").read_text())
+        assert summary["status"] == "completed" and (tmp_path / f"m{i}" / "model.pt").exists()
