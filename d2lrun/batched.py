@@ -83,13 +83,11 @@ def grouped(jobs: list[tuple[int, DictConfig]]) -> list[list[tuple[int, DictConf
 
 def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]:
     nums = [num for num, _ in group]
-    named = f"job {nums[0]}" if len(nums) == 1 else f"jobs {', '.join(map(str, nums))}"
     first = group[0][1]  # not checked here: a member whose value is refused fails alone
     why = stackable(first) if len(group) > 1 else "nothing to stack it with"
     if why:
-        log.info(f"{named}: one after another ({why})")
+        log.info(f"{named(nums)}: one after another ({why})")
         return {num: run(launcher, cfg, launcher.task_function) for num, cfg in group}
-    log.info(f"{named}: {first.model.name}, trained as one stack of {len(group)}")
     found = {}
 
     def folder(cfg: DictConfig) -> None:  # Hydra's run_job makes the job's folder and .hydra/
@@ -107,6 +105,10 @@ def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]
     for num, value in scores.items():
         returns[num].return_value = value
     return returns
+
+
+def named(nums: list[int]) -> str:
+    return f"job {nums[0]}" if len(nums) == 1 else f"jobs {', '.join(map(str, nums))}"
 
 
 def run(launcher, cfg: DictConfig, task) -> JobReturn:
@@ -140,6 +142,8 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
     for members in todo.values():
         limit = launcher.max_members or most_stack(members)
         for part in (members[i : i + limit] for i in range(0, len(members), limit)):
+            model = part[0][1].model.name
+            log.info(f"{named([m[0] for m in part])}: {model}, trained as one stack of {len(part)}")
             jobs = [{"cfg": cfg, "run_dir": run_dir, "overrides": overrides, "ckpt": ckpt,
                      "log": lambda line, num=num: print(f"job {num}: {line}", flush=True)}
                     for num, cfg, run_dir, overrides, ckpt in part]  # fmt: skip

@@ -78,7 +78,7 @@ def test_a_stopped_stack_saves_every_member_at_one_epoch_and_goes_on(tmp_path):
             assert [int(row["epoch"]) for row in csv.DictReader(f)] == list(range(1, 301))
 
 
-def test_a_member_whose_value_is_refused_fails_alone_and_the_others_train(tmp_path):
+def test_a_refused_value_fails_alone_and_max_members_splits_the_stack(tmp_path):
     """As with the basic launcher: optim.lr=-1 fails its own job with its one line; the rest of
     its group still trains as one stack."""
     s = tmp_path / "sweep"
@@ -87,6 +87,13 @@ def test_a_member_whose_value_is_refused_fails_alone_and_the_others_train(tmp_pa
     assert "optim.lr=-1.0 is out of range: it must be greater than 0" in r.stderr
     assert [(x["job"], x["status"]) for x in summary(s)] == [
         ("2", "completed"), ("1", "completed"), ("0", "failed")]  # fmt: skip
+    r = sweep(
+        tmp_path / "parts", BATCHED, "optim.lr=0.01,0.02,0.03", "hydra.launcher.max_members=2"
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [line.partition("[HYDRA] ")[2] for line in r.stdout.splitlines() if "stack" in line]
+    assert lines == ["jobs 0, 1: linreg, trained as one stack of 2",
+                     "job 2: linreg, trained as one stack of 1"]  # fmt: skip
     r = sweep(tmp_path / "other", BATCHED, "optim.lr=0.1,0.3", "hydra.launcher.max_members=0")
     assert r.returncode == 2 and r.stderr.strip() == (
         "d2lrun: error: hydra.launcher.max_members=0 is not a whole number of at least 1. "
