@@ -189,6 +189,7 @@ class Run:
             if source != run_dir.resolve():  # a new folder has the best epoch's best.pt too
                 carry_best(source / "best.pt", ckpt, run_dir)
             log(f"resuming {shown(cfg.resume)} from epoch {self.trainer.epoch}")
+            self.wall -= ckpt.get("wall_seconds", 0)  # its wall time counts every attempt's
 
         config = OmegaConf.to_container(cfg, resolve=True)
         kept = [o for o in overrides if not o.startswith("resume=")]
@@ -216,6 +217,7 @@ class Run:
         if best is None or (value > best["value"] if self.classify else value < best["value"]):
             best = {"epoch": trainer.epoch, "metric": self.metric, "value": value}
         snapshot = checkpoint(self.model, self.optimizer, trainer, History(rows, best), self.extra)
+        snapshot["wall_seconds"] = round(time.perf_counter() - self.wall, 3)
         due = trainer.epoch % trainer.checkpoint_every == 0 or trainer.epoch == trainer.epochs
         names = ["best.pt"] * (best is not history.best) + ["last.pt"] * due
         if names:

@@ -10,6 +10,7 @@ A checkpoint is a plain dict of tensors and containers, loaded weights_only:
     config     the run's config, resolved      overrides  its command line, as typed
     spec       what the data decided (d2lrun.data.Spec as a dict)
     mlflow_run_id  logger=mlflow's run (None otherwise), which `d2lrun resume=` continues
+    restarts   times resumed or requeued       wall_seconds  training time so far, all attempts
 `model.pt` is only the final state_dict, loadable into the book's own nn.Sequential.
 Resume, eval and predict compose a saved run alike: run_overrides, then check_same_meaning.
 """

@@ -300,3 +300,17 @@ def test_a_second_ctrl_c_while_an_interrupted_run_saves_is_ignored(tmp_path, mon
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["status"] == "interrupted" and summary["epochs_completed"] == 1
     assert (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Creating legend")  # matplotlib times itself with this clock
+def test_a_resumed_runs_wall_time_counts_the_epochs_before(tmp_path, monkeypatch):
+    clock = iter(range(0, 10_000, 10))  # every reading 10 s after the one before
+    monkeypatch.setattr(d2lrun.job.time, "perf_counter", lambda: next(clock))
+    run_job(tmp_path / "a", "trainer.epochs=2")
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text())["wall_seconds"]
+    ckpt = load_checkpoint(tmp_path / "a" / "last.pt")
+    args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "trainer.epochs=3",
+            f"resume={tmp_path / 'a'}"]  # fmt: skip
+    train_job(compose(args), tmp_path / "a", args, ckpt, log=lambda *_: None)
+    total = json.loads((tmp_path / "a" / "metrics.json").read_text())["wall_seconds"]
+    assert ckpt["wall_seconds"] <= first < total and total - ckpt["wall_seconds"] < first
