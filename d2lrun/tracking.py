@@ -44,8 +44,12 @@ class TensorBoard(Tracker):
 
     def start(self, config: dict, rows: list[dict]) -> None:
         self.config = config
-        self.writer = self.SummaryWriter(log_dir=str(self.folder))
-        for row in rows:  # a resumed run's earlier epochs: its folder has them all, as metrics.csv
+        # Resumed in place, its earlier epochs are logged already; purge_step hides those after
+        # its checkpoint. Into a new folder, they are logged again: it has all, as metrics.csv.
+        again = self.folder.is_dir() and rows
+        purge = rows[-1]["epoch"] + 1 if again else None
+        self.writer = self.SummaryWriter(log_dir=str(self.folder), purge_step=purge)
+        for row in [] if again else rows:
             self.log_epoch(row)
 
     def log_epoch(self, row: dict) -> None:

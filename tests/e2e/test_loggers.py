@@ -369,7 +369,7 @@ def test_an_unreachable_tracking_server_fails_quickly_before_training(tmp_path):
 
 def test_tensorboard_in_a_sweep_a_diverged_job_and_a_resumed_run(tmp_path):
     """Each sweep job writes its own events and hparams (status included, so HParams shows the
-    diverged job); a resumed run's events hold every epoch, the ones before the resume too."""
+    diverged job); a resumed run's events hold every epoch once, the ones before the resume too."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
@@ -402,3 +402,8 @@ def test_tensorboard_in_a_sweep_a_diverged_job_and_a_resumed_run(tmp_path):
     assert [e.value for e in resumed.Scalars("val_loss")] == pytest.approx(
         rows["val_loss"].tolist(), rel=1e-6
     )
+    # in place: the events before the resume are there already, and logged once
+    r = run_module(f"resume={s / '0'}", "trainer.epochs=3", f"hydra.run.dir={s / '0'}", *FAST)
+    assert r.returncode == 0, r.stderr
+    again, status = events(s / "0")
+    assert status == "completed" and [e.step for e in again.Scalars("val_loss")] == [1, 2, 3]
