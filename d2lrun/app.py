@@ -23,7 +23,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from d2lrun.config import CONFIG_DIR, compose, given, override, register
+from d2lrun.config import CONFIG_DIR, check_groups, compose, given, override, register
 from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.files import STOP_SIGNALS, Plotter, claim_dir, hold, shown, unwritable, write_json
 
@@ -138,6 +138,7 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
                 if isinstance(e, Interrupted):  # Ctrl-C or a stop signal: stop a sweep's launcher
                     raise KeyboardInterrupt from e
 
+    check_groups(args)
     # The presets when the command names one (+experiment=...), or reloads a run that may have.
     register(presets=config_name != "config" or any("experiment" in a for a in args))
     argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")

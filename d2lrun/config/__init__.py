@@ -35,6 +35,7 @@ def compose(
     overrides: Sequence[str] = (), name: str = "config", with_hydra: bool = False
 ) -> DictConfig:
     """The config of `d2lrun OVERRIDES...` via Hydra's Compose API; with_hydra: Hydra's keys too."""
+    check_groups(overrides)
     if GlobalHydra.instance().is_initialized():  # e.g. d2lrun-eval's @hydra.main: the same configs
         return hydra_compose(name, list(overrides), return_hydra_config=with_hydra)
     register()
@@ -249,6 +250,20 @@ def explain(e: BaseException) -> D2lrunError:
     return Bug(
         f"{type(e).__name__}: {first} (a bug in d2lrun? HYDRA_FULL_ERROR=1 shows the traceback)"
     )
+
+
+def check_groups(args: Sequence[str]) -> None:
+    """GROUP=null, which Hydra refuses with a ValueError, as one line naming the options."""
+    parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    for group in (o.key_or_group for o in parsed if o.value() is None):
+        if group == "experiment":  # no preset: the default
+            raise UsageError("experiment=null names no preset. Fix: leave experiment= out.")
+        if group in SCHEMAS:
+            options = list(SCHEMAS[group])  # the first is config.yaml's default
+            raise UsageError(
+                f"{group}=null picks none of {group}'s options ({', '.join(options)}). "
+                f"Fix: {group}={options[0]}."
+            )
 
 
 def closest(name: str, options) -> str:

@@ -202,6 +202,14 @@ def test_seeded_runs_are_reproducible(tmp_path):
             "Unknown model 'lenett'. Choose one of: conv2d, lenet, linreg, mlp, softmax. "
             "Fix: model=lenet.",
         ),
+        (
+            ["logger=null"],
+            2,
+            "logger=null picks none of logger's options (none, tensorboard, mlflow). "
+            "Fix: logger=none.",
+        ),
+        (["experiment=null"], 2, "experiment=null names no preset. Fix: leave experiment= out."),
+        (["-m", "model=null", "optim.lr=0.1,0.2"], 2, "model=null picks none of model's options"),
     ],
 )
 def test_mistakes_give_one_line_and_exit_code(tmp_path, args, code, message):
