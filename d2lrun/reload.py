@@ -263,16 +263,32 @@ class SavedRun:
                     f"DataFrame, not {type(inputs).__name__}. Fix: pd.read_csv(FILE)."
                 )
             return torch.from_numpy(transform(inputs, self.spec.preprocess)).to(self.device)
-        X = torch.as_tensor(inputs)
+        try:
+            X = torch.as_tensor(np.asarray(inputs))
+        except (TypeError, ValueError, RuntimeError) as e:  # a DataFrame of text, ragged lists
+            raise UsageError(
+                f"predict takes an array of inputs; {type(inputs).__name__} cannot be one ({e}). "
+                f"Fix: a numpy array or torch tensor."
+            ) from None
         if shape := tuple(self.spec.image_shape or ()):
             X = X.reshape(1, *X.shape) if X.ndim == 2 else X  # one image (H, W) -> (1, H, W)
             X = X.unsqueeze(1) if X.ndim == 3 else X  # (N, H, W) -> (N, 1, H, W)
-            if tuple(X.shape[1:]) != shape:
+            pixels = torch.uint8 if self.spec.class_names else X.dtype  # §6.2.4's are floats
+            if tuple(X.shape[1:]) != shape or X.dtype != pixels:
                 raise UsageError(
-                    f"images must be (N, {shape[1]}, {shape[2]}) uint8; got "
-                    f"{tuple(X.shape)}. Fix: give images of the run's size."
+                    f"images must be (N, {shape[1]}, {shape[2]}) "
+                    f"{str(pixels).removeprefix('torch.')}; got {tuple(X.shape)} "
+                    f"{str(X.dtype).removeprefix('torch.')}. Fix: images of the run's size, "
+                    f"from 0 to 255 as the dataset's (np.asarray(images, np.uint8))."
                 )
-        return prepare_batch(X.to(self.device))
+            return prepare_batch(X.to(self.device)).float()
+        X = X.reshape(1, -1) if X.ndim == 1 else X  # one example
+        if X.ndim != 2 or X.shape[1] != self.spec.num_inputs:
+            raise UsageError(
+                f"inputs must be (N, {self.spec.num_inputs}), one row per example; got "
+                f"{tuple(X.shape)}. Fix: {self.spec.num_inputs} numbers per example."
+            )
+        return X.to(self.device, torch.float32)
 
 
 def load_run(

@@ -573,6 +573,10 @@ def test_predict_takes_uint8_images_one_or_many(image_run, tmp_path):
     assert run.predict(images[0]) == names[:1]  # one image, (28, 28)
     with pytest.raises(UsageError, match=r"images must be \(N, 28, 28\) uint8; got \(2, 1, 27"):
         run.predict(images[:2, :27])
+    with pytest.raises(UsageError, match=r"uint8; got \(2, 1, 28, 28\) int64\. Fix: .* 0 to 255"):
+        run.predict(images[:2].long())  # np.save of a copy made int64 or float64
+    with pytest.raises(UsageError, match=r"^predict takes an array of inputs; DataFrame cannot"):
+        run.predict(pd.DataFrame({"a": ["x", "y"]}))
     np.save(tmp_path / "x.npy", images[:5].numpy())
     torch.save(images[:5].clone(), tmp_path / "x.pt")
     for name in ("x.npy", "x.pt"):
@@ -689,3 +693,19 @@ def test_predictions_go_to_a_file_in_a_folder_that_exists(table_run, tmp_path):
             str(e.value)
             == f"output={output} {where}. Fix: output=FILE.csv in a folder that exists."
         )
+
+
+def test_predict_takes_rows_of_numbers_of_any_kind_for_a_run_on_generated_data(tmp_path):
+    from d2lrun.job import train_job
+    from d2lrun.reload import load_run
+
+    args = ["device=cpu", "trainer.progress=false", "trainer.epochs=2"]
+    train_job(compose(args), tmp_path, args, log=lambda *_: None)
+    run = load_run(tmp_path)
+    floats = run.predict(torch.tensor([[1.0, 2.0], [0.0, -1.0]], dtype=torch.float64))  # w·x + b
+    assert run.predict([[1, 2], [0, -1]]) == floats == pytest.approx([-0.6, 7.6], abs=0.05)
+    assert run.predict([1, 2]) == floats[:1]  # one example
+    with pytest.raises(
+        UsageError, match=r"^inputs must be \(N, 2\), one row per example; got \(1, 3"
+    ):
+        run.predict([[1, 2, 3]])
