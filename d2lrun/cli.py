@@ -11,7 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from d2lrun import __version__, app
-from d2lrun.config import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, compose, explain
+from d2lrun.config import (
+    CONFIG_DIR,
+    EXPERIMENTS_DIR,
+    SCHEMAS,
+    compose,
+    explain,
+    hydra_args,
+    overrides_of,
+)
 from d2lrun.errors import RunFailed
 from d2lrun.sweeps import report
 
@@ -84,7 +92,7 @@ def own_options(main: Callable[[list[str]], object], config_name: str) -> Callab
     args = sys.argv[1:]
     if "--version" in args:
         return lambda: print(f"d2lrun {__version__}")
-    if {"--help", "-h"} & set(args):
+    if getattr(hydra_args(args), "help", False):  # --help, -h, --hel as Hydra reads them
         return lambda: print_help(config_name, args)
     return lambda: main(args)
 
@@ -97,7 +105,7 @@ def print_help(config_name: str, args: list[str]) -> None:
 
     name = {"config": "d2lrun"}.get(config_name, config_name)
     text = OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "help" / f"{name}.yaml")
-    cfg = compose([a for a in args if "=" in a and not a.startswith("-")], config_name)
+    cfg = compose(overrides_of(args), config_name)
     parts = [text.header]
     if config_name == "config":
         folders = {g: Path(CONFIG_DIR) / g for g in SCHEMAS} | {"experiment": EXPERIMENTS_DIR}

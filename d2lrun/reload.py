@@ -30,7 +30,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from d2lrun.config import PATH_KEYS, checked, compose, override, resolve_device, yaml_value
+from d2lrun.config import (
+    PATH_KEYS,
+    checked,
+    compose,
+    override,
+    overrides_of,
+    resolve_device,
+    yaml_value,
+)
 from d2lrun.data import Spec, build_data, prepare_batch
 from d2lrun.errors import UsageError
 from d2lrun.files import atomic_write, curves_figure, remove_stale_temporaries, shown
@@ -136,7 +144,7 @@ def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:
 def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
     """base less what new sets again, then new (flags such as -m pass through), as Hydra reads."""
     parse = OverridesParser.create().parse_overrides
-    again = {o.key_or_group: o for o in parse([o for o in new if not o.startswith("-")])}
+    again = {o.key_or_group: o for o in parse(overrides_of(new))}
     old = parse(list(base))
     # new picks another option of a group (logger=none for logger=mlflow): base's keys of it go
     switched = [

@@ -6,8 +6,10 @@ error means to the user (explain).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import io
 import math
 import re
 import typing
@@ -17,6 +19,7 @@ from pathlib import Path
 # Hydra is imported already (config.schema's ConfigStore): its modules cost nothing more here.
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -128,9 +131,24 @@ def check_rules(cfg: DictConfig) -> None:
         )
 
 
+def hydra_args(args: Sequence[str]):
+    """args as Hydra's own argument parser reads them (.overrides, .help, .cfg, ...); None when it
+    refuses them, which Hydra then says itself."""
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    with quiet[0], quiet[1], contextlib.suppress(SystemExit):
+        return get_args_parser().parse_known_args(list(args))[0]
+    return None
+
+
+def overrides_of(args: Sequence[str]) -> list[str]:
+    """The overrides among a command line's arguments: not its flags or their values (--cfg job)."""
+    found = hydra_args(args)
+    return found.overrides if found else [a for a in args if not a.startswith("-")]
+
+
 def given(args: Sequence[str], key: str) -> str | None:
     """The value the last override of key in args gives it (None: none does), as Hydra reads it."""
-    parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    parsed = OverridesParser.create().parse_overrides(overrides_of(args))
     value = next((o.value() for o in reversed(parsed) if o.key_or_group == key), None)
     return None if value is None else str(value)
 
@@ -235,6 +253,15 @@ def explain(e: BaseException) -> D2lrunError:
         option, schema = next(iter(owners.items()))
         message = bad_value(k, None, schema, option).replace(" is", ", which is", 1)
         return UsageError(f"{origin.replace('/', '=')} sets {message}")
+    if found := re.match(r"Ambiguous value for argument '(.+?)'", str(e)):  # a list without -m
+        return UsageError(
+            f"{found[1]} gives several values, which only a sweep runs. Fix: d2lrun -m "
+            f"{found[1]} (one run per value), or one value."
+        )
+    again = r"Multiple values for (\w+)\. To override a value use 'override \w+: (.+)'"
+    if found := re.match(again, str(e)):  # +model=mlp
+        return UsageError(f"+{found[1]}= adds {found[1]}, which config.yaml chooses already. "
+                          f"Fix: {found[1]}={found[2]} (without the +).")  # fmt: skip
     if isinstance(e, (ConfigCompositionException, OmegaConfBaseException)):
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         return UsageError(
@@ -254,7 +281,7 @@ def explain(e: BaseException) -> D2lrunError:
 
 def check_groups(args: Sequence[str]) -> None:
     """GROUP=null, which Hydra refuses with a ValueError, as one line naming the options."""
-    parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    parsed = OverridesParser.create().parse_overrides(overrides_of(args))
     for group in (o.key_or_group for o in parsed if o.value() is None):
         if group == "experiment":  # no preset: the default
             raise UsageError("experiment=null names no preset. Fix: leave experiment= out.")

@@ -97,6 +97,14 @@ def test_version_is_d2lruns_own(tool):
     assert r.returncode == 0 and r.stdout == f"d2lrun {version('d2lrun')}\n", r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("flags", [["--cfg", "job"], ["-c", "job"], ["--cfg=job"]])
+def test_hydras_own_flags_take_their_values_and_help_its_abbreviation(flags):
+    r = run_cli(*flags, "optim.lr=0.5")
+    assert r.returncode == 0 and "lr: 0.5" in r.stdout and r.stderr == "", r.stderr
+    r = run_cli("--hel")
+    assert r.returncode == 0 and r.stdout.startswith("d2lrun: train the models")
+
+
 def test_an_override_hydra_cannot_read_says_how_to_quote_it(tmp_path):
     r = run_cli("dataset.target=preis€", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 2 and r.stderr == (
@@ -210,6 +218,18 @@ def test_seeded_runs_are_reproducible(tmp_path):
         ),
         (["experiment=null"], 2, "experiment=null names no preset. Fix: leave experiment= out."),
         (["-m", "model=null", "optim.lr=0.1,0.2"], 2, "model=null picks none of model's options"),
+        (
+            ["optim.lr=0.1,0.2"],
+            2,
+            "optim.lr=0.1,0.2 gives several values, which only a sweep runs. "
+            "Fix: d2lrun -m optim.lr=0.1,0.2 (one run per value), or one value.",
+        ),
+        (
+            ["+experiment=ch6_lenet"],
+            2,
+            "+experiment= adds experiment, which config.yaml chooses already. "
+            "Fix: experiment=ch6_lenet (without the +).",
+        ),
     ],
 )
 def test_mistakes_give_one_line_and_exit_code(tmp_path, args, code, message):
