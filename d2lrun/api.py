@@ -20,16 +20,17 @@ def train(*overrides: str):
     dataset.folds=K a list of the K folds' runs."""
     from d2lrun.reload import load_run
 
+    overrides = plain(overrides, "train")
     if {"-m", "--multirun"} & set(overrides):
         raise UsageError("d2lrun.train trains one run. Fix: d2lrun.sweep(...) for a sweep.")
-    run_dir = raising(app.train, list(overrides))
+    run_dir = raising(app.train, overrides)
     k = sum(1 for _ in run_dir.glob("fold_*"))
     return [load_run(run_dir / f"fold_{i}") for i in range(k)] if k else load_run(run_dir)
 
 
 def sweep(*overrides: str):
     """Run the sweep `d2lrun -m OVERRIDES...` runs; its table (summary.csv) as a DataFrame."""
-    sweep_dir, failure = raising(app.sweep, list(overrides))
+    sweep_dir, failure = raising(app.sweep, plain(overrides, "sweep"))
     if failure:  # jobs that did not complete: the table says which and why
         warnings.warn(failure, stacklevel=2)
     return table(sweep_dir)
@@ -39,6 +40,18 @@ def report(sweep_dir: str | Path):
     """The table of a sweep folder, a partial one too (`d2lrun-report DIR`), as a DataFrame."""
     raising(sweeps.report, Path(sweep_dir), False)  # summary.csv and heatmap.png, written again
     return table(sweep_dir)
+
+
+def plain(overrides: tuple, name: str) -> list[str]:
+    """The overrides, also when given as one list; the command line's flags are refused."""
+    if len(overrides) == 1 and isinstance(overrides[0], (list, tuple)):
+        overrides = tuple(overrides[0])
+    if flags := [o for o in overrides if o.startswith("-") and o not in ("-m", "--multirun")]:
+        raise UsageError(
+            f"d2lrun.{name} takes overrides, not the command's flags ({', '.join(flags)}). "
+            f"Fix: d2lrun {flags[0]} in a shell, or overrides such as 'optim.lr=0.1'."
+        )
+    return list(overrides)
 
 
 def raising(fn: Callable, *args):
@@ -52,7 +65,7 @@ def raising(fn: Callable, *args):
             f"d2lrun refused the arguments {' '.join(map(str, args[0]))}. Fix: give overrides "
             f"such as 'optim.lr=0.1' (d2lrun --help lists them)."
         ) from None
-    except Exception as e:
+    except (Exception, KeyboardInterrupt) as e:  # Ctrl-C before the run had an epoch too
         error = explain(e)
         if isinstance(error, Bug):  # with its traceback
             raise

@@ -190,7 +190,7 @@ def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
     run_dir = Path(hc.runtime.output_dir)
     try:
         job.train(cfg, run_dir, list(hc.overrides.task), ckpt, draw=draw)
-    except UsageError:  # a run refused before it started leaves no folder behind
+    except (UsageError, KeyboardInterrupt):  # refused or stopped before it started: no folder
         if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", ".lock"}:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise

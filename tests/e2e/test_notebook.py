@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import d2lrun
-from d2lrun.errors import Diverged, UsageError
+from d2lrun.errors import Diverged, Interrupted, UsageError
 from tests.conftest import ROOT, run_module
 
 TIMINGS = ["seconds", "examples_per_s"]
@@ -94,6 +94,25 @@ def test_a_diverged_run_raises_diverged(here):
         Diverged, match=r"^diverged: the training loss became inf .* Fix: lower optim.lr"
     ):
         d2lrun.train("optim.lr=10", "trainer.progress=false")
+
+
+def test_flags_are_refused_and_one_list_of_overrides_is_taken(here):
+    with pytest.raises(UsageError, match=r"^d2lrun.train takes overrides, not the command's flags"):
+        d2lrun.train("--version")
+    run = d2lrun.train(["trainer.epochs=1", "trainer.progress=false"])
+    assert run.summary["epochs_completed"] == 1
+
+
+def test_ctrl_c_before_the_first_epoch_raises_interrupted_and_leaves_no_folder(here, monkeypatch):
+    import d2lrun.job
+
+    def stopped(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(d2lrun.job, "build_data", stopped)  # Ctrl-C while the data loads
+    with pytest.raises(Interrupted, match="^interrupted before training started"):
+        d2lrun.train("trainer.progress=false")
+    assert run_folders(here) == []
 
 
 def test_a_k_fold_run_returns_its_folds(here):
