@@ -184,8 +184,13 @@ def collect(sweep_dir: Path):
     rows = []
     for name, overrides, metrics in found_jobs(sweep_dir):
         match = next((j for j, o in todo.items() if o is not None and o == overrides), None)
-        if match is None and job_number(name) in todo and todo[job_number(name)] is None:
-            match = job_number(name)  # a search sampler's trial: matched by number
+        if (
+            match is None
+            and job_number(name) in todo
+            and None in (overrides, todo[job_number(name)])
+        ):
+            match = job_number(name)  # a sampler's trial, or no .hydra/: matched by number
+            overrides = overrides or todo[match]  # hydra.output_subdir=null: the grid's
         rows.append(row(name, overrides, metrics, started=True))
         todo.pop(match, None)
     rows += [row(str(j), o, None, started=False) for j, o in todo.items()]

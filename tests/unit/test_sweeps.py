@@ -599,3 +599,21 @@ def test_ctrl_c_between_jobs_says_how_to_finish_the_sweep(tmp_path, monkeypatch)
         f"interrupted. To finish the sweep, run the same command again with hydra.sweep.dir={s}"
     )
     assert (s / "multirun.yaml").exists() and (s / "0").is_dir()
+
+
+def test_jobs_without_hydras_folder_are_matched_to_the_grid_by_number(tmp_path):
+    """hydra.output_subdir=null: no job has .hydra/overrides.yaml; each is its grid job still."""
+    s = tmp_path / "sweep"
+    s.mkdir()
+    sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}
+    OmegaConf.save(
+        {"hydra": {"sweeper": sweeper, "overrides": {"task": ["optim.lr=0.1,0.2"]}}},
+        s / "multirun.yaml",
+    )
+    for num in (0, 1):
+        (s / str(num)).mkdir()
+        (s / str(num) / "metrics.json").write_text(json.dumps(done(0.1 * (num + 1))))
+    assert sweep.report(s, show=False) is None  # nothing missing
+    rows = list(csv.DictReader(open(s / "summary.csv")))
+    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [
+        ("0", "0.1", "completed"), ("1", "0.2", "completed")]  # fmt: skip
