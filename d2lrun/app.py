@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from d2lrun.config import CONFIG_DIR, check_groups, compose, given, override, register
 from d2lrun.errors import Interrupted, RunFailed, UsageError
-from d2lrun.files import STOP_SIGNALS, Plotter, claim_dir, hold, shown, unwritable, write_json
+from d2lrun.files import Plotter, claim_dir, hold, shown, signals, unwritable, write_json
 
 RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.json", "metrics.csv", "fold_0")
 
@@ -40,7 +41,7 @@ class Stop(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def stop_signals():
-    """Within: a stop signal ends the run as Ctrl-C does. After: the handler it replaced runs (the
+    """Within: Ctrl-C or a stop signal ends the run, once. After: the handler it replaced runs (the
     one submitit installs on a Slurm node checkpoints the job and requeues it)."""
     if threading.current_thread() is not threading.main_thread():  # only it can handle signals
         yield
@@ -52,8 +53,7 @@ def stop_signals():
             caught.append(signum)
             raise Stop(signum)
 
-    numbers = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
-    replaced = {n: signal.signal(n, stop) for n in numbers}
+    replaced = {n: signal.signal(n, stop) for n in signals()}
     try:
         yield
     finally:
@@ -61,6 +61,44 @@ def stop_signals():
             signal.signal(n, handler)
         if caught and callable(replaced[caught[0]]):
             replaced[caught[0]](caught[0], None)
+
+
+@contextlib.contextmanager
+def stopping_workers(sweep_dir: Path):
+    """Within a sweep: Ctrl-C or a stop signal reaches hydra/launcher=joblib's workers too, and
+    the sweep ends once their jobs are saved (no job folder is locked any more)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        loky = sys.modules.get("joblib.externals.loky.reusable_executor")  # joblib's pool, if any
+        workers = list(getattr(getattr(loky, "_executor", None), "_processes", {}).values())
+        for worker in workers:  # each ends its job as one run ends: saved, then interrupted
+            with contextlib.suppress(OSError):
+                os.kill(worker.pid, signum)
+        deadline = time.monotonic() + 120
+        while workers and time.monotonic() < deadline and any(map(locked, jobs())):
+            time.sleep(0.1)
+        raise Stop(signum)
+
+    def jobs() -> list[Path]:
+        return [p for p in sweep_dir.iterdir() if p.is_dir()] if sweep_dir.is_dir() else []
+
+    replaced = {n: signal.signal(n, stop) for n in signals()}
+    try:
+        yield
+    finally:
+        for n, handler in replaced.items():
+            signal.signal(n, handler)
+
+
+def locked(folder: Path) -> bool:
+    """Whether a process holds folder's lock (d2lrun.files.hold): a job in it still runs."""
+    lock = hold(folder)
+    if lock is not None:
+        lock.close()
+    return lock is None
 
 
 class RunDir(Callback):
@@ -233,7 +271,8 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
         return sweeps.run_job(cfg, run_dir, overrides, Path(hc.sweep.dir), hc.job.num, ckpt)
 
     try:
-        run("config", ["-m", *args], job)
+        with stopping_workers(sweep_dir):
+            run("config", ["-m", *args], job)
     except BaseException as e:
         started = sweep_dir.is_dir() and any(p.name != "multirun.yaml" for p in sweep_dir.iterdir())
         if made and not started:  # refused before any job started: no folder behind

@@ -46,6 +46,11 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def signals() -> list[int]:
+    """Ctrl-C's and the stop signals' numbers on this system."""
+    return [getattr(signal, n) for n in ("SIGINT", *STOP_SIGNALS) if hasattr(signal, n)]
+
+
 @contextlib.contextmanager
 def deferred_signals():
     """Ctrl-C and the stop signals held back until the block has written its files, then handled
@@ -56,8 +61,7 @@ def deferred_signals():
     if threading.current_thread() is not threading.main_thread():
         yield caught
         return
-    numbers = [getattr(signal, n) for n in ("SIGINT", *STOP_SIGNALS) if hasattr(signal, n)]
-    handlers = {n: signal.signal(n, lambda signum, _: caught.append(signum)) for n in numbers}
+    handlers = {n: signal.signal(n, lambda signum, _: caught.append(signum)) for n in signals()}
     try:
         yield caught
     finally:

@@ -157,3 +157,37 @@ def test_a_stopped_sweep_job_goes_on_from_its_last_epoch_when_run_again(tmp_path
     table = pd.read_csv(tmp_path / "summary.csv").set_index("job")
     assert list(table.loc[[0, 1], "restarts"]) == [1, 0]
     assert list(table["status"]) == ["completed", "completed"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_a_joblib_sweep_stops_its_workers_once_their_jobs_are_saved(tmp_path, signum):
+    """docker stop, or kill PID, signals d2lrun only: its joblib workers get it from d2lrun, each
+    saves its job, and none is left running."""
+    s = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim.lr=0.01,0.03,0.1",
+            *SLOW, f"hydra.sweep.dir={s}"]  # fmt: skip
+    proc = subprocess.Popen([str(BIN / "d2lrun"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    epochs = 0
+    for line in proc.stdout:  # each worker's first epoch line: both are training
+        epochs += line.startswith("epoch 1/6")
+        if epochs == 2:
+            break
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)],
+                              capture_output=True, text=True).stdout.split()  # fmt: skip
+    workers = [c for c in children  # not its resource trackers
+               if b"LokyProcess" in open(f"/proc/{c}/cmdline", "rb").read()]  # fmt: skip
+    assert len(workers) == 2
+    proc.send_signal(signum)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signum, out
+    assert out.splitlines()[-1] == (
+        f"d2lrun: error: interrupted. To finish the sweep, run the same command again with "
+        f"hydra.sweep.dir={s}"
+    )
+    time.sleep(1)
+    assert [w for w in workers if os.path.exists(f"/proc/{w}")] == []  # none left training
+    stopped = [json.loads((s / j / "metrics.json").read_text()) for j in "01"]
+    assert [m["status"] for m in stopped] == ["interrupted"] * 2
+    r = run_cli(*args)
+    assert r.returncode == 0 and f"sweep {s}: 3 completed" in r.stdout, r.stderr
