@@ -131,7 +131,7 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
             scores[num] = score(done)
             continue
         try:  # a refused value (optim.lr=-1) fails its job only, as with the basic launcher
-            checked(cfg)
+            checked(cfg, overrides)
             ckpt = prepared(cfg, run_dir, None)
         except Exception as e:
             scores[num] = job_failed(e, run_dir, sweep_dir)

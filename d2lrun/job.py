@@ -52,7 +52,7 @@ def train(
     cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt: dict | None = None, **job
 ) -> dict:
     """One run into run_dir; with dataset.folds=K, K runs (run_dir/fold_i) and their mean."""
-    k = checked(cfg).dataset.get("folds")  # checked before any fold starts
+    k = checked(cfg, overrides).dataset.get("folds")  # checked before any fold starts
     if not k or ckpt is not None:  # resume=RUN/fold_i: that fold, continued as one run
         fold = ckpt["spec"].get("fold") if ckpt else None
         return train_job(cfg, run_dir, overrides, ckpt, fold=fold, **job)

@@ -46,8 +46,10 @@ def compose(
         return hydra_compose(name, list(overrides), return_hydra_config=with_hydra)
 
 
-def checked(cfg: DictConfig) -> DictConfig:
-    """Check every declared range and the rules between keys; return a copy with absolute paths."""
+def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
+    """Check every declared range and the rules between keys (and between a preset and the
+    overrides given with it); return a copy with absolute paths."""
+    check_preset(overrides)
     if cfg.model.name == "lenet" and cfg.dataset.name not in IMAGE_DATASETS:
         raise UsageError(
             f"model=lenet needs images, and dataset={cfg.dataset.name} is a table. "
@@ -144,6 +146,23 @@ def overrides_of(args: Sequence[str]) -> list[str]:
     """The overrides among a command line's arguments: not its flags or their values (--cfg job)."""
     found = hydra_args(args)
     return found.overrides if found else [a for a in args if not a.startswith("-")]
+
+
+def check_preset(overrides: Sequence[str]) -> None:
+    """A preset's optim.lr is its optimizer's: another optimizer without optim.lr is refused."""
+    preset, chosen = given(overrides, "experiment"), given(overrides, "optim")
+    path = EXPERIMENTS_DIR / f"{preset}.yaml"
+    if not (preset and chosen and path.is_file()) or given(overrides, "optim.lr") is not None:
+        return
+    text = OmegaConf.load(path)
+    ours = [d.get("override /optim") for d in text.get("defaults", []) if isinstance(d, DictConfig)]
+    own, lr = next(filter(None, ours), "sgd"), OmegaConf.select(text, "optim.lr")
+    if lr is not None and chosen != own:
+        raise UsageError(
+            f"experiment={preset} sets optim.lr={lr} for optim={own}, and optim={chosen} takes "
+            f"another step size. Fix: optim.lr={example(None, 'optim.lr', chosen)} "
+            f"(optim={chosen}'s usual), or leave optim as the preset's."
+        )
 
 
 def given(args: Sequence[str], key: str) -> str | None:

@@ -225,6 +225,12 @@ def test_seeded_runs_are_reproducible(tmp_path):
             "Fix: d2lrun -m optim.lr=0.1,0.2 (one run per value), or one value.",
         ),
         (
+            ["experiment=ch6_lenet", "optim=adam"],
+            2,
+            "experiment=ch6_lenet sets optim.lr=0.9 for optim=sgd, and optim=adam takes another "
+            "step size. Fix: optim.lr=0.001 (optim=adam's usual), or leave optim as the preset's.",
+        ),
+        (
             ["+experiment=ch6_lenet"],
             2,
             "+experiment= adds experiment, which config.yaml chooses already. "
