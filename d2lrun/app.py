@@ -331,6 +331,11 @@ def predict(args: Sequence[str]) -> Path:
         if out.is_dir() or not out.parent.is_dir():
             where = "is a folder" if out.is_dir() else f"is in {out.parent}, which does not exist"
             raise UsageError(f"output={out} {where}. Fix: output=FILE.csv in a folder that exists.")
+        kept = out.name in RUN_FILES or out.suffix in (".pt", ".json", ".png")  # what a run keeps
+        own = kept and out.resolve().parent == run.checkpoint.parent.resolve()
+        if own or out.resolve() == Path(cfg.input).resolve():  # never written over
+            what = "a file of the run" if own else "the input file"
+            raise UsageError(f"output={out} is {what}. Fix: output=predictions.csv, or another.")
         n = predict_file(run, Path(cfg.input), out)
         print(f"wrote {n} prediction(s) to {out}")
         return out

@@ -373,10 +373,11 @@ def predict_file(run: SavedRun, path: Path, out: Path) -> int:
         if missing := [c for c in run.spec.drop if c not in inputs.columns]:
             raise UsageError(f"input={path} lacks the column(s) {missing} the run carries into its "
                              f"predictions (dataset.drop). Fix: add them.")  # fmt: skip
-        # Rows keep their ids (dataset.drop; all columns when it drops none) beside the prediction,
-        # named after the target: Kaggle's submission format (§4.10).
-        frame = inputs[run.spec.drop or list(inputs.columns)].copy()
+        # Rows keep their ids (dataset.drop; all columns when it drops none) and the truth when the
+        # input has it, beside the prediction named after the target: Kaggle's submission (§4.10).
         name = run.spec.target or "prediction"
+        truth = [name] * (name in inputs.columns and name not in run.spec.drop)
+        frame = inputs[[*run.spec.drop, *truth] if run.spec.drop else list(inputs.columns)].copy()
         frame[f"{name}_predicted" if name in frame else name] = predictions  # truth kept beside
     else:
         frame = pd.DataFrame({"prediction": predictions})

@@ -516,6 +516,13 @@ def test_predict_file_writes_ids_beside_predictions_named_after_the_target(table
     out = pd.read_csv(tmp_path / "out.csv")
     assert list(out.columns) == ["Id", "price"] and list(out.Id) == list(rows.Id)
     assert list(out.price) == pytest.approx(run.predict(rows), rel=1e-6)
+    known = frame.tail(7)  # rows whose price is known: it stays, the predictions go beside it
+    known.to_csv(tmp_path / "known.csv", index=False)
+    predict_file(run, tmp_path / "known.csv", tmp_path / "out.csv")
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out.columns) == ["Id", "price", "price_predicted"]
+    assert list(out.price) == pytest.approx(list(known.price))
+    assert list(out.price_predicted) == pytest.approx(run.predict(rows), rel=1e-6)
     rows.drop(columns="Id").to_csv(tmp_path / "no_id.csv", index=False)
     with pytest.raises(UsageError, match=r"lacks the column\(s\) \['Id'\] the run carries"):
         predict_file(run, tmp_path / "no_id.csv", tmp_path / "out2.csv")
@@ -693,6 +700,13 @@ def test_predictions_go_to_a_file_in_a_folder_that_exists(table_run, tmp_path):
             str(e.value)
             == f"output={output} {where}. Fix: output=FILE.csv in a folder that exists."
         )
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    new = tmp_path / "new.csv"
+    for output, what in ((new, "the input file"), (folder / "last.pt", "a file of the run"),
+                         (folder / "metrics.json", "a file of the run")):  # fmt: skip
+        with pytest.raises(UsageError, match=f"^output={re.escape(str(output))} is {what}. Fix:"):
+            app.predict([f"run={folder}", f"input={new}", f"output={output}"])
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
 
 
 def test_predict_takes_rows_of_numbers_of_any_kind_for_a_run_on_generated_data(tmp_path):
