@@ -209,6 +209,12 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
     resume = given(args, "resume")
     if not resume:
         return list(args), None
+    folder = Path(resume)
+    if not (folder / "last.pt").exists() and (folder / "fold_0" / "last.pt").exists():
+        # A k-fold run: run again in its folder, it keeps its completed folds (d2lrun.job.train)
+        # and goes on with the stopped one from its last complete epoch.
+        again = run_overrides(resume_checkpoint(folder / "fold_0"), args)
+        return [*again, override("hydra.run.dir", str(folder))], None
     ckpt = resume_checkpoint(resume)
     return run_overrides(ckpt, args), ckpt
 

@@ -57,6 +57,9 @@ def train(
         fold = ckpt["spec"].get("fold") if ckpt else None
         return train_job(cfg, run_dir, overrides, ckpt, fold=fold, **job)
     wall, finals, log = time.perf_counter(), [], job.get("log", say)
+    if cfg.resume:  # resume=RUN of this k-fold run: each fold below is continued or trained anew
+        cfg = cfg.copy()
+        cfg.resume = None
     for i in range(k):
         log(f"fold {i + 1}/{k}")
         folder, fold_cfg, ckpt = run_dir / f"fold_{i}", cfg, None
@@ -69,6 +72,12 @@ def train(
                     finals.append(fold["final"])
                     continue
             fold = train_job(fold_cfg, folder, overrides, ckpt, fold=[k, i], **job)
+        except Interrupted as e:  # the way on is the whole k-fold run's, not the fold's
+            if i == 0 and "nothing to resume" in str(e):
+                raise
+            said = str(e).partition(" Resume with:")[0].replace("; nothing to resume.", ".")
+            raise Interrupted(f"fold {i + 1}/{k}: {said} Resume with: d2lrun resume="
+                              f"{shown(run_dir)}", e.exit_code - 128) from None  # fmt: skip
         except (UsageError, RunFailed) as e:
             status = "diverged" if isinstance(e, Diverged) else "failed"
             write_json(run_dir / "metrics.json", {"status": status, "reason": f"fold {i}: {e}"})

@@ -314,3 +314,42 @@ def test_a_resumed_runs_wall_time_counts_the_epochs_before(tmp_path, monkeypatch
     train_job(compose(args), tmp_path / "a", args, ckpt, log=lambda *_: None)
     total = json.loads((tmp_path / "a" / "metrics.json").read_text())["wall_seconds"]
     assert ckpt["wall_seconds"] <= first < total and total - ckpt["wall_seconds"] < first
+
+
+def test_a_k_fold_run_stopped_in_a_fold_goes_on_with_resume_of_the_run(tmp_path, monkeypatch):
+    """Its completed folds are kept, the stopped one continues, the rest train: the folds end as
+    in a run never stopped."""
+    import pandas as pd
+
+    from d2lrun import app
+
+    args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "dataset.folds=3",
+            "trainer.epochs=3"]  # fmt: skip
+    d2lrun.job.train(compose(args), tmp_path / "whole", args, log=lambda *_: None)
+    calls = {"n": 0}
+    original = d2lrun.optim.Optimizer.step
+
+    def step(self):
+        calls["n"] += 1
+        if calls["n"] == 3 * 14 + 14 + 5:  # in fold 2's second epoch (14 batches of 10 each)
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
+    with pytest.raises(Interrupted) as e:
+        d2lrun.job.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
+    assert str(e.value) == (
+        "fold 2/3: interrupted after epoch 1; the last complete epoch is saved. "
+        f"Resume with: d2lrun resume={tmp_path / 'run'}"
+    )
+    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", original)
+    monkeypatch.chdir(tmp_path)
+    app.train([f"resume={tmp_path / 'run'}"])
+    for i in range(3):
+        a, b = (pd.read_csv(tmp_path / r / f"fold_{i}" / "metrics.csv") for r in ("run", "whole"))
+        timings = ["seconds", "examples_per_s"]
+        pd.testing.assert_frame_equal(a.drop(columns=timings), b.drop(columns=timings))
+    means = [json.loads((tmp_path / r / "metrics.json").read_text())["kfold"]["mean"]
+             for r in ("run", "whole")]  # fmt: skip
+    run, whole = ({k: v for k, v in m.items() if k not in timings} for m in means)
+    assert run == whole and "val_loss" in run
