@@ -95,8 +95,11 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
             f"Fix: add them (values may be empty)."
         )
     parts = []
+    bools = {"True": 1.0, "False": 0.0}  # a True/False column beside another cell is not bool
     for col, s in stats["numeric"].items():
-        v = pd.to_numeric(features[col], errors="coerce").astype(float).fillna(s["mean"])
+        v = features[col]
+        v = v if pd.api.types.is_numeric_dtype(v) else v.map(lambda x: bools.get(str(x), x))
+        v = pd.to_numeric(v, errors="coerce").astype(float).fillna(s["mean"])
         if stats["standardize"]:
             v = (v - s["mean"]) / s["std"]
         parts.append(v.to_numpy())
@@ -105,7 +108,8 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
         isna = values.isna().to_numpy()
         text = values.astype(str).to_numpy()
         parts += [(text == c) & ~isna for c in cats] + [isna]
-    return np.column_stack(parts).astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: inf, which table_splits refuses
+        return np.column_stack(parts).astype(np.float32)
 
 
 def load(cfg: DictConfig, seed: int, fold=None, fitted: Spec | None = None):
@@ -157,7 +161,11 @@ def table_splits(
         )
         frame = frame[frame[target].notna()].reset_index(drop=True)
 
-    numeric_target = pd.api.types.is_numeric_dtype(frame[target])
+    y = frame[target]
+    if pd.api.types.is_float_dtype(y) and ((y % 1 == 0) & (y.abs() < 2**53)).all():
+        frame[target] = y = y.astype("int64")  # 0/1 that an empty cell made 0.0/1.0
+    # True/False is a class, not a number
+    numeric_target = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
     task = fitted.task if fitted else task
     if task == "auto":
         task = "regression" if numeric_target else "classification"
@@ -226,11 +234,19 @@ def table_splits(
     )  # fmt: skip
 
     def split(rows: pd.DataFrame) -> Split:
-        X = torch.from_numpy(transform(rows[features], stats))
+        X = transform(rows[features], stats)
+        y = rows[target].astype(float).to_numpy(np.float32) if not classes else np.zeros(1)
+        columns = [*stats["columns"], target]
+        if huge := [c for c, ok in zip(columns, [*np.isfinite(X).all(0), np.isfinite(y).all()],
+                                       strict=True) if not ok]:  # fmt: skip
+            raise UsageError(
+                f"{source}: column(s) {huge} hold values beyond float32's range (about 3.4e38), "
+                f"which training cannot use. Fix: rescale them, or leave those cells empty."
+            )
         if classes:
             labels = pd.Categorical(rows[target].astype(str), categories=classes).codes
-            return Split(X, torch.tensor(labels, dtype=torch.long))
-        y = torch.tensor(rows[target].astype(float).to_numpy(), dtype=torch.float32).reshape(-1, 1)
-        return Split(X, (y - scale["mean"]) / scale["std"] if scale else y, scale)
+            return Split(torch.from_numpy(X), torch.tensor(labels, dtype=torch.long))
+        y = torch.from_numpy(y).reshape(-1, 1)
+        return Split(torch.from_numpy(X), (y - scale["mean"]) / scale["std"] if scale else y, scale)
 
     return split(train_rows), split(val_rows), spec

@@ -369,3 +369,29 @@ def test_a_table_with_infinite_values_is_refused_in_one_line(tmp_path):
         f"column(s) ['x', 'y'] of {tmp_path / 't.csv'} hold infinite values, which no mean or "
         f"loss can use. Fix: leave those cells empty (missing) or give finite numbers."
     )
+
+
+def test_values_beyond_float32_are_refused_in_one_line_not_blamed_on_lr(tmp_path):
+    (tmp_path / "t.csv").write_text("x,z,y\n1e39,2,1\n2,3,2\n3,4,3\n4,5,4\n")
+    with pytest.raises(UsageError) as e:
+        csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
+    assert str(e.value) == (
+        f"{tmp_path / 't.csv'}: column(s) ['x'] hold values beyond float32's range (about "
+        f"3.4e38), which training cannot use. Fix: rescale them, or leave those cells empty."
+    )
+
+
+def test_class_labels_that_an_empty_cell_made_floats_stay_whole_numbers(tmp_path):
+    (tmp_path / "t.csv").write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(10)) + "3,\n")
+    _, _, spec = csv_load(table_cfg(tmp_path / "t.csv", task="classification"), seed=0)
+    assert spec.class_names == ["0", "1"]  # not 0.0 and 1.0, which rows without gaps never match
+
+
+def test_a_true_false_target_is_a_class_and_a_true_false_feature_stays_one_in_new_rows(tmp_path):
+    rows = "".join(f"{i},{bool(i % 2)},{bool(i % 3)}\n" for i in range(12))
+    (tmp_path / "t.csv").write_text("x,flag,y\n" + rows)
+    _, _, spec = csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
+    assert spec.task == "classification" and spec.class_names == ["False", "True"]
+    new = pd.DataFrame({"x": ["1", "1", "1"], "flag": ["True", "False", "unknown"]})  # as text
+    X = transform(new, spec.preprocess)
+    assert X[:, 1].tolist() == [1.0, 0.0, spec.preprocess["numeric"]["flag"]["mean"]]
