@@ -24,7 +24,16 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from d2lrun.config import CONFIG_DIR, check_groups, compose, given, override, register
+from d2lrun.config import (
+    CONFIG_DIR,
+    check_groups,
+    compose,
+    given,
+    hydra_args,
+    override,
+    overrides_of,
+    register,
+)
 from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.files import Plotter, claim_dir, hold, shown, signals, unwritable, write_json
 
@@ -246,8 +255,15 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     from d2lrun import sweeps
 
     args, ckpt = resumed([a for a in args if a not in ("-m", "--multirun")])
-    task = [a for a in args if not a.lstrip("+~").startswith("hydra")]  # as Hydra splits them
-    overrides = OverridesParser.create().parse_overrides(args)
+    asked = hydra_args(args)
+    if asked is not None and (asked.cfg or asked.info):  # which Hydra refuses with -m
+        raise UsageError(
+            "--cfg and --info show one run's config, not a sweep's. Fix: drop -m and give one "
+            "value per key (d2lrun optim.lr=0.1 --cfg job)."
+        )
+    lines = overrides_of(args)  # not the flags (--cfg job), which Hydra reads itself
+    task = [a for a in lines if not a.lstrip("+~").startswith("hydra")]  # as Hydra splits them
+    overrides = OverridesParser.create().parse_overrides(lines)
     cfg = compose([o.input_line for o in overrides if not o.is_sweep_override()], with_hydra=True)
     check_sweep(cfg.hydra.sweeper, overrides)
     given_dir = given(args, "hydra.sweep.dir")
@@ -255,7 +271,10 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
         sweep_dir = Path(given_dir)
         plan = sweep_dir / "multirun.yaml"
         before = list(OmegaConf.load(plan).hydra.overrides.task) if plan.exists() else task
-        started = plan.exists() and any(p.joinpath(".hydra").is_dir() for p in sweep_dir.iterdir())
+        # Its job folders (not always with .hydra/: hydra.output_subdir=null), not .submitit/
+        started = plan.exists() and any(
+            p.is_dir() and not p.name.startswith(".") for p in sweep_dir.iterdir()
+        )
         if started and sorted(before) != sorted(task):  # its folders 0/, 1/, ... hold other jobs
             raise UsageError(
                 f"hydra.sweep.dir={given_dir} holds another sweep ({' '.join(before)}). Fix: "
@@ -263,7 +282,7 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
             )
     else:  # the configured folder, claimed: two sweeps started in one second never share it
         sweep_dir = claim_dir(cfg.hydra.sweep.dir)
-        args = [*args, override("hydra.sweep.dir", str(sweep_dir))]
+        args = [override("hydra.sweep.dir", str(sweep_dir)), *args]  # before any flag
     made = not sweep_dir.exists() or not given_dir
     if not (sweep_dir / "multirun.yaml").exists():  # the plan, for d2lrun-report and a re-run
         sweep_dir.mkdir(parents=True, exist_ok=True)  # (Hydra's basic sweeper saves it too,

@@ -131,8 +131,8 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
             scores[num] = score(done)
             continue
         try:  # a refused value (optim.lr=-1) fails its job only, as with the basic launcher
-            checked(cfg, overrides)
             ckpt = prepared(cfg, run_dir, None)
+            checked(cfg, overrides if ckpt is None else ())  # one that goes on keeps its config
         except Exception as e:
             scores[num] = job_failed(e, run_dir, sweep_dir)
             continue

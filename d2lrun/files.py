@@ -47,8 +47,10 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
 
 
 def signals() -> list[int]:
-    """Ctrl-C's and the stop signals' numbers on this system."""
-    return [getattr(signal, n) for n in ("SIGINT", *STOP_SIGNALS) if hasattr(signal, n)]
+    """Ctrl-C's and the stop signals' numbers on this system, but those the process ignores (a
+    shell script's background job ignores Ctrl-C)."""
+    numbers = [getattr(signal, n) for n in ("SIGINT", *STOP_SIGNALS) if hasattr(signal, n)]
+    return [n for n in numbers if signal.getsignal(n) is not signal.SIG_IGN]
 
 
 @contextlib.contextmanager

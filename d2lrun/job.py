@@ -52,7 +52,8 @@ def train(
     cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt: dict | None = None, **job
 ) -> dict:
     """One run into run_dir; with dataset.folds=K, K runs (run_dir/fold_i) and their mean."""
-    k = checked(cfg, overrides).dataset.get("folds")  # checked before any fold starts
+    # Checked before any fold starts; a run that goes on keeps the config it was trained with.
+    k = checked(cfg, overrides if ckpt is None else ()).dataset.get("folds")
     if not k or ckpt is not None:  # resume=RUN/fold_i: that fold, continued as one run
         fold = ckpt["spec"].get("fold") if ckpt else None
         return train_job(cfg, run_dir, overrides, ckpt, fold=fold, **job)
@@ -72,12 +73,16 @@ def train(
                     finals.append(fold["final"])
                     continue
             fold = train_job(fold_cfg, folder, overrides, ckpt, fold=[k, i], **job)
-        except Interrupted as e:  # the way on is the whole k-fold run's, not the fold's
-            if i == 0 and "nothing to resume" in str(e):
+        except (Interrupted, KeyboardInterrupt) as e:  # the whole k-fold run goes on, not a fold
+            if not (run_dir / "fold_0" / "last.pt").exists():
                 raise
-            said = str(e).partition(" Resume with:")[0].replace("; nothing to resume.", ".")
+            signum = getattr(e, "signum", signal.SIGINT)  # Ctrl-C while a fold's data loads
+            said = f"interrupted by {by(signum)} before its first epoch."
+            if isinstance(e, Interrupted):
+                signum, said = e.exit_code - 128, str(e).partition(" Resume with:")[0]
+            said = said.replace("; nothing to resume.", ".")
             raise Interrupted(f"fold {i + 1}/{k}: {said} Resume with: d2lrun resume="
-                              f"{shown(run_dir)}", e.exit_code - 128) from None  # fmt: skip
+                              f"{shown(run_dir)}", signum) from None  # fmt: skip
         except (UsageError, RunFailed) as e:
             status = "diverged" if isinstance(e, Diverged) else "failed"
             write_json(run_dir / "metrics.json", {"status": status, "reason": f"fold {i}: {e}"})
@@ -270,15 +275,21 @@ class Run:
                 write_json(run_dir / "metrics.json", summary)
                 if status == "interrupted":
                     caught.clear()
-        except KeyboardInterrupt as e:
-            signum = getattr(e, "signum", signal.SIGINT)
+        except KeyboardInterrupt as e:  # held back while the files were written
+            stop = e
+        else:
+            stop = None
+        try:  # not held back: a tracker's server may keep it waiting
             self.tracker.finish(status, summary, run_dir)
+        except KeyboardInterrupt as e:
+            stop = stop or e
+        if stop is not None and status != "interrupted":
+            signum = getattr(stop, "signum", signal.SIGINT)
             raise Interrupted(
                 f"interrupted by {by(signum)} as the run ended ({status}); its files are all "
                 f"written in {shown(run_dir)}.",
                 signum,
             ) from None
-        self.tracker.finish(status, summary, run_dir)
         if status == "diverged":
             raise Diverged(f"diverged: {reason}")
         if status == "interrupted":

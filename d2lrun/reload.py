@@ -271,8 +271,12 @@ class SavedRun:
                     f"DataFrame, not {type(inputs).__name__}. Fix: pd.read_csv(FILE)."
                 )
             return torch.from_numpy(transform(inputs, self.spec.preprocess)).to(self.device)
-        try:
-            X = torch.as_tensor(np.asarray(inputs))
+        try:  # a tensor as it is (on a GPU, or needing grad), anything else through numpy
+            X = (
+                inputs.detach()
+                if isinstance(inputs, torch.Tensor)
+                else torch.as_tensor(np.asarray(inputs))
+            )
         except (TypeError, ValueError, RuntimeError) as e:  # a DataFrame of text, ragged lists
             raise UsageError(
                 f"predict takes an array of inputs; {type(inputs).__name__} cannot be one ({e}). "

@@ -155,14 +155,21 @@ def check_preset(overrides: Sequence[str]) -> None:
     if not (preset and chosen and path.is_file()) or given(overrides, "optim.lr") is not None:
         return
     text = OmegaConf.load(path)
-    ours = [d.get("override /optim") for d in text.get("defaults", []) if isinstance(d, DictConfig)]
-    own, lr = next(filter(None, ours), "sgd"), OmegaConf.select(text, "optim.lr")
-    if lr is not None and chosen != own:
-        raise UsageError(
-            f"experiment={preset} sets optim.lr={lr} for optim={own}, and optim={chosen} takes "
-            f"another step size. Fix: optim.lr={example(None, 'optim.lr', chosen)} "
-            f"(optim={chosen}'s usual), or leave optim as the preset's."
-        )
+    defaults = [d for d in text.get("defaults", []) if isinstance(d, DictConfig)]
+    picks = {k.removeprefix("override /"): v for d in defaults for k, v in d.items()}
+    own, lr = picks.get("optim", "sgd"), OmegaConf.select(text, "optim.lr")
+    if lr is None or chosen == own:
+        return
+    # The usual step: the optimizer's own (adam.yaml), else the model file's (the book's SGD step)
+    model = given(overrides, "model") or picks.get("model", "linreg")
+    files = {("optim", chosen): "lr", ("model", model): "optim.lr"}
+    usual = [OmegaConf.select(OmegaConf.load(Path(CONFIG_DIR, *f).with_suffix(".yaml")), key)
+             for f, key in files.items()]  # fmt: skip
+    raise UsageError(
+        f"experiment={preset} sets optim.lr={lr} for optim={own}, and optim={chosen} takes "
+        f"another step size. Fix: optim.lr={next(filter(None, usual), 0.03)} "
+        f"(optim={chosen}'s usual), or leave optim as the preset's."
+    )
 
 
 def given(args: Sequence[str], key: str) -> str | None:
@@ -301,7 +308,8 @@ def explain(e: BaseException) -> D2lrunError:
 def check_groups(args: Sequence[str]) -> None:
     """GROUP=null, which Hydra refuses with a ValueError, as one line naming the options."""
     parsed = OverridesParser.create().parse_overrides(overrides_of(args))
-    for group in (o.key_or_group for o in parsed if o.value() is None):
+    nulls = [o.key_or_group for o in parsed if not o.is_delete() and None in sweep_values(o)]
+    for group in nulls:
         if group == "experiment":  # no preset: the default
             raise UsageError("experiment=null names no preset. Fix: leave experiment= out.")
         if group in SCHEMAS:
@@ -310,6 +318,12 @@ def check_groups(args: Sequence[str]) -> None:
                 f"{group}=null picks none of {group}'s options ({', '.join(options)}). "
                 f"Fix: {group}={options[0]}."
             )
+
+
+def sweep_values(o) -> list:
+    """An override's values: its one value, or each of a sweep's list (a,b,null)."""
+    value = o.value()
+    return list(value.list) if o.is_sweep_override() and hasattr(value, "list") else [value]
 
 
 def closest(name: str, options) -> str:

@@ -231,6 +231,11 @@ def test_seeded_runs_are_reproducible(tmp_path):
             "step size. Fix: optim.lr=0.001 (optim=adam's usual), or leave optim as the preset's.",
         ),
         (
+            ["experiment=lenet_modern", "optim=sgd"],
+            2,
+            "Fix: optim.lr=0.9 (optim=sgd's usual), or leave optim as the preset's.",
+        ),
+        (
             ["+experiment=ch6_lenet"],
             2,
             "+experiment= adds experiment, which config.yaml chooses already. "

@@ -282,3 +282,11 @@ def test_override_quotes_any_value_so_hydra_reads_it_back_as_it_was(value):
     from d2lrun.config import given, override
 
     assert given([override("dataset.path", value)], "dataset.path") == value
+
+
+def test_a_deleted_group_is_not_a_null_one():
+    from d2lrun.config import check_groups
+
+    check_groups(["~experiment", "~logger"])  # Hydra's delete overrides: no value, not null
+    with pytest.raises(UsageError, match="^experiment=null names no preset"):
+        check_groups(["experiment=null"])

@@ -6,6 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import d2lrun.errors
 import d2lrun.job
 import d2lrun.optim
 from d2lrun.config import compose
@@ -353,3 +354,59 @@ def test_a_k_fold_run_stopped_in_a_fold_goes_on_with_resume_of_the_run(tmp_path,
              for r in ("run", "whole")]  # fmt: skip
     run, whole = ({k: v for k, v in m.items() if k not in timings} for m in means)
     assert run == whole and "val_loss" in run
+
+
+def test_ctrl_c_while_a_later_fold_loads_its_data_says_how_to_go_on(tmp_path, monkeypatch):
+    args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "dataset.folds=3"]
+    original, calls = d2lrun.job.build_data, {"n": 0}
+
+    def build_data(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # fold 2's
+            raise KeyboardInterrupt
+        return original(*a, **kw)
+
+    monkeypatch.setattr(d2lrun.job, "build_data", build_data)
+    with pytest.raises(Interrupted) as e:
+        d2lrun.job.train(compose(args), tmp_path, args, log=lambda *_: None)
+    assert str(e.value) == (
+        f"fold 2/3: interrupted by Ctrl-C before its first epoch. Resume with: d2lrun "
+        f"resume={tmp_path}"
+    )
+
+
+def test_a_signal_while_the_tracker_finishes_leaves_the_run_completed(tmp_path, monkeypatch):
+    from d2lrun.tracking import Tracker
+
+    def finish(self, *_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Tracker, "finish", finish)
+    with pytest.raises(Interrupted, match=r"^interrupted by Ctrl-C as the run ended \(completed"):
+        run_job(tmp_path, "trainer.epochs=1")
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_run_that_goes_on_keeps_its_preset_and_optimizer(tmp_path):
+    """Trained before presets refused another optimizer without optim.lr: resumed as it was."""
+    args = ["device=cpu", "trainer.progress=false", "experiment=ch3_linreg_concise",
+            "optim=adam", "trainer.epochs=1"]  # fmt: skip
+    with pytest.raises(d2lrun.errors.UsageError, match="^experiment=ch3_linreg_concise sets"):
+        d2lrun.job.train(compose(args), tmp_path / "new", args, log=lambda *_: None)
+    train_job(compose(args), tmp_path / "old", args, log=lambda *_: None)  # as before the check
+    again = [*args[:-1], "trainer.epochs=2", f"resume={tmp_path / 'old'}"]
+    ckpt = load_checkpoint(tmp_path / "old" / "last.pt")
+    assert d2lrun.job.train(compose(again), tmp_path / "old", again, ckpt, log=lambda *_: None)[
+        "epochs_completed"] == 2  # fmt: skip
+
+
+def test_ignored_signals_stay_ignored(monkeypatch):
+    import signal
+
+    from d2lrun.files import signals
+
+    assert signal.SIGINT in signals()
+    monkeypatch.setattr(
+        signal, "getsignal", lambda n: signal.SIG_IGN if n == signal.SIGINT else None
+    )
+    assert signal.SIGINT not in signals() and signal.SIGTERM in signals()

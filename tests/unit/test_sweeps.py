@@ -617,3 +617,23 @@ def test_jobs_without_hydras_folder_are_matched_to_the_grid_by_number(tmp_path):
     rows = list(csv.DictReader(open(s / "summary.csv")))
     assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [
         ("0", "0.1", "completed"), ("1", "0.2", "completed")]  # fmt: skip
+
+
+def test_a_sweep_without_hydra_folders_is_not_finished_with_other_values(tmp_path):
+    """hydra.output_subdir=null: its jobs have no .hydra/, and another sweep is refused still."""
+    s = tmp_path / "sweep"
+    common = ["trainer.epochs=1", "trainer.progress=false", "hydra.output_subdir=null",
+              f"hydra.sweep.dir={s}"]  # fmt: skip
+    app.sweep(["optim.lr=0.01,0.02", *common])
+    with pytest.raises(UsageError, match=r"holds another sweep \(optim.lr=0.01,0.02 trainer"):
+        app.sweep(["optim.lr=0.5,0.6", *common])
+    rows = list(csv.DictReader(open(s / "summary.csv")))
+    assert sorted(r["optim.lr"] for r in rows) == ["0.01", "0.02"]
+
+
+def test_flags_and_null_in_a_sweeps_list_are_read_as_hydra_reads_them(tmp_path):
+    with pytest.raises(UsageError, match=r"^logger=null picks none of logger's options"):
+        app.sweep(["logger=none,null", f"hydra.sweep.dir={tmp_path / 's'}"])
+    with pytest.raises(UsageError, match=r"^--cfg and --info show one run's config, not a swe"):
+        app.sweep(["optim.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 's'}", "--cfg", "job"])
+    assert not (tmp_path / "s").exists()
