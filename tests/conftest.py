@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -12,6 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Tests send Ctrl-C to runs in this process and in the commands they start: a test run started in
+# the background by a shell script ignores it (SIG_IGN, which d2lrun honours), so it is reset.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 # The real data sits beside the checkout; D2LRUN_TEST_DATA points there from a copy of the tests
