@@ -84,6 +84,10 @@ def train(
             raise Interrupted(f"fold {i + 1}/{k}: {said} Resume with: d2lrun resume="
                               f"{shown(run_dir)}", signum) from None  # fmt: skip
         except (UsageError, RunFailed) as e:
+            if isinstance(e, UsageError) and not any(run_dir.glob("fold_*/*")):  # refused before
+                for empty in run_dir.glob("fold_*"):  # any fold wrote a file: no folder behind
+                    empty.rmdir()
+                raise
             status = "diverged" if isinstance(e, Diverged) else "failed"
             write_json(run_dir / "metrics.json", {"status": status, "reason": f"fold {i}: {e}"})
             raise

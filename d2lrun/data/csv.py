@@ -167,12 +167,20 @@ def table_splits(
     # True/False is a class, not a number
     numeric_target = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
     task = fitted.task if fitted else task
+    stray = y[pd.to_numeric(y, errors="coerce").isna()] if not numeric_target else y[:0]
+    if task != "classification" and 0 < len(stray) <= len(y) // 10:  # numbers, but for a few
+        raise UsageError(
+            f"column '{target}' of {source} holds numbers but for {len(stray)} cell(s) such as "
+            f"'{stray.iloc[0]}'. Fix: leave them empty (those rows are dropped), or "
+            f"dataset.task=classification if its values are names."
+        )
     if task == "auto":
         task = "regression" if numeric_target else "classification"
     if task == "regression" and not numeric_target:
+        fix = "give numbers in it" if fitted else "dataset.task=classification"
         raise UsageError(
-            f"dataset.task=regression but column '{target}' is not numeric. "
-            f"Fix: dataset.task=classification."
+            f"{'the run is a regression' if fitted else 'dataset.task=regression'} but column "
+            f"'{target}' of {source} is not numeric. Fix: {fix}."
         )
 
     n = len(frame)
@@ -221,8 +229,12 @@ def table_splits(
         if unseen:
             raise UsageError(
                 f"class(es) {unseen} of '{target}' occur only in the validation rows, so the model "
-                f"could never learn them. Fix: add training rows of them, or change seed or "
-                f"dataset.val_fraction."
+                f"could never learn them. Fix: add training rows of them, or "
+                + (
+                    "dataset.shuffle_folds=true (the rows are in order)."
+                    if fold is not None
+                    else "change seed or dataset.val_fraction."
+                )
             )
     elif cfg.standardize_target:  # predictions and *_rmse are scaled back to the target's units
         y = train_rows[target].astype(float)

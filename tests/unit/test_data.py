@@ -395,3 +395,30 @@ def test_a_true_false_target_is_a_class_and_a_true_false_feature_stays_one_in_ne
     new = pd.DataFrame({"x": ["1", "1", "1"], "flag": ["True", "False", "unknown"]})  # as text
     X = transform(new, spec.preprocess)
     assert X[:, 1].tolist() == [1.0, 0.0, spec.preprocess["numeric"]["flag"]["mean"]]
+
+
+def test_a_number_column_with_a_few_stray_cells_names_one_and_the_fix(tmp_path):
+    rows = "".join(f"{i},{i * 0.5}\n" for i in range(20))
+    (tmp_path / "t.csv").write_text("x,y\n" + rows + "20,n/a?\n")
+    with pytest.raises(UsageError) as e:
+        csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
+    assert str(e.value) == (
+        f"column 'y' of {tmp_path / 't.csv'} holds numbers but for 1 cell(s) such as 'n/a?'. "
+        f"Fix: leave them empty (those rows are dropped), or dataset.task=classification if its "
+        f"values are names."
+    )
+    cfg = table_cfg(tmp_path / "t.csv", task="classification", val_fraction=0)
+    assert len(csv_load(cfg, seed=0)[2].class_names) == 21  # asked for: every value a class
+    (tmp_path / "t.csv").write_text("x,y\n" + rows)
+    _, _, regression = csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
+    (tmp_path / "t.csv").write_text("x,y\n1,a\n2,b\n")  # eval of the regression on text
+    with pytest.raises(UsageError, match=r"^the run is a regression but column 'y' of .* is not"):
+        table_splits(read_table(tmp_path / "t.csv"), table_cfg(val_fraction=0), 0, None,
+                     str(tmp_path / "t.csv"), "auto", False, fitted=regression)  # fmt: skip
+
+
+def test_classes_only_in_a_held_out_fold_point_to_shuffling_the_folds():
+    frame = pd.DataFrame({"x": np.arange(9.0), "y": ["a"] * 3 + ["b"] * 3 + ["c"] * 3})  # sorted
+    with pytest.raises(UsageError, match=r"Fix: add training rows of them, or dataset\.shuffle_f"):
+        table_splits(frame, table_cfg(), 0, [3, 0], "t", "auto", False)
+    table_splits(frame, table_cfg(shuffle_folds=True), 0, [3, 0], "t", "auto", False)

@@ -410,3 +410,12 @@ def test_ignored_signals_stay_ignored(monkeypatch):
         signal, "getsignal", lambda n: signal.SIG_IGN if n == signal.SIGINT else None
     )
     assert signal.SIGINT not in signals() and signal.SIGTERM in signals()
+
+
+def test_a_k_fold_run_refused_for_its_data_leaves_no_fold_folder(tmp_path):
+    (tmp_path / "t.csv").write_text("x,y\n1,2\n2,3\n3,4\n")
+    args = ["device=cpu", "trainer.progress=false", "dataset=csv", "dataset.target=y",
+            f"dataset.path={tmp_path / 't.csv'}", "dataset.folds=5"]  # fmt: skip
+    with pytest.raises(d2lrun.errors.UsageError, match=r"dataset.folds=5 is more folds than"):
+        d2lrun.job.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
+    assert list((tmp_path / "run").iterdir()) == []
