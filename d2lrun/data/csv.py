@@ -137,9 +137,12 @@ def table_splits(
     all zeros), as in predictions."""
     target = cfg.target
     if target not in frame.columns:
+        fix = "dataset.target=<one of them>"
+        if len(frame.columns) == 1 and ";" in frame.columns[0]:  # Excel's CSV in many locales
+            fix = "save the file with commas between its columns, not semicolons"
         raise UsageError(
             f"dataset.target={target} is not a column of {source}; its columns are: "
-            f"{', '.join(frame.columns)}. Fix: dataset.target=<one of them>."
+            f"{', '.join(frame.columns)}. Fix: {fix}."
         )
     unknown = [c for c in cfg.drop if c not in frame.columns]
     if unknown:

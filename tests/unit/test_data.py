@@ -422,3 +422,9 @@ def test_classes_only_in_a_held_out_fold_point_to_shuffling_the_folds():
     with pytest.raises(UsageError, match=r"Fix: add training rows of them, or dataset\.shuffle_f"):
         table_splits(frame, table_cfg(), 0, [3, 0], "t", "auto", False)
     table_splits(frame, table_cfg(shuffle_folds=True), 0, [3, 0], "t", "auto", False)
+
+
+def test_a_file_separated_by_semicolons_is_named_as_such(tmp_path):
+    (tmp_path / "t.csv").write_text("a;town;Sale Price\n1;x;3\n2;y;4\n")
+    with pytest.raises(UsageError, match=r"Fix: save the file with commas between its columns"):
+        csv_load(table_cfg(tmp_path / "t.csv", target="Sale Price"), seed=0)
