@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from d2lrun.config import (
     register,
 )
 from d2lrun.errors import Interrupted, RunFailed, UsageError
-from d2lrun.files import Plotter, claim_dir, hold, shown, signals, unwritable, write_json
+from d2lrun.files import Plotter, claim_dir, hold, shown, signals_to, unwritable, write_json
 
 RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.json", "metrics.csv", "fold_0")
 
@@ -52,9 +51,6 @@ class Stop(KeyboardInterrupt):
 def stop_signals():
     """Within: Ctrl-C or a stop signal ends the run, once. After: the handler it replaced runs (the
     one submitit installs on a Slurm node checkpoints the job and requeues it)."""
-    if threading.current_thread() is not threading.main_thread():  # only it can handle signals
-        yield
-        return
     caught: list[int] = []
 
     def stop(signum, frame):
@@ -62,13 +58,12 @@ def stop_signals():
             caught.append(signum)
             raise Stop(signum)
 
-    replaced = {n: signal.signal(n, stop) for n in signals()}
+    replaced = None
     try:
-        yield
+        with signals_to(stop) as replaced:
+            yield
     finally:
-        for n, handler in replaced.items():
-            signal.signal(n, handler)
-        if caught and callable(replaced[caught[0]]):
+        if caught and replaced and callable(replaced[caught[0]]):
             replaced[caught[0]](caught[0], None)
 
 
@@ -76,9 +71,6 @@ def stop_signals():
 def stopping_workers(sweep_dir: Path):
     """Within a sweep: Ctrl-C or a stop signal reaches hydra/launcher=joblib's workers too, and
     the sweep ends once their jobs are saved (no job folder is locked any more)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def stop(signum, frame):
         loky = sys.modules.get("joblib.externals.loky.reusable_executor")  # joblib's pool, if any
@@ -94,12 +86,8 @@ def stopping_workers(sweep_dir: Path):
     def jobs() -> list[Path]:
         return [p for p in sweep_dir.iterdir() if p.is_dir()] if sweep_dir.is_dir() else []
 
-    replaced = {n: signal.signal(n, stop) for n in signals()}
-    try:
+    with signals_to(stop):
         yield
-    finally:
-        for n, handler in replaced.items():
-            signal.signal(n, handler)
 
 
 def locked(folder: Path) -> bool:

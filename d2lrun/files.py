@@ -53,6 +53,26 @@ def signals() -> list[int]:
     return [n for n in numbers if signal.getsignal(n) is not signal.SIG_IGN]
 
 
+def by(signum: int) -> str:
+    """What sent signum: Ctrl-C, or the signal's name (SIGTERM)."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def signals_to(handler):
+    """Ctrl-C and the stop signals go to handler(signum, frame) within, in the main thread (the
+    only one that takes signals; elsewhere: None); yields the handlers they had, then restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    replaced = {n: signal.signal(n, handler) for n in signals()}
+    try:
+        yield replaced
+    finally:
+        for n, before in replaced.items():
+            signal.signal(n, before)
+
+
 @contextlib.contextmanager
 def deferred_signals():
     """Ctrl-C and the stop signals held back until the block has written its files, then handled
@@ -60,15 +80,8 @@ def deferred_signals():
     # Not with pthread_sigmask: it holds them back from the main thread only, and the OS then
     # hands them to another (torch's), whose handler still interrupts the main one.
     caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
+    with signals_to(lambda signum, _: caught.append(signum)):
         yield caught
-        return
-    handlers = {n: signal.signal(n, lambda signum, _: caught.append(signum)) for n in signals()}
-    try:
-        yield caught
-    finally:
-        for n, handler in handlers.items():
-            signal.signal(n, handler)
     if caught:
         signal.raise_signal(caught[0])  # now to the handler it had
 
@@ -134,6 +147,13 @@ def unwritable(folder: str | Path, e: OSError) -> RunFailed:
 
 def write_json(path: str | Path, obj) -> Path:
     return atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def completed(folder: Path) -> dict | None:
+    """metrics.json of the run that completed in folder, else None."""
+    ended = folder / "metrics.json"
+    summary = json.loads(ended.read_text()) if ended.exists() else {}
+    return summary if summary.get("status") == "completed" else None
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> Path:

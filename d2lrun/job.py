@@ -7,7 +7,6 @@ complete epoch and metrics.json says what happened.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,8 @@ from d2lrun.data import Spec, Split, build_data
 from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError
 from d2lrun.files import (
     atomic_write,
+    by,
+    completed,
     curves_png,
     deferred_signals,
     save_torch,
@@ -34,9 +35,9 @@ from d2lrun.optim import Optimizer, build_optimizer
 from d2lrun.reload import (
     FORMAT,
     MEANING,
+    carry_best,
     check_same_meaning,
     continued,
-    load_checkpoint,
     load_state_dict_strict,
 )
 from d2lrun.tracking import experiment_name, open_tracker
@@ -105,13 +106,6 @@ def train(
     }  # fmt: skip
     write_json(run_dir / "metrics.json", summary)
     return summary
-
-
-def completed(folder: Path) -> dict | None:
-    """metrics.json of the run that completed in folder, else None."""
-    ended = folder / "metrics.json"
-    summary = json.loads(ended.read_text()) if ended.exists() else {}
-    return summary if summary.get("status") == "completed" else None
 
 
 def fold_table(finals: list[dict], mean: dict, k: int) -> str:
@@ -306,18 +300,6 @@ class Run:
                 signum,
             )
         return summary
-
-
-def by(signum: int) -> str:
-    """What sent signum: Ctrl-C, or the signal's name (SIGTERM)."""
-    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-
-
-def carry_best(best: Path, ckpt: dict, run_dir: Path) -> None:
-    """best, copied into run_dir when it is the best epoch of the resumed ckpt."""
-    if ckpt.get("best") and best.exists():
-        if load_checkpoint(best).get("epoch") == ckpt["best"]["epoch"]:
-            atomic_write(run_dir / "best.pt", best.read_bytes())
 
 
 def checkpoint(model, optimizer: Optimizer, trainer: Trainer, history: History, extra: dict):

@@ -387,3 +387,10 @@ def predict_file(run: SavedRun, path: Path, out: Path) -> int:
         frame = pd.DataFrame({"prediction": predictions})
     atomic_write(out, frame.to_csv(index=False).encode())
     return len(predictions)
+
+
+def carry_best(best: Path, ckpt: dict, run_dir: Path) -> None:
+    """best, copied into run_dir when it is the best epoch of the resumed ckpt."""
+    if ckpt.get("best") and best.exists():
+        if load_checkpoint(best).get("epoch") == ckpt["best"]["epoch"]:
+            atomic_write(run_dir / "best.pt", best.read_bytes())
