@@ -275,7 +275,7 @@ class SavedRun:
             X = (
                 inputs.detach()
                 if isinstance(inputs, torch.Tensor)
-                else torch.as_tensor(np.asarray(inputs))
+                else torch.as_tensor(np.array(inputs))  # a copy: pandas 3 arrays are read-only
             )
         except (TypeError, ValueError, RuntimeError) as e:  # a DataFrame of text, ragged lists
             raise UsageError(
