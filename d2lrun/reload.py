@@ -290,8 +290,12 @@ class SavedRun:
                 raise UsageError(
                     f"images must be (N, {shape[1]}, {shape[2]}) "
                     f"{str(pixels).removeprefix('torch.')}; got {tuple(X.shape)} "
-                    f"{str(X.dtype).removeprefix('torch.')}. Fix: images of the run's size, "
-                    f"from 0 to 255 as the dataset's (np.asarray(images, np.uint8))."
+                    f"{str(X.dtype).removeprefix('torch.')}. Fix: images of the run's size"
+                    + (
+                        ", from 0 to 255 as the dataset's (np.asarray(images, np.uint8))."
+                        if self.spec.class_names
+                        else "."
+                    )  # fmt: skip
                 )
             return prepare_batch(X.to(self.device)).float()
         X = X.reshape(1, -1) if X.ndim == 1 else X  # one example
