@@ -149,10 +149,16 @@ def write_json(path: str | Path, obj) -> Path:
     return atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def completed(folder: Path) -> dict | None:
     """metrics.json of the run that completed in folder, else None."""
-    ended = folder / "metrics.json"
-    summary = json.loads(ended.read_text()) if ended.exists() else {}
+    summary = read_json(folder / "metrics.json") or {}
     return summary if summary.get("status") == "completed" else None
 
 

@@ -7,7 +7,6 @@ report writes summary.csv and heatmap.png (`d2lrun-report`). No torch until a jo
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import traceback
@@ -17,16 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from d2lrun.config import explain
 from d2lrun.errors import Bug, Interrupted, UsageError
-from d2lrun.files import atomic_write, hold, png, shown, write_json
+from d2lrun.files import atomic_write, hold, png, read_json, shown, write_json
 
 HIGHER_IS_BETTER = {"val_acc"}  # every other metric (val_loss) is better when lower
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def finished_job(run_dir: Path, overrides: list[str]) -> dict | None:

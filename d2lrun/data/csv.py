@@ -255,8 +255,9 @@ def table_splits(
         if huge := [c for c, ok in zip(columns, [*np.isfinite(X).all(0), np.isfinite(y).all()],
                                        strict=True) if not ok]:  # fmt: skip
             raise UsageError(
-                f"{source}: column(s) {huge} hold values beyond float32's range (about 3.4e38), "
-                f"which training cannot use. Fix: rescale them, or leave those cells empty."
+                f"column(s) {huge} of {source} hold values beyond float32's range (about "
+                f"3.4e38), which training cannot use. Fix: rescale them, or leave those cells "
+                f"empty."
             )
         if classes:
             labels = pd.Categorical(rows[target].astype(str), categories=classes).codes

@@ -360,25 +360,21 @@ def test_class_codes_follow_the_training_classes_in_every_split_and_the_scale_is
     assert train.scale == val.scale == spec.target_scale and spec.target_scale["std"] > 1
 
 
-def test_a_table_with_infinite_values_is_refused_in_one_line(tmp_path):
-    """No mean, standard deviation or loss can use inf: it diverged in batch 1 and blamed lr."""
-    (tmp_path / "t.csv").write_text("x,z,y\n1,2,1\ninf,3,2\n3,4,-inf\n4,5,4\n")
+@pytest.mark.parametrize(
+    "rows,columns,why",
+    [
+        ("1,2,1\ninf,3,2\n3,4,-inf\n", "['x', 'y']", "hold infinite values, which no mean or loss "
+         "can use. Fix: leave those cells empty (missing) or give finite numbers."),
+        ("1e39,2,1\n2,3,2\n3,4,3\n", "['x']", "hold values beyond float32's range (about 3.4e38), "
+         "which training cannot use. Fix: rescale them, or leave those cells empty."),
+    ],
+)  # fmt: skip
+def test_numbers_training_cannot_use_are_refused_in_one_line(tmp_path, rows, columns, why):
+    """inf, or beyond float32: training diverged in batch 1 and blamed lr."""
+    (tmp_path / "t.csv").write_text("x,z,y\n" + rows + "4,5,4\n")
     with pytest.raises(UsageError) as e:
         csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
-    assert str(e.value) == (
-        f"column(s) ['x', 'y'] of {tmp_path / 't.csv'} hold infinite values, which no mean or "
-        f"loss can use. Fix: leave those cells empty (missing) or give finite numbers."
-    )
-
-
-def test_values_beyond_float32_are_refused_in_one_line_not_blamed_on_lr(tmp_path):
-    (tmp_path / "t.csv").write_text("x,z,y\n1e39,2,1\n2,3,2\n3,4,3\n4,5,4\n")
-    with pytest.raises(UsageError) as e:
-        csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
-    assert str(e.value) == (
-        f"{tmp_path / 't.csv'}: column(s) ['x'] hold values beyond float32's range (about "
-        f"3.4e38), which training cannot use. Fix: rescale them, or leave those cells empty."
-    )
+    assert str(e.value) == f"column(s) {columns} of {tmp_path / 't.csv'} {why}"
 
 
 def test_class_labels_that_an_empty_cell_made_floats_stay_whole_numbers(tmp_path):
