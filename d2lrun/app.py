@@ -49,8 +49,7 @@ class Stop(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def stop_signals():
-    """Within: Ctrl-C or a stop signal ends the run, once. After: the handler it replaced runs (the
-    one submitit installs on a Slurm node checkpoints the job and requeues it)."""
+    """Within: Ctrl-C or a stop signal ends the run, once. After: the handler it replaced runs."""
     caught: list[int] = []
 
     def stop(signum, frame):
@@ -58,19 +57,17 @@ def stop_signals():
             caught.append(signum)
             raise Stop(signum)
 
-    replaced = None
     try:
         with signals_to(stop) as replaced:
             yield
     finally:
-        if caught and replaced and callable(replaced[caught[0]]):
-            replaced[caught[0]](caught[0], None)
+        if caught and callable(replaced[caught[0]]):
+            replaced[caught[0]](caught[0], None)  # submitit's on a Slurm node checkpoints, requeues
 
 
 @contextlib.contextmanager
 def stopping_workers(sweep_dir: Path):
-    """Within a sweep: Ctrl-C or a stop signal reaches hydra/launcher=joblib's workers too, and
-    the sweep ends once their jobs are saved (no job folder is locked any more)."""
+    """Within a sweep: Ctrl-C or a stop signal reaches joblib's workers too; raised once saved."""
 
     def stop(signum, frame):
         loky = sys.modules.get("joblib.externals.loky.reusable_executor")  # joblib's pool, if any
@@ -79,28 +76,26 @@ def stopping_workers(sweep_dir: Path):
             with contextlib.suppress(OSError):
                 os.kill(worker.pid, signum)
         deadline = time.monotonic() + 120
-        while workers and time.monotonic() < deadline and any(map(locked, jobs())):
+        while workers and time.monotonic() < deadline and running(sweep_dir):
             time.sleep(0.1)
         raise Stop(signum)
-
-    def jobs() -> list[Path]:
-        return [p for p in sweep_dir.iterdir() if p.is_dir()] if sweep_dir.is_dir() else []
 
     with signals_to(stop):
         yield
 
 
-def locked(folder: Path) -> bool:
-    """Whether a process holds folder's lock (d2lrun.files.hold): a job in it still runs."""
-    lock = hold(folder)
-    if lock is not None:
+def running(sweep_dir: Path) -> bool:
+    """Whether a process holds the lock of a job folder (d2lrun.files.hold): that job still runs."""
+    for folder in filter(Path.is_dir, sweep_dir.iterdir()):
+        lock = hold(folder)
+        if lock is None:
+            return True
         lock.close()
-    return lock is None
+    return False
 
 
 class RunDir(Callback):
-    """The configured hydra.run.dir claimed before Hydra writes into it (configs/config.yaml):
-    TIME_2, TIME_3, ... when another run took TIME in the same second."""
+    """The configured hydra.run.dir claimed (d2lrun.files.claim_dir) before Hydra writes into it."""
 
     lock = None
 
