@@ -58,9 +58,7 @@ def raising(fn: Callable, *args):
     """fn(*args); an error raised as d2lrun's one-line exception, without Hydra's traceback."""
     try:
         return fn(*args)
-    except SystemExit as e:  # Hydra's argument parser refused one: never SystemExit from here
-        if not e.code:
-            return None
+    except SystemExit:  # Hydra's argument parser refused one (plain let no --help through)
         raise UsageError(
             f"d2lrun refused the arguments {' '.join(map(str, args[0]))}. Fix: give overrides "
             f"such as 'optim.lr=0.1' (d2lrun --help lists them)."
