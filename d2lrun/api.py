@@ -16,8 +16,7 @@ from d2lrun.errors import Bug, UsageError
 
 
 def train(*overrides: str):
-    """Train as `d2lrun OVERRIDES...` does; the run reloaded (d2lrun.reload.SavedRun), or with
-    dataset.folds=K a list of the K folds' runs."""
+    """As `d2lrun OVERRIDES`: the run reloaded (SavedRun), or one per fold (dataset.folds=K)."""
     from d2lrun.reload import load_run
 
     overrides = plain(overrides, "train")

@@ -105,7 +105,6 @@ def print_help(config_name: str, args: list[str]) -> None:
 
     name = {"config": "d2lrun"}.get(config_name, config_name)
     text = OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "help" / f"{name}.yaml")
-    cfg = compose(overrides_of(args), config_name)
     parts = [text.header]
     if config_name == "config":
         folders = {g: Path(CONFIG_DIR) / g for g in SCHEMAS} | {"experiment": EXPERIMENTS_DIR}
@@ -113,6 +112,6 @@ def print_help(config_name: str, args: list[str]) -> None:
                   for g, f in sorted(folders.items())]  # fmt: skip
         parts.append("== Groups (pick one option each, e.g. model=mlp) ==\n" + "\n".join(groups))
     example = " (set any, e.g. trainer.epochs=5)" if config_name == "config" else ""
-    keys = OmegaConf.to_yaml(cfg).rstrip()
+    keys = OmegaConf.to_yaml(compose(overrides_of(args), config_name)).rstrip()
     parts += [f"== Keys and their current values{example} ==\n{keys}", text.footer]
     print("\n\n".join(parts))
