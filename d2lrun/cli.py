@@ -5,6 +5,7 @@ its arguments and calls one function of d2lrun.app or d2lrun.sweeps inside `hand
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -65,8 +66,6 @@ def predict_main() -> None:
 
 def report_main() -> None:
     """`d2lrun-report DIR`: the results table, summary.csv and heatmap.png of a sweep folder."""
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="d2lrun-report",
         description="The results table, summary.csv and heatmap.png of a sweep "
