@@ -57,11 +57,12 @@ def stop_signals():
             caught.append(signum)
             raise Stop(signum)
 
+    replaced = None  # still None when a signal comes while signals_to installs the handlers
     try:
         with signals_to(stop) as replaced:
             yield
     finally:
-        if caught and callable(replaced[caught[0]]):
+        if caught and replaced and callable(replaced[caught[0]]):
             replaced[caught[0]](caught[0], None)  # submitit's on a Slurm node checkpoints, requeues
 
 
