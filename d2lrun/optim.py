@@ -1,10 +1,8 @@
 """The optimizer and the regularizers that change its update, built from config in one place.
 
-L2 is weight decay on weights only (§4.5): parameters with two or more dimensions (the weight
-matrices and kernels) get optim.weight_decay, biases and batch-norm scales get none.
-L1 adds regularizer.lambd · sign(w) to the same weights' gradients: the gradient of the book's
-λ·Σ|w| loss term, so the loss that is reported stays the data's own.
-Dropout is a layer, built into the model (d2lrun.models).
+L2 (§4.5) and L1 act on the weights only (matrices and kernels), not on biases or norm scales. L1
+adds regularizer.lambd · sign(w) to their gradients: the gradient of the book's λ·Σ|w| loss term,
+so the loss that is reported stays the data's own. Dropout is a layer of the model (d2lrun.models).
 """
 
 from __future__ import annotations
@@ -37,6 +35,9 @@ class Optimizer:
         self.param_groups = [
             {**defaults, "l1": 0.0, **hyper, **g, "params": list(g["params"])} for g in groups
         ]
+        # the kernel's keywords that a group fills, as torch.optim's own step passes them
+        kernel = sgd.sgd if kind is torch.optim.SGD else adam.adam
+        self.keywords = [k for k in inspect.signature(kernel).parameters if k in defaults]
 
     def zero_grad(self) -> None:
         for group in self.param_groups:
@@ -50,30 +51,22 @@ class Optimizer:
             grads = [p.grad for p in params]
             for grad, p in zip(grads, params, strict=True) if g["l1"] else ():
                 grad.add_(p.sign(), alpha=g["l1"])  # the gradient of l1 · Σ|w|
+            hyper = {k: g[k] for k in self.keywords}
             if self.kind is torch.optim.SGD:
-                self.sgd_step(g, params, grads)
-            else:
-                self.adam_step(g, params, grads)
-
-    def sgd_step(self, g: dict, params: list, grads: list) -> None:
-        momentum = g["momentum"] != 0  # without momentum, torch.optim.SGD keeps no state
-        buffers = [self.state[p].get("momentum_buffer") if momentum else None for p in params]
-        sgd.sgd(params, grads, buffers, weight_decay=g["weight_decay"], momentum=g["momentum"],
-                lr=g["lr"], dampening=g["dampening"], nesterov=g["nesterov"],
-                maximize=g["maximize"], foreach=g["foreach"], fused=g["fused"])  # fmt: skip
-        for p, buffer in zip(params, buffers, strict=True) if momentum else ():
-            self.state[p]["momentum_buffer"] = buffer
-
-    def adam_step(self, g: dict, params: list, grads: list) -> None:
-        for p in params:
-            if not self.state[p]:  # as torch.optim.Adam: the step count is a CPU scalar
-                self.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
-                                 "exp_avg_sq": torch.zeros_like(p)}  # fmt: skip
-        state = [self.state[p] for p in params]
-        adam.adam(params, grads, [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state],
-                  [], [s["step"] for s in state], foreach=g["foreach"], fused=g["fused"],
-                  amsgrad=g["amsgrad"], beta1=g["betas"][0], beta2=g["betas"][1], lr=g["lr"],
-                  weight_decay=g["weight_decay"], eps=g["eps"], maximize=g["maximize"])  # fmt: skip
+                buffers = [self.state.get(p, {}).get("momentum_buffer") for p in params]
+                sgd.sgd(params, grads, buffers, **hyper)
+                for p, buffer in zip(params, buffers, strict=True) if g["momentum"] else ():
+                    self.state[p]["momentum_buffer"] = buffer  # without momentum, SGD keeps none
+                continue
+            for p in params:
+                if not self.state[p]:  # as torch.optim.Adam: the step count is a CPU scalar
+                    self.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                     "exp_avg_sq": torch.zeros_like(p)}  # fmt: skip
+            state = {
+                k: [self.state[p][k] for p in params] for k in ("exp_avg", "exp_avg_sq", "step")
+            }
+            adam.adam(params, grads, state["exp_avg"], state["exp_avg_sq"], [], state["step"],
+                      beta1=g["betas"][0], beta2=g["betas"][1], **hyper)  # fmt: skip
 
     def state_dict(self) -> dict:
         index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
@@ -97,17 +90,13 @@ class Optimizer:
             self.state[p] = {k: v if k == "step" else v.to(p.device, p.dtype) for k, v in s.items()}
 
 
-def decayed(p: torch.Tensor) -> bool:
-    """Weights (matrices, kernels) are regularized; biases and norm scales (vectors) are not."""
-    return p.ndim >= 2
-
-
 def build_optimizer(model: nn.Module, cfg: DictConfig, l1: float = 0.0) -> Optimizer:
     """SGD or Adam over the model; weight decay and the L1 term on weights only."""
     params = [p for p in model.parameters() if p.requires_grad]
+    weights = [p for p in params if p.ndim >= 2]  # biases and norm scales are vectors
     groups = [
-        {"params": [p for p in params if decayed(p)], "weight_decay": cfg.weight_decay, "l1": l1},
-        {"params": [p for p in params if not decayed(p)], "weight_decay": 0.0},
+        {"params": weights, "weight_decay": cfg.weight_decay, "l1": l1},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
     if cfg.name == "sgd":
