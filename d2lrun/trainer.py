@@ -1,13 +1,14 @@
 """The training loop, named as in the book: `fit` runs `train_one_epoch` and `evaluate` per epoch.
 
-Data stays on the device as whole tensors, a batch a slice of a shuffled index; losses and correct
-counts are device tensors read once per epoch. The loop writes no files: on_epoch (d2lrun.job) does.
+Data stays on the device, a batch a slice of a shuffled index; losses and correct counts are device
+tensors read once per epoch. The loop writes no files: on_epoch (d2lrun.job) does.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -87,13 +88,11 @@ def train_one_epoch(
     generator: torch.Generator,
     on_batch: Callable[[], None] = lambda: None,
 ) -> dict[str, torch.Tensor]:
-    """One pass over shuffled minibatches: device tensors of loss sum, correct, batch losses
-    (for a stack of members, d2lrun.stack: one of each per member)."""
+    """One pass over shuffled minibatches: loss sum, correct, batch losses; a stack's per member."""
     model.train()
-    device, n = data.X.device, len(data)
-    perm = torch.randperm(n, generator=generator).to(device)
+    perm = torch.randperm(len(data), generator=generator).to(data.X.device)
     loss_sum, correct, batch_losses = 0, 0, []
-    for start in range(0, n, batch_size):
+    for start in range(0, len(perm), batch_size):
         idx = perm[start : start + batch_size]
         X, y = prepare_batch(data.X[idx]), data.y[idx]
         y_hat = model(X)
@@ -103,21 +102,17 @@ def train_one_epoch(
         optimizer.zero_grad()
         batch_loss.sum().backward()  # each member's parameters get their own loss's gradient
         optimizer.step()
-        batch_loss = batch_loss.detach()
-        batch_losses.append(batch_loss)
-        loss_sum = loss_sum + batch_loss * len(idx)
+        batch_losses.append(batch_loss.detach())
+        loss_sum = loss_sum + batch_losses[-1] * len(idx)
         if not torch.is_floating_point(y):
             correct = correct + (y_hat.argmax(dim=-1) == y).sum(dim=-1)
         on_batch()
-    loss_sum = torch.as_tensor(loss_sum, device=device)
-    correct = torch.as_tensor(correct, device=device)
     return {"loss_sum": loss_sum, "correct": correct, "batch_losses": torch.stack(batch_losses)}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss: Callable, data: Split, log_rmse: bool = False) -> dict:
-    """Mean loss in eval mode; accuracy, or RMSE (and §4.10's log RMSE) in the target's units.
-    Each a float, or for a stack of members (d2lrun.stack) a list of one per member."""
+    """Mean loss; accuracy, or RMSE (and §4.10's log RMSE) in target units; a stack's per member."""
     model.eval()
     classify, scale, n = not torch.is_floating_point(data.y), data.scale, len(data)
     lead = (model.members,) if hasattr(model, "members") else ()  # a stack's member dimension
@@ -143,13 +138,13 @@ def evaluate(model: nn.Module, loss: Callable, data: Split, log_rmse: bool = Fal
     if n == 0:
         return {}
     # In float64, as Python's floats: a run alone gets the same numbers as from .item().
-    metrics = {"loss": torch.as_tensor(loss_sum).double() / n}
+    metrics = {"loss": loss_sum.double() / n}
     if classify:
-        metrics["acc"] = torch.as_tensor(correct).double() / n
+        metrics["acc"] = correct.double() / n
     else:
-        metrics["rmse"] = (torch.as_tensor(squares).double() / data.y.numel()).sqrt()
+        metrics["rmse"] = (squares.double() / data.y.numel()).sqrt()
         if log_rmse:
-            metrics["log_rmse"] = (torch.as_tensor(log_squares).double() / data.y.numel()).sqrt()
+            metrics["log_rmse"] = (log_squares.double() / data.y.numel()).sqrt()
     return {k: v.tolist() for k, v in metrics.items()}
 
 
@@ -164,12 +159,11 @@ def fit(
 ) -> None:
     """Epochs trainer.epoch + 1 .. trainer.epochs, each row to on_epoch; Diverged on NaN.
 
-    A stack of members (d2lrun.stack) gets rows of lists, one value per member, and "diverged":
-    per member, why it stopped in this epoch, else None; it goes on until every member stopped."""
+    A stack (d2lrun.stack) gets rows of lists, one per member, "diverged" saying why a member
+    stopped in this epoch (else None); it goes on until every member stopped."""
     classify = not torch.is_floating_point(train.y)
     live = getattr(optimizer, "live", None)  # a stack's members that still train
-    bar = progress_bar(trainer.progress, math.ceil(len(train) / trainer.batch_size))
-    with bar:
+    with progress_bar(trainer.progress, math.ceil(len(train) / trainer.batch_size)) as bar:
         for epoch in range(trainer.epoch + 1, trainer.epochs + 1):
             bar.reset(0, description=f"epoch {epoch}/{trainer.epochs}")
             start = time.perf_counter()
@@ -221,9 +215,8 @@ def progress_bar(show: bool, batches: int):
 
 
 def diverged(batch_losses, batch_size: int, epoch: int, lr, member: int | None = None):
-    """Where the loss stopped being finite: the first batch whose loss, or running sum, is not.
-    A stack's batch_losses (batches, members) and lr (one per member): those of member."""
-    if member is not None:
+    """Where the loss stopped being finite: the first batch whose loss, or running sum, is not."""
+    if member is not None:  # a stack's batch_losses (batches, members), lr (members)
         batch_losses, lr = batch_losses[:, member], lr[member]
     running = torch.cumsum(batch_losses * batch_size, 0)
     first = (~torch.isfinite(running)).nonzero()
@@ -237,8 +230,6 @@ def diverged(batch_losses, batch_size: int, epoch: int, lr, member: int | None =
 def compiled(model: nn.Module, device: torch.device, log: Callable[[str], None]) -> nn.Module:
     """trainer.compile=true: torch.compile; eager, with a note, where it cannot apply."""
     # On CUDA with CUDA graphs ("reduce-overhead"): they remove the launch cost of tiny models.
-    import shutil
-
     if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "cc")):
         log("note: trainer.compile=true needs a C++ compiler on CPU; training eagerly")
         return model
