@@ -1,8 +1,6 @@
 """One run, start to finish: config -> data -> model -> fit -> the files of its folder.
 
-The loop (d2lrun.trainer.fit) writes nothing; the job's one on_epoch hook writes the checkpoints,
-sends the epoch to the tracker and prints its line. However the run ends, its folder holds the last
-complete epoch and metrics.json says what happened.
+However the run ends, its folder holds the last complete epoch and metrics.json says what happened.
 """
 
 from __future__ import annotations
@@ -195,9 +193,8 @@ class Run:
         self.loss = loss_for(spec.task, loss_kind(cfg.model))
         self.optimizer = build_optimizer(model, cfg.optim, cfg.regularizer.lambd)
         self.trainer = Trainer(**cfg.trainer, generator=torch.Generator().manual_seed(cfg.seed))
-        self.history = History()
+        self.history = restore(ckpt, model, self.optimizer, self.trainer) if ckpt else History()
         if ckpt is not None:
-            self.history = restore(ckpt, model, self.optimizer, self.trainer)
             if source != run_dir.resolve():  # a new folder has the best epoch's best.pt too
                 carry_best(source / "best.pt", ckpt, run_dir)
             log(f"resuming {shown(cfg.resume)} from epoch {self.trainer.epoch}")
@@ -250,6 +247,7 @@ class Run:
         epoch = history.rows[-1]["epoch"] if history.rows else 0  # the last one saved
         # Ctrl-C or a stop signal now is handled once the files are written (ignored when the
         # run is stopping already: a second Ctrl-C)
+        stop = None
         try:
             with deferred_signals() as caught:
                 if status == "interrupted":
@@ -275,8 +273,6 @@ class Run:
                     caught.clear()
         except KeyboardInterrupt as e:  # held back while the files were written
             stop = e
-        else:
-            stop = None
         try:  # not held back: a tracker's server may keep it waiting
             self.tracker.finish(status, summary, run_dir)
         except KeyboardInterrupt as e:
@@ -304,9 +300,11 @@ class Run:
 
 def checkpoint(model, optimizer: Optimizer, trainer: Trainer, history: History, extra: dict):
     """A resumable snapshot of the run, copied to the CPU (d2lrun.reload lists its keys)."""
+    state = optimizer.state_dict()  # its tensors copied: training goes on changing them
+    state["state"] = {i: copied(s) for i, s in state["state"].items()}
     return {
-        "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-        "optimizer": to_cpu(optimizer.state_dict()),
+        "model": copied(model.state_dict()),
+        "optimizer": state,
         "epoch": trainer.epoch,
         "history": [dict(r) for r in history.rows],
         "best": dict(history.best) if history.best else None,
@@ -315,14 +313,8 @@ def checkpoint(model, optimizer: Optimizer, trainer: Trainer, history: History, 
     }
 
 
-def to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
-    return obj
+def copied(tensors: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
 
 
 def rng_state(generator: torch.Generator) -> dict:
@@ -340,10 +332,7 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
 def restore(ckpt: dict, model, optimizer: Optimizer, trainer: Trainer) -> History:
     """Weights, optimizer state, random state and epoch from a checkpoint, to resume training."""
     load_state_dict_strict(model, ckpt["model"], "the checkpoint")
-    configured = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(ckpt["optimizer"])  # momentum buffers, Adam moments ...
-    for group, now in zip(optimizer.param_groups, configured, strict=True):
-        group.update(now)  # ... but lr and weight decay as configured now (resume optim.lr=0.01)
+    optimizer.load_state_dict(ckpt["optimizer"])  # lr as configured now: resume optim.lr=0.01
     set_rng_state(ckpt["rng"], trainer.generator)
     trainer.epoch = ckpt["epoch"]
     return History(list(ckpt["history"]), ckpt["best"])

@@ -74,14 +74,12 @@ class Optimizer:
         return {"state": {index[p]: dict(s) for p, s in self.state.items()}, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """The saved state and hyperparameters, each tensor on its parameter's device."""
+        """The saved state on its parameters' devices; the hyperparameters stay as configured."""
         if len(state_dict["param_groups"]) != len(self.param_groups):
             raise UsageError(
                 "the checkpoint's optimizer has another number of parameter groups. "
                 "Fix: resume with the run's own model and optimizer."
             )
-        for group, saved in zip(self.param_groups, state_dict["param_groups"], strict=True):
-            group.update({k: v for k, v in saved.items() if k != "params"})
         params = [p for g in self.param_groups for p in g["params"]]
         self.state = defaultdict(dict)
         for i, s in state_dict["state"].items():
