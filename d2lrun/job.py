@@ -141,9 +141,8 @@ def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt=None, *
 
 
 class Run:
-    """One run's config, data, model, optimizer and history, and the files of its folder: set up,
-    then on_epoch after each epoch of fit, then end. A stack of runs (hydra/launcher=batched,
-    d2lrun.batched) trains several with one fit, each still a Run with its own folder."""
+    """One run's setup, its on_epoch after each epoch of fit, and its end: the files of its folder.
+    A stack (hydra/launcher=batched) trains several with one fit, each a Run with its own folder."""
 
     def __init__(
         self,
@@ -264,8 +263,7 @@ class Run:
                     write_csv(run_dir / "metrics.csv", history.rows)
                     atomic_write(run_dir / "curves.png", self.draw(history.rows, self.title))
                 if status == "completed":
-                    state = {k: v.to("cpu") for k, v in self.model.state_dict().items()}
-                    save_torch(run_dir / "model.pt", state)
+                    save_torch(run_dir / "model.pt", copied(self.model.state_dict()))
                     if (found := learned(self.model, self.spec, self.log)) is not None:
                         summary["learned"] = found
                 write_json(run_dir / "metrics.json", summary)
