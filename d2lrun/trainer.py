@@ -92,10 +92,9 @@ def train_one_epoch(
     model.train()
     perm = torch.randperm(len(data), generator=generator).to(data.X.device)
     loss_sum, correct, batch_losses = 0, 0, []
-    for start in range(0, len(perm), batch_size):
-        idx = perm[start : start + batch_size]
-        X, y = prepare_batch(data.X[idx]), data.y[idx]
-        y_hat = model(X)
+    for idx in perm.split(batch_size):
+        y = data.y[idx]
+        y_hat = model(prepare_batch(data.X[idx]))
         batch_loss = loss(y_hat, y)
         if batch_loss.ndim:  # a stack: a member whose loss is not finite stops training
             optimizer.live &= torch.isfinite(batch_loss.detach())
@@ -115,16 +114,16 @@ def evaluate(model: nn.Module, loss: Callable, data: Split, log_rmse: bool = Fal
     """Mean loss; accuracy, or RMSE (and §4.10's log RMSE) in target units; a stack's per member."""
     model.eval()
     classify, scale, n = not torch.is_floating_point(data.y), data.scale, len(data)
+    if n == 0:
+        return {}
     lead = (model.members,) if hasattr(model, "members") else ()  # a stack's member dimension
 
     def squared(t: torch.Tensor) -> torch.Tensor:  # summed, per member
         return (t**2).flatten(len(lead)).sum(-1)
 
     loss_sum, correct, squares, log_squares = 0, 0, 0, 0
-    for start in range(0, n, EVAL_BATCH_SIZE):
-        X = prepare_batch(data.X[start : start + EVAL_BATCH_SIZE])
-        y = data.y[start : start + EVAL_BATCH_SIZE]
-        y_hat = model(X)
+    for X, y in zip(data.X.split(EVAL_BATCH_SIZE), data.y.split(EVAL_BATCH_SIZE), strict=True):
+        y_hat = model(prepare_batch(X))
         loss_sum = loss_sum + loss(y_hat, y) * len(y)
         if classify:
             correct = correct + (y_hat.argmax(dim=-1) == y).sum(dim=-1)
@@ -135,8 +134,6 @@ def evaluate(model: nn.Module, loss: Callable, data: Split, log_rmse: bool = Fal
         squares = squares + squared(pred - true)
         if log_rmse:  # §4.10: predictions below 1 are clamped to 1 so that the log is defined
             log_squares = log_squares + squared(pred.clamp(min=1).log() - true.log())
-    if n == 0:
-        return {}
     # In float64, as Python's floats: a run alone gets the same numbers as from .item().
     metrics = {"loss": loss_sum.double() / n}
     if classify:
