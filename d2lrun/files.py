@@ -1,7 +1,5 @@
-"""A run's files, each written atomically: a temporary file in the same folder, fsync, then rename.
-
-A reader (or a crash, or `kill -9`) therefore sees either the old complete file or the new one.
-"""
+"""A run's files, written atomically (a temporary file in the same folder, fsync, rename): a reader,
+a crash or `kill -9` sees the old complete file or the new one. Also its lock, signals and plots."""
 
 from __future__ import annotations
 
@@ -47,8 +45,7 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
 
 
 def signals() -> list[int]:
-    """Ctrl-C's and the stop signals' numbers on this system, but those the process ignores (a
-    shell script's background job ignores Ctrl-C)."""
+    """Ctrl-C's and the stop signals' numbers, less the ignored (Ctrl-C in a background job)."""
     numbers = [getattr(signal, n) for n in ("SIGINT", *STOP_SIGNALS) if hasattr(signal, n)]
     return [n for n in numbers if signal.getsignal(n) is not signal.SIG_IGN]
 
@@ -225,10 +222,9 @@ def curves_png(rows: list[dict], title: str) -> bytes:
 
 
 class Plotter(contextlib.AbstractContextManager):
-    """curves.png drawn by helper processes (`python -m d2lrun.files`), started ahead so that
-    their import of matplotlib (0.3-0.4 s) runs beside the command's work: before a run imports
-    torch, a tenth of the default run (`make startup`); while a stack of runs trains, one helper
-    per core draws its members' plots (0.1-0.3 s each) side by side (d2lrun.batched)."""
+    """curves.png drawn by helper processes (`python -m d2lrun.files`) started ahead: their import
+    of matplotlib (0.3-0.4 s, a tenth of the default run) runs beside the command's work, and a
+    stack's plots (0.1-0.3 s each) are drawn side by side, one helper per core (d2lrun.batched)."""
 
     # Processes, not multiprocessing: its spawn imports the caller's main script again, which a
     # script without `if __name__ == "__main__"` reruns.
@@ -274,11 +270,9 @@ def helper_pngs(helper: subprocess.Popen | None, plots: list) -> list[bytes]:
     """The helper's PNG of each plot, each after its length; drawn here if it cannot."""
     with contextlib.suppress(AttributeError, OSError, ValueError, subprocess.SubprocessError):
         out, _ = helper.communicate(json.dumps(plots).encode(), timeout=600)
-        pngs = []
-        while helper.returncode == 0 and len(out) >= 8:
-            size = int.from_bytes(out[:8], "big")
-            pngs, out = [*pngs, out[8 : 8 + size]], out[8 + size :]
-        if len(pngs) == len(plots) and all(png.startswith(b"\x89PNG") for png in pngs):
+        stream = io.BytesIO(out)  # 8 bytes of length, then the PNG
+        pngs = [stream.read(int.from_bytes(n, "big")) for n in iter(lambda: stream.read(8), b"")]
+        if helper.returncode == 0 and [p[:4] for p in pngs] == [b"\x89PNG"] * len(plots):
             return pngs
     return [curves_png(*plot) for plot in plots]  # no helper (it could not start, or was killed)
 
