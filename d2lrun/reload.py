@@ -1,8 +1,5 @@
 """A saved run composed again: its checkpoint, evaluated, asked for predictions, or resumed.
 
-    run = load_run("outputs/2026-11-26/10-00-00")
-    run.predict(new_rows)            # a DataFrame for CSV runs, uint8 images for Fashion-MNIST
-
 A checkpoint is a plain dict of tensors and containers, loaded weights_only:
     model      the state_dict                  optimizer  its state_dict (torch.optim's layout)
     epoch      last completed epoch            history    metrics rows so far
@@ -91,27 +88,27 @@ def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
     return obj
 
 
-def find_checkpoint(run: str | Path, name: str = "last.pt") -> Path:
-    """The checkpoint file for `run`, which is a run folder or a .pt file."""
+def find_checkpoint(run: str | Path) -> Path:
+    """The checkpoint file for `run`, which is a run folder (its last.pt) or a .pt file."""
     run = Path(run)
-    if run.is_dir():
-        if not (run / name).exists() and (run / "fold_0").is_dir():
-            raise UsageError(
-                f"{run} is a k-fold run: each fold is a run of its own, in fold_0/, fold_1/, ... "
-                f"Fix: give one fold, e.g. {run / 'fold_0'}."
-            )
-        if not (run / name).exists():
-            have = ", ".join(sorted(p.name for p in run.glob("*.pt"))) or "no .pt files"
-            raise UsageError(
-                f"{run} has no {name} (it has: {have}). "
-                f"Fix: give a run folder that finished an epoch, or ckpt=PATH."
-            )
-        return run / name
     if not run.exists():
         raise UsageError(
             f"{run}: no such run folder or checkpoint. Fix: give a path under outputs/."
         )
-    return run
+    if not run.is_dir():
+        return run
+    if (run / "last.pt").exists():
+        return run / "last.pt"
+    if (run / "fold_0").is_dir():
+        raise UsageError(
+            f"{run} is a k-fold run: each fold is a run of its own, in fold_0/, fold_1/, ... "
+            f"Fix: give one fold, e.g. {run / 'fold_0'}."
+        )
+    have = ", ".join(sorted(p.name for p in run.glob("*.pt"))) or "no .pt files"
+    raise UsageError(
+        f"{run} has no last.pt (it has: {have}). "
+        f"Fix: give a run folder that finished an epoch, or ckpt=PATH."
+    )
 
 
 def resume_checkpoint(resume: str) -> dict:
@@ -186,8 +183,7 @@ def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[s
 
 
 def continued(cfg: DictConfig, run_dir: Path) -> dict:
-    """The checkpoint of a sweep job's earlier attempt (or of one of its folds), to go on from,
-    when the same config wrote it; cfg.resume is then run_dir."""
+    """The last.pt of a sweep job's (or fold's) earlier try, if cfg wrote it; sets cfg.resume."""
     saved = load_checkpoint(run_dir / "last.pt", needs="continuing")
     now = OmegaConf.to_container(checked(cfg), resolve=True)
     was, now = ({k: v for k, v in c.items() if k != "resume"} for c in (saved["config"], now))
@@ -287,15 +283,12 @@ class SavedRun:
             X = X.unsqueeze(1) if X.ndim == 3 else X  # (N, H, W) -> (N, 1, H, W)
             pixels = torch.uint8 if self.spec.class_names else X.dtype  # §6.2.4's are floats
             if tuple(X.shape[1:]) != shape or X.dtype != pixels:
+                uint8 = ", from 0 to 255 as the dataset's (np.asarray(images, np.uint8))"
                 raise UsageError(
                     f"images must be (N, {shape[1]}, {shape[2]}) "
                     f"{str(pixels).removeprefix('torch.')}; got {tuple(X.shape)} "
                     f"{str(X.dtype).removeprefix('torch.')}. Fix: images of the run's size"
-                    + (
-                        ", from 0 to 255 as the dataset's (np.asarray(images, np.uint8))."
-                        if self.spec.class_names
-                        else "."
-                    )  # fmt: skip
+                    f"{uint8 if self.spec.class_names else ''}."
                 )
             return prepare_batch(X.to(self.device)).float()
         X = X.reshape(1, -1) if X.ndim == 1 else X  # one example
@@ -328,8 +321,7 @@ def load_run(
 
 
 def evaluate_run(run: SavedRun) -> dict:
-    """Metrics of the reloaded model on the held-out split of the run's own dataset (val_*), or,
-    when it held out no rows (dataset.val_fraction=0), on its training rows (train_*)."""
+    """The reloaded model's metrics on its run's held-out rows (val_*), else its training rows."""
     cfg = run.config
     train, val, spec = build_data(cfg.dataset, cfg.seed, run.device, run.spec.fold, run.spec)
     split, name = (val, "val") if len(val) else (train, "train")

@@ -173,7 +173,6 @@ def test_a_run_folder_without_last_pt_lists_the_checkpoints_it_has(tmp_path):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(UsageError, match=r"has no last.pt \(it has: best.pt, model.pt\)\. Fix:"):
         find_checkpoint(tmp_path)
-    assert find_checkpoint(tmp_path, "best.pt") == tmp_path / "best.pt"
     assert find_checkpoint(tmp_path / "model.pt") == tmp_path / "model.pt"
 
 
