@@ -167,11 +167,10 @@ def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[s
     """Refuse, in one line, a change to what the weights mean; where the data is may change."""
     now = OmegaConf.to_container(cfg, resolve=True)
     for key in keys:
-        section, _, name = key.partition(".")
-        a, b = saved.get(section), now.get(section)
-        if name:
-            a, b = (a or {}).get(name), (b or {}).get(name)
-        if section == "dataset":
+        a, b = saved, now
+        for part in key.split("."):  # optim.name: the optim section's name
+            a, b = (a or {}).get(part), (b or {}).get(part)
+        if key == "dataset":
             a, b = ({k: v for k, v in d.items() if k not in LOCATION_KEYS} for d in (a, b))
         if diff := first_difference(a, b, key):
             k, was, asked = diff
