@@ -266,12 +266,9 @@ class SavedRun:
                     f"DataFrame, not {type(inputs).__name__}. Fix: pd.read_csv(FILE)."
                 )
             return torch.from_numpy(transform(inputs, self.spec.preprocess)).to(self.device)
-        try:  # a tensor as it is (on a GPU, or needing grad), anything else through numpy
-            X = (
-                inputs.detach()
-                if isinstance(inputs, torch.Tensor)
-                else torch.as_tensor(np.array(inputs))  # a copy: pandas 3 arrays are read-only
-            )
+        is_tensor = isinstance(inputs, torch.Tensor)  # taken as it is (on a GPU, or needing grad)
+        try:  # anything else through numpy, as a copy: pandas 3 arrays are read-only
+            X = inputs.detach() if is_tensor else torch.as_tensor(np.array(inputs))
         except (TypeError, ValueError, RuntimeError) as e:  # a DataFrame of text, ragged lists
             raise UsageError(
                 f"predict takes an array of inputs; {type(inputs).__name__} cannot be one ({e}). "
