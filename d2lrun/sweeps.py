@@ -1,8 +1,7 @@
 """Sweeps (`d2lrun -m`): resumable jobs, and the results table of any sweep folder.
 
-Launchers (Hydra's basic and joblib ones, submitit's, d2lrun's own SLURM launcher in
-hydra_plugins/d2lrun_launcher) hand each job to run_job, which returns its score to the sweeper.
-report writes summary.csv and heatmap.png (`d2lrun-report`). No torch until a job trains.
+Every launcher (Hydra's, submitit's, hydra_plugins/d2lrun_launcher's) hands each job to run_job,
+which returns its score; report writes summary.csv and heatmap.png. No torch until a job trains.
 """
 
 from __future__ import annotations
@@ -45,31 +44,26 @@ def run_job(
     ckpt: dict | None = None,
 ) -> float:
     """Job num of a sweep (ckpt: the checkpoint it resumes); its score. A failure is recorded."""
+    from d2lrun.job import train
+
     # Locked: of two sweeps run into one folder, one trains the job and the other then skips it.
     run_dir.mkdir(parents=True, exist_ok=True)
     with hold(run_dir, wait=True):
-        return locked_job(cfg, run_dir, overrides, sweep_dir, num, ckpt)
-
-
-def locked_job(cfg, run_dir: Path, overrides: list[str], sweep_dir: Path, num: int, ckpt) -> float:
-    from d2lrun.job import train
-
-    done = finished_job(run_dir, overrides)
-    if done is not None:  # the same sweep run again: only missing or failed jobs train
-        print(f"job {num}: already completed in {shown(run_dir)}; skipped")
-        return score(done)
-    try:
-        ckpt = prepared(cfg, run_dir, ckpt)
-        experiment = sweep_experiment(sweep_dir)
-        metrics = train(cfg, run_dir, overrides, ckpt, sweep_dir=sweep_dir, experiment=experiment)
-    except Exception as e:
-        return job_failed(e, run_dir, sweep_dir)
+        done = finished_job(run_dir, overrides)
+        if done is not None:  # the same sweep run again: only missing or failed jobs train
+            print(f"job {num}: already completed in {shown(run_dir)}; skipped")
+            return score(done)
+        try:
+            ckpt = prepared(cfg, run_dir, ckpt)
+            name = sweep_experiment(sweep_dir)  # MLflow's experiment
+            metrics = train(cfg, run_dir, overrides, ckpt, sweep_dir=sweep_dir, experiment=name)
+        except Exception as e:
+            return job_failed(e, run_dir, sweep_dir)
     return score(metrics)
 
 
 def prepared(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict | None:
-    """The checkpoint a job starts from: ckpt, or its own last.pt when it was stopped before
-    (Slurm requeued it, or the sweep was interrupted and run again)."""
+    """ckpt, or the job's own last.pt when it was stopped before (requeued, or run again)."""
     from d2lrun.reload import continued
 
     if ckpt is None and (run_dir / "last.pt").exists():
@@ -86,8 +80,7 @@ def sweep_experiment(sweep_dir: Path) -> str | None:
 
 
 def job_failed(e: Exception, run_dir: Path, sweep_dir: Path) -> float:
-    """A job's failure, recorded (a bug's traceback too, in error.txt), so that the sweep goes
-    on: its score. Ctrl-C or a stop signal ends the sweep, saying how to finish it."""
+    """A failure recorded (a bug's in error.txt too) for the sweep to go on; Ctrl-C ends it."""
     if isinstance(e, Interrupted):  # its run's own `Resume with:` gives way to the sweep's
         raise Interrupted(
             f"{str(e).partition(' Resume with:')[0]} To finish the sweep, run the same command "
@@ -175,13 +168,10 @@ def collect(sweep_dir: Path):
     todo = dict(enumerate(planned))  # job number -> planned overrides, until its folder turns up
     rows = []
     for name, overrides, metrics in found_jobs(sweep_dir):
+        num = job_number(name)
         match = next((j for j, o in todo.items() if o is not None and o == overrides), None)
-        if (
-            match is None
-            and job_number(name) in todo
-            and None in (overrides, todo[job_number(name)])
-        ):
-            match = job_number(name)  # a sampler's trial, or no .hydra/: matched by number
+        if match is None and num in todo and None in (overrides, todo[num]):
+            match = num  # a sampler's trial, or no .hydra/: matched by number
             overrides = overrides or todo[match]  # hydra.output_subdir=null: the grid's
         rows.append(row(name, overrides, metrics, started=True))
         todo.pop(match, None)
@@ -219,7 +209,6 @@ def row(job: str, overrides: dict | None, metrics: dict | None, started: bool) -
 
 def report(sweep_dir: Path, show: bool = True) -> str | None:
     """Print a sweep folder's table (if show), write summary.csv and heatmap.png; what failed."""
-    sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UsageError(
             f"{sweep_dir} is not a folder. Fix: d2lrun-report outputs/multirun/DATE/TIME "
