@@ -1,8 +1,7 @@
 """Run tracking where people compare runs: TensorBoard and MLflow (the `logger` config group).
 
-open_tracker fails in one line before any data; then start, log_epoch (from d2lrun.job's on_epoch)
-and finish. Nothing is sent per batch; the packages are imported only when chosen. Once training
-has started, a logging failure costs a note, never the run: its files are the record.
+open_tracker fails in one line before any data; then start, log_epoch and finish, never per batch.
+Once training has started, a logging failure costs a note, never the run: its files are the record.
 """
 
 from __future__ import annotations
@@ -62,9 +61,8 @@ class TensorBoard(Tracker):
         # Not SummaryWriter.add_hparams: it writes a second run folder, with a copy of each metric.
         from torch.utils.tensorboard.summary import hparams
 
-        best = summary.get("best")
         names = list(metrics_of(summary.get("final") or {}))
-        if best:
+        if best := summary.get("best"):
             self.writer.add_scalar(f"best_{best['metric']}", best["value"], best["epoch"])
             names.append(f"best_{best['metric']}")
         for part in hparams(flatten(self.config) | {"status": status}, dict.fromkeys(names, 0.0)):
@@ -182,8 +180,7 @@ class MLflow(Tracker):
             self._lost(e)
 
     def finish(self, status: str, summary: dict, run_dir: Path) -> None:
-        best = summary.get("best")
-        if best:
+        if best := summary.get("best"):
             self._metrics([{"epoch": best["epoch"], f"best_{best['metric']}": best["value"]}])
         if self.run_id is None:
             return
