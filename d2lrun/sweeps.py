@@ -100,8 +100,7 @@ def job_failed(e: Exception, run_dir: Path, sweep_dir: Path) -> float:
 
 def record_failure(run_dir: Path, reason: str, exit_code: int) -> None:
     """metrics.json of a job that failed: the table shows it as failed, with its reason."""
-    failure = {"status": "failed", "reason": reason, "exit_code": exit_code}
-    write_json(run_dir / "metrics.json", failure)
+    write_json(run_dir / "metrics.json", dict(status="failed", reason=reason, exit_code=exit_code))
 
 
 def score(metrics: dict | None) -> float:
