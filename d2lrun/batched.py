@@ -1,18 +1,12 @@
-"""`d2lrun -m hydra/launcher=batched ...`: the jobs of a sweep that differ only in what one stack of
-models carries per member (MEMBER_KEYS) train as one (d2lrun.stack), each still a run of its own.
-
-The launcher (hydra_plugins/d2lrun_launcher/batched_launcher.py) hands `launch` all the jobs. Those
-whose configs are equal but for MEMBER_KEYS form a group. A group trains as one stack unless
-d2lrun.stack.stackable says why not; then its jobs run one after another, as Hydra's basic launcher
-runs them, in this one process. The launcher says which, one line per group. Every job gets its
-folder, .hydra/ and files as any sweep job (d2lrun.sweeps.run_job): skipped when it completed
-before, continued from its last.pt when it was stopped, recorded when it fails.
+"""`d2lrun -m hydra/launcher=batched ...`: the jobs of a sweep whose configs are equal but for
+MEMBER_KEYS train as one stack of models (d2lrun.stack), or one after another where
+d2lrun.stack.stackable says why not. Each is still a sweep job of its own (d2lrun.sweeps.run_job):
+its folder and files, skipped when completed, continued from its last.pt, recorded when it fails.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
@@ -25,12 +19,10 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from d2lrun.app import stop_signals
-from d2lrun.config import checked, resolve_device
-from d2lrun.data import build_data
+from d2lrun.config import checked
 from d2lrun.errors import Diverged, Interrupted, UsageError
 from d2lrun.files import Plotter, deferred_signals, hold, shown
 from d2lrun.job import Run
-from d2lrun.models import build_model
 from d2lrun.stack import Stack, StackOptimizer, most_members, stackable
 from d2lrun.sweeps import finished_job, job_failed, prepared, score, sweep_experiment
 from d2lrun.trainer import fit
@@ -120,9 +112,8 @@ def run(launcher, cfg: DictConfig, task) -> JobReturn:
 
 
 def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dict[int, float]:
-    """The group's jobs that are still to do, trained as stacks: one per starting epoch and
-    shuffling state (a job stopped earlier goes on from its last.pt), each of at most as many
-    members as fit in memory. Each job's score."""
+    """Each job's score; those still to do trained as stacks that fit in memory, one per starting
+    epoch and shuffling state (a job stopped earlier goes on from its last.pt)."""
     scores, todo = {}, {}
     for num, (cfg, run_dir, overrides) in found.items():
         done = finished_job(run_dir, overrides)
@@ -140,7 +131,7 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
         todo.setdefault(json.dumps(start), []).append((num, cfg, run_dir, overrides, ckpt))
     experiment = sweep_experiment(sweep_dir)
     for members in todo.values():
-        limit = launcher.max_members or most_stack(members)
+        limit = launcher.max_members or most_members(members[0][1])
         for part in (members[i : i + limit] for i in range(0, len(members), limit)):
             model = part[0][1].model.name
             log.info(f"{named([m[0] for m in part])}: {model}, trained as one stack of {len(part)}")
@@ -153,32 +144,20 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
                 for num, _, run_dir, _, _ in part:
                     scores[num] = job_failed(e, run_dir, sweep_dir)
                 continue
-            stopped = None
             for (num, _, run_dir, _, _), end in zip(part, ended, strict=True):
-                if isinstance(end, Exception):
-                    with contextlib.suppress(Exception):
-                        scores[num] = job_failed(end, run_dir, sweep_dir)
-                    stopped = stopped or (end if end.exit_code > 128 else None)
-                else:
+                if isinstance(end, Diverged):
+                    scores[num] = job_failed(end, run_dir, sweep_dir)
+                elif not isinstance(end, Interrupted):
                     scores[num] = score(end)
-            if stopped is not None:  # Ctrl-C or a stop signal: every member saved; the sweep ends
-                job_failed(stopped, part[0][2], sweep_dir)
+            stopped = [end for end in ended if isinstance(end, Interrupted)]
+            if stopped:  # Ctrl-C or a stop signal: every member saved; the sweep ends
+                job_failed(stopped[0], part[0][2], sweep_dir)
     return scores
 
 
-def most_stack(members: list) -> int:
-    """How many of these members one stack holds in memory (d2lrun.stack.most_members)."""
-    cfg = checked(copy.deepcopy(members[0][1]))  # as its Run will: the data is decoded once
-    spec = build_data(cfg.dataset, cfg.seed)[2]
-    device = torch.device(resolve_device(cfg.device))
-    return most_members(build_model(cfg.model, spec), cfg.trainer.batch_size, device)
-
-
 def train_stack(jobs: list[dict], plotter: Plotter | None = None, **common) -> list:
-    """Runs whose configs differ only in what d2lrun.stack carries per member, trained as one
-    stack; each job a dict of Run's arguments; plotter draws their curves. Each run's summary,
-    or how it ended (Diverged, Interrupted). An error that ends them all (a full disk, a bug) is
-    raised."""
+    """Runs (each job a dict of Run's arguments) trained as one stack: each one's summary, or how
+    it ended (Diverged, Interrupted); an error that ends them all (a full disk, a bug) is raised."""
     runs, generators = [], []
     for job in jobs:
         runs.append(Run(**job, **common))
@@ -206,20 +185,18 @@ def train_stack(jobs: list[dict], plotter: Plotter | None = None, **common) -> l
         stopped = row.pop("diverged")
         with deferred_signals():
             for m, run in enumerate(runs):
-                member_epoch(m, run, stopped[m], row)
-
-    def member_epoch(m: int, run: Run, stopped: str | None, row: dict) -> None:
-        if ended[m] is not None:
-            return
-        if stopped:
-            return end(m, "diverged", stopped)
-        stack.write_back(m, run.model)
-        optimizer.write_back(m)
-        if run.device.type == "cuda":
-            torch.cuda.set_rng_state(generators[m].get_state(), run.device)
-        else:
-            torch.set_rng_state(generators[m].get_state())
-        run.on_epoch({k: v[m] if isinstance(v, list) else v for k, v in row.items()})
+                if ended[m] is not None:
+                    continue
+                if stopped[m]:
+                    end(m, "diverged", stopped[m])
+                    continue
+                stack.write_back(m, run.model)
+                optimizer.write_back(m)
+                if run.device.type == "cuda":
+                    torch.cuda.set_rng_state(generators[m].get_state(), run.device)
+                else:
+                    torch.set_rng_state(generators[m].get_state())
+                run.on_epoch({k: v[m] if isinstance(v, list) else v for k, v in row.items()})
 
     try:
         fit(stack, optimizer, first.loss, first.train, first.val, first.trainer, on_epoch)

@@ -1,26 +1,25 @@
 """Runs of one sweep trained as one model (hydra/launcher=batched, d2lrun.batched).
 
-M members of the same linear model or MLP that differ only in their hyperparameters: their weights
-stacked along a member dimension, each step one matrix product for the shared input batch and one
-batched product per later layer. Stack.forward returns (M, B, q), each loss of d2lrun.trainer one
-loss per member, and StackOptimizer takes each member's own torch.optim step: its lr, weight decay
-on weights only (§4.5), momentum, L1 and dropout rate. A member whose loss stops being finite
-stops training (`live`) and the others go on as they would alone: nothing adds members together
-but the loss sum that backward starts from, whose gradient reaches each member from its own loss.
+M linear models or MLPs that differ only in their hyperparameters, weights stacked along a member
+dimension: Stack.forward returns (M, B, q), and StackOptimizer takes each member's own torch.optim
+step. Only the loss sum that backward starts from adds members together, so a member whose loss
+stops being finite stops (`live`) and the others go on as they would alone.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
-from d2lrun.models import dropouts, is_scratch
+from d2lrun.config import checked, resolve_device
+from d2lrun.data import build_data
+from d2lrun.models import build_model, dropouts, is_scratch
 from d2lrun.models.mlp import ACTIVATIONS, MLPScratch, dropout_layer
 from d2lrun.optim import Optimizer
-
-STACKABLE = ("linreg", "softmax", "mlp")  # LeNet's convolutions would turn into grouped ones
 
 
 def layers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -36,8 +35,7 @@ class Stack(nn.Module):
 
     def __init__(self, models: list[nn.Module], cfgs: list, generators: list[torch.Generator]):
         super().__init__()
-        self.members, first = len(models), layers(models[0])
-        stacked = [[layers(m)[i] for m in models] for i in range(len(first))]
+        self.members, stacked = len(models), list(zip(*map(layers, models), strict=True))
         self.weights = nn.ParameterList(
             nn.Parameter(torch.stack([w for w, _ in layer], dim=1 if i == 0 else 0).detach())
             for i, layer in enumerate(stacked)
@@ -47,8 +45,7 @@ class Stack(nn.Module):
             for layer in stacked
             if layer[0][1] is not None
         )
-        hidden = len(first) - 1
-        self.rates = [dropouts(c.get("dropout", 0.0), hidden) if hidden else [] for c in cfgs]
+        self.rates = [dropouts(c.get("dropout", 0.0), len(stacked) - 1) for c in cfgs]
         self.scratch = is_scratch(cfgs[0])
         self.activation = cfgs[0].get("activation")
         self.generators = generators  # each member's dropout masks, as drawn alone
@@ -101,7 +98,7 @@ class StackOptimizer:
     hyperparameters) on its slice of the stack, written out with the member dimension broadcast."""
 
     def __init__(self, stack: Stack, optimizers: list[Optimizer], models: list[nn.Module]):
-        self.stack, self.optimizers, self.kind = stack, optimizers, optimizers[0].kind
+        self.optimizers, self.kind = optimizers, optimizers[0].kind
         device = stack.weights[0].device
         self.live = torch.ones(stack.members, dtype=torch.bool, device=device)
         self.param_groups = [{"lr": [o.param_groups[0]["lr"] for o in optimizers]}]
@@ -115,13 +112,12 @@ class StackOptimizer:
         self.state: dict[torch.Tensor, dict] = {}
         for p, dim, members in self.params:
             values = [self.hyper(o, q) for o, q in zip(optimizers, members, strict=True)]
-            shape = [1] * p.ndim
-            shape[dim] = stack.members
+            shape = [-1 if d == dim else 1 for d in range(p.ndim)]
             self.state[p] = {
                 k: torch.tensor([v[k] for v in values], device=device).view(shape)
                 for k in ("lr", "weight_decay", "momentum", "l1")
             }
-            saved = [o.state.get(own_param(o, q)) for o, q in zip(optimizers, members, strict=True)]
+            saved = [o.state.get(own_param(q)) for o, q in zip(optimizers, members, strict=True)]
             for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):  # a resumed member's
                 if any(s and key in s for s in saved):
                     self.state[p][key] = torch.stack(
@@ -138,7 +134,7 @@ class StackOptimizer:
     @staticmethod
     def hyper(optimizer: Optimizer, param: torch.Tensor) -> dict:
         """The member's hyperparameters for param: its group's (weight decay: weights only)."""
-        target = own_param(optimizer, param)
+        target = own_param(param)
         group = next(g for g in optimizer.param_groups if any(q is target for q in g["params"]))
         return {"lr": group["lr"], "weight_decay": group["weight_decay"],
                 "momentum": group.get("momentum", 0.0), "l1": group["l1"]}  # fmt: skip
@@ -191,7 +187,7 @@ class StackOptimizer:
         optimizer = self.optimizers[member]
         for p, dim, members in self.params:
             s, view = self.state[p], members[member]
-            target = own_param(optimizer, view)
+            target = own_param(view)
             own = {k: laid_out(s[k].select(dim, member), view).clone()  # as its own parameter
                    for k in ("momentum_buffer", "exp_avg", "exp_avg_sq") if k in s}  # fmt: skip
             if self.kind is torch.optim.SGD:
@@ -206,15 +202,14 @@ def laid_out(t: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
     return t.T if view._base is not None else t
 
 
-def own_param(optimizer: Optimizer, view: torch.Tensor) -> torch.Tensor:
-    """The optimizer's parameter behind view (a concise layer's weight.T is a view of it)."""
-    base = view._base if view._base is not None else view
-    return next(p for g in optimizer.param_groups for p in g["params"] if p is base)
+def own_param(view: torch.Tensor) -> torch.Tensor:
+    """The parameter behind view, the optimizer's key (a concise weight.T is a view of it)."""
+    return view._base if view._base is not None else view
 
 
 def stackable(cfg) -> str | None:
     """Why the runs of cfg do not train as one stack, or None when they can."""
-    if cfg.model.name not in STACKABLE:
+    if cfg.model.name not in ("linreg", "softmax", "mlp"):  # LeNet's would turn into grouped ones
         return f"model={cfg.model.name}: convolutions do not stack (grouped ones are slow on CPU)"
     if cfg.dataset.get("folds"):
         return f"dataset.folds={cfg.dataset.folds}: each fold is a run of its own"
@@ -225,9 +220,12 @@ def stackable(cfg) -> str | None:
     return None
 
 
-def most_members(model: nn.Module, batch_size: int, device: torch.device) -> int:
-    """How many members of model fit in half the free memory of device, with their activations,
-    gradients and optimizer state: the stack's members come in parts of at most this many."""
+def most_members(cfg: DictConfig) -> int:
+    """How many members of cfg's model fit in half the free memory of its device, with their
+    activations, gradients and optimizer state: a stack holds at most this many."""
+    cfg = checked(copy.deepcopy(cfg))  # as its Run will: the data is decoded once
+    model = build_model(cfg.model, build_data(cfg.dataset, cfg.seed)[2])
+    device, batch_size = resolve_device(cfg.device), cfg.trainer.batch_size
     widths = sum(w.shape[1] for w, _ in layers(model))
     params = sum(p.numel() for p in model.parameters())
     per_member = 4 * (4 * params + 3 * max(batch_size, 1024) * widths)  # float32 bytes
