@@ -85,14 +85,15 @@ def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]
     def folder(cfg: DictConfig) -> None:  # Hydra's run_job makes the job's folder and .hydra/
         hc = HydraConfig.get()
         OmegaConf.resolve(cfg)  # while Hydra's config is this job's
-        found[hc.job.num] = (cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+        run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
+        found[hc.job.num] = {"cfg": cfg, "run_dir": run_dir, "overrides": overrides}  # Run's
 
     # The plot helpers, one per core, import matplotlib while the stack trains.
     with Plotter(min(len(group), os.cpu_count() or 1)) as plotter:
         returns = {num: run(launcher, cfg, folder) for num, cfg in group}
         with contextlib.ExitStack() as locks, stop_signals():
             for num in nums:  # as run_job: of two sweeps run into one folder, one trains each job
-                locks.enter_context(hold(found[num][1], wait=True))
+                locks.enter_context(hold(found[num]["run_dir"], wait=True))
             scores = train_group(launcher, found, sweep_dir, plotter)
     for num, value in scores.items():
         returns[num].return_value = value
@@ -115,43 +116,41 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
     """Each job's score; those still to do trained as stacks that fit in memory, one per starting
     epoch and shuffling state (a job stopped earlier goes on from its last.pt)."""
     scores, todo = {}, {}
-    for num, (cfg, run_dir, overrides) in found.items():
+    for num, job in found.items():
+        cfg, run_dir, overrides = job["cfg"], job["run_dir"], job["overrides"]
         done = finished_job(run_dir, overrides)
         if done is not None:
             print(f"job {num}: already completed in {shown(run_dir)}; skipped")
             scores[num] = score(done)
             continue
         try:  # a refused value (optim.lr=-1) fails its job only, as with the basic launcher
-            ckpt = prepared(cfg, run_dir, None)
+            job["ckpt"] = ckpt = prepared(cfg, run_dir, None)
             checked(cfg, overrides if ckpt is None else ())  # one that goes on keeps its config
         except Exception as e:
             scores[num] = job_failed(e, run_dir, sweep_dir)
             continue
+        job["log"] = lambda line, num=num: print(f"job {num}: {line}", flush=True)
         start = (ckpt["epoch"], ckpt["rng"]["shuffle"].tolist()) if ckpt else (0, None)
-        todo.setdefault(json.dumps(start), []).append((num, cfg, run_dir, overrides, ckpt))
+        todo.setdefault(json.dumps(start), []).append(num)
     experiment = sweep_experiment(sweep_dir)
-    for members in todo.values():
-        limit = launcher.max_members or most_members(members[0][1])
-        for part in (members[i : i + limit] for i in range(0, len(members), limit)):
-            model = part[0][1].model.name
-            log.info(f"{named([m[0] for m in part])}: {model}, trained as one stack of {len(part)}")
-            jobs = [{"cfg": cfg, "run_dir": run_dir, "overrides": overrides, "ckpt": ckpt,
-                     "log": lambda line, num=num: print(f"job {num}: {line}", flush=True)}
-                    for num, cfg, run_dir, overrides, ckpt in part]  # fmt: skip
+    for nums in todo.values():
+        limit = launcher.max_members or most_members(found[nums[0]]["cfg"])
+        for part in (nums[i : i + limit] for i in range(0, len(nums), limit)):
+            model = found[part[0]]["cfg"].model.name
+            log.info(f"{named(part)}: {model}, trained as one stack of {len(part)}")
+            jobs = [found[num] for num in part]
             try:
                 ended = train_stack(jobs, plotter, sweep_dir=sweep_dir, experiment=experiment)
             except Exception as e:  # a full disk, a bug: every member of the stack failed
-                for num, _, run_dir, _, _ in part:
-                    scores[num] = job_failed(e, run_dir, sweep_dir)
-                continue
-            for (num, _, run_dir, _, _), end in zip(part, ended, strict=True):
-                if isinstance(end, Diverged):
-                    scores[num] = job_failed(end, run_dir, sweep_dir)
-                elif not isinstance(end, Interrupted):
+                ended = [e] * len(part)
+            for num, end in zip(part, ended, strict=True):
+                if isinstance(end, dict):
                     scores[num] = score(end)
+                elif not isinstance(end, Interrupted):  # it diverged, or the stack failed
+                    scores[num] = job_failed(end, found[num]["run_dir"], sweep_dir)
             stopped = [end for end in ended if isinstance(end, Interrupted)]
             if stopped:  # Ctrl-C or a stop signal: every member saved; the sweep ends
-                job_failed(stopped[0], part[0][2], sweep_dir)
+                job_failed(stopped[0], jobs[0]["run_dir"], sweep_dir)
     return scores
 
 
