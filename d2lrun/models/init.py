@@ -31,12 +31,10 @@ def apply_init(model: nn.Module, cfg: DictConfig) -> nn.Module:
             nn.init.normal_(w, mean=cfg.mean, std=cfg.std)
         elif name == "constant":
             nn.init.constant_(w, cfg.value)
-        elif name == "xavier":
-            (nn.init.xavier_normal_ if cfg.distribution == "normal" else nn.init.xavier_uniform_)(w)
+        elif name == "xavier":  # xavier_uniform_ or xavier_normal_
+            getattr(nn.init, f"xavier_{cfg.distribution}_")(w)
         elif name == "kaiming":
-            normal = cfg.distribution == "normal"
-            kaiming = nn.init.kaiming_normal_ if normal else nn.init.kaiming_uniform_
-            kaiming(w, mode=cfg.mode, nonlinearity="relu")
+            getattr(nn.init, f"kaiming_{cfg.distribution}_")(w, mode=cfg.mode, nonlinearity="relu")
         elif name == "zeros":
             nn.init.zeros_(w)
         if b is not None:

@@ -14,8 +14,7 @@ class MLP(nn.Sequential):
     """§4.3: Flatten, per hidden layer Linear + activation (+ Dropout §4.6), then Linear."""
 
     def __init__(self, num_inputs: int, num_outputs: int, num_hiddens: list[int],
-                 activation: str = "relu", dropouts: list[float] | None = None):  # fmt: skip
-        dropouts = dropouts or [0.0] * len(num_hiddens)
+                 activation: str, dropouts: list[float]):  # fmt: skip
         layers: list[nn.Module] = [nn.Flatten()]
         sizes = [num_inputs, *num_hiddens]
         for (fan_in, fan_out), p in zip(pairwise(sizes), dropouts, strict=True):
@@ -36,13 +35,12 @@ class MLPScratch(nn.Module):
     """§4.2: W_l (fan_in, fan_out) and b_l per layer, hand-written activations; init sets them."""
 
     def __init__(self, num_inputs: int, num_outputs: int, num_hiddens: list[int],
-                 activation: str = "relu", dropouts: list[float] | None = None):  # fmt: skip
+                 activation: str, dropouts: list[float]):  # fmt: skip
         super().__init__()
         sizes = [num_inputs, *num_hiddens, num_outputs]
         self.Ws = nn.ParameterList(nn.Parameter(torch.empty(a, b)) for a, b in pairwise(sizes))
         self.bs = nn.ParameterList(nn.Parameter(torch.empty(b)) for b in sizes[1:])
-        self.activation = activation
-        self.dropouts = dropouts or [0.0] * len(num_hiddens)
+        self.activation, self.dropouts = activation, dropouts
 
     def layers(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
         """(weight, bias) per layer, input to output, for d2lrun.models.init."""
@@ -57,10 +55,8 @@ class MLPScratch(nn.Module):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         H = X.reshape(-1, self.Ws[0].shape[0])  # (B, d)
-        for i, (W, b) in enumerate(zip(self.Ws, self.bs, strict=True)):
-            H = H @ W + b
-            if i < len(self.dropouts):  # hidden layers only
-                H = self.act(H)
-                if self.training and self.dropouts[i] > 0:
-                    H = dropout_layer(H, self.dropouts[i])
-        return H  # (B, q) logits
+        for W, b, p in zip(self.Ws, self.bs, self.dropouts, strict=False):  # the hidden layers
+            H = self.act(H @ W + b)
+            if self.training and p > 0:
+                H = dropout_layer(H, p)
+        return H @ self.Ws[-1] + self.bs[-1]  # (B, q) logits
