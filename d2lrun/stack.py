@@ -56,8 +56,7 @@ class Stack(nn.Module):
         return ACTIVATIONS[self.activation]()(H)
 
     def drop(self, H: torch.Tensor, layer: int) -> torch.Tensor:
-        """Each member's own dropout mask, drawn from its generator as nn.Dropout (concise) or
-        §4.6's dropout_layer (scratch) draws it from torch's alone."""
+        """Each member's own dropout mask, drawn from its generator as it would draw it alone."""
         rates = [r[layer] for r in self.rates]
         if not self.training or not any(rates):
             return H

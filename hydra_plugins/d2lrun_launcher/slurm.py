@@ -225,9 +225,8 @@ def job_dir(launcher, num: int, overrides: Sequence[str]) -> Path:
 def _last_line(error: Exception) -> str:
     """The exception a job raised, from submitit's error text: the last line of its traceback."""
     text = str(error)
-    parts = text.split(
-        "-" * 22
-    )  # "... failed during processing with trace:\n-----\n{trace}\n-----"
+    # "... failed during processing with trace:\n-----\n{trace}\n-----"
+    parts = text.split("-" * 22)
     lines = [ln.strip() for ln in (parts[1] if len(parts) > 2 else text).splitlines()]
     return next((ln for ln in reversed(lines) if ln), type(error).__name__)
 
