@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import difflib
 import io
+import json
 import math
 import re
 import typing
@@ -29,7 +30,6 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from d2lrun.config.schema import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, register
 from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
 
-__all__ = ["CONFIG_DIR", "EXPERIMENTS_DIR", "SCHEMAS", "register"]
 IMAGE_DATASETS = ("fashion_mnist", "kernel")
 PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
 
@@ -84,25 +84,21 @@ def check_ranges(cfg: DictConfig, path: str) -> None:
                 f"{name}={value} is not one of {', '.join(m['words'])}. "
                 f"Fix: {name}={closest(str(value), m['words'])}."
             )
+        if all(m[k] is None for k in ("ge", "gt", "lt")):  # no range
+            continue
         for v in value if OmegaConf.is_list(value) else [value]:
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if (m["ge"] is not None or m["gt"] is not None) and not number:
-                raise UsageError(
-                    f"{name}={value} is not a number. Fix: {name}={example(cfg, name)}."
-                )
-            bounded = number and any(m[k] is not None for k in ("ge", "gt", "lt"))
             rule = (
-                "a finite number" if bounded and not math.isfinite(v)  # nan passes every <
+                None if not number
+                else "a finite number" if not math.isfinite(v)  # nan passes every <
                 else f"at least {m['ge']}" if m["ge"] is not None and v < m["ge"]
                 else f"greater than {m['gt']}" if m["gt"] is not None and v <= m["gt"]
                 else f"less than {m['lt']}" if m["lt"] is not None and v >= m["lt"]
                 else None
             )  # fmt: skip
-            if rule:
-                raise UsageError(
-                    f"{name}={value} is out of range: it must be {rule}. "
-                    f"Fix: {name}={example(cfg, name)}."
-                )
+            if rule or not number:
+                what = f"out of range: it must be {rule}" if rule else "not a number"
+                raise UsageError(f"{name}={value} is {what}. Fix: {name}={example(cfg, name)}.")
 
 
 def check_rules(cfg: DictConfig) -> None:
@@ -162,12 +158,10 @@ def check_preset(overrides: Sequence[str]) -> None:
         return
     # The usual step: the optimizer's own (adam.yaml), else the model file's (the book's SGD step)
     model = given(overrides, "model") or picks.get("model", "linreg")
-    files = {("optim", chosen): "lr", ("model", model): "optim.lr"}
-    usual = [OmegaConf.select(OmegaConf.load(Path(CONFIG_DIR, *f).with_suffix(".yaml")), key)
-             for f, key in files.items()]  # fmt: skip
+    usual = example(None, "optim.lr", chosen, f"model/{model}")
     raise UsageError(
         f"experiment={preset} sets optim.lr={lr} for optim={own}, and optim={chosen} takes "
-        f"another step size. Fix: optim.lr={next(filter(None, usual), 0.03)} "
+        f"another step size. Fix: optim.lr={usual} "
         f"(optim={chosen}'s usual), or leave optim as the preset's."
     )
 
@@ -192,13 +186,13 @@ def hidden_sizes(model: DictConfig) -> list[int]:
     return list(h) if OmegaConf.is_list(h) else [h]
 
 
-def example(cfg: DictConfig | None, dotted: str, option: str | None = None) -> str:
-    """A working value of a key for a Fix: the chosen option's YAML's, else config.yaml's."""
+def example(cfg: DictConfig | None, dotted: str, option: str | None = None, *also: str) -> str:
+    """A key's working value for a Fix: the chosen option's YAML's, also's, else config.yaml's."""
     group, _, rest = dotted.partition(".")
     if option is None and cfg is not None and group in SCHEMAS:
         option = cfg[group].name
-    tops = [Path(CONFIG_DIR, f"{name}.yaml") for name in ("config", "eval", "predict")]
-    for path in [Path(CONFIG_DIR, group, f"{option}.yaml"), *tops]:
+    for name in [f"{group}/{option}", *also, "config", "eval", "predict"]:
+        path = Path(CONFIG_DIR, f"{name}.yaml")
         if not path.is_file():  # a key outside the groups (seed): config.yaml only
             continue
         text = path.read_text()
@@ -217,9 +211,7 @@ def yaml_value(value) -> str:
     """A value as it is typed on the command line: true, null, [0.9,0.999]."""
     if OmegaConf.is_list(value) or isinstance(value, list):
         return "[" + ",".join(yaml_value(v) for v in value) + "]"
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    return str(value)
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
 
 
 def resolve_device(name: str):
@@ -307,9 +299,10 @@ def explain(e: BaseException) -> D2lrunError:
 
 def check_groups(args: Sequence[str]) -> None:
     """GROUP=null, which Hydra refuses with a ValueError, as one line naming the options."""
-    parsed = OverridesParser.create().parse_overrides(overrides_of(args))
-    nulls = [o.key_or_group for o in parsed if not o.is_delete() and None in sweep_values(o)]
-    for group in nulls:
+    for o in OverridesParser.create().parse_overrides(overrides_of(args)):
+        value, group = o.value(), o.key_or_group
+        if o.is_delete() or None not in getattr(value, "list", [value]):  # a sweep's: a,b,null
+            continue
         if group == "experiment":  # no preset: the default
             raise UsageError("experiment=null names no preset. Fix: leave experiment= out.")
         if group in SCHEMAS:
@@ -320,14 +313,8 @@ def check_groups(args: Sequence[str]) -> None:
             )
 
 
-def sweep_values(o) -> list:
-    """An override's values: its one value, or each of a sweep's list (a,b,null)."""
-    value = o.value()
-    return list(value.list) if o.is_sweep_override() and hasattr(value, "list") else [value]
-
-
 def closest(name: str, options) -> str:
-    return (difflib.get_close_matches(name, list(options), n=1, cutoff=0) or sorted(options))[0]
+    return difflib.get_close_matches(name, list(options), n=1, cutoff=0)[0]  # cutoff 0: one always
 
 
 def bad_value(dotted: str, value, schema, option: str | None) -> str:
@@ -340,8 +327,7 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
         has = [o for o, s in options.items() if name in typing.get_type_hints(s)]  # not eval's
         fix = f"choose {' or '.join(f'{group}={o}' for o in has)}" if has else f"drop {dotted}"
         if not has and (near := difflib.get_close_matches(name, list(types), n=1, cutoff=0.75)):
-            fix = f"{group}.{near[0]}" if group else near[0]  # a typo: trainer.epoch
-            fix = f"write {fix} instead of {dotted}"
+            fix = f"write {dotted.removesuffix(name)}{near[0]} instead of {dotted}"  # trainer.epoch
         keys = ", ".join(types) or "none"
         return f"{dotted} is not a key of {where} (its keys: {keys}). Fix: {fix}."
     kind = types[name]
