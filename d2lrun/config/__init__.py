@@ -47,8 +47,7 @@ def compose(
 
 
 def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
-    """Check every declared range and the rules between keys (and between a preset and the
-    overrides given with it); return a copy with absolute paths."""
+    """A checked copy of cfg (ranges, rules between keys, a preset's step), its paths absolute."""
     check_preset(overrides)
     if cfg.model.name == "lenet" and cfg.dataset.name not in IMAGE_DATASETS:
         raise UsageError(
@@ -130,8 +129,7 @@ def check_rules(cfg: DictConfig) -> None:
 
 
 def hydra_args(args: Sequence[str]):
-    """args as Hydra's own argument parser reads them (.overrides, .help, .cfg, ...); None when it
-    refuses them, which Hydra then says itself."""
+    """args as Hydra's argument parser reads them (.overrides, .help, .cfg); None: it says why."""
     quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
     with quiet[0], quiet[1], contextlib.suppress(SystemExit):
         return get_args_parser().parse_known_args(list(args))[0]
@@ -221,9 +219,8 @@ def resolve_device(name: str):
     has_cuda = torch.cuda.is_available()
     if name == "auto":
         return torch.device("cuda" if has_cuda else "cpu")
-    has_mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-    count = torch.cuda.device_count() if has_cuda else 0
-    have = ["cpu", *(f"cuda:{i}" for i in range(count)), *["mps"] * has_mps]
+    have = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count() if has_cuda else 0))]
+    have += ["mps"] * torch.backends.mps.is_available()
     if name in have or (name == "cuda" and has_cuda):
         return torch.device(name)
     if name == "mps" or name.partition(":")[0] == "cuda":
@@ -281,10 +278,8 @@ def explain(e: BaseException) -> D2lrunError:
         return UsageError(f"+{found[1]}= adds {found[1]}, which config.yaml chooses already. "
                           f"Fix: {found[1]}={found[2]} (without the +).")  # fmt: skip
     if isinstance(e, (ConfigCompositionException, OmegaConfBaseException)):
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        return UsageError(
-            " ".join(lines[:2]) + " Fix: see `d2lrun --help` for the keys and options."
-        )
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()][:2]
+        return UsageError(" ".join(lines) + " Fix: see `d2lrun --help` for the keys and options.")
     if isinstance(e, OSError):
         where = f" ({e.filename})" if e.filename else ""
         return RunFailed(
