@@ -266,7 +266,7 @@ def register(presets: bool = True) -> None:
                 cs.store(name=f"schema_{group}_{option}", node=node)
     # The presets live outside configs/, so they join the `experiment` group here: a file read each,
     # 0.07 s in all, which a command that names no preset does not spend (d2lrun.app.run).
-    for path in (
-        sorted(EXPERIMENTS_DIR.glob("*.yaml")) if presets and "experiment" not in cs.repo else ()
-    ):
-        cs.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
+    if presets and "experiment" not in cs.repo:
+        for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+            node = OmegaConf.load(path)
+            cs.store(group="experiment", name=path.stem, node=node, package="_global_")
