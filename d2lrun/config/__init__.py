@@ -30,7 +30,6 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from d2lrun.config.schema import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, register
 from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
 
-IMAGE_DATASETS = ("fashion_mnist", "kernel")
 PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
 
 
@@ -48,8 +47,8 @@ def compose(
 
 def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     """A checked copy of cfg (ranges, rules between keys, a preset's step), its paths absolute."""
-    check_preset(overrides)
-    if cfg.model.name == "lenet" and cfg.dataset.name not in IMAGE_DATASETS:
+    check_preset(cfg, overrides)
+    if cfg.model.name == "lenet" and cfg.dataset.name not in ("fashion_mnist", "kernel"):
         raise UsageError(
             f"model=lenet needs images, and dataset={cfg.dataset.name} is a table. "
             f"Fix: dataset=fashion_mnist, or model=mlp for dataset={cfg.dataset.name}."
@@ -142,11 +141,11 @@ def overrides_of(args: Sequence[str]) -> list[str]:
     return found.overrides if found else [a for a in args if not a.startswith("-")]
 
 
-def check_preset(overrides: Sequence[str]) -> None:
+def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """A preset's optim.lr is its optimizer's: another optimizer without optim.lr is refused."""
-    preset, chosen = given(overrides, "experiment"), given(overrides, "optim")
+    preset, chosen = given(overrides, "experiment"), cfg.optim.name
     path = EXPERIMENTS_DIR / f"{preset}.yaml"
-    if not (preset and chosen and path.is_file()) or given(overrides, "optim.lr") is not None:
+    if not (preset and path.is_file()) or given(overrides, "optim.lr") is not None:
         return
     text = OmegaConf.load(path)
     defaults = [d for d in text.get("defaults", []) if isinstance(d, DictConfig)]
@@ -155,8 +154,7 @@ def check_preset(overrides: Sequence[str]) -> None:
     if lr is None or chosen == own:
         return
     # The usual step: the optimizer's own (adam.yaml), else the model file's (the book's SGD step)
-    model = given(overrides, "model") or picks.get("model", "linreg")
-    usual = example(None, "optim.lr", chosen, f"model/{model}")
+    usual = example(None, "optim.lr", chosen, f"model/{cfg.model.name}")
     raise UsageError(
         f"experiment={preset} sets optim.lr={lr} for optim={own}, and optim={chosen} takes "
         f"another step size. Fix: optim.lr={usual} "
