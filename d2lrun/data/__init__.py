@@ -12,7 +12,6 @@ import importlib
 import json
 import os
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
 
 import numpy as np
 import torch
@@ -95,9 +94,9 @@ def read(config: dict, seed: int, fold: list[int] | None, fitted: Spec | None = 
     module = importlib.import_module(f"d2lrun.data.{cfg.name}")
     if cfg.name in TABLES:
         return module.load(cfg, seed, fold, fitted)
+    train, val, spec = module.load(cfg, seed)
     if not fold:
-        return module.load(cfg, seed)
-    train, _, spec = module.load(cfg, seed)
+        return train, val, spec
     keep, held_out = map(torch.from_numpy, fold_rows(len(train), *fold, cfg.shuffle_folds, seed))
     return (
         Split(train.X[keep], train.y[keep], train.scale),
@@ -113,16 +112,10 @@ def fold_rows(n: int, k: int, i: int, shuffle: bool, seed: int) -> tuple[np.ndar
             f"dataset.folds={k} is more folds than the {n} rows. Fix: dataset.folds={max(2, n)}."
         )
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    start, stop = fold_bounds(n, k)[i]
-    return np.concatenate([order[:start], order[stop:]]), order[start:stop]
-
-
-def fold_bounds(n: int, k: int) -> list[tuple[int, int]]:
-    """(start, stop) of each fold's held-out slice."""
     # The book's `get_k_fold_data` holds out slices of n // k rows and never the last n % k; here
     # the first n % k folds hold one row more, so every row is held out once (the book's if k | n).
-    starts = np.cumsum([0, *(n // k + (i < n % k) for i in range(k))]).tolist()
-    return list(pairwise(starts))
+    folds = np.array_split(order, k)
+    return np.concatenate(folds[:i] + folds[i + 1 :]), folds[i]
 
 
 def data_generator(seed: int) -> torch.Generator:
