@@ -51,7 +51,6 @@ def read_table(
         ) from None
     if frame.empty:
         raise UsageError(f"{where} has a header but no data rows. Fix: add rows.")
-    frame.columns = [str(c) for c in frame.columns]
     return frame
 
 
@@ -60,27 +59,23 @@ def fit_preprocess(
 ) -> dict:
     """Learn what `transform` needs from training rows: numeric means and stds, text categories."""
     # ddof=1 is pandas' std, which the book's §4.10 uses; 0 divides by n.
-    numeric, categorical, dropped = {}, {}, []
-    for col in features.columns:
-        values = features[col]
-        if values.isna().all():
-            dropped.append(col)  # no value to learn a mean or a category from
-        elif pd.api.types.is_numeric_dtype(values):
+    numeric, categorical = {}, {}
+    # An empty column has no mean or category to learn: dropped.
+    for col, values in features.dropna(axis=1, how="all").items():
+        if pd.api.types.is_numeric_dtype(values):
             v = values.astype(float)
             std = float(v.std(ddof=ddof)) if standardize else 1.0
             std = std if std > 0 and np.isfinite(std) else 1.0  # constant, or one row: only centred
             numeric[col] = {"mean": float(v.mean()), "std": std}
         else:
             cats = sorted(values.dropna().astype(str).unique())
-            if len(cats) > max_categories:
-                dropped.append(col)  # an id or free text: one-hot would make a column per row
-            else:
+            if len(cats) <= max_categories:  # more: an id or free text, a one-hot column per row
                 categorical[col] = cats
     one_hot = [f"{c}_{v}" for c, cats in categorical.items() for v in [*cats, "nan"]]
     return {
         "numeric": numeric,
         "categorical": categorical,
-        "dropped": dropped,
+        "dropped": [c for c in features if c not in numeric and c not in categorical],
         "standardize": bool(standardize),
         "columns": list(numeric) + one_hot,
     }
@@ -100,9 +95,7 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
         v = features[col]
         v = v if pd.api.types.is_numeric_dtype(v) else v.map(lambda x: bools.get(str(x), x))
         v = pd.to_numeric(v, errors="coerce").astype(float).fillna(s["mean"])
-        if stats["standardize"]:
-            v = (v - s["mean"]) / s["std"]
-        parts.append(v.to_numpy())
+        parts.append(((v - s["mean"]) / s["std"] if stats["standardize"] else v).to_numpy())
     for col, cats in stats["categorical"].items():  # a category new since training: all zeros
         values = features[col]
         isna = values.isna().to_numpy()
@@ -156,13 +149,12 @@ def table_splits(
             f"column(s) {infinite} of {source} hold infinite values, which no mean or loss can "
             f"use. Fix: leave those cells empty (missing) or give finite numbers."
         )
-    unlabeled = int(frame[target].isna().sum())
-    if unlabeled:  # rows without a target cannot be learned from: dropped, not given labels
+    if unlabeled := frame[target].isna().sum():  # nothing to learn from: dropped, not labelled
         print(
             f"note: dropped {unlabeled} row(s) of {source} with no value in '{target}'",
             file=sys.stderr,
         )
-        frame = frame[frame[target].notna()].reset_index(drop=True)
+        frame = frame.dropna(subset=[target]).reset_index(drop=True)
 
     y = frame[target]
     if pd.api.types.is_float_dtype(y) and ((y % 1 == 0) & (y.abs() < 2**53)).all():
@@ -251,9 +243,8 @@ def table_splits(
     def split(rows: pd.DataFrame) -> Split:
         X = transform(rows[features], stats)
         y = rows[target].astype(float).to_numpy(np.float32) if not classes else np.zeros(1)
-        columns = [*stats["columns"], target]
-        if huge := [c for c, ok in zip(columns, [*np.isfinite(X).all(0), np.isfinite(y).all()],
-                                       strict=True) if not ok]:  # fmt: skip
+        finite = [*np.isfinite(X).all(0), np.isfinite(y).all()]
+        if huge := [c for c, ok in zip([*stats["columns"], target], finite, strict=True) if not ok]:
             raise UsageError(
                 f"column(s) {huge} of {source} hold values beyond float32's range (about "
                 f"3.4e38), which training cannot use. Fix: rescale them, or leave those cells "
