@@ -125,9 +125,8 @@ def table_splits(
     fitted: Spec | None = None,
 ) -> tuple[Split, Split, Spec]:
     """A table split by dataset.val_fraction or fold (k, i), statistics fitted on training rows;
-    or, for a saved run (eval, resume), its own fitted ones: a moved file, or another with the
-    same columns, then means what the run's file meant (columns in any order, new categories
-    all zeros), as in predictions."""
+    for a saved run (eval, resume) the run's own, so any file with its columns (in any order, new
+    categories all zeros) means what the run's file meant, as in predictions."""
     target = cfg.target
     if target not in frame.columns:
         fix = "dataset.target=<one of them>"
@@ -137,8 +136,7 @@ def table_splits(
             f"dataset.target={target} is not a column of {source}; its columns are: "
             f"{', '.join(frame.columns)}. Fix: {fix}."
         )
-    unknown = [c for c in cfg.drop if c not in frame.columns]
-    if unknown:
+    if unknown := [c for c in cfg.drop if c not in frame.columns]:
         raise UsageError(
             f"dataset.drop names {unknown}, which {source} does not have. "
             f"Fix: dataset.drop=[{','.join(c for c in cfg.drop if c in frame.columns)}]."
@@ -180,7 +178,7 @@ def table_splits(
 
     n = len(frame)
     if fold is not None:
-        train_at, val_at = fold_rows(n, fold[0], fold[1], cfg.shuffle_folds, seed)
+        train_at, val_at = fold_rows(n, *fold, cfg.shuffle_folds, seed)
     else:
         n_val = max(1, round(n * cfg.val_fraction)) if cfg.val_fraction else 0
         if n - n_val < 1:
@@ -210,8 +208,7 @@ def table_splits(
     classes, scale = None, None
     if fitted and fitted.class_names:
         classes = fitted.class_names
-        unseen = sorted(set(frame[target].astype(str)) - set(classes))
-        if unseen:
+        if unseen := sorted(set(frame[target].astype(str)) - set(classes)):
             raise UsageError(
                 f"class(es) {unseen} of '{target}' in {source} are not among the run's classes "
                 f"({', '.join(classes)}). Fix: give rows of those classes only, or train anew."
@@ -220,8 +217,7 @@ def table_splits(
         scale = fitted.target_scale
     elif task == "classification":
         classes = sorted(train_rows[target].astype(str).unique())
-        unseen = sorted(set(val_rows[target].astype(str)) - set(classes))
-        if unseen:
+        if unseen := sorted(set(val_rows[target].astype(str)) - set(classes)):
             raise UsageError(
                 f"class(es) {unseen} of '{target}' occur only in the validation rows, so the model "
                 f"could never learn them. Fix: add training rows of them, or "

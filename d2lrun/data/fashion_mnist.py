@@ -26,20 +26,19 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
     missing = [
         f for f in FILES if not (raw / f).exists() and not (raw / f.removesuffix(".gz")).exists()
     ]
-    if missing and cfg.download:
-        try:
-            raw.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RunFailed(
-                f"dataset.root={cfg.root} is not writable, so Fashion-MNIST cannot be downloaded "
-                f"there ({e.strerror}). Fix: dataset.root=<a writable folder>."
-            ) from None
     if missing and not cfg.download:
         raise UsageError(
             f"Fashion-MNIST is not in {raw} (missing {', '.join(missing)}) and "
             f"dataset.download=false. "
             f"Fix: place the files from {URL} there, or dataset.download=true."
         )
+    try:
+        raw.mkdir(parents=True, exist_ok=True)  # where missing files are downloaded to
+    except OSError as e:
+        raise RunFailed(
+            f"dataset.root={cfg.root} is not writable, so Fashion-MNIST cannot be downloaded "
+            f"there ({e.strerror}). Fix: dataset.root=<a writable folder>."
+        ) from None
     splits = []
     for train in (True, False):
         try:

@@ -25,10 +25,9 @@ def poly_data(
     w = torch.zeros(max_degree)
     w[: len(true_w)] = torch.tensor(true_w)
     x = torch.normal(0, 1, (num_examples, 1), generator=generator)  # (N, 1)
-    powers = x ** torch.arange(max_degree)  # (N, max_degree)
     # Divide by i! (gamma(i + 1)) so that large powers do not dominate the gradients.
     factorials = torch.tensor([math.factorial(i) for i in range(max_degree)], dtype=torch.float32)
-    features = powers / factorials
+    features = x ** torch.arange(max_degree) / factorials  # (N, max_degree)
     labels = features @ w + torch.normal(0, noise, (num_examples,), generator=generator)
     return features, labels.reshape(-1, 1)  # (N, max_degree), (N, 1)
 

@@ -18,10 +18,9 @@ def synthetic_data(
 
 
 def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
-    if OmegaConf.is_list(cfg.w):
-        w = torch.tensor(list(cfg.w), dtype=torch.float32)
-    else:  # one number, repeated num_inputs times
-        w = torch.full((cfg.num_inputs,), float(cfg.w))
+    # dataset.w: a list, or one number repeated num_inputs times
+    w = list(cfg.w) if OmegaConf.is_list(cfg.w) else [cfg.w] * cfg.num_inputs
+    w = torch.tensor(w, dtype=torch.float32)
     b = float(cfg.b)
     X, y = synthetic_data(w, b, cfg.num_train + cfg.num_val, cfg.noise, data_generator(seed))
     n = cfg.num_train
