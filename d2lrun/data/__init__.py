@@ -1,8 +1,7 @@
 """Datasets: `build_data(cfg, seed, device, fold) -> (train, val, spec)`, one module each.
 
-Every dataset fits in memory, so each split is two whole tensors on the training device, batched
-by slicing a shuffled index (d2lrun.trainer): no DataLoader. Models size themselves by `spec`, and
-every checkpoint keeps it for predictions.
+Every dataset fits in memory: each split is two whole tensors on the training device, batched by
+slicing a shuffled index (d2lrun.trainer), no DataLoader. Checkpoints keep `spec` for predictions.
 """
 
 from __future__ import annotations

@@ -60,8 +60,7 @@ def fit_preprocess(
     """Learn what `transform` needs from training rows: numeric means and stds, text categories."""
     # ddof=1 is pandas' std, which the book's §4.10 uses; 0 divides by n.
     numeric, categorical = {}, {}
-    # An empty column has no mean or category to learn: dropped.
-    for col, values in features.dropna(axis=1, how="all").items():
+    for col, values in features.dropna(axis=1, how="all").items():  # empty: nothing to learn
         if pd.api.types.is_numeric_dtype(values):
             v = values.astype(float)
             std = float(v.std(ddof=ddof)) if standardize else 1.0
@@ -242,9 +241,8 @@ def table_splits(
         finite = [*np.isfinite(X).all(0), np.isfinite(y).all()]
         if huge := [c for c, ok in zip([*stats["columns"], target], finite, strict=True) if not ok]:
             raise UsageError(
-                f"column(s) {huge} of {source} hold values beyond float32's range (about "
-                f"3.4e38), which training cannot use. Fix: rescale them, or leave those cells "
-                f"empty."
+                f"column(s) {huge} of {source} hold values beyond float32's range (about 3.4e38), "
+                f"which training cannot use. Fix: rescale them, or leave those cells empty."
             )
         if classes:
             labels = pd.Categorical(rows[target].astype(str), categories=classes).codes

@@ -23,9 +23,7 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
     root = Path(str(cfg.root)).expanduser()
     raw = root / "FashionMNIST" / "raw"
     # The official files that are in raw/ neither compressed nor decompressed.
-    missing = [
-        f for f in FILES if not (raw / f).exists() and not (raw / f.removesuffix(".gz")).exists()
-    ]
+    missing = [f for f in FILES if not any((raw / g).exists() for g in (f, f.removesuffix(".gz")))]
     if missing and not cfg.download:
         raise UsageError(
             f"Fashion-MNIST is not in {raw} (missing {', '.join(missing)}) and "

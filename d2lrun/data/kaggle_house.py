@@ -29,16 +29,15 @@ FILES = {
 }
 
 
-def download(url: str, path: Path, sha1: str, timeout: float = 30) -> Path:
+def download(url: str, path: Path, sha1: str) -> Path:
     """path, fetched from url when it is not there yet; the SHA-1 must match before it is kept."""
     if path.exists() and hashlib.sha1(path.read_bytes()).hexdigest() == sha1:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=30) as response:
             data = response.read()
-        got = hashlib.sha1(data).hexdigest()
-        if got != sha1:
+        if (got := hashlib.sha1(data).hexdigest()) != sha1:
             raise UsageError(
                 f"{url} downloaded with SHA-1 {got}, not {sha1}; the file was not kept. "
                 f"Fix: place a good copy of {path.name} in {path.parent}."
