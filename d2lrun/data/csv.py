@@ -217,14 +217,11 @@ def table_splits(
     elif task == "classification":
         classes = sorted(train_rows[target].astype(str).unique())
         if unseen := sorted(set(val_rows[target].astype(str)) - set(classes)):
+            shuffle = "dataset.shuffle_folds=true (the rows are in order)"
             raise UsageError(
                 f"class(es) {unseen} of '{target}' occur only in the validation rows, so the model "
                 f"could never learn them. Fix: add training rows of them, or "
-                + (
-                    "dataset.shuffle_folds=true (the rows are in order)."
-                    if fold is not None
-                    else "change seed or dataset.val_fraction."
-                )
+                f"{shuffle if fold is not None else 'change seed or dataset.val_fraction'}."
             )
     elif cfg.standardize_target:  # predictions and *_rmse are scaled back to the target's units
         y = train_rows[target].astype(float)
