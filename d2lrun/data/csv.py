@@ -190,42 +190,41 @@ def table_splits(
     train_rows, val_rows = frame.iloc[train_at], frame.iloc[val_at]
 
     features = [c for c in frame.columns if c != target and c not in cfg.drop]
-    # The book fits §4.10's statistics on every row of both files, held-out folds included.
-    fit_on = train_rows[features] if also_fit is None else pd.concat([frame, also_fit])[features]
-    if fitted:
-        stats = fitted.preprocess
-    elif (stats := fit_preprocess(fit_on, standardize, cfg.max_categories, ddof))["dropped"]:
-        print(
-            f"note: ignored column(s) {stats['dropped']} (empty in training rows or more than "
-            f"dataset.max_categories={cfg.max_categories} distinct values)",
-            file=sys.stderr,
-        )
-    if not stats["columns"]:
-        raise UsageError(
-            f"{source} has no usable feature column besides '{target}'. Fix: add feature columns."
-        )
-    classes, scale = None, None
-    if fitted and fitted.class_names:
-        classes = fitted.class_names
-        if unseen := sorted(set(frame[target].astype(str)) - set(classes)):
+    if fitted:  # a saved run (eval, resume): its own statistics, classes and target scale
+        stats, classes, scale = fitted.preprocess, fitted.class_names, fitted.target_scale
+        if classes and (unseen := sorted(set(frame[target].astype(str)) - set(classes))):
             raise UsageError(
                 f"class(es) {unseen} of '{target}' in {source} are not among the run's classes "
                 f"({', '.join(classes)}). Fix: give rows of those classes only, or train anew."
             )
-    elif fitted:
-        scale = fitted.target_scale
-    elif task == "classification":
-        classes = sorted(train_rows[target].astype(str).unique())
-        if unseen := sorted(set(val_rows[target].astype(str)) - set(classes)):
-            shuffle = "dataset.shuffle_folds=true (the rows are in order)"
-            raise UsageError(
-                f"class(es) {unseen} of '{target}' occur only in the validation rows, so the model "
-                f"could never learn them. Fix: add training rows of them, or "
-                f"{shuffle if fold is not None else 'change seed or dataset.val_fraction'}."
+    else:
+        # The book fits §4.10's statistics on every row of both files, held-out folds included.
+        fit_on = train_rows if also_fit is None else pd.concat([frame, also_fit])
+        stats = fit_preprocess(fit_on[features], standardize, cfg.max_categories, ddof)
+        if stats["dropped"]:
+            print(
+                f"note: ignored column(s) {stats['dropped']} (empty in training rows or more "
+                f"than dataset.max_categories={cfg.max_categories} distinct values)",
+                file=sys.stderr,
             )
-    elif cfg.standardize_target:  # predictions and *_rmse are scaled back to the target's units
-        y = train_rows[target].astype(float)
-        scale = {"mean": float(y.mean()), "std": float(y.std(ddof=0)) or 1.0}
+        if not stats["columns"]:
+            raise UsageError(
+                f"{source} has no usable feature column besides '{target}'. "
+                f"Fix: add feature columns."
+            )
+        classes, scale = None, None
+        if task == "classification":
+            classes = sorted(train_rows[target].astype(str).unique())
+            if unseen := sorted(set(val_rows[target].astype(str)) - set(classes)):
+                shuffle = "dataset.shuffle_folds=true (the rows are in order)"
+                raise UsageError(
+                    f"class(es) {unseen} of '{target}' occur only in the validation rows, so the "
+                    f"model could never learn them. Fix: add training rows of them, or "
+                    f"{shuffle if fold is not None else 'change seed or dataset.val_fraction'}."
+                )
+        elif cfg.standardize_target:  # predictions and *_rmse are scaled back to target units
+            y = train_rows[target].astype(float)
+            scale = {"mean": float(y.mean()), "std": float(y.std(ddof=0)) or 1.0}
     spec = Spec(
         cfg.name, task, len(stats["columns"]), len(classes) if classes else 1, class_names=classes,
         target_scale=scale, fold=list(fold) if fold else None, target=target, drop=list(cfg.drop),
