@@ -24,7 +24,7 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from d2lrun.config.schema import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, register
@@ -195,11 +195,13 @@ def example(cfg: DictConfig | None, dotted: str, option: str | None = None, *als
         within_group = path.parent.name == group and "@package _global_" not in text
         key = rest if within_group else dotted
         value = OmegaConf.select(OmegaConf.create(text), key, default=...)  # ???: ...
-        if value is not ...:
+        if value is not ... and value is not None:
             return yaml_value(value)
-        # A key without a value (???) shows one in its comment: `e.g. KEY=VALUE`.
+        # A key without a value (??? or null) shows one in its comment: `e.g. KEY=VALUE`.
         if shown := re.search(rf"e\.g\. {re.escape(dotted)}=(\S+)", text):
             return shown[1]
+        if value is None:
+            return "null"
     return "..."
 
 
@@ -255,9 +257,12 @@ def explain(e: BaseException) -> D2lrunError:
             f"{cause.full_key} is required. Fix: {cause.full_key}={example(None, cause.full_key)}."
         )
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        node = getattr(cause, "parent_node", None)
+        node, schema = getattr(cause, "parent_node", None), cause.object_type
+        if isinstance(node, ListConfig):  # optim.betas[0]=a: the section that holds the list
+            node = node._get_parent()
+            schema = OmegaConf.get_type(node)
         option = node.get("name") if isinstance(node, DictConfig) else None
-        return UsageError(bad_value(cause.full_key, cause.value, cause.object_type, option))
+        return UsageError(bad_value(cause.full_key, cause.value, schema, option))
     # A config file of a group sets a key the chosen option lacks (regularizer=dropout on linreg).
     found = re.search(r"In '(.+?)'.*not in '(\w+)'.*full_key: (\S+)", str(e), re.S)
     if isinstance(e, ConfigCompositionException) and found:
@@ -314,6 +319,7 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
     """One line for a bad override: an unknown key, or a value of the wrong type; a working fix."""
     types = typing.get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
     group, _, name = dotted.rpartition(".")
+    name, item, _ = name.partition("[")  # optim.betas[0]: an item of a list
     if name not in types:  # a key the chosen option does not have
         where = f"{group}={option}" if option and group in SCHEMAS else group or "the config"
         options = SCHEMAS.get(group, {}) if schema in SCHEMAS.get(group, {}).values() else {}
@@ -324,9 +330,14 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
         keys = ", ".join(types) or "none"
         return f"{dotted} is not a key of {where} (its keys: {keys}). Fix: {fix}."
     kind = types[name]
+    if typing.get_origin(kind) is not list:  # int | None: int
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+    if item and typing.get_origin(kind) is list:  # list[float]'s item: float
+        kind = typing.get_args(kind)[0]
     if dataclasses.is_dataclass(kind):  # trainer=5: a section, not a value
         key = f"{dotted}.{dataclasses.fields(kind)[0].name}"
         return f"{dotted} is a section of keys, not a value. Fix: {key}={example(None, key)}."
     what = {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, "a list")
-    fix = f"[{value}]" if what == "a list" and value is not None else example(None, dotted, option)
-    return f"{dotted}={value} is not {what}. Fix: {dotted}={fix}."
+    key = dotted.partition("[")[0]
+    fix = f"[{value}]" if what == "a list" and value is not None else example(None, key, option)
+    return f"{dotted}={value} is not {what}. Fix: {key}={fix}."

@@ -93,6 +93,15 @@ def message(*overrides) -> str:
             "Fix: write trainer.epochs instead of trainer.epoch.",
         ),
         ("trainer=5", "trainer is a section of keys, not a value. Fix: trainer.epochs=3."),
+        (  # int | None: a whole number, and a working value from the YAML's comment, not null
+            "dataset.num_inputs=abc",
+            "dataset.num_inputs=abc is not a whole number. Fix: dataset.num_inputs=200.",
+        ),
+        ("dataset.folds=x", "dataset.folds=x is not a whole number. Fix: dataset.folds=5."),
+        (  # an item of a list
+            "optim=adam optim.betas=[a,1]",
+            "optim.betas[0]=a is not a number. Fix: optim.betas=[0.9,0.999].",
+        ),
         (
             "optim.xyz=1",  # near no key
             "optim.xyz is not a key of optim=sgd (its keys: name, lr, momentum, weight_decay). "
@@ -106,7 +115,7 @@ def message(*overrides) -> str:
     ],
 )
 def test_bad_values_name_key_value_and_fix(override, expected):
-    assert message(override).startswith(expected)
+    assert message(*override.split()).startswith(expected)
 
 
 def test_a_quoted_value_hydras_grammar_cannot_read_unquoted_is_taken():
