@@ -62,8 +62,10 @@ def signals_to(handler):
     if threading.current_thread() is not threading.main_thread():
         yield None
         return
-    replaced = {n: signal.signal(n, handler) for n in signals()}
+    replaced = {}  # filled one by one: a signal between two installs still restores the first
     try:
+        for n in signals():
+            replaced[n] = signal.signal(n, handler)
         yield replaced
     finally:
         for n, before in replaced.items():

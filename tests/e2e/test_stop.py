@@ -181,7 +181,10 @@ def test_a_signal_to_a_joblib_sweep_stops_its_workers_once_their_jobs_are_saved(
     proc.send_signal(signum)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signum, out
-    assert out.splitlines()[-1] == (
+    # loky's resource tracker, a process of joblib's that outlives d2lrun, may warn after it
+    # (once in a loaded CI run: a temporary folder it could not clean up).
+    lines = [ln for ln in out.splitlines() if "resource_tracker" not in ln]
+    assert lines[-1] == (
         f"d2lrun: error: interrupted. To finish the sweep, run the same command again with "
         f"hydra.sweep.dir={s}"
     )

@@ -167,7 +167,7 @@ def test_the_kaggle_submission_has_every_id_in_order(tmp_path, kaggle_house):
         (
             ["dataset.folds=1"],
             2,
-            "dataset.folds=1 is out of range: it must be at least 2. Fix: dataset.folds=null.",
+            "dataset.folds=1 is out of range: it must be at least 2. Fix: dataset.folds=5.",
         ),
         (
             ["dataset.folds=9", "dataset.num_train=5"],
