@@ -249,7 +249,8 @@ def explain(e: BaseException) -> D2lrunError:
         )
     if isinstance(e, OverrideParseException):
         key, equals, value = e.override.partition("=")
-        fix = f"quote the value: {key}='{value}'" if equals else "write it as KEY=VALUE"
+        fix = f"""quote the value: "{key}='{value}'" (outer quotes for a shell)"""
+        fix = fix if equals else "write it as KEY=VALUE"
         return UsageError(f"cannot read the override {e.override}. Fix: {fix}.")
     cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
     if isinstance(cause, MissingMandatoryValue):  # a ??? key that the command line did not set

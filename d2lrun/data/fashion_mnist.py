@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from d2lrun.data import Spec, Split
 from d2lrun.errors import RunFailed, UsageError
+from d2lrun.files import atomic_write
 
 # d2l's text labels (§3.5 get_fashion_mnist_labels).
 CLASS_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
@@ -37,6 +40,8 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
             f"dataset.root={cfg.root} is not writable, so Fashion-MNIST cannot be downloaded "
             f"there ({e.strerror}). Fix: dataset.root=<a writable folder>."
         ) from None
+    if not cfg.download:  # torchvision reads unpacked files only: the .gz placed there, unpacked
+        unpack(FashionMNIST.resources, raw)
     splits = []
     for train in (True, False):
         try:
@@ -64,3 +69,19 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
             ) from None
         splits.append(Split(ds.data.unsqueeze(1), ds.targets))  # (N, 1, 28, 28) uint8, (N,) int64
     return *splits, Spec("fashion_mnist", "classification", 28 * 28, 10, [1, 28, 28], CLASS_NAMES)
+
+
+def unpack(resources: list[tuple[str, str]], raw: Path) -> None:
+    """Each official .gz in raw/ whose unpacked file is not there, checked and unpacked."""
+    for name, md5 in resources:
+        gz = raw / name
+        if (raw / gz.stem).exists() or not gz.exists():
+            continue
+        data = gz.read_bytes()
+        if hashlib.md5(data).hexdigest() != md5:
+            raise UsageError(
+                f"Fashion-MNIST file {gz} is damaged (its MD5 is not the release's) and "
+                f"dataset.download=false. Fix: copy a fresh {name} from {URL} there, or "
+                f"dataset.download=true."
+            )
+        atomic_write(raw / gz.stem, gzip.decompress(data))

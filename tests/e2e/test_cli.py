@@ -2,12 +2,13 @@
 
 import csv
 import json
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import BIN, run_cli
 
 FAST = ["trainer.progress=false"]
 
@@ -109,8 +110,12 @@ def test_an_override_hydra_cannot_read_says_how_to_quote_it(tmp_path):
     r = run_cli("dataset.target=preis€", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 2 and r.stderr == (
         "d2lrun: error: cannot read the override dataset.target=preis€. "
-        "Fix: quote the value: dataset.target='preis€'.\n"
+        "Fix: quote the value: \"dataset.target='preis€'\" (outer quotes for a shell).\n"
     )
+    fix = r.stderr.split("quote the value: ")[1].split(" (outer")[0]  # typed into a shell
+    shell = f"{BIN / 'd2lrun'} dataset=csv dataset.path=x.csv {fix} hydra.run.dir={tmp_path / 'r'}"
+    again = subprocess.run(["bash", "-c", shell], capture_output=True, text=True)
+    assert "dataset.path=x.csv: no such file" in again.stderr  # the target was read
 
 
 def test_lenet_on_fashion_mnist_format(tmp_path, fake_fmnist):

@@ -110,7 +110,7 @@ def message(*overrides) -> str:
         (
             "dataset.target=preis€",  # Hydra's grammar reads no € unquoted
             "cannot read the override dataset.target=preis€. "
-            "Fix: quote the value: dataset.target='preis€'.",
+            "Fix: quote the value: \"dataset.target='preis€'\" (outer quotes for a shell).",
         ),
     ],
 )
@@ -240,7 +240,7 @@ def test_explain_reads_hydras_override_parse_error():
     assert type(explained) is UsageError and explained.exit_code == 2
     assert str(explained) == (
         "cannot read the override dataset.target=preis€. "
-        "Fix: quote the value: dataset.target='preis€'."
+        "Fix: quote the value: \"dataset.target='preis€'\" (outer quotes for a shell)."
     )
 
 

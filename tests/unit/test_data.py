@@ -1,5 +1,8 @@
 """Datasets: the book's synthetic data, CSV imputation (§2.2), Fashion-MNIST through torchvision."""
 
+import gzip
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -127,6 +130,33 @@ def test_fashion_mnist_loads_idx_files_as_uint8(fake_fmnist):
     assert spec.class_names[9] == "ankle boot" and spec.image_shape == [1, 28, 28]
     scaled = prepare_batch(train.X[:4])
     assert scaled.dtype == torch.float32 and 0 <= scaled.min() and scaled.max() <= 1
+
+
+def test_the_official_gz_files_placed_by_hand_load_with_download_false(real_fmnist, tmp_path):
+    """README: place the release's files in ROOT/FashionMNIST/raw; torchvision itself reads only
+    unpacked ones when it may not download."""
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in (real_fmnist / "FashionMNIST" / "raw").glob("*.gz"):
+        shutil.copy(gz, raw / gz.name)
+    cfg = OmegaConf.create({"name": "fashion_mnist", "root": str(tmp_path), "download": False})
+    train, val, spec = build_data(cfg, seed=0)
+    assert train.X.shape == (60000, 1, 28, 28) and len(val) == 10000
+    assert sorted(p.name for p in raw.iterdir() if p.suffix != ".gz") == [
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+        "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+    ]  # fmt: skip
+
+
+def test_a_damaged_gz_with_download_false_is_refused_and_not_unpacked(fake_fmnist):
+    raw = fake_fmnist / "FashionMNIST" / "raw"
+    images = raw / "train-images-idx3-ubyte"
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(images.read_bytes()))
+    images.unlink()  # the fake's bytes are not the release's: its MD5 differs
+    cfg = OmegaConf.create({"name": "fashion_mnist", "root": str(fake_fmnist), "download": False})
+    with pytest.raises(UsageError, match=r"train-images-idx3-ubyte.gz is damaged .* Fix: copy"):
+        build_data(cfg, seed=1)
+    assert not images.exists()
 
 
 def test_datasets_are_decoded_once_per_process(fake_fmnist, monkeypatch):
