@@ -164,9 +164,10 @@ class Run:
             )
             source = Path(cfg.resume)  # a run folder, or a checkpoint in one
             source = (source if source.is_dir() else source.parent).resolve()
-            finished = completed(source)  # not a run killed in its last files: that one finishes
-            if finished and ckpt["epoch"] >= cfg.trainer.epochs and source != run_dir.resolve():
-                done, asked = ckpt["epoch"], cfg.trainer.epochs  # a new folder would get no .pt
+            done, asked = ckpt["epoch"], cfg.trainer.epochs
+            # No epoch to train: only a run killed while it wrote its last files finishes them.
+            last_files = done == ckpt["config"]["trainer"]["epochs"] and not completed(source)
+            if done > asked or (done == asked and not last_files and source != run_dir.resolve()):
                 raise UsageError(
                     f"resume={shown(cfg.resume)} has trained {done} epochs, and trainer.epochs="
                     f"{asked} asks for no more (it counts all of them). Fix: trainer.epochs="
@@ -196,6 +197,8 @@ class Run:
         if ckpt is not None:
             if source != run_dir.resolve():  # a new folder has the best epoch's best.pt too
                 carry_best(source / "best.pt", ckpt, run_dir)
+                if done == asked:  # and, with no epoch to train, the last one's last.pt
+                    save_torch(run_dir / "last.pt", ckpt)
             log(f"resuming {shown(cfg.resume)} from epoch {self.trainer.epoch}")
             self.wall -= ckpt.get("wall_seconds", 0)  # its wall time counts every attempt's
 

@@ -104,10 +104,11 @@ def find_checkpoint(run: str | Path) -> Path:
             f"{run} is a k-fold run: each fold is a run of its own, in fold_0/, fold_1/, ... "
             f"Fix: give one fold, e.g. {run / 'fold_0'}."
         )
-    have = ", ".join(sorted(p.name for p in run.glob("*.pt"))) or "no .pt files"
+    have = sorted(p.name for p in run.glob("*.pt"))
+    one = f", or one of its .pt files ({run / have[0]})" if have else ""  # resume=, run=, ckpt=
     raise UsageError(
-        f"{run} has no last.pt (it has: {have}). "
-        f"Fix: give a run folder that finished an epoch, or ckpt=PATH."
+        f"{run} has no last.pt (it has: {', '.join(have) or 'no .pt files'}). "
+        f"Fix: give a run folder that finished an epoch{one}."
     )
 
 

@@ -171,8 +171,12 @@ def test_missing_paths(tmp_path):
 def test_a_run_folder_without_last_pt_lists_the_checkpoints_it_has(tmp_path):
     for name in ("model.pt", "best.pt", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
-    with pytest.raises(UsageError, match=r"has no last.pt \(it has: best.pt, model.pt\)\. Fix:"):
+    with pytest.raises(
+        UsageError, match=r"has no last.pt \(it has: best.pt, model.pt\)\. Fix:"
+    ) as e:
         find_checkpoint(tmp_path)
+    fix = f"or one of its .pt files ({tmp_path / 'best.pt'})."  # resume=, run= or ckpt= take it
+    assert str(e.value).endswith(fix)
     assert find_checkpoint(tmp_path / "model.pt") == tmp_path / "model.pt"
 
 
@@ -684,6 +688,34 @@ def test_a_kfold_run_is_reloaded_fold_by_fold_and_a_fold_resumes_as_one_run(tmp_
         f"counts all of them). Fix: trainer.epochs=6."
     )
     assert not (tmp_path / "same").exists()
+
+
+def test_a_stopped_run_resumed_with_no_epoch_left_is_refused_unless_it_stopped_in_its_last_files(
+    tmp_path,
+):
+    from d2lrun import app
+    from d2lrun.reload import load_run
+
+    run = trained(tmp_path / "run", "trainer.epochs=3")
+    summary = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(summary | {"status": "interrupted"}))
+    args = [f"resume={run}", "trainer.progress=false", f"hydra.run.dir={tmp_path / 'none'}"]
+
+    def refused(epochs: int) -> str:
+        with pytest.raises(UsageError) as e:
+            app.train([*args, f"trainer.epochs={epochs}"])
+        assert not (tmp_path / "none").exists()
+        return str(e.value).partition("(it counts all of them). ")[2]
+
+    assert refused(2) == "Fix: trainer.epochs=5."  # fewer epochs than it trained
+    # Killed while it wrote the last files of its 3 epochs: finished, a complete folder.
+    more = app.train([*args[:2], "trainer.epochs=3", f"hydra.run.dir={tmp_path / 'finished'}"])
+    assert {"last.pt", "best.pt", "model.pt"} <= {p.name for p in more.iterdir()}
+    assert load_run(more).summary["status"] == "completed"
+    ckpt = torch.load(run / "last.pt", weights_only=True)  # now stopped at epoch 3 of 10
+    ckpt["config"]["trainer"]["epochs"] = 10
+    torch.save(ckpt, run / "last.pt")
+    assert refused(3) == "Fix: trainer.epochs=6."
 
 
 def test_predictions_go_to_a_file_in_a_folder_that_exists(table_run, tmp_path):
