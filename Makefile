@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/d2lrun $(ARGS)
+	@$(BIN)/d2lrun $(ARGS)
 
 test: install lint
 	$(BIN)/python -m pytest -q $(ARGS)
@@ -42,7 +42,7 @@ test-all: install
 	$(BIN)/python -m pytest -q -m '' $(ARGS)
 
 # Mutation score of the modules [tool.mutmut] in pyproject.toml names, from scratch: mutants/ is
-# rebuilt, and the counts per module go to experiments/mutation.json (README "Checks"). Survivors:
+# rebuilt, and the counts per module go to experiments/mutation.json (README "Development"). Survivors:
 # .venv/bin/mutmut results, then .venv/bin/mutmut show NAME. MUTMUT_CHILDREN test processes at a
 # time, one torch thread each.
 MUTMUT_CHILDREN ?= 2

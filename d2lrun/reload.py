@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,7 @@ def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
                 f"{path} was refused: it would run code when loaded, which a checkpoint "
                 f"never needs ({culprit[1]}). Fix: only load checkpoints that d2lrun wrote."
             ) from None
-        first = (str(e).splitlines() or [""])[0][:120]
+        first = textwrap.shorten((str(e).splitlines() or [""])[0], 120, placeholder=" ...")
         what = f"{type(e).__name__}{': ' + first if first else ''}"
         if isinstance(e, pickle.UnpicklingError):
             what = "unpickling failed"

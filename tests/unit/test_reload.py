@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import re
+import textwrap
 import zipfile
 
 import pytest
@@ -114,7 +115,8 @@ def test_garbage_files_get_one_clear_error_with_torchs_reason(tmp_path, content)
     if isinstance(theirs.value, pickle.UnpicklingError):
         assert "(unpickling failed)" in str(ours.value)
     else:  # the kind of failure and torch's first line, for a bug report
-        assert f"({type(theirs.value).__name__}: {reason[:120]})" in str(ours.value)
+        shown = textwrap.shorten(reason, 120, placeholder=" ...")  # whole words
+        assert f"({type(theirs.value).__name__}: {shown})" in str(ours.value)
 
 
 def test_an_empty_file_names_the_error_without_a_dangling_colon(tmp_path):
