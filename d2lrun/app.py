@@ -169,7 +169,7 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
                 if isinstance(e, Interrupted):  # Ctrl-C or a stop signal: stop a sweep's launcher
                     raise KeyboardInterrupt from e
 
-    check_groups(args)
+    check_groups(args, config_name)
     # The presets when the command names one (+experiment=...), or reloads a run that may have.
     register(presets=config_name != "config" or any("experiment" in a for a in args))
     argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")

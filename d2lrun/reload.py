@@ -277,6 +277,7 @@ class SavedRun:
                 f"Fix: a numpy array or torch tensor."
             ) from None
         if shape := tuple(self.spec.image_shape or ()):
+            given = tuple(X.shape)  # as the caller passed them, for the refusal
             X = X.reshape(1, *X.shape) if X.ndim == 2 else X  # one image (H, W) -> (1, H, W)
             X = X.unsqueeze(1) if X.ndim == 3 else X  # (N, H, W) -> (N, 1, H, W)
             pixels = torch.uint8 if self.spec.class_names else X.dtype  # §6.2.4's are floats
@@ -284,7 +285,7 @@ class SavedRun:
                 uint8 = ", from 0 to 255 as the dataset's (np.asarray(images, np.uint8))"
                 raise UsageError(
                     f"images must be (N, {shape[1]}, {shape[2]}) "
-                    f"{str(pixels).removeprefix('torch.')}; got {tuple(X.shape)} "
+                    f"{str(pixels).removeprefix('torch.')}; got {given} "
                     f"{str(X.dtype).removeprefix('torch.')}. Fix: images of the run's size"
                     f"{uint8 if self.spec.class_names else ''}."
                 )

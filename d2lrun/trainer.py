@@ -7,6 +7,7 @@ tensors read once per epoch. The loop writes no files: on_epoch (d2lrun.job) doe
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import shutil
 import sys
@@ -230,6 +231,8 @@ def compiled(model: nn.Module, device: torch.device, log: Callable[[str], None])
     if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "cc")):
         log("note: trainer.compile=true needs a C++ compiler on CPU; training eagerly")
         return model
+    # Its CPU build asks for CUDA_HOME and warns on stderr, beside d2lrun's own lines, without one.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
     except Exception as e:  # unsupported Python or platform

@@ -37,7 +37,7 @@ def compose(
     overrides: Sequence[str] = (), name: str = "config", with_hydra: bool = False
 ) -> DictConfig:
     """The config of `d2lrun OVERRIDES...` via Hydra's Compose API; with_hydra: Hydra's keys too."""
-    check_groups(overrides)
+    check_groups(overrides, name)
     if GlobalHydra.instance().is_initialized():  # e.g. d2lrun-eval's @hydra.main: the same configs
         return hydra_compose(name, list(overrides), return_hydra_config=with_hydra)
     register()
@@ -114,6 +114,11 @@ def check_rules(cfg: DictConfig) -> None:
                 f"and model={model.name} has {layers} hidden layers. "
                 f"Fix: give one rate, or {layers}."
             )
+    if cfg.optim.name == "adam" and len(betas := cfg.optim.betas) != 2:  # β1 mean, β2 square
+        raise UsageError(
+            f"optim.betas={yaml_value(betas)} gives {len(betas)} value(s); Adam takes two "
+            f"(β1, β2). Fix: optim.betas={example(cfg, 'optim.betas')}."
+        )
     if data.name == "synthetic" and OmegaConf.is_list(data.w):
         if data.num_inputs not in (None, len(data.w)):
             raise UsageError(
@@ -296,10 +301,17 @@ def explain(e: BaseException) -> D2lrunError:
     )
 
 
-def check_groups(args: Sequence[str]) -> None:
-    """GROUP=null, which Hydra refuses with a ValueError, as one line naming the options."""
+def check_groups(args: Sequence[str], name: str = "config") -> None:
+    """GROUP=null (Hydra: a ValueError) as one line naming the options; and, for d2lrun-eval or
+    -predict (name), a group of d2lrun's (Hydra: a traceback, or advice to add it with +)."""
     for o in OverridesParser.create().parse_overrides(overrides_of(args)):
         value, group = o.value(), o.key_or_group
+        if name != "config" and group in SCHEMAS:
+            raise UsageError(
+                f"{o.input_line} picks an option of d2lrun's, and d2lrun-{name} reloads the run "
+                f"with the ones it trained with. Fix: drop {o.input_line} (d2lrun-{name} --help "
+                f"lists its keys)."
+            )
         if o.is_delete() or None not in getattr(value, "list", [value]):  # a sweep's: a,b,null
             continue
         if group == "experiment":  # no preset: the default

@@ -66,7 +66,7 @@ def build_model(cfg: DictConfig, spec: Spec) -> nn.Module:
     d, q = spec.num_inputs, spec.num_outputs
     scratch = is_scratch(cfg)
     if cfg.name == "linreg":
-        return LinearRegressionScratch(d) if scratch else LinearRegression(d, cfg.bias)
+        return (LinearRegressionScratch if scratch else LinearRegression)(d, cfg.bias)
     if cfg.name == "conv2d":
         return Conv2D(list(cfg.kernel_size), cfg.bias)
     if cfg.name == "softmax":

@@ -25,17 +25,19 @@ class LinearRegression(nn.Sequential):
 class LinearRegressionScratch(nn.Module):
     """§3.2: w (num_inputs, 1), laid out (fan_in, fan_out) as the book writes it, and b."""
 
-    def __init__(self, num_inputs: int):
+    def __init__(self, num_inputs: int, bias: bool = True):
         super().__init__()
         # Values: d2lrun.models.init (§3.2: N(0, 0.01²) and 0) or a checkpoint.
         self.w = nn.Parameter(torch.empty(num_inputs, 1))
-        self.b = nn.Parameter(torch.empty(1))
+        self.b = nn.Parameter(torch.empty(1)) if bias else None  # none in §4.4
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return X @ self.w + self.b  # (B, d) @ (d, 1) -> (B, 1)
+        y = X @ self.w  # (B, d) @ (d, 1) -> (B, 1)
+        return y + self.b if self.b is not None else y
 
     def get_w_b(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.w.detach().reshape(-1), self.b.detach()
+        b = self.b.detach() if self.b is not None else torch.zeros(1)
+        return self.w.detach().reshape(-1), b
 
     def layers(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
         """(weight, bias) per layer, for d2lrun.models.init."""

@@ -27,7 +27,11 @@ class MLP(nn.Sequential):
 
 def dropout_layer(X: torch.Tensor, p: float, generator: torch.Generator | None = None):
     """§4.6's dropout_layer: keep each unit with probability 1 - p and scale it by 1 / (1 - p)."""
-    mask = (torch.rand(X.shape, device=X.device, generator=generator) > p).float()
+    if generator is None:  # rand_like: torch.compile traces it for batches of any size
+        rand = torch.rand_like(X)
+    else:  # a stack's member's own (d2lrun.stack)
+        rand = torch.rand(X.shape, generator=generator, device=X.device)
+    mask = (rand > p).float()
     return mask * X / (1.0 - p)
 
 

@@ -137,7 +137,7 @@ def test_predict_command_takes_npy_and_pt_images(image_run, tmp_path, suffix):
     )
     torch.save(torch.zeros(2, 32, 32, dtype=torch.uint8), path.with_suffix(".pt"))
     r = run_cli(f"run={run}", f"input={path.with_suffix('.pt')}", tool="d2lrun-predict")
-    assert r.returncode == 2 and "images must be (N, 28, 28) uint8; got (2, 1, 32, 32)" in r.stderr
+    assert r.returncode == 2 and "images must be (N, 28, 28) uint8; got (2, 32, 32)" in r.stderr
 
 
 def no_color(run, sizes) -> list[str]:

@@ -98,6 +98,11 @@ def message(*overrides) -> str:
             "dataset.num_inputs=abc is not a whole number. Fix: dataset.num_inputs=200.",
         ),
         ("dataset.folds=x", "dataset.folds=x is not a whole number. Fix: dataset.folds=5."),
+        (  # Adam's two betas: torch.optim would fail, or ignore a third, with no word
+            "optim=adam optim.betas=[0.9]",
+            "optim.betas=[0.9] gives 1 value(s); Adam takes two (β1, β2). "
+            "Fix: optim.betas=[0.9,0.999].",
+        ),
         (  # an item of a list
             "optim=adam optim.betas=[a,1]",
             "optim.betas[0]=a is not a number. Fix: optim.betas=[0.9,0.999].",
@@ -299,3 +304,15 @@ def test_a_deleted_group_is_not_a_null_one():
     check_groups(["~experiment", "~logger"])  # Hydra's delete overrides: no value, not null
     with pytest.raises(UsageError, match="^experiment=null names no preset"):
         check_groups(["experiment=null"])
+
+
+@pytest.mark.parametrize("override", ["init=xavier", "+init=xavier", "+optim=adam", "model=mlp"])
+def test_eval_and_predict_refuse_a_group_of_d2lruns_in_one_line(override):
+    """They reload the run with its own options; Hydra said 'use +init=xavier', then a traceback."""
+    for name in ("eval", "predict"):
+        with pytest.raises(UsageError) as e:
+            compose(["run=x", override], name)
+        assert str(e.value) == (
+            f"{override} picks an option of d2lrun's, and d2lrun-{name} reloads the run with the "
+            f"ones it trained with. Fix: drop {override} (d2lrun-{name} --help lists its keys)."
+        )

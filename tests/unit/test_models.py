@@ -1,13 +1,17 @@
 """Models: shapes, the book's parameter counts and state_dict keys, fit checks, dropout, init."""
 
+import shutil
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from d2lrun.data import Spec
+from d2lrun.config import compose
+from d2lrun.data import Spec, build_data
 from d2lrun.errors import UsageError
 from d2lrun.models import build_model
 from d2lrun.models.init import apply_init
+from d2lrun.models.mlp import MLPScratch
 
 IMAGES = Spec(
     dataset="fashion_mnist",
@@ -216,3 +220,25 @@ def test_modern_lenet_with_batch_norm_normalizes_in_training_only():
     assert out.shape == (16, 10) and net[1].running_mean.abs().sum() > 0  # statistics were updated
     net.eval()
     assert not torch.allclose(net(x), out)  # running statistics, not the batch's, at evaluation
+
+
+def test_scratch_linear_regression_without_bias_has_none():
+    """model.impl=scratch model.bias=false: only w, as the concise model's bias=False (§4.4)."""
+    cfg = compose(["model.impl=scratch", "model.bias=false"])
+    spec = build_data(cfg.dataset, cfg.seed)[2]
+    net = apply_init(build_model(cfg.model, spec), cfg.init)
+    assert [n for n, _ in net.named_parameters()] == ["w"]
+    assert torch.equal(net(torch.ones(3, 2)), torch.ones(3, 2) @ net.w)
+    assert net.get_w_b()[1].item() == 0
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(cc) for cc in ("c++", "g++", "cc")),
+    reason="torch.compile needs a C++ compiler",
+)
+def test_scratch_dropout_compiles_for_a_last_batch_of_another_size():
+    """trainer.compile=true: a scratch MLP's dropout (§4.6) traced for 8 rows, then for 5."""
+    net = torch.compile(MLPScratch(6, 3, [4], "relu", [0.5]))
+    apply_init(net, compose(["model=mlp"]).init)
+    for rows in (8, 5):
+        assert net(torch.rand(rows, 6)).shape == (rows, 3)

@@ -583,9 +583,9 @@ def test_predict_takes_uint8_images_one_or_many(image_run, tmp_path):
         classes = run.model(images.unsqueeze(1).float() / 255).argmax(1).tolist()
     assert names == [run.spec.class_names[c] for c in classes]
     assert run.predict(images[0]) == names[:1]  # one image, (28, 28)
-    with pytest.raises(UsageError, match=r"images must be \(N, 28, 28\) uint8; got \(2, 1, 27"):
+    with pytest.raises(UsageError, match=r"must be \(N, 28, 28\) uint8; got \(2, 27, 28\) uint8"):
         run.predict(images[:2, :27])
-    with pytest.raises(UsageError, match=r"uint8; got \(2, 1, 28, 28\) int64\. Fix: .* 0 to 255"):
+    with pytest.raises(UsageError, match=r"uint8; got \(2, 28, 28\) int64\. Fix: .* 0 to 255"):
         run.predict(images[:2].long())  # np.save of a copy made int64 or float64
     with pytest.raises(UsageError, match=r"^predict takes an array of inputs; DataFrame cannot"):
         run.predict(pd.DataFrame({"a": ["x", "y"]}))
