@@ -120,6 +120,8 @@ def named_dir(args: Sequence[str]):
     writes it, or when it holds another run's files (but for resume=DIR, which continues it)."""
     # Here, not in RunDir: Hydra turns a callback's error into a warning and goes on.
     named = given(args, "hydra.run.dir")
+    if named == "":  # Hydra would write into the current folder, over any run there
+        raise UsageError("hydra.run.dir= names no folder. Fix: hydra.run.dir=outputs/NAME.")
     if not named:
         yield
         return
@@ -227,7 +229,7 @@ def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
     run_dir = Path(hc.runtime.output_dir)
     try:
         job.train(cfg, run_dir, list(hc.overrides.task), ckpt, draw=draw)
-    except (UsageError, KeyboardInterrupt):  # refused or stopped before it started: no folder
+    except BaseException:  # refused, stopped or failed before it started: no folder behind
         if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", ".lock"}:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise

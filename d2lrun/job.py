@@ -169,7 +169,7 @@ class Run:
             last_files = done == ckpt["config"]["trainer"]["epochs"] and not completed(source)
             if done > asked or (done == asked and not last_files and source != run_dir.resolve()):
                 raise UsageError(
-                    f"resume={shown(cfg.resume)} has trained {done} epochs, and trainer.epochs="
+                    f"resume={shown(cfg.resume)} has trained {done} epoch(s), and trainer.epochs="
                     f"{asked} asks for no more (it counts all of them). Fix: trainer.epochs="
                     f"{done + asked}."
                 )

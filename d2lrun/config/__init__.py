@@ -73,7 +73,13 @@ def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
 def check_ranges(cfg: DictConfig, path: str) -> None:
     node = OmegaConf.select(cfg, path) if path else cfg
     schema = OmegaConf.get_type(node)
-    for f in dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ():
+    fields = (
+        [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
+    )
+    if extra := [k for k in node if k not in fields and k != "hydra"] if fields else []:  # +key=
+        dotted = f"{path}.{extra[0]}" if path else extra[0]
+        raise UsageError(bad_value(dotted, None, schema, node.get("name") if path else None))
+    for f in dataclasses.fields(schema) if fields else ():
         m, value, name = f.metadata, node[f.name], f"{path}.{f.name}" if path else f.name
         if not m or value is None:
             continue
@@ -82,10 +88,11 @@ def check_ranges(cfg: DictConfig, path: str) -> None:
                 f"{name}={value} is not one of {', '.join(m['words'])}. "
                 f"Fix: {name}={closest(str(value), m['words'])}."
             )
-        if all(m[k] is None for k in ("ge", "gt", "lt")):  # no range
-            continue
+        ranged = any(m[k] is not None for k in ("ge", "gt", "lt"))
         for v in value if OmegaConf.is_list(value) else [value]:
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not ranged and not (number and not math.isfinite(v)):
+                continue  # no range: any value of its type but nan and inf
             rule = (
                 None if not number
                 else "a finite number" if not math.isfinite(v)  # nan passes every <
@@ -114,6 +121,24 @@ def check_rules(cfg: DictConfig) -> None:
                 f"and model={model.name} has {layers} hidden layers. "
                 f"Fix: give one rate, or {layers}."
             )
+    if model.name == "mlp" and not all(type(h) is int for h in hidden_sizes(model) or [None]):
+        raise UsageError(
+            f"model.num_hiddens={yaml_value(model.num_hiddens)} is not a width or a list of "
+            f"widths (whole numbers). Fix: model.num_hiddens={example(cfg, 'model.num_hiddens')}."
+        )
+    if model.get("dropout", 0) is None:  # Any-typed, as one rate or a list
+        raise UsageError("model.dropout=null is not a rate. Fix: model.dropout=0 for none.")
+    if model.name == "conv2d" and len(model.kernel_size) != 2:
+        raise UsageError(
+            f"model.kernel_size={yaml_value(model.kernel_size)} is not (height, width). "
+            f"Fix: model.kernel_size={example(cfg, 'model.kernel_size')}."
+        )
+    w = list(data.w) if data.name == "synthetic" and OmegaConf.is_list(data.w) else [data.get("w")]
+    if data.name == "synthetic" and not all(type(v) in (int, float) for v in w or [None]):
+        raise UsageError(
+            f"dataset.w={yaml_value(data.w)} is not a number or a list of numbers. "
+            f"Fix: dataset.w={example(cfg, 'dataset.w')}."
+        )
     if cfg.optim.name == "adam" and len(betas := cfg.optim.betas) != 2:  # β1 mean, β2 square
         raise UsageError(
             f"optim.betas={yaml_value(betas)} gives {len(betas)} value(s); Adam takes two "
@@ -306,6 +331,13 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
     -predict (name), a group of d2lrun's (Hydra: a traceback, or advice to add it with +)."""
     for o in OverridesParser.create().parse_overrides(overrides_of(args)):
         value, group = o.value(), o.key_or_group
+        section, _, key = group.partition(".")
+        if key == "name" and section in SCHEMAS and name == "config":  # dataset.name=csv
+            chosen = value if value in SCHEMAS[section] else f"<{'|'.join(SCHEMAS[section])}>"
+            raise UsageError(
+                f"{group} is the name of the chosen {section} option; it picks none. "
+                f"Fix: {section}={chosen}."
+            )
         if name != "config" and group in SCHEMAS:
             raise UsageError(
                 f"{o.input_line} picks an option of d2lrun's, and d2lrun-{name} reloads the run "
@@ -350,7 +382,9 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
     if dataclasses.is_dataclass(kind):  # trainer=5: a section, not a value
         key = f"{dotted}.{dataclasses.fields(kind)[0].name}"
         return f"{dotted} is a section of keys, not a value. Fix: {key}={example(None, key)}."
-    what = {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, "a list")
+    what = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+    what = what.get(kind, "a list")
     key = dotted.partition("[")[0]
-    fix = f"[{value}]" if what == "a list" and value is not None else example(None, key, option)
-    return f"{dotted}={value} is not {what}. Fix: {key}={fix}."
+    items = typing.get_args(kind)  # drop=Id: [Id]; a list of numbers: the option's own
+    fix = f"[{value}]" if items == (str,) and value is not None else example(None, key, option)
+    return f"{dotted}={yaml_value(value)} is not {what}. Fix: {key}={fix}."

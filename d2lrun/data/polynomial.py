@@ -37,7 +37,7 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
         raise UsageError(
             f"dataset.num_features={cfg.num_features} and dataset.true_w "
             f"({len(cfg.true_w)} values) must not exceed dataset.max_degree={cfg.max_degree}. "
-            f"Fix: dataset.num_features=4."
+            f"Fix: dataset.max_degree={max(cfg.num_features, len(cfg.true_w))}."
         )
     g = data_generator(seed)
     n, d = cfg.num_train, cfg.num_features

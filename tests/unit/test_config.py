@@ -98,6 +98,40 @@ def message(*overrides) -> str:
             "dataset.num_inputs=abc is not a whole number. Fix: dataset.num_inputs=200.",
         ),
         ("dataset.folds=x", "dataset.folds=x is not a whole number. Fix: dataset.folds=5."),
+        (  # added with +: refused as a typo is, not ignored
+            "+optim.nesterov=true",
+            "optim.nesterov is not a key of optim=sgd (its keys: name, lr, momentum, "
+            "weight_decay). Fix: drop optim.nesterov.",
+        ),
+        ("+trainer.foo=1", "trainer.foo is not a key of trainer (its keys: epochs,"),
+        (  # a key without a range takes any number but nan and inf
+            "init=normal init.mean=nan",
+            "init.mean=nan is out of range: it must be a finite number. Fix: init.mean=0.0.",
+        ),
+        (  # Any-typed keys (one value or a list), checked as the book uses them
+            "model=mlp model.num_hiddens=1.5",
+            "model.num_hiddens=1.5 is not a width or a list of widths (whole numbers). "
+            "Fix: model.num_hiddens=[256].",
+        ),
+        ("model=mlp model.num_hiddens=[]", "model.num_hiddens=[] is not a width or a list of"),
+        ("model=mlp model.dropout=null", "model.dropout=null is not a rate. Fix: model.dropout=0"),
+        (
+            "model=conv2d dataset=kernel model.kernel_size=[1,2,3]",
+            "model.kernel_size=[1,2,3] is not (height, width). Fix: model.kernel_size=[1,2].",
+        ),
+        (
+            "dataset.w=[1,null]",
+            "dataset.w=[1,null] is not a number or a list of numbers. Fix: dataset.w=[2,-3.4].",
+        ),
+        (  # text keys: null or a list is not text
+            "device=null",
+            "device=null is not text. Fix: device=auto.",
+        ),
+        (  # a group's name is its option's: it picks none
+            "dataset.name=csv",
+            "dataset.name is the name of the chosen dataset option; it picks none. "
+            "Fix: dataset=csv.",
+        ),
         (  # Adam's two betas: torch.optim would fail, or ignore a third, with no word
             "optim=adam optim.betas=[0.9]",
             "optim.betas=[0.9] gives 1 value(s); Adam takes two (β1, β2). "
@@ -316,3 +350,15 @@ def test_eval_and_predict_refuse_a_group_of_d2lruns_in_one_line(override):
             f"{override} picks an option of d2lrun's, and d2lrun-{name} reloads the run with the "
             f"ones it trained with. Fix: drop {override} (d2lrun-{name} --help lists its keys)."
         )
+
+
+def test_a_run_refused_before_it_started_leaves_no_folder(tmp_path, monkeypatch):
+    from d2lrun import app
+
+    monkeypatch.chdir(tmp_path)  # the configured outputs/DATE/TIME, claimed then given back
+    for args in (["~seed"], ["hydra.run.dir="]):  # ~seed: OmegaConf's error, after the claim
+        with pytest.raises(Exception) as e:
+            app.train(args)
+        assert isinstance(explain(e.value), UsageError)
+    assert not any(p.is_dir() for p in tmp_path.glob("outputs/*/*"))
+    assert not (tmp_path / ".hydra").exists()  # hydra.run.dir= would write here

@@ -686,7 +686,7 @@ def test_a_kfold_run_is_reloaded_fold_by_fold_and_a_fold_resumes_as_one_run(tmp_
     with pytest.raises(UsageError) as e:  # nothing more to train: refused, no folder left
         app.train([f"resume={more}", "trainer.epochs=3", f"hydra.run.dir={tmp_path / 'same'}"])
     assert str(e.value) == (
-        f"resume={more} has trained 3 epochs, and trainer.epochs=3 asks for no more (it "
+        f"resume={more} has trained 3 epoch(s), and trainer.epochs=3 asks for no more (it "
         f"counts all of them). Fix: trainer.epochs=6."
     )
     assert not (tmp_path / "same").exists()
