@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import textwrap
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -275,4 +276,6 @@ def why(e: Exception) -> str:
     text = str(e)
     found = re.search(r"\[Errno -?\d+\] [^'\")\]]+|(?:Read|Connect)TimeoutError|timed out", text)
     first = (text.strip().splitlines() or [type(e).__name__])[0]
-    return found.group(0).rstrip(": ") if found else first[:160]
+    return (
+        found.group(0).rstrip(": ") if found else textwrap.shorten(first, 160, placeholder=" ...")
+    )

@@ -116,10 +116,11 @@ def check_rules(cfg: DictConfig) -> None:
     if "dropout" in model and OmegaConf.is_list(model.dropout):
         layers = len(hidden_sizes(model)) if model.name == "mlp" else 2
         if len(model.dropout) not in (1, layers):
+            more = f", or {layers} rates" if layers > 1 else ""
             raise UsageError(
-                f"model.dropout={list(model.dropout)} has {len(model.dropout)} rates "
-                f"and model={model.name} has {layers} hidden layers. "
-                f"Fix: give one rate, or {layers}."
+                f"model.dropout={yaml_value(model.dropout)} gives {len(model.dropout)} rates and "
+                f"model={model.name} has {layers} hidden layer(s). "
+                f"Fix: model.dropout={yaml_value(model.dropout[0])} (one rate for all){more}."
             )
     if model.name == "mlp" and not all(type(h) is int for h in hidden_sizes(model) or [None]):
         raise UsageError(
@@ -337,6 +338,11 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
             raise UsageError(
                 f"{group} is the name of the chosen {section} option; it picks none. "
                 f"Fix: {section}={chosen}."
+            )
+        if name != "config" and o.is_sweep_override():  # d2lrun-eval run=a,b
+            raise UsageError(
+                f"{o.input_line} gives several values, and d2lrun-{name} takes one per key. "
+                f"Fix: run d2lrun-{name} once per value."
             )
         if name != "config" and group in SCHEMAS:
             raise UsageError(

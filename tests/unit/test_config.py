@@ -180,7 +180,8 @@ def test_a_quoted_value_hydras_grammar_cannot_read_unquoted_is_taken():
         ),
         (
             ["model=mlp", "model.dropout=[0.2,0.5]"],
-            "model.dropout=[0.2, 0.5] has 2 rates and model=mlp has 1 hidden",
+            "model.dropout=[0.2,0.5] gives 2 rates and model=mlp has 1 hidden layer(s). "
+            "Fix: model.dropout=0.2 (one rate for all).",
         ),
         (["regularizer=l1", "regularizer.lambd=-1"], "regularizer.lambd=-1.0 is out of range"),
         (["init=normal", "init.std=0"], "init.std=0.0 is out of range: it must be greater than 0"),
@@ -338,6 +339,15 @@ def test_a_deleted_group_is_not_a_null_one():
     check_groups(["~experiment", "~logger"])  # Hydra's delete overrides: no value, not null
     with pytest.raises(UsageError, match="^experiment=null names no preset"):
         check_groups(["experiment=null"])
+
+
+def test_eval_and_predict_take_one_value_per_key():
+    with pytest.raises(UsageError) as e:
+        compose(["run=a,b"], "eval")
+    assert str(e.value) == (
+        "run=a,b gives several values, and d2lrun-eval takes one per key. "
+        "Fix: run d2lrun-eval once per value."
+    )
 
 
 @pytest.mark.parametrize("override", ["init=xavier", "+init=xavier", "+optim=adam", "model=mlp"])
