@@ -140,6 +140,8 @@ def check_rules(cfg: DictConfig) -> None:
             f"dataset.w={yaml_value(data.w)} is not a number or a list of numbers. "
             f"Fix: dataset.w={example(cfg, 'dataset.w')}."
         )
+    if data.name == "kernel" and not len(data.kernel):
+        raise UsageError("dataset.kernel=[] is empty. Fix: dataset.kernel=[1,-1], §6.2.3's edges.")
     if cfg.optim.name == "adam" and len(betas := cfg.optim.betas) != 2:  # β1 mean, β2 square
         raise UsageError(
             f"optim.betas={yaml_value(betas)} gives {len(betas)} value(s); Adam takes two "

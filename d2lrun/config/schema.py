@@ -69,7 +69,7 @@ class KaggleHouse(Table):
 
 @dataclass
 class Polynomial(Option):
-    max_degree: int = key(ge=1)
+    max_degree: int = key(ge=1, lt=171)  # 171! is beyond a float
     true_w: list[float] = key()
     num_features: int = key(ge=1)
     num_train: int = key(ge=1)

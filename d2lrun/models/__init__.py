@@ -68,6 +68,14 @@ def build_model(cfg: DictConfig, spec: Spec) -> nn.Module:
     if cfg.name == "linreg":
         return (LinearRegressionScratch if scratch else LinearRegression)(d, cfg.bias)
     if cfg.name == "conv2d":
+        (h, w), (kh, kw) = spec.image_shape[1:], cfg.kernel_size
+        if max(h - kh + 1, 0) * max(w - kw + 1, 0) != q:  # §6.2.4: its output is the target
+            fits = f"[1,{len(spec.true_kernel[0])}]" if spec.true_kernel else "..."
+            raise UsageError(
+                f"model.kernel_size=[{kh},{kw}] maps the {h}x{w} image to "
+                f"{max(h - kh + 1, 0)}x{max(w - kw + 1, 0)} values, and the target has {q}. "
+                f"Fix: model.kernel_size={fits}, the dataset's kernel's size."
+            )
         return Conv2D(list(cfg.kernel_size), cfg.bias)
     if cfg.name == "softmax":
         return SoftmaxRegressionScratch(d, q) if scratch else SoftmaxRegression(d, q)

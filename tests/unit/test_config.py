@@ -132,6 +132,12 @@ def message(*overrides) -> str:
             "dataset.name is the name of the chosen dataset option; it picks none. "
             "Fix: dataset=csv.",
         ),
+        ("dataset=kernel model=conv2d dataset.kernel=[]", "dataset.kernel=[] is empty. Fix:"),
+        (  # 171! overflows a float
+            "dataset=polynomial dataset.max_degree=200",
+            "dataset.max_degree=200 is out of range: it must be less than 171. "
+            "Fix: dataset.max_degree=20.",
+        ),
         (  # Adam's two betas: torch.optim would fail, or ignore a third, with no word
             "optim=adam optim.betas=[0.9]",
             "optim.betas=[0.9] gives 1 value(s); Adam takes two (β1, β2). "

@@ -242,3 +242,16 @@ def test_scratch_dropout_compiles_for_a_last_batch_of_another_size():
     apply_init(net, compose(["model=mlp"]).init)
     for rows in (8, 5):
         assert net(torch.rand(rows, 6)).shape == (rows, 3)
+
+
+@pytest.mark.parametrize("size,maps", [("[2,2]", "5x7"), ("[9,9]", "0x0")])
+def test_a_conv2d_kernel_that_does_not_map_the_image_to_its_target_is_refused(size, maps):
+    """§6.2.4: the learned kernel's output is compared with the edges the dataset's kernel finds."""
+    cfg = compose(["experiment=ch6_learn_kernel", f"model.kernel_size={size}"])
+    spec = build_data(cfg.dataset, cfg.seed)[2]
+    with pytest.raises(UsageError) as e:
+        build_model(cfg.model, spec)
+    assert str(e.value) == (
+        f"model.kernel_size={size} maps the 6x8 image to {maps} values, and the target has 42. "
+        f"Fix: model.kernel_size=[1,2], the dataset's kernel's size."
+    )
