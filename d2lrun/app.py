@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from d2lrun.config import (
     CONFIG_DIR,
+    check_flags,
     check_groups,
     compose,
     given,
@@ -171,6 +172,7 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
                 if isinstance(e, Interrupted):  # Ctrl-C or a stop signal: stop a sweep's launcher
                     raise KeyboardInterrupt from e
 
+    check_flags(args, config_name)
     check_groups(args, config_name)
     # The presets when the command names one (+experiment=...), or reloads a run that may have.
     register(presets=config_name != "config" or any("experiment" in a for a in args))
@@ -219,6 +221,7 @@ def train(args: Sequence[str]) -> Path:
     with Plotter() as draw:  # before d2lrun.job imports torch: matplotlib's import beside it
         from d2lrun import job
 
+        check_flags(args)  # before resume= is read from them
         args, ckpt = resumed(args)
         with named_dir(args):
             return run("config", args, lambda cfg: train_task(cfg, job, ckpt, draw))
@@ -240,6 +243,7 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     """`d2lrun -m ARGS`: every job, in a sweep folder of its own; (folder, what failed or None)."""
     from d2lrun import sweeps
 
+    check_flags(args)
     args, ckpt = resumed([a for a in args if a not in ("-m", "--multirun")])
     asked = hydra_args(args)
     if asked is not None and (asked.cfg or asked.info):  # which Hydra refuses with -m

@@ -168,6 +168,21 @@ def hydra_args(args: Sequence[str]):
     return None
 
 
+def check_flags(args: Sequence[str], name: str = "config") -> None:
+    """Hydra's flags as its parser reads them; a refusal (--bogus, --cfg foo) as one line, not
+    Hydra's usage text."""
+    said = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(said):
+        try:
+            get_args_parser().parse_args(list(args))
+            return
+        except SystemExit:
+            pass
+    reason = (said.getvalue().strip().splitlines() or ["?"])[-1].partition("error: ")[2]
+    prog = "d2lrun" if name == "config" else f"d2lrun-{name}"
+    raise UsageError(f"{reason}. Fix: see `{prog} --help` for the flags and keys.")
+
+
 def overrides_of(args: Sequence[str]) -> list[str]:
     """The overrides among a command line's arguments: not its flags or their values (--cfg job)."""
     found = hydra_args(args)

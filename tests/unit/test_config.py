@@ -378,3 +378,19 @@ def test_a_run_refused_before_it_started_leaves_no_folder(tmp_path, monkeypatch)
         assert isinstance(explain(e.value), UsageError)
     assert not any(p.is_dir() for p in tmp_path.glob("outputs/*/*"))
     assert not (tmp_path / ".hydra").exists()  # hydra.run.dir= would write here
+
+
+@pytest.mark.parametrize(
+    "args,reason",
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--cfg", "foo"], "argument --cfg/-c: invalid choice: 'foo' (choose from 'job', 'hydra',"),
+    ],
+)
+def test_a_flag_hydras_parser_refuses_is_one_line_not_its_usage_text(args, reason):
+    from d2lrun import app
+
+    with pytest.raises(UsageError) as e:
+        app.train(args)
+    assert str(e.value).startswith(reason)
+    assert str(e.value).endswith("Fix: see `d2lrun --help` for the flags and keys.")
