@@ -111,6 +111,7 @@ def print_help(config_name: str, args: list[str]) -> None:
                   for g, f in sorted(folders.items())]  # fmt: skip
         parts.append("== Groups (pick one option each, e.g. model=mlp) ==\n" + "\n".join(groups))
     example = " (set any, e.g. trainer.epochs=5)" if config_name == "config" else ""
-    keys = OmegaConf.to_yaml(compose(overrides_of(args), config_name)).rstrip()
+    cfg = compose(overrides_of(args), config_name)  # resolved: MLflow's URI as it will be
+    keys = OmegaConf.to_yaml(cfg, resolve=True).rstrip()
     parts += [f"== Keys and their current values{example} ==\n{keys}", text.footer]
     print("\n\n".join(parts))

@@ -235,6 +235,8 @@ def example(cfg: DictConfig | None, dotted: str, option: str | None = None, *als
     group, _, rest = dotted.partition(".")
     if option is None and cfg is not None and group in SCHEMAS:
         option = cfg[group].name
+    if cfg is not None:  # the chosen options' files set keys beyond their group (trainer.*)
+        also = (*also, *(f"{g}/{cfg[g].name}" for g in ("model", "dataset") if g in cfg))
     for name in [f"{group}/{option}", *also, "config", "eval", "predict"]:
         path = Path(CONFIG_DIR, f"{name}.yaml")
         if not path.is_file():  # a key outside the groups (seed): config.yaml only
