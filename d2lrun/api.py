@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from d2lrun import app, sweeps
-from d2lrun.config import explain
+from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, UsageError
 
 

@@ -1,6 +1,7 @@
 """The Hydra apps behind d2lrun's commands, run in this process with a command line's arguments.
 
-d2lrun.cli prints their errors, d2lrun.api raises them (both through d2lrun.config.explain).
+d2lrun.cli prints their errors, d2lrun.api raises them (both through
+d2lrun.config.messages.explain).
 """
 
 from __future__ import annotations

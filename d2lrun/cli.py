@@ -17,10 +17,10 @@ from d2lrun.config import (
     EXPERIMENTS_DIR,
     SCHEMAS,
     compose,
-    explain,
     hydra_args,
     overrides_of,
 )
+from d2lrun.config.messages import explain
 from d2lrun.errors import RunFailed
 from d2lrun.sweeps import report
 

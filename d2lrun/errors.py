@@ -5,7 +5,8 @@
     Interrupted  130  Ctrl-C; 128 + N for signal N (143 SIGTERM): what was saved, how to go on
 
 str(error) is the one line the user sees: the bad value, what is allowed, and "Fix: ...".
-d2lrun.config.explain turns any other exception (Hydra's, OmegaConf's, the OS's) into one of these.
+d2lrun.config.messages.explain turns any other exception (Hydra's, OmegaConf's, the OS's) into
+one of these.
 """
 
 from __future__ import annotations

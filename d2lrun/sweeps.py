@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.config import explain
+from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, Interrupted, UsageError
 from d2lrun.files import atomic_write, hold, png, read_json, shown, write_json
 

@@ -1,5 +1,5 @@
-"""The config: the one schema (d2lrun.config.schema) composed by Hydra, checked once, and what any
-error means to the user (explain).
+"""The config: the one schema (d2lrun.config.schema) composed by Hydra and checked once; what an
+error means to the user is d2lrun.config.messages'.
 
     cfg = checked(compose(["model=mlp", "optim.lr=0.1"]))   # as `d2lrun model=mlp optim.lr=0.1`
 """
@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import io
-import json
 import math
 import re
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,12 +20,19 @@ from hydra import initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.config.schema import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, register
-from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
+from d2lrun.config.messages import bad_value
+from d2lrun.config.schema import (
+    CONFIG_DIR,
+    EXPERIMENTS_DIR,
+    SCHEMAS,
+    closest,
+    example,
+    register,
+    yaml_value,
+)
+from d2lrun.errors import UsageError
 
 PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
 
@@ -230,38 +234,6 @@ def hidden_sizes(model: DictConfig) -> list[int]:
     return list(h) if OmegaConf.is_list(h) else [h]
 
 
-def example(cfg: DictConfig | None, dotted: str, option: str | None = None, *also: str) -> str:
-    """A key's working value for a Fix: the chosen option's YAML's, also's, else config.yaml's."""
-    group, _, rest = dotted.partition(".")
-    if option is None and cfg is not None and group in SCHEMAS:
-        option = cfg[group].name
-    if cfg is not None:  # the chosen options' files set keys beyond their group (trainer.*)
-        also = (*also, *(f"{g}/{cfg[g].name}" for g in ("model", "dataset") if g in cfg))
-    for name in [f"{group}/{option}", *also, "config", "eval", "predict"]:
-        path = Path(CONFIG_DIR, f"{name}.yaml")
-        if not path.is_file():  # a key outside the groups (seed): config.yaml only
-            continue
-        text = path.read_text()
-        within_group = path.parent.name == group and "@package _global_" not in text
-        key = rest if within_group else dotted
-        value = OmegaConf.select(OmegaConf.create(text), key, default=...)  # ???: ...
-        if value is not ... and value is not None:
-            return yaml_value(value)
-        # A key without a value (??? or null) shows one in its comment: `e.g. KEY=VALUE`.
-        if shown := re.search(rf"e\.g\. {re.escape(dotted)}=(\S+)", text):
-            return shown[1]
-        if value is None:
-            return "null"
-    return "..."
-
-
-def yaml_value(value) -> str:
-    """A value as it is typed on the command line: true, null, [0.9,0.999]."""
-    if OmegaConf.is_list(value) or isinstance(value, list):
-        return "[" + ",".join(yaml_value(v) for v in value) + "]"
-    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
-
-
 def resolve_device(name: str):
     """`device=auto|cpu|cuda|cuda:N|mps` as a torch.device that exists on this machine."""
     import torch
@@ -280,69 +252,6 @@ def resolve_device(name: str):
         )
     raise UsageError(
         f"Unknown device '{name}'. Choose one of: auto, cpu, cuda, cuda:N, mps. Fix: device=auto."
-    )
-
-
-def explain(e: BaseException) -> D2lrunError:
-    """Any exception as d2lrun's own: its str the one line to show, its exit_code the exit code."""
-    # Hydra's, OmegaConf's and the OS's are translated; anything else is a Bug.
-    if isinstance(e, D2lrunError):
-        return e
-    if isinstance(e, KeyboardInterrupt):
-        signum = getattr(e, "signum", 2)  # d2lrun.app.Stop: a stop signal, as Ctrl-C (SIGINT) is
-        return Interrupted("interrupted before training started; nothing was saved.", signum)
-    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
-        group, _, name = e.missing_cfg_file.rpartition("/")
-        return UsageError(
-            f"Unknown {group} '{name}'. Choose one of: {', '.join(sorted(e.options))}. "
-            f"Fix: {group}={closest(name, e.options)}."
-        )
-    if isinstance(e, OverrideParseException):
-        key, equals, value = e.override.partition("=")
-        fix = f"""quote the value: "{key}='{value}'" (outer quotes for a shell)"""
-        fix = fix if equals else "write it as KEY=VALUE"
-        return UsageError(f"cannot read the override {e.override}. Fix: {fix}.")
-    cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
-    if isinstance(cause, MissingMandatoryValue):  # a ??? key that the command line did not set
-        return UsageError(
-            f"{cause.full_key} is required. Fix: {cause.full_key}={example(None, cause.full_key)}."
-        )
-    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        node, schema = getattr(cause, "parent_node", None), cause.object_type
-        if isinstance(node, ListConfig):  # optim.betas[0]=a: the section that holds the list
-            node = node._get_parent()
-            schema = OmegaConf.get_type(node)
-        option = node.get("name") if isinstance(node, DictConfig) else None
-        return UsageError(bad_value(cause.full_key, cause.value, schema, option))
-    # A config file of a group sets a key the chosen option lacks (regularizer=dropout on linreg).
-    found = re.search(r"In '(.+?)'.*not in '(\w+)'.*full_key: (\S+)", str(e), re.S)
-    if isinstance(e, ConfigCompositionException) and found:
-        origin, schema_name, k = found.groups()
-        owners = {o: s for g in SCHEMAS.values() for o, s in g.items() if s.__name__ == schema_name}
-        option, schema = next(iter(owners.items()))
-        message = bad_value(k, None, schema, option).replace(" is", ", which is", 1)
-        return UsageError(f"{origin.replace('/', '=')} sets {message}")
-    if found := re.match(r"Ambiguous value for argument '(.+?)'", str(e)):  # a list without -m
-        return UsageError(
-            f"{found[1]} gives several values, which only a sweep runs. Fix: d2lrun -m "
-            f"{found[1]} (one run per value), or one value."
-        )
-    again = r"Multiple values for (\w+)\. To override a value use 'override \w+: (.+)'"
-    if found := re.match(again, str(e)):  # +model=mlp
-        return UsageError(f"+{found[1]}= adds {found[1]}, which config.yaml chooses already. "
-                          f"Fix: {found[1]}={found[2]} (without the +).")  # fmt: skip
-    if isinstance(e, (ConfigCompositionException, OmegaConfBaseException)):
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()][:2]
-        return UsageError(" ".join(lines) + " Fix: see `d2lrun --help` for the keys and options.")
-    if isinstance(e, OSError):
-        where = f" ({e.filename})" if e.filename else ""
-        return RunFailed(
-            f"{e.strerror or e}{where}. Fix: free disk space or choose a writable folder "
-            f"(hydra.run.dir=DIR)."
-        )
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return Bug(
-        f"{type(e).__name__}: {first} (a bug in d2lrun? HYDRA_FULL_ERROR=1 shows the traceback)"
     )
 
 
@@ -379,37 +288,3 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
                 f"{group}=null picks none of {group}'s options ({', '.join(options)}). "
                 f"Fix: {group}={options[0]}."
             )
-
-
-def closest(name: str, options) -> str:
-    return difflib.get_close_matches(name, list(options), n=1, cutoff=0)[0]  # cutoff 0: one always
-
-
-def bad_value(dotted: str, value, schema, option: str | None) -> str:
-    """One line for a bad override: an unknown key, or a value of the wrong type; a working fix."""
-    types = typing.get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
-    group, _, name = dotted.rpartition(".")
-    name, item, _ = name.partition("[")  # optim.betas[0]: an item of a list
-    if name not in types:  # a key the chosen option does not have
-        where = f"{group}={option}" if option and group in SCHEMAS else group or "the config"
-        options = SCHEMAS.get(group, {}) if schema in SCHEMAS.get(group, {}).values() else {}
-        has = [o for o, s in options.items() if name in typing.get_type_hints(s)]  # not eval's
-        fix = f"choose {' or '.join(f'{group}={o}' for o in has)}" if has else f"drop {dotted}"
-        if not has and (near := difflib.get_close_matches(name, list(types), n=1, cutoff=0.75)):
-            fix = f"write {dotted.removesuffix(name)}{near[0]} instead of {dotted}"  # trainer.epoch
-        keys = ", ".join(types) or "none"
-        return f"{dotted} is not a key of {where} (its keys: {keys}). Fix: {fix}."
-    kind = types[name]
-    if typing.get_origin(kind) is not list:  # int | None: int
-        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-    if item and typing.get_origin(kind) is list:  # list[float]'s item: float
-        kind = typing.get_args(kind)[0]
-    if dataclasses.is_dataclass(kind):  # trainer=5: a section, not a value
-        key = f"{dotted}.{dataclasses.fields(kind)[0].name}"
-        return f"{dotted} is a section of keys, not a value. Fix: {key}={example(None, key)}."
-    what = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
-    what = what.get(kind, "a list")
-    key = dotted.partition("[")[0]
-    items = typing.get_args(kind)  # drop=Id: [Id]; a list of numbers: the option's own
-    fix = f"[{value}]" if items == (str,) and value is not None else example(None, key, option)
-    return f"{dotted}={yaml_value(value)} is not {what}. Fix: {key}={fix}."

@@ -6,12 +6,15 @@ type as it composes (`optim.lr=fast`); every field is MISSING: the values live o
 
 from __future__ import annotations
 
+import difflib
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 def key(
@@ -270,3 +273,39 @@ def register(presets: bool = True) -> None:
         for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
             node = OmegaConf.load(path)
             cs.store(group="experiment", name=path.stem, node=node, package="_global_")
+
+
+def example(cfg: DictConfig | None, dotted: str, option: str | None = None, *also: str) -> str:
+    """A key's working value for a Fix: the chosen option's YAML's, also's, else config.yaml's."""
+    group, _, rest = dotted.partition(".")
+    if option is None and cfg is not None and group in SCHEMAS:
+        option = cfg[group].name
+    if cfg is not None:  # the chosen options' files set keys beyond their group (trainer.*)
+        also = (*also, *(f"{g}/{cfg[g].name}" for g in ("model", "dataset") if g in cfg))
+    for name in [f"{group}/{option}", *also, "config", "eval", "predict"]:
+        path = Path(CONFIG_DIR, f"{name}.yaml")
+        if not path.is_file():  # a key outside the groups (seed): config.yaml only
+            continue
+        text = path.read_text()
+        within_group = path.parent.name == group and "@package _global_" not in text
+        key = rest if within_group else dotted
+        value = OmegaConf.select(OmegaConf.create(text), key, default=...)  # ???: ...
+        if value is not ... and value is not None:
+            return yaml_value(value)
+        # A key without a value (??? or null) shows one in its comment: `e.g. KEY=VALUE`.
+        if shown := re.search(rf"e\.g\. {re.escape(dotted)}=(\S+)", text):
+            return shown[1]
+        if value is None:
+            return "null"
+    return "..."
+
+
+def yaml_value(value) -> str:
+    """A value as it is typed on the command line: true, null, [0.9,0.999]."""
+    if OmegaConf.is_list(value) or isinstance(value, list):
+        return "[" + ",".join(yaml_value(v) for v in value) + "]"
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+
+
+def closest(name: str, options) -> str:
+    return difflib.get_close_matches(name, list(options), n=1, cutoff=0)[0]  # cutoff 0: one always

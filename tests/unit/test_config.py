@@ -5,7 +5,8 @@ import errno
 
 import pytest
 
-from d2lrun.config import checked, compose, example, explain, resolve_device
+from d2lrun.config import checked, compose, example, resolve_device
+from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, D2lrunError, Diverged, Interrupted, RunFailed, UsageError
 
 
@@ -214,7 +215,7 @@ def test_bad_combinations(overrides, expected):
 
 def test_d2lrun_eval_names_no_dataset_option_it_cannot_choose():
     """d2lrun-eval's dataset keys say where the data is; the target is the run's own."""
-    from d2lrun.config import explain
+    from d2lrun.config.messages import explain
 
     with pytest.raises(Exception) as e:
         compose(["dataset.target=Area"], "eval")
