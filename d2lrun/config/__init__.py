@@ -115,7 +115,7 @@ def check_rules(cfg: DictConfig) -> None:
     model, data = cfg.model, cfg.dataset
     if model.name == "lenet" and model.batch_norm and model.variant == "classic":
         raise UsageError(
-            "model.batch_norm=true belongs to the modern LeNet (§8.5). Fix: model.variant=modern."
+            "model.batch_norm=true belongs to the modern LeNet (§7.5). Fix: model.variant=modern."
         )
     if "dropout" in model and OmegaConf.is_list(model.dropout):
         layers = len(hidden_sizes(model)) if model.name == "mlp" else 2

@@ -1,4 +1,4 @@
-"""Initialisation schemes (§5.2, §5.4) for every nn.Linear and nn.Conv2d, and scratch weights."""
+"""Initialisation schemes (§4.8, §5.2) for every nn.Linear and nn.Conv2d, and scratch weights."""
 
 from __future__ import annotations
 

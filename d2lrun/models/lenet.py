@@ -1,5 +1,5 @@
 """The convolutional models: §6.2.4's one learnable kernel, and LeNet-5 (§6.6) with a modern
-variant (ReLU, max pooling, optional batch norm §8.5)."""
+variant (ReLU, max pooling, optional batch norm §7.5)."""
 
 from __future__ import annotations
 
