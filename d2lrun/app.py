@@ -173,7 +173,6 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
                 if isinstance(e, Interrupted):  # Ctrl-C or a stop signal: stop a sweep's launcher
                     raise KeyboardInterrupt from e
 
-    check_flags(args, config_name)
     check_groups(args, config_name)
     # The presets when the command names one (+experiment=...), or reloads a run that may have.
     register(presets=config_name != "config" or any("experiment" in a for a in args))
@@ -222,7 +221,7 @@ def train(args: Sequence[str]) -> Path:
     with Plotter() as draw:  # before d2lrun.job imports torch: matplotlib's import beside it
         from d2lrun import job
 
-        check_flags(args)  # before resume= is read from them
+        check_flags(args)  # once, before resume= is read from them
         args, ckpt = resumed(args)
         with named_dir(args):
             return run("config", args, lambda cfg: train_task(cfg, job, ckpt, draw))
@@ -324,6 +323,8 @@ def evaluate(args: Sequence[str]) -> dict:
     """`d2lrun-eval ARGS`: a saved run's metrics on its held-out split, also in RUN/eval.json."""
     from d2lrun.reload import evaluate_run
 
+    check_flags(args, "eval")
+
     def task(cfg: DictConfig) -> dict:
         run = saved_run(cfg)
         metrics = evaluate_run(run)
@@ -340,6 +341,8 @@ def evaluate(args: Sequence[str]) -> dict:
 def predict(args: Sequence[str]) -> Path:
     """`d2lrun-predict ARGS`: predictions for new inputs, written as CSV; the file."""
     from d2lrun.reload import predict_file
+
+    check_flags(args, "predict")
 
     def task(cfg: DictConfig) -> Path:
         run = saved_run(cfg)

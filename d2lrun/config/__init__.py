@@ -77,13 +77,12 @@ def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
 def check_ranges(cfg: DictConfig, path: str) -> None:
     node = OmegaConf.select(cfg, path) if path else cfg
     schema = OmegaConf.get_type(node)
-    fields = (
-        [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
-    )
-    if extra := [k for k in node if k not in fields and k != "hydra"] if fields else []:  # +key=
+    fields = dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ()
+    names = {f.name for f in fields} | {"hydra"}
+    if extra := [k for k in node if k not in names] if fields else []:  # +key=
         dotted = f"{path}.{extra[0]}" if path else extra[0]
         raise UsageError(bad_value(dotted, None, schema, node.get("name") if path else None))
-    for f in dataclasses.fields(schema) if fields else ():
+    for f in fields:
         m, value, name = f.metadata, node[f.name], f"{path}.{f.name}" if path else f.name
         if not m or value is None:
             continue
@@ -138,12 +137,6 @@ def check_rules(cfg: DictConfig) -> None:
             f"model.kernel_size={yaml_value(model.kernel_size)} is not (height, width). "
             f"Fix: model.kernel_size={example(cfg, 'model.kernel_size')}."
         )
-    w = list(data.w) if data.name == "synthetic" and OmegaConf.is_list(data.w) else [data.get("w")]
-    if data.name == "synthetic" and not all(type(v) in (int, float) for v in w or [None]):
-        raise UsageError(
-            f"dataset.w={yaml_value(data.w)} is not a number or a list of numbers. "
-            f"Fix: dataset.w={example(cfg, 'dataset.w')}."
-        )
     if data.name == "kernel" and not len(data.kernel):
         raise UsageError("dataset.kernel=[] is empty. Fix: dataset.kernel=[1,-1], §6.2.3's edges.")
     if cfg.optim.name == "adam" and len(betas := cfg.optim.betas) != 2:  # β1 mean, β2 square
@@ -151,17 +144,24 @@ def check_rules(cfg: DictConfig) -> None:
             f"optim.betas={yaml_value(betas)} gives {len(betas)} value(s); Adam takes two "
             f"(β1, β2). Fix: optim.betas={example(cfg, 'optim.betas')}."
         )
-    if data.name == "synthetic" and OmegaConf.is_list(data.w):
-        if data.num_inputs not in (None, len(data.w)):
+    if data.name == "synthetic":  # dataset.w: a list, or one number for num_inputs
+        listed = OmegaConf.is_list(data.w)
+        w = list(data.w) if listed else [data.w]
+        if not w or not all(type(v) in (int, float) for v in w):
             raise UsageError(
-                f"dataset.num_inputs={data.num_inputs} but dataset.w has {len(data.w)} "
+                f"dataset.w={yaml_value(data.w)} is not a number or a list of numbers. "
+                f"Fix: dataset.w={example(cfg, 'dataset.w')}."
+            )
+        if listed and data.num_inputs not in (None, len(w)):
+            raise UsageError(
+                f"dataset.num_inputs={data.num_inputs} but dataset.w has {len(w)} "
                 f"values. Fix: dataset.num_inputs=null, or one number as dataset.w."
             )
-    elif data.name == "synthetic" and data.num_inputs is None:
-        raise UsageError(
-            f"dataset.w={data.w} is one number, so dataset.num_inputs must say "
-            f"how many inputs. Fix: dataset.num_inputs=200."
-        )
+        if not listed and data.num_inputs is None:
+            raise UsageError(
+                f"dataset.w={data.w} is one number, so dataset.num_inputs must say "
+                f"how many inputs. Fix: dataset.num_inputs=200."
+            )
 
 
 def hydra_args(args: Sequence[str]):

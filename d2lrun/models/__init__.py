@@ -69,12 +69,13 @@ def build_model(cfg: DictConfig, spec: Spec) -> nn.Module:
         return (LinearRegressionScratch if scratch else LinearRegression)(d, cfg.bias)
     if cfg.name == "conv2d":
         (h, w), (kh, kw) = spec.image_shape[1:], cfg.kernel_size
-        if max(h - kh + 1, 0) * max(w - kw + 1, 0) != q:  # §6.2.4: its output is the target
+        out_h, out_w = max(h - kh + 1, 0), max(w - kw + 1, 0)
+        if out_h * out_w != q:  # §6.2.4: its output is compared with the target
             fits = f"[1,{len(spec.true_kernel[0])}]" if spec.true_kernel else "..."
             raise UsageError(
-                f"model.kernel_size=[{kh},{kw}] maps the {h}x{w} image to "
-                f"{max(h - kh + 1, 0)}x{max(w - kw + 1, 0)} values, and the target has {q}. "
-                f"Fix: model.kernel_size={fits}, the dataset's kernel's size."
+                f"model.kernel_size=[{kh},{kw}] maps the {h}x{w} image to {out_h}x{out_w} "
+                f"values, and the target has {q}. Fix: model.kernel_size={fits}, the dataset's "
+                f"kernel's size."
             )
         return Conv2D(list(cfg.kernel_size), cfg.bias)
     if cfg.name == "softmax":

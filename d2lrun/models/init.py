@@ -24,8 +24,9 @@ def apply_init(model: nn.Module, cfg: DictConfig) -> nn.Module:
     for w, b in layers:  # each w is laid out (fan_out, fan_in, ...) like nn.Linear's
         if name == "default":  # nn.Linear.reset_parameters: U(±1/sqrt(fan_in)) via Kaiming a=√5
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            bound = 1 / math.sqrt(w.shape[1])
             if b is not None:
-                nn.init.uniform_(b, -1 / math.sqrt(w.shape[1]), 1 / math.sqrt(w.shape[1]))
+                nn.init.uniform_(b, -bound, bound)
             continue
         if name == "normal":
             nn.init.normal_(w, mean=cfg.mean, std=cfg.std)
