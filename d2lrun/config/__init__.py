@@ -256,8 +256,8 @@ def resolve_device(name: str):
 
 
 def check_groups(args: Sequence[str], name: str = "config") -> None:
-    """GROUP=null (Hydra: a ValueError) as one line naming the options; and, for d2lrun-eval or
-    -predict (name), a group of d2lrun's (Hydra: a traceback, or advice to add it with +)."""
+    """GROUP=null (Hydra: a ValueError) or ~GROUP as one line naming the options; and, for
+    d2lrun-eval or -predict (name), a group of d2lrun's (Hydra: a traceback, or advice to add +)."""
     for o in OverridesParser.create().parse_overrides(overrides_of(args)):
         value, group = o.value(), o.key_or_group
         section, _, key = group.partition(".")
@@ -278,13 +278,14 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
                 f"with the ones it trained with. Fix: drop {o.input_line} (d2lrun-{name} --help "
                 f"lists its keys)."
             )
-        if o.is_delete() or None not in getattr(value, "list", [value]):  # a sweep's: a,b,null
+        if not o.is_delete() and None not in getattr(value, "list", [value]):  # a,b,null too
             continue
-        if group == "experiment":  # no preset: the default
+        if group == "experiment" and not o.is_delete():  # ~experiment: no preset, the default
             raise UsageError("experiment=null names no preset. Fix: leave experiment= out.")
-        if group in SCHEMAS:
+        if group in SCHEMAS:  # ~model or model=null: a run needs one
             options = list(SCHEMAS[group])  # the first is config.yaml's default
+            said = o.input_line if o.is_delete() else f"{group}=null"
             raise UsageError(
-                f"{group}=null picks none of {group}'s options ({', '.join(options)}). "
+                f"{said} picks none of {group}'s options ({', '.join(options)}). "
                 f"Fix: {group}={options[0]}."
             )

@@ -343,9 +343,14 @@ def test_override_quotes_any_value_so_hydra_reads_it_back_as_it_was(value):
 def test_a_deleted_group_is_not_a_null_one():
     from d2lrun.config import check_groups
 
-    check_groups(["~experiment", "~logger"])  # Hydra's delete overrides: no value, not null
+    check_groups(["~experiment"])  # Hydra's delete override: no preset, as without it
     with pytest.raises(UsageError, match="^experiment=null names no preset"):
         check_groups(["experiment=null"])
+    with pytest.raises(UsageError) as e:  # it was "logger is required. Fix: logger=...."
+        check_groups(["~logger"])
+    assert str(e.value) == (
+        "~logger picks none of logger's options (none, tensorboard, mlflow). Fix: logger=none."
+    )
 
 
 def test_eval_and_predict_take_one_value_per_key():
