@@ -174,6 +174,13 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
                     raise KeyboardInterrupt from e
 
     check_groups(args, config_name)
+    if given(args, "hydra.job.chdir") == "True":  # Hydra would run the job in its run folder
+        raise UsageError(
+            "hydra.job.chdir=true is not supported: d2lrun reads every path you give "
+            "(dataset.path, resume=, ...) from the folder you run it in, and writes its run "
+            "folder itself. "
+            "Fix: drop hydra.job.chdir=true."
+        )
     # The presets when the command names one (+experiment=...), or reloads a run that may have.
     register(presets=config_name != "config" or any("experiment" in a for a in args))
     argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")

@@ -222,6 +222,12 @@ def test_seeded_runs_are_reproducible(tmp_path):
             "Fix: logger=none.",
         ),
         (["experiment=null"], 2, "experiment=null names no preset. Fix: leave experiment= out."),
+        (["~dataset"], 2, "~dataset picks none of dataset's options (synthetic, csv, "),
+        (  # it read dataset.path=d.csv in the run folder: "no such file"
+            ["hydra.job.chdir=true"],
+            2,
+            "hydra.job.chdir=true is not supported: d2lrun reads every path you give",
+        ),
         (["-m", "model=null", "optim.lr=0.1,0.2"], 2, "model=null picks none of model's options"),
         (
             ["optim.lr=0.1,0.2"],
