@@ -176,10 +176,11 @@ def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[s
             a, b = ({k: v for k, v in d.items() if k not in LOCATION_KEYS} for d in (a, b))
         if diff := first_difference(a, b, key):
             k, was, asked = diff
-            drop = f"{k[:-5]}={asked}" if k.endswith(".name") else f"{k}=..."  # a group's option
+            # Not "drop k=...": a group's file may set k (regularizer=dropout sets model.dropout)
+            fix = f"drop {k[:-5]}={asked}" if k.endswith(".name") else f"{k}={was} (the run's)"
             raise UsageError(
                 f"{what} cannot change {k} (the run has {k}={was}, asked {k}={asked}). "
-                f"Fix: drop {drop}, or start a new run."
+                f"Fix: {fix}, or start a new run."
             )
 
 

@@ -374,8 +374,12 @@ def test_resume_refuses_to_change_what_the_weights_mean_in_one_line():
         check_same_meaning(saved, wider, "d2lrun-eval")
     assert str(e.value) == (
         "d2lrun-eval cannot change model.num_hiddens (the run has model.num_hiddens=[256], asked "
-        "model.num_hiddens=512). Fix: drop model.num_hiddens=..., or start a new run."
+        "model.num_hiddens=512). Fix: model.num_hiddens=[256] (the run's), or start a new run."
     )
+    dropout = compose(["model=mlp", "dataset=fashion_mnist", "regularizer=dropout"])
+    with pytest.raises(UsageError) as e:  # it said "drop model.dropout=...", which was not typed
+        check_same_meaning(saved, dropout, "resume=R")
+    assert str(e.value).endswith("Fix: model.dropout=0.0 (the run's), or start a new run.")
     with pytest.raises(
         UsageError, match=r"cannot change seed \(the run has seed=0, asked seed=1\)"
     ):
