@@ -159,6 +159,13 @@ def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
 def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:
     """A saved run's command line: its overrides, where its data and MLflow store are, then new."""
     saved = ckpt["config"]
+    for o in OverridesParser.create().parse_overrides(overrides_of(new)):
+        section, _, key = o.key_or_group.partition(".")  # Hydra's own line would advise another
+        if section in ("model", "dataset") and key and key.split(".")[0] not in saved[section]:
+            raise UsageError(  # model or dataset, which a reloaded run keeps
+                f"{section}.{key} is not a key of the run's {section}={saved[section]['name']} "
+                f"(its keys: {', '.join(saved[section])}). Fix: drop {o.key_or_group}."
+            )
     where = {f"dataset.{k}": saved["dataset"].get(k) for k in PATH_KEYS}
     where["logger.tracking_uri"] = saved["logger"].get("tracking_uri")
     quoted = [override(k, v) for k, v in where.items() if isinstance(v, str)]

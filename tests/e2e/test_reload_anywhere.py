@@ -156,6 +156,12 @@ def test_a_csv_run_given_by_a_relative_path_is_evaluated_and_predicted_from_any_
     "args,expected",
     [
         (["dataset.path=other.csv", "dataset.target=size"], "cannot change dataset.target"),
+        (  # it advised dataset=fashion_mnist, which a reloaded run cannot choose
+            ["dataset.root=data"],
+            "dataset.root is not a key of the run's dataset=csv (its keys: name, target, drop, "
+            "val_fraction, max_categories, standardize_target, folds, shuffle_folds, path, task, "
+            "standardize). Fix: drop dataset.root.",
+        ),
         (
             ["model=mlp"],
             "cannot change model.name (the run has model.name=softmax, asked model.name=mlp). "
