@@ -61,14 +61,22 @@ class TensorBoard(Tracker):
         """The HParams view: the config and status; the epochs' scalars and best_<metric>."""
         # Not SummaryWriter.add_hparams: it writes a second run folder, with a copy of each metric.
         from torch.utils.tensorboard.summary import hparams
+        from torch.utils.tensorboard.writer import FileWriter
 
         names = list(metrics_of(summary.get("final") or {}))
         if best := summary.get("best"):
             self.writer.add_scalar(f"best_{best['metric']}", best["value"], best["epoch"])
             names.append(f"best_{best['metric']}")
-        for part in hparams(flatten(self.config) | {"status": status}, dict.fromkeys(names, 0.0)):
-            self.writer.file_writer.add_summary(part)
         self.writer.close()
+        # In a file of its own, which the next finish replaces: TensorBoard shows the first hparams
+        # a folder holds, so a run resumed in place would stay "interrupted".
+        before = list(self.folder.glob("*.hparams"))
+        writer = FileWriter(str(self.folder), filename_suffix=".hparams")
+        for part in hparams(flatten(self.config) | {"status": status}, dict.fromkeys(names, 0.0)):
+            writer.add_summary(part)
+        writer.close()
+        for path in before:
+            path.unlink(missing_ok=True)
 
 
 class MLflow(Tracker):

@@ -105,6 +105,28 @@ def test_tensorboard_event_files_hold_every_epoch_and_the_config_as_hparams(tens
     assert {m.name.tag for m in experiment.metric_infos} == {*metrics, "best_val_loss"}
 
 
+def test_a_run_resumed_in_place_shows_its_last_status_in_the_hparams_view(tmp_path):
+    """Stopped, then resumed in its folder: TensorBoard showed the first status, interrupted."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    from d2lrun.tracking import TensorBoard
+
+    rows = []
+    for status in ("interrupted", "completed"):  # one epoch each, as a run and its resume
+        tracker = TensorBoard(tmp_path)
+        tracker.start({"optim": {"lr": 0.1}}, list(rows))
+        rows.append({"epoch": len(rows) + 1, "val_loss": 1.0 / (len(rows) + 1)})
+        tracker.log_epoch(rows[-1])
+        tracker.finish(status, {"final": rows[-1]}, tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = HParamsPluginData.FromString(start).session_start_info.hparams
+    assert hparams["status"].string_value == "completed"
+    assert [(e.step, e.value) for e in events.Scalars("val_loss")] == [(1, 1.0), (2, 0.5)]
+
+
 def test_a_tensorboard_server_shows_the_runs_scalars(tensorboard_run, tmp_path):
     port, log = free_port(), tmp_path / "tensorboard.log"
     exe = BIN / "tensorboard"
