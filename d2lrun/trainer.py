@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -227,15 +227,16 @@ def diverged(batch_losses, batch_size: int, epoch: int, lr, member: int | None =
 
 def compiled(model: nn.Module, device: torch.device, log: Callable[[str], None]) -> nn.Module:
     """trainer.compile=true: torch.compile; eager, with a note, where it cannot apply."""
-    # On CUDA with CUDA graphs ("reduce-overhead"): they remove the launch cost of tiny models.
-    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "cc")):
-        log("note: trainer.compile=true needs a C++ compiler on CPU; training eagerly")
-        return model
     # Its CPU build asks for CUDA_HOME and warns on stderr, beside d2lrun's own lines, without one.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
+        # torch.compile is lazy: a missing C++ compiler, Python.h or Triton shows only at the first
+        # call, mid-epoch. A trivial function compiled on the device finds that out first.
+        torch.compile(lambda x: x + 1)(torch.zeros(1, device=device))
+        # On CUDA with CUDA graphs ("reduce-overhead"): they remove the launch cost of tiny models.
         return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
-    except Exception as e:  # unsupported Python or platform
-        log(f"note: trainer.compile=true is not available here ({type(e).__name__}: {e}); "
+    except Exception as e:  # unsupported Python or platform, no working toolchain
+        reason = textwrap.shorten((str(e).splitlines() or [""])[0], 120, placeholder=" ...")
+        log(f"note: trainer.compile=true is not available here ({type(e).__name__}: {reason}); "
             f"training eagerly")  # fmt: skip
         return model
