@@ -194,16 +194,24 @@ def overrides_of(args: Sequence[str]) -> list[str]:
 
 
 def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """A preset's optim.lr is its optimizer's: another optimizer without optim.lr is refused."""
+    """A preset's optim.lr is its optimizer's: another optimizer without optim.lr is refused; and
+    regularizer=none, which cannot undo the regularization a preset sets itself."""
     preset, chosen = given(overrides, "experiment"), cfg.optim.name
     path = EXPERIMENTS_DIR / f"{preset}.yaml"
-    if not (preset and path.is_file()) or given(overrides, "optim.lr") is not None:
+    if not (preset and path.is_file()):
         return
     text = OmegaConf.load(path)
+    for key in ("model.dropout", "optim.weight_decay", "regularizer.lambd"):
+        value = OmegaConf.select(text, key)  # [0.2, 0.5], 3: on, and not from the group's file
+        if given(overrides, "regularizer") == "none" and value and given(overrides, key) is None:
+            raise UsageError(
+                f"experiment={preset} sets {key}={yaml_value(value)} itself, which "
+                f"regularizer=none does not undo. Fix: {key}=0 as well."
+            )
     defaults = [d for d in text.get("defaults", []) if isinstance(d, DictConfig)]
     picks = {k.removeprefix("override /"): v for d in defaults for k, v in d.items()}
     own, lr = picks.get("optim", "sgd"), OmegaConf.select(text, "optim.lr")
-    if lr is None or chosen == own:
+    if lr is None or chosen == own or given(overrides, "optim.lr") is not None:
         return
     # The usual step: the optimizer's own (adam.yaml), else the model file's (the book's SGD step)
     usual = example(None, "optim.lr", chosen, f"model/{cfg.model.name}")

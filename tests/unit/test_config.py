@@ -4,6 +4,7 @@ message is one line naming the key, the value and a working fix."""
 import errno
 
 import pytest
+from omegaconf import OmegaConf
 
 from d2lrun.config import checked, compose, example, resolve_device
 from d2lrun.config.messages import explain
@@ -400,3 +401,23 @@ def test_a_flag_hydras_parser_refuses_is_one_line_not_its_usage_text(args, reaso
         app.train(args)
     assert str(e.value).startswith(reason)
     assert str(e.value).endswith("Fix: see `d2lrun --help` for the flags and keys.")
+
+
+@pytest.mark.parametrize(
+    "preset,key,value",
+    [
+        ("ch4_dropout_concise", "model.dropout", "[0.2,0.5]"),
+        ("ch4_weight_decay", "optim.weight_decay", "3"),
+    ],
+)
+def test_regularizer_none_over_a_preset_that_regularizes_itself_is_refused(preset, key, value):
+    """It trained with the preset's dropout or weight decay, labelled regularizer=none."""
+    args = [f"experiment={preset}", "regularizer=none"]
+    with pytest.raises(UsageError) as e:
+        checked(compose(args), args)
+    assert str(e.value) == (
+        f"experiment={preset} sets {key}={value} itself, which regularizer=none does not undo. "
+        f"Fix: {key}=0 as well."
+    )
+    args.append(f"{key}=0")  # the Fix
+    assert not OmegaConf.select(checked(compose(args), args), key)
