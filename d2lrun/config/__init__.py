@@ -27,6 +27,9 @@ from d2lrun.config.schema import (
     CONFIG_DIR,
     EXPERIMENTS_DIR,
     SCHEMAS,
+    Config,
+    Eval,
+    Predict,
     closest,
     example,
     register,
@@ -280,9 +283,13 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
                 f"{o.input_line} gives several values, and d2lrun-{name} takes one per key. "
                 f"Fix: run d2lrun-{name} once per value."
             )
-        if name != "config" and group in SCHEMAS:
+        own = [f.name for f in dataclasses.fields(Predict if name == "predict" else Eval)]
+        groups = [*SCHEMAS, "experiment"]
+        d2lruns = [*groups, *(f.name for f in dataclasses.fields(Config))]
+        if name != "config" and section in d2lruns and section not in own:  # trainer.epochs=9
+            what = "picks an option" if group in groups else "sets a key"
             raise UsageError(
-                f"{o.input_line} picks an option of d2lrun's, and d2lrun-{name} reloads the run "
+                f"{o.input_line} {what} of d2lrun's, and d2lrun-{name} reloads the run "
                 f"with the ones it trained with. Fix: drop {o.input_line} (d2lrun-{name} --help "
                 f"lists its keys)."
             )

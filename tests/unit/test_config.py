@@ -375,6 +375,18 @@ def test_eval_and_predict_refuse_a_group_of_d2lruns_in_one_line(override):
         )
 
 
+@pytest.mark.parametrize("override", ["model.num_hiddens=[4]", "trainer.epochs=3", "seed=1"])
+def test_eval_and_predict_refuse_a_key_of_d2lruns_in_one_line(override):
+    """It said "model is not a key of the config ... Fix: drop model." for model.num_hiddens=[4]."""
+    for name in ("eval", "predict"):
+        with pytest.raises(UsageError) as e:
+            compose(["run=x", override], name)
+        assert str(e.value) == (
+            f"{override} sets a key of d2lrun's, and d2lrun-{name} reloads the run with the "
+            f"ones it trained with. Fix: drop {override} (d2lrun-{name} --help lists its keys)."
+        )
+
+
 def test_a_run_refused_before_it_started_leaves_no_folder(tmp_path, monkeypatch):
     from d2lrun import app
 
