@@ -178,8 +178,7 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
         raise UsageError(
             "hydra.job.chdir=true is not supported: d2lrun reads every path you give "
             "(dataset.path, resume=, ...) from the folder you run it in, and writes its run "
-            "folder itself. "
-            "Fix: drop hydra.job.chdir=true."
+            "folder itself. Fix: drop hydra.job.chdir=true."
         )
     # The presets when the command names one (+experiment=...), or reloads a run that may have.
     register(presets=config_name != "config" or any("experiment" in a for a in args))

@@ -203,10 +203,10 @@ def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
     path = EXPERIMENTS_DIR / f"{preset}.yaml"
     if not (preset and path.is_file()):
         return
-    text = OmegaConf.load(path)
+    text, none = OmegaConf.load(path), given(overrides, "regularizer") == "none"
     for key in ("model.dropout", "optim.weight_decay", "regularizer.lambd"):
         value = OmegaConf.select(text, key)  # [0.2, 0.5], 3: on, and not from the group's file
-        if given(overrides, "regularizer") == "none" and value and given(overrides, key) is None:
+        if none and value and given(overrides, key) is None:
             raise UsageError(
                 f"experiment={preset} sets {key}={yaml_value(value)} itself, which "
                 f"regularizer=none does not undo. Fix: {key}=0 as well."
@@ -269,6 +269,9 @@ def resolve_device(name: str):
 def check_groups(args: Sequence[str], name: str = "config") -> None:
     """GROUP=null (Hydra: a ValueError) or ~GROUP as one line naming the options; and, for
     d2lrun-eval or -predict (name), a group of d2lrun's (Hydra: a traceback, or advice to add +)."""
+    own = [f.name for f in dataclasses.fields(Predict if name == "predict" else Eval)]
+    groups = [*SCHEMAS, "experiment"]
+    d2lruns = [*groups, *(f.name for f in dataclasses.fields(Config))]
     for o in OverridesParser.create().parse_overrides(overrides_of(args)):
         value, group = o.value(), o.key_or_group
         section, _, key = group.partition(".")
@@ -283,9 +286,6 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
                 f"{o.input_line} gives several values, and d2lrun-{name} takes one per key. "
                 f"Fix: run d2lrun-{name} once per value."
             )
-        own = [f.name for f in dataclasses.fields(Predict if name == "predict" else Eval)]
-        groups = [*SCHEMAS, "experiment"]
-        d2lruns = [*groups, *(f.name for f in dataclasses.fields(Config))]
         if name != "config" and section in d2lruns and section not in own:  # trainer.epochs=9
             what = "picks an option" if group in groups else "sets a key"
             raise UsageError(
