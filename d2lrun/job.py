@@ -167,7 +167,7 @@ class Run:
             done, asked = ckpt["epoch"], cfg.trainer.epochs
             # No epoch to train: only a run killed while it wrote its last files finishes them.
             last_files = done == ckpt["config"]["trainer"]["epochs"] and not completed(source)
-            if done > asked or (done == asked and not last_files and source != run_dir.resolve()):
+            if done > asked or (done == asked and not last_files):
                 raise UsageError(
                     f"resume={shown(cfg.resume)} has trained {done} epoch(s), and trainer.epochs="
                     f"{asked} asks for no more (it counts all of them). Fix: trainer.epochs="
@@ -197,8 +197,6 @@ class Run:
         if ckpt is not None:
             if source != run_dir.resolve():  # a new folder has the best epoch's best.pt too
                 carry_best(source / "best.pt", ckpt, run_dir)
-                if done == asked:  # and, with no epoch to train, the last one's last.pt
-                    save_torch(run_dir / "last.pt", ckpt)
             log(f"resuming {shown(cfg.resume)} from epoch {self.trainer.epoch}")
             self.wall -= ckpt.get("wall_seconds", 0)  # its wall time counts every attempt's
 
@@ -208,6 +206,10 @@ class Run:
         extra["restarts"] = ckpt.get("restarts", 0) + 1 if ckpt else 0  # resumed or requeued
         extra["mlflow_run_id"] = self.tracker.start(config, self.history.rows)  # resume goes on
         self.extra = extra
+        if ckpt is not None and source != run_dir.resolve():  # resumable before its first epoch
+            snapshot = checkpoint(model, self.optimizer, self.trainer, self.history, extra)
+            snapshot["wall_seconds"] = ckpt.get("wall_seconds", 0)
+            save_torch(run_dir / "last.pt", snapshot)
         params = sum(p.numel() for p in model.parameters())
         log(f"{cfg.model.name} on {spec.dataset} ({len(self.train):,} train / {len(self.val):,} "
             f"val) on {device}, {params:,} parameters -> {shown(run_dir)}")  # fmt: skip

@@ -254,6 +254,32 @@ def test_a_run_resumed_into_a_new_folder_has_the_best_epochs_best_pt(tmp_path):
     assert (tmp_path / "b" / "best.pt").read_bytes() == (tmp_path / "a" / "best.pt").read_bytes()
 
 
+def test_a_run_resumed_into_a_new_folder_and_stopped_at_once_resumes_from_there(
+    tmp_path, monkeypatch
+):
+    """It said "Resume with: d2lrun resume=NEW", and NEW had no last.pt to resume."""
+    import d2lrun.trainer
+
+    def stopped(*args, **kwargs):  # in its first new epoch (Ctrl-C, SIGTERM)
+        raise KeyboardInterrupt
+
+    run_job(tmp_path / "a", "trainer.epochs=2")
+    args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "trainer.epochs=4"]
+    again, ckpt = [*args, f"resume={tmp_path / 'a'}"], load_checkpoint(tmp_path / "a" / "last.pt")
+    with monkeypatch.context() as m:
+        m.setattr(d2lrun.trainer, "train_one_epoch", stopped)
+        with pytest.raises(Interrupted, match=f"Resume with: d2lrun resume={tmp_path / 'b'}$"):
+            train_job(compose(again), tmp_path / "b", again, ckpt, log=lambda *_: None)
+    ckpt = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["trainer"]["epochs"] == 4  # the new run's config
+    again = [*args, f"resume={tmp_path / 'b'}"]
+    train_job(compose(again), tmp_path / "c", again, ckpt, log=lambda *_: None)
+    run_job(tmp_path / "whole", "trainer.epochs=4")
+    final, whole = (load_checkpoint(tmp_path / d / "last.pt") for d in ("c", "whole"))
+    assert final["epoch"] == 4  # as if never stopped
+    assert all(torch.equal(v, whole["model"][k]) for k, v in final["model"].items())
+
+
 def signal_while_drawing(monkeypatch, signum):
     """curves.png's drawing sends signum to this process: it arrives while the run's files are
     being written."""

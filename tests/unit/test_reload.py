@@ -718,6 +718,9 @@ def test_a_stopped_run_resumed_with_no_epoch_left_is_refused_unless_it_stopped_i
     ckpt["config"]["trainer"]["epochs"] = 10
     torch.save(ckpt, run / "last.pt")
     assert refused(3) == "Fix: trainer.epochs=6."
+    with pytest.raises(UsageError, match=r"has trained 3 epoch\(s\), and trainer.epochs=3 asks"):
+        app.train([f"resume={more}", f"hydra.run.dir={more}"])  # completed: in place too
+    assert load_run(more).summary["restarts"] == 1  # untouched (it restarted, training nothing)
 
 
 def test_predictions_go_to_a_file_in_a_folder_that_exists(table_run, tmp_path):
