@@ -36,7 +36,16 @@ from d2lrun.config import (
     register,
 )
 from d2lrun.errors import Interrupted, RunFailed, UsageError
-from d2lrun.files import Plotter, claim_dir, hold, shown, signals_to, unwritable, write_json
+from d2lrun.files import (
+    Plotter,
+    atomic_write,
+    claim_dir,
+    hold,
+    shown,
+    signals_to,
+    unwritable,
+    write_json,
+)
 
 RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.json", "metrics.csv", "fold_0")
 
@@ -149,11 +158,17 @@ def named_dir(args: Sequence[str]):
                 f"never writes over. Fix: choose another hydra.run.dir, or resume={named} to "
                 f"continue that run."
             )
+        record = {p: p.read_bytes() for p in folder.glob(".hydra/*")}  # resume=DIR's own
         try:
             yield
-        except BaseException:  # refused before it started: the folder it made goes again
+        except BaseException as e:  # refused before it started: the folder it made goes again
             if made and folder.is_dir() and set(os.listdir(folder)) <= {".hydra", ".lock"}:
                 shutil.rmtree(folder, ignore_errors=True)
+            elif isinstance(e, UsageError):  # and a run's .hydra/ is its own again, not the
+                for path in set(folder.glob(".hydra/*")) - set(record):  # refused command's
+                    path.unlink()
+                for path, data in record.items():
+                    atomic_write(path, data)
             raise
 
 
@@ -216,6 +231,13 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
     if not (folder / "last.pt").exists() and (folder / "fold_0" / "last.pt").exists():
         # A k-fold run: run again in its folder, it keeps its completed folds (d2lrun.job.train)
         # and goes on with the stopped one from its last complete epoch.
+        named = given(args, "hydra.run.dir")
+        if named is not None and Path(named).resolve() != folder.resolve():
+            raise UsageError(
+                f"resume={resume} goes on with a k-fold run in its own folder, not in "
+                f"hydra.run.dir={named}. Fix: drop hydra.run.dir={named}, or resume="
+                f"{folder / 'fold_0'} hydra.run.dir={named} to go on with one fold as a run."
+            )
         again = run_overrides(resume_checkpoint(folder / "fold_0"), args)
         return [*again, override("hydra.run.dir", str(folder))], None
     ckpt = resume_checkpoint(resume)

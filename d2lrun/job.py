@@ -34,8 +34,10 @@ from d2lrun.reload import (
     FORMAT,
     MEANING,
     carry_best,
+    changed,
     check_same_meaning,
     continued,
+    load_checkpoint,
     load_state_dict_strict,
 )
 from d2lrun.tracking import experiment_name, open_tracker
@@ -60,6 +62,13 @@ def train(
     if cfg.resume:  # resume=RUN of this k-fold run: each fold below is continued or trained anew
         cfg = cfg.copy()
         cfg.resume = None
+        if diff := changed(load_checkpoint(run_dir / "fold_0" / "last.pt"), cfg):
+            key, was, now = diff  # refused before any fold's files are touched
+            raise UsageError(
+                f"resume={shown(run_dir)} goes on with a k-fold run as it was trained ({key}={was} "
+                f"there, {now} now). Fix: drop {key}={now}, or resume="
+                f"{shown(run_dir / 'fold_0')} {key}={now} to go on with one fold as a run."
+            )
     for i in range(k):
         log(f"fold {i + 1}/{k}")
         folder, fold_cfg, ckpt = run_dir / f"fold_{i}", cfg, None

@@ -194,15 +194,21 @@ def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[s
 def continued(cfg: DictConfig, run_dir: Path) -> dict:
     """The last.pt of a sweep job's (or fold's) earlier try, if cfg wrote it; sets cfg.resume."""
     saved = load_checkpoint(run_dir / "last.pt", needs="continuing")
-    now = OmegaConf.to_container(checked(cfg), resolve=True)
-    was, now = ({k: v for k, v in c.items() if k != "resume"} for c in (saved["config"], now))
-    if diff := first_difference(was, now, "config"):
+    if diff := changed(saved, cfg):
         raise UsageError(
-            f"{shown(run_dir)} holds a checkpoint of another config ({diff[0][7:]}={diff[1]} "
+            f"{shown(run_dir)} holds a checkpoint of another config ({diff[0]}={diff[1]} "
             f"there, {diff[2]} now). Fix: another hydra.sweep.dir, or delete {shown(run_dir)}."
         )
     cfg.resume = str(run_dir)
     return saved
+
+
+def changed(saved: dict, cfg: DictConfig) -> tuple[str, str, str] | None:
+    """The first key (but resume) whose value cfg changes from the checkpoint's: key, was, now."""
+    now = OmegaConf.to_container(checked(cfg), resolve=True)
+    was, now = ({k: v for k, v in c.items() if k != "resume"} for c in (saved["config"], now))
+    diff = first_difference(was, now, "config")
+    return (diff[0][7:], diff[1], diff[2]) if diff else None
 
 
 def first_difference(a, b, prefix: str):

@@ -229,6 +229,11 @@ def test_resume_refuses_overrides_that_change_the_model_or_data(tmp_path, overri
     assert run_cli("trainer.epochs=1", f"hydra.run.dir={tmp_path / 'a'}", *FAST).returncode == 0
     r = run_cli(f"resume={tmp_path / 'a'}", override, f"hydra.run.dir={tmp_path / 'b'}", *FAST)
     assert r.returncode == 2 and f"cannot change {key}" in r.stderr and "Traceback" not in r.stderr
+    # In its own folder: refused, the run's .hydra/ still records its own config, not the refused
+    record = {p.name: p.read_bytes() for p in (tmp_path / "a" / ".hydra").iterdir()}
+    r = run_cli(f"resume={tmp_path / 'a'}", override, f"hydra.run.dir={tmp_path / 'a'}", *FAST)
+    assert r.returncode == 2 and f"cannot change {key}" in r.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a" / ".hydra").iterdir()} == record
 
 
 def long_run(tmp_path, *extra):

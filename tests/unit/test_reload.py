@@ -692,6 +692,33 @@ def test_a_kfold_run_is_reloaded_fold_by_fold_and_a_fold_resumes_as_one_run(tmp_
     assert not (tmp_path / "same").exists()
 
 
+def test_resume_of_a_k_fold_run_refuses_another_config_or_folder_and_leaves_its_files(tmp_path):
+    """A changed key wrote "status: failed" over the completed run's metrics.json, with a Fix for
+    sweeps, and the refused config into its .hydra/; hydra.run.dir=NEW was ignored, and the folds
+    trained in the run's own folder."""
+    from d2lrun import app
+
+    kfold = trained(tmp_path / "kfold", "dataset.num_train=60", "dataset.folds=3",
+                    "trainer.epochs=2")  # fmt: skip
+
+    def files():  # but .lock, which any command that writes a run folder leaves there
+        return {p: p.read_bytes() for p in kfold.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    before = files()
+    with pytest.raises(UsageError) as e:
+        app.train([f"resume={kfold}", "trainer.epochs=5"])
+    assert str(e.value) == (
+        f"resume={kfold} goes on with a k-fold run as it was trained (trainer.epochs=2 there, 5 "
+        f"now). Fix: drop trainer.epochs=5, or resume={kfold / 'fold_0'} trainer.epochs=5 to go "
+        f"on with one fold as a run."
+    )
+    new = tmp_path / "new"
+    with pytest.raises(UsageError, match=f"not in hydra.run.dir={new}. Fix: drop hydra.run.dir"):
+        app.train([f"resume={kfold}", f"hydra.run.dir={new}"])
+    assert not new.exists()
+    assert files() == before
+
+
 def test_a_stopped_run_resumed_with_no_epoch_left_is_refused_unless_it_stopped_in_its_last_files(
     tmp_path,
 ):
