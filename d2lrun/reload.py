@@ -114,10 +114,15 @@ def find_checkpoint(run: str | Path) -> Path:
 
 
 def resume_checkpoint(resume: str) -> dict:
-    """The checkpoint that `resume=` names, read once."""
+    """The checkpoint that `resume=` names, read once: a folder's last.pt, or its best.pt when that
+    holds a later epoch (killed between the two, or before trainer.checkpoint_every's last.pt)."""
     source = find_checkpoint(resume)
     remove_stale_temporaries(source.parent)  # of a run killed inside a write (kill -9, power loss)
-    return load_checkpoint(source, needs="resuming")
+    ckpt = load_checkpoint(source, needs="resuming")
+    if Path(resume).is_dir() and (source.parent / "best.pt").exists():
+        best = load_checkpoint(source.parent / "best.pt", needs="resuming")
+        return best if best["epoch"] > ckpt["epoch"] else ckpt
+    return ckpt
 
 
 def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:

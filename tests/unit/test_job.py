@@ -280,6 +280,18 @@ def test_a_run_resumed_into_a_new_folder_and_stopped_at_once_resumes_from_there(
     assert all(torch.equal(v, whole["model"][k]) for k, v in final["model"].items())
 
 
+def test_resuming_a_folder_whose_best_pt_is_later_than_its_last_pt_goes_on_from_best_pt(tmp_path):
+    """Killed (kill -9) after epoch 4 wrote best.pt, with trainer.checkpoint_every=3: resume=RUN
+    went on from last.pt's epoch 3, and kept the lost epoch 4 as best.pt, unlike metrics.json."""
+    from d2lrun.reload import resume_checkpoint
+
+    run_job(tmp_path / "run", "trainer.epochs=4")  # every epoch improves: best.pt is epoch 4
+    run_job(tmp_path / "three", "trainer.epochs=3")  # the same run's epoch 3
+    (tmp_path / "run" / "last.pt").write_bytes((tmp_path / "three" / "last.pt").read_bytes())
+    assert resume_checkpoint(str(tmp_path / "run"))["epoch"] == 4
+    assert resume_checkpoint(str(tmp_path / "run" / "last.pt"))["epoch"] == 3  # as named
+
+
 def signal_while_drawing(monkeypatch, signum):
     """curves.png's drawing sends signum to this process: it arrives while the run's files are
     being written."""
