@@ -5,7 +5,9 @@ However the run ends, its folder holds the last complete epoch and metrics.json 
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +48,10 @@ from d2lrun.trainer import Trainer, compiled, fit, loss_for
 
 def say(message: str) -> None:
     """Print a line at once, also when stdout is a file or a pipe (`d2lrun | tee log`)."""
-    print(message, flush=True)
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:  # its reader is gone (`d2lrun | head`): the run goes on, unprinted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def train(

@@ -297,3 +297,17 @@ def test_the_progress_bar_is_drawn_on_a_terminal_on_stderr_only(tmp_path):
     ] == ["1/2", "2/2"]
     r = run_cli("trainer.epochs=1", f"hydra.run.dir={tmp_path / 'piped'}")  # not a terminal: no bar
     assert r.returncode == 0 and "━" not in r.stderr + r.stdout
+
+
+def test_a_run_whose_output_reader_is_gone_still_trains_and_writes_its_files(tmp_path):
+    """`d2lrun | head -1`: the next line died with BrokenPipeError, silently, exit 1, the run
+    without metrics.json, metrics.csv or curves.png."""
+    run = tmp_path / "run"
+    command = [str(BIN / "d2lrun"), "trainer.epochs=3", "dataset.num_train=50000", *FAST,
+               f"hydra.run.dir={run}"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "-> " in process.stdout.readline()
+    process.stdout.close()  # as head does after its line
+    assert process.wait(timeout=300) == 0, process.stderr.read()
+    assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+    assert {"model.pt", "metrics.csv", "curves.png"} <= {p.name for p in run.iterdir()}
