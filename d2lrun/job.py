@@ -5,6 +5,7 @@ However the run ends, its folder holds the last complete epoch and metrics.json 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -150,6 +151,11 @@ def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt=None, *
         return run.end("interrupted", signum=getattr(e, "signum", signal.SIGINT))
     except Exception as e:  # disk full, a bug: the tracked run ends too, then the error goes on
         run.failed(e)
+        if isinstance(e, OSError) and (run.run_dir / "last.pt").exists():
+            raise RunFailed(
+                f"{e.strerror} ({e.filename}). Fix: free disk space, then d2lrun resume="
+                f"{shown(run.run_dir)} (its last.pt is kept)."
+            ) from e
         raise
     return run.end("completed")
 
@@ -256,7 +262,16 @@ class Run:
         self.tracker.log_epoch(row)
 
     def failed(self, e: Exception) -> None:
-        summary = self.summary | {"status": "failed", "reason": str(e)}
+        """The run's record on an error: failed, in metrics.json too while the disk takes it."""
+        rows, best = self.history.rows, self.history.best
+        summary = self.summary | {
+            "status": "failed", "reason": str(e), "final": rows[-1] if rows else None,
+            "epochs_completed": len(rows) and rows[-1]["epoch"], "best": best,
+        }  # fmt: skip
+        with contextlib.suppress(OSError):
+            if rows:
+                write_csv(self.run_dir / "metrics.csv", rows)
+            write_json(self.run_dir / "metrics.json", summary)
         self.tracker.finish("failed", summary, self.run_dir)
 
     def end(self, status: str, reason: str | None = None, signum: int | None = None) -> dict:

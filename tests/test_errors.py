@@ -172,7 +172,11 @@ def test_a_failing_write_leaves_no_half_written_checkpoint(tmp_path, capsys, mon
     monkeypatch.setattr(files.os, "fsync", failing_fsync)
     code = run_in_process(tmp_path, "trainer.epochs=3")
     monkeypatch.undo()
-    assert code == 1 and "No space left on device" in one_line(capsys)
+    line = one_line(capsys)  # it named no file, nor how to go on
+    assert code == 1 and f"No space left on device ({tmp_path / 'run'}/" in line
+    assert line.endswith(
+        f"Fix: free disk space, then d2lrun resume={tmp_path / 'run'} (its last.pt is kept)."
+    )
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
     assert not [p for p in (tmp_path / "run").iterdir() if ".tmp" in p.name]
 

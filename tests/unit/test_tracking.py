@@ -3,6 +3,7 @@ experiment's name, the MLflow store's path, the quick start-up check, reload's m
 logger changes; and when a run calls its tracker (each epoch once, the end after the files, on
 every exit)."""
 
+import json
 import os
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from d2lrun.config import checked, compose
-from d2lrun.errors import Interrupted
+from d2lrun.errors import Interrupted, RunFailed
 from d2lrun.reload import merge_overrides, resume_checkpoint, run_overrides
 from d2lrun.tracking import Tracker, experiment_name, flatten, metrics_of, quick_requests, why
 
@@ -220,7 +221,10 @@ def test_the_tracker_gets_each_epoch_once_and_the_end_after_the_files(tmp_path, 
 
 @pytest.mark.parametrize(
     "error,status,raised",
-    [(KeyboardInterrupt, "interrupted", Interrupted), (OSError(28, "No space"), "failed", OSError)],
+    [
+        (KeyboardInterrupt, "interrupted", Interrupted),
+        (OSError(28, "No space"), "failed", RunFailed),
+    ],
 )
 def test_an_interrupted_or_failed_run_still_ends_its_tracked_run(
     tmp_path, monkeypatch, error, status, raised
@@ -240,3 +244,5 @@ def test_an_interrupted_or_failed_run_still_ends_its_tracked_run(
         train(tmp_path / "run", "trainer.epochs=3")
     assert tracker.calls[:2] == [("start", []), ("epoch", 1)]
     assert tracker.calls[2][:3] == ("finish", status, status) and len(tracker.calls) == 3
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())  # the record says so
+    assert (summary["status"], summary["epochs_completed"]) == (status, 1)
