@@ -27,13 +27,14 @@ from d2lrun.sweeps import report
 
 def handle(prog: str, main: Callable[[], object]) -> None:
     """Run an entry point; any error ends as one line on stderr and its exit code."""
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"  # not app.run's, set while Hydra runs
     try:
         main()
     except BrokenPipeError:  # `d2lrun --help | head`: the reader left, say nothing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own advice
         sys.exit(1)
     except (Exception, KeyboardInterrupt) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the traceback instead
+        if full_error:  # the traceback instead
             raise
         error = explain(e)
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)

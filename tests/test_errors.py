@@ -320,3 +320,19 @@ def test_ctrl_c_during_evaluation_offers_resume(tmp_path, capsys, monkeypatch):
     assert f"Resume with: d2lrun resume={tmp_path / 'run'}" in one_line(capsys)
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
+
+
+def test_an_error_while_hydra_runs_is_one_line_unless_the_user_asked_for_tracebacks(
+    capsys, monkeypatch
+):
+    """app.run sets HYDRA_FULL_ERROR=1 while Hydra runs: a Ctrl-C then (a run's last instant)
+    printed a traceback, as if the user had asked for one."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def main() -> None:
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # as app.run does, for Hydra's own errors
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        handle("d2lrun", main)
+    assert e.value.code == 130 and one_line(capsys).startswith("d2lrun: error: interrupted")
