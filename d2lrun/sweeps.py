@@ -17,7 +17,7 @@ from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, Interrupted, UsageError
 from d2lrun.files import atomic_write, hold, png, read_json, shown, write_json
 
-HIGHER_IS_BETTER = {"val_acc"}  # every other metric (val_loss) is better when lower
+HIGHER_IS_BETTER = {"val_acc", "train_acc"}  # every other metric (val_loss) is better when lower
 
 
 def finished_job(run_dir: Path, overrides: list[str]) -> dict | None:
@@ -104,7 +104,7 @@ def record_failure(run_dir: Path, reason: str, exit_code: int) -> None:
 
 
 def score(metrics: dict | None) -> float:
-    """What a sweeper maximizes: best val_acc, or minus best val_loss; -inf unless completed."""
+    """What a sweeper maximizes: best accuracy, or minus best loss; -inf unless completed."""
     # -inf rather than NaN: Optuna rejects NaN (and the Hydra plugin then crashes the sweep), while
     # -inf is a valid value that steers the search away from settings that diverge.
     best = (metrics or {}).get("best")

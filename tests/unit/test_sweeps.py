@@ -123,6 +123,9 @@ def test_run_job_skips_a_finished_job_and_drops_an_earlier_attempts_result(
 
 def test_score_is_higher_is_better_and_the_worst_for_failed_jobs():
     assert sweep.score({"status": "completed", "best": {"metric": "val_acc", "value": 0.8}}) == 0.8
+    # No validation split (dataset.val_fraction=0): the training accuracy, also higher-is-better
+    train_acc = {"status": "completed", "best": {"metric": "train_acc", "value": 0.9}}
+    assert sweep.score(train_acc) == 0.9
     assert (
         sweep.score({"status": "completed", "best": {"metric": "val_loss", "value": 0.25}}) == -0.25
     )
