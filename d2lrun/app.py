@@ -281,10 +281,15 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
         )
     lines = overrides_of(args)  # not the flags (--cfg job), which Hydra reads itself
     task = [a for a in lines if not a.lstrip("+~").startswith("hydra")]  # as Hydra splits them
-    overrides = OverridesParser.create().parse_overrides(lines)
+    parse = OverridesParser.create().parse_overrides
+    overrides = parse(lines)
     cfg = compose([o.input_line for o in overrides if not o.is_sweep_override()], with_hydra=True)
     check_sweep(cfg.hydra.sweeper, overrides)
     given_dir = given(args, "hydra.sweep.dir")
+    if given_dir == "":  # Hydra would write the jobs into the current folder
+        raise UsageError(
+            "hydra.sweep.dir= names no folder. Fix: hydra.sweep.dir=outputs/multirun/NAME."
+        )
     if given_dir:  # named by the user: run again into it, completed jobs are skipped
         sweep_dir = Path(given_dir)
         plan = sweep_dir / "multirun.yaml"
@@ -298,12 +303,22 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
                 f"hydra.sweep.dir={given_dir} holds another sweep ({' '.join(before)}). Fix: "
                 f"the same overrides to finish that one, or another hydra.sweep.dir."
             )
+        swept = [[o.input_line for o in parse(x) if o.is_sweep_override()] for x in (before, task)]
+        if started and swept[0] != swept[1]:  # Hydra numbers the jobs in the order of these
+            raise UsageError(
+                f"hydra.sweep.dir={given_dir} holds this sweep with its swept keys in another "
+                f"order ({' '.join(swept[0])}), which numbers its jobs 0/, 1/, ... Fix: give them "
+                f"in that order, or another hydra.sweep.dir."
+            )
     else:  # the configured folder, claimed: two sweeps started in one second never share it
         sweep_dir = claim_dir(cfg.hydra.sweep.dir)
         args = [override("hydra.sweep.dir", str(sweep_dir)), *args]  # before any flag
     made = not sweep_dir.exists() or not given_dir
     if not (sweep_dir / "multirun.yaml").exists():  # the plan, for d2lrun-report and a re-run
-        sweep_dir.mkdir(parents=True, exist_ok=True)  # (Hydra's basic sweeper saves it too,
+        try:  # (Hydra's basic sweeper saves it too, Optuna's does not)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise unwritable(sweep_dir, e) from None
         cfg.hydra.overrides.task = task  # Optuna's does not)
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's INFO lines, not Hydra's

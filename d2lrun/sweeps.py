@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, Interrupted, UsageError
-from d2lrun.files import atomic_write, hold, png, read_json, shown, write_json
+from d2lrun.files import atomic_write, completed, hold, png, read_json, shown, write_json
 
 HIGHER_IS_BETTER = {"val_acc", "train_acc"}  # every other metric (val_loss) is better when lower
 
@@ -93,7 +93,7 @@ def job_failed(e: Exception, run_dir: Path, sweep_dir: Path) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(error, Bug):
         atomic_write(run_dir / "error.txt", "".join(traceback.format_exception(e)).encode())
-    if not (run_dir / "metrics.json").exists():
+    if not (run_dir / "metrics.json").exists() or completed(run_dir):  # not a stale completed one
         record_failure(run_dir, reason, error.exit_code)
     return -math.inf
 

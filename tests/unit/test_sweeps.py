@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from d2lrun import app, job
 from d2lrun import sweeps as sweep
 from d2lrun.config import checked, compose
-from d2lrun.errors import UsageError
+from d2lrun.errors import RunFailed, UsageError
 from d2lrun.files import png, save_torch
 from d2lrun.reload import FORMAT
 
@@ -114,7 +114,9 @@ def test_run_job_skips_a_finished_job_and_drops_an_earlier_attempts_result(
     other = ["optim.lr=0.3", "trainer.epochs=2"]  # another grid: its job 0 is another job
     (run_dir / "metrics.json").write_text(json.dumps(done_metrics))
     assert sweep.run_job(compose(other), run_dir, other, tmp_path, 0) == -math.inf
-    assert calls == [False] and json.loads((run_dir / "metrics.json").read_text()) == done_metrics
+    assert calls == [False]  # refused, and recorded so: the table showed the other config's
+    recorded = json.loads((run_dir / "metrics.json").read_text())  # result under these values
+    assert recorded["status"] == "failed" and "holds a checkpoint of another" in recorded["reason"]
     assert capsys.readouterr().err == (
         f"d2lrun: error: {run_dir} holds a checkpoint of another config (optim.lr=0.1 there, 0.3 "
         f"now). Fix: another hydra.sweep.dir, or delete {run_dir}.\n"
@@ -636,6 +638,40 @@ def test_a_sweep_without_hydra_folders_is_not_finished_with_other_values(tmp_pat
         app.sweep(["optim.lr=0.5,0.6", *common])
     rows = list(csv.DictReader(open(s / "summary.csv")))
     assert sorted(r["optim.lr"] for r in rows) == ["0.01", "0.02"]
+
+
+def test_a_sweep_run_again_with_its_swept_keys_in_another_order_is_refused(tmp_path):
+    """Hydra numbers the jobs in the order of the swept keys: jobs 1 and 2 were refused ("holds a
+    checkpoint of another config"), their old results shown under the new values, and it exited 0
+    with "4 completed". Other keys may come in any order."""
+    s = tmp_path / "sweep"
+    common = ["trainer.epochs=1", "trainer.progress=false", f"hydra.sweep.dir={s}"]
+    app.sweep(["optim.lr=0.01,0.1", "optim.weight_decay=0,1", *common])
+    before = {p: p.read_bytes() for p in s.rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(UsageError) as e:
+        app.sweep(["optim.weight_decay=0,1", "optim.lr=0.01,0.1", *common])
+    assert str(e.value) == (
+        f"hydra.sweep.dir={s} holds this sweep with its swept keys in another order "
+        f"(optim.lr=0.01,0.1 optim.weight_decay=0,1), which numbers its jobs 0/, 1/, ... Fix: give "
+        f"them in that order, or another hydra.sweep.dir."
+    )
+    assert {p: p.read_bytes() for p in s.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    app.sweep(["optim.lr=0.01,0.1", "optim.weight_decay=0,1", *reversed(common)])  # all skipped
+
+
+def test_a_sweep_folder_that_names_none_or_cannot_be_made_is_one_line(tmp_path):
+    """hydra.sweep.dir= was "ValueError ... (a bug in d2lrun?)"; a file's path said "File exists.
+    Fix: free disk space or choose a writable folder (hydra.run.dir=DIR)"."""
+    with pytest.raises(UsageError) as e:
+        app.sweep(["optim.lr=0.1,0.2", "hydra.sweep.dir="])
+    assert str(e.value) == (
+        "hydra.sweep.dir= names no folder. Fix: hydra.sweep.dir=outputs/multirun/NAME."
+    )
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunFailed) as e:
+        app.sweep(["optim.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'file'}"])
+    assert str(e.value).startswith(f"cannot write the output directory {tmp_path / 'file'} (")
+    assert "(hydra.sweep.dir=DIR with -m)" in str(e.value)
 
 
 def test_flags_and_null_in_a_sweeps_list_are_read_as_hydra_reads_them(tmp_path):
