@@ -37,6 +37,7 @@ from d2lrun.config import (
 )
 from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.files import (
+    STOPPING,
     Plotter,
     atomic_write,
     claim_dir,
@@ -82,6 +83,7 @@ def stopping_workers(sweep_dir: Path):
     """Within a sweep: Ctrl-C or a stop signal reaches joblib's workers too; raised once saved."""
 
     def stop(signum, frame):
+        (sweep_dir / STOPPING).touch()  # jobs that joblib's pool hands out after this do not start
         loky = sys.modules.get("joblib.externals.loky.reusable_executor")  # joblib's pool, if any
         workers = list(getattr(getattr(loky, "_executor", None), "_processes", {}).values())
         for worker in workers:  # each ends its job as one run ends: saved, then interrupted
@@ -92,6 +94,7 @@ def stopping_workers(sweep_dir: Path):
             time.sleep(0.1)
         raise Stop(signum)
 
+    (sweep_dir / STOPPING).unlink(missing_ok=True)  # an earlier run's
     with signals_to(stop):
         yield
 
@@ -331,6 +334,7 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     try:
         with stopping_workers(sweep_dir):
             run("config", ["-m", *args], job)
+            return sweep_dir, sweeps.report(sweep_dir)  # a signal then: as one between jobs
     except BaseException as e:
         started = sweep_dir.is_dir() and any(p.name != "multirun.yaml" for p in sweep_dir.iterdir())
         if made and not started:  # refused before any job started: no folder behind
@@ -343,7 +347,6 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
             f"hydra.sweep.dir={shown(sweep_dir)}",
             signum,
         ) from None
-    return sweep_dir, sweeps.report(sweep_dir)
 
 
 def check_sweep(sweeper: DictConfig, overrides: list) -> None:

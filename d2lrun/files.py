@@ -21,6 +21,8 @@ from d2lrun.errors import RunFailed
 # docker stop, systemd, Kubernetes) and the warning Slurm can send before (--signal=USR2@90).
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 
+STOPPING = ".stopping"  # in a sweep's folder once a signal stopped it: queued jobs do not start
+
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
     """Write bytes to path so that it is never seen half-written."""

@@ -7,6 +7,7 @@ which returns its score; report writes summary.csv and heatmap.png. No torch unt
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -15,7 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, Interrupted, UsageError
-from d2lrun.files import atomic_write, completed, hold, png, read_json, shown, write_json
+from d2lrun.files import (
+    STOPPING,
+    atomic_write,
+    completed,
+    hold,
+    png,
+    read_json,
+    shown,
+    write_json,
+)
 
 HIGHER_IS_BETTER = {"val_acc", "train_acc"}  # every other metric (val_loss) is better when lower
 
@@ -45,6 +55,9 @@ def run_job(
 ) -> float:
     """Job num of a sweep (ckpt: the checkpoint it resumes); its score. A failure is recorded."""
     from d2lrun.job import train
+
+    if (sweep_dir / STOPPING).exists():  # a signal stopped the sweep (app.stopping_workers)
+        raise Interrupted("interrupted before it started.", signal.SIGTERM)
 
     # Locked: of two sweeps run into one folder, one trains the job and the other then skips it.
     run_dir.mkdir(parents=True, exist_ok=True)

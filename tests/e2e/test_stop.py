@@ -194,3 +194,21 @@ def test_a_signal_to_a_joblib_sweep_stops_its_workers_once_their_jobs_are_saved(
     assert [m["status"] for m in stopped] == ["interrupted"] * 2
     r = run_cli(*args)
     assert r.returncode == 0 and f"sweep {s}: 3 completed" in r.stdout, r.stderr
+
+
+def test_jobs_queued_in_joblibs_pool_do_not_start_after_a_stop_signal(tmp_path):
+    """SIGTERM stopped the two running jobs, then joblib handed the queued ones to the freed
+    workers, which trained them to the end before d2lrun exited."""
+    s = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.epochs=3",
+            "optim.lr=0.01,0.02,0.03,0.04,0.05,0.06", "dataset.num_train=50000",
+            "trainer.progress=false", f"hydra.sweep.dir={s}"]  # fmt: skip
+    proc = subprocess.Popen([str(BIN / "d2lrun"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith("epoch 1/3"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert [j for j in "2345" if (s / j / "last.pt").exists()] == []

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from d2lrun import app, job
 from d2lrun import sweeps as sweep
 from d2lrun.config import checked, compose
-from d2lrun.errors import RunFailed, UsageError
+from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.files import png, save_torch
 from d2lrun.reload import FORMAT
 
@@ -672,6 +672,23 @@ def test_a_sweep_folder_that_names_none_or_cannot_be_made_is_one_line(tmp_path):
         app.sweep(["optim.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'file'}"])
     assert str(e.value).startswith(f"cannot write the output directory {tmp_path / 'file'} (")
     assert "(hydra.sweep.dir=DIR with -m)" in str(e.value)
+
+
+def test_a_signal_while_the_sweeps_table_is_drawn_says_how_to_finish(tmp_path, monkeypatch):
+    """It said "interrupted before training started; nothing was saved." (Ctrl-C), or nothing
+    (SIGTERM), with every job saved."""
+
+    def stopped(sweep_dir, show=True):
+        raise KeyboardInterrupt
+
+    s = tmp_path / "sweep"
+    monkeypatch.setattr(sweep, "report", stopped)
+    with pytest.raises(Interrupted) as e:
+        app.sweep(["optim.lr=0.1,0.2", "trainer.epochs=1", "trainer.progress=false",
+                   f"hydra.sweep.dir={s}"])  # fmt: skip
+    assert str(e.value) == (
+        f"interrupted. To finish the sweep, run the same command again with hydra.sweep.dir={s}"
+    )
 
 
 def test_flags_and_null_in_a_sweeps_list_are_read_as_hydra_reads_them(tmp_path):
