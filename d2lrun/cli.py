@@ -77,6 +77,9 @@ def report_main() -> None:
         "dir", metavar="DIR", help="a sweep folder, e.g. outputs/multirun/DATE/TIME"
     )
     parser.add_argument("--version", action="version", version=f"d2lrun {__version__}")
+    parser.error = lambda message: parser.exit(  # one line, as every d2lrun error, not usage too
+        2, f"d2lrun-report: error: {message}. Fix: d2lrun-report outputs/multirun/DATE/TIME.\n"
+    )
     args = parser.parse_args()
 
     def main() -> None:

@@ -199,6 +199,19 @@ def test_a_misspelt_preset_is_refused_and_lists_the_presets(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "args,reason",
+    [([], "the following arguments are required: DIR"), (["a", "b"], "unrecognized arguments: b")],
+)
+def test_report_without_one_folder_says_so_in_one_line(args, reason):
+    """It printed argparse's usage line too, and no Fix."""
+    r = run_cli(*args, tool="d2lrun-report")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (
+        f"d2lrun-report: error: {reason}. Fix: d2lrun-report outputs/multirun/DATE/TIME.\n"
+    )
+
+
+@pytest.mark.parametrize(
     "tool,shows",
     [
         (
