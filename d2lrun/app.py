@@ -341,6 +341,8 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
             shutil.rmtree(sweep_dir, ignore_errors=True)
         if not isinstance(e, KeyboardInterrupt) or not started:
             raise
+        if isinstance(e.__context__, Interrupted):  # a stack's own line (after epoch 3; ...),
+            raise e.__context__ from None  # raised again by the handler it gave way to
         signum = getattr(e, "signum", signal.SIGINT)  # between jobs, or while one saved its files
         raise Interrupted(
             f"interrupted. To finish the sweep, run the same command again with "
