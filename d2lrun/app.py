@@ -318,11 +318,11 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
         args = [override("hydra.sweep.dir", str(sweep_dir)), *args]  # before any flag
     made = not sweep_dir.exists() or not given_dir
     if not (sweep_dir / "multirun.yaml").exists():  # the plan, for d2lrun-report and a re-run
-        try:  # (Hydra's basic sweeper saves it too, Optuna's does not)
+        try:
             sweep_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise unwritable(sweep_dir, e) from None
-        cfg.hydra.overrides.task = task  # Optuna's does not)
+        cfg.hydra.overrides.task = task  # (Hydra's basic sweeper saves it too, Optuna's does not)
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's INFO lines, not Hydra's
 
