@@ -98,10 +98,21 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
     for col, cats in stats["categorical"].items():  # a category new since training: all zeros
         values = features[col]
         isna = values.isna().to_numpy()
-        text = values.astype(str).to_numpy()
-        parts += [(text == c) & ~isna for c in cats] + [isna]
+        text = values.astype(str)
+        if (other := ~text.isin(cats) & ~isna).any():  # as pandas read it here: True, or 1.0
+            text[other] = values[other].map(lambda x, cats=cats: category(x, cats))
+        parts += [(text.to_numpy() == c) & ~isna for c in cats] + [isna]
     with np.errstate(over="ignore"):  # beyond float32: inf, which table_splits refuses
         return np.column_stack(parts).astype(np.float32)
+
+
+def category(value, cats: list[str]) -> str:
+    """A cell as the name of the run's category it is, however pandas read either: TRUE, True and
+    true (booleans where a column holds only those), 1 and 1.0 (an empty cell makes ints float)."""
+    if isinstance(value, float) and value.is_integer() and str(int(value)) in cats:
+        return str(int(value))
+    same = [c for c in cats if c.lower() == str(value).lower() in ("true", "false")]
+    return same[0] if same else str(value)
 
 
 def load(cfg: DictConfig, seed: int, fold=None, fitted: Spec | None = None):

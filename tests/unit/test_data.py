@@ -423,6 +423,27 @@ def test_a_true_false_target_is_a_class_and_a_true_false_feature_stays_one_in_ne
     assert X[:, 1].tolist() == [1.0, 0.0, spec.preprocess["numeric"]["flag"]["mean"]]
 
 
+def test_a_category_is_found_however_pandas_read_it_in_the_new_rows(tmp_path):
+    """Excel's TRUE/FALSE with an empty cell trained as the booleans True/False, and eval and
+    predict, which read the run's categories as text, found "TRUE" in none: all zeros, wrong
+    numbers without an error. So did 1.0 for the category "1" in a frame from pd.read_csv."""
+    flags, rooms = ["TRUE", "FALSE", ""], ["1", "2", "3+"]
+    rows = "".join(f"{i},{flags[i % 3]},{rooms[i % 3]},{i % 5}\n" for i in range(24))
+    (tmp_path / "t.csv").write_text("x,flag,rooms,y\n" + rows)
+    cfg = table_cfg(tmp_path / "t.csv", val_fraction=0.0)
+    train, _, spec = csv_load(cfg, seed=0)
+    assert spec.preprocess["categorical"]["flag"] == ["False", "True"]  # pandas' booleans
+    again, _, _ = csv_load(cfg, seed=0, fitted=spec)  # as eval, predict and resume read it
+    assert torch.equal(again.X, train.X)
+    new = pd.DataFrame({"x": [0.0], "flag": [True], "rooms": [1.0]})  # a float column: 1.0
+    assert (
+        transform(new, spec.preprocess).tolist()
+        == transform(
+            pd.DataFrame({"x": ["0"], "flag": ["TRUE"], "rooms": ["1"]}), spec.preprocess
+        ).tolist()
+    )
+
+
 def test_a_number_column_with_a_few_stray_cells_names_one_and_the_fix(tmp_path):
     rows = "".join(f"{i},{i * 0.5}\n" for i in range(20))
     (tmp_path / "t.csv").write_text("x,y\n" + rows + "20,n/a?\n")
