@@ -360,7 +360,8 @@ def read_inputs(run: SavedRun, path: Path):
                 f"input={path}: this run was trained on a CSV table; it takes CSV rows, not a "
                 f"{path.suffix} array. Fix: give a .csv file with the training file's columns."
             )
-        return read_table(path, "input", run.spec.na_values, run.spec.preprocess["categorical"])
+        as_text = [*run.spec.preprocess["categorical"], *run.spec.drop]  # ids kept as written: 007
+        return read_table(path, "input", run.spec.na_values, as_text)
     takes = "uint8 images" if run.spec.image_shape else "arrays of inputs"
     if path.suffix == ".csv":
         raise UsageError(

@@ -528,6 +528,11 @@ def test_predict_file_writes_ids_beside_predictions_named_after_the_target(table
     assert list(out.columns) == ["Id", "price", "price_predicted"]
     assert list(out.price) == pytest.approx(list(known.price))
     assert list(out.price_predicted) == pytest.approx(run.predict(rows), rel=1e-6)
+    padded = rows.head(3).assign(Id=["007", "", "00000"])  # written as they came, not 7.0 or 0
+    padded.to_csv(tmp_path / "padded.csv", index=False)
+    predict_file(run, tmp_path / "padded.csv", tmp_path / "out.csv")
+    assert [ln.split(",")[0] for ln in (tmp_path / "out.csv").read_text().split()] == [
+        "Id", "007", "", "00000"]  # fmt: skip
     rows.drop(columns="Id").to_csv(tmp_path / "no_id.csv", index=False)
     with pytest.raises(UsageError, match=r"lacks the column\(s\) \['Id'\] the run carries"):
         predict_file(run, tmp_path / "no_id.csv", tmp_path / "out2.csv")
