@@ -137,7 +137,7 @@ def message(*overrides) -> str:
         ("dataset=kernel model=conv2d dataset.kernel=[]", "dataset.kernel=[] is empty. Fix:"),
         (  # 171! overflows a float
             "dataset=polynomial dataset.max_degree=200",
-            "dataset.max_degree=200 is out of range: it must be less than 171. "
+            "dataset.max_degree=200 is out of range: it must be less than 36. "
             "Fix: dataset.max_degree=20.",
         ),
         (  # Adam's two betas: torch.optim would fail, or ignore a third, with no word
