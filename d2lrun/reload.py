@@ -272,7 +272,7 @@ class SavedRun:
             return [self.spec.class_names[i] for i in out.argmax(dim=1).tolist()]
         scale = self.spec.target_scale  # predictions in the target's own units
         out = out * scale["std"] + scale["mean"] if scale else out
-        return out.reshape(len(X), -1).squeeze(1).tolist()
+        return out.flatten(1).squeeze(1).tolist()  # no rows: [], not a reshape of 0 elements
 
     def prepare(self, inputs) -> torch.Tensor:
         """Raw inputs -> the tensor the model was trained on, with the run's stored statistics."""
