@@ -74,7 +74,9 @@ GOOD = "x,c,y\n" + "".join(f"{i},{'ab'[i % 2]},{i * 2}\n" for i in range(20))
             "price",
             "dataset.target=price is not a column of .*; its columns are: x, c, y",
         ),
-        ("not utf-8", b"x,y\n\xff\xfe,1\n2,3\n", "y", "is not UTF-8 text"),
+        ("not utf-8", b"x,y\n\xff\xfe,1\n2,3\n", "y", "is not UTF-8 text \\(line 2\\)"),
+        # in a later chunk of pandas': it said "byte 1" for the 29th
+        ("latin-1", b"x,y\n" + b"1,2\n" * 9000 + b"\xf6,1\n", "y", "UTF-8 text \\(line 9002\\)"),
         ("ragged", "x,y\n1,2\n3,4,5,6\n", "y", "ragged rows"),
         ("single row", "x,y\n1,2\n", "y", "has 1 labelled row"),
         (

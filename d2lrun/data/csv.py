@@ -36,9 +36,10 @@ def read_table(
     only_these = {} if na_values is None else {"keep_default_na": False, "na_values": na_values}
     try:
         frame = pd.read_csv(p, dtype=dict.fromkeys(text, str), **only_these)
-    except UnicodeDecodeError as e:
+    except UnicodeDecodeError:  # its e.start counts from a chunk of pandas': found again here
+        at = "" if p.suffix in COMPRESSED else f" (line {where_not_utf8(p.read_bytes())})"
         raise UsageError(
-            f"{where} is not UTF-8 text (byte {e.start}). Fix: re-save the file as UTF-8."
+            f"{where} is not UTF-8 text{at}. Fix: re-save the file as UTF-8."
         ) from None
     except pd.errors.EmptyDataError:
         raise UsageError(
@@ -52,6 +53,18 @@ def read_table(
     if frame.empty:
         raise UsageError(f"{where} has a header but no data rows. Fix: add rows.")
     return frame
+
+
+COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")  # pandas reads them unpacked
+
+
+def where_not_utf8(data: bytes) -> int:
+    """The line of the first byte that is not UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return data[: e.start].count(b"\n") + 1
+    return 1
 
 
 def fit_preprocess(
