@@ -225,6 +225,15 @@ def table_splits(
         # The book fits §4.10's statistics on every row of both files, held-out folds included.
         fit_on = train_rows if also_fit is None else pd.concat([frame, also_fit])
         stats = fit_preprocess(fit_on[features], standardize, cfg.max_categories, ddof)
+        for col, cats in stats["categorical"].items():  # 48 categories for one stray '?'
+            words = [c for c in cats if pd.isna(pd.to_numeric(c, errors="coerce"))]
+            if 0 < len(words) <= len(cats) // 10:
+                print(
+                    f"note: column '{col}' of {source} holds numbers but for {len(words)} value(s) "
+                    f"such as '{words[0]}', so each of its {len(cats)} values is a category. "
+                    f"Fix: leave those cells empty to use it as numbers.",
+                    file=sys.stderr,
+                )
         if stats["dropped"]:
             print(
                 f"note: ignored column(s) {stats['dropped']} (empty in training rows or more "

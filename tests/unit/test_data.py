@@ -444,6 +444,19 @@ def test_a_category_is_found_however_pandas_read_it_in_the_new_rows(tmp_path):
     )
 
 
+def test_a_feature_of_numbers_but_for_a_stray_cell_is_noted_as_categories(tmp_path, capsys):
+    """One '?' among numbers made each of the column's values a one-hot category, silently."""
+    rows = "".join(f"{i * 0.5},{i}\n" for i in range(30))
+    (tmp_path / "t.csv").write_text("x,y\n" + rows + "?,30\n")
+    _, _, spec = csv_load(table_cfg(tmp_path / "t.csv", val_fraction=0), seed=0)
+    assert len(spec.preprocess["categorical"]["x"]) == 31  # still what it does, but said
+    assert capsys.readouterr().err == (
+        f"note: column 'x' of {tmp_path / 't.csv'} holds numbers but for 1 value(s) such as '?', "
+        f"so each of its 31 values is a category. Fix: leave those cells empty to use it as "
+        f"numbers.\n"
+    )
+
+
 def test_a_number_column_with_a_few_stray_cells_names_one_and_the_fix(tmp_path):
     rows = "".join(f"{i},{i * 0.5}\n" for i in range(20))
     (tmp_path / "t.csv").write_text("x,y\n" + rows + "20,n/a?\n")
