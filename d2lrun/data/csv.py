@@ -152,9 +152,10 @@ def table_splits(
     categories all zeros) means what the run's file meant, as in predictions."""
     target = cfg.target
     if target not in frame.columns:
-        fix = "dataset.target=<one of them>"
-        if len(frame.columns) == 1 and ";" in frame.columns[0]:  # Excel's CSV in many locales
-            fix = "save the file with commas between its columns, not semicolons"
+        fix = f"give a file with a column '{target}'" if fitted else "dataset.target=<one of them>"
+        for sep, name in ((";", "semicolons"), ("\t", "tabs")):  # Excel's CSV in many locales
+            if len(frame.columns) == 1 and sep in frame.columns[0]:
+                fix = f"save the file with commas between its columns, not {name}"
         raise UsageError(
             f"dataset.target={target} is not a column of {source}; its columns are: "
             f"{', '.join(frame.columns)}. Fix: {fix}."

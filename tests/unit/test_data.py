@@ -484,7 +484,21 @@ def test_classes_only_in_a_held_out_fold_point_to_shuffling_the_folds():
     table_splits(frame, table_cfg(shuffle_folds=True), 0, [3, 0], "t", "auto", False)
 
 
-def test_a_file_separated_by_semicolons_is_named_as_such(tmp_path):
-    (tmp_path / "t.csv").write_text("a;town;Sale Price\n1;x;3\n2;y;4\n")
-    with pytest.raises(UsageError, match=r"Fix: save the file with commas between its columns"):
+@pytest.mark.parametrize("sep,name", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_file_separated_by_semicolons_or_tabs_is_named_as_such(tmp_path, sep, name):
+    (tmp_path / "t.csv").write_text(f"a{sep}town{sep}Sale Price\n1{sep}x{sep}3\n2{sep}y{sep}4\n")
+    with pytest.raises(
+        UsageError, match=f"Fix: save the file with commas between its columns, not {name}"
+    ):
         csv_load(table_cfg(tmp_path / "t.csv", target="Sale Price"), seed=0)
+
+
+def test_a_file_without_the_runs_target_is_refused_with_a_fix_eval_can_take(tmp_path):
+    """d2lrun-eval dataset.path=F: "Fix: dataset.target=<one of them>", a key eval refuses."""
+    (tmp_path / "t.csv").write_text("x,y\n" + "".join(f"{i},{i}\n" for i in range(10)))
+    _, _, spec = csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
+    (tmp_path / "new.csv").write_text("x\n1\n")
+    with pytest.raises(
+        UsageError, match=r"its columns are: x\. Fix: give a file with a column 'y'\.$"
+    ):
+        csv_load(table_cfg(tmp_path / "new.csv"), seed=0, fitted=spec)
