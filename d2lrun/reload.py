@@ -14,6 +14,7 @@ Resume, eval and predict compose a saved run alike: run_overrides, then check_sa
 
 from __future__ import annotations
 
+import gzip
 import json
 import pickle
 import re
@@ -400,7 +401,8 @@ def predict_file(run: SavedRun, path: Path, out: Path) -> int:
         frame[f"{name}_predicted" if name in frame else name] = predictions  # truth kept beside
     else:
         frame = pd.DataFrame({"prediction": predictions})
-    atomic_write(out, frame.to_csv(index=False).encode())
+    data = frame.to_csv(index=False).encode()
+    atomic_write(out, gzip.compress(data) if out.suffix == ".gz" else data)  # as inputs are read
     return len(predictions)
 
 

@@ -528,6 +528,9 @@ def test_predict_file_writes_ids_beside_predictions_named_after_the_target(table
     assert list(out.columns) == ["Id", "price", "price_predicted"]
     assert list(out.price) == pytest.approx(list(known.price))
     assert list(out.price_predicted) == pytest.approx(run.predict(rows), rel=1e-6)
+    for out in ("plain.csv", "out.csv.gz"):  # gzip, as a .gz input is read
+        predict_file(run, tmp_path / "new.csv", tmp_path / out)
+    assert pd.read_csv(tmp_path / "out.csv.gz").equals(pd.read_csv(tmp_path / "plain.csv"))
     padded = rows.head(3).assign(Id=["007", "", "00000"])  # written as they came, not 7.0 or 0
     padded.to_csv(tmp_path / "padded.csv", index=False)
     predict_file(run, tmp_path / "padded.csv", tmp_path / "out.csv")
