@@ -200,10 +200,9 @@ def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """A preset's optim.lr is its optimizer's: another optimizer without optim.lr is refused; and
     regularizer=none, which cannot undo the regularization a preset sets itself."""
     preset, chosen = given(overrides, "experiment"), cfg.optim.name
-    path = EXPERIMENTS_DIR / f"{preset}.yaml"
-    if not (preset and path.is_file()):
+    if not (preset and (EXPERIMENTS_DIR / f"{preset}.yaml").is_file()):
         return
-    text, none = OmegaConf.load(path), given(overrides, "regularizer") == "none"
+    (text, picks), none = preset_keys(preset), given(overrides, "regularizer") == "none"
     for key in ("model.dropout", "optim.weight_decay", "regularizer.lambd"):
         value = OmegaConf.select(text, key)  # [0.2, 0.5], 3: on, and not from the group's file
         if none and value and given(overrides, key) is None:
@@ -211,8 +210,6 @@ def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
                 f"experiment={preset} sets {key}={yaml_value(value)} itself, which "
                 f"regularizer=none does not undo. Fix: {key}=0 as well."
             )
-    defaults = [d for d in text.get("defaults", []) if isinstance(d, DictConfig)]
-    picks = {k.removeprefix("override /"): v for d in defaults for k, v in d.items()}
     own, lr = picks.get("optim", "sgd"), OmegaConf.select(text, "optim.lr")
     if lr is None or chosen == own or given(overrides, "optim.lr") is not None:
         return
@@ -223,6 +220,21 @@ def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
         f"another step size. Fix: optim.lr={usual} "
         f"(optim={chosen}'s usual), or leave optim as the preset's."
     )
+
+
+def preset_keys(name: str) -> tuple[DictConfig, dict]:
+    """A preset's keys and the options it picks (optim: adam), over those of the presets it
+    builds on (ch4_poly_underfit on ch4_poly_third)."""
+    text = OmegaConf.load(EXPERIMENTS_DIR / f"{name}.yaml")
+    keys, picks = OmegaConf.create(), {}
+    for d in text.get("defaults", []):
+        if isinstance(d, str) and d != "_self_":  # another preset, then this one's own keys
+            parent, more = preset_keys(d)
+            keys, picks = OmegaConf.merge(keys, parent), picks | more
+        elif isinstance(d, DictConfig):
+            picks |= {k.removeprefix("override /"): v for k, v in d.items()}
+    own = {k: v for k, v in text.items() if k != "defaults"}
+    return OmegaConf.merge(keys, own), picks
 
 
 def given(args: Sequence[str], key: str) -> str | None:

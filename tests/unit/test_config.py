@@ -420,6 +420,7 @@ def test_a_flag_hydras_parser_refuses_is_one_line_not_its_usage_text(args, reaso
     [
         ("ch4_dropout_concise", "model.dropout", "[0.2,0.5]"),
         ("ch4_weight_decay", "optim.weight_decay", "3"),
+        ("ch4_weight_decay_concise", "optim.weight_decay", "3"),  # its parent's: it trained
     ],
 )
 def test_regularizer_none_over_a_preset_that_regularizes_itself_is_refused(preset, key, value):
@@ -433,3 +434,11 @@ def test_regularizer_none_over_a_preset_that_regularizes_itself_is_refused(prese
     )
     args.append(f"{key}=0")  # the Fix
     assert not OmegaConf.select(checked(compose(args), args), key)
+
+
+@pytest.mark.parametrize("preset,lr", [("ch4_poly_third", 0.01), ("ch4_poly_underfit", 0.01)])
+def test_a_preset_built_on_another_keeps_its_optimizers_step_size(preset, lr):
+    """ch4_poly_underfit builds on ch4_poly_third: optim=adam trained Adam with SGD's 0.01."""
+    args = [f"experiment={preset}", "optim=adam"]
+    with pytest.raises(UsageError, match=f"^experiment={preset} sets optim.lr={lr} for optim=sgd"):
+        checked(compose(args), args)
