@@ -201,6 +201,8 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
     # The presets when the command names one (+experiment=...), or reloads a run that may have.
     register(presets=config_name != "config" or any("experiment" in a for a in args))
     argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    root = logging.getLogger()  # Hydra's logging config sets its level and handler: the caller's
+    level, handlers = root.level, root.handlers[:]  # come back after (d2lrun.train in a notebook)
     sys.argv = [sys.argv[0], *args]  # what @hydra.main parses
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them
     try:
@@ -214,7 +216,8 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
             raise
         raise unwritable(e.filename or "", e) from e
     finally:
-        sys.argv = argv
+        sys.argv, root.handlers[:] = argv, handlers
+        root.setLevel(level)
         os.environ.pop("HYDRA_FULL_ERROR")
         if full_error is not None:
             os.environ["HYDRA_FULL_ERROR"] = full_error

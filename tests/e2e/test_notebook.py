@@ -3,6 +3,7 @@ folder and returns the run with its metrics, summary and plot; mistakes raise th
 one-line errors; d2lrun.sweep and d2lrun.report give a sweep's table; `d2lrun --help` lists the
 loggers and imports none of them."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -101,6 +102,16 @@ def test_flags_are_refused_and_one_list_of_overrides_is_taken(here):
         d2lrun.train("--version")
     run = d2lrun.train(["trainer.epochs=1", "trainer.progress=false"])
     assert run.summary["epochs_completed"] == 1
+
+
+def test_the_callers_logging_is_as_it_was_after_a_run_and_a_sweep(here):
+    """Hydra's logging config left the root logger at INFO with its own handler: every library's
+    and the notebook's INFO lines then printed to stdout, labelled [HYDRA]."""
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+    d2lrun.train("trainer.epochs=1", "trainer.progress=false")
+    d2lrun.sweep("trainer.epochs=1", "trainer.progress=false", "optim.lr=0.1,0.2")
+    assert (root.level, list(root.handlers)) == before
 
 
 def test_ctrl_c_before_the_first_epoch_raises_interrupted_and_leaves_no_folder(here, monkeypatch):
