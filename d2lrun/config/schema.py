@@ -16,6 +16,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+SIZE = 2**31  # counts and widths: far beyond any memory, and within torch's int64 sizes
+
 
 def key(
     ge: float | None = None, gt: float | None = None, lt: float | None = None, words: str = ""
@@ -36,9 +38,9 @@ class Synthetic(Option):
     w: Any = key()  # a list, or one number for all num_inputs
     b: float = key()
     noise: float = key(ge=0)
-    num_inputs: int | None = key(ge=1)
-    num_train: int = key(ge=1)
-    num_val: int = key(ge=1)
+    num_inputs: int | None = key(ge=1, lt=SIZE)
+    num_train: int = key(ge=1, lt=SIZE)
+    num_val: int = key(ge=1, lt=SIZE)
     folds: int | None = key(ge=2)  # k-fold cross-validation (§4.10); null: one split
     shuffle_folds: bool = key()  # false: fold i holds out the i-th contiguous slice (the book)
 
@@ -74,9 +76,9 @@ class KaggleHouse(Table):
 class Polynomial(Option):
     max_degree: int = key(ge=1, lt=36)  # float32 features: 35! is inf, and inf / inf is NaN
     true_w: list[float] = key()
-    num_features: int = key(ge=1)
-    num_train: int = key(ge=1)
-    num_val: int = key(ge=1)
+    num_features: int = key(ge=1, lt=SIZE)
+    num_train: int = key(ge=1, lt=SIZE)
+    num_val: int = key(ge=1, lt=SIZE)
     noise: float = key(ge=0)
     folds: int | None = key(ge=2)  # k-fold cross-validation (§4.10); null: one split
     shuffle_folds: bool = key()
@@ -105,7 +107,7 @@ class LinReg(Softmax):
 
 @dataclass
 class MLP(Softmax):
-    num_hiddens: Any = key(ge=1)  # one width, or one per hidden layer
+    num_hiddens: Any = key(ge=1, lt=SIZE)  # one width, or one per hidden layer
     activation: str = key(words="relu sigmoid tanh")
     dropout: Any = key(ge=0, lt=1)  # one rate, or one per hidden layer (§4.6)
 
@@ -119,7 +121,7 @@ class LeNet(Option):
 
 @dataclass
 class Conv2D(Option):
-    kernel_size: list[int] = key(ge=1)
+    kernel_size: list[int] = key(ge=1, lt=SIZE)
     bias: bool = key()
 
 
@@ -184,9 +186,9 @@ class MLflow(Logger):
 
 @dataclass
 class Trainer:
-    epochs: int = key(ge=1)
-    batch_size: int = key(ge=1)
-    checkpoint_every: int = key(ge=1)
+    epochs: int = key(ge=1, lt=SIZE)
+    batch_size: int = key(ge=1, lt=SIZE)
+    checkpoint_every: int = key(ge=1, lt=SIZE)
     progress: bool = key()
     compile: bool = key()
     log_rmse: bool = key()  # also report the book's log RMSE of a regression (§4.10)
@@ -195,7 +197,7 @@ class Trainer:
 @dataclass
 class Config:
     device: str = key()
-    seed: int = key(ge=0)  # numpy's generators (tables, folds) take no negative seed
+    seed: int = key(ge=0, lt=2**32)  # numpy's and torch's generators take 0 ... 2^32 - 1
     resume: str | None = key()
     trainer: Trainer = field(default_factory=Trainer)
     dataset: Any = MISSING

@@ -135,7 +135,16 @@ def message(*overrides) -> str:
             "Fix: dataset=csv.",
         ),
         ("dataset=kernel model=conv2d dataset.kernel=[]", "dataset.kernel=[] is empty. Fix:"),
-        (  # 171! overflows a float
+        (  # seed 2^32 was seed 0's run again: torch's generator keeps 32 bits
+            "seed=4294967296",
+            "seed=4294967296 is out of range: it must be less than 4294967296. Fix: seed=0.",
+        ),
+        (  # beyond int64: "Overflow when unpacking long long (a bug in d2lrun?)"
+            "trainer.batch_size=99999999999999999999",
+            "trainer.batch_size=99999999999999999999 is out of range: it must be less than "
+            "2147483648. Fix: trainer.batch_size=10.",
+        ),
+        (  # 35! overflows float32
             "dataset=polynomial dataset.max_degree=200",
             "dataset.max_degree=200 is out of range: it must be less than 36. "
             "Fix: dataset.max_degree=20.",
