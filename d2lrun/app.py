@@ -199,7 +199,8 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
             "folder itself. Fix: drop hydra.job.chdir=true."
         )
     # The presets when the command names one (+experiment=...), or reloads a run that may have.
-    register(presets=config_name != "config" or any("experiment" in a for a in args))
+    completing = {"-sc", "--shell-completion"} & set(args)  # experiment= is offered too
+    register(presets=config_name != "config" or completing or any("experiment" in a for a in args))
     argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     root = logging.getLogger()  # Hydra's logging config sets its level and handler: the caller's
     level, handlers = root.level, root.handlers[:]  # come back after (d2lrun.train in a notebook)

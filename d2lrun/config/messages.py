@@ -60,6 +60,11 @@ def explain(e: BaseException) -> D2lrunError:
             f"{found[1]} gives several values, which only a sweep runs. Fix: d2lrun -m "
             f"{found[1]} (one run per value), or one value."
         )
+    if found := re.match(r"Expecting one subcommand from \[(.+?)\]", str(e)):  # d2lrun -sc
+        return UsageError(
+            f"--shell-completion takes one of {found[1]}. "
+            f'Fix: eval "$(d2lrun --shell-completion install=bash)".'
+        )
     again = r"Multiple values for (\w+)\. To override a value use 'override \w+: (.+)'"
     if found := re.match(again, str(e)):  # +model=mlp
         return UsageError(f"+{found[1]}= adds {found[1]}, which config.yaml chooses already. "

@@ -311,3 +311,16 @@ def test_a_run_whose_output_reader_is_gone_still_trains_and_writes_its_files(tmp
     assert process.wait(timeout=300) == 0, process.stderr.read()
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
     assert {"model.pt", "metrics.csv", "curves.png"} <= {p.name for p in run.iterdir()}
+
+
+def test_shell_completion_offers_the_presets_and_its_mistake_is_one_line():
+    """`d2lrun -sc` alone was "ValueError ... (a bug in d2lrun?)"; experiment= completed to
+    nothing, though --help lists the presets."""
+    r = run_cli("-sc", "query=bash", env={"COMP_LINE": "d2lrun experiment=ch4_poly_t"})
+    assert r.returncode == 0 and r.stdout.split() == ["experiment=ch4_poly_third"], r.stderr
+    r = run_cli("--shell-completion")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (
+        "d2lrun: error: --shell-completion takes one of 'install', 'uninstall', 'query'. "
+        'Fix: eval "$(d2lrun --shell-completion install=bash)".\n'
+    )
