@@ -235,9 +235,12 @@ class SavedRun:
     checkpoint: Path
     device: torch.device
 
+    def __post_init__(self) -> None:  # its files are found after an os.chdir (%cd) too
+        self.files = self.checkpoint.parent.absolute()
+
     @property
     def run_dir(self) -> Path:
-        """The run folder: where the checkpoint is, with metrics.csv, metrics.json, curves.png."""
+        """The run folder as named: where the checkpoint is, with metrics.csv, metrics.json, ..."""
         return self.checkpoint.parent
 
     @property
@@ -258,11 +261,11 @@ class SavedRun:
         return curves_figure(self.metrics.to_dict("records"), title)
 
     def file(self, name: str) -> Path:
-        if not (self.run_dir / name).exists():
+        if not (self.files / name).exists():
             raise UsageError(
                 f"{self.run_dir} has no {name}. Fix: load_run the run folder that d2lrun wrote."
             )
-        return self.run_dir / name
+        return self.files / name
 
     def predict(self, inputs) -> list:
         """Predict raw inputs, CSV rows (a DataFrame) or uint8 images: class names or floats."""

@@ -49,6 +49,9 @@ def test_train_gives_the_command_lines_numbers_and_returns_the_run(here, fake_fm
         here / run.run_dir
     ]  # outputs/DATE/TIME, as the command line names it
     assert run.run_dir.parent.parent == Path("outputs")
+    os.chdir(here / "cli")  # a notebook's %cd: its files are found still
+    assert run.summary["status"] == "completed" and len(run.metrics) == 2
+    os.chdir(here)
     cli = pd.read_csv(here / "cli" / "metrics.csv").drop(columns=TIMINGS)
     pd.testing.assert_frame_equal(
         run.metrics.drop(columns=TIMINGS), cli, check_exact=True
