@@ -45,6 +45,11 @@ def plain(overrides: tuple, name: str) -> list[str]:
     """The overrides, also when given as one list; the command line's flags are refused."""
     if len(overrides) == 1 and isinstance(overrides[0], (list, tuple)):
         overrides = tuple(overrides[0])
+    if bad := [o for o in overrides if not isinstance(o, str)]:  # ("optim.lr", 0.1)
+        raise UsageError(
+            f"d2lrun.{name} takes overrides as text, one KEY=VALUE each; got {bad[0]!r}. "
+            f"Fix: d2lrun.{name}('optim.lr=0.1', 'trainer.epochs=3')."
+        )
     if flags := [o for o in overrides if o.startswith("-") and o not in ("-m", "--multirun")]:
         raise UsageError(
             f"d2lrun.{name} takes overrides, not the command's flags ({', '.join(flags)}). "

@@ -329,6 +329,8 @@ def load_run(
     overrides: Sequence[str] = (),
 ) -> SavedRun:
     """Rebuild a run's model from its folder or one checkpoint; overrides: where its data is now."""
+    if not (path or ckpt):
+        raise UsageError("load_run needs a run folder. Fix: load_run('outputs/DATE/TIME').")
     source = Path(ckpt) if ckpt else find_checkpoint(path)
     saved = load_checkpoint(source, needs="reloading")
     weights = saved["model"]

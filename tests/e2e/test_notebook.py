@@ -103,6 +103,11 @@ def test_a_diverged_run_raises_diverged(here):
 def test_flags_are_refused_and_one_list_of_overrides_is_taken(here):
     with pytest.raises(UsageError, match=r"^d2lrun.train takes overrides, not the command's flags"):
         d2lrun.train("--version")
+    for wrong in (("optim.lr", 0.1), (Path("x=1"),), (["trainer.epochs=1"], "seed=1")):
+        with pytest.raises(UsageError, match=r"^d2lrun.train takes overrides as text, one KEY"):
+            d2lrun.train(*wrong)  # it was AttributeError: ... has no attribute 'startswith'
+    with pytest.raises(UsageError, match=r"^load_run needs a run folder\. Fix: load_run\('"):
+        d2lrun.load_run()  # it was TypeError: expected str, bytes or os.PathLike, not NoneType
     run = d2lrun.train(["trainer.epochs=1", "trainer.progress=false"])
     assert run.summary["epochs_completed"] == 1
 
