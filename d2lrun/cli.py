@@ -104,6 +104,7 @@ def print_help(config_name: str, args: list[str]) -> None:
     """`--help`: the command's header, its groups (d2lrun only), its keys, its footer."""
     # Hydra's own help lists the groups by copying its config repository once per option, which
     # took 1.4 s here with d2lrun's schemas and presets (0.5 s for a bare Hydra app); this, 0.1 s.
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     name = {"config": "d2lrun"}.get(config_name, config_name)
@@ -115,7 +116,9 @@ def print_help(config_name: str, args: list[str]) -> None:
                   for g, f in sorted(folders.items())]  # fmt: skip
         parts.append("== Groups (pick one option each, e.g. model=mlp) ==\n" + "\n".join(groups))
     example = " (set any, e.g. trainer.epochs=5)" if config_name == "config" else ""
-    cfg = compose(overrides_of(args), config_name)  # resolved: MLflow's URI as it will be
+    parsed = OverridesParser.create().parse_overrides(overrides_of(args))
+    one = [o.input_line for o in parsed if not o.is_sweep_override()]  # -m lr=0.1,0.2: defaults
+    cfg = compose(one, config_name)  # resolved: MLflow's URI as it will be
     keys = OmegaConf.to_yaml(cfg, resolve=True).rstrip()
     parts += [f"== Keys and their current values{example} ==\n{keys}", text.footer]
     print("\n\n".join(parts))

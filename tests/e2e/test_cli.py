@@ -324,3 +324,11 @@ def test_shell_completion_offers_the_presets_and_its_mistake_is_one_line():
         "d2lrun: error: --shell-completion takes one of 'install', 'uninstall', 'query'. "
         'Fix: eval "$(d2lrun --shell-completion install=bash)".\n'
     )
+
+
+def test_help_at_the_end_of_a_sweeps_command_shows_its_keys():
+    """`d2lrun -m optim.lr=0.1,0.2 --help` said "gives several values, which only a sweep runs.
+    Fix: d2lrun -m optim.lr=0.1,0.2", the command typed."""
+    r = run_cli("-m", "optim.lr=0.1,0.2", "model=mlp", "--help")
+    assert r.returncode == 0, r.stderr
+    assert "num_hiddens:" in r.stdout  # model=mlp's keys, the swept one at its default
