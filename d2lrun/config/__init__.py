@@ -32,6 +32,7 @@ from d2lrun.config.schema import (
     Predict,
     closest,
     example,
+    preset_keys,
     register,
     yaml_value,
 )
@@ -220,21 +221,6 @@ def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
         f"another step size. Fix: optim.lr={usual} "
         f"(optim={chosen}'s usual), or leave optim as the preset's."
     )
-
-
-def preset_keys(name: str) -> tuple[DictConfig, dict]:
-    """A preset's keys and the options it picks (optim: adam), over those of the presets it
-    builds on (ch4_poly_underfit on ch4_poly_third)."""
-    text = OmegaConf.load(EXPERIMENTS_DIR / f"{name}.yaml")
-    keys, picks = OmegaConf.create(), {}
-    for d in text.get("defaults", []):
-        if isinstance(d, str) and d != "_self_":  # another preset, then this one's own keys
-            parent, more = preset_keys(d)
-            keys, picks = OmegaConf.merge(keys, parent), picks | more
-        elif isinstance(d, DictConfig):
-            picks |= {k.removeprefix("override /"): v for k, v in d.items()}
-    own = {k: v for k, v in text.items() if k != "defaults"}
-    return OmegaConf.merge(keys, own), picks
 
 
 def given(args: Sequence[str], key: str) -> str | None:

@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from d2lrun.config.schema import SCHEMAS, closest, example, yaml_value
+from d2lrun.config.schema import SCHEMAS, closest, example, preset_keys, yaml_value
 from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
 
 
@@ -54,6 +54,9 @@ def explain(e: BaseException) -> D2lrunError:
         owners = {o: s for g in SCHEMAS.values() for o, s in g.items() if s.__name__ == schema_name}
         option, schema = next(iter(owners.items()))
         message = bad_value(k, None, schema, option).replace(" is", ", which is", 1)
+        group, (kind, _, preset) = k.split(".")[0], origin.partition("/")
+        if kind == "experiment" and (own := preset_keys(preset)[1].get(group)):  # the preset's
+            message = f"{message.partition(' Fix: ')[0]} Fix: {group}={own} (the preset's)."
         return UsageError(f"{origin.replace('/', '=')} sets {message}")
     if found := re.match(r"Ambiguous value for argument '(.+?)'", str(e)):  # a list without -m
         return UsageError(

@@ -302,6 +302,21 @@ def example(cfg: DictConfig | None, dotted: str, option: str | None = None, *als
     return "..."
 
 
+def preset_keys(name: str) -> tuple[DictConfig, dict]:
+    """A preset's keys and the options it picks (optim: adam), over those of the presets it
+    builds on (ch4_poly_underfit on ch4_poly_third)."""
+    text = OmegaConf.load(EXPERIMENTS_DIR / f"{name}.yaml")
+    keys, picks = OmegaConf.create(), {}
+    for d in text.get("defaults", []):
+        if isinstance(d, str) and d != "_self_":  # another preset, then this one's own keys
+            parent, more = preset_keys(d)
+            keys, picks = OmegaConf.merge(keys, parent), picks | more
+        elif isinstance(d, DictConfig):
+            picks |= {k.removeprefix("override /"): v for k, v in d.items()}
+    own = {k: v for k, v in text.items() if k != "defaults"}
+    return OmegaConf.merge(keys, own), picks
+
+
 def yaml_value(value) -> str:
     """A value as it is typed on the command line: true, null, [0.9,0.999]."""
     if OmegaConf.is_list(value) or isinstance(value, list):

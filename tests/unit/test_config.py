@@ -187,6 +187,11 @@ def test_a_quoted_value_hydras_grammar_cannot_read_unquoted_is_taken():
             "regularizer=dropout sets model.dropout, which is not a key of model=linreg "
             "(its keys: name, impl, bias). Fix: choose model=mlp or model=lenet.",
         ),
+        (  # a preset's model: "choose model=linreg or model=softmax or model=mlp", round and round
+            ["experiment=ch4_dropout_concise", "model=lenet"],
+            "experiment=ch4_dropout_concise sets model.impl, which is not a key of model=lenet "
+            "(its keys: name, variant, batch_norm, dropout). Fix: model=mlp (the preset's).",
+        ),
         (
             ["model=mlp", "regularizer=dropout", "model.dropout=1.0"],
             "model.dropout=1.0 is out of range: it must be less than 1",
