@@ -377,27 +377,25 @@ def test_eval_and_predict_take_one_value_per_key():
     )
 
 
-@pytest.mark.parametrize("override", ["init=xavier", "+init=xavier", "+optim=adam", "model=mlp"])
-def test_eval_and_predict_refuse_a_group_of_d2lruns_in_one_line(override):
+@pytest.mark.parametrize(
+    "override,what",
+    [
+        *(
+            (o, "picks an option")
+            for o in ["init=xavier", "+init=xavier", "+optim=adam", "model=mlp"]
+        ),
+        # "model is not a key of the config ... Fix: drop model." for model.num_hiddens=[4]
+        *((o, "sets a key") for o in ["model.num_hiddens=[4]", "trainer.epochs=3", "seed=1"]),
+    ],
+)
+def test_eval_and_predict_refuse_a_group_or_key_of_d2lruns_in_one_line(override, what):
     """They reload the run with its own options; Hydra said 'use +init=xavier', then a traceback."""
     for name in ("eval", "predict"):
         with pytest.raises(UsageError) as e:
             compose(["run=x", override], name)
         assert str(e.value) == (
-            f"{override} picks an option of d2lrun's, and d2lrun-{name} reloads the run with the "
-            f"ones it trained with. Fix: drop {override} (d2lrun-{name} --help lists its keys)."
-        )
-
-
-@pytest.mark.parametrize("override", ["model.num_hiddens=[4]", "trainer.epochs=3", "seed=1"])
-def test_eval_and_predict_refuse_a_key_of_d2lruns_in_one_line(override):
-    """It said "model is not a key of the config ... Fix: drop model." for model.num_hiddens=[4]."""
-    for name in ("eval", "predict"):
-        with pytest.raises(UsageError) as e:
-            compose(["run=x", override], name)
-        assert str(e.value) == (
-            f"{override} sets a key of d2lrun's, and d2lrun-{name} reloads the run with the "
-            f"ones it trained with. Fix: drop {override} (d2lrun-{name} --help lists its keys)."
+            f"{override} {what} of d2lrun's, and d2lrun-{name} reloads the run with the ones it "
+            f"trained with. Fix: drop {override} (d2lrun-{name} --help lists its keys)."
         )
 
 
