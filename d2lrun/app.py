@@ -42,6 +42,7 @@ from d2lrun.files import (
     atomic_write,
     claim_dir,
     hold,
+    running,
     shown,
     signals_to,
     unwritable,
@@ -97,16 +98,6 @@ def stopping_workers(sweep_dir: Path):
     (sweep_dir / STOPPING).unlink(missing_ok=True)  # an earlier run's
     with signals_to(stop):
         yield
-
-
-def running(sweep_dir: Path) -> bool:
-    """Whether a process holds the lock of a job folder (d2lrun.files.hold): that job still runs."""
-    for folder in filter(Path.is_dir, sweep_dir.iterdir()):
-        lock = hold(folder)
-        if lock is None:
-            return True
-        lock.close()
-    return False
 
 
 class RunDir(Callback):
@@ -194,9 +185,8 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
     check_groups(args, config_name)
     if given(args, "hydra.job.chdir") == "True":  # Hydra would run the job in its run folder
         raise UsageError(
-            "hydra.job.chdir=true is not supported: d2lrun reads every path you give "
-            "(dataset.path, resume=, ...) from the folder you run it in, and writes its run "
-            "folder itself. Fix: drop hydra.job.chdir=true."
+            "hydra.job.chdir=true is not supported: d2lrun reads the paths you give (dataset.path, "
+            "resume=) from the folder you run it in. Fix: drop hydra.job.chdir=true."
         )
     # The presets when the command names one (+experiment=...), or reloads a run that may have.
     completing = {"-sc", "--shell-completion"} & set(args)  # experiment= is offered too
@@ -291,7 +281,7 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     parse = OverridesParser.create().parse_overrides
     overrides = parse(lines)
     cfg = compose([o.input_line for o in overrides if not o.is_sweep_override()], with_hydra=True)
-    check_sweep(cfg.hydra.sweeper, overrides)
+    sweeps.check_sweep(cfg.hydra.sweeper, overrides)
     given_dir = given(args, "hydra.sweep.dir")
     if given_dir == "":  # Hydra would write the jobs into the current folder
         raise UsageError(
@@ -353,22 +343,6 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
             f"hydra.sweep.dir={shown(sweep_dir)}",
             signum,
         ) from None
-
-
-def check_sweep(sweeper: DictConfig, overrides: list) -> None:
-    """What Hydra's sweepers fail on with a traceback, as one line."""
-    if str(sweeper._target_).endswith("BasicSweeper"):
-        for o in (o for o in overrides if o.is_sweep_override() and not o.is_discrete_sweep()):
-            raise UsageError(
-                f"{o.input_line} is a range to search, which Hydra's basic sweeper cannot list as "
-                f"a grid. Fix: list values ({o.key_or_group}=0.01,0.1,1), or search it with "
-                f"hydra/sweeper=optuna_lr_wd."
-            )
-    if sweeper.get("n_trials") is not None and sweeper.n_trials < 1:
-        raise UsageError(
-            f"hydra.sweeper.n_trials={sweeper.n_trials} is out of range: it must be at least 1. "
-            f"Fix: hydra.sweeper.n_trials=20."
-        )
 
 
 def evaluate(args: Sequence[str]) -> dict:

@@ -291,6 +291,16 @@ def shown(path: str | Path) -> str:
         return str(path)
 
 
+def running(sweep_dir: Path) -> bool:
+    """Whether a process holds the lock of a job folder (d2lrun.files.hold): that job still runs."""
+    for folder in filter(Path.is_dir, sweep_dir.iterdir()):
+        lock = hold(folder)
+        if lock is None:
+            return True
+        lock.close()
+    return False
+
+
 if __name__ == "__main__":  # Plotter's helper: matplotlib at once, then plots in, PNGs out
     import matplotlib.figure  # noqa: F401  (while the command works)
 

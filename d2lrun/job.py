@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from d2lrun.config import checked, given, resolve_device
-from d2lrun.data import Spec, Split, build_data
+from d2lrun.data import Spec, build_data, check_positive_target
 from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError
 from d2lrun.files import (
     atomic_write,
@@ -30,7 +30,7 @@ from d2lrun.files import (
     write_csv,
     write_json,
 )
-from d2lrun.models import build_model, loss_kind
+from d2lrun.models import build_model, learned, loss_kind
 from d2lrun.models.init import apply_init
 from d2lrun.optim import Optimizer, build_optimizer
 from d2lrun.reload import (
@@ -379,40 +379,3 @@ def format_row(row: dict, epochs: int) -> str:
     )
     speed = f"{row['seconds']:.2f}s  {row['examples_per_s']:,.0f} ex/s"
     return f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  {metrics}  {speed}"
-
-
-def check_positive_target(train: Split, val: Split, spec: Spec) -> None:
-    """§4.10's log RMSE takes the log of the target, so every target must be positive."""
-    scale = spec.target_scale or {"mean": 0.0, "std": 1.0}
-    y = torch.cat([train.y, val.y]).reshape(-1) * scale["std"] + scale["mean"]
-    if len(y) and y.min().item() <= 0:
-        raise UsageError(
-            f"trainer.log_rmse=true takes the log of the target, and {spec.target or 'it'} has "
-            f"values <= 0 (smallest {y.min().item():.4g}). Fix: trainer.log_rmse=false."
-        )
-
-
-def learned(model, spec: Spec, log) -> dict | None:
-    """What generated data lets a run check: learned w and b (§3.2, §4.4), the kernel (§6.2.4)."""
-    if spec.true_kernel is not None:
-        kernel = model.kernel.cpu().tolist()
-        rounded = [[round(x, 4) for x in r] for r in kernel]
-        log(f"learned kernel: {rounded}  (true: {spec.true_kernel})")
-        return {"kernel": kernel}
-    if spec.true_w is None or not hasattr(model, "get_w_b"):
-        return None
-    w, b = model.get_w_b()
-    true_w, true_b = torch.tensor(spec.true_w), spec.true_b
-    w, b = w.cpu(), float(b.cpu().reshape(-1)[0])
-    if true_b is None:  # a model without a bias (§4.4): its weights, as the book prints them
-        log(f"weight: {[round(x, 4) for x in w.tolist()]}  (true: {spec.true_w})")
-        return {"w": w.tolist(), "w_error": (true_w - w).tolist(), "w_norm": w.norm().item()}
-    if len(true_w) <= 10:
-        errors = [round(x, 6) for x in (true_w - w).tolist()]
-        log(f"error in estimating w: {errors}  (w = {[round(x, 4) for x in w.tolist()]})")
-        log(f"error in estimating b: {true_b - b:.6f}  (b = {b:.4f})")
-    else:
-        log(f"‖w‖₂ = {w.norm().item():.4f}; error ‖w - w_true‖₂ = "
-            f"{(true_w - w).norm().item():.6f}; error in b: {true_b - b:.6f}")  # fmt: skip
-    return {"w": w.tolist(), "b": b, "w_error": (true_w - w).tolist(), "b_error": true_b - b,
-            "w_norm": w.norm().item()}  # fmt: skip

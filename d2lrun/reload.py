@@ -33,10 +33,11 @@ from d2lrun.config import (
     PATH_KEYS,
     checked,
     compose,
+    first_difference,
+    merge_overrides,
     override,
     overrides_of,
     resolve_device,
-    yaml_value,
 )
 from d2lrun.data import Spec, build_data, prepare_batch
 from d2lrun.errors import UsageError
@@ -146,22 +147,6 @@ def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(state)
 
 
-def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
-    """base less what new sets again, then new (flags such as -m pass through), as Hydra reads."""
-    parse = OverridesParser.create().parse_overrides
-    again = {o.key_or_group: o for o in parse(overrides_of(new))}
-    old = parse(list(base))
-    # new picks another option of a group (logger=none for logger=mlflow): base's keys of it go
-    switched = [
-        f"{o.key_or_group.replace('/', '.')}."
-        for o in old
-        if "." not in o.key_or_group and o.key_or_group in again
-        and o.get_value_element_as_str() != again[o.key_or_group].get_value_element_as_str()
-    ]  # fmt: skip
-    kept = [o.input_line for o in old if o.key_or_group not in again]
-    return [o for o in kept if not o.lstrip("+~").startswith(tuple(switched))] + list(new)
-
-
 def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:
     """A saved run's command line: its overrides, where its data and MLflow store are, then new."""
     saved = ckpt["config"]
@@ -215,14 +200,6 @@ def changed(saved: dict, cfg: DictConfig) -> tuple[str, str, str] | None:
     was, now = ({k: v for k, v in c.items() if k != "resume"} for c in (saved["config"], now))
     diff = first_difference(was, now, "config")
     return (diff[0][7:], diff[1], diff[2]) if diff else None
-
-
-def first_difference(a, b, prefix: str):
-    """(the dotted key, a's value, b's value) where a and b first differ, as typed (null, true)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        diffs = (first_difference(a.get(k), b.get(k), f"{prefix}.{k}") for k in {**a, **b})
-        return next((d for d in diffs if d), None)
-    return None if a == b else (prefix, yaml_value(a), yaml_value(b))
 
 
 @dataclass

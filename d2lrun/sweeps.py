@@ -317,3 +317,19 @@ def plot_heatmap(path: Path, table, x_key: str, y_key: str, metric: str) -> Path
     ax.set(xlabel=x_key, ylabel=y_key, title=f"{col} ({path.parent.name})")
     fig.tight_layout()
     return atomic_write(path, png(fig))
+
+
+def check_sweep(sweeper: DictConfig, overrides: list) -> None:
+    """What Hydra's sweepers fail on with a traceback, as one line."""
+    if str(sweeper._target_).endswith("BasicSweeper"):
+        for o in (o for o in overrides if o.is_sweep_override() and not o.is_discrete_sweep()):
+            raise UsageError(
+                f"{o.input_line} is a range to search, which Hydra's basic sweeper cannot list as "
+                f"a grid. Fix: list values ({o.key_or_group}=0.01,0.1,1), or search it with "
+                f"hydra/sweeper=optuna_lr_wd."
+            )
+    if sweeper.get("n_trials") is not None and sweeper.n_trials < 1:
+        raise UsageError(
+            f"hydra.sweeper.n_trials={sweeper.n_trials} is out of range: it must be at least 1. "
+            f"Fix: hydra.sweeper.n_trials=20."
+        )

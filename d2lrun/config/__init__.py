@@ -302,3 +302,27 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
                 f"{said} picks none of {group}'s options ({', '.join(options)}). "
                 f"Fix: {group}={options[0]}."
             )
+
+
+def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
+    """base less what new sets again, then new (flags such as -m pass through), as Hydra reads."""
+    parse = OverridesParser.create().parse_overrides
+    again = {o.key_or_group: o for o in parse(overrides_of(new))}
+    old = parse(list(base))
+    # new picks another option of a group (logger=none for logger=mlflow): base's keys of it go
+    switched = [
+        f"{o.key_or_group.replace('/', '.')}."
+        for o in old
+        if "." not in o.key_or_group and o.key_or_group in again
+        and o.get_value_element_as_str() != again[o.key_or_group].get_value_element_as_str()
+    ]  # fmt: skip
+    kept = [o.input_line for o in old if o.key_or_group not in again]
+    return [o for o in kept if not o.lstrip("+~").startswith(tuple(switched))] + list(new)
+
+
+def first_difference(a, b, prefix: str):
+    """(the dotted key, a's value, b's value) where a and b first differ, as typed (null, true)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        diffs = (first_difference(a.get(k), b.get(k), f"{prefix}.{k}") for k in {**a, **b})
+        return next((d for d in diffs if d), None)
+    return None if a == b else (prefix, yaml_value(a), yaml_value(b))

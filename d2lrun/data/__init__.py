@@ -127,3 +127,14 @@ def data_generator(seed: int) -> torch.Generator:
 def prepare_batch(X: torch.Tensor) -> torch.Tensor:
     """Images are stored as uint8 and scaled to [0, 1] per batch, as ToTensor would (§3.5)."""
     return X.float().div_(255) if X.dtype == torch.uint8 else X
+
+
+def check_positive_target(train: Split, val: Split, spec: Spec) -> None:
+    """§4.10's log RMSE takes the log of the target, so every target must be positive."""
+    scale = spec.target_scale or {"mean": 0.0, "std": 1.0}
+    y = torch.cat([train.y, val.y]).reshape(-1) * scale["std"] + scale["mean"]
+    if len(y) and y.min().item() <= 0:
+        raise UsageError(
+            f"trainer.log_rmse=true takes the log of the target, and {spec.target or 'it'} has "
+            f"values <= 0 (smallest {y.min().item():.4g}). Fix: trainer.log_rmse=false."
+        )

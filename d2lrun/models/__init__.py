@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -86,3 +87,29 @@ def build_model(cfg: DictConfig, spec: Spec) -> nn.Module:
             d, q, hiddens, cfg.activation, dropouts(cfg.dropout, len(hiddens))
         )
     return LeNet(q, cfg.variant, cfg.batch_norm, dropouts(cfg.dropout, 2), spec.image_shape[0])
+
+
+def learned(model, spec: Spec, log) -> dict | None:
+    """What generated data lets a run check: learned w and b (§3.2, §4.4), the kernel (§6.2.4)."""
+    if spec.true_kernel is not None:
+        kernel = model.kernel.cpu().tolist()
+        rounded = [[round(x, 4) for x in r] for r in kernel]
+        log(f"learned kernel: {rounded}  (true: {spec.true_kernel})")
+        return {"kernel": kernel}
+    if spec.true_w is None or not hasattr(model, "get_w_b"):
+        return None
+    w, b = model.get_w_b()
+    true_w, true_b = torch.tensor(spec.true_w), spec.true_b
+    w, b = w.cpu(), float(b.cpu().reshape(-1)[0])
+    if true_b is None:  # a model without a bias (§4.4): its weights, as the book prints them
+        log(f"weight: {[round(x, 4) for x in w.tolist()]}  (true: {spec.true_w})")
+        return {"w": w.tolist(), "w_error": (true_w - w).tolist(), "w_norm": w.norm().item()}
+    if len(true_w) <= 10:
+        errors = [round(x, 6) for x in (true_w - w).tolist()]
+        log(f"error in estimating w: {errors}  (w = {[round(x, 4) for x in w.tolist()]})")
+        log(f"error in estimating b: {true_b - b:.6f}  (b = {b:.4f})")
+    else:
+        log(f"‖w‖₂ = {w.norm().item():.4f}; error ‖w - w_true‖₂ = "
+            f"{(true_w - w).norm().item():.6f}; error in b: {true_b - b:.6f}")  # fmt: skip
+    return {"w": w.tolist(), "b": b, "w_error": (true_w - w).tolist(), "b_error": true_b - b,
+            "w_norm": w.norm().item()}  # fmt: skip

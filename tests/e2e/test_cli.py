@@ -226,7 +226,7 @@ def test_seeded_runs_are_reproducible(tmp_path):
         (  # it read dataset.path=d.csv in the run folder: "no such file"
             ["hydra.job.chdir=true"],
             2,
-            "hydra.job.chdir=true is not supported: d2lrun reads every path you give",
+            "hydra.job.chdir=true is not supported: d2lrun reads the paths you give",
         ),
         (["-m", "model=null", "optim.lr=0.1,0.2"], 2, "model=null picks none of model's options"),
         (
