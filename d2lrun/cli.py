@@ -22,6 +22,7 @@ from d2lrun.config import (
 )
 from d2lrun.config.messages import explain
 from d2lrun.errors import RunFailed
+from d2lrun.files import reader_gone
 from d2lrun.sweeps import report
 
 
@@ -31,7 +32,7 @@ def handle(prog: str, main: Callable[[], object]) -> None:
     try:
         main()
     except BrokenPipeError:  # `d2lrun --help | head`: the reader left, say nothing
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own advice
+        reader_gone()
         sys.exit(1)
     except (Exception, KeyboardInterrupt) as e:
         if full_error:  # the traceback instead

@@ -24,6 +24,12 @@ STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 STOPPING = ".stopping"  # in a sweep's folder once a signal stopped it: queued jobs do not start
 
 
+def reader_gone() -> None:
+    """stdout's reader left (`d2lrun | head`): what is printed next goes to /dev/null, as Python's
+    docs advise, so that neither a BrokenPipeError nor a run stops there."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def atomic_write(path: str | Path, data: bytes) -> Path:
     """Write bytes to path so that it is never seen half-written."""
     path = Path(path)

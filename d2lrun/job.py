@@ -6,9 +6,7 @@ However the run ends, its folder holds the last complete epoch and metrics.json 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from d2lrun.files import (
     completed,
     curves_png,
     deferred_signals,
+    reader_gone,
     save_torch,
     shown,
     write_csv,
@@ -51,8 +50,8 @@ def say(message: str) -> None:
     """Print a line at once, also when stdout is a file or a pipe (`d2lrun | tee log`)."""
     try:
         print(message, flush=True)
-    except BrokenPipeError:  # its reader is gone (`d2lrun | head`): the run goes on, unprinted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # the run goes on, unprinted
+        reader_gone()
 
 
 def train(
