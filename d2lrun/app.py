@@ -1,7 +1,6 @@
 """The Hydra apps behind d2lrun's commands, run in this process with a command line's arguments.
 
-d2lrun.cli prints their errors, d2lrun.api raises them (both through
-d2lrun.config.messages.explain).
+d2lrun.cli prints their errors and d2lrun.api raises them, both through config.messages.explain.
 """
 
 from __future__ import annotations
@@ -377,9 +376,10 @@ def predict(args: Sequence[str]) -> Path:
             where = "is a folder" if out.is_dir() else f"is in {out.parent}, which does not exist"
             raise UsageError(f"output={out} {where}. Fix: output=FILE.csv in a folder that exists.")
         kept = out.name in RUN_FILES or out.suffix in (".pt", ".json", ".png")  # what a run keeps
-        own = kept and out.resolve().parent == run.checkpoint.parent.resolve()
-        if own or out.resolve() == Path(cfg.input).resolve():  # never written over
-            what = "a file of the run" if own else "the input file"
+        this = out.resolve().parent == run.checkpoint.parent.resolve()
+        a_run = kept and (this or any((out.parent / f).exists() for f in RUN_FILES))  # any run's
+        if a_run or out.resolve() == Path(cfg.input).resolve():  # never written over
+            what = "a run's file" if a_run else "the input file"
             raise UsageError(f"output={out} is {what}. Fix: output=predictions.csv, or another.")
         n = predict_file(run, Path(cfg.input), out)
         print(f"wrote {n} prediction(s) to {out}")

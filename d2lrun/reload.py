@@ -289,7 +289,8 @@ class SavedRun:
                     f"{str(X.dtype).removeprefix('torch.')}. Fix: images of the run's size"
                     f"{uint8 if self.spec.class_names else ''}."
                 )
-            return prepare_batch(X.to(self.device)).float()
+            X = X.to(self.device)  # §6.2.4's 0/1 images are numbers, not pixels out of 255
+            return (prepare_batch(X) if self.spec.class_names else X).float()
         X = X.reshape(1, -1) if X.ndim == 1 else X  # one example
         if X.ndim != 2 or X.shape[1] != self.spec.num_inputs:
             raise UsageError(

@@ -106,7 +106,19 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
     for col, s in stats["numeric"].items():
         v = features[col]
         v = v if pd.api.types.is_numeric_dtype(v) else v.map(lambda x: bools.get(str(x), x))
-        v = pd.to_numeric(v, errors="coerce").astype(float).fillna(s["mean"])
+        number = pd.to_numeric(v, errors="coerce").astype(float)
+        if np.isinf(number).any():
+            raise UsageError(
+                f"column '{col}' holds infinite values, which the model cannot use. Fix: leave "
+                f"those cells empty (they get the training mean) or give finite numbers."
+            )
+        if len(text := v[number.isna() & v.notna()]):  # "five", "1,000": not numbers
+            print(
+                f"note: {len(text)} cell(s) of column '{col}' are not numbers, such as "
+                f"'{text.iloc[0]}'; they get the training mean, as empty cells do",
+                file=sys.stderr,
+            )
+        v = number.fillna(s["mean"])
         parts.append(((v - s["mean"]) / s["std"] if stats["standardize"] else v).to_numpy())
     for col, cats in stats["categorical"].items():  # a category new since training: all zeros
         values = features[col]

@@ -215,12 +215,21 @@ def test_ddof_1_is_pandas_std_and_0_divides_by_n():
     )
 
 
-def test_new_rows_need_the_trained_columns_and_a_stray_text_in_a_number_column_is_missing():
+def test_new_rows_need_the_trained_columns_and_a_stray_text_in_a_number_column_is_missing(
+    capsys,
+):
     stats = fit_preprocess(pd.DataFrame({"a": [1.0, 3.0], "c": ["u", "v"]}), False, 50, ddof=0)
     np.testing.assert_array_equal(
-        transform(pd.DataFrame({"a": ["n/a?", "5"], "c": ["v", "u"]}), stats),
-        [[2, 0, 1, 0], [5, 1, 0, 0]],  # the text is imputed with the training mean, 2
+        transform(pd.DataFrame({"a": ["n/a?", "5", None], "c": ["v", "u", "u"]}), stats),
+        [[2, 0, 1, 0], [5, 1, 0, 0], [2, 1, 0, 0]],  # the text is imputed with the training mean
     )
+    assert capsys.readouterr().err == (  # said, as it may be a typo ("five", "1,000")
+        "note: 1 cell(s) of column 'a' are not numbers, such as 'n/a?'; they get the training "
+        "mean, as empty cells do\n"
+    )
+    for infinite in (["inf", "1"], [float("-inf"), 1.0]):  # as text, or as pandas read a number
+        with pytest.raises(UsageError, match=r"^column 'a' holds infinite values, which the"):
+            transform(pd.DataFrame({"a": infinite, "c": ["u", "v"]}), stats)
     with pytest.raises(UsageError) as e:
         transform(pd.DataFrame({"b": [1.0]}), stats)
     assert str(e.value) == (

@@ -773,11 +773,18 @@ def test_predictions_go_to_a_file_in_a_folder_that_exists(table_run, tmp_path):
         )
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     new = tmp_path / "new.csv"
-    for output, what in ((new, "the input file"), (folder / "last.pt", "a file of the run"),
-                         (folder / "metrics.json", "a file of the run")):  # fmt: skip
+    other = tmp_path / "other"  # another run's folder
+    other.mkdir()
+    (other / "metrics.json").write_text("{}")
+    for output, what in ((new, "the input file"), (folder / "last.pt", "a run's file"),
+                         (folder / "metrics.json", "a run's file"),
+                         (other / "metrics.json", "a run's file"),
+                         (other / "curves.png", "a run's file")):  # fmt: skip
         with pytest.raises(UsageError, match=f"^output={re.escape(str(output))} is {what}. Fix:"):
             app.predict([f"run={folder}", f"input={new}", f"output={output}"])
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert (other / "metrics.json").read_text() == "{}" and not (other / "curves.png").exists()
+    app.predict([f"run={folder}", f"input={new}", f"output={other / 'predictions.csv'}"])
 
 
 def test_predict_takes_rows_of_numbers_of_any_kind_for_a_run_on_generated_data(tmp_path):
@@ -797,3 +804,18 @@ def test_predict_takes_rows_of_numbers_of_any_kind_for_a_run_on_generated_data(t
         UsageError, match=r"^inputs must be \(N, 2\), one row per example; got \(1, 3"
     ):
         run.predict([[1, 2, 3]])
+
+
+def test_a_kernel_run_predicts_its_image_as_the_numbers_given_whatever_their_dtype(tmp_path):
+    """§6.2.4's images are 0/1 floats, not pixels: a uint8 0/1 image is not divided by 255."""
+    from d2lrun.job import train_job
+    from d2lrun.reload import load_run
+
+    args = ["dataset=kernel", "model=conv2d", "device=cpu", "trainer.progress=false"]
+    train_job(compose(args), tmp_path, args, log=lambda *_: None)
+    run = load_run(tmp_path)
+    image = torch.ones(6, 8)
+    image[:, 2:6] = 0  # the book's stripe
+    floats = run.predict(image)
+    assert run.predict(image.to(torch.uint8)) == floats
+    assert run.predict(image.double()) == floats
