@@ -131,6 +131,13 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
         return np.column_stack(parts).astype(np.float32)
 
 
+def thousands(values: pd.Series) -> bool:
+    """Text that is all numbers, some written with thousands separators: "1,000", "-2,500.5"."""
+    text = values.dropna().astype(str)
+    grouped = text.str.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
+    return bool(grouped.any() and (grouped | text.str.fullmatch(r"-?\d+(\.\d+)?")).all())
+
+
 def category(value, cats: list[str]) -> str:
     """A cell as the name of the run's category it is, however pandas read either: TRUE, True and
     true (booleans where a column holds only those), 1 and 1.0 (an empty cell makes ints float)."""
@@ -182,6 +189,14 @@ def table_splits(
         raise UsageError(
             f"column(s) {infinite} of {source} hold infinite values, which no mean or loss can "
             f"use. Fix: leave those cells empty (missing) or give finite numbers."
+        )
+    text = [c for c in frame if not pd.api.types.is_numeric_dtype(frame[c])]
+    if grouped := [c for c in text if thousands(frame[c])]:  # else categories, or dropped
+        example = next(v for v in frame[grouped[0]].astype(str) if "," in v)
+        raise UsageError(
+            f"column(s) {grouped} of {source} hold numbers with thousands separators, such as "
+            f"'{example}', which read as text. Fix: save the file without them, e.g. with "
+            f"pd.read_csv(FILE, thousands=',').to_csv(FILE, index=False)."
         )
     if unlabeled := frame[target].isna().sum():  # nothing to learn from: dropped, not labelled
         print(

@@ -511,3 +511,23 @@ def test_a_file_without_the_runs_target_is_refused_with_a_fix_eval_can_take(tmp_
         UsageError, match=r"its columns are: x\. Fix: give a file with a column 'y'\.$"
     ):
         csv_load(table_cfg(tmp_path / "new.csv"), seed=0, fitted=spec)
+
+
+def test_numbers_with_thousands_separators_are_refused_with_the_pandas_line_that_reads_them(
+    tmp_path,
+):
+    """'147,592' reads as text: as a target it was 40 'classes', as a feature 40 categories."""
+    path = tmp_path / "p.csv"
+    path.write_text('x,y,name\n"1,000",5,"a,b"\n999,6,c\n"-2,500.5",7,d\n')
+    with pytest.raises(UsageError) as e:
+        table_splits(pd.read_csv(path), table_cfg(path), 0, None, "p.csv", "auto", False)
+    assert str(e.value) == (
+        "column(s) ['x'] of p.csv hold numbers with thousands separators, such as '1,000', "
+        "which read as text. Fix: save the file without them, e.g. with "
+        "pd.read_csv(FILE, thousands=',').to_csv(FILE, index=False)."
+    )
+    pd.read_csv(path, thousands=",").to_csv(path, index=False)  # the Fix, as typed
+    train, _, spec = table_splits(
+        pd.read_csv(path), table_cfg(path), 0, None, "p.csv", "auto", False
+    )
+    assert "x" in spec.preprocess["numeric"] and "name" not in spec.preprocess["numeric"]
