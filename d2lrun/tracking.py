@@ -273,6 +273,12 @@ def unreachable(uri: str, e: Exception) -> UsageError:
             f"(mlflow server --host {where.hostname} --port {where.port or 80}) or correct the "
             f"address; logger.tracking_uri=sqlite:///outputs/mlflow.db logs to a local file."
         )
+    if "MLFLOW_ALLOW_FILE_STORE" in str(e):  # MLflow 3 refuses a folder store, saying this key
+        return UsageError(
+            f"logger.tracking_uri={uri} is a folder of files, which MLflow 3 no longer takes. Fix: "
+            f"logger.tracking_uri=sqlite:///outputs/mlflow.db (`mlflow migrate-filestore` moves "
+            f"its runs), or MLFLOW_ALLOW_FILE_STORE=true."
+        )
     return UsageError(
         f"logger.tracking_uri={uri} cannot be used ({why(e)}). "
         f"Fix: a writable place, e.g. logger.tracking_uri=sqlite:///outputs/mlflow.db."

@@ -13,7 +13,15 @@ from omegaconf import OmegaConf
 from d2lrun.config import checked, compose
 from d2lrun.errors import Interrupted, RunFailed
 from d2lrun.reload import merge_overrides, resume_checkpoint, run_overrides
-from d2lrun.tracking import Tracker, experiment_name, flatten, metrics_of, quick_requests, why
+from d2lrun.tracking import (
+    Tracker,
+    experiment_name,
+    flatten,
+    metrics_of,
+    quick_requests,
+    unreachable,
+    why,
+)
 
 
 def test_flatten_gives_dotted_keys_and_scalars_as_yaml_writes_them():
@@ -165,6 +173,25 @@ def test_why_keeps_the_os_error_of_a_long_client_message():
     )
     assert why(Exception(text)) == "[Errno 111] Connection refused"
     assert why(Exception("first line\nsecond")) == "first line"
+
+
+def test_a_folder_store_that_mlflow_3_refuses_gets_a_fix_that_works():
+    """It said 'Fix: a writable place' for a folder that is writable."""
+    refusal = Exception(  # MLflow 3.17's MlflowException for file:./mlruns, abridged
+        "The filesystem tracking backend (e.g., './mlruns') is in maintenance mode and will not "
+        "receive further updates. Please migrate to a database backend (e.g., 'sqlite:///mlflow.db')"
+        " ... If the filesystem backend is required for your workflow, set "
+        "`MLFLOW_ALLOW_FILE_STORE=true` to opt out of this exception."
+    )
+    assert str(unreachable("file:./mlruns", refusal)) == (
+        "logger.tracking_uri=file:./mlruns is a folder of files, which MLflow 3 no longer takes. "
+        "Fix: logger.tracking_uri=sqlite:///outputs/mlflow.db (`mlflow migrate-filestore` moves "
+        "its runs), or MLFLOW_ALLOW_FILE_STORE=true."
+    )
+    denied = unreachable("sqlite:////ro/m.db", Exception("unable to open database file"))
+    assert str(denied).endswith(
+        "Fix: a writable place, e.g. logger.tracking_uri=sqlite:///outputs/mlflow.db."
+    )
 
 
 class Recorder(Tracker):
