@@ -10,7 +10,11 @@ import typing
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
 from d2lrun.config.schema import SCHEMAS, closest, example, preset_keys, yaml_value
 from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
@@ -39,6 +43,12 @@ def explain(e: BaseException) -> D2lrunError:
     if isinstance(cause, MissingMandatoryValue):  # a ??? key that the command line did not set
         return UsageError(
             f"{cause.full_key} is required. Fix: {cause.full_key}={example(None, cause.full_key)}."
+        )
+    if isinstance(cause, InterpolationResolutionError):  # ${trainer.epoch}, ${oc.env:UNSET}
+        first = str(cause).strip().splitlines()[0].rstrip(".")
+        return UsageError(
+            f"cannot resolve a ${{...}} of the config: {first}. Fix: a ${{key}} that exists or an "
+            f"environment variable that is set, or the value itself."
         )
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         node, schema = getattr(cause, "parent_node", None), cause.object_type
@@ -114,4 +124,7 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
     key = dotted.partition("[")[0]
     items = typing.get_args(kind)  # drop=Id: [Id]; a list of numbers: the option's own
     fix = f"[{value}]" if items == (str,) and value is not None else example(None, key, option)
+    if fix == "..." and dataclasses.is_dataclass(schema):  # a plugin's key: its schema's default
+        default = next(f.default for f in dataclasses.fields(schema) if f.name == name)
+        fix = fix if default is dataclasses.MISSING else yaml_value(default)
     return f"{dotted}={yaml_value(value)} is not {what}. Fix: {key}={fix}."

@@ -185,6 +185,14 @@ class MLflow(Logger):
 
 
 @dataclass
+class BatchedLauncher:
+    """hydra/launcher=batched (configs/hydra/launcher/batched.yaml): typed, so a typo is named."""
+
+    _target_: str = key()
+    max_members: int | None = None  # as the YAML: as many as fit in memory
+
+
+@dataclass
 class Trainer:
     epochs: int = key(ge=1, lt=SIZE)
     batch_size: int = key(ge=1, lt=SIZE)
@@ -264,7 +272,8 @@ def register(presets: bool = True) -> None:
     """Put the schemas, and the presets when asked, in Hydra's ConfigStore (once per process)."""
     cs = ConfigStore.instance()
     if "schema_config.yaml" not in cs.repo:
-        for name, node in (("config", Config), ("eval", Eval), ("predict", Predict)):
+        for name, node in (("config", Config), ("eval", Eval), ("predict", Predict),
+                           ("launcher_batched", BatchedLauncher)):  # fmt: skip
             cs.store(name=f"schema_{name}", node=node)
         for group, options in SCHEMAS.items():
             for option, node in options.items():

@@ -697,3 +697,24 @@ def test_flags_and_null_in_a_sweeps_list_are_read_as_hydra_reads_them(tmp_path):
     with pytest.raises(UsageError, match=r"^--cfg and --info show one run's config, not a swe"):
         app.sweep(["optim.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 's'}", "--cfg", "job"])
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "override,line,fixed",
+    [
+        ("hydra.launcher.max_member=2",  # it said "(its keys: none). Fix: drop ..."
+         "hydra.launcher.max_member is not a key of hydra.launcher (its keys: _target_, "
+         "max_members). Fix: write hydra.launcher.max_members instead of "
+         "hydra.launcher.max_member.", "hydra.launcher.max_members=2"),
+        ("hydra.launcher.max_members=x",  # "Fix: hydra.launcher.max_members=...."
+         "hydra.launcher.max_members=x is not a whole number. "
+         "Fix: hydra.launcher.max_members=null.", "hydra.launcher.max_members=null"),
+    ],
+)  # fmt: skip
+def test_a_batched_launcher_key_mistyped_gets_a_fix_that_works(override, line, fixed):
+    from d2lrun.config.messages import explain
+
+    with pytest.raises(Exception) as e:
+        compose_hydra("hydra/launcher=batched", override)
+    assert str(explain(e.value)) == line
+    assert "max_members" in compose_hydra("hydra/launcher=batched", fixed).hydra.launcher
