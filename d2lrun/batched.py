@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -84,9 +85,12 @@ def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]
 
     def folder(cfg: DictConfig) -> None:  # Hydra's run_job makes the job's folder and .hydra/
         hc = HydraConfig.get()
-        OmegaConf.resolve(cfg)  # while Hydra's config is this job's
         run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
         found[hc.job.num] = {"cfg": cfg, "run_dir": run_dir, "overrides": overrides}  # Run's
+        try:
+            OmegaConf.resolve(cfg)  # while Hydra's config is this job's
+        except Exception as e:  # trainer.epochs=${nothing}: its job fails alone
+            found[hc.job.num]["error"] = e
 
     # The plot helpers, one per core, import matplotlib while the stack trains.
     with Plotter(min(len(group), os.cpu_count() or 1)) as plotter:
@@ -118,6 +122,9 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
     scores, todo = {}, {}
     for num, job in found.items():
         cfg, run_dir, overrides = job["cfg"], job["run_dir"], job["overrides"]
+        if "error" in job:
+            scores[num] = job_failed(job["error"], run_dir, sweep_dir)
+            continue
         done = finished_job(run_dir, overrides)
         if done is not None:
             print(f"job {num}: already completed in {shown(run_dir)}; skipped")
@@ -134,14 +141,18 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
         todo.setdefault(json.dumps(start), []).append(num)
     experiment = sweep_experiment(sweep_dir)
     for nums in todo.values():
-        limit = launcher.max_members or most_members(found[nums[0]]["cfg"])
+        try:  # most_members reads the data: a dataset.path that is wrong fails these jobs only
+            limit = launcher.max_members or most_members(found[nums[0]]["cfg"])
+        except Exception as e:
+            scores |= {num: job_failed(e, found[num]["run_dir"], sweep_dir) for num in nums}
+            continue
         for part in (nums[i : i + limit] for i in range(0, len(nums), limit)):
             model = found[part[0]]["cfg"].model.name
             log.info(f"{named(part)}: {model}, trained as one stack of {len(part)}")
             jobs = [found[num] for num in part]
             try:
                 ended = train_stack(jobs, plotter, sweep_dir=sweep_dir, experiment=experiment)
-            except Exception as e:  # a full disk, a bug: every member of the stack failed
+            except Exception as e:  # its data or models could not be built: each member failed
                 ended = [e] * len(part)
             for num, end in zip(part, ended, strict=True):
                 if isinstance(end, dict):
@@ -150,13 +161,16 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
                     scores[num] = job_failed(end, found[num]["run_dir"], sweep_dir)
             stopped = [end for end in ended if isinstance(end, Interrupted)]
             if stopped:  # Ctrl-C or a stop signal: every member saved; the sweep ends
+                for job in found.values():  # one not started: no folder, as the basic launcher's
+                    if {p.name for p in job["run_dir"].iterdir()} <= {".hydra", ".lock"}:
+                        shutil.rmtree(job["run_dir"], ignore_errors=True)
                 job_failed(stopped[0], jobs[0]["run_dir"], sweep_dir)
     return scores
 
 
 def train_stack(jobs: list[dict], plotter: Plotter | None = None, **common) -> list:
     """Runs (each job a dict of Run's arguments) trained as one stack: each one's summary, or how
-    it ended (Diverged, Interrupted); an error that ends them all (a full disk, a bug) is raised."""
+    it ended (Diverged, Interrupted, or the error that ended them all: a full disk, a bug)."""
     runs, generators = [], []
     for job in jobs:
         runs.append(Run(**job, **common))
@@ -204,11 +218,10 @@ def train_stack(jobs: list[dict], plotter: Plotter | None = None, **common) -> l
             if ended[m] is None:
                 end(m, "interrupted", signum=getattr(e, "signum", signal.SIGINT))
         return ended
-    except Exception as e:
-        for m, run in enumerate(runs):
-            if ended[m] is None:
-                run.failed(e)
-        raise
+    except Exception as e:  # a full disk, a bug: each member failed, with its own Fix
+        return [
+            end if end is not None else run.failed(e) for end, run in zip(ended, runs, strict=True)
+        ]
     with deferred_signals():  # Ctrl-C or a stop signal now: once every member has its files
         going = [m for m in range(len(runs)) if ended[m] is None]
         plots = [(runs[m].history.rows, runs[m].title) for m in going]

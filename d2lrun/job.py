@@ -149,13 +149,9 @@ def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt=None, *
     except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.app.stop_signals)
         return run.end("interrupted", signum=getattr(e, "signum", signal.SIGINT))
     except Exception as e:  # disk full, a bug: the tracked run ends too, then the error goes on
-        run.failed(e)
-        if isinstance(e, OSError) and (run.run_dir / "last.pt").exists():
-            raise RunFailed(
-                f"{e.strerror} ({e.filename}). Fix: free disk space, then d2lrun resume="
-                f"{shown(run.run_dir)} (its last.pt is kept)."
-            ) from e
-        raise
+        if (error := run.failed(e)) is e:
+            raise
+        raise error from e
     return run.end("completed")
 
 
@@ -260,8 +256,9 @@ class Run:
         self.log(format_row(row, trainer.epochs))
         self.tracker.log_epoch(row)
 
-    def failed(self, e: Exception) -> None:
-        """The run's record on an error: failed, in metrics.json too while the disk takes it."""
+    def failed(self, e: Exception) -> Exception:
+        """The run's record on an error: failed, in metrics.json too while the disk takes it; the
+        error to raise (a full disk's says how to go on)."""
         rows, best = self.history.rows, self.history.best
         summary = self.summary | {
             "status": "failed", "reason": str(e), "final": rows[-1] if rows else None,
@@ -272,6 +269,12 @@ class Run:
                 write_csv(self.run_dir / "metrics.csv", rows)
             write_json(self.run_dir / "metrics.json", summary)
         self.tracker.finish("failed", summary, self.run_dir)
+        if isinstance(e, OSError) and (self.run_dir / "last.pt").exists():
+            return RunFailed(
+                f"{e.strerror} ({e.filename}). Fix: free disk space, then d2lrun resume="
+                f"{shown(self.run_dir)} (its last.pt is kept)."
+            )
+        return e
 
     def end(self, status: str, reason: str | None = None, signum: int | None = None) -> dict:
         """The run's files as it ended (completed, diverged or interrupted); its summary."""

@@ -173,3 +173,30 @@ def test_a_stop_signal_while_the_members_write_their_files_waits_for_all_of_them
     for i in range(3):
         summary = json.loads((tmp_path / f"m{i}" / "metrics.json").read_text())
         assert summary["status"] == "completed" and (tmp_path / f"m{i}" / "model.pt").exists()
+
+
+def test_a_full_disk_fails_each_member_with_the_fix_that_goes_on_from_its_own_last_pt(
+    tmp_path, monkeypatch
+):
+    """As for a run alone (tests/test_errors.py): it said 'choose a writable folder
+    (hydra.run.dir=DIR)', which a sweep's job cannot take, and the stack's error went up."""
+    import d2lrun.files as files
+
+    real_fsync, calls = files.os.fsync, []
+
+    def failing_fsync(fd):  # epoch 1 wrote best.pt and last.pt of both (files and folders)
+        calls.append(fd)
+        if len(calls) > 8:
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", failing_fsync)
+    ended = train_stack([quiet(["trainer.epochs=3", f"optim.lr={lr}"], tmp_path / f"m{i}")
+                         for i, lr in enumerate((0.01, 0.02))])  # fmt: skip
+    monkeypatch.undo()
+    for i, error in enumerate(ended):
+        assert str(error).startswith("No space left on device (")
+        assert str(error).endswith(
+            f"Fix: free disk space, then d2lrun resume={tmp_path / f'm{i}'} (its last.pt is kept)."
+        )
+        assert load_checkpoint(tmp_path / f"m{i}" / "last.pt")["epoch"] == 1
