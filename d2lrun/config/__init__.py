@@ -11,6 +11,7 @@ import dataclasses
 import io
 import math
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,6 +69,12 @@ def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     for path in ["", "trainer", *SCHEMAS]:
         check_ranges(cfg, path)
     check_rules(cfg)
+    if cfg.regularizer.name == "l2" and given(overrides, "regularizer.lambd") is not None:
+        print(  # §4.5's lambd is L2's λ: regularizer.lambd=0 over ch4_weight_decay still decays
+            f"note: regularizer.lambd is the L1 term's strength; L2's λ (§4.5's lambd) is "
+            f"optim.weight_decay, now {cfg.optim.weight_decay}",
+            file=sys.stderr,
+        )
     cfg = cfg.copy()
     for k in PATH_KEYS:  # a run folder must work from any folder: store what the user meant
         if isinstance(cfg.dataset.get(k), str):

@@ -454,3 +454,17 @@ def test_a_preset_built_on_another_keeps_its_optimizers_step_size(preset, lr):
     args = [f"experiment={preset}", "optim=adam"]
     with pytest.raises(UsageError, match=f"^experiment={preset} sets optim.lr={lr} for optim=sgd"):
         checked(compose(args), args)
+
+
+def test_l1s_lambd_typed_over_l2_says_that_l2s_lambda_is_weight_decay(capsys):
+    """§4.5 names L2's λ lambd: `experiment=ch4_weight_decay regularizer.lambd=0` reads as the
+    book's λ = 0 run, but sets the L1 term and still decays the weights by 3."""
+    args = ["experiment=ch4_weight_decay", "regularizer.lambd=0"]
+    checked(compose(args), args)
+    assert capsys.readouterr().err == (
+        "note: regularizer.lambd is the L1 term's strength; L2's λ (§4.5's lambd) is "
+        "optim.weight_decay, now 3.0\n"
+    )
+    for quiet in (["experiment=ch4_weight_decay"], ["regularizer=l1", "regularizer.lambd=0.1"]):
+        checked(compose(quiet), quiet)
+        assert capsys.readouterr().err == ""
