@@ -100,7 +100,7 @@ def check_ranges(cfg: DictConfig, path: str) -> None:
         if m["words"] and value not in m["words"]:
             raise UsageError(
                 f"{name}={value} is not one of {', '.join(m['words'])}. "
-                f"Fix: {name}={closest(str(value), m['words'])}."
+                f"Fix: {name}={closest(str(value), m['words'], m['words'][0])}."
             )
         ranged = any(m[k] is not None for k in ("ge", "gt", "lt"))
         for v in value if OmegaConf.is_list(value) else [value]:

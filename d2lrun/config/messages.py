@@ -32,7 +32,7 @@ def explain(e: BaseException) -> D2lrunError:
         group, _, name = e.missing_cfg_file.rpartition("/")
         return UsageError(
             f"Unknown {group} '{name}'. Choose one of: {', '.join(sorted(e.options))}. "
-            f"Fix: {group}={closest(name, e.options)}."
+            f"Fix: {group}={closest(name, e.options, next(iter(SCHEMAS.get(group, {})), None))}."
         )
     if isinstance(e, OverrideParseException):
         key, equals, value = e.override.partition("=")

@@ -333,5 +333,7 @@ def yaml_value(value) -> str:
     return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
 
 
-def closest(name: str, options) -> str:
-    return difflib.get_close_matches(name, list(options), n=1, cutoff=0)[0]  # cutoff 0: one always
+def closest(name: str, options, default: str | None = None) -> str:
+    """The option spelled most like name; none alike (model=foo): default, else the first."""
+    near = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return near[0] if near else default or sorted(options)[0]

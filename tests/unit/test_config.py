@@ -75,6 +75,11 @@ def message(*overrides) -> str:
             "Unknown model 'lenett'. Choose one of: conv2d, lenet, linreg, mlp, softmax. "
             "Fix: model=lenet.",
         ),
+        (  # nothing like it: config.yaml's choice, not the nearest of unlike names (conv2d)
+            "model=foo",
+            "Unknown model 'foo'. Choose one of: conv2d, lenet, linreg, mlp, softmax. "
+            "Fix: model=linreg.",
+        ),
         (
             "experiment=ch6_lenett",
             "Unknown experiment 'ch6_lenett'. Choose one of: ch3_linreg_concise",
@@ -172,6 +177,11 @@ def message(*overrides) -> str:
 )
 def test_bad_values_name_key_value_and_fix(override, expected):
     assert message(*override.split()).startswith(expected)
+
+
+def test_a_name_like_no_option_gets_the_first_option_not_an_arbitrary_one():
+    assert message("experiment=zzzz").endswith("Fix: experiment=ch3_linreg_concise.")
+    assert message("model.impl=foo").endswith("Fix: model.impl=concise.")  # the YAML's first
 
 
 def test_a_quoted_value_hydras_grammar_cannot_read_unquoted_is_taken():
