@@ -1,19 +1,20 @@
 """Compose every option of every config group on disk: file stem = name = schema key (and, for a
-dataset, the key of d2lrun.data.DATASETS), every key commented, and the schema in force (a wrong
+dataset, a loader module d2lrun.data.NAME), every key commented, and the schema in force (a wrong
 type fails while Hydra composes)."""
 
+import pkgutil
 from pathlib import Path
 
 import pytest
 import yaml
 from omegaconf import OmegaConf
 
+import d2lrun.data
 from d2lrun.config import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, checked, compose
-from d2lrun.data import DATASETS
 
 # The options the code knows of each group: a dataset's loader module, else the group's schemas.
 REGISTRIES = {
-    "dataset": DATASETS,
+    "dataset": [m.name for m in pkgutil.iter_modules(d2lrun.data.__path__)],
     "model": SCHEMAS["model"],
     "optim": ("sgd", "adam"),
     "regularizer": ("none", "l1", "l2", "dropout"),

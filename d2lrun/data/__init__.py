@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from d2lrun.errors import UsageError
 
 # dataset.name: its module d2lrun.data.<name> has load(cfg, seed) -> (train, val, spec).
-DATASETS = ("synthetic", "csv", "fashion_mnist", "polynomial", "kaggle_house", "kernel")
 # Tables fit their statistics on the training rows, so they split folds themselves, and a saved
 # run's statistics transform them again: load(cfg, seed, fold, fitted).
 TABLES = ("csv", "kaggle_house")
