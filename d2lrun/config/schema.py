@@ -153,19 +153,19 @@ class InitDefault(Option):
 class InitNormal(InitDefault):
     mean: float = key()
     std: float = key(gt=0)
-    bias: float = key()
+    bias: float | None = key()  # null: each layer's own (nn.Linear's U(±1/√fan_in))
 
 
 @dataclass
 class InitConstant(InitDefault):
     value: float = key()
-    bias: float = key()
+    bias: float | None = key()  # null: each layer's own (nn.Linear's U(±1/√fan_in))
 
 
 @dataclass
 class InitXavier(InitDefault):
     distribution: str = key(words="uniform normal")
-    bias: float = key()
+    bias: float | None = key()  # null: each layer's own (nn.Linear's U(±1/√fan_in))
 
 
 @dataclass

@@ -38,6 +38,9 @@ def apply_init(model: nn.Module, cfg: DictConfig) -> nn.Module:
             getattr(nn.init, f"kaiming_{cfg.distribution}_")(w, mode=cfg.mode, nonlinearity="relu")
         elif name == "zeros":
             nn.init.zeros_(w)
-        if b is not None:
-            nn.init.constant_(b, cfg.get("bias", 0.0))
-    return model
+        bias = cfg.get("bias", 0.0)  # init=zeros has no key: 0
+        if b is not None and bias is not None:
+            nn.init.constant_(b, bias)
+        elif b is not None and hasattr(model, "layers"):  # null: as nn.Linear would (§3.7's)
+            nn.init.uniform_(b, -1 / math.sqrt(w.shape[1]), 1 / math.sqrt(w.shape[1]))
+    return model  # null, an nn layer's bias: as the layer initialised it

@@ -255,3 +255,22 @@ def test_a_conv2d_kernel_that_does_not_map_the_image_to_its_target_is_refused(si
         f"model.kernel_size={size} maps the 6x8 image to {maps} values, and the target has 42. "
         f"Fix: model.kernel_size=[1,2], the dataset's kernel's size."
     )
+
+
+@pytest.mark.parametrize("impl", ["concise", "scratch"])
+def test_bias_null_inits_the_weights_only_as_the_books_concise_code_does(impl):
+    """§3.7, §4.3, §4.6, §6.6 initialise m.weight only: each bias keeps nn.Linear's own
+    U(±1/√fan_in), which a scratch model draws to mean the same."""
+    torch.manual_seed(0)
+    net = build_model(model_cfg("mlp", impl=impl), IMAGES)
+    built = [p.detach().clone() for p in net.parameters() if p.ndim == 1]
+    apply_init(net, OmegaConf.create({"name": "normal", "mean": 0.0, "std": 0.01, "bias": None}))
+    biases = [p.detach() for p in net.parameters() if p.ndim == 1]
+    fan_ins = [784, 256]  # model_cfg's mlp: 784-256-10
+    for b, fan_in, before in zip(biases, fan_ins, built, strict=True):
+        assert 0 < b.abs().max() <= fan_in**-0.5
+        if impl == "concise":
+            assert torch.equal(b, before)  # as nn.Linear initialised it
+    assert biases[0].abs().max() > 0.8 * 784**-0.5  # 256 draws: all below, p = 0.8^256
+    weights = [p for p in net.parameters() if p.ndim == 2]
+    assert all(abs(float(w.std()) - 0.01) < 0.001 for w in weights)
