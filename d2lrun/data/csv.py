@@ -194,7 +194,7 @@ def table_splits(
             f"column(s) {infinite} of {source} hold infinite values, which no mean or loss can "
             f"use. Fix: leave those cells empty (missing) or give finite numbers."
         )
-    text = [c for c in frame if not pd.api.types.is_numeric_dtype(frame[c])]
+    text = [c for c in frame if c not in cfg.drop and not pd.api.types.is_numeric_dtype(frame[c])]
     if grouped := [c for c in text if thousands(frame[c])]:  # else categories, or dropped
         example = next(v for v in frame[grouped[0]].astype(str) if "," in v)
         raise UsageError(
