@@ -162,7 +162,7 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
             stopped = [end for end in ended if isinstance(end, Interrupted)]
             if stopped:  # Ctrl-C or a stop signal: every member saved; the sweep ends
                 for job in found.values():  # one not started: no folder, as the basic launcher's
-                    if {p.name for p in job["run_dir"].iterdir()} <= {".hydra", ".lock"}:
+                    if {p.name for p in job["run_dir"].glob("*")} <= {".hydra", ".lock"}:
                         shutil.rmtree(job["run_dir"], ignore_errors=True)
                 job_failed(stopped[0], jobs[0]["run_dir"], sweep_dir)
     return scores
