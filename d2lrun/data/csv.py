@@ -53,6 +53,13 @@ def read_table(
         ) from None
     if frame.empty:
         raise UsageError(f"{where} has a header but no data rows. Fix: add rows.")
+    header = [c for c in pd.read_csv(p, header=None, nrows=1, dtype=str).iloc[0] if pd.notna(c)]
+    if twice := sorted({c for c in header if header.count(c) > 1}):  # pandas reads x, x.1
+        raise UsageError(
+            f"{where} names the column(s) {twice} twice in its header; pandas reads the second "
+            f"as '{twice[0]}.1', which dataset.drop and dataset.target miss. Fix: give each "
+            f"column a name of its own."
+        )
     return frame
 
 
@@ -132,14 +139,16 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
         return np.column_stack(parts).astype(np.float32)
 
 
-def thousands(values: pd.Series) -> bool:
-    """Text that is all numbers, some written with thousands separators: "1,000", "-2,500.5"."""
+# A number as a spreadsheet may write it: -$1,234.50, 75%, 12345678901234567890 (beyond int64).
+WRITTEN_NUMBER = r"[-+]?[$€£]?-?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?\s?%?"
+
+
+def written_numbers(values: pd.Series) -> bool:
+    """Text that is all numbers, as pandas leaves "1,000", "$10", "75%" and 20-digit integers."""
     first = values.first_valid_index()  # words: one cell tells, not every row of a large file
-    if first is None or not re.fullmatch(r"-?[\d,]+(\.\d+)?", str(values[first])):
+    if first is None or not re.fullmatch(WRITTEN_NUMBER, str(values[first])):
         return False
-    text = values.dropna().astype(str)
-    grouped = text.str.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
-    return bool(grouped.any() and (grouped | text.str.fullmatch(r"-?\d+(\.\d+)?")).all())
+    return bool(values.dropna().astype(str).str.fullmatch(WRITTEN_NUMBER).all())
 
 
 def category(value, cats: list[str]) -> str:
@@ -195,13 +204,23 @@ def table_splits(
             f"use. Fix: leave those cells empty (missing) or give finite numbers."
         )
     text = [c for c in frame if c not in cfg.drop and not pd.api.types.is_numeric_dtype(frame[c])]
-    if grouped := [c for c in text if thousands(frame[c])]:  # else categories, or dropped
-        example = next(v for v in frame[grouped[0]].astype(str) if "," in v)
+    if not fitted and (written := [c for c in text if written_numbers(frame[c])]):
+        example = frame[written[0]].dropna().astype(str).iloc[0]  # else categories, or dropped
+        ids = f", or dataset.drop=[{written[0]}] if they are ids" if written[0] != target else ""
         raise UsageError(
-            f"column(s) {grouped} of {source} hold numbers with thousands separators, such as "
-            f"'{example}', which read as text. Fix: save the file without them, e.g. with "
-            f"pd.read_csv(FILE, thousands=',').to_csv(FILE, index=False)."
+            f"column(s) {written} of {source} hold numbers that read as text, such as "
+            f"'{example}' (with $, %, thousands separators, or past 64-bit integers). Fix: save "
+            f"them as plain numbers (pd.read_csv(FILE, thousands=',') reads 1,000){ids}."
         )
+    index = frame.columns[0]  # pandas' to_csv writes its row index as a first, unnamed column
+    if not fitted and str(index).startswith("Unnamed: ") and index not in (target, *cfg.drop):
+        if pd.api.types.is_integer_dtype(frame[index]) and frame[index].is_unique:
+            print(
+                f"note: ignored column '{index}' of {source}, a row index (pandas' to_csv "
+                f"writes one unless index=False)",
+                file=sys.stderr,
+            )
+            frame = frame.drop(columns=index)
     if unlabeled := frame[target].isna().sum():  # nothing to learn from: dropped, not labelled
         print(
             f"note: dropped {unlabeled} row(s) of {source} with no value in '{target}'",
@@ -222,7 +241,8 @@ def table_splits(
             f"'{stray.iloc[0]}'. Fix: leave them empty (those rows are dropped), or "
             f"dataset.task=classification if its values are names."
         )
-    if task == "auto":
+    inferred = task == "auto"  # not asked for: a column of ids is no classification
+    if inferred:
         task = "regression" if numeric_target else "classification"
     if task == "regression" and not numeric_target:
         fix = "give numbers in it" if fitted else "dataset.task=classification"
@@ -259,7 +279,7 @@ def table_splits(
         stats = fit_preprocess(fit_on[features], standardize, cfg.max_categories, ddof)
         for col, cats in stats["categorical"].items():  # 48 categories for one stray '?'
             words = [c for c in cats if pd.isna(pd.to_numeric(c, errors="coerce"))]
-            if 0 < len(words) <= len(cats) // 10:
+            if 0 < len(words) <= max(1, len(cats) // 10) and len(words) < len(cats) - 1:
                 print(
                     f"note: column '{col}' of {source} holds numbers but for {len(words)} value(s) "
                     f"such as '{words[0]}', so each of its {len(cats)} values is a category. "
@@ -280,6 +300,18 @@ def table_splits(
         classes, scale = None, None
         if task == "classification":
             classes = sorted(train_rows[target].astype(str).unique())
+            others = [c for c in frame.columns if c != target]
+            one = frame[target].nunique() < 2  # else one only in training: "add training rows"
+            if one or (inferred and frame[target].is_unique):  # or ids
+                what = (
+                    f"one class ('{classes[0]}') in all its rows"
+                    if one
+                    else f"a different value in each of its {n} rows (an id?)"
+                )
+                raise UsageError(
+                    f"column '{target}' of {source} has {what}, so there is nothing to learn. "
+                    f"Fix: dataset.target=<another column: {', '.join(others)}>."
+                )
             if unseen := sorted(set(val_rows[target].astype(str)) - set(classes)):
                 shuffle = "dataset.shuffle_folds=true (the rows are in order)"
                 raise UsageError(

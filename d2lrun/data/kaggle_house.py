@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from d2lrun.data import Spec
 from d2lrun.data.csv import read_table, table_splits
 from d2lrun.errors import UsageError
-from d2lrun.files import atomic_write
+from d2lrun.files import atomic_write, shown
 
 DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"  # the book's DATA_HUB
 # pandas 1's missing-value markers, as the book read: pandas 2 added "None", a real category here
@@ -55,6 +55,11 @@ def download(url: str, path: Path, sha1: str) -> Path:
 def find_files(root: str | Path, fetch: bool) -> dict[str, Path]:
     """The two files, in ROOT/kaggle_house/ or ROOT; downloaded when missing and fetch is set."""
     root = Path(root).expanduser()
+    if root.is_file():  # the training file itself: its folder is the root
+        raise UsageError(
+            f"dataset.root={shown(root)} is a file; it names the folder that holds "
+            f"{FILES['train'][0]}. Fix: dataset.root={shown(root.parent)}."
+        )
     paths = {}
     for split, (name, sha1) in FILES.items():
         there = next((p for p in (root / "kaggle_house" / name, root / name) if p.exists()), None)

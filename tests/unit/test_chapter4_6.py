@@ -198,3 +198,17 @@ def test_a_kfold_job_run_again_keeps_its_completed_folds_and_continues_the_stopp
     for i in range(3):
         a, b = (torch.load(tmp_path / d / f"fold_{i}" / "model.pt") for d in ("clean", "job"))
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kaggle_root_given_as_the_training_file_names_its_folder(tmp_path):
+    """It said 'Not a directory (.../train.csv/kaggle_house). Fix: free disk space ...', exit 1."""
+    from d2lrun.data.kaggle_house import find_files
+
+    file = tmp_path / "kaggle_house_pred_train.csv"
+    file.write_text("Id\n1\n")
+    with pytest.raises(UsageError) as e:
+        find_files(file, fetch=True)
+    assert str(e.value) == (
+        f"dataset.root={file} is a file; it names the folder that holds "
+        f"kaggle_house_pred_train.csv. Fix: dataset.root={tmp_path}."
+    )

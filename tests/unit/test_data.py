@@ -513,6 +513,16 @@ def test_a_file_without_the_runs_target_is_refused_with_a_fix_eval_can_take(tmp_
         csv_load(table_cfg(tmp_path / "new.csv"), seed=0, fitted=spec)
 
 
+@pytest.mark.parametrize(
+    "cells",
+    [["$10", "$20", "-$5.50"], ["75%", "80 %", "5%"], ["12345678901234567890", "2", "3"]],
+)
+def test_numbers_written_with_signs_or_too_long_are_refused_not_made_categories(cells):
+    frame = pd.DataFrame({"x": cells, "y": [1.0, 2.0, 3.0]})
+    with pytest.raises(UsageError, match=r"^column\(s\) \['x'\] of p.csv hold numbers that read"):
+        table_splits(frame, table_cfg(), 0, None, "p.csv", "auto", False)
+
+
 def test_numbers_with_thousands_separators_are_refused_with_the_pandas_line_that_reads_them(
     tmp_path,
 ):
@@ -522,9 +532,9 @@ def test_numbers_with_thousands_separators_are_refused_with_the_pandas_line_that
     with pytest.raises(UsageError) as e:
         table_splits(pd.read_csv(path), table_cfg(path), 0, None, "p.csv", "auto", False)
     assert str(e.value) == (
-        "column(s) ['x'] of p.csv hold numbers with thousands separators, such as '1,000', "
-        "which read as text. Fix: save the file without them, e.g. with "
-        "pd.read_csv(FILE, thousands=',').to_csv(FILE, index=False)."
+        "column(s) ['x'] of p.csv hold numbers that read as text, such as '1,000' (with $, %, "
+        "thousands separators, or past 64-bit integers). Fix: save them as plain numbers "
+        "(pd.read_csv(FILE, thousands=',') reads 1,000), or dataset.drop=[x] if they are ids."
     )
     dropped = table_cfg(path, drop=["x"])  # ids such as "1,000" are not read: no refusal
     table_splits(pd.read_csv(path), dropped, 0, None, "p.csv", "auto", False)
@@ -533,3 +543,41 @@ def test_numbers_with_thousands_separators_are_refused_with_the_pandas_line_that
         pd.read_csv(path), table_cfg(path), 0, None, "p.csv", "auto", False
     )
     assert "x" in spec.preprocess["numeric"] and "name" not in spec.preprocess["numeric"]
+
+
+def test_a_duplicated_header_name_is_refused_not_read_as_name_dot_1(tmp_path):
+    """pandas reads the second 'id' as 'id.1', which dataset.drop=[id] missed: a feature."""
+    path = tmp_path / "d.csv"
+    path.write_text("id,x,id,y\n1,1,7,3\n2,2,3,5\n")
+    with pytest.raises(UsageError) as e:
+        read_table(path)
+    assert str(e.value) == (
+        f"dataset.path={path} names the column(s) ['id'] twice in its header; pandas reads the "
+        f"second as 'id.1', which dataset.drop and dataset.target miss. Fix: give each column a "
+        f"name of its own."
+    )
+    path.write_text("id,x,y,,\n1,1,3,,\n2,2,5,,\n")  # trailing commas: empty names, not twice
+    assert list(read_table(path).columns)[:3] == ["id", "x", "y"]
+
+
+def test_pandas_row_index_is_ignored_with_a_note(capsys):
+    """df.to_csv(F) writes the index as 'Unnamed: 0': a feature, a prediction by row position."""
+    frame = pd.DataFrame({"Unnamed: 0": range(10), "x": np.arange(10.0), "y": np.arange(10.0)})
+    *_, spec = table_splits(frame, table_cfg(), 0, None, "p.csv", "auto", False)
+    assert spec.preprocess["columns"] == ["x"]
+    assert "note: ignored column 'Unnamed: 0' of p.csv, a row index" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "labels,what",
+    [(["a"] * 6, "one class ('a') in all its rows"),
+     ([f"u{i}" for i in range(6)], "a different value in each of its 6 rows (an id?)")],
+)  # fmt: skip
+def test_a_target_with_one_class_or_one_per_row_is_refused(labels, what):
+    frame = pd.DataFrame({"x": np.arange(6.0), "y": labels})
+    with pytest.raises(UsageError) as e:
+        table_splits(frame, table_cfg(), 0, None, "p.csv", "auto", False)
+    assert str(e.value) == (
+        f"column 'y' of p.csv has {what}, so there is nothing to learn. "
+        f"Fix: dataset.target=<another column: x>."
+    )
