@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from d2lrun.data import Spec, Split
 from d2lrun.errors import RunFailed, UsageError
-from d2lrun.files import atomic_write
+from d2lrun.files import atomic_write, shown
 
 # d2l's text labels (§3.5 get_fashion_mnist_labels).
 CLASS_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
@@ -27,11 +27,19 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
     raw = root / "FashionMNIST" / "raw"
     # The official files that are in raw/ neither compressed nor decompressed.
     missing = [f for f in FILES if not any((raw / g).exists() for g in (f, f.removesuffix(".gz")))]
+    moved = None  # the files in root itself: dataset.root named raw/, or a folder of the .gz files
+    if missing and all(any((root / g).exists() for g in (f, f.removesuffix(".gz"))) for f in FILES):
+        nested = root.name == "raw" and root.parent.name == "FashionMNIST"
+        moved = (
+            f"dataset.root={shown(root.parent.parent)}"
+            if nested
+            else f"move the files of {shown(root)} into {raw}"
+        )
     if missing and not cfg.download:
         raise UsageError(
             f"Fashion-MNIST is not in {raw} (missing {', '.join(missing)}) and "
             f"dataset.download=false. "
-            f"Fix: place the files from {URL} there, or dataset.download=true."
+            f"Fix: {moved or f'place the files from {URL} there, or dataset.download=true'}."
         )
     try:
         raw.mkdir(parents=True, exist_ok=True)  # where missing files are downloaded to
@@ -54,10 +62,10 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
         except Exception as e:  # torchvision's RuntimeError, OSError, EOFError, ...: any failure
             reason = str(e).splitlines()[0].rstrip(": ") if str(e) else type(e).__name__
             if missing:
+                place = f"place {', '.join(missing)} from {URL} in {raw}, or set dataset.root="
                 raise UsageError(
-                    f"Fashion-MNIST is not in {raw} and the download failed ({reason}). Fix: place "
-                    f"{', '.join(missing)} from {URL} in {raw}, or set "
-                    f"dataset.root=<folder that has them>."
+                    f"Fashion-MNIST is not in {raw} and the download failed ({reason}). "
+                    f"Fix: {moved or place + '<folder that has them>'}."
                 ) from None
             if "download" in reason.lower():  # torchvision re-downloads a file of a wrong checksum
                 reason = (

@@ -581,3 +581,23 @@ def test_a_target_with_one_class_or_one_per_row_is_refused(labels, what):
         f"column 'y' of p.csv has {what}, so there is nothing to learn. "
         f"Fix: dataset.target=<another column: x>."
     )
+
+
+def test_fashion_mnist_root_given_as_the_folder_of_its_files_says_which_root_to_give(
+    tmp_path, fake_fmnist
+):
+    """dataset.root=.../FashionMNIST/raw said the four files were missing from raw/FashionMNIST/raw
+    and to place them there; the Fix now is the root that holds them, or where to move them."""
+    from d2lrun.data import fashion_mnist
+
+    raw = fake_fmnist / "FashionMNIST" / "raw"
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in raw.iterdir():
+        shutil.copy(f, flat / f.name)
+    moved = f"move the files of {flat} into {flat / 'FashionMNIST' / 'raw'}"
+    for root, fix in ((raw, f"dataset.root={fake_fmnist}"), (flat, moved)):
+        cfg = OmegaConf.create({"root": str(root), "download": False})
+        with pytest.raises(UsageError) as e:
+            fashion_mnist.load(cfg, 0)
+        assert str(e.value).endswith(f"dataset.download=false. Fix: {fix}.")
