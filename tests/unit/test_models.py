@@ -273,4 +273,4 @@ def test_bias_null_inits_the_weights_only_as_the_books_concise_code_does(impl):
             assert torch.equal(b, before)  # as nn.Linear initialised it
     assert biases[0].abs().max() > 0.8 * 784**-0.5  # 256 draws: all below, p = 0.8^256
     weights = [p for p in net.parameters() if p.ndim == 2]
-    assert all(abs(float(w.std()) - 0.01) < 0.001 for w in weights)
+    assert all(abs(float(w.detach().std()) - 0.01) < 0.001 for w in weights)
