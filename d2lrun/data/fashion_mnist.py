@@ -25,10 +25,9 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
 
     root = Path(str(cfg.root)).expanduser()
     raw = root / "FashionMNIST" / "raw"
-    # The official files that are in raw/ neither compressed nor decompressed.
-    missing = [f for f in FILES if not any((raw / g).exists() for g in (f, f.removesuffix(".gz")))]
+    missing = absent(raw)
     moved = None  # the files in root itself: dataset.root named raw/, or a folder of the .gz files
-    if missing and all(any((root / g).exists() for g in (f, f.removesuffix(".gz"))) for f in FILES):
+    if missing and not absent(root):
         nested = root.name == "raw" and root.parent.name == "FashionMNIST"
         moved = (
             f"dataset.root={shown(root.parent.parent)}"
@@ -77,6 +76,11 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
             ) from None
         splits.append(Split(ds.data.unsqueeze(1), ds.targets))  # (N, 1, 28, 28) uint8, (N,) int64
     return *splits, Spec("fashion_mnist", "classification", 28 * 28, 10, [1, 28, 28], CLASS_NAMES)
+
+
+def absent(folder: Path) -> list[str]:
+    """The official files that are in folder neither compressed nor decompressed."""
+    return [f for f in FILES if not any((folder / g).exists() for g in (f, f.removesuffix(".gz")))]
 
 
 def unpack(resources: list[tuple[str, str]], raw: Path) -> None:
