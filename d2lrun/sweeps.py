@@ -7,6 +7,7 @@ which returns its score; report writes summary.csv and heatmap.png. No torch unt
 from __future__ import annotations
 
 import math
+import re
 import signal
 import sys
 import traceback
@@ -163,13 +164,14 @@ def job_number(name: str) -> int:
 
 
 def number(text):
-    """A swept value as the number it names, else as it was typed."""
+    """A swept value as the number it names, else as it was typed (Hydra records `${x}` and
+    `a,b` as `$\\{x\\}` and `a\\,b`: its grammar's escapes undone)."""
     for cast in (int, float):
         try:
             return cast(text)
         except (TypeError, ValueError):
             pass
-    return text
+    return re.sub(r"\\([\\()\[\]{}:=, \t])", r"\1", text) if isinstance(text, str) else text
 
 
 def collect(sweep_dir: Path):

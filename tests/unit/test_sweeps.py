@@ -553,6 +553,18 @@ def test_an_override_value_holding_an_equals_sign_stays_whole_in_the_table(tmp_p
                                                              ("1", "/data/a=2.csv")]  # fmt: skip
 
 
+def test_a_value_hydra_escaped_in_its_records_shows_as_typed(tmp_path):
+    """`optim.weight_decay='${optim.lr}',0`: Hydra records `$\\{optim.lr\\}`; the table shows
+    what the user typed."""
+    s = tmp_path / "sweep"
+    s.mkdir()
+    for num, value in enumerate([r"$\{optim.lr\}", r"a\,b", "0"]):
+        write_job(s, num, [f"optim.weight_decay={value}"], done(0.1 * (num + 1)))
+    sweep.report(s, show=False)
+    rows = list(csv.DictReader(open(s / "summary.csv")))
+    assert [r["optim.weight_decay"] for r in rows] == ["${optim.lr}", "a,b", "0"]
+
+
 def test_a_key_given_twice_is_planned_once_with_its_last_value_as_hydra_runs_it(tmp_path):
     """hydra.sweeper.params sweeps optim.lr and the command line sets it again: Hydra's basic
     sweeper runs one job (the last value wins), so the table plans one, not a phantom second."""
