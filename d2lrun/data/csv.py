@@ -139,8 +139,9 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
         return np.column_stack(parts).astype(np.float32)
 
 
-# A number as a spreadsheet may write it: -$1,234.50, 75%, 12345678901234567890 (beyond int64).
-WRITTEN_NUMBER = r"[-+]?[$€£]?-?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?\s?%?"
+# A number as a spreadsheet may write it: -$1,234.50, 75%, 1,5 (a decimal comma),
+# 12345678901234567890 (beyond int64).
+WRITTEN_NUMBER = r"[-+]?[$€£]?-?(\d{1,3}(,\d{3})+|\d+)(\.\d+|,\d+)?\s?%?"
 
 
 def written_numbers(values: pd.Series) -> bool:
@@ -209,8 +210,9 @@ def table_splits(
         ids = f", or dataset.drop=[{written[0]}] if they are ids" if written[0] != target else ""
         raise UsageError(
             f"column(s) {written} of {source} hold numbers that read as text, such as "
-            f"'{example}' (with $, %, thousands separators, or past 64-bit integers). Fix: save "
-            f"them as plain numbers (pd.read_csv(FILE, thousands=',') reads 1,000){ids}."
+            f"'{example}' (with $, %, thousands separators or decimal commas, or past 64-bit "
+            f"integers). Fix: save them as plain numbers (pd.read_csv(FILE, thousands=',') "
+            f"reads 1,000; decimal=',' reads 1,5){ids}."
         )
     index = frame.columns[0]  # pandas' to_csv writes its row index as a first, unnamed column
     if not fitted and str(index).startswith("Unnamed: ") and index not in (target, *cfg.drop):

@@ -533,8 +533,9 @@ def test_numbers_with_thousands_separators_are_refused_with_the_pandas_line_that
         table_splits(pd.read_csv(path), table_cfg(path), 0, None, "p.csv", "auto", False)
     assert str(e.value) == (
         "column(s) ['x'] of p.csv hold numbers that read as text, such as '1,000' (with $, %, "
-        "thousands separators, or past 64-bit integers). Fix: save them as plain numbers "
-        "(pd.read_csv(FILE, thousands=',') reads 1,000), or dataset.drop=[x] if they are ids."
+        "thousands separators or decimal commas, or past 64-bit integers). Fix: save them as "
+        "plain numbers (pd.read_csv(FILE, thousands=',') reads 1,000; decimal=',' reads 1,5), "
+        "or dataset.drop=[x] if they are ids."
     )
     dropped = table_cfg(path, drop=["x"])  # ids such as "1,000" are not read: no refusal
     table_splits(pd.read_csv(path), dropped, 0, None, "p.csv", "auto", False)
@@ -543,6 +544,21 @@ def test_numbers_with_thousands_separators_are_refused_with_the_pandas_line_that
         pd.read_csv(path), table_cfg(path), 0, None, "p.csv", "auto", False
     )
     assert "x" in spec.preprocess["numeric"] and "name" not in spec.preprocess["numeric"]
+
+
+def test_numbers_with_decimal_commas_are_refused_and_the_fix_reads_them(tmp_path):
+    """'10,25' (a European spreadsheet's 10.25) read as text: a price target was 6 'ids'."""
+    path = tmp_path / "p.csv"
+    path.write_text('x,price\n"1,5","10,25"\n"2,5","11,5"\n"3,0","12,75"\n"4,5",9\n')
+    with pytest.raises(UsageError, match=r"\['x', 'price'\] .* such as '1,5' .* reads 1,5\), or"):
+        table_splits(
+            pd.read_csv(path), table_cfg(path, target="price"), 0, None, "p.csv", "auto", False
+        )
+    pd.read_csv(path, decimal=",").to_csv(path, index=False)  # the Fix, as typed
+    *_, spec = table_splits(
+        pd.read_csv(path), table_cfg(path, target="price"), 0, None, "p.csv", "auto", False
+    )
+    assert spec.task == "regression" and spec.preprocess["columns"] == ["x"]
 
 
 def test_a_duplicated_header_name_is_refused_not_read_as_name_dot_1(tmp_path):
