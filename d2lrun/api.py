@@ -4,8 +4,6 @@ Each call runs the command's Hydra app (d2lrun.app) in this process: the same co
 and, on CPU, numbers. A mistake raises d2lrun.errors' exception with the command's one line.
 """
 
-from __future__ import annotations
-
 import warnings
 from collections.abc import Callable
 from pathlib import Path

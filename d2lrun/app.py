@@ -3,8 +3,6 @@
 d2lrun.cli prints their errors and d2lrun.api raises them, both through config.messages.explain.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import logging

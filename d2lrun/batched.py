@@ -4,8 +4,6 @@ d2lrun.stack.stackable says why not. Each is still a sweep job of its own (d2lru
 its folder and files, skipped when completed, continued from its last.pt, recorded when it fails.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import logging

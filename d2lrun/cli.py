@@ -3,8 +3,6 @@ its arguments and calls one function of d2lrun.app or d2lrun.sweeps inside `hand
 (torch, pandas, matplotlib) wait for the function that needs them, so `--help` is quick.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import sys

@@ -9,8 +9,6 @@ d2lrun.config.messages.explain turns any other exception (Hydra's, OmegaConf's, 
 one of these.
 """
 
-from __future__ import annotations
-
 
 class D2lrunError(Exception):
     """A failure the user can act on; exit_code is what the command exits with."""

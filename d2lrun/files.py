@@ -1,8 +1,6 @@
 """A run's files, written atomically (a temporary file in the same folder, fsync, rename): a reader,
 a crash or `kill -9` sees the old complete file or the new one. Also its lock, signals and plots."""
 
-from __future__ import annotations
-
 import contextlib
 import csv
 import functools

@@ -3,8 +3,6 @@
 However the run ends, its folder holds the last complete epoch and metrics.json says what happened.
 """
 
-from __future__ import annotations
-
 import contextlib
 import signal
 import time
@@ -35,7 +33,6 @@ from d2lrun.optim import Optimizer, build_optimizer
 from d2lrun.reload import (
     FORMAT,
     MEANING,
-    carry_best,
     changed,
     check_same_meaning,
     continued,
@@ -210,8 +207,10 @@ class Run:
         self.trainer = Trainer(**cfg.trainer, generator=torch.Generator().manual_seed(cfg.seed))
         self.history = restore(ckpt, model, self.optimizer, self.trainer) if ckpt else History()
         if ckpt is not None:
-            if source != run_dir.resolve():  # a new folder has the best epoch's best.pt too
-                carry_best(source / "best.pt", ckpt, run_dir)
+            best = source / "best.pt"  # a new folder has the best epoch's best.pt too
+            if source != run_dir.resolve() and ckpt.get("best") and best.exists():
+                if load_checkpoint(best).get("epoch") == ckpt["best"]["epoch"]:
+                    atomic_write(run_dir / "best.pt", best.read_bytes())
             log(f"resuming {shown(cfg.resume)} from epoch {self.trainer.epoch}")
             self.wall -= ckpt.get("wall_seconds", 0)  # its wall time counts every attempt's
 

@@ -5,8 +5,6 @@ adds regularizer.lambd · sign(w) to their gradients: the gradient of the book's
 so the loss that is reported stays the data's own. Dropout is a layer of the model (d2lrun.models).
 """
 
-from __future__ import annotations
-
 import inspect
 from collections import defaultdict
 

@@ -12,8 +12,6 @@ A checkpoint is a plain dict of tensors and containers, loaded weights_only:
 Resume, eval and predict compose a saved run alike: run_overrides, then check_same_meaning.
 """
 
-from __future__ import annotations
-
 import gzip
 import json
 import pickle
@@ -387,10 +385,3 @@ def predict_file(run: SavedRun, path: Path, out: Path) -> int:
     data = frame.to_csv(index=False).encode()
     atomic_write(out, gzip.compress(data) if out.suffix == ".gz" else data)  # as inputs are read
     return len(predictions)
-
-
-def carry_best(best: Path, ckpt: dict, run_dir: Path) -> None:
-    """best, copied into run_dir when it is the best epoch of the resumed ckpt."""
-    if ckpt.get("best") and best.exists():
-        if load_checkpoint(best).get("epoch") == ckpt["best"]["epoch"]:
-            atomic_write(run_dir / "best.pt", best.read_bytes())

@@ -6,8 +6,6 @@ step. Only the loss sum that backward starts from adds members together, so a me
 stops being finite stops (`live`) and the others go on as they would alone.
 """
 
-from __future__ import annotations
-
 import copy
 import os
 

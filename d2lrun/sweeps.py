@@ -4,8 +4,6 @@ Every launcher (Hydra's, submitit's, hydra_plugins/d2lrun_launcher's) hands each
 which returns its score; report writes summary.csv and heatmap.png. No torch until a job trains.
 """
 
-from __future__ import annotations
-
 import math
 import re
 import signal

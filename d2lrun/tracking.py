@@ -4,8 +4,6 @@ open_tracker fails in one line before any data; then start, log_epoch and finish
 Once training has started, a logging failure costs a note, never the run: its files are the record.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import os

@@ -4,8 +4,6 @@ Data stays on the device, a batch a slice of a shuffled index; losses and correc
 tensors read once per epoch. The loop writes no files: on_epoch (d2lrun.job) does.
 """
 
-from __future__ import annotations
-
 import functools
 import logging
 import math

@@ -4,8 +4,6 @@ error means to the user is d2lrun.config.messages'.
     cfg = checked(compose(["model=mlp", "optim.lr=0.1"]))   # as `d2lrun model=mlp optim.lr=0.1`
 """
 
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 import io
@@ -187,12 +185,10 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
     """Hydra's flags as its parser reads them; a refusal (--bogus, --cfg foo) as one line, not
     Hydra's usage text."""
     said = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(said):
-        try:
-            get_args_parser().parse_args(list(args))
-            return
-        except SystemExit:
-            pass
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(said)
+    with quiet[0], quiet[1], contextlib.suppress(SystemExit):
+        get_args_parser().parse_args(list(args))
+        return
     reason = (said.getvalue().strip().splitlines() or ["?"])[-1].partition("error: ")[2]
     prog = "d2lrun" if name == "config" else f"d2lrun-{name}"
     raise UsageError(f"{reason}. Fix: see `{prog} --help` for the flags and keys.")

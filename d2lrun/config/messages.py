@@ -1,8 +1,6 @@
 """What any error means to the user: Hydra's, OmegaConf's and the OS's exceptions as d2lrun's
 one line (explain), and the line for a bad override (bad_value)."""
 
-from __future__ import annotations
-
 import dataclasses
 import difflib
 import re

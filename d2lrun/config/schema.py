@@ -4,8 +4,6 @@ Each YAML option names its schema (`defaults: [/schema_GROUP_OPTION]`), so Hydra
 type as it composes (`optim.lr=fast`); every field is MISSING: the values live only in the YAML.
 """
 
-from __future__ import annotations
-
 import difflib
 import json
 import re

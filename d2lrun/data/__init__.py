@@ -4,8 +4,6 @@ Every dataset fits in memory: each split is two whole tensors on the training de
 slicing a shuffled index (d2lrun.trainer), no DataLoader. Checkpoints keep `spec` for predictions.
 """
 
-from __future__ import annotations
-
 import functools
 import importlib
 import json
@@ -36,7 +34,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device: torch.device | str) -> Split:
+    def to(self, device: torch.device | str) -> "Split":
         return Split(self.X.to(device), self.y.to(device), self.scale)
 
 

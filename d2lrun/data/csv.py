@@ -4,8 +4,6 @@ Every statistic (means, standard deviations, categories, class names) is fitted 
 rows only and kept in the spec, so new rows are transformed exactly as the training rows were.
 """
 
-from __future__ import annotations
-
 import re
 import sys
 from pathlib import Path

@@ -1,7 +1,5 @@
 """Fashion-MNIST (§3.5) through torchvision's own loader, held as uint8 tensors (N, 1, 28, 28)."""
 
-from __future__ import annotations
-
 import gzip
 import hashlib
 from pathlib import Path

@@ -4,8 +4,6 @@ standardizing), the rest one-hot encoded with a column for "missing" (79 feature
 statistics fitted on the training and test features together.
 """
 
-from __future__ import annotations
-
 import hashlib
 import urllib.request
 from dataclasses import replace

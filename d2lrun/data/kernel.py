@@ -1,7 +1,5 @@
 """§6.2.4 Learning a kernel: a 6x8 image of a vertical stripe and the edges [1, -1] finds in it."""
 
-from __future__ import annotations
-
 import torch
 from omegaconf import DictConfig
 

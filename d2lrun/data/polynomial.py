@@ -3,8 +3,6 @@
 x ~ N(0, 1),  features x^i / i! for i < max_degree,  y = features · true_w + N(0, noise²)
 """
 
-from __future__ import annotations
-
 import math
 
 import torch

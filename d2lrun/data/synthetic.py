@@ -1,7 +1,5 @@
 """Synthetic regression data (§3.1-3.2, §4.5): y = Xw + b + ε, X ~ N(0, 1), ε ~ N(0, noise²)."""
 
-from __future__ import annotations
-
 import torch
 from omegaconf import DictConfig, OmegaConf
 

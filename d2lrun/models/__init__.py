@@ -1,7 +1,5 @@
 """Model registry: `build_model(cfg, spec) -> nn.Module`, sized by what the data decided."""
 
-from __future__ import annotations
-
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -38,10 +36,6 @@ def check_fit(name: str, spec: Spec) -> None:
         raise UsageError(
             f"model={name} cannot learn dataset={spec.dataset} ({kind}). Models that "
             f"fit it: {', '.join(fits)}. Fix: model={fits[0]}, or choose another dataset=."
-        )
-    if name == "lenet" and list(spec.image_shape[1:]) != [28, 28]:
-        raise UsageError(
-            f"model=lenet expects 28x28 images; the data has {spec.image_shape}. Fix: model=mlp."
         )
 
 
@@ -86,7 +80,7 @@ def build_model(cfg: DictConfig, spec: Spec) -> nn.Module:
         return (MLPScratch if scratch else MLP)(
             d, q, hiddens, cfg.activation, dropouts(cfg.dropout, len(hiddens))
         )
-    return LeNet(q, cfg.variant, cfg.batch_norm, dropouts(cfg.dropout, 2), spec.image_shape[0])
+    return LeNet(q, cfg.variant, cfg.batch_norm, dropouts(cfg.dropout, 2))
 
 
 def learned(model, spec: Spec, log) -> dict | None:

@@ -1,7 +1,5 @@
 """Initialisation schemes (§4.8, §5.2) for every nn.Linear and nn.Conv2d, and scratch weights."""
 
-from __future__ import annotations
-
 import math
 
 from omegaconf import DictConfig
@@ -24,11 +22,7 @@ def apply_init(model: nn.Module, cfg: DictConfig) -> nn.Module:
     for w, b in layers:  # each w is laid out (fan_out, fan_in, ...) like nn.Linear's
         if name == "default":  # nn.Linear.reset_parameters: U(±1/sqrt(fan_in)) via Kaiming a=√5
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-            bound = 1 / math.sqrt(w.shape[1])
-            if b is not None:
-                nn.init.uniform_(b, -bound, bound)
-            continue
-        if name == "normal":
+        elif name == "normal":
             nn.init.normal_(w, mean=cfg.mean, std=cfg.std)
         elif name == "constant":
             nn.init.constant_(w, cfg.value)
@@ -38,7 +32,7 @@ def apply_init(model: nn.Module, cfg: DictConfig) -> nn.Module:
             getattr(nn.init, f"kaiming_{cfg.distribution}_")(w, mode=cfg.mode, nonlinearity="relu")
         elif name == "zeros":
             nn.init.zeros_(w)
-        bias = cfg.get("bias", 0.0)  # init=zeros has no key: 0
+        bias = None if name == "default" else cfg.get("bias", 0.0)  # init=zeros has no key: 0
         if b is not None and bias is not None:
             nn.init.constant_(b, bias)
         elif b is not None and hasattr(model, "layers"):  # null: as nn.Linear would (§3.7's)

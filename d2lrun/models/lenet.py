@@ -1,8 +1,6 @@
 """The convolutional models: §6.2.4's one learnable kernel, and LeNet-5 (§6.6) with a modern
 variant (ReLU, max pooling, optional batch norm §7.5)."""
 
-from __future__ import annotations
-
 from torch import nn
 
 
@@ -20,18 +18,11 @@ class Conv2D(nn.Sequential):
 class LeNet(nn.Sequential):
     """§6.6's nn.Sequential, so its state_dict keys are the book's: 0.*, 3.*, 7.*, 9.*, 11.*."""
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        variant: str = "classic",
-        batch_norm: bool = False,
-        dropouts: list[float] | None = None,
-        in_channels: int = 1,
-    ):
+    def __init__(self, num_classes: int, variant: str, batch_norm: bool, dropouts: list[float]):
         classic = variant == "classic"
         act = nn.Sigmoid if classic else nn.ReLU
         pool = nn.AvgPool2d if classic else nn.MaxPool2d
-        d1, d2 = dropouts or [0.0, 0.0]
+        d1, d2 = dropouts
 
         def norm(n: int, dims: int) -> list[nn.Module]:
             return [(nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(n)] if batch_norm else []
@@ -42,7 +33,7 @@ class LeNet(nn.Sequential):
         # (B, 1, 28, 28) -> conv 5x5 pad 2 (B, 6, 28, 28) -> pool (B, 6, 14, 14)
         # -> conv 5x5 (B, 16, 10, 10) -> pool (B, 16, 5, 5) -> 400 -> 120 -> 84 -> num_classes
         super().__init__(
-            nn.Conv2d(in_channels, 6, kernel_size=5, padding=2),
+            nn.Conv2d(1, 6, kernel_size=5, padding=2),
             *norm(6, 2),
             act(),
             pool(kernel_size=2, stride=2),

@@ -5,8 +5,6 @@ nn.Sequential definitions, so their state_dict keys match the book's (`0.weight`
 `1.weight` for §3.7) and `net.load_state_dict(...)` works there.
 """
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 

@@ -1,7 +1,5 @@
 """Multilayer perceptrons (§4.2-4.3, dropout §4.6), concise and from scratch."""
 
-from __future__ import annotations
-
 from itertools import pairwise
 
 import torch
