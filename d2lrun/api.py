@@ -51,15 +51,18 @@ def plain(overrides: tuple, name: str) -> list[str]:
     if flags := [o for o in overrides if o.startswith("-") and o not in ("-m", "--multirun")]:
         raise UsageError(
             f"d2lrun.{name} takes overrides, not the command's flags ({', '.join(flags)}). "
-            f"Fix: d2lrun {flags[0]} in a shell, or overrides such as 'optim.lr=0.1'."
+            f"Fix: d2lrun {' '.join(overrides)} in a shell, or overrides such as 'optim.lr=0.1'."
         )
     return list(overrides)
 
 
 def raising(fn: Callable, *args):
     """fn(*args); an error raised as d2lrun's one-line exception, without Hydra's traceback."""
+    from d2lrun.trainer import own_torch  # the notebook's dtype, grad mode, random state kept
+
     try:
-        return fn(*args)
+        with own_torch():
+            return fn(*args)
     except SystemExit:  # Hydra's argument parser refused one (plain let no --help through)
         raise UsageError(
             f"d2lrun refused the arguments {' '.join(map(str, args[0]))}. Fix: give overrides "

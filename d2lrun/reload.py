@@ -41,7 +41,7 @@ from d2lrun.data import Spec, build_data, prepare_batch
 from d2lrun.errors import UsageError
 from d2lrun.files import atomic_write, curves_figure, remove_stale_temporaries, shown
 from d2lrun.models import build_model, loss_kind
-from d2lrun.trainer import evaluate, loss_for
+from d2lrun.trainer import evaluate, loss_for, own_torch
 
 FORMAT = "d2lrun-checkpoint"
 RETRAIN = "Fix: use another checkpoint of the run (last.pt, best.pt) or train again."
@@ -209,6 +209,7 @@ class SavedRun:
     spec: Spec
     checkpoint: Path
     device: torch.device
+    history: list[dict]  # the checkpoint's metrics rows
 
     def __post_init__(self) -> None:  # its files are found after an os.chdir (%cd) too
         self.files = self.checkpoint.parent.absolute()
@@ -220,9 +221,12 @@ class SavedRun:
 
     @property
     def metrics(self):
-        """One row per epoch, as metrics.csv has them: a pandas DataFrame."""
+        """One row per epoch, as metrics.csv has them (or, of a run killed before it wrote it, as
+        its checkpoint has them): a pandas DataFrame."""
         import pandas as pd
 
+        if self.history and not (self.files / "metrics.csv").exists():
+            return pd.DataFrame(self.history)
         return pd.read_csv(self.file("metrics.csv"))
 
     @property
@@ -236,6 +240,11 @@ class SavedRun:
         return curves_figure(self.metrics.to_dict("records"), title)
 
     def file(self, name: str) -> Path:
+        if name == "metrics.json" and not (self.files / name).exists() and self.history:
+            raise UsageError(
+                f"{self.run_dir} has no metrics.json: the run has not ended (it runs, or was "
+                f"killed). Fix: d2lrun resume={self.run_dir} to finish it, or run.metrics."
+            )
         if not (self.files / name).exists():
             raise UsageError(
                 f"{self.run_dir} has no {name}. Fix: load_run the run folder that d2lrun wrote."
@@ -312,12 +321,14 @@ def load_run(
     weights = saved["model"]
     if ckpt is None and (source.parent / "model.pt").exists():  # a finished run: its final weights
         weights = load_checkpoint(source.parent / "model.pt")
+    overrides = [overrides] if isinstance(overrides, str) else overrides  # one, as "seed=0"
     cfg = compose(run_overrides(saved, overrides))
     check_same_meaning(saved["config"], cfg, str(source))
     cfg, dev, spec = checked(cfg), resolve_device(device), Spec(**saved["spec"])
-    model = build_model(cfg.model, spec)
+    with own_torch():  # its float32 weights, not the caller's dtype; the caller's random state
+        model = build_model(cfg.model, spec)
     load_state_dict_strict(model, weights, str(source))
-    return SavedRun(model.to(dev).eval(), cfg, spec, source, dev)
+    return SavedRun(model.to(dev).eval(), cfg, spec, source, dev, saved["history"])
 
 
 def evaluate_run(run: SavedRun) -> dict:

@@ -314,7 +314,7 @@ def plot_heatmap(path: Path, table, x_key: str, y_key: str, metric: str) -> Path
             ax.legend()
     if len(values):
         fig.colorbar(image, ax=ax, label=col)
-    ax.set(xlabel=x_key, ylabel=y_key, title=f"{col} ({path.parent.name})")
+    ax.set(xlabel=x_key, ylabel=y_key, title=f"{col} ({path.parent.resolve().name})")
     fig.tight_layout()
     return atomic_write(path, png(fig))
 

@@ -4,6 +4,7 @@ Data stays on the device, a batch a slice of a shuffled index; losses and correc
 tensors read once per epoch. The loop writes no files: on_epoch (d2lrun.job) does.
 """
 
+import contextlib
 import functools
 import logging
 import math
@@ -23,6 +24,21 @@ from d2lrun.errors import Diverged
 from d2lrun.optim import Optimizer
 
 EVAL_BATCH_SIZE = 1024  # evaluation needs no gradients, so bigger batches are only faster
+
+
+@contextlib.contextmanager
+def own_torch():
+    """Within: torch as a fresh process has it (float32 by default, gradients on), so a run from a
+    notebook trains as the command does; after: the caller's dtype, grad mode and random state."""
+    dtype, devices = torch.get_default_dtype(), []
+    if torch.cuda.is_initialized():  # not initialised by the caller: no CUDA state of theirs
+        devices = list(range(torch.cuda.device_count()))
+    torch.set_default_dtype(torch.float32)
+    try:
+        with torch.random.fork_rng(devices), torch.enable_grad():
+            yield
+    finally:
+        torch.set_default_dtype(dtype)
 
 
 # Each loss takes y_hat (B, q), or a stack's (M, B, q) (d2lrun.stack): then one loss per member.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import d2lrun
 from d2lrun.errors import Diverged, Interrupted, UsageError
@@ -103,6 +104,8 @@ def test_a_diverged_run_raises_diverged(here):
 def test_flags_are_refused_and_one_list_of_overrides_is_taken(here):
     with pytest.raises(UsageError, match=r"^d2lrun.train takes overrides, not the command's flags"):
         d2lrun.train("--version")
+    with pytest.raises(UsageError, match=r"Fix: d2lrun --cfg job optim\.lr=0\.1 in a shell, or "):
+        d2lrun.train("--cfg", "job", "optim.lr=0.1")  # the whole command, its flag's value too
     for wrong in (("optim.lr", 0.1), (Path("x=1"),), (["trainer.epochs=1"], "seed=1")):
         with pytest.raises(UsageError, match=r"^d2lrun.train takes overrides as text, one KEY"):
             d2lrun.train(*wrong)  # it was AttributeError: ... has no attribute 'startswith'
@@ -192,3 +195,27 @@ def test_help_lists_the_logger_group_and_imports_no_logger():
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "[]"
+
+
+def test_a_notebooks_torch_settings_neither_change_a_run_nor_are_changed_by_it(here):
+    """float64 by default and no_grad in the notebook: the run failed with a RuntimeError (addmv
+    ... Double); and the notebook's random draws after d2lrun.train followed d2lrun's seed."""
+    args = ["trainer.epochs=2", "trainer.progress=false"]
+    plain = d2lrun.train(*args).metrics.drop(columns=TIMINGS)
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            torch.manual_seed(42)
+            expected = torch.randn(3)
+            torch.manual_seed(42)
+            run = d2lrun.train(*args)
+            assert torch.equal(torch.randn(3), expected)  # the notebook's stream, as it was
+            torch.manual_seed(42)
+            d2lrun.load_run(run.run_dir, overrides="seed=0")  # one override as a string too
+            assert torch.equal(torch.randn(3), expected)
+            assert not torch.is_grad_enabled()
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+    pd.testing.assert_frame_equal(run.metrics.drop(columns=TIMINGS), plain, check_exact=True)
+    assert len(run.predict(torch.zeros(4, 2, dtype=torch.float64))) == 4

@@ -8,6 +8,7 @@ import re
 import textwrap
 import zipfile
 
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -399,6 +400,26 @@ def test_load_run_gives_the_final_weights_config_and_files_of_the_run(table_run)
     assert figure._suptitle.get_text() == "linreg on csv"
     with pytest.raises(UsageError, match=r"has no eval\.json\. Fix: load_run the run folder"):
         run.file("eval.json")
+
+
+def test_a_run_killed_before_it_ended_has_its_checkpoints_metrics_and_says_how_to_finish(
+    table_run,
+):
+    """kill -9 before the run's end: no metrics.csv or .json, only last.pt with its history."""
+    from d2lrun.reload import load_run
+
+    folder, _ = table_run
+    rows = pd.read_csv(folder / "metrics.csv")
+    (folder / "metrics.csv").unlink()
+    (folder / "metrics.json").unlink()
+    run = load_run(folder)
+    pd.testing.assert_frame_equal(run.metrics, rows)
+    with pytest.raises(UsageError) as e:
+        _ = run.summary
+    assert str(e.value) == (
+        f"{folder} has no metrics.json: the run has not ended (it runs, or was killed). "
+        f"Fix: d2lrun resume={folder} to finish it, or run.metrics."
+    )
 
 
 def test_load_run_of_one_checkpoint_has_that_checkpoints_weights(table_run):

@@ -244,6 +244,9 @@ def test_heatmap_colours_each_jobs_cell_by_its_best_value_and_failures_grey(tmp_
     assert (ink[(2, 1)], ink[(1, 0)], ink[(2, 0)]) == ("white", "black", "dimgray")
     assert tuple(figures[0].get_size_inches()) == pytest.approx((5.8, 3.5))  # 3 x 2 cells
     assert ax.get_title() == "best_val_loss (sweep)"
+    monkeypatch.chdir(s)  # d2lrun-report . in the sweep's folder: its name still
+    sweep.report(Path("."), show=False)
+    assert figures[-1].axes[0].get_title() == "best_val_loss (sweep)"
 
     image = imread(s / "heatmap.png")[:, :, :3]  # png() writes 100 dots per inch
     scale = 100 / figures[0].dpi
