@@ -141,9 +141,10 @@ def named_dir(args: Sequence[str]):
         )
     with lock:
         resume = given(args, "resume")
-        resume = Path(resume).resolve() if resume else None
+        resume = Path(resume).resolve() if resume else None  # RUN, or a .pt file of RUN's
+        ours = resume and (resume.parent if resume.suffix == ".pt" else resume)
         found = [f for f in RUN_FILES if (folder / f).exists()]
-        if found and resume not in (folder.resolve(), folder.resolve() / "last.pt"):
+        if found and ours != folder.resolve():
             raise UsageError(
                 f"hydra.run.dir={named} already holds a run ({', '.join(found)}), which d2lrun "
                 f"never writes over. Fix: choose another hydra.run.dir, or resume={named} to "
@@ -373,9 +374,12 @@ def predict(args: Sequence[str]) -> Path:
         if out.is_dir() or not out.parent.is_dir():
             where = "is a folder" if out.is_dir() else f"is in {out.parent}, which does not exist"
             raise UsageError(f"output={out} {where}. Fix: output=FILE.csv in a folder that exists.")
-        kept = out.name in RUN_FILES or out.suffix in (".pt", ".json", ".png")  # what a run keeps
-        this = out.resolve().parent == run.checkpoint.parent.resolve()
-        a_run = kept and (this or any((out.parent / f).exists() for f in RUN_FILES))  # any run's
+        # What a run or a sweep keeps, in its folder (any run's, or a sweep's), or in .hydra/
+        kept = out.name in (*RUN_FILES, "summary.csv") or out.suffix in (".pt", ".json", ".png",
+                                                                          ".yaml")  # fmt: skip
+        folder = out.resolve().parent
+        ours = folder == run.checkpoint.parent.resolve() or folder.name == ".hydra"
+        a_run = kept and (ours or any((folder / f).exists() for f in (*RUN_FILES, "multirun.yaml")))
         if a_run or out.resolve() == Path(cfg.input).resolve():  # never written over
             what = "a run's file" if a_run else "the input file"
             raise UsageError(f"output={out} is {what}. Fix: output=predictions.csv, or another.")

@@ -38,6 +38,7 @@ from d2lrun.reload import (
     continued,
     load_checkpoint,
     load_state_dict_strict,
+    readable_best,
 )
 from d2lrun.tracking import experiment_name, open_tracker
 from d2lrun.trainer import Trainer, compiled, fit, loss_for
@@ -66,10 +67,12 @@ def train(
         cfg.resume = None
         if diff := changed(load_checkpoint(run_dir / "fold_0" / "last.pt"), cfg):
             key, was, now = diff  # refused before any fold's files are touched
+            folds = [f for i in range(k) if (f := run_dir / f"fold_{i}" / "last.pt").exists()]
+            fold = next((f.parent for f in folds if not completed(f.parent)), run_dir / "fold_0")
             raise UsageError(
                 f"resume={shown(run_dir)} goes on with a k-fold run as it was trained ({key}={was} "
                 f"there, {now} now). Fix: drop {key}={now}, or resume="
-                f"{shown(run_dir / 'fold_0')} {key}={now} to go on with one fold as a run."
+                f"{shown(fold)} {key}={now} to go on with one fold as a run."
             )
     for i in range(k):
         log(f"fold {i + 1}/{k}")
@@ -99,7 +102,8 @@ def train(
                     empty.rmdir()
                 raise
             status = "diverged" if isinstance(e, Diverged) else "failed"
-            write_json(run_dir / "metrics.json", {"status": status, "reason": f"fold {i}: {e}"})
+            if not completed(run_dir):  # a completed run's record stays: each fold is complete
+                write_json(run_dir / "metrics.json", {"status": status, "reason": f"fold {i}: {e}"})
             raise
         finals.append(fold["final"])
     keys = [m for m, v in finals[0].items() if m not in ("epoch", "seconds") and v is not None]
@@ -207,10 +211,10 @@ class Run:
         self.trainer = Trainer(**cfg.trainer, generator=torch.Generator().manual_seed(cfg.seed))
         self.history = restore(ckpt, model, self.optimizer, self.trainer) if ckpt else History()
         if ckpt is not None:
-            best = source / "best.pt"  # a new folder has the best epoch's best.pt too
-            if source != run_dir.resolve() and ckpt.get("best") and best.exists():
-                if load_checkpoint(best).get("epoch") == ckpt["best"]["epoch"]:
-                    atomic_write(run_dir / "best.pt", best.read_bytes())
+            if source != run_dir.resolve() and ckpt.get("best"):  # a new folder has the best
+                best = readable_best(source)  # epoch's best.pt too
+                if best and best["epoch"] == ckpt["best"]["epoch"]:
+                    atomic_write(run_dir / "best.pt", (source / "best.pt").read_bytes())
             log(f"resuming {shown(cfg.resume)} from epoch {self.trainer.epoch}")
             self.wall -= ckpt.get("wall_seconds", 0)  # its wall time counts every attempt's
 

@@ -16,6 +16,7 @@ import gzip
 import json
 import pickle
 import re
+import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,6 +101,13 @@ def find_checkpoint(run: str | Path) -> Path:
         return run
     if (run / "last.pt").exists():
         return run / "last.pt"
+    if (run / "best.pt").exists():  # killed before trainer.checkpoint_every's first last.pt
+        return run / "best.pt"
+    if (run / "multirun.yaml").exists():
+        raise UsageError(
+            f"{run} is a sweep's folder: each job is a run of its own, in 0/, 1/, ... "
+            f"Fix: give one job, e.g. {run / '0'}."
+        )
     if (run / "fold_0").is_dir():
         raise UsageError(
             f"{run} is a k-fold run: each fold is a run of its own, in fold_0/, fold_1/, ... "
@@ -119,10 +127,19 @@ def resume_checkpoint(resume: str) -> dict:
     source = find_checkpoint(resume)
     remove_stale_temporaries(source.parent)  # of a run killed inside a write (kill -9, power loss)
     ckpt = load_checkpoint(source, needs="resuming")
-    if Path(resume).is_dir() and (source.parent / "best.pt").exists():
-        best = load_checkpoint(source.parent / "best.pt", needs="resuming")
-        return best if best["epoch"] > ckpt["epoch"] else ckpt
-    return ckpt
+    best = readable_best(source.parent) if Path(resume).is_dir() else None
+    return best if best and best["epoch"] > ckpt["epoch"] else ckpt
+
+
+def readable_best(folder: Path) -> dict | None:
+    """folder's best.pt; None when it has none, or a damaged one (a note: last.pt goes on)."""
+    if not (folder / "best.pt").exists():
+        return None
+    try:
+        return load_checkpoint(folder / "best.pt", needs="resuming")
+    except UsageError as e:
+        print(f"note: {str(e).partition(' Fix:')[0]} Not used.", file=sys.stderr)
+        return None
 
 
 def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:
@@ -193,9 +210,13 @@ def continued(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def changed(saved: dict, cfg: DictConfig) -> tuple[str, str, str] | None:
-    """The first key (but resume) whose value cfg changes from the checkpoint's: key, was, now."""
+    """The first key whose value cfg changes from the checkpoint's: key, was, now; not resume=,
+    device= or where the data is now, which a run that goes on may change."""
     now = OmegaConf.to_container(checked(cfg), resolve=True)
-    was, now = ({k: v for k, v in c.items() if k != "resume"} for c in (saved["config"], now))
+    was, now = ({k: v for k, v in c.items() if k not in ("resume", "device")}
+                for c in (saved["config"], now))  # fmt: skip
+    for c in (was, now):
+        c["dataset"] = {k: v for k, v in c["dataset"].items() if k not in LOCATION_KEYS}
     diff = first_difference(was, now, "config")
     return (diff[0][7:], diff[1], diff[2]) if diff else None
 
@@ -318,16 +339,13 @@ def load_run(
         raise UsageError("load_run needs a run folder. Fix: load_run('outputs/DATE/TIME').")
     source = Path(ckpt) if ckpt else find_checkpoint(path)
     saved = load_checkpoint(source, needs="reloading")
-    weights = saved["model"]
-    if ckpt is None and (source.parent / "model.pt").exists():  # a finished run: its final weights
-        weights = load_checkpoint(source.parent / "model.pt")
     overrides = [overrides] if isinstance(overrides, str) else overrides  # one, as "seed=0"
     cfg = compose(run_overrides(saved, overrides))
     check_same_meaning(saved["config"], cfg, str(source))
     cfg, dev, spec = checked(cfg), resolve_device(device), Spec(**saved["spec"])
     with own_torch():  # its float32 weights, not the caller's dtype; the caller's random state
         model = build_model(cfg.model, spec)
-    load_state_dict_strict(model, weights, str(source))
+    load_state_dict_strict(model, saved["model"], str(source))
     return SavedRun(model.to(dev).eval(), cfg, spec, source, dev, saved["history"])
 
 

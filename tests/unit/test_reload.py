@@ -5,8 +5,10 @@ import json
 import os
 import pickle
 import re
+import shutil
 import textwrap
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -172,15 +174,30 @@ def test_missing_paths(tmp_path):
 
 
 def test_a_run_folder_without_last_pt_lists_the_checkpoints_it_has(tmp_path):
-    for name in ("model.pt", "best.pt", "notes.txt"):
+    for name in ("model.pt", "other.pt", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(
-        UsageError, match=r"has no last.pt \(it has: best.pt, model.pt\)\. Fix:"
+        UsageError, match=r"has no last.pt \(it has: model.pt, other.pt\)\. Fix:"
     ) as e:
         find_checkpoint(tmp_path)
-    fix = f"or one of its .pt files ({tmp_path / 'best.pt'})."  # resume=, run= or ckpt= take it
+    fix = f"or one of its .pt files ({tmp_path / 'model.pt'})."  # resume=, run= or ckpt= take it
     assert str(e.value).endswith(fix)
     assert find_checkpoint(tmp_path / "model.pt") == tmp_path / "model.pt"
+    (tmp_path / "best.pt").write_bytes(b"")  # killed before trainer.checkpoint_every's last.pt
+    assert find_checkpoint(tmp_path) == tmp_path / "best.pt"
+
+
+def test_a_sweep_folder_given_as_a_run_names_one_of_its_jobs(tmp_path):
+    """It said 'has no last.pt (it has: no .pt files). Fix: give a run folder that finished an
+    epoch', to d2lrun-eval run=, d2lrun-predict run= and resume= alike."""
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
+    (tmp_path / "0").mkdir()
+    with pytest.raises(UsageError) as e:
+        find_checkpoint(tmp_path)
+    assert str(e.value) == (
+        f"{tmp_path} is a sweep's folder: each job is a run of its own, in 0/, 1/, ... "
+        f"Fix: give one job, e.g. {tmp_path / '0'}."
+    )
 
 
 def test_architecture_mismatch_lists_keys_and_shapes():
@@ -403,12 +420,12 @@ def test_load_run_gives_the_final_weights_config_and_files_of_the_run(table_run)
 
 
 def test_a_run_killed_before_it_ended_has_its_checkpoints_metrics_and_says_how_to_finish(
-    table_run,
+    table_run, tmp_path
 ):
     """kill -9 before the run's end: no metrics.csv or .json, only last.pt with its history."""
     from d2lrun.reload import load_run
 
-    folder, _ = table_run
+    folder = Path(shutil.copytree(table_run[0], tmp_path / "run"))
     rows = pd.read_csv(folder / "metrics.csv")
     (folder / "metrics.csv").unlink()
     (folder / "metrics.json").unlink()
@@ -797,10 +814,17 @@ def test_predictions_go_to_a_file_in_a_folder_that_exists(table_run, tmp_path):
     other = tmp_path / "other"  # another run's folder
     other.mkdir()
     (other / "metrics.json").write_text("{}")
+    sweep = tmp_path / "sweep"  # a sweep's folder
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    (other / ".hydra").mkdir()
     for output, what in ((new, "the input file"), (folder / "last.pt", "a run's file"),
                          (folder / "metrics.json", "a run's file"),
                          (other / "metrics.json", "a run's file"),
-                         (other / "curves.png", "a run's file")):  # fmt: skip
+                         (other / "curves.png", "a run's file"),
+                         (sweep / "multirun.yaml", "a run's file"),
+                         (sweep / "summary.csv", "a run's file"),
+                         (other / ".hydra" / "config.yaml", "a run's file")):  # fmt: skip
         with pytest.raises(UsageError, match=f"^output={re.escape(str(output))} is {what}. Fix:"):
             app.predict([f"run={folder}", f"input={new}", f"output={output}"])
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
@@ -840,3 +864,65 @@ def test_a_kernel_run_predicts_its_image_as_the_numbers_given_whatever_their_dty
     floats = run.predict(image)
     assert run.predict(image.to(torch.uint8)) == floats
     assert run.predict(image.double()) == floats
+
+
+def test_a_run_resumed_in_its_folder_and_stopped_reloads_its_latest_weights(table_run, tmp_path):
+    """A completed run resumed in place and stopped at epoch 4: run= evaluated the model.pt of its
+    epoch 3 while eval.json named last.pt."""
+    from d2lrun.reload import load_run
+
+    folder = Path(shutil.copytree(table_run[0], tmp_path / "run"))
+    ckpt = torch.load(folder / "last.pt", weights_only=True)
+    ckpt["epoch"], ckpt["model"] = 4, {k: v + 1 for k, v in ckpt["model"].items()}
+    save_torch(folder / "last.pt", ckpt)
+    summary = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps(summary | {"status": "interrupted"}))
+    weights = load_run(folder).model.state_dict()
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in weights.items())
+
+
+def test_resume_goes_on_from_best_pt_alone_and_past_a_damaged_one(tmp_path, capsys):
+    """kill -9 before trainer.checkpoint_every's first last.pt leaves best.pt only: resume=RUN
+    said 'has no last.pt', and resume=RUN/best.pt into RUN 'already holds a run'. A damaged best.pt
+    refused resume=RUN/last.pt too."""
+    from d2lrun import app
+
+    run = trained(tmp_path / "run", "trainer.epochs=2")
+    args = ["trainer.epochs=3", "trainer.progress=false"]
+    (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:3000])  # damaged
+    for resume, into in ((run / "last.pt", tmp_path / "new"), (run, run)):
+        app.train([f"resume={resume}", *args, f"hydra.run.dir={into}"])
+        assert json.loads((into / "metrics.json").read_text())["epochs_completed"] == 3
+        note = f"note: {run / 'best.pt'} is truncated or not a checkpoint"
+        assert note in capsys.readouterr().err
+    assert not (tmp_path / "new" / "best.pt").exists()  # not carried: damaged
+    killed = trained(tmp_path / "killed", "trainer.epochs=2")
+    for name in ("last.pt", "model.pt", "metrics.json", "metrics.csv"):
+        (killed / name).unlink()
+    best = torch.load(killed / "best.pt", weights_only=True)["epoch"]
+    for resume in (killed, killed / "best.pt"):
+        app.train([f"resume={resume}", f"trainer.epochs={best + 1}", "trainer.progress=false",
+                   f"hydra.run.dir={killed}"])  # fmt: skip
+        assert json.loads((killed / "metrics.json").read_text())["restarts"] >= 1
+        best += 1
+
+
+def test_a_k_fold_run_goes_on_after_its_data_moved_or_on_another_device(table_run, tmp_path):
+    """dataset.path=, dataset.root= and device= say where a run goes on, not what it is: a stopped
+    k-fold run whose data moved was refused (each Fix led to another refusal). A damaged fold of a
+    completed k-fold run no longer writes 'failed' over its record."""
+    from d2lrun import app
+    from d2lrun.reload import changed, load_checkpoint, run_overrides
+
+    saved = load_checkpoint(table_run[0] / "last.pt")
+    moved = ["device=cuda", "dataset.path=/elsewhere/x.csv"]
+    assert changed(saved, compose(run_overrides(saved, moved))) is None
+    lr = changed(saved, compose(run_overrides(saved, ["optim.lr=0.5"])))
+    assert lr == ("optim.lr", "0.03", "0.5")
+    kfold = trained(tmp_path / "kfold", "dataset.num_train=60", "dataset.folds=3",
+                    "trainer.epochs=2")  # fmt: skip
+    record = (kfold / "metrics.json").read_bytes()
+    (kfold / "fold_2" / "last.pt").write_bytes(b"damaged")
+    with pytest.raises(UsageError, match=r"fold_2/last.pt is truncated or not a checkpoint"):
+        app.train([f"resume={kfold}"])
+    assert (kfold / "metrics.json").read_bytes() == record
