@@ -220,6 +220,8 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
     from d2lrun.reload import resume_checkpoint, run_overrides
 
     resume = given(args, "resume")
+    if resume == "":  # d2lrun resume=$RUN with RUN unset: not a new run from scratch
+        raise UsageError("resume= names no run. Fix: resume=outputs/DATE/TIME, or drop resume=.")
     if not resume:
         return list(args), None
     folder = Path(resume)

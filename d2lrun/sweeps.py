@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from d2lrun.config import yaml_value
 from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, Interrupted, UsageError
 from d2lrun.files import (
@@ -328,8 +329,21 @@ def check_sweep(sweeper: DictConfig, overrides: list) -> None:
                 f"a grid. Fix: list values ({o.key_or_group}=0.01,0.1,1), or search it with "
                 f"hydra/sweeper=optuna_lr_wd."
             )
-    if sweeper.get("n_trials") is not None and sweeper.n_trials < 1:
+    if sweeper.get("n_trials") is None:  # not Optuna's
+        return
+    limits = {"n_trials": (1, None, 20), "n_jobs": (1, None, 1), "max_failure_rate": (0, 1, 1.0),
+              "sampler.seed": (0, None, 0)}  # fmt: skip  # what Optuna fails on with a traceback
+    for key, (low, high, fix) in limits.items():
+        value = OmegaConf.select(sweeper, key)
+        if value is not None and (value < low or high is not None and value > high):
+            must = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise UsageError(
+                f"hydra.sweeper.{key}={value} is out of range: it must be {must}. "
+                f"Fix: hydra.sweeper.{key}={fix}."
+            )
+    if sweeper.direction != "maximize":  # minimize would search for the worst settings
         raise UsageError(
-            f"hydra.sweeper.n_trials={sweeper.n_trials} is out of range: it must be at least 1. "
-            f"Fix: hydra.sweeper.n_trials=20."
+            f"hydra.sweeper.direction={yaml_value(sweeper.direction)}: a job's score is higher "
+            f"for better settings (accuracy, or minus the loss). Fix: hydra.sweeper.direction="
+            f"maximize."
         )

@@ -123,6 +123,32 @@ def test_csv_options_that_do_not_fit_the_table(tmp_path, capsys, extra, message)
     assert code == 2 and err.strip() == f"d2lrun: error: {message}", err
 
 
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (
+            ["dataset.drop=[x,true]"],
+            "dataset.drop names ['True'], which {csv} does not have. Fix: quote them, as Hydra "
+            "reads true otherwise: \"dataset.drop=['x','true']\".",
+        ),
+        (
+            ["dataset.target=1.50"],
+            "dataset.target=1.5 is not a column of {csv}; its columns are: x, true, 1.50, y. "
+            "Fix: quote it, as Hydra reads 1.50 as 1.5 otherwise: \"dataset.target='1.50'\".",
+        ),
+    ],
+)
+def test_csv_columns_named_as_hydra_reads_other_values_get_the_quoted_fix(
+    tmp_path, capsys, extra, message
+):
+    """The Fix said dataset.target=<one of them>, and 1.50 pasted read as 1.5 again."""
+    content = "x,true,1.50,y\n" + "".join(f"{i},{i % 2},{i},{i * 2}\n" for i in range(20))
+    code, err = csv_run(tmp_path, capsys, content, *extra)
+    message = message.format(csv=tmp_path / "data.csv")
+    assert code == 2 and err.strip() == f"d2lrun: error: {message}"
+    assert csv_run(tmp_path, capsys, content, "dataset.drop=['x','true']", target="'1.50'")[0] == 0
+
+
 def test_csv_directory_instead_of_file(tmp_path, capsys):
     code = run_in_process(tmp_path, "dataset=csv", f"dataset.path={tmp_path}", "dataset.target=y")
     assert code == 2 and "is a directory, not a CSV file" in one_line(capsys)

@@ -132,7 +132,8 @@ def check_rules(cfg: DictConfig) -> None:
             raise UsageError(
                 f"model.dropout={yaml_value(model.dropout)} gives {len(model.dropout)} rates and "
                 f"model={model.name} has {layers} hidden layer(s). "
-                f"Fix: model.dropout={yaml_value(model.dropout[0])} (one rate for all){more}."
+                f"Fix: model.dropout={yaml_value(model.dropout[0] if model.dropout else 0.0)} "
+                f"(one rate for all){more}."
             )
     if model.name == "mlp" and not all(type(h) is int for h in hidden_sizes(model) or [None]):
         raise UsageError(
@@ -146,8 +147,13 @@ def check_rules(cfg: DictConfig) -> None:
             f"model.kernel_size={yaml_value(model.kernel_size)} is not (height, width). "
             f"Fix: model.kernel_size={example(cfg, 'model.kernel_size')}."
         )
-    if data.name == "kernel" and not len(data.kernel):
-        raise UsageError("dataset.kernel=[] is empty. Fix: dataset.kernel=[1,-1], §6.2.3's edges.")
+    kernel = list(data.get("kernel") or [])  # one row across §6.2.3's 6x8 image
+    if data.name == "kernel" and not (0 < len(kernel) <= 8 and all(isinstance(v, (int, float))
+                                                                 for v in kernel)):  # fmt: skip
+        raise UsageError(
+            f"dataset.kernel={yaml_value(data.kernel)} is not a row of 1 to 8 numbers across "
+            f"§6.2.3's 6x8 image. Fix: dataset.kernel=[1,-1], its edge detector."
+        )
     if cfg.optim.name == "adam" and len(betas := cfg.optim.betas) != 2:  # β1 mean, β2 square
         raise UsageError(
             f"optim.betas={yaml_value(betas)} gives {len(betas)} value(s); Adam takes two "
@@ -293,6 +299,14 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
                 f"{o.input_line} {what} of d2lrun's, and d2lrun-{name} reloads the run "
                 f"with the ones it trained with. Fix: drop {o.input_line} (d2lrun-{name} --help "
                 f"lists its keys)."
+            )
+        odd = [v for v in getattr(value, "list", [value]) if isinstance(v, (int, float, bool))]
+        if group in groups and odd:  # optim=5, model=true: Hydra's ValueError
+            options = list(SCHEMAS.get(group) or (p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
+            typed, default = yaml_value(odd[0]), options[0] if group in SCHEMAS else None
+            raise UsageError(  # as explain says it of an option Hydra does not find
+                f"Unknown {group} '{typed}'. Choose one of: {', '.join(sorted(options))}. "
+                f"Fix: {group}={closest(typed, options, default)}."
             )
         if not o.is_delete() and None not in getattr(value, "list", [value]):  # a,b,null too
             continue

@@ -66,10 +66,16 @@ def explain(e: BaseException) -> D2lrunError:
         if kind == "experiment" and (own := preset_keys(preset)[1].get(group)):  # the preset's
             message = f"{message.partition(' Fix: ')[0]} Fix: {group}={own} (the preset's)."
         return UsageError(f"{origin.replace('/', '=')} sets {message}")
-    if found := re.match(r"Ambiguous value for argument '(.+?)'", str(e)):  # a list without -m
+    several = r"Ambiguous value for argument '(.+?)'|Sweep parameters '(.+?)' requires --multirun"
+    if found := re.match(several, str(e)):  # a list, range(...) or choice(...) without -m
         return UsageError(
-            f"{found[1]} gives several values, which only a sweep runs. Fix: d2lrun -m "
-            f"{found[1]} (one run per value), or one value."
+            f"{found[1] or found[2]} gives several values, which only a sweep runs. Fix: d2lrun "
+            f"-m {found[1] or found[2]} (one run per value), or one value."
+        )
+    if isinstance(e, KeyError) and e.args == ("COMP_LINE",):  # d2lrun -sc query=bash, by hand
+        return UsageError(
+            "--shell-completion query=... is what the completion script runs, with COMP_LINE set. "
+            'Fix: eval "$(d2lrun --shell-completion install=bash)", then press Tab.'
         )
     if found := re.match(r"Expecting one subcommand from \[(.+?)\]", str(e)):  # d2lrun -sc
         return UsageError(

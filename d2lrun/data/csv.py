@@ -142,6 +142,19 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
 WRITTEN_NUMBER = r"[-+]?[$€£]?-?(\d{1,3}(,\d{3})+|\d+)(\.\d+|,\d+)?\s?%?"
 
 
+def as_typed(columns, names: list[str]) -> list[str]:
+    """The columns whose names Hydra reads as other text unquoted (1.50: 1.5, true: True)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    def read(column) -> str:
+        try:
+            return str(OverridesParser.create().parse_override(f"k={column}").value())
+        except Exception:  # not an override's value at all (a,b): Hydra's own line
+            return str(column)
+
+    return [str(c) for c in columns if str(c) not in names and read(c) in names]
+
+
 def written_numbers(values: pd.Series) -> bool:
     """Text that is all numbers, as pandas leaves "1,000", "$10", "75%" and 20-digit integers."""
     first = values.first_valid_index()  # words: one cell tells, not every row of a large file
@@ -187,15 +200,21 @@ def table_splits(
         for sep, name in ((";", "semicolons"), ("\t", "tabs")):  # Excel's CSV in many locales
             if len(frame.columns) == 1 and sep in frame.columns[0]:
                 fix = f"save the file with commas between its columns, not {name}"
+        if not fitted and (typed := as_typed(frame.columns, [target])):
+            quoted = f"\"dataset.target='{typed[0]}'\""
+            fix = f"quote it, as Hydra reads {typed[0]} as {target} otherwise: {quoted}"
         raise UsageError(
             f"dataset.target={target} is not a column of {source}; its columns are: "
             f"{', '.join(frame.columns)}. Fix: {fix}."
         )
     if unknown := [c for c in cfg.drop if c not in frame.columns]:
-        raise UsageError(
-            f"dataset.drop names {unknown}, which {source} does not have. "
-            f"Fix: dataset.drop=[{','.join(c for c in cfg.drop if c in frame.columns)}]."
-        )
+        typed = as_typed(frame.columns, unknown)  # true: True
+        named = [c for c in cfg.drop if c in frame.columns] + typed
+        fix = f"dataset.drop=[{','.join(named)}]"
+        if typed:
+            items = ",".join(f"'{c}'" for c in named)
+            fix = f'quote them, as Hydra reads {typed[0]} otherwise: "dataset.drop=[{items}]"'
+        raise UsageError(f"dataset.drop names {unknown}, which {source} does not have. Fix: {fix}.")
     numbers = frame.select_dtypes("number")
     if infinite := [c for c in numbers if np.isinf(numbers[c]).any()]:
         raise UsageError(

@@ -139,7 +139,10 @@ def message(*overrides) -> str:
             "dataset.name is the name of the chosen dataset option; it picks none. "
             "Fix: dataset=csv.",
         ),
-        ("dataset=kernel model=conv2d dataset.kernel=[]", "dataset.kernel=[] is empty. Fix:"),
+        (
+            "dataset=kernel model=conv2d dataset.kernel=[]",
+            "dataset.kernel=[] is not a row of 1 to 8 numbers",
+        ),
         (  # seed 2^32 was seed 0's run again: torch's generator keeps 32 bits
             "seed=4294967296",
             "seed=4294967296 is out of range: it must be less than 4294967296. Fix: seed=0.",
@@ -232,6 +235,20 @@ def test_a_quoted_value_hydras_grammar_cannot_read_unquoted_is_taken():
             ["dataset=csv", "dataset.drop=Id"],
             "dataset.drop=Id is not a list. Fix: dataset.drop=[Id].",
         ),
+        (  # it said 'model.dropout[0]=null is not a list'
+            ["model=mlp", "model.dropout=[]"],
+            "model.dropout=[] gives 0 rates and model=mlp has 1 hidden layer(s). "
+            "Fix: model.dropout=0.0 (one rate for all).",
+        ),
+        (  # the book's K = [[1, -1]]: it was a ValueError, 'a bug in d2lrun?'
+            ["model=conv2d", "dataset.kernel=[[1,-1]]"],
+            "dataset.kernel=[[1,-1]] is not a row of 1 to 8 numbers across §6.2.3's 6x8 image. "
+            "Fix: dataset.kernel=[1,-1], its edge detector.",
+        ),
+        (  # wider than the image: the Fix model.kernel_size=[1,9] then failed in torch
+            ["model=conv2d", "dataset.kernel=[1,-1,0,0,0,0,0,0,0]"],
+            "dataset.kernel=[1.0,-1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0] is not a row of 1 to 8",
+        ),
     ],
 )
 def test_bad_combinations(overrides, expected):
@@ -248,6 +265,16 @@ def test_d2lrun_eval_names_no_dataset_option_it_cannot_choose():
         "dataset.target is not a key of dataset (its keys: root, path, download). "
         "Fix: drop dataset.target."
     )
+
+
+def test_d2lrun_evals_run_given_a_list_gets_a_fix_that_names_a_run():
+    """It said 'Fix: run=null', which then said 'say which run'."""
+    with pytest.raises(Exception) as e:
+        compose(["run=[outputs/x]"], "eval")
+    assert str(explain(e.value)).endswith("Fix: run=outputs/2026-11-26/10-00-00.")
+    with pytest.raises(Exception) as e:
+        compose(["ckpt=[x.pt]"], "eval")
+    assert str(explain(e.value)).endswith("Fix: ckpt=outputs/2026-11-26/10-00-00/best.pt.")
 
 
 def test_good_config_passes_is_typed_and_paths_become_absolute(tmp_path, monkeypatch):
@@ -478,3 +505,39 @@ def test_l1s_lambd_typed_over_l2_says_that_l2s_lambda_is_weight_decay(capsys):
     for quiet in (["experiment=ch4_weight_decay"], ["regularizer=l1", "regularizer.lambd=0.1"]):
         checked(compose(quiet), quiet)
         assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "override,fix",
+    [("optim=5", "Unknown optim '5'. Choose one of: adam, sgd. Fix: optim=sgd."),
+     ("model=true", "Unknown model 'true'. Choose one of: conv2d, lenet, linreg, mlp, softmax. "
+                    "Fix: model=linreg."),
+     ("model=1,mlp", "Unknown model '1'."),
+     ("experiment=3", "Unknown experiment '3'. Choose one of: ch3_linreg_concise, ")],
+)  # fmt: skip
+def test_a_group_given_a_number_or_true_is_an_unknown_option_not_a_bug(override, fix):
+    """Hydra: 'ValueError: Config group override must be a string or a list. Got int'."""
+    from d2lrun.config import check_groups
+
+    with pytest.raises(UsageError) as e:
+        check_groups([override])
+    assert str(e.value).startswith(fix)
+
+
+@pytest.mark.parametrize(
+    "line,expected",
+    [("Sweep parameters 'optim.lr=range(0.1,0.3,0.1)' requires --multirun",
+      "optim.lr=range(0.1,0.3,0.1) gives several values, which only a sweep runs. Fix: d2lrun -m "
+      "optim.lr=range(0.1,0.3,0.1) (one run per value), or one value.")],
+)  # fmt: skip
+def test_a_range_without_m_says_to_sweep_it_as_a_list_does(line, expected):
+    from hydra.errors import ConfigCompositionException
+
+    assert str(explain(ConfigCompositionException(line))) == expected
+
+
+def test_shell_completions_query_run_by_hand_says_how_completion_is_installed():
+    error = explain(KeyError("COMP_LINE"))
+    assert isinstance(error, UsageError) and str(error).endswith(
+        'Fix: eval "$(d2lrun --shell-completion install=bash)", then press Tab.'
+    )

@@ -926,3 +926,16 @@ def test_a_k_fold_run_goes_on_after_its_data_moved_or_on_another_device(table_ru
     with pytest.raises(UsageError, match=r"fold_2/last.pt is truncated or not a checkpoint"):
         app.train([f"resume={kfold}"])
     assert (kfold / "metrics.json").read_bytes() == record
+
+
+def test_resume_that_names_no_run_is_refused_not_trained_from_scratch(tmp_path):
+    """`d2lrun resume=$RUN` with RUN unset trained a new default run, exit 0."""
+    from d2lrun import app
+
+    for command in (app.train, app.sweep):
+        with pytest.raises(UsageError) as e:
+            command(["resume=", f"hydra.run.dir={tmp_path / 'r'}"])
+        assert str(e.value) == (
+            "resume= names no run. Fix: resume=outputs/DATE/TIME, or drop resume=."
+        )
+    assert not (tmp_path / "r").exists()

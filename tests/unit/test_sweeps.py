@@ -602,6 +602,22 @@ def test_what_hydras_sweepers_fail_on_is_one_line_before_any_folder(tmp_path):
         "hydra.sweeper.n_trials=0 is out of range: it must be at least 1. "
         "Fix: hydra.sweeper.n_trials=20."
     )
+    # Optuna's ZeroDivisionError, ValueError and InstantiationException: 'a bug in d2lrun?'
+    for key, line in (
+        ("n_jobs=0", "hydra.sweeper.n_jobs=0 is out of range: it must be at least 1. "
+                     "Fix: hydra.sweeper.n_jobs=1."),
+        ("max_failure_rate=2", "hydra.sweeper.max_failure_rate=2.0 is out of range: it must be "
+                               "from 0 to 1. Fix: hydra.sweeper.max_failure_rate=1.0."),
+        ("sampler.seed=-1", "hydra.sweeper.sampler.seed=-1 is out of range: it must be at least 0. "
+                            "Fix: hydra.sweeper.sampler.seed=0."),
+        ("direction=minimize", "hydra.sweeper.direction=minimize: a job's score is higher for "
+                               "better settings (accuracy, or minus the loss). Fix: "
+                               "hydra.sweeper.direction=maximize."),
+    ):  # fmt: skip
+        with pytest.raises(UsageError) as e:
+            app.sweep(["hydra/sweeper=optuna_lr_wd", f"hydra.sweeper.{key}",
+                       f"hydra.sweep.dir={s}"])  # fmt: skip
+        assert str(e.value) == line
     assert not s.exists()
 
 
