@@ -4,6 +4,7 @@ Each call runs the command's Hydra app (d2lrun.app) in this process: the same co
 and, on CPU, numbers. A mistake raises d2lrun.errors' exception with the command's one line.
 """
 
+import shlex
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +52,7 @@ def plain(overrides: tuple, name: str) -> list[str]:
     if flags := [o for o in overrides if o.startswith("-") and o not in ("-m", "--multirun")]:
         raise UsageError(
             f"d2lrun.{name} takes overrides, not the command's flags ({', '.join(flags)}). "
-            f"Fix: d2lrun {' '.join(overrides)} in a shell, or overrides such as 'optim.lr=0.1'."
+            f"Fix: d2lrun {shlex.join(overrides)} in a shell, or overrides such as 'optim.lr=0.1'."
         )
     return list(overrides)
 

@@ -38,10 +38,12 @@ from d2lrun.files import (
     Plotter,
     atomic_write,
     claim_dir,
+    deferred_signals,
     hold,
     running,
     shown,
     signals_to,
+    untrained,
     unwritable,
     write_json,
 )
@@ -97,13 +99,39 @@ def stopping_workers(sweep_dir: Path):
         yield
 
 
+TIMESTAMP = "${now:"  # a folder named by the time it starts: TIME, then TIME_2 in the same second
+
+
+def literal_dir(args: Sequence[str], key: str, cfg: DictConfig | None = None) -> list[str]:
+    """args with hydra.run.dir or hydra.sweep.dir (key) as the folder its ${...} names, which Hydra
+    would write into unchecked; not a TIMESTAMP one, claimed as the default folder is."""
+    value = given(args, key)
+    if not value or "${" not in value or TIMESTAMP in value:
+        return list(args)
+    folder = OmegaConf.select(cfg or compose(overrides_of(args), with_hydra=True), key)
+    return set_override(args, key, str(folder))
+
+
+def set_override(args: Sequence[str], key: str, value: str | None) -> list[str]:
+    """args with key's overrides as key=value, or without them (value None)."""
+    lines = overrides_of(args)
+
+    def ours(a: str) -> bool:
+        return a in lines and a.lstrip("+").partition("=")[0] == key
+
+    kept = [a for a in args if value is not None or not ours(a)]
+    return [override(key, value) if ours(a) else a for a in kept]
+
+
 class RunDir(Callback):
     """The configured hydra.run.dir claimed (d2lrun.files.claim_dir) before Hydra writes into it."""
 
     lock = None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        if given(list(config.hydra.overrides.hydra), "hydra.run.dir") is not None:
+        typed = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)  # ${now:...}
+        named = given(typed, "hydra.run.dir")
+        if named is not None and TIMESTAMP not in named:
             return  # named: named_dir holds it
         with contextlib.suppress(RunFailed):  # unwritable: Hydra's own mkdir then says so
             folder = claim_dir(config.hydra.run.dir)
@@ -124,7 +152,7 @@ def named_dir(args: Sequence[str]):
     named = given(args, "hydra.run.dir")
     if named == "":  # Hydra would write into the current folder, over any run there
         raise UsageError("hydra.run.dir= names no folder. Fix: hydra.run.dir=outputs/NAME.")
-    if not named:
+    if not named or TIMESTAMP in named:  # ${now:...}: claimed as the default one is (RunDir)
         yield
         return
     folder = Path(named)
@@ -154,7 +182,7 @@ def named_dir(args: Sequence[str]):
         try:
             yield
         except BaseException as e:  # refused before it started: the folder it made goes again
-            if made and folder.is_dir() and set(os.listdir(folder)) <= {".hydra", ".lock"}:
+            if made and untrained(folder):
                 shutil.rmtree(folder, ignore_errors=True)
             elif isinstance(e, UsageError):  # and a run's .hydra/ is its own again, not the
                 for path in set(folder.glob(".hydra/*")) - set(record):  # refused command's
@@ -244,10 +272,12 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
 def train(args: Sequence[str]) -> Path:
     """`d2lrun ARGS`: one run (d2lrun.job.train); its folder."""
     with Plotter() as draw:  # before d2lrun.job imports torch: matplotlib's import beside it
-        from d2lrun import job
+        with deferred_signals():  # Ctrl-C in torch's import: after it (within, torch swallows
+            from d2lrun import job  # it, aborts, or fails the next import of torch)
 
         check_flags(args)  # once, before resume= is read from them
         args, ckpt = resumed(args)
+        args = literal_dir(args, "hydra.run.dir")
         with named_dir(args):
             return run("config", args, lambda cfg: train_task(cfg, job, ckpt, draw))
 
@@ -258,7 +288,7 @@ def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
     try:
         job.train(cfg, run_dir, list(hc.overrides.task), ckpt, draw=draw)
     except BaseException:  # refused, stopped or failed before it started: no folder behind
-        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", ".lock"}:
+        if untrained(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return Path(hc.run.dir)  # as named (relative to where the command ran)
@@ -282,7 +312,10 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     overrides = parse(lines)
     cfg = compose([o.input_line for o in overrides if not o.is_sweep_override()], with_hydra=True)
     sweeps.check_sweep(cfg.hydra.sweeper, overrides)
+    args = literal_dir(args, "hydra.sweep.dir", cfg)
     given_dir = given(args, "hydra.sweep.dir")
+    if given_dir and TIMESTAMP in given_dir:  # claimed below, as the default folder is
+        given_dir, args = None, set_override(args, "hydra.sweep.dir", None)
     if given_dir == "":  # Hydra would write the jobs into the current folder
         raise UsageError(
             "hydra.sweep.dir= names no folder. Fix: hydra.sweep.dir=outputs/multirun/NAME."
@@ -347,7 +380,8 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
 
 def evaluate(args: Sequence[str]) -> dict:
     """`d2lrun-eval ARGS`: a saved run's metrics on its held-out split, also in RUN/eval.json."""
-    from d2lrun.reload import evaluate_run
+    with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
+        from d2lrun.reload import evaluate_run
 
     check_flags(args, "eval")
 
@@ -366,7 +400,8 @@ def evaluate(args: Sequence[str]) -> dict:
 
 def predict(args: Sequence[str]) -> Path:
     """`d2lrun-predict ARGS`: predictions for new inputs, written as CSV; the file."""
-    from d2lrun.reload import predict_file
+    with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
+        from d2lrun.reload import predict_file
 
     check_flags(args, "predict")
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from d2lrun.app import stop_signals
 from d2lrun.config import checked
 from d2lrun.errors import Diverged, Interrupted, UsageError
-from d2lrun.files import Plotter, deferred_signals, hold, shown
+from d2lrun.files import Plotter, deferred_signals, hold, shown, untrained
 from d2lrun.job import Run
 from d2lrun.stack import Stack, StackOptimizer, most_members, stackable
 from d2lrun.sweeps import finished_job, job_failed, prepared, score, sweep_experiment
@@ -91,12 +91,16 @@ def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]
             found[hc.job.num]["error"] = e
 
     # The plot helpers, one per core, import matplotlib while the stack trains.
-    with Plotter(min(len(group), os.cpu_count() or 1)) as plotter:
-        returns = {num: run(launcher, cfg, folder) for num, cfg in group}
-        with contextlib.ExitStack() as locks, stop_signals():
-            for num in nums:  # as run_job: of two sweeps run into one folder, one trains each job
-                locks.enter_context(hold(found[num]["run_dir"], wait=True))
-            scores = train_group(launcher, found, sweep_dir, plotter)
+    try:
+        with Plotter(min(len(group), os.cpu_count() or 1)) as plotter:
+            returns = {num: run(launcher, cfg, folder) for num, cfg in group}
+            with contextlib.ExitStack() as locks, stop_signals():
+                for num in nums:  # as run_job: of two sweeps into one folder, one trains each job
+                    locks.enter_context(hold(found[num]["run_dir"], wait=True))
+                scores = train_group(launcher, found, sweep_dir, plotter)
+    except KeyboardInterrupt:  # while Hydra made the job folders, or a stack was set up
+        remove_unstarted(found)
+        raise
     for num, value in scores.items():
         returns[num].return_value = value
     return returns
@@ -159,11 +163,16 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
                     scores[num] = job_failed(end, found[num]["run_dir"], sweep_dir)
             stopped = [end for end in ended if isinstance(end, Interrupted)]
             if stopped:  # Ctrl-C or a stop signal: every member saved; the sweep ends
-                for job in found.values():  # one not started: no folder, as the basic launcher's
-                    if {p.name for p in job["run_dir"].glob("*")} <= {".hydra", ".lock"}:
-                        shutil.rmtree(job["run_dir"], ignore_errors=True)
+                remove_unstarted(found)
                 job_failed(stopped[0], jobs[0]["run_dir"], sweep_dir)
     return scores
+
+
+def remove_unstarted(found: dict) -> None:
+    """The folders of jobs that trained nothing: gone, as the basic launcher leaves none."""
+    for job in found.values():
+        if untrained(job["run_dir"]):
+            shutil.rmtree(job["run_dir"], ignore_errors=True)
 
 
 def train_stack(jobs: list[dict], plotter: Plotter | None = None, **common) -> list:

@@ -169,6 +169,15 @@ def completed(folder: Path) -> dict | None:
     return summary if summary.get("status") == "completed" else None
 
 
+def untrained(folder: Path) -> bool:
+    """folder holds no run: only Hydra's .hydra/, the lock, and the metrics.json of a run stopped
+    before its first epoch ("nothing to resume"), which leaves no folder behind."""
+    summary = read_json(folder / "metrics.json") or {}
+    stopped = summary.get("status") == "interrupted" and summary.get("epochs_completed") == 0
+    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    return folder.is_dir() and names <= {".hydra", ".lock", *["metrics.json"] * stopped}
+
+
 def write_csv(path: str | Path, rows: list[dict]) -> Path:
     """Rows of dicts as CSV, columns in first-seen order (csv, not pandas: 0.4 s less a run)."""
     columns = list(dict.fromkeys(k for row in rows for k in row))

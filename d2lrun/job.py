@@ -62,10 +62,11 @@ def train(
         fold = ckpt["spec"].get("fold") if ckpt else None
         return train_job(cfg, run_dir, overrides, ckpt, fold=fold, **job)
     wall, finals, log = time.perf_counter(), [], job.get("log", say)
-    if cfg.resume:  # resume=RUN of this k-fold run: each fold below is continued or trained anew
+    moved = bool(cfg.resume)  # resume=RUN of this k-fold run: its data may have moved
+    if cfg.resume:  # each fold below is continued or trained anew
         cfg = cfg.copy()
         cfg.resume = None
-        if diff := changed(load_checkpoint(run_dir / "fold_0" / "last.pt"), cfg):
+        if diff := changed(load_checkpoint(run_dir / "fold_0" / "last.pt"), cfg, moved):
             key, was, now = diff  # refused before any fold's files are touched
             folds = [f for i in range(k) if (f := run_dir / f"fold_{i}" / "last.pt").exists()]
             fold = next((f.parent for f in folds if not completed(f.parent)), run_dir / "fold_0")
@@ -80,7 +81,7 @@ def train(
         try:
             if (folder / "last.pt").exists():  # a sweep's job run again (Slurm requeued it)
                 fold_cfg = cfg.copy()
-                ckpt = continued(fold_cfg, folder)
+                ckpt = continued(fold_cfg, folder, moved)
                 if fold := completed(folder):
                     log(f"fold {i + 1}/{k}: completed before in {shown(folder)}; kept")
                     finals.append(fold["final"])
@@ -251,12 +252,12 @@ class Run:
         snapshot["wall_seconds"] = round(time.perf_counter() - self.wall, 3)
         due = trainer.epoch % trainer.checkpoint_every == 0 or trainer.epoch == trainer.epochs
         names = ["best.pt"] * (best is not history.best) + ["last.pt"] * due
-        if names:
-            save_torch([self.run_dir / name for name in names], snapshot)
-        # The history moves on in one assignment, which no signal handler interrupts (they run at
-        # calls): Ctrl-C or SIGTERM above leaves it at the epoch before, as the files on disk are.
-        history.rows, history.best, history.pending = rows, best, None if due else snapshot
-        self.log(format_row(row, trainer.epochs))
+        # Ctrl-C or SIGTERM while the files are written: once the history is at their epoch too
+        with deferred_signals():
+            if names:
+                save_torch([self.run_dir / name for name in names], snapshot)
+            history.rows, history.best, history.pending = rows, best, None if due else snapshot
+            self.log(format_row(row, trainer.epochs))
         self.tracker.log_epoch(row)
 
     def failed(self, e: Exception) -> Exception:

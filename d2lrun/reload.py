@@ -197,10 +197,11 @@ def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[s
             )
 
 
-def continued(cfg: DictConfig, run_dir: Path) -> dict:
-    """The last.pt of a sweep job's (or fold's) earlier try, if cfg wrote it; sets cfg.resume."""
+def continued(cfg: DictConfig, run_dir: Path, moved: bool = False) -> dict:
+    """The last.pt of a sweep job's (or fold's) earlier try, if cfg wrote it; sets cfg.resume.
+    moved: `resume=` of a k-fold run, whose data may have moved (see changed)."""
     saved = load_checkpoint(run_dir / "last.pt", needs="continuing")
-    if diff := changed(saved, cfg):
+    if diff := changed(saved, cfg, moved):
         raise UsageError(
             f"{shown(run_dir)} holds a checkpoint of another config ({diff[0]}={diff[1]} "
             f"there, {diff[2]} now). Fix: another hydra.sweep.dir, or delete {shown(run_dir)}."
@@ -209,13 +210,14 @@ def continued(cfg: DictConfig, run_dir: Path) -> dict:
     return saved
 
 
-def changed(saved: dict, cfg: DictConfig) -> tuple[str, str, str] | None:
-    """The first key whose value cfg changes from the checkpoint's: key, was, now; not resume=,
-    device= or where the data is now, which a run that goes on may change."""
+def changed(saved: dict, cfg: DictConfig, moved: bool = False) -> tuple[str, str, str] | None:
+    """The first key (but resume=) whose value cfg changes from the checkpoint's: key, was, now.
+    moved: also not device= or where the data is, which `resume=` may change; a sweep's job run
+    again never does (the same dataset.path typed in another folder is another file)."""
     now = OmegaConf.to_container(checked(cfg), resolve=True)
-    was, now = ({k: v for k, v in c.items() if k not in ("resume", "device")}
-                for c in (saved["config"], now))  # fmt: skip
-    for c in (was, now):
+    here = ("resume", "device") if moved else ("resume",)
+    was, now = ({k: v for k, v in c.items() if k not in here} for c in (saved["config"], now))
+    for c in (was, now) if moved else ():
         c["dataset"] = {k: v for k, v in c["dataset"].items() if k not in LOCATION_KEYS}
     diff = first_difference(was, now, "config")
     return (diff[0][7:], diff[1], diff[2]) if diff else None
@@ -343,7 +345,8 @@ def load_run(
     cfg = compose(run_overrides(saved, overrides))
     check_same_meaning(saved["config"], cfg, str(source))
     cfg, dev, spec = checked(cfg), resolve_device(device), Spec(**saved["spec"])
-    with own_torch():  # its float32 weights, not the caller's dtype; the caller's random state
+    with own_torch(cuda=False):  # float32 weights, not the caller's dtype; the caller's CPU random
+        # state (building it draws from it; the GPUs' it leaves alone)
         model = build_model(cfg.model, spec)
     load_state_dict_strict(model, saved["model"], str(source))
     return SavedRun(model.to(dev).eval(), cfg, spec, source, dev, saved["history"])

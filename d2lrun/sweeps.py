@@ -20,6 +20,7 @@ from d2lrun.files import (
     STOPPING,
     atomic_write,
     completed,
+    deferred_signals,
     hold,
     png,
     read_json,
@@ -54,7 +55,8 @@ def run_job(
     ckpt: dict | None = None,
 ) -> float:
     """Job num of a sweep (ckpt: the checkpoint it resumes); its score. A failure is recorded."""
-    from d2lrun.job import train
+    with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
+        from d2lrun.job import train
 
     if (sweep_dir / STOPPING).exists():  # a signal stopped the sweep (app.stopping_workers)
         raise Interrupted("interrupted before it started.", signal.SIGTERM)
@@ -341,7 +343,9 @@ def check_sweep(sweeper: DictConfig, overrides: list) -> None:
                 f"hydra.sweeper.{key}={value} is out of range: it must be {must}. "
                 f"Fix: hydra.sweeper.{key}={fix}."
             )
-    if sweeper.direction != "maximize":  # minimize would search for the worst settings
+    direction = sweeper.direction  # maximize, MAXIMIZE, Direction.maximize, [maximize]: Optuna's
+    direction = direction[0] if OmegaConf.is_list(direction) and len(direction) == 1 else direction
+    if str(getattr(direction, "name", direction)).lower() != "maximize":  # minimize: the worst
         raise UsageError(
             f"hydra.sweeper.direction={yaml_value(sweeper.direction)}: a job's score is higher "
             f"for better settings (accuracy, or minus the loss). Fix: hydra.sweeper.direction="

@@ -27,15 +27,15 @@ EVAL_BATCH_SIZE = 1024  # evaluation needs no gradients, so bigger batches are o
 
 
 @contextlib.contextmanager
-def own_torch():
+def own_torch(cuda: bool = True):
     """Within: torch as a fresh process has it (float32 by default, gradients on), so a run from a
-    notebook trains as the command does; after: the caller's dtype, grad mode and random state."""
-    dtype, devices = torch.get_default_dtype(), []
-    if torch.cuda.is_initialized():  # not initialised by the caller: no CUDA state of theirs
-        devices = list(range(torch.cuda.device_count()))
+    notebook trains as the command does; after: the caller's dtype, grad mode and random state
+    (cuda: the GPUs' too, which torch.manual_seed seeds, on a machine that has them)."""
+    dtype = torch.get_default_dtype()
+    devices = list(range(torch.cuda.device_count())) if cuda and torch.cuda.is_available() else []
     torch.set_default_dtype(torch.float32)
     try:
-        with torch.random.fork_rng(devices), torch.enable_grad():
+        with torch.random.fork_rng(devices), torch.inference_mode(False), torch.enable_grad():
             yield
     finally:
         torch.set_default_dtype(dtype)

@@ -214,6 +214,8 @@ def test_a_notebooks_torch_settings_neither_change_a_run_nor_are_changed_by_it(h
             d2lrun.load_run(run.run_dir, overrides="seed=0")  # one override as a string too
             assert torch.equal(torch.randn(3), expected)
             assert not torch.is_grad_enabled()
+        with torch.inference_mode():
+            d2lrun.train(*args)
         assert torch.get_default_dtype() == torch.float64
     finally:
         torch.set_default_dtype(torch.float32)

@@ -212,3 +212,22 @@ def test_jobs_queued_in_joblibs_pool_do_not_start_after_a_stop_signal(tmp_path):
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert [j for j in "2345" if (s / j / "last.pt").exists()] == []
+
+
+def test_a_folder_named_with_a_resolver_is_the_folder_it_resolves_to(tmp_path):
+    """hydra.run.dir=outputs/exp/${model.name}: a second run wrote over the first's files (the
+    checks looked at a folder literally named '${model.name}'); a sweep's table called its
+    completed jobs missing. ${now:...} names a time: TIME, then TIME_2, as the default folder."""
+    exp = tmp_path / "exp"
+    assert run_cli("trainer.progress=false", "hydra.run.dir=exp/${model.name}",
+                   cwd=tmp_path).returncode == 0  # fmt: skip
+    before = (exp / "linreg" / "model.pt").read_bytes()
+    r = run_cli("optim.lr=0.1", "hydra.run.dir=exp/${model.name}", cwd=tmp_path)
+    assert r.returncode == 2 and "hydra.run.dir=exp/linreg already holds a run" in r.stderr
+    assert (exp / "linreg" / "model.pt").read_bytes() == before and os.listdir(exp) == ["linreg"]
+    (tmp_path / "years" / time.strftime("%Y")).mkdir(parents=True)  # taken: the run takes _2
+    r = run_cli("trainer.progress=false", "hydra.run.dir=years/${now:%Y}", cwd=tmp_path)
+    assert r.returncode == 0 and f"-> years/{time.strftime('%Y')}_2" in r.stdout
+    r = run_cli("-m", "trainer.epochs=1", "optim.lr=0.1,0.3", "hydra.sweep.dir=swp/${model.name}",
+                cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0 and "sweep swp/linreg: 2 completed" in r.stdout, r.stderr

@@ -457,3 +457,52 @@ def test_a_k_fold_run_refused_for_its_data_leaves_no_fold_folder(tmp_path):
     with pytest.raises(d2lrun.errors.UsageError, match=r"dataset.folds=5 is more folds than"):
         d2lrun.job.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
     assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_a_signal_as_an_epochs_checkpoint_is_written_leaves_the_record_at_that_epoch(
+    tmp_path, monkeypatch
+):
+    """SIGTERM between last.pt's rename and the history's update: last.pt held epoch 2 while
+    metrics.json, metrics.csv and the message said epoch 1 ('nothing to resume' in epoch 1)."""
+    import os
+    import signal
+
+    save = d2lrun.job.save_torch
+
+    def save_then_signal(paths, obj):
+        save(paths, obj)
+        if obj["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(d2lrun.job, "save_torch", save_then_signal)
+    with pytest.raises(Interrupted, match="interrupted after epoch 2; the last complete epoch"):
+        run_job(tmp_path, "trainer.epochs=4")
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["epochs_completed"] == load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_a_run_stopped_in_its_first_epoch_leaves_no_folder_and_the_command_runs_again(
+    tmp_path, monkeypatch
+):
+    """It left RUN/metrics.json alone: the same command was then refused ('already holds a run
+    (metrics.json)'), and its Fix resume=RUN said 'has no last.pt'."""
+    from d2lrun import app
+
+    original, calls = d2lrun.optim.Optimizer.step, {"n": 0}
+
+    def step(self):
+        calls["n"] += 1
+        if calls["n"] == 5:  # in epoch 1
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
+    for named in ([f"hydra.run.dir={tmp_path / 'run'}"], []):
+        monkeypatch.chdir(tmp_path)
+        calls["n"] = 0
+        with pytest.raises(Interrupted, match="before any epoch finished; nothing to resume"):
+            app.train(["trainer.progress=false", *named])
+        assert not (tmp_path / "run").exists() and not list(tmp_path.glob("outputs/*/*"))
+    app.train(["trainer.progress=false", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"

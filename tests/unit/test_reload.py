@@ -916,7 +916,10 @@ def test_a_k_fold_run_goes_on_after_its_data_moved_or_on_another_device(table_ru
 
     saved = load_checkpoint(table_run[0] / "last.pt")
     moved = ["device=cuda", "dataset.path=/elsewhere/x.csv"]
-    assert changed(saved, compose(run_overrides(saved, moved))) is None
+    assert changed(saved, compose(run_overrides(saved, moved)), moved=True) is None
+    # A sweep's job run again from another folder: the same typed path, another file; refused.
+    path = changed(saved, compose(run_overrides(saved, moved[1:])))
+    assert path == ("dataset.path", str(table_run[0].parent / "t.csv"), "/elsewhere/x.csv")
     lr = changed(saved, compose(run_overrides(saved, ["optim.lr=0.5"])))
     assert lr == ("optim.lr", "0.03", "0.5")
     kfold = trained(tmp_path / "kfold", "dataset.num_train=60", "dataset.folds=3",

@@ -200,3 +200,20 @@ def test_a_full_disk_fails_each_member_with_the_fix_that_goes_on_from_its_own_la
             f"Fix: free disk space, then d2lrun resume={tmp_path / f'm{i}'} (its last.pt is kept)."
         )
         assert load_checkpoint(tmp_path / f"m{i}" / "last.pt")["epoch"] == 1
+
+
+def test_a_stack_stopped_as_it_is_set_up_leaves_no_job_folders(tmp_path, monkeypatch):
+    """Ctrl-C while Hydra made the job folders or the stack's runs were set up left folders of
+    .hydra/ alone, which the table called 'unfinished', not 'missing' (not started)."""
+    from d2lrun import app, batched
+    from d2lrun.errors import Interrupted
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batched, "Run", stopped)
+    s = tmp_path / "sweep"
+    with pytest.raises((KeyboardInterrupt, Interrupted)):
+        app.sweep(["hydra/launcher=batched", "optim.lr=0.1,0.3", "trainer.epochs=1",
+                   "trainer.progress=false", f"hydra.sweep.dir={s}"])  # fmt: skip
+    assert not list(s.glob("[0-9]*"))

@@ -749,3 +749,11 @@ def test_a_batched_launcher_key_mistyped_gets_a_fix_that_works(override, line, f
         compose_hydra("hydra/launcher=batched", override)
     assert str(explain(e.value)) == line
     assert "max_members" in compose_hydra("hydra/launcher=batched", fixed).hydra.launcher
+
+
+@pytest.mark.parametrize("direction", ["maximize", "MAXIMIZE", "[maximize]"])
+def test_optunas_spellings_of_maximize_are_taken(direction):
+    """Optuna reads MAXIMIZE and [maximize] as maximize (d2lrun refused them)."""
+    sweeper = OmegaConf.create({"_target_": "hydra_plugins.optuna.OptunaSweeper", "n_trials": 2,
+                                "direction": OmegaConf.create(f"d: {direction}").d})  # fmt: skip
+    sweep.check_sweep(sweeper, [])
