@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,69 +33,20 @@ from d2lrun.config import (
 )
 from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.files import (
-    STOPPING,
     Plotter,
     atomic_write,
     claim_dir,
     deferred_signals,
     hold,
-    running,
     shown,
-    signals_to,
+    stop_signals,
+    stopping_workers,
     untrained,
     unwritable,
     write_json,
 )
 
 RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.json", "metrics.csv", "fold_0")
-
-
-class Stop(KeyboardInterrupt):
-    """A stop signal, raised in the main thread as Ctrl-C raises KeyboardInterrupt."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def stop_signals():
-    """Within: Ctrl-C or a stop signal ends the run, once. After: the handler it replaced runs."""
-    caught: list[int] = []
-
-    def stop(signum, frame):
-        if not caught:  # once: a second signal does not break the saving of the first
-            caught.append(signum)
-            raise Stop(signum)
-
-    replaced = None  # still None when a signal comes while signals_to installs the handlers
-    try:
-        with signals_to(stop) as replaced:
-            yield
-    finally:
-        if caught and replaced and callable(replaced[caught[0]]):
-            replaced[caught[0]](caught[0], None)  # submitit's on a Slurm node checkpoints, requeues
-
-
-@contextlib.contextmanager
-def stopping_workers(sweep_dir: Path):
-    """Within a sweep: Ctrl-C or a stop signal reaches joblib's workers too; raised once saved."""
-
-    def stop(signum, frame):
-        (sweep_dir / STOPPING).touch()  # jobs that joblib's pool hands out after this do not start
-        loky = sys.modules.get("joblib.externals.loky.reusable_executor")  # joblib's pool, if any
-        workers = list(getattr(getattr(loky, "_executor", None), "_processes", {}).values())
-        for worker in workers:  # each ends its job as one run ends: saved, then interrupted
-            with contextlib.suppress(OSError):
-                os.kill(worker.pid, signum)
-        deadline = time.monotonic() + 120
-        while workers and time.monotonic() < deadline and running(sweep_dir):
-            time.sleep(0.1)
-        raise Stop(signum)
-
-    (sweep_dir / STOPPING).unlink(missing_ok=True)  # an earlier run's
-    with signals_to(stop):
-        yield
 
 
 TIMESTAMP = "${now:"  # a folder named by the time it starts: TIME, then TIME_2 in the same second

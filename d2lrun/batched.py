@@ -17,10 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from d2lrun.app import stop_signals
 from d2lrun.config import checked
 from d2lrun.errors import Diverged, Interrupted, UsageError
-from d2lrun.files import Plotter, deferred_signals, hold, shown, untrained
+from d2lrun.files import Plotter, deferred_signals, hold, shown, stop_signals, untrained
 from d2lrun.job import Run
 from d2lrun.stack import Stack, StackOptimizer, most_members, stackable
 from d2lrun.sweeps import finished_job, job_failed, prepared, score, sweep_experiment
@@ -220,7 +219,7 @@ def train_stack(jobs: list[dict], plotter: Plotter | None = None, **common) -> l
 
     try:
         fit(stack, optimizer, first.loss, first.train, first.val, first.trainer, on_epoch)
-    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.app.stop_signals)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.files.stop_signals)
         for m in range(len(runs)):
             if ended[m] is None:
                 end(m, "interrupted", signum=getattr(e, "signum", signal.SIGINT))

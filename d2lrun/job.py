@@ -27,7 +27,7 @@ from d2lrun.files import (
     write_csv,
     write_json,
 )
-from d2lrun.models import build_model, learned, loss_kind
+from d2lrun.models import build_model, learned, load_state_dict_strict, loss_kind
 from d2lrun.models.init import apply_init
 from d2lrun.optim import Optimizer, build_optimizer
 from d2lrun.reload import (
@@ -37,7 +37,6 @@ from d2lrun.reload import (
     check_same_meaning,
     continued,
     load_checkpoint,
-    load_state_dict_strict,
     readable_best,
 )
 from d2lrun.tracking import experiment_name, open_tracker
@@ -148,7 +147,7 @@ def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt=None, *
         fit(net, run.optimizer, run.loss, run.train, run.val, run.trainer, run.on_epoch)
     except Diverged as e:
         return run.end("diverged", str(e))
-    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.app.stop_signals)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.files.stop_signals)
         return run.end("interrupted", signum=getattr(e, "signum", signal.SIGINT))
     except Exception as e:  # disk full, a bug: the tracked run ends too, then the error goes on
         if (error := run.failed(e)) is e:

@@ -41,7 +41,7 @@ from d2lrun.config import (
 from d2lrun.data import Spec, build_data, prepare_batch
 from d2lrun.errors import UsageError
 from d2lrun.files import atomic_write, curves_figure, remove_stale_temporaries, shown
-from d2lrun.models import build_model, loss_kind
+from d2lrun.models import build_model, load_state_dict_strict, loss_kind
 from d2lrun.trainer import evaluate, loss_for, own_torch
 
 FORMAT = "d2lrun-checkpoint"
@@ -140,26 +140,6 @@ def readable_best(folder: Path) -> dict | None:
     except UsageError as e:
         print(f"note: {str(e).partition(' Fix:')[0]} Not used.", file=sys.stderr)
         return None
-
-
-def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:
-    """load_state_dict(strict=True), with one readable line when the architectures differ."""
-    own = model.state_dict()
-    mismatches = {  # the first few of each kind
-        "missing keys": [k for k in own if k not in state][:6],
-        "unexpected keys": [k for k in state if k not in own][:6],
-        "shape mismatches": [
-            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-            for k, v in own.items()
-            if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape
-        ][:4],
-    }
-    if found := "; ".join(f"{kind} {keys}" for kind, keys in mismatches.items() if keys):
-        raise UsageError(
-            f"{source} was saved from another architecture: {found}. "
-            f"Fix: rebuild the model with the run's own config (d2lrun-eval run=DIR does)."
-        )
-    model.load_state_dict(state)
 
 
 def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:

@@ -58,7 +58,7 @@ def run_job(
     with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
         from d2lrun.job import train
 
-    if (sweep_dir / STOPPING).exists():  # a signal stopped the sweep (app.stopping_workers)
+    if (sweep_dir / STOPPING).exists():  # a signal stopped the sweep (files.stopping_workers)
         raise Interrupted("interrupted before it started.", signal.SIGTERM)
 
     # Locked: of two sweeps run into one folder, one trains the job and the other then skips it.

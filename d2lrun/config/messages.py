@@ -24,7 +24,7 @@ def explain(e: BaseException) -> D2lrunError:
     if isinstance(e, D2lrunError):
         return e
     if isinstance(e, KeyboardInterrupt):
-        signum = getattr(e, "signum", 2)  # d2lrun.app.Stop: a stop signal, as Ctrl-C (SIGINT) is
+        signum = getattr(e, "signum", 2)  # d2lrun.files.Stop: a stop signal, as Ctrl-C (SIGINT) is
         return Interrupted("interrupted before training started; nothing was saved.", signum)
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
         group, _, name = e.missing_cfg_file.rpartition("/")

@@ -83,6 +83,26 @@ def build_model(cfg: DictConfig, spec: Spec) -> nn.Module:
     return LeNet(q, cfg.variant, cfg.batch_norm, dropouts(cfg.dropout, 2))
 
 
+def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:
+    """load_state_dict(strict=True), with one readable line when the architectures differ."""
+    own = model.state_dict()
+    mismatches = {  # the first few of each kind
+        "missing keys": [k for k in own if k not in state][:6],
+        "unexpected keys": [k for k in state if k not in own][:6],
+        "shape mismatches": [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape
+        ][:4],
+    }
+    if found := "; ".join(f"{kind} {keys}" for kind, keys in mismatches.items() if keys):
+        raise UsageError(
+            f"{source} was saved from another architecture: {found}. "
+            f"Fix: rebuild the model with the run's own config (d2lrun-eval run=DIR does)."
+        )
+    model.load_state_dict(state)
+
+
 def learned(model, spec: Spec, log) -> dict | None:
     """What generated data lets a run check: learned w and b (§3.2, §4.4), the kernel (§6.2.4)."""
     if spec.true_kernel is not None:

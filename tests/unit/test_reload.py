@@ -18,11 +18,11 @@ from omegaconf import OmegaConf
 from d2lrun.config import checked, compose
 from d2lrun.errors import UsageError
 from d2lrun.files import save_torch
+from d2lrun.models import load_state_dict_strict
 from d2lrun.reload import (
     FORMAT,
     find_checkpoint,
     load_checkpoint,
-    load_state_dict_strict,
     merge_overrides,
     run_overrides,
 )
