@@ -1,6 +1,7 @@
 """The command-line entry points (d2lrun, d2lrun-eval, d2lrun-predict, d2lrun-report): each reads
 its arguments and calls one function of d2lrun.app or d2lrun.sweeps inside `handle`. Heavy imports
-(torch, pandas, matplotlib) wait for the function that needs them, so `--help` is quick.
+(torch, pandas, matplotlib) wait for the function that needs them, so `--help` is quick; Hydra's
+too wait for `handle`, so Ctrl-C as the command starts is its one line, not a traceback.
 """
 
 import argparse
@@ -9,19 +10,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from d2lrun import __version__, app
-from d2lrun.config import (
-    CONFIG_DIR,
-    EXPERIMENTS_DIR,
-    SCHEMAS,
-    compose,
-    hydra_args,
-    overrides_of,
-)
-from d2lrun.config.messages import explain
+from d2lrun import __version__
 from d2lrun.errors import RunFailed
 from d2lrun.files import reader_gone
-from d2lrun.sweeps import report
 
 
 def handle(prog: str, main: Callable[[], object]) -> None:
@@ -35,6 +26,8 @@ def handle(prog: str, main: Callable[[], object]) -> None:
     except (Exception, KeyboardInterrupt) as e:
         if full_error:  # the traceback instead
             raise
+        from d2lrun.config.messages import explain
+
         error = explain(e)
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         sys.exit(error.exit_code)
@@ -44,6 +37,8 @@ def train_main() -> None:
     """`d2lrun`: train one model, or sweep with -m; `resume=RUN` continues a run."""
 
     def main(args: list[str]) -> None:
+        from d2lrun import app
+
         if {"-m", "--multirun"} & set(args):
             _, failure = app.sweep(args)
             if failure:
@@ -56,12 +51,23 @@ def train_main() -> None:
 
 def eval_main() -> None:
     """`d2lrun-eval run=DIR`: metrics of a saved run on its held-out split."""
-    handle("d2lrun-eval", own_options(app.evaluate, "eval"))
+    handle("d2lrun-eval", own_options(command("evaluate"), "eval"))
 
 
 def predict_main() -> None:
     """`d2lrun-predict run=DIR input=FILE`: predictions for new inputs."""
-    handle("d2lrun-predict", own_options(app.predict, "predict"))
+    handle("d2lrun-predict", own_options(command("predict"), "predict"))
+
+
+def command(name: str) -> Callable[[list[str]], object]:
+    """d2lrun.app's function name, imported when it runs (in handle)."""
+
+    def call(args: list[str]) -> object:
+        from d2lrun import app
+
+        return getattr(app, name)(args)
+
+    return call
 
 
 def report_main() -> None:
@@ -82,6 +88,8 @@ def report_main() -> None:
     args = parser.parse_args()
 
     def main() -> None:
+        from d2lrun.sweeps import report
+
         failure = report(Path(args.dir))
         if failure:
             print(failure)
@@ -91,12 +99,18 @@ def report_main() -> None:
 
 def own_options(main: Callable[[list[str]], object], config_name: str) -> Callable[[], object]:
     """main(the command line's arguments), or what the command's own --help and --version print."""
-    args = sys.argv[1:]
-    if "--version" in args:
-        return lambda: print(f"d2lrun {__version__}")
-    if getattr(hydra_args(args), "help", False):  # --help, -h, --hel as Hydra reads them
-        return lambda: print_help(config_name, args)
-    return lambda: main(args)
+
+    def run() -> object:
+        from d2lrun.config import hydra_args
+
+        args = sys.argv[1:]
+        if "--version" in args:
+            return print(f"d2lrun {__version__}")
+        if getattr(hydra_args(args), "help", False):  # --help, -h, --hel as Hydra reads them
+            return print_help(config_name, args)
+        return main(args)
+
+    return run
 
 
 def print_help(config_name: str, args: list[str]) -> None:
@@ -105,6 +119,8 @@ def print_help(config_name: str, args: list[str]) -> None:
     # took 1.4 s here with d2lrun's schemas and presets (0.5 s for a bare Hydra app); this, 0.1 s.
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
+
+    from d2lrun.config import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, compose, overrides_of
 
     name = {"config": "d2lrun"}.get(config_name, config_name)
     text = OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "help" / f"{name}.yaml")

@@ -3,6 +3,7 @@ no traceback, and nothing already saved damaged."""
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -367,3 +368,27 @@ def test_an_error_while_hydra_runs_is_one_line_unless_the_user_asked_for_traceba
     with pytest.raises(SystemExit) as e:
         handle("d2lrun", main)
     assert e.value.code == 130 and one_line(capsys).startswith("d2lrun: error: interrupted")
+
+
+def test_ctrl_c_while_the_command_imports_hydra_is_one_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the first half second, as d2lrun.cli imported Hydra: a KeyboardInterrupt
+    traceback. The command's modules are imported inside handle."""
+    import builtins
+
+    from d2lrun.cli import train_main
+
+    real = builtins.__import__
+
+    def interrupted(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "d2lrun" and "app" in (fromlist or ()):
+            raise KeyboardInterrupt
+        return real(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    monkeypatch.setattr(sys, "argv", ["d2lrun", f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as e:
+        train_main()
+    assert e.value.code == 130 and not (tmp_path / "run").exists()
+    assert (
+        one_line(capsys) == "d2lrun: error: interrupted before training started; nothing was saved."
+    )
