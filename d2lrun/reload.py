@@ -127,7 +127,8 @@ def resume_checkpoint(resume: str) -> dict:
     source = find_checkpoint(resume)
     remove_stale_temporaries(source.parent)  # of a run killed inside a write (kill -9, power loss)
     ckpt = load_checkpoint(source, needs="resuming")
-    best = readable_best(source.parent) if Path(resume).is_dir() else None
+    later = Path(resume).is_dir() and source.name != "best.pt"  # best.pt alone: read once
+    best = readable_best(source.parent) if later else None
     return best if best and best["epoch"] > ckpt["epoch"] else ckpt
 
 
@@ -243,12 +244,12 @@ class SavedRun:
         return curves_figure(self.metrics.to_dict("records"), title)
 
     def file(self, name: str) -> Path:
-        if name == "metrics.json" and not (self.files / name).exists() and self.history:
-            raise UsageError(
-                f"{self.run_dir} has no metrics.json: the run has not ended (it runs, or was "
-                f"killed). Fix: d2lrun resume={self.run_dir} to finish it, or run.metrics."
-            )
         if not (self.files / name).exists():
+            if name == "metrics.json" and self.history:
+                raise UsageError(
+                    f"{self.run_dir} has no metrics.json: the run has not ended (it runs, or was "
+                    f"killed). Fix: d2lrun resume={self.run_dir} to finish it, or run.metrics."
+                )
             raise UsageError(
                 f"{self.run_dir} has no {name}. Fix: load_run the run folder that d2lrun wrote."
             )
