@@ -64,10 +64,11 @@ def literal_dir(args: Sequence[str], key: str, cfg: DictConfig | None = None) ->
 
 def set_override(args: Sequence[str], key: str, value: str | None) -> list[str]:
     """args with key's overrides as key=value, or without them (value None)."""
-    lines = overrides_of(args)
+    parsed = OverridesParser.create().parse_overrides(overrides_of(args))  # as given() reads them
+    keys = {o.input_line: o.key_or_group for o in parsed}
 
     def ours(a: str) -> bool:
-        return a in lines and a.lstrip("+").partition("=")[0] == key
+        return keys.get(a) == key
 
     kept = [a for a in args if value is not None or not ours(a)]
     return [override(key, value) if ours(a) else a for a in kept]

@@ -146,9 +146,11 @@ def as_typed(columns, names: list[str]) -> list[str]:
     """The columns whose names Hydra reads as other text unquoted (1.50: 1.5, true: True)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parse = OverridesParser.create().parse_override
+
     def read(column) -> str:
         try:
-            return str(OverridesParser.create().parse_override(f"k={column}").value())
+            return str(parse(f"k={column}").value())
         except Exception:  # not an override's value at all (a,b): Hydra's own line
             return str(column)
 
