@@ -252,12 +252,15 @@ class Run:
         due = trainer.epoch % trainer.checkpoint_every == 0 or trainer.epoch == trainer.epochs
         names = ["best.pt"] * (best is not history.best) + ["last.pt"] * due
         # Ctrl-C or SIGTERM while the files are written: once the history is at their epoch too
-        with deferred_signals():
-            if names:
-                save_torch([self.run_dir / name for name in names], snapshot)
-            history.rows, history.best, history.pending = rows, best, None if due else snapshot
-            self.log(format_row(row, trainer.epochs))
-        self.tracker.log_epoch(row)
+        try:
+            with deferred_signals():
+                if names:
+                    save_torch([self.run_dir / name for name in names], snapshot)
+                history.rows, history.best, history.pending = rows, best, None if due else snapshot
+                self.log(format_row(row, trainer.epochs))
+        finally:  # the tracker has the epoch a signal held (not held for it: its server may wait)
+            if history.rows is rows:
+                self.tracker.log_epoch(row)
 
     def failed(self, e: Exception) -> Exception:
         """The run's record on an error: failed, in metrics.json too while the disk takes it; the

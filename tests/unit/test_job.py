@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 import d2lrun.errors
 import d2lrun.job
 import d2lrun.optim
+import d2lrun.tracking
 from d2lrun.config import compose
 from d2lrun.data import Spec
 from d2lrun.errors import Diverged, Interrupted
@@ -474,11 +475,14 @@ def test_a_signal_as_an_epochs_checkpoint_is_written_leaves_the_record_at_that_e
         if obj["epoch"] == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
+    logged = []  # what a tracker (TensorBoard, MLflow) was given: epoch 2 was missing there
     monkeypatch.setattr(d2lrun.job, "save_torch", save_then_signal)
+    monkeypatch.setattr(d2lrun.tracking.Tracker, "log_epoch", lambda _, row: logged.append(row))
     with pytest.raises(Interrupted, match="interrupted after epoch 2; the last complete epoch"):
         run_job(tmp_path, "trainer.epochs=4")
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["epochs_completed"] == load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    assert [row["epoch"] for row in logged] == [1, 2]
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 2
 
 
