@@ -19,8 +19,11 @@ from omegaconf import DictConfig
 from d2lrun.errors import UsageError
 
 NOT_METRICS = ("epoch", "seconds", "examples_per_s")  # columns of a metrics row that are not logged
-# MLflow's HTTP client retries for minutes by default; the check before training gives up quickly.
+# MLflow's HTTP client retries for minutes by default (7 times, backing off: a run whose server went
+# away stood still 4 minutes); the check before training gives up at once, a run after a retry or
+# two (about 5 s), then goes on without it.
 QUICK = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+TRAINING = QUICK | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
 RUN_STATUS = {"completed": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}  # else KILLED
 
 
@@ -153,22 +156,24 @@ class MLflow(Tracker):
         tags |= {"d2lrun.sweep_dir": str(Path(self.sweep_dir).resolve())} if self.sweep_dir else {}
         if self.ckpt:
             tags["d2lrun.resumed_from"] = str(Path(config["resume"]).resolve())
-        try:
-            if self.continued:
-                self.run_id, rows = self.continued, []  # its earlier epochs are logged already
-                logged = self.client.get_run(self.run_id).data.params
-                params = {k: v for k, v in params.items() if k not in logged}  # never changes one
-                self.client.update_run(self.run_id, status="RUNNING")
-            else:
-                name = "/".join(self.run_dir.resolve().parts[-2:])  # DATE/TIME, or TIME/JOB
-                self.run_id = self.client.create_run(self.experiment_id, run_name=name).info.run_id
-            params = [Param(k, str(v)) for k, v in params.items()]  # log_batch chunks them itself
-            self.client.log_batch(
-                self.run_id, params=params, tags=[RunTag(*t) for t in tags.items()]
-            )
-            self._metrics(rows)
-        except Exception as e:
-            self._lost(e)
+        with quick_requests(TRAINING):
+            try:
+                if self.continued:
+                    self.run_id, rows = self.continued, []  # its earlier epochs are logged already
+                    logged = self.client.get_run(self.run_id).data.params
+                    params = {k: v for k, v in params.items() if k not in logged}  # never one again
+                    self.client.update_run(self.run_id, status="RUNNING")
+                else:
+                    name = "/".join(self.run_dir.resolve().parts[-2:])  # DATE/TIME, or TIME/JOB
+                    run = self.client.create_run(self.experiment_id, run_name=name)
+                    self.run_id = run.info.run_id
+                params = [Param(k, str(v)) for k, v in params.items()]  # log_batch chunks them
+                self.client.log_batch(
+                    self.run_id, params=params, tags=[RunTag(*t) for t in tags.items()]
+                )
+                self._metrics(rows)
+            except Exception as e:
+                self._lost(e)
         return self.run_id
 
     def log_epoch(self, row: dict) -> None:
@@ -181,24 +186,26 @@ class MLflow(Tracker):
             return
         now = int(time.time() * 1000)
         items = [Metric(k, v, now, r["epoch"]) for r in rows for k, v in metrics_of(r).items()]
-        try:
-            self.client.log_batch(self.run_id, metrics=items)
-        except Exception as e:
-            self._lost(e)
+        with quick_requests(TRAINING):
+            try:
+                self.client.log_batch(self.run_id, metrics=items)
+            except Exception as e:
+                self._lost(e)
 
     def finish(self, status: str, summary: dict, run_dir: Path) -> None:
         if best := summary.get("best"):
             self._metrics([{"epoch": best["epoch"], f"best_{best['metric']}": best["value"]}])
         if self.run_id is None:
             return
-        try:
-            self.client.set_tag(self.run_id, "d2lrun.status", status)
-            for name in ("curves.png", "metrics.json", "model.pt"):
-                if (run_dir / name).exists():
-                    self.client.log_artifact(self.run_id, str(run_dir / name))
-            self.client.set_terminated(self.run_id, RUN_STATUS.get(status, "KILLED"))
-        except Exception as e:
-            self._lost(e)
+        with quick_requests(TRAINING):
+            try:
+                self.client.set_tag(self.run_id, "d2lrun.status", status)
+                for name in ("curves.png", "metrics.json", "model.pt"):
+                    if (run_dir / name).exists():
+                        self.client.log_artifact(self.run_id, str(run_dir / name))
+                self.client.set_terminated(self.run_id, RUN_STATUS.get(status, "KILLED"))
+            except Exception as e:
+                self._lost(e)
 
     def _lost(self, e: Exception) -> None:
         self.log(f"note: MLflow logging to {self.uri} stopped ({why(e)}); training goes on")
@@ -252,10 +259,10 @@ def experiment_name(cfg: DictConfig, preset: str | None, sweep: str | None) -> s
 
 
 @contextmanager
-def quick_requests():
-    """Short HTTP timeouts and no retries for MLflow, unless the user set their own, then back."""
-    added = [k for k in QUICK if k not in os.environ]
-    os.environ.update({k: QUICK[k] for k in added})
+def quick_requests(settings: dict = QUICK):
+    """Short HTTP timeouts and few retries for MLflow, unless the user set their own, then back."""
+    added = [k for k in settings if k not in os.environ]
+    os.environ.update({k: settings[k] for k in added})
     try:
         yield
     finally:

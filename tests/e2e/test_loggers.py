@@ -389,6 +389,26 @@ def test_an_unreachable_tracking_server_fails_quickly_before_training(tmp_path):
     assert time.monotonic() - start < 30
 
 
+def test_a_tracking_server_gone_during_training_costs_seconds_then_a_note(tmp_path):
+    """MLflow's own retries (7, backing off) held a run whose server stopped for 4 minutes."""
+    from mlflow import MlflowClient
+
+    from d2lrun.config import compose
+    from d2lrun.tracking import open_tracker
+
+    cfg = compose(["logger=mlflow", f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    notes = []
+    tracker = open_tracker(cfg, tmp_path / "run", "gone", None, None, notes.append)
+    tracker.start({"optim": {"lr": 0.1}}, [])
+    tracker.client = MlflowClient(f"http://127.0.0.1:{free_port()}")  # its server went away
+    start = time.monotonic()
+    tracker.log_epoch({"epoch": 1, "train_loss": 0.5})
+    assert time.monotonic() - start < 30
+    assert "Connection refused" in notes[-1] and notes[-1].endswith("; training goes on")
+    tracker.log_epoch({"epoch": 2, "train_loss": 0.4})  # and no more tries
+    assert len(notes) == 1
+
+
 def test_tensorboard_in_a_sweep_a_diverged_job_and_a_resumed_run(tmp_path):
     """Each sweep job writes its own events and hparams (status included, so HParams shows the
     diverged job); a resumed run's events hold every epoch once, the ones before the resume too."""
