@@ -59,16 +59,25 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
 
 
 def grouped(jobs: list[tuple[int, DictConfig]]) -> list[list[tuple[int, DictConfig]]]:
-    """The jobs whose configs are equal but for MEMBER_KEYS, together, in job order."""
+    """The jobs whose configs are equal but for MEMBER_KEYS, together, in job order. Compared
+    resolved, as each job's: seed=${hydra:job.num} is a seed per job, not one string for all."""
     groups: dict[str, list] = {}
     for num, cfg in jobs:
-        config = OmegaConf.to_container(cfg, resolve=False)
-        config.pop("hydra")
+        HydraConfig.instance().set_config(cfg)  # ${hydra:...} is this job's, as in run_job
+        try:
+            config = {key: resolved(cfg, key) for key in cfg if key != "hydra"}
+        except Exception:  # trainer.epochs=${nothing}: a job alone, which fails alone
+            config = {"job": num}
         for key in MEMBER_KEYS:
             section, name = key.split(".")
             config.get(section, {}).pop(name, None)
         groups.setdefault(json.dumps(config, sort_keys=True, default=str), []).append((num, cfg))
     return list(groups.values())
+
+
+def resolved(cfg: DictConfig, key: str):
+    value = cfg[key]  # a section resolved within the whole config: ${optim.lr} still found
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]:
@@ -97,7 +106,7 @@ def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]
                 for num in nums:  # as run_job: of two sweeps into one folder, one trains each job
                     locks.enter_context(hold(found[num]["run_dir"], wait=True))
                 scores = train_group(launcher, found, sweep_dir, plotter)
-    except KeyboardInterrupt:  # while Hydra made the job folders, or a stack was set up
+    except (KeyboardInterrupt, Interrupted):  # as Hydra made the folders, or a stack trained
         remove_unstarted(found)
         raise
     for num, value in scores.items():
@@ -162,16 +171,17 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
                     scores[num] = job_failed(end, found[num]["run_dir"], sweep_dir)
             stopped = [end for end in ended if isinstance(end, Interrupted)]
             if stopped:  # Ctrl-C or a stop signal: every member saved; the sweep ends
-                remove_unstarted(found)
                 job_failed(stopped[0], jobs[0]["run_dir"], sweep_dir)
     return scores
 
 
 def remove_unstarted(found: dict) -> None:
-    """The folders of jobs that trained nothing: gone, as the basic launcher leaves none."""
+    """The folders of jobs that trained nothing: gone, as the basic launcher leaves none; but not
+    one whose lock another sweep into the same folder holds (it trains that job, or waits to)."""
     for job in found.values():
-        if untrained(job["run_dir"]):
-            shutil.rmtree(job["run_dir"], ignore_errors=True)
+        if untrained(job["run_dir"]) and (lock := hold(job["run_dir"])) is not None:
+            with lock:
+                shutil.rmtree(job["run_dir"], ignore_errors=True)
 
 
 def train_stack(jobs: list[dict], plotter: Plotter | None = None, **common) -> list:

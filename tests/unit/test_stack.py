@@ -125,6 +125,21 @@ def test_jobs_group_by_all_but_the_member_keys_and_the_preset_is_the_launcher():
     assert launcher.max_members is None
 
 
+def test_jobs_whose_values_differ_once_resolved_do_not_stack():
+    """seed=${hydra:job.num}: jobs 0 and 1 were one stack, trained on seed 0's data and order."""
+    from omegaconf import open_dict
+
+    from d2lrun.batched import grouped
+
+    configs = []
+    for num, job in enumerate([["seed=${hydra:job.num}"]] * 2 + [["optim.lr=${optim.momentum}"]]):
+        cfg = compose([*job, "trainer.epochs=${seed}"], with_hydra=True)
+        with open_dict(cfg):
+            cfg.hydra.job.num = num
+        configs.append((num, cfg))
+    assert [[num for num, _ in group] for group in grouped(configs)] == [[0, 2], [1]]
+
+
 def test_the_launcher_takes_each_job_config_the_sweeper_composed_and_never_one_twice():
     from hydra_plugins.d2lrun_launcher.batched_launcher import Composed
 
@@ -217,3 +232,16 @@ def test_a_stack_stopped_as_it_is_set_up_leaves_no_job_folders(tmp_path, monkeyp
         app.sweep(["hydra/launcher=batched", "optim.lr=0.1,0.3", "trainer.epochs=1",
                    "trainer.progress=false", f"hydra.sweep.dir={s}"])  # fmt: skip
     assert not list(s.glob("[0-9]*"))
+
+
+def test_a_stopped_sweep_removes_no_folder_another_sweep_holds(tmp_path):
+    """Ctrl-C on a sweep waiting for the lock of a job another sweep into the same folder was
+    training deleted that job's folder: the other's epoch was lost and its members failed."""
+    from d2lrun.batched import remove_unstarted
+    from d2lrun.files import hold
+
+    for num in range(2):
+        (tmp_path / str(num) / ".hydra").mkdir(parents=True)
+    with hold(tmp_path / "1"):  # held as another process holds it (flock: per open file)
+        remove_unstarted({num: {"run_dir": tmp_path / str(num)} for num in range(2)})
+        assert [p.name for p in tmp_path.iterdir()] == ["1"]
