@@ -38,7 +38,7 @@ from d2lrun.config import (
     overrides_of,
     resolve_device,
 )
-from d2lrun.data import Spec, build_data, prepare_batch
+from d2lrun.data import Spec, build_data, prepare_batch, read_inputs
 from d2lrun.errors import UsageError
 from d2lrun.files import atomic_write, curves_figure, remove_stale_temporaries, shown
 from d2lrun.models import build_model, load_state_dict_strict, loss_kind
@@ -83,11 +83,22 @@ def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
             f"Fix: give a .pt file d2lrun wrote."
         )
     if needs and obj.get("format") != FORMAT:  # a bare state_dict (model.pt) has no config
+        run = path.parent  # named only when it has one: the Fix never leads back here
+        has = (run / "last.pt").exists() or (run / "best.pt").exists()
         raise UsageError(
-            f"{path} is a bare state_dict without its config; {needs} needs last.pt or "
-            f"best.pt. Fix: give the run folder {shown(path.parent)} (its last.pt)."
+            f"{path} is a bare state_dict without its config; {needs} needs last.pt or best.pt. "
+            f"Fix: give {f'the run folder {shown(run)}' if has else 'a run folder d2lrun wrote'}"
+            f" (its last.pt)."
         )
     return obj
+
+
+def written_here(path: Path) -> bool:
+    """path is a checkpoint d2lrun wrote (read to tell: only for a Fix)."""
+    try:
+        return load_checkpoint(path, needs="it") is not None
+    except UsageError:
+        return False
 
 
 def find_checkpoint(run: str | Path) -> Path:
@@ -114,7 +125,8 @@ def find_checkpoint(run: str | Path) -> Path:
             f"Fix: give one fold, e.g. {run / 'fold_0'}."
         )
     have = sorted(p.name for p in run.glob("*.pt"))
-    one = f", or one of its .pt files ({run / have[0]})" if have else ""  # resume=, run=, ckpt=
+    ours = [run / name for name in have if written_here(run / name)]  # never model.pt, as a Fix
+    one = f", or one of its .pt files ({ours[0]})" if ours else ""  # resume=, run=, ckpt=
     raise UsageError(
         f"{run} has no last.pt (it has: {', '.join(have) or 'no .pt files'}). "
         f"Fix: give a run folder that finished an epoch{one}."
@@ -343,45 +355,11 @@ def evaluate_run(run: SavedRun) -> dict:
     return {f"{name}_{k}": v for k, v in metrics.items()}
 
 
-def read_inputs(run: SavedRun, path: Path):
-    """Read new inputs for `run`: CSV rows, or uint8 images from .npy / .pt."""
-    if not path.exists():
-        raise UsageError(f"input={path}: no such file. Fix: give a file of new inputs.")
-    if run.spec.preprocess:  # a table: CSV rows, whatever the file is named
-        from d2lrun.data.csv import read_table
-
-        if path.suffix in (".npy", ".pt"):
-            raise UsageError(
-                f"input={path}: this run was trained on a CSV table; it takes CSV rows, not a "
-                f"{path.suffix} array. Fix: give a .csv file with the training file's columns."
-            )
-        as_text = [*run.spec.preprocess["categorical"], *run.spec.drop]  # ids kept as written: 007
-        return read_table(path, "input", run.spec.na_values, as_text)
-    takes = "uint8 images" if run.spec.image_shape else "arrays of inputs"
-    if path.suffix == ".csv":
-        raise UsageError(
-            f"input={path}: this run was not trained on a CSV table; it takes {takes} in .npy "
-            f"or .pt. Fix: save them with np.save or torch.save."
-        )
-    try:  # never unpickling: a file of Python objects could run code when loaded
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if path.suffix == ".pt":
-            return torch.load(path, weights_only=True)
-    except (ValueError, pickle.UnpicklingError, RuntimeError, OSError) as e:
-        raise UsageError(
-            f"input={path} cannot be read as images without unpickling Python objects "
-            f"({type(e).__name__}), which d2lrun never does. Fix: save a uint8 array of images "
-            f"with np.save or torch.save."
-        ) from None
-    raise UsageError(f"input={path}: unknown kind of file. Fix: give {takes} in .npy or .pt.")
-
-
 def predict_file(run: SavedRun, path: Path, out: Path) -> int:
     """Predict every input in `path` and write them, one row each, to the CSV file `out`."""
     import pandas as pd
 
-    inputs = read_inputs(run, path)
+    inputs = read_inputs(run.spec, path)
     predictions = run.predict(inputs)
     if isinstance(inputs, pd.DataFrame):
         if missing := [c for c in run.spec.drop if c not in inputs.columns]:

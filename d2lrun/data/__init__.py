@@ -1,4 +1,5 @@
-"""Datasets: `build_data(cfg, seed, device, fold) -> (train, val, spec)`, one module each.
+"""Datasets: `build_data(cfg, seed, device, fold) -> (train, val, spec)`, one module each; and
+`read_inputs`, a saved run's new inputs to predict.
 
 Every dataset fits in memory: each split is two whole tensors on the training device, batched by
 slicing a shuffled index (d2lrun.trainer), no DataLoader. Checkpoints keep `spec` for predictions.
@@ -8,7 +9,9 @@ import functools
 import importlib
 import json
 import os
+import pickle
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -135,3 +138,37 @@ def check_positive_target(train: Split, val: Split, spec: Spec) -> None:
             f"trainer.log_rmse=true takes the log of the target, and {spec.target or 'it'} has "
             f"values <= 0 (smallest {y.min().item():.4g}). Fix: trainer.log_rmse=false."
         )
+
+
+def read_inputs(spec: Spec, path: Path):
+    """New inputs for a saved run (d2lrun-predict): CSV rows, or uint8 images from .npy / .pt."""
+    if not path.exists():
+        raise UsageError(f"input={path}: no such file. Fix: give a file of new inputs.")
+    if spec.preprocess:  # a table: CSV rows, whatever the file is named
+        from d2lrun.data.csv import read_table
+
+        if path.suffix in (".npy", ".pt"):
+            raise UsageError(
+                f"input={path}: this run was trained on a CSV table; it takes CSV rows, not a "
+                f"{path.suffix} array. Fix: give a .csv file with the training file's columns."
+            )
+        as_text = [*spec.preprocess["categorical"], *spec.drop]  # ids kept as written: 007
+        return read_table(path, "input", spec.na_values, as_text)
+    takes = "uint8 images" if spec.image_shape else "arrays of inputs"
+    if path.suffix == ".csv":
+        raise UsageError(
+            f"input={path}: this run was not trained on a CSV table; it takes {takes} in .npy "
+            f"or .pt. Fix: save them with np.save or torch.save."
+        )
+    try:  # never unpickling: a file of Python objects could run code when loaded
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".pt":
+            return torch.load(path, weights_only=True)
+    except (ValueError, pickle.UnpicklingError, RuntimeError, OSError) as e:
+        raise UsageError(
+            f"input={path} cannot be read as images without unpickling Python objects "
+            f"({type(e).__name__}), which d2lrun never does. Fix: save a uint8 array of images "
+            f"with np.save or torch.save."
+        ) from None
+    raise UsageError(f"input={path}: unknown kind of file. Fix: give {takes} in .npy or .pt.")

@@ -142,14 +142,15 @@ def test_a_bare_state_dict_is_not_a_full_checkpoint(tmp_path):
     run.mkdir()
     save_torch(run / "model.pt", {"w": torch.ones(2)})
     assert torch.equal(load_checkpoint(run / "model.pt")["w"], torch.ones(2))  # loads as it is
-    with pytest.raises(
-        UsageError,
-        match=rf"model.pt is a bare state_dict without its config; eval needs last.pt or best.pt\. "
-        rf"Fix: give the run folder {re.escape(str(run))} \(its last.pt\)\.",
-    ):
-        load_checkpoint(run / "model.pt", needs="eval")
+    bare = r"model.pt is a bare state_dict without its config; eval needs last.pt or best.pt\. "
+    with pytest.raises(UsageError, match=bare + r"Fix: give a run folder d2lrun wrote \(its"):
+        load_checkpoint(run / "model.pt", needs="eval")  # not this folder: it has no last.pt
     save_checkpoint(run / "last.pt", {"epoch": 1})
     assert load_checkpoint(run / "last.pt", needs="eval")["epoch"] == 1
+    with pytest.raises(
+        UsageError, match=bare + rf"Fix: give the run folder {re.escape(str(run))} \(its last.pt"
+    ):
+        load_checkpoint(run / "model.pt", needs="eval")
 
 
 def test_truncated_checkpoint(tmp_path):
@@ -174,13 +175,22 @@ def test_missing_paths(tmp_path):
 
 
 def test_a_run_folder_without_last_pt_lists_the_checkpoints_it_has(tmp_path):
-    for name in ("model.pt", "other.pt", "notes.txt"):
-        (tmp_path / name).write_bytes(b"")
-    with pytest.raises(
-        UsageError, match=r"has no last.pt \(it has: model.pt, other.pt\)\. Fix:"
-    ) as e:
+    """A Fix offered model.pt, or a file d2lrun never wrote, whose own error offered the folder
+    back ('is a bare state_dict without its config ... Fix: give the run folder')."""
+    save_torch(tmp_path / "model.pt", {"w": torch.ones(2)})
+    save_torch(tmp_path / "foreign.pt", {"foo": 1})
+    (tmp_path / "notes.txt").write_bytes(b"")
+    with pytest.raises(UsageError) as e:
         find_checkpoint(tmp_path)
-    fix = f"or one of its .pt files ({tmp_path / 'model.pt'})."  # resume=, run= or ckpt= take it
+    assert str(e.value) == (f"{tmp_path} has no last.pt (it has: foreign.pt, model.pt). "
+                            f"Fix: give a run folder that finished an epoch.")  # fmt: skip
+    for name in ("foreign.pt", "model.pt"):
+        with pytest.raises(UsageError, match=r"Fix: give a run folder d2lrun wrote \(its"):
+            load_checkpoint(tmp_path / name, needs="resuming")
+    save_checkpoint(tmp_path / "other.pt", {"epoch": 1})
+    with pytest.raises(UsageError) as e:
+        find_checkpoint(tmp_path)
+    fix = f"or one of its .pt files ({tmp_path / 'other.pt'})."  # resume=, run= or ckpt= take it
     assert str(e.value).endswith(fix)
     assert find_checkpoint(tmp_path / "model.pt") == tmp_path / "model.pt"
     (tmp_path / "best.pt").write_bytes(b"")  # killed before trainer.checkpoint_every's last.pt
