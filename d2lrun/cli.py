@@ -24,10 +24,12 @@ def handle(prog: str, main: Callable[[], object]) -> None:
         reader_gone()
         sys.exit(1)
     except (Exception, KeyboardInterrupt) as e:
-        if full_error:  # the traceback instead
-            raise
         from d2lrun.config.messages import explain
 
+        if full_error:  # the traceback too, above the line; the exit code stays the error's
+            import traceback
+
+            traceback.print_exc()
         error = explain(e)
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         sys.exit(error.exit_code)

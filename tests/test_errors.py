@@ -252,11 +252,13 @@ def test_fashion_mnist_root_not_writable(tmp_path):
     assert r.returncode == 1 and "is not writable" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_hydra_full_error_shows_the_traceback(tmp_path):
+def test_hydra_full_error_shows_the_traceback_and_keeps_the_exit_code(tmp_path):
+    """It exited 1, Python's, where the table promises 2 for a bad value."""
     r = run_cli(
         "trainer.epochs=0", f"hydra.run.dir={tmp_path / 'run'}", env={"HYDRA_FULL_ERROR": "1"}
     )
-    assert r.returncode != 0 and "Traceback" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("Traceback")
+    assert r.stderr.splitlines()[-1].startswith("d2lrun: error: trainer.epochs=0 ")
 
 
 # Random CSVs: NaN patterns, mixed types, unicode and duplicate headers, numeric-looking strings,
