@@ -2,7 +2,9 @@
 logger=mlflow (a SQLite store) against logger=none, measured in one run (issue 13; target: within
 5%).
 
-    python experiments/logger_overhead.py [--epochs 3] [--repeat 2] [--root DIR] [--out FILE]
+    python experiments/logger_overhead.py [--epochs 3] [--repeat 3] [--root DIR] [--out FILE]
+
+Without --out it rewrites experiments/logger-overhead-cpu.json, the file the README cites.
 
 Each run is d2lrun's train_job as `d2lrun model=lenet logger=... device=cpu` composes it. An epoch
 is timed from one epoch line to the next, so it includes the checkpoints and the logger's work at
@@ -57,9 +59,9 @@ def epoch_seconds(root: Path, logger: str, epochs: int) -> tuple[list[float], fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each logger, alternating")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each logger, alternating")
     parser.add_argument("--root", default=None, help="folder holding FashionMNIST/raw")
-    parser.add_argument("--out", default="logger-overhead.json")
+    parser.add_argument("--out", default=Path(__file__).parent / "logger-overhead-cpu.json")
     args = parser.parse_args()
     root = find_root(args.root)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

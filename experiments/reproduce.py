@@ -443,7 +443,7 @@ def write_readme(path: Path, results: list[Result], device: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python experiments/reproduce.py", description=__doc__.splitlines()[0]
+        prog="python experiments/reproduce.py", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--only", nargs="+", metavar="PRESET", help="run only these presets (README is left as is)"
