@@ -168,6 +168,14 @@ def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:
     where = {f"dataset.{k}": saved["dataset"].get(k) for k in PATH_KEYS}
     where["logger.tracking_uri"] = saved["logger"].get("tracking_uri")
     quoted = [override(k, v) for k, v in where.items() if isinstance(v, str)]
+    # A ${...} it was given (seed=${hydra:job.num}), as it resolved for the run: outside the run's
+    # Hydra job it would resolve to something else, or to nothing.
+    config, unset = OmegaConf.create(saved), object()
+    for o in OverridesParser.create().parse_overrides(ckpt["overrides"]):
+        value = OmegaConf.select(config, o.key_or_group, default=unset)
+        if "${" in str(o.value()) and value is not unset and not OmegaConf.is_config(value):
+            quoted.append(override(o.key_or_group, value) if isinstance(value, str) else
+                          f"{o.key_or_group}={json.dumps(value)}")  # fmt: skip
     return merge_overrides(merge_overrides(ckpt["overrides"], quoted), new)
 
 

@@ -24,6 +24,7 @@ from d2lrun.reload import (
     find_checkpoint,
     load_checkpoint,
     merge_overrides,
+    resume_checkpoint,
     run_overrides,
 )
 
@@ -486,6 +487,22 @@ def test_evaluate_run_gives_the_runs_own_final_validation_metrics(table_run, ima
         metrics = evaluate_run(load_run(folder))
         assert set(metrics) == set(keys)
         assert metrics == {k: final[k] for k in keys}  # the same computation: exactly
+
+
+def test_a_value_given_as_an_interpolation_reloads_as_the_run_resolved_it(tmp_path):
+    """seed=${hydra:job.num} in a sweep: eval, predict and resume= of its jobs each said
+    'cannot resolve a ${...} of the config' (job.num is None outside the job)."""
+    from d2lrun.app import sweep
+    from d2lrun.reload import evaluate_run, load_run
+
+    sweep(["seed=${hydra:job.num}", "optim.lr=0.03,0.1", "trainer.epochs=1",
+           "trainer.progress=false", f"hydra.sweep.dir={tmp_path}"])  # fmt: skip
+    run = load_run(tmp_path / "1")
+    assert run.config.seed == 1
+    final = json.loads((tmp_path / "1" / "metrics.json").read_text())["final"]
+    assert evaluate_run(run) == {k: final[k] for k in ("val_loss", "val_rmse")}
+    ckpt = resume_checkpoint(str(tmp_path / "1"))
+    assert compose(run_overrides(ckpt, ["trainer.epochs=2"])).seed == 1
 
 
 def test_eval_of_another_csv_transforms_it_with_the_runs_own_statistics(tmp_path):
