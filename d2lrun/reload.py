@@ -93,7 +93,7 @@ def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
     return obj
 
 
-def written_here(path: Path) -> bool:
+def is_checkpoint(path: Path) -> bool:
     """path is a checkpoint d2lrun wrote (read to tell: only for a Fix)."""
     try:
         return load_checkpoint(path, needs="it") is not None
@@ -125,7 +125,7 @@ def find_checkpoint(run: str | Path) -> Path:
             f"Fix: give one fold, e.g. {run / 'fold_0'}."
         )
     have = sorted(p.name for p in run.glob("*.pt"))
-    ours = [run / name for name in have if written_here(run / name)]  # never model.pt, as a Fix
+    ours = [run / name for name in have if is_checkpoint(run / name)]  # never model.pt, as a Fix
     one = f", or one of its .pt files ({ours[0]})" if ours else ""  # resume=, run=, ckpt=
     raise UsageError(
         f"{run} has no last.pt (it has: {', '.join(have) or 'no .pt files'}). "
