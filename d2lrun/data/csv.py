@@ -6,6 +6,7 @@ rows only and kept in the spec, so new rows are transformed exactly as the train
 
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,17 @@ def read_table(
         raise UsageError(
             f"{where} has ragged rows ({reason}). Fix: give every row as many fields as the header."
         ) from None
+    # Each row with more fields than the header: pandas took the first column(s) for the index,
+    # every value one column to the left of its name.
+    if not frame.index.equals(pd.RangeIndex(len(frame))):
+        if frame.index.nlevels > 1 or frame.iloc[:, -1].notna().any():
+            raise UsageError(
+                f"{where} has ragged rows (each has {frame.index.nlevels} field(s) more than the "
+                f"header's {len(frame.columns)}). Fix: give every row as many fields as the header."
+            )
+        with warnings.catch_warnings():  # a comma at the end of each row: the empty field goes
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            frame = pd.read_csv(p, dtype=dict.fromkeys(text, str), index_col=False, **only_these)
     if frame.empty:
         raise UsageError(f"{where} has a header but no data rows. Fix: add rows.")
     header = [c for c in pd.read_csv(p, header=None, nrows=1, dtype=str).iloc[0] if pd.notna(c)]
@@ -248,6 +260,15 @@ def table_splits(
             file=sys.stderr,
         )
         frame = frame.dropna(subset=[target]).reset_index(drop=True)
+        for col in [] if fitted else [c for c in text if c != target]:  # numbers, now that a
+            numbers = pd.to_numeric(frame[col], errors="coerce")  # dropped row's 'Total' went
+            if numbers.notna().sum() == frame[col].notna().sum() > 0 and np.isfinite(numbers).all():
+                frame[col] = numbers
+    if frame.empty:
+        raise UsageError(
+            f"column '{target}' of {source} has no values: no row to learn from. Fix: fill it in, "
+            f"or dataset.target=<another of: {', '.join(c for c in frame.columns if c != target)}>."
+        )
 
     y = frame[target]
     if pd.api.types.is_float_dtype(y) and ((y % 1 == 0) & (y.abs() < 2**53)).all():
@@ -299,8 +320,9 @@ def table_splits(
         fit_on = train_rows if also_fit is None else pd.concat([frame, also_fit])
         stats = fit_preprocess(fit_on[features], standardize, cfg.max_categories, ddof)
         for col, cats in stats["categorical"].items():  # 48 categories for one stray '?'
-            words = [c for c in cats if pd.isna(pd.to_numeric(c, errors="coerce"))]
-            if 0 < len(words) <= max(1, len(cats) // 10) and len(words) < len(cats) - 1:
+            values = frame[col].dropna().astype(str).unique()  # held-out rows' too: a '?' there
+            words = [v for v in values if pd.isna(pd.to_numeric(v, errors="coerce"))]
+            if 0 < len(words) <= max(1, len(values) // 10) and len(words) < len(values) - 1:
                 print(
                     f"note: column '{col}' of {source} holds numbers but for {len(words)} value(s) "
                     f"such as '{words[0]}', so each of its {len(cats)} values is a category. "

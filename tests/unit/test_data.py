@@ -359,6 +359,19 @@ def test_read_table_errors_name_the_key_and_pandas_reason(tmp_path):
         read_table(tmp_path / "ragged.csv")
 
 
+def test_a_field_more_in_every_row_than_in_the_header(tmp_path):
+    """A comma at each data row's end shifted every column one to the left (pandas took the
+    first for the index): 'Price' held the room counts, and the prices were dropped."""
+    (tmp_path / "t.csv").write_text("Price,NumRooms\n100,1,\n200,2,\n")
+    frame = read_table(tmp_path / "t.csv")
+    assert frame.to_dict("list") == {"Price": [100, 200], "NumRooms": [1, 2]}
+    for extra in ("3", "3,4"):  # fields that hold data: refused, never dropped
+        (tmp_path / "t.csv").write_text(f"Price,NumRooms\n100,1,{extra}\n200,2,{extra}\n")
+        ragged = r"has ragged rows \(each has [12] field\(s\) more than the header's 2\)\. Fix"
+        with pytest.raises(UsageError, match=ragged):
+            read_table(tmp_path / "t.csv")
+
+
 def test_read_table_with_na_values_reads_only_those_as_missing(tmp_path):
     """The Kaggle files are read with pandas 1's markers: 'None' is a category there, not
     missing."""
@@ -463,6 +476,33 @@ def test_a_feature_of_numbers_but_for_a_stray_cell_is_noted_as_categories(tmp_pa
         f"note: column 'x' of {tmp_path / 't.csv'} holds numbers but for 1 value(s) such as '?', "
         f"so each of its 31 values is a category. Fix: leave those cells empty to use it as "
         f"numbers.\n"
+    )
+
+
+def test_a_stray_word_in_a_held_out_or_dropped_row_is_said_or_gone(tmp_path, capsys):
+    """A '?' in a validation row, or a 'Total' footer without a target, made the column one-hot
+    categories (33 here) with no note: a new house of another Area got all zeros for it."""
+    rows = "".join(f"{i * 0.5},{i}\n" for i in range(40))
+    (tmp_path / "t.csv").write_text("x,y\n" + rows + "Total,\n")
+    _, _, spec = csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
+    assert list(spec.preprocess["numeric"]) == spec.preprocess["columns"] == ["x"]
+    held = np.random.default_rng(0).permutation(40)[0]  # a validation row (d2lrun's split)
+    lines = [f"{'?' if i == held else i * 0.5},{i}\n" for i in range(40)]
+    (tmp_path / "t.csv").write_text("x,y\n" + "".join(lines))
+    _, _, spec = csv_load(table_cfg(tmp_path / "t.csv", val_fraction=0.1), seed=0)
+    assert "?" not in spec.preprocess["categorical"]["x"]  # held out: the training rows lack it
+    assert "holds numbers but for 1 value(s) such as '?'" in capsys.readouterr().err
+
+
+def test_an_empty_target_column_says_so(tmp_path):
+    """It said '0 labelled row(s): too few to hold out 20%. Fix: ... dataset.val_fraction=0',
+    which then failed the same way."""
+    (tmp_path / "t.csv").write_text("a,y\n1,\n2,\n")
+    with pytest.raises(UsageError) as e:
+        csv_load(table_cfg(tmp_path / "t.csv", val_fraction=0), seed=0)
+    assert str(e.value) == (
+        f"column 'y' of {tmp_path / 't.csv'} has no values: no row to learn from. Fix: fill it "
+        f"in, or dataset.target=<another of: a>."
     )
 
 
