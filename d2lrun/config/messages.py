@@ -34,7 +34,10 @@ def explain(e: BaseException) -> D2lrunError:
         )
     if isinstance(e, OverrideParseException):
         key, equals, value = e.override.partition("=")
-        fix = f"""quote the value: "{key}='{value}'" (outer quotes for a shell)"""
+        items = value[1:-1].split(",") if re.fullmatch(r"\[[^'\"]*\]", value) else None
+        # a list's items each (dataset.drop=['Größe']), else the whole value
+        value = "[" + ",".join(f"'{i.strip()}'" for i in items) + "]" if items else f"'{value}'"
+        fix = f"""quote the value: "{key}={value}" (outer quotes for a shell)"""
         fix = fix if equals else "write it as KEY=VALUE"
         return UsageError(f"cannot read the override {e.override}. Fix: {fix}.")
     cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e

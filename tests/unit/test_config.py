@@ -341,6 +341,12 @@ def test_explain_reads_hydras_override_parse_error():
         "cannot read the override dataset.target=preis€. "
         "Fix: quote the value: \"dataset.target='preis€'\" (outer quotes for a shell)."
     )
+    # A list's items each: "dataset.drop='[Größe]'" was one string, refused as 'not a list'
+    with pytest.raises(OverrideParseException) as info:
+        compose(["dataset=csv", "dataset.drop=[Id, Größe]"])
+    fix = str(explain(info.value)).split("quote the value: ")[1].split(" (outer")[0]
+    assert fix == "\"dataset.drop=['Id','Größe']\""
+    assert list(compose(["dataset=csv", fix.strip('"')]).dataset.drop) == ["Id", "Größe"]
 
 
 @pytest.mark.parametrize(
