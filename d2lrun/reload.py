@@ -14,6 +14,7 @@ Resume, eval and predict compose a saved run alike: run_overrides, then check_sa
 
 import gzip
 import json
+import os
 import pickle
 import re
 import sys
@@ -276,7 +277,11 @@ class SavedRun:
         return self.files / name
 
     def predict(self, inputs) -> list:
-        """Predict raw inputs, CSV rows (a DataFrame) or uint8 images: class names or floats."""
+        """Predict raw inputs, CSV rows (a DataFrame) or uint8 images, or a file of them read as
+        d2lrun-predict reads it (its missing-value markers, a run's categories as written: 01
+        stays 01, where pd.read_csv makes it 1): class names or floats."""
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = read_inputs(self.spec, Path(inputs))
         X = self.prepare(inputs)
         with torch.no_grad():
             out = self.model(X)

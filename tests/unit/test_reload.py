@@ -593,6 +593,8 @@ def test_predict_file_writes_ids_beside_predictions_named_after_the_target(table
     assert list(out.columns) == ["Id", "price", "price_predicted"]
     assert list(out.price) == pytest.approx(list(known.price))
     assert list(out.price_predicted) == pytest.approx(run.predict(rows), rel=1e-6)
+    for path in (tmp_path / "known.csv", str(tmp_path / "known.csv")):  # read as predict_file does
+        assert run.predict(path) == list(out.price_predicted)
     for out in ("plain.csv", "out.csv.gz"):  # gzip, as a .gz input is read
         predict_file(run, tmp_path / "new.csv", tmp_path / out)
     assert pd.read_csv(tmp_path / "out.csv.gz").equals(pd.read_csv(tmp_path / "plain.csv"))
