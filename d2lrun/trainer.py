@@ -45,7 +45,9 @@ def own_torch(cuda: bool = True):
 
 
 def squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """§3.1: (y_hat - y)² / 2, averaged over the batch (the book sums, then divides in sgd)."""
+    """§3.1: (y_hat - y)² / 2, averaged over the batch. The book sums, then divides in §3.2's
+    sgd by batch_size: the same step but for a last, shorter batch, which the book scales down
+    and d2lrun averages over its own rows, as §3.6's train_ch3 does (X.shape[0])."""
     return ((y_hat - y.reshape(y_hat.shape[-2:])) ** 2 / 2).mean(dim=(-2, -1))
 
 
