@@ -21,6 +21,7 @@ from d2lrun.files import (
     completed,
     curves_png,
     deferred_signals,
+    read_json,
     reader_gone,
     save_torch,
     shown,
@@ -94,6 +95,11 @@ def train(
             if isinstance(e, Interrupted):
                 signum, said = e.exit_code - 128, str(e).partition(" Resume with:")[0]
             said = said.replace("; nothing to resume.", ".")
+            if not completed(run_dir):  # a sweep's table says why, as of one run: not 'unfinished'
+                reason = (read_json(folder / "metrics.json") or {}).get("reason") or said
+                name, reason = signal.Signals(signum).name, f"fold {i + 1}/{k}: {reason}"
+                write_json(run_dir / "metrics.json", {"status": "interrupted", "reason": reason,
+                                                      "signal": name})  # fmt: skip
             raise Interrupted(f"fold {i + 1}/{k}: {said} Resume with: d2lrun resume="
                               f"{shown(run_dir)}", signum) from None  # fmt: skip
         except (UsageError, RunFailed) as e:

@@ -382,6 +382,10 @@ def test_a_k_fold_run_stopped_in_a_fold_goes_on_with_resume_of_the_run(tmp_path,
         "fold 2/3: interrupted after epoch 1; the last complete epoch is saved. "
         f"Resume with: d2lrun resume={tmp_path / 'run'}"
     )
+    # The run's own record says so: a sweep's table showed the job 'unfinished', as if running
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {
+        "status": "interrupted", "reason": "fold 2/3: stopped by Ctrl-C after epoch 1",
+        "signal": "SIGINT"}  # fmt: skip
     monkeypatch.setattr(d2lrun.optim.Optimizer, "step", original)
     monkeypatch.chdir(tmp_path)
     app.train([f"resume={tmp_path / 'run'}"])
