@@ -31,6 +31,7 @@ from d2lrun.config import (
     overrides_of,
     register,
 )
+from d2lrun.config.sweeper import check_sweep
 from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.files import (
     Plotter,
@@ -262,7 +263,7 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     parse = OverridesParser.create().parse_overrides
     overrides = parse(lines)
     cfg = compose([o.input_line for o in overrides if not o.is_sweep_override()], with_hydra=True)
-    sweeps.check_sweep(cfg.hydra.sweeper, overrides)
+    check_sweep(cfg.hydra, overrides)
     args = literal_dir(args, "hydra.sweep.dir", cfg)
     given_dir = given(args, "hydra.sweep.dir")
     if given_dir and TIMESTAMP in given_dir:  # claimed below, as the default folder is

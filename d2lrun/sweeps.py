@@ -13,7 +13,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.config import yaml_value
 from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, Interrupted, UsageError
 from d2lrun.files import (
@@ -320,34 +319,3 @@ def plot_heatmap(path: Path, table, x_key: str, y_key: str, metric: str) -> Path
     ax.set(xlabel=x_key, ylabel=y_key, title=f"{col} ({path.parent.resolve().name})")
     fig.tight_layout()
     return atomic_write(path, png(fig))
-
-
-def check_sweep(sweeper: DictConfig, overrides: list) -> None:
-    """What Hydra's sweepers fail on with a traceback, as one line."""
-    if str(sweeper._target_).endswith("BasicSweeper"):
-        for o in (o for o in overrides if o.is_sweep_override() and not o.is_discrete_sweep()):
-            raise UsageError(
-                f"{o.input_line} is a range to search, which Hydra's basic sweeper cannot list as "
-                f"a grid. Fix: list values ({o.key_or_group}=0.01,0.1,1), or search it with "
-                f"hydra/sweeper=optuna_lr_wd."
-            )
-    if sweeper.get("n_trials") is None:  # not Optuna's
-        return
-    limits = {"n_trials": (1, None, 20), "n_jobs": (1, None, 1), "max_failure_rate": (0, 1, 1.0),
-              "sampler.seed": (0, None, 0)}  # fmt: skip  # what Optuna fails on with a traceback
-    for key, (low, high, fix) in limits.items():
-        value = OmegaConf.select(sweeper, key)
-        if value is not None and (value < low or high is not None and value > high):
-            must = f"at least {low}" if high is None else f"from {low} to {high}"
-            raise UsageError(
-                f"hydra.sweeper.{key}={value} is out of range: it must be {must}. "
-                f"Fix: hydra.sweeper.{key}={fix}."
-            )
-    direction = sweeper.direction  # maximize, MAXIMIZE, Direction.maximize, [maximize]: Optuna's
-    direction = direction[0] if OmegaConf.is_list(direction) and len(direction) == 1 else direction
-    if str(getattr(direction, "name", direction)).lower() != "maximize":  # minimize: the worst
-        raise UsageError(
-            f"hydra.sweeper.direction={yaml_value(sweeper.direction)}: a job's score is higher "
-            f"for better settings (accuracy, or minus the loss). Fix: hydra.sweeper.direction="
-            f"maximize."
-        )

@@ -756,4 +756,51 @@ def test_optunas_spellings_of_maximize_are_taken(direction):
     """Optuna reads MAXIMIZE and [maximize] as maximize (d2lrun refused them)."""
     sweeper = OmegaConf.create({"_target_": "hydra_plugins.optuna.OptunaSweeper", "n_trials": 2,
                                 "direction": OmegaConf.create(f"d: {direction}").d})  # fmt: skip
-    sweep.check_sweep(sweeper, [])
+    from d2lrun.config.sweeper import check_sweep
+
+    check_sweep(OmegaConf.create({"sweeper": sweeper, "launcher": {}}), [])
+
+
+OPTUNA = ["hydra/sweeper=optuna_lr_wd", "hydra.sweeper.n_trials=2"]
+
+
+@pytest.mark.parametrize(
+    "given,line",
+    [  # each was 'ValueError: ... (a bug in d2lrun?)' and exit 1, or Optuna's own reading
+        ([*OPTUNA, "optim.weight_decay=tag(log, interval(0, 0.01))"],
+         "an interval runs from low to high, and on a log scale from above 0. "
+         "Fix: 'optim.weight_decay=tag(log, interval(1e-05, 0.01))'."),
+        ([*OPTUNA, "optim.lr=interval(1, 0.001)"], "Fix: 'optim.lr=interval(0.001, 1)'."),
+        ([*OPTUNA, "optim=glob(*)"],
+         "Optuna's sweeper searches values, not glob(). Fix: 'optim=choice(adam,sgd)'."),
+        ([*OPTUNA, "trainer.epochs=range(1,3)"],  # Optuna's gave 3 too
+         "with its end included, unlike Python's range and the basic sweeper. "
+         "Fix: 'trainer.epochs=choice(1,2)'."),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "optim.lr=0.1,1"],
+         "hydra.launcher.n_jobs=0 runs no job: it is the number of processes (-1: one per CPU). "
+         "Fix: hydra.launcher.n_jobs=2."),
+        (["optim.lr=0.1,1", "optim.weight_decay=0,1", "hydra.sweep.subdir=${optim.weight_decay}"],
+         "hydra.sweep.subdir=${optim.weight_decay} puts jobs 0 and 2 into one folder (0.0): "
+         "the second would write over the first. "
+         "Fix: 'hydra.sweep.subdir=${optim.weight_decay}_${hydra.job.num}'."),
+    ],
+)  # fmt: skip
+def test_a_sweeps_own_settings_are_checked_before_any_job_with_a_fix_that_works(given, line):
+    """The subdir one lost files: job 2 wrote over job 0's folder, which then said failed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from d2lrun.config.sweeper import check_sweep
+
+    def check(args):
+        overrides = OverridesParser.create().parse_overrides(args)
+        cfg = compose(
+            [o.input_line for o in overrides if not o.is_sweep_override()], with_hydra=True
+        )
+        check_sweep(cfg.hydra, overrides)
+
+    with pytest.raises(UsageError) as e:
+        check(given)
+    assert str(e.value).endswith(line)
+    fix = str(e.value).split("Fix: ")[1].rstrip(".").strip("'")
+    key = fix.split("=")[0]
+    check([a for a in given if not a.startswith(key + "=")] + [fix])
