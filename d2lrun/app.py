@@ -31,7 +31,7 @@ from d2lrun.config import (
     overrides_of,
     register,
 )
-from d2lrun.config.sweeper import check_sweep
+from d2lrun.config.sweeper import check_same_search, check_sweep
 from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.files import (
     Plotter,
@@ -285,6 +285,8 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
                 f"hydra.sweep.dir={given_dir} holds another sweep ({' '.join(before)}). Fix: "
                 f"the same overrides to finish that one, or another hydra.sweep.dir."
             )
+        if started:  # another sampler seed (hydra.sweeper.*) or subdir: other jobs too
+            check_same_search(OmegaConf.load(plan).hydra, cfg.hydra, given_dir)
         swept = [[o.input_line for o in parse(x) if o.is_sweep_override()] for x in (before, task)]
         if started and swept[0] != swept[1]:  # Hydra numbers the jobs in the order of these
             raise UsageError(

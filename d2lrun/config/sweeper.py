@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.config import CONFIG_DIR, compose, yaml_value
+from d2lrun.config import CONFIG_DIR, compose, first_difference, yaml_value
 from d2lrun.errors import UsageError
 
 
@@ -101,3 +101,21 @@ def check_subdir(hydra: DictConfig, overrides: list) -> None:
                 f"'hydra.sweep.subdir={subdir}_${{hydra.job.num}}'."
             )
         folders[folder] = num
+
+
+def check_same_search(saved: DictConfig, hydra: DictConfig, folder: str) -> None:
+    """A sweep run again into its folder searches as before: its sampler, seed, search space and
+    subdir (saved: the hydra section of its multirun.yaml); n_trials and n_jobs may change."""
+    was, now = (
+        {"sweep.subdir": OmegaConf.to_container(h.sweep, resolve=False)["subdir"]}
+        | {f"sweeper.{k}": v for k, v in OmegaConf.to_container(h.sweeper, resolve=False).items()
+           if k not in ("n_trials", "n_jobs")}
+        for h in (saved, hydra)
+    )  # fmt: skip
+    if diff := first_difference(was, now, "hydra"):  # Optuna's trials 0, 1, ... would be others
+        key, there, asked = diff
+        fix = f"'{key}={there}'" if "$" in there else f"{key}={there}"  # quoted for a shell
+        raise UsageError(
+            f"hydra.sweep.dir={folder} holds another sweep ({key}={there} there, {asked} now). "
+            f"Fix: {fix} to finish that one, or another hydra.sweep.dir."
+        )

@@ -804,3 +804,24 @@ def test_a_sweeps_own_settings_are_checked_before_any_job_with_a_fix_that_works(
     fix = str(e.value).split("Fix: ")[1].rstrip(".").strip("'")
     key = fix.split("=")[0]
     check([a for a in given if not a.startswith(key + "=")] + [fix])
+
+
+def test_a_search_run_again_with_another_seed_or_subdir_is_refused_untouched(tmp_path):
+    """hydra.sweeper.sampler.seed=1 into an Optuna sweep's folder: its trials 0, 1, ... were other
+    settings, each refused there and recorded failed over its completed metrics.json."""
+    s = tmp_path / "sweep"
+    common = [*OPTUNA, "trainer.epochs=1", "trainer.progress=false", f"hydra.sweep.dir={s}"]
+    app.sweep(common)
+    before = {p: p.read_bytes() for p in s.rglob("*") if p.is_file() and p.name != ".lock"}
+    for other, line in (
+        ("hydra.sweeper.sampler.seed=1", "(hydra.sweeper.sampler.seed=0 there, 1 now). Fix: "
+         "hydra.sweeper.sampler.seed=0 to finish that one"),
+        ("hydra.sweep.subdir=x${hydra.job.num}", "(hydra.sweep.subdir=${hydra.job.num} there, "
+         "x${hydra.job.num} now). Fix: 'hydra.sweep.subdir=${hydra.job.num}' to finish that one"),
+    ):  # fmt: skip
+        with pytest.raises(UsageError) as e:
+            app.sweep([*common, other])
+        assert str(e.value).startswith(f"hydra.sweep.dir={s} holds another sweep {line}")
+    assert {p: p.read_bytes() for p in s.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    _, failure = app.sweep([*common, "hydra.sweeper.n_trials=3"])  # more trials: it goes on
+    assert failure is None and len(list(s.glob("[0-9]/metrics.json"))) == 3
