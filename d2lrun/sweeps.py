@@ -148,15 +148,20 @@ def planned_jobs(sweep_dir: Path) -> tuple[list[dict | None], list[str]]:
 
 
 def found_jobs(sweep_dir: Path):
-    """(name, overrides, metrics) of each job folder; None: not started, or running or killed."""
-    folders = [p for p in sweep_dir.iterdir() if p.is_dir()]
-    for d in sorted(folders, key=lambda p: job_number(p.name)):
-        recorded, overrides = d / ".hydra" / "overrides.yaml", None
+    """(name, overrides, metrics) of each job folder, at any depth (lr_0.1/run of
+    hydra.sweep.subdir=lr_${optim.lr}/run); None: not started, or running or killed."""
+
+    def folders(d: Path):
+        for p in (p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            is_job = (p / ".hydra").is_dir() or (p / "metrics.json").exists()
+            yield from [p] if is_job else folders(p)  # not into a job's: fold_0/, tensorboard/
+
+    for name in sorted((d.relative_to(sweep_dir).as_posix() for d in folders(sweep_dir)),
+                       key=job_number):  # fmt: skip
+        recorded, overrides = sweep_dir / name / ".hydra" / "overrides.yaml", None
         if recorded.exists():
             overrides = dict(o.split("=", 1) for o in OmegaConf.load(recorded) if "=" in o)
-        metrics = read_json(d / "metrics.json")
-        if overrides is not None or metrics is not None:
-            yield d.name, overrides, metrics
+        yield name, overrides, read_json(sweep_dir / name / "metrics.json")
 
 
 def job_number(name: str) -> int:
@@ -187,6 +192,8 @@ def collect(sweep_dir: Path):
         if match is None and num in todo and None in (overrides, todo[num]):
             match = num  # a sampler's trial, or no .hydra/: matched by number
             overrides = overrides or todo[match]  # hydra.output_subdir=null: the grid's
+        if match is None and (planned or not name.isdigit()):  # a run folder put there, not a
+            continue  # job of this sweep (without multirun.yaml: its folders 0/, 1/, ... only)
         rows.append(row(name, overrides, metrics, started=True))
         todo.pop(match, None)
     rows += [row(str(j), o, None, started=False) for j, o in todo.items()]

@@ -825,3 +825,21 @@ def test_a_search_run_again_with_another_seed_or_subdir_is_refused_untouched(tmp
     assert {p: p.read_bytes() for p in s.rglob("*") if p.is_file() and p.name != ".lock"} == before
     _, failure = app.sweep([*common, "hydra.sweeper.n_trials=3"])  # more trials: it goes on
     assert failure is None and len(list(s.glob("[0-9]/metrics.json"))) == 3
+
+
+def test_the_table_finds_jobs_in_nested_subdirs_and_only_the_sweeps_jobs(tmp_path, monkeypatch):
+    """hydra.sweep.subdir=lr_${optim.lr}/run: both jobs completed, the table said '2 missing'
+    and exit 1; a run folder put into the sweep's folder was ranked among its jobs."""
+    monkeypatch.chdir(tmp_path)
+    common = ["trainer.epochs=1", "trainer.progress=false", "optim.lr=0.01,0.1"]
+    s, failure = app.sweep([*common, "hydra.sweep.subdir=lr_${optim.lr}/run", "hydra.sweep.dir=a"])
+    rows = list(csv.DictReader(open(s / "summary.csv")))
+    assert failure is None and {(r["job"], r["status"]) for r in rows} == {
+        ("lr_0.01/run", "completed"), ("lr_0.1/run", "completed")}  # fmt: skip
+    app.train(["trainer.epochs=1", "trainer.progress=false", "optim.lr=0.5", "hydra.run.dir=b/x"])
+    s, failure = app.sweep([*common, "hydra.sweep.dir=b"])  # its run is not a job
+    assert failure is None and [r["job"] for r in csv.DictReader(open(s / "summary.csv"))] == [
+        "1", "0"]  # fmt: skip
+    app.train(["trainer.epochs=1", "trainer.progress=false", "hydra.run.dir=runs/12-00-00"])
+    with pytest.raises(UsageError, match=r"runs holds no sweep"):  # ordinary runs: no sweep
+        sweep.report(Path("runs"), show=False)
