@@ -169,14 +169,20 @@ def job_number(name: str) -> int:
 
 
 def number(text):
-    """A swept value as the number it names, else as it was typed (Hydra records `${x}` and
-    `a,b` as `$\\{x\\}` and `a\\,b`: its grammar's escapes undone)."""
+    """A swept value as the number it names (nan and inf as typed: an empty cell otherwise), else
+    as it was typed (Hydra records `${x}`, `a,b` and `"a b"` as `$\\{x\\}`, `a\\,b` and `"a b"`:
+    its grammar's escapes and quotes undone)."""
     for cast in (int, float):
         try:
-            return cast(text)
+            value = cast(text)
+            return value if math.isfinite(value) else text
         except (TypeError, ValueError):
             pass
-    return re.sub(r"\\([\\()\[\]{}:=, \t])", r"\1", text) if isinstance(text, str) else text
+    if not isinstance(text, str):
+        return text
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1].replace("\\" + text[0], text[0])
+    return re.sub(r"\\([\\()\[\]{}:=, \t])", r"\1", text)
 
 
 def collect(sweep_dir: Path):

@@ -561,11 +561,14 @@ def test_a_value_hydra_escaped_in_its_records_shows_as_typed(tmp_path):
     what the user typed."""
     s = tmp_path / "sweep"
     s.mkdir()
-    for num, value in enumerate([r"$\{optim.lr\}", r"a\,b", "0"]):
+    # and a quoted value, nan (they showed as '"my data.csv"' and an empty cell)
+    typed = [r"$\{optim.lr\}", r"a\,b", "0", '"my data.csv"', "'a b'", "nan"]
+    for num, value in enumerate(typed):
         write_job(s, num, [f"optim.weight_decay={value}"], done(0.1 * (num + 1)))
     sweep.report(s, show=False)
     rows = list(csv.DictReader(open(s / "summary.csv")))
-    assert [r["optim.weight_decay"] for r in rows] == ["${optim.lr}", "a,b", "0"]
+    assert [r["optim.weight_decay"] for r in rows] == [
+        "${optim.lr}", "a,b", "0", "my data.csv", "a b", "nan"]  # fmt: skip
 
 
 def test_a_key_given_twice_is_planned_once_with_its_last_value_as_hydra_runs_it(tmp_path):
