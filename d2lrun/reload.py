@@ -174,9 +174,10 @@ def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:
     config, unset = OmegaConf.create(saved), object()
     for o in OverridesParser.create().parse_overrides(ckpt["overrides"]):
         value = OmegaConf.select(config, o.key_or_group, default=unset)
-        if "${" in str(o.value()) and value is not unset and not OmegaConf.is_config(value):
+        if "${" in str(o.value()) and value is not unset and not OmegaConf.is_dict(value):
+            value = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
             quoted.append(override(o.key_or_group, value) if isinstance(value, str) else
-                          f"{o.key_or_group}={json.dumps(value)}")  # fmt: skip
+                          f"{o.key_or_group}={json.dumps(value, ensure_ascii=False)}")  # fmt: skip
     return merge_overrides(merge_overrides(ckpt["overrides"], quoted), new)
 
 

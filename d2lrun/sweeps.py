@@ -147,21 +147,28 @@ def planned_jobs(sweep_dir: Path) -> tuple[list[dict | None], list[str]]:
     return [dict(o.split("=", 1) for o in job) for job in jobs], swept
 
 
-def found_jobs(sweep_dir: Path):
-    """(name, overrides, metrics) of each job folder, at any depth (lr_0.1/run of
+def found_jobs(sweep_dir: Path) -> list[tuple]:
+    """(number, name, overrides, metrics) of each job folder, at any depth (lr_0.1/run of
     hydra.sweep.subdir=lr_${optim.lr}/run); None: not started, or running or killed."""
 
     def folders(d: Path):
-        for p in (p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            is_job = (p / ".hydra").is_dir() or (p / "metrics.json").exists()
-            yield from [p] if is_job else folders(p)  # not into a job's: fold_0/, tensorboard/
+        for p in d.iterdir():
+            if p.is_dir() and not p.is_symlink() and not p.name.startswith("."):
+                is_job = (p / ".hydra").is_dir() or (p / "metrics.json").exists()
+                yield from [p] if is_job else folders(p)  # not into a job's: fold_0/, tensorboard/
 
-    for name in sorted((d.relative_to(sweep_dir).as_posix() for d in folders(sweep_dir)),
-                       key=job_number):  # fmt: skip
-        recorded, overrides = sweep_dir / name / ".hydra" / "overrides.yaml", None
-        if recorded.exists():
-            overrides = dict(o.split("=", 1) for o in OmegaConf.load(recorded) if "=" in o)
-        yield name, overrides, read_json(sweep_dir / name / "metrics.json")
+    found = []
+    for d in folders(sweep_dir):
+        name, overrides, hydra = d.relative_to(sweep_dir).as_posix(), None, d / ".hydra"
+        if (hydra / "overrides.yaml").exists():  # as typed: ${oc.env:B} is not resolved here
+            typed = OmegaConf.to_container(OmegaConf.load(hydra / "overrides.yaml"), resolve=False)
+            overrides = dict(o.split("=", 1) for o in typed if "=" in o)
+        num = job_number(name)
+        if not name.isdigit() and (hydra / "hydra.yaml").exists():  # a subdir of its own
+            recorded = OmegaConf.select(OmegaConf.load(hydra / "hydra.yaml"), "hydra.job.num")
+            num = recorded if isinstance(recorded, int) else num
+        found.append((num, name, overrides, read_json(d / "metrics.json")))
+    return sorted(found, key=lambda job: job[:2])
 
 
 def job_number(name: str) -> int:
@@ -192,14 +199,15 @@ def collect(sweep_dir: Path):
     planned, swept = planned_jobs(sweep_dir)
     todo = dict(enumerate(planned))  # job number -> planned overrides, until its folder turns up
     rows = []
-    for name, overrides, metrics in found_jobs(sweep_dir):
-        num = job_number(name)
+    for num, name, overrides, metrics in found_jobs(sweep_dir):
         match = next((j for j, o in todo.items() if o is not None and o == overrides), None)
         if match is None and num in todo and None in (overrides, todo[num]):
             match = num  # a sampler's trial, or no .hydra/: matched by number
             overrides = overrides or todo[match]  # hydra.output_subdir=null: the grid's
-        if match is None and (planned or not name.isdigit()):  # a run folder put there, not a
-            continue  # job of this sweep (without multirun.yaml: its folders 0/, 1/, ... only)
+        # A run folder put there is no job of the sweep: only the planned are, and a sampler's
+        # trials (more than planned, once n_trials grew), or without multirun.yaml 0/, 1/, ...
+        if match is None and (planned and None not in planned or not planned and num >= 1 << 30):
+            continue
         rows.append(row(name, overrides, metrics, started=True))
         todo.pop(match, None)
     rows += [row(str(j), o, None, started=False) for j, o in todo.items()]

@@ -20,8 +20,8 @@ from d2lrun.errors import UsageError
 
 NOT_METRICS = ("epoch", "seconds", "examples_per_s")  # columns of a metrics row that are not logged
 # MLflow's HTTP client retries for minutes by default (7 times, backing off: a run whose server went
-# away stood still 4 minutes); the check before training gives up at once, a run after a retry or
-# two (about 5 s), then goes on without it.
+# away stood still 4 minutes); the check before training gives up at once, a run after two retries
+# (about 5 s when the server refuses, up to 20 s when it hangs: 5 s a try), then goes on without.
 QUICK = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
 TRAINING = QUICK | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
 RUN_STATUS = {"completed": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}  # else KILLED

@@ -18,6 +18,11 @@ from d2lrun.config.schema import SCHEMAS, closest, example, preset_keys, yaml_va
 from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
 
 
+def quote_items(found: re.Match) -> str:
+    """[a, Größe] -> ['a','Größe']: each item of a list quoted, as Hydra's grammar reads any."""
+    return "[" + ",".join(f"'{i.strip()}'" for i in found[0][1:-1].split(",")) + "]"
+
+
 def explain(e: BaseException) -> D2lrunError:
     """Any exception as d2lrun's own: its str the one line to show, its exit_code the exit code."""
     # Hydra's, OmegaConf's and the OS's are translated; anything else is a Bug.
@@ -34,9 +39,11 @@ def explain(e: BaseException) -> D2lrunError:
         )
     if isinstance(e, OverrideParseException):
         key, equals, value = e.override.partition("=")
-        items = value[1:-1].split(",") if re.fullmatch(r"\[[^'\"]*\]", value) else None
-        # a list's items each (dataset.drop=['Größe']), else the whole value
-        value = "[" + ",".join(f"'{i.strip()}'" for i in items) + "]" if items else f"'{value}'"
+        lists = r"\[[^'\"\[\]]*\]"  # a list's items each (dataset.drop=['Größe'], a sweep of
+        if re.fullmatch(rf"{lists}(,{lists})*", value):  # lists too), else the whole value
+            value = re.sub(lists, quote_items, value)
+        else:
+            value = f"'{value}'"
         fix = f"""quote the value: "{key}={value}" (outer quotes for a shell)"""
         fix = fix if equals else "write it as KEY=VALUE"
         return UsageError(f"cannot read the override {e.override}. Fix: {fix}.")

@@ -2,6 +2,7 @@
 on with a traceback, read unlike the basic sweeper (Optuna's range), or lose files to (a
 hydra.sweep.subdir that puts two jobs into one folder), each as one line with its Fix."""
 
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -69,9 +70,10 @@ def check_search(o) -> None:
             f"range and the basic sweeper. Fix: '{key}=choice({values})'."
         )
     if isinstance(v, IntervalSweep) and (v.start > v.end or "log" in v.tags and v.start <= 0):
-        low, high = sorted([v.start, v.end])
-        low = low if low > 0 or "log" not in v.tags else high / 1000  # a log scale starts above 0
-        fix = f"interval({low:g}, {high:g})"
+        low, high, whole = *sorted([v.start, v.end]), isinstance(v.start, int)
+        if "log" in v.tags and low <= 0:  # a log scale starts above 0
+            low = 1 if whole else high / 1000
+        fix = f"int(interval({low}, {high}))" if whole else f"interval({low:g}, {high:g})"
         fix = f"tag(log, {fix})" if "log" in v.tags else fix
         raise UsageError(
             f"{o.input_line}: an interval runs from low to high, and on a log scale from above "
@@ -85,15 +87,20 @@ def check_subdir(hydra: DictConfig, overrides: list) -> None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.hydra_config import HydraConfig
 
+    # Each job composed, as Hydra's basic sweeper does before it launches them (a sweep with
+    # a subdir of its own takes that time twice as it starts: 0.1-0.2 s a job here).
     subdir = OmegaConf.to_container(hydra.sweep, resolve=False)["subdir"]
-    if "job.num" in str(subdir):  # Hydra's default, ${hydra.job.num}: one folder per job
+    if re.search(r"job\.(num|id)\b", str(subdir)):  # Hydra's default ${hydra.job.num}: unique
         return
     folders: dict[str, int] = {}
     for num, job in enumerate(BasicSweeper.split_arguments(overrides, None)[0]):
         cfg = compose(job, with_hydra=True)
-        cfg.hydra.job.num = num
+        cfg.hydra.job.num = cfg.hydra.job.id = num  # as the launchers set them
         HydraConfig.instance().set_config(cfg)  # ${hydra:...} as the job's, as in run_job
-        folder = str(cfg.hydra.sweep.subdir)
+        try:
+            folder = str(cfg.hydra.sweep.subdir)
+        except Exception:  # a ${...} Hydra resolves later, or never: its own error then
+            return
         if folder in folders:
             raise UsageError(
                 f"hydra.sweep.subdir={subdir} puts jobs {folders[folder]} and {num} into one "
@@ -106,6 +113,13 @@ def check_subdir(hydra: DictConfig, overrides: list) -> None:
 def check_same_search(saved: DictConfig, hydra: DictConfig, folder: str) -> None:
     """A sweep run again into its folder searches as before: its sampler, seed, search space and
     subdir (saved: the hydra section of its multirun.yaml); n_trials and n_jobs may change."""
+    for group, there in saved.runtime.choices.items():  # hydra/sweeper/sampler=random: the option
+        asked = hydra.runtime.choices.get(group)
+        if group.startswith("hydra/sweeper") and asked != there:
+            raise UsageError(
+                f"hydra.sweep.dir={folder} holds another sweep ({group}={there} there, {asked} "
+                f"now). Fix: {group}={there} to finish that one, or another hydra.sweep.dir."
+            )
     was, now = (
         {"sweep.subdir": OmegaConf.to_container(h.sweep, resolve=False)["subdir"]}
         | {f"sweeper.{k}": v for k, v in OmegaConf.to_container(h.sweeper, resolve=False).items()

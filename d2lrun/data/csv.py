@@ -262,12 +262,14 @@ def table_splits(
         frame = frame.dropna(subset=[target]).reset_index(drop=True)
         for col in [] if fitted else [c for c in text if c != target]:  # numbers, now that a
             numbers = pd.to_numeric(frame[col], errors="coerce")  # dropped row's 'Total' went
-            if numbers.notna().sum() == frame[col].notna().sum() > 0 and np.isfinite(numbers).all():
+            if numbers.count() == frame[col].count() > 0 and np.isfinite(numbers.dropna()).all():
                 frame[col] = numbers
     if frame.empty:
+        others = ", ".join(c for c in frame.columns if c != target)  # a saved run keeps its own
+        other = f", or dataset.target=<another of: {others}>" if others and not fitted else ""
         raise UsageError(
-            f"column '{target}' of {source} has no values: no row to learn from. Fix: fill it in, "
-            f"or dataset.target=<another of: {', '.join(c for c in frame.columns if c != target)}>."
+            f"column '{target}' of {source} has no values: no row to learn from. Fix: fill it "
+            f"in{other}."
         )
 
     y = frame[target]

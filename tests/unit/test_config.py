@@ -347,6 +347,9 @@ def test_explain_reads_hydras_override_parse_error():
     fix = str(explain(info.value)).split("quote the value: ")[1].split(" (outer")[0]
     assert fix == "\"dataset.drop=['Id','Größe']\""
     assert list(compose(["dataset=csv", fix.strip('"')]).dataset.drop) == ["Id", "Größe"]
+    with pytest.raises(OverrideParseException) as info:  # a sweep of lists: each list's items
+        compose(["dataset=csv", "dataset.drop=[Größe],[Id]"])
+    assert "\"dataset.drop=['Größe'],['Id']\"" in str(explain(info.value))
 
 
 @pytest.mark.parametrize(

@@ -483,9 +483,10 @@ def test_a_stray_word_in_a_held_out_or_dropped_row_is_said_or_gone(tmp_path, cap
     """A '?' in a validation row, or a 'Total' footer without a target, made the column one-hot
     categories (33 here) with no note: a new house of another Area got all zeros for it."""
     rows = "".join(f"{i * 0.5},{i}\n" for i in range(40))
-    (tmp_path / "t.csv").write_text("x,y\n" + rows + "Total,\n")
-    _, _, spec = csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
-    assert list(spec.preprocess["numeric"]) == spec.preprocess["columns"] == ["x"]
+    for empty in ("", ",1\n"):  # and with an empty cell too (NaN is not a word)
+        (tmp_path / "t.csv").write_text("x,y\n" + rows + empty + "Total,\n")
+        _, _, spec = csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
+        assert list(spec.preprocess["numeric"]) == spec.preprocess["columns"] == ["x"]
     held = np.random.default_rng(0).permutation(40)[0]  # a validation row (d2lrun's split)
     lines = [f"{'?' if i == held else i * 0.5},{i}\n" for i in range(40)]
     (tmp_path / "t.csv").write_text("x,y\n" + "".join(lines))
@@ -504,6 +505,14 @@ def test_an_empty_target_column_says_so(tmp_path):
         f"column 'y' of {tmp_path / 't.csv'} has no values: no row to learn from. Fix: fill it "
         f"in, or dataset.target=<another of: a>."
     )
+    (tmp_path / "good.csv").write_text("a,y\n1,2\n2,3\n3,4\n")  # a saved run keeps its target
+    _, _, fitted = csv_load(table_cfg(tmp_path / "good.csv", val_fraction=0), seed=0)
+    only_fill = r"has no values: no row to learn from\. Fix: fill it in\.$"
+    with pytest.raises(UsageError, match=only_fill):
+        csv_load(table_cfg(tmp_path / "t.csv", val_fraction=0), 0, fitted=fitted)  # d2lrun-eval
+    (tmp_path / "t.csv").write_text('y\n""\n""\n')  # no other column: none to name
+    with pytest.raises(UsageError, match=only_fill):
+        csv_load(table_cfg(tmp_path / "t.csv", val_fraction=0), seed=0)
 
 
 def test_a_number_column_with_a_few_stray_cells_names_one_and_the_fix(tmp_path):

@@ -503,6 +503,10 @@ def test_a_value_given_as_an_interpolation_reloads_as_the_run_resolved_it(tmp_pa
     assert evaluate_run(run) == {k: final[k] for k in ("val_loss", "val_rmse")}
     ckpt = resume_checkpoint(str(tmp_path / "1"))
     assert compose(run_overrides(ckpt, ["trainer.epochs=2"])).seed == 1
+    given = ["dataset=csv", "dataset.path=x.csv", "dataset.target=y", "dataset.drop=['Größe']"]
+    ckpt = {"config": OmegaConf.to_container(compose(given)),
+            "overrides": [*given[:3], "dataset.drop=[${oc.env:UNSET_HERE}]"]}  # fmt: skip
+    assert list(compose(run_overrides(ckpt)).dataset.drop) == ["Größe"]  # a list, pinned too
 
 
 def test_eval_of_another_csv_transforms_it_with_the_runs_own_statistics(tmp_path):

@@ -774,6 +774,10 @@ OPTUNA = ["hydra/sweeper=optuna_lr_wd", "hydra.sweeper.n_trials=2"]
          "an interval runs from low to high, and on a log scale from above 0. "
          "Fix: 'optim.weight_decay=tag(log, interval(1e-05, 0.01))'."),
         ([*OPTUNA, "optim.lr=interval(1, 0.001)"], "Fix: 'optim.lr=interval(0.001, 1)'."),
+        ([*OPTUNA, "trainer.batch_size=int(interval(64,8))"],  # it dropped int(): 41.75 refused
+         "Fix: 'trainer.batch_size=int(interval(8, 64))'."),
+        ([*OPTUNA, "trainer.batch_size=tag(log, int(interval(0,64)))"],
+         "Fix: 'trainer.batch_size=tag(log, int(interval(1, 64)))'."),
         ([*OPTUNA, "optim=glob(*)"],
          "Optuna's sweeper searches values, not glob(). Fix: 'optim=choice(adam,sgd)'."),
         ([*OPTUNA, "trainer.epochs=range(1,3)"],  # Optuna's gave 3 too
@@ -826,8 +830,17 @@ def test_a_search_run_again_with_another_seed_or_subdir_is_refused_untouched(tmp
             app.sweep([*common, other])
         assert str(e.value).startswith(f"hydra.sweep.dir={s} holds another sweep {line}")
     assert {p: p.read_bytes() for p in s.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    with pytest.raises(UsageError, match=r"\(hydra/sweeper/sampler=tpe there, random now\)\. "
+                       r"Fix: hydra/sweeper/sampler=tpe to finish"):  # fmt: skip
+        app.sweep([*common, "hydra/sweeper/sampler=random"])  # its Fixes went in a circle
     _, failure = app.sweep([*common, "hydra.sweeper.n_trials=3"])  # more trials: it goes on
-    assert failure is None and len(list(s.glob("[0-9]/metrics.json"))) == 3
+    rows = list(csv.DictReader(open(s / "summary.csv")))  # the third too, past the plan's 2
+    assert failure is None and sorted(r["job"] for r in rows) == ["0", "1", "2"]
+    t = tmp_path / "trials"  # trials in a subdir of their own: matched by their job number
+    _, failure = app.sweep(
+        [*common, f"hydra.sweep.dir={t}", "hydra.sweep.subdir=t${hydra.job.num}"]
+    )
+    assert failure is None, failure  # it said '2 missing'
 
 
 def test_the_table_finds_jobs_in_nested_subdirs_and_only_the_sweeps_jobs(tmp_path, monkeypatch):
@@ -840,9 +853,26 @@ def test_the_table_finds_jobs_in_nested_subdirs_and_only_the_sweeps_jobs(tmp_pat
     assert failure is None and {(r["job"], r["status"]) for r in rows} == {
         ("lr_0.01/run", "completed"), ("lr_0.1/run", "completed")}  # fmt: skip
     app.train(["trainer.epochs=1", "trainer.progress=false", "optim.lr=0.5", "hydra.run.dir=b/x"])
+    monkeypatch.setenv("B", "20")  # deeper, its overrides not resolvable there; and a link up
+    app.train(["trainer.epochs=1", "trainer.progress=false", "trainer.batch_size=${oc.env:B}",
+               "hydra.run.dir=b/notes/run"])  # fmt: skip
+    monkeypatch.delenv("B")
+    (tmp_path / "b" / "up").symlink_to(tmp_path)
     s, failure = app.sweep([*common, "hydra.sweep.dir=b"])  # its run is not a job
     assert failure is None and [r["job"] for r in csv.DictReader(open(s / "summary.csv"))] == [
         "1", "0"]  # fmt: skip
     app.train(["trainer.epochs=1", "trainer.progress=false", "hydra.run.dir=runs/12-00-00"])
     with pytest.raises(UsageError, match=r"runs holds no sweep"):  # ordinary runs: no sweep
         sweep.report(Path("runs"), show=False)
+
+
+def test_a_subdir_of_the_job_id_or_resolved_only_later_is_not_refused():
+    """${hydra.job.id} was refused: 'cannot resolve a ${...}: MissingMandatoryValue'."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from d2lrun.config.sweeper import check_sweep
+
+    for subdir in ("${hydra.job.id}", "run_${hydra.job.id}", "${oc.env:NOT_SET_ANYWHERE}"):
+        given = ["optim.lr=0.1,1", f"hydra.sweep.subdir={subdir}"]  # as app.sweep parses them
+        cfg = compose(given[1:], with_hydra=True)
+        check_sweep(cfg.hydra, OverridesParser.create().parse_overrides(given))
