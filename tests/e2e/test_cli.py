@@ -228,6 +228,11 @@ def test_seeded_runs_are_reproducible(tmp_path):
             2,
             "hydra.job.chdir=true is not supported: d2lrun reads the paths you give",
         ),
+        (  # yes, on and 1 are true too: they got past, and 'Resume with: resume=.' failed
+            ["hydra.job.chdir=yes"],
+            2,
+            "hydra.job.chdir=yes is not supported: d2lrun reads the paths you give",
+        ),
         (["-m", "model=null", "optim.lr=0.1,0.2"], 2, "model=null picks none of model's options"),
         (
             ["optim.lr=0.1,0.2"],
