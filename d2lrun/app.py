@@ -54,9 +54,11 @@ TIMESTAMP = "${now:"  # a folder named by the time it starts: TIME, then TIME_2 
 
 
 def literal_dir(args: Sequence[str], key: str, cfg: DictConfig | None = None) -> list[str]:
-    """args with hydra.run.dir or hydra.sweep.dir (key) as the folder its ${...} names, which Hydra
-    would write into unchecked; not a TIMESTAMP one, claimed as the default folder is."""
+    """args with hydra.run.dir or hydra.sweep.dir (key) as the folder its ~ and ${...} name, which
+    Hydra would write into unchecked; not a TIMESTAMP one, claimed as the default folder is."""
     value = given(args, key)
+    if value and value.startswith("~"):  # ~/runs as the shell would read it: not a folder '~'
+        args = set_override(args, key, value := os.path.expanduser(value))
     if not value or "${" not in value or TIMESTAMP in value:
         return list(args)
     folder = OmegaConf.select(cfg or compose(overrides_of(args), with_hydra=True), key)

@@ -876,3 +876,17 @@ def test_a_subdir_of_the_job_id_or_resolved_only_later_is_not_refused():
         given = ["optim.lr=0.1,1", f"hydra.sweep.subdir={subdir}"]  # as app.sweep parses them
         cfg = compose(given[1:], with_hydra=True)
         check_sweep(cfg.hydra, OverridesParser.create().parse_overrides(given))
+
+
+def test_a_run_or_sweep_folder_under_home_is_there_not_in_a_folder_named_tilde(
+    tmp_path, monkeypatch
+):
+    """hydra.run.dir='~/runs/a' (quoted, as the Fix for the unquoted one says) made ./~/runs/a:
+    a student cleaning up with rm -rf ~/runs then removed something else."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    quick = ["trainer.epochs=1", "trainer.progress=false"]
+    app.train([*quick, "hydra.run.dir='~/runs/a'"])
+    app.sweep([*quick, "optim.lr=0.1", "hydra.sweep.dir='~/s'"])
+    assert (tmp_path / "home" / "runs" / "a" / "model.pt").exists()
+    assert (tmp_path / "home" / "s" / "0" / "model.pt").exists() and not (tmp_path / "~").exists()
