@@ -251,7 +251,12 @@ def save_torch(paths: str | Path | list[Path], obj) -> None:
 def curves_figure(rows: list[dict], title: str = ""):
     """Loss (and accuracy) per epoch, training and validation, as the book plots them: a Figure."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, and a faster import
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
+
+    class PlainLog(LogFormatterSciNotation):
+        def __call__(self, x, pos=None):  # 0.6, 1e-4: the ticks matplotlib labels, narrower
+            short = f"{x:g}" if x >= 0.01 else f"{x:.0e}".replace("e-0", "e-")
+            return short if super().__call__(x, pos) else ""
 
     epochs = [r["epoch"] for r in rows]
     panels = [("loss", "loss")] + ([("acc", "accuracy")] if "val_acc" in rows[0] else [])
@@ -265,8 +270,12 @@ def curves_figure(rows: list[dict], title: str = ""):
                 ax.plot(epochs, values, style, marker=marker, label=f"{split} {label}")
         ax.set(xlabel="epoch", ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) == 1:  # one epoch: its tick, not 0.945 ... 1.065
+            ax.set_xticks(epochs)
         if key == "loss" and all(r["train_loss"] > 0 for r in rows):
-            ax.set_yscale("log")
+            ax.set_yscale("log")  # 6×10⁻¹ pushed the axis label off the figure's edge
+            ax.yaxis.set_major_formatter(PlainLog())
+            ax.yaxis.set_minor_formatter(PlainLog())
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)

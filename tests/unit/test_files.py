@@ -227,6 +227,24 @@ def test_curves_are_the_books_plot_loss_and_accuracy_per_epoch_train_and_val():
     assert [t.get_text() for t in only.get_legend().get_texts()] == ["train loss"]
 
 
+def test_the_loss_axis_label_is_inside_the_picture_and_one_epoch_has_its_one_tick():
+    """A loss within one decade was labelled 6×10⁻¹ ..., wide enough to push 'loss' off the
+    figure's left edge (most Fashion-MNIST runs); one epoch's axis read 0.945 ... 1.065."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from d2lrun.files import curves_figure
+
+    for losses in ([0.78, 0.57], [1.04, 1.02, 0.98, 0.95], [2.9, 0.03, 2e-4], [0.3]):
+        rows = [{"epoch": e, "train_loss": v, "val_loss": v} for e, v in enumerate(losses, 1)]
+        fig = curves_figure(rows)
+        FigureCanvasAgg(fig).draw()
+        (ax,) = fig.axes
+        assert ax.yaxis.label.get_window_extent().x0 >= 0, losses
+        labels = [t.get_text() for t in ax.get_yticklabels(which="both") if t.get_text()]
+        assert labels and all(len(t) <= 5 for t in labels), labels  # 0.6, 1e-4
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1"]
+
+
 def test_a_runs_curves_come_from_its_helper_process_or_are_drawn_here_without_one():
 
     rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e} for e in (1, 2)]
