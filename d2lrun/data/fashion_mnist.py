@@ -1,5 +1,6 @@
 """Fashion-MNIST (§3.5) through torchvision's own loader, held as uint8 tensors (N, 1, 28, 28)."""
 
+import contextlib
 import gzip
 import hashlib
 from pathlib import Path
@@ -38,6 +39,7 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
             f"dataset.download=false. "
             f"Fix: {moved or f'place the files from {URL} there, or dataset.download=true'}."
         )
+    made = [p for p in (root, root / "FashionMNIST", raw) if not p.exists()]  # gone if it fails
     try:
         raw.mkdir(parents=True, exist_ok=True)  # where missing files are downloaded to
     except OSError as e:
@@ -59,6 +61,9 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
         except Exception as e:  # torchvision's RuntimeError, OSError, EOFError, ...: any failure
             reason = str(e).splitlines()[0].rstrip(": ") if str(e) else type(e).__name__
             if missing:
+                for folder in reversed(made):  # a dataset.root mistyped: no empty folders left
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
                 place = f"place {', '.join(missing)} from {URL} in {raw}, or set dataset.root="
                 raise UsageError(
                     f"Fashion-MNIST is not in {raw} and the download failed ({reason}). "

@@ -159,6 +159,9 @@ def test_download_checks_the_sha1_and_keeps_no_bad_file(server, tmp_path):
     ]  # nothing half-written
     with pytest.raises(UsageError, match="downloading .* failed .* Fix: place the file there"):
         download(url + "missing.csv", tmp_path / "data" / "missing.csv", sha1)
+    with pytest.raises(UsageError, match="downloading .* failed"):  # a mistyped dataset.root
+        download(url + "missing.csv", tmp_path / "typo" / "kaggle_house" / "m.csv", sha1)
+    assert not (tmp_path / "typo").exists()  # it left typo/kaggle_house/ behind, empty
 
 
 def test_a_kfold_job_run_again_keeps_its_completed_folds_and_continues_the_stopped_one(
@@ -212,3 +215,16 @@ def test_kaggle_root_given_as_the_training_file_names_its_folder(tmp_path):
         f"dataset.root={file} is a file; it names the folder that holds "
         f"kaggle_house_pred_train.csv. Fix: dataset.root={tmp_path}."
     )
+
+
+def test_kaggle_files_found_in_the_root_that_are_not_the_books_are_said_to_be(tmp_path, capsys):
+    """A truncated test file changed the statistics, and so every number, without a word."""
+    from d2lrun.data.kaggle_house import FILES, find_files
+
+    (tmp_path / "kaggle_house").mkdir()
+    for name, _ in FILES.values():
+        (tmp_path / "kaggle_house" / name).write_text("Id,SalePrice\n1,2\n")
+    paths = find_files(tmp_path, fetch=False)  # read as they are, not downloaded again
+    assert paths["train"] == tmp_path / "kaggle_house" / FILES["train"][0]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all("is not the book's file (its SHA-1 differs)" in e for e in err)

@@ -666,3 +666,19 @@ def test_fashion_mnist_root_given_as_the_folder_of_its_files_says_which_root_to_
         with pytest.raises(UsageError) as e:
             fashion_mnist.load(cfg, 0)
         assert str(e.value).endswith(f"dataset.download=false. Fix: {fix}.")
+
+
+def test_fashion_mnist_under_a_mistyped_root_leaves_no_empty_folders(tmp_path, monkeypatch):
+    """dataset.root=typo_root: the refusal left typo_root/FashionMNIST/raw/ behind, empty."""
+    from torchvision.datasets import FashionMNIST
+
+    from d2lrun.data import fashion_mnist
+
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(FashionMNIST, "download", offline)  # as here, with no network
+    cfg = OmegaConf.create({"root": str(tmp_path / "typo_root"), "download": True})
+    with pytest.raises(UsageError, match=r"the download failed \(Error downloading"):
+        fashion_mnist.load(cfg, 0)
+    assert list(tmp_path.iterdir()) == []
