@@ -109,7 +109,8 @@ def train(
                 raise
             status = "diverged" if isinstance(e, Diverged) else "failed"
             if not completed(run_dir):  # a completed run's record stays: each fold is complete
-                write_json(run_dir / "metrics.json", {"status": status, "reason": f"fold {i}: {e}"})
+                reason = f"fold {i + 1}/{k}: {e}"  # counted as its lines count them
+                write_json(run_dir / "metrics.json", {"status": status, "reason": reason})
             raise
         finals.append(fold["final"])
     keys = [m for m, v in finals[0].items() if m not in ("epoch", "seconds") and v is not None]
@@ -131,7 +132,7 @@ def fold_table(finals: list[dict], mean: dict, k: int) -> str:
     """Each fold's final metrics and their mean, as the book prints its k-fold result."""
     keys = [key for key in mean if key != "examples_per_s"]
     lines = [f"{k}-fold cross-validation:", "  fold  " + "  ".join(f"{key:>14}" for key in keys)]
-    for name, row in [*enumerate(finals), ("mean", mean)]:
+    for name, row in [*enumerate(finals, 1), ("mean", mean)]:  # fold 1/k is fold_0/, as printed
         lines.append(f"  {name:>4}  " + "  ".join(f"{row[key]:>14.4g}" for key in keys))
     return "\n".join(lines)
 

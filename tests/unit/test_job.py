@@ -166,8 +166,8 @@ def test_the_k_fold_table_has_a_row_per_fold_and_their_mean():
     assert fold_table(finals, mean, 2).splitlines() == [
         "2-fold cross-validation:",
         "  fold      train_loss        val_rmse",
-        "     0            0.25          0.1235",
-        "     1            0.75       1.234e+04",
+        "     1            0.25          0.1235",  # as the book and the lines 'fold 1/2' count
+        "     2            0.75       1.234e+04",
         "  mean             0.5            6173",
     ]
 
@@ -514,3 +514,12 @@ def test_a_run_stopped_in_its_first_epoch_leaves_no_folder_and_the_command_runs_
         assert not (tmp_path / "run").exists() and not list(tmp_path.glob("outputs/*/*"))
     app.train(["trainer.progress=false", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}"])
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_k_fold_runs_record_counts_its_folds_as_its_lines_do(tmp_path):
+    """Its lines said 'fold 1/3', its table and metrics.json 'fold 0' for the same fold."""
+    args = ["device=cpu", "trainer.progress=false", "dataset.folds=3", "optim.lr=1e6"]
+    with pytest.raises(Diverged):
+        d2lrun.job.train(compose(args), tmp_path, args, log=lambda *_: None)
+    reason = json.loads((tmp_path / "metrics.json").read_text())["reason"]
+    assert reason.startswith("fold 1/3: diverged: the training loss became")
