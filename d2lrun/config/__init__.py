@@ -190,14 +190,26 @@ def hydra_args(args: Sequence[str]):
 def check_flags(args: Sequence[str], name: str = "config") -> None:
     """Hydra's flags as its parser reads them; a refusal (--bogus, --cfg foo) as one line, not
     Hydra's usage text."""
-    said = io.StringIO()
+    said, flags = io.StringIO(), None
     quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(said)
     with quiet[0], quiet[1], contextlib.suppress(SystemExit):
-        get_args_parser().parse_args(list(args))
-        return
-    reason = (said.getvalue().strip().splitlines() or ["?"])[-1].partition("error: ")[2]
+        flags = get_args_parser().parse_args(list(args))
     prog = "d2lrun" if name == "config" else f"d2lrun-{name}"
-    raise UsageError(f"{reason}. Fix: see `{prog} --help` for the flags and keys.")
+    if flags is None:
+        reason = (said.getvalue().strip().splitlines() or ["?"])[-1].partition("error: ")[2]
+        raise UsageError(f"{reason}. Fix: see `{prog} --help` for the flags and keys.")
+    # Hydra's flags that it fails on with a traceback, or that would run another config.
+    if flags.resolve and not (flags.cfg or flags.help):
+        raise UsageError(f"--resolve resolves what --cfg shows. Fix: {prog} --cfg job --resolve.")
+    if flags.experimental_rerun:
+        raise UsageError(f"--experimental-rerun is not {prog}'s: resume=RUN goes on with a "
+                         f"saved run. Fix: drop --experimental-rerun.")  # fmt: skip
+    if flags.config_dir and not Path(flags.config_dir).expanduser().is_dir():
+        raise UsageError(f"--config-dir {flags.config_dir} is not a folder. Fix: a folder of YAML "
+                         f"files to add, or drop it.")  # fmt: skip
+    if flags.config_name not in (None, name):
+        raise UsageError(f"--config-name {flags.config_name}: {prog} runs its own config "
+                         f"({name}.yaml). Fix: drop it; a preset is experiment=NAME.")  # fmt: skip
 
 
 def overrides_of(args: Sequence[str]) -> list[str]:

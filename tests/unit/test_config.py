@@ -550,3 +550,25 @@ def test_shell_completions_query_run_by_hand_says_how_completion_is_installed():
     assert isinstance(error, UsageError) and str(error).endswith(
         'Fix: eval "$(d2lrun --shell-completion install=bash)", then press Tab.'
     )
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [  # each was 'ValueError/SearchPathException ... (a bug in d2lrun?)' and exit 1, or cut short
+        (["--resolve"], "--resolve resolves what --cfg shows. Fix: d2lrun --cfg job --resolve."),
+        (["-cd", "/nonexistent"], "--config-dir /nonexistent is not a folder. Fix: a folder of "
+                                  "YAML files to add, or drop it."),
+        (["--experimental-rerun", "x.pickle"], "--experimental-rerun is not d2lrun's: resume=RUN "
+                                               "goes on with a saved run. Fix: drop "
+                                               "--experimental-rerun."),
+        (["-cn", "foo"], "--config-name foo: d2lrun runs its own config (config.yaml). Fix: drop "
+                         "it; a preset is experiment=NAME."),
+    ],
+)  # fmt: skip
+def test_hydras_flags_that_failed_with_a_traceback_are_one_line(args, line):
+    from d2lrun.config import check_flags
+
+    with pytest.raises(UsageError) as e:
+        check_flags(args)
+    assert str(e.value) == line
+    check_flags(["--cfg", "job", "--resolve", "-cn", "config"])  # these are fine
