@@ -242,6 +242,9 @@ def test_fashion_mnist_damaged_file(tmp_path, fake_fmnist):
         f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert r.returncode == 2 and "are damaged" in r.stderr and "Traceback" not in r.stderr
+    # which ones, and a Fix that downloads when download=false ('run again' did not)
+    assert "damaged, train-images-idx3-ubyte or train-labels-idx1-ubyte (" in r.stderr
+    assert "Fix: delete them and run with dataset.download=true to download" in r.stderr
 
 
 def test_fashion_mnist_root_not_writable(tmp_path):

@@ -73,9 +73,11 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
                 reason = (
                     f"a checksum does not match and no fresh copy could be downloaded: {reason}"
                 )
+            split = [f.removesuffix(".gz") for f in FILES if f.startswith(("t10k", "train")[train])]
+            fresh = "run again" if cfg.download else "run with dataset.download=true"
             raise UsageError(
-                f"Fashion-MNIST files in {raw} are damaged ({reason}). Fix: delete them and run "
-                f"again to download fresh copies, or copy fresh ones there."
+                f"Fashion-MNIST files in {raw} are damaged, {' or '.join(split)} ({reason}). "
+                f"Fix: delete them and {fresh} to download fresh copies, or copy fresh ones there."
             ) from None
         splits.append(Split(ds.data.unsqueeze(1), ds.targets))  # (N, 1, 28, 28) uint8, (N,) int64
     return *splits, Spec("fashion_mnist", "classification", 28 * 28, 10, [1, 28, 28], CLASS_NAMES)
