@@ -113,8 +113,9 @@ def check_subdir(hydra: DictConfig, overrides: list) -> None:
 def check_same_search(saved: DictConfig, hydra: DictConfig, folder: str) -> None:
     """A sweep run again into its folder searches as before: its sampler, seed, search space and
     subdir (saved: the hydra section of its multirun.yaml); n_trials and n_jobs may change."""
-    for group, there in saved.runtime.choices.items():  # hydra/sweeper/sampler=random: the option
-        asked = hydra.runtime.choices.get(group)
+    chosen = [OmegaConf.select(h, "runtime.choices", default={}) for h in (saved, hydra)]
+    for group, there in chosen[0].items():  # hydra/sweeper/sampler=random: the option
+        asked = chosen[1].get(group)
         if group.startswith("hydra/sweeper") and asked != there:
             raise UsageError(
                 f"hydra.sweep.dir={folder} holds another sweep ({group}={there} there, {asked} "
