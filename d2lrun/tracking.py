@@ -156,24 +156,20 @@ class MLflow(Tracker):
         tags |= {"d2lrun.sweep_dir": str(Path(self.sweep_dir).resolve())} if self.sweep_dir else {}
         if self.ckpt:
             tags["d2lrun.resumed_from"] = str(Path(config["resume"]).resolve())
-        with quick_requests(TRAINING):
-            try:
-                if self.continued:
-                    self.run_id, rows = self.continued, []  # its earlier epochs are logged already
-                    logged = self.client.get_run(self.run_id).data.params
-                    params = {k: v for k, v in params.items() if k not in logged}  # never one again
-                    self.client.update_run(self.run_id, status="RUNNING")
-                else:
-                    name = "/".join(self.run_dir.resolve().parts[-2:])  # DATE/TIME, or TIME/JOB
-                    run = self.client.create_run(self.experiment_id, run_name=name)
-                    self.run_id = run.info.run_id
-                params = [Param(k, str(v)) for k, v in params.items()]  # log_batch chunks them
-                self.client.log_batch(
-                    self.run_id, params=params, tags=[RunTag(*t) for t in tags.items()]
-                )
-                self._metrics(rows)
-            except Exception as e:
-                self._lost(e)
+        with self._sending():
+            if self.continued:
+                self.run_id, rows = self.continued, []  # its earlier epochs are logged already
+                logged = self.client.get_run(self.run_id).data.params
+                params = {k: v for k, v in params.items() if k not in logged}  # never changes one
+                self.client.update_run(self.run_id, status="RUNNING")
+            else:
+                name = "/".join(self.run_dir.resolve().parts[-2:])  # DATE/TIME, or TIME/JOB
+                self.run_id = self.client.create_run(self.experiment_id, run_name=name).info.run_id
+            params = [Param(k, str(v)) for k, v in params.items()]  # log_batch chunks them itself
+            self.client.log_batch(
+                self.run_id, params=params, tags=[RunTag(*t) for t in tags.items()]
+            )
+            self._metrics(rows)
         return self.run_id
 
     def log_epoch(self, row: dict) -> None:
@@ -186,30 +182,30 @@ class MLflow(Tracker):
             return
         now = int(time.time() * 1000)
         items = [Metric(k, v, now, r["epoch"]) for r in rows for k, v in metrics_of(r).items()]
-        with quick_requests(TRAINING):
-            try:
-                self.client.log_batch(self.run_id, metrics=items)
-            except Exception as e:
-                self._lost(e)
+        with self._sending():
+            self.client.log_batch(self.run_id, metrics=items)
 
     def finish(self, status: str, summary: dict, run_dir: Path) -> None:
         if best := summary.get("best"):
             self._metrics([{"epoch": best["epoch"], f"best_{best['metric']}": best["value"]}])
         if self.run_id is None:
             return
+        with self._sending():
+            self.client.set_tag(self.run_id, "d2lrun.status", status)
+            for name in ("curves.png", "metrics.json", "model.pt"):
+                if (run_dir / name).exists():
+                    self.client.log_artifact(self.run_id, str(run_dir / name))
+            self.client.set_terminated(self.run_id, RUN_STATUS.get(status, "KILLED"))
+
+    @contextmanager
+    def _sending(self):
+        """Calls to the server while training: few retries; a failure is a note, and the last."""
         with quick_requests(TRAINING):
             try:
-                self.client.set_tag(self.run_id, "d2lrun.status", status)
-                for name in ("curves.png", "metrics.json", "model.pt"):
-                    if (run_dir / name).exists():
-                        self.client.log_artifact(self.run_id, str(run_dir / name))
-                self.client.set_terminated(self.run_id, RUN_STATUS.get(status, "KILLED"))
+                yield
             except Exception as e:
-                self._lost(e)
-
-    def _lost(self, e: Exception) -> None:
-        self.log(f"note: MLflow logging to {self.uri} stopped ({why(e)}); training goes on")
-        self.run_id = None
+                self.log(f"note: MLflow logging to {self.uri} stopped ({why(e)}); training goes on")
+                self.run_id = None
 
 
 def open_tracker(
