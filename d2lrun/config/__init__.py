@@ -136,17 +136,13 @@ def check_rules(cfg: DictConfig) -> None:
                 f"(one rate for all){more}."
             )
     if model.name == "mlp" and not all(type(h) is int for h in hidden_sizes(model) or [None]):
-        raise UsageError(
-            f"model.num_hiddens={yaml_value(model.num_hiddens)} is not a width or a list of "
-            f"widths (whole numbers). Fix: model.num_hiddens={example(cfg, 'model.num_hiddens')}."
+        raise refused(
+            cfg, "model.num_hiddens", "is not a width or a list of widths (whole numbers)"
         )
     if model.get("dropout", 0) is None:  # Any-typed, as one rate or a list
         raise UsageError("model.dropout=null is not a rate. Fix: model.dropout=0 for none.")
     if model.name == "conv2d" and len(model.kernel_size) != 2:
-        raise UsageError(
-            f"model.kernel_size={yaml_value(model.kernel_size)} is not (height, width). "
-            f"Fix: model.kernel_size={example(cfg, 'model.kernel_size')}."
-        )
+        raise refused(cfg, "model.kernel_size", "is not (height, width)")
     kernel = list(data.get("kernel") or [])  # one row across §6.2.3's 6x8 image
     if data.name == "kernel" and not (0 < len(kernel) <= 8 and all(isinstance(v, (int, float))
                                                                  for v in kernel)):  # fmt: skip
@@ -155,18 +151,12 @@ def check_rules(cfg: DictConfig) -> None:
             f"§6.2.3's 6x8 image. Fix: dataset.kernel=[1,-1], its edge detector."
         )
     if cfg.optim.name == "adam" and len(betas := cfg.optim.betas) != 2:  # β1 mean, β2 square
-        raise UsageError(
-            f"optim.betas={yaml_value(betas)} gives {len(betas)} value(s); Adam takes two "
-            f"(β1, β2). Fix: optim.betas={example(cfg, 'optim.betas')}."
-        )
+        raise refused(cfg, "optim.betas", f"gives {len(betas)} value(s); Adam takes two (β1, β2)")
     if data.name == "synthetic":  # dataset.w: a list, or one number for num_inputs
         listed = OmegaConf.is_list(data.w)
         w = list(data.w) if listed else [data.w]
         if not w or not all(type(v) in (int, float) for v in w):
-            raise UsageError(
-                f"dataset.w={yaml_value(data.w)} is not a number or a list of numbers. "
-                f"Fix: dataset.w={example(cfg, 'dataset.w')}."
-            )
+            raise refused(cfg, "dataset.w", "is not a number or a list of numbers")
         if listed and data.num_inputs not in (None, len(w)):
             raise UsageError(
                 f"dataset.num_inputs={data.num_inputs} but dataset.w has {len(w)} "
@@ -177,6 +167,12 @@ def check_rules(cfg: DictConfig) -> None:
                 f"dataset.w={data.w} is one number, so dataset.num_inputs must say "
                 f"how many inputs. Fix: dataset.num_inputs=200."
             )
+
+
+def refused(cfg: DictConfig, key: str, why: str) -> UsageError:
+    """The line for key's value and why it is refused, with a working value as the Fix."""
+    value = yaml_value(OmegaConf.select(cfg, key))
+    return UsageError(f"{key}={value} {why}. Fix: {key}={example(cfg, key)}.")
 
 
 def hydra_args(args: Sequence[str]):
