@@ -180,7 +180,6 @@ def hydra_args(args: Sequence[str]):
     quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
     with quiet[0], quiet[1], contextlib.suppress(SystemExit):
         return get_args_parser().parse_known_args(list(args))[0]
-    return None
 
 
 def check_flags(args: Sequence[str], name: str = "config") -> None:
