@@ -398,3 +398,20 @@ def test_ctrl_c_while_the_command_imports_hydra_is_one_line(tmp_path, capsys, mo
     assert (
         one_line(capsys) == "d2lrun: error: interrupted before training started; nothing was saved."
     )
+
+
+@pytest.mark.parametrize("oc_cause", ["0", "1"])
+def test_omegaconfs_errors_read_the_same_under_a_debugger(monkeypatch, oc_cause):
+    """Under a debugger (or OC_CAUSE=1) OmegaConf chains an inner error with no key as the cause:
+    d2lrun-predict without input= said AttributeError: 'NoneType' object has no attribute ..."""
+    from omegaconf import OmegaConf
+
+    from d2lrun.config.messages import explain
+
+    monkeypatch.setenv("OC_CAUSE", oc_cause)
+    with pytest.raises(Exception) as e:
+        OmegaConf.to_container(OmegaConf.create({"input": "???"}), throw_on_missing=True)
+    assert str(explain(e.value)) == "input is required. Fix: input=new.csv."
+    with pytest.raises(Exception) as e:
+        config.compose(["optim.lr=fast"])
+    assert str(explain(e.value)) == "optim.lr=fast is not a number. Fix: optim.lr=0.03."

@@ -48,6 +48,7 @@ def explain(e: BaseException) -> D2lrunError:
         fix = fix if equals else "write it as KEY=VALUE"
         return UsageError(f"cannot read the override {e.override}. Fix: {fix}.")
     cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
+    cause = e if getattr(e, "full_key", None) else cause  # OC_CAUSE=1 (a debugger): e has it
     if isinstance(cause, MissingMandatoryValue):  # a ??? key that the command line did not set
         return UsageError(
             f"{cause.full_key} is required. Fix: {cause.full_key}={example(None, cause.full_key)}."
