@@ -13,11 +13,7 @@ __all__ = ["train", "sweep", "report", "load_run"]
 
 def __getattr__(name: str):
     # Imported on first use, so that `import d2lrun` (and `d2lrun --help`) does not import torch.
-    if name == "load_run":
-        from d2lrun.reload import load_run
-
-        return load_run
-    if name in ("train", "sweep", "report"):
+    if name in __all__:
         from d2lrun import api
 
         return getattr(api, name)

@@ -16,8 +16,6 @@ from d2lrun.errors import Bug, UsageError
 
 def train(*overrides: str):
     """As `d2lrun OVERRIDES`: the run reloaded (SavedRun), or one per fold (dataset.folds=K)."""
-    from d2lrun.reload import load_run
-
     overrides = plain(overrides, "train")
     if {"-m", "--multirun"} & set(overrides):
         raise UsageError("d2lrun.train trains one run. Fix: d2lrun.sweep(...) for a sweep.")
@@ -38,6 +36,14 @@ def report(sweep_dir: str | Path):
     """The table of a sweep folder, a partial one too (`d2lrun-report DIR`), as a DataFrame."""
     raising(sweeps.report, Path(sweep_dir), False)  # summary.csv and heatmap.png, written again
     return table(sweep_dir)
+
+
+def load_run(path=None, ckpt=None, device="cpu", overrides=()):
+    """A saved run (SavedRun) from its folder or one checkpoint; overrides: where its data is now
+    (dataset.path=...). device: a name or a torch.device."""
+    from d2lrun import reload
+
+    return raising(reload.load_run, path, ckpt, str(device), overrides)
 
 
 def plain(overrides: tuple, name: str) -> list[str]:

@@ -60,7 +60,8 @@ def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
         )
     if path.is_dir():
         raise UsageError(
-            f"{path} is a directory. Fix: give a .pt file, or pass the folder as run=."
+            f"{path} is a directory. Fix: give a .pt file in it, or the folder as the run "
+            f"(run={path}; load_run('{path}') in Python)."
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

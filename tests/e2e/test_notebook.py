@@ -113,6 +113,12 @@ def test_flags_are_refused_and_one_list_of_overrides_is_taken(here):
         d2lrun.load_run()  # it was TypeError: expected str, bytes or os.PathLike, not NoneType
     run = d2lrun.train(["trainer.epochs=1", "trainer.progress=false"])
     assert run.summary["epochs_completed"] == 1
+    # load_run's overrides as train's: Hydra's ConfigCompositionException was raised as it was
+    for wrong, said in [("bogus=1", r"^bogus is not a key"), ("optim.lr=fast", r"^optim.lr=fast")]:
+        with pytest.raises(UsageError, match=said):
+            d2lrun.load_run(run.run_dir, overrides=[wrong])
+    loaded = d2lrun.load_run(run.run_dir, device=torch.device("cpu"))  # d2l.try_gpu() gives one
+    assert loaded.device == torch.device("cpu")  # it was AttributeError: ... no 'partition'
 
 
 def test_the_callers_logging_is_as_it_was_after_a_run_and_a_sweep(here):

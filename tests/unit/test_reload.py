@@ -165,9 +165,7 @@ def test_truncated_checkpoint(tmp_path):
 def test_missing_paths(tmp_path):
     with pytest.raises(UsageError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "nope.pt")
-    with pytest.raises(
-        UsageError, match=r"is a directory\. Fix: give a .pt file, or pass the folder"
-    ):
+    with pytest.raises(UsageError, match=r"is a directory\. Fix: give a .pt file in it, or the"):
         load_checkpoint(tmp_path)
     with pytest.raises(UsageError, match=r"has no last.pt \(it has: no .pt files\)\. Fix:"):
         find_checkpoint(tmp_path)
