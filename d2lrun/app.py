@@ -49,7 +49,6 @@ from d2lrun.files import (
 
 RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.json", "metrics.csv", "fold_0")
 
-
 TIMESTAMP = "${now:"  # a folder named by the time it starts: TIME, then TIME_2 in the same second
 
 
@@ -69,12 +68,8 @@ def set_override(args: Sequence[str], key: str, value: str | None) -> list[str]:
     """args with key's overrides as key=value, or without them (value None)."""
     parsed = OverridesParser.create().parse_overrides(overrides_of(args))  # as given() reads them
     keys = {o.input_line: o.key_or_group for o in parsed}
-
-    def ours(a: str) -> bool:
-        return keys.get(a) == key
-
-    kept = [a for a in args if value is not None or not ours(a)]
-    return [override(key, value) if ours(a) else a for a in kept]
+    kept = [a for a in args if value is not None or keys.get(a) != key]
+    return [override(key, value) if keys.get(a) == key else a for a in kept]
 
 
 class RunDir(Callback):
@@ -126,7 +121,7 @@ def named_dir(args: Sequence[str]):
         resume = Path(resume).resolve() if resume else None  # RUN, or a .pt file of RUN's
         ours = resume and (resume.parent if resume.suffix == ".pt" else resume)
         found = [f for f in RUN_FILES if (folder / f).exists()]
-        if found and ours != folder.resolve():
+        if found and ours != folder.resolve() and not untrained(folder):
             raise UsageError(
                 f"hydra.run.dir={named} already holds a run ({', '.join(found)}), which d2lrun "
                 f"never writes over. Fix: choose another hydra.run.dir, or resume={named} to "
@@ -249,6 +244,10 @@ def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
     except BaseException:  # refused, stopped or failed before it started: no folder behind
         if untrained(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
+            named = given(list(hc.overrides.hydra), "hydra.run.dir")  # the user's, kept
+            with contextlib.suppress(OSError):  # but not an empty outputs/DATE/
+                if not named or TIMESTAMP in named:
+                    run_dir.parent.rmdir()
         raise
     return Path(hc.run.dir)  # as named (relative to where the command ran)
 

@@ -168,8 +168,8 @@ def claim_dir(base: str | Path) -> Path:
         raise unwritable(path, e) from None
     for n in range(1, 10_000):
         candidate = path if n == 1 else path.with_name(f"{path.name}_{n}")
-        try:
-            candidate.mkdir()
+        try:  # parents: made again if a refused run has just removed it (empty) meanwhile
+            candidate.mkdir(parents=True)
             return candidate
         except FileExistsError:
             continue
@@ -219,12 +219,17 @@ def completed(folder: Path) -> dict | None:
 
 
 def untrained(folder: Path) -> bool:
-    """folder holds no run: only Hydra's .hydra/, the lock, and the metrics.json of a run stopped
-    before its first epoch ("nothing to resume"), which leaves no folder behind."""
+    """folder holds no run: only Hydra's .hydra/, the lock, a tensorboard/ logger folder, the
+    metrics.json of a run stopped before its first epoch ("nothing to resume"), which leaves no
+    folder behind, and a k-fold run's fold_i/ that holds no more."""
+    if not folder.is_dir():
+        return False
     summary = read_json(folder / "metrics.json") or {}
     stopped = summary.get("status") == "interrupted" and summary.get("epochs_completed") == 0
-    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-    return folder.is_dir() and names <= {".hydra", ".lock", *["metrics.json"] * stopped}
+    kept = {".hydra", ".lock", "tensorboard", *["metrics.json"] * stopped}
+    return all(
+        p.name in kept or p.name.startswith("fold_") and untrained(p) for p in folder.iterdir()
+    )
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> Path:

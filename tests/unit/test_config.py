@@ -449,11 +449,11 @@ def test_a_run_refused_before_it_started_leaves_no_folder(tmp_path, monkeypatch)
     from d2lrun import app
 
     monkeypatch.chdir(tmp_path)  # the configured outputs/DATE/TIME, claimed then given back
-    for args in (["~seed"], ["hydra.run.dir="]):  # ~seed: OmegaConf's error, after the claim
-        with pytest.raises(Exception) as e:
+    for args in (["~seed"], ["hydra.run.dir="], ["optim.lr=-1"]):  # ~seed: OmegaConf's error,
+        with pytest.raises(Exception) as e:  # after the claim
             app.train(args)
         assert isinstance(explain(e.value), UsageError)
-    assert not any(p.is_dir() for p in tmp_path.glob("outputs/*/*"))
+    assert not list(tmp_path.glob("outputs/*"))  # not an empty outputs/DATE/ either
     assert not (tmp_path / ".hydra").exists()  # hydra.run.dir= would write here
 
 

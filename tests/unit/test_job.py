@@ -490,11 +490,15 @@ def test_a_signal_as_an_epochs_checkpoint_is_written_leaves_the_record_at_that_e
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 2
 
 
+@pytest.mark.parametrize("extra", [[], ["logger=tensorboard"], ["dataset.folds=2"]])
 def test_a_run_stopped_in_its_first_epoch_leaves_no_folder_and_the_command_runs_again(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, extra
 ):
     """It left RUN/metrics.json alone: the same command was then refused ('already holds a run
-    (metrics.json)'), and its Fix resume=RUN said 'has no last.pt'."""
+    (metrics.json)'), and its Fix resume=RUN said 'has no last.pt'. So did a tensorboard/ folder
+    that no epoch wrote to, and a k-fold run's fold_0/ stopped in its first epoch."""
+    if extra == ["logger=tensorboard"]:
+        pytest.importorskip("torch.utils.tensorboard")
     from d2lrun import app
 
     original, calls = d2lrun.optim.Optimizer.step, {"n": 0}
@@ -510,9 +514,11 @@ def test_a_run_stopped_in_its_first_epoch_leaves_no_folder_and_the_command_runs_
         monkeypatch.chdir(tmp_path)
         calls["n"] = 0
         with pytest.raises(Interrupted, match="before any epoch finished; nothing to resume"):
-            app.train(["trainer.progress=false", *named])
-        assert not (tmp_path / "run").exists() and not list(tmp_path.glob("outputs/*/*"))
-    app.train(["trainer.progress=false", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}"])
+            app.train(["trainer.progress=false", *extra, *named])
+        assert not (tmp_path / "run").exists() and not list(tmp_path.glob("outputs/*"))
+    app.train(
+        ["trainer.progress=false", "trainer.epochs=1", *extra, f"hydra.run.dir={tmp_path / 'run'}"]
+    )
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
 
 
