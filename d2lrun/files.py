@@ -178,10 +178,10 @@ def claim_dir(base: str | Path) -> Path:
     raise unwritable(path, FileExistsError(17, "all 10,000 suffixes are taken"))
 
 
-def hold(folder: Path, wait: bool = False):
+def hold(folder: Path, wait: bool = False, name: str = ".lock"):
     """An exclusive lock on folder while the returned file is open (None: another process holds
     it; wait: until it lets go). The kernel lets go when the process ends, even by kill -9."""
-    lock = open(Path(folder) / ".lock", "a")  # noqa: SIM115 (open for as long as the run runs)
+    lock = open(Path(folder) / name, "a")  # noqa: SIM115 (open for as long as the run runs)
     try:
         import fcntl
     except ImportError:  # not POSIX (Windows): claim_dir's atomic mkdir is the only claim

@@ -10,13 +10,14 @@ import os
 import re
 import textwrap
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
 from d2lrun.errors import UsageError
+from d2lrun.files import hold
 
 NOT_METRICS = ("epoch", "seconds", "examples_per_s")  # columns of a metrics row that are not logged
 # MLflow's HTTP client retries for minutes by default (7 times, backing off: a run whose server went
@@ -95,15 +96,23 @@ class MLflow(Tracker):
         for logger in ("mlflow.store.db.utils", "alembic"):
             logging.getLogger(logger).setLevel(logging.WARNING)
         self.uri, self.run_dir, self.sweep_dir = cfg.logger.tracking_uri, run_dir, sweep_dir
+        if not self.uri:  # MLflow would log to a store of its own choosing, in the current folder
+            raise UsageError(
+                "logger.tracking_uri is empty (MLFLOW_TRACKING_URI set to nothing?). Fix: "
+                "logger.tracking_uri=sqlite:///outputs/mlflow.db, or unset MLFLOW_TRACKING_URI."
+            )
         self.ckpt, self.log, self.run_id = ckpt, log, None
         local = self.uri.startswith("sqlite:///")  # its folder: made here, artifacts beside it
         self.sqlite_dir = Path(self.uri.removeprefix("sqlite:///")).parent if local else None
         with quick_requests():
             try:
-                if self.sqlite_dir:
-                    self.sqlite_dir.mkdir(parents=True, exist_ok=True)
-                self.client = MlflowClient(self.uri)
-                self.experiment_id = self._experiment(name)
+                lock = nullcontext()
+                if self.sqlite_dir:  # a new store's tables are made by one of a sweep's
+                    self.sqlite_dir.mkdir(parents=True, exist_ok=True)  # processes (joblib)
+                    lock = hold(self.sqlite_dir, True, f".{Path(self.uri).name}.lock")
+                with lock:  # while the others wait: their migrations clash ("table exists")
+                    self.client = MlflowClient(self.uri)
+                    self.experiment_id = self._experiment(name)
                 self.continued = self._continued(ckpt) if ckpt else None
             except UsageError:
                 raise
@@ -125,8 +134,9 @@ class MLflow(Tracker):
                     raise
         if found.lifecycle_stage == "deleted":
             raise UsageError(
-                f"the MLflow experiment '{name}' was deleted. Fix: restore it (mlflow experiments "
-                f"restore --experiment-id {found.experiment_id}) or logger.experiment_name=NEW."
+                f"the MLflow experiment '{name}' was deleted. Fix: restore it (MLFLOW_TRACKING_URI="
+                f"{self.uri} mlflow experiments restore --experiment-id {found.experiment_id}) or "
+                f"logger.experiment_name=NEW."
             )
         return found.experiment_id
 
@@ -191,6 +201,10 @@ class MLflow(Tracker):
         if self.run_id is None:
             return
         with self._sending():
+            stopped = status == "interrupted" and not summary.get("epochs_completed")
+            if stopped and not self.continued:  # before its first epoch: its folder goes too
+                self.client.delete_run(self.run_id)
+                return
             self.client.set_tag(self.run_id, "d2lrun.status", status)
             for name in ("curves.png", "metrics.json", "model.pt"):
                 if (run_dir / name).exists():

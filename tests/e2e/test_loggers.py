@@ -293,6 +293,67 @@ def test_a_diverged_run_is_a_failed_mlflow_run_tagged_diverged(tmp_path):
     assert {a.path for a in client.list_artifacts(logged.info.run_id)} == {"metrics.json"}
 
 
+def test_processes_that_open_a_new_sqlite_store_at_once_all_log_to_it(tmp_path):
+    """A joblib sweep's jobs each made the new store's tables: all but one failed ('table
+    experiments already exists') with a Fix that named the store in use."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    code = (
+        "import sys; from pathlib import Path; from omegaconf import OmegaConf; "
+        "from d2lrun.tracking import MLflow; "
+        f"cfg = OmegaConf.create({{'logger': {{'tracking_uri': '{uri}'}}}}); "
+        "MLflow(cfg, Path(sys.argv[1]), 'sweep', None, None, print).start({}, [])"
+    )
+    jobs = [
+        subprocess.Popen([sys.executable, "-c", code, str(i)], stderr=subprocess.PIPE, text=True)
+        for i in range(3)
+    ]
+    errors = [job.communicate()[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * 3, errors
+    client = MlflowClient(uri)
+    assert len(client.search_runs([client.get_experiment_by_name("sweep").experiment_id])) == 3
+
+
+def test_a_deleted_experiments_fix_restores_it_as_typed(tmp_path):
+    """Its Fix named no store: as typed, `mlflow experiments restore` looked in ./mlflow.db."""
+    from mlflow import MlflowClient
+    from omegaconf import OmegaConf
+
+    from d2lrun.errors import UsageError
+    from d2lrun.tracking import MLflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("gone"))
+    cfg = OmegaConf.create({"logger": {"tracking_uri": uri}})
+    with pytest.raises(UsageError, match="was deleted") as e:
+        MLflow(cfg, tmp_path / "run", "gone", None, None, print)
+    fix = str(e.value).partition("Fix: restore it (")[2].partition(")")[0]
+    (tmp_path / "elsewhere").mkdir()
+    command = fix.replace(" mlflow ", f" {BIN / 'mlflow'} ", 1)
+    assert subprocess.run(command, shell=True, cwd=tmp_path / "elsewhere").returncode == 0
+    assert client.get_experiment_by_name("gone").lifecycle_stage == "active"
+
+
+def test_a_run_stopped_before_its_first_epoch_leaves_no_mlflow_run(tmp_path, empty_store):
+    """Its folder went, but a KILLED MLflow run named it, one more each time it was run again."""
+    from mlflow import MlflowClient
+    from omegaconf import OmegaConf
+
+    from d2lrun.tracking import MLflow
+
+    uri = store(empty_store, tmp_path / "mlflow.db")
+    cfg = OmegaConf.create({"logger": {"tracking_uri": uri}})
+    for status, epochs in [("interrupted", 0), ("interrupted", 1), ("diverged", 0)]:
+        tracker = MLflow(cfg, tmp_path / status, "e", None, None, print)
+        tracker.start({}, [])
+        tracker.finish(status, {"epochs_completed": epochs}, tmp_path)
+    client = MlflowClient(uri)
+    kept = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert sorted(r.info.status for r in kept) == ["FAILED", "KILLED"]
+
+
 def test_a_sweep_logs_over_http_to_an_mlflow_server_in_one_experiment(tmp_path):
     from mlflow import MlflowClient
 

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from d2lrun.config import checked, compose
-from d2lrun.errors import Interrupted, RunFailed
+from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.reload import merge_overrides, resume_checkpoint, run_overrides
 from d2lrun.tracking import (
     Tracker,
@@ -192,6 +192,20 @@ def test_a_folder_store_that_mlflow_3_refuses_gets_a_fix_that_works():
     assert str(denied).endswith(
         "Fix: a writable place, e.g. logger.tracking_uri=sqlite:///outputs/mlflow.db."
     )
+
+
+def test_an_empty_tracking_uri_is_refused_not_mlflows_own_store_in_the_cwd(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI= (set, empty): the run logged to ./mlflow.db and ./mlruns, not the
+    documented outputs/mlflow.db, and saved '' in its checkpoint."""
+    pytest.importorskip("mlflow")
+    from d2lrun.tracking import MLflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    cfg = checked(compose(["logger=mlflow"]))
+    with pytest.raises(UsageError, match=r"^logger.tracking_uri is empty \(MLFLOW_TRACKING_URI"):
+        MLflow(cfg, tmp_path / "run", "e", None, None, print)
+    assert list(tmp_path.iterdir()) == []
 
 
 class Recorder(Tracker):
