@@ -41,7 +41,7 @@ from d2lrun.reload import (
     readable_best,
 )
 from d2lrun.tracking import experiment_name, open_tracker
-from d2lrun.trainer import Trainer, compiled, fit, loss_for
+from d2lrun.trainer import Trainer, compiled, fit, format_row, loss_for
 
 
 def say(message: str) -> None:
@@ -207,6 +207,9 @@ class Run:
         saved = Spec(**ckpt["spec"]) if ckpt else None  # its statistics: the same features
         self.train, self.val, self.spec = build_data(cfg.dataset, cfg.seed, device, fold, saved)
         spec = self.spec
+        # Higher accuracy, or lower loss, is better; without a validation split, the training one.
+        self.classify = spec.task == "classification"
+        self.metric = ("val_" if len(self.val) else "train_") + ("acc" if self.classify else "loss")
         if cfg.trainer.log_rmse and spec.task == "regression":
             check_positive_target(self.train, self.val, spec)
         self.model = model = build_model(cfg.model, spec)
@@ -229,7 +232,11 @@ class Run:
         kept = [o for o in overrides if not o.startswith("resume=")]
         extra = {"format": FORMAT, "config": config, "overrides": kept, "spec": asdict(spec)}
         extra["restarts"] = ckpt.get("restarts", 0) + 1 if ckpt else 0  # resumed or requeued
-        extra["mlflow_run_id"] = self.tracker.start(config, self.history.rows)  # resume goes on
+        tracked, best = [], None  # each row with best_<metric> as of its epoch, as on_epoch's
+        for row in self.history.rows:
+            best = self.better(row, best)
+            tracked.append(row | {f"best_{self.metric}": best["value"]})
+        extra["mlflow_run_id"] = self.tracker.start(config, tracked)  # resume goes on
         self.extra = extra
         if ckpt is not None and source != run_dir.resolve():  # resumable before its first epoch
             snapshot = checkpoint(model, self.optimizer, self.trainer, self.history, extra)
@@ -243,17 +250,12 @@ class Run:
                         "run_dir": str(run_dir),
                         "resumed_from": str(cfg.resume) if cfg.resume else None,
                         "restarts": extra["restarts"]}  # fmt: skip
-        # Higher accuracy, or lower loss, is better; without a validation split, the training one.
-        self.classify = spec.task == "classification"
         self.title = f"{cfg.model.name} on {spec.dataset}"
-        self.metric = ("val_" if len(self.val) else "train_") + ("acc" if self.classify else "loss")
 
     def on_epoch(self, row: dict) -> None:
         """The epoch's checkpoints, its row for the tracker, its line."""
         history, trainer = self.history, self.trainer
-        rows, best, value = [*history.rows, row], history.best, row[self.metric]
-        if best is None or (value > best["value"] if self.classify else value < best["value"]):
-            best = {"epoch": trainer.epoch, "metric": self.metric, "value": value}
+        rows, best = [*history.rows, row], self.better(row, history.best)
         snapshot = checkpoint(self.model, self.optimizer, trainer, History(rows, best), self.extra)
         snapshot["wall_seconds"] = round(time.perf_counter() - self.wall, 3)
         due = trainer.epoch % trainer.checkpoint_every == 0 or trainer.epoch == trainer.epochs
@@ -266,8 +268,15 @@ class Run:
                 history.rows, history.best, history.pending = rows, best, None if due else snapshot
                 self.log(format_row(row, trainer.epochs))
         finally:  # the tracker has the epoch a signal held (not held for it: its server may wait)
-            if history.rows is rows:
-                self.tracker.log_epoch(row)
+            if history.rows is rows:  # best_<metric> an epoch: a resumed run's series goes on
+                self.tracker.log_epoch(row | {f"best_{self.metric}": best["value"]})
+
+    def better(self, row: dict, best: dict | None) -> dict:
+        """The best epoch of the epochs best stands for and row's."""
+        value = row[self.metric]
+        if best is None or (value > best["value"] if self.classify else value < best["value"]):
+            return {"epoch": row["epoch"], "metric": self.metric, "value": value}
+        return best
 
     def failed(self, e: Exception) -> Exception:
         """The run's record on an error: failed, in metrics.json too while the disk takes it; the
@@ -383,14 +392,3 @@ def restore(ckpt: dict, model, optimizer: Optimizer, trainer: Trainer) -> Histor
     set_rng_state(ckpt["rng"], trainer.generator)
     trainer.epoch = ckpt["epoch"]
     return History(list(ckpt["history"]), ckpt["best"])
-
-
-def format_row(row: dict, epochs: int) -> str:
-    """One summary line per epoch: metrics, seconds and examples/s."""
-    metrics = "  ".join(
-        f"{k} {v:.3f}" if k.endswith("acc") else f"{k} {v:.4g}"
-        for k, v in row.items()
-        if k not in ("epoch", "seconds", "examples_per_s")
-    )
-    speed = f"{row['seconds']:.2f}s  {row['examples_per_s']:,.0f} ex/s"
-    return f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  {metrics}  {speed}"

@@ -60,14 +60,13 @@ class TensorBoard(Tracker):
         self.writer.flush()  # `tensorboard --logdir` shows the epoch now, not two minutes later
 
     def finish(self, status: str, summary: dict, run_dir: Path) -> None:
-        """The HParams view: the config and status; the epochs' scalars and best_<metric>."""
+        """The HParams view: the config and status, with the final metrics and best_<metric>."""
         # Not SummaryWriter.add_hparams: it writes a second run folder, with a copy of each metric.
         from torch.utils.tensorboard.summary import hparams
         from torch.utils.tensorboard.writer import FileWriter
 
         names = list(metrics_of(summary.get("final") or {}))
         if best := summary.get("best"):
-            self.writer.add_scalar(f"best_{best['metric']}", best["value"], best["epoch"])
             names.append(f"best_{best['metric']}")
         self.writer.close()
         # In a file of its own, which the next finish replaces: TensorBoard shows the first hparams
@@ -196,8 +195,6 @@ class MLflow(Tracker):
             self.client.log_batch(self.run_id, metrics=items)
 
     def finish(self, status: str, summary: dict, run_dir: Path) -> None:
-        if best := summary.get("best"):
-            self._metrics([{"epoch": best["epoch"], f"best_{best['metric']}": best["value"]}])
         if self.run_id is None:
             return
         with self._sending():

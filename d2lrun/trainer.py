@@ -209,6 +209,17 @@ def fit(
                 return
 
 
+def format_row(row: dict, epochs: int) -> str:
+    """One summary line per epoch: metrics, seconds and examples/s."""
+    metrics = "  ".join(
+        f"{k} {v:.3f}" if k.endswith("acc") else f"{k} {v:.4g}"
+        for k, v in row.items()
+        if k not in ("epoch", "seconds", "examples_per_s")
+    )
+    speed = f"{row['seconds']:.2f}s  {row['examples_per_s']:,.0f} ex/s"
+    return f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  {metrics}  {speed}"
+
+
 def progress_bar(show: bool, batches: int):
     """A rich progress bar over an epoch's batches (task 0) on stderr; terminal or Jupyter only."""
     from rich.console import Console

@@ -94,6 +94,9 @@ def test_tensorboard_event_files_hold_every_epoch_and_the_config_as_hparams(tens
         assert [e.value for e in events.Scalars(name)] == pytest.approx(
             rows[name].tolist(), rel=1e-6
         )
+    best = events.Scalars("best_val_loss")  # each epoch's best so far, once
+    assert [e.step for e in best] == [1, 2, 3]
+    assert [e.value for e in best] == pytest.approx(rows["val_loss"].cummin().tolist(), rel=1e-6)
 
     hparams = events.PluginTagToContent("hparams")
     start = HParamsPluginData.FromString(hparams["_hparams_/session_start_info"]).session_start_info
@@ -272,6 +275,8 @@ def test_resume_continues_the_checkpoints_mlflow_run_from_another_folder(tmp_pat
     mlflow_history(
         client, resumed, metrics_csv(tmp_path / "runs" / "resumed")
     )  # epochs 1-4, once each
+    best = sorted(m.step for m in client.get_metric_history(resumed, "best_val_loss"))
+    assert best == [1, 2, 3, 4]  # each epoch's best so far, once: the attempts' ends add none
     assert logged.info.status == "FINISHED"
     assert logged.data.tags["d2lrun.run_dir"] == str(tmp_path / "runs" / "resumed")
     assert logged.data.tags["d2lrun.resumed_from"] == str(tmp_path / "runs" / "first")

@@ -145,18 +145,6 @@ def test_a_checkpoints_rng_state_restores_the_cuda_generator_too():
     assert torch.equal(torch.rand(3, device="cuda"), first)
 
 
-def test_an_epoch_line_has_each_metric_its_seconds_and_speed():
-    from d2lrun.job import format_row
-
-    row = {"epoch": 3, "train_loss": 0.0123456, "train_acc": 0.81234, "val_loss": 1234.5678,
-           "val_acc": 0.8, "seconds": 1.2345, "examples_per_s": 48612.4}  # fmt: skip
-    assert format_row(row, 10) == (
-        "epoch  3/10  train_loss 0.01235  train_acc 0.812  val_loss 1235  val_acc 0.800  "
-        "1.23s  48,612 ex/s"
-    )
-    assert format_row(row | {"epoch": 7}, 7).startswith("epoch 7/7  ")
-
-
 def test_the_k_fold_table_has_a_row_per_fold_and_their_mean():
     from d2lrun.job import fold_table
 

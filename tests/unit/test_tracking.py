@@ -260,6 +260,25 @@ def test_the_tracker_gets_each_epoch_once_and_the_end_after_the_files(tmp_path, 
     assert tracker.calls[:3] == [("start", [1, 2, 3]), ("epoch", 4), ("epoch", 5)]  # it has 1-3
 
 
+def test_best_metric_is_a_series_a_resumed_run_goes_on_with(tmp_path, monkeypatch):
+    """best_<metric> was logged at its epoch as each attempt ended: a run interrupted and resumed
+    had two points at one step, and points that the same run uninterrupted did not have."""
+    import pandas as pd
+
+    logged = {}
+    monkeypatch.setattr(Recorder, "start", lambda self, config, rows: logged.update(
+        {r["epoch"]: r["best_val_loss"] for r in rows}))  # fmt: skip
+    monkeypatch.setattr(Recorder, "log_epoch", lambda self, row: logged.update(
+        {row["epoch"]: logged.get(row["epoch"], []) + [row["best_val_loss"]]}))  # fmt: skip
+    recorder(monkeypatch)
+    train(tmp_path / "first", "trainer.epochs=2", "optim.lr=0.01")
+    logged.clear()  # a new folder's tracked run has its earlier epochs again, then the new ones
+    train(tmp_path / "more", f"resume={tmp_path / 'first'}", "trainer.epochs=5")
+    val_loss = pd.read_csv(tmp_path / "more" / "metrics.csv")["val_loss"]
+    assert logged == {1: val_loss[0], 2: val_loss[:2].min(), 3: [val_loss[:3].min()],
+                      4: [val_loss[:4].min()], 5: [val_loss.min()]}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "error,status,raised",
     [
