@@ -323,7 +323,8 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
             run("config", ["-m", *args], job)
             return sweep_dir, sweeps.report(sweep_dir)  # a signal then: as one between jobs
     except BaseException as e:
-        started = sweep_dir.is_dir() and any(p.name != "multirun.yaml" for p in sweep_dir.iterdir())
+        kept = {"multirun.yaml", *[".submitit"] * isinstance(e, UsageError)}  # Slurm refused it
+        started = sweep_dir.is_dir() and any(p.name not in kept for p in sweep_dir.iterdir())
         if made and not started:  # refused before any job started: no folder behind
             shutil.rmtree(sweep_dir, ignore_errors=True)
         if not isinstance(e, KeyboardInterrupt) or not started:

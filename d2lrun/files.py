@@ -126,9 +126,10 @@ def stopping_workers(sweep_dir: Path):
     """Within a sweep: Ctrl-C or a stop signal reaches joblib's workers too; raised once saved."""
 
     def stop(signum, frame):
-        (sweep_dir / STOPPING).touch()  # jobs that joblib's pool hands out after this do not start
         loky = sys.modules.get("joblib.externals.loky.reusable_executor")  # joblib's pool, if any
         workers = list(getattr(getattr(loky, "_executor", None), "_processes", {}).values())
+        if workers:  # the jobs it hands out after this do not start (not Slurm's: they go on)
+            (sweep_dir / STOPPING).touch()
         for worker in workers:  # each ends its job as one run ends: saved, then interrupted
             with contextlib.suppress(OSError):
                 os.kill(worker.pid, signum)

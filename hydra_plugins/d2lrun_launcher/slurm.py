@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -43,6 +44,12 @@ ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL
 GONE = "no longer listed by squeue"
 # Pending reasons under which a job waits until an administrator changes the partition or a limit.
 NEVER_STARTS = re.compile(r"PartitionConfig|PartitionTimeLimit|BadConstraints|PerJob")
+# sbatch's options in its refusals, as the keys of hydra/launcher=slurm that set them
+OPTIONS = {"cpus-per-task": "cpus_per_task", "signal": "signal_delay_s", "mem": "mem_gb",
+           "time": "timeout_min", "nodes": "nodes", "ntasks-per-node": "tasks_per_node",
+           "gpus-per-node": "gpus_per_node"}  # fmt: skip
+WHAT = {"signal_delay_s": "seconds, 0 or more, e.g. 120", "mem_gb": "at most a node's, in GB",
+        "cpus_per_task": "1 or more, at most a node's CPUs"}  # fmt: skip
 RESULT_GRACE_S = 15  # a result written on a node can show up late on a shared filesystem
 
 
@@ -62,21 +69,35 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         (list(o), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
         for num, o in zip(numbers, job_overrides, strict=True)
     ]
+    check_time_limit(launcher.params)
     jobs = submit(executor(launcher.params), launcher, calls)
     array = jobs[0].job_id.split("_")[0]
     logs = shown(jobs[0].paths.folder.parent)
-    log.info(f"Slurm job {array} (squeue -j {array} shows it; its logs go to {logs})")
-    try:
+    try:  # submitted: a signal from here on leaves the jobs to go on
+        log.info(f"Slurm job {array} (squeue -j {array} shows it; its logs go to {logs})")
         ended = wait(jobs, launcher.params)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (143 for SIGTERM)
         raise Interrupted(
             f"stopped waiting; Slurm job {array} goes on (scancel {array} stops it). "
-            f"Its results, later: d2lrun-report {shown(sweep_dir)}"
+            f"Its results, later: d2lrun-report {shown(sweep_dir)}",
+            getattr(e, "signum", signal.SIGINT),
         ) from None
     return [
         collect(launcher, job, num, overrides, ended.get(job.job_id))
         for job, num, overrides in zip(jobs, numbers, job_overrides, strict=True)
     ]
+
+
+def check_time_limit(params: dict) -> None:
+    """Slurm sends the warning signal_delay_s before the limit, up to 60 s earlier still (sbatch's
+    --signal): a limit no longer than that warns, and requeues, each job as it starts."""
+    limit, delay = params.get("timeout_min"), params.get("signal_delay_s") or 0
+    if limit and delay + 60 >= limit * 60:
+        raise UsageError(
+            f"hydra.launcher.signal_delay_s={delay} warns each job as it starts: Slurm sends it "
+            f"that long, and up to 60 s more, before hydra.launcher.timeout_min={limit}. Fix: "
+            f"hydra.launcher.signal_delay_s={(limit * 60 - 60) // 2}, or a longer timeout_min."
+        )
 
 
 def executor(params: dict):
@@ -95,7 +116,16 @@ def executor(params: dict):
             "hydra/launcher=submitit_local here."
         ) from e
     base = set(OmegaConf.structured(BaseQueueConf).keys())
-    ex.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    try:
+        ex.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    except NameError as e:  # +hydra.launcher.KEY that submitit does not know
+        key = re.search(r"Unknown argument '(\w+)'", str(e))
+        key = key.group(1) if key else "?"
+        raise UsageError(
+            f"hydra.launcher.{key} is not a setting of Slurm's submitit executor. Fix: drop "
+            f"+hydra.launcher.{key}; sbatch's other options go in "
+            f"hydra.launcher.additional_parameters={{{key}:VALUE}}."
+        ) from None
     return ex
 
 
@@ -110,10 +140,17 @@ def submit(ex, fn, calls: list[tuple]) -> list:
     except FailedJobError as e:
         lines = [re.sub(r"^sbatch: error: ", "", ln) for ln in str(e).splitlines() if ln.strip()]
         message = "; ".join(dict.fromkeys(lines))
+        message = message.rstrip(".")  # sbatch's own period, before ". Fix:"
+        option = re.search(r"--([a-z-]+)", message)
+        key = OPTIONS.get(option.group(1)) if option else None
+        if "memory" in message.lower():
+            key = "mem_gb"
         if "partition" in message.lower():
             fix = f"hydra.launcher.partition=<one of: {', '.join(_sinfo('%R')) or 'see sinfo'}>"
         elif "gres" in message.lower() or "gpu" in message.lower():
             fix = "hydra.launcher.gpus_per_node=0 where the nodes have no GPUs"
+        elif key:
+            fix = f"hydra.launcher.{key}=<{WHAT.get(key, 'a value the nodes have (sinfo -N -l)')}>"
         else:
             fix = "ask for what the nodes have (sinfo -N -l) with hydra.launcher.cpus_per_task, "
             fix += "mem_gb, gpus_per_node, timeout_min, or the account or qos the cluster wants"
@@ -169,13 +206,15 @@ def never_starts(array: str, reason: str, params: dict) -> None:
     partition = params.get("partition") or default
     rows = [r for r in rows if r[0].rstrip("*") == partition]
     cpus, memory = (max(int(r[i]) for r in rows) if rows else None for i in (1, 2))
-    fixes = []
+    many = (params.get("nodes") or 1) > 1  # a d2lrun job runs on one node
+    fixes = ["hydra.launcher.nodes=1"] * many
     if cpus is not None and (params.get("cpus_per_task") or 1) > cpus:
         fixes.append(f"hydra.launcher.cpus_per_task={cpus}")
     if memory is not None and (params.get("mem_gb") or 0) * 1024 > memory:
         fixes.append(f"hydra.launcher.mem_gb={max(1, memory // 1024)}")
     asked = ", ".join(
-        f"{k}={params.get(k)}" for k in ("cpus_per_task", "mem_gb", "gpus_per_node", "timeout_min")
+        f"{k}={params.get(k)}"
+        for k in ["nodes"] * many + ["cpus_per_task", "mem_gb", "gpus_per_node", "timeout_min"]
     )
     has = f"at most {cpus} CPUs and {memory} MB of memory per node" if rows else "less (sinfo)"
     raise UsageError(
@@ -192,14 +231,20 @@ def collect(launcher, job, num: int, overrides: Sequence[str], ended: str | None
 
     from d2lrun.sweeps import record_failure
 
+    err = job.paths.stderr
+    where = f"Its log: {shown(err)}" if err.exists() else "It never started."
     if ended is None:  # its result file is there
         try:
-            return job.results()[0]
+            returned = job.results()[0]
+            if returned.status != JobStatus.FAILED:
+                return returned
+            # Raised on its node past d2lrun's record: submitit's "timed-out too many times"
+            reason = f"{str(returned._return_value).rstrip('.')}. {where}"  # (max_num_timeout)
+            log.warning(f"job {num}: {reason}")  # its record says interrupted, and when
         except UncompletedJobError as e:  # it raised before d2lrun could record why
-            reason = f"{_last_line(e)}. Its log: {shown(job.paths.stderr)}"
+            reason = f"{_last_line(e)}. {where}"
     else:
-        reason = f"Slurm ended job {job.job_id} ({ended}) without a result. "
-        reason += f"Its log: {shown(job.paths.stderr)}"
+        reason = f"Slurm ended job {job.job_id} ({ended}) without a result. {where}"
     run_dir = job_dir(launcher, num, overrides)
     if not (run_dir / ".hydra").exists():  # it never started: its overrides as Hydra records
         (run_dir / ".hydra").mkdir(parents=True)  # them, for the sweep's table

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -140,6 +141,13 @@ def test_what_slurm_refuses_or_cannot_start_ends_in_one_line(sweep_dir, node_cpu
         "submission failed: Invalid partition name specified. "
         "Fix: hydra.launcher.partition=<one of: debug>."
     ]
+    assert not s.exists()  # refused: no folder of .submitit/ files behind
+    r = run_cli("-m", *SLURM, "hydra.launcher.signal_delay_s=-1", "optim.lr=0.1", *FAST,
+                f"hydra.sweep.dir={s}")  # fmt: skip
+    assert r.returncode == 2 and r.stderr.splitlines() == [  # its Fix named other keys
+        "d2lrun: error: sbatch refused the sweep: Invalid --signal specification. "
+        "Fix: hydra.launcher.signal_delay_s=<seconds, 0 or more, e.g. 120>."
+    ]
 
     too_many = node_cpus + 1  # accepted by sbatch, then pending for ever: PartitionConfig
     r = run_cli("-m", *SLURM, f"hydra.launcher.cpus_per_task={too_many}", "optim.lr=0.1,0.3",
@@ -153,7 +161,7 @@ def test_what_slurm_refuses_or_cannot_start_ends_in_one_line(sweep_dir, node_cpu
         f"the partition has at most {node_cpus} CPUs and "
     )
     assert line.endswith(f"The job is cancelled. Fix: hydra.launcher.cpus_per_task={node_cpus}.")
-    assert squeue(array, "%T") == {"CANCELLED"}
+    assert squeue(array, "%T") == {"CANCELLED"} and not s.exists()
 
 
 def test_signalled_jobs_are_requeued_and_go_on_from_their_last_epoch(sweep_dir):
@@ -195,3 +203,29 @@ def test_signalled_jobs_are_requeued_and_go_on_from_their_last_epoch(sweep_dir):
         assert "Caught signal SIGUSR2" in log
     with open(s / "summary.csv") as f:
         assert [row["restarts"] for row in csv.DictReader(f)] == ["1", "1"]
+
+
+def test_a_stopped_submitter_leaves_its_jobs_to_go_on(sweep_dir):
+    """SIGTERM (or Ctrl-C) to the command that waits: it exited 130, and its sweep's stop marker
+    made each job that had not started yet abort as it started ('interrupted before it started'),
+    although the line said the Slurm job goes on."""
+    s = sweep_dir
+    cmd = [str(BIN / "d2lrun"), "-m", *SLURM, "hydra.launcher.cpus_per_task=1",
+           "optim.lr=0.01,0.03",
+           *FAST, f"hydra.sweep.dir={s}"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                          text=True) as proc:  # fmt: skip
+        for line in proc.stdout:  # submitted: the jobs start now, or wait in the queue
+            if "Slurm job" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.startswith(f"d2lrun: error: stopped waiting; Slurm job {slurm_job(line)} goes on")
+    deadline = time.monotonic() + 90
+    while not all((s / j / "model.pt").exists() for j in "01"):
+        assert time.monotonic() < deadline, [p.read_text() for p in s.glob(".submitit/*/*.err")]
+        time.sleep(0.5)
+    for job in "01":
+        assert json.loads((s / job / "metrics.json").read_text())["status"] == "completed"

@@ -305,6 +305,54 @@ def test_slurm_preset_is_the_plugins_launcher_with_its_keys_and_readmes_sbatch_l
         assert f"#SBATCH {line}\n" in script
 
 
+def test_slurm_settings_that_cannot_work_are_refused_before_sbatch_in_one_line():
+    """+hydra.launcher.KEY unknown to submitit was NameError 'a bug in d2lrun?' (exit 1); a limit
+    within the warning's delay (+60 s) warned and requeued each job as it started."""
+    from submitit.slurm import slurm
+
+    from hydra_plugins.d2lrun_launcher.slurm import check_time_limit, executor
+
+    with mock.patch.object(slurm.SlurmExecutor, "affinity", return_value=1):
+        with pytest.raises(UsageError, match=r"^hydra.launcher.foo is not a setting of Slurm's"):
+            executor({"submitit_folder": "/tmp/unused/%j", "max_num_timeout": 3, "foo": 1})
+    check_time_limit({"timeout_min": 4, "signal_delay_s": 120})  # warned a minute before
+    with pytest.raises(UsageError) as e:
+        check_time_limit({"timeout_min": 2, "signal_delay_s": 120})
+    assert str(e.value).endswith("Fix: hydra.launcher.signal_delay_s=30, or a longer timeout_min.")
+    check_time_limit({"timeout_min": 2, "signal_delay_s": 30})
+
+
+def test_a_slurm_job_out_of_requeues_is_in_the_table_as_its_record_says(tmp_path, caplog):
+    """submitit's 'timed-out too many times', raised on the node after d2lrun had recorded the
+    job interrupted, was raised again by Hydra's sweeper: no table, 'a bug in d2lrun?'."""
+    from types import SimpleNamespace
+
+    from hydra.core.utils import JobReturn, JobStatus
+    from submitit.core.utils import UncompletedJobError
+
+    from hydra_plugins.d2lrun_launcher.slurm import collect
+
+    def refused(*args):
+        raise ValueError
+
+    loader = SimpleNamespace(load_sweep_config=refused)  # Hydra's default folder: SWEEP/NUM
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    launcher = SimpleNamespace(config=config, hydra_context=SimpleNamespace(config_loader=loader))
+    error = UncompletedJobError("Job not requeued because: timed-out too many times.")
+    failed = JobReturn(status=JobStatus.FAILED, _return_value=error)
+    job = SimpleNamespace(job_id="7_0", results=lambda: [failed],
+                          paths=SimpleNamespace(stderr=tmp_path / "7_0_0_log.err"))  # fmt: skip
+    record = {"status": "interrupted", "reason": "stopped by SIGUSR2 after epoch 65"}
+    (tmp_path / "0").mkdir()
+    job.paths.stderr.write_text("...")
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps(record))
+    returned = collect(launcher, job, 0, ["optim.lr=0.1"], None)
+    assert returned.status == JobStatus.COMPLETED and returned.return_value == -math.inf
+    assert json.loads((tmp_path / "0" / "metrics.json").read_text()) == record  # kept
+    said = f"job 0: Job not requeued because: timed-out too many times. Its log: {tmp_path}/7_0_0"
+    assert said in caplog.text
+
+
 def test_optuna_preset_maximizes_over_log_lr_and_weight_decay():
     cfg = compose_hydra("hydra/sweeper=optuna_lr_wd").hydra.sweeper
     assert cfg._target_.endswith("OptunaSweeper") and cfg.direction == "maximize"
