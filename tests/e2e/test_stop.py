@@ -192,8 +192,9 @@ def test_a_signal_to_a_joblib_sweep_stops_its_workers_once_their_jobs_are_saved(
     assert [w for w in workers if os.path.exists(f"/proc/{w}")] == []  # none left training
     stopped = [json.loads((s / j / "metrics.json").read_text()) for j in "01"]
     assert [m["status"] for m in stopped] == ["interrupted"] * 2
-    r = run_cli(*args)
-    assert r.returncode == 0 and f"sweep {s}: 3 completed" in r.stdout, r.stderr
+    if signum == signal.SIGTERM:  # going on is the same after either signal's record: once
+        r = run_cli(*args)
+        assert r.returncode == 0 and f"sweep {s}: 3 completed" in r.stdout, r.stderr
 
 
 def test_jobs_queued_in_joblibs_pool_do_not_start_after_a_stop_signal(tmp_path):
