@@ -242,11 +242,11 @@ def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
     try:
         job.train(cfg, run_dir, list(hc.overrides.task), ckpt, draw=draw)
     except BaseException:  # refused, stopped or failed before it started: no folder behind
-        if untrained(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-            named = given(list(hc.overrides.hydra), "hydra.run.dir")  # the user's, kept
-            with contextlib.suppress(OSError):  # but not an empty outputs/DATE/
-                if not named or TIMESTAMP in named:
+        named = given(OmegaConf.to_container(hc.overrides.hydra, resolve=False), "hydra.run.dir")
+        if (not named or TIMESTAMP in named) and untrained(run_dir):  # claimed (RunDir); a named
+            shutil.rmtree(run_dir, ignore_errors=True)  # one is named_dir's, which made it or not
+            if not named or TIMESTAMP in Path(named).parent.name:  # nor an empty outputs/DATE/
+                with contextlib.suppress(OSError):
                     run_dir.parent.rmdir()
         raise
     return Path(hc.run.dir)  # as named (relative to where the command ran)
@@ -319,7 +319,7 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
         return sweeps.run_job(cfg, run_dir, overrides, Path(hc.sweep.dir), hc.job.num, ckpt)
 
     try:
-        with stopping_workers(sweep_dir):
+        with stopping_workers(sweep_dir, "Slurm" not in cfg.hydra.launcher._target_):
             run("config", ["-m", *args], job)
             return sweep_dir, sweeps.report(sweep_dir)  # a signal then: as one between jobs
     except BaseException as e:

@@ -122,14 +122,16 @@ def stop_signals():
 
 
 @contextlib.contextmanager
-def stopping_workers(sweep_dir: Path):
-    """Within a sweep: Ctrl-C or a stop signal reaches joblib's workers too; raised once saved."""
+def stopping_workers(sweep_dir: Path, local: bool = True):
+    """Within a sweep: Ctrl-C or a stop signal reaches joblib's workers too; raised once saved.
+    Not local (Slurm): raised at once, and the jobs go on as Slurm schedules them."""
 
     def stop(signum, frame):
+        if not local:
+            raise Stop(signum)
+        (sweep_dir / STOPPING).touch()  # jobs that joblib's pool hands out after this do not start
         loky = sys.modules.get("joblib.externals.loky.reusable_executor")  # joblib's pool, if any
         workers = list(getattr(getattr(loky, "_executor", None), "_processes", {}).values())
-        if workers:  # the jobs it hands out after this do not start (not Slurm's: they go on)
-            (sweep_dir / STOPPING).touch()
         for worker in workers:  # each ends its job as one run ends: saved, then interrupted
             with contextlib.suppress(OSError):
                 os.kill(worker.pid, signum)

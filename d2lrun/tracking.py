@@ -10,7 +10,7 @@ import os
 import re
 import textwrap
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -108,7 +108,8 @@ class MLflow(Tracker):
                 lock = nullcontext()
                 if self.sqlite_dir:  # a new store's tables are made by one of a sweep's
                     self.sqlite_dir.mkdir(parents=True, exist_ok=True)  # processes (joblib)
-                    lock = hold(self.sqlite_dir, True, f".{Path(self.uri).name}.lock")
+                    with suppress(OSError):  # another user's lock file: the store is made
+                        lock = hold(self.sqlite_dir, True, f".{Path(self.uri).name}.lock")
                 with lock:  # while the others wait: their migrations clash ("table exists")
                     self.client = MlflowClient(self.uri)
                     self.experiment_id = self._experiment(name)

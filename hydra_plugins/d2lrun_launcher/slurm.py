@@ -89,14 +89,21 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
 
 
 def check_time_limit(params: dict) -> None:
-    """Slurm sends the warning signal_delay_s before the limit, up to 60 s earlier still (sbatch's
-    --signal): a limit no longer than that warns, and requeues, each job as it starts."""
-    limit, delay = params.get("timeout_min"), params.get("signal_delay_s") or 0
-    if limit and delay + 60 >= limit * 60:
+    """The warning (SIGUSR2) comes signal_delay_s before the limit, and may come up to 60 s before
+    that (sbatch's --signal): one due at the start is refused; one that may come then, said."""
+    limit, delay = params.get("timeout_min"), params.get("signal_delay_s")
+    if not limit or delay is None:
+        return
+    if delay >= limit * 60:  # each job warned, then requeued, as it starts: it never ends
         raise UsageError(
-            f"hydra.launcher.signal_delay_s={delay} warns each job as it starts: Slurm sends it "
-            f"that long, and up to 60 s more, before hydra.launcher.timeout_min={limit}. Fix: "
-            f"hydra.launcher.signal_delay_s={(limit * 60 - 60) // 2}, or a longer timeout_min."
+            f"hydra.launcher.signal_delay_s={delay} is not less than hydra.launcher.timeout_min="
+            f"{limit} minute(s): each job would be warned of its limit as it starts. "
+            f"Fix: hydra.launcher.signal_delay_s={limit * 60 // 4}."
+        )
+    if delay + 60 >= limit * 60:
+        log.warning(
+            f"Slurm may warn a job of its limit up to 60 s before signal_delay_s={delay}: as it "
+            f"starts, with timeout_min={limit}; a job warned saves its epoch and is requeued"
         )
 
 

@@ -454,6 +454,15 @@ def test_a_run_refused_before_it_started_leaves_no_folder(tmp_path, monkeypatch)
             app.train(args)
         assert isinstance(explain(e.value), UsageError)
     assert not list(tmp_path.glob("outputs/*"))  # not an empty outputs/DATE/ either
+    with pytest.raises(UsageError):  # a folder of the user's own ${now:...} names too
+        app.train(["optim.lr=-1", "hydra.run.dir=runs/${now:%Y-%m-%d}/${now:%H-%M-%S}"])
+    assert list(tmp_path.glob("runs/*")) == []
+    events = tmp_path / "mine" / "tensorboard" / "events.out.tfevents.1"
+    events.parent.mkdir(parents=True)
+    events.write_text("the user's")
+    with pytest.raises(UsageError):  # the user's folder before the run: kept, with its files
+        app.train(["optim.lr=-1", "hydra.run.dir=mine"])
+    assert events.read_text() == "the user's"
     assert not (tmp_path / ".hydra").exists()  # hydra.run.dir= would write here
 
 

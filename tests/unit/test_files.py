@@ -296,3 +296,21 @@ def test_without_posix_locks_a_run_folder_is_held_by_its_claim_alone(tmp_path, m
     for callback in callbacks:
         callback.on_run_end()
         assert callback.lock.closed
+
+
+def test_a_slurm_sweep_stopped_leaves_no_marker_and_signals_no_joblib_worker(tmp_path, monkeypatch):
+    """With a joblib pool alive from an earlier sweep in the process (a notebook), Ctrl-C on a
+    Slurm sweep wrote .stopping, which made its queued jobs abort as they started, sent SIGINT to
+    the idle workers and waited 120 s on the Slurm jobs' locks."""
+    import signal
+    from types import SimpleNamespace
+
+    from d2lrun.files import STOPPING, Stop, stopping_workers
+
+    killed = []
+    pool = SimpleNamespace(_executor=SimpleNamespace(_processes={1: SimpleNamespace(pid=12345)}))
+    monkeypatch.setitem(sys.modules, "joblib.externals.loky.reusable_executor", pool)
+    monkeypatch.setattr(os, "kill", lambda pid, signum: killed.append(pid))
+    with pytest.raises(Stop), stopping_workers(tmp_path, local=False):
+        signal.raise_signal(signal.SIGINT)
+    assert not (tmp_path / STOPPING).exists() and killed == []
