@@ -166,9 +166,14 @@ def read_inputs(spec: Spec, path: Path):
         if path.suffix == ".pt":
             return torch.load(path, weights_only=True)
     except (ValueError, pickle.UnpicklingError, RuntimeError, OSError) as e:
+        # A file cut short or damaged (EOF, a bad zip) is said as such, not as one that unpickles
+        if not isinstance(e, pickle.UnpicklingError) and "pickle" not in str(e).lower():
+            said = (str(e).strip().splitlines() or [type(e).__name__])[0].partition(". ")[0]
+            raise UsageError(f"input={path} cannot be read ({said}). Fix: save {takes} again "
+                             f"with np.save or torch.save.") from None  # fmt: skip
         raise UsageError(
-            f"input={path} cannot be read as images without unpickling Python objects "
-            f"({type(e).__name__}), which d2lrun never does. Fix: save a uint8 array of images "
-            f"with np.save or torch.save."
+            f"input={path} cannot be read as {takes} without unpickling Python objects "
+            f"({type(e).__name__}), which d2lrun never does. Fix: save them with np.save or "
+            f"torch.save."
         ) from None
     raise UsageError(f"input={path}: unknown kind of file. Fix: give {takes} in .npy or .pt.")

@@ -697,11 +697,14 @@ def test_inputs_that_would_unpickle_python_objects_are_refused(image_run, tmp_pa
         with pytest.raises(UsageError) as e:
             predict_file(run, tmp_path / name, tmp_path / "p.csv")
         assert str(e.value) == (
-            f"input={tmp_path / name} cannot be read as images without unpickling Python objects "
-            f"({kind}), which d2lrun never does. Fix: save a uint8 array of images with np.save "
-            f"or torch.save."
+            f"input={tmp_path / name} cannot be read as uint8 images without unpickling Python "
+            f"objects ({kind}), which d2lrun never does. Fix: save them with np.save or torch.save."
         )
     assert not os.path.exists("/tmp/d2lrun_pwned") and not (tmp_path / "p.csv").exists()
+    np.save(tmp_path / "cut.npy", np.zeros((2, 28, 28), dtype=np.uint8))  # a file cut short: said
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:100])  # so, not as
+    with pytest.raises(UsageError, match=r"cut.npy cannot be read \(EOF: reading array header"):
+        predict_file(run, tmp_path / "cut.npy", tmp_path / "p.csv")  # one that would unpickle
 
 
 def test_a_table_runs_inputs_are_rows_whatever_the_files_name(table_run, tmp_path):
