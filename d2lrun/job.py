@@ -75,6 +75,11 @@ def train(
                 f"there, {now} now). Fix: drop {key}={now}, or resume="
                 f"{shown(fold)} {key}={now} to go on with one fold as a run."
             )
+        if (done := completed(run_dir)) and done.get("kfold"):  # as one run that trained all
+            fold, n = shown(run_dir / "fold_0"), done["epochs"]
+            raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
+                             f"Fix: resume={fold} trainer.epochs={2 * n} to go on with one fold as "
+                             f"a run, or d2lrun-eval run={fold}.")  # fmt: skip
     for i in range(k):
         log(f"fold {i + 1}/{k}")
         folder, fold_cfg, ckpt = run_dir / f"fold_{i}", cfg, None
@@ -103,9 +108,10 @@ def train(
             raise Interrupted(f"fold {i + 1}/{k}: {said} Resume with: d2lrun resume="
                               f"{shown(run_dir)}", signum) from None  # fmt: skip
         except (UsageError, RunFailed) as e:
-            if isinstance(e, UsageError) and not any(run_dir.glob("fold_*/*")):  # refused before
-                for empty in run_dir.glob("fold_*"):  # any fold wrote a file: no folder behind
-                    empty.rmdir()
+            if isinstance(e, UsageError):  # refused: the run's record as it was (resume= of one
+                for empty in run_dir.glob("fold_*"):  # whose data moved), and no empty folder
+                    with contextlib.suppress(OSError):
+                        empty.rmdir()
                 raise
             status = "diverged" if isinstance(e, Diverged) else "failed"
             if not completed(run_dir):  # a completed run's record stays: each fold is complete

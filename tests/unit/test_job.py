@@ -12,7 +12,7 @@ import d2lrun.optim
 import d2lrun.tracking
 from d2lrun.config import compose
 from d2lrun.data import Spec
-from d2lrun.errors import Diverged, Interrupted
+from d2lrun.errors import Diverged, Interrupted, UsageError
 from d2lrun.job import rng_state, set_rng_state, train_job
 from d2lrun.models import build_model
 from d2lrun.optim import build_optimizer
@@ -375,8 +375,25 @@ def test_a_k_fold_run_stopped_in_a_fold_goes_on_with_resume_of_the_run(tmp_path,
         "status": "interrupted", "reason": "fold 2/3: stopped by Ctrl-C after epoch 1",
         "signal": "SIGINT"}  # fmt: skip
     monkeypatch.setattr(d2lrun.optim.Optimizer, "step", original)
+    record = (tmp_path / "run" / "metrics.json").read_bytes()
+    build_data = d2lrun.job.build_data
+
+    def moved(dataset, seed, device, fold, saved):  # its data gone by the stopped fold
+        if fold == [3, 1]:
+            raise UsageError("data.csv: no such file. Fix: dataset.path=<where it is now>.")
+        return build_data(dataset, seed, device, fold, saved)
+
+    monkeypatch.setattr(d2lrun.job, "build_data", moved)
     monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError):  # refused: the record stays (it said failed, 'no such file')
+        app.train([f"resume={tmp_path / 'run'}"])
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == record
+    monkeypatch.setattr(d2lrun.job, "build_data", build_data)
     app.train([f"resume={tmp_path / 'run'}"])
+    record = (tmp_path / "run" / "metrics.json").read_bytes()
+    with pytest.raises(UsageError, match=r": its 3 folds completed 3 epochs each\. Fix: resume="):
+        app.train([f"resume={tmp_path / 'run'}"])  # it went on as a no-op, its wall time rewritten
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == record
     for i in range(3):
         a, b = (pd.read_csv(tmp_path / r / f"fold_{i}" / "metrics.csv") for r in ("run", "whole"))
         timings = ["seconds", "examples_per_s"]
