@@ -347,6 +347,8 @@ def load_run(
     """Rebuild a run's model from its folder or one checkpoint; overrides: where its data is now."""
     if not (path or ckpt):
         raise UsageError("load_run needs a run folder. Fix: load_run('outputs/DATE/TIME').")
+    if path and ckpt and Path(ckpt).resolve().parent != Path(path).resolve():  # which one?
+        raise UsageError(f"run={path} and ckpt={ckpt} name two runs. Fix: give one of them.")
     source = Path(ckpt) if ckpt else find_checkpoint(path)
     saved = load_checkpoint(source, needs="reloading")
     overrides = [overrides] if isinstance(overrides, str) else overrides  # one, as "seed=0"

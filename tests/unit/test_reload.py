@@ -976,3 +976,12 @@ def test_resume_that_names_no_run_is_refused_not_trained_from_scratch(tmp_path):
             "resume= names no run. Fix: resume=outputs/DATE/TIME, or drop resume=."
         )
     assert not (tmp_path / "r").exists()
+
+
+def test_run_and_ckpt_of_two_runs_are_refused(image_run, table_run):
+    """d2lrun-eval run=A ckpt=B/best.pt evaluated B, silently, into B's folder."""
+    from d2lrun.reload import load_run
+
+    with pytest.raises(UsageError, match=r"^run=.* and ckpt=.* name two runs\. Fix: give one"):
+        load_run(image_run[0], ckpt=table_run[0] / "last.pt")
+    assert load_run(image_run[0], ckpt=image_run[0] / "last.pt").spec.image_shape
