@@ -5,7 +5,9 @@ too wait for `handle`, so Ctrl-C as the command starts is its one line, not a tr
 """
 
 import argparse
+import atexit
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,14 @@ from pathlib import Path
 from d2lrun import __version__
 from d2lrun.errors import RunFailed
 from d2lrun.files import reader_gone
+
+
+@atexit.register
+def _done() -> None:
+    """The command has ended, its files written: a Ctrl-C or SIGTERM in the second that torch's
+    teardown takes would kill it with no line and exit -2; now it does nothing."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def handle(prog: str, main: Callable[[], object]) -> None:

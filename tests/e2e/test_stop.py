@@ -232,3 +232,17 @@ def test_a_folder_named_with_a_resolver_is_the_folder_it_resolves_to(tmp_path):
     r = run_cli("-m", "trainer.epochs=1", "optim.lr=0.1,0.3", "hydra.sweep.dir=swp/${model.name}",
                 cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0 and "sweep swp/linreg: 2 completed" in r.stdout, r.stderr
+
+
+def test_a_signal_after_the_last_line_neither_kills_the_command_nor_goes_unsaid(tmp_path):
+    """Once the run's files were written, a Ctrl-C while torch tore down (about a second) ended
+    the command by the signal (exit -2, shells say 130) with nothing on stderr."""
+    proc = start("trainer.epochs=1", "trainer.progress=false", f"hydra.run.dir={tmp_path / 'r'}")
+    for line in proc.stdout:
+        if line.startswith("error in estimating b"):  # its last line: the files are written
+            break
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (0, "")
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["status"] == "completed"
