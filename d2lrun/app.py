@@ -133,8 +133,8 @@ def named_dir(args: Sequence[str]):
         except BaseException as e:  # refused before it started: the folder it made goes again
             if made and untrained(folder):
                 shutil.rmtree(folder, ignore_errors=True)
-            elif isinstance(e, UsageError):  # and a run's .hydra/ is its own again, not the
-                for path in set(folder.glob(".hydra/*")) - set(record):  # refused command's
+            elif isinstance(e, (UsageError, KeyboardInterrupt)):  # and a run's .hydra/ its own
+                for path in set(folder.glob(".hydra/*")) - set(record):  # again, not the command's
                     path.unlink()
                 for path, data in record.items():
                     atomic_write(path, data)

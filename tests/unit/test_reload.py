@@ -985,3 +985,25 @@ def test_run_and_ckpt_of_two_runs_are_refused(image_run, table_run):
     with pytest.raises(UsageError, match=r"^run=.* and ckpt=.* name two runs\. Fix: give one"):
         load_run(image_run[0], ckpt=table_run[0] / "last.pt")
     assert load_run(image_run[0], ckpt=image_run[0] / "last.pt").spec.image_shape
+
+
+def test_an_in_place_resume_stopped_before_training_keeps_the_runs_hydra_files(
+    tmp_path, monkeypatch
+):
+    """Stopped while its data loaded: 'nothing was saved', but .hydra/ held the stopped command's
+    config and overrides (resume=RUN among them), no longer the run's."""
+    import d2lrun.job
+    from d2lrun import app
+
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    app.train(["trainer.progress=false", "trainer.epochs=1", f"hydra.run.dir={run}"])
+    before = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(d2lrun.job, "build_data", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        app.train([f"resume={run}", f"hydra.run.dir={run}", "trainer.epochs=2"])
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == before
