@@ -185,7 +185,7 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
     except OSError as e:  # Hydra's own writes: the run folder and its .hydra/
         if isinstance(e, HydraException):  # MissingConfigException is an IOError too
             raise
-        raise unwritable(e.filename or "", e) from e
+        raise unwritable(e.filename or given(args, "hydra.run.dir") or "outputs", e) from e
     finally:
         sys.argv, root.handlers[:] = argv, handlers
         root.setLevel(level)

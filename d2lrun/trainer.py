@@ -8,6 +8,7 @@ import contextlib
 import functools
 import logging
 import math
+import random
 import sys
 import textwrap
 import time
@@ -30,8 +31,9 @@ EVAL_BATCH_SIZE = 1024  # evaluation needs no gradients, so bigger batches are o
 def own_torch(cuda: bool = True):
     """Within: torch as a fresh process has it (float32 by default, gradients on), so a run from a
     notebook trains as the command does; after: the caller's dtype, grad mode and random state
-    (cuda: the GPUs' too, which torch.manual_seed seeds, on a machine that has them)."""
-    dtype = torch.get_default_dtype()
+    (cuda: the GPUs' too, which torch.manual_seed seeds, on a machine that has them; Python's, which
+    rich's import draws from)."""
+    dtype, python_random = torch.get_default_dtype(), random.getstate()
     devices = list(range(torch.cuda.device_count())) if cuda and torch.cuda.is_available() else []
     torch.set_default_dtype(torch.float32)
     try:
@@ -39,6 +41,7 @@ def own_torch(cuda: bool = True):
             yield
     finally:
         torch.set_default_dtype(dtype)
+        random.setstate(python_random)
 
 
 # Each loss takes y_hat (B, q), or a stack's (M, B, q) (d2lrun.stack): then one loss per member.

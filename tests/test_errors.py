@@ -220,6 +220,25 @@ def test_unwritable_output_directory(tmp_path):
     )
 
 
+def test_a_full_disk_as_hydra_writes_the_run_folder_names_it(tmp_path, monkeypatch):
+    """A write that fails for space has no filename: 'cannot write the output directory  (No
+    space left on device)', with no folder named."""
+    import hydra.core.utils
+
+    from d2lrun import app
+    from d2lrun.errors import RunFailed
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hydra.core.utils, "_save_config", full)
+    with pytest.raises(RunFailed) as e:
+        app.train([f"hydra.run.dir={tmp_path / 'run'}"])
+    assert str(e.value).startswith(
+        f"cannot write the output directory {tmp_path / 'run'} (No space left on device). Fix: "
+    )
+
+
 @pytest.mark.parametrize(
     "args,match",
     [

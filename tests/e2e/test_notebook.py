@@ -203,6 +203,23 @@ def test_help_lists_the_logger_group_and_imports_no_logger():
     assert r.stdout.splitlines()[-1] == "[]"
 
 
+def test_a_notebooks_python_random_stream_is_as_it_was_after_its_first_run(tmp_path):
+    """The first d2lrun.train in a process imported rich, which draws from Python's random."""
+    code = (
+        "import random; random.seed(0); expected = random.random(); random.seed(0); import d2lrun; "
+        f"d2lrun.train('trainer.epochs=1', 'trainer.progress=false', 'hydra.run.dir={tmp_path}'); "
+        "print(random.random() == expected)"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "True", r.stdout + r.stderr
+
+
 def test_a_notebooks_torch_settings_neither_change_a_run_nor_are_changed_by_it(here):
     """float64 by default and no_grad in the notebook: the run failed with a RuntimeError (addmv
     ... Double); and the notebook's random draws after d2lrun.train followed d2lrun's seed."""
