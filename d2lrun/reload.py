@@ -162,6 +162,11 @@ def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:
     saved = ckpt["config"]
     for o in OverridesParser.create().parse_overrides(overrides_of(new)):
         section, _, key = o.key_or_group.partition(".")  # Hydra's own line would advise another
+        if o.key_or_group == "dataset" and (was := saved["dataset"]["name"]) != o.value():
+            raise UsageError(  # before its dataset.path or .root, added below, fails to compose
+                f"a reloaded run cannot change dataset.name (the run has dataset.name={was}, asked "
+                f"dataset.name={o.value()}). Fix: drop dataset={o.value()}, or start a new run."
+            )
         if section in ("model", "dataset") and key and key.split(".")[0] not in saved[section]:
             raise UsageError(  # model or dataset, which a reloaded run keeps
                 f"{section}.{key} is not a key of the run's {section}={saved[section]['name']} "
