@@ -22,8 +22,10 @@ from omegaconf import BooleanNode, DictConfig, OmegaConf, ValidationError, read_
 
 from d2lrun.config import (
     CONFIG_DIR,
+    TIMESTAMP,
     check_flags,
     check_groups,
+    claimed_dir,
     compose,
     given,
     hydra_args,
@@ -48,8 +50,6 @@ from d2lrun.files import (
 )
 
 RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.json", "metrics.csv", "fold_0")
-
-TIMESTAMP = "${now:"  # a folder named by the time it starts: TIME, then TIME_2 in the same second
 
 
 def literal_dir(args: Sequence[str], key: str, cfg: DictConfig | None = None) -> list[str]:
@@ -78,9 +78,7 @@ class RunDir(Callback):
     lock = None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        typed = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)  # ${now:...}
-        named = given(typed, "hydra.run.dir")
-        if named is not None and TIMESTAMP not in named:
+        if claimed_dir(config.hydra) is None:
             return  # named: named_dir holds it
         with contextlib.suppress(RunFailed):  # unwritable: Hydra's own mkdir then says so
             folder = claim_dir(config.hydra.run.dir)
@@ -242,10 +240,10 @@ def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
     try:
         job.train(cfg, run_dir, list(hc.overrides.task), ckpt, draw=draw)
     except BaseException:  # refused, stopped or failed before it started: no folder behind
-        named = given(OmegaConf.to_container(hc.overrides.hydra, resolve=False), "hydra.run.dir")
-        if (not named or TIMESTAMP in named) and untrained(run_dir):  # claimed (RunDir); a named
-            shutil.rmtree(run_dir, ignore_errors=True)  # one is named_dir's, which made it or not
-            if not named or TIMESTAMP in Path(named).parent.name:  # nor an empty outputs/DATE/
+        typed = claimed_dir(hc)  # None: a named folder, which named_dir removes if it made it
+        if typed is not None and untrained(run_dir):  # claimed by RunDir as the run started
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if not typed or TIMESTAMP in Path(typed).parent.name:  # nor an empty outputs/DATE/
                 with contextlib.suppress(OSError):
                     run_dir.parent.rmdir()
         raise

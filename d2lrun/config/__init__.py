@@ -246,6 +246,16 @@ def given(args: Sequence[str], key: str) -> str | None:
     return None if value is None else str(value)
 
 
+TIMESTAMP = "${now:"  # a folder named by the time it starts: TIME, then TIME_2 in the same second
+
+
+def claimed_dir(hydra: DictConfig) -> str | None:
+    """hydra.run.dir as typed ("" for the default) when the run claims its folder as it starts
+    (app.RunDir: the default one, or one named by ${now:...}); None for a folder named otherwise."""
+    named = given(OmegaConf.to_container(hydra.overrides.hydra, resolve=False), "hydra.run.dir")
+    return None if named is not None and TIMESTAMP not in named else named or ""
+
+
 def override(key: str, value: str) -> str:
     """key='value', quoted so that Hydra's override grammar reads any value (spaces, quotes, €)."""
     # Its grammar escapes a quote, and doubles only the backslashes before a quote or the end.
