@@ -41,6 +41,7 @@ from d2lrun.files import (
     claim_dir,
     deferred_signals,
     hold,
+    remove_empty,
     shown,
     stop_signals,
     stopping_workers,
@@ -244,8 +245,7 @@ def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
         if typed is not None and untrained(run_dir):  # claimed by RunDir as the run started
             shutil.rmtree(run_dir, ignore_errors=True)
             if not typed or TIMESTAMP in Path(typed).parent.name:  # nor an empty outputs/DATE/
-                with contextlib.suppress(OSError):
-                    run_dir.parent.rmdir()
+                remove_empty([run_dir.parent])
         raise
     return Path(hc.run.dir)  # as named (relative to where the command ran)
 

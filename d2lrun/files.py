@@ -197,6 +197,14 @@ def hold(folder: Path, wait: bool = False, name: str = ".lock"):
     return lock
 
 
+def remove_empty(folders) -> None:
+    """Each folder, in order, if it is empty: what a failed attempt made (deepest first) and left
+    empty goes again; any folder with a file stays."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def unwritable(folder: str | Path, e: OSError) -> RunFailed:
     return RunFailed(
         f"cannot write the output directory {folder} ({e.strerror}). Fix: choose a writable one "

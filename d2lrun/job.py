@@ -23,6 +23,7 @@ from d2lrun.files import (
     deferred_signals,
     read_json,
     reader_gone,
+    remove_empty,
     save_torch,
     shown,
     write_csv,
@@ -109,9 +110,7 @@ def train(
                               f"{shown(run_dir)}", signum) from None  # fmt: skip
         except (UsageError, RunFailed) as e:
             if isinstance(e, UsageError):  # refused: the run's record as it was (resume= of one
-                for empty in run_dir.glob("fold_*"):  # whose data moved), and no empty folder
-                    with contextlib.suppress(OSError):
-                        empty.rmdir()
+                remove_empty(run_dir.glob("fold_*"))  # whose data moved), and no empty folder
                 raise
             status = "diverged" if isinstance(e, Diverged) else "failed"
             if not completed(run_dir):  # a completed run's record stays: each fold is complete

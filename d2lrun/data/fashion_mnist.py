@@ -1,6 +1,5 @@
 """Fashion-MNIST (§3.5) through torchvision's own loader, held as uint8 tensors (N, 1, 28, 28)."""
 
-import contextlib
 import gzip
 import hashlib
 from pathlib import Path
@@ -9,7 +8,7 @@ from omegaconf import DictConfig
 
 from d2lrun.data import Spec, Split
 from d2lrun.errors import RunFailed, UsageError
-from d2lrun.files import atomic_write, shown
+from d2lrun.files import atomic_write, remove_empty, shown
 
 # d2l's text labels (§3.5 get_fashion_mnist_labels).
 CLASS_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
@@ -61,9 +60,7 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
         except Exception as e:  # torchvision's RuntimeError, OSError, EOFError, ...: any failure
             reason = str(e).splitlines()[0].rstrip(": ") if str(e) else type(e).__name__
             if missing:
-                for folder in reversed(made):  # a dataset.root mistyped: no empty folders left
-                    with contextlib.suppress(OSError):
-                        folder.rmdir()
+                remove_empty(reversed(made))  # a dataset.root mistyped: no empty folders left
                 place = f"place {', '.join(missing)} from {URL} in {raw}, or set dataset.root="
                 raise UsageError(
                     f"Fashion-MNIST is not in {raw} and the download failed ({reason}). "

@@ -4,7 +4,6 @@ standardizing), the rest one-hot encoded with a column for "missing" (79 feature
 statistics fitted on the training and test features together.
 """
 
-import contextlib
 import hashlib
 import sys
 import urllib.request
@@ -16,7 +15,7 @@ from omegaconf import DictConfig
 from d2lrun.data import Spec
 from d2lrun.data.csv import read_table, table_splits
 from d2lrun.errors import UsageError
-from d2lrun.files import atomic_write, shown
+from d2lrun.files import atomic_write, remove_empty, shown
 
 DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"  # the book's DATA_HUB
 # pandas 1's missing-value markers, as the book read: pandas 2 added "None", a real category here
@@ -45,9 +44,7 @@ def download(url: str, path: Path, sha1: str) -> Path:
             )
         atomic_write(path, data)
     except OSError as e:
-        for folder in reversed(made):  # a dataset.root mistyped: no empty folders left there
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        remove_empty(reversed(made))  # a dataset.root mistyped: no empty folders left there
         reason = getattr(e, "reason", None) or e.strerror or e
         raise UsageError(
             f"{path.name} is not in {path.parent} and downloading {url} failed ({reason}). "
