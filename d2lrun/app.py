@@ -392,7 +392,7 @@ def saved_run(cfg: DictConfig):
 
     if not cfg.run and not cfg.ckpt:
         raise UsageError(
-            "say which run: run=outputs/DATE/TIME (a run folder) or ckpt=PATH (a .pt file)."
+            "say which run. Fix: run=outputs/DATE/TIME (a run folder) or ckpt=PATH (a .pt file)."
         )
     where = [override(f"dataset.{k}", str(v)) for k, v in cfg.dataset.items() if v is not None]
     return load_run(cfg.run, cfg.ckpt, cfg.device, where)

@@ -358,7 +358,7 @@ def test_ctrl_c_while_loading_data(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(job_mod, "build_data", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     assert run_in_process(tmp_path) == 130
-    assert "interrupted before training started" in one_line(capsys)
+    assert "interrupted before anything was saved" in one_line(capsys)
 
 
 def test_ctrl_c_during_evaluation_offers_resume(tmp_path, capsys, monkeypatch):
@@ -414,9 +414,7 @@ def test_ctrl_c_while_the_command_imports_hydra_is_one_line(tmp_path, capsys, mo
     with pytest.raises(SystemExit) as e:
         train_main()
     assert e.value.code == 130 and not (tmp_path / "run").exists()
-    assert (
-        one_line(capsys) == "d2lrun: error: interrupted before training started; nothing was saved."
-    )
+    assert one_line(capsys) == "d2lrun: error: interrupted before anything was saved."
 
 
 @pytest.mark.parametrize("oc_cause", ["0", "1"])
@@ -434,3 +432,34 @@ def test_omegaconfs_errors_read_the_same_under_a_debugger(monkeypatch, oc_cause)
     with pytest.raises(Exception) as e:
         config.compose(["optim.lr=fast"])
     assert str(explain(e.value)) == "optim.lr=fast is not a number. Fix: optim.lr=0.03."
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_ctrl_c_in_eval_or_predict_says_nothing_was_written(tmp_path, capsys, monkeypatch, command):
+    """It said "interrupted before training started", of a command that trains nothing."""
+    import d2lrun.reload as reload_mod
+    from d2lrun import app
+
+    assert run_in_process(tmp_path, "trainer.epochs=1") == 0
+    monkeypatch.setattr(reload_mod, f"{command}_{'run' if command == 'evaluate' else 'file'}",
+                        lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))  # fmt: skip
+    (tmp_path / "x.csv").write_text("x0,x1\n1,2\n")
+    args = [f"run={tmp_path / 'run'}", f"input={tmp_path / 'x.csv'}"][: 1 + (command == "predict")]
+    with pytest.raises(SystemExit) as e:
+        handle("d2lrun", lambda: getattr(app, command)(args))
+    assert e.value.code == 130
+    assert one_line(capsys) == "d2lrun: error: interrupted before anything was saved."
+    assert not (tmp_path / "run" / "predictions.csv").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_eval_or_predict_without_a_run_says_how_to_name_one(tmp_path, monkeypatch, command):
+    from d2lrun import app
+    from d2lrun.errors import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as e:
+        getattr(app, command)(["input=x.csv"][: command == "predict"])
+    assert str(e.value) == (
+        "say which run. Fix: run=outputs/DATE/TIME (a run folder) or ckpt=PATH (a .pt file)."
+    )

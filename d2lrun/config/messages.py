@@ -30,7 +30,7 @@ def explain(e: BaseException) -> D2lrunError:
         return e
     if isinstance(e, KeyboardInterrupt):
         signum = getattr(e, "signum", 2)  # d2lrun.files.Stop: a stop signal, as Ctrl-C (SIGINT) is
-        return Interrupted("interrupted before training started; nothing was saved.", signum)
+        return Interrupted("interrupted before anything was saved.", signum)
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
         group, _, name = e.missing_cfg_file.rpartition("/")
         return UsageError(

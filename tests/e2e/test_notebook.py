@@ -138,7 +138,7 @@ def test_ctrl_c_before_the_first_epoch_raises_interrupted_and_leaves_no_folder(h
         raise KeyboardInterrupt
 
     monkeypatch.setattr(d2lrun.job, "build_data", stopped)  # Ctrl-C while the data loads
-    with pytest.raises(Interrupted, match="^interrupted before training started"):
+    with pytest.raises(Interrupted, match="^interrupted before anything was saved"):
         d2lrun.train("trainer.progress=false")
     assert run_folders(here) == []
 

@@ -305,7 +305,7 @@ def test_devices():
             KeyboardInterrupt(),
             Interrupted,
             130,
-            "interrupted before training started; nothing was saved.",
+            "interrupted before anything was saved.",
         ),
         (
             OSError(errno.ENOSPC, "No space left on device", "/tmp/run/last.pt"),
