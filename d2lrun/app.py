@@ -376,8 +376,10 @@ def predict(args: Sequence[str]) -> Path:
         folder = out.resolve().parent
         ours = folder == run.checkpoint.parent.resolve() or folder.name == ".hydra"
         a_run = kept and (ours or any((folder / f).exists() for f in (*RUN_FILES, "multirun.yaml")))
-        if a_run or out.resolve() == Path(cfg.input).resolve():  # never written over
-            what = "a run's file" if a_run else "the input file"
+        data = {Path(cfg.input).resolve(): "the input file"}  # never written over, nor the run's
+        data |= {Path(p).resolve(): "the run's data" for p in [run.config.dataset.get("path")] if p}
+        if a_run or out.resolve() in data:
+            what = "a run's file" if a_run else data[out.resolve()]
             raise UsageError(f"output={out} is {what}. Fix: output=predictions.csv, or another.")
         n = predict_file(run, Path(cfg.input), out)
         print(f"wrote {n} prediction(s) to {out}")

@@ -831,6 +831,8 @@ def test_a_stopped_run_resumed_with_no_epoch_left_is_refused_unless_it_stopped_i
 
 
 def test_predictions_go_to_a_file_in_a_folder_that_exists(table_run, tmp_path):
+    import pandas as pd
+
     from d2lrun import app
 
     folder, frame = table_run
@@ -853,6 +855,7 @@ def test_predictions_go_to_a_file_in_a_folder_that_exists(table_run, tmp_path):
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     (other / ".hydra").mkdir()
     for output, what in ((new, "the input file"), (folder / "last.pt", "a run's file"),
+                         (folder.parent / "t.csv", "the run's data"),
                          (folder / "metrics.json", "a run's file"),
                          (other / "metrics.json", "a run's file"),
                          (other / "curves.png", "a run's file"),
@@ -862,6 +865,7 @@ def test_predictions_go_to_a_file_in_a_folder_that_exists(table_run, tmp_path):
         with pytest.raises(UsageError, match=f"^output={re.escape(str(output))} is {what}. Fix:"):
             app.predict([f"run={folder}", f"input={new}", f"output={output}"])
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert pd.read_csv(folder.parent / "t.csv").equals(frame)
     assert (other / "metrics.json").read_text() == "{}" and not (other / "curves.png").exists()
     app.predict([f"run={folder}", f"input={new}", f"output={other / 'predictions.csv'}"])
 
