@@ -330,11 +330,8 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
         if isinstance(e.__context__, Interrupted):  # a stack's own line (after epoch 3; ...),
             raise e.__context__ from None  # raised again by the handler it gave way to
         signum = getattr(e, "signum", signal.SIGINT)  # between jobs, or while one saved its files
-        raise Interrupted(
-            f"interrupted. To finish the sweep, run the same command again with "
-            f"hydra.sweep.dir={shown(sweep_dir)}",
-            signum,
-        ) from None
+        finish = f"run the same command again with hydra.sweep.dir={shown(sweep_dir)}"
+        raise Interrupted(f"interrupted. To finish the sweep, {finish}", signum) from None
 
 
 def evaluate(args: Sequence[str]) -> dict:
@@ -347,11 +344,13 @@ def evaluate(args: Sequence[str]) -> dict:
     def task(cfg: DictConfig) -> dict:
         run = saved_run(cfg)
         metrics = evaluate_run(run)
-        name = f"eval-{Path(cfg.ckpt).stem}.json" if cfg.ckpt else "eval.json"
-        out = run.checkpoint.parent / name
-        write_json(out, {"checkpoint": str(run.checkpoint), "device": str(run.device), **metrics})
-        print(json.dumps(metrics))
-        print(f"wrote {out}")
+        other = {"data": run.config.dataset.path} if "test_loss" in metrics else {}  # another CSV
+        stems = [Path(p).stem for p in (cfg.ckpt, other.get("data")) if p]  # eval-best-FILE.json
+        out = run.checkpoint.parent / ("-".join(["eval", *stems]) + ".json")
+        write_json(out, {"checkpoint": str(run.checkpoint), "device": str(run.device), **other,
+                         **metrics})  # fmt: skip
+        every = f" (every row of {shown(other['data'])}, not the run's file)" if other else ""
+        print(f"{json.dumps(metrics)}\nwrote {out}{every}")
         return metrics
 
     return run("eval", args, task)

@@ -39,7 +39,7 @@ from d2lrun.config import (
     overrides_of,
     resolve_device,
 )
-from d2lrun.data import Spec, build_data, prepare_batch, read_inputs
+from d2lrun.data import Spec, build_data, prepare_batch, read_inputs, sha1_of
 from d2lrun.errors import UsageError
 from d2lrun.files import atomic_write, curves_figure, remove_stale_temporaries, shown
 from d2lrun.models import build_model, load_state_dict_strict, loss_kind
@@ -80,10 +80,8 @@ def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
             what = "unpickling failed"
         raise UsageError(f"{path} is truncated or not a checkpoint ({what}). {RETRAIN}") from None
     if not isinstance(obj, dict):
-        raise UsageError(
-            f"{path} holds a {type(obj).__name__}, not a checkpoint dict. "
-            f"Fix: give a .pt file d2lrun wrote."
-        )
+        what = f"{path} holds a {type(obj).__name__}, not a checkpoint dict"
+        raise UsageError(f"{what}. Fix: give a .pt file d2lrun wrote.")
     if needs and obj.get("format") != FORMAT:  # a bare state_dict (model.pt) has no config
         run = path.parent  # named only when it has one: the Fix never leads back here
         has = (run / "last.pt").exists() or (run / "best.pt").exists()
@@ -273,14 +271,13 @@ class SavedRun:
 
     def file(self, name: str) -> Path:
         if not (self.files / name).exists():
+            said = f"{self.run_dir} has no {name}"
             if name == "metrics.json" and self.history:
                 raise UsageError(
-                    f"{self.run_dir} has no metrics.json: the run has not ended (it runs, or was "
-                    f"killed). Fix: d2lrun resume={self.run_dir} to finish it, or run.metrics."
+                    f"{said}: the run has not ended (it runs, or was killed). "
+                    f"Fix: d2lrun resume={self.run_dir} to finish it, or run.metrics."
                 )
-            raise UsageError(
-                f"{self.run_dir} has no {name}. Fix: load_run the run folder that d2lrun wrote."
-            )
+            raise UsageError(f"{said}. Fix: load_run the run folder that d2lrun wrote.")
         return self.files / name
 
     def predict(self, inputs) -> list:
@@ -368,10 +365,13 @@ def load_run(
 
 
 def evaluate_run(run: SavedRun) -> dict:
-    """The reloaded model's metrics on its run's held-out rows (val_*), else its training rows."""
-    cfg = run.config
-    train, val, spec = build_data(cfg.dataset, cfg.seed, run.device, run.spec.fold, run.spec)
-    split, name = (val, "val") if len(val) else (train, "train")
+    """The reloaded model's metrics on its run's held-out rows (val_*), else its training rows;
+    on every row (test_*) of a CSV file other than the one the run trained on."""
+    cfg, data, fold, name = run.config, run.config.dataset, run.spec.fold, "train"
+    if run.spec.sha1 and run.spec.sha1 != sha1_of(data.path):  # not split as the run's file was
+        data, fold, name = OmegaConf.merge(data, {"val_fraction": 0}), None, "test"
+    train, val, spec = build_data(data, cfg.seed, run.device, fold, run.spec)
+    split, name = (val, "val") if len(val) else (train, name)
     loss = loss_for(spec.task, loss_kind(cfg.model))
     metrics = evaluate(run.model, loss, split, cfg.trainer.log_rmse)
     return {f"{name}_{k}": v for k, v in metrics.items()}

@@ -6,6 +6,7 @@ slicing a shuffled index (d2lrun.trainer), no DataLoader. Checkpoints keep `spec
 """
 
 import functools
+import hashlib
 import importlib
 import json
 import os
@@ -56,6 +57,7 @@ class Spec:
     target: str | None = None  # a table's target column
     drop: list[str] = field(default_factory=list)  # a table's id columns, kept in predictions
     preprocess: dict | None = None  # a table's fitted statistics (d2lrun.data.csv)
+    sha1: str | None = None  # a CSV table's file: d2lrun-eval tells it from another file
     na_values: list[str] | None = None  # the strings a table reads as missing
     true_w: list[float] | None = None  # generated data: the weights (§3.2, §4.4, §4.5)
     true_b: float | None = None
@@ -81,6 +83,11 @@ def build_data(
         stamp = found and [found.st_mtime_ns, found.st_size]
         train, val, spec = load(json.dumps([config, seed, fold, stamp], sort_keys=True))
     return train.to(device), val.to(device), spec
+
+
+def sha1_of(path: str | Path) -> str | None:
+    """The SHA-1 of a file's bytes; None where it is no file."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest() if os.path.isfile(path) else None
 
 
 @functools.lru_cache(maxsize=4)  # the jobs of a sweep in one process decode a dataset once

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from d2lrun.data import Spec, Split, fold_rows
+from d2lrun.data import Spec, Split, fold_rows, sha1_of
 from d2lrun.errors import UsageError
 from d2lrun.files import shown
 
@@ -188,9 +188,11 @@ def category(value, cats: list[str]) -> str:
 
 def load(cfg: DictConfig, seed: int, fold=None, fitted: Spec | None = None):
     frame = read_table(cfg.path, text=fitted.preprocess["categorical"] if fitted else ())
-    return table_splits(
+    train, val, spec = table_splits(
         frame, cfg, seed, fold, shown(cfg.path), cfg.task, cfg.standardize, fitted=fitted
     )
+    spec.sha1 = sha1_of(cfg.path)
+    return train, val, spec
 
 
 def table_splits(

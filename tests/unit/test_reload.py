@@ -513,6 +513,7 @@ def test_eval_of_another_csv_transforms_it_with_the_runs_own_statistics(tmp_path
     import numpy as np
     import pandas as pd
 
+    from d2lrun import app
     from d2lrun.reload import evaluate_run, load_run
 
     rng = np.random.default_rng(0)
@@ -530,10 +531,21 @@ def test_eval_of_another_csv_transforms_it_with_the_runs_own_statistics(tmp_path
         rows.to_csv(tmp_path / name, index=False)
         return evaluate_run(load_run(run, overrides=[f"dataset.path={tmp_path / name}"]))
 
+    assert evaluated("moved.csv", frame) == own  # the same file elsewhere: the same split
+    # Another file: every row of it (it scored the held-out 20% its seed picks, as test data).
+    every = evaluated("extra.csv", frame.assign(note="x"))
+    errors = np.array(load_run(run).predict(frame)) - frame.price.to_numpy()
+    assert set(every) == {"test_loss", "test_rmse"}
+    assert every["test_rmse"] == pytest.approx(np.sqrt(np.mean(errors**2)), rel=1e-5)
     # Not refitted: area is not taken for rooms, and the statistics are the run's own.
-    assert evaluated("reordered.csv", frame[["area", "rooms", "price", "color"]]) == own
+    assert evaluated("reordered.csv", frame[["area", "rooms", "price", "color"]]) == every
     green = evaluated("green.csv", frame.assign(color=frame.color.where(frame.index % 7 > 0, "c")))
-    assert set(green) == set(own)  # a new category: all zeros in its one-hot columns, no crash
+    assert set(green) == set(every)  # a new category: all zeros in its one-hot columns, no crash
+    assert set(evaluated("one.csv", frame[:1])) == set(every)  # too few rows to hold any out
+    for data in ([], [f"dataset.path={tmp_path / 'extra.csv'}"]):  # d2lrun-eval: the run's own
+        app.evaluate([f"run={run}", *data])  # eval.json stays, the other file's goes beside it
+    assert json.loads((run / "eval.json").read_text())["val_loss"] == own["val_loss"]
+    assert json.loads((run / "eval-extra.json").read_text())["data"] == str(tmp_path / "extra.csv")
 
 
 def test_eval_refuses_a_class_the_run_never_learned(tmp_path):
