@@ -157,15 +157,15 @@ def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt=None, *
     net = compiled(run.model, run.device, run.log) if run.cfg.trainer.compile else run.model
     try:
         fit(net, run.optimizer, run.loss, run.train, run.val, run.trainer, run.on_epoch)
+        return run.end("completed")  # its files: a full disk there fails it as in an epoch
     except Diverged as e:
         return run.end("diverged", str(e))
     except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.files.stop_signals)
         return run.end("interrupted", signum=getattr(e, "signum", signal.SIGINT))
     except Exception as e:  # disk full, a bug: the tracked run ends too, then the error goes on
-        if (error := run.failed(e)) is e:
+        if isinstance(e, Interrupted) or (error := run.failed(e)) is e:  # stopped as it ended
             raise
         raise error from e
-    return run.end("completed")
 
 
 class Run:

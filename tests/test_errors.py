@@ -210,6 +210,34 @@ def test_a_failing_write_leaves_no_half_written_checkpoint(tmp_path, capsys, mon
     assert not [p for p in (tmp_path / "run").iterdir() if ".tmp" in p.name]
 
 
+def test_a_full_disk_as_the_run_writes_its_last_files_says_how_to_finish(
+    tmp_path, capsys, monkeypatch
+):
+    """Every epoch trained, then no room for curves.png: 'Fix: ... choose a writable folder', no
+    metrics.json, though resume= finishes the run."""
+    import d2lrun.job as job_mod
+
+    real = job_mod.atomic_write
+
+    def full(path, data):
+        if path.name == "curves.png":
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(job_mod, "atomic_write", full)
+    assert run_in_process(tmp_path, "trainer.epochs=2") == 1
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    assert one_line(capsys) == (
+        f"d2lrun: error: No space left on device ({run / 'curves.png'}). "
+        f"Fix: free disk space, then d2lrun resume={run} (its last.pt is kept)."
+    )
+    assert json.loads((run / "metrics.json").read_text())["status"] == "failed"
+    assert run_in_process(tmp_path, f"resume={run}") == 0
+    assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+    assert (run / "curves.png").exists()
+
+
 def test_unwritable_output_directory(tmp_path):
     (tmp_path / "file").write_text("")
     r = run_cli(f"hydra.run.dir={tmp_path / 'file' / 'run'}")
