@@ -38,7 +38,7 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
             f"dataset.download=false. "
             f"Fix: {moved or f'place the files from {URL} there, or dataset.download=true'}."
         )
-    made = [p for p in (root, root / "FashionMNIST", raw) if not p.exists()]  # gone if it fails
+    made = [p for p in (raw, *raw.parents) if not p.exists()]  # gone if it fails
     try:
         raw.mkdir(parents=True, exist_ok=True)  # where missing files are downloaded to
     except OSError as e:
@@ -60,7 +60,7 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
         except Exception as e:  # torchvision's RuntimeError, OSError, EOFError, ...: any failure
             reason = str(e).splitlines()[0].rstrip(": ") if str(e) else type(e).__name__
             if missing:
-                remove_empty(reversed(made))  # a dataset.root mistyped: no empty folders left
+                remove_empty(made)  # a dataset.root mistyped: no empty folders left
                 place = f"place {', '.join(missing)} from {URL} in {raw}, or set dataset.root="
                 raise UsageError(
                     f"Fashion-MNIST is not in {raw} and the download failed ({reason}). "

@@ -669,7 +669,8 @@ def test_fashion_mnist_root_given_as_the_folder_of_its_files_says_which_root_to_
 
 
 def test_fashion_mnist_under_a_mistyped_root_leaves_no_empty_folders(tmp_path, monkeypatch):
-    """dataset.root=typo_root: the refusal left typo_root/FashionMNIST/raw/ behind, empty."""
+    """dataset.root=typo_root: the refusal left typo_root/FashionMNIST/raw/ behind, empty; and
+    of typo/a/b (D2LRUN_DATA=/nonexistent/dir), the folders above it that it made."""
     from torchvision.datasets import FashionMNIST
 
     from d2lrun.data import fashion_mnist
@@ -678,7 +679,8 @@ def test_fashion_mnist_under_a_mistyped_root_leaves_no_empty_folders(tmp_path, m
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
     monkeypatch.setattr(FashionMNIST, "download", offline)  # as here, with no network
-    cfg = OmegaConf.create({"root": str(tmp_path / "typo_root"), "download": True})
-    with pytest.raises(UsageError, match=r"the download failed \(Error downloading"):
-        fashion_mnist.load(cfg, 0)
-    assert list(tmp_path.iterdir()) == []
+    for root in ("typo_root", "typo/a/b"):
+        cfg = OmegaConf.create({"root": str(tmp_path / root), "download": True})
+        with pytest.raises(UsageError, match=r"the download failed \(Error downloading"):
+            fashion_mnist.load(cfg, 0)
+        assert list(tmp_path.iterdir()) == []
