@@ -118,8 +118,11 @@ def own_options(main: Callable[[list[str]], object], config_name: str) -> Callab
         args = sys.argv[1:]
         if "--version" in args:
             return print(f"d2lrun {__version__}")
-        if getattr(hydra_args(args), "help", False):  # --help, -h, --hel as Hydra reads them
+        parsed = hydra_args(args)
+        if getattr(parsed, "help", False):  # --help, -h, --hel as Hydra reads them
             return print_help(config_name, args)
+        if getattr(parsed, "hydra_help", False):  # Hydra's own, of no config: KEY=V ignored
+            args = ["--hydra-help"]
         return main(args)
 
     return run

@@ -205,6 +205,17 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
     if flags.config_name not in (None, name):
         raise UsageError(f"--config-name {flags.config_name}: {prog} runs its own config "
                          f"({name}.yaml). Fix: drop it; a preset is experiment=NAME.")  # fmt: skip
+    if flags.config_path is not None:
+        raise UsageError(f"--config-path {flags.config_path}: {prog} runs its own configs. Fix: "
+                         f"drop it; --config-dir DIR adds a folder of YAML files.")  # fmt: skip
+    if flags.cfg and flags.package not in (None, "_global_"):  # Hydra: not found, exit 1
+        cfg = compose(overrides_of(args), name, with_hydra=flags.cfg != "job")
+        sections, package = ["hydra"] if flags.cfg == "hydra" else list(cfg), flags.package
+        if package.split(".")[0] not in sections or OmegaConf.select(cfg, package) is None:
+            raise UsageError(
+                f"-p {package} is not in the config (its sections: {', '.join(sections)}). "
+                f"Fix: -p {closest(package, sections)}."
+            )
 
 
 def overrides_of(args: Sequence[str]) -> list[str]:
@@ -325,6 +336,14 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
                 f"Unknown {group} '{typed}'. Choose one of: {', '.join(sorted(options))}. "
                 f"Fix: {group}={closest(typed, options, default)}."
             )
+        if group in groups and isinstance(value, list):  # model=[mlp,lenet]: Hydra merges them
+            one = value[0] if value else next(iter(SCHEMAS.get(group, [])), "NAME")
+            each = f", or d2lrun -m {group}={','.join(map(str, value))} for a run each"
+            raise UsageError(f"{o.input_line} gives {len(value)} options, and a run takes one. "
+                             f"Fix: {group}={one}{each * (len(value) > 1)}.")  # fmt: skip
+        if name != "config" and section not in (*own, *d2lruns, "hydra"):  # +foo=1: Hydra adds it
+            raise UsageError(f"{section} is not a key of the config (its keys: {', '.join(own)}). "
+                             f"Fix: drop {o.input_line}.")  # fmt: skip
         if not o.is_delete() and None not in getattr(value, "list", [value]):  # a,b,null too
             continue
         if group == "experiment" and not o.is_delete():  # ~experiment: no preset, the default

@@ -46,6 +46,8 @@ def explain(e: BaseException) -> D2lrunError:
             value = f"'{value}'"
         fix = f"""quote the value: "{key}={value}" (outer quotes for a shell)"""
         fix = fix if equals else "write it as KEY=VALUE"
+        if re.search(r"\s[\w.+~]+=", e.override):  # "a=1 b=2", or train("a=1 b=2")
+            fix = f"one override per argument: {' '.join(repr(o) for o in e.override.split())}"
         return UsageError(f"cannot read the override {e.override}. Fix: {fix}.")
     cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
     cause = e if getattr(e, "full_key", None) else cause  # OC_CAUSE=1 (a debugger): e has it

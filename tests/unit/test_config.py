@@ -1,7 +1,9 @@
 """The schema: wrong types fail while Hydra composes, out-of-range values in `checked`; every
 message is one line naming the key, the value and a working fix."""
 
+import contextlib
 import errno
+import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -572,6 +574,15 @@ def test_shell_completions_query_run_by_hand_says_how_completion_is_installed():
                                                "--experimental-rerun."),
         (["-cn", "foo"], "--config-name foo: d2lrun runs its own config (config.yaml). Fix: drop "
                          "it; a preset is experiment=NAME."),
+        # 'Cannot find primary config ... Config search path: Fix: see d2lrun --help', cut short
+        (["-cp", "/tmp"], "--config-path /tmp: d2lrun runs its own configs. Fix: drop it; "
+                          "--config-dir DIR adds a folder of YAML files."),
+        # "package 'nosuch' not found in config", no d2lrun line, exit 1
+        (["--cfg", "job", "-p", "optim.lrr"], "-p optim.lrr is not in the config (its sections: "
+         "device, seed, resume, trainer, dataset, model, optim, regularizer, init, logger). "
+         "Fix: -p optim."),
+        (["--cfg", "hydra", "-p", "launcher"], "-p launcher is not in the config (its sections: "
+                                               "hydra). Fix: -p hydra."),
     ],
 )  # fmt: skip
 def test_hydras_flags_that_failed_with_a_traceback_are_one_line(args, line):
@@ -581,3 +592,58 @@ def test_hydras_flags_that_failed_with_a_traceback_are_one_line(args, line):
         check_flags(args)
     assert str(e.value) == line
     check_flags(["--cfg", "job", "--resolve", "-cn", "config"])  # these are fine
+    check_flags(["--cfg", "job", "-p", "optim.lr"])
+    check_flags(["--cfg", "hydra", "-p", "hydra.launcher"])
+
+
+@pytest.mark.parametrize(
+    "override,line",
+    [("model=[mlp,lenet]", "model=[mlp,lenet] gives 2 options, and a run takes one. Fix: "
+                           "model=mlp, or d2lrun -m model=mlp,lenet for a run each."),
+     ("regularizer=[l1,l2]", "regularizer=[l1,l2] gives 2 options, and a run takes one. Fix: "
+                             "regularizer=l1, or d2lrun -m regularizer=l1,l2 for a run each."),
+     ("optim=[]", "optim=[] gives 0 options, and a run takes one. Fix: optim=sgd.")],
+)  # fmt: skip
+def test_a_group_given_a_list_is_refused_not_merged(override, line):
+    """regularizer=[l1,l2] trained with l2 alone, exit 0; model=[mlp,lenet] said Hydra's 'Merge
+    error: LeNet is not a subclass of MLP'."""
+    from d2lrun.config import check_groups
+
+    with pytest.raises(UsageError) as e:
+        check_groups([override])
+    assert str(e.value) == line
+
+
+def test_eval_and_predict_refuse_a_key_added_with_plus():
+    """d2lrun-eval run=R +foo=1 ran, exit 0, as if foo meant something; foo=1 was refused."""
+    from d2lrun.config import check_groups
+
+    for name in ("eval", "predict"):
+        with pytest.raises(UsageError) as e:
+            check_groups(["run=r", "+foo=1"], name)
+        assert str(e.value).startswith("foo is not a key of the config (its keys: run, ckpt, ")
+        assert str(e.value).endswith(". Fix: drop +foo=1.")
+
+
+def test_two_overrides_in_one_argument_are_told_apart():
+    """d2lrun.train("trainer.epochs=1 trainer.progress=false"): the Fix quoted them as one value,
+    which then failed as 'not a whole number'."""
+    from hydra.errors import OverrideParseException
+
+    error = OverrideParseException("trainer.epochs=1 trainer.progress=false", "no viable")
+    assert str(explain(error)) == (
+        "cannot read the override trainer.epochs=1 trainer.progress=false. Fix: one override per "
+        "argument: 'trainer.epochs=1' 'trainer.progress=false'."
+    )
+
+
+def test_hydra_help_with_overrides_is_hydras_help(capsys, monkeypatch):
+    """d2lrun --hydra-help trainer.epochs=2: 'trainer is not a key of the config (its keys:
+    none)', exit 2; --help KEY=V shows the keys with that value."""
+    from d2lrun.cli import train_main
+
+    monkeypatch.setattr(sys, "argv", ["d2lrun", "--hydra-help", "trainer.epochs=2"])
+    with contextlib.suppress(SystemExit):
+        train_main()
+    out = capsys.readouterr()
+    assert out.out.startswith("Hydra (") and out.err == ""
