@@ -245,7 +245,7 @@ def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
         if typed is not None and untrained(run_dir):  # claimed by RunDir as the run started
             shutil.rmtree(run_dir, ignore_errors=True)
             if not typed or TIMESTAMP in Path(typed).parent.name:  # nor an empty outputs/DATE/
-                remove_empty([run_dir.parent])
+                remove_empty([run_dir.parent, run_dir.parent.parent])  # and outputs/
         raise
     return Path(hc.run.dir)  # as named (relative to where the command ran)
 
