@@ -184,7 +184,7 @@ def hydra_args(args: Sequence[str]):
 
 def check_flags(args: Sequence[str], name: str = "config") -> None:
     """Hydra's flags as its parser reads them; a refusal (--bogus, --cfg foo) as one line, not
-    Hydra's usage text."""
+    Hydra's usage text; then the overrides (check_groups)."""
     said, flags = io.StringIO(), None
     quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(said)
     with quiet[0], quiet[1], contextlib.suppress(SystemExit):
@@ -208,6 +208,7 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
     if flags.config_path is not None:
         raise UsageError(f"--config-path {flags.config_path}: {prog} runs its own configs. Fix: "
                          f"drop it; --config-dir DIR adds a folder of YAML files.")  # fmt: skip
+    check_groups(args, name)  # before resume= is read from them
     if flags.cfg and flags.package not in (None, "_global_"):  # Hydra: not found, exit 1
         cfg = compose(overrides_of(args), name, with_hydra=flags.cfg != "job")
         sections, package = ["hydra"] if flags.cfg == "hydra" else list(cfg), flags.package
@@ -316,10 +317,11 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
                 f"{group} is the name of the chosen {section} option; it picks none. "
                 f"Fix: {section}={chosen}."
             )
-        if name != "config" and o.is_sweep_override():  # d2lrun-eval run=a,b
+        if o.is_sweep_override() and (name != "config" or group == "resume"):  # eval run=a,b
+            prog, what = ("d2lrun", "resume= goes on with one run") if name == "config" else (
+                f"d2lrun-{name}", f"d2lrun-{name} takes one per key")  # fmt: skip
             raise UsageError(
-                f"{o.input_line} gives several values, and d2lrun-{name} takes one per key. "
-                f"Fix: run d2lrun-{name} once per value."
+                f"{o.input_line} gives several values, and {what}. Fix: run {prog} once per value."
             )
         if name != "config" and section in d2lruns and section not in own:  # trainer.epochs=9
             what = "picks an option" if group in groups else "sets a key"

@@ -939,3 +939,14 @@ def test_a_run_or_sweep_folder_under_home_is_there_not_in_a_folder_named_tilde(
     app.sweep([*quick, "optim.lr=0.1", "hydra.sweep.dir='~/s'"])
     assert (tmp_path / "home" / "runs" / "a" / "model.pt").exists()
     assert (tmp_path / "home" / "s" / "0" / "model.pt").exists() and not (tmp_path / "~").exists()
+
+
+def test_a_sweep_over_resume_is_one_line_naming_its_values(tmp_path, monkeypatch):
+    """It said 'ChoiceSweep(tags=set(), list=['A', 'B'], ...): no such run folder'."""
+    monkeypatch.chdir(tmp_path)
+    for run in (app.sweep, app.train):
+        with pytest.raises(UsageError) as e:
+            run(["resume=A,B", "optim.lr=0.1"])
+        assert str(e.value) == ("resume=A,B gives several values, and resume= goes on with one "
+                                "run. Fix: run d2lrun once per value.")  # fmt: skip
+    assert not (tmp_path / "outputs").exists()
