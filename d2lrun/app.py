@@ -33,7 +33,7 @@ from d2lrun.config import (
     overrides_of,
     register,
 )
-from d2lrun.config.sweeper import check_same_search, check_sweep
+from d2lrun.config.sweeper import check_same_search, sweep_config
 from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.files import (
     Plotter,
@@ -262,12 +262,11 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
             "--cfg and --info show one run's config, not a sweep's. Fix: drop -m and give one "
             "value per key (d2lrun optim.lr=0.1 --cfg job)."
         )
+    cfg, again = sweep_config(overrides_of(args))  # and every job checked, as a run is
+    args = [again.get(a, a) for a in args]  # a key only swept options have, as Hydra takes it
     lines = overrides_of(args)  # not the flags (--cfg job), which Hydra reads itself
     task = [a for a in lines if not a.lstrip("+~").startswith("hydra")]  # as Hydra splits them
     parse = OverridesParser.create().parse_overrides
-    overrides = parse(lines)
-    cfg = compose([o.input_line for o in overrides if not o.is_sweep_override()], with_hydra=True)
-    check_sweep(cfg.hydra, overrides)
     args = literal_dir(args, "hydra.sweep.dir", cfg)
     given_dir = given(args, "hydra.sweep.dir")
     if given_dir and TIMESTAMP in given_dir:  # claimed below, as the default folder is

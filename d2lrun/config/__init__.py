@@ -281,8 +281,18 @@ def hidden_sizes(model: DictConfig) -> list[int]:
     return list(h) if OmegaConf.is_list(h) else [h]
 
 
+def check_device(name: str) -> None:
+    """device= as a name d2lrun knows, without torch (resolve_device: one this machine has)."""
+    if name not in ("auto", "cpu", "mps") and name.partition(":")[0] != "cuda":
+        raise UsageError(
+            f"Unknown device '{name}'. Choose one of: auto, cpu, cuda, cuda:N, mps. "
+            f"Fix: device=auto."
+        )
+
+
 def resolve_device(name: str):
     """`device=auto|cpu|cuda|cuda:N|mps` as a torch.device that exists on this machine."""
+    check_device(name)
     import torch
 
     has_cuda = torch.cuda.is_available()
@@ -292,13 +302,9 @@ def resolve_device(name: str):
     have += ["mps"] * torch.backends.mps.is_available()
     if name in have or (name == "cuda" and has_cuda):
         return torch.device(name)
-    if name == "mps" or name.partition(":")[0] == "cuda":
-        raise UsageError(
-            f"device={name} does not exist on this machine; available: {', '.join(have)}. "
-            f"Fix: device=auto or device=cpu."
-        )
     raise UsageError(
-        f"Unknown device '{name}'. Choose one of: auto, cpu, cuda, cuda:N, mps. Fix: device=auto."
+        f"device={name} does not exist on this machine; available: {', '.join(have)}. "
+        f"Fix: device=auto or device=cpu."
     )
 
 

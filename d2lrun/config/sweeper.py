@@ -2,13 +2,57 @@
 on with a traceback, read unlike the basic sweeper (Optuna's range), or lose files to (a
 hydra.sweep.subdir that puts two jobs into one folder), each as one line with its Fix."""
 
+import contextlib
+import copy
+import io
+import itertools
+import math
 import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
-from d2lrun.config import CONFIG_DIR, compose, first_difference, yaml_value
+from d2lrun.config import (
+    CONFIG_DIR,
+    EXPERIMENTS_DIR,
+    SCHEMAS,
+    check_device,
+    checked,
+    compose,
+    first_difference,
+    resolve_device,
+    yaml_value,
+)
 from d2lrun.errors import UsageError
+
+GROUPS = (*SCHEMAS, "experiment")
+
+
+def sweep_config(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
+    """The config Hydra composes for a sweep before its jobs (its swept keys left out), checked
+    with every job (check_sweep); and the fixed overrides of keys that only the swept options
+    have (model.dropout with model=lenet,mlp), as key=choice(value): Hydra could not set them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OverridesParser.create().parse_overrides(lines)
+    fixed = [o for o in overrides if not o.is_sweep_override()]
+    picks, unset = compose([o.input_line for o in fixed if is_group(o)]), object()
+    keys = [o for o in fixed if not (is_group(o) or o.is_hydra_override() or o.is_add()
+                                     or o.is_force_add() or o.is_delete())]  # fmt: skip
+    again = {
+        o.input_line: f"{o.get_key_element()}=choice({o.get_value_element_as_str()})"
+        for o in keys
+        if OmegaConf.select(picks, o.key_or_group, default=unset) is unset
+    }
+    cfg = compose([o.input_line for o in fixed if o.input_line not in again], with_hydra=True)
+    check_sweep(cfg.hydra, overrides)
+    return cfg, again
+
+
+def is_group(o) -> bool:
+    """An override that picks an option (model=mlp, hydra/launcher=joblib), not one of a key."""
+    return o.key_or_group in GROUPS or "/" in o.key_or_group
 
 
 def check_sweep(hydra: DictConfig, overrides: list) -> None:
@@ -28,10 +72,12 @@ def check_sweep(hydra: DictConfig, overrides: list) -> None:
                 f"hydra/sweeper=optuna_lr_wd."
             )
         check_subdir(hydra, overrides)
-    if sweeper.get("n_trials") is None:  # not Optuna's
-        return
+    search = sweeper.get("n_trials") is not None  # Optuna's
     for o in (o for o in overrides if o.is_sweep_override()):  # the plugin fails, or differs
-        check_search(o)
+        check_glob(o, search)
+    check_jobs(overrides, search, "Slurm" not in str(launcher.get("_target_")))
+    if not search:
+        return
     limits = {"n_trials": (1, None, 20), "n_jobs": (1, None, 1), "max_failure_rate": (0, 1, 1.0),
               "sampler.seed": (0, None, 0)}  # fmt: skip  # what Optuna fails on with a traceback
     for key, (low, high, fix) in limits.items():
@@ -52,33 +98,96 @@ def check_sweep(hydra: DictConfig, overrides: list) -> None:
         )
 
 
-def check_search(o) -> None:
-    """One swept key for Optuna: what its plugin fails on, or reads unlike the basic sweeper."""
-    from hydra.core.override_parser.types import Glob, IntervalSweep, RangeSweep
+def check_search(o, cfg: DictConfig) -> None:
+    """One swept key for Optuna: what its plugin fails on, or reads unlike the basic sweeper (cfg:
+    the config of the options searched first, for the key's type)."""
+    from hydra.core.override_parser.types import IntervalSweep, RangeSweep
+    from omegaconf import IntegerNode
 
     key, v = o.key_or_group, o.value()
-    if isinstance(v, Glob):  # a group's options, named
-        names = ",".join(v.filter(sorted(p.stem for p in (Path(CONFIG_DIR) / key).glob("*.yaml"))))
-        raise UsageError(
-            f"{o.input_line}: Optuna's sweeper searches values, not glob(). Fix: "
-            f"'{key}=choice({names or 'a,b'})'."
-        )
     if isinstance(v, RangeSweep):  # Optuna's includes its end: range(1,3) is 1, 2 and 3
         values = ",".join(str(x) for x in o.sweep_iterator())
         raise UsageError(
             f"{o.input_line}: Optuna's sweeper reads it with its end included, unlike Python's "
             f"range and the basic sweeper. Fix: '{key}=choice({values})'."
         )
-    if isinstance(v, IntervalSweep) and (v.start > v.end or "log" in v.tags and v.start <= 0):
-        low, high, whole = *sorted([v.start, v.end]), isinstance(v.start, int)
+    if not isinstance(v, IntervalSweep):
+        return
+    section, _, leaf = key.rpartition(".")
+    section = OmegaConf.select(cfg, section) if section else cfg
+    node = section._get_node(leaf) if isinstance(section, DictConfig) else None
+    counts = isinstance(v.start, float) and isinstance(node, IntegerNode)  # Optuna would draw 10.3
+    if counts or v.start > v.end or "log" in v.tags and v.start <= 0:
+        low, high, whole = *sorted([v.start, v.end]), counts or isinstance(v.start, int)
         if "log" in v.tags and low <= 0:  # a log scale starts above 0
             low = 1 if whole else high / 1000
-        fix = f"int(interval({low}, {high}))" if whole else f"interval({low:g}, {high:g})"
+        fix = f"int(interval({math.ceil(low)}, {math.floor(high)}))" if whole else (
+            f"interval({low:g}, {high:g})")  # fmt: skip
         fix = f"tag(log, {fix})" if "log" in v.tags else fix
-        raise UsageError(
-            f"{o.input_line}: an interval runs from low to high, and on a log scale from above "
-            f"0. Fix: '{key}={fix}'."
-        )
+        why = "an interval runs from low to high, and on a log scale from above 0"
+        why = f"{key} is a whole number, which int(interval(...)) draws" if counts else why
+        raise UsageError(f"{o.input_line}: {why}. Fix: '{key}={fix}'.")
+
+
+def check_glob(o, search: bool) -> None:
+    """glob(), which Hydra expands only with its config loader (d2lrun-report and a sweep's jobs
+    read the plan without one), as the options it names."""
+    from hydra.core.override_parser.types import Glob
+
+    key, v = o.key_or_group, o.value()
+    if not isinstance(v, Glob):
+        return
+    folder = EXPERIMENTS_DIR if key == "experiment" else Path(CONFIG_DIR) / key
+    names = ",".join(v.filter(sorted(p.stem for p in folder.glob("*.yaml")))) or "a,b"
+    who, fix = ("a grid lists", names) if not search else ("Optuna's sweeper searches",
+                                                          f"choice({names})")  # fmt: skip
+    raise UsageError(f"{o.input_line}: {who} values, not glob(). Fix: '{key}={fix}'.")
+
+
+def check_jobs(overrides: list, search: bool, here: bool) -> None:
+    """Each job composed and checked as a run of it is (a search: each choice and bound once), so
+    that a value a job would refuse ends the sweep before any starts. Each set of options is
+    composed once and the jobs' keys set on a copy, as Hydra sets them (0.1 s a composition,
+    5 ms a job here); devices are looked up where the jobs run (here: not on Slurm's nodes).
+    A ${...} is left to its job, where ${hydra:...} resolves (or says why it cannot)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parse = OverridesParser.create().parse_overrides
+    values = {o.get_key_element(): values_of(o) for o in overrides if not o.is_hydra_override()}
+    jobs = list(itertools.product(*values.values()))
+    if search:  # each choice and bound once, the other keys at their first
+        first = [v[0] for v in values.values()]
+        jobs = [first] + [[*first[:i], v, *first[i + 1 :]]
+                          for i, vs in enumerate(values.values()) for v in vs[1:]]  # fmt: skip
+    resumes = any(o.key_or_group == "resume" for o in overrides)  # checked as the job is
+    composed, devices = {}, set()
+    with contextlib.redirect_stderr(io.StringIO()):  # checked's notes: each job prints its own
+        for job in jobs:
+            parsed = parse(list(job))
+            picks = tuple(o.input_line for o in parsed if is_group(o))
+            if picks not in composed:
+                composed[picks] = compose(picks)
+                for o in (o for o in overrides if search and o.is_sweep_override()):
+                    check_search(o, composed[picks])  # its range, before a bound as a value
+            cfg = copy.deepcopy(composed[picks])
+            ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not is_group(o)], cfg)
+            with contextlib.suppress(InterpolationResolutionError):  # ${hydra:job.num}: the job's
+                devices.add(checked(cfg, () if resumes else job).device)
+    for name in devices:
+        check_device(name)
+        if here and name not in ("auto", "cpu"):  # only cuda and mps import torch
+            resolve_device(name)
+
+
+def values_of(o) -> list[str]:
+    """key=VALUE for each value a sweep may give o: its listed ones, or an interval's bounds."""
+    if not o.is_sweep_override():
+        return [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
+    v = o.value()
+    if o.is_interval_sweep():
+        return [f"{o.get_key_element()}={x}" for x in (v.start, v.end)]
+    return [f"{o.get_key_element()}={x}" for x in o.sweep_string_iterator()]
 
 
 def check_subdir(hydra: DictConfig, overrides: list) -> None:

@@ -87,14 +87,14 @@ def test_a_stopped_stack_saves_every_member_at_one_epoch_and_goes_on(tmp_path):
 
 
 def test_a_refused_value_fails_alone_and_max_members_splits_the_stack(tmp_path):
-    """As with the basic launcher: optim.lr=-1 fails its own job with its one line; the rest of
-    its group still trains as one stack."""
+    """As with the basic launcher: optim.lr=-1 refuses the sweep before any job, in one line; a
+    job that fails later (its data, its ${...}) fails alone, and the rest of its group still
+    trains as one stack."""
     s = tmp_path / "sweep"
     r = sweep(s, BATCHED, "optim.lr=-1,0.03,0.1", "trainer.epochs=1")
-    assert r.returncode == 1, r.stderr
-    assert "optim.lr=-1.0 is out of range: it must be greater than 0" in r.stderr
-    assert [(x["job"], x["status"]) for x in summary(s)] == [
-        ("2", "completed"), ("1", "completed"), ("0", "failed")]  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "d2lrun: error: optim.lr=-1.0 is out of range: it must be greater than 0. "
+        "Fix: optim.lr=0.03.") and not s.exists()  # fmt: skip
     r = sweep(
         tmp_path / "parts", BATCHED, "optim.lr=0.01,0.02,0.03", "hydra.launcher.max_members=2"
     )

@@ -71,25 +71,22 @@ def test_grid_sweep_prints_a_table_writes_csv_and_heatmap_and_exits_1_when_jobs_
 
 def test_rerun_skips_completed_jobs_and_report_shows_a_partial_sweep(tmp_path):
     s = tmp_path / "sweep"
-    grid = ["optim.lr=0.1,0.03,-1", "trainer.epochs=1"]
+    grid = ["optim.lr=0.1,0.03,1000", "trainer.epochs=1"]  # (lr -1 is refused before any job)
     r = sweep(s, *grid)
-    assert r.returncode == 1 and "1 of 3 sweep jobs did not complete (1 failed)" in r.stderr
-    assert metrics(s / "2") == {
-        "status": "failed",
-        "exit_code": 2,
-        "reason": "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.03.",
-    }
+    assert r.returncode == 1 and "1 of 3 sweep jobs did not complete (1 diverged)" in r.stderr
+    assert metrics(s / "2")["status"] == "diverged"
+    assert metrics(s / "2")["reason"].endswith("Fix: lower optim.lr (now 1000).")
 
     shutil.rmtree(s / "1")  # as if the sweep had been stopped before job 1
     r = run_cli(str(s), tool="d2lrun-report")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1].startswith(
-        "2 of 3 sweep jobs did not complete (1 missing, 1 failed)"
+        "2 of 3 sweep jobs did not complete (1 missing, 1 diverged)"
     )
     assert [(row["job"], row["optim.lr"], row["status"]) for row in summary(s)] == [
         ("0", "0.1", "completed"),
         ("1", "0.03", "missing"),
-        ("2", "-1", "failed"),
+        ("2", "1000", "diverged"),
     ]
 
     first = (s / "0" / "model.pt").stat().st_mtime_ns
@@ -103,7 +100,7 @@ def test_rerun_skips_completed_jobs_and_report_shows_a_partial_sweep(tmp_path):
     assert [(row["job"], row["status"]) for row in summary(s)] == [
         ("0", "completed"),
         ("1", "completed"),
-        ("2", "failed"),
+        ("2", "diverged"),
     ]
 
 

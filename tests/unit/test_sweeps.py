@@ -14,6 +14,7 @@ import hydra.core.utils
 import matplotlib
 import numpy as np
 import pytest
+import torch
 import yaml
 from matplotlib.image import imread
 from omegaconf import OmegaConf
@@ -939,6 +940,69 @@ def test_a_run_or_sweep_folder_under_home_is_there_not_in_a_folder_named_tilde(
     app.sweep([*quick, "optim.lr=0.1", "hydra.sweep.dir='~/s'"])
     assert (tmp_path / "home" / "runs" / "a" / "model.pt").exists()
     assert (tmp_path / "home" / "s" / "0" / "model.pt").exists() and not (tmp_path / "~").exists()
+
+
+FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, init, logger"
+
+
+@pytest.mark.parametrize(
+    "given,line",
+    [  # each job failed, or trained before the bad one failed; exit 1 and a folder of records
+        (["optim.lr=0.1,0.2", "seed=-1"],
+         "seed=-1 is out of range: it must be at least 0. Fix: seed=0."),
+        (["optim.lr=0.1,-1"],
+         "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.03."),
+        (["trainer.epochs=0,1"],
+         "trainer.epochs=0 is out of range: it must be at least 1. Fix: trainer.epochs=3."),
+        (["optim.momentum=0.5,1.5"],
+         "optim.momentum=1.5 is out of range: it must be less than 1. Fix: optim.momentum=0.0."),
+        (["device=cpu,tpu"],
+         "Unknown device 'tpu'. Choose one of: auto, cpu, cuda, cuda:N, mps. Fix: device=auto."),
+        pytest.param(
+            ["device=cuda", "optim.lr=0.1,0.2"],
+            "device=cuda does not exist on this machine; available: cpu. "
+            "Fix: device=auto or device=cpu.",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+        (["dataset=csv,synthetic"],
+         "dataset.path is required for dataset=csv. Fix: dataset.path=data/house_tiny.csv."),
+        (["+foo=1,2"], f"foo is not a key of the config (its keys: {FOO_KEYS}). Fix: drop foo."),
+        (["model=linreg,mlp", "model.dropout=0.1"],  # a key that job 0 lacks: one line still
+         "model.dropout is not a key of model=linreg (its keys: name, impl, bias). "
+         "Fix: choose model=mlp or model=lenet."),
+        (["model=glob(lin*)", "optim.lr=0.01,0.1"],  # 'ConfigLoader is not set (a bug?)'
+         "model=glob(lin*): a grid lists values, not glob(). Fix: 'model=linreg'."),
+        (["optim.lr=glob(*)"], "optim.lr=glob(*): a grid lists values, not glob(). "
+                               "Fix: 'optim.lr=a,b'."),
+        ([*OPTUNA, "trainer.epochs=choice(1,2.5)"],  # trial 0 trained, then the search ended
+         "trainer.epochs=2.5 is not a whole number. Fix: trainer.epochs=3."),
+        ([*OPTUNA, "trainer.batch_size=interval(8,64)"],  # 'Fix: trainer.batch_size=10'
+         "trainer.batch_size=interval(8,64): trainer.batch_size is a whole number, which "
+         "int(interval(...)) draws. Fix: 'trainer.batch_size=int(interval(8, 64))'."),
+    ],
+)  # fmt: skip
+def test_a_value_any_job_would_refuse_ends_the_sweep_before_any_job_in_one_line(
+    tmp_path, monkeypatch, given, line
+):
+    from d2lrun.config.messages import explain
+
+    monkeypatch.chdir(tmp_path)  # the default sweep folder: outputs/multirun/DATE/TIME
+    monkeypatch.setattr(job, "train", mock.Mock(side_effect=AssertionError("a job started")))
+    with pytest.raises(Exception) as e:
+        app.sweep(["trainer.epochs=1", *given])
+    error = explain(e.value)
+    assert (str(error), error.exit_code) == (line, 2)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_fixed_key_that_only_the_swept_presets_have_is_set_in_each_job(tmp_path):
+    """'dataset.num_features is not a key of dataset=synthetic': the default, which no job has."""
+    s = tmp_path / "s"
+    app.sweep(["experiment=ch4_poly_third,ch4_poly_overfit", "dataset.num_features=3",
+               "trainer.epochs=1", "trainer.progress=false", f"hydra.sweep.dir={s}"])  # fmt: skip
+    for n in (0, 1):
+        assert OmegaConf.load(s / f"{n}/.hydra/config.yaml").dataset.num_features == 3
+        assert "dataset.num_features=3" in OmegaConf.load(s / f"{n}/.hydra/overrides.yaml")
+    assert [r["status"] for r in csv.DictReader(open(s / "summary.csv"))] == ["completed"] * 2
 
 
 def test_a_sweep_over_resume_is_one_line_naming_its_values(tmp_path, monkeypatch):
