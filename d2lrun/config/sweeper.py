@@ -220,8 +220,9 @@ def check_subdir(hydra: DictConfig, overrides: list) -> None:
 
 
 def check_same_search(saved: DictConfig, hydra: DictConfig, folder: str) -> None:
-    """A sweep run again into its folder searches as before: its sampler, seed, search space and
-    subdir (saved: the hydra section of its multirun.yaml); n_trials and n_jobs may change."""
+    """A sweep run again into its folder searches as before: its sampler, seed (one was given),
+    search space and subdir (saved: the hydra section of its multirun.yaml); n_trials and n_jobs
+    may change."""
     chosen = [OmegaConf.select(h, "runtime.choices", default={}) for h in (saved, hydra)]
     for group, there in chosen[0].items():  # hydra/sweeper/sampler=random: the option
         asked = chosen[1].get(group)
@@ -230,6 +231,14 @@ def check_same_search(saved: DictConfig, hydra: DictConfig, folder: str) -> None
                 f"hydra.sweep.dir={folder} holds another sweep ({group}={there} there, {asked} "
                 f"now). Fix: {group}={there} to finish that one, or another hydra.sweep.dir."
             )
+    sampler = OmegaConf.to_container(saved.sweeper, resolve=False).get("sampler") or {}
+    if "seed" in sampler and sampler["seed"] is None:  # Optuna's trials drawn again: others
+        raise UsageError(
+            f"hydra.sweep.dir={folder} holds an Optuna sweep run without a sampler seed "
+            f"(hydra.sweeper.sampler.seed=null), so its trials cannot be drawn again to finish "
+            f"it. Fix: another hydra.sweep.dir, with hydra.sweeper.sampler.seed=0 to be able to "
+            f"finish that one later."
+        )
     was, now = (
         {"sweep.subdir": OmegaConf.to_container(h.sweep, resolve=False)["subdir"]}
         | {f"sweeper.{k}": v for k, v in OmegaConf.to_container(h.sweeper, resolve=False).items()

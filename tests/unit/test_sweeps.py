@@ -114,10 +114,13 @@ def test_run_job_skips_a_finished_job_and_drops_an_earlier_attempts_result(
 
     other = ["optim.lr=0.3", "trainer.epochs=2"]  # another grid: its job 0 is another job
     (run_dir / "metrics.json").write_text(json.dumps(done_metrics))
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(other))  # as Hydra writes
     assert sweep.run_job(compose(other), run_dir, other, tmp_path, 0) == -math.inf
-    assert calls == [False]  # refused, and recorded so: the table showed the other config's
-    recorded = json.loads((run_dir / "metrics.json").read_text())  # result under these values
-    assert recorded["status"] == "failed" and "holds a checkpoint of another" in recorded["reason"]
+    assert calls == [False]  # refused: its completed record stays (it was written 'failed')
+    assert json.loads((run_dir / "metrics.json").read_text()) == done_metrics
+    # and the table shows it beside the values it ran with, not beside the other config's
+    assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) == job_overrides
     assert capsys.readouterr().err == (
         f"d2lrun: error: {run_dir} holds a checkpoint of another config (optim.lr=0.1 there, 0.3 "
         f"now). Fix: another hydra.sweep.dir, or delete {run_dir}.\n"
@@ -1014,3 +1017,30 @@ def test_a_sweep_over_resume_is_one_line_naming_its_values(tmp_path, monkeypatch
         assert str(e.value) == ("resume=A,B gives several values, and resume= goes on with one "
                                 "run. Fix: run d2lrun once per value.")  # fmt: skip
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_search_without_a_seed_run_again_is_refused_and_a_completed_job_keeps_its_record(
+    tmp_path, capsys
+):
+    """hydra.sweeper.sampler.seed=null, run again with n_trials=3: its trials 0 and 1 were other
+    settings, each 'holds a checkpoint of another config', and recorded failed over its completed
+    metrics.json."""
+    s = tmp_path / "sweep"
+    common = [*OPTUNA, "hydra.sweeper.sampler.seed=null", "trainer.epochs=1",
+              "trainer.progress=false", f"hydra.sweep.dir={s}"]  # fmt: skip
+    app.sweep(common)
+    before = {p: p.read_bytes() for p in s.rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(UsageError) as e:
+        app.sweep([*common, "hydra.sweeper.n_trials=3"])
+    assert str(e.value) == (
+        f"hydra.sweep.dir={s} holds an Optuna sweep run without a sampler seed "
+        f"(hydra.sweeper.sampler.seed=null), so its trials cannot be drawn again to finish it. "
+        f"Fix: another hydra.sweep.dir, with hydra.sweeper.sampler.seed=0 to be able to finish "
+        f"that one later."
+    )
+    assert {p: p.read_bytes() for p in s.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    record = (s / "0" / "metrics.json").read_bytes()  # a job refused there all the same
+    refused = UsageError(f"{s}/0 holds a checkpoint of another config. Fix: another folder.")
+    assert sweep.job_failed(refused, s / "0", s) == -math.inf
+    assert (s / "0" / "metrics.json").read_bytes() == record
+    assert capsys.readouterr().err.endswith(f"d2lrun: error: {refused}\n")
