@@ -20,7 +20,8 @@ from d2lrun.errors import RunFailed
 # docker stop, systemd, Kubernetes) and the warning Slurm can send before (--signal=USR2@90).
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 
-STOPPING = ".stopping"  # in a sweep's folder once a signal stopped it: queued jobs do not start
+# Names the file that says a signal stopped this process's sweep, which of two into one folder
+STOP_MARKER = "D2LRUN_STOP_MARKER"  # stops only that one; joblib's workers inherit it (environ)
 
 
 def reader_gone() -> None:
@@ -129,7 +130,7 @@ def stopping_workers(sweep_dir: Path, local: bool = True):
     def stop(signum, frame):
         if not local:
             raise Stop(signum)
-        (sweep_dir / STOPPING).touch()  # jobs that joblib's pool hands out after this do not start
+        marker.touch()  # jobs that joblib's pool hands out after this do not start
         loky = sys.modules.get("joblib.externals.loky.reusable_executor")  # joblib's pool, if any
         workers = list(getattr(getattr(loky, "_executor", None), "_processes", {}).values())
         for worker in workers:  # each ends its job as one run ends: saved, then interrupted
@@ -140,9 +141,14 @@ def stopping_workers(sweep_dir: Path, local: bool = True):
             time.sleep(0.1)
         raise Stop(signum)
 
-    (sweep_dir / STOPPING).unlink(missing_ok=True)  # an earlier run's
-    with signals_to(stop):
-        yield
+    os.environ[STOP_MARKER] = f".stopping.{os.getpid()}"  # right for any sweep this process runs
+    marker = sweep_dir / os.environ[STOP_MARKER]
+    marker.unlink(missing_ok=True)  # a killed process's of the same number
+    try:
+        with signals_to(stop):
+            yield
+    finally:  # this sweep ended: a later one into its folder goes on
+        marker.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -380,12 +386,10 @@ def shown(path: str | Path) -> str:
 
 def running(sweep_dir: Path) -> bool:
     """Whether a process holds the lock of a job folder (d2lrun.files.hold): that job still runs."""
-    for folder in filter(Path.is_dir, sweep_dir.iterdir()):
-        lock = hold(folder)
-        if lock is None:
-            return True
+    locks = [hold(folder) for folder in filter(Path.is_dir, sweep_dir.iterdir())]
+    for lock in filter(None, locks):
         lock.close()
-    return False
+    return None in locks
 
 
 if __name__ == "__main__":  # Plotter's helper: matplotlib at once, then plots in, PNGs out

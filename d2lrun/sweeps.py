@@ -5,6 +5,7 @@ which returns its score; report writes summary.csv and heatmap.png. No torch unt
 """
 
 import math
+import os
 import re
 import signal
 import sys
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, Interrupted, UsageError
 from d2lrun.files import (
-    STOPPING,
+    STOP_MARKER,
     atomic_write,
     completed,
     deferred_signals,
@@ -59,7 +60,8 @@ def run_job(
     with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
         from d2lrun.job import train
 
-    if (sweep_dir / STOPPING).exists():  # a signal stopped the sweep (files.stopping_workers)
+    marker = os.environ.get(STOP_MARKER)  # a signal stopped its sweep (files.stopping_workers)
+    if marker and (sweep_dir / marker).exists():
         raise Interrupted("interrupted before it started.", signal.SIGTERM)
 
     # Locked: of two sweeps run into one folder, one trains the job and the other then skips it.

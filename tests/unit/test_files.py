@@ -305,7 +305,7 @@ def test_a_slurm_sweep_stopped_leaves_no_marker_and_signals_no_joblib_worker(tmp
     import signal
     from types import SimpleNamespace
 
-    from d2lrun.files import STOPPING, Stop, stopping_workers
+    from d2lrun.files import Stop, stopping_workers
 
     killed = []
     pool = SimpleNamespace(_executor=SimpleNamespace(_processes={1: SimpleNamespace(pid=12345)}))
@@ -313,4 +313,4 @@ def test_a_slurm_sweep_stopped_leaves_no_marker_and_signals_no_joblib_worker(tmp
     monkeypatch.setattr(os, "kill", lambda pid, signum: killed.append(pid))
     with pytest.raises(Stop), stopping_workers(tmp_path, local=False):
         signal.raise_signal(signal.SIGINT)
-    assert not (tmp_path / STOPPING).exists() and killed == []
+    assert list(tmp_path.glob(".stopping*")) == [] and killed == []

@@ -4,6 +4,7 @@ resumable jobs, scores, the report of a sweep folder, presets."""
 import csv
 import json
 import math
+import os
 import re
 from datetime import datetime
 from itertools import pairwise
@@ -1044,3 +1045,39 @@ def test_a_search_without_a_seed_run_again_is_refused_and_a_completed_job_keeps_
     assert sweep.job_failed(refused, s / "0", s) == -math.inf
     assert (s / "0" / "metrics.json").read_bytes() == record
     assert capsys.readouterr().err.endswith(f"d2lrun: error: {refused}\n")
+
+
+def test_a_signal_to_one_sweep_does_not_stop_another_sweep_into_its_folder(tmp_path, monkeypatch):
+    """Two sweeps into one folder share the work, but Ctrl-C on one (A) wrote .stopping, which the
+    other (B) took for its own: its next job was 'interrupted before it started', exit 143, the
+    table said 'unfinished', and .stopping stayed in the folder."""
+    import contextlib
+    import signal
+    import sys
+
+    from d2lrun.files import STOP_MARKER, Stop, stopping_workers
+
+    s = tmp_path / "sweep"
+    monkeypatch.delitem(sys.modules, "joblib.externals.loky.reusable_executor", raising=False)
+    train, a_stopped = job.train, []
+
+    def train_as_a_is_stopped(*args, **kwargs):  # A, another process, gets Ctrl-C during B's job 0
+        if not a_stopped:
+            a_stopped.append(signal.SIGINT)
+            with contextlib.suppress(Stop):
+                a_handler(signal.SIGINT, None)
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(job, "train", train_as_a_is_stopped)
+    with contextlib.ExitStack() as a:
+        with mock.patch("os.getpid", return_value=4242):
+            a.enter_context(stopping_workers(s))
+        a_handler = signal.getsignal(signal.SIGINT)
+        _, failure = app.sweep(["optim.lr=0.01,0.1", "trainer.epochs=1", "trainer.progress=false",
+                                f"hydra.sweep.dir={s}"])  # fmt: skip
+        assert [p.name for p in s.glob(".stopping*")] == [".stopping.4242"]  # A's, while it ends
+    assert failure is None and a_stopped  # B: both jobs completed
+    assert [p.name for p in s.glob(".stopping*")] == []  # A ended: its marker goes with it
+    with stopping_workers(s), pytest.raises(Interrupted, match="interrupted before it started"):
+        (s / os.environ[STOP_MARKER]).touch()  # as a signal to this process's sweep leaves it
+        sweep.run_job(compose([]), s / "2", [], s, 2)  # a job its pool hands out then
