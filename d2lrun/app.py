@@ -301,13 +301,12 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
         sweep_dir = claim_dir(cfg.hydra.sweep.dir)
         args = [override("hydra.sweep.dir", str(sweep_dir)), *args]  # before any flag
     made = not sweep_dir.exists() or not given_dir
-    if not (sweep_dir / "multirun.yaml").exists():  # the plan, for d2lrun-report and a re-run
-        try:
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise unwritable(sweep_dir, e) from None
-        cfg.hydra.overrides.task = task  # (Hydra's basic sweeper saves it too, Optuna's does not)
-        OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
+    try:  # the plan, for d2lrun-report and a re-run: this run's (a search's n_trials may change)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise unwritable(sweep_dir, e) from None
+    cfg.hydra.overrides.task = task  # (Hydra's basic sweeper saves it too, Optuna's does not)
+    atomic_write(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(cfg).encode())
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's INFO lines, not Hydra's
 
     def job(cfg: DictConfig) -> float:

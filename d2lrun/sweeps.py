@@ -25,6 +25,7 @@ from d2lrun.files import (
     png,
     read_json,
     shown,
+    untrained,
     write_json,
 )
 
@@ -213,8 +214,11 @@ def collect(sweep_dir: Path):
             match = num  # a sampler's trial, or no .hydra/: matched by number
             overrides = overrides or todo[match]  # hydra.output_subdir=null: the grid's
         # A run folder put there is no job of the sweep: only the planned are, and a sampler's
-        # trials (more than planned, once n_trials grew), or without multirun.yaml 0/, 1/, ...
-        if match is None and (planned and None not in planned or not planned and num >= 1 << 30):
+        # trials past the plan that began (n_trials grew, or the re-run's is smaller), or
+        # without multirun.yaml 0/, 1/, ...
+        if match is None and (
+            (None not in planned or untrained(sweep_dir / name)) if planned else num >= 1 << 30
+        ):
             continue
         rows.append(row(name, overrides, metrics, started=True))
         todo.pop(match, None)

@@ -1081,3 +1081,26 @@ def test_a_signal_to_one_sweep_does_not_stop_another_sweep_into_its_folder(tmp_p
     with stopping_workers(s), pytest.raises(Interrupted, match="interrupted before it started"):
         (s / os.environ[STOP_MARKER]).touch()  # as a signal to this process's sweep leaves it
         sweep.run_job(compose([]), s / "2", [], s, 2)  # a job its pool hands out then
+
+
+def test_a_search_run_again_with_fewer_trials_plans_only_those(tmp_path, monkeypatch):
+    """n_trials=4 stopped during trial 2, run again with n_trials=2: its table said '2 completed,
+    1 unfinished, 1 missing' and exit 1, from the first run's plan (multirun.yaml)."""
+    s = tmp_path / "sweep"
+    common = [*OPTUNA, "trainer.epochs=1", "trainer.progress=false", f"hydra.sweep.dir={s}"]
+    train, calls = job.train, []
+
+    def stopped_in_trial_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(job, "train", stopped_in_trial_2)
+    with pytest.raises(Interrupted):
+        app.sweep([*common, "hydra.sweeper.n_trials=4"])
+    _, failure = app.sweep(common)  # n_trials=2: both completed, skipped
+    assert failure is None and len(calls) == 3
+    rows = list(csv.DictReader(open(s / "summary.csv")))
+    assert sorted((r["job"], r["status"]) for r in rows) == [("0", "completed"), ("1", "completed")]
+    assert OmegaConf.load(s / "multirun.yaml").hydra.sweeper.n_trials == 2
