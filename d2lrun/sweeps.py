@@ -261,6 +261,14 @@ def report(sweep_dir: Path, show: bool = True) -> str | None:
             f"{sweep_dir} is not a folder. Fix: d2lrun-report outputs/multirun/DATE/TIME "
             f"(the folder a sweep printed)."
         )
+    below = [] if (sweep_dir / "multirun.yaml").exists() else sweeps_below(sweep_dir)
+    if below:  # outputs/, or outputs/multirun/DATE/: its sweeps' jobs ranked as one table
+        more = f" (the last 3 of {len(below)})" if len(below) > 3 else ""
+        raise UsageError(
+            f"{sweep_dir} is no sweep folder (it has no multirun.yaml) but holds sweeps, whose "
+            f"jobs it would rank as one. Fix: d2lrun-report one of them: "
+            f"{', '.join(map(str, below[-3:]))}{more}."
+        )
     table, keys = collect(sweep_dir)
     public = table[[c for c in table if not c.startswith("_")]]
     written = [atomic_write(sweep_dir / "summary.csv", public.to_csv(index=False).encode())]
@@ -277,6 +285,11 @@ def report(sweep_dir: Path, show: bool = True) -> str | None:
         what = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "completed")
         return f"{bad} of {len(table)} sweep jobs did not complete ({what}); see {written[0]}"
     return None
+
+
+def sweeps_below(folder: Path) -> list[Path]:
+    """The sweep folders (with a multirun.yaml) 1 to 3 levels below folder, in name order."""
+    return sorted(p.parent for n in (1, 2, 3) for p in folder.glob("*/" * n + "multirun.yaml"))
 
 
 def print_table(sweep_dir: Path, table, counts) -> None:

@@ -1104,3 +1104,34 @@ def test_a_search_run_again_with_fewer_trials_plans_only_those(tmp_path, monkeyp
     rows = list(csv.DictReader(open(s / "summary.csv")))
     assert sorted((r["job"], r["status"]) for r in rows) == [("0", "completed"), ("1", "completed")]
     assert OmegaConf.load(s / "multirun.yaml").hydra.sweeper.n_trials == 2
+
+
+def test_a_folder_of_sweeps_is_refused_naming_them_and_writing_nothing(tmp_path, monkeypatch):
+    """d2lrun-report outputs (or outputs/multirun/DATE) ranked the jobs of unrelated sweeps as one
+    table and wrote outputs/summary.csv (or failed with 'KeyError: best_val_loss')."""
+    monkeypatch.chdir(tmp_path)
+    day = Path("outputs/multirun/2026-12-05")
+    for time, key in (("10-00-00", "optim.lr"), ("11-00-00", "optim.weight_decay"),
+                      ("12-00-00", "optim.lr"), ("13-00-00", "optim.lr")):  # fmt: skip
+        for num in (0, 1):
+            write_job(day / time, num, [f"{key}={num}"], done(0.1 + num))
+            OmegaConf.save(
+                {"hydra": {"job": {"num": num}}}, day / time / f"{num}/.hydra/hydra.yaml"
+            )
+        basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+        plan = {"hydra": {"sweeper": {"_target_": basic}, "overrides": {"task": [f"{key}=0,1"]}}}
+        OmegaConf.save(plan, day / time / "multirun.yaml")
+    before = sorted(Path().rglob("*"))
+    for folder in (day, Path("outputs/multirun"), Path("outputs")):
+        with pytest.raises(UsageError) as e:
+            sweep.report(folder)
+        assert str(e.value) == (
+            f"{folder} is no sweep folder (it has no multirun.yaml) but holds sweeps, whose jobs "
+            f"it would rank as one. Fix: d2lrun-report one of them: {day}/11-00-00, "
+            f"{day}/12-00-00, {day}/13-00-00 (the last 3 of 4)."
+        )
+        assert e.value.exit_code == 2
+    assert sorted(Path().rglob("*")) == before  # no summary.csv, no heatmap.png
+    assert sweep.report(day / "13-00-00", show=False) is None  # a sweep folder: as before
+    (day / "13-00-00" / "multirun.yaml").unlink()  # one that lost its plan: its jobs 0/, 1/
+    assert sweep.report(day / "13-00-00", show=False) is None
