@@ -491,3 +491,18 @@ def test_eval_or_predict_without_a_run_says_how_to_name_one(tmp_path, monkeypatc
     assert str(e.value) == (
         "say which run. Fix: run=outputs/DATE/TIME (a run folder) or ckpt=PATH (a .pt file)."
     )
+
+
+def test_a_target_beyond_float32_is_one_line_without_numpys_warning(tmp_path, capsys):
+    """-1e39 in the target: pandas' "RuntimeWarning: overflow encountered in cast" came first."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, err = csv_run(tmp_path, capsys, GOOD + "3,a,-1e39\n")
+    assert [str(w.message) for w in caught] == [] and code == 2
+    assert err == (
+        f"d2lrun: error: column(s) ['y'] of {tmp_path / 'data.csv'} hold values beyond float32's "
+        f"range (about 3.4e38), which training cannot use. Fix: rescale them, or leave those "
+        f"cells empty.\n"
+    )

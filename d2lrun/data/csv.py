@@ -377,7 +377,8 @@ def table_splits(
 
     def split(rows: pd.DataFrame) -> Split:
         X = transform(rows[features], stats)
-        y = rows[target].astype(float).to_numpy(np.float32) if not classes else np.zeros(1)
+        with np.errstate(over="ignore"):  # beyond float32: inf, refused below in one line
+            y = rows[target].astype(float).to_numpy(np.float32) if not classes else np.zeros(1)
         finite = [*np.isfinite(X).all(0), np.isfinite(y).all()]
         if huge := [c for c, ok in zip([*stats["columns"], target], finite, strict=True) if not ok]:
             raise UsageError(
