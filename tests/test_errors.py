@@ -503,6 +503,23 @@ def test_a_target_beyond_float32_is_one_line_without_numpys_warning(tmp_path, ca
     assert [str(w.message) for w in caught] == [] and code == 2
     assert err == (
         f"d2lrun: error: column(s) ['y'] of {tmp_path / 'data.csv'} hold values beyond float32's "
-        f"range (about 3.4e38), which training cannot use. Fix: rescale them, or leave those "
+        f"range (about 3.4e38), which the model cannot use. Fix: rescale them, or leave those "
         f"cells empty.\n"
+    )
+
+
+def test_predict_refuses_inputs_beyond_float32_in_one_line(tmp_path, capsys):
+    """1e300 in a feature: d2lrun-predict wrote 'inf' predictions and exited 0."""
+    from d2lrun import app
+
+    assert csv_run(tmp_path, capsys, GOOD)[0] == 0
+    (tmp_path / "new.csv").write_text("x,c\n1,a\n1e300,b\n")
+    args = [f"run={tmp_path / 'run'}", f"input={tmp_path / 'new.csv'}"]
+    with pytest.raises(SystemExit) as e:
+        handle("d2lrun-predict", lambda: app.predict(args))
+    assert e.value.code == 2 and not (tmp_path / "run" / "predictions.csv").exists()
+    assert capsys.readouterr().err == (
+        "d2lrun-predict: error: column(s) ['x'] of the input hold values beyond float32's range "
+        "(about 3.4e38), which the model cannot use. Fix: rescale them, or leave those cells "
+        "empty.\n"
     )

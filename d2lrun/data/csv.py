@@ -111,7 +111,7 @@ def fit_preprocess(
     }
 
 
-def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
+def transform(features: pd.DataFrame, stats: dict, source: str = "the input") -> np.ndarray:
     """§2.2 on fitted statistics: fillna(mean) (then standardize), one-hot with a NaN column."""
     missing = [c for c in [*stats["numeric"], *stats["categorical"]] if c not in features.columns]
     if missing:
@@ -145,8 +145,19 @@ def transform(features: pd.DataFrame, stats: dict) -> np.ndarray:
         if (other := ~text.isin(cats) & ~isna).any():  # as pandas read it here: True, or 1.0
             text[other] = values[other].map(lambda x, cats=cats: category(x, cats))
         parts += [(text.to_numpy() == c) & ~isna for c in cats] + [isna]
-    with np.errstate(over="ignore"):  # beyond float32: inf, which table_splits refuses
-        return np.column_stack(parts).astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused below in one line
+        X = np.column_stack(parts).astype(np.float32)
+    refuse_beyond_float32(X, stats["columns"], source)  # d2lrun-predict's too: inf predicted
+    return X
+
+
+def refuse_beyond_float32(values: np.ndarray, columns: list[str], source: str) -> None:
+    """One line naming the columns (of values, (N, len(columns))) that float32 made inf."""
+    if huge := [c for c, ok in zip(columns, np.isfinite(values).all(0), strict=True) if not ok]:
+        raise UsageError(
+            f"column(s) {huge} of {source} hold values beyond float32's range (about 3.4e38), "
+            f"which the model cannot use. Fix: rescale them, or leave those cells empty."
+        )
 
 
 # A number as a spreadsheet may write it: -$1,234.50, 75%, 1,5 (a decimal comma),
@@ -376,19 +387,14 @@ def table_splits(
     )  # fmt: skip
 
     def split(rows: pd.DataFrame) -> Split:
-        X = transform(rows[features], stats)
-        with np.errstate(over="ignore"):  # beyond float32: inf, refused below in one line
-            y = rows[target].astype(float).to_numpy(np.float32) if not classes else np.zeros(1)
-        finite = [*np.isfinite(X).all(0), np.isfinite(y).all()]
-        if huge := [c for c, ok in zip([*stats["columns"], target], finite, strict=True) if not ok]:
-            raise UsageError(
-                f"column(s) {huge} of {source} hold values beyond float32's range (about 3.4e38), "
-                f"which training cannot use. Fix: rescale them, or leave those cells empty."
-            )
+        X = transform(rows[features], stats, source)
         if classes:
             labels = pd.Categorical(rows[target].astype(str), categories=classes).codes
             return Split(torch.from_numpy(X), torch.tensor(labels, dtype=torch.long))
-        y = torch.from_numpy(y).reshape(-1, 1)
+        with np.errstate(over="ignore"):  # beyond float32: inf, refused below in one line
+            y = rows[target].astype(float).to_numpy(np.float32).reshape(-1, 1)  # (N, 1)
+        refuse_beyond_float32(y, [target], source)
+        y = torch.from_numpy(y)
         return Split(torch.from_numpy(X), (y - scale["mean"]) / scale["std"] if scale else y, scale)
 
     return split(train_rows), split(val_rows), spec

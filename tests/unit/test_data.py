@@ -418,7 +418,7 @@ def test_class_codes_follow_the_training_classes_in_every_split_and_the_scale_is
         ("1,2,1\ninf,3,2\n3,4,-inf\n", "['x', 'y']", "hold infinite values, which no mean or loss "
          "can use. Fix: leave those cells empty (missing) or give finite numbers."),
         ("1e39,2,1\n2,3,2\n3,4,3\n", "['x']", "hold values beyond float32's range (about 3.4e38), "
-         "which training cannot use. Fix: rescale them, or leave those cells empty."),
+         "which the model cannot use. Fix: rescale them, or leave those cells empty."),
     ],
 )  # fmt: skip
 def test_numbers_training_cannot_use_are_refused_in_one_line(tmp_path, rows, columns, why):
