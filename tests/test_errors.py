@@ -502,9 +502,9 @@ def test_a_target_beyond_float32_is_one_line_without_numpys_warning(tmp_path, ca
         code, err = csv_run(tmp_path, capsys, GOOD + "3,a,-1e39\n")
     assert [str(w.message) for w in caught] == [] and code == 2
     assert err == (
-        f"d2lrun: error: column(s) ['y'] of {tmp_path / 'data.csv'} hold values beyond float32's "
-        f"range (about 3.4e38), which the model cannot use. Fix: rescale them, or leave those "
-        f"cells empty.\n"
+        f"d2lrun: error: column(s) ['y'] of {tmp_path / 'data.csv'} hold infinite values or "
+        f"values beyond float32's range (about 3.4e38), which the model cannot use. Fix: leave "
+        f"those cells empty (missing), or give finite numbers within that range.\n"
     )
 
 
@@ -519,7 +519,7 @@ def test_predict_refuses_inputs_beyond_float32_in_one_line(tmp_path, capsys):
         handle("d2lrun-predict", lambda: app.predict(args))
     assert e.value.code == 2 and not (tmp_path / "run" / "predictions.csv").exists()
     assert capsys.readouterr().err == (
-        "d2lrun-predict: error: column(s) ['x'] of the input hold values beyond float32's range "
-        "(about 3.4e38), which the model cannot use. Fix: rescale them, or leave those cells "
-        "empty.\n"
+        "d2lrun-predict: error: column(s) ['x'] of the input hold infinite values or values "
+        "beyond float32's range (about 3.4e38), which the model cannot use. Fix: leave those "
+        "cells empty (missing), or give finite numbers within that range.\n"
     )

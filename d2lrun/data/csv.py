@@ -124,12 +124,7 @@ def transform(features: pd.DataFrame, stats: dict, source: str = "the input") ->
     for col, s in stats["numeric"].items():
         v = features[col]
         v = v if pd.api.types.is_numeric_dtype(v) else v.map(lambda x: bools.get(str(x), x))
-        number = pd.to_numeric(v, errors="coerce").astype(float)
-        if np.isinf(number).any():
-            raise UsageError(
-                f"column '{col}' holds infinite values, which the model cannot use. Fix: leave "
-                f"those cells empty (they get the training mean) or give finite numbers."
-            )
+        number = pd.to_numeric(v, errors="coerce").astype(float)  # inf: refused below
         if len(text := v[number.isna() & v.notna()]):  # "five", "1,000": not numbers
             print(
                 f"note: {len(text)} cell(s) of column '{col}' are not numbers, such as "
@@ -147,16 +142,18 @@ def transform(features: pd.DataFrame, stats: dict, source: str = "the input") ->
         parts += [(text.to_numpy() == c) & ~isna for c in cats] + [isna]
     with np.errstate(over="ignore"):  # beyond float32: inf, refused below in one line
         X = np.column_stack(parts).astype(np.float32)
-    refuse_beyond_float32(X, stats["columns"], source)  # d2lrun-predict's too: inf predicted
+    refuse_infinite(X, stats["columns"], source)  # d2lrun-predict's too: inf predicted
     return X
 
 
-def refuse_beyond_float32(values: np.ndarray, columns: list[str], source: str) -> None:
-    """One line naming the columns (of values, (N, len(columns))) that float32 made inf."""
-    if huge := [c for c, ok in zip(columns, np.isfinite(values).all(0), strict=True) if not ok]:
+def refuse_infinite(values: np.ndarray, columns: list[str], source: str) -> None:
+    """One line naming the columns (of values, (N, len(columns))) that hold inf or NaN: inf
+    cells, numbers float32 cannot hold, or a training mean that an inf cell made inf."""
+    if bad := [c for c, ok in zip(columns, np.isfinite(values).all(0), strict=True) if not ok]:
         raise UsageError(
-            f"column(s) {huge} of {source} hold values beyond float32's range (about 3.4e38), "
-            f"which the model cannot use. Fix: rescale them, or leave those cells empty."
+            f"column(s) {bad} of {source} hold infinite values or values beyond float32's range "
+            f"(about 3.4e38), which the model cannot use. Fix: leave those cells empty "
+            f"(missing), or give finite numbers within that range."
         )
 
 
@@ -242,12 +239,6 @@ def table_splits(
             items = ",".join(f"'{c}'" for c in named)
             fix = f'quote them, as Hydra reads {typed[0]} otherwise: "dataset.drop=[{items}]"'
         raise UsageError(f"dataset.drop names {unknown}, which {source} does not have. Fix: {fix}.")
-    numbers = frame.select_dtypes("number")
-    if infinite := [c for c in numbers if np.isinf(numbers[c]).any()]:
-        raise UsageError(
-            f"column(s) {infinite} of {source} hold infinite values, which no mean or loss can "
-            f"use. Fix: leave those cells empty (missing) or give finite numbers."
-        )
     text = [c for c in frame if c not in cfg.drop and not pd.api.types.is_numeric_dtype(frame[c])]
     if not fitted and (written := [c for c in text if written_numbers(frame[c])]):
         example = frame[written[0]].dropna().astype(str).iloc[0]  # else categories, or dropped
@@ -393,7 +384,7 @@ def table_splits(
             return Split(torch.from_numpy(X), torch.tensor(labels, dtype=torch.long))
         with np.errstate(over="ignore"):  # beyond float32: inf, refused below in one line
             y = rows[target].astype(float).to_numpy(np.float32).reshape(-1, 1)  # (N, 1)
-        refuse_beyond_float32(y, [target], source)
+        refuse_infinite(y, [target], source)
         y = torch.from_numpy(y)
         return Split(torch.from_numpy(X), (y - scale["mean"]) / scale["std"] if scale else y, scale)
 
