@@ -325,20 +325,25 @@ def table_splits(
         # The book fits §4.10's statistics on every row of both files, held-out folds included.
         fit_on = train_rows if also_fit is None else pd.concat([frame, also_fit])
         stats = fit_preprocess(fit_on[features], standardize, cfg.max_categories, ddof)
-        for col, cats in stats["categorical"].items():  # 48 categories for one stray '?'
+        too_many = f"more than dataset.max_categories={cfg.max_categories} distinct values"
+        ignored = stats["dropped"]  # empty in training rows, or text of too many values
+        many = [c for c in ignored if fit_on[c].notna().any()]  # 90 numbers and 5 '?', say
+        for col in [*stats["categorical"], *many]:  # 48 categories for one stray '?'
             values = frame[col].dropna().astype(str).unique()  # held-out rows' too: a '?' there
             words = [v for v in values if pd.isna(pd.to_numeric(v, errors="coerce"))]
             if 0 < len(words) <= max(1, len(values) // 10) and len(words) < len(values) - 1:
+                cats = stats["categorical"].get(col)
+                fate = f"each of its {len(cats)} values is a category" if cats else "it is ignored"
                 print(
                     f"note: column '{col}' of {source} holds numbers but for {len(words)} value(s) "
-                    f"such as '{words[0]}', so each of its {len(cats)} values is a category. "
+                    f"such as '{words[0]}', so {fate}{'' if cats else f' (text of {too_many})'}. "
                     f"Fix: leave those cells empty to use it as numbers.",
                     file=sys.stderr,
                 )
-        if stats["dropped"]:
+                ignored = [c for c in ignored if c != col]  # said here, not again below
+        if ignored:
             print(
-                f"note: ignored column(s) {stats['dropped']} (empty in training rows or more "
-                f"than dataset.max_categories={cfg.max_categories} distinct values)",
+                f"note: ignored column(s) {ignored} (empty in training rows or {too_many})",
                 file=sys.stderr,
             )
         if not stats["columns"]:

@@ -482,6 +482,22 @@ def test_a_feature_of_numbers_but_for_a_stray_cell_is_noted_as_categories(tmp_pa
     )
 
 
+def test_a_feature_of_numbers_but_for_a_few_cells_and_too_many_values_is_noted_as_such(capsys):
+    """auto-mpg's horsepower, ~90 numbers and 5 '?': 'ignored column(s) [...] (... or more than
+    dataset.max_categories=50 distinct values)', without the Fix that makes it numbers."""
+    hp = [str(50 + i % 90) if i % 40 != 7 else "?" for i in range(200)]
+    frame = pd.DataFrame({"x": np.arange(200.0), "hp": hp, "e": np.nan, "y": np.arange(200.0)})
+    *_, spec = table_splits(frame, table_cfg(), 0, None, "mpg.csv", "auto", False)
+    assert spec.preprocess["dropped"] == ["hp", "e"]
+    assert capsys.readouterr().err == (
+        "note: column 'hp' of mpg.csv holds numbers but for 1 value(s) such as '?', so it is "
+        "ignored (text of more than dataset.max_categories=50 distinct values). Fix: leave those "
+        "cells empty to use it as numbers.\n"
+        "note: ignored column(s) ['e'] (empty in training rows or more than "
+        "dataset.max_categories=50 distinct values)\n"
+    )
+
+
 def test_a_stray_word_in_a_held_out_or_dropped_row_is_said_or_gone(tmp_path, capsys):
     """A '?' in a validation row, or a 'Total' footer without a target, made the column one-hot
     categories (33 here) with no note: a new house of another Area got all zeros for it."""
