@@ -140,21 +140,21 @@ def transform(features: pd.DataFrame, stats: dict, source: str = "the input") ->
         if (other := ~text.isin(cats) & ~isna).any():  # as pandas read it here: True, or 1.0
             text[other] = values[other].map(lambda x, cats=cats: category(x, cats))
         parts += [(text.to_numpy() == c) & ~isna for c in cats] + [isna]
-    with np.errstate(over="ignore"):  # beyond float32: inf, refused below in one line
-        X = np.column_stack(parts).astype(np.float32)
-    refuse_infinite(X, stats["columns"], source)  # d2lrun-predict's too: inf predicted
-    return X
+    return float32(np.column_stack(parts), stats["columns"], source)  # predict's: no inf out
 
 
-def refuse_infinite(values: np.ndarray, columns: list[str], source: str) -> None:
-    """One line naming the columns (of values, (N, len(columns))) that hold inf or NaN: inf
-    cells, numbers float32 cannot hold, or a training mean that an inf cell made inf."""
+def float32(values: np.ndarray, columns: list[str], source: str) -> np.ndarray:
+    """values (N, len(columns)) as float32; the columns that hold inf or NaN refused in one line:
+    inf cells, numbers float32 cannot hold, or a training mean that an inf cell made inf."""
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+        values = values.astype(np.float32)
     if bad := [c for c, ok in zip(columns, np.isfinite(values).all(0), strict=True) if not ok]:
         raise UsageError(
             f"column(s) {bad} of {source} hold infinite values or values beyond float32's range "
             f"(about 3.4e38), which the model cannot use. Fix: leave those cells empty "
             f"(missing), or give finite numbers within that range."
         )
+    return values
 
 
 # A number as a spreadsheet may write it: -$1,234.50, 75%, 1,5 (a decimal comma),
@@ -387,10 +387,7 @@ def table_splits(
         if classes:
             labels = pd.Categorical(rows[target].astype(str), categories=classes).codes
             return Split(torch.from_numpy(X), torch.tensor(labels, dtype=torch.long))
-        with np.errstate(over="ignore"):  # beyond float32: inf, refused below in one line
-            y = rows[target].astype(float).to_numpy(np.float32).reshape(-1, 1)  # (N, 1)
-        refuse_infinite(y, [target], source)
-        y = torch.from_numpy(y)
+        y = torch.from_numpy(float32(rows[[target]].to_numpy(float), [target], source))  # (N, 1)
         return Split(torch.from_numpy(X), (y - scale["mean"]) / scale["std"] if scale else y, scale)
 
     return split(train_rows), split(val_rows), spec
