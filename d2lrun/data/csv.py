@@ -45,18 +45,18 @@ def read_table(
         raise UsageError(
             f"{where} is empty. Fix: give a CSV file with a header row and data rows."
         ) from None
-    except pd.errors.ParserError as e:
-        reason = str(e).strip().splitlines()[-1]
-        raise UsageError(
-            f"{where} has ragged rows ({reason}). Fix: give every row as many fields as the header."
-        ) from None
+    except pd.errors.ParserError as e:  # a row with more fields than the rows before it
+        reason, header = str(e).strip().splitlines()[-1], pd.read_csv(p, nrows=0).columns
+        fix = commas_fix(header, "give every row as many fields as the header")
+        raise UsageError(f"{where} has ragged rows ({reason}). Fix: {fix}.") from None
     # Each row with more fields than the header: pandas took the first column(s) for the index,
     # every value one column to the left of its name.
     if not frame.index.equals(pd.RangeIndex(len(frame))):
         if frame.index.nlevels > 1 or frame.iloc[:, -1].notna().any():
+            fix = commas_fix(frame.columns, "give every row as many fields as the header")
             raise UsageError(
                 f"{where} has ragged rows (each has {frame.index.nlevels} field(s) more than the "
-                f"header's {len(frame.columns)}). Fix: give every row as many fields as the header."
+                f"header's {len(frame.columns)}). Fix: {fix}."
             )
         with warnings.catch_warnings():  # a comma at the end of each row: the empty field goes
             warnings.simplefilter("ignore", pd.errors.ParserWarning)
@@ -71,6 +71,15 @@ def read_table(
             f"column a name of its own."
         )
     return frame
+
+
+def commas_fix(columns, otherwise: str) -> str:
+    """The Fix for a header read as one column that holds semicolons or tabs (Excel's CSV in many
+    locales, where the comma is the decimal mark); otherwise, otherwise."""
+    for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+        if len(columns) == 1 and sep in str(columns[0]):
+            return f"save the file with commas between its columns, not {name}"
+    return otherwise
 
 
 COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")  # pandas reads them unpacked
@@ -115,9 +124,9 @@ def transform(features: pd.DataFrame, stats: dict, source: str = "the input") ->
     """§2.2 on fitted statistics: fillna(mean) (then standardize), one-hot with a NaN column."""
     missing = [c for c in [*stats["numeric"], *stats["categorical"]] if c not in features.columns]
     if missing:
+        fix = commas_fix(features.columns, "add them (values may be empty)")
         raise UsageError(
-            f"The input lacks the column(s) {missing} the model was trained on. "
-            f"Fix: add them (values may be empty)."
+            f"The input lacks the column(s) {missing} the model was trained on. Fix: {fix}."
         )
     parts = []
     bools = {"True": 1.0, "False": 0.0}  # a True/False column beside another cell is not bool
@@ -221,9 +230,7 @@ def table_splits(
     target = cfg.target
     if target not in frame.columns:
         fix = f"give a file with a column '{target}'" if fitted else "dataset.target=<one of them>"
-        for sep, name in ((";", "semicolons"), ("\t", "tabs")):  # Excel's CSV in many locales
-            if len(frame.columns) == 1 and sep in frame.columns[0]:
-                fix = f"save the file with commas between its columns, not {name}"
+        fix = commas_fix(frame.columns, fix)
         if not fitted and (typed := as_typed(frame.columns, [target])):
             quoted = f"\"dataset.target='{typed[0]}'\""
             fix = f"quote it, as Hydra reads {typed[0]} as {target} otherwise: {quoted}"

@@ -570,6 +570,31 @@ def test_a_file_separated_by_semicolons_or_tabs_is_named_as_such(tmp_path, sep, 
         csv_load(table_cfg(tmp_path / "t.csv", target="Sale Price"), seed=0)
 
 
+@pytest.mark.parametrize("sep,name", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_file_of_semicolons_or_tabs_with_decimal_commas_is_named_as_such_not_ragged(
+    tmp_path, sep, name
+):
+    """Excel's 'European' CSV (8,444;b;yes) said 'has ragged rows (each has 1 field(s) more than
+    the header's 1). Fix: give every row as many fields as the header'; and predict, with no
+    decimal comma, 'The input lacks the column(s) [...]. Fix: add them'."""
+    path = tmp_path / "t.csv"
+    fix = f"Fix: save the file with commas between its columns, not {name}."
+    pandas = "Error tokenizing data. C error: Expected 1 fields in line 3, saw 2"
+    for rows, reason in [
+        ("8,444;b;yes\n9,5;a;no\n", "each has 1 field(s) more than the header's 1"),
+        ("8;b;yes\n9,5;a;no\n", pandas),  # the first row without a decimal comma
+    ]:
+        path.write_text(f"x{sep}c{sep}label\n" + rows.replace(";", sep))
+        with pytest.raises(UsageError) as e:
+            read_table(path)
+        assert str(e.value) == f"dataset.path={path} has ragged rows ({reason}). {fix}"
+    stats = fit_preprocess(pd.DataFrame({"x": [1.0, 2.0], "c": ["a", "b"]}), False, 50, ddof=0)
+    with pytest.raises(UsageError) as e:
+        transform(pd.DataFrame({f"x{sep}c": ["8;b"]}), stats)
+    lacks = "The input lacks the column(s) ['x', 'c'] the model was trained on."
+    assert str(e.value) == f"{lacks} {fix}"
+
+
 def test_a_file_without_the_runs_target_is_refused_with_a_fix_eval_can_take(tmp_path):
     """d2lrun-eval dataset.path=F: "Fix: dataset.target=<one of them>", a key eval refuses."""
     (tmp_path / "t.csv").write_text("x,y\n" + "".join(f"{i},{i}\n" for i in range(10)))
