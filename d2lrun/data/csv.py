@@ -296,8 +296,7 @@ def table_splits(
             f"'{stray.iloc[0]}'. Fix: leave them empty (those rows are dropped), or "
             f"dataset.task=classification if its values are names."
         )
-    inferred = task == "auto"  # not asked for: a column of ids is no classification
-    if inferred:
+    if task == "auto":
         task = "regression" if numeric_target else "classification"
     if task == "regression" and not numeric_target:
         fix = "give numbers in it" if fitted else "dataset.task=classification"
@@ -361,17 +360,18 @@ def table_splits(
         classes, scale = None, None
         if task == "classification":
             classes = sorted(train_rows[target].astype(str).unique())
-            others = [c for c in frame.columns if c != target]
             one = frame[target].nunique() < 2  # else one only in training: "add training rows"
-            if one or (inferred and frame[target].is_unique):  # or ids
+            if one or frame[target].is_unique:  # ids, or dataset.task=classification of prices
                 what = (
                     f"one class ('{classes[0]}') in all its rows"
                     if one
                     else f"a different value in each of its {n} rows (an id?)"
                 )
+                others = ", ".join(c for c in frame.columns if c != target)
+                numbers = "dataset.task=regression, or " if numeric_target and not one else ""
                 raise UsageError(
                     f"column '{target}' of {source} has {what}, so there is nothing to learn. "
-                    f"Fix: dataset.target=<another column: {', '.join(others)}>."
+                    f"Fix: {numbers}dataset.target=<another column: {others}>."
                 )
             if unseen := sorted(set(val_rows[target].astype(str)) - set(classes)):
                 shuffle = "dataset.shuffle_folds=true (the rows are in order)"

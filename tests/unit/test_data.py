@@ -544,6 +544,7 @@ def test_a_number_column_with_a_few_stray_cells_names_one_and_the_fix(tmp_path):
         f"Fix: leave them empty (those rows are dropped), or dataset.task=classification if its "
         f"values are names."
     )
+    (tmp_path / "t.csv").write_text("x,y\n" + rows + "20,n/a?\n21,n/a?\n")  # not one per row
     cfg = table_cfg(tmp_path / "t.csv", task="classification", val_fraction=0)
     assert len(csv_load(cfg, seed=0)[2].class_names) == 21  # asked for: every value a class
     (tmp_path / "t.csv").write_text("x,y\n" + rows)
@@ -690,6 +691,21 @@ def test_a_target_with_one_class_or_one_per_row_is_refused(labels, what):
         f"column 'y' of p.csv has {what}, so there is nothing to learn. "
         f"Fix: dataset.target=<another column: x>."
     )
+
+
+def test_numbers_asked_to_be_classes_with_one_per_row_are_refused_with_regression_as_the_fix():
+    """dataset.task=classification of a price, a different one in each row: 'class(es) [...]
+    occur only in the validation rows ... Fix: ... change seed', which no seed can fix."""
+    frame = pd.DataFrame({"x": np.arange(20.0), "Price": 1000 + 37 * np.arange(20)})
+    cfg = table_cfg(target="Price", task="classification")
+    with pytest.raises(UsageError) as e:
+        table_splits(frame, cfg, 0, None, "h.csv", "classification", False)
+    assert str(e.value) == (
+        "column 'Price' of h.csv has a different value in each of its 20 rows (an id?), so there "
+        "is nothing to learn. Fix: dataset.task=regression, or dataset.target=<another column: x>."
+    )
+    *_, spec = table_splits(frame, table_cfg(target="Price"), 0, None, "h.csv", "regression", False)
+    assert spec.task == "regression"  # the Fix, as typed
 
 
 def test_fashion_mnist_root_given_as_the_folder_of_its_files_says_which_root_to_give(
