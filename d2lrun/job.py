@@ -65,8 +65,7 @@ def train(
     wall, finals, log = time.perf_counter(), [], job.get("log", say)
     moved = bool(cfg.resume)  # resume=RUN of this k-fold run: its data may have moved
     if cfg.resume:  # each fold below is continued or trained anew
-        cfg = cfg.copy()
-        cfg.resume = None
+        cfg = OmegaConf.merge(cfg, {"resume": None})
         if diff := changed(load_checkpoint(run_dir / "fold_0" / "last.pt"), cfg, moved):
             key, was, now = diff  # refused before any fold's files are touched
             folds = [f for i in range(k) if (f := run_dir / f"fold_{i}" / "last.pt").exists()]
@@ -81,6 +80,8 @@ def train(
             raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
                              f"Fix: resume={fold} trainer.epochs={2 * n} to go on with one fold as "
                              f"a run, or d2lrun-eval run={fold}.")  # fmt: skip
+    if not (run_dir / "fold_0" / "last.pt").exists():  # more folds than rows: refused before
+        build_data(checked(cfg).dataset, cfg.seed, fold=[k, 0])  # 'fold 1/K' (fold 0: cached)
     for i in range(k):
         log(f"fold {i + 1}/{k}")
         folder, fold_cfg, ckpt = run_dir / f"fold_{i}", cfg, None

@@ -113,10 +113,9 @@ def read(config: dict, seed: int, fold: list[int] | None, fitted: Spec | None = 
 
 def fold_rows(n: int, k: int, i: int, shuffle: bool, seed: int) -> tuple[np.ndarray, ...]:
     """(training rows, held-out rows) of fold i of k over n rows (§4.10), shuffled if shuffle."""
-    if n < k:
-        raise UsageError(
-            f"dataset.folds={k} is more folds than the {n} rows. Fix: dataset.folds={max(2, n)}."
-        )
+    if n < k:  # a fold holds out a row and trains on another: 1 row fits no k (2 or more)
+        rows, fix = (f"{n} rows", f"dataset.folds={n}") if n > 1 else (f"{n} row", "add rows")
+        raise UsageError(f"dataset.folds={k} is more folds than the {rows}. Fix: {fix}.")
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     # The book's `get_k_fold_data` holds out slices of n // k rows and never the last n % k; here
     # the first n % k folds hold one row more, so every row is held out once (the book's if k | n).

@@ -53,6 +53,9 @@ def test_more_folds_than_rows_is_one_line_with_a_fix():
         UsageError, match=r"dataset.folds=6 is more folds than the 4 rows. Fix: dataset.folds=4."
     ):
         fold_rows(4, 6, 0, False, 0)
+    with pytest.raises(UsageError) as e:  # it said 'Fix: dataset.folds=2', as given
+        fold_rows(1, 2, 0, False, 0)
+    assert str(e.value) == "dataset.folds=2 is more folds than the 1 row. Fix: add rows."
 
 
 def test_the_k_fold_mean_is_computed_from_the_folds(tmp_path, monkeypatch):

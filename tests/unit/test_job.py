@@ -410,7 +410,7 @@ def test_ctrl_c_while_a_later_fold_loads_its_data_says_how_to_go_on(tmp_path, mo
 
     def build_data(*a, **kw):
         calls["n"] += 1
-        if calls["n"] == 2:  # fold 2's
+        if calls["n"] == 3:  # fold 2's (the first: folds checked against rows, before fold 1)
             raise KeyboardInterrupt
         return original(*a, **kw)
 
@@ -460,13 +460,16 @@ def test_ignored_signals_stay_ignored(monkeypatch):
     assert signal.SIGINT not in signals() and signal.SIGTERM in signals()
 
 
-def test_a_k_fold_run_refused_for_its_data_leaves_no_fold_folder(tmp_path):
+def test_a_k_fold_run_refused_for_its_data_leaves_no_fold_folder_and_no_fold_line(tmp_path):
+    """It printed 'fold 1/5' before refusing the run's 5 folds."""
     (tmp_path / "t.csv").write_text("x,y\n1,2\n2,3\n3,4\n")
     args = ["device=cpu", "trainer.progress=false", "dataset=csv", "dataset.target=y",
             f"dataset.path={tmp_path / 't.csv'}", "dataset.folds=5"]  # fmt: skip
-    with pytest.raises(d2lrun.errors.UsageError, match=r"dataset.folds=5 is more folds than"):
-        d2lrun.job.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
-    assert list((tmp_path / "run").iterdir()) == []
+    lines = []
+    with pytest.raises(d2lrun.errors.UsageError) as e:
+        d2lrun.job.train(compose(args), tmp_path / "run", args, log=lines.append)
+    assert str(e.value) == "dataset.folds=5 is more folds than the 3 rows. Fix: dataset.folds=3."
+    assert lines == [] and not (tmp_path / "run").exists()  # nor a fold_0 in it
 
 
 def test_a_signal_as_an_epochs_checkpoint_is_written_leaves_the_record_at_that_epoch(
