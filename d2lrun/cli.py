@@ -17,10 +17,10 @@ from d2lrun.errors import RunFailed
 from d2lrun.files import reader_gone
 
 
-@atexit.register
 def _done() -> None:
     """The command has ended, its files written: a Ctrl-C or SIGTERM in the second that torch's
-    teardown takes would kill it with no line and exit -2; now it does nothing."""
+    teardown takes would kill it with no line and exit -2; now it does nothing. Registered as
+    the command ends, after torch's exit handlers: it runs before them."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
 
@@ -43,6 +43,8 @@ def handle(prog: str, main: Callable[[], object]) -> None:
         error = explain(e)
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         sys.exit(error.exit_code)
+    finally:
+        atexit.register(_done)
 
 
 def train_main() -> None:

@@ -52,6 +52,20 @@ def test_default_run_trains_linreg_and_writes_every_file(tmp_path):
     assert not list(run.glob(".*tmp*"))
 
 
+def test_a_signal_in_a_librarys_exit_handler_after_the_command_ended_is_ignored():
+    """Ctrl-C as torch's own exit handlers ran (registered as the command imported it, so run
+    before d2lrun's, which ignores signals once the command has ended): 'Exception ignored in
+    atexit callback ... KeyboardInterrupt'. d2lrun's is registered as the command ends."""
+    code = (
+        "import atexit, os, signal, time\n"
+        "from d2lrun.cli import handle\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
+        "handle('d2lrun', lambda: None)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (r.returncode, r.stderr) == (0, "")
+
+
 def test_a_default_run_never_imports_torch_dynamo(tmp_path):
     """Constructing a torch.optim optimizer imports torch._dynamo (2.3 s of start-up here);
     d2lrun's optimizer calls torch's functional kernels instead."""
