@@ -32,10 +32,12 @@ def check_fit(name: str, spec: Spec) -> None:
     else:
         kind = f"a {spec.task} table"
     fits = FITTING[kind]
-    if name not in fits:
+    if name not in fits:  # a CSV's numbers read as a regression may be classes (0/1)
+        classes = spec.dataset == "csv" and name in FITTING["a classification table"]
+        other = f"dataset.task=classification if '{spec.target}' holds classes" * classes
         raise UsageError(
-            f"model={name} cannot learn dataset={spec.dataset} ({kind}). Models that "
-            f"fit it: {', '.join(fits)}. Fix: model={fits[0]}, or choose another dataset=."
+            f"model={name} cannot learn dataset={spec.dataset} ({kind}). Models that fit it: "
+            f"{', '.join(fits)}. Fix: model={fits[0]}, or {other or 'choose another dataset='}."
         )
 
 

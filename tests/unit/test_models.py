@@ -1,5 +1,6 @@
 """Models: shapes, the book's parameter counts and state_dict keys, fit checks, dropout, init."""
 
+import dataclasses
 import shutil
 
 import pytest
@@ -83,6 +84,18 @@ def test_book_state_dict_keys():
 def test_impossible_pairs_name_what_fits(name, spec, fits):
     with pytest.raises(UsageError, match=f"Models that fit it: {fits}"):
         build_model(model_cfg(name), spec)
+
+
+def test_a_classifier_on_a_csv_of_numbers_is_told_the_numbers_may_be_classes():
+    """A CSV's 0/1 target reads as a regression: softmax on it said only 'Fix: model=linreg'."""
+    csv = dataclasses.replace(TABLE, dataset="csv", target="y")
+    with pytest.raises(UsageError) as e:
+        build_model(model_cfg("softmax"), csv)
+    assert str(e.value).endswith(
+        "Fix: model=linreg, or dataset.task=classification if 'y' holds classes."
+    )
+    with pytest.raises(UsageError, match=r"Fix: model=linreg, or choose another dataset=\.$"):
+        build_model(model_cfg("lenet"), csv)  # not a classifier of tables either
 
 
 def test_dropout_acts_only_in_training():
