@@ -75,14 +75,15 @@ def squeue(array: str, field: str) -> set[str]:
 
 def test_sweep_runs_as_a_job_array_and_records_each_failure(sweep_dir):
     s = sweep_dir
-    # Job 1 fails in d2lrun (a bad value, recorded by the job); job 2 ends before d2lrun starts,
+    # Job 1 fails in d2lrun (a ${...} that resolves only in its job, recorded by the job; a value
+    # out of range is refused before any job); job 2 ends before d2lrun starts,
     # as a job that Slurm kills (out of memory, past its time) does: recorded by the launcher.
     r = run_cli(
         "-m",
         *SLURM,
         "hydra.launcher.cpus_per_task=1",
         'hydra.launcher.setup=["test $SLURM_ARRAY_TASK_ID != 2 || exit 3"]',
-        "optim.lr=0.1,-1,0.03",
+        "optim.lr=0.1,${oc.env:D2LRUN_NEVER_SET},0.03",
         *FAST,
         f"hydra.sweep.dir={s}",
         timeout=120,
@@ -112,7 +113,7 @@ def test_sweep_runs_as_a_job_array_and_records_each_failure(sweep_dir):
         rows = list(csv.DictReader(f))
     assert [(row["job"], row["optim.lr"], row["status"]) for row in rows] == [
         ("0", "0.1", "completed"),
-        ("1", "-1", "failed"),
+        ("1", "${oc.env:D2LRUN_NEVER_SET}", "failed"),
         ("2", "0.03", "failed"),
     ]
     assert {"metrics.json", "model.pt", "last.pt", "best.pt", ".hydra"} <= {
@@ -122,7 +123,9 @@ def test_sweep_runs_as_a_job_array_and_records_each_failure(sweep_dir):
     assert json.loads((s / "1" / "metrics.json").read_text()) == {
         "status": "failed",
         "exit_code": 2,
-        "reason": "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.03.",
+        "reason": "cannot resolve a ${...} of the config: KeyError raised while resolving "
+        "interpolation: \"Environment variable 'D2LRUN_NEVER_SET' not found\". Fix: a ${key} that "
+        "exists or an environment variable that is set, or the value itself.",
     }
     killed = json.loads((s / "2" / "metrics.json").read_text())
     assert killed["status"] == "failed" and killed["reason"] == (
