@@ -137,15 +137,13 @@ def print_help(config_name: str, args: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from d2lrun.config import CONFIG_DIR, EXPERIMENTS_DIR, SCHEMAS, compose, overrides_of
+    from d2lrun.config import CONFIG_DIR, GROUPS, compose, options_of, overrides_of
 
     name = {"config": "d2lrun"}.get(config_name, config_name)
     text = OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "help" / f"{name}.yaml")
     parts = [text.header]
     if config_name == "config":
-        folders = {g: Path(CONFIG_DIR) / g for g in SCHEMAS} | {"experiment": EXPERIMENTS_DIR}
-        groups = [f"{g}: {', '.join(sorted(p.stem for p in f.glob('*.yaml')))}"
-                  for g, f in sorted(folders.items())]  # fmt: skip
+        groups = [f"{g}: {', '.join(options_of(g))}" for g in sorted(GROUPS)]
         parts.append("== Groups (pick one option each, e.g. model=mlp) ==\n" + "\n".join(groups))
     example = " (set any, e.g. trainer.epochs=5)" if config_name == "config" else ""
     parsed = OverridesParser.create().parse_overrides(overrides_of(args))

@@ -25,12 +25,14 @@ from d2lrun.config.messages import bad_value
 from d2lrun.config.schema import (
     CONFIG_DIR,
     EXPERIMENTS_DIR,
+    GROUPS,
     SCHEMAS,
     Config,
     Eval,
     Predict,
     closest,
     example,
+    options_of,
     preset_keys,
     register,
     yaml_value,
@@ -312,7 +314,7 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
     """GROUP=null (Hydra: a ValueError) or ~GROUP as one line naming the options; and, for
     d2lrun-eval or -predict (name), a group of d2lrun's (Hydra: a traceback, or advice to add +)."""
     own = [f.name for f in dataclasses.fields(Predict if name == "predict" else Eval)]
-    groups = [*SCHEMAS, "experiment"]
+    groups = GROUPS
     d2lruns = [*groups, *(f.name for f in dataclasses.fields(Config))]
     for o in OverridesParser.create().parse_overrides(overrides_of(args)):
         value, group = o.value(), o.key_or_group
@@ -338,7 +340,7 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
             )
         odd = [v for v in getattr(value, "list", [value]) if isinstance(v, (int, float, bool))]
         if group in groups and odd:  # optim=5, model=true: Hydra's ValueError
-            options = list(SCHEMAS.get(group) or (p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
+            options = list(SCHEMAS.get(group) or options_of(group))
             typed, default = yaml_value(odd[0]), options[0] if group in SCHEMAS else None
             raise UsageError(  # as explain says it of an option Hydra does not find
                 f"Unknown {group} '{typed}'. Choose one of: {', '.join(sorted(options))}. "

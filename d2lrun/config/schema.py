@@ -331,6 +331,15 @@ def yaml_value(value) -> str:
     return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
 
 
+GROUPS = (*SCHEMAS, "experiment")  # what GROUP=OPTION picks: an option's file, or a preset
+
+
+def options_of(group: str) -> list[str]:
+    """The options of a config group (model, hydra/launcher), or the presets (experiment)."""
+    folder = EXPERIMENTS_DIR if group == "experiment" else Path(CONFIG_DIR, group)
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
 def closest(name: str, options, default: str | None = None) -> str:
     """The option spelled most like name; none alike (model=foo): default, else the first."""
     near = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)

@@ -8,25 +8,21 @@ import io
 import itertools
 import math
 import re
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from d2lrun.config import (
-    CONFIG_DIR,
-    EXPERIMENTS_DIR,
-    SCHEMAS,
+    GROUPS,
     check_device,
     checked,
     compose,
     first_difference,
+    options_of,
     resolve_device,
     yaml_value,
 )
 from d2lrun.errors import UsageError
-
-GROUPS = (*SCHEMAS, "experiment")
 
 
 def sweep_config(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
@@ -137,8 +133,7 @@ def check_glob(o, search: bool) -> None:
     key, v = o.key_or_group, o.value()
     if not isinstance(v, Glob):
         return
-    folder = EXPERIMENTS_DIR if key == "experiment" else Path(CONFIG_DIR) / key
-    names = ",".join(v.filter(sorted(p.stem for p in folder.glob("*.yaml")))) or "a,b"
+    names = ",".join(v.filter(options_of(key))) or "a,b"
     who, fix = ("a grid lists", names) if not search else ("Optuna's sweeper searches",
                                                           f"choice({names})")  # fmt: skip
     raise UsageError(f"{o.input_line}: {who} values, not glob(). Fix: '{key}={fix}'.")
@@ -174,10 +169,8 @@ def check_jobs(overrides: list, search: bool, here: bool) -> None:
             ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not is_group(o)], cfg)
             with contextlib.suppress(InterpolationResolutionError):  # ${hydra:job.num}: the job's
                 devices.add(checked(cfg, () if resumes else job).device)
-    for name in devices:
-        check_device(name)
-        if here and name not in ("auto", "cpu"):  # only cuda and mps import torch
-            resolve_device(name)
+    for name in devices:  # only cuda and mps import torch
+        resolve_device(name) if here and name not in ("auto", "cpu") else check_device(name)
 
 
 def values_of(o) -> list[str]:
