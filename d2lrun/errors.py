@@ -9,6 +9,8 @@ d2lrun.config.messages.explain turns any other exception (Hydra's, OmegaConf's, 
 one of these.
 """
 
+import sys
+
 
 class D2lrunError(Exception):
     """A failure the user can act on; exit_code is what the command exits with."""
@@ -38,3 +40,8 @@ class Interrupted(D2lrunError):
     def __init__(self, message: str, signum: int = 2):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+def note(message: str) -> None:
+    """What d2lrun did on the user's behalf that they should know, as one line on stderr."""
+    print(f"note: {message}", file=sys.stderr)

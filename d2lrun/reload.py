@@ -17,7 +17,6 @@ import json
 import os
 import pickle
 import re
-import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from d2lrun.config import (
     resolve_device,
 )
 from d2lrun.data import Spec, build_data, prepare_batch, read_inputs, sha1_of
-from d2lrun.errors import UsageError
+from d2lrun.errors import UsageError, note
 from d2lrun.files import atomic_write, curves_figure, remove_stale_temporaries, shown
 from d2lrun.models import build_model, load_state_dict_strict, loss_kind
 from d2lrun.trainer import evaluate, loss_for, own_torch
@@ -151,7 +150,7 @@ def readable_best(folder: Path) -> dict | None:
     try:
         return load_checkpoint(folder / "best.pt", needs="resuming")
     except UsageError as e:
-        print(f"note: {str(e).partition(' Fix:')[0]} Not used.", file=sys.stderr)
+        note(f"{str(e).partition(' Fix:')[0]} Not used.")
         return None
 
 

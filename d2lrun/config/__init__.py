@@ -9,7 +9,6 @@ import dataclasses
 import io
 import math
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from d2lrun.config.schema import (
     register,
     yaml_value,
 )
-from d2lrun.errors import UsageError
+from d2lrun.errors import UsageError, note
 
 PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
 
@@ -70,10 +69,9 @@ def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
         check_ranges(cfg, path)
     check_rules(cfg)
     if cfg.regularizer.name == "l2" and given(overrides, "regularizer.lambd") is not None:
-        print(  # §4.5's lambd is L2's λ: regularizer.lambd=0 over ch4_weight_decay still decays
-            f"note: regularizer.lambd is the L1 term's strength; L2's λ (§4.5's lambd) is "
-            f"optim.weight_decay, now {cfg.optim.weight_decay}",
-            file=sys.stderr,
+        note(  # §4.5's lambd is L2's λ: regularizer.lambd=0 over ch4_weight_decay still decays
+            f"regularizer.lambd is the L1 term's strength; L2's λ (§4.5's lambd) is "
+            f"optim.weight_decay, now {cfg.optim.weight_decay}"
         )
     cfg = cfg.copy()
     for k in PATH_KEYS:  # a run folder must work from any folder: store what the user meant

@@ -5,7 +5,6 @@ rows only and kept in the spec, so new rows are transformed exactly as the train
 """
 
 import re
-import sys
 import warnings
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from d2lrun.data import Spec, Split, fold_rows, sha1_of
-from d2lrun.errors import UsageError
+from d2lrun.errors import UsageError, note
 from d2lrun.files import shown
 
 
@@ -135,11 +134,8 @@ def transform(features: pd.DataFrame, stats: dict, source: str = "the input") ->
         v = v if pd.api.types.is_numeric_dtype(v) else v.map(lambda x: bools.get(str(x), x))
         number = pd.to_numeric(v, errors="coerce").astype(float)  # inf: refused below
         if len(text := v[number.isna() & v.notna()]):  # "five", "1,000": not numbers
-            print(
-                f"note: {len(text)} cell(s) of column '{col}' are not numbers, such as "
-                f"'{text.iloc[0]}'; they get the training mean, as empty cells do",
-                file=sys.stderr,
-            )
+            note(f"{len(text)} cell(s) of column '{col}' are not numbers, such as "
+                 f"'{text.iloc[0]}'; they get the training mean, as empty cells do")  # fmt: skip
         v = number.fillna(s["mean"])
         parts.append(((v - s["mean"]) / s["std"] if stats["standardize"] else v).to_numpy())
     for col, cats in stats["categorical"].items():  # a category new since training: all zeros
@@ -259,17 +255,11 @@ def table_splits(
     index = frame.columns[0]  # pandas' to_csv writes its row index as a first, unnamed column
     if not fitted and str(index).startswith("Unnamed: ") and index not in (target, *cfg.drop):
         if pd.api.types.is_integer_dtype(frame[index]) and frame[index].is_unique:
-            print(
-                f"note: ignored column '{index}' of {source}, a row index (pandas' to_csv "
-                f"writes one unless index=False)",
-                file=sys.stderr,
-            )
+            note(f"ignored column '{index}' of {source}, a row index (pandas' to_csv writes "
+                 f"one unless index=False)")  # fmt: skip
             frame = frame.drop(columns=index)
     if unlabeled := frame[target].isna().sum():  # nothing to learn from: dropped, not labelled
-        print(
-            f"note: dropped {unlabeled} row(s) of {source} with no value in '{target}'",
-            file=sys.stderr,
-        )
+        note(f"dropped {unlabeled} row(s) of {source} with no value in '{target}'")
         frame = frame.dropna(subset=[target]).reset_index(drop=True)
         for col in [] if fitted else [c for c in text if c != target]:  # numbers, now that a
             numbers = pd.to_numeric(frame[col], errors="coerce")  # dropped row's 'Total' went
@@ -340,18 +330,12 @@ def table_splits(
             if 0 < len(words) <= max(1, len(values) // 10) and len(words) < len(values) - 1:
                 cats = stats["categorical"].get(col)
                 fate = f"each of its {len(cats)} values is a category" if cats else "it is ignored"
-                print(
-                    f"note: column '{col}' of {source} holds numbers but for {len(words)} value(s) "
-                    f"such as '{words[0]}', so {fate}{'' if cats else f' (text of {too_many})'}. "
-                    f"Fix: leave those cells empty to use it as numbers.",
-                    file=sys.stderr,
-                )
+                note(f"column '{col}' of {source} holds numbers but for {len(words)} value(s) "
+                     f"such as '{words[0]}', so {fate}{'' if cats else f' (text of {too_many})'}. "
+                     f"Fix: leave those cells empty to use it as numbers.")  # fmt: skip
                 ignored = [c for c in ignored if c != col]  # said here, not again below
         if ignored:
-            print(
-                f"note: ignored column(s) {ignored} (empty in training rows or {too_many})",
-                file=sys.stderr,
-            )
+            note(f"ignored column(s) {ignored} (empty in training rows or {too_many})")
         if not stats["columns"]:
             raise UsageError(
                 f"{source} has no usable feature column besides '{target}'. "
@@ -362,24 +346,27 @@ def table_splits(
             classes = sorted(train_rows[target].astype(str).unique())
             one = frame[target].nunique() < 2  # else one only in training: "add training rows"
             if one or frame[target].is_unique:  # ids, or dataset.task=classification of prices
-                what = (
-                    f"one class ('{classes[0]}') in all its rows"
-                    if one
-                    else f"a different value in each of its {n} rows (an id?)"
-                )
+                what = f"a different value in each of its {n} rows (an id?)"
+                what = f"one class ('{classes[0]}') in all its rows" if one else what
                 others = ", ".join(c for c in frame.columns if c != target)
                 numbers = "dataset.task=regression, or " if numeric_target and not one else ""
                 raise UsageError(
                     f"column '{target}' of {source} has {what}, so there is nothing to learn. "
                     f"Fix: {numbers}dataset.target=<another column: {others}>."
                 )
-            if unseen := sorted(set(val_rows[target].astype(str)) - set(classes)):
-                shuffle = "dataset.shuffle_folds=true (the rows are in order)"
-                raise UsageError(
-                    f"class(es) {unseen} of '{target}' occur only in the validation rows, so the "
-                    f"model could never learn them. Fix: add training rows of them, or "
-                    f"{shuffle if fold is not None else 'change seed or dataset.val_fraction'}."
-                )
+            ys, k = frame[target].astype(str), fold[0] if fold else 0
+            for i in range(k) or [None]:  # every fold: none is refused after others trained
+                at = fold_rows(n, k, i, cfg.shuffle_folds, seed) if k else (train_at, val_at)
+                if unseen := sorted(set(ys.iloc[at[1]]) - set(ys.iloc[at[0]])):
+                    where, other = "", ", or change seed or dataset.val_fraction"
+                    if k:  # shuffled folds that still hold a class out: only its rows help
+                        where, other = f" of fold {i + 1}/{k}", ", or dataset.shuffle_folds=true"
+                        other = "" if cfg.shuffle_folds else f"{other} (the rows are in order)"
+                    raise UsageError(
+                        f"class(es) {unseen} of '{target}' occur only in the validation rows"
+                        f"{where}, so the model could never learn them. Fix: add training rows of "
+                        f"them{other}."
+                    )  # fmt: skip
         elif cfg.standardize_target:  # predictions and *_rmse are scaled back to target units
             y = train_rows[target].astype(float)
             scale = {"mean": float(y.mean()), "std": float(y.std(ddof=0)) or 1.0}

@@ -5,7 +5,6 @@ statistics fitted on the training and test features together.
 """
 
 import hashlib
-import sys
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +13,7 @@ from omegaconf import DictConfig
 
 from d2lrun.data import Spec
 from d2lrun.data.csv import read_table, table_splits
-from d2lrun.errors import UsageError
+from d2lrun.errors import UsageError, note
 from d2lrun.files import atomic_write, remove_empty, shown
 
 DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"  # the book's DATA_HUB
@@ -70,8 +69,8 @@ def find_files(root: str | Path, fetch: bool) -> dict[str, Path]:
                 f"Fix: place it there from {DATA_URL}{name}, or dataset.download=true."
             )
         if there and hashlib.sha1(there.read_bytes()).hexdigest() != sha1:  # 1 ms: yours, said
-            print(f"note: {shown(there)} is not the book's file (its SHA-1 differs): the numbers "
-                  f"may differ from the book's", file=sys.stderr)  # fmt: skip
+            note(f"{shown(there)} is not the book's file (its SHA-1 differs): the numbers may "
+                 f"differ from the book's")  # fmt: skip
         paths[split] = there or download(DATA_URL + name, root / "kaggle_house" / name, sha1)
     return paths
 

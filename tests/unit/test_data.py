@@ -562,6 +562,21 @@ def test_classes_only_in_a_held_out_fold_point_to_shuffling_the_folds():
     table_splits(frame, table_cfg(shuffle_folds=True), 0, [3, 0], "t", "auto", False)
 
 
+def test_a_class_held_out_only_by_a_later_fold_is_refused_before_the_first_fold_trains():
+    """Refused at fold 3, the first two folds had trained and left their folders behind."""
+    frame = pd.DataFrame({"x": np.arange(6.0), "y": ["a", "b", "a", "b", "c", "c"]})
+    for cfg, i, fix in (
+        (table_cfg(), 3, ", or dataset.shuffle_folds=true (the rows are in order)."),
+        (table_cfg(shuffle_folds=True), 2, "."),  # seed 0 shuffles both c rows into fold 2
+    ):
+        with pytest.raises(UsageError) as e:  # the first fold's data: what the run loads first
+            table_splits(frame, cfg, 0, [3, 0], "t", "auto", False)
+        assert str(e.value) == (
+            f"class(es) ['c'] of 'y' occur only in the validation rows of fold {i}/3, so the "
+            f"model could never learn them. Fix: add training rows of them{fix}"
+        )
+
+
 @pytest.mark.parametrize("sep,name", [(";", "semicolons"), ("\t", "tabs")])
 def test_a_file_separated_by_semicolons_or_tabs_is_named_as_such(tmp_path, sep, name):
     (tmp_path / "t.csv").write_text(f"a{sep}town{sep}Sale Price\n1{sep}x{sep}3\n2{sep}y{sep}4\n")
