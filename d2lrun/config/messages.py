@@ -81,9 +81,13 @@ def explain(e: BaseException) -> D2lrunError:
         return UsageError(f"{origin.replace('/', '=')} sets {message}")
     several = r"Ambiguous value for argument '(.+?)'|Sweep parameters '(.+?)' requires --multirun"
     if found := re.match(several, str(e)):  # a list, range(...) or choice(...) without -m
+        override = found[1] or found[2]
+        key, _, value = override.partition("=")
+        quoted = f"\"{key}='{value}'\" (a file name with a comma, quoted), or "  # a/b,c.csv
+        quoted = quoted if re.search(r"[/\\]|\.[A-Za-z]", value) else ""
         return UsageError(
-            f"{found[1] or found[2]} gives several values, which only a sweep runs. Fix: d2lrun "
-            f"-m {found[1] or found[2]} (one run per value), or one value."
+            f"{override} gives several values, which only a sweep runs. Fix: {quoted}d2lrun -m "
+            f"{override} (one run per value), or one value."
         )
     if isinstance(e, KeyError) and e.args == ("COMP_LINE",):  # d2lrun -sc query=bash, by hand
         return UsageError(

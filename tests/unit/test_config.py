@@ -548,7 +548,11 @@ def test_a_group_given_a_number_or_true_is_an_unknown_option_not_a_bug(override,
     "line,expected",
     [("Sweep parameters 'optim.lr=range(0.1,0.3,0.1)' requires --multirun",
       "optim.lr=range(0.1,0.3,0.1) gives several values, which only a sweep runs. Fix: d2lrun -m "
-      "optim.lr=range(0.1,0.3,0.1) (one run per value), or one value.")],
+      "optim.lr=range(0.1,0.3,0.1) (one run per value), or one value."),
+     ("Ambiguous value for argument 'dataset.path=c/a,b.csv'",  # quoted, it is one file
+      "dataset.path=c/a,b.csv gives several values, which only a sweep runs. Fix: "
+      "\"dataset.path='c/a,b.csv'\" (a file name with a comma, quoted), or d2lrun -m "
+      "dataset.path=c/a,b.csv (one run per value), or one value.")],
 )  # fmt: skip
 def test_a_range_without_m_says_to_sweep_it_as_a_list_does(line, expected):
     from hydra.errors import ConfigCompositionException
