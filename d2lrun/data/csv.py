@@ -288,6 +288,10 @@ def table_splits(
         )
     if task == "auto":
         task = "regression" if numeric_target else "classification"
+        if 0 < 2 * len(stray) < len(y):  # mostly numbers: a price with "n/a" in 20% of rows
+            note(f"column '{target}' of {source} is read as classes: {len(stray)} of its {len(y)} "
+                 f"cells are not numbers, such as '{stray.iloc[0]}'. Fix: leave those cells "
+                 f"empty (their rows are dropped) to predict it as a number.")  # fmt: skip
     if task == "regression" and not numeric_target:
         fix = "give numbers in it" if fitted else "dataset.task=classification"
         raise UsageError(

@@ -534,6 +534,22 @@ def test_an_empty_target_column_says_so(tmp_path):
         csv_load(table_cfg(tmp_path / "t.csv", val_fraction=0), seed=0)
 
 
+def test_a_target_of_numbers_and_many_words_is_read_as_classes_with_a_note(tmp_path, capsys):
+    """A price with 'unknown' in a quarter of its rows trained as a classifier of prices, unsaid."""
+    rows = "".join(f"{i},{'unknown' if i % 4 == 0 else i % 3 + 0.5}\n" for i in range(40))
+    (tmp_path / "t.csv").write_text("x,y\n" + rows)
+    *_, spec = csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
+    assert spec.class_names == ["0.5", "1.5", "2.5", "unknown"]
+    assert capsys.readouterr().err == (
+        f"note: column 'y' of {tmp_path / 't.csv'} is read as classes: 10 of its 40 cells are not "
+        f"numbers, such as 'unknown'. Fix: leave those cells empty (their rows are dropped) to "
+        f"predict it as a number.\n"
+    )
+    (tmp_path / "t.csv").write_text("x,y\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(9)))
+    csv_load(table_cfg(tmp_path / "t.csv"), seed=0)  # names: classes, nothing to say
+    assert capsys.readouterr().err == ""
+
+
 def test_a_number_column_with_a_few_stray_cells_names_one_and_the_fix(tmp_path):
     rows = "".join(f"{i},{i * 0.5}\n" for i in range(20))
     (tmp_path / "t.csv").write_text("x,y\n" + rows + "20,n/a?\n")
