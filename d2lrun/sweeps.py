@@ -35,18 +35,18 @@ HIGHER_IS_BETTER = {"val_acc", "train_acc"}  # every other metric (val_loss) is 
 def finished_job(run_dir: Path, overrides: list[str]) -> dict | None:
     """metrics.json of the job that completed in run_dir with these same overrides, else None."""
     metrics = completed(run_dir)
-    ran = ran_with(run_dir) if metrics else None
+    ckpt = saved_job(run_dir) if metrics else None
     # In any order: the same sweep run again with its overrides typed in another order skips it.
     kept = sorted(o for o in overrides if not o.startswith("resume="))
-    return metrics if ran is not None and sorted(ran) == kept else None
+    return metrics if ckpt is not None and sorted(ckpt.get("overrides", [])) == kept else None
 
 
-def ran_with(run_dir: Path) -> list[str] | None:
-    """The overrides the checkpoint in run_dir keeps (a k-fold job's: its first fold's), or None."""
+def saved_job(run_dir: Path) -> dict | None:
+    """The checkpoint in run_dir (a k-fold job's: its first fold's), or None."""
     from d2lrun.reload import load_checkpoint
 
     saved = [p for p in (run_dir / "last.pt", run_dir / "fold_0" / "last.pt") if p.exists()]
-    return load_checkpoint(saved[0]).get("overrides", []) if saved else None
+    return load_checkpoint(saved[0]) if saved else None
 
 
 def run_job(
@@ -114,10 +114,11 @@ def job_failed(e: Exception, run_dir: Path, sweep_dir: Path) -> float:
         atomic_write(run_dir / "error.txt", "".join(traceback.format_exception(e)).encode())
     if not (run_dir / "metrics.json").exists():
         record_failure(run_dir, reason, error.exit_code)
-    elif completed(run_dir) and (ran := ran_with(run_dir)) is not None:
-        # Its record stays, and the values the table shows beside it, over the ones Hydra wrote.
-        if (run_dir / ".hydra").is_dir():
-            atomic_write(run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(ran).encode())
+    elif completed(run_dir) and (ckpt := saved_job(run_dir)) is not None:
+        # Its record stays, and what it ran with (the table's values), over what Hydra wrote.
+        for name, ran in (("overrides", ckpt.get("overrides", [])), ("config", ckpt["config"])):
+            if (run_dir / ".hydra").is_dir():
+                atomic_write(run_dir / ".hydra" / f"{name}.yaml", OmegaConf.to_yaml(ran).encode())
     return -math.inf
 
 

@@ -117,11 +117,13 @@ def test_run_job_skips_a_finished_job_and_drops_an_earlier_attempts_result(
     (run_dir / "metrics.json").write_text(json.dumps(done_metrics))
     (run_dir / ".hydra").mkdir()
     (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(other))  # as Hydra writes
+    OmegaConf.save(compose(other), run_dir / ".hydra" / "config.yaml")
     assert sweep.run_job(compose(other), run_dir, other, tmp_path, 0) == -math.inf
     assert calls == [False]  # refused: its completed record stays (it was written 'failed')
     assert json.loads((run_dir / "metrics.json").read_text()) == done_metrics
     # and the table shows it beside the values it ran with, not beside the other config's
     assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) == job_overrides
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").optim.lr == 0.1  # and its config
     assert capsys.readouterr().err == (
         f"d2lrun: error: {run_dir} holds a checkpoint of another config (optim.lr=0.1 there, 0.3 "
         f"now). Fix: another hydra.sweep.dir, or delete {run_dir}.\n"
