@@ -23,6 +23,7 @@ from d2lrun.config import schema
 from d2lrun.data import Split, prepare_batch
 from d2lrun.errors import Diverged
 from d2lrun.optim import Optimizer
+from d2lrun.tracking import NOT_METRICS
 
 EVAL_BATCH_SIZE = 1024  # evaluation needs no gradients, so bigger batches are only faster
 
@@ -217,7 +218,7 @@ def format_row(row: dict, epochs: int) -> str:
     metrics = "  ".join(
         f"{k} {v:.3f}" if k.endswith("acc") else f"{k} {v:.4g}"
         for k, v in row.items()
-        if k not in ("epoch", "seconds", "examples_per_s")
+        if k not in NOT_METRICS
     )
     speed = f"{row['seconds']:.2f}s  {row['examples_per_s']:,.0f} ex/s"
     return f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  {metrics}  {speed}"
