@@ -76,6 +76,8 @@ def set_override(args: Sequence[str], key: str, value: str | None) -> list[str]:
 class RunDir(Callback):
     """The configured hydra.run.dir claimed (d2lrun.files.claim_dir) before Hydra writes into it."""
 
+    # Released by run() whatever way the run ends: Hydra calls no on_run_end when the task raises,
+    # and a stopped d2lrun.train kept its folder locked until the notebook's kernel restarted.
     lock = None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
@@ -83,13 +85,9 @@ class RunDir(Callback):
             return  # named: named_dir holds it
         with contextlib.suppress(RunFailed):  # unwritable: Hydra's own mkdir then says so
             folder = claim_dir(config.hydra.run.dir)
-            self.lock = hold(folder)  # a resume= into it is refused while the run runs
+            RunDir.lock = hold(folder)  # a resume= into it is refused while the run runs
             with read_write(config.hydra.run):
                 config.hydra.run.dir = str(folder)
-
-    def on_run_end(self, **kwargs) -> None:
-        if self.lock is not None:
-            self.lock.close()
 
 
 @contextlib.contextmanager
@@ -186,6 +184,9 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
             raise
         raise unwritable(e.filename or given(args, "hydra.run.dir") or "outputs", e) from e
     finally:
+        if RunDir.lock is not None:
+            RunDir.lock.close()
+            RunDir.lock = None
         sys.argv, root.handlers[:] = argv, handlers
         root.setLevel(level)
         os.environ.pop("HYDRA_FULL_ERROR")

@@ -143,6 +143,30 @@ def test_ctrl_c_before_the_first_epoch_raises_interrupted_and_leaves_no_folder(h
     assert run_folders(here) == []
 
 
+def test_a_run_stopped_by_ctrl_c_can_be_resumed_from_the_same_notebook(here, monkeypatch):
+    """Its folder stayed locked until the kernel restarted: the 'Resume with:' it printed was
+    refused as 'being written by another run now', here and from any shell."""
+    import signal
+
+    import d2lrun.job
+
+    shown, format_row = [], d2lrun.job.format_row
+
+    def ctrl_c_in_epoch_2(row, epochs):
+        shown.append(row)
+        if len(shown) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return ""
+
+    monkeypatch.setattr(d2lrun.job, "format_row", ctrl_c_in_epoch_2)
+    with pytest.raises(Interrupted, match=r"after epoch \d; .* Resume with: d2lrun resume=") as e:
+        d2lrun.train("trainer.epochs=4", "trainer.progress=false")
+    run_dir = str(e.value).rpartition("resume=")[2]
+    monkeypatch.setattr(d2lrun.job, "format_row", format_row)
+    run = d2lrun.train(f"resume={run_dir}", f"hydra.run.dir={run_dir}", "trainer.progress=false")
+    assert run.summary["status"] == "completed" and len(run.metrics) == 4
+
+
 def test_a_k_fold_run_returns_its_folds(here):
     folds = d2lrun.train("dataset.folds=2", "trainer.epochs=1", "trainer.progress=false")
     assert [run.spec.fold for run in folds] == [[2, 0], [2, 1]]
