@@ -36,7 +36,6 @@ from d2lrun.config import (
 from d2lrun.config.sweeper import check_same_search, sweep_config
 from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.files import (
-    Plotter,
     atomic_write,
     claim_dir,
     deferred_signals,
@@ -49,6 +48,7 @@ from d2lrun.files import (
     unwritable,
     write_json,
 )
+from d2lrun.plots import Plotter
 
 RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.json", "metrics.csv", "fold_0")
 
@@ -76,9 +76,7 @@ def set_override(args: Sequence[str], key: str, value: str | None) -> list[str]:
 class RunDir(Callback):
     """The configured hydra.run.dir claimed (d2lrun.files.claim_dir) before Hydra writes into it."""
 
-    # Released by run() whatever way the run ends: Hydra calls no on_run_end when the task raises,
-    # and a stopped d2lrun.train kept its folder locked until the notebook's kernel restarted.
-    lock = None
+    lock = None  # let go by run(): Hydra calls no on_run_end when the task raises (Ctrl-C)
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         if claimed_dir(config.hydra) is None:
@@ -88,6 +86,12 @@ class RunDir(Callback):
             RunDir.lock = hold(folder)  # a resume= into it is refused while the run runs
             with read_write(config.hydra.run):
                 config.hydra.run.dir = str(folder)
+
+    @classmethod
+    def release(cls) -> None:
+        if cls.lock is not None:
+            cls.lock.close()
+            cls.lock = None
 
 
 @contextlib.contextmanager
@@ -184,9 +188,7 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
             raise
         raise unwritable(e.filename or given(args, "hydra.run.dir") or "outputs", e) from e
     finally:
-        if RunDir.lock is not None:
-            RunDir.lock.close()
-            RunDir.lock = None
+        RunDir.release()
         sys.argv, root.handlers[:] = argv, handlers
         root.setLevel(level)
         os.environ.pop("HYDRA_FULL_ERROR")
@@ -391,8 +393,7 @@ def saved_run(cfg: DictConfig):
     from d2lrun.reload import load_run
 
     if not cfg.run and not cfg.ckpt:
-        raise UsageError(
-            "say which run. Fix: run=outputs/DATE/TIME (a run folder) or ckpt=PATH (a .pt file)."
-        )
+        raise UsageError("say which run. Fix: run=outputs/DATE/TIME (a run folder) or ckpt=PATH "
+                         "(a .pt file).")  # fmt: skip
     where = [override(f"dataset.{k}", str(v)) for k, v in cfg.dataset.items() if v is not None]
     return load_run(cfg.run, cfg.ckpt, cfg.device, where)

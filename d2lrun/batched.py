@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from d2lrun.config import checked
 from d2lrun.errors import Diverged, Interrupted, UsageError
-from d2lrun.files import Plotter, deferred_signals, hold, shown, stop_signals, untrained
+from d2lrun.files import deferred_signals, hold, shown, stop_signals, untrained
 from d2lrun.job import Run
+from d2lrun.plots import Plotter
 from d2lrun.stack import Stack, StackOptimizer, most_members, stackable
 from d2lrun.sweeps import finished_job, job_failed, prepared, score, sweep_experiment
 from d2lrun.trainer import fit

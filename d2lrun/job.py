@@ -19,7 +19,6 @@ from d2lrun.files import (
     atomic_write,
     by,
     completed,
-    curves_png,
     deferred_signals,
     read_json,
     reader_gone,
@@ -32,6 +31,7 @@ from d2lrun.files import (
 from d2lrun.models import build_model, learned, load_state_dict_strict, loss_kind
 from d2lrun.models.init import apply_init
 from d2lrun.optim import Optimizer, build_optimizer
+from d2lrun.plots import curves_png
 from d2lrun.reload import (
     FORMAT,
     MEANING,

@@ -40,8 +40,9 @@ from d2lrun.config import (
 )
 from d2lrun.data import Spec, build_data, prepare_batch, read_inputs, sha1_of
 from d2lrun.errors import UsageError, note
-from d2lrun.files import atomic_write, curves_figure, remove_stale_temporaries, shown
+from d2lrun.files import atomic_write, remove_stale_temporaries, shown
 from d2lrun.models import build_model, load_state_dict_strict, loss_kind
+from d2lrun.plots import curves_figure
 from d2lrun.trainer import evaluate, loss_for, own_torch
 
 FORMAT = "d2lrun-checkpoint"

@@ -22,12 +22,12 @@ from d2lrun.files import (
     completed,
     deferred_signals,
     hold,
-    png,
     read_json,
     shown,
     untrained,
     write_json,
 )
+from d2lrun.plots import png
 
 HIGHER_IS_BETTER = {"val_acc", "train_acc"}  # every other metric (val_loss) is better when lower
 

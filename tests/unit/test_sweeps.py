@@ -24,7 +24,8 @@ from d2lrun import app, job
 from d2lrun import sweeps as sweep
 from d2lrun.config import checked, compose
 from d2lrun.errors import Interrupted, RunFailed, UsageError
-from d2lrun.files import png, save_torch
+from d2lrun.files import save_torch
+from d2lrun.plots import png
 from d2lrun.reload import FORMAT
 
 
