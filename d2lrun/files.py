@@ -129,8 +129,7 @@ def stopping_workers(sweep_dir: Path, local: bool = True):
         if not local:
             raise Stop(signum)
         marker.touch()  # jobs that joblib's pool hands out after this do not start
-        loky = sys.modules.get("joblib.externals.loky.reusable_executor")  # joblib's pool, if any
-        workers = list(getattr(getattr(loky, "_executor", None), "_processes", {}).values())
+        workers = list(getattr(joblib_pool(), "_processes", {}).values())
         for worker in workers:  # each ends its job as one run ends: saved, then interrupted
             with contextlib.suppress(OSError):
                 os.kill(worker.pid, signum)
@@ -145,8 +144,14 @@ def stopping_workers(sweep_dir: Path, local: bool = True):
     try:
         with signals_to(stop):
             yield
+        if pool := joblib_pool():  # reused, its workers kept the cwd and environment of the
+            pool.shutdown(wait=True)  # first sweep of a notebook: the next starts its own
     finally:  # this sweep ended: a later one into its folder goes on
         marker.unlink(missing_ok=True)
+
+
+def joblib_pool():  # of hydra/launcher=joblib, if this process started one
+    return getattr(sys.modules.get("joblib.externals.loky.reusable_executor"), "_executor", None)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -206,6 +206,23 @@ def test_sweep_and_report_return_one_row_per_job(here):
         d2lrun.report(here / "nowhere")
 
 
+def test_a_second_joblib_sweep_runs_in_the_notebooks_folder_and_environment_of_its_time(
+    here, monkeypatch
+):
+    """joblib's workers were reused: they kept the first sweep's cwd and environment, and the
+    second sweep's jobs trained into the first folder's outputs/ (its table: 2 missing)."""
+    args = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.epochs=${oc.env:EPOCHS}",
+            "dataset.num_train=100", "trainer.progress=false"]  # fmt: skip
+    for folder, epochs in (("a", 1), ("b", 2)):
+        (here / folder).mkdir()
+        monkeypatch.chdir(here / folder)  # %cd
+        monkeypatch.setenv("EPOCHS", str(epochs))  # %env
+        table = d2lrun.sweep(*args, "optim.lr=0.1,0.2")
+        assert list(table["status"]) == ["completed"] * 2
+        jobs = sorted(Path().glob("outputs/multirun/*/*/*/metrics.csv"))
+        assert [len(pd.read_csv(j)) for j in jobs] == [epochs] * 2
+
+
 def test_help_lists_the_logger_group_and_imports_no_logger():
     r = run_module("--help")
     assert r.returncode == 0, r.stderr
