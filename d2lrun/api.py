@@ -34,7 +34,8 @@ def sweep(*overrides: str):
 
 def report(sweep_dir: str | Path):
     """The table of a sweep folder, a partial one too (`d2lrun-report DIR`), as a DataFrame."""
-    raising(sweeps.report, Path(sweep_dir), False)  # summary.csv and heatmap.png, written again
+    sweep_dir = a_path(sweep_dir, "report", "outputs/multirun/DATE/TIME")
+    raising(sweeps.report, sweep_dir, False)  # summary.csv and heatmap.png, written again
     return table(sweep_dir)
 
 
@@ -43,17 +44,28 @@ def load_run(path=None, ckpt=None, device="cpu", overrides=()):
     (dataset.path=...). device: a name or a torch.device."""
     from d2lrun import reload
 
+    path, ckpt = (p and a_path(p, "load_run", "outputs/DATE/TIME") for p in (path, ckpt))
+    overrides = (overrides,) if isinstance(overrides, str) else tuple(overrides)  # one, "seed=0"
+    overrides = plain(overrides, "load_run", "RUN, overrides=['dataset.path=FILE']")
     return raising(reload.load_run, path, ckpt, str(device), overrides)
 
 
-def plain(overrides: tuple, name: str) -> list[str]:
+def a_path(value, name: str, example: str) -> Path:
+    """A folder or file given as text or a Path; anything else refused in one line."""
+    if not isinstance(value, (str, Path)):
+        raise UsageError(f"d2lrun.{name} takes a path as text or a Path; got {value!r}. "
+                         f"Fix: d2lrun.{name}('{example}').")  # fmt: skip
+    return Path(value)
+
+
+def plain(overrides: tuple, name: str, example="'optim.lr=0.1', 'trainer.epochs=3'") -> list[str]:
     """The overrides, also when given as one list; the command line's flags are refused."""
     if len(overrides) == 1 and isinstance(overrides[0], (list, tuple)):
         overrides = tuple(overrides[0])
     if bad := [o for o in overrides if not isinstance(o, str)]:  # ("optim.lr", 0.1)
         raise UsageError(
             f"d2lrun.{name} takes overrides as text, one KEY=VALUE each; got {bad[0]!r}. "
-            f"Fix: d2lrun.{name}('optim.lr=0.1', 'trainer.epochs=3')."
+            f"Fix: d2lrun.{name}({example})."
         )
     if flags := [o for o in overrides if o.startswith("-") and o not in ("-m", "--multirun")]:
         raise UsageError(

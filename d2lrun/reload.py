@@ -353,7 +353,6 @@ def load_run(
         raise UsageError(f"run={path} and ckpt={ckpt} name two runs. Fix: give one of them.")
     source = Path(ckpt) if ckpt else find_checkpoint(path)
     saved = load_checkpoint(source, needs="reloading")
-    overrides = [overrides] if isinstance(overrides, str) else overrides  # one, as "seed=0"
     cfg = compose(run_overrides(saved, overrides))
     check_same_meaning(saved["config"], cfg, str(source))
     cfg, dev, spec = checked(cfg), resolve_device(device), Spec(**saved["spec"])

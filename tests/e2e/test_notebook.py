@@ -5,6 +5,7 @@ loggers and imports none of them."""
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,12 @@ def test_flags_are_refused_and_one_list_of_overrides_is_taken(here):
     for wrong, said in [("bogus=1", r"^bogus is not a key"), ("optim.lr=fast", r"^optim.lr=fast")]:
         with pytest.raises(UsageError, match=said):
             d2lrun.load_run(run.run_dir, overrides=[wrong])
+    for call, fix in ((lambda: d2lrun.load_run(123), "load_run('outputs/DATE/TIME')"),
+                      (lambda: d2lrun.report(None), "report('outputs/multirun/DATE/TIME')"),
+                      (lambda: d2lrun.load_run(run.run_dir, overrides=[1]),
+                       "load_run(RUN, overrides=['dataset.path=FILE'])")):  # fmt: skip
+        with pytest.raises(UsageError, match=re.escape(f"Fix: d2lrun.{fix}.")):
+            call()  # they were TypeError: expected str, bytes or os.PathLike object, not int
     loaded = d2lrun.load_run(run.run_dir, device=torch.device("cpu"))  # d2l.try_gpu() gives one
     assert loaded.device == torch.device("cpu")  # it was AttributeError: ... no 'partition'
 
