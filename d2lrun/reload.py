@@ -105,9 +105,8 @@ def find_checkpoint(run: str | Path) -> Path:
     """The checkpoint file for `run`, which is a run folder (its last.pt) or a .pt file."""
     run = Path(run)
     if not run.exists():
-        raise UsageError(
-            f"{run}: no such run folder or checkpoint. Fix: give a path under outputs/."
-        )
+        raise UsageError(f"{run}: no such run folder or checkpoint. Fix: give a path under "
+                         f"outputs/.")  # fmt: skip
     if not run.is_dir():
         return run
     if (run / "last.pt").exists():
@@ -157,8 +156,10 @@ def readable_best(folder: Path) -> dict | None:
 
 def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:
     """A saved run's command line: its overrides, where its data and MLflow store are, then new."""
-    saved = ckpt["config"]
+    saved, pinned = ckpt["config"], []
     for o in OverridesParser.create().parse_overrides(overrides_of(new)):
+        if o.key_or_group == "model" and o.value() != saved["model"]["name"]:  # refused below, as
+            pinned = [f"dataset={saved['dataset']['name']}"]  # an image model's Fashion-MNIST is
         section, _, key = o.key_or_group.partition(".")  # Hydra's own line would advise another
         if o.key_or_group == "dataset" and (was := saved["dataset"]["name"]) != o.value():
             raise UsageError(  # before its dataset.path or .root, added below, fails to compose
@@ -182,7 +183,7 @@ def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:
             value = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
             quoted.append(override(o.key_or_group, value) if isinstance(value, str) else
                           f"{o.key_or_group}={json.dumps(value, ensure_ascii=False)}")  # fmt: skip
-    return merge_overrides(merge_overrides(ckpt["overrides"], quoted), new)
+    return merge_overrides(merge_overrides(ckpt["overrides"], quoted), [*pinned, *new])
 
 
 def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[str] = MEANING):

@@ -474,6 +474,11 @@ def test_load_run_refuses_overrides_that_change_what_the_weights_mean(table_run)
         f"model.name=mlp). Fix: drop model=mlp, or start a new run."
     )
     assert load_run(folder, overrides=["trainer.epochs=9"]).config.trainer.epochs == 9
+    # An image model names Fashion-MNIST when no dataset= is given: the run's own dataset.* keys
+    # then failed ("dataset.num_train is not a key of dataset=fashion_mnist") before this line.
+    synthetic = trained(folder.parent / "synthetic", "dataset.num_train=50", "trainer.epochs=1")
+    with pytest.raises(UsageError, match=r"cannot change model\.name \(the run has model\.name="):
+        load_run(synthetic, overrides=["model=mlp"])
 
 
 def test_evaluate_run_gives_the_runs_own_final_validation_metrics(table_run, image_run):
