@@ -41,6 +41,7 @@ from d2lrun.files import (
     deferred_signals,
     hold,
     remove_empty,
+    shell_arg,
     shown,
     stop_signals,
     stopping_workers,
@@ -125,8 +126,8 @@ def named_dir(args: Sequence[str]):
         if found and ours != folder.resolve() and not untrained(folder):
             raise UsageError(
                 f"hydra.run.dir={named} already holds a run ({', '.join(found)}), which d2lrun "
-                f"never writes over. Fix: choose another hydra.run.dir, or resume={named} to "
-                f"continue that run."
+                f"never writes over. Fix: choose another hydra.run.dir, or "
+                f"{shell_arg('resume', named)} to continue that run."
             )
         record = {p: p.read_bytes() for p in folder.glob(".hydra/*")}  # resume=DIR's own
         try:
@@ -331,7 +332,7 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
         if isinstance(e.__context__, Interrupted):  # a stack's own line (after epoch 3; ...),
             raise e.__context__ from None  # raised again by the handler it gave way to
         signum = getattr(e, "signum", signal.SIGINT)  # between jobs, or while one saved its files
-        finish = f"run the same command again with hydra.sweep.dir={shown(sweep_dir)}"
+        finish = f"run the same command again with {shell_arg('hydra.sweep.dir', sweep_dir)}"
         raise Interrupted(f"interrupted. To finish the sweep, {finish}", signum) from None
 
 

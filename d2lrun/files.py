@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -277,6 +278,11 @@ def shown(path: str | Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def shell_arg(key: str, path: str | Path) -> str:
+    """KEY=PATH as a shell takes it back: quoted when the path has a space ('resume=my run')."""
+    return shlex.quote(f"{key}={shown(path)}")
 
 
 def running(sweep_dir: Path) -> bool:

@@ -24,6 +24,7 @@ from d2lrun.files import (
     reader_gone,
     remove_empty,
     save_torch,
+    shell_arg,
     shown,
     write_csv,
     write_json,
@@ -107,8 +108,8 @@ def train(
                 name, reason = signal.Signals(signum).name, f"fold {i + 1}/{k}: {reason}"
                 write_json(run_dir / "metrics.json", {"status": "interrupted", "reason": reason,
                                                       "signal": name})  # fmt: skip
-            raise Interrupted(f"fold {i + 1}/{k}: {said} Resume with: d2lrun resume="
-                              f"{shown(run_dir)}", signum) from None  # fmt: skip
+            raise Interrupted(f"fold {i + 1}/{k}: {said} Resume with: d2lrun "
+                              f"{shell_arg('resume', run_dir)}", signum) from None  # fmt: skip
         except (UsageError, RunFailed) as e:
             if isinstance(e, UsageError):  # refused: the run's record as it was (resume= of one
                 remove_empty(run_dir.glob("fold_*"))  # whose data moved), and no empty folder
@@ -197,11 +198,9 @@ class Run:
             # No epoch to train: only a run killed while it wrote its last files finishes them.
             last_files = done == ckpt["config"]["trainer"]["epochs"] and not completed(source)
             if done > asked or (done == asked and not last_files):
-                raise UsageError(
-                    f"resume={shown(cfg.resume)} has trained {done} epoch(s), and trainer.epochs="
-                    f"{asked} asks for no more (it counts all of them). Fix: trainer.epochs="
-                    f"{done + asked}."
-                )
+                raise UsageError(f"resume={shown(cfg.resume)} has trained {done} epoch(s), and "
+                                 f"trainer.epochs={asked} asks for no more (it counts all of "
+                                 f"them). Fix: trainer.epochs={done + asked}.")  # fmt: skip
         self.cfg = cfg = checked(cfg)
         self.device = device = resolve_device(cfg.device)
         # Before any data: a logger whose package is missing or whose server is down fails now.
@@ -354,7 +353,7 @@ class Run:
                 raise Interrupted(f"{what} before any epoch finished; nothing to resume.", signum)
             raise Interrupted(
                 f"{what} after epoch {epoch}; the last complete epoch is saved. "
-                f"Resume with: d2lrun resume={shown(run_dir)}",
+                f"Resume with: d2lrun {shell_arg('resume', run_dir)}",
                 signum,
             )
         return summary

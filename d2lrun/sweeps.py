@@ -23,6 +23,7 @@ from d2lrun.files import (
     deferred_signals,
     hold,
     read_json,
+    shell_arg,
     shown,
     untrained,
     write_json,
@@ -103,7 +104,7 @@ def job_failed(e: Exception, run_dir: Path, sweep_dir: Path) -> float:
     if isinstance(e, Interrupted):  # its run's own `Resume with:` gives way to the sweep's
         raise Interrupted(
             f"{str(e).partition(' Resume with:')[0]} To finish the sweep, run the same command "
-            f"again with hydra.sweep.dir={shown(sweep_dir)}",
+            f"again with {shell_arg('hydra.sweep.dir', sweep_dir)}",
             e.exit_code - 128,  # the signal's number (SIGINT for Ctrl-C)
         ) from None
     error = explain(e)

@@ -3,6 +3,7 @@ named folder that already holds a run. (Slurm's requeue is in test_slurm.py.)"""
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -25,7 +26,7 @@ def start(*args: str, cwd=None) -> subprocess.Popen:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
 def test_a_stop_signal_mid_epoch_keeps_the_run_and_resume_finishes_it(tmp_path, signum):
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "my run"  # its 'Resume with:' pasted into a shell: quoted
     proc = start(*SLOW, f"hydra.run.dir={run_dir}")
     for line in proc.stdout:  # the signal comes during epoch 3
         if line.startswith("epoch 2/6"):
@@ -36,7 +37,7 @@ def test_a_stop_signal_mid_epoch_keeps_the_run_and_resume_finishes_it(tmp_path, 
     assert proc.returncode == 128 + signum, err  # 143 for SIGTERM, as Slurm and docker expect
     assert err.splitlines() == [
         f"d2lrun: error: interrupted by {name} after epoch 2; the last complete epoch is saved. "
-        f"Resume with: d2lrun resume={run_dir}"
+        f"Resume with: d2lrun 'resume={run_dir}'"
     ]
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["status"] == "interrupted" and summary["signal"] == name
@@ -48,7 +49,8 @@ def test_a_stop_signal_mid_epoch_keeps_the_run_and_resume_finishes_it(tmp_path, 
 
     if signum != signal.SIGTERM:  # Slurm's warning signal ends a run as SIGTERM does
         return
-    r = run_cli(f"resume={run_dir}", *SLOW, f"hydra.run.dir={tmp_path / 'resumed'}")
+    _, *pasted = shlex.split(err.partition("Resume with: ")[2])  # as a shell reads it
+    r = run_cli(*pasted, *SLOW, f"hydra.run.dir={tmp_path / 'resumed'}")
     assert r.returncode == 0, r.stderr
     whole = run_cli(*SLOW, f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr
@@ -85,14 +87,14 @@ def test_eight_runs_started_together_each_own_a_folder(tmp_path):
 
 
 def test_a_named_folder_that_holds_a_run_is_refused_unless_resumed(tmp_path):
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "a run"
     assert run_cli("trainer.progress=false", f"hydra.run.dir={run_dir}").returncode == 0
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     r = run_cli("optim.lr=0.1", f"hydra.run.dir={run_dir}")
     assert r.returncode == 2 and r.stderr.splitlines() == [
         f"d2lrun: error: hydra.run.dir={run_dir} already holds a run (last.pt, best.pt, model.pt, "
         f"metrics.json, metrics.csv), which d2lrun never writes over. Fix: choose another "
-        f"hydra.run.dir, or resume={run_dir} to continue that run."
+        f"hydra.run.dir, or 'resume={run_dir}' to continue that run."
     ]
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
