@@ -4,6 +4,7 @@ Each call runs the command's Hydra app (d2lrun.app) in this process: the same co
 and, on CPU, numbers. A mistake raises d2lrun.errors' exception with the command's one line.
 """
 
+import re
 import shlex
 import warnings
 from collections.abc import Callable
@@ -91,7 +92,21 @@ def raising(fn: Callable, *args):
         error = explain(e)
         if isinstance(error, Bug):  # with its traceback
             raise
+        error.args = (in_python(str(error)),)
         raise error.with_traceback(None) from None
+
+
+def in_python(line: str) -> str:
+    """An error's line with the commands it advises as this API's calls (d2lrun -m X: sweep)."""
+    line, _, resume = line.partition("Resume with: d2lrun ")
+    if resume:  # the last words of the line
+        line += f"Resume with: d2lrun.train({', '.join(map(repr, shlex.split(resume)))})"
+    again = r"run the same command again with (\S+|'[^']*')"
+    line = re.sub(again, lambda m: f"call d2lrun.sweep again with the same overrides and "
+                  f"{shlex.split(m[1])[0]!r}", line)  # fmt: skip
+    line = re.sub(r"d2lrun -m (\S+) \(one run", r"d2lrun.sweep('\1') (one run", line)
+    line = re.sub(r"d2lrun-report (\S*/\S*)", r"d2lrun.report('\1')", line)
+    return line.replace("d2lrun-report one of them", "d2lrun.report(...) of one of them")
 
 
 def table(sweep_dir: str | Path):

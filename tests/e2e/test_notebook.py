@@ -103,6 +103,8 @@ def test_a_diverged_run_raises_diverged(here):
 
 
 def test_flags_are_refused_and_one_list_of_overrides_is_taken(here):
+    with pytest.raises(UsageError, match=re.escape("Fix: d2lrun.sweep('optim.lr=0.1,0.2') (one")):
+        d2lrun.train("optim.lr=0.1,0.2")  # said: Fix: d2lrun -m optim.lr=0.1,0.2, a shell's command
     with pytest.raises(UsageError, match=r"^d2lrun.train takes overrides, not the command's flags"):
         d2lrun.train("--version")
     with pytest.raises(UsageError, match=r"Fix: d2lrun --cfg job optim\.lr=0\.1 in a shell, or "):
@@ -166,9 +168,9 @@ def test_a_run_stopped_by_ctrl_c_can_be_resumed_from_the_same_notebook(here, mon
         return ""
 
     monkeypatch.setattr(d2lrun.job, "format_row", ctrl_c_in_epoch_2)
-    with pytest.raises(Interrupted, match=r"after epoch \d; .* Resume with: d2lrun resume=") as e:
+    with pytest.raises(Interrupted, match=r"after epoch \d; .* Resume with: d2lrun.train\(") as e:
         d2lrun.train("trainer.epochs=4", "trainer.progress=false")
-    run_dir = str(e.value).rpartition("resume=")[2]
+    run_dir = re.search(r"d2lrun.train\('resume=(.+)'\)$", str(e.value))[1]  # as Python's call
     monkeypatch.setattr(d2lrun.job, "format_row", format_row)
     run = d2lrun.train(f"resume={run_dir}", f"hydra.run.dir={run_dir}", "trainer.progress=false")
     assert run.summary["status"] == "completed" and len(run.metrics) == 4
@@ -209,7 +211,7 @@ def test_sweep_and_report_return_one_row_per_job(here):
     assert table["best_val_loss"].iloc[0] < table["best_val_loss"].iloc[1]
     [folder] = here.glob("outputs/multirun/*/*")
     pd.testing.assert_frame_equal(d2lrun.report(folder), table)
-    with pytest.raises(UsageError, match="is not a folder"):
+    with pytest.raises(UsageError, match=r"is not a folder\. Fix: d2lrun\.report\('outputs/multi"):
         d2lrun.report(here / "nowhere")
 
 
