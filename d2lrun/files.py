@@ -216,8 +216,10 @@ def remove_empty(folders) -> None:
 
 
 def unwritable(folder: str | Path, e: OSError) -> RunFailed:
-    fix = "choose a writable one with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)"
-    return RunFailed(f"cannot write the output directory {folder} ({e.strerror}). Fix: {fix}.")
+    return RunFailed(
+        f"cannot write the output directory {folder} ({e.strerror}). Fix: choose a writable one "
+        f"with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)."
+    )
 
 
 def write_json(path: str | Path, obj) -> Path:
