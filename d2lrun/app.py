@@ -339,14 +339,14 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
 def evaluate(args: Sequence[str]) -> dict:
     """`d2lrun-eval ARGS`: a saved run's metrics on its held-out split, also in RUN/eval.json."""
     with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
-        from d2lrun.reload import evaluate_run
+        from d2lrun.reload import evaluate_run, table_file
 
     check_flags(args, "eval")
 
     def task(cfg: DictConfig) -> dict:
         run = saved_run(cfg)
         metrics = evaluate_run(run)
-        other = {"data": run.config.dataset.path} if "test_loss" in metrics else {}  # another CSV
+        other = {"data": table_file(run.config.dataset)} if "test_loss" in metrics else {}
         stems = [Path(p).stem for p in (cfg.ckpt, other.get("data")) if p]  # eval-best-FILE.json
         out = run.checkpoint.parent / ("-".join(["eval", *stems]) + ".json")
         write_json(out, {"checkpoint": str(run.checkpoint), "device": str(run.device), **other,

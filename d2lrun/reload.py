@@ -38,7 +38,7 @@ from d2lrun.config import (
     overrides_of,
     resolve_device,
 )
-from d2lrun.data import Spec, build_data, prepare_batch, read_inputs, sha1_of
+from d2lrun.data import Spec, build_data, prepare_batch, read_inputs, sha1_of, table_file
 from d2lrun.errors import UsageError, note
 from d2lrun.files import atomic_write, remove_stale_temporaries, shown
 from d2lrun.models import build_model, load_state_dict_strict, loss_kind
@@ -366,9 +366,9 @@ def load_run(
 
 def evaluate_run(run: SavedRun) -> dict:
     """The reloaded model's metrics on its run's held-out rows (val_*), else its training rows;
-    on every row (test_*) of a CSV file other than the one the run trained on."""
+    on every row (test_*) of a table's file other than the one the run trained on."""
     cfg, data, fold, name = run.config, run.config.dataset, run.spec.fold, "train"
-    if run.spec.sha1 and run.spec.sha1 != sha1_of(data.path):  # not split as the run's file was
+    if run.spec.sha1 and run.spec.sha1 != sha1_of(table_file(data)):  # not split as the run's was
         data, fold, name = OmegaConf.merge(data, {"val_fraction": 0}), None, "test"
     train, val, spec = build_data(data, cfg.seed, run.device, fold, run.spec)
     split, name = (val, "val") if len(val) else (train, name)

@@ -57,7 +57,7 @@ class Spec:
     target: str | None = None  # a table's target column
     drop: list[str] = field(default_factory=list)  # a table's id columns, kept in predictions
     preprocess: dict | None = None  # a table's fitted statistics (d2lrun.data.csv)
-    sha1: str | None = None  # a CSV table's file: d2lrun-eval tells it from another file
+    sha1: str | None = None  # a table's file: d2lrun-eval tells it from another file
     na_values: list[str] | None = None  # the strings a table reads as missing
     true_w: list[float] | None = None  # generated data: the weights (§3.2, §4.4, §4.5)
     true_b: float | None = None
@@ -88,6 +88,15 @@ def build_data(
 def sha1_of(path: str | Path) -> str | None:
     """The SHA-1 of a file's bytes; None where it is no file."""
     return hashlib.sha1(Path(path).read_bytes()).hexdigest() if os.path.isfile(path) else None
+
+
+def table_file(cfg: DictConfig) -> str:
+    """The file a table's rows are read from: dataset.path, or the Kaggle training file."""
+    if cfg.name == "kaggle_house":
+        from d2lrun.data.kaggle_house import train_file
+
+        return str(train_file(cfg))
+    return cfg.path
 
 
 @functools.lru_cache(maxsize=4)  # the jobs of a sweep in one process decode a dataset once

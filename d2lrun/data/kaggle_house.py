@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from d2lrun.data import Spec
+from d2lrun.data import Spec, sha1_of
 from d2lrun.data.csv import read_table, table_splits
 from d2lrun.errors import UsageError, note
 from d2lrun.files import atomic_write, remove_empty, shown
@@ -62,7 +62,7 @@ def find_files(root: str | Path, fetch: bool) -> dict[str, Path]:
         )
     paths = {}
     for split, (name, sha1) in FILES.items():
-        there = next((p for p in (root / "kaggle_house" / name, root / name) if p.exists()), None)
+        there = located(root, name)
         if there is None and not fetch:
             raise UsageError(
                 f"{name} is not in {root / 'kaggle_house'} and dataset.download=false. "
@@ -75,6 +75,18 @@ def find_files(root: str | Path, fetch: bool) -> dict[str, Path]:
     return paths
 
 
+def located(root: str | Path, name: str) -> Path | None:
+    """ROOT/kaggle_house/NAME, else ROOT/NAME, where either is."""
+    root = Path(root).expanduser()
+    return next((p for p in (root / "kaggle_house" / name, root / name) if p.exists()), None)
+
+
+def train_file(cfg: DictConfig) -> Path:
+    """The training file load reads: where it is, or where dataset.download puts the book's."""
+    name = FILES["train"][0]
+    return located(cfg.root, name) or Path(cfg.root).expanduser() / "kaggle_house" / name
+
+
 def load(cfg: DictConfig, seed: int, fold=None, fitted: Spec | None = None):
     paths = find_files(cfg.root, cfg.download)
     train = read_table(paths["train"], "dataset.root", BOOK_NA_VALUES)
@@ -85,4 +97,5 @@ def load(cfg: DictConfig, seed: int, fold=None, fitted: Spec | None = None):
         train, cfg, seed, fold, paths["train"].name, "auto", True, also_fit=test, ddof=1,
         fitted=fitted,
     )  # fmt: skip
-    return train, val, replace(spec, na_values=BOOK_NA_VALUES)  # new rows are read the same way
+    # New rows are read the same way; the SHA-1 tells d2lrun-eval the run's file from another.
+    return train, val, replace(spec, na_values=BOOK_NA_VALUES, sha1=sha1_of(paths["train"]))

@@ -114,6 +114,35 @@ def test_eval_of_a_fold_scores_the_rows_that_fold_held_out(folds, kaggle_house):
     )
 
 
+def test_eval_of_another_kaggle_file_scores_every_row_of_it_apart_from_the_runs_own(
+    folds, kaggle_house, tmp_path
+):
+    """dataset.root=OTHER with another training file: test_* on every row of it, written to
+    eval-kaggle_house_pred_train.json; the run's own file moved: its held-out rows, as val_*."""
+    run, fold_0 = folds / "fold_0", {k: final(folds / "fold_0")[k] for k in VAL_KEYS}
+    for folder in ("moved", "first"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / TEST).write_bytes((kaggle_house / TEST).read_bytes())
+    (tmp_path / "moved" / TRAIN).write_bytes((kaggle_house / TRAIN).read_bytes())
+    r = run_cli(f"run={run}", f"dataset.root={tmp_path / 'moved'}", tool="d2lrun-eval")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[0]) == fold_0
+    lines = (kaggle_house / TRAIN).read_text().splitlines(keepends=True)
+    (tmp_path / "first" / TRAIN).write_text("".join(lines[:1001]))  # the header, 1,000 houses
+    r = run_cli(f"run={run}", f"dataset.root={tmp_path / 'first'}", tool="d2lrun-eval")
+    assert r.returncode == 0, r.stderr
+    scored = json.loads(r.stdout.splitlines()[0])
+    assert set(scored) == {"test_loss", "test_rmse", "test_log_rmse"}
+    houses = rows_of(run, tmp_path / "first" / TRAIN)
+    assert rmse(load_run(run).predict(houses), houses["SalePrice"]) == pytest.approx(
+        scored["test_rmse"], rel=1e-4
+    )  # every one of the 1,000 rows, not fold 0's held-out 292
+    out, other = run / "eval-kaggle_house_pred_train.json", tmp_path / "first" / TRAIN
+    assert f"wrote {out} (every row of {other}, not the run's file)" in r.stdout
+    assert json.loads(out.read_text())["data"] == str(other)
+    assert json.loads((run / "eval.json").read_text())["val_loss"] == fold_0["val_loss"]
+
+
 def book_features(folder) -> tuple[pd.DataFrame, torch.Tensor]:
     """§4.10's preprocessing, as the book writes it: the test rows and their features."""
     # pandas 1's reading, as in the book: "NA" is missing, "None" (no masonry veneer) a category.
