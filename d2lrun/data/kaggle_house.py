@@ -52,8 +52,8 @@ def download(url: str, path: Path, sha1: str) -> Path:
     return path
 
 
-def find_files(root: str | Path, fetch: bool) -> dict[str, Path]:
-    """The two files, in ROOT/kaggle_house/ or ROOT; downloaded when missing and fetch is set."""
+def find_files(root: str | Path, fetch: bool, splits=tuple(FILES)) -> dict[str, Path]:
+    """The files of splits, in ROOT/kaggle_house/ or ROOT; downloaded when missing and fetch is."""
     root = Path(root).expanduser()
     if root.is_file():  # the training file itself: its folder is the root
         raise UsageError(
@@ -61,7 +61,8 @@ def find_files(root: str | Path, fetch: bool) -> dict[str, Path]:
             f"{FILES['train'][0]}. Fix: dataset.root={shown(root.parent)}."
         )
     paths = {}
-    for split, (name, sha1) in FILES.items():
+    for split in splits:
+        name, sha1 = FILES[split]
         there = located(root, name)
         if there is None and not fetch:
             raise UsageError(
@@ -88,9 +89,10 @@ def train_file(cfg: DictConfig) -> Path:
 
 
 def load(cfg: DictConfig, seed: int, fold=None, fitted: Spec | None = None):
-    paths = find_files(cfg.root, cfg.download)
+    # The test file joins statistics being fitted only: not statistics=train's, nor a saved run's.
+    fit_test = cfg.statistics == "train_and_test" and fitted is None
+    paths = find_files(cfg.root, cfg.download, ("train", "test") if fit_test else ("train",))
     train = read_table(paths["train"], "dataset.root", BOOK_NA_VALUES)
-    fit_test = cfg.statistics == "train_and_test"
     test = read_table(paths["test"], "dataset.root", BOOK_NA_VALUES) if fit_test else None
     # SalePrice is numeric, so "auto" is regression; ddof=1 is the book's `x.std()` (pandas').
     train, val, spec = table_splits(

@@ -120,9 +120,8 @@ def test_eval_of_another_kaggle_file_scores_every_row_of_it_apart_from_the_runs_
     """dataset.root=OTHER with another training file: test_* on every row of it, written to
     eval-kaggle_house_pred_train.json; the run's own file moved: its held-out rows, as val_*."""
     run, fold_0 = folds / "fold_0", {k: final(folds / "fold_0")[k] for k in VAL_KEYS}
-    for folder in ("moved", "first"):
+    for folder in ("moved", "first"):  # the training file alone: a saved run keeps its statistics
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / TEST).write_bytes((kaggle_house / TEST).read_bytes())
     (tmp_path / "moved" / TRAIN).write_bytes((kaggle_house / TRAIN).read_bytes())
     r = run_cli(f"run={run}", f"dataset.root={tmp_path / 'moved'}", tool="d2lrun-eval")
     assert r.returncode == 0, r.stderr

@@ -231,3 +231,20 @@ def test_kaggle_files_found_in_the_root_that_are_not_the_books_are_said_to_be(tm
     assert paths["train"] == tmp_path / "kaggle_house" / FILES["train"][0]
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all("is not the book's file (its SHA-1 differs)" in e for e in err)
+
+
+def test_kaggle_statistics_of_the_training_rows_need_no_test_file(server, tmp_path, monkeypatch):
+    """With only the training file and dataset.statistics=train, a run tried to download the test
+    file it never reads, and without a network stopped there."""
+    from d2lrun.data import build_data
+    from d2lrun.data import kaggle_house as kh
+
+    monkeypatch.setattr(kh, "DATA_URL", server[1])  # serves nothing: the offline machine
+    rows = [f"{i},{50 + i},{'Pave' if i % 3 else 'Grvl'},{100_000 + 997 * i}" for i in range(40)]
+    (tmp_path / kh.FILES["train"][0]).write_text("\n".join(["Id,LotArea,Street,SalePrice", *rows]))
+    args = ["dataset=kaggle_house", f"dataset.root={tmp_path}", "dataset.val_fraction=0.25"]
+    train, val, spec = build_data(compose([*args, "dataset.statistics=train"]).dataset, 0)
+    assert (len(train), len(val), spec.num_inputs) == (30, 10, 4)  # LotArea, Street's 2 and NaN
+    assert not (tmp_path / "kaggle_house").exists()  # no test file fetched, nor a folder for it
+    with pytest.raises(UsageError, match="kaggle_house_pred_test.csv is not in .* downloading"):
+        build_data(compose(args).dataset, 0)  # the book's statistics read the test file too
