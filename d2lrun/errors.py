@@ -9,6 +9,7 @@ d2lrun.config.messages.explain turns any other exception (Hydra's, OmegaConf's, 
 one of these.
 """
 
+import difflib
 import sys
 
 
@@ -45,3 +46,16 @@ class Interrupted(D2lrunError):
 def note(message: str) -> None:
     """What d2lrun did on the user's behalf that they should know, as one line on stderr."""
     print(f"note: {message}", file=sys.stderr)
+
+
+def listed(names, most: int = 20) -> str:
+    """names joined by commas; of a longer list (3,000 columns), the first `most`, and how many."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(map(str, names[:most])) + more
+
+
+def alike(name: str, names) -> str | None:
+    """The one of names that is name but for case (Y: y), else the one spelled most like it."""
+    names = [str(n) for n in names]
+    same = [n for n in names if n.lower() == str(name).lower()]
+    return (same or difflib.get_close_matches(str(name), names, n=1, cutoff=0.6) or [None])[0]

@@ -4,7 +4,6 @@ Each YAML option names its schema (`defaults: [/schema_GROUP_OPTION]`), so Hydra
 type as it composes (`optim.lr=fast`); every field is MISSING: the values live only in the YAML.
 """
 
-import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -13,6 +12,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from d2lrun.errors import alike
 
 SIZE = 2**31  # counts and widths: far beyond any memory, and within torch's int64 sizes
 
@@ -341,6 +342,5 @@ def options_of(group: str) -> list[str]:
 
 
 def closest(name: str, options, default: str | None = None) -> str:
-    """The option spelled most like name; none alike (model=foo): default, else the first."""
-    near = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
-    return near[0] if near else default or sorted(options)[0]
+    """The option alike name (MLP: mlp, lenett: lenet); none (model=foo): default, else first."""
+    return alike(name, options) or default or sorted(options)[0]

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from d2lrun.data import Spec, Split, fold_rows, sha1_of
-from d2lrun.errors import UsageError, note
+from d2lrun.errors import UsageError, alike, listed, note
 from d2lrun.files import shown
 
 
@@ -225,22 +225,23 @@ def table_splits(
     categories all zeros) means what the run's file meant, as in predictions."""
     target = cfg.target
     if target not in frame.columns:
-        fix = f"give a file with a column '{target}'" if fitted else "dataset.target=<one of them>"
-        fix = commas_fix(frame.columns, fix)
+        near = None if fitted else alike(target, frame.columns)  # Y: y, saleprice: SalePrice
+        fix = f"dataset.target={near or '<one of them>'}"
+        fix = commas_fix(frame.columns, f"give a file with a column '{target}'" if fitted else fix)
         if not fitted and (typed := as_typed(frame.columns, [target])):
             quoted = f"\"dataset.target='{typed[0]}'\""
             fix = f"quote it, as Hydra reads {typed[0]} as {target} otherwise: {quoted}"
         raise UsageError(
             f"dataset.target={target} is not a column of {source}; its columns are: "
-            f"{', '.join(frame.columns)}. Fix: {fix}."
+            f"{listed(frame.columns)}. Fix: {fix}."
         )
     if unknown := [c for c in cfg.drop if c not in frame.columns]:
         typed = as_typed(frame.columns, unknown)  # true: True
         named = [c for c in cfg.drop if c in frame.columns] + typed
-        fix = f"dataset.drop=[{','.join(named)}]"
-        if typed:
-            items = ",".join(f"'{c}'" for c in named)
-            fix = f'quote them, as Hydra reads {typed[0]} otherwise: "dataset.drop=[{items}]"'
+        named += [n for c in unknown if (n := alike(c, frame.columns)) and n not in named]  # Id
+        items = ",".join(f"'{c}'" if typed else c for c in named)
+        fix = f"dataset.drop=[{items}]"
+        fix = f'quote them, as Hydra reads {typed[0]} otherwise: "{fix}"' if typed else fix
         raise UsageError(f"dataset.drop names {unknown}, which {source} does not have. Fix: {fix}.")
     text = [c for c in frame if c not in cfg.drop and not pd.api.types.is_numeric_dtype(frame[c])]
     if not fitted and (written := [c for c in text if written_numbers(frame[c])]):
@@ -266,7 +267,7 @@ def table_splits(
             if numbers.count() == frame[col].count() > 0 and np.isfinite(numbers.dropna()).all():
                 frame[col] = numbers
     if frame.empty:
-        others = ", ".join(c for c in frame.columns if c != target)  # a saved run keeps its own
+        others = listed(frame.columns.drop(target))  # a saved run keeps its own
         other = f", or dataset.target=<another of: {others}>" if others and not fitted else ""
         raise UsageError(
             f"column '{target}' of {source} has no values: no row to learn from. Fix: fill it "
@@ -352,7 +353,7 @@ def table_splits(
             if one or frame[target].is_unique:  # ids, or dataset.task=classification of prices
                 what = f"a different value in each of its {n} rows (an id?)"
                 what = f"one class ('{classes[0]}') in all its rows" if one else what
-                others = ", ".join(c for c in frame.columns if c != target)
+                others = listed(frame.columns.drop(target))
                 numbers = "dataset.task=regression, or " if numeric_target and not one else ""
                 raise UsageError(
                     f"column '{target}' of {source} has {what}, so there is nothing to learn. "

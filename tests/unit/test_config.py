@@ -77,6 +77,11 @@ def message(*overrides) -> str:
             "Unknown model 'lenett'. Choose one of: conv2d, lenet, linreg, mlp, softmax. "
             "Fix: model=lenet.",
         ),
+        (  # the same but for case: it said Fix: model=linreg
+            "model=MLP",
+            "Unknown model 'MLP'. Choose one of: conv2d, lenet, linreg, mlp, softmax. "
+            "Fix: model=mlp.",
+        ),
         (  # nothing like it: config.yaml's choice, not the nearest of unlike names (conv2d)
             "model=foo",
             "Unknown model 'foo'. Choose one of: conv2d, lenet, linreg, mlp, softmax. "

@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from d2lrun.config import compose
 from d2lrun.data import build_data, prepare_batch
 from d2lrun.data.csv import fit_preprocess, read_table, table_splits, transform
 from d2lrun.data.csv import load as csv_load
@@ -343,6 +344,29 @@ def test_a_csv_run_reads_its_file_by_fold_and_names_it_in_errors(tmp_path):
         f"dataset.target=price is not a column of {path}; its columns are: x, y. "
         "Fix: dataset.target=<one of them>."
     )
+
+
+def test_a_mistyped_column_of_a_wide_table_is_named_in_a_short_line(tmp_path, kaggle_house):
+    """dataset.target=Y of 3,001 columns printed all of them (20 KB on one line) and no y;
+    kaggle_house's saleprice listed 81 columns, and drop=[id] said Fix: dataset.drop=[]."""
+    frame = pd.DataFrame(np.ones((4, 3001)), columns=[f"f{i}" for i in range(3000)] + ["y"])
+    with pytest.raises(UsageError) as e:
+        table_splits(frame, table_cfg(target="Y"), 0, None, "wide.csv", "auto", False)
+    assert str(e.value) == (
+        "dataset.target=Y is not a column of wide.csv; its columns are: "
+        f"{', '.join(f'f{i}' for i in range(20))} and 2981 more. Fix: dataset.target=y."
+    )
+    with pytest.raises(UsageError, match=r"and 2981 more\. Fix: dataset\.target=f2999\.$"):
+        table_splits(frame, table_cfg(target="f29999"), 0, None, "wide.csv", "auto", False)
+    with pytest.raises(UsageError) as e:
+        table_splits(frame, table_cfg(drop=["F1", "nope"]), 0, None, "wide.csv", "auto", False)
+    assert str(e.value).endswith("does not have. Fix: dataset.drop=[f1].")
+    house = ["dataset=kaggle_house", f"dataset.root={kaggle_house}", "dataset.download=false"]
+    for typed, fix in [("dataset.target=saleprice", "dataset.target=SalePrice"),
+                       ("dataset.drop=[id]", "dataset.drop=[Id]")]:  # fmt: skip
+        with pytest.raises(UsageError) as e:
+            build_data(compose([*house, typed]).dataset, 0)
+        assert str(e.value).endswith(f" Fix: {fix}.") and len(str(e.value)) < 400, str(e.value)
 
 
 def test_read_table_errors_name_the_key_and_pandas_reason(tmp_path):
