@@ -52,6 +52,9 @@ def download(url: str, path: Path, sha1: str) -> Path:
     return path
 
 
+NOTED: set[Path] = set()  # the files said not to be the book's, in this process
+
+
 def find_files(root: str | Path, fetch: bool, splits=tuple(FILES)) -> dict[str, Path]:
     """The files of splits, in ROOT/kaggle_house/ or ROOT; downloaded when missing and fetch is."""
     root = Path(root).expanduser()
@@ -69,7 +72,9 @@ def find_files(root: str | Path, fetch: bool, splits=tuple(FILES)) -> dict[str, 
                 f"{name} is not in {root / 'kaggle_house'} and dataset.download=false. "
                 f"Fix: place it there from {DATA_URL}{name}, or dataset.download=true."
             )
-        if there and hashlib.sha1(there.read_bytes()).hexdigest() != sha1:  # 1 ms: yours, said
+        mine = there and hashlib.sha1(there.read_bytes()).hexdigest() != sha1  # 1 ms: yours
+        if mine and there.resolve() not in NOTED:  # said once, not once per fold or sweep job
+            NOTED.add(there.resolve())
             note(f"{shown(there)} is not the book's file (its SHA-1 differs): the numbers may "
                  f"differ from the book's")  # fmt: skip
         paths[split] = there or download(DATA_URL + name, root / "kaggle_house" / name, sha1)
