@@ -102,7 +102,7 @@ class MLflow(Tracker):
             )
         self.ckpt, self.log, self.run_id = ckpt, log, None
         local = self.uri.startswith("sqlite:///")  # its folder: made here, artifacts beside it
-        self.sqlite_dir = Path(self.uri.removeprefix("sqlite:///")).parent if local else None
+        self.sqlite_dir = check_sqlite(self.uri) if local else None
         with quick_requests():
             try:
                 lock = nullcontext()
@@ -276,6 +276,28 @@ def quick_requests(settings: dict = QUICK):
     finally:
         for k in added:
             os.environ.pop(k, None)
+
+
+def check_sqlite(uri: str) -> Path:
+    """The folder of a SQLite store; a file no database can be is refused now, where MLflow
+    would retry for 100 s (10 times, backing off). It makes nothing: MLflow makes the store."""
+    path = Path(uri.removeprefix("sqlite:///"))
+    try:
+        if path.is_dir():
+            raise UsageError(
+                f"logger.tracking_uri={uri} names a folder, not a database file. "
+                f"Fix: logger.tracking_uri=sqlite:///{path / 'mlflow.db'}."
+            )
+        folder = next(p for p in path.parents if p.exists())  # the one its folders are made in
+        if path.exists():  # its header, read without a lock: a busy store is still a store
+            with open(path, "rb") as f:
+                if f.read(16) not in (b"", b"SQLite format 3\0"):
+                    raise OSError(f"{path} is not a SQLite database")
+        elif not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise OSError(f"{folder} is not a writable folder")
+    except OSError as e:
+        raise unreachable(uri, e) from None
+    return path.parent
 
 
 def unreachable(uri: str, e: Exception) -> UsageError:

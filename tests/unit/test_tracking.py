@@ -5,6 +5,7 @@ every exit)."""
 
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -206,6 +207,32 @@ def test_an_empty_tracking_uri_is_refused_not_mlflows_own_store_in_the_cwd(tmp_p
     with pytest.raises(UsageError, match=r"^logger.tracking_uri is empty \(MLFLOW_TRACKING_URI"):
         MLflow(cfg, tmp_path / "run", "e", None, None, print)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sqlite_store_that_cannot_be_a_database_is_refused_at_once(tmp_path):
+    """sqlite:///outputs (a folder) stood 110 s in MLflow's retries, 7 warnings, then failed."""
+    pytest.importorskip("mlflow")
+    from d2lrun.tracking import MLflow
+
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "notes.txt").write_text("not a database")
+    (tmp_path / "ro").mkdir(mode=0o555)  # refused as a user, not as root (who writes anyway)
+    bad = {
+        "outputs": f"names a folder, not a database file. Fix: logger.tracking_uri=sqlite:///"
+        f"{tmp_path}/outputs/mlflow.db.",
+        "notes.txt": f"cannot be used ({tmp_path}/notes.txt is not a SQLite database). Fix:",
+        "notes.txt/x/m.db": f"cannot be used ({tmp_path}/notes.txt is not a writable folder). ",
+        **({"ro/m.db": f"({tmp_path}/ro is not a writable folder)"} if os.getuid() else {}),
+    }
+    for path, says in bad.items():
+        cfg = compose(["logger=mlflow", f"logger.tracking_uri=sqlite:///{tmp_path}/{path}"])
+        start = time.monotonic()
+        with pytest.raises(UsageError) as refused:
+            MLflow(cfg, tmp_path / "run", "e", None, None, print)
+        assert time.monotonic() - start < 5
+        assert str(refused.value).startswith(f"logger.tracking_uri=sqlite:///{tmp_path}/{path} ")
+        assert says in str(refused.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "outputs", "ro"]
 
 
 class Recorder(Tracker):
