@@ -33,7 +33,7 @@ from d2lrun.config import (
     overrides_of,
     register,
 )
-from d2lrun.config.sweeper import check_same_search, sweep_config
+from d2lrun.config.sweeper import check_same_search
 from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.files import (
     atomic_write,
@@ -266,7 +266,7 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
             "--cfg and --info show one run's config, not a sweep's. Fix: drop -m and give one "
             "value per key (d2lrun optim.lr=0.1 --cfg job)."
         )
-    cfg, again = sweep_config(overrides_of(args))  # and every job checked, as a run is
+    cfg, again = sweeps.checked_sweep(overrides_of(args))  # every job checked, as a run is
     args = [again.get(a, a) for a in args]  # a key only swept options have, as Hydra takes it
     lines = overrides_of(args)  # not the flags (--cfg job), which Hydra reads itself
     task = [a for a in lines if not a.lstrip("+~").startswith("hydra")]  # as Hydra splits them

@@ -33,6 +33,19 @@ from d2lrun.plots import png
 HIGHER_IS_BETTER = {"val_acc", "train_acc"}  # every other metric (val_loss) is better when lower
 
 
+def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
+    """config.sweeper.sweep_config, and each MLflow store among the jobs checked once: one that
+    cannot be, or a server that cannot be reached (from Slurm's nodes as from here), ends the
+    sweep before any job starts, in the line each job would give. It makes no store or run."""
+    from d2lrun.config.sweeper import sweep_config
+    from d2lrun.tracking import open_tracker
+
+    cfg, again, jobs = sweep_config(lines)
+    for job in (job for job in jobs if job.logger.name == "mlflow"):  # TensorBoard: torch's import
+        open_tracker(job, Path(), "", None, None, print, check=True)
+    return cfg, again
+
+
 def finished_job(run_dir: Path, overrides: list[str]) -> dict | None:
     """metrics.json of the job that completed in run_dir with these same overrides, else None."""
     metrics = completed(run_dir)

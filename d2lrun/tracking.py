@@ -84,7 +84,7 @@ class MLflow(Tracker):
     """One MLflow run per d2lrun run: params, metrics per epoch (step = epoch), artifacts, tags."""
 
     def __init__(
-        self, cfg: DictConfig, run_dir: Path, name: str, ckpt: dict | None, sweep_dir, log
+        self, cfg: DictConfig, run_dir: Path, name: str, ckpt, sweep_dir, log, check=False
     ):
         # MLflow 3's usage telemetry starts threads at import that slowed a softmax epoch here from
         # 0.14 s to 6-9 s (offline); off unless the user chose (MLFLOW_DISABLE_TELEMETRY=false).
@@ -105,6 +105,10 @@ class MLflow(Tracker):
         self.sqlite_dir = check_sqlite(self.uri) if local else None
         with quick_requests():
             try:
+                if check:  # a sweep's, before its jobs: the server answers; nothing is made
+                    if not local:
+                        MlflowClient(self.uri).search_experiments(max_results=1)
+                    return
                 lock = nullcontext()
                 if self.sqlite_dir:  # a new store's tables are made by one of a sweep's
                     self.sqlite_dir.mkdir(parents=True, exist_ok=True)  # processes (joblib)
@@ -221,15 +225,23 @@ class MLflow(Tracker):
 
 
 def open_tracker(
-    cfg: DictConfig, run_dir: Path, name: str, ckpt: dict | None, sweep_dir: Path | None, log
+    cfg: DictConfig,
+    run_dir: Path,
+    name: str,
+    ckpt: dict | None,
+    sweep_dir: Path | None,
+    log,
+    check: bool = False,
 ) -> Tracker:
-    """The tracker cfg.logger names (name: MLflow's experiment); a missing package fails here."""
+    """The tracker cfg.logger names (name: MLflow's experiment); a missing package fails here.
+    check: what each job of a sweep would refuse, refused once before they start, in the same
+    line; it makes no store, experiment or run (the jobs do, on Slurm's nodes too)."""
     logger = cfg.logger.name
     try:
         if logger == "tensorboard":
             return TensorBoard(run_dir)
         if logger == "mlflow":
-            return MLflow(cfg, run_dir, name, ckpt, sweep_dir, log)
+            return MLflow(cfg, run_dir, name, ckpt, sweep_dir, log, check)
     except ImportError as e:  # the logger's package: MLflow's client errors are caught in MLflow
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UsageError(

@@ -25,10 +25,11 @@ from d2lrun.config import (
 from d2lrun.errors import UsageError
 
 
-def sweep_config(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
+def sweep_config(lines: list[str]) -> tuple[DictConfig, dict[str, str], list[DictConfig]]:
     """The config Hydra composes for a sweep before its jobs (its swept keys left out), checked
-    with every job (check_sweep); and the fixed overrides of keys that only the swept options
-    have (model.dropout with model=lenet,mlp), as key=choice(value): Hydra could not set them."""
+    with every job (check_sweep); the fixed overrides of keys that only the swept options have
+    (model.dropout with model=lenet,mlp), as key=choice(value): Hydra could not set them; and a
+    job's config for each logger section among them, for the caller to open the tracker once."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = OverridesParser.create().parse_overrides(lines)
@@ -42,8 +43,7 @@ def sweep_config(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
         if OmegaConf.select(picks, o.key_or_group, default=unset) is unset
     }
     cfg = compose([o.input_line for o in fixed if o.input_line not in again], with_hydra=True)
-    check_sweep(cfg.hydra, overrides)
-    return cfg, again
+    return cfg, again, check_sweep(cfg.hydra, overrides)
 
 
 def is_group(o) -> bool:
@@ -51,9 +51,9 @@ def is_group(o) -> bool:
     return o.key_or_group in GROUPS or "/" in o.key_or_group
 
 
-def check_sweep(hydra: DictConfig, overrides: list) -> None:
+def check_sweep(hydra: DictConfig, overrides: list) -> list[DictConfig]:
     """What Hydra's sweepers and launchers fail on with a traceback, or lose files to, as one
-    line (hydra: the sweep's hydra section, as composed)."""
+    line (hydra: the sweep's hydra section, as composed); check_jobs' configs."""
     sweeper, launcher = hydra.sweeper, hydra.launcher
     if launcher.get("n_jobs") == 0:  # joblib: 'n_jobs == 0 in Parallel has no meaning'
         raise UsageError(
@@ -71,9 +71,9 @@ def check_sweep(hydra: DictConfig, overrides: list) -> None:
     search = sweeper.get("n_trials") is not None  # Optuna's
     for o in (o for o in overrides if o.is_sweep_override()):  # the plugin fails, or differs
         check_glob(o, search)
-    check_jobs(overrides, search, "Slurm" not in str(launcher.get("_target_")))
+    loggers = check_jobs(overrides, search, "Slurm" not in str(launcher.get("_target_")))
     if not search:
-        return
+        return loggers
     limits = {"n_trials": (1, None, 20), "n_jobs": (1, None, 1), "max_failure_rate": (0, 1, 1.0),
               "sampler.seed": (0, None, 0)}  # fmt: skip  # what Optuna fails on with a traceback
     for key, (low, high, fix) in limits.items():
@@ -92,6 +92,7 @@ def check_sweep(hydra: DictConfig, overrides: list) -> None:
             f"for better settings (accuracy, or minus the loss). Fix: hydra.sweeper.direction="
             f"maximize."
         )
+    return loggers
 
 
 def check_search(o, cfg: DictConfig) -> None:
@@ -139,9 +140,10 @@ def check_glob(o, search: bool) -> None:
     raise UsageError(f"{o.input_line}: {who} values, not glob(). Fix: '{key}={fix}'.")
 
 
-def check_jobs(overrides: list, search: bool, here: bool) -> None:
+def check_jobs(overrides: list, search: bool, here: bool) -> list[DictConfig]:
     """Each job composed and checked as a run of it is (a search: each choice and bound once), so
-    that a value a job would refuse ends the sweep before any starts. Each set of options is
+    that a value a job would refuse ends the sweep before any starts; a job's checked config for
+    each logger section among them (its tracker is not opened here). Each set of options is
     composed once and the jobs' keys set on a copy, as Hydra sets them (0.1 s a composition,
     5 ms a job here); devices are looked up where the jobs run (here: not on Slurm's nodes).
     A ${...} is left to its job, where ${hydra:...} resolves (or says why it cannot)."""
@@ -156,7 +158,7 @@ def check_jobs(overrides: list, search: bool, here: bool) -> None:
         jobs = [first] + [[*first[:i], v, *first[i + 1 :]]
                           for i, vs in enumerate(values.values()) for v in vs[1:]]  # fmt: skip
     resumes = any(o.key_or_group == "resume" for o in overrides)  # checked as the job is
-    composed, devices = {}, set()
+    composed, devices, loggers = {}, set(), {}
     with contextlib.redirect_stderr(io.StringIO()):  # checked's notes: each job prints its own
         for job in jobs:
             parsed = parse(list(job))
@@ -168,9 +170,12 @@ def check_jobs(overrides: list, search: bool, here: bool) -> None:
             cfg = copy.deepcopy(composed[picks])
             ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not is_group(o)], cfg)
             with contextlib.suppress(InterpolationResolutionError):  # ${hydra:job.num}: the job's
-                devices.add(checked(cfg, () if resumes else job).device)
+                run = checked(cfg, () if resumes else job)
+                devices.add(run.device)
+                loggers.setdefault(OmegaConf.to_yaml(run.logger), run)
     for name in devices:  # only cuda and mps import torch
         resolve_device(name) if here and name not in ("auto", "cpu") else check_device(name)
+    return list(loggers.values())
 
 
 def values_of(o) -> list[str]:
