@@ -280,14 +280,22 @@ def experiment_name(cfg: DictConfig, preset: str | None, sweep: str | None) -> s
 
 @contextmanager
 def quick_requests(settings: dict = QUICK):
-    """Short HTTP timeouts and few retries for MLflow, unless the user set their own, then back."""
+    """Short HTTP timeouts and few retries for MLflow, unless the user set their own, then back;
+    without urllib3's warning per retry (shown as Hydra's [HYDRA] lines): one line says it all."""
     added = [k for k in settings if k not in os.environ]
     os.environ.update({k: settings[k] for k in added})
+    pool = logging.getLogger("urllib3.connectionpool")
+    pool.addFilter(not_a_retry)
     try:
         yield
     finally:
+        pool.removeFilter(not_a_retry)
         for k in added:
             os.environ.pop(k, None)
+
+
+def not_a_retry(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Retrying (")
 
 
 def check_sqlite(uri: str) -> Path:

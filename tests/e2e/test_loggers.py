@@ -455,8 +455,9 @@ def test_an_unreachable_tracking_server_fails_quickly_before_training(tmp_path):
     assert time.monotonic() - start < 40
 
 
-def test_a_tracking_server_gone_during_training_costs_seconds_then_a_note(tmp_path):
-    """MLflow's own retries (7, backing off) held a run whose server stopped for 4 minutes."""
+def test_a_tracking_server_gone_during_training_costs_seconds_then_a_note(tmp_path, caplog):
+    """MLflow's own retries (7, backing off) held a run whose server stopped for 4 minutes; and
+    urllib3 logged each retry, which a run showed as [HYDRA] lines before the note."""
     from mlflow import MlflowClient
 
     from d2lrun.config import compose
@@ -473,6 +474,7 @@ def test_a_tracking_server_gone_during_training_costs_seconds_then_a_note(tmp_pa
     assert "Connection refused" in notes[-1] and notes[-1].endswith("; training goes on")
     tracker.log_epoch({"epoch": 2, "train_loss": 0.4})  # and no more tries
     assert len(notes) == 1
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")] == []
 
 
 def test_tensorboard_in_a_sweep_a_diverged_job_and_a_resumed_run(tmp_path):
