@@ -41,6 +41,7 @@ from d2lrun.files import (
     deferred_signals,
     hold,
     remove_empty,
+    saved_checkpoint,
     shell_arg,
     shown,
     stop_signals,
@@ -209,8 +210,7 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
         raise UsageError("resume= names no run. Fix: resume=outputs/DATE/TIME, or drop resume=.")
     if not resume:
         return list(args), None
-    folder = Path(resume)
-    if not (folder / "last.pt").exists() and (folder / "fold_0" / "last.pt").exists():
+    if not saved_checkpoint(folder := Path(resume)) and saved_checkpoint(folder / "fold_0"):
         # A k-fold run: run again in its folder, it keeps its completed folds (d2lrun.job.train)
         # and goes on with the stopped one from its last complete epoch.
         named = given(args, "hydra.run.dir")

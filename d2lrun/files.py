@@ -239,6 +239,11 @@ def completed(folder: Path) -> dict | None:
     return summary if summary.get("status") == "completed" else None
 
 
+def saved_checkpoint(folder: Path) -> Path | None:
+    """folder's last.pt, else its best.pt (killed before trainer.checkpoint_every's first)."""
+    return next((p for p in (folder / "last.pt", folder / "best.pt") if p.exists()), None)
+
+
 def untrained(folder: Path) -> bool:
     """folder holds no run: only Hydra's .hydra/, the lock, a tensorboard/ logger folder, the
     metrics.json of a run stopped before its first epoch ("nothing to resume"), which leaves no

@@ -24,6 +24,7 @@ from d2lrun.files import (
     reader_gone,
     remove_empty,
     save_torch,
+    saved_checkpoint,
     shell_arg,
     shown,
     write_csv,
@@ -39,8 +40,8 @@ from d2lrun.reload import (
     changed,
     check_same_meaning,
     continued,
-    load_checkpoint,
     readable_best,
+    resume_checkpoint,
 )
 from d2lrun.tracking import experiment_name, open_tracker
 from d2lrun.trainer import Trainer, compiled, fit, format_row, loss_for
@@ -67,10 +68,10 @@ def train(
     moved = bool(cfg.resume)  # resume=RUN of this k-fold run: its data may have moved
     if cfg.resume:  # each fold below is continued or trained anew
         cfg = OmegaConf.merge(cfg, {"resume": None})
-        if diff := changed(load_checkpoint(run_dir / "fold_0" / "last.pt"), cfg, moved):
+        if diff := changed(resume_checkpoint(run_dir / "fold_0"), cfg, moved):
             key, was, now = diff  # refused before any fold's files are touched
-            folds = [f for i in range(k) if (f := run_dir / f"fold_{i}" / "last.pt").exists()]
-            fold = next((f.parent for f in folds if not completed(f.parent)), run_dir / "fold_0")
+            folds = [f for i in range(k) if saved_checkpoint(f := run_dir / f"fold_{i}")]
+            fold = next((f for f in folds if not completed(f)), run_dir / "fold_0")
             raise UsageError(
                 f"resume={shown(run_dir)} goes on with a k-fold run as it was trained ({key}={was} "
                 f"there, {now} now). Fix: drop {key}={now}, or resume="
@@ -81,22 +82,19 @@ def train(
             raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
                              f"Fix: resume={fold} trainer.epochs={2 * n} to go on with one fold as "
                              f"a run, or d2lrun-eval run={fold}.")  # fmt: skip
-    if not (run_dir / "fold_0" / "last.pt").exists():  # more folds than rows: refused before
+    if not saved_checkpoint(run_dir / "fold_0"):  # more folds than rows: refused before
         build_data(checked(cfg).dataset, cfg.seed, fold=[k, 0])  # 'fold 1/K' (fold 0: cached)
     for i in range(k):
         log(f"fold {i + 1}/{k}")
-        folder, fold_cfg, ckpt = run_dir / f"fold_{i}", cfg, None
-        try:
-            if (folder / "last.pt").exists():  # a sweep's job run again (Slurm requeued it)
-                fold_cfg = cfg.copy()
-                ckpt = continued(fold_cfg, folder, moved)
-                if fold := completed(folder):
-                    log(f"fold {i + 1}/{k}: completed before in {shown(folder)}; kept")
-                    finals.append(fold["final"])
-                    continue
+        folder, fold_cfg = run_dir / f"fold_{i}", cfg.copy()
+        try:  # resume=RUN, or a sweep's job run again (Slurm requeued it): its folds go on
+            if (ckpt := continued(fold_cfg, folder, moved)) and (fold := completed(folder)):
+                log(f"fold {i + 1}/{k}: completed before in {shown(folder)}; kept")
+                finals.append(fold["final"])
+                continue
             fold = train_job(fold_cfg, folder, overrides, ckpt, fold=[k, i], **job)
         except (Interrupted, KeyboardInterrupt) as e:  # the whole k-fold run goes on, not a fold
-            if not (run_dir / "fold_0" / "last.pt").exists():
+            if not saved_checkpoint(run_dir / "fold_0"):
                 raise
             signum = getattr(e, "signum", signal.SIGINT)  # Ctrl-C while a fold's data loads
             said = f"interrupted by {by(signum)} before its first epoch."

@@ -40,7 +40,7 @@ from d2lrun.config import (
 )
 from d2lrun.data import Spec, build_data, prepare_batch, read_inputs, sha1_of, table_file
 from d2lrun.errors import UsageError, note
-from d2lrun.files import atomic_write, remove_stale_temporaries, shown
+from d2lrun.files import atomic_write, remove_stale_temporaries, saved_checkpoint, shown
 from d2lrun.models import build_model, load_state_dict_strict, loss_kind
 from d2lrun.plots import curves_figure
 from d2lrun.trainer import evaluate, loss_for, own_torch
@@ -109,10 +109,8 @@ def find_checkpoint(run: str | Path) -> Path:
                          f"outputs/.")  # fmt: skip
     if not run.is_dir():
         return run
-    if (run / "last.pt").exists():
-        return run / "last.pt"
-    if (run / "best.pt").exists():  # killed before trainer.checkpoint_every's first last.pt
-        return run / "best.pt"
+    if saved := saved_checkpoint(run):
+        return saved
     if (run / "multirun.yaml").exists():
         raise UsageError(
             f"{run} is a sweep's folder: each job is a run of its own, in 0/, 1/, ... "
@@ -132,7 +130,7 @@ def find_checkpoint(run: str | Path) -> Path:
     )
 
 
-def resume_checkpoint(resume: str) -> dict:
+def resume_checkpoint(resume: str | Path) -> dict:
     """The checkpoint that `resume=` names, read once: a folder's last.pt, or its best.pt when that
     holds a later epoch (killed between the two, or before trainer.checkpoint_every's last.pt)."""
     source = find_checkpoint(resume)
@@ -205,10 +203,12 @@ def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[s
             )
 
 
-def continued(cfg: DictConfig, run_dir: Path, moved: bool = False) -> dict:
-    """The last.pt of a sweep job's (or fold's) earlier try, if cfg wrote it; sets cfg.resume.
-    moved: `resume=` of a k-fold run, whose data may have moved (see changed)."""
-    saved = load_checkpoint(run_dir / "last.pt", needs="continuing")
+def continued(cfg: DictConfig, run_dir: Path, moved: bool = False) -> dict | None:
+    """The checkpoint of a sweep job's (or fold's) earlier try, as resume=run_dir reads it, if it
+    has one and cfg wrote it; sets cfg.resume. moved: `resume=` of a k-fold run (see changed)."""
+    if not saved_checkpoint(run_dir):
+        return None
+    saved = resume_checkpoint(run_dir)
     if diff := changed(saved, cfg, moved):
         raise UsageError(
             f"{shown(run_dir)} holds a checkpoint of another config ({diff[0]}={diff[1]} "

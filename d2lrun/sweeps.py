@@ -99,8 +99,7 @@ def prepared(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict | None:
     """ckpt, or the job's own last.pt when it was stopped before (requeued, or run again)."""
     from d2lrun.reload import continued
 
-    if ckpt is None and (run_dir / "last.pt").exists():
-        ckpt = continued(cfg, run_dir)
+    ckpt = continued(cfg, run_dir) if ckpt is None else ckpt  # last.pt, or a later best.pt
     (run_dir / "metrics.json").unlink(missing_ok=True)  # an earlier attempt's no longer counts
     return ckpt
 

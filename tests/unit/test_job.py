@@ -404,6 +404,53 @@ def test_a_k_fold_run_stopped_in_a_fold_goes_on_with_resume_of_the_run(tmp_path,
     assert run == whole and "val_loss" in run
 
 
+class Killed(BaseException):
+    """kill -9 or the OOM killer: the process ends where it is, writing nothing more."""
+
+
+@pytest.mark.parametrize(
+    "fold, epoch, every",
+    [(2, 2, 100), (1, 3, 2), (0, 2, 100)],
+    ids=["fold 3 before its first last.pt", "fold 2 after last.pt", "fold 1 without last.pt"],
+)
+def test_a_k_fold_run_killed_between_checkpoints_resumes_from_its_later_best_pt(
+    tmp_path, monkeypatch, capsys, fold, epoch, every
+):
+    """The README's "resumes from the later of last.pt and best.pt" held for one run only: a k-fold
+    run retrained the killed fold from epoch 1, or went on from its earlier last.pt, or (killed in
+    fold 1) was refused as "a k-fold run: ... Fix: give one fold"."""
+    import pandas as pd
+
+    from d2lrun import app
+
+    args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "dataset.folds=3",
+            "trainer.epochs=4", f"trainer.checkpoint_every={every}"]  # fmt: skip
+    d2lrun.job.train(compose(args), tmp_path / "whole", args, log=lambda *_: None)
+    on_epoch = d2lrun.job.Run.on_epoch
+
+    def killed(self, row):
+        on_epoch(self, row)
+        if self.run_dir.name == f"fold_{fold}" and self.trainer.epoch == epoch:
+            raise Killed
+
+    monkeypatch.setattr(d2lrun.job.Run, "on_epoch", killed)
+    with pytest.raises(Killed):
+        d2lrun.job.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
+    monkeypatch.undo()
+    stopped = tmp_path / "run" / f"fold_{fold}"
+    assert load_checkpoint(stopped / "best.pt")["epoch"] == epoch  # every epoch improved
+    last = load_checkpoint(stopped / "last.pt") if (stopped / "last.pt").exists() else {"epoch": 0}
+    assert last["epoch"] < epoch
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    app.train([f"resume={tmp_path / 'run'}"])
+    assert f"resuming run/fold_{fold} from epoch {epoch}" in capsys.readouterr().out
+    for i in range(3):
+        a, b = (pd.read_csv(tmp_path / r / f"fold_{i}" / "metrics.csv") for r in ("run", "whole"))
+        timings = ["seconds", "examples_per_s"]
+        pd.testing.assert_frame_equal(a.drop(columns=timings), b.drop(columns=timings))
+
+
 def test_ctrl_c_while_a_later_fold_loads_its_data_says_how_to_go_on(tmp_path, monkeypatch):
     args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "dataset.folds=3"]
     original, calls = d2lrun.job.build_data, {"n": 0}

@@ -422,6 +422,33 @@ def test_a_stopped_job_goes_on_from_its_last_epoch_when_run_again(tmp_path):
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("every", [2, 100], ids=["last.pt earlier", "best.pt alone"])
+def test_a_job_killed_between_checkpoints_goes_on_from_its_later_best_pt_when_run_again(
+    tmp_path, capsys, every
+):
+    """Killed (kill -9, OOM) after epoch 3 with trainer.checkpoint_every: run again, the job went on
+    from last.pt's epoch 2, or trained anew without one, though best.pt held epoch 3."""
+
+    class Killed(BaseException):  # the process ends where it is, writing nothing more
+        pass
+
+    overrides = ["device=cpu", "trainer.progress=false", "dataset.num_train=100",
+                 "trainer.epochs=4", f"trainer.checkpoint_every={every}"]  # fmt: skip
+    run_dir = tmp_path / "0"
+
+    def killed_after_epoch_3(line):
+        if line.startswith("epoch 3/4"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        job.train_job(compose(overrides), run_dir, overrides, log=killed_after_epoch_3)
+    assert torch.load(run_dir / "best.pt", weights_only=True)["epoch"] == 3  # every epoch improved
+    capsys.readouterr()
+    assert sweep.run_job(compose(overrides), run_dir, overrides, tmp_path, 0) > -math.inf
+    assert f"resuming {run_dir} from epoch 3" in capsys.readouterr().out
+    assert json.loads((run_dir / "metrics.json").read_text())["restarts"] == 1
+
+
 def test_resume_refuses_to_change_what_the_weights_mean_in_one_line():
     from d2lrun.reload import check_same_meaning, first_difference
 
