@@ -46,6 +46,8 @@ from d2lrun.reload import (
 from d2lrun.tracking import experiment_name, open_tracker
 from d2lrun.trainer import Trainer, compiled, fit, format_row, loss_for
 
+KEPT = (*MEANING, "optim.name")  # what a resumed run keeps: another optimizer has other state
+
 
 def say(message: str) -> None:
     """Print a line at once, also when stdout is a file or a pipe (`d2lrun | tee log`)."""
@@ -68,15 +70,16 @@ def train(
     moved = bool(cfg.resume)  # resume=RUN of this k-fold run: its data may have moved
     if cfg.resume:  # each fold below is continued or trained anew
         cfg = OmegaConf.merge(cfg, {"resume": None})
-        if diff := changed(resume_checkpoint(run_dir / "fold_0"), cfg, moved):
+        if diff := changed(saved := resume_checkpoint(run_dir / "fold_0"), cfg, moved):
             key, was, now = diff  # refused before any fold's files are touched
+            check_same_meaning(saved["config"], cfg, f"resume={shown(run_dir)}", KEPT)  # as Run
             folds = [f for i in range(k) if saved_checkpoint(f := run_dir / f"fold_{i}")]
-            fold = next((f for f in folds if not completed(f)), run_dir / "fold_0")
-            raise UsageError(
-                f"resume={shown(run_dir)} goes on with a k-fold run as it was trained ({key}={was} "
-                f"there, {now} now). Fix: drop {key}={now}, or resume="
-                f"{shown(fold)} {key}={now} to go on with one fold as a run."
-            )
+            last = resume_checkpoint(fold := next((f for f in folds if not completed(f)), folds[0]))
+            asked = int(now) if key == "trainer.epochs" else last["config"]["trainer"]["epochs"]
+            one = f", or resume={shown(fold)} {key}={now} to go on with one fold as a run"
+            raise UsageError(f"resume={shown(run_dir)} goes on with a k-fold run as it was trained "
+                             f"({key}={was} there, {now} now). Fix: drop {key}={now}"
+                             f"{one * (asked > last['epoch'])}.")  # where Run takes it  # fmt: skip
         if (done := completed(run_dir)) and done.get("kfold"):  # as one run that trained all
             fold, n = shown(run_dir / "fold_0"), done["epochs"]
             raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
@@ -186,10 +189,8 @@ class Run:
     ):
         # ckpt: the one it resumes; fold=[k, i]: validated on fold i of k; draw: curves.png's bytes
         self.wall, self.run_dir, self.log, self.draw = time.perf_counter(), run_dir, log, draw
-        if ckpt is not None:  # another optimizer could not take the saved momentum or Adam moments
-            check_same_meaning(
-                ckpt["config"], cfg, f"resume={cfg.resume}", (*MEANING, "optim.name")
-            )
+        if ckpt is not None:
+            check_same_meaning(ckpt["config"], cfg, f"resume={cfg.resume}", KEPT)
             source = Path(cfg.resume)  # a run folder, or a checkpoint in one
             source = (source if source.is_dir() else source.parent).resolve()
             done, asked = ckpt["epoch"], cfg.trainer.epochs

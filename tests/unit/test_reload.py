@@ -816,6 +816,60 @@ def test_resume_of_a_k_fold_run_refuses_another_config_or_folder_and_leaves_its_
     assert files() == before
 
 
+def test_a_refused_k_fold_resume_offers_one_fold_only_where_that_command_is_not_refused(
+    tmp_path, monkeypatch
+):
+    """`resume=RUN seed=1` said "Fix: drop seed=1, or resume=RUN/fold_0 seed=1 to go on with one
+    fold as a run", which was refused too ("cannot change seed"), as was the fold it offered for
+    dataset.folds=, dataset.shuffle_folds=, optim=, and for any key of a completed run but more
+    trainer.epochs ("asks for no more")."""
+    import d2lrun.job
+    from d2lrun import app
+
+    rows = ["dataset.num_train=60", "dataset.folds=3", "trainer.epochs=2"]
+    completed, stopped = trained(tmp_path / "completed", *rows), tmp_path / "stopped"
+    on_epoch = d2lrun.job.Run.on_epoch
+
+    def stopped_in_fold_2(self, row):
+        on_epoch(self, row)
+        if self.run_dir.name == "fold_1":
+            raise KeyboardInterrupt  # Ctrl-C after its first epoch
+
+    monkeypatch.setattr(d2lrun.job.Run, "on_epoch", stopped_in_fold_2)
+    with pytest.raises(Exception, match="fold 2/3: interrupted after epoch 1"):
+        trained(stopped, *rows)
+    monkeypatch.undo()
+
+    def fix(run, change: str) -> str:
+        """The Fix of resume=run's refusal; the one fold it offers, run, is not refused."""
+        with pytest.raises(UsageError) as e:
+            app.train([f"resume={run}", change, "trainer.progress=false"])
+        fix = str(e.value).partition(" Fix: ")[2]
+        if one := re.search(r", or resume=(\S+) (\S+) to go on with one fold as a run\.$", fix):
+            folder = tmp_path / f"{run.name}_{change.partition('=')[0]}"
+            app.train([f"resume={one[1]}", one[2], "trainer.progress=false",
+                       f"hydra.run.dir={folder}"])  # fmt: skip
+            assert (folder / "model.pt").exists()
+        return fix.replace(str(run), "RUN")
+
+    assert fix(completed, "trainer.epochs=5") == (
+        "drop trainer.epochs=5, or resume=RUN/fold_0 trainer.epochs=5 to go on with one fold as a "
+        "run."
+    )
+    assert fix(stopped, "optim.lr=0.05") == (
+        "drop optim.lr=0.05, or resume=RUN/fold_1 optim.lr=0.05 to go on with one fold as a run."
+    )
+    assert fix(completed, "optim.lr=0.05") == "drop optim.lr=0.05."
+    assert fix(stopped, "trainer.epochs=1") == "drop trainer.epochs=1."
+    for run in (completed, stopped):  # refused as resume=RUN/fold_i refuses it
+        assert fix(run, "seed=1") == "seed=0 (the run's), or start a new run."
+        assert fix(run, "dataset.folds=2") == "dataset.folds=3 (the run's), or start a new run."
+        assert fix(run, "optim=adam") == "drop optim=adam, or start a new run."
+    assert fix(stopped, "dataset.shuffle_folds=true") == (
+        "dataset.shuffle_folds=false (the run's), or start a new run."
+    )
+
+
 def test_a_stopped_run_resumed_with_no_epoch_left_is_refused_unless_it_stopped_in_its_last_files(
     tmp_path,
 ):
