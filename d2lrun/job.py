@@ -66,8 +66,7 @@ def train(
     if not k or ckpt is not None:  # resume=RUN/fold_i: that fold, continued as one run
         fold = ckpt["spec"].get("fold") if ckpt else None
         return train_job(cfg, run_dir, overrides, ckpt, fold=fold, **job)
-    wall, finals, log = time.perf_counter(), [], job.get("log", say)
-    moved = bool(cfg.resume)  # resume=RUN of this k-fold run: its data may have moved
+    folds, log, moved = [], job.get("log", say), bool(cfg.resume)  # resume=RUN: data may move
     if cfg.resume:  # each fold below is continued or trained anew
         cfg = OmegaConf.merge(cfg, {"resume": None})
         if diff := changed(saved := resume_checkpoint(run_dir / "fold_0"), cfg, moved):
@@ -93,9 +92,8 @@ def train(
         try:  # resume=RUN, or a sweep's job run again (Slurm requeued it): its folds go on
             if (ckpt := continued(fold_cfg, folder, moved)) and (fold := completed(folder)):
                 log(f"fold {i + 1}/{k}: completed before in {shown(folder)}; kept")
-                finals.append(fold["final"])
-                continue
-            fold = train_job(fold_cfg, folder, overrides, ckpt, fold=[k, i], **job)
+            else:
+                fold = train_job(fold_cfg, folder, overrides, ckpt, fold=[k, i], **job)
         except (Interrupted, KeyboardInterrupt) as e:  # the whole k-fold run goes on, not a fold
             if not saved_checkpoint(run_dir / "fold_0"):
                 raise
@@ -120,17 +118,19 @@ def train(
                 reason = f"fold {i + 1}/{k}: {e}"  # counted as its lines count them
                 write_json(run_dir / "metrics.json", {"status": status, "reason": reason})
             raise
-        finals.append(fold["final"])
+        folds.append(fold)  # its metrics.json: the run's wall time and restarts sum the folds'
+    finals = [fold["final"] for fold in folds]
     keys = [m for m, v in finals[0].items() if m not in ("epoch", "seconds") and v is not None]
     mean = {m: sum(f[m] for f in finals) / k for m in keys}
     metric = next(m for m in ("val_acc", "val_loss", "train_acc", "train_loss") if m in mean)
     log(fold_table(finals, mean, k))
     summary = {
         "status": "completed", "model": cfg.model.name, "dataset": cfg.dataset.name,
+        "device": ", ".join(dict.fromkeys(f.get("device", "unknown") for f in folds)),
         "epochs": cfg.trainer.epochs, "run_dir": str(run_dir), "resumed_from": None,
         "kfold": {"k": k, "mean": mean, "folds": finals}, "final": mean,
         "best": {"epoch": cfg.trainer.epochs, "metric": metric, "value": mean[metric]},
-        "wall_seconds": round(time.perf_counter() - wall, 3),
+        **{n: round(sum(f.get(n) or 0 for f in folds), 3) for n in ("wall_seconds", "restarts")},
     }  # fmt: skip
     write_json(run_dir / "metrics.json", summary)
     return summary

@@ -404,6 +404,37 @@ def test_a_k_fold_run_stopped_in_a_fold_goes_on_with_resume_of_the_run(tmp_path,
     assert run == whole and "val_loss" in run
 
 
+@pytest.mark.filterwarnings("ignore:Creating legend")  # matplotlib times itself with this clock
+def test_a_resumed_k_fold_runs_wall_time_restarts_and_device_are_its_folds(tmp_path, monkeypatch):
+    """RUN/metrics.json, which a sweep's table reads, had only the last attempt's wall time, and
+    no restarts or device, where the README promises every attempt's."""
+    from d2lrun import app
+
+    clock = iter(range(0, 100_000, 10))  # every reading 10 s after the one before
+    monkeypatch.setattr(d2lrun.job.time, "perf_counter", lambda: next(clock))
+    args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "dataset.folds=3",
+            "trainer.epochs=3"]  # fmt: skip
+    on_epoch = d2lrun.job.Run.on_epoch
+
+    def stopped(self, row):
+        on_epoch(self, row)
+        if self.run_dir.name == "fold_1" and self.trainer.epoch == 2:
+            raise KeyboardInterrupt  # SIGTERM, after the epoch is saved
+
+    with monkeypatch.context() as m:
+        m.setattr(d2lrun.job.Run, "on_epoch", stopped)
+        with pytest.raises(Interrupted, match="fold 2/3: interrupted after epoch 2"):
+            d2lrun.job.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
+    monkeypatch.chdir(tmp_path)
+    app.train([f"resume={tmp_path / 'run'}"])
+    run = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    folds = [json.loads((tmp_path / "run" / f"fold_{i}" / "metrics.json").read_text())
+             for i in range(3)]  # fmt: skip
+    assert run["wall_seconds"] == sum(f["wall_seconds"] for f in folds)  # all attempts'
+    assert [f["restarts"] for f in folds] == [0, 1, 0] and run["restarts"] == 1
+    assert run["device"] == "cpu"
+
+
 class Killed(BaseException):
     """kill -9 or the OOM killer: the process ends where it is, writing nothing more."""
 
