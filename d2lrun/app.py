@@ -217,8 +217,7 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
         if named is not None and Path(named).resolve() != folder.resolve():
             raise UsageError(
                 f"resume={resume} goes on with a k-fold run in its own folder, not in "
-                f"hydra.run.dir={named}. Fix: drop hydra.run.dir={named}, or resume="
-                f"{folder / 'fold_0'} hydra.run.dir={named} to go on with one fold as a run."
+                f"hydra.run.dir={named}. Fix: drop hydra.run.dir={named}."
             )
         again = run_overrides(resume_checkpoint(folder / "fold_0"), args)
         return [*again, override("hydra.run.dir", str(folder))], None

@@ -868,6 +868,11 @@ def test_a_refused_k_fold_resume_offers_one_fold_only_where_that_command_is_not_
     assert fix(stopped, "dataset.shuffle_folds=true") == (
         "dataset.shuffle_folds=false (the run's), or start a new run."
     )
+    new = f"hydra.run.dir={tmp_path / 'new'}"  # it offered fold_0, completed: 'asks for no more'
+    for run in (completed, stopped):
+        with pytest.raises(UsageError) as e:
+            app.train([f"resume={run}", new, "trainer.progress=false"])
+        assert str(e.value).endswith(f"Fix: drop {new}.")
 
 
 def test_a_stopped_run_resumed_with_no_epoch_left_is_refused_unless_it_stopped_in_its_last_files(
