@@ -219,10 +219,10 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
                 f"resume={resume} goes on with a k-fold run in its own folder, not in "
                 f"hydra.run.dir={named}. Fix: drop hydra.run.dir={named}."
             )
-        again = run_overrides(resume_checkpoint(folder / "fold_0"), args)
+        again = run_overrides(resume_checkpoint(folder / "fold_0"), args, f"resume={resume}")
         return [*again, override("hydra.run.dir", str(folder))], None
     ckpt = resume_checkpoint(resume)
-    return run_overrides(ckpt, args), ckpt
+    return run_overrides(ckpt, args, f"resume={resume}"), ckpt
 
 
 def train(args: Sequence[str]) -> Path:

@@ -55,9 +55,8 @@ def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
     """A checkpoint loaded without running pickled code; with `needs`, never a bare state_dict."""
     path = Path(path)
     if not path.exists():
-        raise UsageError(
-            f"{path}: no such checkpoint. Fix: give a run folder or a .pt file that exists."
-        )
+        raise UsageError(f"{path}: no such checkpoint. Fix: give a run folder or a .pt file that "
+                         f"exists.")  # fmt: skip
     if path.is_dir():
         raise UsageError(
             f"{path} is a directory. Fix: give a .pt file in it, or the folder as the run "
@@ -152,12 +151,13 @@ def readable_best(folder: Path) -> dict | None:
         return None
 
 
-def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:
+def run_overrides(ckpt: dict, new: Sequence[str] = (), what: str = "the run") -> list[str]:
     """A saved run's command line: its overrides, where its data and MLflow store are, then new."""
-    saved, pinned = ckpt["config"], []
+    saved = ckpt["config"]
     for o in OverridesParser.create().parse_overrides(overrides_of(new)):
-        if o.key_or_group == "model" and o.value() != saved["model"]["name"]:  # refused below, as
-            pinned = [f"dataset={saved['dataset']['name']}"]  # an image model's Fashion-MNIST is
+        if o.key_or_group == "model":  # now: composed, an image model names Fashion-MNIST first
+            asked = OmegaConf.create({"model": {"name": o.value()}})
+            check_same_meaning(saved, asked, what, ["model.name"])  # what: the run, as named
         section, _, key = o.key_or_group.partition(".")  # Hydra's own line would advise another
         if o.key_or_group == "dataset" and (was := saved["dataset"]["name"]) != o.value():
             raise UsageError(  # before its dataset.path or .root, added below, fails to compose
@@ -181,7 +181,7 @@ def run_overrides(ckpt: dict, new: Sequence[str] = ()) -> list[str]:
             value = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
             quoted.append(override(o.key_or_group, value) if isinstance(value, str) else
                           f"{o.key_or_group}={json.dumps(value, ensure_ascii=False)}")  # fmt: skip
-    return merge_overrides(merge_overrides(ckpt["overrides"], quoted), [*pinned, *new])
+    return merge_overrides(merge_overrides(ckpt["overrides"], quoted), new)
 
 
 def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[str] = MEANING):
@@ -354,7 +354,7 @@ def load_run(
         raise UsageError(f"run={path} and ckpt={ckpt} name two runs. Fix: give one of them.")
     source = Path(ckpt) if ckpt else find_checkpoint(path)
     saved = load_checkpoint(source, needs="reloading")
-    cfg = compose(run_overrides(saved, overrides))
+    cfg = compose(run_overrides(saved, overrides, str(source)))
     check_same_meaning(saved["config"], cfg, str(source))
     cfg, dev, spec = checked(cfg), resolve_device(device), Spec(**saved["spec"])
     with own_torch(cuda=False):  # float32 weights, not the caller's dtype; the caller's CPU random
