@@ -76,9 +76,11 @@ def train(
             last = resume_checkpoint(fold := next((f for f in folds if not completed(f)), folds[0]))
             asked = int(now) if key == "trainer.epochs" else last["config"]["trainer"]["epochs"]
             one = f", or resume={shown(fold)} {key}={now} to go on with one fold as a run"
-            raise UsageError(f"resume={shown(run_dir)} goes on with a k-fold run as it was trained "
-                             f"({key}={was} there, {now} now). Fix: drop {key}={now}"
-                             f"{one * (asked > last['epoch'])}.")  # where Run takes it  # fmt: skip
+            one = one if asked > last["epoch"] else ""  # offered where a fold's Run takes it
+            raise UsageError(
+                f"resume={shown(run_dir)} goes on with a k-fold run as it was trained "
+                f"({key}={was} there, {now} now). Fix: drop {key}={now}{one}."
+            )
         if (done := completed(run_dir)) and done.get("kfold"):  # as one run that trained all
             fold, n = shown(run_dir / "fold_0"), done["epochs"]
             raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
