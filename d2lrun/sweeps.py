@@ -23,6 +23,7 @@ from d2lrun.files import (
     deferred_signals,
     hold,
     read_json,
+    saved_checkpoint,
     shell_arg,
     shown,
     untrained,
@@ -59,8 +60,8 @@ def saved_job(run_dir: Path) -> dict | None:
     """The checkpoint in run_dir (a k-fold job's: its first fold's), or None."""
     from d2lrun.reload import load_checkpoint
 
-    saved = [p for p in (run_dir / "last.pt", run_dir / "fold_0" / "last.pt") if p.exists()]
-    return load_checkpoint(saved[0]) if saved else None
+    saved = saved_checkpoint(run_dir) or saved_checkpoint(run_dir / "fold_0")
+    return load_checkpoint(saved) if saved else None
 
 
 def run_job(
