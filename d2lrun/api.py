@@ -98,13 +98,15 @@ def raising(fn: Callable, *args):
 
 def in_python(line: str) -> str:
     """An error's line with the commands it advises as this API's calls (d2lrun -m X: sweep)."""
-    line, _, resume = line.partition("Resume with: d2lrun ")
-    if resume:  # the last words of the line
-        line += f"Resume with: d2lrun.train({', '.join(map(repr, shlex.split(resume)))})"
+
+    def call(name: str):  # d2lrun.NAME('ARG') for the command's one argument, as a shell reads it
+        return lambda m: f"d2lrun.{name}({shlex.split(m[1])[0]!r})"
+
+    line = re.sub(r"d2lrun ('resume=[^']*'|resume=\S+)", call("train"), line)
     again = r"run the same command again with (\S+|'[^']*')"
     line = re.sub(again, lambda m: f"call d2lrun.sweep again with the same overrides and "
                   f"{shlex.split(m[1])[0]!r}", line)  # fmt: skip
-    line = re.sub(r"d2lrun -m (\S+) \(one run", r"d2lrun.sweep('\1') (one run", line)
+    line = re.sub(r"d2lrun -m (\S+)", call("sweep"), line)
     line = re.sub(r"d2lrun-report (\S*/\S*)", r"d2lrun.report('\1')", line)
     return line.replace("d2lrun-report one of them", "d2lrun.report(...) of one of them")
 

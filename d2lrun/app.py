@@ -38,6 +38,7 @@ from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.files import (
     atomic_write,
     claim_dir,
+    completed,
     deferred_signals,
     hold,
     remove_empty,
@@ -213,7 +214,7 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
     if not saved_checkpoint(folder := Path(resume)) and saved_checkpoint(folder / "fold_0"):
         # A k-fold run: run again in its folder, it keeps its completed folds (d2lrun.job.train)
         # and goes on with the stopped one from its last complete epoch.
-        named = given(args, "hydra.run.dir")
+        named = None if completed(folder) else given(args, "hydra.run.dir")  # job.train refuses it
         if named is not None and Path(named).resolve() != folder.resolve():
             raise UsageError(
                 f"resume={resume} goes on with a k-fold run in its own folder, not in "

@@ -29,6 +29,14 @@ def reader_gone() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def say(message: str) -> None:
+    """Print a line at once, also when stdout is a file or a pipe (`d2lrun | tee log`)."""
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:  # the run goes on, unprinted
+        reader_gone()
+
+
 def atomic_write(path: str | Path, data: bytes) -> Path:
     """Write bytes to path so that it is never seen half-written."""
     path = Path(path)

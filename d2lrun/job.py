@@ -21,10 +21,10 @@ from d2lrun.files import (
     completed,
     deferred_signals,
     read_json,
-    reader_gone,
     remove_empty,
     save_torch,
     saved_checkpoint,
+    say,
     shell_arg,
     shown,
     write_csv,
@@ -49,14 +49,6 @@ from d2lrun.trainer import Trainer, compiled, fit, format_row, loss_for
 KEPT = (*MEANING, "optim.name")  # what a resumed run keeps: another optimizer has other state
 
 
-def say(message: str) -> None:
-    """Print a line at once, also when stdout is a file or a pipe (`d2lrun | tee log`)."""
-    try:
-        print(message, flush=True)
-    except BrokenPipeError:  # the run goes on, unprinted
-        reader_gone()
-
-
 def train(
     cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt: dict | None = None, **job
 ) -> dict:
@@ -69,6 +61,12 @@ def train(
     folds, log, moved = [], job.get("log", say), bool(cfg.resume)  # resume=RUN: data may move
     if cfg.resume:  # each fold below is continued or trained anew
         cfg = OmegaConf.merge(cfg, {"resume": None})
+        if (done := completed(run_dir)) and done.get("kfold"):  # as one run that trained all
+            fold, n = shown(run_dir / "fold_0"), done["epochs"]  # any other key: this line first
+            raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
+                             f"Fix: resume={fold} trainer.epochs={max(cfg.trainer.epochs, 2 * n)} "
+                             f"to go on with one fold as a run, or d2lrun-eval run={fold}."
+                             )  # fmt: skip
         if diff := changed(saved := resume_checkpoint(run_dir / "fold_0"), cfg, moved):
             key, was, now = diff  # refused before any fold's files are touched
             check_same_meaning(saved["config"], cfg, f"resume={shown(run_dir)}", KEPT)  # as Run
@@ -81,11 +79,6 @@ def train(
                 f"resume={shown(run_dir)} goes on with a k-fold run as it was trained "
                 f"({key}={was} there, {now} now). Fix: drop {key}={now}{one}."
             )
-        if (done := completed(run_dir)) and done.get("kfold"):  # as one run that trained all
-            fold, n = shown(run_dir / "fold_0"), done["epochs"]
-            raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
-                             f"Fix: resume={fold} trainer.epochs={2 * n} to go on with one fold as "
-                             f"a run, or d2lrun-eval run={fold}.")  # fmt: skip
     if not saved_checkpoint(run_dir / "fold_0"):  # more folds than rows: refused before
         build_data(checked(cfg).dataset, cfg.seed, fold=[k, 0])  # 'fold 1/K' (fold 0: cached)
     for i in range(k):
@@ -299,8 +292,8 @@ class Run:
         self.tracker.finish("failed", summary, self.run_dir)
         if isinstance(e, OSError) and (self.run_dir / "last.pt").exists():
             return RunFailed(
-                f"{e.strerror} ({e.filename}). Fix: free disk space, then d2lrun resume="
-                f"{shown(self.run_dir)} (its last.pt is kept)."
+                f"{e.strerror} ({e.filename}). Fix: free disk space, then d2lrun "
+                f"{shell_arg('resume', self.run_dir)} (its last.pt is kept)."
             )
         return e
 

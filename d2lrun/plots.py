@@ -61,7 +61,7 @@ def curves_png(rows: list[dict], title: str) -> bytes:
 
 
 class Plotter(contextlib.AbstractContextManager):
-    """curves.png drawn by helper processes (`python -m d2lrun.files`) started ahead: their import
+    """curves.png drawn by helper processes (`python -m d2lrun.plots`) started ahead: their import
     of matplotlib (0.3-0.4 s, a tenth of the default run) runs beside the command's work, and a
     stack's plots (0.1-0.3 s each) are drawn side by side, one helper per core (d2lrun.batched)."""
 

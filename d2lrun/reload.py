@@ -276,7 +276,7 @@ class SavedRun:
             if name == "metrics.json" and self.history:
                 raise UsageError(
                     f"{said}: the run has not ended (it runs, or was killed). "
-                    f"Fix: d2lrun resume={self.run_dir} to finish it, or run.metrics."
+                    f"Fix: d2lrun.train('resume={self.run_dir}') to finish it, or run.metrics."
                 )
             raise UsageError(f"{said}. Fix: load_run the run folder that d2lrun wrote.")
         return self.files / name

@@ -14,7 +14,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from d2lrun.config.schema import SCHEMAS, closest, example, preset_keys, yaml_value
+from d2lrun.config.schema import SCHEMAS, closest, example, options_of, preset_keys, yaml_value
 from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
 
 
@@ -81,13 +81,18 @@ def explain(e: BaseException) -> D2lrunError:
         return UsageError(f"{origin.replace('/', '=')} sets {message}")
     several = r"Ambiguous value for argument '(.+?)'|Sweep parameters '(.+?)' requires --multirun"
     if found := re.match(several, str(e)):  # a list, range(...) or choice(...) without -m
-        override = found[1] or found[2]
+        override = swept = found[1] or found[2]
         key, _, value = override.partition("=")
         quoted = f"\"{key}='{value}'\" (a file name with a comma, quoted), or "  # a/b,c.csv
         quoted = quoted if re.search(r"[/\\]|\.[A-Za-z]", value) else ""
+        if value.startswith("glob("):  # a sweep takes the options it names (sweeper.check_glob)
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            glob = OverridesParser.create().parse_override(override).value()
+            swept = f"{key}={','.join(glob.filter(options_of(key))) or 'a,b'}"
         return UsageError(
             f"{override} gives several values, which only a sweep runs. Fix: {quoted}d2lrun -m "
-            f"{override} (one run per value), or one value."
+            f"{swept} (one run per value), or one value."
         )
     if isinstance(e, KeyError) and e.args == ("COMP_LINE",):  # d2lrun -sc query=bash, by hand
         return UsageError(

@@ -554,6 +554,9 @@ def test_a_group_given_a_number_or_true_is_an_unknown_option_not_a_bug(override,
     [("Sweep parameters 'optim.lr=range(0.1,0.3,0.1)' requires --multirun",
       "optim.lr=range(0.1,0.3,0.1) gives several values, which only a sweep runs. Fix: d2lrun -m "
       "optim.lr=range(0.1,0.3,0.1) (one run per value), or one value."),
+     ("Sweep parameters 'model=glob(l*)' requires --multirun",  # -m of glob() is refused too
+      "model=glob(l*) gives several values, which only a sweep runs. Fix: d2lrun -m "
+      "model=lenet,linreg (one run per value), or one value."),
      ("Ambiguous value for argument 'dataset.path=c/a,b.csv'",  # quoted, it is one file
       "dataset.path=c/a,b.csv gives several values, which only a sweep runs. Fix: "
       "\"dataset.path='c/a,b.csv'\" (a file name with a comma, quoted), or d2lrun -m "

@@ -805,12 +805,11 @@ def test_resume_of_a_k_fold_run_refuses_another_config_or_folder_and_leaves_its_
     with pytest.raises(UsageError) as e:
         app.train([f"resume={kfold}", "trainer.epochs=5"])
     assert str(e.value) == (
-        f"resume={kfold} goes on with a k-fold run as it was trained (trainer.epochs=2 there, 5 "
-        f"now). Fix: drop trainer.epochs=5, or resume={kfold / 'fold_0'} trainer.epochs=5 to go "
-        f"on with one fold as a run."
+        f"resume={kfold}: its 3 folds completed 2 epochs each. Fix: resume={kfold / 'fold_0'} "
+        f"trainer.epochs=5 to go on with one fold as a run, or d2lrun-eval run={kfold / 'fold_0'}."
     )
-    new = tmp_path / "new"
-    with pytest.raises(UsageError, match=f"not in hydra.run.dir={new}. Fix: drop hydra.run.dir"):
+    new = tmp_path / "new"  # completed, refused as such (a stopped one: 'not in hydra.run.dir')
+    with pytest.raises(UsageError, match=r"its 3 folds completed 2 epochs each\. Fix: resume="):
         app.train([f"resume={kfold}", f"hydra.run.dir={new}"])
     assert not new.exists()
     assert files() == before
@@ -845,34 +844,32 @@ def test_a_refused_k_fold_resume_offers_one_fold_only_where_that_command_is_not_
         with pytest.raises(UsageError) as e:
             app.train([f"resume={run}", change, "trainer.progress=false"])
         fix = str(e.value).partition(" Fix: ")[2]
-        if one := re.search(r", or resume=(\S+) (\S+) to go on with one fold as a run\.$", fix):
+        if one := re.search(r"resume=(\S+) (\S+) to go on with one fold as a run", fix):
             folder = tmp_path / f"{run.name}_{change.partition('=')[0]}"
             app.train([f"resume={one[1]}", one[2], "trainer.progress=false",
                        f"hydra.run.dir={folder}"])  # fmt: skip
             assert (folder / "model.pt").exists()
         return fix.replace(str(run), "RUN")
 
-    assert fix(completed, "trainer.epochs=5") == (
-        "drop trainer.epochs=5, or resume=RUN/fold_0 trainer.epochs=5 to go on with one fold as a "
-        "run."
-    )
+    # A completed run is refused as such first: "drop KEY" led to that refusal, not to a run.
+    for change, epochs in (("trainer.epochs=5", 5), ("optim.lr=0.05", 4), ("seed=1", 4)):
+        assert fix(completed, change) == (
+            f"resume=RUN/fold_0 trainer.epochs={epochs} to go on with one fold as a run, or "
+            f"d2lrun-eval run=RUN/fold_0."
+        )
     assert fix(stopped, "optim.lr=0.05") == (
         "drop optim.lr=0.05, or resume=RUN/fold_1 optim.lr=0.05 to go on with one fold as a run."
     )
-    assert fix(completed, "optim.lr=0.05") == "drop optim.lr=0.05."
     assert fix(stopped, "trainer.epochs=1") == "drop trainer.epochs=1."
-    for run in (completed, stopped):  # refused as resume=RUN/fold_i refuses it
-        assert fix(run, "seed=1") == "seed=0 (the run's), or start a new run."
-        assert fix(run, "dataset.folds=2") == "dataset.folds=3 (the run's), or start a new run."
-        assert fix(run, "optim=adam") == "drop optim=adam, or start a new run."
+    assert fix(stopped, "seed=1") == "seed=0 (the run's), or start a new run."  # as a fold's
+    assert fix(stopped, "dataset.folds=2") == "dataset.folds=3 (the run's), or start a new run."
+    assert fix(stopped, "optim=adam") == "drop optim=adam, or start a new run."
     assert fix(stopped, "dataset.shuffle_folds=true") == (
         "dataset.shuffle_folds=false (the run's), or start a new run."
     )
     new = f"hydra.run.dir={tmp_path / 'new'}"  # it offered fold_0, completed: 'asks for no more'
-    for run in (completed, stopped):
-        with pytest.raises(UsageError) as e:
-            app.train([f"resume={run}", new, "trainer.progress=false"])
-        assert str(e.value).endswith(f"Fix: drop {new}.")
+    assert fix(stopped, new) == f"drop {new}."
+    assert fix(completed, new).startswith("resume=RUN/fold_0 trainer.epochs=4 to go on")
 
 
 def test_a_stopped_run_resumed_with_no_epoch_left_is_refused_unless_it_stopped_in_its_last_files(
