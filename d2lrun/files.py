@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -296,8 +297,12 @@ def shown(path: str | Path) -> str:
 
 
 def shell_arg(key: str, path: str | Path) -> str:
-    """KEY=PATH as a shell takes it back: quoted when the path has a space ('resume=my run')."""
-    return shlex.quote(f"{key}={shown(path)}")
+    """KEY=PATH as a shell and Hydra take it back: quoted for the shell when the path has a space
+    ('resume=my run'), and for Hydra too when it has a comma or brackets ("resume='o,x'")."""
+    path = shown(path)
+    if any(c in path for c in ",[]{}()'\""):  # Hydra's own quotes inside the shell's
+        return '"' + re.sub(r'(["$`\\])', r"\\\1", f"{key}='{path}'") + '"'
+    return shlex.quote(f"{key}={path}")
 
 
 def running(sweep_dir: Path) -> bool:

@@ -62,18 +62,18 @@ def train(
     if cfg.resume:  # each fold below is continued or trained anew
         cfg = OmegaConf.merge(cfg, {"resume": None})
         if (done := completed(run_dir)) and done.get("kfold"):  # as one run that trained all
-            fold, n = shown(run_dir / "fold_0"), done["epochs"]  # any other key: this line first
+            fold, n = run_dir / "fold_0", done["epochs"]  # any other key: this line first
             raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
-                             f"Fix: resume={fold} trainer.epochs={max(cfg.trainer.epochs, 2 * n)} "
-                             f"to go on with one fold as a run, or d2lrun-eval run={fold}."
-                             )  # fmt: skip
+                             f"Fix: {shell_arg('resume', fold)} trainer.epochs="
+                             f"{max(cfg.trainer.epochs, 2 * n)} to go on with one fold as a run, "
+                             f"or d2lrun-eval {shell_arg('run', fold)}.")  # fmt: skip
         if diff := changed(saved := resume_checkpoint(run_dir / "fold_0"), cfg, moved):
             key, was, now = diff  # refused before any fold's files are touched
             check_same_meaning(saved["config"], cfg, f"resume={shown(run_dir)}", KEPT)  # as Run
             folds = [f for i in range(k) if saved_checkpoint(f := run_dir / f"fold_{i}")]
             last = resume_checkpoint(fold := next((f for f in folds if not completed(f)), folds[0]))
             asked = int(now) if key == "trainer.epochs" else last["config"]["trainer"]["epochs"]
-            one = f", or resume={shown(fold)} {key}={now} to go on with one fold as a run"
+            one = f", or {shell_arg('resume', fold)} {key}={now} to go on with one fold as a run"
             one = one if asked > last["epoch"] else ""  # offered where a fold's Run takes it
             raise UsageError(
                 f"resume={shown(run_dir)} goes on with a k-fold run as it was trained "

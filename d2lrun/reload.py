@@ -155,7 +155,7 @@ def run_overrides(ckpt: dict, new: Sequence[str] = (), what: str = "the run") ->
     """A saved run's command line: its overrides, where its data and MLflow store are, then new."""
     saved = ckpt["config"]
     for o in OverridesParser.create().parse_overrides(overrides_of(new)):
-        if o.key_or_group == "model":  # now: composed, an image model names Fashion-MNIST first
+        if o.key_or_group == "model" and not o.is_sweep_override():  # composed, an image model
             asked = OmegaConf.create({"model": {"name": o.value()}})
             check_same_meaning(saved, asked, what, ["model.name"])  # what: the run, as named
         section, _, key = o.key_or_group.partition(".")  # Hydra's own line would advise another

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from d2lrun.config import given
 from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, Interrupted, UsageError
 from d2lrun.files import (
@@ -41,6 +42,13 @@ def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
     from d2lrun.config.sweeper import sweep_config
     from d2lrun.tracking import open_tracker
 
+    resume = given(lines, "resume")  # a k-fold run goes on in its own folder, as one run
+    if resume and not saved_checkpoint(Path(resume)) and saved_checkpoint(Path(resume) / "fold_0"):
+        raise UsageError(
+            f"resume={resume} is a k-fold run, which goes on as one run in its own folder, not "
+            f"as a sweep's jobs. Fix: d2lrun {shell_arg('resume', resume)} without -m, or "
+            f"resume={resume}/fold_0 (one fold as a run) in the sweep."
+        )
     cfg, again, jobs = sweep_config(lines)
     for job in (job for job in jobs if job.logger.name == "mlflow"):  # TensorBoard: torch's import
         open_tracker(job, Path(), "", None, None, print, check=True)
@@ -101,6 +109,8 @@ def prepared(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict | None:
     from d2lrun.reload import continued
 
     ckpt = continued(cfg, run_dir) if ckpt is None else ckpt  # last.pt, or a later best.pt
+    if saved_checkpoint(run_dir / "fold_0"):  # a k-fold job of another config: refused before
+        continued(cfg.copy(), run_dir / "fold_0")  # its record goes (its folds hold checkpoints)
     (run_dir / "metrics.json").unlink(missing_ok=True)  # an earlier attempt's no longer counts
     return ckpt
 

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -79,7 +80,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (143 for SIGTERM)
         raise Interrupted(
             f"stopped waiting; Slurm job {array} goes on (scancel {array} stops it). "
-            f"Its results, later: d2lrun-report {shown(sweep_dir)}",
+            f"Its results, later: d2lrun-report {shlex.quote(shown(sweep_dir))}",
             getattr(e, "signum", signal.SIGINT),
         ) from None
     return [

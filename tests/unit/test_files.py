@@ -141,6 +141,19 @@ def test_stale_temporaries_of_dead_writers_go_and_live_ones_stay(tmp_path):
     live.wait()
 
 
+def test_a_printed_argument_is_read_back_as_one_by_the_shell_and_by_hydra():
+    """'Resume with: d2lrun resume=o,x' was two values to Hydra; 'resume=my run' two to a shell."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from d2lrun.files import shell_arg
+
+    for folder in ("outputs/2026-12-06/10-00-00", "my run", "o,x", "a [1]", 'say "hi"'):
+        (arg,) = shlex.split(shell_arg("resume", folder))
+        assert OverridesParser.create().parse_override(arg).value() == folder
+
+
 def test_a_held_folder_is_refused_until_its_holder_lets_go(tmp_path):
     first = hold(tmp_path)
     assert first is not None and (tmp_path / ".lock").exists()

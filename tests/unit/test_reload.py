@@ -355,6 +355,10 @@ def test_run_overrides_put_the_saved_runs_absolute_data_and_mlflow_paths(tmp_pat
     none = run_overrides(ckpt, ["logger=none"])
     assert none[-1] == "logger=none" and not [o for o in none if "tracking_uri" in o]
     compose(none)  # logger=none has no tracking_uri: it composes
+    swept = "model=choice(linreg,softmax)"  # a sweep's: each job checks its own (it said 'tags=')
+    assert run_overrides(ckpt, [swept], "resume=R")[-1] == swept
+    with pytest.raises(UsageError, match=r"^resume=R cannot change model\.name \(the run has "):
+        run_overrides(ckpt, ["model=softmax"], "resume=R")
 
 
 def test_run_overrides_put_the_saved_runs_absolute_data_root(tmp_path):
@@ -444,7 +448,7 @@ def test_a_run_killed_before_it_ended_has_its_checkpoints_metrics_and_says_how_t
         _ = run.summary
     assert str(e.value) == (
         f"{folder} has no metrics.json: the run has not ended (it runs, or was killed). "
-        f"Fix: d2lrun resume={folder} to finish it, or run.metrics."
+        f"Fix: d2lrun.train('resume={folder}') to finish it, or run.metrics."
     )
 
 

@@ -1165,3 +1165,30 @@ def test_a_folder_of_sweeps_is_refused_naming_them_and_writing_nothing(tmp_path,
     assert sweep.report(day / "13-00-00", show=False) is None  # a sweep folder: as before
     (day / "13-00-00" / "multirun.yaml").unlink()  # one that lost its plan: its jobs 0/, 1/
     assert sweep.report(day / "13-00-00", show=False) is None
+
+
+def test_a_sweep_that_resumes_a_k_fold_run_is_refused_before_any_job(tmp_path, monkeypatch):
+    """Each job looked for the run's fold_0/ in its own sweep folder and failed there: exit 1 and
+    a sweep folder of failures."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kf" / "fold_0").mkdir(parents=True)
+    (tmp_path / "kf" / "fold_0" / "last.pt").write_bytes(b"")  # a k-fold run's first fold
+    with pytest.raises(UsageError) as e:
+        sweep.checked_sweep(["resume=kf", "trainer.epochs=3,4"])
+    assert str(e.value) == (
+        "resume=kf is a k-fold run, which goes on as one run in its own folder, not as a sweep's "
+        "jobs. Fix: d2lrun resume=kf without -m, or resume=kf/fold_0 (one fold as a run) in the "
+        "sweep."
+    )
+
+
+def test_a_completed_k_fold_job_keeps_its_record_when_another_config_meets_it(tmp_path, capsys):
+    """Its checkpoints are in fold_i/: the job's own folder had none, so its completed record
+    went before the folds refused the other config, and the table then said 'failed'."""
+    done = {"status": "completed", "best": {"metric": "val_loss", "value": 0.25}}
+    ran, other = ["optim.lr=0.1", "dataset.folds=2"], ["optim.lr=0.3", "dataset.folds=2"]
+    save_overrides(tmp_path / "0" / "fold_0", ran)
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps(done))
+    assert sweep.run_job(compose(other), tmp_path / "0", other, tmp_path, 0) == -math.inf
+    assert json.loads((tmp_path / "0" / "metrics.json").read_text()) == done
+    assert "holds a checkpoint of another config (optim.lr=0.1 there" in capsys.readouterr().err
