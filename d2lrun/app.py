@@ -41,8 +41,8 @@ from d2lrun.files import (
     completed,
     deferred_signals,
     hold,
+    kfold_run,
     remove_empty,
-    saved_checkpoint,
     shell_arg,
     shown,
     stop_signals,
@@ -211,7 +211,7 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
         raise UsageError("resume= names no run. Fix: resume=outputs/DATE/TIME, or drop resume=.")
     if not resume:
         return list(args), None
-    if not saved_checkpoint(folder := Path(resume)) and saved_checkpoint(folder / "fold_0"):
+    if kfold_run(folder := Path(resume)):
         # A k-fold run: run again in its folder, it keeps its completed folds (d2lrun.job.train)
         # and goes on with the stopped one from its last complete epoch.
         named = None if completed(folder) else given(args, "hydra.run.dir")  # job.train refuses it

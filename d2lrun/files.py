@@ -253,6 +253,11 @@ def saved_checkpoint(folder: Path) -> Path | None:
     return next((p for p in (folder / "last.pt", folder / "best.pt") if p.exists()), None)
 
 
+def kfold_run(folder: Path) -> bool:
+    """folder is a k-fold run's: no checkpoint of its own, its first fold's."""
+    return not saved_checkpoint(folder) and bool(saved_checkpoint(folder / "fold_0"))
+
+
 def untrained(folder: Path) -> bool:
     """folder holds no run: only Hydra's .hydra/, the lock, a tensorboard/ logger folder, the
     metrics.json of a run stopped before its first epoch ("nothing to resume"), which leaves no

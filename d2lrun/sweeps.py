@@ -23,6 +23,7 @@ from d2lrun.files import (
     completed,
     deferred_signals,
     hold,
+    kfold_run,
     read_json,
     saved_checkpoint,
     shell_arg,
@@ -43,7 +44,7 @@ def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
     from d2lrun.tracking import open_tracker
 
     resume = given(lines, "resume")  # a k-fold run goes on in its own folder, as one run
-    if resume and not saved_checkpoint(Path(resume)) and saved_checkpoint(Path(resume) / "fold_0"):
+    if resume and kfold_run(Path(resume)):
         raise UsageError(
             f"resume={resume} is a k-fold run, which goes on as one run in its own folder, not "
             f"as a sweep's jobs. Fix: d2lrun {shell_arg('resume', resume)} without -m, or "
