@@ -77,10 +77,11 @@ def build_data(
     if fitted is not None and cfg.name in TABLES:  # not cached: the key sorts dicts whose
         train, val, spec = read(config, seed, fold, fitted)  # order is the features' order
     else:
-        # A file edited between two runs of one process (a notebook) is read again: its size and
-        # modification time are part of the key.
-        found = os.stat(config["path"]) if os.path.isfile(config.get("path", "")) else None
-        stamp = found and [found.st_mtime_ns, found.st_size]
+        # A file edited between two runs of one process (a notebook) is read again: the size and
+        # modification time of a table's files are part of the key.
+        splits = ("train", "test") if cfg.name in TABLES else ()
+        files = sorted({table_file(cfg, split) for split in splits})
+        stamp = [os.path.isfile(f) and [os.stat(f).st_mtime_ns, os.stat(f).st_size] for f in files]
         train, val, spec = load(json.dumps([config, seed, fold, stamp], sort_keys=True))
     return train.to(device), val.to(device), spec
 
@@ -90,12 +91,12 @@ def sha1_of(path: str | Path) -> str | None:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest() if os.path.isfile(path) else None
 
 
-def table_file(cfg: DictConfig) -> str:
-    """The file a table's rows are read from: dataset.path, or the Kaggle training file."""
+def table_file(cfg: DictConfig, split: str = "train") -> str:
+    """The file a table's rows are read from: dataset.path, or the Kaggle file of split."""
     if cfg.name == "kaggle_house":
-        from d2lrun.data.kaggle_house import train_file
+        from d2lrun.data.kaggle_house import book_file
 
-        return str(train_file(cfg))
+        return str(book_file(cfg, split))
     return cfg.path
 
 

@@ -29,7 +29,7 @@ FILES = {
 
 def download(url: str, path: Path, sha1: str) -> Path:
     """path, fetched from url when it is not there yet; the SHA-1 must match before it is kept."""
-    if path.exists() and hashlib.sha1(path.read_bytes()).hexdigest() == sha1:
+    if sha1_of(path) == sha1:
         return path
     made = [p for p in (path.parent.parent, path.parent) if not p.exists()]  # gone if it fails
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,12 @@ def find_files(root: str | Path, fetch: bool, splits=tuple(FILES)) -> dict[str, 
                 f"{name} is not in {root / 'kaggle_house'} and dataset.download=false. "
                 f"Fix: place it there from {DATA_URL}{name}, or dataset.download=true."
             )
-        mine = there and hashlib.sha1(there.read_bytes()).hexdigest() != sha1  # 1 ms: yours
+        if there and there.is_dir():
+            raise UsageError(
+                f"{shown(there)} is a folder, not the book's file {name}. "
+                f"Fix: put the file in its place, or set dataset.root=<folder that has it>."
+            )
+        mine = there and sha1_of(there) != sha1  # 1 ms: yours
         if mine and there.resolve() not in NOTED:  # said once, not once per fold or sweep job
             NOTED.add(there.resolve())
             note(f"{shown(there)} is not the book's file (its SHA-1 differs): the numbers may "
@@ -87,9 +92,9 @@ def located(root: str | Path, name: str) -> Path | None:
     return next((p for p in (root / "kaggle_house" / name, root / name) if p.exists()), None)
 
 
-def train_file(cfg: DictConfig) -> Path:
-    """The training file load reads: where it is, or where dataset.download puts the book's."""
-    name = FILES["train"][0]
+def book_file(cfg: DictConfig, split: str) -> Path:
+    """The file of split load reads: where it is, or where dataset.download puts the book's."""
+    name = FILES[split][0]
     return located(cfg.root, name) or Path(cfg.root).expanduser() / "kaggle_house" / name
 
 

@@ -235,6 +235,40 @@ def test_kaggle_files_found_in_the_root_that_are_not_the_books_are_said_to_be(tm
     assert capsys.readouterr().err == ""
 
 
+def test_a_folder_in_place_of_a_kaggle_file_is_said_to_be_one(tmp_path):
+    """It said 'Is a directory (...). Fix: free disk space or choose a writable folder'."""
+    from d2lrun.data.kaggle_house import FILES, find_files
+
+    folder = tmp_path / "kaggle_house" / FILES["train"][0]
+    folder.mkdir(parents=True)
+    with pytest.raises(UsageError) as e:
+        find_files(tmp_path, fetch=True)
+    assert str(e.value) == (
+        f"{folder} is a folder, not the book's file kaggle_house_pred_train.csv. "
+        f"Fix: put the file in its place, or set dataset.root=<folder that has it>."
+    )
+
+
+def test_kaggle_files_edited_between_two_runs_of_one_process_are_read_again(tmp_path):
+    """A notebook: the training or test file edited after a run was read from the cache."""
+    from d2lrun.data import build_data
+    from d2lrun.data.kaggle_house import FILES
+
+    def write(split, n):
+        rows = [f"{i},{50 + i},{100_000 + 997 * i}" for i in range(n)]
+        (tmp_path / FILES[split][0]).write_text("\n".join(["Id,LotArea,SalePrice", *rows]))
+
+    write("train", 40), write("test", 10)
+    cfg = compose(["dataset=kaggle_house", f"dataset.root={tmp_path}", "dataset.download=false"])
+    train, val, _ = build_data(cfg.dataset, 0)
+    write("train", 20)
+    assert len(build_data(cfg.dataset, 0)[0]) + len(val) == 20 != len(train) + len(val)
+    _, _, before = build_data(cfg.dataset, 0)
+    write("test", 100)  # the book's statistics are fitted on the test rows too
+    _, _, after = build_data(cfg.dataset, 0)
+    assert after.preprocess != before.preprocess
+
+
 def test_kaggle_statistics_of_the_training_rows_need_no_test_file(server, tmp_path, monkeypatch):
     """With only the training file and dataset.statistics=train, a run tried to download the test
     file it never reads, and without a network stopped there."""
