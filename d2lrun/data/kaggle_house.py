@@ -27,8 +27,9 @@ FILES = {
 }
 
 
-def download(url: str, path: Path, sha1: str) -> Path:
-    """path, fetched from url when it is not there yet; the SHA-1 must match before it is kept."""
+def download(url: str, path: Path, sha1: str, also: str = "") -> Path:
+    """path, fetched from url when it is not there yet; the SHA-1 must match before it is kept.
+    also: another way out, added to the Fix when it fails."""
     if sha1_of(path) == sha1:
         return path
     made = [p for p in (path.parent.parent, path.parent) if not p.exists()]  # gone if it fails
@@ -47,7 +48,7 @@ def download(url: str, path: Path, sha1: str) -> Path:
         reason = getattr(e, "reason", None) or e.strerror or e
         raise UsageError(
             f"{path.name} is not in {path.parent} and downloading {url} failed ({reason}). "
-            f"Fix: place the file there, or set dataset.root=<folder that has it>."
+            f"Fix: place the file there, or set dataset.root=<folder that has it>{also}."
         ) from None
     return path
 
@@ -67,10 +68,11 @@ def find_files(root: str | Path, fetch: bool, splits=tuple(FILES)) -> dict[str, 
     for split in splits:
         name, sha1 = FILES[split]
         there = located(root, name)
+        also = ", or dataset.statistics=train (no test file)" if split == "test" else ""
         if there is None and not fetch:
             raise UsageError(
                 f"{name} is not in {root / 'kaggle_house'} and dataset.download=false. "
-                f"Fix: place it there from {DATA_URL}{name}, or dataset.download=true."
+                f"Fix: place it there from {DATA_URL}{name}, or dataset.download=true{also}."
             )
         if there and there.is_dir():
             raise UsageError(
@@ -82,7 +84,7 @@ def find_files(root: str | Path, fetch: bool, splits=tuple(FILES)) -> dict[str, 
             NOTED.add(there.resolve())
             note(f"{shown(there)} is not the book's file (its SHA-1 differs): the numbers may "
                  f"differ from the book's")  # fmt: skip
-        paths[split] = there or download(DATA_URL + name, root / "kaggle_house" / name, sha1)
+        paths[split] = there or download(DATA_URL + name, root / "kaggle_house" / name, sha1, also)
     return paths
 
 

@@ -4,6 +4,7 @@ the book's own formula written out here."""
 import hashlib
 import http.server
 import math
+import re
 import threading
 from functools import partial
 
@@ -282,5 +283,14 @@ def test_kaggle_statistics_of_the_training_rows_need_no_test_file(server, tmp_pa
     train, val, spec = build_data(compose([*args, "dataset.statistics=train"]).dataset, 0)
     assert (len(train), len(val), spec.num_inputs) == (30, 10, 4)  # LotArea, Street's 2 and NaN
     assert not (tmp_path / "kaggle_house").exists()  # no test file fetched, nor a folder for it
-    with pytest.raises(UsageError, match="kaggle_house_pred_test.csv is not in .* downloading"):
+    no_test = ", or dataset.statistics=train (no test file)."
+    with pytest.raises(UsageError) as e:
         build_data(compose(args).dataset, 0)  # the book's statistics read the test file too
+    assert re.match("kaggle_house_pred_test.csv is not in .* downloading", str(e.value))
+    assert str(e.value).endswith(no_test)
+    with pytest.raises(UsageError) as e:
+        build_data(compose([*args, "dataset.download=false"]).dataset, 0)
+    assert str(e.value).endswith("dataset.download=true" + no_test)
+    with pytest.raises(UsageError) as e:
+        kh.find_files(tmp_path / "nowhere", fetch=False)  # no training file: no such way out
+    assert str(e.value).endswith("or dataset.download=true.")
