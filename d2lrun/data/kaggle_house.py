@@ -32,7 +32,7 @@ def download(url: str, path: Path, sha1: str, also: str = "") -> Path:
     also: another way out, added to the Fix when it fails."""
     if sha1_of(path) == sha1:
         return path
-    made = [p for p in (path.parent.parent, path.parent) if not p.exists()]  # gone if it fails
+    made = [p for p in (path.parent, path.parent.parent) if not p.exists()]  # gone if it fails
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
@@ -44,7 +44,7 @@ def download(url: str, path: Path, sha1: str, also: str = "") -> Path:
             )
         atomic_write(path, data)
     except OSError as e:
-        remove_empty(reversed(made))  # a dataset.root mistyped: no empty folders left there
+        remove_empty(made)  # a dataset.root mistyped: no empty folders left there
         reason = getattr(e, "reason", None) or e.strerror or e
         raise UsageError(
             f"{path.name} is not in {path.parent} and downloading {url} failed ({reason}). "
