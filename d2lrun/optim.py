@@ -47,8 +47,8 @@ class Optimizer:
         for g in self.param_groups:
             params = [p for p in g["params"] if p.grad is not None]
             grads = [p.grad for p in params]
-            for grad, p in zip(grads, params, strict=True) if g["l1"] else ():
-                grad.add_(p.sign(), alpha=g["l1"])  # the gradient of l1 · Σ|w|
+            for p in params if g["l1"] else ():
+                p.grad.add_(p.sign(), alpha=g["l1"])  # the gradient of l1 · Σ|w|
             hyper = {k: g[k] for k in self.keywords}
             if self.kind is torch.optim.SGD:
                 buffers = [self.state.get(p, {}).get("momentum_buffer") for p in params]
