@@ -50,9 +50,7 @@ def handle(prog: str, main: Callable[[], object]) -> None:
 def train_main() -> None:
     """`d2lrun`: train one model, or sweep with -m; `resume=RUN` continues a run."""
 
-    def main(args: list[str]) -> None:
-        from d2lrun import app
-
+    def main(app, args: list[str]) -> None:
         if {"-m", "--multirun"} & set(args):
             _, failure = app.sweep(args)
             if failure:
@@ -65,23 +63,12 @@ def train_main() -> None:
 
 def eval_main() -> None:
     """`d2lrun-eval run=DIR`: metrics of a saved run on its held-out split."""
-    handle("d2lrun-eval", own_options(command("evaluate"), "eval"))
+    handle("d2lrun-eval", own_options(lambda app, args: app.evaluate(args), "eval"))
 
 
 def predict_main() -> None:
     """`d2lrun-predict run=DIR input=FILE`: predictions for new inputs."""
-    handle("d2lrun-predict", own_options(command("predict"), "predict"))
-
-
-def command(name: str) -> Callable[[list[str]], object]:
-    """d2lrun.app's function name, imported when it runs (in handle)."""
-
-    def call(args: list[str]) -> object:
-        from d2lrun import app
-
-        return getattr(app, name)(args)
-
-    return call
+    handle("d2lrun-predict", own_options(lambda app, args: app.predict(args), "predict"))
 
 
 def report_main() -> None:
@@ -111,8 +98,8 @@ def report_main() -> None:
     handle("d2lrun-report", main)
 
 
-def own_options(main: Callable[[list[str]], object], config_name: str) -> Callable[[], object]:
-    """main(the command line's arguments), or what the command's own --help and --version print."""
+def own_options(main: Callable[..., object], config_name: str) -> Callable[[], object]:
+    """main(d2lrun.app, the arguments), or what the command's own --help and --version print."""
 
     def run() -> object:
         from d2lrun.config import hydra_args
@@ -125,7 +112,9 @@ def own_options(main: Callable[[list[str]], object], config_name: str) -> Callab
             return print_help(config_name, args)
         if getattr(parsed, "hydra_help", False):  # Hydra's own, of no config: KEY=V ignored
             args = ["--hydra-help"]
-        return main(args)
+        from d2lrun import app  # in handle, as the docstring above says
+
+        return main(app, args)
 
     return run
 
