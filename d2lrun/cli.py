@@ -51,12 +51,10 @@ def train_main() -> None:
     """`d2lrun`: train one model, or sweep with -m; `resume=RUN` continues a run."""
 
     def main(app, args: list[str]) -> None:
-        if {"-m", "--multirun"} & set(args):
-            _, failure = app.sweep(args)
-            if failure:
-                raise RunFailed(failure)
-        else:
+        if not {"-m", "--multirun"} & set(args):
             app.train(args)
+        elif failure := app.sweep(args)[1]:  # jobs that did not complete
+            raise RunFailed(failure)
 
     handle("d2lrun", own_options(main, "config"))
 
@@ -91,8 +89,7 @@ def report_main() -> None:
     def main() -> None:
         from d2lrun.sweeps import report
 
-        failure = report(Path(args.dir))
-        if failure:
+        if failure := report(Path(args.dir)):
             print(failure)
 
     handle("d2lrun-report", main)
