@@ -9,9 +9,8 @@ try:
         SlurmLauncher as SubmititSlurmLauncher,
     )
 except ImportError:  # installed without d2lrun[sweeps]: no SLURM launcher, and no warning at start
-    SubmititSlurmLauncher = None
-
-if SubmititSlurmLauncher is not None:
+    pass
+else:
 
     class SlurmLauncher(SubmititSlurmLauncher):
         """The submitit plugin's launcher (same keys, sbatch file, job array), waiting on squeue."""
