@@ -104,10 +104,10 @@ def train(
                                                       "signal": name})  # fmt: skip
             raise Interrupted(f"fold {i + 1}/{k}: {said} Resume with: d2lrun "
                               f"{shell_arg('resume', run_dir)}", signum) from None  # fmt: skip
-        except (UsageError, RunFailed) as e:
-            if isinstance(e, UsageError):  # refused: the run's record as it was (resume= of one
-                remove_empty(run_dir.glob("fold_*"))  # whose data moved), and no empty folder
-                raise
+        except UsageError:  # refused: the run's record as it was (resume= of one whose data
+            remove_empty(run_dir.glob("fold_*"))  # moved), and no empty folder
+            raise
+        except RunFailed as e:
             status = "diverged" if isinstance(e, Diverged) else "failed"
             if not completed(run_dir):  # a completed run's record stays: each fold is complete
                 reason = f"fold {i + 1}/{k}: {e}"  # counted as its lines count them
@@ -241,15 +241,15 @@ class Run:
             snapshot = checkpoint(model, self.optimizer, self.trainer, self.history, extra)
             snapshot["wall_seconds"] = ckpt.get("wall_seconds", 0)
             save_torch(run_dir / "last.pt", snapshot)
+        self.title = f"{cfg.model.name} on {spec.dataset}"
         params = sum(p.numel() for p in model.parameters())
-        log(f"{cfg.model.name} on {spec.dataset} ({len(self.train):,} train / {len(self.val):,} "
-            f"val) on {device}, {params:,} parameters -> {shown(run_dir)}")  # fmt: skip
+        log(f"{self.title} ({len(self.train):,} train / {len(self.val):,} val) on {device}, "
+            f"{params:,} parameters -> {shown(run_dir)}")  # fmt: skip
         self.summary = {"status": "running", "model": cfg.model.name, "dataset": spec.dataset,
                         "device": str(device), "epochs": cfg.trainer.epochs,
                         "run_dir": str(run_dir),
                         "resumed_from": str(cfg.resume) if cfg.resume else None,
                         "restarts": extra["restarts"]}  # fmt: skip
-        self.title = f"{cfg.model.name} on {spec.dataset}"
 
     def on_epoch(self, row: dict) -> None:
         """The epoch's checkpoints, its row for the tracker, its line."""
