@@ -139,11 +139,10 @@ def job_failed(e: Exception, run_dir: Path, sweep_dir: Path) -> float:
         atomic_write(run_dir / "error.txt", "".join(traceback.format_exception(e)).encode())
     if not (run_dir / "metrics.json").exists():
         record_failure(run_dir, reason, error.exit_code)
-    elif completed(run_dir) and (ckpt := saved_job(run_dir)) is not None:
+    elif completed(run_dir) and (ckpt := saved_job(run_dir)) and (run_dir / ".hydra").is_dir():
         # Its record stays, and what it ran with (the table's values), over what Hydra wrote.
         for name, ran in (("overrides", ckpt.get("overrides", [])), ("config", ckpt["config"])):
-            if (run_dir / ".hydra").is_dir():
-                atomic_write(run_dir / ".hydra" / f"{name}.yaml", OmegaConf.to_yaml(ran).encode())
+            atomic_write(run_dir / ".hydra" / f"{name}.yaml", OmegaConf.to_yaml(ran).encode())
     return -math.inf
 
 
@@ -210,7 +209,7 @@ def job_number(name: str) -> int:
     return int(name) if name.isdigit() else 1 << 30
 
 
-def number(text):
+def number(text: str):
     """A swept value as the number it names (nan and inf as typed: an empty cell otherwise), else
     as it was typed (Hydra records `${x}`, `a,b` and `"a b"` as `$\\{x\\}`, `a\\,b` and `"a b"`:
     its grammar's escapes and quotes undone)."""
@@ -218,10 +217,8 @@ def number(text):
         try:
             value = cast(text)
             return value if math.isfinite(value) else text
-        except (TypeError, ValueError):
+        except ValueError:
             pass
-    if not isinstance(text, str):
-        return text
     if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1].replace("\\" + text[0], text[0])
     return re.sub(r"\\([\\()\[\]{}:=, \t])", r"\1", text)
