@@ -62,13 +62,12 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     if "mode" in launcher.config.hydra.sweep:  # hydra.sweep.mode, as the plugin honours it
         os.chmod(sweep_dir, int(str(launcher.config.hydra.sweep.mode), 8))
     log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
-    numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
-    for num, overrides in zip(numbers, job_overrides, strict=True):
+    for num, overrides in enumerate(job_overrides, initial_job_idx):
         log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
     # The plugin's own arguments: each array task calls launcher(*call) on its node.
     calls = [
         (list(o), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
-        for num, o in zip(numbers, job_overrides, strict=True)
+        for num, o in enumerate(job_overrides, initial_job_idx)
     ]
     check_time_limit(launcher.params)
     jobs = submit(executor(launcher.params), launcher, calls)
@@ -83,10 +82,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             f"Its results, later: d2lrun-report {shlex.quote(shown(sweep_dir))}",
             getattr(e, "signum", signal.SIGINT),
         ) from None
-    return [
-        collect(launcher, job, num, overrides, ended.get(job.job_id))
-        for job, num, overrides in zip(jobs, numbers, job_overrides, strict=True)
-    ]
+    numbered = enumerate(zip(jobs, job_overrides, strict=True), initial_job_idx)
+    return [collect(launcher, job, num, o, ended.get(job.job_id)) for num, (job, o) in numbered]
 
 
 def check_time_limit(params: dict) -> None:
@@ -147,8 +144,7 @@ def submit(ex, fn, calls: list[tuple]) -> list:
             return ex.map_array(fn, *zip(*calls, strict=True))
     except FailedJobError as e:
         lines = [re.sub(r"^sbatch: error: ", "", ln) for ln in str(e).splitlines() if ln.strip()]
-        message = "; ".join(dict.fromkeys(lines))
-        message = message.rstrip(".")  # sbatch's own period, before ". Fix:"
+        message = "; ".join(dict.fromkeys(lines)).rstrip(".")  # sbatch's period, before ". Fix:"
         option = re.search(r"--([a-z-]+)", message)
         key = OPTIONS.get(option.group(1)) if option else None
         if "memory" in message.lower():
