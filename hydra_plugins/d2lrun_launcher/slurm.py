@@ -10,9 +10,8 @@ submits the same array and waits on `squeue`, which asks the controller that eve
     wait     a job that Slurm will never start (more CPUs than any node has) is cancelled, one line
     collect  a job that ended without a result is recorded as failed in its folder; the rest go on
 
-Hydra takes launchers only from the hydra_plugins package, so the launcher lives here, beside its
-class (slurm_launcher.py, which calls `launch`); each job it runs is d2lrun's own sweep job
-(d2lrun.sweeps.run_job), and a job Slurm ended is recorded as run_job records failures.
+slurm_launcher.py's class calls `launch` (why it lives in hydra_plugins: there); each job it runs is
+d2lrun's own sweep job (d2lrun.sweeps.run_job), and one Slurm ended is recorded as run_job would.
 """
 
 from __future__ import annotations
