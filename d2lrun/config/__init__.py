@@ -84,15 +84,14 @@ def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def check_ranges(cfg: DictConfig, path: str) -> None:
-    node = OmegaConf.select(cfg, path) if path else cfg
+    node, prefix = OmegaConf.select(cfg, path), f"{path}." if path else ""
     schema = OmegaConf.get_type(node)
     fields = dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ()
     names = {f.name for f in fields} | {"hydra"}
     if extra := [k for k in node if k not in names] if fields else []:  # +key=
-        dotted = f"{path}.{extra[0]}" if path else extra[0]
-        raise UsageError(bad_value(dotted, None, schema, node.get("name") if path else None))
+        raise UsageError(bad_value(prefix + extra[0], None, schema, node.get("name")))
     for f in fields:
-        m, value, name = f.metadata, node[f.name], f"{path}.{f.name}" if path else f.name
+        m, value, name = f.metadata, node[f.name], prefix + f.name
         if not m or value is None:
             continue
         if m["words"] and value not in m["words"]:
@@ -103,8 +102,6 @@ def check_ranges(cfg: DictConfig, path: str) -> None:
         ranged = any(m[k] is not None for k in ("ge", "gt", "lt"))
         for v in value if OmegaConf.is_list(value) else [value]:
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if not ranged and not (number and not math.isfinite(v)):
-                continue  # no range: any value of its type but nan and inf
             rule = (
                 None if not number
                 else "a finite number" if not math.isfinite(v)  # nan passes every <
@@ -113,7 +110,7 @@ def check_ranges(cfg: DictConfig, path: str) -> None:
                 else f"less than {m['lt']}" if m["lt"] is not None and v >= m["lt"]
                 else None
             )  # fmt: skip
-            if rule or not number:
+            if rule or ranged and not number:  # no range: any value of its type but nan and inf
                 what = f"out of range: it must be {rule}" if rule else "not a number"
                 raise UsageError(f"{name}={value} is {what}. Fix: {name}={example(cfg, name)}.")
 
@@ -312,8 +309,7 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
     """GROUP=null (Hydra: a ValueError) or ~GROUP as one line naming the options; and, for
     d2lrun-eval or -predict (name), a group of d2lrun's (Hydra: a traceback, or advice to add +)."""
     own = [f.name for f in dataclasses.fields(Predict if name == "predict" else Eval)]
-    groups = GROUPS
-    d2lruns = [*groups, *(f.name for f in dataclasses.fields(Config))]
+    d2lruns = [*GROUPS, *(f.name for f in dataclasses.fields(Config))]
     for o in OverridesParser.create().parse_overrides(overrides_of(args)):
         value, group = o.value(), o.key_or_group
         section, _, key = group.partition(".")
@@ -330,21 +326,21 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
                 f"{o.input_line} gives several values, and {what}. Fix: run {prog} once per value."
             )
         if name != "config" and section in d2lruns and section not in own:  # trainer.epochs=9
-            what = "picks an option" if group in groups else "sets a key"
+            what = "picks an option" if group in GROUPS else "sets a key"
             raise UsageError(
                 f"{o.input_line} {what} of d2lrun's, and d2lrun-{name} reloads the run "
                 f"with the ones it trained with. Fix: drop {o.input_line} (d2lrun-{name} --help "
                 f"lists its keys)."
             )
         odd = [v for v in getattr(value, "list", [value]) if isinstance(v, (int, float, bool))]
-        if group in groups and odd:  # optim=5, model=true: Hydra's ValueError
+        if group in GROUPS and odd:  # optim=5, model=true: Hydra's ValueError
             options = list(SCHEMAS.get(group) or options_of(group))
             typed, default = yaml_value(odd[0]), options[0] if group in SCHEMAS else None
             raise UsageError(  # as explain says it of an option Hydra does not find
                 f"Unknown {group} '{typed}'. Choose one of: {', '.join(sorted(options))}. "
                 f"Fix: {group}={closest(typed, options, default)}."
             )
-        if group in groups and isinstance(value, list):  # model=[mlp,lenet]: Hydra merges them
+        if group in GROUPS and isinstance(value, list):  # model=[mlp,lenet]: Hydra merges them
             one = value[0] if value else next(iter(SCHEMAS.get(group, [])), "NAME")
             each = f", or d2lrun -m {group}={','.join(map(str, value))} for a run each"
             raise UsageError(f"{o.input_line} gives {len(value)} options, and a run takes one. "
