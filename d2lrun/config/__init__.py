@@ -20,7 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.config.messages import bad_value
+from d2lrun.config.messages import bad_value, unknown_option
 from d2lrun.config.schema import (
     CONFIG_DIR,
     EXPERIMENTS_DIR,
@@ -334,12 +334,7 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
             )
         odd = [v for v in getattr(value, "list", [value]) if isinstance(v, (int, float, bool))]
         if group in GROUPS and odd:  # optim=5, model=true: Hydra's ValueError
-            options = list(SCHEMAS.get(group) or options_of(group))
-            typed, default = yaml_value(odd[0]), options[0] if group in SCHEMAS else None
-            raise UsageError(  # as explain says it of an option Hydra does not find
-                f"Unknown {group} '{typed}'. Choose one of: {', '.join(sorted(options))}. "
-                f"Fix: {group}={closest(typed, options, default)}."
-            )
+            raise unknown_option(group, yaml_value(odd[0]), SCHEMAS.get(group) or options_of(group))
         if group in GROUPS and isinstance(value, list):  # model=[mlp,lenet]: Hydra merges them
             one = value[0] if value else next(iter(SCHEMAS.get(group, [])), "NAME")
             each = f", or d2lrun -m {group}={','.join(map(str, value))} for a run each"

@@ -33,10 +33,7 @@ def explain(e: BaseException) -> D2lrunError:
         return Interrupted("interrupted before anything was saved.", signum)
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
         group, _, name = e.missing_cfg_file.rpartition("/")
-        return UsageError(
-            f"Unknown {group} '{name}'. Choose one of: {', '.join(sorted(e.options))}. "
-            f"Fix: {group}={closest(name, e.options, next(iter(SCHEMAS.get(group, {})), None))}."
-        )
+        return unknown_option(group, name, e.options)
     if isinstance(e, OverrideParseException):
         key, equals, value = e.override.partition("=")
         lists = r"\[[^'\"\[\]]*\]"  # a list's items each (dataset.drop=['Größe'], a sweep of
@@ -120,6 +117,15 @@ def explain(e: BaseException) -> D2lrunError:
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return Bug(
         f"{type(e).__name__}: {first} (a bug in d2lrun? HYDRA_FULL_ERROR=1 shows the traceback)"
+    )
+
+
+def unknown_option(group: str, name: str, options) -> UsageError:
+    """An option of group that is not there: the ones that are, and the one spelled most like it."""
+    default = next(iter(SCHEMAS.get(group, {})), None)  # config.yaml's: the first
+    return UsageError(
+        f"Unknown {group} '{name}'. Choose one of: {', '.join(sorted(options))}. "
+        f"Fix: {group}={closest(name, options, default)}."
     )
 
 
