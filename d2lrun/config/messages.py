@@ -6,6 +6,7 @@ import difflib
 import re
 import typing
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
@@ -83,8 +84,6 @@ def explain(e: BaseException) -> D2lrunError:
         quoted = f"\"{key}='{value}'\" (a file name with a comma, quoted), or "  # a/b,c.csv
         quoted = quoted if re.search(r"[/\\]|\.[A-Za-z]", value) else ""
         if value.startswith("glob("):  # a sweep takes the options it names (sweeper.check_glob)
-            from hydra.core.override_parser.overrides_parser import OverridesParser
-
             glob = OverridesParser.create().parse_override(override).value()
             swept = f"{key}={','.join(glob.filter(options_of(key))) or 'a,b'}"
         return UsageError(

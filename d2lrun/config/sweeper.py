@@ -9,7 +9,12 @@ import itertools
 import math
 import re
 
-from omegaconf import DictConfig, OmegaConf
+# Loaded with d2lrun.config already; the basic sweeper's module is not, and waits for a sweep.
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, IntervalSweep, RangeSweep
+from omegaconf import DictConfig, IntegerNode, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from d2lrun.config import (
@@ -30,8 +35,6 @@ def sweep_config(lines: list[str]) -> tuple[DictConfig, dict[str, str], list[Dic
     with every job (check_sweep); the fixed overrides of keys that only the swept options have
     (model.dropout with model=lenet,mlp), as key=choice(value): Hydra could not set them; and a
     job's config for each logger section among them, for the caller to open the tracker once."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     overrides = OverridesParser.create().parse_overrides(lines)
     fixed = [o for o in overrides if not o.is_sweep_override()]
     picks, unset = compose([o.input_line for o in fixed if is_group(o)]), object()
@@ -98,9 +101,6 @@ def check_sweep(hydra: DictConfig, overrides: list) -> list[DictConfig]:
 def check_search(o, cfg: DictConfig) -> None:
     """One swept key for Optuna: what its plugin fails on, or reads unlike the basic sweeper (cfg:
     the config of the options searched first, for the key's type)."""
-    from hydra.core.override_parser.types import IntervalSweep, RangeSweep
-    from omegaconf import IntegerNode
-
     key, v = o.key_or_group, o.value()
     if isinstance(v, RangeSweep):  # Optuna's includes its end: range(1,3) is 1, 2 and 3
         values = ",".join(str(x) for x in o.sweep_iterator())
@@ -129,8 +129,6 @@ def check_search(o, cfg: DictConfig) -> None:
 def check_glob(o, search: bool) -> None:
     """glob(), which Hydra expands only with its config loader (d2lrun-report and a sweep's jobs
     read the plan without one), as the options it names."""
-    from hydra.core.override_parser.types import Glob
-
     key, v = o.key_or_group, o.value()
     if not isinstance(v, Glob):
         return
@@ -147,9 +145,6 @@ def check_jobs(overrides: list, search: bool, here: bool) -> list[DictConfig]:
     composed once and the jobs' keys set on a copy, as Hydra sets them (0.1 s a composition,
     5 ms a job here); devices are looked up where the jobs run (here: not on Slurm's nodes).
     A ${...} is left to its job, where ${hydra:...} resolves (or says why it cannot)."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parse = OverridesParser.create().parse_overrides
     values = {o.get_key_element(): values_of(o) for o in overrides if not o.is_hydra_override()}
     jobs = list(itertools.product(*values.values()))
@@ -192,7 +187,6 @@ def check_subdir(hydra: DictConfig, overrides: list) -> None:
     """A hydra.sweep.subdir that puts two jobs of a grid into one folder is refused before any
     job starts: the second would write over the first's .hydra/ and its record."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.hydra_config import HydraConfig
 
     # Each job composed, as Hydra's basic sweeper does before it launches them (a sweep with
     # a subdir of its own takes that time twice as it starts: 0.1-0.2 s a job here).
