@@ -240,10 +240,9 @@ def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
     if lr is None or chosen == own or given(overrides, "optim.lr") is not None:
         return
     # The usual step: the optimizer's own (adam.yaml), else the model file's (the book's SGD step)
-    usual = example(None, "optim.lr", chosen, f"model/{cfg.model.name}")
     raise UsageError(
         f"experiment={preset} sets optim.lr={lr} for optim={own}, and optim={chosen} takes "
-        f"another step size. Fix: optim.lr={usual} "
+        f"another step size. Fix: optim.lr={example(cfg, 'optim.lr')} "
         f"(optim={chosen}'s usual), or leave optim as the preset's."
     )
 

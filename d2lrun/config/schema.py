@@ -285,13 +285,13 @@ def register(presets: bool = True) -> None:
             cs.store(group="experiment", name=path.stem, node=node, package="_global_")
 
 
-def example(cfg: DictConfig | None, dotted: str, option: str | None = None, *also: str) -> str:
-    """A key's working value for a Fix: the chosen option's YAML's, also's, else config.yaml's."""
+def example(cfg: DictConfig | None, dotted: str, option: str | None = None) -> str:
+    """A key's working value for a Fix: the chosen option's YAML's, else config.yaml's."""
     group, _, rest = dotted.partition(".")
-    if option is None and cfg is not None and group in SCHEMAS:
-        option = cfg[group].name
+    also = []
     if cfg is not None:  # the chosen options' files set keys beyond their group (trainer.*)
-        also = (*also, *(f"{g}/{cfg[g].name}" for g in ("model", "dataset") if g in cfg))
+        option = cfg[group].name if group in SCHEMAS else None
+        also = [f"{g}/{cfg[g].name}" for g in ("model", "dataset") if g in cfg]
     for name in [f"{group}/{option}", *also, "config", "eval", "predict"]:
         path = Path(CONFIG_DIR, f"{name}.yaml")
         if not path.is_file():  # a key outside the groups (seed): config.yaml only
