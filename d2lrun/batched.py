@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from d2lrun.config import checked
 from d2lrun.errors import Diverged, Interrupted, UsageError
-from d2lrun.files import deferred_signals, hold, shown, stop_signals, untrained
+from d2lrun.files import deferred_signals, hold, say, shown, stop_signals, untrained
 from d2lrun.job import Run
 from d2lrun.plots import Plotter
 from d2lrun.stack import Stack, StackOptimizer, most_members, stackable
@@ -138,7 +138,7 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
             continue
         done = finished_job(run_dir, overrides)
         if done is not None:
-            print(f"job {num}: already completed in {shown(run_dir)}; skipped")
+            say(f"job {num}: already completed in {shown(run_dir)}; skipped")
             scores[num] = score(done)
             continue
         try:  # a refused value (optim.lr=-1) fails its job only, as with the basic launcher
@@ -147,7 +147,7 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
         except Exception as e:
             scores[num] = job_failed(e, run_dir, sweep_dir)
             continue
-        job["log"] = lambda line, num=num: print(f"job {num}: {line}", flush=True)
+        job["log"] = lambda line, num=num: say(f"job {num}: {line}")
         start = (ckpt["epoch"], ckpt["rng"]["shuffle"].tolist()) if ckpt else (0, None)
         todo.setdefault(json.dumps(start), []).append(num)
     experiment = sweep_experiment(sweep_dir)

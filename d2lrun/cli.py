@@ -6,6 +6,7 @@ too wait for `handle`, so Ctrl-C as the command starts is its one line, not a tr
 
 import argparse
 import atexit
+import logging
 import os
 import signal
 import sys
@@ -28,6 +29,9 @@ def _done() -> None:
 def handle(prog: str, main: Callable[[], object]) -> None:
     """Run an entry point; any error ends as one line on stderr and its exit code."""
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"  # not app.run's, set while Hydra runs
+    # A [HYDRA] line logged after stdout's reader left (`d2lrun -m ... | head -1`) printed a
+    # traceback per line; it goes unprinted, as say's lines do.
+    logging.raiseExceptions = False
     try:
         main()
     except BrokenPipeError:  # `d2lrun --help | head`: the reader left, say nothing

@@ -26,6 +26,7 @@ from d2lrun.files import (
     kfold_run,
     read_json,
     saved_checkpoint,
+    say,
     shell_arg,
     shown,
     untrained,
@@ -94,7 +95,7 @@ def run_job(
     with hold(run_dir, wait=True):
         done = finished_job(run_dir, overrides)
         if done is not None:  # the same sweep run again: only missing or failed jobs train
-            print(f"job {num}: already completed in {shown(run_dir)}; skipped")
+            say(f"job {num}: already completed in {shown(run_dir)}; skipped")
             return score(done)
         try:
             ckpt = prepared(cfg, run_dir, ckpt)

@@ -119,3 +119,18 @@ def test_a_refused_value_fails_alone_and_max_members_splits_the_stack(tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == (
         "d2lrun: error: hydra.launcher.max_members=0 is not a whole number of at least 1. "
         "Fix: hydra.launcher.max_members=8, or null for as many as fit in memory.")  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", ["basic", "batched"])
+def test_a_sweep_whose_output_reader_is_gone_still_trains_every_job(tmp_path, launcher):
+    """`d2lrun -m hydra/launcher=batched ... | head -1`: every job of the stack failed with
+    "Broken pipe. Fix: free disk space ...", exit 1, and each [HYDRA] line after the reader left
+    printed a traceback."""
+    command = [str(BIN / "d2lrun"), "-m", f"hydra/launcher={launcher}", "optim.lr=0.1,0.2,0.3",
+               "trainer.epochs=2", f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "[HYDRA]" in process.stdout.readline()
+    process.stdout.close()  # as head does after its line
+    assert process.wait(timeout=300) == 0
+    assert process.stderr.read() == ""
+    assert [s["status"] for s in summary(tmp_path)] == ["completed"] * 3
