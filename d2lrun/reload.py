@@ -75,8 +75,7 @@ def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
             ) from None
         first = textwrap.shorten((str(e).splitlines() or [""])[0], 120, placeholder=" ...")
         what = f"{type(e).__name__}{': ' + first if first else ''}"
-        if isinstance(e, pickle.UnpicklingError):
-            what = "unpickling failed"
+        what = "unpickling failed" if isinstance(e, pickle.UnpicklingError) else what
         raise UsageError(f"{path} is truncated or not a checkpoint ({what}). {RETRAIN}") from None
     if not isinstance(obj, dict):
         what = f"{path} holds a {type(obj).__name__}, not a checkpoint dict"
@@ -155,15 +154,17 @@ def run_overrides(ckpt: dict, new: Sequence[str] = (), what: str = "the run") ->
     """A saved run's command line: its overrides, where its data and MLflow store are, then new."""
     saved = ckpt["config"]
     for o in OverridesParser.create().parse_overrides(overrides_of(new)):
-        if o.key_or_group == "model" and not o.is_sweep_override():  # composed, an image model
-            asked = OmegaConf.create({"model": {"name": o.value()}})
-            check_same_meaning(saved, asked, what, ["model.name"])  # what: the run, as named
         section, _, key = o.key_or_group.partition(".")  # Hydra's own line would advise another
-        if o.key_or_group == "dataset" and (was := saved["dataset"]["name"]) != o.value():
-            raise UsageError(  # before its dataset.path or .root, added below, fails to compose
-                f"a reloaded run cannot change dataset.name (the run has dataset.name={was}, asked "
-                f"dataset.name={o.value()}). Fix: drop dataset={o.value()}, or start a new run."
-            )
+        if section in ("model", "dataset") and not key and "GLOB" not in str(o.value_type):
+            # Refused before a new option fails to compose with the run's dataset.* keys; every
+            # value of a sweep too (a glob's are left to its jobs)
+            names = o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]
+            was = saved[section]["name"]
+            if asked := next((n for n in names if n != was), None):
+                raise UsageError(
+                    f"{what} cannot change {section}.name (the run has {section}.name={was}, "
+                    f"asked {section}.name={asked}). Fix: drop {o.input_line}, or start a new run."
+                )
         if section in ("model", "dataset") and key and key.split(".")[0] not in saved[section]:
             raise UsageError(  # model or dataset, which a reloaded run keeps
                 f"{section}.{key} is not a key of the run's {section}={saved[section]['name']} "
@@ -287,9 +288,8 @@ class SavedRun:
         stays 01, where pd.read_csv makes it 1): class names or floats."""
         if isinstance(inputs, (str, os.PathLike)):
             inputs = read_inputs(self.spec, Path(inputs))
-        X = self.prepare(inputs)
         with torch.no_grad():
-            out = self.model(X)
+            out = self.model(self.prepare(inputs))
         if self.spec.task == "classification":
             return [self.spec.class_names[i] for i in out.argmax(dim=1).tolist()]
         scale = self.spec.target_scale  # predictions in the target's own units

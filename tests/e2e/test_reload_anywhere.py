@@ -164,7 +164,7 @@ def test_a_csv_run_given_by_a_relative_path_is_evaluated_and_predicted_from_any_
         ),
         (  # its Fix, dataset.path=..., failed too: the run's own path was not a key of dataset=X
             ["dataset=kaggle_house"],
-            "a reloaded run cannot change dataset.name (the run has dataset.name=csv, asked "
+            "cannot change dataset.name (the run has dataset.name=csv, asked "
             "dataset.name=kaggle_house). Fix: drop dataset=kaggle_house, or start a new run.",
         ),
         (

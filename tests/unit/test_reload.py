@@ -355,10 +355,15 @@ def test_run_overrides_put_the_saved_runs_absolute_data_and_mlflow_paths(tmp_pat
     none = run_overrides(ckpt, ["logger=none"])
     assert none[-1] == "logger=none" and not [o for o in none if "tracking_uri" in o]
     compose(none)  # logger=none has no tracking_uri: it composes
-    swept = "model=choice(linreg,softmax)"  # a sweep's: each job checks its own (it said 'tags=')
-    assert run_overrides(ckpt, [swept], "resume=R")[-1] == swept
-    with pytest.raises(UsageError, match=r"^resume=R cannot change model\.name \(the run has "):
-        run_overrides(ckpt, ["model=softmax"], "resume=R")
+    for model in ("model=softmax", "model=linreg,softmax", "model=choice(softmax,mlp)"):
+        with pytest.raises(UsageError) as e:  # a sweep's said 'tags=', then dataset.num_train
+            run_overrides(ckpt, [model], "resume=R")
+        assert str(e.value) == (
+            "resume=R cannot change model.name (the run has model.name=linreg, asked "
+            f"model.name=softmax). Fix: drop {model}, or start a new run."
+        )
+    for same in ("model=linreg", "model=linreg,linreg", "model=glob(lin*)", "~model"):
+        assert run_overrides(ckpt, [same], "resume=R")[-1] == same  # a glob: left to its jobs
 
 
 def test_run_overrides_put_the_saved_runs_absolute_data_root(tmp_path):
