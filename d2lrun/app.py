@@ -80,11 +80,13 @@ class RunDir(Callback):
     """The configured hydra.run.dir claimed (d2lrun.files.claim_dir) before Hydra writes into it."""
 
     lock = None  # let go by run(): Hydra calls no on_run_end when the task raises (Ctrl-C)
+    made: list[Path] = []  # the two folders above it that it made (outputs/DATE/, outputs/)
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         if claimed_dir(config.hydra) is None:
             return  # named: named_dir holds it
         with contextlib.suppress(RunFailed):  # unwritable: Hydra's own mkdir then says so
+            RunDir.made = [p for p in Path(config.hydra.run.dir).parents[:2] if not p.exists()]
             folder = claim_dir(config.hydra.run.dir)
             RunDir.lock = hold(folder)  # a resume= into it is refused while the run runs
             with read_write(config.hydra.run):
@@ -245,11 +247,10 @@ def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
     try:
         job.train(cfg, run_dir, list(hc.overrides.task), ckpt, draw=draw)
     except BaseException:  # refused, stopped or failed before it started: no folder behind
-        typed = claimed_dir(hc)  # None: a named folder, which named_dir removes if it made it
-        if typed is not None and untrained(run_dir):  # claimed by RunDir as the run started
+        # claimed by RunDir as the run started (None: named, which named_dir removes if it made it)
+        if claimed_dir(hc) is not None and untrained(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
-            if not typed or TIMESTAMP in Path(typed).parent.name:  # nor an empty outputs/DATE/
-                remove_empty([run_dir.parent, run_dir.parent.parent])  # and outputs/
+            remove_empty(RunDir.made)  # nor an empty outputs/DATE/ it made, nor outputs/
         raise
     return Path(hc.run.dir)  # as named (relative to where the command ran)
 
@@ -276,9 +277,8 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     if given_dir and TIMESTAMP in given_dir:  # claimed below, as the default folder is
         given_dir, args = None, set_override(args, "hydra.sweep.dir", None)
     if given_dir == "":  # Hydra would write the jobs into the current folder
-        raise UsageError(
-            "hydra.sweep.dir= names no folder. Fix: hydra.sweep.dir=outputs/multirun/NAME."
-        )
+        raise UsageError("hydra.sweep.dir= names no folder. Fix: hydra.sweep.dir=outputs/"
+                         "multirun/NAME.")  # fmt: skip
     if given_dir:  # named by the user: run again into it, completed jobs are skipped
         sweep_dir = Path(given_dir)
         plan = sweep_dir / "multirun.yaml"

@@ -461,6 +461,11 @@ def test_a_run_refused_before_it_started_leaves_no_folder(tmp_path, monkeypatch)
             app.train(args)
         assert isinstance(explain(e.value), UsageError)
     assert not list(tmp_path.iterdir())  # not an empty outputs/DATE/ either, nor outputs/
+    (tmp_path / "outputs").mkdir()  # the user's own, empty: it was removed with the run's folder
+    with pytest.raises(UsageError):
+        app.train(["optim.lr=-1"])
+    assert [p.name for p in tmp_path.iterdir()] == ["outputs"] and not any(tmp_path.glob("*/*"))
+    (tmp_path / "outputs").rmdir()
     with pytest.raises(UsageError):  # a folder of the user's own ${now:...} names too
         app.train(["optim.lr=-1", "hydra.run.dir=runs/${now:%Y-%m-%d}/${now:%H-%M-%S}"])
     assert not (tmp_path / "runs").exists()
