@@ -37,16 +37,23 @@ def sweep_config(lines: list[str]) -> tuple[DictConfig, dict[str, str], list[Dic
     job's config for each logger section among them, for the caller to open the tracker once."""
     overrides = OverridesParser.create().parse_overrides(lines)
     fixed = [o for o in overrides if not o.is_sweep_override()]
-    picks, unset = compose([o.input_line for o in fixed if is_group(o)]), object()
+    picks = compose([o.input_line for o in fixed if is_group(o)])
     keys = [o for o in fixed if not (is_group(o) or o.is_hydra_override() or o.is_add()
                                      or o.is_force_add() or o.is_delete())]  # fmt: skip
     again = {
         o.input_line: f"{o.get_key_element()}=choice({o.get_value_element_as_str()})"
         for o in keys
-        if OmegaConf.select(picks, o.key_or_group, default=unset) is unset
+        if not has_key(picks, o.key_or_group)
     }
     cfg = compose([o.input_line for o in fixed if o.input_line not in again], with_hydra=True)
     return cfg, again, check_sweep(cfg.hydra, overrides)
+
+
+def has_key(cfg: DictConfig, dotted: str) -> bool:
+    """dotted is a key of cfg, also one whose value is ??? (dataset=csv's path: one to give)."""
+    parent, _, key = dotted.rpartition(".")
+    node = OmegaConf.select(cfg, parent)  # cfg itself for ""
+    return OmegaConf.is_dict(node) and key in node.keys()
 
 
 def is_group(o) -> bool:

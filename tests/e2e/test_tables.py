@@ -82,6 +82,20 @@ def test_mlp_with_its_defaults_learns_a_real_regression_table(tmp_path):
     assert (abs(out["mpg"] - frame["mpg"].head(5)) < 4 * final["val_rmse"]).all()
 
 
+def test_a_sweep_over_a_csv_has_its_swept_keys_as_columns_and_its_heatmap(tmp_path):
+    """dataset.path and .target (??? in csv.yaml) were taken for keys only swept options have:
+    they were swept as choice(...), table columns and Optuna parameters, and no heatmap.png."""
+    cars(tmp_path / "cars.csv", n=90)
+    s = tmp_path / "sweep"
+    r = run_cli("-m", "dataset=csv", f"dataset.path={tmp_path / 'cars.csv'}", "dataset.target=mpg",
+                "optim.lr=0.01,0.1", "optim.weight_decay=0,1e-3", "trainer.epochs=1",
+                f"hydra.sweep.dir={s}", *FAST)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with open(s / "summary.csv") as f:
+        assert next(csv.reader(f))[:3] == ["job", "optim.lr", "optim.weight_decay"]
+    assert (s / "heatmap.png").exists() and "choice(" not in (s / "multirun.yaml").read_text()
+
+
 def test_k_fold_trains_one_run_per_fold_and_reports_their_mean(tmp_path):
     cars(tmp_path / "cars.csv", n=90)
     run = tmp_path / "run"
