@@ -384,14 +384,14 @@ def predict_file(run: SavedRun, path: Path, out: Path) -> int:
     inputs = read_inputs(run.spec, path)
     predictions = run.predict(inputs)
     if isinstance(inputs, pd.DataFrame):
-        if missing := [c for c in run.spec.drop if c not in inputs.columns]:
-            raise UsageError(f"input={path} lacks the column(s) {missing} the run carries into its "
-                             f"predictions (dataset.drop). Fix: add them.")  # fmt: skip
+        kept = [c for c in run.spec.drop if c in inputs.columns]  # new rows may lack a leaky one
+        if lacks := [c for c in run.spec.drop if c not in kept]:
+            note(f"input={path} lacks the dataset.drop column(s) {lacks}: predictions without them")
         # Rows keep their ids (dataset.drop; all columns when it drops none) and the truth when the
         # input has it, beside the prediction named after the target: Kaggle's submission (§4.10).
         name = run.spec.target or "prediction"
         truth = [name] * (name in inputs.columns and name not in run.spec.drop)
-        frame = inputs[[*run.spec.drop, *truth] if run.spec.drop else list(inputs.columns)].copy()
+        frame = inputs[[*kept, *truth] if run.spec.drop else list(inputs.columns)].copy()
         frame[f"{name}_predicted" if name in frame else name] = predictions  # truth kept beside
     else:
         frame = pd.DataFrame({"prediction": predictions})

@@ -235,7 +235,7 @@ def table_splits(
             f"dataset.target={target} is not a column of {source}; its columns are: "
             f"{listed(frame.columns)}. Fix: {fix}."
         )
-    if unknown := [c for c in cfg.drop if c not in frame.columns]:
+    if not fitted and (unknown := [c for c in cfg.drop if c not in frame.columns]):  # not features
         typed = as_typed(frame.columns, unknown)  # true: True
         named = [c for c in cfg.drop if c in frame.columns] + typed
         named += [n for c in unknown if (n := alike(c, frame.columns)) and n not in named]  # Id

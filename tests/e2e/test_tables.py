@@ -221,7 +221,7 @@ def test_table_mistakes_are_one_line(tmp_path, args, code, message):
         assert not (tmp_path / "run" / "model.pt").exists()
 
 
-def test_predicting_rows_without_the_training_columns_is_one_line(tmp_path):
+def test_rows_without_the_training_columns_are_one_line_and_without_a_dropped_one_fine(tmp_path):
     frame = cars(tmp_path / "cars.csv", n=60)
     run = tmp_path / "run"
     r = run_cli(
@@ -241,7 +241,13 @@ def test_predicting_rows_without_the_training_columns_is_one_line(tmp_path):
     )
     frame[["weight", "origin", "year", "name"]].to_csv(tmp_path / "no_id.csv", index=False)
     r = run_cli(f"run={run}", f"input={tmp_path / 'no_id.csv'}", tool="d2lrun-predict")
-    assert r.returncode == 2 and "lacks the column(s) ['id']" in one_error_line(r, "d2lrun-predict")
+    assert r.returncode == 0 and "lacks the dataset.drop column(s) ['id']" in r.stderr
+    assert pd.read_csv(run / "predictions.csv").columns.tolist() == ["mpg"]
+    r = run_cli(f"run={run}", f"dataset.path={tmp_path / 'no_id.csv'}", tool="d2lrun-eval")
+    assert r.returncode == 2 and "dataset.target=mpg is not a column" in r.stderr  # not drop's id
+    frame.drop(columns="id").to_csv(tmp_path / "labelled.csv", index=False)
+    r = run_cli(f"run={run}", f"dataset.path={tmp_path / 'labelled.csv'}", tool="d2lrun-eval")
+    assert r.returncode == 0 and '"test_loss"' in r.stdout, r.stderr  # it said: drop=[id] lacks
 
 
 def test_a_csv_of_100000_rows_trains(tmp_path):
