@@ -29,7 +29,6 @@ from d2lrun.config import (
     compose,
     given,
     hydra_args,
-    override,
     overrides_of,
     register,
 )
@@ -42,6 +41,7 @@ from d2lrun.files import (
     deferred_signals,
     hold,
     kfold_run,
+    override,
     remove_empty,
     shell_arg,
     shown,

@@ -302,12 +302,24 @@ def shown(path: str | Path) -> str:
 
 
 def shell_arg(key: str, path: str | Path) -> str:
-    """KEY=PATH as a shell and Hydra take it back: quoted for the shell when the path has a space
-    ('resume=my run'), and for Hydra too when it has a comma or brackets ("resume='o,x'")."""
-    path = shown(path)
-    if any(c in path for c in ",[]{}()'\""):  # Hydra's own quotes inside the shell's
-        return '"' + re.sub(r'(["$`\\])', r"\\\1", f"{key}='{path}'") + '"'
-    return shlex.quote(f"{key}={path}")
+    """KEY=PATH, the path as shown, as a shell and Hydra take it back (typed_arg)."""
+    return typed_arg(key, shown(path))
+
+
+def typed_arg(key: str, value: str) -> str:
+    """KEY=VALUE as a shell and Hydra take it back: quoted for the shell when it has a space
+    ('resume=my run'), and for Hydra too when its grammar would not read it unquoted: a comma
+    (a list: "resume='o,x'"), brackets, quotes, any letter beyond ASCII, spaces at its ends."""
+    if not re.fullmatch(r"[\w $%*+\-./:?@\\|]*", value, re.ASCII) or value != value.strip():
+        return '"' + re.sub(r'(["$`\\])', r"\\\1", override(key, value)) + '"'
+    return shlex.quote(f"{key}={value}")
+
+
+def override(key: str, value: str) -> str:
+    """key='value', quoted so that Hydra's override grammar reads any value (spaces, quotes, €)."""
+    # Its grammar escapes a quote, and doubles only the backslashes before a quote or the end.
+    quoted = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
+    return f"{key}='{quoted}'"
 
 
 def running(sweep_dir: Path) -> bool:

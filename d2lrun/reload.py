@@ -34,13 +34,12 @@ from d2lrun.config import (
     compose,
     first_difference,
     merge_overrides,
-    override,
     overrides_of,
     resolve_device,
 )
 from d2lrun.data import Spec, build_data, prepare_batch, read_inputs, sha1_of, table_file
 from d2lrun.errors import UsageError, note
-from d2lrun.files import atomic_write, remove_stale_temporaries, saved_checkpoint, shown
+from d2lrun.files import atomic_write, override, remove_stale_temporaries, saved_checkpoint, shown
 from d2lrun.models import build_model, load_state_dict_strict, loss_kind
 from d2lrun.plots import curves_figure
 from d2lrun.trainer import evaluate, loss_for, own_torch

@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import io
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -262,13 +261,6 @@ def claimed_dir(hydra: DictConfig) -> str | None:
     (app.RunDir: the default one, or one named by ${now:...}); None for a folder named otherwise."""
     named = given(OmegaConf.to_container(hydra.overrides.hydra, resolve=False), "hydra.run.dir")
     return None if named is not None and TIMESTAMP not in named else named or ""
-
-
-def override(key: str, value: str) -> str:
-    """key='value', quoted so that Hydra's override grammar reads any value (spaces, quotes, €)."""
-    # Its grammar escapes a quote, and doubles only the backslashes before a quote or the end.
-    quoted = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
-    return f"{key}='{quoted}'"
 
 
 def hidden_sizes(model: DictConfig) -> list[int]:

@@ -17,6 +17,7 @@ from omegaconf.errors import (
 
 from d2lrun.config.schema import SCHEMAS, closest, example, options_of, preset_keys, yaml_value
 from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
+from d2lrun.files import typed_arg
 
 
 def quote_items(found: re.Match) -> str:
@@ -81,8 +82,9 @@ def explain(e: BaseException) -> D2lrunError:
     if found := re.match(several, str(e)):  # a list, range(...) or choice(...) without -m
         override = swept = found[1] or found[2]
         key, _, value = override.partition("=")
-        quoted = f"\"{key}='{value}'\" (a file name with a comma, quoted), or "  # a/b,c.csv
-        quoted = quoted if re.search(r"[/\\]|\.[A-Za-z]", value) else ""
+        what = "a column name" if key == "dataset.target" else "a file name"  # a/b,c.csv
+        quoted = f"{typed_arg(key, value)} ({what} with a comma, quoted), or "
+        quoted = quoted if key == "dataset.target" or re.search(r"[/\\]|\.[A-Za-z]", value) else ""
         if value.startswith("glob("):  # a sweep takes the options it names (sweeper.check_glob)
             glob = OverridesParser.create().parse_override(override).value()
             swept = f"{key}={','.join(glob.filter(options_of(key))) or 'a,b'}"

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from d2lrun.data import Spec, Split, fold_rows, sha1_of
 from d2lrun.errors import UsageError, alike, listed, note
-from d2lrun.files import shown
+from d2lrun.files import shown, typed_arg
 
 
 def read_table(
@@ -226,7 +226,7 @@ def table_splits(
     target = cfg.target
     if target not in frame.columns:
         near = None if fitted else alike(target, frame.columns)  # Y: y, saleprice: SalePrice
-        fix = f"dataset.target={near or '<one of them>'}"
+        fix = typed_arg("dataset.target", near) if near else "dataset.target=<one of them>"
         fix = commas_fix(frame.columns, f"give a file with a column '{target}'" if fitted else fix)
         if not fitted and (typed := as_typed(frame.columns, [target])):
             quoted = f"\"dataset.target='{typed[0]}'\""

@@ -403,7 +403,8 @@ def test_example_of_a_required_key_is_the_e_g_of_its_comment():
 def test_override_quotes_any_value_so_hydra_reads_it_back_as_it_was(value):
     """Reloading a run passes its saved paths back through Hydra's grammar, which escapes quotes
     and the backslashes before them; a path with a space, a quote or a backslash survives."""
-    from d2lrun.config import given, override
+    from d2lrun.config import given
+    from d2lrun.files import override
 
     assert given([override("dataset.path", value)], "dataset.path") == value
 
@@ -565,7 +566,11 @@ def test_a_group_given_a_number_or_true_is_an_unknown_option_not_a_bug(override,
      ("Ambiguous value for argument 'dataset.path=c/a,b.csv'",  # quoted, it is one file
       "dataset.path=c/a,b.csv gives several values, which only a sweep runs. Fix: "
       "\"dataset.path='c/a,b.csv'\" (a file name with a comma, quoted), or d2lrun -m "
-      "dataset.path=c/a,b.csv (one run per value), or one value.")],
+      "dataset.path=c/a,b.csv (one run per value), or one value."),
+     ("Ambiguous value for argument 'dataset.target=Price, USD'",  # it offered only a sweep
+      "dataset.target=Price, USD gives several values, which only a sweep runs. Fix: "
+      "\"dataset.target='Price, USD'\" (a column name with a comma, quoted), or d2lrun -m "
+      "dataset.target=Price, USD (one run per value), or one value.")],
 )  # fmt: skip
 def test_a_range_without_m_says_to_sweep_it_as_a_list_does(line, expected):
     from hydra.errors import ConfigCompositionException

@@ -358,6 +358,12 @@ def test_a_mistyped_column_of_a_wide_table_is_named_in_a_short_line(tmp_path, ka
     )
     with pytest.raises(UsageError, match=r"and 2981 more\. Fix: dataset\.target=f2999\.$"):
         table_splits(frame, table_cfg(target="f29999"), 0, None, "wide.csv", "auto", False)
+    spaced = frame.rename(columns={"y": "Price, USD", "f0": " y "})  # as the shell and Hydra
+    for typed, fix in [("price, usd", "\"dataset.target='Price, USD'\""),  # read the Fix back:
+                       ("y ", "\"dataset.target=' y '\"")]:  # said: dataset.target= y  # fmt: skip
+        with pytest.raises(UsageError) as e:
+            table_splits(spaced, table_cfg(target=typed), 0, None, "t.csv", "auto", False)
+        assert str(e.value).endswith(f" Fix: {fix}.")
     with pytest.raises(UsageError) as e:
         table_splits(frame, table_cfg(drop=["F1", "nope"]), 0, None, "wide.csv", "auto", False)
     assert str(e.value).endswith("does not have. Fix: dataset.drop=[f1].")

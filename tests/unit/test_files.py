@@ -143,15 +143,21 @@ def test_stale_temporaries_of_dead_writers_go_and_live_ones_stay(tmp_path):
 
 def test_a_printed_argument_is_read_back_as_one_by_the_shell_and_by_hydra():
     """'Resume with: d2lrun resume=o,x' was two values to Hydra; 'resume=my run' two to a shell."""
-    import shlex
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from d2lrun.files import shell_arg
+    from d2lrun.files import shell_arg, typed_arg
 
-    for folder in ("outputs/2026-12-06/10-00-00", "my run", "o,x", "a [1]", 'say "hi"'):
-        (arg,) = shlex.split(shell_arg("resume", folder))
-        assert OverridesParser.create().parse_override(arg).value() == folder
+    def read_back(line: str):  # as bash splits it, then Hydra reads its one argument
+        said = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], capture_output=True)
+        (arg,) = said.stdout.decode().split("\0")[:-1]
+        return OverridesParser.create().parse_override(arg).value()
+
+    runs = ("outputs/2026-12-06/10-00-00", "my run", "o,x", "a [1]", 'say "hi"', "it's,o", "über")
+    for folder in runs:  # it's,o: Hydra read 'it's,o'; über: a token error, as € and ä are
+        assert read_back(shell_arg("resume", folder)) == folder
+    assert shell_arg("resume", "outputs/my run") == "'resume=outputs/my run'"  # the shell's only
+    for column in (" y ", "x ", "Price, USD", "a'b", "c:\\dir\\", "$HOME `x`", "Größe €"):
+        assert read_back(typed_arg("dataset.target", column)) == column  # y: Hydra strips spaces
 
 
 def test_a_held_folder_is_refused_until_its_holder_lets_go(tmp_path):
