@@ -13,8 +13,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from d2lrun.config import checked, given, resolve_device
-from d2lrun.data import Spec, build_data, check_positive_target
-from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError
+from d2lrun.data import Spec, build_data, check_positive_target, table_file
+from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError, note
 from d2lrun.files import (
     atomic_write,
     by,
@@ -206,6 +206,10 @@ class Run:
         saved = Spec(**ckpt["spec"]) if ckpt else None  # its statistics: the same features
         self.train, self.val, self.spec = build_data(cfg.dataset, cfg.seed, device, fold, saved)
         spec = self.spec
+        if saved and saved.sha1 and spec.sha1 != saved.sha1:  # edited, or another file
+            note(f"{shown(table_file(cfg.dataset))} is not the file the run trained on (its "
+                 f"SHA-1 differs): its rows are split anew, and may validate on rows it trained "
+                 f"on")  # fmt: skip
         # Higher accuracy, or lower loss, is better; without a validation split, the training one.
         self.classify = spec.task == "classification"
         self.metric = ("val_" if len(self.val) else "train_") + ("acc" if self.classify else "loss")

@@ -243,6 +243,28 @@ def test_a_run_resumed_into_a_new_folder_has_the_best_epochs_best_pt(tmp_path):
     assert (tmp_path / "b" / "best.pt").read_bytes() == (tmp_path / "a" / "best.pt").read_bytes()
 
 
+def test_resuming_a_csv_run_whose_file_was_edited_says_so(tmp_path, capsys):
+    """A table cut to half its rows was trained on, split anew, without a word."""
+    table = tmp_path / "t.csv"
+    table.write_text("x,y\n" + "".join(f"{i},{2 * i}\n" for i in range(60)))
+    args = ["dataset=csv", f"dataset.path={table}", "dataset.target=y", "trainer.progress=false"]
+    train_job(compose([*args, "trainer.epochs=1"]), tmp_path / "a", args, log=lambda *_: None)
+    ckpt, again = load_checkpoint(tmp_path / "a" / "last.pt"), [*args, f"resume={tmp_path / 'a'}"]
+    notes = []
+    for rows, epochs in ((60, 2), (30, 3)):  # the same file written again: no note; then half
+        table.write_text("x,y\n" + "".join(f"{i},{2 * i}\n" for i in range(rows)))
+        capsys.readouterr()
+        cfg = compose([*again, f"trainer.epochs={epochs}"])
+        train_job(cfg, tmp_path / f"b{rows}", again, ckpt, log=lambda *_: None)
+        notes.append(capsys.readouterr().err)
+        ckpt = load_checkpoint(tmp_path / f"b{rows}" / "last.pt")
+    assert notes == [
+        "",
+        f"note: {table} is not the file the run trained on (its SHA-1 differs): its rows are split "
+        "anew, and may validate on rows it trained on\n",
+    ]
+
+
 def test_a_run_resumed_into_a_new_folder_and_stopped_at_once_resumes_from_there(
     tmp_path, monkeypatch
 ):
