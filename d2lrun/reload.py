@@ -37,7 +37,15 @@ from d2lrun.config import (
     overrides_of,
     resolve_device,
 )
-from d2lrun.data import Spec, build_data, prepare_batch, read_inputs, sha1_of, table_file
+from d2lrun.data import (
+    Spec,
+    as_images,
+    build_data,
+    prepare_batch,
+    read_inputs,
+    sha1_of,
+    table_file,
+)
 from d2lrun.errors import UsageError, note
 from d2lrun.files import atomic_write, override, remove_stale_temporaries, saved_checkpoint, shown
 from d2lrun.models import build_model, load_state_dict_strict, loss_kind
@@ -316,20 +324,8 @@ class SavedRun:
                 f"predict takes an array of inputs; {type(inputs).__name__} cannot be one ({e}). "
                 f"Fix: a numpy array or torch tensor."
             ) from None
-        if shape := tuple(self.spec.image_shape or ()):
-            given = tuple(X.shape)  # as the caller passed them, for the refusal
-            X = X.reshape(1, *X.shape) if X.ndim == 2 else X  # one image (H, W) -> (1, H, W)
-            X = X.unsqueeze(1) if X.ndim == 3 else X  # (N, H, W) -> (N, 1, H, W)
-            pixels = torch.uint8 if self.spec.class_names else X.dtype  # §6.2.4's are floats
-            if tuple(X.shape[1:]) != shape or X.dtype != pixels:
-                uint8 = ", from 0 to 255 as the dataset's (np.asarray(images, np.uint8))"
-                raise UsageError(
-                    f"images must be (N, {shape[1]}, {shape[2]}) "
-                    f"{str(pixels).removeprefix('torch.')}; got {given} "
-                    f"{str(X.dtype).removeprefix('torch.')}. Fix: images of the run's size"
-                    f"{uint8 if self.spec.class_names else ''}."
-                )
-            X = X.to(self.device)  # §6.2.4's 0/1 images are numbers, not pixels out of 255
+        if self.spec.image_shape:  # §6.2.4's 0/1 images are numbers, not pixels out of 255
+            X = as_images(X, self.spec).to(self.device)
             return (prepare_batch(X) if self.spec.class_names else X).float()
         X = X.reshape(1, -1) if X.ndim == 1 else X  # one example
         if X.ndim != 2 or X.shape[1] != self.spec.num_inputs:

@@ -145,6 +145,29 @@ def prepare_batch(X: torch.Tensor) -> torch.Tensor:
     return X.float().div_(255) if X.dtype == torch.uint8 else X
 
 
+def as_images(X: torch.Tensor, spec: Spec) -> torch.Tensor:
+    """New inputs of an image run (one or N, with or without channels) as (N, C, H, W) of the
+    run's pixels, else one line that says how to make them so."""
+    shape, given = tuple(spec.image_shape), tuple(X.shape)  # as the caller passed them
+    X = X.reshape(1, *X.shape) if X.ndim == 2 else X  # one image (H, W) -> (1, H, W)
+    X = X.unsqueeze(1) if X.ndim == 3 else X  # (N, H, W) -> (N, 1, H, W)
+    pixels = torch.uint8 if spec.class_names else X.dtype  # §6.2.4's are floats
+    if tuple(X.shape[1:]) == shape and X.dtype == pixels:
+        return X
+    (h, w), fix = shape[1:], "images of the run's size"
+    if given[-1:] == (h * w,):  # rows of pixels, as a CSV of Fashion-MNIST has them
+        fix = f"images.reshape(-1, {h}, {w})"
+    elif spec.class_names and X.is_floating_point() and X.numel() and X.max() <= 1:
+        # ToTensor's 0-1 floats: as uint8 they would be 0s and 1s, and predict one class
+        fix = "np.asarray((images * 255).round(), np.uint8), pixels from 0 to 255 as the dataset's"
+    elif spec.class_names:
+        fix += ", from 0 to 255 as the dataset's (np.asarray(images, np.uint8))"
+    raise UsageError(
+        f"images must be (N, {h}, {w}) {str(pixels).removeprefix('torch.')}; got {given} "
+        f"{str(X.dtype).removeprefix('torch.')}. Fix: {fix}."
+    )
+
+
 def check_positive_target(train: Split, val: Split, spec: Spec) -> None:
     """§4.10's log RMSE takes the log of the target, so every target must be positive."""
     scale = spec.target_scale or {"mean": 0.0, "std": 1.0}

@@ -805,3 +805,35 @@ def test_fashion_mnist_under_a_mistyped_root_leaves_no_empty_folders(tmp_path, m
         with pytest.raises(UsageError, match=r"the download failed \(Error downloading"):
             fashion_mnist.load(cfg, 0)
         assert list(tmp_path.iterdir()) == []
+
+
+def test_new_images_are_taken_as_the_run_was_trained_and_each_mistake_says_how_to_mend_it():
+    """ToTensor's 0-1 floats were told 'np.asarray(images, np.uint8)', which made them 0s and 1s:
+    every prediction one class. Rows of 784 pixels were told the same, which fixes nothing."""
+    from d2lrun.data import Spec, as_images
+
+    spec = Spec(
+        "fashion_mnist", "classification", 784, 10, [1, 28, 28], [f"c{i}" for i in range(10)]
+    )
+    images = torch.randint(
+        0, 256, (3, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(as_images(images, spec), images.unsqueeze(1))  # (N, H, W) -> (N, 1, H, W)
+    assert as_images(images[0], spec).shape == (1, 1, 28, 28)  # one image
+
+    def fix(X):
+        with pytest.raises(UsageError) as e:
+            as_images(X, spec)
+        return str(e.value).partition(" Fix: ")[2]
+
+    floats = images.float() / 255  # as ToTensor gives them
+    assert fix(floats).startswith("np.asarray((images * 255).round(), np.uint8)")
+    mended = torch.as_tensor(np.asarray((floats * 255).round(), np.uint8))  # the Fix, followed
+    assert torch.equal(as_images(mended, spec), images.unsqueeze(1))
+    assert fix(images.reshape(3, 784)) == "images.reshape(-1, 28, 28)."
+    assert fix(images.float()) == (
+        "images of the run's size, from 0 to 255 as the dataset's (np.asarray(images, np.uint8))."
+    )
+    assert fix(images[:, :27]).startswith("images of the run's size")
+    kernel = Spec("kernel", "regression", 48, 42, [1, 6, 8])  # §6.2.4: numbers, not pixels
+    assert as_images(torch.ones(2, 6, 8), kernel).dtype == torch.float32
