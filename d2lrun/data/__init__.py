@@ -183,10 +183,11 @@ def read_inputs(spec: Spec, path: Path):
     """New inputs for a saved run (d2lrun-predict): CSV rows, or uint8 images from .npy / .pt."""
     if not path.exists():
         raise UsageError(f"input={path}: no such file. Fix: give a file of new inputs.")
+    kind = {".pth": ".pt"}.get(path.suffix.lower(), path.suffix.lower())  # IMAGES.NPY, x.pth
     if spec.preprocess:  # a table: CSV rows, whatever the file is named
         from d2lrun.data.csv import read_table
 
-        if path.suffix in (".npy", ".pt"):
+        if kind in (".npy", ".pt"):
             raise UsageError(
                 f"input={path}: this run was trained on a CSV table; it takes CSV rows, not a "
                 f"{path.suffix} array. Fix: give a .csv file with the training file's columns."
@@ -194,25 +195,30 @@ def read_inputs(spec: Spec, path: Path):
         as_text = [*spec.preprocess["categorical"], *spec.drop]  # ids kept as written: 007
         return read_table(path, "input", spec.na_values, as_text)
     takes = "uint8 images" if spec.image_shape else "arrays of inputs"
-    if path.suffix == ".csv":
+    save = "np.save(FILE, array), or torch.save(tensor, FILE) (torch.from_numpy(array))"
+    if kind == ".csv":
         raise UsageError(
             f"input={path}: this run was not trained on a CSV table; it takes {takes} in .npy "
-            f"or .pt. Fix: save them with np.save or torch.save."
+            f"or .pt. Fix: save them with {save}."
         )
     try:  # never unpickling: a file of Python objects could run code when loaded
-        if path.suffix == ".npy":
+        if kind == ".npy":
             return np.load(path, allow_pickle=False)
-        if path.suffix == ".pt":
-            return torch.load(path, weights_only=True)
+        if kind == ".pt":
+            if isinstance(loaded := torch.load(path, weights_only=True), torch.Tensor):
+                return loaded
+            raise UsageError(  # a dict of tensors (a state_dict), a list
+                f"input={path} holds a {type(loaded).__name__}, not a tensor of {takes}. "
+                f"Fix: save them with {save}."
+            )
     except (ValueError, pickle.UnpicklingError, RuntimeError, OSError) as e:
         # A file cut short or damaged (EOF, a bad zip) is said as such, not as one that unpickles
         if not isinstance(e, pickle.UnpicklingError) and "pickle" not in str(e).lower():
             said = (str(e).strip().splitlines() or [type(e).__name__])[0].partition(". ")[0]
             raise UsageError(f"input={path} cannot be read ({said}). Fix: save {takes} again "
-                             f"with np.save or torch.save.") from None  # fmt: skip
-        raise UsageError(
+                             f"with {save}.") from None  # fmt: skip
+        raise UsageError(  # torch.save of a numpy array pickles it
             f"input={path} cannot be read as {takes} without unpickling Python objects "
-            f"({type(e).__name__}), which d2lrun never does. Fix: save them with np.save or "
-            f"torch.save."
+            f"({type(e).__name__}), which d2lrun never does. Fix: save them with {save}."
         ) from None
     raise UsageError(f"input={path}: unknown kind of file. Fix: give {takes} in .npy or .pt.")

@@ -94,6 +94,7 @@ def test_a_checkpoint_written_on_a_gpu_loads_on_a_machine_without_one(tmp_path):
 
 
 RETRAIN = r"\. Fix: use another checkpoint of the run \(last.pt, best.pt\) or train again\.$"
+SAVE = "np.save(FILE, array), or torch.save(tensor, FILE) (torch.from_numpy(array))."
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
@@ -711,7 +712,18 @@ def test_predict_takes_uint8_images_one_or_many(image_run, tmp_path):
         predict_file(run, tmp_path / "x.csv", tmp_path / "p.csv")
     assert str(e.value) == (
         f"input={tmp_path / 'x.csv'}: this run was not trained on a CSV table; it takes uint8 "
-        f"images in .npy or .pt. Fix: save them with np.save or torch.save."
+        f"images in .npy or .pt. Fix: save them with {SAVE}"
+    )
+    shutil.copy(tmp_path / "x.npy", tmp_path / "x.NPY")  # any case, and torch's other name .pth
+    shutil.copy(tmp_path / "x.pt", tmp_path / "x.pth")
+    for name in ("x.NPY", "x.pth"):
+        assert predict_file(run, tmp_path / name, tmp_path / "p.csv") == 5
+    torch.save({"images": images[:2].clone()}, tmp_path / "dict.pt")  # it said 'numpy.object_'
+    with pytest.raises(UsageError) as e:
+        predict_file(run, tmp_path / "dict.pt", tmp_path / "p.csv")
+    assert str(e.value) == (
+        f"input={tmp_path / 'dict.pt'} holds a dict, not a tensor of uint8 images. Fix: save them "
+        f"with {SAVE}"
     )
 
 
@@ -725,12 +737,14 @@ def test_inputs_that_would_unpickle_python_objects_are_refused(image_run, tmp_pa
     torch.save({"x": Exploit()}, tmp_path / "exploit.pt")
     if os.path.exists("/tmp/d2lrun_pwned"):
         os.remove("/tmp/d2lrun_pwned")
-    for name, kind in (("objects.npy", "ValueError"), ("exploit.pt", "UnpicklingError")):
+    torch.save(np.zeros((2, 28, 28), np.uint8), tmp_path / "array.pt")  # it said: torch.save
+    for name, kind in (("objects.npy", "ValueError"), ("exploit.pt", "UnpicklingError"),
+                       ("array.pt", "UnpicklingError")):  # fmt: skip
         with pytest.raises(UsageError) as e:
             predict_file(run, tmp_path / name, tmp_path / "p.csv")
         assert str(e.value) == (
             f"input={tmp_path / name} cannot be read as uint8 images without unpickling Python "
-            f"objects ({kind}), which d2lrun never does. Fix: save them with np.save or torch.save."
+            f"objects ({kind}), which d2lrun never does. Fix: save them with {SAVE}"
         )
     assert not os.path.exists("/tmp/d2lrun_pwned") and not (tmp_path / "p.csv").exists()
     np.save(tmp_path / "cut.npy", np.zeros((2, 28, 28), dtype=np.uint8))  # a file cut short: said
