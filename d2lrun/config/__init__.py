@@ -316,7 +316,7 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
             raise UsageError(
                 f"{o.input_line} gives several values, and {what}. Fix: run {prog} once per value."
             )
-        if name != "config" and section in d2lruns and section not in own:  # trainer.epochs=9
+        if name != "config" and (group in GROUPS or section in d2lruns and section not in own):
             what = "picks an option" if group in GROUPS else "sets a key"
             raise UsageError(
                 f"{o.input_line} {what} of d2lrun's, and d2lrun-{name} reloads the run "

@@ -438,6 +438,8 @@ def test_eval_and_predict_take_one_value_per_key():
             (o, "picks an option")
             for o in ["init=xavier", "+init=xavier", "+optim=adam", "model=mlp"]
         ),
+        # Hydra's 'use +dataset=csv', then a dump of its schema: eval's dataset.* keys are its own
+        *((o, "picks an option") for o in ["dataset=fashion_mnist", "+dataset=csv"]),
         # "model is not a key of the config ... Fix: drop model." for model.num_hiddens=[4]
         *((o, "sets a key") for o in ["model.num_hiddens=[4]", "trainer.epochs=3", "seed=1"]),
     ],
