@@ -108,6 +108,8 @@ def in_python(line: str) -> str:
                   f"{shlex.split(m[1])[0]!r}", line)  # fmt: skip
     line = re.sub(r"d2lrun -m (\S+)", call("sweep"), line)
     line = re.sub(r"d2lrun-report (\S*/\S*)", r"d2lrun.report('\1')", line)
+    each = r"(one override per argument: )(.+)\.$"  # 'a=1' 'b=2': one string to Python
+    line = re.sub(each, lambda m: m[1] + ", ".join(m[2].split(" ")) + ".", line)
     return line.replace("d2lrun-report one of them", "d2lrun.report(...) of one of them")
 
 

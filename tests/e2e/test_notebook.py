@@ -107,6 +107,9 @@ def test_flags_are_refused_and_one_list_of_overrides_is_taken(here):
         d2lrun.train("optim.lr=0.1,0.2")  # said: Fix: d2lrun -m optim.lr=0.1,0.2, a shell's command
     with pytest.raises(UsageError, match=re.escape("or d2lrun.sweep('model=mlp,lenet') for a run")):
         d2lrun.train("model=[mlp,lenet]")
+    with pytest.raises(UsageError) as e:  # its Fix, 'model=linreg' 'seed=1', pasted: one string
+        d2lrun.train("model=linreg seed=1")
+    assert str(e.value).endswith("Fix: one override per argument: 'model=linreg', 'seed=1'.")
     with pytest.raises(UsageError, match=r"^d2lrun.train takes overrides, not the command's flags"):
         d2lrun.train("--version")
     with pytest.raises(UsageError, match=r"Fix: d2lrun --cfg job optim\.lr=0\.1 in a shell, or "):
