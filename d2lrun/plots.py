@@ -38,6 +38,10 @@ def curves_figure(rows: list[dict], title: str = ""):
             ax.set_yscale("log")  # 6×10⁻¹ pushed the axis label off the figure's edge
             ax.yaxis.set_major_formatter(PlainLog())
             ax.yaxis.set_minor_formatter(PlainLog())
+        else:  # one epoch's 0.11270 and 0.11275 read '1e-5+1.127e-1' on an axis of their own
+            low, high = ax.get_ylim()
+            ax.set_ylim(min(low, (low + high) / 2 - 0.01), max(high, (low + high) / 2 + 0.01))
+            ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)

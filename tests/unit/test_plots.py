@@ -62,6 +62,16 @@ def test_the_loss_axis_label_is_inside_the_picture_and_one_epoch_has_its_one_tic
         labels = [t.get_text() for t in ax.get_yticklabels(which="both") if t.get_text()]
         assert labels and all(len(t) <= 5 for t in labels), labels  # 0.6, 1e-4
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1"]
+    # One epoch's accuracies 0.11275 and 0.1127 read '1e-5+1.127e-1' over ticks 0 ... 5.
+    rows = [
+        {"epoch": 1, "train_loss": 2.3, "val_loss": 2.3, "train_acc": 0.11275, "val_acc": 0.1127}
+    ]
+    fig = curves_figure(rows)
+    FigureCanvasAgg(fig).draw()
+    acc = fig.axes[1]
+    assert acc.yaxis.get_offset_text().get_text() == ""
+    low, high = acc.get_ylim()
+    assert low < 0.1127 < 0.11275 < high and high - low > 0.0199
 
 
 def test_a_runs_curves_come_from_its_helper_process_or_are_drawn_here_without_one():
