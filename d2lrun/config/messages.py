@@ -130,6 +130,16 @@ def unknown_option(group: str, name: str, options) -> UsageError:
     )
 
 
+def section_keys(types: dict) -> dict[str, str]:
+    """The keys one level below the config's, by name: lr: optim.lr (of any optimizer)."""
+    found = {}
+    for section, kind in types.items():
+        schemas = [kind] if dataclasses.is_dataclass(kind) else SCHEMAS.get(section, {}).values()
+        for schema in schemas:  # a group's: every option's
+            found |= {k: f"{section}.{k}" for k in typing.get_type_hints(schema) if k != "name"}
+    return found
+
+
 def bad_value(dotted: str, value, schema, option: str | None) -> str:
     """One line for a bad override: an unknown key, or a value of the wrong type; a working fix."""
     types = typing.get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
@@ -140,6 +150,9 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
         options = SCHEMAS.get(group, {}) if schema in SCHEMAS.get(group, {}).values() else {}
         has = [o for o, s in options.items() if name in typing.get_type_hints(s)]  # not eval's
         fix = f"choose {' or '.join(f'{group}={o}' for o in has)}" if has else f"drop {dotted}"
+        inner = {} if group or has else section_keys(types)  # the book's lr=0.1, num_epochs=3
+        if near := difflib.get_close_matches(name, list(inner), n=1, cutoff=0.75):
+            fix = f"write {inner[near[0]]} instead of {dotted}"
         if not has and (near := difflib.get_close_matches(name, list(types), n=1, cutoff=0.75)):
             fix = f"write {dotted.removesuffix(name)}{near[0]} instead of {dotted}"  # trainer.epoch
         keys = ", ".join(types) or "none"

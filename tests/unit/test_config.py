@@ -106,6 +106,20 @@ def message(*overrides) -> str:
             "checkpoint_every, progress, compile, log_rmse). "
             "Fix: write trainer.epochs instead of trainer.epoch.",
         ),
+        *(  # the book's names at the top: they said 'Fix: drop num_epochs'
+            (
+                f"{key}=1",
+                f"{key} is not a key of the config (its keys: device, seed, resume, "
+                f"trainer, dataset, model, optim, regularizer, init, logger). Fix: write {fix} "
+                f"instead of {key}.",
+            )
+            for key, fix in [
+                ("num_epochs", "trainer.epochs"),
+                ("lr", "optim.lr"),
+                ("batch_size", "trainer.batch_size"),
+                ("seeds", "seed"),
+            ]
+        ),  # fmt: skip
         ("trainer=5", "trainer is a section of keys, not a value. Fix: trainer.epochs=3."),
         (  # int | None: a whole number, and a working value from the YAML's comment, not null
             "dataset.num_inputs=abc",
