@@ -100,10 +100,19 @@ def run_job(
         try:
             ckpt = prepared(cfg, run_dir, ckpt)
             name = sweep_experiment(sweep_dir)  # MLflow's experiment
-            metrics = train(cfg, run_dir, overrides, ckpt, sweep_dir=sweep_dir, experiment=name)
+            metrics = train(cfg, run_dir, overrides, ckpt, sweep_dir=sweep_dir, experiment=name,
+                            log=job_log(num))  # fmt: skip
         except Exception as e:
             return job_failed(e, run_dir, sweep_dir)
     return score(metrics)
+
+
+def job_log(num: int):
+    """A job's lines, 'job N: ...' where jobs run side by side (joblib), as a stack's members'."""
+    from hydra.core.hydra_config import HydraConfig
+
+    side_by_side = HydraConfig.initialized() and "Joblib" in HydraConfig.get().launcher._target_
+    return (lambda line: say(f"job {num}: {line}")) if side_by_side else say
 
 
 def prepared(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict | None:

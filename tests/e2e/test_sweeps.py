@@ -155,6 +155,9 @@ def test_joblib_launcher_gives_the_same_results_as_sequential_jobs(tmp_path):
     r = sweep(par, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *grid)
     assert r.returncode == 0, r.stderr
     assert "Joblib.Parallel(n_jobs=2" in r.stdout + r.stderr
+    # Side by side, each job's lines say whose they are (they came interleaved, unlabelled).
+    epochs = [ln.split(":")[0] for ln in r.stdout.splitlines() if ": epoch " in ln]
+    assert sorted(epochs) == ["job 0"] * 2 + ["job 1"] * 2
     for n in ("0", "1"):
         a, b = metrics(seq / n), metrics(par / n)
         assert (a["status"], a["final"]["val_loss"], a["best"]) == (
