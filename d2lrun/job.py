@@ -312,7 +312,8 @@ class Run:
             with deferred_signals() as caught:
                 if status == "interrupted":
                     summary["signal"] = signal.Signals(signum).name
-                    reason = f"stopped by {by(signum)} after epoch {epoch}"
+                    when = f"after epoch {epoch}" if epoch else "before any epoch finished"
+                    reason = f"stopped by {by(signum)} {when}"
                     if history.pending is not None:
                         save_torch(run_dir / "last.pt", history.pending)
                 summary |= {

@@ -630,6 +630,20 @@ def test_a_run_stopped_in_its_first_epoch_leaves_no_folder_and_the_command_runs_
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
 
 
+def test_a_record_of_a_run_stopped_in_its_first_epoch_says_so(tmp_path, monkeypatch):
+    """A sweep's job keeps it: d2lrun-report said 'stopped by Ctrl-C after epoch 0'."""
+
+    def step(self):
+        raise KeyboardInterrupt  # Ctrl-C in the first epoch
+
+    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
+    args = ["device=cpu", "trainer.progress=false"]
+    with pytest.raises(Interrupted, match="before any epoch finished"):
+        d2lrun.job.train(compose(args), tmp_path, args, log=lambda *_: None)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["reason"] == "stopped by Ctrl-C before any epoch finished"
+
+
 def test_a_k_fold_runs_record_counts_its_folds_as_its_lines_do(tmp_path):
     """Its lines said 'fold 1/3', its table and metrics.json 'fold 0' for the same fold."""
     args = ["device=cpu", "trainer.progress=false", "dataset.folds=3", "optim.lr=1e6"]
