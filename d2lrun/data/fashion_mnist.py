@@ -26,9 +26,11 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
     missing = absent(raw)
     moved = None  # the files in root itself: dataset.root named raw/, or a folder of the .gz files
     if missing and not absent(root):
-        moved = f"move the files of {shown(root)} into {raw}"
+        moved = f"copy (or move) the files of {shown(root)} into {raw}"
         if root.name == "raw" and root.parent.name == "FashionMNIST":
             moved = f"dataset.root={shown(root.parent.parent)}"
+    if missing and root.name == "FashionMNIST" and not absent(root / "raw"):  # one level low
+        moved = f"dataset.root={shown(root.parent)}"
     if missing and not cfg.download:
         raise UsageError(
             f"Fashion-MNIST is not in {raw} (missing {', '.join(missing)}) and "

@@ -781,8 +781,9 @@ def test_fashion_mnist_root_given_as_the_folder_of_its_files_says_which_root_to_
     flat.mkdir()
     for f in raw.iterdir():
         shutil.copy(f, flat / f.name)
-    moved = f"move the files of {flat} into {flat / 'FashionMNIST' / 'raw'}"
-    for root, fix in ((raw, f"dataset.root={fake_fmnist}"), (flat, moved)):
+    moved = f"copy (or move) the files of {flat} into {flat / 'FashionMNIST' / 'raw'}"
+    above = f"dataset.root={fake_fmnist}"  # given raw/, or FashionMNIST/ (it said: place them)
+    for root, fix in ((raw, above), (raw.parent, above), (flat, moved)):
         cfg = OmegaConf.create({"root": str(root), "download": False})
         with pytest.raises(UsageError) as e:
             fashion_mnist.load(cfg, 0)
