@@ -197,6 +197,21 @@ def test_a_run_folder_without_last_pt_lists_the_checkpoints_it_has(tmp_path):
     assert find_checkpoint(tmp_path) == tmp_path / "best.pt"
 
 
+def test_a_folder_of_runs_given_as_a_run_names_the_latest_below_it(tmp_path):
+    """d2lrun-predict run=outputs said only 'has no last.pt (it has: no .pt files)'."""
+    for i, time in enumerate(("10-00-00", "11-00-00")):
+        run = tmp_path / "outputs" / "2026-12-06" / time
+        run.mkdir(parents=True)
+        save_checkpoint(run / "last.pt", {"epoch": 1})
+        os.utime(run / "last.pt", (1e9 + i, 1e9 + i))
+    with pytest.raises(UsageError) as e:
+        find_checkpoint(tmp_path / "outputs")
+    assert str(e.value) == (
+        f"{tmp_path / 'outputs'} has no last.pt (it has: no .pt files). Fix: give a run folder "
+        f"that finished an epoch, such as the latest below it, {run}."
+    )
+
+
 def test_a_sweep_folder_given_as_a_run_names_one_of_its_jobs(tmp_path):
     """It said 'has no last.pt (it has: no .pt files). Fix: give a run folder that finished an
     epoch', to d2lrun-eval run=, d2lrun-predict run= and resume= alike."""
