@@ -172,7 +172,7 @@ def test_a_signal_to_a_joblib_sweep_stops_its_workers_once_their_jobs_are_saved(
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     epochs = 0
     for line in proc.stdout:  # each worker's first epoch line: both are training
-        epochs += line.startswith("epoch 1/6")
+        epochs += ": epoch 1/6" in line  # job N: epoch 1/6
         if epochs == 2:
             break
     children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)],
@@ -209,7 +209,7 @@ def test_jobs_queued_in_joblibs_pool_do_not_start_after_a_stop_signal(tmp_path):
     proc = subprocess.Popen([str(BIN / "d2lrun"), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     for line in proc.stdout:
-        if line.startswith("epoch 1/3"):
+        if ": epoch 1/3" in line:  # job N: epoch 1/3
             break
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
