@@ -129,7 +129,8 @@ def find_checkpoint(run: str | Path) -> Path:
     have = sorted(p.name for p in run.glob("*.pt"))
     ours = [run / name for name in have if is_checkpoint(run / name)]  # never model.pt, as a Fix
     one = f", or one of its .pt files ({ours[0]})" if ours else ""  # resume=, run=, ckpt=
-    runs = sorted(run.glob("**/last.pt"), key=os.path.getmtime)  # a folder of runs: outputs/
+    below = [*run.glob("*/last.pt"), *run.glob("*/*/last.pt")]  # outputs/: not a whole disk's
+    runs = sorted(below, key=os.path.getmtime)  # a folder of runs, outputs/DATE/TIME/last.pt
     one = one or (f", such as the latest below it, {runs[-1].parent}" if runs else "")
     raise UsageError(
         f"{run} has no last.pt (it has: {', '.join(have) or 'no .pt files'}). "

@@ -210,6 +210,9 @@ def test_a_folder_of_runs_given_as_a_run_names_the_latest_below_it(tmp_path):
         f"{tmp_path / 'outputs'} has no last.pt (it has: no .pt files). Fix: give a run folder "
         f"that finished an epoch, such as the latest below it, {run}."
     )
+    with pytest.raises(UsageError) as e:  # two levels down, as outputs/ holds them: never a
+        find_checkpoint(tmp_path)  # walk of a whole disk (run=/) on the way to an error line
+    assert str(e.value).endswith("Fix: give a run folder that finished an epoch.")
 
 
 def test_a_sweep_folder_given_as_a_run_names_one_of_its_jobs(tmp_path):
