@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import io
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from d2lrun.config.schema import (
     yaml_value,
 )
 from d2lrun.errors import UsageError, note
+from d2lrun.files import shell_arg
 
 PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
 
@@ -204,6 +206,9 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
     if flags.config_path is not None:
         raise UsageError(f"--config-path {flags.config_path}: {prog} runs its own configs. Fix: "
                          f"drop it; --config-dir DIR adds a folder of YAML files.")  # fmt: skip
+    for arg in flags.overrides:  # d2lrun-eval outputs/DATE/TIME: a path without its key
+        if not flags.multirun and (fix := path_fix(arg, name)):
+            raise UsageError(f"{arg} is not an override. Fix: {fix}.")
     check_groups(args, name)  # before resume= is read from them
     if flags.cfg and flags.package not in (None, "_global_"):  # Hydra: not found, exit 1
         cfg = compose(overrides_of(args), name, with_hydra=flags.cfg != "job")
@@ -213,6 +218,19 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
                 f"-p {package} is not in the config (its sections: {', '.join(sections)}). "
                 f"Fix: -p {closest(package, sections)}."
             )
+
+
+def path_fix(arg: str, name: str) -> str | None:
+    """The key that a file or folder given alone is meant for: a run's folder or .pt file for
+    resume=, run= or ckpt=, new inputs for input=, a table for dataset.path=."""
+    if "=" in arg or not os.path.exists(arg):  # os.path: False for a name too long, not OSError
+        return None
+    if os.path.isdir(arg) or Path(arg).suffix.lower() in (".pt", ".pth"):
+        return shell_arg("resume" if name == "config" else "run" if os.path.isdir(arg) else "ckpt",
+                         arg)  # fmt: skip
+    if name == "predict":
+        return shell_arg("input", arg)
+    return ("dataset=csv " if name == "config" else "") + shell_arg("dataset.path", arg)
 
 
 def overrides_of(args: Sequence[str]) -> list[str]:

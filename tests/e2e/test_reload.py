@@ -364,3 +364,11 @@ def test_predict_without_input_says_it_is_required(image_run):
     r = run_cli(f"run={run}", tool="d2lrun-predict")
     assert r.returncode == 2, r.stderr
     assert r.stderr == "d2lrun-predict: error: input is required. Fix: input=new.csv.\n"
+
+
+def test_eval_of_a_run_folder_without_run_is_told_run_and_the_fix_works(image_run):
+    run, _ = image_run
+    r = run_cli(str(run), tool="d2lrun-eval", cwd=run.parent)
+    assert r.returncode == 2
+    assert r.stderr == f"d2lrun-eval: error: {run} is not an override. Fix: run={run.name}.\n"
+    assert run_cli(f"run={run.name}", tool="d2lrun-eval", cwd=run.parent).returncode == 0

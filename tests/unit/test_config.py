@@ -685,3 +685,34 @@ def test_hydra_help_with_overrides_is_hydras_help(capsys, monkeypatch):
         train_main()
     out = capsys.readouterr()
     assert out.out.startswith("Hydra (") and out.err == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "arg", "fix"),
+    [
+        ("config", "runs/a", "resume=runs/a"),  # a run's folder, or its .pt file
+        ("config", "runs/a/last.pt", "resume=runs/a/last.pt"),
+        ("config", "my data.csv", "dataset=csv 'dataset.path=my data.csv'"),  # a table
+        ("eval", "runs/a", "run=runs/a"),
+        ("eval", "runs/a/BEST.PTH", "ckpt=runs/a/BEST.PTH"),
+        ("eval", "my data.csv", "'dataset.path=my data.csv'"),
+        ("predict", "runs/a", "run=runs/a"),
+        ("predict", "images.npy", "input=images.npy"),
+    ],
+)
+def test_a_path_given_without_its_key_is_told_which_key(tmp_path, monkeypatch, name, arg, fix):
+    """d2lrun-eval outputs/DATE/TIME said 'cannot read the override ... Fix: write it as
+    KEY=VALUE', leaving the user to find the key: run=, ckpt=, resume=, input= or dataset.path=."""
+    from d2lrun.config import check_flags
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    for f in ("runs/a/last.pt", "runs/a/BEST.PTH", "my data.csv", "images.npy"):
+        (tmp_path / f).touch()
+    with pytest.raises(UsageError) as e:
+        check_flags(["trainer.epochs=1", arg], name)
+    assert str(e.value) == f"{arg} is not an override. Fix: {fix}."
+    for args in (["runs/b"], ["-m", "runs/a"]):  # no such path; a sweep's: Hydra's error, as before
+        with pytest.raises(Exception) as e:
+            check_flags(args, name)
+        assert str(explain(e.value)).endswith(f"override {args[-1]}. Fix: write it as KEY=VALUE.")
