@@ -79,8 +79,9 @@ def train(
                 f"resume={shown(run_dir)} goes on with a k-fold run as it was trained "
                 f"({key}={was} there, {now} now). Fix: drop {key}={now}{one}."
             )
-    if not saved_checkpoint(run_dir / "fold_0"):  # more folds than rows: refused before
-        build_data(checked(cfg).dataset, cfg.seed, fold=[k, 0])  # 'fold 1/K' (fold 0: cached)
+    todo = [i for i in range(k) if not saved_checkpoint(run_dir / f"fold_{i}")]
+    if todo:  # refused before 'fold 1/K': more folds than rows, or resume=RUN's test file gone
+        build_data(checked(cfg).dataset, cfg.seed, fold=[k, todo[0]])  # that fold's: cached
     for i in range(k):
         log(f"fold {i + 1}/{k}")
         folder, fold_cfg = run_dir / f"fold_{i}", cfg.copy()
@@ -90,6 +91,7 @@ def train(
             else:
                 fold = train_job(fold_cfg, folder, overrides, ckpt, fold=[k, i], **job)
         except (Interrupted, KeyboardInterrupt) as e:  # the whole k-fold run goes on, not a fold
+            remove_empty([folder])  # stopped as its data loaded
             if not saved_checkpoint(run_dir / "fold_0"):
                 raise
             signum = getattr(e, "signum", signal.SIGINT)  # Ctrl-C while a fold's data loads

@@ -400,7 +400,7 @@ def test_a_k_fold_run_stopped_in_a_fold_goes_on_with_resume_of_the_run(tmp_path,
     record = (tmp_path / "run" / "metrics.json").read_bytes()
     build_data = d2lrun.job.build_data
 
-    def moved(dataset, seed, device, fold, saved):  # its data gone by the stopped fold
+    def moved(dataset, seed, device="cpu", fold=None, saved=None):  # gone by the stopped fold
         if fold == [3, 1]:
             raise UsageError("data.csv: no such file. Fix: dataset.path=<where it is now>.")
         return build_data(dataset, seed, device, fold, saved)
@@ -424,6 +424,44 @@ def test_a_k_fold_run_stopped_in_a_fold_goes_on_with_resume_of_the_run(tmp_path,
              for r in ("run", "whole")]  # fmt: skip
     run, whole = ({k: v for k, v in m.items() if k not in timings} for m in means)
     assert run == whole and "val_loss" in run
+
+
+def test_a_resumed_k_fold_run_whose_later_folds_cannot_load_is_refused_before_any_fold(
+    tmp_path, monkeypatch
+):
+    """resume= of a §4.10 run from a folder without the test file (which folds not yet trained
+    fit their statistics with) trained the stopped fold to its end, then failed at the next."""
+    from d2lrun import app
+
+    args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "dataset.folds=3",
+            "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    original = d2lrun.optim.Optimizer.step
+    calls = {"n": 0}
+
+    def step(self):
+        calls["n"] += 1
+        if calls["n"] == 2 * 14 + 14 + 5:  # in fold 2's second epoch (14 batches of 10 each)
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Interrupted, match="^fold 2/3: interrupted after epoch 1"):
+        app.train(args)
+    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", original)
+    build_data, stopped = d2lrun.job.build_data, tmp_path / "run" / "fold_1" / "last.pt"
+    before = stopped.read_bytes()
+
+    def moved(dataset, seed, device="cpu", fold=None, saved=None):
+        if fold == [3, 2]:  # fits its statistics anew, with a file that is gone
+            raise UsageError("test.csv is not in there. Fix: place the file there.")
+        return build_data(dataset, seed, device, fold, saved)
+
+    monkeypatch.setattr(d2lrun.job, "build_data", moved)
+    with pytest.raises(UsageError, match="^test.csv is not in there"):
+        app.train([f"resume={tmp_path / 'run'}"])
+    assert stopped.read_bytes() == before  # fold 2 did not go on, to fail after it
+    assert not (tmp_path / "run" / "fold_2").exists()
 
 
 @pytest.mark.filterwarnings("ignore:Creating legend")  # matplotlib times itself with this clock
@@ -521,6 +559,7 @@ def test_ctrl_c_while_a_later_fold_loads_its_data_says_how_to_go_on(tmp_path, mo
         f"fold 2/3: interrupted by Ctrl-C before its first epoch. Resume with: d2lrun "
         f"resume={tmp_path}"
     )
+    assert not (tmp_path / "fold_1").exists()  # it was left empty
 
 
 def test_a_signal_while_the_tracker_finishes_leaves_the_run_completed(tmp_path, monkeypatch):
