@@ -5,6 +5,7 @@ import contextlib
 import functools
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,12 +14,7 @@ import sys
 def curves_figure(rows: list[dict], title: str = ""):
     """Loss (and accuracy) per epoch, training and validation, as the book plots them: a Figure."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, and a faster import
-    from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
-
-    class PlainLog(LogFormatterSciNotation):
-        def __call__(self, x, pos=None):  # 0.6, 1e-4: the ticks matplotlib labels, narrower
-            short = f"{x:g}" if x >= 0.01 else f"{x:.0e}".replace("e-0", "e-")
-            return short if super().__call__(x, pos) else ""
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     panels = [("loss", "loss")] + ([("acc", "accuracy")] if "val_acc" in rows[0] else [])
@@ -36,8 +32,8 @@ def curves_figure(rows: list[dict], title: str = ""):
             ax.set_xticks(epochs)
         if key == "loss" and all(r["train_loss"] > 0 for r in rows):
             ax.set_yscale("log")  # 6×10⁻¹ pushed the axis label off the figure's edge
-            ax.yaxis.set_major_formatter(PlainLog())
-            ax.yaxis.set_minor_formatter(PlainLog())
+            ax.yaxis.set_major_formatter(plain_log())
+            ax.yaxis.set_minor_formatter(plain_log())
         else:  # one epoch's 0.11270 and 0.11275 read '1e-5+1.127e-1' on an axis of their own
             low, high = ax.get_ylim()
             ax.set_ylim(min(low, (low + high) / 2 - 0.01), max(high, (low + high) / 2 + 0.01))
@@ -49,6 +45,71 @@ def curves_figure(rows: list[dict], title: str = ""):
     fig.subplots_adjust(left=0.17 / len(panels), right=0.97, bottom=0.14, top=0.87, wspace=0.3)
     # IPython shows an object through its _repr_png_; a Figure made without pyplot has none.
     fig._repr_png_ = functools.partial(png, fig)
+    return fig
+
+
+def plain_log(digits: str = "123456789"):
+    """A log axis's labels as matplotlib picks them, written short: 0.6, 1e-4, not 6×10⁻¹; only
+    those whose first digit is in digits."""
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class PlainLog(LogFormatterSciNotation):
+        def __call__(self, x, pos=None):
+            short = f"{x:g}" if x >= 0.01 else f"{x:.0e}".replace("e-0", "e-")
+            return short if super().__call__(x, pos) and f"{x:.0e}"[0] in digits else ""
+
+    return PlainLog()
+
+
+def heatmap_figure(table, x_key: str, y_key: str, metric: str, higher: bool, sweep: str):
+    """best_<metric> over two swept values of a sweep's table (d2lrun.sweeps.collect): a cell per
+    grid job, a dot per trial of a search; higher: a higher metric is better. A Figure."""
+    import matplotlib
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, and a faster import
+
+    col = f"best_{metric}"
+    cells = table.dropna(subset=[x_key, y_key])
+    ok = cells["_score"].map(math.isfinite)
+    values = cells.loc[ok, col].astype(float)
+    cmap = matplotlib.colormaps["viridis" if higher else "viridis_r"]
+    cmap = cmap.with_extremes(bad="lightgray")
+    # A log scale when the values span more than a decade (min and max are NaN when none are left).
+    norm = LogNorm() if values.min() > 0 and values.max() > 10 * values.min() else None
+    xs, ys = sorted(set(cells[x_key])), sorted(set(cells[y_key]))
+    grid = len(xs) * len(ys) == len(set(zip(cells[x_key], cells[y_key], strict=True)))
+    size = (max(5.0, 1.1 * len(xs) + 2.5), max(3.5, 0.7 * len(ys) + 2)) if grid else (6, 4.5)
+    fig = Figure(figsize=size)
+    ax = fig.subplots()
+    if grid:  # a grid sweep: one cell per job, failures grey with their status
+        z = cells[ok].pivot_table(col, index=y_key, columns=x_key, aggfunc="last")
+        z = z.reindex(index=ys, columns=xs).astype(float).to_numpy()
+        image = ax.imshow(z, cmap=cmap, norm=norm, origin="lower", aspect="auto")
+        for r, good in zip(cells.to_dict("records"), ok, strict=True):
+            red, green, blue, _ = cmap(image.norm(r[col])) if good else (1, 1, 1, 1)
+            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells
+            text = f"{r[col]:.3g}" if good else r["status"]
+            color = "white" if dark else "black" if good else "dimgray"
+            ax.text(xs.index(r[x_key]), ys.index(r[y_key]), text, ha="center", va="center",
+                    fontsize=8, color=color)  # fmt: skip
+        ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
+        ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
+    else:  # a search (optuna): one dot per trial, failures as red crosses
+        image = ax.scatter(cells.loc[ok, x_key], cells.loc[ok, y_key], c=values, cmap=cmap,
+                           norm=norm, s=60, edgecolors="black")  # fmt: skip
+        failed = cells[~ok]
+        ax.scatter(failed[x_key], failed[y_key], marker="x", color="red", label="failed")
+        for scale, axis, vals in ((ax.set_xscale, ax.xaxis, xs), (ax.set_yscale, ax.yaxis, ys)):
+            if vals[0] > 0 and vals[-1] > 10 * vals[0]:  # 0.02 0.05: not 2×10⁻²3×10⁻² (overlaid)
+                scale("log")
+                axis.set_major_formatter(plain_log())
+                axis.set_minor_formatter(plain_log("25"))
+        if len(failed):
+            ax.legend()
+    if len(values):
+        fig.colorbar(image, ax=ax, label=col)
+    ax.set(xlabel=x_key, ylabel=y_key, title=f"{col} ({sweep})")
+    fig.tight_layout()
     return fig
 
 

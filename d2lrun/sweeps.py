@@ -32,7 +32,7 @@ from d2lrun.files import (
     untrained,
     write_json,
 )
-from d2lrun.plots import png
+from d2lrun.plots import heatmap_figure, png
 
 HIGHER_IS_BETTER = {"val_acc", "train_acc"}  # every other metric (val_loss) is better when lower
 
@@ -308,7 +308,9 @@ def report(sweep_dir: Path, show: bool = True) -> str | None:
     metrics = set(table["_metric"].dropna())
     numeric = all(isinstance(v, (int, float)) for k in keys for v in table[k].dropna())
     if len(keys) == 2 and numeric and len(metrics) == 1:
-        written.append(plot_heatmap(sweep_dir / "heatmap.png", table, *keys, metrics.pop()))
+        metric, name = metrics.pop(), sweep_dir.resolve().name
+        image = png(heatmap_figure(table, *keys, metric, metric in HIGHER_IS_BETTER, name))
+        written.append(atomic_write(sweep_dir / "heatmap.png", image))
     counts = table["status"].value_counts(sort=False)
     if show:
         print_table(sweep_dir, public, counts)
@@ -349,52 +351,3 @@ def fmt(value) -> str:
     if value is None or value != value:  # None or NaN: an empty cell
         return ""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def plot_heatmap(path: Path, table, x_key: str, y_key: str, metric: str) -> Path:
-    """best_<metric> over two swept values: a cell per grid job, a dot per trial of a search."""
-    import matplotlib
-    from matplotlib.colors import LogNorm
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, and a faster import
-
-    col = f"best_{metric}"
-    cells = table.dropna(subset=[x_key, y_key])
-    ok = cells["_score"].map(math.isfinite)
-    values = cells.loc[ok, col].astype(float)
-    cmap = matplotlib.colormaps["viridis" if metric in HIGHER_IS_BETTER else "viridis_r"]
-    cmap = cmap.with_extremes(bad="lightgray")
-    # A log scale when the values span more than a decade (min and max are NaN when none are left).
-    norm = LogNorm() if values.min() > 0 and values.max() > 10 * values.min() else None
-    xs, ys = sorted(set(cells[x_key])), sorted(set(cells[y_key]))
-    grid = len(xs) * len(ys) == len(set(zip(cells[x_key], cells[y_key], strict=True)))
-    size = (max(5.0, 1.1 * len(xs) + 2.5), max(3.5, 0.7 * len(ys) + 2)) if grid else (6, 4.5)
-    fig = Figure(figsize=size)
-    ax = fig.subplots()
-    if grid:  # a grid sweep: one cell per job, failures grey with their status
-        z = cells[ok].pivot_table(col, index=y_key, columns=x_key, aggfunc="last")
-        z = z.reindex(index=ys, columns=xs).astype(float).to_numpy()
-        image = ax.imshow(z, cmap=cmap, norm=norm, origin="lower", aspect="auto")
-        for r, good in zip(cells.to_dict("records"), ok, strict=True):
-            red, green, blue, _ = cmap(image.norm(r[col])) if good else (1, 1, 1, 1)
-            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells
-            text = f"{r[col]:.3g}" if good else r["status"]
-            color = "white" if dark else "black" if good else "dimgray"
-            ax.text(xs.index(r[x_key]), ys.index(r[y_key]), text, ha="center", va="center",
-                    fontsize=8, color=color)  # fmt: skip
-        ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
-        ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
-    else:  # a search (optuna): one dot per trial, failures as red crosses
-        image = ax.scatter(cells.loc[ok, x_key], cells.loc[ok, y_key], c=values, cmap=cmap,
-                           norm=norm, s=60, edgecolors="black")  # fmt: skip
-        failed = cells[~ok]
-        ax.scatter(failed[x_key], failed[y_key], marker="x", color="red", label="failed")
-        for axis, vals in ((ax.set_xscale, xs), (ax.set_yscale, ys)):
-            if vals[0] > 0 and vals[-1] > 10 * vals[0]:
-                axis("log")
-        if len(failed):
-            ax.legend()
-    if len(values):
-        fig.colorbar(image, ax=ax, label=col)
-    ax.set(xlabel=x_key, ylabel=y_key, title=f"{col} ({path.parent.resolve().name})")
-    fig.tight_layout()
-    return atomic_write(path, png(fig))

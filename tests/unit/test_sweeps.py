@@ -570,6 +570,30 @@ def test_a_search_sweeps_heatmap_is_a_dot_per_trial_on_log_axes_failures_as_red_
     assert ax.get_title() == "best_val_loss (sweep)" and colorbar.get_ylabel() == "best_val_loss"
 
 
+def test_a_search_over_under_two_decades_labels_its_log_axis_without_overlap(tmp_path, monkeypatch):
+    """Optuna's lr from 0.0187 to 0.778: matplotlib labelled every minor tick, 2×10⁻²3×10⁻²4×10⁻²
+    ... run together into one smear under the axis."""
+    s = tmp_path / "sweep"
+    s.mkdir()
+    trials = [("0.0187", "1e-05"), ("0.05", "0.001"), ("0.3", "0.0001"), ("0.778", "0.003")]
+    for num, (lr, wd) in enumerate(trials):
+        write_job(s, num, [f"optim.lr={lr}", f"optim.weight_decay={wd}"], done(0.1 * (num + 1)))
+    figures = []
+    monkeypatch.setattr(sweep, "png", lambda fig: figures.append(fig) or png(fig))
+    sweep.report(s, show=False)
+
+    ax = figures[0].axes[0]
+    figures[0].canvas.draw()  # the labels are made as the figure is drawn
+
+    def labels(axis, limits):  # the labels shown, in order
+        ticks = (*axis.get_majorticklabels(), *axis.get_minorticklabels())
+        shown = [t.get_text() for t in ticks if t.get_text() and t.get_visible()]
+        return sorted((t for t in shown if limits[0] <= float(t) <= limits[1]), key=float)
+
+    assert labels(ax.xaxis, ax.get_xlim()) == ["0.02", "0.1", "0.2"]  # 1, 2 or 5 x a power of 10
+    assert labels(ax.yaxis, ax.get_ylim()) == ["1e-5", "1e-4", "1e-3"]
+
+
 def test_the_counts_line_follows_the_table_and_a_sweep_without_a_completed_job_says_so(
     tmp_path, capsys
 ):
