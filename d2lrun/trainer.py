@@ -231,12 +231,14 @@ def progress_bar(show: bool, batches: int):
     from rich.progress import TimeRemainingColumn as Remaining
 
     console = Console(stderr=True)  # stdout keeps the epoch lines
+    # Not when stdout is a pipe (`d2lrun | tee log`): the epoch lines tee shows on the terminal
+    # would land on the bar's last frame, which nothing clears first.
+    terminal = console.is_terminal and Console().is_terminal
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Remaining(),
-        console=console, transient=True,
-        disable=not (show and (console.is_terminal or console.is_jupyter)),
+        console=console, transient=True, disable=not (show and (terminal or console.is_jupyter)),
         # Epoch lines printed while the bar runs: above it on a terminal, but into stdout itself
-        # when that is a file or a pipe (`d2lrun | tee log`), not into the bar's stderr.
+        # when that is a file or a pipe that rich takes as a terminal (TTY_COMPATIBLE=1).
         redirect_stdout=sys.stdout.isatty(),
     )  # fmt: skip
     bar.add_task("", total=batches)

@@ -1,7 +1,9 @@
 """The installed `d2lrun` command, end to end, as a user runs it."""
 
+import contextlib
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -316,6 +318,33 @@ def test_the_progress_bar_is_drawn_on_a_terminal_on_stderr_only(tmp_path):
     ] == ["1/2", "2/2"]
     r = run_cli("trainer.epochs=1", f"hydra.run.dir={tmp_path / 'piped'}")  # not a terminal: no bar
     assert r.returncode == 0 and "━" not in r.stderr + r.stdout
+
+
+def test_no_bar_is_drawn_when_stdout_is_piped_from_a_terminal(tmp_path):
+    """`d2lrun | tee log` on a terminal: the bar ran on stderr, and each epoch line tee echoed
+    landed on its last frame ('... 2576/3000 0:00:01epoch 1/3  train_loss ...')."""
+    import pty
+    import threading
+
+    main, terminal = pty.openpty()  # stderr a terminal, stdout a pipe (tee's)
+    seen = []
+
+    def read() -> None:  # as the terminal shows it, read as it comes: a full one would block
+        with contextlib.suppress(OSError):  # EIO once its one writer has closed it
+            while chunk := os.read(main, 4096):
+                seen.append(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    cmd = [str(BIN / "d2lrun"), "dataset.num_train=20000", "trainer.epochs=2",
+           f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=terminal, text=True) as process:
+        os.close(terminal)
+        out, _ = process.communicate(timeout=300)
+    reader.join(timeout=10)
+    os.close(main)
+    assert process.returncode == 0 and out.count("\nepoch ") == 2
+    assert "━".encode() not in b"".join(seen) and b"epoch" not in b"".join(seen)
 
 
 def test_a_run_whose_output_reader_is_gone_still_trains_and_writes_its_files(tmp_path):
