@@ -127,7 +127,7 @@ def named_dir(args: Sequence[str]):
         resume = Path(resume).resolve() if resume else None  # RUN, or a .pt file of RUN's
         ours = resume and (resume.parent if resume.suffix == ".pt" else resume)
         found = [f for f in RUN_FILES if (folder / f).exists()]
-        if found and ours != folder.resolve() and not untrained(folder):
+        if found and ours != folder.resolve() and not untrained(folder, ended=True):
             raise UsageError(
                 f"hydra.run.dir={named} already holds a run ({', '.join(found)}), which d2lrun "
                 f"never writes over. Fix: choose another hydra.run.dir, or "

@@ -258,14 +258,16 @@ def kfold_run(folder: Path) -> bool:
     return not saved_checkpoint(folder) and bool(saved_checkpoint(folder / "fold_0"))
 
 
-def untrained(folder: Path) -> bool:
+def untrained(folder: Path, ended: bool = False) -> bool:
     """folder holds no run: only Hydra's .hydra/, the lock, a tensorboard/ logger folder, the
     metrics.json of a run stopped before its first epoch ("nothing to resume"), which leaves no
-    folder behind, and a k-fold run's fold_i/ that holds no more."""
+    folder behind, and a k-fold run's fold_i/ that holds no more; ended: or of one that diverged
+    or failed in its first epoch, whose record stays (a named folder it may run into again)."""
     if not folder.is_dir():
         return False
     summary = read_json(folder / "metrics.json") or {}
-    stopped = summary.get("status") == "interrupted" and summary.get("epochs_completed") == 0
+    ends = ("interrupted", *["diverged", "failed"] * ended)
+    stopped = summary.get("status") in ends and summary.get("epochs_completed") == 0
     kept = {".hydra", ".lock", "tensorboard", *["metrics.json"] * stopped}
     return all(
         p.name in kept or p.name.startswith("fold_") and untrained(p) for p in folder.iterdir()

@@ -669,6 +669,25 @@ def test_a_run_stopped_in_its_first_epoch_leaves_no_folder_and_the_command_runs_
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
 
 
+def test_a_named_folder_of_a_run_that_diverged_in_its_first_epoch_takes_the_command_again(
+    tmp_path, monkeypatch
+):
+    """d2lrun optim.lr=10 hydra.run.dir=R diverges in epoch 1; its Fix, lower optim.lr, into R was
+    refused ('already holds a run (metrics.json)'), whose Fix resume=R said 'has no last.pt'."""
+    from d2lrun import app
+
+    monkeypatch.chdir(tmp_path)
+    named = ["trainer.progress=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    with pytest.raises(Diverged, match="at epoch 1, batch"):
+        app.train(["optim.lr=10", *named])
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())  # kept, as it says why
+    assert (record["status"], record["epochs_completed"]) == ("diverged", 0)
+    app.train(["optim.lr=0.03", "trainer.epochs=1", *named])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+    with pytest.raises(UsageError, match="already holds a run"):  # a run that trained: never
+        app.train(["optim.lr=0.03", "trainer.epochs=1", *named])
+
+
 def test_a_record_of_a_run_stopped_in_its_first_epoch_says_so(tmp_path, monkeypatch):
     """A sweep's job keeps it: d2lrun-report said 'stopped by Ctrl-C after epoch 0'."""
 
