@@ -170,6 +170,8 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
     key = dotted.partition("[")[0]
     items = typing.get_args(kind)  # drop=Id: [Id]; a list of numbers: the option's own
     fix = f"[{value}]" if items == (str,) and value is not None else example(None, key, option)
+    if kind is int and isinstance(value, float) and value.is_integer():  # 5e4: the same number
+        what, fix = "a whole number as written", int(value)
     if fix == "..." and dataclasses.is_dataclass(schema):  # a plugin's key: its schema's default
         default = next(f.default for f in dataclasses.fields(schema) if f.name == name)
         fix = fix if default is dataclasses.MISSING else yaml_value(default)

@@ -64,6 +64,11 @@ def message(*overrides) -> str:
             "optim.momentum=1.5 is out of range: it must be less than 1. Fix: optim.momentum=0.0.",
         ),
         ("trainer.epochs=ten", "trainer.epochs=ten is not a whole number. Fix: trainer.epochs=3."),
+        (  # its Fix was trainer.epochs=3, dropping the number the user wrote
+            "dataset.num_train=5e4",
+            "dataset.num_train=50000.0 is not a whole number as written. "
+            "Fix: dataset.num_train=50000.",
+        ),
         (
             "trainer.progress=maybe",
             "trainer.progress=maybe is not true or false. Fix: trainer.progress=true.",
