@@ -241,7 +241,7 @@ def check_same_search(saved: DictConfig, hydra: DictConfig, folder: str) -> None
     was, now = (
         {"sweep.subdir": OmegaConf.to_container(h.sweep, resolve=False)["subdir"]}
         | {f"sweeper.{k}": v for k, v in OmegaConf.to_container(h.sweeper, resolve=False).items()
-           if k not in ("n_trials", "n_jobs")}
+           if k != "n_trials"}  # n_jobs too: TPE draws other trials when asked 2 at a time
         for h in (saved, hydra)
     )  # fmt: skip
     if diff := first_difference(was, now, "hydra"):  # Optuna's trials 0, 1, ... would be others

@@ -933,6 +933,10 @@ def test_a_search_run_again_with_another_seed_or_subdir_is_refused_untouched(tmp
          "hydra.sweeper.sampler.seed=0 to finish that one"),
         ("hydra.sweep.subdir=x${hydra.job.num}", "(hydra.sweep.subdir=${hydra.job.num} there, "
          "x${hydra.job.num} now). Fix: 'hydra.sweep.subdir=${hydra.job.num}' to finish that one"),
+        # TPE asked for 2 trials at a time draws others past its random start-up trials: they
+        # failed as 'holds a checkpoint of another config', and the sweep exited 0 all completed
+        ("hydra.sweeper.n_jobs=2", "(hydra.sweeper.n_jobs=1 there, 2 now). Fix: "
+         "hydra.sweeper.n_jobs=1 to finish that one"),
     ):  # fmt: skip
         with pytest.raises(UsageError) as e:
             app.sweep([*common, other])
