@@ -236,10 +236,12 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 def read_json(path: Path) -> dict | None:
+    """The JSON object in path; None where it is missing, damaged or no object ([1, 2])."""
     try:
-        return json.loads(path.read_text())
+        found = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return found if isinstance(found, dict) else None
 
 
 def completed(folder: Path) -> dict | None:

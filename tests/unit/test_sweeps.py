@@ -570,6 +570,18 @@ def test_a_search_sweeps_heatmap_is_a_dot_per_trial_on_log_axes_failures_as_red_
     assert ax.get_title() == "best_val_loss (sweep)" and colorbar.get_ylabel() == "best_val_loss"
 
 
+def test_a_jobs_metrics_json_that_is_no_object_is_a_job_without_a_record(tmp_path):
+    """A hand-edited metrics.json holding [1, 2]: d2lrun-report failed with "AttributeError ...
+    (a bug in d2lrun?)"."""
+    s = tmp_path / "sweep"
+    s.mkdir()
+    write_job(s, 0, ["optim.lr=0.1"], done(0.2))
+    write_job(s, 1, ["optim.lr=1"], [1, 2])
+    assert sweep.report(s, show=False) == (
+        f"1 of 2 sweep jobs did not complete (1 unfinished); see {s / 'summary.csv'}"
+    )
+
+
 def test_a_search_over_under_two_decades_labels_its_log_axis_without_overlap(tmp_path, monkeypatch):
     """Optuna's lr from 0.0187 to 0.778: matplotlib labelled every minor tick, 2×10⁻²3×10⁻²4×10⁻²
     ... run together into one smear under the axis."""
