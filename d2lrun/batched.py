@@ -134,7 +134,7 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
     for num, job in found.items():
         cfg, run_dir, overrides = job["cfg"], job["run_dir"], job["overrides"]
         if "error" in job:
-            scores[num] = job_failed(job["error"], run_dir, sweep_dir)
+            scores[num] = job_failed(job["error"], run_dir, sweep_dir, f"job {num}: ")
             continue
         done = finished_job(run_dir, overrides)
         if done is not None:
@@ -145,7 +145,7 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
             job["ckpt"] = ckpt = prepared(cfg, run_dir, None)
             checked(cfg, overrides if ckpt is None else ())  # one that goes on keeps its config
         except Exception as e:
-            scores[num] = job_failed(e, run_dir, sweep_dir)
+            scores[num] = job_failed(e, run_dir, sweep_dir, f"job {num}: ")
             continue
         job["log"] = lambda line, num=num: say(f"job {num}: {line}")
         start = (ckpt["epoch"], ckpt["rng"]["shuffle"].tolist()) if ckpt else (0, None)
@@ -155,7 +155,7 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
         try:  # most_members reads the data: a dataset.path that is wrong fails these jobs only
             limit = launcher.max_members or most_members(found[nums[0]]["cfg"])
         except Exception as e:
-            scores |= {num: job_failed(e, found[num]["run_dir"], sweep_dir) for num in nums}
+            scores |= {n: job_failed(e, found[n]["run_dir"], sweep_dir, f"job {n}: ") for n in nums}
             continue
         for part in (nums[i : i + limit] for i in range(0, len(nums), limit)):
             model = found[part[0]]["cfg"].model.name
@@ -169,7 +169,7 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
                 if isinstance(end, dict):
                     scores[num] = score(end)
                 elif not isinstance(end, Interrupted):  # it diverged, or the stack failed
-                    scores[num] = job_failed(end, found[num]["run_dir"], sweep_dir)
+                    scores[num] = job_failed(end, found[num]["run_dir"], sweep_dir, f"job {num}: ")
             stopped = [end for end in ended if isinstance(end, Interrupted)]
             if stopped:  # Ctrl-C or a stop signal: every member saved; the sweep ends
                 job_failed(stopped[0], jobs[0]["run_dir"], sweep_dir)

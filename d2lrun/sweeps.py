@@ -97,22 +97,23 @@ def run_job(
         if done is not None:  # the same sweep run again: only missing or failed jobs train
             say(f"job {num}: already completed in {shown(run_dir)}; skipped")
             return score(done)
+        label = job_label(num)
         try:
             ckpt = prepared(cfg, run_dir, ckpt)
             name = sweep_experiment(sweep_dir)  # MLflow's experiment
             metrics = train(cfg, run_dir, overrides, ckpt, sweep_dir=sweep_dir, experiment=name,
-                            log=job_log(num))  # fmt: skip
+                            log=lambda line: say(label + line))  # fmt: skip
         except Exception as e:
-            return job_failed(e, run_dir, sweep_dir)
+            return job_failed(e, run_dir, sweep_dir, label)
     return score(metrics)
 
 
-def job_log(num: int):
-    """A job's lines, 'job N: ...' where jobs run side by side (joblib), as a stack's members'."""
+def job_label(num: int) -> str:
+    """'job N: ' before a job's lines where jobs run side by side (joblib), as a stack member's."""
     from hydra.core.hydra_config import HydraConfig
 
     side_by_side = HydraConfig.initialized() and "Joblib" in HydraConfig.get().launcher._target_
-    return (lambda line: say(f"job {num}: {line}")) if side_by_side else say
+    return f"job {num}: " if side_by_side else ""
 
 
 def prepared(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict | None:
@@ -133,8 +134,9 @@ def sweep_experiment(sweep_dir: Path) -> str | None:
     return f"sweep {sweep_dir.resolve()}" if one_experiment else None
 
 
-def job_failed(e: Exception, run_dir: Path, sweep_dir: Path) -> float:
-    """A failure recorded (a bug's in error.txt too) for the sweep to go on; Ctrl-C ends it."""
+def job_failed(e: Exception, run_dir: Path, sweep_dir: Path, label: str = "") -> float:
+    """A failure recorded (a bug's in error.txt too) for the sweep to go on; Ctrl-C ends it.
+    label: 'job N: ' in its line, where jobs run side by side."""
     if isinstance(e, Interrupted):  # its run's own `Resume with:` gives way to the sweep's
         raise Interrupted(
             f"{str(e).partition(' Resume with:')[0]} To finish the sweep, run the same command "
@@ -143,7 +145,7 @@ def job_failed(e: Exception, run_dir: Path, sweep_dir: Path) -> float:
         ) from None
     error = explain(e)
     reason = f"{error} (traceback in error.txt)" if isinstance(error, Bug) else str(error)
-    print(f"d2lrun: error: {reason}", file=sys.stderr, flush=True)
+    print(f"d2lrun: error: {label}{reason}", file=sys.stderr, flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(error, Bug):
         atomic_write(run_dir / "error.txt", "".join(traceback.format_exception(e)).encode())

@@ -24,6 +24,8 @@ def test_batched_gives_the_basic_launchers_table_and_runs(tmp_path):
     assert "jobs 0, 1, 2, 3, 4, 5: linreg, trained as one stack of 6" in b.stdout
     assert f"sweep {batched}: 4 completed, 2 diverged" in b.stdout
     assert "job 4 diverged: the training loss became" in b.stdout
+    # Its line as it diverged says which job it is (two members' read the same)
+    assert "d2lrun: error: job 4: diverged: the training loss became" in b.stderr
     rows, alone = summary(batched), summary(basic)
     assert [(x["job"], x["status"]) for x in rows] == [(x["job"], x["status"]) for x in alone]
     for x, y in zip(rows, alone, strict=True):
