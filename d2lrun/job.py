@@ -253,7 +253,7 @@ class Run:
             f"{params:,} parameters -> {shown(run_dir)}")  # fmt: skip
         self.summary = {"status": "running", "model": cfg.model.name, "dataset": spec.dataset,
                         "device": str(device), "epochs": cfg.trainer.epochs,
-                        "run_dir": str(run_dir),
+                        "run_dir": str(run_dir), "metric": self.metric,  # as best's, if any
                         "resumed_from": str(cfg.resume) if cfg.resume else None,
                         "restarts": extra["restarts"]}  # fmt: skip
 

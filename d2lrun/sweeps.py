@@ -281,7 +281,7 @@ def row(job: str, overrides: dict | None, metrics: dict | None, started: bool) -
     metrics = metrics or {}
     status = metrics.get("status", "unknown") if metrics else "unfinished" if started else "missing"
     best, final = metrics.get("best") or {}, metrics.get("final") or {}
-    metric = best.get("metric")  # None: no final_None, best_None columns (collect drops them)
+    metric = best.get("metric") or metrics.get("metric")  # None: no final_None, best_None
     return {"job": job, "_overrides": overrides or {}, "_score": score(metrics), "_metric": metric,
             "status": status, f"final_{metric}": final.get(metric),
             f"best_{metric}": best.get("value"), "best_epoch": best.get("epoch"),

@@ -570,6 +570,18 @@ def test_a_search_sweeps_heatmap_is_a_dot_per_trial_on_log_axes_failures_as_red_
     assert ax.get_title() == "best_val_loss (sweep)" and colorbar.get_ylabel() == "best_val_loss"
 
 
+def test_a_sweep_whose_every_job_diverged_keeps_its_metric_columns(tmp_path):
+    """d2lrun -m optim.lr=50,100: summary.csv had no final_val_loss or best_val_loss column, which
+    a script reading several sweeps' tables then failed on (KeyError)."""
+    s = tmp_path / "sweep"
+    _, failure = app.sweep(["optim.lr=50,100", "trainer.progress=false", f"hydra.sweep.dir={s}"])
+    assert failure.startswith("2 of 2 sweep jobs did not complete (2 diverged)")
+    with open(s / "summary.csv") as f:
+        header = next(csv.reader(f))
+    assert header == ["job", "optim.lr", "status", "final_val_loss", "best_val_loss", "best_epoch",
+                      "seconds", "reason"]  # fmt: skip
+
+
 def test_a_jobs_metrics_json_that_is_no_object_is_a_job_without_a_record(tmp_path):
     """A hand-edited metrics.json holding [1, 2]: d2lrun-report failed with "AttributeError ...
     (a bug in d2lrun?)"."""
