@@ -157,9 +157,11 @@ class MLflow(Tracker):
         except MlflowException:
             self.log(f"note: the checkpoint's MLflow run {run_id} is not in {self.uri}; new run")
             return None
-        if any(m.step > epoch for m in self.client.get_metric_history(run_id, "train_loss")):
+        steps = [m.step for m in self.client.get_metric_history(run_id, "train_loss")]
+        if any(step > epoch for step in steps):
             self.log(f"note: MLflow run {run_id} has epochs after epoch {epoch}; new run")
             return None
+        self.logged = max(steps, default=0)  # fewer where its server was down: start sends them
         return run_id
 
     def start(self, config: dict, rows: list[dict]) -> str | None:
@@ -171,8 +173,8 @@ class MLflow(Tracker):
         if self.ckpt:
             tags["d2lrun.resumed_from"] = str(Path(config["resume"]).resolve())
         with self._sending():
-            if self.continued:
-                self.run_id, rows = self.continued, []  # its earlier epochs are logged already
+            if self.continued:  # its earlier epochs are logged already, but for an outage's
+                self.run_id, rows = self.continued, [r for r in rows if r["epoch"] > self.logged]
                 logged = self.client.get_run(self.run_id).data.params
                 params = {k: v for k, v in params.items() if k not in logged}  # never changes one
                 self.client.update_run(self.run_id, status="RUNNING")

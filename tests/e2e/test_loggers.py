@@ -477,6 +477,34 @@ def test_a_tracking_server_gone_during_training_costs_seconds_then_a_note(tmp_pa
     assert [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")] == []
 
 
+def test_a_run_resumed_after_its_servers_outage_sends_the_epochs_the_server_missed(tmp_path):
+    """The server down from epoch 3 until the run was stopped after epoch 4: the resumed run went
+    on in the same MLflow run, whose history then lacked epochs 3 and 4 for good."""
+    from mlflow import MlflowClient
+
+    from d2lrun.config import compose
+    from d2lrun.tracking import open_tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg, notes = compose(["logger=mlflow", f"logger.tracking_uri={uri}"]), []
+    rows = [{"epoch": e, "train_loss": 1 / e, "best_train_loss": 1 / e} for e in range(1, 6)]
+    tracker = open_tracker(cfg, tmp_path / "run", "outage", None, None, notes.append)
+    run_id = tracker.start({"optim": {"lr": 0.1}}, [])
+    for row in rows[:2]:
+        tracker.log_epoch(row)
+    tracker.client = MlflowClient(f"http://127.0.0.1:{free_port()}")  # its server went away
+    for row in rows[2:4]:
+        tracker.log_epoch(row)
+    assert len(notes) == 1 and "training goes on" in notes[0]
+
+    ckpt = {"mlflow_run_id": run_id, "epoch": 4}  # resumed from its last.pt, the server back
+    tracker = open_tracker(cfg, tmp_path / "run", "outage", ckpt, None, notes.append)
+    assert tracker.start({"resume": str(tmp_path / "run")}, rows[:4]) == run_id
+    tracker.log_epoch(rows[4])
+    history = MlflowClient(uri).get_metric_history(run_id, "train_loss")
+    assert sorted((m.step, m.value) for m in history) == [(e, 1 / e) for e in range(1, 6)]
+
+
 def test_tensorboard_in_a_sweep_a_diverged_job_and_a_resumed_run(tmp_path):
     """Each sweep job writes its own events and hparams (status included, so HParams shows the
     diverged job); a resumed run's events hold every epoch once, the ones before the resume too."""
