@@ -101,7 +101,7 @@ class MLflow(Tracker):
                 "logger.tracking_uri=sqlite:///outputs/mlflow.db, or unset MLFLOW_TRACKING_URI."
             )
         self.ckpt, self.log, self.run_id = ckpt, log, None
-        local = self.uri.startswith("sqlite:///")  # its folder: made here, artifacts beside it
+        local = self.uri.startswith("sqlite:")  # its folder: made here, artifacts beside it
         self.sqlite_dir = check_sqlite(self.uri) if local else None
         with quick_requests():
             try:
@@ -303,6 +303,11 @@ def not_a_retry(record: logging.LogRecord) -> bool:
 def check_sqlite(uri: str) -> Path:
     """The folder of a SQLite store; a file no database can be is refused now, where MLflow
     would retry for 100 s (10 times, backing off). It makes nothing: MLflow makes the store."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):  # sqlite://
+        raise UsageError(
+            f"logger.tracking_uri={uri} is a database in memory, gone as the run "
+            f"ends. Fix: logger.tracking_uri=sqlite:///outputs/mlflow.db."
+        )
     path = Path(uri.removeprefix("sqlite:///"))
     try:
         if path.is_dir():
@@ -315,7 +320,9 @@ def check_sqlite(uri: str) -> Path:
             with open(path, "rb") as f:
                 if f.read(16) not in (b"", b"SQLite format 3\0"):
                     raise OSError(f"{path} is not a SQLite database")
-        elif not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            if not os.access(path, os.W_OK):  # read-only: MLflow's tracebacks at each epoch
+                raise OSError(f"{path} is not writable")
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):  # SQLite's journal
             raise OSError(f"{folder} is not a writable folder")
     except OSError as e:
         raise unreachable(uri, e) from None

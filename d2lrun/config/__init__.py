@@ -79,7 +79,8 @@ def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
         if isinstance(cfg.dataset.get(k), str):
             cfg.dataset[k] = str(Path(cfg.dataset[k]).expanduser().absolute())
     uri = cfg.logger.get("tracking_uri")  # the same MLflow store from anywhere
-    if isinstance(uri, str) and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+    relative = isinstance(uri, str) and uri.startswith("sqlite:///") and uri[10:11] != "/"
+    if relative and not uri.endswith(":memory:"):  # which d2lrun.tracking refuses, as typed
         cfg.logger.tracking_uri = "sqlite:///" + str(Path(uri[10:]).expanduser().absolute())
     return cfg
 
