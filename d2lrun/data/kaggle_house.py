@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from d2lrun.data import Spec, sha1_of
 from d2lrun.data.csv import read_table, table_splits
 from d2lrun.errors import UsageError, note
-from d2lrun.files import atomic_write, remove_empty, shown
+from d2lrun.files import atomic_write, remove_empty, shell_arg, shown
 
 DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"  # the book's DATA_HUB
 # pandas 1's missing-value markers, as the book read: pandas 2 added "None", a real category here
@@ -68,6 +68,10 @@ def find_files(root: str | Path, fetch: bool, splits=tuple(FILES)) -> dict[str, 
     for split in splits:
         name, sha1 = FILES[split]
         there = located(root, name)
+        if there is None and (below := sorted(root.glob(f"*/{name}"))):  # ROOT/kaggle-house/
+            folder = below[0].parent
+            raise UsageError(f"{name} is not in {root / 'kaggle_house'} nor in {root}, but in "
+                             f"{folder}. Fix: {shell_arg('dataset.root', folder)}.")  # fmt: skip
         also = ", or dataset.statistics=train (no test file)" if split == "test" else ""
         if there is None and not fetch:
             raise UsageError(

@@ -221,6 +221,23 @@ def test_kaggle_root_given_as_the_training_file_names_its_folder(tmp_path):
     )
 
 
+def test_kaggle_root_one_folder_above_the_files_names_their_folder(tmp_path):
+    """dataset.root=data with the files in data/kaggle-house/ (../shared's layout): 'not in
+    data/kaggle_house ... Fix: place it there from http://...' with the files right beside it."""
+    from d2lrun.data.kaggle_house import FILES, find_files
+
+    (tmp_path / "kaggle-house").mkdir()
+    for name, _ in FILES.values():
+        (tmp_path / "kaggle-house" / name).write_text("Id,SalePrice\n1,2\n")
+    for fetch in (False, True):  # never downloaded: the book's files are there
+        with pytest.raises(UsageError) as e:
+            find_files(tmp_path, fetch)
+        assert str(e.value) == (
+            f"kaggle_house_pred_train.csv is not in {tmp_path / 'kaggle_house'} nor in {tmp_path}, "
+            f"but in {tmp_path / 'kaggle-house'}. Fix: dataset.root={tmp_path / 'kaggle-house'}."
+        )
+
+
 def test_kaggle_files_found_in_the_root_that_are_not_the_books_are_said_to_be(tmp_path, capsys):
     """A truncated test file changed the statistics, and so every number, without a word."""
     from d2lrun.data.kaggle_house import FILES, find_files
