@@ -27,6 +27,7 @@ from d2lrun.config import (
     resolve_device,
     yaml_value,
 )
+from d2lrun.config.messages import explain
 from d2lrun.errors import UsageError
 
 
@@ -170,14 +171,33 @@ def check_jobs(overrides: list, search: bool, here: bool) -> list[DictConfig]:
                 for o in (o for o in overrides if search and o.is_sweep_override()):
                     check_search(o, composed[picks])  # its range, before a bound as a value
             cfg = copy.deepcopy(composed[picks])
-            ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not is_group(o)], cfg)
-            with contextlib.suppress(InterpolationResolutionError):  # ${hydra:job.num}: the job's
-                run = checked(cfg, () if resumes else job)
-                devices.add(run.device)
-                loggers.setdefault(OmegaConf.to_yaml(run.logger), run)
+            try:
+                ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not is_group(o)],
+                                                            cfg)  # fmt: skip
+                with contextlib.suppress(InterpolationResolutionError):  # ${hydra:job.num}: its
+                    run = checked(cfg, () if resumes else job)
+                    devices.add(run.device)
+                    loggers.setdefault(OmegaConf.to_yaml(run.logger), run)
+            except Exception as e:
+                if not isinstance(error := explain(e), UsageError):
+                    raise
+                raise in_sweep(error, job, overrides) from None
     for name in devices:  # only cuda and mps import torch
         resolve_device(name) if here and name not in ("auto", "cpu") else check_device(name)
     return list(loggers.values())
+
+
+def in_sweep(error: UsageError, job: list[str], overrides: list) -> UsageError:
+    """A job's refusal whose Fix is one value of a listed key: the Fix keeps the list, with the
+    value refused replaced (optim.lr=0.1,-1: Fix: optim.lr=0.1,0.03, not optim.lr=0.03)."""
+    said, _, fix = str(error).rpartition(" Fix: ")
+    key, _, value = fix.removesuffix(".").partition("=")
+    listed = [o for o in overrides if o.get_key_element() == key and o.is_discrete_sweep()]
+    if not listed or not value or not fix.endswith(".") or " " in fix:
+        return error
+    refused = next(v.partition("=")[2] for v in job if v.partition("=")[0] == key)
+    values = [value if v == refused else v for v in listed[0].sweep_string_iterator()]
+    return UsageError(f"{said} Fix: {key}={','.join(dict.fromkeys(values))}.")
 
 
 def values_of(o) -> list[str]:

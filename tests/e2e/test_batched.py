@@ -96,7 +96,7 @@ def test_a_refused_value_fails_alone_and_max_members_splits_the_stack(tmp_path):
     r = sweep(s, BATCHED, "optim.lr=-1,0.03,0.1", "trainer.epochs=1")
     assert r.returncode == 2 and r.stderr.strip() == (
         "d2lrun: error: optim.lr=-1.0 is out of range: it must be greater than 0. "
-        "Fix: optim.lr=0.03.") and not s.exists()  # fmt: skip
+        "Fix: optim.lr=0.03,0.1.") and not s.exists()  # fmt: skip
     r = sweep(
         tmp_path / "parts", BATCHED, "optim.lr=0.01,0.02,0.03", "hydra.launcher.max_members=2"
     )

@@ -1037,11 +1037,11 @@ FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, i
         (["optim.lr=0.1,0.2", "seed=-1"],
          "seed=-1 is out of range: it must be at least 0. Fix: seed=0."),
         (["optim.lr=0.1,-1"],
-         "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.03."),
-        (["trainer.epochs=0,1"],
-         "trainer.epochs=0 is out of range: it must be at least 1. Fix: trainer.epochs=3."),
-        (["optim.momentum=0.5,1.5"],
-         "optim.momentum=1.5 is out of range: it must be less than 1. Fix: optim.momentum=0.0."),
+         "optim.lr=-1.0 is out of range: it must be greater than 0. Fix: optim.lr=0.1,0.03."),
+        (["trainer.epochs=0,1"],  # the Fix keeps the list (it replaced it by one value)
+         "trainer.epochs=0 is out of range: it must be at least 1. Fix: trainer.epochs=3,1."),
+        (["optim.momentum=0.5,1.5"], "optim.momentum=1.5 is out of range: it must be less than 1. "
+                                     "Fix: optim.momentum=0.5,0.0."),
         (["device=cpu,tpu"],
          "Unknown device 'tpu'. Choose one of: auto, cpu, cuda, cuda:N, mps. Fix: device=auto."),
         pytest.param(
@@ -1060,7 +1060,7 @@ FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, i
         (["optim.lr=glob(*)"], "optim.lr=glob(*): a grid lists values, not glob(). "
                                "Fix: 'optim.lr=a,b'."),
         ([*OPTUNA, "trainer.epochs=choice(1,2.5)"],  # trial 0 trained, then the search ended
-         "trainer.epochs=2.5 is not a whole number. Fix: trainer.epochs=3."),
+         "trainer.epochs=2.5 is not a whole number. Fix: trainer.epochs=1,3."),
         ([*OPTUNA, "trainer.batch_size=interval(8,64)"],  # 'Fix: trainer.batch_size=10'
          "trainer.batch_size=interval(8,64): trainer.batch_size is a whole number, which "
          "int(interval(...)) draws. Fix: 'trainer.batch_size=int(interval(8, 64))'."),
@@ -1078,6 +1078,10 @@ def test_a_value_any_job_would_refuse_ends_the_sweep_before_any_job_in_one_line(
     error = explain(e.value)
     assert (str(error), error.exit_code) == (line, 2)
     assert not (tmp_path / "outputs").exists()
+    key, _, values = line.rpartition(" Fix: ")[2].removesuffix(".").partition("=")
+    if "," in values and not set("(')") & set(key + values):  # a list kept: pasted, it is taken
+        sweep.checked_sweep(["trainer.epochs=1", *[a for a in given if a.split("=")[0] != key],
+                             f"{key}={values}"])  # fmt: skip
 
 
 def test_a_fixed_key_that_only_the_swept_presets_have_is_set_in_each_job(tmp_path):
