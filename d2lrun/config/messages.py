@@ -45,6 +45,8 @@ def explain(e: BaseException) -> D2lrunError:
             value = f"'{value}'"
         fix = f"""quote the value: "{key}={value}" (outer quotes for a shell)"""
         fix = fix if equals else "write it as KEY=VALUE"
+        if not equals and (value := example(None, key)) not in ("...", "null") and "{" not in value:
+            fix = f"{key}={value}"  # a key without its value: optim.lr, as d2lrun.train("optim.lr")
         if re.search(r"\s[\w.+~]+=", e.override):  # "a=1 b=2", or train("a=1 b=2")
             fix = f"one override per argument: {' '.join(repr(o) for o in e.override.split())}"
         return UsageError(f"cannot read the override {e.override}. Fix: {fix}.")

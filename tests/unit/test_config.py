@@ -680,6 +680,17 @@ def test_two_overrides_in_one_argument_are_told_apart():
     )
 
 
+def test_a_key_without_its_value_is_given_one():
+    """d2lrun.train("optim.lr"), or d2lrun seed: 'Fix: write it as KEY=VALUE', with no value."""
+    from hydra.errors import OverrideParseException
+
+    fixes = {"optim.lr": "optim.lr=0.03", "seed": "seed=0", "foo": "write it as KEY=VALUE",
+             "optim": "write it as KEY=VALUE"}  # fmt: skip
+    for key, fix in fixes.items():
+        error = OverrideParseException(key, "missing EQUAL")
+        assert str(explain(error)) == f"cannot read the override {key}. Fix: {fix}."
+
+
 def test_hydra_help_with_overrides_is_hydras_help(capsys, monkeypatch):
     """d2lrun --hydra-help trainer.epochs=2: 'trainer is not a key of the config (its keys:
     none)', exit 2; --help KEY=V shows the keys with that value."""
