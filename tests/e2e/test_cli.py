@@ -320,13 +320,15 @@ def test_the_progress_bar_is_drawn_on_a_terminal_on_stderr_only(tmp_path):
     assert r.returncode == 0 and "━" not in r.stderr + r.stdout
 
 
-def test_no_bar_is_drawn_when_stdout_is_piped_from_a_terminal(tmp_path):
+@pytest.mark.parametrize("stdout", ["pipe", "file"])
+def test_no_bar_is_drawn_when_stdout_is_piped_from_a_terminal(tmp_path, stdout):
     """`d2lrun | tee log` on a terminal: the bar ran on stderr, and each epoch line tee echoed
-    landed on its last frame ('... 2576/3000 0:00:01epoch 1/3  train_loss ...')."""
+    landed on its last frame ('... 2576/3000 0:00:01epoch 1/3  train_loss ...'). `d2lrun > log`
+    keeps its bar: no line comes to the terminal."""
     import pty
     import threading
 
-    main, terminal = pty.openpty()  # stderr a terminal, stdout a pipe (tee's)
+    main, terminal = pty.openpty()  # stderr a terminal, stdout a pipe (tee's) or a file
     seen = []
 
     def read() -> None:  # as the terminal shows it, read as it comes: a full one would block
@@ -338,13 +340,17 @@ def test_no_bar_is_drawn_when_stdout_is_piped_from_a_terminal(tmp_path):
     reader.start()
     cmd = [str(BIN / "d2lrun"), "dataset.num_train=20000", "trainer.epochs=2",
            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=terminal, text=True) as process:
-        os.close(terminal)
-        out, _ = process.communicate(timeout=300)
+    with open(tmp_path / "log", "w") as log:
+        out = subprocess.PIPE if stdout == "pipe" else log
+        with subprocess.Popen(cmd, stdout=out, stderr=terminal, text=True) as process:
+            os.close(terminal)
+            process.communicate(timeout=300)
     reader.join(timeout=10)
     os.close(main)
-    assert process.returncode == 0 and out.count("\nepoch ") == 2
-    assert "━".encode() not in b"".join(seen) and b"epoch" not in b"".join(seen)
+    assert process.returncode == 0
+    if stdout == "file":
+        assert (tmp_path / "log").read_text().count("\nepoch ") == 2
+    assert ("━".encode() in b"".join(seen)) == (stdout == "file")  # the bar, on the terminal
 
 
 def test_a_run_whose_output_reader_is_gone_still_trains_and_writes_its_files(tmp_path):
