@@ -269,10 +269,12 @@ def untrained(folder: Path, ended: bool = False) -> bool:
         return False
     summary = read_json(folder / "metrics.json") or {}
     ends = ("interrupted", *["diverged", "failed"] * ended)
-    stopped = summary.get("status") in ends and summary.get("epochs_completed") == 0
+    epochs = summary.get("epochs_completed", 0 if ended else None)  # a k-fold run's: its folds'
+    stopped = summary.get("status") in ends and epochs == 0
     kept = {".hydra", ".lock", "tensorboard", *["metrics.json"] * stopped}
     return all(
-        p.name in kept or p.name.startswith("fold_") and untrained(p) for p in folder.iterdir()
+        p.name in kept or p.name.startswith("fold_") and untrained(p, ended)
+        for p in folder.iterdir()
     )
 
 

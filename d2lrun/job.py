@@ -79,9 +79,9 @@ def train(
                 f"resume={shown(run_dir)} goes on with a k-fold run as it was trained "
                 f"({key}={was} there, {now} now). Fix: drop {key}={now}{one}."
             )
-    todo = [i for i in range(k) if not saved_checkpoint(run_dir / f"fold_{i}")]
-    if todo:  # refused before 'fold 1/K': more folds than rows, or resume=RUN's test file gone
-        build_data(checked(cfg).dataset, cfg.seed, fold=[k, todo[0]])  # that fold's: cached
+    # Refused before 'fold 1/K': more folds than rows, or resume=RUN's test file gone (cached)
+    if todo := [i for i in range(k) if not saved_checkpoint(run_dir / f"fold_{i}")]:
+        build_data(checked(cfg).dataset, cfg.seed, fold=[k, todo[0]])
     for i in range(k):
         log(f"fold {i + 1}/{k}")
         folder, fold_cfg = run_dir / f"fold_{i}", cfg.copy()
@@ -112,8 +112,9 @@ def train(
         except RunFailed as e:
             status = "diverged" if isinstance(e, Diverged) else "failed"
             if not completed(run_dir):  # a completed run's record stays: each fold is complete
-                reason = f"fold {i + 1}/{k}: {e}"  # counted as its lines count them
-                write_json(run_dir / "metrics.json", {"status": status, "reason": reason})
+                record = {"status": status, "reason": f"fold {i + 1}/{k}: {e}"}
+                record["metric"] = (read_json(folder / "metrics.json") or {}).get("metric")
+                write_json(run_dir / "metrics.json", record)  # metric: a sweep table's columns
             raise
         folds.append(fold)  # its metrics.json: the run's wall time and restarts sum the folds'
     finals = [fold["final"] for fold in folds]
@@ -252,9 +253,8 @@ class Run:
         log(f"{self.title} ({len(self.train):,} train / {len(self.val):,} val) on {device}, "
             f"{params:,} parameters -> {shown(run_dir)}")  # fmt: skip
         self.summary = {"status": "running", "model": cfg.model.name, "dataset": spec.dataset,
-                        "device": str(device), "epochs": cfg.trainer.epochs,
-                        "run_dir": str(run_dir), "metric": self.metric,  # as best's, if any
-                        "resumed_from": str(cfg.resume) if cfg.resume else None,
+                        "device": str(device), "epochs": cfg.trainer.epochs, "metric": self.metric,
+                        "run_dir": str(run_dir), "resumed_from": cfg.resume and str(cfg.resume),
                         "restarts": extra["restarts"]}  # fmt: skip
 
     def on_epoch(self, row: dict) -> None:

@@ -570,11 +570,13 @@ def test_a_search_sweeps_heatmap_is_a_dot_per_trial_on_log_axes_failures_as_red_
     assert ax.get_title() == "best_val_loss (sweep)" and colorbar.get_ylabel() == "best_val_loss"
 
 
-def test_a_sweep_whose_every_job_diverged_keeps_its_metric_columns(tmp_path):
+@pytest.mark.parametrize("folds", [[], ["dataset.folds=3", "dataset.num_train=200"]])
+def test_a_sweep_whose_every_job_diverged_keeps_its_metric_columns(tmp_path, folds):
     """d2lrun -m optim.lr=50,100: summary.csv had no final_val_loss or best_val_loss column, which
-    a script reading several sweeps' tables then failed on (KeyError)."""
+    a script reading several sweeps' tables then failed on (KeyError); a k-fold sweep's too."""
     s = tmp_path / "sweep"
-    _, failure = app.sweep(["optim.lr=50,100", "trainer.progress=false", f"hydra.sweep.dir={s}"])
+    args = ["optim.lr=500,1000", "trainer.progress=false", f"hydra.sweep.dir={s}", *folds]
+    _, failure = app.sweep(args)
     assert failure.startswith("2 of 2 sweep jobs did not complete (2 diverged)")
     with open(s / "summary.csv") as f:
         header = next(csv.reader(f))
