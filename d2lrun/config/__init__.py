@@ -7,7 +7,6 @@ error means to the user is d2lrun.config.messages'.
 import contextlib
 import dataclasses
 import io
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from d2lrun.config.schema import (
     Config,
     Eval,
     Predict,
+    broken_rule,
     closest,
     example,
     options_of,
@@ -104,14 +104,7 @@ def check_ranges(cfg: DictConfig, path: str) -> None:
         ranged = any(m[k] is not None for k in ("ge", "gt", "lt"))
         for v in value if OmegaConf.is_list(value) else [value]:
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
-            rule = (
-                None if not number
-                else "a finite number" if not math.isfinite(v)  # nan passes every <
-                else f"at least {m['ge']}" if m["ge"] is not None and v < m["ge"]
-                else f"greater than {m['gt']}" if m["gt"] is not None and v <= m["gt"]
-                else f"less than {m['lt']}" if m["lt"] is not None and v >= m["lt"]
-                else None
-            )  # fmt: skip
+            rule = broken_rule(m, v) if number else None
             if rule or ranged and not number:  # no range: any value of its type but nan and inf
                 what = f"out of range: it must be {rule}" if rule else "not a number"
                 raise UsageError(f"{name}={value} is {what}. Fix: {name}={example(cfg, name)}.")
@@ -222,16 +215,19 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
 
 
 def path_fix(arg: str, name: str) -> str | None:
-    """The key that a file or folder given alone is meant for: a run's folder or .pt file for
-    resume=, run= or ckpt=, new inputs for input=, a table for dataset.path=."""
+    """The key that a file or folder given alone is meant for: a run's folder or checkpoint for
+    resume=, run= or ckpt=, new inputs for input=, a CSV table for dataset.path=; else None."""
     if "=" in arg or not os.path.exists(arg):  # os.path: False for a name too long, not OSError
         return None
-    if os.path.isdir(arg) or Path(arg).suffix.lower() in (".pt", ".pth"):
-        return shell_arg("resume" if name == "config" else "run" if os.path.isdir(arg) else "ckpt",
-                         arg)  # fmt: skip
+    path = Path(arg)
+    run = any((path.parent / f).exists() for f in ("last.pt", "best.pt", ".hydra"))
+    if path.is_dir() or run and path.suffix.lower() in (".pt", ".pth"):  # not new.pt inputs
+        return shell_arg("resume" if name == "config" else "run" if path.is_dir() else "ckpt", arg)
     if name == "predict":
         return shell_arg("input", arg)
-    return ("dataset=csv " if name == "config" else "") + shell_arg("dataset.path", arg)
+    if {".csv", ".tsv", ".txt"} & {s.lower() for s in path.suffixes}:  # data.csv.gz too
+        return ("dataset=csv " if name == "config" else "") + shell_arg("dataset.path", arg)
+    return None
 
 
 def overrides_of(args: Sequence[str]) -> list[str]:

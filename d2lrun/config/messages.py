@@ -15,7 +15,15 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from d2lrun.config.schema import SCHEMAS, closest, example, options_of, preset_keys, yaml_value
+from d2lrun.config.schema import (
+    SCHEMAS,
+    broken_rule,
+    closest,
+    example,
+    options_of,
+    preset_keys,
+    yaml_value,
+)
 from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
 from d2lrun.files import typed_arg
 
@@ -172,8 +180,10 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
     key = dotted.partition("[")[0]
     items = typing.get_args(kind)  # drop=Id: [Id]; a list of numbers: the option's own
     fix = f"[{value}]" if items == (str,) and value is not None else example(None, key, option)
-    if kind is int and isinstance(value, float) and value.is_integer():  # 5e4: the same number
-        what, fix = "a whole number as written", int(value)
+    rules = {f.name: f.metadata for f in dataclasses.fields(schema)}.get(name) if types else None
+    if kind is int and isinstance(value, float) and value.is_integer() and not item and rules:
+        if not broken_rule(rules, int(value)):  # 5e4: the same number, where the key takes it
+            what, fix = "a whole number as written", int(value)
     if fix == "..." and dataclasses.is_dataclass(schema):  # a plugin's key: its schema's default
         default = next(f.default for f in dataclasses.fields(schema) if f.name == name)
         fix = fix if default is dataclasses.MISSING else yaml_value(default)

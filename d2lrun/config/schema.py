@@ -5,6 +5,7 @@ type as it composes (`optim.lr=fast`); every field is MISSING: the values live o
 """
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,17 @@ def key(
 ) -> Any:
     """A field whose value comes from YAML, with its allowed range or its allowed words."""
     return field(default=MISSING, metadata={"ge": ge, "gt": gt, "lt": lt, "words": words.split()})
+
+
+def broken_rule(m: dict, v: float) -> str | None:
+    """The rule of a key's range (its field's metadata m) that the number v breaks, else None."""
+    return (
+        "a finite number" if not math.isfinite(v)  # nan passes every <
+        else f"at least {m['ge']}" if m["ge"] is not None and v < m["ge"]
+        else f"greater than {m['gt']}" if m["gt"] is not None and v <= m["gt"]
+        else f"less than {m['lt']}" if m["lt"] is not None and v >= m["lt"]
+        else None
+    )  # fmt: skip
 
 
 @dataclass

@@ -69,6 +69,10 @@ def message(*overrides) -> str:
             "dataset.num_train=50000.0 is not a whole number as written. "
             "Fix: dataset.num_train=50000.",
         ),
+        (  # but not to a number out of its range, which pasted would be refused
+            "trainer.epochs=0.0",
+            "trainer.epochs=0.0 is not a whole number. Fix: trainer.epochs=3.",
+        ),
         (
             "trainer.progress=maybe",
             "trainer.progress=maybe is not true or false. Fix: trainer.progress=true.",
@@ -151,6 +155,10 @@ def message(*overrides) -> str:
         (
             "model=conv2d dataset=kernel model.kernel_size=[1,2,3]",
             "model.kernel_size=[1,2,3] is not (height, width). Fix: model.kernel_size=[1,2].",
+        ),
+        (  # an item written as a float: the list as the Fix, not the item (=3, not a list)
+            "model=conv2d dataset=kernel model.kernel_size=[3.0,3]",
+            "model.kernel_size[0]=3.0 is not a whole number. Fix: model.kernel_size=[1,2].",
         ),
         (
             "dataset.w=[1,null]",
@@ -714,6 +722,9 @@ def test_hydra_help_with_overrides_is_hydras_help(capsys, monkeypatch):
         ("eval", "my data.csv", "'dataset.path=my data.csv'"),
         ("predict", "runs/a", "run=runs/a"),
         ("predict", "images.npy", "input=images.npy"),
+        ("predict", "new.pt", "input=new.pt"),  # a tensor of inputs: no run's checkpoint
+        ("eval", "my.yaml", None),  # no table, no run: no key to tell, Hydra's line as before
+        ("config", "new.pt", None),
     ],
 )
 def test_a_path_given_without_its_key_is_told_which_key(tmp_path, monkeypatch, name, arg, fix):
@@ -723,11 +734,19 @@ def test_a_path_given_without_its_key_is_told_which_key(tmp_path, monkeypatch, n
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "a").mkdir(parents=True)
-    for f in ("runs/a/last.pt", "runs/a/BEST.PTH", "my data.csv", "images.npy"):
+    for f in (
+        "runs/a/last.pt",
+        "runs/a/BEST.PTH",
+        "my data.csv",
+        "images.npy",
+        "new.pt",
+        "my.yaml",
+    ):
         (tmp_path / f).touch()
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(Exception) as e:
         check_flags(["trainer.epochs=1", arg], name)
-    assert str(e.value) == f"{arg} is not an override. Fix: {fix}."
+    said = f"{arg} is not an override. Fix: {fix}." if fix else "Fix: write it as KEY=VALUE."
+    assert str(explain(e.value)).endswith(said)
     for args in (["runs/b"], ["-m", "runs/a"]):  # no such path; a sweep's: Hydra's error, as before
         with pytest.raises(Exception) as e:
             check_flags(args, name)
