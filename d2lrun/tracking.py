@@ -303,10 +303,15 @@ def not_a_retry(record: logging.LogRecord) -> bool:
 def check_sqlite(uri: str) -> Path:
     """The folder of a SQLite store; a file no database can be is refused now, where MLflow
     would retry for 100 s (10 times, backing off). It makes nothing: MLflow makes the store."""
-    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):  # sqlite://
+    if uri.rstrip("/") == "sqlite:" or uri.endswith(":memory:"):  # sqlite://
         raise UsageError(
             f"logger.tracking_uri={uri} is a database in memory, gone as the run "
             f"ends. Fix: logger.tracking_uri=sqlite:///outputs/mlflow.db."
+        )
+    if not uri.startswith("sqlite:///"):  # sqlite:x.db: SQLAlchemy's 'Could not parse'
+        raise UsageError(
+            f"logger.tracking_uri={uri} is not sqlite:///FILE (three slashes, then the file). "
+            f"Fix: logger.tracking_uri=sqlite:///outputs/mlflow.db."
         )
     path = Path(uri.removeprefix("sqlite:///"))
     try:

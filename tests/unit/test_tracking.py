@@ -243,6 +243,9 @@ def test_a_sqlite_store_that_cannot_be_a_database_is_refused_at_once(tmp_path, m
         cfg = compose(["logger=mlflow", f"logger.tracking_uri={uri}"])
         with pytest.raises(UsageError, match=f"^logger.tracking_uri={uri} is a database in memory"):
             MLflow(cfg, tmp_path / "run", "e", None, None, print)
+    cfg = compose(["logger=mlflow", "logger.tracking_uri=sqlite:x.db"])  # not said to be memory
+    with pytest.raises(UsageError, match="^logger.tracking_uri=sqlite:x.db is not sqlite:///FILE"):
+        MLflow(cfg, tmp_path / "run", "e", None, None, print)
 
 
 class Recorder(Tracker):
