@@ -117,9 +117,14 @@ def learned(model, spec: Spec, log) -> dict | None:
     w, b = model.get_w_b()
     true_w, true_b = torch.tensor(spec.true_w), spec.true_b
     w, b = w.cpu(), float(b.cpu().reshape(-1)[0])
-    if true_b is None:  # a model without a bias (§4.4): its weights, as the book prints them
-        log(f"weight: {[round(x, 4) for x in w.tolist()]}  (true: {spec.true_w})")
-        return {"w": w.tolist(), "w_error": (true_w - w).tolist(), "w_norm": w.norm().item()}
+    if true_b is None:  # §4.4: x⁰ is a feature, whose weight is the constant term (no bias)
+        biased = any(n.rsplit(".", 1)[-1] in ("b", "bias") for n, _ in model.named_parameters())
+        w = w.clone()  # model.bias=true splits the constant between w[0] and b: compared as one
+        w[0] += b if biased else 0.0
+        said = f"; w[0] is w[0] + b, b = {b:.4f}" if biased else ""
+        log(f"weight: {[round(x, 4) for x in w.tolist()]}  (true: {spec.true_w}{said})")
+        return {"w": w.tolist(), "w_error": (true_w - w).tolist(), "w_norm": w.norm().item(),
+                **({"b": b} if biased else {})}  # fmt: skip
     if len(true_w) <= 10:
         errors = [round(x, 6) for x in (true_w - w).tolist()]
         log(f"error in estimating w: {errors}  (w = {[round(x, 4) for x in w.tolist()]})")

@@ -116,6 +116,21 @@ def test_polynomial_features_are_x_to_the_i_over_i_factorial():
     torch.testing.assert_close(w, torch.tensor([5, 1.2, -3.4, 5.6]), atol=0.1, rtol=0)
 
 
+@pytest.mark.parametrize("impl", ["concise", "scratch"])
+def test_a_polynomial_fit_with_a_bias_compares_w0_plus_b_with_the_constant(tmp_path, impl):
+    """dataset=polynomial with its default model.bias=true: the constant 5 split between w[0] and
+    b was shown as 'weight: [2.4976, ...]', w_error[0] = 2.5, and b nowhere."""
+    args = ["dataset=polynomial", f"model.impl={impl}", "trainer.epochs=200", "device=cpu",
+            "trainer.progress=false"]  # fmt: skip
+    lines = []
+    summary = job.train(compose(args), tmp_path / impl, args, log=lines.append)
+    learned = summary["learned"]
+    assert abs(learned["w_error"][0]) < 0.05 and 1 < learned["b"] < 4  # a share of the 5
+    assert lines[-1].startswith("weight: [4.9") and f"b = {learned['b']:.4f})" in lines[-1]
+    net = torch.load(tmp_path / impl / "model.pt", weights_only=True)  # the model's w[0] as is
+    assert net.get("0.weight", net.get("w")).reshape(-1)[0].item() < 4
+
+
 @pytest.mark.parametrize("shape", [(1, 2), (2, 2), (3, 1), (2, 3)])
 def test_corr2d_is_what_nn_conv2d_computes(shape):
     torch.manual_seed(0)
