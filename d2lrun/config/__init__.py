@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -253,11 +254,14 @@ def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
     own, lr = picks.get("optim", "sgd"), OmegaConf.select(text, "optim.lr")
     if lr is None or chosen == own or given(overrides, "optim.lr") is not None:
         return
-    # The usual step: the optimizer's own (adam.yaml), else the model file's (the book's SGD step)
+    # The usual step: the preset's for that optimizer (a comment: `optim=sgd: e.g. optim.lr=0.1`),
+    # else the optimizer's own (adam.yaml), else the model file's (the book's SGD step)
+    text = (EXPERIMENTS_DIR / f"{preset}.yaml").read_text()
+    said = re.search(rf"optim={chosen}: e\.g\. optim\.lr=(\S+)", text)
     raise UsageError(
         f"experiment={preset} sets optim.lr={lr} for optim={own}, and optim={chosen} takes "
-        f"another step size. Fix: optim.lr={example(cfg, 'optim.lr')} "
-        f"(optim={chosen}'s usual), or leave optim as the preset's."
+        f"another step size. Fix: optim.lr={said[1] if said else example(cfg, 'optim.lr')} "
+        f"(optim={chosen}'s usual{' here' if said else ''}), or leave optim as the preset's."
     )
 
 
