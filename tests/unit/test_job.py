@@ -67,17 +67,22 @@ def test_a_diverged_job_saves_no_checkpoint(tmp_path):
     assert not (tmp_path / "best.pt").exists()
 
 
-def test_ctrl_c_saves_the_last_complete_epoch(tmp_path, monkeypatch):
-    calls = {"n": 0}
-    original = d2lrun.optim.Optimizer.step
+def ctrl_c_at_step(monkeypatch, n: int) -> dict:
+    """Ctrl-C (KeyboardInterrupt) as the optimizer takes its n-th step; the count (to reset)."""
+    calls, original = {"n": 0}, d2lrun.optim.Optimizer.step
 
     def step(self):
         calls["n"] += 1
-        if calls["n"] == 20 * 3 + 5:  # in epoch 4 (20 batches per epoch)
+        if calls["n"] == n:
             raise KeyboardInterrupt
         return original(self)
 
     monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
+    return calls
+
+
+def test_ctrl_c_saves_the_last_complete_epoch(tmp_path, monkeypatch):
+    ctrl_c_at_step(monkeypatch, 20 * 3 + 5)  # in epoch 4 (20 batches per epoch)
     with pytest.raises(Interrupted, match="interrupted after epoch 3"):
         run_job(tmp_path, "trainer.epochs=6", "trainer.checkpoint_every=10")
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
@@ -335,16 +340,7 @@ def test_a_second_ctrl_c_while_an_interrupted_run_saves_is_ignored(tmp_path, mon
     import signal
 
     signal_while_drawing(monkeypatch, signal.SIGINT)
-    calls = {"n": 0}
-    original = d2lrun.optim.Optimizer.step
-
-    def step(self):
-        calls["n"] += 1
-        if calls["n"] == 20 + 5:  # in epoch 2
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
+    ctrl_c_at_step(monkeypatch, 20 + 5)  # in epoch 2
     with pytest.raises(Interrupted, match="interrupted after epoch 1; the last complete epoch"):
         run_job(tmp_path, "trainer.epochs=3")
     summary = json.loads((tmp_path / "metrics.json").read_text())
@@ -376,16 +372,8 @@ def test_a_k_fold_run_stopped_in_a_fold_goes_on_with_resume_of_the_run(tmp_path,
     args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "dataset.folds=3",
             "trainer.epochs=3"]  # fmt: skip
     d2lrun.job.train(compose(args), tmp_path / "whole", args, log=lambda *_: None)
-    calls = {"n": 0}
     original = d2lrun.optim.Optimizer.step
-
-    def step(self):
-        calls["n"] += 1
-        if calls["n"] == 3 * 14 + 14 + 5:  # in fold 2's second epoch (14 batches of 10 each)
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
+    ctrl_c_at_step(monkeypatch, 3 * 14 + 14 + 5)  # in fold 2's second epoch (14 batches of 10)
     with pytest.raises(Interrupted) as e:
         d2lrun.job.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
     assert str(e.value) == (
@@ -436,15 +424,7 @@ def test_a_resumed_k_fold_run_whose_later_folds_cannot_load_is_refused_before_an
     args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "dataset.folds=3",
             "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     original = d2lrun.optim.Optimizer.step
-    calls = {"n": 0}
-
-    def step(self):
-        calls["n"] += 1
-        if calls["n"] == 2 * 14 + 14 + 5:  # in fold 2's second epoch (14 batches of 10 each)
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
+    ctrl_c_at_step(monkeypatch, 2 * 14 + 14 + 5)  # in fold 2's second epoch (14 batches of 10)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Interrupted, match="^fold 2/3: interrupted after epoch 1"):
         app.train(args)
@@ -648,15 +628,7 @@ def test_a_run_stopped_in_its_first_epoch_leaves_no_folder_and_the_command_runs_
         pytest.importorskip("torch.utils.tensorboard")
     from d2lrun import app
 
-    original, calls = d2lrun.optim.Optimizer.step, {"n": 0}
-
-    def step(self):
-        calls["n"] += 1
-        if calls["n"] == 5:  # in epoch 1
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
+    calls = ctrl_c_at_step(monkeypatch, 5)  # in epoch 1
     for named in ([f"hydra.run.dir={tmp_path / 'run'}"], []):
         monkeypatch.chdir(tmp_path)
         calls["n"] = 0
