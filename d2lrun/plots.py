@@ -1,5 +1,6 @@
 """A run's curves.png: loss (and accuracy) per epoch as the book plots them, drawn by helper
-processes (`python -m d2lrun.plots`) started ahead: matplotlib's import runs beside the work."""
+processes (`python -m d2lrun.plots`) started ahead: matplotlib's import runs beside the work. And
+a sweep's heatmap.png (heatmap_figure), drawn by d2lrun.sweeps.report."""
 
 import contextlib
 import functools
