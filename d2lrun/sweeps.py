@@ -45,11 +45,13 @@ def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
     from d2lrun.tracking import open_tracker
 
     resume = given(lines, "resume")  # a k-fold run goes on in its own folder, as one run
-    if resume and kfold_run(Path(resume)):
+    if resume and kfold_run(Path(resume)):  # completed: only a fold goes on, as a run
+        alone = f"d2lrun {shell_arg('resume', resume)} without -m, or "
+        alone = "" if completed(Path(resume)) else alone
         raise UsageError(
             f"resume={resume} is a k-fold run, which goes on as one run in its own folder, not "
-            f"as a sweep's jobs. Fix: d2lrun {shell_arg('resume', resume)} without -m, or "
-            f"resume={resume}/fold_0 (one fold as a run) in the sweep."
+            f"as a sweep's jobs. Fix: {alone}resume={resume}/fold_0 (one fold as a run) in the "
+            f"sweep."
         )
     cfg, again, jobs = sweep_config(lines)
     for job in (job for job in jobs if job.logger.name == "mlflow"):  # TensorBoard: torch's import

@@ -1238,6 +1238,11 @@ def test_a_sweep_that_resumes_a_k_fold_run_is_refused_before_any_job(tmp_path, m
         "jobs. Fix: d2lrun resume=kf without -m, or resume=kf/fold_0 (one fold as a run) in the "
         "sweep."
     )
+    # Completed, it goes on only as one of its folds: 'd2lrun resume=kf' was offered, and refused
+    (tmp_path / "kf" / "metrics.json").write_text(json.dumps({"status": "completed"}))
+    with pytest.raises(UsageError) as e:
+        sweep.checked_sweep(["resume=kf", "trainer.epochs=3,4"])
+    assert str(e.value).endswith(" Fix: resume=kf/fold_0 (one fold as a run) in the sweep.")
 
 
 def test_a_completed_k_fold_job_keeps_its_record_when_another_config_meets_it(tmp_path, capsys):
