@@ -256,8 +256,8 @@ def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
         return
     # The usual step: the preset's for that optimizer (a comment: `optim=sgd: e.g. optim.lr=0.1`),
     # else the optimizer's own (adam.yaml), else the model file's (the book's SGD step)
-    text = (EXPERIMENTS_DIR / f"{preset}.yaml").read_text()
-    said = re.search(rf"optim={chosen}: e\.g\. optim\.lr=(\S+)", text)
+    comments = (EXPERIMENTS_DIR / f"{preset}.yaml").read_text()  # text: its keys, as parsed
+    said = re.search(rf"optim={chosen}: e\.g\. optim\.lr=(\S+)", comments)
     raise UsageError(
         f"experiment={preset} sets optim.lr={lr} for optim={own}, and optim={chosen} takes "
         f"another step size. Fix: optim.lr={said[1] if said else example(cfg, 'optim.lr')} "
