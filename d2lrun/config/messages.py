@@ -150,6 +150,15 @@ def section_keys(types: dict) -> dict[str, str]:
     return found
 
 
+# Other libraries' names for the book's keys (Keras' learning_rate), too far for difflib to match.
+OTHER_NAMES = {
+    "learning_rate": "lr",
+    "wd": "weight_decay",
+    "bs": "batch_size",
+    "batch": "batch_size",
+}
+
+
 def bad_value(dotted: str, value, schema, option: str | None) -> str:
     """One line for a bad override: an unknown key, or a value of the wrong type; a working fix."""
     types = typing.get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
@@ -161,9 +170,10 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
         has = [o for o, s in options.items() if name in typing.get_type_hints(s)]  # not eval's
         fix = f"choose {' or '.join(f'{group}={o}' for o in has)}" if has else f"drop {dotted}"
         inner = {} if group or has else section_keys(types)  # the book's lr=0.1, num_epochs=3
-        if near := difflib.get_close_matches(name, list(inner), n=1, cutoff=0.75):
+        known = OTHER_NAMES.get(name, name)  # learning_rate: too far from lr for difflib
+        if near := difflib.get_close_matches(known, list(inner), n=1, cutoff=0.75):
             fix = f"write {inner[near[0]]} instead of {dotted}"
-        if not has and (near := difflib.get_close_matches(name, list(types), n=1, cutoff=0.75)):
+        if not has and (near := difflib.get_close_matches(known, list(types), n=1, cutoff=0.75)):
             fix = f"write {dotted.removesuffix(name)}{near[0]} instead of {dotted}"  # trainer.epoch
         keys = ", ".join(types) or "none"
         return f"{dotted} is not a key of {where} (its keys: {keys}). Fix: {fix}."

@@ -216,6 +216,20 @@ def test_bad_values_name_key_value_and_fix(override, expected):
     assert message(*override.split()).startswith(expected)
 
 
+@pytest.mark.parametrize(
+    "key, fix",  # other libraries' names, too far from the book's for difflib: 'Fix: drop KEY'
+    [
+        ("optim.learning_rate", "optim.lr"),
+        ("learning_rate", "optim.lr"),
+        ("optim.wd", "optim.weight_decay"),
+        ("trainer.batch", "trainer.batch_size"),
+        ("trainer.bs", "trainer.batch_size"),
+    ],
+)
+def test_other_libraries_names_for_a_key_get_the_books(key, fix):
+    assert message(f"{key}=1").endswith(f"Fix: write {fix} instead of {key}.")
+
+
 def test_a_name_like_no_option_gets_the_first_option_not_an_arbitrary_one():
     assert message("experiment=zzzz").endswith("Fix: experiment=ch3_linreg_concise.")
     assert message("model.impl=foo").endswith("Fix: model.impl=concise.")  # the YAML's first
