@@ -9,6 +9,7 @@ import dataclasses
 import io
 import os
 import re
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -204,6 +205,11 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
     for arg in flags.overrides:  # d2lrun-eval outputs/DATE/TIME: a path without its key
         if not flags.multirun and (fix := path_fix(arg, name)):
             raise UsageError(f"{arg} is not an override. Fix: {fix}.")
+        if arg.startswith("hydra.mode=") and arg != "hydra.mode=RUN" and not flags.multirun:
+            swept = shlex.join(a for a in flags.overrides if a != arg) or "optim.lr=0.03,0.1"
+            swept = f"{prog} -m {swept}"  # the sweep's table as well
+            raise UsageError(f"{arg}: -m sets Hydra's mode, for a sweep. Fix: "
+                             f"{swept if name == 'config' else f'drop {arg}'}.")  # fmt: skip
     check_groups(args, name)  # before resume= is read from them
     if flags.cfg and flags.package not in (None, "_global_"):  # Hydra: not found, exit 1
         cfg = compose(overrides_of(args), name, with_hydra=flags.cfg != "job")

@@ -4,6 +4,7 @@ one line (explain), and the line for a bad override (bad_value)."""
 import dataclasses
 import difflib
 import re
+import shlex
 import typing
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -33,6 +34,14 @@ def quote_items(found: re.Match) -> str:
     return "[" + ",".join(f"'{i.strip()}'" for i in found[0][1:-1].split(",")) + "]"
 
 
+def readable(override: str) -> bool:
+    """Whether Hydra's grammar reads override."""
+    try:
+        return bool(OverridesParser.create().parse_override(override))
+    except Exception:  # OverrideParseException, or its lexer's HydraException
+        return False
+
+
 def explain(e: BaseException) -> D2lrunError:
     """Any exception as d2lrun's own: its str the one line to show, its exit_code the exit code."""
     # Hydra's, OmegaConf's and the OS's are translated; anything else is a Bug.
@@ -46,17 +55,30 @@ def explain(e: BaseException) -> D2lrunError:
         return unknown_option(group, name, e.options)
     if isinstance(e, OverrideParseException):
         key, equals, value = e.override.partition("=")
+        key, value = key.strip(), value.strip()  # "optim.lr = 0.1", as Python spaces it
+        if items := re.fullmatch(r"\(([^()]*)\)", value):  # a tuple: f"dataset.w={w}"
+            value = f"[{','.join(i.strip() for i in items[1].split(',') if i.strip())}]"
         lists = r"\[[^'\"\[\]]*\]"  # a list's items each (dataset.drop=['Größe'], a sweep of
-        if re.fullmatch(rf"{lists}(,{lists})*", value):  # lists too), else the whole value
-            value = re.sub(lists, quote_items, value)
+        if readable(f"{key}={value}"):  # lists too), else the whole value, quoted
+            fix = f"{key}={value}"
         else:
-            value = f"'{value}'"
-        fix = f"""quote the value: "{key}={value}" (outer quotes for a shell)"""
+            value = (
+                re.sub(lists, quote_items, value)
+                if re.fullmatch(rf"{lists}(,{lists})*", value)
+                else f"'{value}'"
+            )
+            fix = f"""quote the value: "{key}={value}" (outer quotes for a shell)"""
         fix = fix if equals else "write it as KEY=VALUE"
         if not equals and (value := example(None, key)) not in ("...", "null") and "{" not in value:
             fix = f"{key}={value}"  # a key without its value: optim.lr, as d2lrun.train("optim.lr")
-        if re.search(r"\s[\w.+~]+=", e.override):  # "a=1 b=2", or train("a=1 b=2")
-            fix = f"one override per argument: {' '.join(repr(o) for o in e.override.split())}"
+        if re.search(r"\s['\"]?[\w.+~]+=", e.override):  # "a=1 b=2", or train("a=1 'b=2'")
+            try:
+                words = shlex.split(e.override)
+            except ValueError:  # a quote not closed
+                words = [w.strip("'\"") for w in e.override.split()]
+            words = words[words[0].startswith("d2lrun") :]  # a command line pasted: "d2lrun a=1"
+            fix = f"one override per argument: {' '.join(map(repr, words))}"
+            fix = words[0] if len(words) == 1 else fix
         return UsageError(f"cannot read the override {e.override}. Fix: {fix}.")
     cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
     cause = e if getattr(e, "full_key", None) else cause  # OC_CAUSE=1 (a debugger): e has it

@@ -230,6 +230,22 @@ def test_other_libraries_names_for_a_key_get_the_books(key, fix):
     assert message(f"{key}=1").endswith(f"Fix: write {fix} instead of {key}.")
 
 
+@pytest.mark.parametrize(
+    "override, fix",  # said 'quote the value: "optim.lr =' 0.1'"', which pasted was refused again
+    [
+        ("optim.lr = 0.1", "optim.lr=0.1"),  # as Python spaces it
+        ("dataset.w=(2.0, -3.4)", "dataset.w=[2.0,-3.4]"),  # a tuple: f"dataset.w={w}"
+        ("d2lrun trainer.epochs=1", "trainer.epochs=1"),  # a command line pasted as one
+        ("trainer.epochs=1 'optim.lr=0.1'", "one override per argument: 'trainer.epochs=1' "
+                                            "'optim.lr=0.1'"),  # it quoted the value '1 'optim...
+    ],
+)  # fmt: skip
+def test_an_override_hydra_cannot_read_gets_a_fix_it_can(override, fix):
+    assert message(override).endswith(f"Fix: {fix}.")
+    if not fix.startswith("one"):
+        checked(compose([fix]))
+
+
 def test_a_name_like_no_option_gets_the_first_option_not_an_arbitrary_one():
     assert message("experiment=zzzz").endswith("Fix: experiment=ch3_linreg_concise.")
     assert message("model.impl=foo").endswith("Fix: model.impl=concise.")  # the YAML's first
@@ -648,6 +664,9 @@ def test_shell_completions_query_run_by_hand_says_how_completion_is_installed():
          "Fix: -p optim."),
         (["--cfg", "hydra", "-p", "launcher"], "-p launcher is not in the config (its sections: "
                                                "hydra). Fix: -p hydra."),
+        # Hydra swept, and d2lrun, running one job, wrote no table
+        (["hydra.mode=MULTIRUN", "optim.lr=0.1,1"], "hydra.mode=MULTIRUN: -m sets Hydra's mode, "
+                                                    "for a sweep. Fix: d2lrun -m optim.lr=0.1,1."),
     ],
 )  # fmt: skip
 def test_hydras_flags_that_failed_with_a_traceback_are_one_line(args, line):
