@@ -13,13 +13,15 @@ from pathlib import Path
 from d2lrun import app, sweeps
 from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, UsageError
+from d2lrun.files import deferred_signals
 
 
 def train(*overrides: str):
     """As `d2lrun OVERRIDES`: the run reloaded (SavedRun), or one per fold (dataset.folds=K)."""
     overrides = plain(overrides, "train")
-    if {"-m", "--multirun"} & set(overrides):
-        raise UsageError("d2lrun.train trains one run. Fix: d2lrun.sweep(...) for a sweep.")
+    if {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(overrides):
+        rest = ", ".join(repr(o) for o in overrides if not o.startswith(("-", "hydra.mode")))
+        raise UsageError(f"d2lrun.train trains one run. Fix: d2lrun.sweep({rest or '...'}).")
     run_dir = raising(app.train, overrides)
     k = sum(1 for _ in run_dir.glob("fold_*"))
     return [load_run(run_dir / f"fold_{i}") for i in range(k)] if k else load_run(run_dir)
@@ -43,12 +45,16 @@ def report(sweep_dir: str | Path):
 def load_run(path=None, ckpt=None, device="cpu", overrides=()):
     """A saved run (SavedRun) from its folder or one checkpoint; overrides: where its data is now
     (dataset.path=...). device: a name or a torch.device."""
-    from d2lrun import reload
-
     path, ckpt = (p and a_path(p, "load_run", "outputs/DATE/TIME") for p in (path, ckpt))
     overrides = (overrides,) if isinstance(overrides, str) else tuple(overrides)  # one, "seed=0"
     overrides = plain(overrides, "load_run", "RUN, overrides=['dataset.path=FILE']")
-    return raising(reload.load_run, path, ckpt, str(device), overrides)
+    return raising(reloaded, path, ckpt, str(device), overrides)
+
+
+def reloaded(*args):
+    from d2lrun import reload  # after raising has imported torch, where Ctrl-C is held back
+
+    return reload.load_run(*args)
 
 
 def a_path(value, name: str, example: str) -> Path:
@@ -68,6 +74,10 @@ def plain(overrides: tuple, name: str, example="'optim.lr=0.1', 'trainer.epochs=
             f"d2lrun.{name} takes overrides as text, one KEY=VALUE each; got {bad[0]!r}. "
             f"Fix: d2lrun.{name}({example})."
         )
+    multirun = ("-m ", "--multirun ")  # a command line's "-m a=1,2" as one string
+    overrides = [
+        w for o in overrides for w in (o.split(maxsplit=1) if o.startswith(multirun) else [o])
+    ]
     if flags := [o for o in overrides if o.startswith("-") and o not in ("-m", "--multirun")]:
         raise UsageError(
             f"d2lrun.{name} takes overrides, not the command's flags ({', '.join(flags)}). "
@@ -78,9 +88,10 @@ def plain(overrides: tuple, name: str, example="'optim.lr=0.1', 'trainer.epochs=
 
 def raising(fn: Callable, *args):
     """fn(*args); an error raised as d2lrun's one-line exception, without Hydra's traceback."""
-    from d2lrun.trainer import own_torch  # the notebook's dtype, grad mode, random state kept
-
     try:
+        with deferred_signals():  # Ctrl-C in torch's import: after it, as Interrupted (app.train)
+            from d2lrun.trainer import own_torch  # the notebook's dtype, grad mode, random state
+
         with own_torch():
             return fn(*args)
     except SystemExit:  # Hydra's argument parser refused one (plain let no --help through)
@@ -106,7 +117,7 @@ def in_python(line: str) -> str:
     again = r"run the same command again with (\S+|'[^']*')"
     line = re.sub(again, lambda m: f"call d2lrun.sweep again with the same overrides and "
                   f"{shlex.split(m[1])[0]!r}", line)  # fmt: skip
-    line = re.sub(r"d2lrun -m (\S+)", call("sweep"), line)
+    line = re.sub(r"d2lrun -m (\S+?)(?=\.?(\s|$))", call("sweep"), line)  # not the line's .
     line = re.sub(r"d2lrun-report (\S*/\S*)", r"d2lrun.report('\1')", line)
     each = r"(one override per argument: )(.+)\.$"  # 'a=1' 'b=2': one string to Python
     line = re.sub(each, lambda m: m[1] + ", ".join(m[2].split(" ")) + ".", line)

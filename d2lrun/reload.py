@@ -258,8 +258,10 @@ class SavedRun:
 
     @property
     def run_dir(self) -> Path:
-        """The run folder as named: where the checkpoint is, with metrics.csv, metrics.json, ..."""
-        return self.checkpoint.parent
+        """The run folder as named: where the checkpoint is, with metrics.csv, metrics.json, ...;
+        absolute once the name no longer leads there (after an os.chdir)."""
+        named = self.checkpoint.parent
+        return named if named.absolute() == self.files else self.files
 
     @property
     def metrics(self):

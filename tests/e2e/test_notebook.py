@@ -53,7 +53,10 @@ def test_train_gives_the_command_lines_numbers_and_returns_the_run(here, fake_fm
     assert run.run_dir.parent.parent == Path("outputs")
     os.chdir(here / "cli")  # a notebook's %cd: its files are found still
     assert run.summary["status"] == "completed" and len(run.metrics) == 2
+    assert run.run_dir == here / run_folders(here)[0]  # it led nowhere, as did load_run(its name)
+    assert d2lrun.load_run(run.run_dir).summary == run.summary
     os.chdir(here)
+    assert run.run_dir.parent.parent == Path("outputs")  # as named again
     cli = pd.read_csv(here / "cli" / "metrics.csv").drop(columns=TIMINGS)
     pd.testing.assert_frame_equal(
         run.metrics.drop(columns=TIMINGS), cli, check_exact=True
@@ -110,6 +113,9 @@ def test_flags_are_refused_and_one_list_of_overrides_is_taken(here):
     with pytest.raises(UsageError) as e:  # its Fix, 'model=linreg' 'seed=1', pasted: one string
         d2lrun.train("model=linreg seed=1")
     assert str(e.value).endswith("Fix: one override per argument: 'model=linreg', 'seed=1'.")
+    for args in (["-m optim.lr=0.1,0.2"], ["hydra.mode=MULTIRUN", "optim.lr=0.1,0.2"]):
+        with pytest.raises(UsageError, match=re.escape("Fix: d2lrun.sweep('optim.lr=0.1,0.2').")):
+            d2lrun.train(*args)  # said d2lrun '-m ...' in a shell; trained, then failed
     with pytest.raises(UsageError, match=r"^d2lrun.train takes overrides, not the command's flags"):
         d2lrun.train("--version")
     with pytest.raises(UsageError, match=r"Fix: d2lrun --cfg job optim\.lr=0\.1 in a shell, or "):
@@ -155,6 +161,41 @@ def test_ctrl_c_before_the_first_epoch_raises_interrupted_and_leaves_no_folder(h
     with pytest.raises(Interrupted, match="^interrupted before anything was saved"):
         d2lrun.train("trainer.progress=false")
     assert run_folders(here) == []
+
+
+@pytest.mark.parametrize("call", ["train('trainer.progress=false')", "load_run(RUN)"])
+def test_ctrl_c_in_torchs_first_import_leaves_the_session_working(tmp_path, call):
+    """The first call imports torch (about a second): a Ctrl-C (Jupyter's interrupt) in it left
+    torch half-registered, and every later call, and the notebook's own import torch, failed."""
+    first = run_module("trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert first.returncode == 0, first.stderr
+    code = f"""if True:
+        import importlib.abc, os, signal, sys
+        class CtrlC(importlib.abc.MetaPathFinder):  # the interrupt, midway through torch's import
+            def find_spec(self, name, *_):
+                if name == "torch.nn":
+                    sys.meta_path.remove(self)
+                    os.kill(os.getpid(), signal.SIGINT)
+        sys.meta_path.insert(0, CtrlC())
+        import d2lrun
+        from d2lrun.errors import Interrupted
+        RUN = {str(tmp_path / "run")!r}
+        try:
+            d2lrun.{call}
+        except Interrupted as e:
+            print("interrupted:", e)
+        print(d2lrun.{call}.summary["status"])
+        import torch; print(torch.zeros(1).sum().item())"""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=300)  # fmt: skip
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert lines[0] == "interrupted: interrupted before anything was saved."
+    assert lines[-2:] == ["completed", "0.0"]
 
 
 def test_a_run_stopped_by_ctrl_c_can_be_resumed_from_the_same_notebook(here, monkeypatch):
