@@ -33,8 +33,11 @@ def read_table(
         )
     # na_values, when given, are the only strings read as missing (instead of pandas' list).
     only_these = {} if na_values is None else {"keep_default_na": False, "na_values": na_values}
+    # low_memory=False: pandas' default infers each column's type per chunk of rows, so past
+    # about 262,144 rows one column read 1.0 above and '1' below: two categories for one value.
+    read = dict(dtype=dict.fromkeys(text, str), low_memory=False, **only_these)
     try:
-        frame = pd.read_csv(p, dtype=dict.fromkeys(text, str), **only_these)
+        frame = pd.read_csv(p, **read)
     except UnicodeDecodeError:  # its e.start counts from a chunk of pandas': found again here
         at = "" if p.suffix in COMPRESSED else f" (line {where_not_utf8(p.read_bytes())})"
         raise UsageError(
@@ -45,9 +48,21 @@ def read_table(
             f"{where} is empty. Fix: give a CSV file with a header row and data rows."
         ) from None
     except pd.errors.ParserError as e:  # a row with more fields than the rows before it
-        reason, header = str(e).strip().splitlines()[-1], pd.read_csv(p, nrows=0).columns
-        fix = commas_fix(header, "give every row as many fields as the header")
+        reason = str(e).strip().splitlines()[-1]
+        if "EOF inside string" in reason:  # a field's opening " and no closing one
+            raise UsageError(f'{where} has a quote (") that is never closed ({reason}). Fix: '
+                             f"close it, or remove it.") from None  # fmt: skip
+        fix = commas_fix(
+            pd.read_csv(p, nrows=0).columns, "give every row as many fields as the header"
+        )
         raise UsageError(f"{where} has ragged rows ({reason}). Fix: {fix}.") from None
+    except Exception as e:  # gzip's BadGzipFile, EOFError, zipfile's, lzma's: a packed file broken
+        if p.suffix.lower() not in COMPRESSED:
+            raise
+        raise UsageError(
+            f"{where} cannot be unpacked as a {p.suffix} file ({type(e).__name__}: {e}). Fix: "
+            f"pack it again, or rename it without {p.suffix} if it is plain CSV."
+        ) from None
     # Each row with more fields than the header: pandas took the first column(s) for the index,
     # every value one column to the left of its name.
     if not frame.index.equals(pd.RangeIndex(len(frame))):
@@ -59,7 +74,7 @@ def read_table(
             )
         with warnings.catch_warnings():  # a comma at the end of each row: the empty field goes
             warnings.simplefilter("ignore", pd.errors.ParserWarning)
-            frame = pd.read_csv(p, dtype=dict.fromkeys(text, str), index_col=False, **only_these)
+            frame = pd.read_csv(p, index_col=False, **read)
     if frame.empty:
         raise UsageError(f"{where} has a header but no data rows. Fix: add rows.")
     header = [c for c in pd.read_csv(p, header=None, nrows=1, dtype=str).iloc[0] if pd.notna(c)]

@@ -389,6 +389,41 @@ def test_read_table_errors_name_the_key_and_pandas_reason(tmp_path):
         read_table(tmp_path / "ragged.csv")
 
 
+def test_a_quote_never_closed_or_a_broken_packed_file_is_one_line_with_its_fix(tmp_path):
+    """They were 'ParserError: ... (a bug in d2lrun?)', and for a .gz file 'Not a gzipped file
+    ... Fix: free disk space', gzip's BadGzipFile being an OSError."""
+    (tmp_path / "q.csv").write_text('x,y\n"1,2\n3,4\n')
+    with pytest.raises(UsageError, match=r'has a quote \(\"\) that is never closed \(.*EOF inside '
+                       r"string starting at row 1\)\. Fix: close it, or remove it\.$"):  # fmt: skip
+        read_table(tmp_path / "q.csv")
+    (tmp_path / "plain.csv.gz").write_text("x,y\n1,2\n")  # named .gz, not packed
+    (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(b"x,y\n1,2\n" * 100)[:20])
+    (tmp_path / "bad.csv.zip").write_text("x,y\n1,2\n")
+    for name, why in [("plain.csv.gz", "BadGzipFile: Not a gzipped file"),
+                      ("cut.csv.gz", "EOFError: Compressed file ended"),
+                      ("bad.csv.zip", "BadZipFile: File is not a zip file")]:  # fmt: skip
+        s = name.rpartition(".")[2]
+        line = (
+            rf"^input=\S+{name} cannot be unpacked as a \.{s} file \({why}.*\)\. "
+            rf"Fix: pack it again, or rename it without \.{s} if it is plain CSV\.$"
+        )
+        with pytest.raises(UsageError, match=line):
+            read_table(tmp_path / name, "input")
+
+
+def test_a_column_read_as_numbers_then_text_past_pandas_chunk_is_one_kind(tmp_path):
+    """pandas typed each chunk of about 262,144 rows on its own: codes 1.0 above (an empty cell
+    made them floats) and '1' below were two categories, and eval and predict went wrong."""
+    n = 300_000
+    code = np.resize(np.array(["1", "2", "3"], dtype=object), n)
+    code[5], code[-10:] = None, "Z"
+    pd.DataFrame({"a": np.arange(n) % 7, "code": code, "y": np.arange(n) % 5}).to_csv(
+        tmp_path / "big.csv", index=False
+    )
+    spec = csv_load(table_cfg(tmp_path / "big.csv", task="regression"), seed=0)[2]
+    assert spec.preprocess["categorical"]["code"] == ["1", "2", "3", "Z"]
+
+
 def test_a_field_more_in_every_row_than_in_the_header(tmp_path):
     """A comma at each data row's end shifted every column one to the left (pandas took the
     first for the index): 'Price' held the room counts, and the prices were dropped."""
