@@ -317,8 +317,26 @@ def typed_arg(key: str, value: str) -> str:
     ('resume=my run'), and for Hydra too when its grammar would not read it unquoted: a comma
     (a list: "resume='o,x'"), brackets, quotes, any letter beyond ASCII, spaces at its ends."""
     if not re.fullmatch(r"[\w $%*+\-./:?@\\|]*", value, re.ASCII) or value != value.strip():
-        return '"' + re.sub(r'(["$`\\])', r"\\\1", override(key, value)) + '"'
+        return double_quoted(override(key, value))
     return shlex.quote(f"{key}={value}")
+
+
+def list_arg(key: str, items, quote_all: bool = False) -> str:
+    """KEY=[a,'b c'] as a shell and Hydra take it back: each item quoted for Hydra where its grammar
+    would not read it as written (or each, quote_all), the whole quoted for the shell then."""
+
+    def item(i: str) -> str:
+        return (
+            i if not quote_all and re.fullmatch(r"[\w.\-]+", i, re.ASCII) else override("", i)[1:]
+        )
+
+    arg = f"{key}=[{','.join(item(str(i)) for i in items)}]"
+    return double_quoted(arg) if "'" in arg else arg
+
+
+def double_quoted(arg: str) -> str:
+    """arg in a shell's double quotes, which keep Hydra's single ones: "k='a b'"."""
+    return '"' + re.sub(r'(["$`\\])', r"\\\1", arg) + '"'
 
 
 def override(key: str, value: str) -> str:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from d2lrun.data import Spec, Split, fold_rows, sha1_of
 from d2lrun.errors import UsageError, alike, listed, note
-from d2lrun.files import shown, typed_arg
+from d2lrun.files import list_arg, shown, typed_arg
 
 
 def read_table(
@@ -254,14 +254,14 @@ def table_splits(
         typed = as_typed(frame.columns, unknown)  # true: True
         named = [c for c in cfg.drop if c in frame.columns] + typed
         named += [n for c in unknown if (n := alike(c, frame.columns)) and n not in named]  # Id
-        items = ",".join(f"'{c}'" if typed else c for c in named)
-        fix = f"dataset.drop=[{items}]"
-        fix = f'quote them, as Hydra reads {typed[0]} otherwise: "{fix}"' if typed else fix
+        fix = list_arg("dataset.drop", named, quote_all=bool(typed))
+        fix = f"quote them, as Hydra reads {typed[0]} otherwise: {fix}" if typed else fix
         raise UsageError(f"dataset.drop names {unknown}, which {source} does not have. Fix: {fix}.")
     text = [c for c in frame if c not in cfg.drop and not pd.api.types.is_numeric_dtype(frame[c])]
     if not fitted and (written := [c for c in text if written_numbers(frame[c])]):
         example = frame[written[0]].dropna().astype(str).iloc[0]  # else categories, or dropped
-        ids = f", or dataset.drop=[{written[0]}] if they are ids" if written[0] != target else ""
+        ids = f", or {list_arg('dataset.drop', [*cfg.drop, written[0]])} if they are ids"
+        ids = ids if written[0] != target else ""
         raise UsageError(
             f"column(s) {written} of {source} hold numbers that read as text, such as "
             f"'{example}' (with $, %, thousands separators or decimal commas, or past 64-bit "

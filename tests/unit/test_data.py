@@ -367,6 +367,10 @@ def test_a_mistyped_column_of_a_wide_table_is_named_in_a_short_line(tmp_path, ka
     with pytest.raises(UsageError) as e:
         table_splits(frame, table_cfg(drop=["F1", "nope"]), 0, None, "wide.csv", "auto", False)
     assert str(e.value).endswith("does not have. Fix: dataset.drop=[f1].")
+    spaced = frame.rename(columns={"f1": "Price, USD"})  # it said dataset.drop=[Price, USD]:
+    with pytest.raises(UsageError) as e:  # two columns, the second ' USD'
+        table_splits(spaced, table_cfg(drop=["price, usd"]), 0, None, "t.csv", "auto", False)
+    assert str(e.value).endswith("""does not have. Fix: "dataset.drop=['Price, USD']".""")
     house = ["dataset=kaggle_house", f"dataset.root={kaggle_house}", "dataset.download=false"]
     for typed, fix in [("dataset.target=saleprice", "dataset.target=SalePrice"),
                        ("dataset.drop=[id]", "dataset.drop=[Id]")]:  # fmt: skip
@@ -727,6 +731,10 @@ def test_numbers_with_thousands_separators_are_refused_with_the_pandas_line_that
         "plain numbers (pd.read_csv(FILE, thousands=',') reads 1,000; decimal=',' reads 1,5), "
         "or dataset.drop=[x] if they are ids."
     )
+    with pytest.raises(UsageError) as e:  # it said dataset.drop=[x], no longer dropping name
+        table_splits(pd.read_csv(path), table_cfg(path, drop=["name"]), 0, None, "p.csv", "auto",
+                     False)  # fmt: skip
+    assert str(e.value).endswith(" or dataset.drop=[name,x] if they are ids.")
     dropped = table_cfg(path, drop=["x"])  # ids such as "1,000" are not read: no refusal
     table_splits(pd.read_csv(path), dropped, 0, None, "p.csv", "auto", False)
     pd.read_csv(path, thousands=",").to_csv(path, index=False)  # the Fix, as typed
