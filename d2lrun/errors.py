@@ -55,7 +55,8 @@ def listed(names, most: int = 20) -> str:
 
 
 def alike(name: str, names) -> str | None:
-    """The one of names that is name but for case (Y: y), else the one spelled most like it."""
+    """The one of names that is name but for case or spaces at its ends (Y: ' y '), else the one
+    spelled most like it."""
     names = [str(n) for n in names]
-    same = [n for n in names if n.lower() == str(name).lower()]
+    same = [n for n in names if n.lower().strip() == str(name).lower().strip()]
     return (same or difflib.get_close_matches(str(name), names, n=1, cutoff=0.6) or [None])[0]

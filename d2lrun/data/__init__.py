@@ -185,7 +185,7 @@ def read_inputs(spec: Spec, path: Path):
         raise UsageError(f"input={path}: no such file. Fix: give a file of new inputs.")
     kind = {".pth": ".pt"}.get(path.suffix.lower(), path.suffix.lower())  # IMAGES.NPY, x.pth
     if spec.preprocess:  # a table: CSV rows, whatever the file is named
-        from d2lrun.data.csv import read_table
+        from d2lrun.data.table import read_table
 
         if kind in (".npy", ".pt"):
             raise UsageError(

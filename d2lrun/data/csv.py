@@ -5,8 +5,6 @@ rows only and kept in the spec, so new rows are transformed exactly as the train
 """
 
 import re
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,98 +12,9 @@ import torch
 from omegaconf import DictConfig
 
 from d2lrun.data import Spec, Split, fold_rows, sha1_of
+from d2lrun.data.table import commas_fix, read_table
 from d2lrun.errors import UsageError, alike, listed, note
 from d2lrun.files import list_arg, shown, typed_arg
-
-
-def read_table(
-    path: str | Path, key: str = "dataset.path", na_values: list | None = None, text=()
-) -> pd.DataFrame:
-    """Read a CSV file, turning every way it can be unreadable into one clear error; the
-    columns `text` as text (a run's categories: "1" stays "1" where an empty cell is read)."""
-    # Shown as the user would type it: config paths are stored absolute (d2lrun.config.checked).
-    p, where = Path(str(path)).expanduser(), f"{key}={shown(path)}"
-    if not p.exists():
-        raise UsageError(f"{where}: no such file. Fix: {key}=<the path of a CSV file>.")
-    if p.is_dir():
-        raise UsageError(
-            f"{where} is a directory, not a CSV file. Fix: {key}={shown(path)}/FILE.csv."
-        )
-    # na_values, when given, are the only strings read as missing (instead of pandas' list).
-    only_these = {} if na_values is None else {"keep_default_na": False, "na_values": na_values}
-    # low_memory=False: pandas' default infers each column's type per chunk of rows, so past
-    # about 262,144 rows one column read 1.0 above and '1' below: two categories for one value.
-    read = dict(dtype=dict.fromkeys(text, str), low_memory=False, **only_these)
-    try:
-        frame = pd.read_csv(p, **read)
-    except UnicodeDecodeError:  # its e.start counts from a chunk of pandas': found again here
-        at = "" if p.suffix in COMPRESSED else f" (line {where_not_utf8(p.read_bytes())})"
-        raise UsageError(
-            f"{where} is not UTF-8 text{at}. Fix: re-save the file as UTF-8."
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise UsageError(
-            f"{where} is empty. Fix: give a CSV file with a header row and data rows."
-        ) from None
-    except pd.errors.ParserError as e:  # a row with more fields than the rows before it
-        reason = str(e).strip().splitlines()[-1]
-        if "EOF inside string" in reason:  # a field's opening " and no closing one
-            raise UsageError(f'{where} has a quote (") that is never closed ({reason}). Fix: '
-                             f"close it, or remove it.") from None  # fmt: skip
-        fix = commas_fix(
-            pd.read_csv(p, nrows=0).columns, "give every row as many fields as the header"
-        )
-        raise UsageError(f"{where} has ragged rows ({reason}). Fix: {fix}.") from None
-    except Exception as e:  # gzip's BadGzipFile, EOFError, zipfile's, lzma's: a packed file broken
-        if p.suffix.lower() not in COMPRESSED:
-            raise
-        raise UsageError(
-            f"{where} cannot be unpacked as a {p.suffix} file ({type(e).__name__}: {e}). Fix: "
-            f"pack it again, or rename it without {p.suffix} if it is plain CSV."
-        ) from None
-    # Each row with more fields than the header: pandas took the first column(s) for the index,
-    # every value one column to the left of its name.
-    if not frame.index.equals(pd.RangeIndex(len(frame))):
-        if frame.index.nlevels > 1 or frame.iloc[:, -1].notna().any():
-            fix = commas_fix(frame.columns, "give every row as many fields as the header")
-            raise UsageError(
-                f"{where} has ragged rows (each has {frame.index.nlevels} field(s) more than the "
-                f"header's {len(frame.columns)}). Fix: {fix}."
-            )
-        with warnings.catch_warnings():  # a comma at the end of each row: the empty field goes
-            warnings.simplefilter("ignore", pd.errors.ParserWarning)
-            frame = pd.read_csv(p, index_col=False, **read)
-    if frame.empty:
-        raise UsageError(f"{where} has a header but no data rows. Fix: add rows.")
-    header = [c for c in pd.read_csv(p, header=None, nrows=1, dtype=str).iloc[0] if pd.notna(c)]
-    if twice := sorted({c for c in header if header.count(c) > 1}):  # pandas reads x, x.1
-        raise UsageError(
-            f"{where} names the column(s) {twice} twice in its header; pandas reads the second "
-            f"as '{twice[0]}.1', which dataset.drop and dataset.target miss. Fix: give each "
-            f"column a name of its own."
-        )
-    return frame
-
-
-def commas_fix(columns, otherwise: str) -> str:
-    """The Fix for a header read as one column that holds semicolons or tabs (Excel's CSV in many
-    locales, where the comma is the decimal mark); otherwise, otherwise."""
-    for sep, name in ((";", "semicolons"), ("\t", "tabs")):
-        if len(columns) == 1 and sep in str(columns[0]):
-            return f"save the file with commas between its columns, not {name}"
-    return otherwise
-
-
-COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")  # pandas reads them unpacked
-
-
-def where_not_utf8(data: bytes) -> int:
-    """The line of the first byte that is not UTF-8."""
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return data[: e.start].count(b"\n") + 1
-    return 1
 
 
 def fit_preprocess(
@@ -117,9 +26,11 @@ def fit_preprocess(
     for col, values in features.dropna(axis=1, how="all").items():  # empty: nothing to learn
         if pd.api.types.is_numeric_dtype(values):
             v = values.astype(float)
-            std = float(v.std(ddof=ddof)) if standardize else 1.0
+            with np.errstate(invalid="ignore", over="ignore"):  # inf cells: float32() refuses
+                std = float(v.std(ddof=ddof)) if standardize else 1.0
+                numeric[col] = {"mean": float(v.mean())}
             std = std if std > 0 and np.isfinite(std) else 1.0  # constant, or one row: only centred
-            numeric[col] = {"mean": float(v.mean()), "std": std}
+            numeric[col]["std"] = std
         else:
             cats = sorted(values.dropna().astype(str).unique())
             if len(cats) <= max_categories:  # more: an id or free text, a one-hot column per row
@@ -138,9 +49,13 @@ def transform(features: pd.DataFrame, stats: dict, source: str = "the input") ->
     """§2.2 on fitted statistics: fillna(mean) (then standardize), one-hot with a NaN column."""
     missing = [c for c in [*stats["numeric"], *stats["categorical"]] if c not in features.columns]
     if missing:
-        fix = commas_fix(features.columns, "add them (values may be empty)")
+        unused = [c for c in features.columns if c not in stats["numeric"] | stats["categorical"]]
+        near = {m: n for m in missing if (n := alike(m, unused))}  # ' a ', Price: data of a, price
+        fix = ", ".join(f"rename '{n}' to '{m}'" for m, n in near.items())
+        fix = commas_fix(features.columns, fix or "add them (values may be empty)")
         raise UsageError(
-            f"The input lacks the column(s) {missing} the model was trained on. Fix: {fix}."
+            f"The input lacks the column(s) [{listed([repr(m) for m in missing])}] the model was "
+            f"trained on. Fix: {fix}."
         )
     parts = []
     bools = {"True": 1.0, "False": 0.0}  # a True/False column beside another cell is not bool
@@ -299,8 +214,8 @@ def table_splits(
     if task != "classification" and 0 < len(stray) <= len(y) // 10:  # numbers, but for a few
         raise UsageError(
             f"column '{target}' of {source} holds numbers but for {len(stray)} cell(s) such as "
-            f"'{stray.iloc[0]}'. Fix: leave them empty (those rows are dropped), or "
-            f"dataset.task=classification if its values are names."
+            f"'{stray.iloc[0]}'. Fix: leave them empty (those rows are dropped)"
+            f"{'' if fitted else ', or dataset.task=classification if its values are names'}."
         )
     if task == "auto":
         task = "regression" if numeric_target else "classification"
@@ -382,6 +297,9 @@ def table_splits(
                     if k:  # shuffled folds that still hold a class out: only its rows help
                         where, other = f" of fold {i + 1}/{k}", ", or dataset.shuffle_folds=true"
                         other = "" if cfg.shuffle_folds else f"{other} (the rows are in order)"
+                    if cfg.task == "auto" and 0 < 2 * len(stray) < len(y):  # prices, and 'n/a'
+                        other += (f", or leave the {len(stray)} cell(s) that are not numbers "
+                                  f"empty to predict it as a number")  # fmt: skip
                     raise UsageError(
                         f"class(es) {unseen} of '{target}' occur only in the validation rows"
                         f"{where}, so the model could never learn them. Fix: add training rows of "

@@ -12,7 +12,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from d2lrun.data import Spec, sha1_of
-from d2lrun.data.csv import read_table, table_splits
+from d2lrun.data.csv import table_splits
+from d2lrun.data.table import read_table
 from d2lrun.errors import UsageError, note
 from d2lrun.files import atomic_write, remove_empty, shell_arg, shown
 

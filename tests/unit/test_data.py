@@ -2,6 +2,7 @@
 
 import gzip
 import shutil
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -11,8 +12,9 @@ from omegaconf import OmegaConf
 
 from d2lrun.config import compose
 from d2lrun.data import build_data, prepare_batch
-from d2lrun.data.csv import fit_preprocess, read_table, table_splits, transform
+from d2lrun.data.csv import fit_preprocess, table_splits, transform
 from d2lrun.data.csv import load as csv_load
+from d2lrun.data.table import read_table
 from d2lrun.errors import UsageError
 
 HOUSE = "NumRooms,Alley,Price\nNA,Pave,127500\n2,NA,106000\n4,NA,178100\nNA,NA,140000\n"
@@ -237,6 +239,13 @@ def test_new_rows_need_the_trained_columns_and_a_stray_text_in_a_number_column_i
         "The input lacks the column(s) ['a', 'c'] the model was trained on. "
         "Fix: add them (values may be empty)."
     )
+    with pytest.raises(UsageError) as e:  # the data was there, under names not quite the same
+        transform(pd.DataFrame({" a ": [1.0], "C": ["u"], "b": [2.0]}), stats)
+    assert str(e.value).endswith("Fix: rename ' a ' to 'a', rename 'C' to 'c'.")
+    wide = fit_preprocess(pd.DataFrame({f"f{i}": [1.0] for i in range(500)}), False, 50, ddof=0)
+    with pytest.raises(UsageError) as e:  # it listed all 500 in one line of 4 KB
+        transform(pd.DataFrame({"x": [1.0]}), wide)
+    assert "'f18', 'f19' and 480 more] the model was trained on." in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -617,6 +626,21 @@ def test_a_target_of_numbers_and_many_words_is_read_as_classes_with_a_note(tmp_p
     (tmp_path / "t.csv").write_text("x,y\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(9)))
     csv_load(table_cfg(tmp_path / "t.csv"), seed=0)  # names: classes, nothing to say
     assert capsys.readouterr().err == ""
+    rows = "".join(f"{i},{'unknown' if i % 4 == 0 else i * 1.5}\n" for i in range(40))
+    (tmp_path / "t.csv").write_text("x,y\n" + rows)  # prices: each a class, held out or not
+    with pytest.raises(UsageError) as e:  # its Fix was only: add training rows, or change seed
+        csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
+    assert str(e.value).endswith(", or leave the 10 cell(s) that are not numbers empty to predict "
+                                 "it as a number.")  # fmt: skip
+
+
+def test_inf_in_a_feature_is_refused_in_one_line_without_numpys_warning(tmp_path):
+    """Before the line, a RuntimeWarning printed its source: pandas' nanops, sqr = (avg - ..."""
+    (tmp_path / "t.csv").write_text("a,y\n1,2\ninf,3\n3,4\n4,5\n5,7\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UsageError, match=r"^column\(s\) \['a'\] of \S+ hold infinite"):
+            csv_load(table_cfg(tmp_path / "t.csv", standardize=True), seed=0)
 
 
 def test_a_number_column_with_a_few_stray_cells_names_one_and_the_fix(tmp_path):
@@ -634,6 +658,11 @@ def test_a_number_column_with_a_few_stray_cells_names_one_and_the_fix(tmp_path):
     assert len(csv_load(cfg, seed=0)[2].class_names) == 21  # asked for: every value a class
     (tmp_path / "t.csv").write_text("x,y\n" + rows)
     _, _, regression = csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
+    (tmp_path / "t.csv").write_text("x,y\n" + rows + "20,n/a?\n")  # eval: the run's task stays
+    with pytest.raises(UsageError) as e:
+        table_splits(read_table(tmp_path / "t.csv"), table_cfg(val_fraction=0), 0, None, "t.csv",
+                     "auto", False, fitted=regression)  # fmt: skip
+    assert str(e.value).endswith("Fix: leave them empty (those rows are dropped).")
     (tmp_path / "t.csv").write_text("x,y\n1,a\n2,b\n")  # eval of the regression on text
     with pytest.raises(UsageError, match=r"^the run is a regression but column 'y' of .* is not"):
         table_splits(read_table(tmp_path / "t.csv"), table_cfg(val_fraction=0), 0, None,
