@@ -71,6 +71,13 @@ def check_sweep(hydra: DictConfig, overrides: list) -> list[DictConfig]:
             "hydra.launcher.n_jobs=0 runs no job: it is the number of processes (-1: one per "
             "CPU). Fix: hydra.launcher.n_jobs=2."
         )
+    for o in overrides:  # range(5,1), range(0,0): no value, no job
+        if isinstance(o.value(), RangeSweep) and not list(o.sweep_string_iterator()):
+            lo, hi = sorted((o.value().start, o.value().stop))
+            raise UsageError(
+                f"{o.input_line} gives no value, so the sweep would have no job. "
+                f"Fix: {o.key_or_group}=range({lo},{hi if hi > lo else lo + 1})."
+            )
     if str(sweeper._target_).endswith("BasicSweeper"):
         for o in (o for o in overrides if o.is_sweep_override() and not o.is_discrete_sweep()):
             raise UsageError(

@@ -1061,6 +1061,11 @@ FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, i
          "model=glob(lin*): a grid lists values, not glob(). Fix: 'model=linreg'."),
         (["optim.lr=glob(*)"], "optim.lr=glob(*): a grid lists values, not glob(). "
                                "Fix: 'optim.lr=a,b'."),
+        # no job: said d2lrun-report's 'holds no sweep ... give a folder that d2lrun -m wrote'
+        (["trainer.epochs=range(5,1)"], "trainer.epochs=range(5,1) gives no value, so the sweep "
+                                        "would have no job. Fix: trainer.epochs=range(1,5)."),
+        ([*OPTUNA, "seed=range(0,0)"], "seed=range(0,0) gives no value, so the sweep would have "
+                                       "no job. Fix: seed=range(0,1)."),
         ([*OPTUNA, "trainer.epochs=choice(1,2.5)"],  # trial 0 trained, then the search ended
          "trainer.epochs=2.5 is not a whole number. Fix: trainer.epochs=1,3."),
         ([*OPTUNA, "trainer.batch_size=interval(8,64)"],  # 'Fix: trainer.batch_size=10'
