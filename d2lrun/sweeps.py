@@ -25,6 +25,7 @@ from d2lrun.files import (
     hold,
     kfold_run,
     read_json,
+    running,
     saved_checkpoint,
     say,
     shell_arg,
@@ -322,7 +323,13 @@ def report(sweep_dir: Path, show: bool = True) -> str | None:
     bad = len(table) - counts.get("completed", 0)
     if bad:
         what = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "completed")
-        return f"{bad} of {len(table)} sweep jobs did not complete ({what}); see {written[0]}"
+        finish = ""  # stopped (Ctrl-C, scancel, a node lost) or not started: a re-run goes on
+        if {"interrupted", "unfinished", "missing"} & set(counts.index) and not running(sweep_dir):
+            again = shell_arg("hydra.sweep.dir", sweep_dir)
+            finish = f"; to finish them, run the same command again with {again}"
+        return (
+            f"{bad} of {len(table)} sweep jobs did not complete ({what}); see {written[0]}{finish}"
+        )
     return None
 
 

@@ -92,6 +92,10 @@ def explain(e: BaseException) -> D2lrunError:
             f"cannot resolve a ${{...}} of the config: {first}. Fix: a ${{key}} that exists or an "
             f"environment variable that is set, or the value itself."
         )
+    append = re.search(r"To append to your config use (\S+)", str(e))
+    if append and getattr(cause, "object_type", None) is dict:  # a dict of any keys: + adds one
+        section, _, key = cause.full_key.rpartition(".")  # hydra.launcher.additional_parameters
+        return UsageError(f"{section} has no key {key} yet; + adds one. Fix: {append[1]}.")
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         node, schema = getattr(cause, "parent_node", None), cause.object_type
         if isinstance(node, ListConfig):  # optim.betas[0]=a: the section that holds the list

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -89,6 +90,16 @@ def check_time_limit(params: dict) -> None:
     """The warning (SIGUSR2) comes signal_delay_s before the limit, and may come up to 60 s before
     that (sbatch's --signal): one due at the start is refused; one that may come then, said."""
     limit, delay = params.get("timeout_min"), params.get("signal_delay_s")
+    if limit is not None and limit < 1:  # else its Fix, a delay of limit * 15 s, was refused too
+        raise UsageError(
+            f"hydra.launcher.timeout_min={limit} is out of range: a job's time limit is 1 minute "
+            f"or more. Fix: hydra.launcher.timeout_min=60."
+        )
+    if (params.get("tasks_per_node") or 1) > 1:  # each task would run the job: one trains, the
+        raise UsageError(  # others wait on its lock, then skip it as completed
+            f"hydra.launcher.tasks_per_node={params['tasks_per_node']}: a d2lrun job is one "
+            f"process, and each task would start it. Fix: hydra.launcher.tasks_per_node=1."
+        )
     if not limit or delay is None:
         return
     if delay >= limit * 60:  # each job warned, then requeued, as it starts: it never ends
@@ -111,14 +122,15 @@ def executor(params: dict):
 
     params = dict(params)
     folder, timeouts = params.pop("submitit_folder"), params.pop("max_num_timeout")
-    try:
-        ex = submitit.AutoExecutor(cluster="slurm", folder=folder, slurm_max_num_timeout=timeouts)
-    except RuntimeError as e:  # 'Could not detect "srun", are you indeed on a slurm cluster?'
+    # submitit looks for srun alone: without sbatch or squeue the sweep failed as 'cannot write
+    # the output directory sbatch', or once submitted, left its jobs running unsaid.
+    if missing := [c for c in ("sbatch", "srun", "squeue", "scancel") if not shutil.which(c)]:
         raise UsageError(
-            "hydra/launcher=slurm needs Slurm's commands (sbatch, srun, squeue), and this machine "
-            "has none. Fix: run it on a login node of the cluster, or try "
-            "hydra/launcher=submitit_local here."
-        ) from e
+            f"hydra/launcher=slurm needs Slurm's commands (sbatch, srun, squeue, scancel), and "
+            f"this machine lacks {', '.join(missing)}. Fix: run it on a login node of the cluster, "
+            f"or try hydra/launcher=submitit_local here."
+        )
+    ex = submitit.AutoExecutor(cluster="slurm", folder=folder, slurm_max_num_timeout=timeouts)
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     try:
         ex.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
@@ -128,7 +140,7 @@ def executor(params: dict):
         raise UsageError(
             f"hydra.launcher.{key} is not a setting of Slurm's submitit executor. Fix: drop "
             f"+hydra.launcher.{key}; sbatch's other options go in "
-            f"hydra.launcher.additional_parameters={{{key}:VALUE}}."
+            f"+hydra.launcher.additional_parameters={{{key}:VALUE}}."
         ) from None
     return ex
 

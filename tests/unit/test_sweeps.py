@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from d2lrun import app, job
 from d2lrun import sweeps as sweep
 from d2lrun.config import checked, compose
+from d2lrun.config.messages import explain
 from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.files import save_torch
 from d2lrun.plots import png
@@ -193,6 +194,7 @@ def test_report_of_an_interrupted_grid_lists_missing_and_unfinished_jobs(tmp_pat
     assert (
         failure
         == f"2 of 4 sweep jobs did not complete (1 unfinished, 1 missing); see {s / 'summary.csv'}"
+        f"; to finish them, run the same command again with hydra.sweep.dir={s}"  # it said not how
     )
     rows = list(csv.DictReader(open(s / "summary.csv")))
     assert [(r["job"], r["optim.lr"], r["optim.weight_decay"], r["status"]) for r in rows] == [
@@ -282,6 +284,9 @@ def test_report_names_the_problem_and_the_fix(tmp_path):
         sweep.report(tmp_path)
 
 
+SLURM_COMMANDS = mock.patch("shutil.which", lambda command: f"/usr/bin/{command}")
+
+
 def test_slurm_preset_is_the_plugins_launcher_with_its_keys_and_readmes_sbatch_lines():
     """The preset's defaults as sbatch gets them (README "Sweeps"), through the launcher's own
     mapping; tests/e2e/test_slurm.py submits to a real cluster."""
@@ -299,8 +304,8 @@ def test_slurm_preset_is_the_plugins_launcher_with_its_keys_and_readmes_sbatch_l
     assert set(params) == set(SlurmQueueConf.__dataclass_fields__) - {"_target_"}
     params["name"] = cfg.hydra.launcher.name  # ${hydra.job.name}
     params["submitit_folder"] = "/tmp/unused/%j"
-    with mock.patch.object(slurm.SlurmExecutor, "affinity", return_value=1):  # srun need not exist
-        ex = executor(params)
+    with mock.patch.object(slurm.SlurmExecutor, "affinity", return_value=1), SLURM_COMMANDS:
+        ex = executor(params)  # Slurm's commands need not exist
     script = ex._executor._make_submission_file_text("python -m d2lrun", "uid")
     for line in (
         "--partition=gpu",
@@ -320,12 +325,33 @@ def test_slurm_settings_that_cannot_work_are_refused_before_sbatch_in_one_line()
 
     from hydra_plugins.d2lrun_launcher.slurm import check_time_limit, executor
 
-    with mock.patch.object(slurm.SlurmExecutor, "affinity", return_value=1):
-        with pytest.raises(UsageError, match=r"^hydra.launcher.foo is not a setting of Slurm's"):
+    with mock.patch.object(slurm.SlurmExecutor, "affinity", return_value=1), SLURM_COMMANDS:
+        with pytest.raises(UsageError) as e:
             executor({"submitit_folder": "/tmp/unused/%j", "max_num_timeout": 3, "foo": 1})
+    assert str(e.value).startswith("hydra.launcher.foo is not a setting of Slurm's")
+    assert str(e.value).endswith(" go in +hydra.launcher.additional_parameters={foo:VALUE}.")
+    with pytest.raises(Exception) as e:  # its Fix without +: 'Fix: drop ...', as for a typo
+        compose(["hydra/launcher=slurm", "hydra.launcher.additional_parameters={comment:hi}"],
+                with_hydra=True)  # fmt: skip
+    assert str(explain(e.value)) == (
+        "hydra.launcher.additional_parameters has no key comment yet; + adds one. "
+        "Fix: +hydra.launcher.additional_parameters={comment:hi}."
+    )
+    compose(["hydra/launcher=slurm", "+hydra.launcher.additional_parameters={comment:hi}"],
+            with_hydra=True)  # fmt: skip
+    srun_only = mock.patch("shutil.which", lambda c: "/usr/bin/srun" if c == "srun" else None)
+    with srun_only, pytest.raises(UsageError) as e:  # 'cannot write the output directory sbatch'
+        executor({"submitit_folder": "/tmp/unused/%j", "max_num_timeout": 3})
+    assert "this machine lacks sbatch, squeue, scancel. Fix: run it on a login node" in str(e.value)
     with pytest.raises(UsageError) as e:
         check_time_limit({"timeout_min": 2, "signal_delay_s": 120})
     assert str(e.value).endswith("as it starts. Fix: hydra.launcher.signal_delay_s=30.")
+    # timeout_min=-1 looped on 'Fix: signal_delay_s=-15'; each task ran the job, unsaid
+    for params, fix in [({"timeout_min": -1, "signal_delay_s": 120}, "timeout_min=60"),
+                        ({"tasks_per_node": 3}, "tasks_per_node=1")]:  # fmt: skip
+        with pytest.raises(UsageError) as e:
+            check_time_limit(params)
+        assert str(e.value).endswith(f"Fix: hydra.launcher.{fix}.")
     check_time_limit({"timeout_min": 2, "signal_delay_s": 30})  # warned 30-90 s in: said
     check_time_limit({"timeout_min": 1, "signal_delay_s": 0})  # short jobs end before it
     check_time_limit({"timeout_min": 1, "signal_delay_s": None})  # submitit's own delay
@@ -593,6 +619,7 @@ def test_a_jobs_metrics_json_that_is_no_object_is_a_job_without_a_record(tmp_pat
     write_job(s, 1, ["optim.lr=1"], [1, 2])
     assert sweep.report(s, show=False) == (
         f"1 of 2 sweep jobs did not complete (1 unfinished); see {s / 'summary.csv'}"
+        f"; to finish them, run the same command again with hydra.sweep.dir={s}"
     )
 
 
@@ -655,6 +682,7 @@ def test_a_search_sweep_stopped_early_lists_the_trials_it_did_not_run(tmp_path):
     write_job(s, 1, ["optim.lr=0.2", "trainer.epochs=2"], done(0.1))
     assert sweep.report(s, show=False) == (
         f"2 of 4 sweep jobs did not complete (2 missing); see {s}/summary.csv"
+        f"; to finish them, run the same command again with hydra.sweep.dir={s}"
     )
     rows = list(csv.DictReader(open(s / "summary.csv")))
     assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [
@@ -880,7 +908,6 @@ def test_flags_and_null_in_a_sweeps_list_are_read_as_hydra_reads_them(tmp_path):
     ],
 )  # fmt: skip
 def test_a_batched_launcher_key_mistyped_gets_a_fix_that_works(override, line, fixed):
-    from d2lrun.config.messages import explain
 
     with pytest.raises(Exception) as e:
         compose_hydra("hydra/launcher=batched", override)
@@ -1076,7 +1103,6 @@ FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, i
 def test_a_value_any_job_would_refuse_ends_the_sweep_before_any_job_in_one_line(
     tmp_path, monkeypatch, given, line
 ):
-    from d2lrun.config.messages import explain
 
     monkeypatch.chdir(tmp_path)  # the default sweep folder: outputs/multirun/DATE/TIME
     monkeypatch.setattr(job, "train", mock.Mock(side_effect=AssertionError("a job started")))
