@@ -189,7 +189,7 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
         if "error" not in outcome:
             raise
     except OSError as e:  # Hydra's own writes: the run folder and its .hydra/
-        if isinstance(e, HydraException):  # MissingConfigException is an IOError too
+        if isinstance(e, (HydraException, BrokenPipeError)):  # an IOError; `--hydra-help | head`
             raise
         raise unwritable(e.filename or given(args, "hydra.run.dir") or "outputs", e) from e
     finally:

@@ -103,9 +103,11 @@ def own_options(main: Callable[..., object], config_name: str) -> Callable[[], o
     """main(d2lrun.app, the arguments), or what the command's own --help and --version print."""
 
     def run() -> object:
-        from d2lrun.config import hydra_args
+        from d2lrun.config import hydra_args, overrides_of
 
         args = sys.argv[1:]
+        overrides = overrides_of(args)  # a=1 --cfg job b=2: Hydra's parser takes one run of them
+        args = searched([a for a in args if a not in overrides]) + overrides
         if "--version" in args:
             return print(f"d2lrun {__version__}")
         parsed = hydra_args(args)
@@ -118,6 +120,20 @@ def own_options(main: Callable[..., object], config_name: str) -> Callable[[], o
         return main(app, args)
 
     return run
+
+
+def searched(flags: list[str]) -> list[str]:
+    """Hydra's flags, --config-dir DIR as the override hydra.searchpath=[file://DIR] that Hydra
+    reads it as: d2lrun's own compose calls (--cfg -p, --help, a sweep's checks, d2lrun-eval's)
+    then find its options too. A DIR that is no folder stays, for check_flags to refuse."""
+    for i, flag in enumerate(flags):
+        name, equals, value = flag.partition("=")
+        value = value if equals else (flags[i + 1 : i + 2] or [""])[0]
+        if name in ("-cd", "--config-dir") and Path(value).expanduser().is_dir():
+            rest = flags[:i] + flags[i + 1 + (not equals) :]
+            where = Path(value).expanduser().resolve().as_uri()
+            return [*searched(rest), f"hydra.searchpath=[{where}]"]
+    return flags
 
 
 def print_help(config_name: str, args: list[str]) -> None:

@@ -352,3 +352,19 @@ def running(sweep_dir: Path) -> bool:
     for lock in filter(None, locks):
         lock.close()
     return None in locks
+
+
+def path_fix(arg: str, name: str) -> str | None:
+    """The key that a file or folder given alone is meant for: a run's folder or checkpoint for
+    resume=, run= or ckpt=, new inputs for input=, a CSV table for dataset.path=; else None."""
+    if "=" in arg or not os.path.exists(arg):  # os.path: False for a name too long, not OSError
+        return None
+    path = Path(arg)
+    run = any((path.parent / f).exists() for f in ("last.pt", "best.pt", ".hydra"))
+    if path.is_dir() or run and path.suffix.lower() in (".pt", ".pth"):  # not new.pt inputs
+        return shell_arg("resume" if name == "config" else "run" if path.is_dir() else "ckpt", arg)
+    if name == "predict":
+        return shell_arg("input", arg)
+    if {".csv", ".tsv", ".txt"} & {s.lower() for s in path.suffixes}:  # data.csv.gz too
+        return ("dataset=csv " if name == "config" else "") + shell_arg("dataset.path", arg)
+    return None

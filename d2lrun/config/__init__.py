@@ -7,7 +7,6 @@ error means to the user is d2lrun.config.messages'.
 import contextlib
 import dataclasses
 import io
-import os
 import re
 import shlex
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,7 +39,7 @@ from d2lrun.config.schema import (
     yaml_value,
 )
 from d2lrun.errors import UsageError, note
-from d2lrun.files import shell_arg
+from d2lrun.files import path_fix
 
 PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
 
@@ -50,7 +50,9 @@ def compose(
     """The config of `d2lrun OVERRIDES...` via Hydra's Compose API; with_hydra: Hydra's keys too."""
     check_groups(overrides, name)
     if GlobalHydra.instance().is_initialized():  # e.g. d2lrun-eval's @hydra.main: the same configs
-        return hydra_compose(name, list(overrides), return_hydra_config=with_hydra)
+        paths = HydraConfig.get().searchpath if HydraConfig.initialized() else []  # --config-dir's
+        found = [f"hydra.searchpath=[{','.join(paths)}]"] * bool(paths)
+        return hydra_compose(name, [*found, *overrides], return_hydra_config=with_hydra)
     register()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return hydra_compose(name, list(overrides), return_hydra_config=with_hydra)
@@ -173,7 +175,7 @@ def hydra_args(args: Sequence[str]):
     """args as Hydra's argument parser reads them (.overrides, .help, .cfg); None: it says why."""
     quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
     with quiet[0], quiet[1], contextlib.suppress(SystemExit):
-        return get_args_parser().parse_known_args(list(args))[0]
+        return get_args_parser().parse_known_intermixed_args(list(args))[0]  # a=1 -c job b=2
 
 
 def check_flags(args: Sequence[str], name: str = "config") -> None:
@@ -214,27 +216,15 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
     if flags.cfg and flags.package not in (None, "_global_"):  # Hydra: not found, exit 1
         cfg = compose(overrides_of(args), name, with_hydra=flags.cfg != "job")
         sections, package = ["hydra"] if flags.cfg == "hydra" else list(cfg), flags.package
-        if package.split(".")[0] not in sections or OmegaConf.select(cfg, package) is None:
-            raise UsageError(
-                f"-p {package} is not in the config (its sections: {', '.join(sections)}). "
-                f"Fix: -p {closest(package, sections)}."
-            )
-
-
-def path_fix(arg: str, name: str) -> str | None:
-    """The key that a file or folder given alone is meant for: a run's folder or checkpoint for
-    resume=, run= or ckpt=, new inputs for input=, a CSV table for dataset.path=; else None."""
-    if "=" in arg or not os.path.exists(arg):  # os.path: False for a name too long, not OSError
-        return None
-    path = Path(arg)
-    run = any((path.parent / f).exists() for f in ("last.pt", "best.pt", ".hydra"))
-    if path.is_dir() or run and path.suffix.lower() in (".pt", ".pth"):  # not new.pt inputs
-        return shell_arg("resume" if name == "config" else "run" if path.is_dir() else "ckpt", arg)
-    if name == "predict":
-        return shell_arg("input", arg)
-    if {".csv", ".tsv", ".txt"} & {s.lower() for s in path.suffixes}:  # data.csv.gz too
-        return ("dataset=csv " if name == "config" else "") + shell_arg("dataset.path", arg)
-    return None
+        top, parent = package.split(".")[0], package.rpartition(".")[0]
+        if top not in sections or OmegaConf.select(cfg, package) is None:
+            null = top in sections and OmegaConf.select(cfg, package, default=0) is None  # resume
+            fix = f"-p {parent}" if parent else "drop -p"
+            fix = fix if null else f"-p {closest(package, sections)}"
+            fix = f"--cfg hydra -p {package}" if top == "hydra" != sections[0] else fix
+            said = f"is not in the config (its sections: {', '.join(sections)})"
+            said = "is null in the config, which Hydra prints as nothing" if null else said
+            raise UsageError(f"-p {package} {said}. Fix: {fix}.")
 
 
 def overrides_of(args: Sequence[str]) -> list[str]:
@@ -326,6 +316,8 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
     d2lrun-eval or -predict (name), a group of d2lrun's (Hydra: a traceback, or advice to add +)."""
     own = [f.name for f in dataclasses.fields(Predict if name == "predict" else Eval)]
     d2lruns = [*GROUPS, *(f.name for f in dataclasses.fields(Config))]
+    if {"-sc", "--shell-completion"} & set(args):  # its words (install=bash) are Hydra's, not keys
+        return
     for o in OverridesParser.create().parse_overrides(overrides_of(args)):
         value, group = o.value(), o.key_or_group
         section, _, key = group.partition(".")
@@ -373,9 +365,10 @@ def check_groups(args: Sequence[str], name: str = "config") -> None:
 
 
 def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
-    """base less what new sets again, then new (flags such as -m pass through), as Hydra reads."""
-    parse = OverridesParser.create().parse_overrides
-    again = {o.key_or_group: o for o in parse(overrides_of(new))}
+    """base less what new sets again, then new's; new's flags (-m, --cfg job) first, as Hydra reads
+    the overrides only as one run of arguments."""
+    parse, overrides = OverridesParser.create().parse_overrides, overrides_of(new)
+    again = {o.key_or_group: o for o in parse(overrides)}
     old = parse(list(base))
     # new picks another option of a group (logger=none for logger=mlflow): base's keys of it go
     switched = [
@@ -385,7 +378,8 @@ def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
         and o.get_value_element_as_str() != again[o.key_or_group].get_value_element_as_str()
     ]  # fmt: skip
     kept = [o.input_line for o in old if o.key_or_group not in again]
-    return [o for o in kept if not o.lstrip("+~").startswith(tuple(switched))] + list(new)
+    kept = [o for o in kept if not o.lstrip("+~").startswith(tuple(switched))]
+    return [a for a in new if a not in overrides] + kept + overrides
 
 
 def first_difference(a, b, prefix: str):

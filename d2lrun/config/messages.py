@@ -51,7 +51,7 @@ def explain(e: BaseException) -> D2lrunError:
         signum = getattr(e, "signum", 2)  # d2lrun.files.Stop: a stop signal, as Ctrl-C (SIGINT) is
         return Interrupted("interrupted before anything was saved.", signum)
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
-        group, _, name = e.missing_cfg_file.rpartition("/")
+        group, _, name = e.missing_cfg_file.partition("/")  # model=configs/model/mlp.yaml: a path
         return unknown_option(group, name, e.options)
     if isinstance(e, OverrideParseException):
         key, equals, value = e.override.partition("=")
@@ -162,7 +162,7 @@ def unknown_option(group: str, name: str, options) -> UsageError:
     default = next(iter(SCHEMAS.get(group, {})), None)  # config.yaml's: the first
     return UsageError(
         f"Unknown {group} '{name}'. Choose one of: {', '.join(sorted(options))}. "
-        f"Fix: {group}={closest(name, options, default)}."
+        f"Fix: {group}={closest(name.rpartition('/')[2].removesuffix('.yaml'), options, default)}."
     )
 
 

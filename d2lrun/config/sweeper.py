@@ -58,8 +58,9 @@ def has_key(cfg: DictConfig, dotted: str) -> bool:
 
 
 def is_group(o) -> bool:
-    """An override that picks an option (model=mlp, hydra/launcher=joblib), not one of a key."""
-    return o.key_or_group in GROUPS or "/" in o.key_or_group
+    """An override that picks an option (model=mlp, hydra/launcher=joblib), not one of a key; or
+    that says where options are found (hydra.searchpath, as d2lrun.cli passes --config-dir)."""
+    return o.key_or_group in (*GROUPS, "hydra.searchpath") or "/" in o.key_or_group
 
 
 def check_sweep(hydra: DictConfig, overrides: list) -> list[DictConfig]:
@@ -161,7 +162,8 @@ def check_jobs(overrides: list, search: bool, here: bool) -> list[DictConfig]:
     5 ms a job here); devices are looked up where the jobs run (here: not on Slurm's nodes).
     A ${...} is left to its job, where ${hydra:...} resolves (or says why it cannot)."""
     parse = OverridesParser.create().parse_overrides
-    values = {o.get_key_element(): values_of(o) for o in overrides if not o.is_hydra_override()}
+    values = {o.get_key_element(): values_of(o) for o in overrides
+              if not o.is_hydra_override() or is_group(o)}  # fmt: skip
     jobs = list(itertools.product(*values.values()))
     if search:  # each choice and bound once, the other keys at their first
         first = [v[0] for v in values.values()]

@@ -122,6 +122,36 @@ def test_hydras_own_flags_take_their_values_and_help_its_abbreviation(flags):
     assert r.returncode == 0 and r.stdout.startswith("d2lrun: train the models")
 
 
+def test_overrides_on_both_sides_of_a_flag_are_read_as_one_command(tmp_path):
+    """Hydra's parser takes the overrides as one run of arguments: 'a=1 --cfg job b=2' printed its
+    usage text, then 'unrecognized arguments'; and resume= put the run's own overrides before the
+    user's flags, so that 'd2lrun --cfg job resume=RUN' failed so for any flag."""
+    r = run_cli("trainer.epochs=2", "--cfg", "job", "-p", "trainer", "trainer.batch_size=7")
+    assert r.returncode == 0 and "epochs: 2\nbatch_size: 7\n" in r.stdout, r.stderr
+    run = tmp_path / "run"
+    assert run_cli("trainer.epochs=1", *FAST, f"hydra.run.dir={run}").returncode == 0
+    for args in (["--cfg", "job", f"resume={run}"], [f"resume={run}", "-c", "job", "seed=3"]):
+        r = run_cli(*args)
+        assert r.returncode == 0 and f"resume: {run}\n" in r.stdout, r.stdout + r.stderr
+
+
+def test_options_of_a_config_dir_work_wherever_d2lrun_composes(tmp_path):
+    """-cd DIR with an option of DIR trained, but --cfg -p, a sweep and d2lrun-eval said "Unknown
+    model 'mlp2'" (d2lrun's own compose calls read the built-in configs only)."""
+    (tmp_path / "my" / "model").mkdir(parents=True)
+    (tmp_path / "my" / "model" / "mlp2.yaml").write_text(
+        "name: mlp\nimpl: concise\nnum_hiddens: [7]\nactivation: relu\ndropout: 0.0\n"
+    )
+    mine = ["-cd", str(tmp_path / "my"), "model=mlp2"]
+    r = run_cli(*mine, "--cfg", "job", "-p", "model.num_hiddens")
+    assert r.returncode == 0 and r.stdout.endswith("- 7\n"), r.stderr
+    r = run_cli(*mine, "-m", "optim.lr=0.01,0.02", *FAST, f"hydra.sweep.dir={tmp_path / 's'}")
+    assert r.returncode == 0 and "2 completed" in r.stdout, r.stderr
+    run = tmp_path / "s" / "0"
+    r = run_cli(f"--config-dir={tmp_path / 'my'}", f"run={run}", tool="d2lrun-eval")
+    assert r.returncode == 0 and (run / "eval.json").exists(), r.stderr
+
+
 def test_an_override_hydra_cannot_read_says_how_to_quote_it(tmp_path):
     r = run_cli("dataset.target=preis€", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 2 and r.stderr == (
@@ -379,6 +409,27 @@ def test_shell_completion_offers_the_presets_and_its_mistake_is_one_line():
         "d2lrun: error: --shell-completion takes one of 'install', 'uninstall', 'query'. "
         'Fix: eval "$(d2lrun --shell-completion install=bash)".\n'
     )
+
+
+@pytest.mark.parametrize("tool", ["d2lrun-eval", "d2lrun-predict"])
+def test_shell_completion_of_eval_and_predict_works_as_their_help_says(tool):
+    """'d2lrun-eval -sc install=bash' said 'install is not a key of the config'."""
+    r = run_cli("-sc", "install=bash", tool=tool)
+    assert r.returncode == 0 and f"complete -o nospace -o default -F hydra_bash_completion {tool}" \
+        in r.stdout, r.stderr  # fmt: skip
+    r = run_cli("-sc", "query=bash", tool=tool, env={"COMP_LINE": f"{tool} ru"})
+    assert r.returncode == 0 and r.stdout.split() == ["run="], r.stderr
+
+
+def test_hydras_help_to_a_reader_gone_ends_silently():
+    """`d2lrun --hydra-help | head -1`: 'cannot write the output directory outputs (Broken pipe)'
+    when head had left before Hydra's help was written (2 runs in 5 here)."""
+    read, write = os.pipe()
+    os.close(read)  # the reader gone before the first line
+    with os.fdopen(write, "w") as gone:
+        r = subprocess.run([str(BIN / "d2lrun"), "--hydra-help"], stdout=gone,
+                           stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    assert r.stderr == "", r.stderr
 
 
 def test_help_at_the_end_of_a_sweeps_command_shows_its_keys():

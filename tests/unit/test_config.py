@@ -246,6 +246,18 @@ def test_an_override_hydra_cannot_read_gets_a_fix_it_can(override, fix):
         checked(compose([fix]))
 
 
+SECTIONS = "device, seed, resume, trainer, dataset, model, optim, regularizer, init, logger"
+
+
+def test_an_option_given_as_its_files_path_gets_its_name():
+    """Fix: experiment/experiments=ch6_lenet, a group that is none; model/configs/model=conv2d."""
+    assert message("experiment=experiments/ch6_lenet.yaml").endswith("Fix: experiment=ch6_lenet.")
+    assert message("model=configs/model/mlp.yaml").startswith(
+        "Unknown model 'configs/model/mlp.yaml'. Choose one of: conv2d, lenet, linreg, mlp, "
+        "softmax. Fix: model=mlp."
+    )
+
+
 def test_a_name_like_no_option_gets_the_first_option_not_an_arbitrary_one():
     assert message("experiment=zzzz").endswith("Fix: experiment=ch3_linreg_concise.")
     assert message("model.impl=foo").endswith("Fix: model.impl=concise.")  # the YAML's first
@@ -664,6 +676,13 @@ def test_shell_completions_query_run_by_hand_says_how_completion_is_installed():
          "Fix: -p optim."),
         (["--cfg", "hydra", "-p", "launcher"], "-p launcher is not in the config (its sections: "
                                                "hydra). Fix: -p hydra."),
+        # a key of value null: 'not in the config ... Fix: -p resume', the same again
+        (["--cfg", "job", "-p", "resume"], "-p resume is null in the config, which Hydra prints "
+                                           "as nothing. Fix: drop -p."),
+        (["--cfg", "job", "-p", "dataset.folds"], "-p dataset.folds is null in the config, which "
+                                                  "Hydra prints as nothing. Fix: -p dataset."),
+        (["--cfg", "job", "-p", "hydra.run.dir"], "-p hydra.run.dir is not in the config (its "
+         f"sections: {SECTIONS}). Fix: --cfg hydra -p hydra.run.dir."),  # said Fix: -p dataset
         # Hydra swept, and d2lrun, running one job, wrote no table
         (["hydra.mode=MULTIRUN", "optim.lr=0.1,1"], "hydra.mode=MULTIRUN: -m sets Hydra's mode, "
                                                     "for a sweep. Fix: d2lrun -m optim.lr=0.1,1."),

@@ -312,13 +312,21 @@ def test_merge_overrides_drops_the_keys_of_a_group_option_that_is_switched():
     ]
 
 
-def test_merge_overrides_passes_flags_through():
+def test_merge_overrides_passes_flags_through_before_every_override():
+    """Hydra reads the overrides as one run of arguments: the saved ones, then --cfg job, then
+    the user's were refused ('unrecognized arguments')."""
     assert merge_overrides(["optim.lr=0.1", "seed=1"], ["-m", "optim.lr=0.1,0.2"]) == [
-        "seed=1",
         "-m",
+        "seed=1",
         "optim.lr=0.1,0.2",
     ]
-    assert merge_overrides(["seed=1"], ["--multirun"]) == ["seed=1", "--multirun"]
+    assert merge_overrides(["seed=1"], ["--multirun"]) == ["--multirun", "seed=1"]
+    assert merge_overrides(["seed=1"], ["resume=r", "--cfg", "job", "seed=2"]) == [
+        "--cfg",
+        "job",
+        "resume=r",
+        "seed=2",
+    ]
 
 
 def test_values_with_spaces_and_quotes_survive_hydras_parser():
