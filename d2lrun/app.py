@@ -33,7 +33,7 @@ from d2lrun.config import (
     register,
 )
 from d2lrun.config.sweeper import check_same_search
-from d2lrun.errors import Interrupted, RunFailed, UsageError
+from d2lrun.errors import Interrupted, RunFailed, UsageError, chained
 from d2lrun.files import (
     atomic_write,
     claim_dir,
@@ -149,8 +149,7 @@ def named_dir(args: Sequence[str]):
 
 def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], object]):
     """@hydra.main(config_name) over task, with args as its command line; what task returned."""
-    # Left alone, Hydra prints "Error executing job ..." for a task's error, and a sweep's launcher
-    # goes on with the next job after Ctrl-C: the task's error is kept, and raised here.
+    # Hydra printed "Error executing job" and went on after Ctrl-C: the task's error raised here
     outcome: dict = {}
 
     def hydra_task(cfg: DictConfig):
@@ -214,8 +213,7 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
     if not resume:
         return list(args), None
     if kfold_run(folder := Path(resume)):
-        # A k-fold run: run again in its folder, it keeps its completed folds (d2lrun.job.train)
-        # and goes on with the stopped one from its last complete epoch.
+        # A k-fold run goes on in its folder: completed folds kept, the stopped one resumed
         named = None if completed(folder) else given(args, "hydra.run.dir")  # job.train refuses it
         if named is not None and Path(named).resolve() != folder.resolve():
             raise UsageError(
@@ -327,8 +325,9 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
         started = sweep_dir.is_dir() and any(p.name not in kept for p in sweep_dir.iterdir())
         if made and not started:  # refused before any job started: no folder behind
             shutil.rmtree(sweep_dir, ignore_errors=True)
-        if not isinstance(e, KeyboardInterrupt) or not started:
-            raise
+        e = next((x for x in chained(e) if isinstance(x, KeyboardInterrupt)), e)  # a signal in
+        if not isinstance(e, KeyboardInterrupt) or not started:  # OmegaConf's code: its error's
+            raise e
         if isinstance(e.__context__, Interrupted):  # a stack's own line (after epoch 3; ...),
             raise e.__context__ from None  # raised again by the handler it gave way to
         signum = getattr(e, "signum", signal.SIGINT)  # between jobs, or while one saved its files
@@ -349,10 +348,11 @@ def evaluate(args: Sequence[str]) -> dict:
         other = {"data": table_file(run.config.dataset)} if "test_loss" in metrics else {}
         stems = [Path(p).stem for p in (cfg.ckpt, other.get("data")) if p]  # eval-best-FILE.json
         out = run.checkpoint.parent / ("-".join(["eval", *stems]) + ".json")
+        print(json.dumps(metrics), flush=True)  # shown, also when the run's folder is read-only
         write_json(out, {"checkpoint": str(run.checkpoint), "device": str(run.device), **other,
                          **metrics})  # fmt: skip
         every = f" (every row of {shown(other['data'])}, not the run's file)" if other else ""
-        print(f"{json.dumps(metrics)}\nwrote {out}{every}")
+        print(f"wrote {out}{every}")
         return metrics
 
     return run("eval", args, task)
@@ -372,8 +372,8 @@ def predict(args: Sequence[str]) -> Path:
             where = "is a folder" if out.is_dir() else f"is in {out.parent}, which does not exist"
             raise UsageError(f"output={out} {where}. Fix: output=FILE.csv in a folder that exists.")
         # What a run or a sweep keeps, in its folder (any run's, or a sweep's), or in .hydra/
-        kept = out.name in (*RUN_FILES, "summary.csv") or out.suffix in (".pt", ".json", ".png",
-                                                                          ".yaml")  # fmt: skip
+        kept = out.name in (*RUN_FILES, "summary.csv", ".lock")  # .lock: the run's own lock
+        kept = kept or out.suffix in (".pt", ".json", ".png", ".yaml")
         folder = out.resolve().parent
         ours = folder == run.checkpoint.parent.resolve() or folder.name == ".hydra"
         a_run = kept and (ours or any((folder / f).exists() for f in (*RUN_FILES, "multirun.yaml")))

@@ -60,3 +60,10 @@ def alike(name: str, names) -> str | None:
     names = [str(n) for n in names]
     same = [n for n in names if n.lower().strip() == str(name).lower().strip()]
     return (same or difflib.get_close_matches(str(name), names, n=1, cutoff=0.6) or [None])[0]
+
+
+def chained(e: BaseException | None):
+    """e, then what it was raised from or while handling, down the chain."""
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__

@@ -39,8 +39,13 @@ def say(message: str) -> None:
 
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
-    """Write bytes to path so that it is never seen half-written."""
-    path = Path(path)
+    """Write bytes to path so that it is never seen half-written; through a link, to the file it
+    names (the link kept); to a device or pipe (output=/dev/stdout) as it is: no file to replace."""
+    if os.path.exists(path) and not os.path.isfile(path):  # a folder fails here, as it should
+        with open(path, "wb") as f:
+            f.write(data)
+        return Path(path)
+    path = Path(os.path.realpath(path) if os.path.islink(path) else path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -50,8 +55,8 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not e.filename:  # a full disk's write names no file
-            e.filename = str(path)
+        if isinstance(e, OSError) and e.filename in (None, str(tmp)):  # the file meant, not tmp
+            e.filename = str(path)  # (a full disk's write names none)
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)

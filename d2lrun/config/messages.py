@@ -148,8 +148,8 @@ def explain(e: BaseException) -> D2lrunError:
     if isinstance(e, OSError):
         where = f" ({e.filename})" if e.filename else ""
         return RunFailed(
-            f"{e.strerror or e}{where}. Fix: free disk space or choose a writable folder "
-            f"(hydra.run.dir=DIR)."
+            f"{e.strerror or e}{where}. Fix: free disk space, or write where you may: "
+            f"hydra.run.dir=DIR for a run, output=FILE for d2lrun-predict."
         )
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return Bug(

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 
@@ -167,6 +168,40 @@ def test_predict_new_csv_rows_with_missing_values_and_unseen_categories(csv_run)
     assert (
         list(out.columns) == ["size", "color", "label"] and out["label"].tolist() == preds
     )  # named after the target
+
+
+def test_predictions_go_through_a_link_or_to_stdout_and_a_write_that_fails_names_its_file(
+    csv_run, tmp_path
+):
+    """output=LINK replaced the link with a file, the file it named untouched; output=/dev/stdout
+    replaced /dev/stdout itself (as root), nothing printed; output=/proc/x.csv failed naming
+    /proc/.x.csv.tmp4172, its Fix hydra.run.dir=DIR, which predict does not read."""
+    run, tmp = csv_run
+    pd.DataFrame({"size": [2.0], "color": ["red"]}).to_csv(tmp_path / "new.csv", index=False)
+    (tmp_path / "target.csv").write_text("old\n")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "target.csv")
+    predict = [f"run={run}", f"input={tmp_path / 'new.csv'}"]
+    r = run_cli(*predict, f"output={tmp_path / 'link.csv'}", tool="d2lrun-predict")
+    assert r.returncode == 0 and (tmp_path / "link.csv").is_symlink(), r.stderr
+    assert (tmp_path / "target.csv").read_text() == "size,color,label\n2.0,red,big\n"
+    r = run_cli(*predict, "output=/dev/stdout", tool="d2lrun-predict")
+    assert r.returncode == 0 and r.stdout.startswith("size,color,label\n2.0,red,big\n"), r.stderr
+    assert os.path.islink("/dev/stdout") or not os.path.isfile("/dev/stdout")
+    r = run_cli(*predict, "output=/proc/x.csv", tool="d2lrun-predict")
+    assert r.returncode == 1 and r.stderr.startswith("d2lrun-predict: error: ")
+    assert "(/proc/x.csv). Fix: free disk space, or write where you may: " in r.stderr
+    assert "output=FILE for d2lrun-predict." in r.stderr
+
+
+def test_eval_shows_its_metrics_also_where_it_cannot_write_them(image_run, tmp_path):
+    """A run folder that is read-only (shared, archived): d2lrun-eval computed the metrics, then
+    failed writing eval.json before printing them."""
+    run = tmp_path / "run"
+    shutil.copytree(image_run[0], run, ignore=shutil.ignore_patterns("eval*.json"))
+    (run / "eval.json").mkdir()  # cannot be written, even by root
+    r = run_cli(f"run={run}", tool="d2lrun-eval")
+    assert r.returncode == 1 and "val_acc" in json.loads(r.stdout.splitlines()[0]), r.stderr
+    assert r.stderr.startswith(f"d2lrun-eval: error: Is a directory ({run / 'eval.json'})")
 
 
 def test_an_unseen_category_turns_on_no_known_categorys_column(csv_run):

@@ -985,6 +985,7 @@ def test_predictions_go_to_a_file_in_a_folder_that_exists(table_run, tmp_path):
     for output, what in ((new, "the input file"), (folder / "last.pt", "a run's file"),
                          (folder.parent / "t.csv", "the run's data"),
                          (folder / "metrics.json", "a run's file"),
+                         (folder / ".lock", "a run's file"),  # predictions were written into it
                          (other / "metrics.json", "a run's file"),
                          (other / "curves.png", "a run's file"),
                          (sweep / "multirun.yaml", "a run's file"),

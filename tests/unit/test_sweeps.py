@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import signal
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
@@ -804,6 +805,37 @@ def test_ctrl_c_between_jobs_says_how_to_finish_the_sweep(tmp_path, monkeypatch)
         f"interrupted. To finish the sweep, run the same command again with hydra.sweep.dir={s}"
     )
     assert (s / "multirun.yaml").exists() and (s / "0").is_dir()
+
+
+def test_a_signal_inside_omegaconfs_code_between_jobs_is_an_interruption(tmp_path, monkeypatch):
+    """SIGTERM while Hydra composed job 1 (OmegaConf's flag_override): its finally failed on the
+    half-set node, so the sweep ended on ConfigCompositionException, explained with a TypeError's
+    traceback and exit 1, not 143 and the line that finishes the sweep (2 tries in 25 here)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.errors import ConfigCompositionException
+
+    from d2lrun.files import Stop
+
+    calls, load = [], ConfigLoaderImpl.load_sweep_config
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        calls.append(sweep_overrides)
+        if len(calls) == 4:  # the sweeper's checks, job 0, then job 1
+            try:
+                raise Stop(signal.SIGTERM)
+            except Stop:
+                try:
+                    None._invalidate_flags_cache()
+                except AttributeError as e:
+                    raise ConfigCompositionException("Error merging override") from e
+        return load(self, master_config, sweep_overrides)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", load_sweep_config)
+    monkeypatch.setattr(sweep, "run_job", lambda cfg, run_dir, *_: run_dir.mkdir(parents=True))
+    s = tmp_path / "sweep"
+    with pytest.raises(Interrupted) as e:
+        app.sweep(["optim.lr=0.1,0.3", f"hydra.sweep.dir={s}"])
+    assert e.value.exit_code == 143 and str(e.value).startswith("interrupted. To finish the sweep")
 
 
 def test_jobs_without_hydras_folder_are_matched_to_the_grid_by_number(tmp_path):
