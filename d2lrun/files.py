@@ -17,8 +17,9 @@ from pathlib import Path
 from d2lrun.errors import RunFailed
 
 # What clusters and containers send to stop a process: SIGTERM (Slurm's time limit and scancel,
-# docker stop, systemd, Kubernetes) and the warning Slurm can send before (--signal=USR2@90).
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+# docker stop, systemd, Kubernetes) and the warning Slurm can send before (--signal=USR2@90); and
+# SIGHUP, a terminal closed or an ssh session dropped (ignored under nohup: then here too).
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP")
 
 # Names the file that says a signal stopped this process's sweep, which of two into one folder
 STOP_MARKER = "D2LRUN_STOP_MARKER"  # stops only that one; joblib's workers inherit it (environ)

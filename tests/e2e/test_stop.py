@@ -24,7 +24,7 @@ def start(*args: str, cwd=None) -> subprocess.Popen:
                             cwd=cwd, env=env)  # fmt: skip
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP])  # HUP: ssh
 def test_a_stop_signal_mid_epoch_keeps_the_run_and_resume_finishes_it(tmp_path, signum):
     run_dir = tmp_path / "my run"  # its 'Resume with:' pasted into a shell: quoted
     proc = start(*SLOW, f"hydra.run.dir={run_dir}")
