@@ -3,6 +3,7 @@ a crash or `kill -9` sees the old complete file or the new one. Also its lock an
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -231,9 +232,10 @@ def remove_empty(folders) -> None:
 
 
 def unwritable(folder: str | Path, e: OSError) -> RunFailed:
+    space = "free disk space, or " if e.errno == errno.ENOSPC else ""  # a full disk: not the folder
     return RunFailed(
-        f"cannot write the output directory {folder} ({e.strerror}). Fix: choose a writable one "
-        f"with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)."
+        f"cannot write the output directory {folder} ({e.strerror}). Fix: {space}choose a writable "
+        f"one with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)."
     )
 
 

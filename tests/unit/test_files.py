@@ -1,6 +1,7 @@
 """A run's files: atomic writes that keep the old file when a write fails, the CSV and JSON writers,
 and output folders claimed once each."""
 
+import errno
 import json
 import os
 import re
@@ -194,6 +195,17 @@ def test_when_every_suffix_is_taken_the_error_names_the_folder(tmp_path, monkeyp
     assert str(e.value) == (
         f"cannot write the output directory {tmp_path / 'run'} (all 10,000 suffixes are taken). "
         "Fix: choose a writable one with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)."
+    )
+
+
+def test_a_full_disk_as_the_run_folder_is_made_says_to_free_space():
+    """It said only 'choose a writable one', as for a folder of another owner."""
+    from d2lrun.files import unwritable
+
+    full = unwritable("outputs/r", OSError(errno.ENOSPC, "No space left on device"))
+    assert str(full) == (
+        "cannot write the output directory outputs/r (No space left on device). Fix: free disk "
+        "space, or choose a writable one with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)."
     )
 
 
