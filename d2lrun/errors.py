@@ -63,7 +63,8 @@ def alike(name: str, names) -> str | None:
 
 
 def chained(e: BaseException | None):
-    """e, then what it was raised from or while handling, down the chain."""
+    """e, then what it was raised from or while handling, down the chain as a traceback shows it
+    (raise ... from None ends it)."""
     while e is not None:
         yield e
-        e = e.__cause__ or e.__context__
+        e = e.__cause__ if e.__cause__ is not None or e.__suppress_context__ else e.__context__

@@ -387,8 +387,8 @@ def test_devices():
             OSError(errno.ENOSPC, "No space left on device", "/tmp/run/last.pt"),
             RunFailed,
             1,
-            "No space left on device (/tmp/run/last.pt). Fix: free disk space or choose a "
-            "writable folder (hydra.run.dir=DIR).",
+            "No space left on device (/tmp/run/last.pt). Fix: free disk space, or write where "
+            "you may: hydra.run.dir=DIR for a run, output=FILE for d2lrun-predict.",
         ),
         (
             ZeroDivisionError("division by zero\nwhere it happened"),
