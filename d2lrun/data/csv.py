@@ -47,9 +47,10 @@ def fit_preprocess(
 
 def transform(features: pd.DataFrame, stats: dict, source: str = "the input") -> np.ndarray:
     """§2.2 on fitted statistics: fillna(mean) (then standardize), one-hot with a NaN column."""
-    missing = [c for c in [*stats["numeric"], *stats["categorical"]] if c not in features.columns]
+    used = [*stats["numeric"], *stats["categorical"]]
+    missing = [c for c in used if c not in features.columns]
     if missing:
-        unused = [c for c in features.columns if c not in stats["numeric"] | stats["categorical"]]
+        unused = [c for c in features.columns if c not in used]
         near = {m: n for m in missing if (n := alike(m, unused))}  # ' a ', Price: data of a, price
         fix = ", ".join(f"rename '{n}' to '{m}'" for m, n in near.items())
         fix = commas_fix(features.columns, fix or "add them (values may be empty)")
