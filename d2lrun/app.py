@@ -32,13 +32,14 @@ from d2lrun.config import (
     overrides_of,
     register,
 )
-from d2lrun.config.sweeper import check_same_search
+from d2lrun.config.sweeper import check_same_sweep
 from d2lrun.errors import Interrupted, RunFailed, UsageError, chained
 from d2lrun.files import (
     atomic_write,
     claim_dir,
     completed,
     deferred_signals,
+    held_dir,
     hold,
     kfold_run,
     override,
@@ -112,11 +113,7 @@ def named_dir(args: Sequence[str]):
         return
     folder = Path(named)
     made = not folder.exists()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise unwritable(folder, e) from None
-    lock = hold(folder)
+    lock = held_dir(folder)
     if lock is None:
         raise UsageError(
             f"hydra.run.dir={named} is being written by another run now. "
@@ -269,7 +266,6 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     args = [again.get(a, a) for a in args]  # a key only swept options have, as Hydra takes it
     lines = overrides_of(args)  # not the flags (--cfg job), which Hydra reads itself
     task = [a for a in lines if not a.lstrip("+~").startswith("hydra")]  # as Hydra splits them
-    parse = OverridesParser.create().parse_overrides
     args = literal_dir(args, "hydra.sweep.dir", cfg)
     given_dir = given(args, "hydra.sweep.dir")
     if given_dir and TIMESTAMP in given_dir:  # claimed below, as the default folder is
@@ -277,38 +273,28 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     if given_dir == "":  # Hydra would write the jobs into the current folder
         raise UsageError("hydra.sweep.dir= names no folder. Fix: hydra.sweep.dir=outputs/"
                          "multirun/NAME.")  # fmt: skip
-    if given_dir:  # named by the user: run again into it, completed jobs are skipped
-        sweep_dir = Path(given_dir)
-        plan = sweep_dir / "multirun.yaml"
-        before = list(OmegaConf.load(plan).hydra.overrides.task) if plan.exists() else task
-        # Its job folders (not always with .hydra/: hydra.output_subdir=null), not .submitit/
-        started = plan.exists() and any(
-            p.is_dir() and not p.name.startswith(".") for p in sweep_dir.iterdir()
-        )
-        if started and sorted(before) != sorted(task):  # its folders 0/, 1/, ... hold other jobs
-            raise UsageError(
-                f"hydra.sweep.dir={given_dir} holds another sweep ({' '.join(before)}). Fix: "
-                f"the same overrides to finish that one, or another hydra.sweep.dir."
-            )
-        if started:  # another sampler seed (hydra.sweeper.*) or subdir: other jobs too
-            check_same_search(OmegaConf.load(plan).hydra, cfg.hydra, given_dir)
-        swept = [[o.input_line for o in parse(x) if o.is_sweep_override()] for x in (before, task)]
-        if started and swept[0] != swept[1]:  # Hydra numbers the jobs in the order of these
-            raise UsageError(
-                f"hydra.sweep.dir={given_dir} holds this sweep with its swept keys in another "
-                f"order ({' '.join(swept[0])}), which numbers its jobs 0/, 1/, ... Fix: give them "
-                f"in that order, or another hydra.sweep.dir."
-            )
-    else:  # the configured folder, claimed: two sweeps started in one second never share it
-        sweep_dir = claim_dir(cfg.hydra.sweep.dir)
-        args = [override("hydra.sweep.dir", str(sweep_dir)), *args]  # before any flag
-    made = not sweep_dir.exists() or not given_dir
-    try:  # the plan, for d2lrun-report and a re-run: this run's (a search's n_trials may change)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise unwritable(sweep_dir, e) from None
-    cfg.hydra.overrides.task = task  # (Hydra's basic sweeper saves it too, Optuna's does not)
-    atomic_write(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(cfg).encode())
+    made = not (given_dir and Path(given_dir).exists())
+    # Named by the user: run again into it, completed jobs skipped; else the configured folder,
+    # claimed: two sweeps started in one second never share it. Locked: a second sweep into it
+    # waits for the first to end, then skips its jobs: Hydra (re)writes multirun.yaml and its
+    # jobs' .hydra/ in place, which one sweep would read half-written as the other writes them.
+    sweep_dir = Path(given_dir) if given_dir else claim_dir(cfg.hydra.sweep.dir)
+    waiting = f"waiting for the sweep running into {shown(sweep_dir)} to end (Ctrl-C to stop)"
+    with held_dir(sweep_dir, waiting):
+        if given_dir:
+            check_same_sweep(sweep_dir, task, cfg.hydra, given_dir)
+        else:
+            args = [override("hydra.sweep.dir", str(sweep_dir)), *args]  # before any flag
+        # The plan, for d2lrun-report and a re-run: this run's (a search's n_trials may change)
+        cfg.hydra.overrides.task = task  # (Hydra's basic sweeper saves it too, Optuna's does not)
+        atomic_write(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(cfg).encode())
+        return launched(sweep_dir, args, cfg, ckpt, made)
+
+
+def launched(sweep_dir: Path, args: list[str], cfg: DictConfig, ckpt: dict | None, made: bool):
+    """The sweep's jobs, launched by Hydra into sweep_dir (made: by this sweep); as sweep()."""
+    from d2lrun import sweeps
+
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's INFO lines, not Hydra's
 
     def job(cfg: DictConfig) -> float:
@@ -321,7 +307,7 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
             run("config", ["-m", *args], job)
             return sweep_dir, sweeps.report(sweep_dir)  # a signal then: as one between jobs
     except BaseException as e:
-        kept = {"multirun.yaml", *[".submitit"] * isinstance(e, UsageError)}  # Slurm refused it
+        kept = {"multirun.yaml", ".lock", *[".submitit"] * isinstance(e, UsageError)}  # Slurm's
         started = sweep_dir.is_dir() and any(p.name not in kept for p in sweep_dir.iterdir())
         if made and not started:  # refused before any job started: no folder behind
             shutil.rmtree(sweep_dir, ignore_errors=True)

@@ -223,6 +223,27 @@ def hold(folder: Path, wait: bool = False, name: str = ".lock"):
     return lock
 
 
+def held_dir(folder: Path, waiting: str | None = None):
+    """folder, made, and locked (hold) while the returned file is open; None while another process
+    holds it, or with waiting: that line said, then waited until it lets go."""
+    wait = False
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = hold(folder, wait)
+        except FileNotFoundError:  # removed since made, by a sweep refused as it started: again
+            continue
+        except OSError as e:
+            raise unwritable(folder, e) from None
+        if lock is None and waiting and not wait:
+            say(waiting)
+            wait = True
+        elif lock is None or os.fstat(lock.fileno()).st_nlink:
+            return lock
+        else:  # its holder removed the folder (as above) while this one waited
+            lock.close()
+
+
 def remove_empty(folders) -> None:
     """Each folder, in order, if it is empty: what a failed attempt made (deepest first) and left
     empty goes again; any folder with a file stays."""

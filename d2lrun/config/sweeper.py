@@ -8,6 +8,7 @@ import io
 import itertools
 import math
 import re
+from pathlib import Path
 
 # Loaded with d2lrun.config already; the basic sweeper's module is not, and waits for a sweep.
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -247,10 +248,21 @@ def check_subdir(hydra: DictConfig, overrides: list) -> None:
         folders[folder] = num
 
 
-def check_same_search(saved: DictConfig, hydra: DictConfig, folder: str) -> None:
-    """A sweep run again into its folder searches as before: its sampler, seed (one was given),
-    search space and subdir (saved: the hydra section of its multirun.yaml); n_trials and n_jobs
-    may change."""
+def check_same_sweep(sweep_dir: Path, task: list[str], hydra: DictConfig, folder: str) -> None:
+    """A sweep run again into its folder (named folder) runs the jobs it ran (task: its overrides
+    as Hydra keeps them) in the same order and searches as before: its sampler, seed (one was
+    given), search space and subdir, as its multirun.yaml says; n_trials and n_jobs may change."""
+    plan = sweep_dir / "multirun.yaml"
+    # Its job folders (not always with .hydra/: hydra.output_subdir=null), not .submitit/
+    if not plan.exists() or not any(p.is_dir() and p.name[0] != "." for p in sweep_dir.iterdir()):
+        return
+    saved = OmegaConf.load(plan).hydra
+    before = list(saved.overrides.task)
+    if sorted(before) != sorted(task):  # its folders 0/, 1/, ... hold other jobs
+        raise UsageError(
+            f"hydra.sweep.dir={folder} holds another sweep ({' '.join(before)}). Fix: "
+            f"the same overrides to finish that one, or another hydra.sweep.dir."
+        )
     chosen = [OmegaConf.select(h, "runtime.choices", default={}) for h in (saved, hydra)]
     for group, there in chosen[0].items():  # hydra/sweeper/sampler=random: the option
         asked = chosen[1].get(group)
@@ -279,4 +291,12 @@ def check_same_search(saved: DictConfig, hydra: DictConfig, folder: str) -> None
         raise UsageError(
             f"hydra.sweep.dir={folder} holds another sweep ({key}={there} there, {asked} now). "
             f"Fix: {fix} to finish that one, or another hydra.sweep.dir."
+        )
+    parse = OverridesParser.create().parse_overrides
+    swept = [[o.input_line for o in parse(x) if o.is_sweep_override()] for x in (before, task)]
+    if swept[0] != swept[1]:  # Hydra numbers the jobs in the order of these
+        raise UsageError(
+            f"hydra.sweep.dir={folder} holds this sweep with its swept keys in another "
+            f"order ({' '.join(swept[0])}), which numbers its jobs 0/, 1/, ... Fix: give them "
+            f"in that order, or another hydra.sweep.dir."
         )

@@ -142,6 +142,22 @@ def test_two_sweeps_into_one_folder_lose_no_job(tmp_path):
     ]
 
 
+def test_a_sweep_into_a_running_sweeps_folder_waits_for_it_then_skips_its_jobs(tmp_path):
+    # About 4 s a job: the second starts (2 s or more) while the first still runs
+    sweep = ["-m", "optim.lr=0.01,0.03", *SLOW, "trainer.epochs=12", f"hydra.sweep.dir={tmp_path}"]
+    first = start(*sweep)
+    for line in first.stdout:
+        if line.startswith("epoch  1/12"):
+            break
+    second = start(*sweep)
+    assert second.stdout.readline() == (
+        f"waiting for the sweep running into {tmp_path} to end (Ctrl-C to stop)\n"
+    )
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outs
+    assert outs[1][0].count("already completed") == 2 and " -> " not in outs[1][0]
+
+
 def test_a_stopped_sweep_job_goes_on_from_its_last_epoch_when_run_again(tmp_path):
     sweep = ["-m", "optim.lr=0.01,0.03", *SLOW, f"hydra.sweep.dir={tmp_path}"]
     proc = start(*sweep)

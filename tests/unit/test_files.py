@@ -5,9 +5,11 @@ import errno
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from d2lrun.errors import RunFailed
 from d2lrun.files import (
     atomic_write,
     claim_dir,
+    held_dir,
     hold,
     remove_stale_temporaries,
     save_torch,
@@ -182,6 +185,54 @@ def test_a_waiting_holder_gets_the_folder_when_its_holder_lets_go(tmp_path):
     waiter.join(10)
     assert got and got[0] is not None
     got[0].close()
+
+
+def test_a_folder_held_by_another_sweep_is_waited_for_with_a_line(tmp_path, capsys):
+    folder = tmp_path / "sweep"
+    first, got = held_dir(folder), []
+    assert held_dir(folder) is None  # a run's named folder: refused at once (app.named_dir)
+    waiter = threading.Thread(target=lambda: got.append(held_dir(folder, "waiting for it")))
+    waiter.start()
+    assert said(capsys) == "waiting for it\n"
+    waiter.join(0.5)
+    assert waiter.is_alive() and not got  # still waiting
+    first.close()
+    waiter.join(10)
+    assert got[0] is not None and hold(folder) is None  # held now by the one that waited
+    got[0].close()
+
+
+def test_a_waiter_whose_holder_removed_the_folder_makes_it_again_and_holds_it(tmp_path, capsys):
+    """A sweep refused as it launched removes the folder it made; the one waiting goes on."""
+    folder = tmp_path / "sweep"
+    first, got = held_dir(folder), []
+    waiter = threading.Thread(target=lambda: got.append(held_dir(folder, "waiting")))
+    waiter.start()
+    assert said(capsys) == "waiting\n"
+    shutil.rmtree(folder)
+    first.close()
+    waiter.join(10)
+    assert folder.is_dir() and hold(folder) is None  # its lock is the folder's, not a removed one
+    got[0].close()
+
+
+def said(capsys) -> str:
+    """What a thread printed, once it has (within 10 s)."""
+    for _ in range(1000):
+        if out := capsys.readouterr().out:
+            return out
+        time.sleep(0.01)
+    return ""
+
+
+def test_a_folder_to_hold_that_cannot_be_made_says_so(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunFailed) as e:
+        held_dir(tmp_path / "file" / "sweep")
+    assert str(e.value) == (
+        f"cannot write the output directory {tmp_path / 'file' / 'sweep'} (Not a directory). "
+        "Fix: choose a writable one with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)."
+    )
 
 
 def test_when_every_suffix_is_taken_the_error_names_the_folder(tmp_path, monkeypatch):

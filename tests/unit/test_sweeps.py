@@ -1199,9 +1199,9 @@ def test_a_search_without_a_seed_run_again_is_refused_and_a_completed_job_keeps_
 
 
 def test_a_signal_to_one_sweep_does_not_stop_another_sweep_into_its_folder(tmp_path, monkeypatch):
-    """Two sweeps into one folder share the work, but Ctrl-C on one (A) wrote .stopping, which the
-    other (B) took for its own: its next job was 'interrupted before it started', exit 143, the
-    table said 'unfinished', and .stopping stayed in the folder."""
+    """Two sweeps into one folder (B started as A's command stops, or beside A's Slurm jobs):
+    Ctrl-C on A wrote .stopping, which B took for its own: its next job was 'interrupted before it
+    started', exit 143, the table said 'unfinished', and .stopping stayed in the folder."""
     import contextlib
     import signal
     import sys
