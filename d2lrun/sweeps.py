@@ -12,7 +12,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from yaml import YAMLError
 
 from d2lrun.config import given
 from d2lrun.config.messages import explain
@@ -206,15 +207,23 @@ def found_jobs(sweep_dir: Path) -> list[tuple]:
                 is_job = (p / ".hydra").is_dir() or (p / "metrics.json").exists()
                 yield from [p] if is_job else folders(p)  # not into a job's: fold_0/, tensorboard/
 
+    def saved(path: Path) -> DictConfig | ListConfig | None:
+        """A job's .hydra/ file, None where missing or half-written: Hydra writes it in place as
+        the job starts (on Slurm, as d2lrun-report may read it)."""
+        try:
+            return OmegaConf.load(path)
+        except (OSError, YAMLError):
+            return None
+
     found = []
     for d in folders(sweep_dir):
         name, overrides, hydra = d.relative_to(sweep_dir).as_posix(), None, d / ".hydra"
-        if (hydra / "overrides.yaml").exists():  # as typed: ${oc.env:B} is not resolved here
-            typed = OmegaConf.to_container(OmegaConf.load(hydra / "overrides.yaml"), resolve=False)
+        if isinstance(typed := saved(hydra / "overrides.yaml"), ListConfig):
+            typed = OmegaConf.to_container(typed, resolve=False)  # as typed: ${oc.env:B} too
             overrides = dict(o.split("=", 1) for o in typed if "=" in o)
         num = job_number(name)
-        if not name.isdigit() and (hydra / "hydra.yaml").exists():  # a subdir of its own
-            recorded = OmegaConf.select(OmegaConf.load(hydra / "hydra.yaml"), "hydra.job.num")
+        if not name.isdigit() and isinstance(meta := saved(hydra / "hydra.yaml"), DictConfig):
+            recorded = OmegaConf.select(meta, "hydra.job.num")  # a subdir of its own
             num = recorded if isinstance(recorded, int) else num
         found.append((num, name, overrides, read_json(d / "metrics.json")))
     return sorted(found, key=lambda job: job[:2])

@@ -274,6 +274,25 @@ def test_heatmap_colours_each_jobs_cell_by_its_best_value_and_failures_grey(tmp_
     assert all(a > b for a, b in pairwise(brightness))  # 0.1, 0.2, 0.3, 0.4: lower is brighter
 
 
+def test_a_job_whose_hydra_files_are_being_written_is_in_the_table_as_planned(tmp_path):
+    """Hydra writes a job's .hydra/ in place as it starts (on Slurm, while d2lrun-report runs):
+    a half-written overrides.yaml ended the report with 'ScannerError (a bug in d2lrun?)'."""
+    s = tmp_path / "sweep"
+    s.mkdir()
+    sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}
+    OmegaConf.save({"hydra": {"sweeper": sweeper, "overrides": {"task": ["optim.lr=0.1,0.01"]}}},
+                   s / "multirun.yaml")  # fmt: skip
+    write_job(s, 0, ["optim.lr=0.1"], done(0.5))
+    write_job(s, 1, [])
+    (s / "1" / ".hydra" / "overrides.yaml").write_text("- 'optim.lr")  # cut off mid-write
+    sweep.report(s, show=False)
+    rows = list(csv.DictReader(open(s / "summary.csv")))
+    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [
+        ("0", "0.1", "completed"),
+        ("1", "0.01", "unfinished"),
+    ]
+
+
 def test_report_names_the_problem_and_the_fix(tmp_path):
     with pytest.raises(
         UsageError, match="is not a folder. Fix: d2lrun-report outputs/multirun/DATE/TIME"
