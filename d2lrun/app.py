@@ -80,7 +80,8 @@ def set_override(args: Sequence[str], key: str, value: str | None) -> list[str]:
 class RunDir(Callback):
     """The configured hydra.run.dir claimed (d2lrun.files.claim_dir) before Hydra writes into it."""
 
-    lock = None  # let go by run(): Hydra calls no on_run_end when the task raises (Ctrl-C)
+    folder: Path | None = None  # claimed, and held with lock
+    lock = None
     made: list[Path] = []  # the two folders above it that it made (outputs/DATE/, outputs/)
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
@@ -88,16 +89,22 @@ class RunDir(Callback):
             return  # named: named_dir holds it
         with contextlib.suppress(RunFailed):  # unwritable: Hydra's own mkdir then says so
             RunDir.made = [p for p in Path(config.hydra.run.dir).parents[:2] if not p.exists()]
-            folder = claim_dir(config.hydra.run.dir)
+            RunDir.folder = folder = claim_dir(config.hydra.run.dir)
             RunDir.lock = hold(folder)  # a resume= into it is refused while the run runs
             with read_write(config.hydra.run):
                 config.hydra.run.dir = str(folder)
 
     @classmethod
     def release(cls) -> None:
+        """Let go of the folder, by run() however the run ended (Hydra calls no on_run_end when
+        the task raises); one that holds no run goes, and the folders above it that it made:
+        refused, stopped or failed before its first epoch, or Hydra's own writes failed."""
+        if cls.folder is not None and untrained(cls.folder):
+            shutil.rmtree(cls.folder, ignore_errors=True)
+            remove_empty(cls.made)
         if cls.lock is not None:
             cls.lock.close()
-            cls.lock = None
+        cls.folder = cls.lock = None
 
 
 @contextlib.contextmanager
@@ -237,16 +244,10 @@ def train(args: Sequence[str]) -> Path:
 
 
 def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
+    """One run in its folder (claimed by RunDir, or held by named_dir: each removes it if it
+    made it and no run began there)."""
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    try:
-        job.train(cfg, run_dir, list(hc.overrides.task), ckpt, draw=draw)
-    except BaseException:  # refused, stopped or failed before it started: no folder behind
-        # claimed by RunDir as the run started (None: named, which named_dir removes if it made it)
-        if claimed_dir(hc) is not None and untrained(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-            remove_empty(RunDir.made)  # nor an empty outputs/DATE/ it made, nor outputs/
-        raise
+    job.train(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), ckpt, draw=draw)
     return Path(hc.run.dir)  # as named (relative to where the command ran)
 
 

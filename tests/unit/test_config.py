@@ -550,6 +550,25 @@ def test_a_run_refused_before_it_started_leaves_no_folder(tmp_path, monkeypatch)
     assert not (tmp_path / ".hydra").exists()  # hydra.run.dir= would write here
 
 
+def test_a_disk_full_as_hydra_writes_a_runs_config_leaves_no_folder(tmp_path, monkeypatch):
+    """It left the claimed outputs/DATE/TIME with .lock and an empty .hydra/config.yaml."""
+    import hydra.core.utils
+
+    from d2lrun import app
+
+    def full(cfg, filename, output_dir):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / filename).touch()  # opened, then nothing written
+        raise OSError(errno.ENOSPC, "No space left on device", str(output_dir / filename))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hydra.core.utils, "_save_config", full)
+    with pytest.raises(RunFailed) as e:
+        app.train(["trainer.progress=false"])
+    assert "(No space left on device). Fix: free disk space, or" in str(e.value)
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     "args,reason",
     [

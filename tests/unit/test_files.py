@@ -288,6 +288,7 @@ def test_without_posix_locks_a_run_folder_is_held_by_its_claim_alone(tmp_path, m
     for claimed in ("run", "run_2"):  # two runs started in the same second
         RunDir().on_run_start(config)
         assert config.hydra.run.dir == str(tmp_path / claimed)
+        (tmp_path / claimed / "metrics.csv").touch()  # it ran (a folder with no run goes)
         config.hydra.run.dir = str(tmp_path / "run")
         lock = RunDir.lock
         RunDir.release()  # as app.run does, however the run ended
