@@ -226,22 +226,19 @@ def hold(folder: Path, wait: bool = False, name: str = ".lock"):
 def held_dir(folder: Path, waiting: str | None = None):
     """folder, made, and locked (hold) while the returned file is open; None while another process
     holds it, or with waiting: that line said, then waited until it lets go."""
-    wait = False
     while True:
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            lock = hold(folder, wait)
+            if (lock := hold(folder)) is None and waiting:
+                say(waiting)
+                lock = hold(folder, wait=True)
         except FileNotFoundError:  # removed since made, by a sweep refused as it started: again
             continue
         except OSError as e:
             raise unwritable(folder, e) from None
-        if lock is None and waiting and not wait:
-            say(waiting)
-            wait = True
-        elif lock is None or os.fstat(lock.fileno()).st_nlink:
+        if lock is None or os.fstat(lock.fileno()).st_nlink:
             return lock
-        else:  # its holder removed the folder (as above) while this one waited
-            lock.close()
+        lock.close()  # its holder removed the folder (as above) while this one waited: again
 
 
 def remove_empty(folders) -> None:
@@ -252,8 +249,12 @@ def remove_empty(folders) -> None:
             folder.rmdir()
 
 
+def disk_full(e: OSError) -> bool:  # a want of room (a full disk, a quota), not of permission
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def unwritable(folder: str | Path, e: OSError) -> RunFailed:
-    space = "free disk space, or " if e.errno == errno.ENOSPC else ""  # a full disk: not the folder
+    space = "free disk space, or " if disk_full(e) else ""  # a full disk: not the folder
     return RunFailed(
         f"cannot write the output directory {folder} ({e.strerror}). Fix: {space}choose a writable "
         f"one with hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)."
@@ -310,8 +311,7 @@ def untrained(folder: Path, ended: bool = False) -> bool:
 def write_csv(path: str | Path, rows: list[dict]) -> Path:
     """Rows of dicts as CSV, columns in first-seen order (csv, not pandas: 0.4 s less a run)."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buf := io.StringIO(), fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write(path, buf.getvalue().encode())

@@ -20,6 +20,7 @@ from d2lrun.files import (
     by,
     completed,
     deferred_signals,
+    disk_full,
     read_json,
     remove_empty,
     save_torch,
@@ -297,10 +298,9 @@ class Run:
             write_json(self.run_dir / "metrics.json", summary)
         self.tracker.finish("failed", summary, self.run_dir)
         if isinstance(e, OSError) and (self.run_dir / "last.pt").exists():
-            return RunFailed(
-                f"{e.strerror} ({e.filename}). Fix: free disk space, then d2lrun "
-                f"{shell_arg('resume', self.run_dir)} (its last.pt is kept)."
-            )
+            fix = "free disk space" if disk_full(e) else f"make {self.run_dir} writable again"
+            fix += f", then d2lrun {shell_arg('resume', self.run_dir)} (its last.pt is kept)."
+            return RunFailed(f"{e.strerror} ({e.filename}). Fix: {fix}")
         return e
 
     def end(self, status: str, reason: str | None = None, signum: int | None = None) -> dict:

@@ -184,8 +184,18 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, capsys):
     assert (tmp_path / "run" / "last.pt").read_bytes() == good
 
 
-def test_a_failing_write_leaves_no_half_written_checkpoint(tmp_path, capsys, monkeypatch):
-    """Disk full on the second epoch's checkpoint: exit 1, one line, epoch 1's checkpoint intact."""
+@pytest.mark.parametrize(
+    "error,fix",
+    [
+        (OSError(28, "No space left on device"), "free disk space"),
+        (PermissionError(13, "Permission denied"), "make {run} writable again"),  # not disk space
+    ],
+)
+def test_a_failing_write_leaves_no_half_written_checkpoint(
+    tmp_path, capsys, monkeypatch, error, fix
+):
+    """Disk full (or the folder made read-only) on the second epoch's checkpoint: exit 1, one line
+    with what to do, epoch 1's checkpoint intact."""
     import d2lrun.files as files
 
     real_fsync, calls = os.fsync, []
@@ -195,16 +205,16 @@ def test_a_failing_write_leaves_no_half_written_checkpoint(tmp_path, capsys, mon
         if (
             len(calls) > 4
         ):  # epoch 1 wrote best.pt and last.pt (and fsynced each file and its folder)
-            raise OSError(28, "No space left on device")
+            raise error
         return real_fsync(fd)
 
     monkeypatch.setattr(files.os, "fsync", failing_fsync)
     code = run_in_process(tmp_path, "trainer.epochs=3")
     monkeypatch.undo()
-    line = one_line(capsys)  # it named no file, nor how to go on
-    assert code == 1 and f"No space left on device ({tmp_path / 'run'}/" in line
+    line, run = one_line(capsys), tmp_path / "run"  # it named no file, nor how to go on
+    assert code == 1 and f"{error.strerror} ({run}/" in line
     assert line.endswith(
-        f"Fix: free disk space, then d2lrun resume={tmp_path / 'run'} (its last.pt is kept)."
+        f"Fix: {fix.format(run=run)}, then d2lrun resume={run} (its last.pt is kept)."
     )
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
     assert not [p for p in (tmp_path / "run").iterdir() if ".tmp" in p.name]

@@ -26,7 +26,7 @@ from d2lrun.config.schema import (
     yaml_value,
 )
 from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
-from d2lrun.files import typed_arg
+from d2lrun.files import disk_full, typed_arg
 
 
 def quote_items(found: re.Match) -> str:
@@ -147,9 +147,10 @@ def explain(e: BaseException) -> D2lrunError:
         return UsageError(" ".join(lines) + " Fix: see `d2lrun --help` for the keys and options.")
     if isinstance(e, OSError):
         where = f" ({e.filename})" if e.filename else ""
+        space = "free disk space, or " if disk_full(e) else ""
         return RunFailed(
-            f"{e.strerror or e}{where}. Fix: free disk space, or write where you may: "
-            f"hydra.run.dir=DIR for a run, output=FILE for d2lrun-predict."
+            f"{e.strerror or e}{where}. Fix: {space}write where you may: hydra.run.dir=DIR for "
+            f"a run, output=FILE for d2lrun-predict."
         )
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return Bug(

@@ -391,6 +391,13 @@ def test_devices():
             "you may: hydra.run.dir=DIR for a run, output=FILE for d2lrun-predict.",
         ),
         (
+            PermissionError(errno.EACCES, "Permission denied", "/tmp/run/last.pt"),
+            RunFailed,
+            1,
+            "Permission denied (/tmp/run/last.pt). Fix: write where you may: hydra.run.dir=DIR "
+            "for a run, output=FILE for d2lrun-predict.",  # no disk space to free
+        ),
+        (
             ZeroDivisionError("division by zero\nwhere it happened"),
             Bug,
             1,
@@ -398,7 +405,7 @@ def test_devices():
             "(a bug in d2lrun? HYDRA_FULL_ERROR=1 shows the traceback)",
         ),
     ],
-    ids=["ctrl-c", "disk-full", "bug"],
+    ids=["ctrl-c", "disk-full", "permission", "bug"],
 )
 def test_explain_turns_any_exception_into_one_line_and_its_exit_code(error, kind, code, expected):
     explained = explain(error)
