@@ -36,6 +36,7 @@ from d2lrun.config.sweeper import check_same_sweep
 from d2lrun.errors import Interrupted, RunFailed, UsageError, chained
 from d2lrun.files import (
     atomic_write,
+    by,
     claim_dir,
     completed,
     deferred_signals,
@@ -232,15 +233,23 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
 
 def train(args: Sequence[str]) -> Path:
     """`d2lrun ARGS`: one run (d2lrun.job.train); its folder."""
-    with Plotter() as draw:  # before d2lrun.job imports torch: matplotlib's import beside it
-        with deferred_signals():  # Ctrl-C in torch's import: after it (within, torch swallows
-            from d2lrun import job  # it, aborts, or fails the next import of torch)
+    try:
+        with Plotter() as draw:  # before d2lrun.job imports torch: matplotlib's import beside it
+            with deferred_signals():  # Ctrl-C in torch's import: after it (within, torch swallows
+                from d2lrun import job  # it, aborts, or fails the next import of torch)
 
-        check_flags(args)  # once, before resume= is read from them
-        args, ckpt = resumed(args)
-        args = literal_dir(args, "hydra.run.dir")
-        with named_dir(args):
-            return run("config", args, lambda cfg: train_task(cfg, job, ckpt, draw))
+            check_flags(args)  # once, before resume= is read from them
+            args, ckpt = resumed(args)
+            args = literal_dir(args, "hydra.run.dir")
+            with named_dir(args):
+                return run("config", args, lambda cfg: train_task(cfg, job, ckpt, draw))
+    except KeyboardInterrupt as e:  # before a run began (once it has: its own Interrupted line)
+        if not any(str(a).startswith("resume=") for a in args):
+            raise
+        signum = getattr(e, "signum", signal.SIGINT)
+        raise Interrupted(f"interrupted by {by(signum)} before the resumed run went on; its "
+                          f"folder is as it was. To go on, run the same command again.",
+                          signum) from None  # fmt: skip
 
 
 def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:

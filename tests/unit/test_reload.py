@@ -1123,20 +1123,32 @@ def test_run_and_ckpt_of_two_runs_are_refused(image_run, table_run):
 def test_an_in_place_resume_stopped_before_training_keeps_the_runs_hydra_files(
     tmp_path, monkeypatch
 ):
-    """Stopped while its data loaded: 'nothing was saved', but .hydra/ held the stopped command's
-    config and overrides (resume=RUN among them), no longer the run's."""
+    """Stopped while its data loaded: .hydra/ held the stopped command's config and overrides
+    (resume=RUN among them), no longer the run's; and the line said 'interrupted before anything
+    was saved', of a run with its epochs saved."""
     import d2lrun.job
     from d2lrun import app
+    from d2lrun.errors import Interrupted
+    from d2lrun.files import Stop
 
     run = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
     app.train(["trainer.progress=false", "trainer.epochs=1", f"hydra.run.dir={run}"])
     before = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
 
-    def stopped(*args):
-        raise KeyboardInterrupt
+    for stop, by, code in [(KeyboardInterrupt(), "Ctrl-C", 130), (Stop(15), "SIGTERM", 143)]:
 
-    monkeypatch.setattr(d2lrun.job, "build_data", stopped)
-    with pytest.raises(KeyboardInterrupt):
-        app.train([f"resume={run}", f"hydra.run.dir={run}", "trainer.epochs=2"])
-    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == before
+        def stopped(*args, stop=stop):
+            raise stop
+
+        monkeypatch.setattr(d2lrun.job, "build_data", stopped)
+        with pytest.raises(Interrupted) as e:
+            app.train([f"resume={run}", f"hydra.run.dir={run}", "trainer.epochs=2"])
+        assert (str(e.value), e.value.exit_code) == (
+            f"interrupted by {by} before the resumed run went on; its folder is as it was. "
+            f"To go on, run the same command again.",
+            code,
+        )
+        assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == before
+    with pytest.raises(KeyboardInterrupt):  # a new run: nothing was saved (config.messages)
+        app.train(["trainer.progress=false", f"hydra.run.dir={tmp_path / 'new'}"])
