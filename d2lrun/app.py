@@ -247,8 +247,8 @@ def train(args: Sequence[str]) -> Path:
         if not any(str(a).startswith("resume=") for a in args):
             raise
         signum = getattr(e, "signum", signal.SIGINT)
-        raise Interrupted(f"interrupted by {by(signum)} before the resumed run went on; its "
-                          f"folder is as it was. To go on, run the same command again.",
+        raise Interrupted(f"interrupted by {by(signum)} before the resumed run went on; its saved "
+                          f"epochs are kept. To go on, run the same command again.",
                           signum) from None  # fmt: skip
 
 
