@@ -13,7 +13,7 @@ from pathlib import Path
 from d2lrun import app, sweeps
 from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, UsageError
-from d2lrun.files import deferred_signals
+from d2lrun.stopping import deferred_signals
 
 
 def train(*overrides: str):

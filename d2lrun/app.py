@@ -36,10 +36,8 @@ from d2lrun.config.sweeper import check_same_sweep
 from d2lrun.errors import Interrupted, RunFailed, UsageError, chained
 from d2lrun.files import (
     atomic_write,
-    by,
     claim_dir,
     completed,
-    deferred_signals,
     held_dir,
     hold,
     kfold_run,
@@ -47,13 +45,12 @@ from d2lrun.files import (
     remove_empty,
     shell_arg,
     shown,
-    stop_signals,
-    stopping_workers,
     untrained,
     unwritable,
     write_json,
 )
 from d2lrun.plots import Plotter
+from d2lrun.stopping import by, deferred_signals, stop_signals, stopping_workers
 
 RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.json", "metrics.csv", "fold_0")
 

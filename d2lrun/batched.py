@@ -19,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from d2lrun.config import checked
 from d2lrun.errors import Diverged, Interrupted, UsageError
-from d2lrun.files import deferred_signals, hold, say, shown, stop_signals, untrained
+from d2lrun.files import hold, say, shown, untrained
 from d2lrun.job import Run
 from d2lrun.plots import Plotter
 from d2lrun.stack import Stack, StackOptimizer, most_members, stackable
+from d2lrun.stopping import deferred_signals, stop_signals
 from d2lrun.sweeps import finished_job, job_failed, prepared, score, sweep_experiment
 from d2lrun.trainer import fit
 
@@ -230,7 +231,7 @@ def train_stack(jobs: list[dict], plotter: Plotter | None = None, **common) -> l
 
     try:
         fit(stack, optimizer, first.loss, first.train, first.val, first.trainer, on_epoch)
-    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.files.stop_signals)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.stopping.stop_signals)
         for m in range(len(runs)):
             if ended[m] is None:
                 end(m, "interrupted", signum=getattr(e, "signum", signal.SIGINT))

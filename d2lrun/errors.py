@@ -36,7 +36,7 @@ class Bug(RunFailed):
 
 
 class Interrupted(D2lrunError):
-    """Ctrl-C, or a stop signal (d2lrun.files.stop_signals): exits 128 + the signal's number."""
+    """Ctrl-C, or a stop signal (d2lrun.stopping.stop_signals): exits 128 + the signal's number."""
 
     def __init__(self, message: str, signum: int = 2):
         super().__init__(message)

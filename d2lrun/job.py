@@ -17,9 +17,7 @@ from d2lrun.data import Spec, build_data, check_positive_target, table_file
 from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError, note
 from d2lrun.files import (
     atomic_write,
-    by,
     completed,
-    deferred_signals,
     disk_full,
     read_json,
     remove_empty,
@@ -44,6 +42,7 @@ from d2lrun.reload import (
     readable_best,
     resume_checkpoint,
 )
+from d2lrun.stopping import by, deferred_signals
 from d2lrun.tracking import experiment_name, open_tracker
 from d2lrun.trainer import Trainer, compiled, fit, format_row, loss_for
 
@@ -162,7 +161,7 @@ def train_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt=None, *
         return run.end("completed")  # its files: a full disk there fails it as in an epoch
     except Diverged as e:
         return run.end("diverged", str(e))
-    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.files.stop_signals)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.stopping.stop_signals)
         return run.end("interrupted", signum=getattr(e, "signum", signal.SIGINT))
     except Exception as e:  # disk full, a bug: the tracked run ends too, then the error goes on
         if isinstance(e, Interrupted) or (error := run.failed(e)) is e:  # stopped as it ended

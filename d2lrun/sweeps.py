@@ -19,10 +19,8 @@ from d2lrun.config import given
 from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, Interrupted, UsageError
 from d2lrun.files import (
-    STOP_MARKER,
     atomic_write,
     completed,
-    deferred_signals,
     hold,
     kfold_run,
     read_json,
@@ -35,6 +33,7 @@ from d2lrun.files import (
     write_json,
 )
 from d2lrun.plots import heatmap_figure, png
+from d2lrun.stopping import STOP_MARKER, deferred_signals
 
 HIGHER_IS_BETTER = {"val_acc", "train_acc"}  # every other metric (val_loss) is better when lower
 
@@ -90,7 +89,7 @@ def run_job(
     with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
         from d2lrun.job import train
 
-    marker = os.environ.get(STOP_MARKER)  # a signal stopped its sweep (files.stopping_workers)
+    marker = os.environ.get(STOP_MARKER)  # a signal stopped its sweep (stopping.stopping_workers)
     if marker and (sweep_dir / marker).exists():
         raise Interrupted("interrupted before it started.", signal.SIGTERM)
 

@@ -48,7 +48,7 @@ def explain(e: BaseException) -> D2lrunError:
     if isinstance(e, D2lrunError):
         return e
     if isinstance(e, KeyboardInterrupt):
-        signum = getattr(e, "signum", 2)  # d2lrun.files.Stop: a stop signal, as Ctrl-C (SIGINT) is
+        signum = getattr(e, "signum", 2)  # stopping.Stop: a stop signal, as Ctrl-C (SIGINT) is
         return Interrupted("interrupted before anything was saved.", signum)
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
         group, _, name = e.missing_cfg_file.partition("/")  # model=configs/model/mlp.yaml: a path

@@ -302,7 +302,7 @@ def test_a_slurm_sweep_stopped_leaves_no_marker_and_signals_no_joblib_worker(tmp
     import signal
     from types import SimpleNamespace
 
-    from d2lrun.files import Stop, stopping_workers
+    from d2lrun.stopping import Stop, stopping_workers
 
     killed = []
     pool = SimpleNamespace(_executor=SimpleNamespace(_processes={1: SimpleNamespace(pid=12345)}))

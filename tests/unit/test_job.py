@@ -570,7 +570,7 @@ def test_a_run_that_goes_on_keeps_its_preset_and_optimizer(tmp_path):
 def test_ignored_signals_stay_ignored(monkeypatch):
     import signal
 
-    from d2lrun.files import signals
+    from d2lrun.stopping import signals
 
     assert signal.SIGINT in signals()
     monkeypatch.setattr(

@@ -1153,7 +1153,7 @@ def test_an_in_place_resume_stopped_before_training_keeps_the_runs_hydra_files(
     import d2lrun.job
     from d2lrun import app
     from d2lrun.errors import Interrupted
-    from d2lrun.files import Stop
+    from d2lrun.stopping import Stop
 
     run = tmp_path / "run"
     monkeypatch.chdir(tmp_path)

@@ -833,7 +833,7 @@ def test_a_signal_inside_omegaconfs_code_between_jobs_is_an_interruption(tmp_pat
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.errors import ConfigCompositionException
 
-    from d2lrun.files import Stop
+    from d2lrun.stopping import Stop
 
     calls, load = [], ConfigLoaderImpl.load_sweep_config
 
@@ -1225,7 +1225,7 @@ def test_a_signal_to_one_sweep_does_not_stop_another_sweep_into_its_folder(tmp_p
     import signal
     import sys
 
-    from d2lrun.files import STOP_MARKER, Stop, stopping_workers
+    from d2lrun.stopping import STOP_MARKER, Stop, stopping_workers
 
     s = tmp_path / "sweep"
     monkeypatch.delitem(sys.modules, "joblib.externals.loky.reusable_executor", raising=False)
