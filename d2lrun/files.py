@@ -97,7 +97,8 @@ def claim_dir(base: str | Path) -> Path:
 
 def hold(folder: Path, wait: bool = False, name: str = ".lock"):
     """An exclusive lock on folder while the returned file is open (None: another process holds
-    it; wait: until it lets go). The kernel lets go when the process ends, even by kill -9."""
+    it; wait: until it lets go), which says the holder's process id. The kernel lets go when the
+    process ends, even by kill -9."""
     lock = open(Path(folder) / name, "a")  # noqa: SIM115 (open for as long as the run runs)
     try:
         import fcntl
@@ -108,6 +109,9 @@ def hold(folder: Path, wait: bool = False, name: str = ".lock"):
     except BlockingIOError:
         lock.close()
         return None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
     return lock
 
 
@@ -263,12 +267,18 @@ def override(key: str, value: str) -> str:
     return f"{key}='{quoted}'"
 
 
-def running(sweep_dir: Path) -> bool:
-    """Whether a process holds the lock of a job folder (d2lrun.files.hold): that job still runs."""
-    locks = [hold(folder) for folder in filter(Path.is_dir, sweep_dir.iterdir())]
-    for lock in filter(None, locks):
-        lock.close()
-    return None in locks
+def running(sweep_dir: Path) -> set[int | None]:
+    """The processes that hold the lock of a job folder (hold): its job still runs; empty if none
+    (None: a holder whose id is not written yet)."""
+    holders = set()
+    for folder in filter(Path.is_dir, sweep_dir.iterdir()):
+        with contextlib.suppress(OSError):  # a folder removed meanwhile: no job there
+            if (lock := hold(folder)) is not None:
+                lock.close()
+            else:
+                pid = (folder / ".lock").read_text().strip()
+                holders.add(int(pid) if pid.isdigit() else None)
+    return holders
 
 
 def path_fix(arg: str, name: str) -> str | None:

@@ -97,7 +97,9 @@ def stopping_workers(sweep_dir: Path, local: bool = True):
         if not local:
             raise Stop(signum)
         marker.touch()  # jobs that joblib's pool hands out after this do not start
-        workers = list(getattr(joblib_pool(), "_processes", {}).values())
+        # Only those with a job: an idle worker has no handler, dies, and its pool then kills all
+        busy = running(sweep_dir)
+        workers = [w for w in getattr(joblib_pool(), "_processes", {}).values() if w.pid in busy]
         for worker in workers:  # each ends its job as one run ends: saved, then interrupted
             with contextlib.suppress(OSError):
                 os.kill(worker.pid, signum)

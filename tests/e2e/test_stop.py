@@ -89,14 +89,20 @@ def test_eight_runs_started_together_each_own_a_folder(tmp_path):
 def test_a_named_folder_that_holds_a_run_is_refused_unless_resumed(tmp_path):
     run_dir = tmp_path / "a run"
     assert run_cli("trainer.progress=false", f"hydra.run.dir={run_dir}").returncode == 0
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+    def files():  # but the lock, which names the process that holds it
+        return {
+            p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"
+        }
+
+    before = files()
     r = run_cli("optim.lr=0.1", f"hydra.run.dir={run_dir}")
     assert r.returncode == 2 and r.stderr.splitlines() == [
         f"d2lrun: error: hydra.run.dir={run_dir} already holds a run (last.pt, best.pt, model.pt, "
         f"metrics.json, metrics.csv), which d2lrun never writes over. Fix: choose another "
         f"hydra.run.dir, or 'resume={run_dir}' to continue that run."
     ]
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    assert files() == before
 
     r = run_cli(f"resume={run_dir}", "trainer.epochs=5", f"hydra.run.dir={run_dir}")
     assert r.returncode == 0, r.stderr
@@ -213,6 +219,31 @@ def test_a_signal_to_a_joblib_sweep_stops_its_workers_once_their_jobs_are_saved(
     if signum == signal.SIGTERM:  # going on is the same after either signal's record: once
         r = run_cli(*args)
         assert r.returncode == 0 and f"sweep {s}: 3 completed" in r.stdout, r.stderr
+
+
+def test_a_joblib_sweep_with_an_idle_worker_still_saves_its_running_job(tmp_path):
+    """n_jobs=2 for one job (or a re-run's last): the signal went to the idle worker too, which
+    has no handler and died; loky then killed the busy one before it saved: no metrics.json nor
+    curves.png, 'unfinished' in the table."""
+    s = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim.lr=0.01", *SLOW,
+            f"hydra.sweep.dir={s}"]  # fmt: skip
+    proc = subprocess.Popen([str(BIN / "d2lrun"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    for line in proc.stdout:
+        if ": epoch 1/6" in line:  # job 0: epoch 1/6
+            break
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)],
+                              capture_output=True, text=True).stdout.split()  # fmt: skip
+    workers = [c for c in children if b"LokyProcess" in open(f"/proc/{c}/cmdline", "rb").read()]
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out
+    stopped = json.loads((s / "0" / "metrics.json").read_text())
+    assert (stopped["status"], stopped["signal"]) == ("interrupted", "SIGTERM")
+    assert (s / "0" / "curves.png").exists()
+    time.sleep(1)
+    assert [w for w in workers if os.path.exists(f"/proc/{w}")] == []  # the idle one too
 
 
 def test_jobs_queued_in_joblibs_pool_do_not_start_after_a_stop_signal(tmp_path):
