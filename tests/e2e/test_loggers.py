@@ -117,7 +117,7 @@ def test_a_run_resumed_in_place_shows_its_last_status_in_the_hparams_view(tmp_pa
 
     rows = []
     for status in ("interrupted", "completed"):  # one epoch each, as a run and its resume
-        tracker = TensorBoard(tmp_path)
+        tracker = TensorBoard(tmp_path, print)
         tracker.start({"optim": {"lr": 0.1}}, list(rows))
         rows.append({"epoch": len(rows) + 1, "val_loss": 1.0 / (len(rows) + 1)})
         tracker.log_epoch(rows[-1])
@@ -128,6 +128,39 @@ def test_a_run_resumed_in_place_shows_its_last_status_in_the_hparams_view(tmp_pa
     hparams = HParamsPluginData.FromString(start).session_start_info.hparams
     assert hparams["status"].string_value == "completed"
     assert [(e.step, e.value) for e in events.Scalars("val_loss")] == [(1, 1.0), (2, 0.5)]
+
+
+def test_a_tensorboard_write_that_fails_mid_run_is_a_note_not_a_failed_run(tmp_path, capfd):
+    """A full disk (or a folder made read-only) under tensorboard/: 60 lines of its writer
+    thread's traceback, then the run ended 'failed', and finish's own write failing in turn hid
+    the error that said how to resume."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    from d2lrun.config import compose
+    from d2lrun.job import train_job
+
+    write, writes, lines = RecordWriter.write, [], []
+
+    def full_after_two(self, data):  # the file version record and epoch 1's scalars
+        writes.append(data)
+        if len(writes) > 2:
+            raise OSError(28, "No space left on device")
+        return write(self, data)
+
+    args = ["logger=tensorboard", "trainer.epochs=3", *FAST]
+    RecordWriter.write = full_after_two
+    try:
+        summary = train_job(compose(args), tmp_path / "run", args, log=lines.append)
+    finally:
+        RecordWriter.write = write
+    assert summary["status"] == "completed"
+    notes = [line for line in lines if line.startswith("note:")]
+    assert notes == [
+        f"note: TensorBoard logging to {tmp_path / 'run' / 'tensorboard'} stopped ([Errno 28] No "
+        f"space left on device); training goes on"
+    ]
+    time.sleep(0.5)  # the writer's thread has ended
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_a_tensorboard_server_shows_the_runs_scalars(tensorboard_run, tmp_path):
