@@ -243,10 +243,12 @@ class MLflow(Tracker):
                 self.client.delete_run(self.run_id)
                 return
             self.client.set_tag(self.run_id, "d2lrun.status", status)
-            for name in ("curves.png", "metrics.json", "model.pt"):
-                if (run_dir / name).exists():
-                    self.client.log_artifact(self.run_id, str(run_dir / name))
-            self.client.set_terminated(self.run_id, RUN_STATUS.get(status, "KILLED"))
+            try:  # ended also when an upload fails (a read-only artifact folder): not RUNNING
+                for name in ("curves.png", "metrics.json", "model.pt"):
+                    if (run_dir / name).exists():
+                        self.client.log_artifact(self.run_id, str(run_dir / name))
+            finally:
+                self.client.set_terminated(self.run_id, RUN_STATUS.get(status, "KILLED"))
 
     @contextmanager
     def _sending(self):

@@ -316,6 +316,34 @@ def test_resume_continues_the_checkpoints_mlflow_run_from_another_folder(tmp_pat
     assert logged.data.params["trainer.epochs"] == "2"  # MLflow keeps a param's first value
 
 
+def test_an_artifact_upload_that_fails_still_ends_the_mlflow_run(tmp_path, empty_store):
+    """A read-only mlartifacts/: the note, then the MLflow run stayed RUNNING for ever."""
+    from mlflow import MlflowClient
+
+    from d2lrun.config import compose
+    from d2lrun.job import train_job
+
+    uri, lines = store(empty_store, tmp_path / "mlflow.db"), []
+    args = ["logger=mlflow", f"logger.tracking_uri={uri}", "trainer.epochs=1", *FAST]
+
+    def refused(self, run_id, local_path, artifact_path=None):
+        raise PermissionError(1, "Operation not permitted", str(tmp_path / "mlartifacts"))
+
+    upload = MlflowClient.log_artifact
+    MlflowClient.log_artifact = refused
+    try:
+        summary = train_job(compose(args), tmp_path / "run", args, log=lines.append)
+    finally:
+        MlflowClient.log_artifact = upload
+    assert summary["status"] == "completed"
+    assert [line for line in lines if line.startswith("note:")] == [
+        f"note: MLflow logging to {uri} stopped ([Errno 1] Operation not permitted); training "
+        f"goes on"
+    ]
+    run_id = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["mlflow_run_id"]
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+
+
 def test_a_diverged_run_is_a_failed_mlflow_run_tagged_diverged(tmp_path):
     from mlflow import MlflowClient
 
