@@ -42,8 +42,10 @@ def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
     """config.sweeper.sweep_config, and each MLflow store among the jobs checked once: one that
     cannot be, or a server that cannot be reached (from Slurm's nodes as from here), ends the
     sweep before any job starts, in the line each job would give. It makes no store or run."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from d2lrun.config.sweeper import sweep_config
-    from d2lrun.tracking import open_tracker
+    from d2lrun.tracking import experiment_name, open_tracker
 
     resume = given(lines, "resume")  # a k-fold run goes on in its own folder, as one run
     if resume and kfold_run(Path(resume)):  # completed: only a fold goes on, as a run
@@ -55,8 +57,13 @@ def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
             f"sweep."
         )
     cfg, again, jobs = sweep_config(lines)
+    parsed = OverridesParser.create().parse_overrides(lines)
+    swept = {o.key_or_group.lstrip("+~") for o in parsed if o.is_sweep_override()}
     for job in (job for job in jobs if job.logger.name == "mlflow"):  # TensorBoard: torch's import
-        open_tracker(job, Path(), "", None, None, print, check=True)
+        # A sweep over models, datasets or presets logs to a new experiment named after it
+        own = swept & {"model", "dataset", "experiment"} and not job.logger.get("experiment_name")
+        name = "" if own else experiment_name(job, given(lines, "experiment"), None)
+        open_tracker(job, Path(), name, None, None, print, check=True)
     return cfg, again
 
 

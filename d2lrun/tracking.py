@@ -45,7 +45,6 @@ class TensorBoard(Tracker):
         from torch.utils.tensorboard import SummaryWriter
 
         self.SummaryWriter, self.folder, self.log = SummaryWriter, run_dir / "tensorboard", log
-        self.writer = None  # and again once a write failed: nothing more is logged
         # Its writer's thread prints the traceback of a failed write (a full disk) as it dies; the
         # writer raises that error again in the run's thread, where _writing makes it a note.
         if not getattr(threading.excepthook, "d2lrun", False):
@@ -53,7 +52,7 @@ class TensorBoard(Tracker):
             threading.excepthook.d2lrun = True
 
     def start(self, config: dict, rows: list[dict]) -> None:
-        self.config = config
+        self.config, self.writer = config, None  # None again once a write failed: no more logged
         # Resumed in place, its earlier epochs are logged already; purge_step hides those after
         # its checkpoint. Into a new folder, they are logged again: it has all, as metrics.csv.
         again = self.folder.is_dir() and rows
@@ -138,9 +137,11 @@ class MLflow(Tracker):
         self.sqlite_dir = check_sqlite(self.uri) if local else None
         with quick_requests():
             try:
-                if check:  # a sweep's, before its jobs: the server answers; nothing is made
-                    if not local:
-                        MlflowClient(self.uri).search_experiments(max_results=1)
+                if check:  # a sweep's, before its jobs: the server answers, its experiment was
+                    # not deleted (name; "": the sweep's own, new); nothing is made
+                    if not local or Path(self.uri.removeprefix("sqlite:///")).exists():
+                        self.client = MlflowClient(self.uri)
+                        self._experiment(name, create=False)
                     return
                 lock = nullcontext()
                 if self.sqlite_dir:  # a new store's tables are made by one of a sweep's
@@ -156,12 +157,12 @@ class MLflow(Tracker):
             except Exception as e:
                 raise unreachable(self.uri, e) from None
 
-    def _experiment(self, name: str) -> str:
+    def _experiment(self, name: str, create: bool = True) -> str | None:
         """The id of the experiment `name`, created when new (next to a SQLite store's file)."""
         from mlflow.exceptions import MlflowException
 
         found = self.client.get_experiment_by_name(name)
-        if found is None:
+        if found is None and create:
             where = str(self.sqlite_dir / "mlartifacts") if self.sqlite_dir else None
             try:
                 return self.client.create_experiment(name, artifact_location=where)
@@ -169,13 +170,13 @@ class MLflow(Tracker):
                 found = self.client.get_experiment_by_name(name)
                 if found is None:
                     raise
-        if found.lifecycle_stage == "deleted":
+        if found is not None and found.lifecycle_stage == "deleted":
             raise UsageError(
                 f"the MLflow experiment '{name}' was deleted. Fix: restore it (MLFLOW_TRACKING_URI="
                 f"{self.uri} mlflow experiments restore --experiment-id {found.experiment_id}) or "
                 f"logger.experiment_name=NEW."
             )
-        return found.experiment_id
+        return found.experiment_id if found else None  # None: new, and not create
 
     def _continued(self, ckpt: dict) -> str | None:
         """The checkpoint's MLflow run; None when it is gone or has later epochs (from best.pt)."""

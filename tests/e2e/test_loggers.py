@@ -344,6 +344,27 @@ def test_an_artifact_upload_that_fails_still_ends_the_mlflow_run(tmp_path, empty
     assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
 
 
+def test_a_sweep_into_a_deleted_mlflow_experiment_is_refused_before_its_jobs(tmp_path, empty_store):
+    """Each job failed with the Fix to restore it, in a sweep folder: one line, exit 1."""
+    from mlflow import MlflowClient
+
+    uri = store(empty_store, tmp_path / "mlflow.db")
+    args = ["logger=mlflow", f"logger.tracking_uri={uri}", "trainer.epochs=1", *FAST]
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("div"))
+    client.delete_experiment(client.create_experiment("linreg-synthetic"))  # the default name
+    for named in (["logger.experiment_name=div"], []):
+        r = run_module("-m", *args, *named, "optim.lr=0.1,0.2", "hydra.sweep.dir=s", cwd=tmp_path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        name = "div" if named else "linreg-synthetic"
+        assert one_error_line(r).startswith(f"d2lrun: error: the MLflow experiment '{name}' was "
+                                            f"deleted. Fix: restore it")  # fmt: skip
+        assert not (tmp_path / "s").exists()
+    r = run_module("-m", *args, "model=linreg,mlp", "dataset=synthetic", "hydra.sweep.dir=s",
+                   cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr  # a sweep over models: a new experiment of its own
+
+
 def test_a_diverged_run_is_a_failed_mlflow_run_tagged_diverged(tmp_path):
     from mlflow import MlflowClient
 
