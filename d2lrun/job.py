@@ -244,7 +244,7 @@ class Run:
             tracked.append(row | {f"best_{self.metric}": best["value"]})
         extra["mlflow_run_id"] = self.tracker.start(config, tracked)  # resume goes on
         self.extra = extra
-        if ckpt is not None:  # resumable before its first epoch: in a new folder, or as asked
+        if ckpt is not None and source != run_dir.resolve():  # resumable before its first epoch
             snapshot = checkpoint(model, self.optimizer, self.trainer, self.history, extra)
             snapshot["wall_seconds"] = ckpt.get("wall_seconds", 0)
             save_torch(run_dir / "last.pt", snapshot)

@@ -1120,30 +1120,6 @@ def test_run_and_ckpt_of_two_runs_are_refused(image_run, table_run):
     assert load_run(image_run[0], ckpt=image_run[0] / "last.pt").spec.image_shape
 
 
-def test_a_resume_stopped_before_its_first_new_epoch_goes_on_as_it_asked(tmp_path, monkeypatch):
-    """resume=RUN trainer.epochs=3 in place, stopped before its epoch 2 ended: its line said
-    'Resume with: d2lrun resume=RUN', which then refused: 'has trained 1 epoch(s), and
-    trainer.epochs=1 asks for no more' (RUN/last.pt still had the first command's config)."""
-    import d2lrun.job
-    from d2lrun import app
-    from d2lrun.errors import Interrupted
-
-    run = tmp_path / "run"
-    monkeypatch.chdir(tmp_path)
-    app.train(["trainer.progress=false", "trainer.epochs=1", f"hydra.run.dir={run}"])
-    fit = d2lrun.job.fit
-
-    def stopped(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(d2lrun.job, "fit", stopped)
-    with pytest.raises(Interrupted, match="after epoch 1; .* Resume with: d2lrun resume=run$"):
-        app.train([f"resume={run}", f"hydra.run.dir={run}", "trainer.epochs=3"])
-    monkeypatch.setattr(d2lrun.job, "fit", fit)
-    app.train([f"resume={run}", f"hydra.run.dir={run}"])  # as its line said
-    assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == [1, 2, 3]
-
-
 def test_an_in_place_resume_stopped_before_training_keeps_the_runs_hydra_files(
     tmp_path, monkeypatch
 ):
