@@ -130,7 +130,9 @@ def test_a_run_resumed_in_place_shows_its_last_status_in_the_hparams_view(tmp_pa
     assert [(e.step, e.value) for e in events.Scalars("val_loss")] == [(1, 1.0), (2, 0.5)]
 
 
-def test_a_tensorboard_write_that_fails_mid_run_is_a_note_not_a_failed_run(tmp_path, capfd):
+def test_a_tensorboard_write_that_fails_mid_run_is_a_note_not_a_failed_run(
+    tmp_path, capfd, monkeypatch
+):
     """A full disk (or a folder made read-only) under tensorboard/: 60 lines of its writer
     thread's traceback, then the run ended 'failed', and finish's own write failing in turn hid
     the error that said how to resume."""
@@ -148,11 +150,8 @@ def test_a_tensorboard_write_that_fails_mid_run_is_a_note_not_a_failed_run(tmp_p
         return write(self, data)
 
     args = ["logger=tensorboard", "trainer.epochs=3", *FAST]
-    RecordWriter.write = full_after_two
-    try:
-        summary = train_job(compose(args), tmp_path / "run", args, log=lines.append)
-    finally:
-        RecordWriter.write = write
+    monkeypatch.setattr(RecordWriter, "write", full_after_two)
+    summary = train_job(compose(args), tmp_path / "run", args, log=lines.append)
     assert summary["status"] == "completed"
     notes = [line for line in lines if line.startswith("note:")]
     assert notes == [
@@ -316,7 +315,9 @@ def test_resume_continues_the_checkpoints_mlflow_run_from_another_folder(tmp_pat
     assert logged.data.params["trainer.epochs"] == "2"  # MLflow keeps a param's first value
 
 
-def test_an_artifact_upload_that_fails_still_ends_the_mlflow_run(tmp_path, empty_store):
+def test_an_artifact_upload_that_fails_still_ends_the_mlflow_run(
+    tmp_path, empty_store, monkeypatch
+):
     """A read-only mlartifacts/: the note, then the MLflow run stayed RUNNING for ever."""
     from mlflow import MlflowClient
 
@@ -329,12 +330,8 @@ def test_an_artifact_upload_that_fails_still_ends_the_mlflow_run(tmp_path, empty
     def refused(self, run_id, local_path, artifact_path=None):
         raise PermissionError(1, "Operation not permitted", str(tmp_path / "mlartifacts"))
 
-    upload = MlflowClient.log_artifact
-    MlflowClient.log_artifact = refused
-    try:
-        summary = train_job(compose(args), tmp_path / "run", args, log=lines.append)
-    finally:
-        MlflowClient.log_artifact = upload
+    monkeypatch.setattr(MlflowClient, "log_artifact", refused)
+    summary = train_job(compose(args), tmp_path / "run", args, log=lines.append)
     assert summary["status"] == "completed"
     assert [line for line in lines if line.startswith("note:")] == [
         f"note: MLflow logging to {uri} stopped ([Errno 1] Operation not permitted); training "
