@@ -110,10 +110,11 @@ def raising(fn: Callable, *args):
 def in_python(line: str) -> str:
     """An error's line with the commands it advises as this API's calls (d2lrun -m X: sweep)."""
 
-    def call(name: str):  # d2lrun.NAME('ARG') for the command's one argument, as a shell reads it
-        return lambda m: f"d2lrun.{name}({shlex.split(m[1])[0]!r})"
+    def call(name: str):  # d2lrun.NAME('ARG', ...): the command's arguments, as a shell reads them
+        return lambda m: f"d2lrun.{name}({', '.join(map(repr, shlex.split(m[1])))})"
 
-    line = re.sub(r"d2lrun ('resume=[^']*'|resume=\S+)", call("train"), line)
+    more = r"""(?: [\w.+~]+=\S+| "[^"]*")*"""  # resume=RUN trainer.epochs=3 "dataset.root='a b'"
+    line = re.sub(rf"d2lrun ((?:'resume=[^']*'|resume=\S+){more})", call("train"), line)
     again = r"run the same command again with (\S+|'[^']*')"
     line = re.sub(again, lambda m: f"call d2lrun.sweep again with the same overrides and "
                   f"{shlex.split(m[1])[0]!r}", line)  # fmt: skip

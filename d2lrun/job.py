@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.config import checked, given, resolve_device
+from d2lrun.config import checked, given, new_overrides, resolve_device
 from d2lrun.data import Spec, build_data, check_positive_target, table_file
 from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError, note
 from d2lrun.files import (
@@ -44,7 +44,7 @@ from d2lrun.reload import (
 )
 from d2lrun.stopping import by, deferred_signals
 from d2lrun.tracking import experiment_name, open_tracker
-from d2lrun.trainer import Trainer, compiled, fit, format_row, loss_for
+from d2lrun.trainer import Trainer, compiled, fit, format_row, loss_for, rng_state, set_rng_state
 
 KEPT = (*MEANING, "optim.name")  # what a resumed run keeps: another optimizer has other state
 
@@ -236,6 +236,10 @@ class Run:
 
         config = OmegaConf.to_container(cfg, resolve=True)
         kept = [o for o in overrides if not o.startswith("resume=")]
+        # In its own folder, last.pt is the run's until an epoch ends: what this command changes
+        # (trainer.epochs=3) goes into the line that says how to go on (end)
+        in_place = ckpt is not None and source == run_dir.resolve()
+        self.again = new_overrides(ckpt["overrides"], kept) if in_place else []
         extra = {"format": FORMAT, "config": config, "overrides": kept, "spec": asdict(spec)}
         extra["restarts"] = ckpt.get("restarts", 0) + 1 if ckpt else 0  # resumed or requeued
         tracked, best = [], None  # each row with best_<metric> as of its epoch, as on_epoch's
@@ -244,7 +248,7 @@ class Run:
             tracked.append(row | {f"best_{self.metric}": best["value"]})
         extra["mlflow_run_id"] = self.tracker.start(config, tracked)  # resume goes on
         self.extra = extra
-        if ckpt is not None and source != run_dir.resolve():  # resumable before its first epoch
+        if ckpt is not None and not in_place:  # resumable before its first epoch
             snapshot = checkpoint(model, self.optimizer, self.trainer, self.history, extra)
             snapshot["wall_seconds"] = ckpt.get("wall_seconds", 0)
             save_torch(run_dir / "last.pt", snapshot)
@@ -272,6 +276,7 @@ class Run:
                     save_torch([self.run_dir / name for name in names], snapshot)
                 history.rows, history.best, history.pending = rows, best, None if due else snapshot
                 self.log(format_row(row, trainer.epochs))
+                self.again = []  # last.pt has this command's config now, or at the end
         finally:  # the tracker has the epoch a signal held (not held for it: its server may wait)
             if history.rows is rows:  # best_<metric> an epoch: a resumed run's series goes on
                 self.tracker.log_epoch(row | {f"best_{self.metric}": best["value"]})
@@ -353,7 +358,7 @@ class Run:
                 raise Interrupted(f"{what} before any epoch finished; nothing to resume.", signum)
             raise Interrupted(
                 f"{what} after epoch {epoch}; the last complete epoch is saved. "
-                f"Resume with: d2lrun {shell_arg('resume', run_dir)}",
+                f"Resume with: d2lrun {' '.join([shell_arg('resume', run_dir), *self.again])}",
                 signum,
             )
         return summary
@@ -376,18 +381,6 @@ def checkpoint(model, optimizer: Optimizer, trainer: Trainer, history: History, 
 
 def copied(tensors: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
-
-
-def rng_state(generator: torch.Generator) -> dict:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    return {"torch": torch.get_rng_state(), "shuffle": generator.get_state(), "cuda": cuda}
-
-
-def set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["shuffle"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def restore(ckpt: dict, model, optimizer: Optimizer, trainer: Trainer) -> History:

@@ -102,6 +102,19 @@ class Trainer(schema.Trainer):
     generator: torch.Generator = field(default_factory=torch.Generator)  # the shuffling order
 
 
+def rng_state(generator: torch.Generator) -> dict:
+    """torch's random state (init, dropout), the shuffling order's and CUDA's, for a checkpoint."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "shuffle": generator.get_state(), "cuda": cuda}
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["shuffle"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def train_one_epoch(
     model: nn.Module,
     loss: Callable,

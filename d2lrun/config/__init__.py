@@ -39,7 +39,7 @@ from d2lrun.config.schema import (
     yaml_value,
 )
 from d2lrun.errors import UsageError, note
-from d2lrun.files import path_fix
+from d2lrun.files import double_quoted, path_fix
 
 PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
 
@@ -380,6 +380,16 @@ def merge_overrides(base: Sequence[str], new: Sequence[str]) -> list[str]:
     kept = [o.input_line for o in old if o.key_or_group not in again]
     kept = [o for o in kept if not o.lstrip("+~").startswith(tuple(switched))]
     return [a for a in new if a not in overrides] + kept + overrides
+
+
+def new_overrides(base: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """overrides' that base does not set to the same value (dataset.root=/a is 'dataset.root=/a'),
+    as a shell takes them back."""
+    parse = OverridesParser.create().parse_overrides
+    was = {o.key_or_group: o.value() for o in parse(list(base))}
+    new = [o.input_line for o in parse(list(overrides))
+           if o.key_or_group not in was or was[o.key_or_group] != o.value()]  # fmt: skip
+    return [a if re.fullmatch(r"[\w.=/:+~@,\-]*", a) else double_quoted(a) for a in new]
 
 
 def first_difference(a, b, prefix: str):

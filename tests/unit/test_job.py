@@ -13,10 +13,11 @@ import d2lrun.tracking
 from d2lrun.config import compose
 from d2lrun.data import Spec
 from d2lrun.errors import Diverged, Interrupted, UsageError
-from d2lrun.job import rng_state, set_rng_state, train_job
+from d2lrun.job import train_job
 from d2lrun.models import build_model
 from d2lrun.optim import build_optimizer
 from d2lrun.reload import load_checkpoint
+from d2lrun.trainer import rng_state, set_rng_state
 
 SPEC = Spec(dataset="synthetic", task="regression", num_inputs=2, num_outputs=1, image_shape=None)
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from d2lrun.config import checked, compose
+from d2lrun.config import checked, compose, new_overrides
 from d2lrun.errors import UsageError
 from d2lrun.files import save_torch
 from d2lrun.models import load_state_dict_strict
@@ -289,6 +289,14 @@ def test_merge_overrides_lets_a_key_set_again_replace_the_old_one():
     assert merge_overrides(saved, []) == saved and merge_overrides([], ["seed=1"]) == ["seed=1"]
     # + and ~ say how to set a key, not which: +model.x=1 is model.x too.
     assert merge_overrides(["+model.x=1", "seed=1"], ["model.x=2"]) == ["seed=1", "model.x=2"]
+
+
+def test_new_overrides_are_those_that_set_another_value_as_a_shell_takes_them():
+    saved = ["dataset.root=/data", "optim.lr=0.1", "trainer.epochs=1"]
+    now = ["dataset.root='/data'", "optim.lr=0.1", "trainer.epochs=3", "dataset.path='a b.csv'"]
+    # '/data' quoted is /data: the same value, not a change the user made
+    assert new_overrides(saved, now) == ["trainer.epochs=3", "\"dataset.path='a b.csv'\""]
+    assert new_overrides(saved, saved) == []
 
 
 def test_merge_overrides_drops_the_keys_of_a_group_option_that_is_switched():
@@ -1118,6 +1126,41 @@ def test_run_and_ckpt_of_two_runs_are_refused(image_run, table_run):
     with pytest.raises(UsageError, match=r"^run=.* and ckpt=.* name two runs\. Fix: give one"):
         load_run(image_run[0], ckpt=table_run[0] / "last.pt")
     assert load_run(image_run[0], ckpt=image_run[0] / "last.pt").spec.image_shape
+
+
+def test_an_in_place_resume_stopped_before_its_first_new_epoch_says_what_goes_on(
+    tmp_path, monkeypatch
+):
+    """resume=RUN trainer.epochs=3 in place, stopped before its epoch 2 ended: its line said
+    'Resume with: d2lrun resume=RUN', which trained nothing (RUN/last.pt, which must stay the
+    run's until an epoch ends, has trainer.epochs=1). The line repeats what the command changed,
+    and from Python it is the call with all of them."""
+    import d2lrun.job
+    from d2lrun import api, app
+    from d2lrun.errors import Interrupted
+
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    app.train(["trainer.progress=false", "trainer.epochs=1", f"hydra.run.dir={run}"])
+    fit = d2lrun.job.fit
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(d2lrun.job, "fit", stopped)
+    again = [f"resume={run}", f"hydra.run.dir={run}", "trainer.epochs=3", "optim.lr=0.1"]
+    with pytest.raises(Interrupted) as e:
+        app.train(again)
+    line = "Resume with: d2lrun resume=run trainer.epochs=3 optim.lr=0.1"
+    assert str(e.value).endswith(f"after epoch 1; the last complete epoch is saved. {line}")
+    assert api.in_python(line).endswith(
+        "d2lrun.train('resume=run', 'trainer.epochs=3', 'optim.lr=0.1')"
+    )
+    monkeypatch.setattr(d2lrun.job, "fit", fit)
+    app.train(line.split()[3:])  # as its line said (into a new folder)
+    moved = sorted((tmp_path / "outputs").glob("*/*"))[-1]
+    assert list(pd.read_csv(moved / "metrics.csv")["epoch"]) == [1, 2, 3]
+    assert resume_checkpoint(moved)["config"]["optim"]["lr"] == 0.1
 
 
 def test_an_in_place_resume_stopped_before_training_keeps_the_runs_hydra_files(
