@@ -218,10 +218,14 @@ def fit(
             row |= {f"val_{k}": v for k, v in evaluate(model, loss, val, trainer.log_rmse).items()}
             row |= {"seconds": round(time.perf_counter() - start, 4),
                     "examples_per_s": round(len(train) / seconds, 1)}  # fmt: skip
-            if live is not None:
+            if live is None and (blown := overflowed(row, epoch, lr)):
+                raise blown
+            if live is not None:  # why each member that stops in this epoch stops
                 now = live.tolist()
-                row["diverged"] = [str(why(m)) if a and not b else None for m, (a, b) in
-                                   enumerate(zip(was, now, strict=True))]  # fmt: skip
+                stops = [(why(m) if not now[m] else overflowed(row, epoch, lr, m)) if was[m]
+                         else None for m in range(len(now))]  # fmt: skip
+                live &= torch.tensor([s is None for s in stops], device=live.device)
+                row["diverged"], now = [s and str(s) for s in stops], live.tolist()
             trainer.epoch = epoch
             on_epoch(row)
             if live is not None and not any(now):
@@ -278,6 +282,18 @@ def diverged(batch_losses, batch_size: int, epoch: int, lr, member: int | None =
         f"the training loss became {batch_losses[bad].item():.4g} at epoch {epoch}, "
         f"batch {bad + 1}. Fix: lower optim.lr (now {float(lr):g})."
     )
+
+
+def overflowed(row: dict, epoch: int, lr, member: int | None = None) -> Diverged | None:
+    """A loss or RMSE past float range after the epoch's last step, the batches' losses finite:
+    diverged as well (its weights would be best.pt, and `inf` is no JSON)."""
+    for key, value in row.items():
+        value = value[member] if member is not None and isinstance(value, list) else value
+        if key.startswith(("train_", "val_")) and not math.isfinite(value):
+            lr = lr if member is None else lr[member]
+            return Diverged(f"the {key} became {value:.4g} after epoch {epoch}. "
+                            f"Fix: lower optim.lr (now {float(lr):g}).")  # fmt: skip
+    return None
 
 
 def compiled(model: nn.Module, device: torch.device, log: Callable[[str], None]) -> nn.Module:

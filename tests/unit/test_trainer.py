@@ -2,6 +2,9 @@
 
 What the job does with each epoch (checkpoints, L1/L2, ...) is in test_job.py."""
 
+import math
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -17,6 +20,7 @@ from d2lrun.trainer import (
     diverged,
     evaluate,
     fit,
+    mse_loss,
     squared_loss,
     train_one_epoch,
 )
@@ -182,6 +186,32 @@ def test_an_overflowing_sum_of_finite_losses_is_divergence_too(monkeypatch):
     model = linreg()
     with pytest.raises(Diverged, match=r"became 3e\+37 at epoch 1, batch \d+"):
         run_fit(model, sgd(model))
+
+
+def test_a_loss_that_overflows_after_the_epochs_last_step_is_divergence_too():
+    """Each batch's loss was finite, the weights after the epoch's last step were not usable: the
+    epoch (train_rmse and val_loss inf) went to on_epoch, so into best.pt, and metrics.json held
+    Infinity, which is no JSON. A stack's member stops there; the others go on."""
+    from d2lrun.stack import Stack, StackOptimizer
+
+    data = Split(torch.full((10, 2), 1e10), torch.ones(10, 1))  # one step to weights of ~1e18
+
+    def trainer():
+        return Trainer(epochs=2, batch_size=10, checkpoint_every=1, progress=False,
+                       compile=False, log_rmse=False, generator=torch.Generator())  # fmt: skip
+
+    rows, model = [], linreg()
+    why = "the train_rmse became inf after epoch 1. Fix: lower optim.lr (now 1)."
+    with pytest.raises(Diverged, match=f"^{re.escape(why)}$"):
+        fit(model, sgd(model, lr=1), mse_loss, data, data, trainer(), rows.append)
+    assert rows == []
+    models = [linreg(), linreg()]
+    cfg = OmegaConf.create({"name": "linreg", "impl": "concise", "bias": True})
+    stack = Stack(models, [cfg, cfg], [torch.Generator(), torch.Generator()])
+    optimizer = StackOptimizer(stack, [sgd(models[0], lr=1e-22), sgd(models[1], lr=1)], models)
+    fit(stack, optimizer, mse_loss, data, data, trainer(), rows.append)
+    assert [r["diverged"] for r in rows] == [[None, why], [None, None]]  # member 1: in epoch 1
+    assert all(math.isfinite(r["val_loss"][0]) for r in rows)
 
 
 @pytest.mark.parametrize(
