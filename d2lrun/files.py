@@ -221,11 +221,12 @@ def save_torch(paths: str | Path | list[Path], obj) -> None:
 
 
 def shown(path: str | Path) -> str:
-    """A path as the user would type it: relative to the current folder when it is below it."""
+    """A path as the user would type it: relative to the current folder when it is below it,
+    without the `..` of one given relative to another folder (/a/../b is /b)."""
     try:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
-        return str(path)
+        return os.path.normpath(path)
 
 
 def shell_arg(key: str, path: str | Path) -> str:

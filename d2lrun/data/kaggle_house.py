@@ -48,8 +48,9 @@ def download(url: str, path: Path, sha1: str, also: str = "") -> Path:
         remove_empty(made)  # a dataset.root mistyped: no empty folders left there
         reason = getattr(e, "reason", None) or e.strerror or e
         raise UsageError(
-            f"{path.name} is not in {path.parent} and downloading {url} failed ({reason}). "
-            f"Fix: place the file there, or set dataset.root=<folder that has it>{also}."
+            f"{path.name} is not in {shown(path.parent)} and downloading {url} failed "
+            f"({reason}). Fix: place the file there, or dataset.root=DIR for a folder DIR that "
+            f"holds it{also}."
         ) from None
     return path
 
@@ -71,18 +72,20 @@ def find_files(root: str | Path, fetch: bool, splits=tuple(FILES)) -> dict[str, 
         there = located(root, name)
         if there is None and (below := sorted(root.glob(f"*/{name}"))):  # ROOT/kaggle-house/
             folder = below[0].parent
-            raise UsageError(f"{name} is not in {root / 'kaggle_house'} nor in {root}, but in "
-                             f"{folder}. Fix: {shell_arg('dataset.root', folder)}.")  # fmt: skip
+            raise UsageError(f"{name} is not in {shown(root / 'kaggle_house')} nor in "
+                             f"{shown(root)}, but in {shown(folder)}. "
+                             f"Fix: {shell_arg('dataset.root', folder)}.")  # fmt: skip
         also = ", or dataset.statistics=train (no test file)" if split == "test" else ""
         if there is None and not fetch:
             raise UsageError(
-                f"{name} is not in {root / 'kaggle_house'} and dataset.download=false. "
+                f"{name} is not in {shown(root / 'kaggle_house')} and dataset.download=false. "
                 f"Fix: place it there from {DATA_URL}{name}, or dataset.download=true{also}."
             )
         if there and there.is_dir():
             raise UsageError(
                 f"{shown(there)} is a folder, not the book's file {name}. "
-                f"Fix: put the file in its place, or set dataset.root=<folder that has it>."
+                f"Fix: put the file in its place, or dataset.root=DIR for a folder DIR that "
+                f"holds it."
             )
         mine = there and sha1_of(there) != sha1  # 1 ms: yours
         if mine and there.resolve() not in NOTED:  # said once, not once per fold or sweep job

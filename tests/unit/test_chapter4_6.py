@@ -278,7 +278,7 @@ def test_a_folder_in_place_of_a_kaggle_file_is_said_to_be_one(tmp_path):
         find_files(tmp_path, fetch=True)
     assert str(e.value) == (
         f"{folder} is a folder, not the book's file kaggle_house_pred_train.csv. "
-        f"Fix: put the file in its place, or set dataset.root=<folder that has it>."
+        f"Fix: put the file in its place, or dataset.root=DIR for a folder DIR that holds it."
     )
 
 

@@ -23,9 +23,18 @@ from d2lrun.files import (
     hold,
     remove_stale_temporaries,
     save_torch,
+    shown,
     write_csv,
     write_json,
 )
+
+
+def test_a_path_is_shown_as_typed_below_here_and_without_dot_dots_elsewhere(tmp_path, monkeypatch):
+    """dataset.root=../data from /tmp/kg said 'not in /tmp/kg/../data/kaggle_house'."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert shown(tmp_path / "here" / "data" / "x.csv") == "data/x.csv"
+    assert shown(f"{tmp_path}/here/../data/kaggle_house") == f"{tmp_path}/data/kaggle_house"
 
 
 def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
