@@ -45,6 +45,14 @@ def fit_preprocess(
     }
 
 
+def renamed(name: str, to: str) -> str:
+    """How column name becomes to: pandas names an empty header by its place ('Unnamed: 1', the
+    second column), which is another name in another place, and one the user never wrote."""
+    if re.fullmatch(r"Unnamed: \d+", name):
+        return f"write '{to}' as the header of column {int(name[9:]) + 1}, which has none"
+    return f"rename '{name}' to '{to}'"
+
+
 def transform(features: pd.DataFrame, stats: dict, source: str = "the input") -> np.ndarray:
     """§2.2 on fitted statistics: fillna(mean) (then standardize), one-hot with a NaN column."""
     used = [*stats["numeric"], *stats["categorical"]]
@@ -52,7 +60,7 @@ def transform(features: pd.DataFrame, stats: dict, source: str = "the input") ->
     if missing:
         unused = [c for c in features.columns if c not in used]
         near = {m: n for m in missing if (n := alike(m, unused))}  # ' a ', Price: data of a, price
-        fix = ", ".join(f"rename '{n}' to '{m}'" for m, n in near.items())
+        fix = ", ".join(renamed(n, m) for m, n in near.items())
         fix = commas_fix(features.columns, fix or "add them (values may be empty)")
         raise UsageError(
             f"The input lacks the column(s) [{listed([repr(m) for m in missing])}] the model was "

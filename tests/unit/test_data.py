@@ -1,6 +1,7 @@
 """Datasets: the book's synthetic data, CSV imputation (§2.2), Fashion-MNIST through torchvision."""
 
 import gzip
+import io
 import shutil
 import warnings
 
@@ -242,6 +243,14 @@ def test_new_rows_need_the_trained_columns_and_a_stray_text_in_a_number_column_i
     with pytest.raises(UsageError) as e:  # the data was there, under names not quite the same
         transform(pd.DataFrame({" a ": [1.0], "C": ["u"], "b": [2.0]}), stats)
     assert str(e.value).endswith("Fix: rename ' a ' to 'a', rename 'C' to 'c'.")
+    # An empty header, which pandas names by its place: it said "rename 'Unnamed: 0' to
+    # 'Unnamed: 1'", names the user never wrote
+    empty = fit_preprocess(pd.DataFrame({"a": [1.0, 2.0], "Unnamed: 1": [3.0, 4.0]}), False, 9, 0)
+    with pytest.raises(UsageError) as e:
+        transform(pd.read_csv(io.StringIO(",a\n5,1\n")), empty)
+    assert str(e.value).endswith(
+        "Fix: write 'Unnamed: 1' as the header of column 1, which has none."
+    )
     wide = fit_preprocess(pd.DataFrame({f"f{i}": [1.0] for i in range(500)}), False, 50, ddof=0)
     with pytest.raises(UsageError) as e:  # it listed all 500 in one line of 4 KB
         transform(pd.DataFrame({"x": [1.0]}), wide)
