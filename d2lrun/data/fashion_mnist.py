@@ -33,7 +33,7 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
         moved = f"dataset.root={shown(root.parent)}"
     if missing and not cfg.download:
         raise UsageError(
-            f"Fashion-MNIST is not in {raw} (missing {', '.join(missing)}) and "
+            f"Fashion-MNIST is not in {shown(raw)} (missing {', '.join(missing)}) and "
             f"dataset.download=false. "
             f"Fix: {moved or f'place the files from {URL} there, or dataset.download=true'}."
         )
@@ -60,10 +60,11 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
             reason = str(e).splitlines()[0].rstrip(": ") if str(e) else type(e).__name__
             if missing:
                 remove_empty(made)  # a dataset.root mistyped: no empty folders left
-                place = f"place {', '.join(missing)} from {URL} in {raw}, or set dataset.root="
+                place = (f"place {', '.join(missing)} from {URL} in {shown(raw)}, or set "
+                         f"dataset.root=<folder that has them>")  # fmt: skip
                 raise UsageError(
-                    f"Fashion-MNIST is not in {raw} and the download failed ({reason}). "
-                    f"Fix: {moved or place + '<folder that has them>'}."
+                    f"Fashion-MNIST is not in {shown(raw)} and the download failed ({reason}). "
+                    f"Fix: {moved or place}."
                 ) from None
             if "download" in reason.lower():  # torchvision re-downloads a file of a wrong checksum
                 reason = (
@@ -72,8 +73,9 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
             split = [f.removesuffix(".gz") for f in FILES if f.startswith(("t10k", "train")[train])]
             fresh = "run again" if cfg.download else "run with dataset.download=true"
             raise UsageError(
-                f"Fashion-MNIST files in {raw} are damaged, {' or '.join(split)} ({reason}). "
-                f"Fix: delete them and {fresh} to download fresh copies, or copy fresh ones there."
+                f"Fashion-MNIST files in {shown(raw)} are damaged, {' or '.join(split)} "
+                f"({reason}). Fix: delete them and {fresh} to download fresh copies, or copy "
+                f"fresh ones there."
             ) from None
         splits.append(Split(ds.data.unsqueeze(1), ds.targets))  # (N, 1, 28, 28) uint8, (N,) int64
     return *splits, Spec("fashion_mnist", "classification", 28 * 28, 10, [1, 28, 28], CLASS_NAMES)

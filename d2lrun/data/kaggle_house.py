@@ -33,7 +33,7 @@ def download(url: str, path: Path, sha1: str, also: str = "") -> Path:
     also: another way out, added to the Fix when it fails."""
     if sha1_of(path) == sha1:
         return path
-    made = [p for p in (path.parent, path.parent.parent) if not p.exists()]  # gone if it fails
+    made = [p for p in path.parents if not p.exists()]  # gone if it fails
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
@@ -49,8 +49,8 @@ def download(url: str, path: Path, sha1: str, also: str = "") -> Path:
         reason = getattr(e, "reason", None) or e.strerror or e
         raise UsageError(
             f"{path.name} is not in {shown(path.parent)} and downloading {url} failed "
-            f"({reason}). Fix: place the file there, or dataset.root=DIR for a folder DIR that "
-            f"holds it{also}."
+            f"({reason}). Fix: place the file there, or set dataset.root=<folder that has it>"
+            f"{also}."
         ) from None
     return path
 
@@ -84,8 +84,7 @@ def find_files(root: str | Path, fetch: bool, splits=tuple(FILES)) -> dict[str, 
         if there and there.is_dir():
             raise UsageError(
                 f"{shown(there)} is a folder, not the book's file {name}. "
-                f"Fix: put the file in its place, or dataset.root=DIR for a folder DIR that "
-                f"holds it."
+                f"Fix: put the file in its place, or set dataset.root=<folder that has it>."
             )
         mine = there and sha1_of(there) != sha1  # 1 ms: yours
         if mine and there.resolve() not in NOTED:  # said once, not once per fold or sweep job

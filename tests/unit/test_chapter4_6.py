@@ -179,8 +179,8 @@ def test_download_checks_the_sha1_and_keeps_no_bad_file(server, tmp_path):
     with pytest.raises(UsageError, match="downloading .* failed .* Fix: place the file there"):
         download(url + "missing.csv", tmp_path / "data" / "missing.csv", sha1)
     with pytest.raises(UsageError, match="downloading .* failed"):  # a mistyped dataset.root
-        download(url + "missing.csv", tmp_path / "typo" / "kaggle_house" / "m.csv", sha1)
-    assert not (tmp_path / "typo").exists()  # it left typo/kaggle_house/ behind, empty
+        download(url + "missing.csv", tmp_path / "ty" / "po" / "kaggle_house" / "m.csv", sha1)
+    assert not (tmp_path / "ty").exists()  # it left typo/kaggle_house/ behind, then ty/ of ty/po
 
 
 def test_a_kfold_job_run_again_keeps_its_completed_folds_and_continues_the_stopped_one(
@@ -278,7 +278,7 @@ def test_a_folder_in_place_of_a_kaggle_file_is_said_to_be_one(tmp_path):
         find_files(tmp_path, fetch=True)
     assert str(e.value) == (
         f"{folder} is a folder, not the book's file kaggle_house_pred_train.csv. "
-        f"Fix: put the file in its place, or dataset.root=DIR for a folder DIR that holds it."
+        f"Fix: put the file in its place, or set dataset.root=<folder that has it>."
     )
 
 
