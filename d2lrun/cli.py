@@ -148,11 +148,16 @@ def print_help(config_name: str, args: list[str]) -> None:
     name = {"config": "d2lrun"}.get(config_name, config_name)
     text = OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "help" / f"{name}.yaml")
     parts = [text.header]
-    if config_name == "config":
-        groups = [f"{g}: {', '.join(options_of(g))}" for g in sorted(GROUPS)]
+    parsed = OverridesParser.create().parse_overrides(overrides_of(args))
+    if config_name == "config":  # and the options of -cd DIR (searched): DIR/model/mine.yaml
+        own = [Path(p[7:]) for o in parsed if o.key_or_group == "hydra.searchpath"
+               for p in o.value() if p.startswith("file://")]  # fmt: skip
+        groups = []
+        for g in sorted(GROUPS):
+            found = {*options_of(g), *(f.stem for d in own for f in d.joinpath(g).glob("*.yaml"))}
+            groups.append(f"{g}: {', '.join(sorted(found))}")
         parts.append("== Groups (pick one option each, e.g. model=mlp) ==\n" + "\n".join(groups))
     example = " (set any, e.g. trainer.epochs=5)" if config_name == "config" else ""
-    parsed = OverridesParser.create().parse_overrides(overrides_of(args))
     one = [o.input_line for o in parsed if not o.is_sweep_override()]  # -m lr=0.1,0.2: defaults
     cfg = compose(one, config_name)  # resolved: MLflow's URI as it will be
     keys = OmegaConf.to_yaml(cfg, resolve=True).rstrip()

@@ -32,11 +32,11 @@ from d2lrun.config import (
     PATH_KEYS,
     checked,
     compose,
-    first_difference,
     merge_overrides,
     overrides_of,
     resolve_device,
 )
+from d2lrun.config.messages import first_difference
 from d2lrun.data import (
     Spec,
     as_images,

@@ -92,6 +92,12 @@ def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
 def check_ranges(cfg: DictConfig, path: str) -> None:
     node, prefix = OmegaConf.select(cfg, path), f"{path}." if path else ""
     schema = OmegaConf.get_type(node)
+    if schema is dict and (typed := SCHEMAS.get(path, {}).get(node.get("name"))):  # -cd's own
+        schema, name = typed, node.name  # option, without its schema: checked as by it
+        if lacks := [f.name for f in dataclasses.fields(typed) if f.name not in node]:
+            raise UsageError(f"your {path} option (name: {name}) lacks {', '.join(lacks)}. Fix: "
+                             f"start its file with `defaults: [{name}, _self_]` ({name}'s values "
+                             f"under its own), or set them.")  # fmt: skip
     fields = dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ()
     names = {f.name for f in fields} | {"hydra"}
     if extra := [k for k in node if k not in names] if fields else []:  # +key=
@@ -390,11 +396,3 @@ def new_overrides(base: Sequence[str], overrides: Sequence[str]) -> list[str]:
     new = [o.input_line for o in parse(list(overrides))
            if o.key_or_group not in was or was[o.key_or_group] != o.value()]  # fmt: skip
     return [a if re.fullmatch(r"[\w.=/:+~@,\-]*", a) else double_quoted(a) for a in new]
-
-
-def first_difference(a, b, prefix: str):
-    """(the dotted key, a's value, b's value) where a and b first differ, as typed (null, true)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        diffs = (first_difference(a.get(k), b.get(k), f"{prefix}.{k}") for k in {**a, **b})
-        return next((d for d in diffs if d), None)
-    return None if a == b else (prefix, yaml_value(a), yaml_value(b))

@@ -225,3 +225,11 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
         default = next(f.default for f in dataclasses.fields(schema) if f.name == name)
         fix = fix if default is dataclasses.MISSING else yaml_value(default)
     return f"{dotted}={yaml_value(value)} is not {what}. Fix: {key}={fix}."
+
+
+def first_difference(a, b, prefix: str):
+    """(the dotted key, a's value, b's value) where a and b first differ, as typed (null, true)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        diffs = (first_difference(a.get(k), b.get(k), f"{prefix}.{k}") for k in {**a, **b})
+        return next((d for d in diffs if d), None)
+    return None if a == b else (prefix, yaml_value(a), yaml_value(b))

@@ -23,12 +23,11 @@ from d2lrun.config import (
     check_device,
     checked,
     compose,
-    first_difference,
     options_of,
     resolve_device,
     yaml_value,
 )
-from d2lrun.config.messages import explain
+from d2lrun.config.messages import explain, first_difference
 from d2lrun.errors import UsageError
 
 

@@ -152,6 +152,34 @@ def test_options_of_a_config_dir_work_wherever_d2lrun_composes(tmp_path):
     assert r.returncode == 0 and (run / "eval.json").exists(), r.stderr
 
 
+def test_a_config_dirs_options_are_listed_by_help_and_checked_as_d2lruns_own(tmp_path):
+    """--help listed the built-in options only; an option of DIR was not checked against its
+    schema: `activation: relux` ended in "KeyError: 'relux' (a bug in d2lrun?)", and a file with
+    only `name: mlp` and num_hiddens in "model.activation is not a key of model=mlp (its keys:
+    none). Fix: drop model.activation", which no file or command had set."""
+    (tmp_path / "my" / "model").mkdir(parents=True)
+    files = {"odd": "name: mlp\nimpl: concise\nnum_hiddens: [7]\nactivation: relux\ndropout: 0",
+             "short": "name: mlp\nnum_hiddens: [7]\n",
+             "based": "defaults: [mlp, _self_]\nnum_hiddens: [7]\n"}  # fmt: skip
+    for name, text in files.items():
+        (tmp_path / "my" / "model" / f"{name}.yaml").write_text(text)
+    r = run_cli("-cd", str(tmp_path / "my"), "--help")
+    assert "\nmodel: based, conv2d, lenet, linreg, mlp, odd, short, softmax\n" in r.stdout
+    assert "\nmodel: conv2d, lenet, linreg, mlp, softmax\n" in run_cli("--help").stdout
+    r = run_cli("-cd", str(tmp_path / "my"), "model=odd")
+    assert r.returncode == 2 and r.stderr == (
+        "d2lrun: error: model.activation=relux is not one of relu, sigmoid, tanh. "
+        "Fix: model.activation=relu.\n"
+    )
+    r = run_cli("-cd", str(tmp_path / "my"), "model=short")
+    assert r.returncode == 2 and r.stderr == (
+        "d2lrun: error: your model option (name: mlp) lacks impl, activation, dropout. Fix: start "
+        "its file with `defaults: [mlp, _self_]` (mlp's values under its own), or set them.\n"
+    )
+    r = run_cli("-cd", str(tmp_path / "my"), "model=based", "--cfg", "job", "-p", "model")
+    assert r.returncode == 0 and "num_hiddens:\n- 7\nactivation: relu\n" in r.stdout, r.stderr
+
+
 def test_an_override_hydra_cannot_read_says_how_to_quote_it(tmp_path):
     r = run_cli("dataset.target=preis€", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 2 and r.stderr == (
