@@ -5,7 +5,7 @@ A checkpoint is a plain dict of tensors and containers, loaded weights_only:
     epoch      last completed epoch            history    metrics rows so far
     best       {"epoch", "metric", "value"}    rng        torch, cuda and shuffling generator states
     config     the run's config, resolved      overrides  its command line, as typed
-    spec       what the data decided (d2lrun.data.Spec as a dict)
+    spec       what the data decided (a Spec)  searchpath  -cd DIR's folders, its own options'
     mlflow_run_id  logger=mlflow's run (None otherwise), which `d2lrun resume=` continues
     restarts   times resumed or requeued       wall_seconds  training time so far, all attempts
 `model.pt` is only the final state_dict, loadable into the book's own nn.Sequential.
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -32,20 +33,13 @@ from d2lrun.config import (
     PATH_KEYS,
     checked,
     compose,
+    given,
     merge_overrides,
     overrides_of,
     resolve_device,
 )
 from d2lrun.config.messages import first_difference
-from d2lrun.data import (
-    Spec,
-    as_images,
-    build_data,
-    prepare_batch,
-    read_inputs,
-    sha1_of,
-    table_file,
-)
+from d2lrun.data import Spec, as_images, build_data, prepare_batch, read_inputs, sha1_of, table_file
 from d2lrun.errors import UsageError, note
 from d2lrun.files import atomic_write, override, remove_stale_temporaries, saved_checkpoint, shown
 from d2lrun.models import build_model, load_state_dict_strict, loss_kind
@@ -192,6 +186,12 @@ def run_overrides(ckpt: dict, new: Sequence[str] = (), what: str = "the run") ->
             value = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
             quoted.append(override(o.key_or_group, value) if isinstance(value, str) else
                           f"{o.key_or_group}={json.dumps(value, ensure_ascii=False)}")  # fmt: skip
+    here = HydraConfig.initialized() and HydraConfig.get().searchpath  # d2lrun-eval -cd DIR's
+    if (paths := ckpt.get("searchpath")) and not (here or given(new, "hydra.searchpath")):
+        if gone := [p for p in paths if not Path(p.removeprefix("file://")).is_dir()]:
+            raise UsageError(f"{what} was trained with -cd {shown(gone[0][7:])}, now no folder. "
+                             f"Fix: -cd DIR, the folder of its own options now.")  # fmt: skip
+        quoted.append(f"hydra.searchpath=[{','.join(paths)}]")
     return merge_overrides(merge_overrides(ckpt["overrides"], quoted), new)
 
 

@@ -52,7 +52,8 @@ def compose(
     if GlobalHydra.instance().is_initialized():  # e.g. d2lrun-eval's @hydra.main: the same configs
         paths = HydraConfig.get().searchpath if HydraConfig.initialized() else []  # --config-dir's
         found = [f"hydra.searchpath=[{','.join(paths)}]"] * bool(paths)
-        return hydra_compose(name, [*found, *overrides], return_hydra_config=with_hydra)
+        overrides = merge_overrides(overrides, found)  # a saved run's folder gives way to -cd's
+        return hydra_compose(name, overrides, return_hydra_config=with_hydra)
     register()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return hydra_compose(name, list(overrides), return_hydra_config=with_hydra)

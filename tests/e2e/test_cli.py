@@ -152,6 +152,31 @@ def test_options_of_a_config_dir_work_wherever_d2lrun_composes(tmp_path):
     assert r.returncode == 0 and (run / "eval.json").exists(), r.stderr
 
 
+def test_a_run_trained_with_a_config_dir_is_reloaded_without_it(tmp_path):
+    """d2lrun-eval run=RUN (and resume=, load_run) of a run trained with -cd DIR said "Unknown model
+    'mlp2'. ... Fix: model=linreg" unless -cd DIR was given again: the checkpoint keeps DIR now. A
+    DIR gone is said so, and -cd with its new place goes on."""
+    (tmp_path / "my" / "model").mkdir(parents=True)
+    (tmp_path / "my" / "model" / "mlp2.yaml").write_text(
+        "defaults: [mlp, _self_]\nnum_hiddens: 7\n"
+    )
+    run = tmp_path / "run"
+    args = ["model=mlp2", "dataset=synthetic", "trainer.epochs=1", *FAST, f"hydra.run.dir={run}"]
+    assert run_cli("-cd", str(tmp_path / "my"), *args).returncode == 0
+    r = run_cli(f"run={run}", tool="d2lrun-eval")
+    assert r.returncode == 0 and (run / "eval.json").exists(), r.stderr
+    r = run_cli(f"resume={run}", "trainer.epochs=2", *FAST, f"hydra.run.dir={run}")
+    assert r.returncode == 0 and "epoch 2/2" in r.stdout, r.stderr
+    (tmp_path / "my").rename(tmp_path / "moved")
+    r = run_cli(f"run={run}", tool="d2lrun-eval")
+    assert r.returncode == 2 and r.stderr == (
+        f"d2lrun-eval: error: {run}/last.pt was trained with -cd {tmp_path / 'my'}, now no "
+        f"folder. Fix: -cd DIR, the folder of its own options now.\n"
+    )
+    r = run_cli("-cd", str(tmp_path / "moved"), f"run={run}", tool="d2lrun-eval")
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_config_dirs_options_are_listed_by_help_and_checked_as_d2lruns_own(tmp_path):
     """--help listed the built-in options only; an option of DIR was not checked against its
     schema: `activation: relux` ended in "KeyError: 'relux' (a bug in d2lrun?)", and a file with
