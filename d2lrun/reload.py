@@ -188,7 +188,7 @@ def run_overrides(ckpt: dict, new: Sequence[str] = (), what: str = "the run") ->
                           f"{o.key_or_group}={json.dumps(value, ensure_ascii=False)}")  # fmt: skip
     here = HydraConfig.initialized() and HydraConfig.get().searchpath  # d2lrun-eval -cd DIR's
     if (paths := ckpt.get("searchpath")) and not (here or given(new, "hydra.searchpath")):
-        if gone := [p for p in paths if not Path(p.removeprefix("file://")).is_dir()]:
+        if gone := [p for p in paths if p.startswith("file://") and not Path(p[7:]).is_dir()]:
             raise UsageError(f"{what} was trained with -cd {shown(gone[0][7:])}, now no folder. "
                              f"Fix: -cd DIR, the folder of its own options now.")  # fmt: skip
         quoted.append(f"hydra.searchpath=[{','.join(paths)}]")
