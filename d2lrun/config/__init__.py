@@ -396,4 +396,4 @@ def new_overrides(base: Sequence[str], overrides: Sequence[str]) -> list[str]:
     was = {o.key_or_group: o.value() for o in parse(list(base))}
     new = [o.input_line for o in parse(list(overrides))
            if o.key_or_group not in was or was[o.key_or_group] != o.value()]  # fmt: skip
-    return [a if re.fullmatch(r"[\w.=/:+~@,\-]*", a) else double_quoted(a) for a in new]
+    return [a if re.fullmatch(r"[\w.=/:+@,\-]*", a) else double_quoted(a) for a in new]  # ~a: ~user
