@@ -384,10 +384,9 @@ def unreachable(uri: str, e: Exception) -> UsageError:
             f"logger.tracking_uri=sqlite:///outputs/mlflow.db (`mlflow migrate-filestore` moves "
             f"its runs), or MLFLOW_ALLOW_FILE_STORE=true."
         )
-    return UsageError(
-        f"logger.tracking_uri={uri} cannot be used ({why(e)}). "
-        f"Fix: a writable place, e.g. logger.tracking_uri=sqlite:///outputs/mlflow.db."
-    )
+    fix = "a kind of store MLflow takes" if "unsupported URI" in str(e) else "a writable place"
+    return UsageError(f"logger.tracking_uri={uri} cannot be used ({why(e)}). Fix: {fix}, e.g. "
+                      f"logger.tracking_uri=sqlite:///outputs/mlflow.db.")  # fmt: skip
 
 
 def why(e: Exception) -> str:

@@ -193,6 +193,11 @@ def test_a_folder_store_that_mlflow_3_refuses_gets_a_fix_that_works():
     assert str(denied).endswith(
         "Fix: a writable place, e.g. logger.tracking_uri=sqlite:///outputs/mlflow.db."
     )
+    # ftp://x: MLflow takes no such store at all, writable or not
+    odd = unreachable("ftp://x", Exception("got unsupported URI 'ftp://x' for model registry"))
+    assert str(odd).endswith(
+        "Fix: a kind of store MLflow takes, e.g. logger.tracking_uri=sqlite:///outputs/mlflow.db."
+    )
 
 
 def test_an_empty_tracking_uri_is_refused_not_mlflows_own_store_in_the_cwd(tmp_path, monkeypatch):
