@@ -23,15 +23,14 @@ from omegaconf import BooleanNode, DictConfig, OmegaConf, ValidationError, read_
 from d2lrun.config import (
     CONFIG_DIR,
     TIMESTAMP,
-    check_flags,
     check_groups,
     claimed_dir,
     compose,
     given,
-    hydra_args,
     overrides_of,
     register,
 )
+from d2lrun.config.flags import check_flags
 from d2lrun.config.sweeper import check_same_sweep
 from d2lrun.errors import Interrupted, RunFailed, UsageError, chained
 from d2lrun.files import (
@@ -263,12 +262,6 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
 
     check_flags(args)
     args, ckpt = resumed([a for a in args if a not in ("-m", "--multirun")])
-    asked = hydra_args(args)
-    if asked is not None and (asked.cfg or asked.info):  # which Hydra refuses with -m
-        raise UsageError(
-            "--cfg and --info show one run's config, not a sweep's. Fix: drop -m and give one "
-            "value per key (d2lrun optim.lr=0.1 --cfg job)."
-        )
     cfg, again = sweeps.checked_sweep(overrides_of(args))  # every job checked, as a run is
     args = [again.get(a, a) for a in args]  # a key only swept options have, as Hydra takes it
     lines = overrides_of(args)  # not the flags (--cfg job), which Hydra reads itself

@@ -70,7 +70,7 @@ def train(
                              f"or d2lrun-eval {shell_arg('run', fold)}.")  # fmt: skip
         if diff := changed(saved := resume_checkpoint(run_dir / "fold_0"), cfg, moved):
             key, was, now = diff  # refused before any fold's files are touched
-            check_same_meaning(saved["config"], cfg, f"resume={shown(run_dir)}", KEPT)  # as Run
+            check_same_meaning(saved["config"], cfg, f"resume={shown(run_dir)}", KEPT, overrides)
             folds = [f for i in range(k) if saved_checkpoint(f := run_dir / f"fold_{i}")]
             last = resume_checkpoint(fold := next((f for f in folds if not completed(f)), folds[0]))
             asked = int(now) if key == "trainer.epochs" else last["config"]["trainer"]["epochs"]
@@ -189,7 +189,7 @@ class Run:
         # ckpt: the one it resumes; fold=[k, i]: validated on fold i of k; draw: curves.png's bytes
         self.wall, self.run_dir, self.log, self.draw = time.perf_counter(), run_dir, log, draw
         if ckpt is not None:
-            check_same_meaning(ckpt["config"], cfg, f"resume={cfg.resume}", KEPT)
+            check_same_meaning(ckpt["config"], cfg, f"resume={cfg.resume}", KEPT, overrides)
             source = Path(cfg.resume)  # a run folder, or a checkpoint in one
             source = (source if source.is_dir() else source.parent).resolve()
             done, asked = ckpt["epoch"], cfg.trainer.epochs

@@ -195,8 +195,9 @@ def run_overrides(ckpt: dict, new: Sequence[str] = (), what: str = "the run") ->
     return merge_overrides(merge_overrides(ckpt["overrides"], quoted), new)
 
 
-def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[str] = MEANING):
-    """Refuse, in one line, a change to what the weights mean; where the data is may change."""
+def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys=MEANING, overrides=()):
+    """Refuse, in one line, a change to what the weights mean; where the data is may change.
+    overrides: the command's, which the Fix names (experiment=X for the model=Y X sets)."""
     now = OmegaConf.to_container(cfg, resolve=True)
     for key in keys:
         a, b = saved, now
@@ -208,10 +209,10 @@ def check_same_meaning(saved: dict, cfg: DictConfig, what: str, keys: Sequence[s
             k, was, asked = diff
             # Not "drop k=...": a group's file may set k (regularizer=dropout sets model.dropout)
             fix = f"drop {k[:-5]}={asked}" if k.endswith(".name") else f"{k}={was} (the run's)"
-            raise UsageError(
-                f"{what} cannot change {k} (the run has {k}={was}, asked {k}={asked}). "
-                f"Fix: {fix}, or start a new run."
-            )
+            preset = given(overrides, "experiment") if given(overrides, k[:-5]) is None else None
+            fix = f"drop experiment={preset}" if preset and k.endswith(".name") else fix  # chose it
+            raise UsageError(f"{what} cannot change {k} (the run has {k}={was}, asked {k}="
+                             f"{asked}). Fix: {fix}, or start a new run.")  # fmt: skip
 
 
 def continued(cfg: DictConfig, run_dir: Path, moved: bool = False) -> dict | None:
@@ -221,10 +222,9 @@ def continued(cfg: DictConfig, run_dir: Path, moved: bool = False) -> dict | Non
         return None
     saved = resume_checkpoint(run_dir)
     if diff := changed(saved, cfg, moved):
-        raise UsageError(
-            f"{shown(run_dir)} holds a checkpoint of another config ({diff[0]}={diff[1]} "
-            f"there, {diff[2]} now). Fix: another hydra.sweep.dir, or delete {shown(run_dir)}."
-        )
+        raise UsageError(f"{shown(run_dir)} holds a checkpoint of another config ({diff[0]}="
+                         f"{diff[1]} there, {diff[2]} now). Fix: another hydra.sweep.dir, or "
+                         f"delete {shown(run_dir)}.")  # fmt: skip
     cfg.resume = str(run_dir)
     return saved
 

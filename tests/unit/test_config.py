@@ -712,10 +712,19 @@ def test_shell_completions_query_run_by_hand_says_how_completion_is_installed():
         # Hydra swept, and d2lrun, running one job, wrote no table
         (["hydra.mode=MULTIRUN", "optim.lr=0.1,1"], "hydra.mode=MULTIRUN: -m sets Hydra's mode, "
                                                     "for a sweep. Fix: d2lrun -m optim.lr=0.1,1."),
+        # -p ignored: a whole run trained; with -m, Hydra's usage text
+        (["-p", "optim.lr", "trainer.epochs=1"], "-p optim.lr picks the part of the config --cfg "
+                                                 "shows. Fix: d2lrun --cfg job -p optim.lr."),
+        (["-m", "-p", "optim.lr", "optim.lr=0.1,0.2", "seed=1"], "-p optim.lr picks the part of "
+         "the config --cfg shows. Fix: d2lrun --cfg job -p optim.lr."),
+        # with -p, it said "gives several values, which only a sweep runs. Fix: d2lrun -m ..."
+        (["-m", "optim.lr=0.1,0.2", "--cfg", "job", "-p", "optim.lr"], "--cfg and --info show one "
+         "run's config, not a sweep's. Fix: drop -m and give one value per key (d2lrun "
+         "optim.lr=0.1 --cfg job)."),
     ],
 )  # fmt: skip
 def test_hydras_flags_that_failed_with_a_traceback_are_one_line(args, line):
-    from d2lrun.config import check_flags
+    from d2lrun.config.flags import check_flags
 
     with pytest.raises(UsageError) as e:
         check_flags(args)
@@ -808,7 +817,7 @@ def test_hydra_help_with_overrides_is_hydras_help(capsys, monkeypatch):
 def test_a_path_given_without_its_key_is_told_which_key(tmp_path, monkeypatch, name, arg, fix):
     """d2lrun-eval outputs/DATE/TIME said 'cannot read the override ... Fix: write it as
     KEY=VALUE', leaving the user to find the key: run=, ckpt=, resume=, input= or dataset.path=."""
-    from d2lrun.config import check_flags
+    from d2lrun.config.flags import check_flags
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "a").mkdir(parents=True)

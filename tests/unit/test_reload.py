@@ -401,6 +401,24 @@ def test_run_overrides_put_the_saved_runs_absolute_data_and_mlflow_paths(tmp_pat
         assert run_overrides(ckpt, [same], "resume=R")[-1] == same  # a glob: left to its jobs
 
 
+def test_a_change_a_preset_makes_is_refused_with_the_preset_to_drop():
+    """resume=RUN experiment=ch4_poly_third of a ch6_learn_kernel run said "Fix: drop
+    model=linreg", which the command never had."""
+    from d2lrun.reload import check_same_meaning
+
+    saved = OmegaConf.to_container(compose(["experiment=ch6_learn_kernel"]), resolve=True)
+    typed = ["experiment=ch4_poly_third", "trainer.epochs=20"]
+    with pytest.raises(UsageError) as e:
+        check_same_meaning(saved, compose(typed), "resume=R", overrides=typed)
+    assert str(e.value) == (
+        "resume=R cannot change model.name (the run has model.name=conv2d, asked "
+        "model.name=linreg). Fix: drop experiment=ch4_poly_third, or start a new run."
+    )
+    typed = ["experiment=ch6_learn_kernel", "optim=adam"]  # the group typed: that one
+    with pytest.raises(UsageError, match="Fix: drop optim=adam, or start"):
+        check_same_meaning(saved, compose(typed), "resume=R", ("optim.name",), typed)
+
+
 def test_run_overrides_put_the_saved_runs_absolute_data_root(tmp_path):
     ckpt = saved_run(["model=softmax", "dataset.root=data"], tmp_path)
     assert run_overrides(ckpt) == ["model=softmax", f"dataset.root='{tmp_path}/data'"]

@@ -1,0 +1,72 @@
+"""The command line's flags as Hydra's parser reads them, checked before anything runs: a flag
+Hydra would fail on with a traceback or its usage text, or that would run another config, is
+refused in one line."""
+
+import contextlib
+import io
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra._internal.utils import get_args_parser
+from omegaconf import OmegaConf
+
+from d2lrun.config import check_groups, compose, overrides_of
+from d2lrun.config.schema import closest
+from d2lrun.errors import UsageError
+from d2lrun.files import path_fix
+
+
+def check_flags(args: Sequence[str], name: str = "config") -> None:
+    """Hydra's flags as its parser reads them; a refusal (--bogus, --cfg foo) as one line, not
+    Hydra's usage text; then the overrides (check_groups)."""
+    said, flags = io.StringIO(), None
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(said)
+    with quiet[0], quiet[1], contextlib.suppress(SystemExit):
+        flags = get_args_parser().parse_args(list(args))
+    prog = "d2lrun" if name == "config" else f"d2lrun-{name}"
+    if flags is None:
+        reason = (said.getvalue().strip().splitlines() or ["?"])[-1].partition("error: ")[2]
+        raise UsageError(f"{reason}. Fix: see `{prog} --help` for the flags and keys.")
+    # Hydra's flags that it fails on with a traceback, or that would run another config.
+    if flags.multirun and (flags.cfg or flags.info):  # Hydra refuses them with -m
+        raise UsageError("--cfg and --info show one run's config, not a sweep's. Fix: drop -m and "
+                         "give one value per key (d2lrun optim.lr=0.1 --cfg job).")  # fmt: skip
+    if flags.resolve and not (flags.cfg or flags.help):
+        raise UsageError(f"--resolve resolves what --cfg shows. Fix: {prog} --cfg job --resolve.")
+    if flags.package is not None and not (flags.cfg or flags.help):  # ignored: a run trained
+        raise UsageError(f"-p {flags.package} picks the part of the config --cfg shows. "
+                         f"Fix: {prog} --cfg job -p {flags.package}.")  # fmt: skip
+    if flags.experimental_rerun:
+        raise UsageError(f"--experimental-rerun is not {prog}'s: resume=RUN goes on with a "
+                         f"saved run. Fix: drop --experimental-rerun.")  # fmt: skip
+    if flags.config_dir and not Path(flags.config_dir).expanduser().is_dir():
+        raise UsageError(f"--config-dir {flags.config_dir} is not a folder. Fix: a folder of YAML "
+                         f"files to add, or drop it.")  # fmt: skip
+    if flags.config_name not in (None, name):
+        raise UsageError(f"--config-name {flags.config_name}: {prog} runs its own config "
+                         f"({name}.yaml). Fix: drop it; a preset is experiment=NAME.")  # fmt: skip
+    if flags.config_path is not None:
+        raise UsageError(f"--config-path {flags.config_path}: {prog} runs its own configs. Fix: "
+                         f"drop it; --config-dir DIR adds a folder of YAML files.")  # fmt: skip
+    for arg in flags.overrides:  # d2lrun-eval outputs/DATE/TIME: a path without its key
+        if not flags.multirun and (fix := path_fix(arg, name)):
+            raise UsageError(f"{arg} is not an override. Fix: {fix}.")
+        if arg.startswith("hydra.mode=") and arg != "hydra.mode=RUN" and not flags.multirun:
+            swept = shlex.join(a for a in flags.overrides if a != arg) or "optim.lr=0.03,0.1"
+            swept = f"{prog} -m {swept}"  # the sweep's table as well
+            raise UsageError(f"{arg}: -m sets Hydra's mode, for a sweep. Fix: "
+                             f"{swept if name == 'config' else f'drop {arg}'}.")  # fmt: skip
+    check_groups(args, name)  # before resume= is read from them
+    if flags.cfg and flags.package not in (None, "_global_"):  # Hydra: not found, exit 1
+        cfg = compose(overrides_of(args), name, with_hydra=flags.cfg != "job")
+        sections, package = ["hydra"] if flags.cfg == "hydra" else list(cfg), flags.package
+        top, parent = package.split(".")[0], package.rpartition(".")[0]
+        if top not in sections or OmegaConf.select(cfg, package) is None:
+            null = top in sections and OmegaConf.select(cfg, package, default=0) is None  # resume
+            fix = f"-p {parent}" if parent else "drop -p"
+            fix = fix if null else f"-p {closest(package, sections)}"
+            fix = f"--cfg hydra -p {package}" if top == "hydra" != sections[0] else fix
+            said = f"is not in the config (its sections: {', '.join(sections)})"
+            said = "is null in the config, which Hydra prints as nothing" if null else said
+            raise UsageError(f"-p {package} {said}. Fix: {fix}.")
