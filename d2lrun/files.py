@@ -118,7 +118,7 @@ def hold(folder: Path, wait: bool = False, name: str = ".lock"):
 def held_dir(folder: Path, waiting: str | None = None):
     """folder, made, and locked (hold) while the returned file is open; None while another process
     holds it, or with waiting: that line said, then waited until it lets go."""
-    while True:
+    for _ in range(100):  # not for ever: mkdir under /proc says "no such file" every time
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if (lock := hold(folder)) is None and waiting:
@@ -131,6 +131,7 @@ def held_dir(folder: Path, waiting: str | None = None):
         if lock is None or os.fstat(lock.fileno()).st_nlink:
             return lock
         lock.close()  # its holder removed the folder (as above) while this one waited: again
+    raise unwritable(folder, FileNotFoundError(2, "No such file or directory"))
 
 
 def remove_empty(folders) -> None:

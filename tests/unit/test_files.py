@@ -225,6 +225,30 @@ def test_a_waiter_whose_holder_removed_the_folder_makes_it_again_and_holds_it(tm
     got[0].close()
 
 
+def test_a_folder_that_mkdir_never_makes_is_refused_not_tried_for_ever(tmp_path, monkeypatch):
+    """hydra.run.dir=/proc/x: mkdir says "no such file" every time there, which held_dir took for
+    a folder removed as it was made, and tried again for ever at 100% CPU (a helper's hunt)."""
+
+    def procfs(self, *args, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", procfs)
+    got = []
+
+    def claim():
+        try:
+            held_dir(tmp_path / "x")
+        except RunFailed as e:
+            got.append(str(e))
+
+    thread = threading.Thread(target=claim, daemon=True)  # before: still trying, after 10 s
+    thread.start()
+    thread.join(10)
+    assert got and got[0].startswith(
+        f"cannot write the output directory {tmp_path / 'x'} (No such file or directory). "
+    )
+
+
 def said(capsys) -> str:
     """What a thread printed, once it has (within 10 s)."""
     for _ in range(1000):
