@@ -74,6 +74,12 @@ def plain(overrides: tuple, name: str, example="'optim.lr=0.1', 'trainer.epochs=
             f"d2lrun.{name} takes overrides as text, one KEY=VALUE each; got {bad[0]!r}. "
             f"Fix: d2lrun.{name}({example})."
         )
+    if line := next((o for o in overrides if o.split(maxsplit=1)[:1] == ["d2lrun"]), None):
+        words = line.split()[1:]  # a command line pasted: its call, with the same overrides
+        call = "sweep" if words[:1] in (["-m"], ["--multirun"]) else "train"
+        args = ", ".join(map(repr, words[call == "sweep" :]))
+        raise UsageError(f"d2lrun.{name} takes overrides, not a command line ({line!r}). "
+                         f"Fix: d2lrun.{call}({args}).")  # fmt: skip
     multirun = ("-m ", "--multirun ")  # a command line's "-m a=1,2" as one string
     overrides = [
         w for o in overrides for w in (o.split(maxsplit=1) if o.startswith(multirun) else [o])
@@ -113,7 +119,7 @@ def in_python(line: str) -> str:
     def call(name: str):  # d2lrun.NAME('ARG', ...): the command's arguments, as a shell reads them
         return lambda m: f"d2lrun.{name}({', '.join(map(repr, shlex.split(m[1])))})"
 
-    more = r"""(?: [\w.+~]+=\S+| "[^"]*")*"""  # resume=RUN trainer.epochs=3 "dataset.root='a b'"
+    more = r"""(?: [\w.+~]+=\S*[^\s.]| "[^"]*")*"""  # trainer.epochs=3 "dataset.root='a b'"
     line = re.sub(rf"d2lrun ((?:'resume=[^']*'|resume=\S+){more})", call("train"), line)
     again = r"run the same command again with (\S+|'[^']*')"
     line = re.sub(again, lambda m: f"call d2lrun.sweep again with the same overrides and "

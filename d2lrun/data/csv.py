@@ -316,7 +316,8 @@ def table_splits(
                     )  # fmt: skip
         elif cfg.standardize_target:  # predictions and *_rmse are scaled back to target units
             y = train_rows[target].astype(float)
-            scale = {"mean": float(y.mean()), "std": float(y.std(ddof=0)) or 1.0}
+            with np.errstate(over="ignore"):  # 1e200: numpy's warning, then float32's one line
+                scale = {"mean": float(y.mean()), "std": float(y.std(ddof=0)) or 1.0}
     spec = Spec(
         cfg.name, task, len(stats["columns"]), len(classes) if classes else 1, class_names=classes,
         target_scale=scale, fold=list(fold) if fold else None, target=target, drop=list(cfg.drop),

@@ -113,6 +113,18 @@ def test_flags_are_refused_and_one_list_of_overrides_is_taken(here):
     with pytest.raises(UsageError) as e:  # its Fix, 'model=linreg' 'seed=1', pasted: one string
         d2lrun.train("model=linreg seed=1")
     assert str(e.value).endswith("Fix: one override per argument: 'model=linreg', 'seed=1'.")
+    # A command line pasted: it said "cannot read the override d2lrun.sweep('optim.lr=0.1,0.2')",
+    # text the user never wrote, and "Fix: ... '-m', ...", which train refuses
+    pasted = {
+        "d2lrun -m optim.lr=0.1,0.2": "d2lrun.sweep('optim.lr=0.1,0.2')",
+        "d2lrun resume=r trainer.epochs=3": "d2lrun.train('resume=r', 'trainer.epochs=3')",
+    }
+    for line, fix in pasted.items():
+        with pytest.raises(UsageError) as e:
+            d2lrun.train(line)
+        assert str(e.value) == (
+            f"d2lrun.train takes overrides, not a command line ('{line}'). Fix: {fix}."
+        )
     for args in (["-m optim.lr=0.1,0.2"], ["hydra.mode=MULTIRUN", "optim.lr=0.1,0.2"]):
         with pytest.raises(UsageError, match=re.escape("Fix: d2lrun.sweep('optim.lr=0.1,0.2').")):
             d2lrun.train(*args)  # said d2lrun '-m ...' in a shell; trained, then failed

@@ -1174,6 +1174,7 @@ def test_an_in_place_resume_stopped_before_its_first_new_epoch_says_what_goes_on
     assert api.in_python(line).endswith(
         "d2lrun.train('resume=run', 'trainer.epochs=3', 'optim.lr=0.1')"
     )
+    assert api.in_python(f"{line}.").endswith("'optim.lr=0.1').")  # the sentence's stop: out
     monkeypatch.setattr(d2lrun.job, "fit", fit)
     app.train(line.split()[3:])  # as its line said (into a new folder)
     moved = sorted((tmp_path / "outputs").glob("*/*"))[-1]
