@@ -18,7 +18,7 @@ def curves_figure(rows: list[dict], title: str = ""):
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
-    panels = [("loss", "loss")] + ([("acc", "accuracy")] if "val_acc" in rows[0] else [])
+    panels = [("loss", "loss")] + ([("acc", "accuracy")] if "train_acc" in rows[0] else [])
     fig = Figure(figsize=(4.5 * len(panels), 3.5))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     marker = "o" if len(rows) <= 30 else None

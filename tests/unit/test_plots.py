@@ -47,6 +47,11 @@ def test_curves_are_the_books_plot_loss_and_accuracy_per_epoch_train_and_val():
     assert only.get_yscale() == "linear" and train.get_marker() == "None"
     assert [t.get_text() for t in only.get_legend().get_texts()] == ["train loss"]
 
+    # Classification without held-out rows (val_fraction=0): its accuracy too, it had none
+    rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": 0.5 + e / 10} for e in (1, 2)]
+    loss, acc = curves_figure(rows).axes
+    assert [t.get_text() for t in acc.get_legend().get_texts()] == ["train accuracy"]
+
 
 def test_the_loss_axis_label_is_inside_the_picture_and_one_epoch_has_its_one_tick():
     """A loss within one decade was labelled 6×10⁻¹ ..., wide enough to push 'loss' off the
