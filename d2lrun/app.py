@@ -260,7 +260,7 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     """`d2lrun -m ARGS`: every job, in a sweep folder of its own; (folder, what failed or None)."""
     from d2lrun import sweeps
 
-    check_flags(args)
+    check_flags(["-m", *args])  # a sweep's, also as d2lrun.sweep calls it (without -m)
     args, ckpt = resumed([a for a in args if a not in ("-m", "--multirun")])
     cfg, again = sweeps.checked_sweep(overrides_of(args))  # every job checked, as a run is
     args = [again.get(a, a) for a in args]  # a key only swept options have, as Hydra takes it
