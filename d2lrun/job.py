@@ -10,10 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.config import checked, given, new_overrides, resolve_device
+from d2lrun.config import checked, given, new_overrides, resolve_device, searchpath
 from d2lrun.data import Spec, build_data, check_positive_target, table_file
 from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError, note
 from d2lrun.files import (
@@ -243,8 +242,7 @@ class Run:
         self.again = new_overrides(ckpt["overrides"], kept) if in_place else []
         extra = {"format": FORMAT, "config": config, "overrides": kept, "spec": asdict(spec)}
         extra["restarts"] = ckpt.get("restarts", 0) + 1 if ckpt else 0  # resumed or requeued
-        found = HydraConfig.initialized() and list(HydraConfig.get().searchpath)  # -cd DIR's: the
-        extra["searchpath"] = found or []  # run's own options, for resume, eval, predict (reload)
+        extra["searchpath"] = searchpath()  # -cd's: its options, for resume, eval, predict
         tracked, best = [], None  # each row with best_<metric> as of its epoch, as on_epoch's
         for row in self.history.rows:
             best = self.better(row, best)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -37,6 +36,8 @@ from d2lrun.config import (
     merge_overrides,
     overrides_of,
     resolve_device,
+    searchpath,
+    searchpath_override,
 )
 from d2lrun.config.messages import first_difference
 from d2lrun.data import Spec, as_images, build_data, prepare_batch, read_inputs, sha1_of, table_file
@@ -186,12 +187,11 @@ def run_overrides(ckpt: dict, new: Sequence[str] = (), what: str = "the run") ->
             value = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
             quoted.append(override(o.key_or_group, value) if isinstance(value, str) else
                           f"{o.key_or_group}={json.dumps(value, ensure_ascii=False)}")  # fmt: skip
-    here = HydraConfig.initialized() and HydraConfig.get().searchpath  # d2lrun-eval -cd DIR's
-    if (paths := ckpt.get("searchpath")) and not (here or given(new, "hydra.searchpath")):
+    if (paths := ckpt.get("searchpath")) and not (searchpath() or given(new, "hydra.searchpath")):
         if gone := [p for p in paths if p.startswith("file://") and not Path(p[7:]).is_dir()]:
             raise UsageError(f"{what} was trained with -cd {shown(gone[0][7:])}, now no folder. "
                              f"Fix: -cd DIR, the folder of its own options now.")  # fmt: skip
-        quoted.append(f"hydra.searchpath=[{','.join(paths)}]")
+        quoted.append(searchpath_override(paths))  # -cd DIR's, unless the command gives -cd
     return merge_overrides(merge_overrides(ckpt["overrides"], quoted), new)
 
 

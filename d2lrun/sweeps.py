@@ -58,10 +58,9 @@ def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
         )
     cfg, again, jobs = sweep_config(lines)
     parsed = OverridesParser.create().parse_overrides(lines)
-    swept = {o.key_or_group.lstrip("+~") for o in parsed if o.is_sweep_override()}
+    apart = own_experiment([o.key_or_group for o in parsed if o.is_sweep_override()])
     for job in (job for job in jobs if job.logger.name == "mlflow"):  # TensorBoard: torch's import
-        # A sweep over models, datasets or presets logs to a new experiment named after it
-        own = swept & {"model", "dataset", "experiment"} and not job.logger.get("experiment_name")
+        own = apart and not job.logger.get("experiment_name")  # new: sweep_experiment's
         name = "" if own else experiment_name(job, given(lines, "experiment"), None)
         open_tracker(job, Path(), name, None, None, print, check=True)
     return cfg, again
@@ -139,9 +138,12 @@ def prepared(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict | None:
 
 def sweep_experiment(sweep_dir: Path) -> str | None:
     """The MLflow experiment of a sweep over models or datasets: named after the sweep."""
-    swept = {k.lstrip("+~") for k in planned_jobs(sweep_dir)[1]}
-    one_experiment = swept & {"model", "dataset", "experiment"}
-    return f"sweep {sweep_dir.resolve()}" if one_experiment else None
+    return f"sweep {sweep_dir.resolve()}" if own_experiment(planned_jobs(sweep_dir)[1]) else None
+
+
+def own_experiment(swept) -> bool:
+    """A sweep over models, datasets or presets (swept keys) logs to an experiment of its own."""
+    return bool({k.lstrip("+~") for k in swept} & {"model", "dataset", "experiment"})
 
 
 def job_failed(e: Exception, run_dir: Path, sweep_dir: Path, label: str = "") -> float:

@@ -49,13 +49,21 @@ def compose(
     """The config of `d2lrun OVERRIDES...` via Hydra's Compose API; with_hydra: Hydra's keys too."""
     check_groups(overrides, name)
     if GlobalHydra.instance().is_initialized():  # e.g. d2lrun-eval's @hydra.main: the same configs
-        paths = HydraConfig.get().searchpath if HydraConfig.initialized() else []  # --config-dir's
-        found = [f"hydra.searchpath=[{','.join(paths)}]"] * bool(paths)
-        overrides = merge_overrides(overrides, found)  # a saved run's folder gives way to -cd's
+        if paths := searchpath():  # --config-dir's, over a saved run's (reload.run_overrides)
+            overrides = merge_overrides(overrides, [searchpath_override(paths)])
         return hydra_compose(name, overrides, return_hydra_config=with_hydra)
     register()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return hydra_compose(name, list(overrides), return_hydra_config=with_hydra)
+
+
+def searchpath() -> list[str]:
+    """The folders -cd added to this Hydra run (d2lrun.cli.searched); none outside one."""
+    return list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
+
+
+def searchpath_override(paths: Sequence[str]) -> str:
+    return f"hydra.searchpath=[{','.join(paths)}]"
 
 
 def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
