@@ -300,11 +300,14 @@ def register(presets: bool = True) -> None:
 def example(cfg: DictConfig | None, dotted: str, option: str | None = None) -> str:
     """A key's working value for a Fix: the chosen option's YAML's, else config.yaml's."""
     group, _, rest = dotted.partition(".")
-    also = []
+    first, also = [], []
     if cfg is not None:  # the chosen options' files set keys beyond their group (trainer.*)
         option = cfg[group].name if group in SCHEMAS else None
         also = [f"{g}/{cfg[g].name}" for g in ("model", "dataset") if g in cfg]
-    for name in [f"{group}/{option}", *also, "config", "eval", "predict"]:
+        # regularizer=dropout's model.dropout and =l2's optim.weight_decay win over the model's and
+        # optimizer's own (0.0: none), as in config.yaml's defaults, where regularizer comes later.
+        first = [f"regularizer/{cfg.regularizer.name}"] if "regularizer" in cfg else []
+    for name in [*first, f"{group}/{option}", *also, "config", "eval", "predict"]:
         path = Path(CONFIG_DIR, f"{name}.yaml")
         if not path.is_file():  # a key outside the groups (seed): config.yaml only
             continue

@@ -283,7 +283,7 @@ def test_a_quoted_value_hydras_grammar_cannot_read_unquoted_is_taken():
         ),
         (
             ["model=mlp", "regularizer=dropout", "model.dropout=1.0"],
-            "model.dropout=1.0 is out of range: it must be less than 1",
+            "model.dropout=1.0 is out of range: it must be less than 1. Fix: model.dropout=0.5.",
         ),
         (
             ["model=mlp", "model.dropout=[0.2,-0.1]"],
@@ -452,6 +452,12 @@ def test_example_is_the_chosen_options_own_yaml_value():
     assert example(compose(["init=normal"]), "init.std") == "0.01"
     mlp = compose(["model=mlp"])  # a file of the _global_ package: model/mlp.yaml's model.dropout
     assert example(mlp, "model.dropout") == "0.0" and example(mlp, "model.num_hiddens") == "[256]"
+    # regularizer=dropout and =l2 set these keys over the model's and optimizer's 0.0, which
+    # would turn off what the user asked for
+    dropout = compose(["model=mlp", "regularizer=dropout"])
+    assert example(dropout, "model.dropout") == "0.5"
+    assert example(compose(["regularizer=l2"]), "optim.weight_decay") == "0.001"
+    assert example(compose(["regularizer=l1"]), "regularizer.lambd") == "0.001"
 
 
 def test_example_falls_back_to_config_yaml():
