@@ -287,7 +287,8 @@ def test_a_quoted_value_hydras_grammar_cannot_read_unquoted_is_taken():
         ),
         (
             ["model=mlp", "model.dropout=[0.2,-0.1]"],
-            "model.dropout=[0.2, -0.1] is out of range: it must be at least 0",
+            "model.dropout=[0.2,-0.1] is out of range: it must be at least 0. "
+            "Fix: model.dropout=0.0.",
         ),
         (
             ["model=mlp", "model.dropout=[0.2,0.5]"],
