@@ -229,6 +229,12 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
 
 def train(args: Sequence[str]) -> Path:
     """`d2lrun ARGS`: one run (d2lrun.job.train); its folder."""
+
+    def task(cfg: DictConfig) -> Path:  # in its folder, claimed by RunDir or held by named_dir
+        hc = HydraConfig.get()
+        job.train(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), ckpt, draw=draw)
+        return Path(hc.run.dir)  # as named (relative to where the command ran)
+
     try:
         with Plotter() as draw:  # before d2lrun.job imports torch: matplotlib's import beside it
             with deferred_signals():  # Ctrl-C in torch's import: after it (within, torch swallows
@@ -238,7 +244,7 @@ def train(args: Sequence[str]) -> Path:
             args, ckpt = resumed(args)
             args = literal_dir(args, "hydra.run.dir")
             with named_dir(args):
-                return run("config", args, lambda cfg: train_task(cfg, job, ckpt, draw))
+                return run("config", args, task)
     except KeyboardInterrupt as e:  # before a run began (once it has: its own Interrupted line)
         if not any(str(a).startswith("resume=") for a in args):
             raise
@@ -246,14 +252,6 @@ def train(args: Sequence[str]) -> Path:
         raise Interrupted(f"interrupted by {by(signum)} before the resumed run went on; its saved "
                           f"epochs are kept. To go on, run the same command again.",
                           signum) from None  # fmt: skip
-
-
-def train_task(cfg: DictConfig, job, ckpt: dict | None, draw) -> Path:
-    """One run in its folder (claimed by RunDir, or held by named_dir: each removes it if it
-    made it and no run began there)."""
-    hc = HydraConfig.get()
-    job.train(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), ckpt, draw=draw)
-    return Path(hc.run.dir)  # as named (relative to where the command ran)
 
 
 def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
