@@ -255,21 +255,22 @@ def check_same_sweep(sweep_dir: Path, task: list[str], hydra: DictConfig, folder
     # Its job folders (not always with .hydra/: hydra.output_subdir=null), not .submitit/
     if not plan.exists() or not any(p.is_dir() and p.name[0] != "." for p in sweep_dir.iterdir()):
         return
+
+    def another(what: str, fix: str) -> UsageError:
+        return UsageError(
+            f"hydra.sweep.dir={folder} holds another sweep ({what}). Fix: {fix} to finish that "
+            f"one, or another hydra.sweep.dir."
+        )
+
     saved = OmegaConf.load(plan).hydra
     before = list(saved.overrides.task)
     if sorted(before) != sorted(task):  # its folders 0/, 1/, ... hold other jobs
-        raise UsageError(
-            f"hydra.sweep.dir={folder} holds another sweep ({' '.join(before)}). Fix: "
-            f"the same overrides to finish that one, or another hydra.sweep.dir."
-        )
+        raise another(" ".join(before), "the same overrides")
     chosen = [OmegaConf.select(h, "runtime.choices", default={}) for h in (saved, hydra)]
     for group, there in chosen[0].items():  # hydra/sweeper/sampler=random: the option
         asked = chosen[1].get(group)
         if group.startswith("hydra/sweeper") and asked != there:
-            raise UsageError(
-                f"hydra.sweep.dir={folder} holds another sweep ({group}={there} there, {asked} "
-                f"now). Fix: {group}={there} to finish that one, or another hydra.sweep.dir."
-            )
+            raise another(f"{group}={there} there, {asked} now", f"{group}={there}")
     sampler = OmegaConf.to_container(saved.sweeper, resolve=False).get("sampler") or {}
     if "seed" in sampler and sampler["seed"] is None:  # Optuna's trials drawn again: others
         raise UsageError(
@@ -287,10 +288,7 @@ def check_same_sweep(sweep_dir: Path, task: list[str], hydra: DictConfig, folder
     if diff := first_difference(was, now, "hydra"):  # Optuna's trials 0, 1, ... would be others
         key, there, asked = diff
         fix = f"'{key}={there}'" if "$" in there else f"{key}={there}"  # quoted for a shell
-        raise UsageError(
-            f"hydra.sweep.dir={folder} holds another sweep ({key}={there} there, {asked} now). "
-            f"Fix: {fix} to finish that one, or another hydra.sweep.dir."
-        )
+        raise another(f"{key}={there} there, {asked} now", fix)
     parse = OverridesParser.create().parse_overrides
     swept = [[o.input_line for o in parse(x) if o.is_sweep_override()] for x in (before, task)]
     if swept[0] != swept[1]:  # Hydra numbers the jobs in the order of these
