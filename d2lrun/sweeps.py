@@ -12,6 +12,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from yaml import YAMLError
 
@@ -42,8 +44,6 @@ def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
     """config.sweeper.sweep_config, and each MLflow store among the jobs checked once: one that
     cannot be, or a server that cannot be reached (from Slurm's nodes as from here), ends the
     sweep before any job starts, in the line each job would give. It makes no store or run."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     from d2lrun.config.sweeper import sweep_config
     from d2lrun.tracking import experiment_name, open_tracker
 
@@ -106,7 +106,9 @@ def run_job(
         if done is not None:  # the same sweep run again: only missing or failed jobs train
             say(f"job {num}: already completed in {shown(run_dir)}; skipped")
             return score(done)
-        label = job_label(num)
+        # 'job N: ' before its lines where jobs run side by side (joblib), as a stack member's
+        joblib = HydraConfig.initialized() and "Joblib" in HydraConfig.get().launcher._target_
+        label = f"job {num}: " if joblib else ""
         try:
             ckpt = prepared(cfg, run_dir, ckpt)
             name = sweep_experiment(sweep_dir)  # MLflow's experiment
@@ -115,14 +117,6 @@ def run_job(
         except Exception as e:
             return job_failed(e, run_dir, sweep_dir, label)
     return score(metrics)
-
-
-def job_label(num: int) -> str:
-    """'job N: ' before a job's lines where jobs run side by side (joblib), as a stack member's."""
-    from hydra.core.hydra_config import HydraConfig
-
-    side_by_side = HydraConfig.initialized() and "Joblib" in HydraConfig.get().launcher._target_
-    return f"job {num}: " if side_by_side else ""
 
 
 def prepared(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict | None:
@@ -188,7 +182,6 @@ def score(metrics: dict | None) -> float:
 def planned_jobs(sweep_dir: Path) -> tuple[list[dict | None], list[str]]:
     """The jobs multirun.yaml asks for ({key: value}, None where a sampler picks); swept keys."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if not (sweep_dir / "multirun.yaml").exists():
         return [], []
