@@ -73,8 +73,7 @@ def heatmap_figure(table, x_key: str, y_key: str, metric: str, higher: bool, swe
     cells = table.dropna(subset=[x_key, y_key])
     ok = cells["_score"].map(math.isfinite)
     values = cells.loc[ok, col].astype(float)
-    cmap = matplotlib.colormaps["viridis" if higher else "viridis_r"]
-    cmap = cmap.with_extremes(bad="lightgray")
+    cmap = matplotlib.colormaps["viridis" if higher else "viridis_r"].with_extremes(bad="lightgray")
     # A log scale when the values span more than a decade (min and max are NaN when none are left).
     norm = LogNorm() if values.min() > 0 and values.max() > 10 * values.min() else None
     xs, ys = sorted(set(cells[x_key])), sorted(set(cells[y_key]))
