@@ -113,12 +113,9 @@ def read(config: dict, seed: int, fold: list[int] | None, fitted: Spec | None = 
     train, val, spec = module.load(cfg, seed)
     if not fold:
         return train, val, spec
-    keep, held_out = map(torch.from_numpy, fold_rows(len(train), *fold, cfg.shuffle_folds, seed))
-    return (
-        Split(train.X[keep], train.y[keep], train.scale),
-        Split(train.X[held_out], train.y[held_out], train.scale),
-        replace(spec, fold=list(fold)),
-    )
+    rows = map(torch.from_numpy, fold_rows(len(train), *fold, cfg.shuffle_folds, seed))
+    keep, held_out = (Split(train.X[r], train.y[r], train.scale) for r in rows)
+    return keep, held_out, replace(spec, fold=list(fold))
 
 
 def fold_rows(n: int, k: int, i: int, shuffle: bool, seed: int) -> tuple[np.ndarray, ...]:
