@@ -34,8 +34,7 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
     """Write bytes to path so that it is never seen half-written; through a link, to the file it
     names (the link kept); to a device or pipe (output=/dev/stdout) as it is: no file to replace."""
     if os.path.exists(path) and not os.path.isfile(path):  # a folder fails here, as it should
-        with open(path, "wb") as f:
-            f.write(data)
+        Path(path).write_bytes(data)
         return Path(path)
     path = Path(os.path.realpath(path) if os.path.islink(path) else path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -249,9 +248,8 @@ def list_arg(key: str, items, quote_all: bool = False) -> str:
     would not read it as written (or each, quote_all), the whole quoted for the shell then."""
 
     def item(i: str) -> str:
-        return (
-            i if not quote_all and re.fullmatch(r"[\w.\-]+", i, re.ASCII) else override("", i)[1:]
-        )
+        as_written = not quote_all and re.fullmatch(r"[\w.\-]+", i, re.ASCII)
+        return i if as_written else override("", i)[1:]
 
     arg = f"{key}=[{','.join(item(str(i)) for i in items)}]"
     return double_quoted(arg) if "'" in arg else arg
