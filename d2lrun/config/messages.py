@@ -62,11 +62,8 @@ def explain(e: BaseException) -> D2lrunError:
         if readable(f"{key}={value}"):  # lists too), else the whole value, quoted
             fix = f"{key}={value}"
         else:
-            value = (
-                re.sub(lists, quote_items, value)
-                if re.fullmatch(rf"{lists}(,{lists})*", value)
-                else f"'{value}'"
-            )
+            only_lists = re.fullmatch(rf"{lists}(,{lists})*", value)
+            value = re.sub(lists, quote_items, value) if only_lists else f"'{value}'"
             fix = f"""quote the value: "{key}={value}" (outer quotes for a shell)"""
         fix = fix if equals else "write it as KEY=VALUE"
         if not equals and (value := example(None, key)) not in ("...", "null") and "{" not in value:
