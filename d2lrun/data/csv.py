@@ -56,8 +56,7 @@ def renamed(name: str, to: str) -> str:
 def transform(features: pd.DataFrame, stats: dict, source: str = "the input") -> np.ndarray:
     """§2.2 on fitted statistics: fillna(mean) (then standardize), one-hot with a NaN column."""
     used = [*stats["numeric"], *stats["categorical"]]
-    missing = [c for c in used if c not in features.columns]
-    if missing:
+    if missing := [c for c in used if c not in features.columns]:
         unused = [c for c in features.columns if c not in used]
         near = {m: n for m in missing if (n := alike(m, unused))}  # ' a ', Price: data of a, price
         fix = ", ".join(renamed(n, m) for m, n in near.items())
