@@ -58,10 +58,10 @@ def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
         )
     cfg, again, jobs = sweep_config(lines)
     parsed = OverridesParser.create().parse_overrides(lines)
-    apart = own_experiment([o.key_or_group for o in parsed if o.is_sweep_override()])
+    swept = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    own = sweep_experiment(Path(cfg.hydra.sweep.dir), swept)
     for job in (job for job in jobs if job.logger.name == "mlflow"):  # TensorBoard: torch's import
-        own = apart and not job.logger.get("experiment_name")  # new: sweep_experiment's
-        name = "" if own else experiment_name(job, given(lines, "experiment"), None)
+        name = experiment_name(job, given(lines, "experiment"), own)
         open_tracker(job, Path(), name, None, None, print, check=True)
     return cfg, again
 
@@ -130,14 +130,12 @@ def prepared(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict | None:
     return ckpt
 
 
-def sweep_experiment(sweep_dir: Path) -> str | None:
-    """The MLflow experiment of a sweep over models or datasets: named after the sweep."""
-    return f"sweep {sweep_dir.resolve()}" if own_experiment(planned_jobs(sweep_dir)[1]) else None
-
-
-def own_experiment(swept) -> bool:
-    """A sweep over models, datasets or presets (swept keys) logs to an experiment of its own."""
-    return bool({k.lstrip("+~") for k in swept} & {"model", "dataset", "experiment"})
+def sweep_experiment(sweep_dir: Path, swept: list[str] | None = None) -> str | None:
+    """The MLflow experiment of a sweep over models, datasets or presets (its swept keys, else
+    multirun.yaml's): one of its own, named after the sweep; None: each job's usual one."""
+    swept = planned_jobs(sweep_dir)[1] if swept is None else swept
+    apart = {k.lstrip("+~") for k in swept} & {"model", "dataset", "experiment"}
+    return f"sweep {sweep_dir.resolve()}" if apart else None
 
 
 def job_failed(e: Exception, run_dir: Path, sweep_dir: Path, label: str = "") -> float:

@@ -137,8 +137,8 @@ class MLflow(Tracker):
         self.sqlite_dir = check_sqlite(self.uri) if local else None
         with quick_requests():
             try:
-                if check:  # a sweep's, before its jobs: the server answers, its experiment was
-                    # not deleted (name; "": the sweep's own, new); nothing is made
+                if check:  # a sweep's, before its jobs: the server answers, its experiment
+                    # (name) was not deleted; nothing is made
                     if not local or Path(self.uri.removeprefix("sqlite:///")).exists():
                         self.client = MlflowClient(self.uri)
                         self._experiment(name, create=False)

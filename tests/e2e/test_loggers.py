@@ -491,6 +491,21 @@ def test_a_sweep_logs_over_http_to_an_mlflow_server_in_one_experiment(tmp_path):
                 "metrics.json",
                 "model.pt",
             }
+
+        # A sweep over models gets its own experiment, named after it: the check before its
+        # jobs looked up the experiment "", which a server (not SQLite) refuses, and the
+        # sweep ended "cannot be reached ... Fix: start the server" with the server up.
+        sweep = tmp_path / "models"
+        models = ["model=linreg,mlp", "dataset=synthetic", f"hydra.sweep.dir={sweep}"]
+        r = run_module("-m", "logger=mlflow", f"logger.tracking_uri={uri}", *FAST, *models)
+        assert r.returncode == 0, r.stderr
+        experiment = client.get_experiment_by_name(f"sweep {sweep}")
+        assert {
+            r.data.tags["d2lrun.run_dir"] for r in client.search_runs([experiment.experiment_id])
+        } == {
+            str(sweep / "0"),
+            str(sweep / "1"),
+        }
     finally:
         stop(process)
 
