@@ -119,7 +119,10 @@ def check_search(o, cfg: DictConfig) -> None:
     the config of the options searched first, for the key's type)."""
     key, v = o.key_or_group, o.value()
     if isinstance(v, RangeSweep):  # Optuna's includes its end: range(1,3) is 1, 2 and 3
-        values = ",".join(str(x) for x in o.sweep_iterator())
+        # range(0.01,0.1,0.01)'s sums show 0.060000000000000005: written as the user would, 0.06
+        values = ",".join(
+            f"{x:.12g}" if isinstance(x, float) else str(x) for x in o.sweep_iterator()
+        )
         raise UsageError(
             f"{o.input_line}: Optuna's sweeper reads it with its end included, unlike Python's "
             f"range and the basic sweeper. Fix: '{key}=choice({values})'."

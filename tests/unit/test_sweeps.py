@@ -995,6 +995,8 @@ OPTUNA = ["hydra/sweeper=optuna_lr_wd", "hydra.sweeper.n_trials=2"]
         ([*OPTUNA, "trainer.epochs=range(1,3)"],  # Optuna's gave 3 too
          "with its end included, unlike Python's range and the basic sweeper. "
          "Fix: 'trainer.epochs=choice(1,2)'."),
+        ([*OPTUNA, "optim.lr=range(0.05,0.08,0.01)"],  # Hydra's sums: 0.060000000000000005
+         "Fix: 'optim.lr=choice(0.05,0.06,0.07)'."),
         (["hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "optim.lr=0.1,1"],
          "hydra.launcher.n_jobs=0 runs no job: it is the number of processes (-1: one per CPU). "
          "Fix: hydra.launcher.n_jobs=2."),
