@@ -160,7 +160,10 @@ def submit(ex, fn, calls: list[tuple]) -> list:
         key = OPTIONS.get(option.group(1)) if option else None
         if "memory" in message.lower():
             key = "mem_gb"
-        if "partition" in message.lower():
+        if "contact slurm controller" in message.lower():  # slurmctld down, or not reached
+            fix = "check that Slurm's controller answers from this machine (scontrol ping), or "
+            fix += "drop hydra/launcher=slurm to run the sweep here"
+        elif "partition" in message.lower():
             fix = f"hydra.launcher.partition=<one of: {', '.join(_sinfo('%R')) or 'see sinfo'}>"
         elif "gres" in message.lower() or "gpu" in message.lower():
             fix = "hydra.launcher.gpus_per_node=0 where the nodes have no GPUs"

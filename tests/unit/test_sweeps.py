@@ -377,6 +377,28 @@ def test_slurm_settings_that_cannot_work_are_refused_before_sbatch_in_one_line()
     check_time_limit({"timeout_min": 1, "signal_delay_s": None})  # submitit's own delay
 
 
+def test_a_slurm_controller_that_cannot_be_reached_is_said_so_with_its_fix():
+    """Its Fix named cpus_per_task, mem_gb, ...: nothing the user had asked for wrong."""
+    from submitit.core.utils import FailedJobError
+
+    from hydra_plugins.d2lrun_launcher.slurm import submit
+
+    class Down:  # sbatch's own words, with slurmctld stopped
+        def map_array(self, fn, *args):
+            raise FailedJobError(
+                "sbatch: error: Batch job submission failed: Unable to contact slurm controller "
+                "(connect failure)"
+            )
+
+    with pytest.raises(UsageError) as e:
+        submit(Down(), print, [(1,), (2,)])
+    assert str(e.value) == (
+        "sbatch refused the sweep: Batch job submission failed: Unable to contact slurm "
+        "controller (connect failure). Fix: check that Slurm's controller answers from this "
+        "machine (scontrol ping), or drop hydra/launcher=slurm to run the sweep here."
+    )
+
+
 def test_a_slurm_job_out_of_requeues_is_in_the_table_as_its_record_says(tmp_path, caplog):
     """submitit's 'timed-out too many times', raised on the node after d2lrun had recorded the
     job interrupted, was raised again by Hydra's sweeper: no table, 'a bug in d2lrun?'."""
