@@ -7,6 +7,7 @@ import copy
 import io
 import itertools
 import math
+import os
 import re
 from pathlib import Path
 
@@ -230,6 +231,17 @@ def check_subdir(hydra: DictConfig, overrides: list) -> None:
     # Each job composed, as Hydra's basic sweeper does before it launches them (a sweep with
     # a subdir of its own takes that time twice as it starts: 0.1-0.2 s a job here).
     subdir = OmegaConf.to_container(hydra.sweep, resolve=False)["subdir"]
+
+    def inside(folder: str) -> None:  # ., x/.., ../x: the sweep's folder itself, held by the
+        shown = os.path.normpath(folder)  # sweep (its jobs waited on its lock for ever), or out
+        if shown in (".", "..") or shown.startswith("../") or os.path.isabs(shown):
+            where = "in the sweep's folder itself" if shown == "." else "outside the sweep's folder"
+            raise UsageError(
+                f"hydra.sweep.subdir={subdir} puts a job {where}, not in a folder of its own "
+                f"inside it. Fix: 'hydra.sweep.subdir=${{hydra.job.num}}'."
+            )
+
+    inside(re.sub(r"\$\{[^}]*\}", "x", str(subdir)))  # whatever its ${...} give
     if re.search(r"job\.(num|id)\b", str(subdir)):  # Hydra's default ${hydra.job.num}: unique
         return
     folders: dict[str, int] = {}
@@ -241,6 +253,7 @@ def check_subdir(hydra: DictConfig, overrides: list) -> None:
             folder = str(cfg.hydra.sweep.subdir)
         except Exception:  # a ${...} Hydra resolves later, or never: its own error then
             return
+        inside(folder)
         if folder in folders:
             raise UsageError(
                 f"hydra.sweep.subdir={subdir} puts jobs {folders[folder]} and {num} into one "

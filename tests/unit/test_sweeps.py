@@ -1022,6 +1022,16 @@ OPTUNA = ["hydra/sweeper=optuna_lr_wd", "hydra.sweeper.n_trials=2"]
         (["hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "optim.lr=0.1,1"],
          "hydra.launcher.n_jobs=0 runs no job: it is the number of processes (-1: one per CPU). "
          "Fix: hydra.launcher.n_jobs=2."),
+        # The sweep's own folder (its jobs waited on its lock for ever, silent), or out of it
+        (["optim.lr=0.1", "hydra.sweep.subdir=."],
+         "hydra.sweep.subdir=. puts a job in the sweep's folder itself, not in a folder of its "
+         "own inside it. Fix: 'hydra.sweep.subdir=${hydra.job.num}'."),
+        (["optim.lr=0.1,1", "hydra.sweep.subdir=${hydra.job.num}/.."],
+         "hydra.sweep.subdir=${hydra.job.num}/.. puts a job in the sweep's folder itself, not in "
+         "a folder of its own inside it. Fix: 'hydra.sweep.subdir=${hydra.job.num}'."),
+        (["optim.lr=0.1,1", "hydra.sweep.subdir=../j${hydra.job.num}"],
+         "hydra.sweep.subdir=../j${hydra.job.num} puts a job outside the sweep's folder, not in a "
+         "folder of its own inside it. Fix: 'hydra.sweep.subdir=${hydra.job.num}'."),
         (["optim.lr=0.1,1", "optim.weight_decay=0,1", "hydra.sweep.subdir=${optim.weight_decay}"],
          "hydra.sweep.subdir=${optim.weight_decay} puts jobs 0 and 2 into one folder (0.0): "
          "the second would write over the first. "
