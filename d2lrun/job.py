@@ -83,9 +83,9 @@ def train(
     if todo := [i for i in range(k) if not saved_checkpoint(run_dir / f"fold_{i}")]:
         build_data(checked(cfg).dataset, cfg.seed, fold=[k, todo[0]])
     for i in range(k):
-        log(f"fold {i + 1}/{k}")
         folder, fold_cfg = run_dir / f"fold_{i}", cfg.copy()
         try:  # resume=RUN, or a sweep's job run again (Slurm requeued it): its folds go on
+            log(f"fold {i + 1}/{k}")  # a signal as it prints: the folds before it are saved
             if (ckpt := continued(fold_cfg, folder, moved)) and (fold := completed(folder)):
                 log(f"fold {i + 1}/{k}: completed before in {shown(folder)}; kept")
             else:

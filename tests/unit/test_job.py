@@ -415,6 +415,25 @@ def test_a_k_fold_run_stopped_in_a_fold_goes_on_with_resume_of_the_run(tmp_path,
     assert run == whole and "val_loss" in run
 
 
+def test_a_k_fold_run_stopped_as_a_fold_starts_says_how_to_go_on(tmp_path):
+    """A stop signal as 'fold 2/3' printed said "interrupted before anything was saved." with no
+    Resume line, though fold 1 was complete (and resume=RUN kept it)."""
+    args = ["device=cpu", "trainer.progress=false", "dataset.num_train=60", "dataset.folds=3",
+            "trainer.epochs=1"]  # fmt: skip
+
+    def log(line: str) -> None:
+        if line == "fold 2/3":
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as e:
+        d2lrun.job.train(compose(args), tmp_path / "run", args, log=log)
+    assert str(e.value) == (
+        "fold 2/3: interrupted by Ctrl-C before its first epoch. "
+        f"Resume with: d2lrun resume={tmp_path / 'run'}"
+    )
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["fold_0", "metrics.json"]
+
+
 def test_a_resumed_k_fold_run_whose_later_folds_cannot_load_is_refused_before_any_fold(
     tmp_path, monkeypatch
 ):
