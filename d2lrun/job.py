@@ -278,9 +278,12 @@ class Run:
                 history.rows, history.best, history.pending = rows, best, None if due else snapshot
                 self.log(format_row(row, trainer.epochs))
                 self.again = []  # last.pt has this command's config now, or at the end
-        finally:  # the tracker has the epoch a signal held (not held for it: its server may wait)
+        finally:  # the tracker has the epoch a signal held; one that comes as it logs waits for
+            # a local store (TensorBoard, SQLite: else the epoch was cut off there, or SQLite's
+            # write broken), not for a server, which may hang (up to 20 s: tracking.TRAINING)
             if history.rows is rows:  # best_<metric> an epoch: a resumed run's series goes on
-                self.tracker.log_epoch(row | {f"best_{self.metric}": best["value"]})
+                with deferred_signals() if self.tracker.local else contextlib.nullcontext():
+                    self.tracker.log_epoch(row | {f"best_{self.metric}": best["value"]})
 
     def better(self, row: dict, best: dict | None) -> dict:
         """The best epoch of the epochs best stands for and row's."""

@@ -33,6 +33,8 @@ RUN_STATUS = {"completed": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
 class Tracker:
     """logger=none: nothing beyond the run folder's own files. The other loggers override these."""
 
+    local = True  # its writes end soon (no server to wait for)
+
     def start(self, config: dict, rows: list[dict]) -> str | None: ...  # rows: a resumed run's
     def log_epoch(self, row: dict) -> None: ...
     def finish(self, status: str, summary: dict, run_dir: Path) -> None: ...
@@ -133,12 +135,11 @@ class MLflow(Tracker):
                 "logger.tracking_uri=sqlite:///outputs/mlflow.db, or unset MLFLOW_TRACKING_URI."
             )
         self.ckpt, self.log, self.run_id = ckpt, log, None
-        local = self.uri.startswith("sqlite:")  # its folder: made here, artifacts beside it
+        self.local = local = self.uri.startswith("sqlite:")  # made here, artifacts beside it
         self.sqlite_dir = check_sqlite(self.uri) if local else None
         with quick_requests():
             try:
-                if check:  # a sweep's, before its jobs: the server answers, its experiment
-                    # (name) was not deleted; nothing is made
+                if check:  # before a sweep's jobs: the server answers, name is not deleted
                     if not local or Path(self.uri.removeprefix("sqlite:///")).exists():
                         self.client = MlflowClient(self.uri)
                         self._experiment(name, create=False)

@@ -637,6 +637,26 @@ def test_a_signal_as_an_epochs_checkpoint_is_written_leaves_the_record_at_that_e
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 2
 
 
+def test_a_signal_as_the_tracker_logs_an_epoch_waits_until_it_has_logged_it(tmp_path, monkeypatch):
+    """SIGTERM while MLflow (SQLite) logged epoch 3: metrics.csv had it, MLflow not (or its write
+    broke off with 'database is locked' and a traceback)."""
+    import os
+    import signal
+
+    logged = []
+
+    def log_epoch(_, row):
+        logged.append((row["epoch"], "loss"))
+        if row["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        logged.append((row["epoch"], "accuracy"))
+
+    monkeypatch.setattr(d2lrun.tracking.Tracker, "log_epoch", log_epoch)
+    with pytest.raises(Interrupted, match="interrupted after epoch 2; the last complete epoch"):
+        run_job(tmp_path, "trainer.epochs=4")
+    assert logged == [(1, "loss"), (1, "accuracy"), (2, "loss"), (2, "accuracy")]
+
+
 @pytest.mark.parametrize("extra", [[], ["logger=tensorboard"], ["dataset.folds=2"]])
 def test_a_run_stopped_in_its_first_epoch_leaves_no_folder_and_the_command_runs_again(
     tmp_path, monkeypatch, extra
