@@ -285,7 +285,10 @@ def collect(sweep_dir: Path):
     table = table.reindex(columns=["job", *keys, "status", *measured, *ends])
     # Best first; the jobs that did not complete (score -inf) last, in job order.
     table["_number"] = table["job"].map(job_number)
-    return table.sort_values(["_score", "_number"], ascending=[False, True]), keys
+    table = table.sort_values(["_score", "_number"], ascending=[False, True])
+    if table["_metric"].nunique() > 1:  # model=linreg,softmax: a val_loss beside a val_acc ranked
+        table = table.sort_values("_metric", kind="stable")  # among the jobs of its own metric
+    return table, keys
 
 
 def row(job: str, overrides: dict | None, metrics: dict | None, started: bool) -> dict:
@@ -326,7 +329,10 @@ def report(sweep_dir: Path, show: bool = True) -> str | None:
         written.append(atomic_write(sweep_dir / "heatmap.png", image))
     counts = table["status"].value_counts(sort=False)
     if show:
-        print_table(sweep_dir, public, counts)
+        print_table(sweep_dir, public, counts, best=len(metrics) < 2)  # one best of one metric
+        if len(metrics) > 1:
+            judged = f"{len(metrics)} metrics ({', '.join(sorted(metrics))})"
+            print(f"note: these jobs are judged by {judged}; each is ranked among those of its own")
         print(f"wrote {', '.join(map(str, written))}")
     bad = len(table) - counts.get("completed", 0)
     if bad:
@@ -346,15 +352,15 @@ def sweeps_below(folder: Path) -> list[Path]:
     return sorted(p.parent for n in (1, 2, 3) for p in folder.glob("*/" * n + "multirun.yaml"))
 
 
-def print_table(sweep_dir: Path, table, counts) -> None:
-    """The rows as a rich table, best first (bold), failures in red, their reasons below."""
+def print_table(sweep_dir: Path, table, counts, best: bool = True) -> None:
+    """The rows as a rich table, best first (bold if best), failures in red, their reasons below."""
     from rich.console import Console
     from rich.table import Column, Table
 
     columns = [c for c in table if c != "reason"]
     rich_table = Table(*(Column(c, justify="left" if c == "status" else "right") for c in columns))
     for i, r in enumerate(table.to_dict("records")):
-        style = ("bold" if i == 0 else None) if r["status"] == "completed" else "red"
+        style = ("bold" if i == 0 and best else None) if r["status"] == "completed" else "red"
         rich_table.add_row(*(fmt(r[c]) for c in columns), style=style)
     console = Console()
     if not console.is_terminal:

@@ -607,6 +607,31 @@ def test_the_printed_table_has_the_best_job_first_in_bold_and_failures_in_red(
     assert red in failed and red in why
 
 
+def test_jobs_judged_by_other_metrics_are_each_ranked_among_their_own(tmp_path, capsys):
+    """d2lrun -m dataset.val_fraction=0,0.2 ranked a train_acc of 0.9 above a val_acc of 0.85 in
+    one list, its first row bold as the sweep's best, with nothing said."""
+    s = tmp_path / "sweep"
+    s.mkdir()
+
+    def acc(metric, value):
+        return {"status": "completed", "final": {"epoch": 1, metric: value}, "wall_seconds": 1,
+                "best": {"epoch": 1, "metric": metric, "value": value}}  # fmt: skip
+
+    write_job(s, 0, ["dataset.val_fraction=0.2", "optim.lr=0.1"], acc("val_acc", 0.85))
+    write_job(s, 1, ["dataset.val_fraction=0", "optim.lr=0.1"], acc("train_acc", 0.9))
+    write_job(s, 2, ["dataset.val_fraction=0.2", "optim.lr=1"], acc("val_acc", 0.8))
+    write_job(s, 3, ["dataset.val_fraction=0", "optim.lr=1"], acc("train_acc", 0.95))
+    table, _ = sweep.collect(s)
+    assert list(table["job"]) == ["3", "1", "0", "2"]  # train_acc's best first, then val_acc's
+    assert sweep.report(s) is None
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2] == (
+        "note: these jobs are judged by 2 metrics (train_acc, val_acc); each is ranked among "
+        "those of its own"
+    )
+    assert not (s / "heatmap.png").exists()  # one colour scale for two metrics: none drawn
+
+
 def test_a_search_sweeps_heatmap_is_a_dot_per_trial_on_log_axes_failures_as_red_crosses(
     tmp_path, monkeypatch
 ):
