@@ -258,15 +258,13 @@ class SavedRun:
 
     @property
     def run_dir(self) -> Path:
-        """The run folder as named: where the checkpoint is, with metrics.csv, metrics.json, ...;
-        absolute once the name no longer leads there (after an os.chdir)."""
+        """Its folder (metrics.csv, ...) as named; absolute once an os.chdir made the name wrong."""
         named = self.checkpoint.parent
         return named if named.absolute() == self.files else self.files
 
     @property
     def metrics(self):
-        """One row per epoch, as metrics.csv has them (or, of a run killed before it wrote it, as
-        its checkpoint has them): a pandas DataFrame."""
+        """A DataFrame of its rows per epoch: metrics.csv's (or a killed run's checkpoint's)."""
         import pandas as pd
 
         if self.history and not (self.files / "metrics.csv").exists():
@@ -354,7 +352,9 @@ def load_run(
         raise UsageError(f"run={path} and ckpt={ckpt} name two runs. Fix: give one of them.")
     source = Path(ckpt) if ckpt else find_checkpoint(path)
     saved = load_checkpoint(source, needs="reloading")
-    cfg = compose(run_overrides(saved, overrides, str(source)))
+    model = saved["config"]["model"].items()  # as it trained, also if its (-cd) file changed
+    kept = [f"model.{k}={json.dumps(v, ensure_ascii=False)}" for k, v in model if k != "name"]
+    cfg = compose(run_overrides(saved, [*kept, *overrides], str(source)))
     check_same_meaning(saved["config"], cfg, str(source))
     cfg, dev, spec = checked(cfg), resolve_device(device), Spec(**saved["spec"])
     with own_torch(cuda=False):  # float32 weights, not the caller's dtype; the caller's CPU random

@@ -175,6 +175,17 @@ def test_a_run_trained_with_a_config_dir_is_reloaded_without_it(tmp_path):
     )
     r = run_cli("-cd", str(tmp_path / "moved"), f"run={run}", tool="d2lrun-eval")
     assert r.returncode == 0, r.stderr
+    # Its option's file edited since: eval and predict said "cannot change model.num_hiddens ...
+    # Fix: model.num_hiddens=[7] (the run's)", which they then refused as a key of d2lrun's
+    (tmp_path / "moved" / "model" / "mlp2.yaml").write_text(
+        "defaults: [mlp, _self_]\nnum_hiddens: 64\n"
+    )
+    r = run_cli("-cd", str(tmp_path / "moved"), f"run={run}", tool="d2lrun-eval")
+    assert r.returncode == 0, r.stderr
+    from d2lrun import load_run
+
+    moved = [f"hydra.searchpath=[file://{tmp_path / 'moved'}]"]
+    assert load_run(run, overrides=moved).model[1].out_features == 7  # the run's, not 64
 
 
 def test_a_config_dirs_options_are_listed_by_help_and_checked_as_d2lruns_own(tmp_path):
