@@ -38,6 +38,7 @@ from d2lrun.config import (
     resolve_device,
     searchpath,
     searchpath_override,
+    typed_override,
 )
 from d2lrun.config.messages import first_difference
 from d2lrun.data import Spec, as_images, build_data, prepare_batch, read_inputs, sha1_of, table_file
@@ -185,8 +186,7 @@ def run_overrides(ckpt: dict, new: Sequence[str] = (), what: str = "the run") ->
         value = OmegaConf.select(config, o.key_or_group, default=unset)
         if "${" in str(o.value()) and value is not unset and not OmegaConf.is_dict(value):
             value = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
-            quoted.append(override(o.key_or_group, value) if isinstance(value, str) else
-                          f"{o.key_or_group}={json.dumps(value, ensure_ascii=False)}")  # fmt: skip
+            quoted.append(typed_override(o.key_or_group, value))
     if (paths := ckpt.get("searchpath")) and not (searchpath() or given(new, "hydra.searchpath")):
         if gone := [p for p in paths if p.startswith("file://") and not Path(p[7:]).is_dir()]:
             raise UsageError(f"{what} was trained with -cd {shown(gone[0][7:])}, now no folder. "
@@ -353,7 +353,7 @@ def load_run(
     source = Path(ckpt) if ckpt else find_checkpoint(path)
     saved = load_checkpoint(source, needs="reloading")
     model = saved["config"]["model"].items()  # as it trained, also if its (-cd) file changed
-    kept = [f"model.{k}={json.dumps(v, ensure_ascii=False)}" for k, v in model if k != "name"]
+    kept = [typed_override(f"model.{k}", v) for k, v in model if k != "name"]
     cfg = compose(run_overrides(saved, [*kept, *overrides], str(source)))
     check_same_meaning(saved["config"], cfg, str(source))
     cfg, dev, spec = checked(cfg), resolve_device(device), Spec(**saved["spec"])

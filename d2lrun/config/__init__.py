@@ -7,6 +7,7 @@ error means to the user is d2lrun.config.messages'.
 import contextlib
 import dataclasses
 import io
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,7 @@ from d2lrun.config.schema import (
     yaml_value,
 )
 from d2lrun.errors import UsageError, note
-from d2lrun.files import double_quoted
+from d2lrun.files import double_quoted, override
 
 PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
 
@@ -64,6 +65,14 @@ def searchpath() -> list[str]:
 
 def searchpath_override(paths: Sequence[str]) -> str:
     return f"hydra.searchpath=[{','.join(paths)}]"
+
+
+def typed_override(key: str, value) -> str:
+    """key=value as Hydra reads it back, typed as it was: a string quoted (files.override), any
+    other value as JSON (16, [16], null, true)."""
+    if isinstance(value, str):
+        return override(key, value)
+    return f"{key}={json.dumps(value, ensure_ascii=False)}"
 
 
 def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
