@@ -280,7 +280,7 @@ class Run:
                 self.again = []  # last.pt has this command's config now, or at the end
         finally:  # the tracker has the epoch a signal held; one that comes as it logs waits for
             # a local store (TensorBoard, SQLite: else the epoch was cut off there, or SQLite's
-            # write broken), not for a server, which may hang (up to 20 s: tracking.TRAINING)
+            # write broken), not for a server, which may hang (up to 20 s: tracking.mlflow.TRAINING)
             if history.rows is rows:  # best_<metric> an epoch: a resumed run's series goes on
                 with deferred_signals() if self.tracker.local else contextlib.nullcontext():
                     self.tracker.log_epoch(row | {f"best_{self.metric}": best["value"]})

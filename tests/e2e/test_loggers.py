@@ -113,7 +113,7 @@ def test_a_run_resumed_in_place_shows_its_last_status_in_the_hparams_view(tmp_pa
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-    from d2lrun.tracking import TensorBoard
+    from d2lrun.tracking.tensorboard import TensorBoard
 
     rows = []
     for status in ("interrupted", "completed"):  # one epoch each, as a run and its resume
@@ -385,7 +385,7 @@ def test_processes_that_open_a_new_sqlite_store_at_once_all_log_to_it(tmp_path):
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
     code = (
         "import sys; from pathlib import Path; from omegaconf import OmegaConf; "
-        "from d2lrun.tracking import MLflow; "
+        "from d2lrun.tracking.mlflow import MLflow; "
         f"cfg = OmegaConf.create({{'logger': {{'tracking_uri': '{uri}'}}}}); "
         "MLflow(cfg, Path(sys.argv[1]), 'sweep', None, None, print).start({}, [])"
     )
@@ -405,7 +405,7 @@ def test_a_deleted_experiments_fix_restores_it_as_typed(tmp_path):
     from omegaconf import OmegaConf
 
     from d2lrun.errors import UsageError
-    from d2lrun.tracking import MLflow
+    from d2lrun.tracking.mlflow import MLflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -425,7 +425,7 @@ def test_a_run_stopped_before_its_first_epoch_leaves_no_mlflow_run(tmp_path, emp
     from mlflow import MlflowClient
     from omegaconf import OmegaConf
 
-    from d2lrun.tracking import MLflow
+    from d2lrun.tracking.mlflow import MLflow
 
     uri = store(empty_store, tmp_path / "mlflow.db")
     cfg = OmegaConf.create({"logger": {"tracking_uri": uri}})

@@ -14,15 +14,8 @@ from omegaconf import OmegaConf
 from d2lrun.config import checked, compose
 from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.reload import merge_overrides, resume_checkpoint, run_overrides
-from d2lrun.tracking import (
-    Tracker,
-    experiment_name,
-    flatten,
-    metrics_of,
-    quick_requests,
-    unreachable,
-    why,
-)
+from d2lrun.tracking import Tracker, experiment_name, flatten, metrics_of, why
+from d2lrun.tracking.mlflow import quick_requests, unreachable
 
 
 def test_flatten_gives_dotted_keys_and_scalars_as_yaml_writes_them():
@@ -204,7 +197,7 @@ def test_an_empty_tracking_uri_is_refused_not_mlflows_own_store_in_the_cwd(tmp_p
     """MLFLOW_TRACKING_URI= (set, empty): the run logged to ./mlflow.db and ./mlruns, not the
     documented outputs/mlflow.db, and saved '' in its checkpoint."""
     pytest.importorskip("mlflow")
-    from d2lrun.tracking import MLflow
+    from d2lrun.tracking.mlflow import MLflow
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
@@ -217,7 +210,7 @@ def test_an_empty_tracking_uri_is_refused_not_mlflows_own_store_in_the_cwd(tmp_p
 def test_a_sqlite_store_that_cannot_be_a_database_is_refused_at_once(tmp_path, monkeypatch):
     """sqlite:///outputs (a folder) stood 110 s in MLflow's retries, 7 warnings, then failed."""
     pytest.importorskip("mlflow")
-    from d2lrun.tracking import MLflow
+    from d2lrun.tracking.mlflow import MLflow
 
     (tmp_path / "outputs").mkdir()
     (tmp_path / "notes.txt").write_text("not a database")

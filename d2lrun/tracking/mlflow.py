@@ -1,16 +1,7 @@
-"""Run tracking where people compare runs: TensorBoard and MLflow (the `logger` config group).
+"""logger=mlflow: a run in an MLflow store (a SQLite file or a server), checked before training."""
 
-open_tracker fails in one line before any data; then start, log_epoch and finish, never per batch.
-Once training has started, a logging failure costs a note, never the run: its files are the record.
-"""
-
-import functools
-import json
 import logging
 import os
-import re
-import textwrap
-import threading
 import time
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
@@ -20,98 +11,14 @@ from omegaconf import DictConfig
 
 from d2lrun.errors import UsageError
 from d2lrun.files import hold
+from d2lrun.tracking import Tracker, flatten, metrics_of, why
 
-NOT_METRICS = ("epoch", "seconds", "examples_per_s")  # columns of a metrics row that are not logged
 # MLflow's HTTP client retries for minutes by default (7 times, backing off: a run whose server went
 # away stood still 4 minutes); the check before training gives up at once, a run after two retries
 # (about 5 s when the server refuses, up to 20 s when it hangs: 5 s a try), then goes on without.
 QUICK = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
 TRAINING = QUICK | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
 RUN_STATUS = {"completed": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}  # else KILLED
-
-
-class Tracker:
-    """logger=none: nothing beyond the run folder's own files. The other loggers override these."""
-
-    local = True  # its writes end soon (no server to wait for)
-
-    def start(self, config: dict, rows: list[dict]) -> str | None: ...  # rows: a resumed run's
-    def log_epoch(self, row: dict) -> None: ...
-    def finish(self, status: str, summary: dict, run_dir: Path) -> None: ...
-
-
-class TensorBoard(Tracker):
-    """Event files in RUN/tensorboard/: a scalar per metric per epoch, the config as hparams."""
-
-    def __init__(self, run_dir: Path, log):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.SummaryWriter, self.folder, self.log = SummaryWriter, run_dir / "tensorboard", log
-        # Its writer's thread prints the traceback of a failed write (a full disk) as it dies; the
-        # writer raises that error again in the run's thread, where _writing makes it a note.
-        if not getattr(threading.excepthook, "d2lrun", False):
-            threading.excepthook = functools.partial(quiet_writer, threading.excepthook)
-            threading.excepthook.d2lrun = True
-
-    def start(self, config: dict, rows: list[dict]) -> None:
-        self.config, self.writer = config, None  # None again once a write failed: no more logged
-        # Resumed in place, its earlier epochs are logged already; purge_step hides those after
-        # its checkpoint. Into a new folder, they are logged again: it has all, as metrics.csv.
-        again = self.folder.is_dir() and rows
-        purge = rows[-1]["epoch"] + 1 if again else None
-        with self._writing():
-            self.writer = self.SummaryWriter(log_dir=str(self.folder), purge_step=purge)
-        for row in [] if again else rows:
-            self.log_epoch(row)
-
-    def log_epoch(self, row: dict) -> None:
-        if self.writer is None:
-            return
-        with self._writing():
-            for name, value in metrics_of(row).items():
-                self.writer.add_scalar(name, value, row["epoch"])
-            self.writer.flush()  # `tensorboard --logdir` shows the epoch now, not two minutes later
-
-    def finish(self, status: str, summary: dict, run_dir: Path) -> None:
-        """The HParams view: the config and status, with the final metrics and best_<metric>."""
-        # Not SummaryWriter.add_hparams: it writes a second run folder, with a copy of each metric.
-        from torch.utils.tensorboard.summary import hparams
-        from torch.utils.tensorboard.writer import FileWriter
-
-        if self.writer is None:
-            return
-        names = list(metrics_of(summary.get("final") or {}))
-        if best := summary.get("best"):
-            names.append(f"best_{best['metric']}")
-        with self._writing():
-            self.writer.close()
-            # In a file of its own, which the next finish replaces: TensorBoard shows the first
-            # hparams a folder holds, so a run resumed in place would stay "interrupted".
-            before = list(self.folder.glob("*.hparams"))
-            writer = FileWriter(str(self.folder), filename_suffix=".hparams")
-            config = flatten(self.config) | {"status": status}
-            for part in hparams(config, dict.fromkeys(names, 0.0)):
-                writer.add_summary(part)
-            writer.close()
-            for path in before:
-                path.unlink(missing_ok=True)
-
-    @contextmanager
-    def _writing(self):
-        """Its writes while the run trains: a failure (a full disk, a folder made read-only) is a
-        note, and the last: the run's own files are its record."""
-        try:
-            yield
-        except Exception as e:
-            self.log(f"note: TensorBoard logging to {self.folder} stopped ({why(e)}); training "
-                     f"goes on")  # fmt: skip
-            self.writer = None
-
-
-def quiet_writer(hook, args) -> None:
-    """threading.excepthook but for TensorBoard's writer thread, whose error is raised again."""
-    if type(args.thread).__name__ != "_AsyncWriterThread":
-        hook(args)
 
 
 class MLflow(Tracker):
@@ -263,60 +170,6 @@ class MLflow(Tracker):
                 self.run_id = None
 
 
-def open_tracker(
-    cfg: DictConfig,
-    run_dir: Path,
-    name: str,
-    ckpt: dict | None,
-    sweep_dir: Path | None,
-    log,
-    check: bool = False,
-) -> Tracker:
-    """The tracker cfg.logger names (name: MLflow's experiment); a missing package fails here.
-    check: what each job of a sweep would refuse, refused once before they start, in the same
-    line; it makes no store, experiment or run (the jobs do, on Slurm's nodes too)."""
-    logger = cfg.logger.name
-    try:
-        if logger == "tensorboard":
-            return TensorBoard(run_dir, log)
-        if logger == "mlflow":
-            return MLflow(cfg, run_dir, name, ckpt, sweep_dir, log, check)
-    except ImportError as e:  # the logger's package: MLflow's client errors are caught in MLflow
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(
-            f"logger={logger} needs the {logger} package ({reason}). "
-            f"Fix: pip install 'd2lrun[{logger}]', or logger=none."
-        ) from None
-    return Tracker()
-
-
-def metrics_of(row: dict) -> dict[str, float]:
-    """The metrics of a metrics row: every number but the epoch and the timings."""
-    return {
-        k: float(v)
-        for k, v in row.items()
-        if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, str | int | float]:
-    """A nested config as dotted keys (optim.lr); lists, booleans and null as YAML writes them."""
-    flat: dict[str, str | int | float] = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            flat |= flatten(v, f"{prefix}{k}.")
-        else:
-            plain = isinstance(v, (int, float, str)) and not isinstance(v, bool)
-            flat[f"{prefix}{k}"] = v if plain else json.dumps(v)
-    return flat
-
-
-def experiment_name(cfg: DictConfig, preset: str | None, sweep: str | None) -> str:
-    """logger.experiment_name, else the sweep's, else the preset's name, else MODEL-DATASET."""
-    default = f"{cfg.model.name}-{cfg.dataset.name}"
-    return cfg.logger.get("experiment_name") or sweep or preset or default
-
-
 @contextmanager
 def quick_requests(settings: dict = QUICK):
     """Short HTTP timeouts and few retries for MLflow, unless the user set their own, then back;
@@ -388,13 +241,3 @@ def unreachable(uri: str, e: Exception) -> UsageError:
     fix = "a kind of store MLflow takes" if "unsupported URI" in str(e) else "a writable place"
     return UsageError(f"logger.tracking_uri={uri} cannot be used ({why(e)}). Fix: {fix}, e.g. "
                       f"logger.tracking_uri=sqlite:///outputs/mlflow.db.")  # fmt: skip
-
-
-def why(e: Exception) -> str:
-    """The gist of a client error: the OS error of a connection, else its first line."""
-    text = str(e)
-    found = re.search(r"\[Errno -?\d+\] [^'\")\]]+|(?:Read|Connect)TimeoutError|timed out", text)
-    first = (text.strip().splitlines() or [type(e).__name__])[0]
-    return (
-        found.group(0).rstrip(": ") if found else textwrap.shorten(first, 160, placeholder=" ...")
-    )
