@@ -18,6 +18,8 @@ from d2lrun.tracking import Tracker, flatten, metrics_of, why
 # (about 5 s when the server refuses, up to 20 s when it hangs: 5 s a try), then goes on without.
 QUICK = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
 TRAINING = QUICK | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+# The pip package of a database driver that SQLAlchemy imports by another name (else the same).
+DRIVERS = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
 RUN_STATUS = {"completed": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}  # else KILLED
 
 
@@ -233,10 +235,22 @@ def unreachable(uri: str, e: Exception) -> UsageError:
             f"address; logger.tracking_uri=sqlite:///outputs/mlflow.db logs to a local file."
         )
     if "MLFLOW_ALLOW_FILE_STORE" in str(e):  # MLflow 3 refuses a folder store, saying this key
+        path = urlparse(uri).path  # file:./mlruns, outputs/mlflow.db: a path is a folder store
+        if Path(path).suffix in (".db", ".sqlite") or Path(path).is_file():  # a SQLite file meant
+            return UsageError(
+                f"logger.tracking_uri={uri} is a path, which MLflow takes for a folder of files "
+                f"(a store MLflow 3 no longer makes). Fix: logger.tracking_uri=sqlite:///{path}."
+            )
         return UsageError(
             f"logger.tracking_uri={uri} is a folder of files, which MLflow 3 no longer takes. Fix: "
             f"logger.tracking_uri=sqlite:///outputs/mlflow.db (`mlflow migrate-filestore` moves "
             f"its runs), or MLFLOW_ALLOW_FILE_STORE=true."
+        )
+    if isinstance(e, ImportError) and e.name:  # postgresql://, mysql://: SQLAlchemy's driver
+        package = DRIVERS.get(e.name, e.name)
+        return UsageError(
+            f"logger.tracking_uri={uri} needs the database driver {e.name} ({why(e)}). Fix: "
+            f"pip install {package}, or logger.tracking_uri=sqlite:///outputs/mlflow.db."
         )
     fix = "a kind of store MLflow takes" if "unsupported URI" in str(e) else "a writable place"
     return UsageError(f"logger.tracking_uri={uri} cannot be used ({why(e)}). Fix: {fix}, e.g. "

@@ -170,7 +170,8 @@ def test_why_keeps_the_os_error_of_a_long_client_message():
 
 
 def test_a_folder_store_that_mlflow_3_refuses_gets_a_fix_that_works():
-    """It said 'Fix: a writable place' for a folder that is writable."""
+    """It said 'Fix: a writable place' for a folder that is writable, and 'a folder of files'
+    for outputs/mlflow.db, meant as a SQLite file."""
     refusal = Exception(  # MLflow 3.17's MlflowException for file:./mlruns, abridged
         "The filesystem tracking backend (e.g., './mlruns') is in maintenance mode and will not "
         "receive further updates. Please migrate to a database backend (e.g., 'sqlite:///mlflow.db')"
@@ -181,6 +182,22 @@ def test_a_folder_store_that_mlflow_3_refuses_gets_a_fix_that_works():
         "logger.tracking_uri=file:./mlruns is a folder of files, which MLflow 3 no longer takes. "
         "Fix: logger.tracking_uri=sqlite:///outputs/mlflow.db (`mlflow migrate-filestore` moves "
         "its runs), or MLFLOW_ALLOW_FILE_STORE=true."
+    )
+    # A path is a folder store to MLflow: a database file's name was meant as sqlite:///FILE
+    for typed, path in [
+        ("outputs/mlflow.db", "outputs/mlflow.db"),
+        ("file:///x/m.sqlite", "/x/m.sqlite"),
+    ]:
+        assert str(unreachable(typed, refusal)) == (
+            f"logger.tracking_uri={typed} is a path, which MLflow takes for a folder of files (a "
+            f"store MLflow 3 no longer makes). Fix: logger.tracking_uri=sqlite:///{path}."
+        )
+    # A server's database whose driver is missing: it said 'Fix: a writable place'
+    missing = ModuleNotFoundError("No module named 'psycopg'", name="psycopg")
+    assert str(unreachable("postgresql://me@db/mlflow", missing)) == (
+        "logger.tracking_uri=postgresql://me@db/mlflow needs the database driver psycopg (No "
+        "module named 'psycopg'). Fix: pip install 'psycopg[binary]', or "
+        "logger.tracking_uri=sqlite:///outputs/mlflow.db."
     )
     denied = unreachable("sqlite:////ro/m.db", Exception("unable to open database file"))
     assert str(denied).endswith(
