@@ -215,7 +215,7 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
         return list(args), None
     if kfold_run(folder := Path(resume)):
         # A k-fold run goes on in its folder: completed folds kept, the stopped one resumed
-        named = None if completed(folder) else given(args, "hydra.run.dir")  # job.train refuses it
+        named = None if completed(folder) else given(args, "hydra.run.dir")  # train refuses it
         if named is not None and Path(named).resolve() != folder.resolve():
             raise UsageError(
                 f"resume={resume} goes on with a k-fold run in its own folder, not in "
@@ -228,17 +228,17 @@ def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
 
 
 def train(args: Sequence[str]) -> Path:
-    """`d2lrun ARGS`: one run (d2lrun.job.train); its folder."""
+    """`d2lrun ARGS`: one run (d2lrun.kfold.train); its folder."""
 
     def task(cfg: DictConfig) -> Path:  # in its folder, claimed by RunDir or held by named_dir
         hc = HydraConfig.get()
-        job.train(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), ckpt, draw=draw)
+        kfold.train(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), ckpt, draw=draw)
         return Path(hc.run.dir)  # as named (relative to where the command ran)
 
     try:
         with Plotter() as draw:  # before d2lrun.job imports torch: matplotlib's import beside it
             with deferred_signals():  # Ctrl-C in torch's import: after it (within, torch swallows
-                from d2lrun import job  # it, aborts, or fails the next import of torch)
+                from d2lrun import kfold  # it, aborts, or fails the next import of torch)
 
             check_flags(args)  # once, before resume= is read from them
             args, ckpt = resumed(args)

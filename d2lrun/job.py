@@ -19,10 +19,7 @@ from d2lrun.files import (
     atomic_write,
     completed,
     disk_full,
-    read_json,
-    remove_empty,
     save_torch,
-    saved_checkpoint,
     say,
     shell_arg,
     shown,
@@ -33,114 +30,12 @@ from d2lrun.models import build_model, learned, load_state_dict_strict, loss_kin
 from d2lrun.models.init import apply_init
 from d2lrun.optim import Optimizer, build_optimizer
 from d2lrun.plots import curves_png
-from d2lrun.reload import (
-    FORMAT,
-    MEANING,
-    changed,
-    check_same_meaning,
-    continued,
-    readable_best,
-    resume_checkpoint,
-)
+from d2lrun.reload import FORMAT, MEANING, check_same_meaning, readable_best
 from d2lrun.stopping import by, deferred_signals
 from d2lrun.tracking import experiment_name, open_tracker
 from d2lrun.trainer import Trainer, compiled, fit, format_row, loss_for, rng_state, set_rng_state
 
 KEPT = (*MEANING, "optim.name")  # what a resumed run keeps: another optimizer has other state
-
-
-def train(
-    cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt: dict | None = None, **job
-) -> dict:
-    """One run into run_dir; with dataset.folds=K, K runs (run_dir/fold_i) and their mean."""
-    # Checked before any fold starts; a run that goes on keeps the config it was trained with.
-    k = checked(cfg, overrides if ckpt is None else ()).dataset.get("folds")
-    if not k or ckpt is not None:  # resume=RUN/fold_i: that fold, continued as one run
-        fold = ckpt["spec"].get("fold") if ckpt else None
-        return train_job(cfg, run_dir, overrides, ckpt, fold=fold, **job)
-    folds, log, moved = [], job.get("log", say), bool(cfg.resume)  # resume=RUN: data may move
-    if cfg.resume:  # each fold below is continued or trained anew
-        cfg = OmegaConf.merge(cfg, {"resume": None})
-        if (done := completed(run_dir)) and done.get("kfold"):  # as one run that trained all
-            fold, n = run_dir / "fold_0", done["epochs"]  # any other key: this line first
-            raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
-                             f"Fix: {shell_arg('resume', fold)} trainer.epochs="
-                             f"{max(cfg.trainer.epochs, 2 * n)} to go on with one fold as a run, "
-                             f"or d2lrun-eval {shell_arg('run', fold)}.")  # fmt: skip
-        if diff := changed(saved := resume_checkpoint(run_dir / "fold_0"), cfg, moved):
-            key, was, now = diff  # refused before any fold's files are touched
-            check_same_meaning(saved["config"], cfg, f"resume={shown(run_dir)}", KEPT, overrides)
-            folds = [f for i in range(k) if saved_checkpoint(f := run_dir / f"fold_{i}")]
-            last = resume_checkpoint(fold := next((f for f in folds if not completed(f)), folds[0]))
-            asked = int(now) if key == "trainer.epochs" else last["config"]["trainer"]["epochs"]
-            one = f", or {shell_arg('resume', fold)} {key}={now} to go on with one fold as a run"
-            one = one if asked > last["epoch"] else ""  # offered where a fold's Run takes it
-            raise UsageError(
-                f"resume={shown(run_dir)} goes on with a k-fold run as it was trained "
-                f"({key}={was} there, {now} now). Fix: drop {key}={now}{one}."
-            )
-    # Refused before 'fold 1/K': more folds than rows, or resume=RUN's test file gone (cached)
-    if todo := [i for i in range(k) if not saved_checkpoint(run_dir / f"fold_{i}")]:
-        build_data(checked(cfg).dataset, cfg.seed, fold=[k, todo[0]])
-    for i in range(k):
-        folder, fold_cfg = run_dir / f"fold_{i}", cfg.copy()
-        try:  # resume=RUN, or a sweep's job run again (Slurm requeued it): its folds go on
-            log(f"fold {i + 1}/{k}")  # a signal as it prints: the folds before it are saved
-            if (ckpt := continued(fold_cfg, folder, moved)) and (fold := completed(folder)):
-                log(f"fold {i + 1}/{k}: completed before in {shown(folder)}; kept")
-            else:
-                fold = train_job(fold_cfg, folder, overrides, ckpt, fold=[k, i], **job)
-        except (Interrupted, KeyboardInterrupt) as e:  # the whole k-fold run goes on, not a fold
-            remove_empty([folder])  # stopped as its data loaded
-            if not saved_checkpoint(run_dir / "fold_0"):
-                raise
-            signum = getattr(e, "signum", signal.SIGINT)  # Ctrl-C while a fold's data loads
-            said = f"interrupted by {by(signum)} before its first epoch."
-            if isinstance(e, Interrupted):
-                signum, said = e.exit_code - 128, str(e).partition(" Resume with:")[0]
-            said = said.replace("; nothing to resume.", ".")
-            if not completed(run_dir):  # a sweep's table says why, as of one run: not 'unfinished'
-                reason = (read_json(folder / "metrics.json") or {}).get("reason") or said
-                name, reason = signal.Signals(signum).name, f"fold {i + 1}/{k}: {reason}"
-                write_json(run_dir / "metrics.json", {"status": "interrupted", "reason": reason,
-                                                      "signal": name})  # fmt: skip
-            raise Interrupted(f"fold {i + 1}/{k}: {said} Resume with: d2lrun "
-                              f"{shell_arg('resume', run_dir)}", signum) from None  # fmt: skip
-        except UsageError:  # refused: the run's record as it was (resume= of one whose data
-            remove_empty(run_dir.glob("fold_*"))  # moved), and no empty folder
-            raise
-        except RunFailed as e:
-            status = "diverged" if isinstance(e, Diverged) else "failed"
-            if not completed(run_dir):  # a completed run's record stays: each fold is complete
-                record = {"status": status, "reason": f"fold {i + 1}/{k}: {e}"}
-                record["metric"] = (read_json(folder / "metrics.json") or {}).get("metric")
-                write_json(run_dir / "metrics.json", record)  # metric: a sweep table's columns
-            raise
-        folds.append(fold)  # its metrics.json: the run's wall time and restarts sum the folds'
-    finals = [fold["final"] for fold in folds]
-    keys = [m for m, v in finals[0].items() if m not in ("epoch", "seconds") and v is not None]
-    mean = {m: sum(f[m] for f in finals) / k for m in keys}
-    metric = next(m for m in ("val_acc", "val_loss", "train_acc", "train_loss") if m in mean)
-    log(fold_table(finals, mean, k))
-    summary = {
-        "status": "completed", "model": cfg.model.name, "dataset": cfg.dataset.name,
-        "device": ", ".join(dict.fromkeys(f.get("device", "unknown") for f in folds)),
-        "epochs": cfg.trainer.epochs, "run_dir": str(run_dir), "resumed_from": None,
-        "kfold": {"k": k, "mean": mean, "folds": finals}, "final": mean,
-        "best": {"epoch": cfg.trainer.epochs, "metric": metric, "value": mean[metric]},
-        **{n: round(sum(f.get(n) or 0 for f in folds), 3) for n in ("wall_seconds", "restarts")},
-    }  # fmt: skip
-    write_json(run_dir / "metrics.json", summary)
-    return summary
-
-
-def fold_table(finals: list[dict], mean: dict, k: int) -> str:
-    """Each fold's final metrics and their mean, as the book prints its k-fold result."""
-    keys = [key for key in mean if key != "examples_per_s"]
-    lines = [f"{k}-fold cross-validation:", "  fold  " + "  ".join(f"{key:>14}" for key in keys)]
-    for name, row in [*enumerate(finals, 1), ("mean", mean)]:  # fold 1/k is fold_0/, as printed
-        lines.append(f"  {name:>4}  " + "  ".join(f"{row[key]:>14.4g}" for key in keys))
-    return "\n".join(lines)
 
 
 @dataclass
@@ -184,8 +79,10 @@ class Run:
         sweep_dir: Path | None = None,
         experiment: str | None = None,
         draw=curves_png,
+        parent: str | None = None,
     ):
-        # ckpt: the one it resumes; fold=[k, i]: validated on fold i of k; draw: curves.png's bytes
+        # ckpt: the one it resumes; fold=[k, i]: validated on fold i of k, parent: the k-fold
+        # run's tracked id; draw: curves.png's bytes
         self.wall, self.run_dir, self.log, self.draw = time.perf_counter(), run_dir, log, draw
         if ckpt is not None:
             check_same_meaning(ckpt["config"], cfg, f"resume={cfg.resume}", KEPT, overrides)
@@ -202,7 +99,7 @@ class Run:
         self.device = device = resolve_device(cfg.device)
         # Before any data: a logger whose package is missing or whose server is down fails now.
         name = experiment_name(cfg, given(overrides, "experiment"), experiment)
-        self.tracker = open_tracker(cfg, run_dir, name, ckpt, sweep_dir, log)
+        self.tracker = open_tracker(cfg, run_dir, name, ckpt, sweep_dir, log, parent=parent)
         run_dir.mkdir(parents=True, exist_ok=True)
 
         torch.manual_seed(cfg.seed)

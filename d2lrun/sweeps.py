@@ -93,7 +93,7 @@ def run_job(
 ) -> float:
     """Job num of a sweep (ckpt: the checkpoint it resumes); its score. A failure is recorded."""
     with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
-        from d2lrun.job import train
+        from d2lrun.kfold import train
 
     marker = os.environ.get(STOP_MARKER)  # a signal stopped its sweep (stopping.stopping_workers)
     if marker and (sweep_dir / marker).exists():

@@ -9,7 +9,7 @@ experiments/README.md.
                                            # some presets: print their rows, README untouched
 
 Each run is `d2lrun experiment=NAME` composed through Hydra's compose API and trained by
-d2lrun.job.train, with its files in outputs/reproduce/NAME. A number is within tolerance when
+d2lrun.kfold.train, with its files in outputs/reproduce/NAME. A number is within tolerance when
 it is within tolerance of either edition's number (zh 2.0.0 / en 0.17.5) or of the book's range:
 accuracy within 0.02 of the book or better, losses within 15%, weight-decay norms within 10%.
 """
@@ -298,7 +298,7 @@ def run_experiment(
 ) -> Result:
     """Train one preset and read its numbers; data: more overrides for presets of a dataset, by
     name."""
-    from d2lrun.job import train
+    from d2lrun.kfold import train
 
     cfg = compose_preset(experiment, extra)
     if data.get(cfg.dataset.name):

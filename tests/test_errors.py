@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from d2lrun import config
 from d2lrun.cli import handle
-from d2lrun.job import train
+from d2lrun.kfold import train
 from d2lrun.reload import resume_checkpoint, run_overrides
 from tests.conftest import run_cli
 

@@ -35,10 +35,13 @@ def open_tracker(
     sweep_dir: Path | None,
     log,
     check: bool = False,
+    kfold: int | None = None,
+    parent: str | None = None,
 ) -> Tracker:
     """The tracker cfg.logger names (name: MLflow's experiment); a missing package fails here.
     check: what each job of a sweep would refuse, refused once before they start, in the same
-    line; it makes no store, experiment or run (the jobs do, on Slurm's nodes too)."""
+    line; it makes no store, experiment or run (the jobs do, on Slurm's nodes too). kfold: the
+    k of a k-fold run tracked as a whole; parent: a fold's, the id that start gave that run."""
     logger = cfg.logger.name
     try:
         if logger == "tensorboard":
@@ -48,7 +51,7 @@ def open_tracker(
         if logger == "mlflow":
             from d2lrun.tracking.mlflow import MLflow
 
-            return MLflow(cfg, run_dir, name, ckpt, sweep_dir, log, check)
+            return MLflow(cfg, run_dir, name, ckpt, sweep_dir, log, check, kfold, parent)
     except ImportError as e:  # the logger's package: MLflow's client errors are caught in MLflow
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UsageError(

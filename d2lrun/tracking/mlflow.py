@@ -27,8 +27,9 @@ class MLflow(Tracker):
     """One MLflow run per d2lrun run: params, metrics per epoch (step = epoch), artifacts, tags."""
 
     def __init__(
-        self, cfg: DictConfig, run_dir: Path, name: str, ckpt, sweep_dir, log, check=False
-    ):
+        self, cfg: DictConfig, run_dir: Path, name: str, ckpt, sweep_dir, log, check=False,
+        kfold: int | None = None, parent: str | None = None,
+    ):  # fmt: skip
         # MLflow 3's usage telemetry starts threads at import that slowed a softmax epoch here from
         # 0.14 s to 6-9 s (offline); off unless the user chose (MLFLOW_DISABLE_TELEMETRY=false).
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -43,7 +44,7 @@ class MLflow(Tracker):
                 "logger.tracking_uri is empty (MLFLOW_TRACKING_URI set to nothing?). Fix: "
                 "logger.tracking_uri=sqlite:///outputs/mlflow.db, or unset MLFLOW_TRACKING_URI."
             )
-        self.ckpt, self.log, self.run_id = ckpt, log, None
+        self.ckpt, self.log, self.run_id, self.kfold, self.parent = ckpt, log, None, kfold, parent
         self.local = local = self.uri.startswith("sqlite:")  # made here, artifacts beside it
         self.sqlite_dir = check_sqlite(self.uri) if local else None
         with quick_requests():
@@ -61,7 +62,7 @@ class MLflow(Tracker):
                 with lock:  # while the others wait: their migrations clash ("table exists")
                     self.client = MlflowClient(self.uri)
                     self.experiment_id = self._experiment(name)
-                self.continued = self._continued(ckpt) if ckpt else None
+                self.continued = self._continued(ckpt) if ckpt else kfold and self._kfold_run()
             except UsageError:
                 raise
             except Exception as e:
@@ -108,12 +109,23 @@ class MLflow(Tracker):
         self.logged = max(steps, default=0)  # fewer where its server was down: start sends them
         return run_id
 
+    def _kfold_run(self) -> str | None:
+        """The k-fold run's MLflow run from before it stopped (resume=RUN): it goes on."""
+        where, self.logged = str(self.run_dir.resolve()), 0
+        if "'" in where:  # not within the search's quotes: a new run
+            return None
+        query = f"tags.`d2lrun.run_dir` = '{where}' and tags.`d2lrun.kfold` = '{self.kfold}'"
+        found = self.client.search_runs([self.experiment_id], query, max_results=1)
+        return found[0].info.run_id if found else None
+
     def start(self, config: dict, rows: list[dict]) -> str | None:
         from mlflow.entities import Param, RunTag
 
         params = flatten(config)
         tags = {"d2lrun.status": "running", "d2lrun.run_dir": str(self.run_dir.resolve())}
         tags |= {"d2lrun.sweep_dir": str(Path(self.sweep_dir).resolve())} if self.sweep_dir else {}
+        tags |= {"d2lrun.kfold": str(self.kfold)} if self.kfold else {}  # its folds' mean
+        tags |= {"mlflow.parentRunId": self.parent} if self.parent else {}  # a fold: nested
         if self.ckpt:
             tags["d2lrun.resumed_from"] = str(Path(config["resume"]).resolve())
         with self._sending():

@@ -315,6 +315,56 @@ def test_resume_continues_the_checkpoints_mlflow_run_from_another_folder(tmp_pat
     assert logged.data.params["trainer.epochs"] == "2"  # MLflow keeps a param's first value
 
 
+def test_a_k_fold_run_is_one_mlflow_run_its_folds_nested_and_resumed_under_it(
+    tmp_path, empty_store, monkeypatch
+):
+    """§4.10's k-fold run logged K runs named TIME/fold_i, unlinked, and its mean nowhere."""
+    from mlflow import MlflowClient
+
+    import d2lrun.optim
+    from d2lrun import app
+    from d2lrun.errors import Interrupted
+
+    uri, run = store(empty_store, tmp_path / "mlflow.db"), tmp_path / "run"
+    args = ["logger=mlflow", f"logger.tracking_uri={uri}", "dataset.folds=3", "trainer.epochs=2",
+            *FAST, f"hydra.run.dir={run}"]  # fmt: skip
+    step, calls = d2lrun.optim.Optimizer.step, {"n": 0}
+
+    def ctrl_c_in_fold_2(self):  # in its second epoch (14 batches of 10 an epoch)
+        calls["n"] += 1
+        if calls["n"] == 2 * 14 + 14 + 5:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", ctrl_c_in_fold_2)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Interrupted, match="^fold 2/3: interrupted after epoch 1"):
+        app.train(args)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("linreg-synthetic").experiment_id
+    [stopped] = client.search_runs([experiment], "tags.`d2lrun.kfold` = '3'")
+    assert stopped.info.status == "KILLED"
+
+    monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
+    app.train([f"resume={run}"])
+    runs = client.search_runs([experiment])
+    [whole] = [r for r in runs if r.data.tags["d2lrun.run_dir"] == str(run)]
+    folds = sorted((r for r in runs if r is not whole), key=lambda r: r.data.tags["d2lrun.run_dir"])
+    assert whole.info.run_id == stopped.info.run_id and len(runs) == 4  # one run, as resumed
+    assert whole.info.status == "FINISHED" and whole.data.tags["d2lrun.status"] == "completed"
+    assert [r.data.tags["d2lrun.run_dir"] for r in folds] == [
+        str(run / f"fold_{i}") for i in range(3)
+    ]
+    assert {r.data.tags["mlflow.parentRunId"] for r in folds} == {whole.info.run_id}
+    mean = json.loads((run / "metrics.json").read_text())["kfold"]["mean"]
+    assert whole.data.metrics == pytest.approx(
+        {k: v for k, v in mean.items() if k not in NOT_METRICS}
+        | {"best_val_loss": mean["val_loss"]}
+    )
+    assert [m.step for m in client.get_metric_history(whole.info.run_id, "val_loss")] == [2]
+    assert whole.data.params["dataset.folds"] == "3"
+
+
 def test_an_artifact_upload_that_fails_still_ends_the_mlflow_run(
     tmp_path, empty_store, monkeypatch
 ):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from d2lrun import job
+from d2lrun import job, kfold
 from d2lrun.config import compose
 from d2lrun.data import Split, fold_rows
 from d2lrun.data.kaggle_house import download
@@ -72,8 +72,8 @@ def test_the_k_fold_mean_is_computed_from_the_folds(tmp_path, monkeypatch):
         folds.append(fold)
         return {"final": finals[fold[1]]}
 
-    monkeypatch.setattr(job, "train_job", train_job)
-    summary = job.train(compose(["dataset.folds=2"]), tmp_path, [], log=lambda *_: None)
+    monkeypatch.setattr(kfold, "train_job", train_job)
+    summary = kfold.train(compose(["dataset.folds=2"]), tmp_path, [], log=lambda *_: None)
     assert folds == [[2, 0], [2, 1]]
     mean = pytest.approx({"val_loss": 0.3, "val_log_rmse": 0.15})
     assert summary["final"] == mean and summary["kfold"]["mean"] == mean
@@ -123,7 +123,7 @@ def test_a_polynomial_fit_with_a_bias_compares_w0_plus_b_with_the_constant(tmp_p
     args = ["dataset=polynomial", f"model.impl={impl}", "trainer.epochs=200", "device=cpu",
             "trainer.progress=false"]  # fmt: skip
     lines = []
-    summary = job.train(compose(args), tmp_path / impl, args, log=lines.append)
+    summary = kfold.train(compose(args), tmp_path / impl, args, log=lines.append)
     learned = summary["learned"]
     assert abs(learned["w_error"][0]) < 0.05 and 1 < learned["b"] < 4  # a share of the 5
     assert lines[-1].startswith("weight: [4.9") and f"b = {learned['b']:.4f})" in lines[-1]
@@ -192,7 +192,7 @@ def test_a_kfold_job_run_again_keeps_its_completed_folds_and_continues_the_stopp
     args = ["device=cpu", "trainer.progress=false", "dataset.num_train=120", "dataset.folds=3",
             "trainer.epochs=3"]  # fmt: skip
     lines = []
-    clean = job.train(compose(args), tmp_path / "clean", args, log=lambda *_: None)
+    clean = kfold.train(compose(args), tmp_path / "clean", args, log=lambda *_: None)
     on_epoch = job.Run.on_epoch
 
     def stopped_in_fold_1(self, row):
@@ -202,10 +202,10 @@ def test_a_kfold_job_run_again_keeps_its_completed_folds_and_continues_the_stopp
 
     monkeypatch.setattr(job.Run, "on_epoch", stopped_in_fold_1)
     with pytest.raises(Interrupted, match="after epoch 2"):
-        job.train(compose(args), tmp_path / "job", args, log=lambda *_: None)
+        kfold.train(compose(args), tmp_path / "job", args, log=lambda *_: None)
     monkeypatch.undo()
     kept = (tmp_path / "job" / "fold_0" / "model.pt").stat().st_mtime_ns
-    again = job.train(compose(args), tmp_path / "job", args, log=lines.append)
+    again = kfold.train(compose(args), tmp_path / "job", args, log=lines.append)
     assert "fold 1/3: completed before in" in lines[1] and "; kept" in lines[1]
     assert any(line.startswith("resuming") and "from epoch 2" in line for line in lines)
     assert (tmp_path / "job" / "fold_0" / "model.pt").stat().st_mtime_ns == kept

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 import d2lrun.errors
 import d2lrun.job
+import d2lrun.kfold
 import d2lrun.optim
 import d2lrun.tracking
 from d2lrun.config import compose
@@ -152,7 +153,7 @@ def test_a_checkpoints_rng_state_restores_the_cuda_generator_too():
 
 
 def test_the_k_fold_table_has_a_row_per_fold_and_their_mean():
-    from d2lrun.job import fold_table
+    from d2lrun.kfold import fold_table
 
     finals = [{"train_loss": 0.25, "val_rmse": 0.1234567, "examples_per_s": 9.0},
               {"train_loss": 0.75, "val_rmse": 12345.0, "examples_per_s": 9.0}]  # fmt: skip
@@ -372,11 +373,11 @@ def test_a_k_fold_run_stopped_in_a_fold_goes_on_with_resume_of_the_run(tmp_path,
 
     args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "dataset.folds=3",
             "trainer.epochs=3"]  # fmt: skip
-    d2lrun.job.train(compose(args), tmp_path / "whole", args, log=lambda *_: None)
+    d2lrun.kfold.train(compose(args), tmp_path / "whole", args, log=lambda *_: None)
     original = d2lrun.optim.Optimizer.step
     ctrl_c_at_step(monkeypatch, 3 * 14 + 14 + 5)  # in fold 2's second epoch (14 batches of 10)
     with pytest.raises(Interrupted) as e:
-        d2lrun.job.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
+        d2lrun.kfold.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
     assert str(e.value) == (
         "fold 2/3: interrupted after epoch 1; the last complete epoch is saved. "
         f"Resume with: d2lrun resume={tmp_path / 'run'}"
@@ -426,7 +427,7 @@ def test_a_k_fold_run_stopped_as_a_fold_starts_says_how_to_go_on(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(Interrupted) as e:
-        d2lrun.job.train(compose(args), tmp_path / "run", args, log=log)
+        d2lrun.kfold.train(compose(args), tmp_path / "run", args, log=log)
     assert str(e.value) == (
         "fold 2/3: interrupted by Ctrl-C before its first epoch. "
         f"Resume with: d2lrun resume={tmp_path / 'run'}"
@@ -458,6 +459,7 @@ def test_a_resumed_k_fold_run_whose_later_folds_cannot_load_is_refused_before_an
         return build_data(dataset, seed, device, fold, saved)
 
     monkeypatch.setattr(d2lrun.job, "build_data", moved)
+    monkeypatch.setattr(d2lrun.kfold, "build_data", moved)  # its check before the folds
     with pytest.raises(UsageError, match="^test.csv is not in there"):
         app.train([f"resume={tmp_path / 'run'}"])
     assert stopped.read_bytes() == before  # fold 2 did not go on, to fail after it
@@ -484,7 +486,7 @@ def test_a_resumed_k_fold_runs_wall_time_restarts_and_device_are_its_folds(tmp_p
     with monkeypatch.context() as m:
         m.setattr(d2lrun.job.Run, "on_epoch", stopped)
         with pytest.raises(Interrupted, match="fold 2/3: interrupted after epoch 2"):
-            d2lrun.job.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
+            d2lrun.kfold.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
     monkeypatch.chdir(tmp_path)
     app.train([f"resume={tmp_path / 'run'}"])
     run = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -516,7 +518,7 @@ def test_a_k_fold_run_killed_between_checkpoints_resumes_from_its_later_best_pt(
 
     args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "dataset.folds=3",
             "trainer.epochs=4", f"trainer.checkpoint_every={every}"]  # fmt: skip
-    d2lrun.job.train(compose(args), tmp_path / "whole", args, log=lambda *_: None)
+    d2lrun.kfold.train(compose(args), tmp_path / "whole", args, log=lambda *_: None)
     on_epoch = d2lrun.job.Run.on_epoch
 
     def killed(self, row):
@@ -526,7 +528,7 @@ def test_a_k_fold_run_killed_between_checkpoints_resumes_from_its_later_best_pt(
 
     monkeypatch.setattr(d2lrun.job.Run, "on_epoch", killed)
     with pytest.raises(Killed):
-        d2lrun.job.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
+        d2lrun.kfold.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
     monkeypatch.undo()
     stopped = tmp_path / "run" / f"fold_{fold}"
     assert load_checkpoint(stopped / "best.pt")["epoch"] == epoch  # every epoch improved
@@ -553,8 +555,9 @@ def test_ctrl_c_while_a_later_fold_loads_its_data_says_how_to_go_on(tmp_path, mo
         return original(*a, **kw)
 
     monkeypatch.setattr(d2lrun.job, "build_data", build_data)
+    monkeypatch.setattr(d2lrun.kfold, "build_data", build_data)  # its check before the folds
     with pytest.raises(Interrupted) as e:
-        d2lrun.job.train(compose(args), tmp_path, args, log=lambda *_: None)
+        d2lrun.kfold.train(compose(args), tmp_path, args, log=lambda *_: None)
     assert str(e.value) == (
         f"fold 2/3: interrupted by Ctrl-C before its first epoch. Resume with: d2lrun "
         f"resume={tmp_path}"
@@ -579,11 +582,11 @@ def test_a_run_that_goes_on_keeps_its_preset_and_optimizer(tmp_path):
     args = ["device=cpu", "trainer.progress=false", "experiment=ch3_linreg_concise",
             "optim=adam", "trainer.epochs=1"]  # fmt: skip
     with pytest.raises(d2lrun.errors.UsageError, match="^experiment=ch3_linreg_concise sets"):
-        d2lrun.job.train(compose(args), tmp_path / "new", args, log=lambda *_: None)
+        d2lrun.kfold.train(compose(args), tmp_path / "new", args, log=lambda *_: None)
     train_job(compose(args), tmp_path / "old", args, log=lambda *_: None)  # as before the check
     again = [*args[:-1], "trainer.epochs=2", f"resume={tmp_path / 'old'}"]
     ckpt = load_checkpoint(tmp_path / "old" / "last.pt")
-    assert d2lrun.job.train(compose(again), tmp_path / "old", again, ckpt, log=lambda *_: None)[
+    assert d2lrun.kfold.train(compose(again), tmp_path / "old", again, ckpt, log=lambda *_: None)[
         "epochs_completed"] == 2  # fmt: skip
 
 
@@ -606,7 +609,7 @@ def test_a_k_fold_run_refused_for_its_data_leaves_no_fold_folder_and_no_fold_lin
             f"dataset.path={tmp_path / 't.csv'}", "dataset.folds=5"]  # fmt: skip
     lines = []
     with pytest.raises(d2lrun.errors.UsageError) as e:
-        d2lrun.job.train(compose(args), tmp_path / "run", args, log=lines.append)
+        d2lrun.kfold.train(compose(args), tmp_path / "run", args, log=lines.append)
     assert str(e.value) == "dataset.folds=5 is more folds than the 3 rows. Fix: dataset.folds=3."
     assert lines == [] and not (tmp_path / "run").exists()  # nor a fold_0 in it
 
@@ -711,7 +714,7 @@ def test_a_record_of_a_run_stopped_in_its_first_epoch_says_so(tmp_path, monkeypa
     monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
     args = ["device=cpu", "trainer.progress=false"]
     with pytest.raises(Interrupted, match="before any epoch finished"):
-        d2lrun.job.train(compose(args), tmp_path, args, log=lambda *_: None)
+        d2lrun.kfold.train(compose(args), tmp_path, args, log=lambda *_: None)
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["reason"] == "stopped by Ctrl-C before any epoch finished"
 
@@ -720,6 +723,6 @@ def test_a_k_fold_runs_record_counts_its_folds_as_its_lines_do(tmp_path):
     """Its lines said 'fold 1/3', its table and metrics.json 'fold 0' for the same fold."""
     args = ["device=cpu", "trainer.progress=false", "dataset.folds=3", "optim.lr=1e6"]
     with pytest.raises(Diverged):
-        d2lrun.job.train(compose(args), tmp_path, args, log=lambda *_: None)
+        d2lrun.kfold.train(compose(args), tmp_path, args, log=lambda *_: None)
     reason = json.loads((tmp_path / "metrics.json").read_text())["reason"]
     assert reason.startswith("fold 1/3: diverged: the training loss became")

@@ -430,8 +430,8 @@ def test_run_overrides_put_the_saved_runs_absolute_data_root(tmp_path):
 
 
 def trained(run_dir, *overrides):
-    """A run trained by d2lrun.job into run_dir, on the CPU, as `d2lrun OVERRIDES` would."""
-    from d2lrun.job import train
+    """A run trained by d2lrun.kfold.train into run_dir, on the CPU, as `d2lrun OVERRIDES` would."""
+    from d2lrun.kfold import train
 
     args = ["device=cpu", "trainer.progress=false", *overrides]
     train(compose(args), run_dir, args, log=lambda *_: None)

@@ -21,7 +21,7 @@ import yaml
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
-from d2lrun import app, job
+from d2lrun import app, job, kfold
 from d2lrun import sweeps as sweep
 from d2lrun.config import checked, compose
 from d2lrun.config.messages import explain
@@ -88,11 +88,11 @@ def test_a_job_counts_as_finished_only_when_completed_with_the_same_overrides(tm
     )  # the grid changed
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "diverged"}))
     assert sweep.finished_job(tmp_path, job_overrides) is None
-    kfold = tmp_path / "kfold"  # a k-fold job: its first fold's checkpoint
-    save_overrides(kfold / "fold_0", job_overrides)
-    (kfold / "metrics.json").write_text(json.dumps({"status": "completed"}))
-    assert sweep.finished_job(kfold, job_overrides) == {"status": "completed"}
-    assert sweep.finished_job(kfold, ["optim.lr=0.3", "trainer.epochs=2"]) is None
+    folds = tmp_path / "kfold"  # a k-fold job: its first fold's checkpoint
+    save_overrides(folds / "fold_0", job_overrides)
+    (folds / "metrics.json").write_text(json.dumps({"status": "completed"}))
+    assert sweep.finished_job(folds, job_overrides) == {"status": "completed"}
+    assert sweep.finished_job(folds, ["optim.lr=0.3", "trainer.epochs=2"]) is None
 
 
 def test_run_job_skips_a_finished_job_and_drops_an_earlier_attempts_result(
@@ -105,7 +105,7 @@ def test_run_job_skips_a_finished_job_and_drops_an_earlier_attempts_result(
         calls.append((run_dir / "metrics.json").exists())
         return done_metrics
 
-    monkeypatch.setattr(job, "train", train)
+    monkeypatch.setattr(kfold, "train", train)
     cfg = compose(job_overrides)
     run_dir = tmp_path / "0"
     save_overrides(run_dir, job_overrides)
@@ -445,7 +445,7 @@ def test_a_failed_job_is_recorded_with_its_reason_and_exit_code(tmp_path, monkey
     def refused(cfg, run_dir, overrides, ckpt=None, **kwargs):
         raise UsageError("dataset.path=nowhere.csv does not exist. Fix: a CSV file.")
 
-    monkeypatch.setattr(job, "train", refused)
+    monkeypatch.setattr(kfold, "train", refused)
     assert sweep.run_job(compose(overrides), tmp_path / "0", overrides, tmp_path, 0) == -math.inf
     assert json.loads((tmp_path / "0" / "metrics.json").read_text()) == {
         "status": "failed", "exit_code": 2,
@@ -459,7 +459,7 @@ def test_a_failed_job_is_recorded_with_its_reason_and_exit_code(tmp_path, monkey
     def bug(cfg, run_dir, overrides, ckpt=None, **kwargs):
         return {}["missing"]
 
-    monkeypatch.setattr(job, "train", bug)
+    monkeypatch.setattr(kfold, "train", bug)
     assert sweep.run_job(compose(overrides), tmp_path / "1", overrides, tmp_path, 1) == -math.inf
     failure = json.loads((tmp_path / "1" / "metrics.json").read_text())
     assert failure["status"] == "failed" and failure["exit_code"] == 1
@@ -1215,7 +1215,7 @@ def test_a_value_any_job_would_refuse_ends_the_sweep_before_any_job_in_one_line(
 ):
 
     monkeypatch.chdir(tmp_path)  # the default sweep folder: outputs/multirun/DATE/TIME
-    monkeypatch.setattr(job, "train", mock.Mock(side_effect=AssertionError("a job started")))
+    monkeypatch.setattr(kfold, "train", mock.Mock(side_effect=AssertionError("a job started")))
     with pytest.raises(Exception) as e:
         app.sweep(["trainer.epochs=1", *given])
     error = explain(e.value)
@@ -1288,7 +1288,7 @@ def test_a_signal_to_one_sweep_does_not_stop_another_sweep_into_its_folder(tmp_p
 
     s = tmp_path / "sweep"
     monkeypatch.delitem(sys.modules, "joblib.externals.loky.reusable_executor", raising=False)
-    train, a_stopped = job.train, []
+    train, a_stopped = kfold.train, []
 
     def train_as_a_is_stopped(*args, **kwargs):  # A, another process, gets Ctrl-C during B's job 0
         if not a_stopped:
@@ -1297,7 +1297,7 @@ def test_a_signal_to_one_sweep_does_not_stop_another_sweep_into_its_folder(tmp_p
                 a_handler(signal.SIGINT, None)
         return train(*args, **kwargs)
 
-    monkeypatch.setattr(job, "train", train_as_a_is_stopped)
+    monkeypatch.setattr(kfold, "train", train_as_a_is_stopped)
     with contextlib.ExitStack() as a:
         with mock.patch("os.getpid", return_value=4242):
             a.enter_context(stopping_workers(s))
@@ -1317,7 +1317,7 @@ def test_a_search_run_again_with_fewer_trials_plans_only_those(tmp_path, monkeyp
     1 unfinished, 1 missing' and exit 1, from the first run's plan (multirun.yaml)."""
     s = tmp_path / "sweep"
     common = [*OPTUNA, "trainer.epochs=1", "trainer.progress=false", f"hydra.sweep.dir={s}"]
-    train, calls = job.train, []
+    train, calls = kfold.train, []
 
     def stopped_in_trial_2(*args, **kwargs):
         calls.append(1)
@@ -1325,7 +1325,7 @@ def test_a_search_run_again_with_fewer_trials_plans_only_those(tmp_path, monkeyp
             raise KeyboardInterrupt  # Ctrl-C
         return train(*args, **kwargs)
 
-    monkeypatch.setattr(job, "train", stopped_in_trial_2)
+    monkeypatch.setattr(kfold, "train", stopped_in_trial_2)
     with pytest.raises(Interrupted):
         app.sweep([*common, "hydra.sweeper.n_trials=4"])
     _, failure = app.sweep(common)  # n_trials=2: both completed, skipped

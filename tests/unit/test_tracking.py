@@ -55,7 +55,7 @@ def opened_as(monkeypatch, names: list):
     """d2lrun.job's open_tracker records the experiment name it is given, then stops the job."""
     import d2lrun.job as job
 
-    def open_tracker(cfg, run_dir, name, *args):
+    def open_tracker(cfg, run_dir, name, *args, **kwargs):
         names.append(name)
         raise Opened(name)
 
@@ -361,3 +361,53 @@ def test_an_interrupted_or_failed_run_still_ends_its_tracked_run(
     assert tracker.calls[2][:3] == ("finish", status, status) and len(tracker.calls) == 3
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())  # the record says so
     assert (summary["status"], summary["epochs_completed"]) == (status, 1)
+
+
+def test_a_k_fold_run_is_tracked_as_one_run_its_mean_its_metrics_its_folds_under_it(
+    tmp_path, monkeypatch
+):
+    """Its folds were tracked as unrelated runs, and the mean, §4.10's result, in none of them."""
+    import d2lrun.job
+    import d2lrun.kfold
+
+    opened = []
+
+    def open_tracker(cfg, run_dir, name, ckpt, sweep_dir, log, kfold=None, parent=None):
+        calls, tracker = [], Tracker()
+        tracker.start = lambda config, rows: calls.append(("start", rows)) or run_dir.name
+        tracker.log_epoch = lambda row: calls.append(("epoch", row))
+        tracker.finish = lambda status, summary, folder: calls.append(
+            (status, summary.get("epochs_completed"), sorted(p.name for p in folder.iterdir()))
+        )
+        opened.append((run_dir.name, kfold, parent, calls))  # fmt: skip
+        return tracker
+
+    for module in (d2lrun.job, d2lrun.kfold):
+        monkeypatch.setattr(module, "open_tracker", open_tracker)
+    args = ["dataset.num_train=100", "trainer.progress=false", "dataset.folds=2"]
+    summary = d2lrun.kfold.train(compose(args), tmp_path / "run", args, log=lambda *_: None)
+    assert [o[:3] for o in opened] == [("run", 2, None), ("fold_0", None, "run"),
+                                       ("fold_1", None, "run")]  # fmt: skip
+    mean, best = summary["kfold"]["mean"], summary["best"]
+    assert best == {"epoch": 3, "metric": "val_loss", "value": mean["val_loss"]}
+    assert opened[0][3] == [
+        ("start", []),
+        ("epoch", mean | {"epoch": 3, "best_val_loss": mean["val_loss"]}),
+        ("completed", 1, ["fold_0", "fold_1", "metrics.json"]),
+    ]
+    # Stopped in fold 2, it ends to go on; in fold 1's first epoch, as a run that never started
+    step = d2lrun.optim.Optimizer.step
+    for steps, epochs in [(3 * 5 + 2, 1), (2, 0)]:  # 5 batches an epoch
+        opened.clear()
+        calls = {"n": 0}
+
+        def stopped(self, steps=steps, calls=calls):
+            calls["n"] += 1
+            if calls["n"] == steps:
+                raise KeyboardInterrupt
+            return step(self)
+
+        monkeypatch.setattr(d2lrun.optim.Optimizer, "step", stopped)
+        with pytest.raises((Interrupted, KeyboardInterrupt)):
+            d2lrun.kfold.train(compose(args), tmp_path / str(steps), args, log=lambda *_: None)
+        assert opened[0][3][-1][:2] == ("interrupted", epochs)

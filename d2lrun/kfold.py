@@ -1,0 +1,142 @@
+"""dataset.folds=K, §4.10's k-fold cross-validation: K runs (RUN/fold_i) and their mean.
+
+A k-fold run stops and goes on as one (resume=RUN: its completed folds are kept, the stopped one
+continues); a logger tracks it too, its mean as its metrics and its folds nested under it (MLflow).
+"""
+
+import signal
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from d2lrun.config import checked, given
+from d2lrun.data import build_data
+from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError
+from d2lrun.files import (
+    completed,
+    read_json,
+    remove_empty,
+    saved_checkpoint,
+    say,
+    shell_arg,
+    shown,
+    write_json,
+)
+from d2lrun.job import KEPT, train_job
+from d2lrun.reload import changed, check_same_meaning, continued, resume_checkpoint
+from d2lrun.stopping import by
+from d2lrun.tracking import experiment_name, open_tracker
+
+
+def train(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], ckpt: dict | None = None, **job
+) -> dict:
+    """One run into run_dir; with dataset.folds=K, K runs (run_dir/fold_i) and their mean."""
+    # Checked before any fold starts; a run that goes on keeps the config it was trained with.
+    k = checked(cfg, overrides if ckpt is None else ()).dataset.get("folds")
+    if not k or ckpt is not None:  # resume=RUN/fold_i: that fold, continued as one run
+        fold = ckpt["spec"].get("fold") if ckpt else None
+        return train_job(cfg, run_dir, overrides, ckpt, fold=fold, **job)
+    log, moved = job.get("log", say), bool(cfg.resume)  # resume=RUN: data may move
+    if cfg.resume:  # each fold below is continued or trained anew
+        cfg = OmegaConf.merge(cfg, {"resume": None})
+        if (done := completed(run_dir)) and done.get("kfold"):  # as one run that trained all
+            fold, n = run_dir / "fold_0", done["epochs"]  # any other key: this line first
+            raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
+                             f"Fix: {shell_arg('resume', fold)} trainer.epochs="
+                             f"{max(cfg.trainer.epochs, 2 * n)} to go on with one fold as a run, "
+                             f"or d2lrun-eval {shell_arg('run', fold)}.")  # fmt: skip
+        if diff := changed(saved := resume_checkpoint(run_dir / "fold_0"), cfg, moved):
+            key, was, now = diff  # refused before any fold's files are touched
+            check_same_meaning(saved["config"], cfg, f"resume={shown(run_dir)}", KEPT, overrides)
+            folds = [f for i in range(k) if saved_checkpoint(f := run_dir / f"fold_{i}")]
+            last = resume_checkpoint(fold := next((f for f in folds if not completed(f)), folds[0]))
+            asked = int(now) if key == "trainer.epochs" else last["config"]["trainer"]["epochs"]
+            one = f", or {shell_arg('resume', fold)} {key}={now} to go on with one fold as a run"
+            one = one if asked > last["epoch"] else ""  # offered where a fold's Run takes it
+            raise UsageError(
+                f"resume={shown(run_dir)} goes on with a k-fold run as it was trained "
+                f"({key}={was} there, {now} now). Fix: drop {key}={now}{one}."
+            )
+    # Refused before 'fold 1/K': more folds than rows, or resume=RUN's test file gone (cached)
+    if todo := [i for i in range(k) if not saved_checkpoint(run_dir / f"fold_{i}")]:
+        build_data(checked(cfg).dataset, cfg.seed, fold=[k, todo[0]])
+    # Tracked as one run too: the folds' mean its metrics, and its folds nested under it (MLflow)
+    name = experiment_name(cfg, given(overrides, "experiment"), job.get("experiment"))
+    tracker = open_tracker(checked(cfg), run_dir, name, None, job.get("sweep_dir"), log, kfold=k)
+    job["parent"] = tracker.start(OmegaConf.to_container(checked(cfg), resolve=True), [])
+    try:
+        summary = train_folds(cfg, run_dir, overrides, k, moved, **job)
+        best = summary["best"]
+        tracker.log_epoch(
+            summary["final"] | {"epoch": best["epoch"], f"best_{best['metric']}": best["value"]}
+        )
+        return summary
+    finally:  # as its metrics.json says; none: stopped in fold 1's first epoch, or refused
+        record = read_json(run_dir / "metrics.json") or {"status": "interrupted"}
+        started = int(bool(saved_checkpoint(run_dir / "fold_0")))  # else a new tracked run goes
+        tracker.finish(record["status"], {"epochs_completed": started} | record, run_dir)
+
+
+def train_folds(cfg: DictConfig, run_dir: Path, overrides: list[str], k: int, moved: bool, **job):
+    """The folds of a k-fold run, each trained, continued or kept; their mean in metrics.json."""
+    folds, log = [], job.get("log", say)
+    for i in range(k):
+        folder, fold_cfg = run_dir / f"fold_{i}", cfg.copy()
+        try:  # resume=RUN, or a sweep's job run again (Slurm requeued it): its folds go on
+            log(f"fold {i + 1}/{k}")  # a signal as it prints: the folds before it are saved
+            if (ckpt := continued(fold_cfg, folder, moved)) and (fold := completed(folder)):
+                log(f"fold {i + 1}/{k}: completed before in {shown(folder)}; kept")
+            else:
+                fold = train_job(fold_cfg, folder, overrides, ckpt, fold=[k, i], **job)
+        except (Interrupted, KeyboardInterrupt) as e:  # the whole k-fold run goes on, not a fold
+            remove_empty([folder])  # stopped as its data loaded
+            if not saved_checkpoint(run_dir / "fold_0"):
+                raise
+            signum = getattr(e, "signum", signal.SIGINT)  # Ctrl-C while a fold's data loads
+            said = f"interrupted by {by(signum)} before its first epoch."
+            if isinstance(e, Interrupted):
+                signum, said = e.exit_code - 128, str(e).partition(" Resume with:")[0]
+            said = said.replace("; nothing to resume.", ".")
+            if not completed(run_dir):  # a sweep's table says why, as of one run: not 'unfinished'
+                reason = (read_json(folder / "metrics.json") or {}).get("reason") or said
+                name, reason = signal.Signals(signum).name, f"fold {i + 1}/{k}: {reason}"
+                write_json(run_dir / "metrics.json", {"status": "interrupted", "reason": reason,
+                                                      "signal": name})  # fmt: skip
+            raise Interrupted(f"fold {i + 1}/{k}: {said} Resume with: d2lrun "
+                              f"{shell_arg('resume', run_dir)}", signum) from None  # fmt: skip
+        except UsageError:  # refused: the run's record as it was (resume= of one whose data
+            remove_empty(run_dir.glob("fold_*"))  # moved), and no empty folder
+            raise
+        except RunFailed as e:
+            status = "diverged" if isinstance(e, Diverged) else "failed"
+            if not completed(run_dir):  # a completed run's record stays: each fold is complete
+                record = {"status": status, "reason": f"fold {i + 1}/{k}: {e}"}
+                record["metric"] = (read_json(folder / "metrics.json") or {}).get("metric")
+                write_json(run_dir / "metrics.json", record)  # metric: a sweep table's columns
+            raise
+        folds.append(fold)  # its metrics.json: the run's wall time and restarts sum the folds'
+    finals = [fold["final"] for fold in folds]
+    keys = [m for m, v in finals[0].items() if m not in ("epoch", "seconds") and v is not None]
+    mean = {m: sum(f[m] for f in finals) / k for m in keys}
+    metric = next(m for m in ("val_acc", "val_loss", "train_acc", "train_loss") if m in mean)
+    log(fold_table(finals, mean, k))
+    summary = {
+        "status": "completed", "model": cfg.model.name, "dataset": cfg.dataset.name,
+        "device": ", ".join(dict.fromkeys(f.get("device", "unknown") for f in folds)),
+        "epochs": cfg.trainer.epochs, "run_dir": str(run_dir), "resumed_from": None,
+        "kfold": {"k": k, "mean": mean, "folds": finals}, "final": mean,
+        "best": {"epoch": cfg.trainer.epochs, "metric": metric, "value": mean[metric]},
+        **{n: round(sum(f.get(n) or 0 for f in folds), 3) for n in ("wall_seconds", "restarts")},
+    }  # fmt: skip
+    write_json(run_dir / "metrics.json", summary)
+    return summary
+
+
+def fold_table(finals: list[dict], mean: dict, k: int) -> str:
+    """Each fold's final metrics and their mean, as the book prints its k-fold result."""
+    keys = [key for key in mean if key != "examples_per_s"]
+    lines = [f"{k}-fold cross-validation:", "  fold  " + "  ".join(f"{key:>14}" for key in keys)]
+    for name, row in [*enumerate(finals, 1), ("mean", mean)]:  # fold 1/k is fold_0/, as printed
+        lines.append(f"  {name:>4}  " + "  ".join(f"{row[key]:>14.4g}" for key in keys))
+    return "\n".join(lines)
