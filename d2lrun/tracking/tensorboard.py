@@ -7,6 +7,9 @@ from pathlib import Path
 
 from d2lrun.tracking import Tracker, flatten, metrics_of, why
 
+# A run's status as TensorBoard's session status (interrupted, to go on: unknown).
+SESSION_STATUS = {"completed": "SUCCESS", "diverged": "FAILURE", "failed": "FAILURE"}
+
 
 class TensorBoard(Tracker):
     """Event files in RUN/tensorboard/: a scalar per metric per epoch, the config as hparams."""
@@ -43,6 +46,8 @@ class TensorBoard(Tracker):
     def finish(self, status: str, summary: dict, run_dir: Path) -> None:
         """The HParams view: the config and status, with the final metrics and best_<metric>."""
         # Not SummaryWriter.add_hparams: it writes a second run folder, with a copy of each metric.
+        from tensorboard.plugins.hparams.api_pb2 import Status
+        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
         from torch.utils.tensorboard.summary import hparams
         from torch.utils.tensorboard.writer import FileWriter
 
@@ -58,7 +63,15 @@ class TensorBoard(Tracker):
             before = list(self.folder.glob("*.hparams"))
             writer = FileWriter(str(self.folder), filename_suffix=".hparams")
             config = flatten(self.config) | {"status": status}
-            for part in hparams(config, dict.fromkeys(names, 0.0)):
+            *parts, end = hparams(config, dict.fromkeys(names, 0.0))
+            # torch ends every session a success; the HParams view filters them by this status
+            plugin = end.value[0].metadata.plugin_data
+            data = HParamsPluginData.FromString(plugin.content)
+            data.session_end_info.status = Status.Value(
+                f"STATUS_{SESSION_STATUS.get(status, 'UNKNOWN')}"
+            )
+            plugin.content = data.SerializeToString()
+            for part in (*parts, end):
                 writer.add_summary(part)
             writer.close()
             for path in before:

@@ -82,6 +82,7 @@ def tensorboard_run(tmp_path_factory) -> Path:
 
 def test_tensorboard_event_files_hold_every_epoch_and_the_config_as_hparams(tensorboard_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.api_pb2 import Status
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
     events = EventAccumulator(str(tensorboard_run / "tensorboard"))
@@ -104,6 +105,8 @@ def test_tensorboard_event_files_hold_every_epoch_and_the_config_as_hparams(tens
     assert start.hparams["model.name"].string_value == "linreg"
     assert start.hparams["dataset.w"].string_value == "[2, -3.4]"
     assert start.hparams["status"].string_value == "completed"
+    end = HParamsPluginData.FromString(hparams["_hparams_/session_end_info"]).session_end_info
+    assert Status.Name(end.status) == "STATUS_SUCCESS"
     experiment = HParamsPluginData.FromString(hparams["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} == {*metrics, "best_val_loss"}
 
@@ -111,23 +114,30 @@ def test_tensorboard_event_files_hold_every_epoch_and_the_config_as_hparams(tens
 def test_a_run_resumed_in_place_shows_its_last_status_in_the_hparams_view(tmp_path):
     """Stopped, then resumed in its folder: TensorBoard showed the first status, interrupted."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.api_pb2 import Status
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
     from d2lrun.tracking.tensorboard import TensorBoard
 
-    rows = []
-    for status in ("interrupted", "completed"):  # one epoch each, as a run and its resume
+    rows, sessions = [], []
+    # One epoch each, as a run, its resume, and their resume: TensorBoard's own session status
+    # (the view's Status filter) said success for each; now as the run ended
+    for status in ("interrupted", "diverged", "completed"):
         tracker = TensorBoard(tmp_path, print)
         tracker.start({"optim": {"lr": 0.1}}, list(rows))
         rows.append({"epoch": len(rows) + 1, "val_loss": 1.0 / (len(rows) + 1)})
         tracker.log_epoch(rows[-1])
         tracker.finish(status, {"final": rows[-1]}, tmp_path)
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
-    events.Reload()
-    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    hparams = HParamsPluginData.FromString(start).session_start_info.hparams
-    assert hparams["status"].string_value == "completed"
-    assert [(e.step, e.value) for e in events.Scalars("val_loss")] == [(1, 1.0), (2, 0.5)]
+        events = EventAccumulator(str(tmp_path / "tensorboard"))
+        events.Reload()
+        hparams = events.PluginTagToContent("hparams")
+        start = HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+        end = HParamsPluginData.FromString(hparams["_hparams_/session_end_info"])
+        sessions.append((start.session_start_info.hparams["status"].string_value,
+                         Status.Name(end.session_end_info.status)))  # fmt: skip
+    assert sessions == [("interrupted", "STATUS_UNKNOWN"), ("diverged", "STATUS_FAILURE"),
+                        ("completed", "STATUS_SUCCESS")]  # fmt: skip
+    assert [e.step for e in events.Scalars("val_loss")] == [1, 2, 3]  # each epoch once
 
 
 def test_a_tensorboard_write_that_fails_mid_run_is_a_note_not_a_failed_run(
