@@ -240,8 +240,9 @@ class Run:
                     caught.clear()
         except KeyboardInterrupt as e:  # held back while the files were written
             stop = e
-        try:  # not held back: a tracker's server may keep it waiting
-            self.tracker.finish(status, summary, run_dir)
+        try:  # held back for a local store, where a write cut off breaks it; not for a server
+            with deferred_signals() if self.tracker.local else contextlib.nullcontext():
+                self.tracker.finish(status, summary, run_dir)  # which may keep it waiting
         except KeyboardInterrupt as e:
             stop = stop or e
         if stop is not None and status != "interrupted":

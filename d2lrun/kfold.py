@@ -5,6 +5,7 @@ continues); a logger tracks it too, its mean as its metrics and its folds nested
 """
 
 import signal
+from contextlib import nullcontext
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +25,7 @@ from d2lrun.files import (
 )
 from d2lrun.job import KEPT, train_job
 from d2lrun.reload import changed, check_same_meaning, continued, resume_checkpoint
-from d2lrun.stopping import by
+from d2lrun.stopping import by, deferred_signals
 from d2lrun.tracking import experiment_name, open_tracker
 
 
@@ -34,20 +35,23 @@ def train(
     """One run into run_dir; with dataset.folds=K, K runs (run_dir/fold_i) and their mean."""
     # Checked before any fold starts; a run that goes on keeps the config it was trained with.
     k = checked(cfg, overrides if ckpt is None else ()).dataset.get("folds")
-    if not k or ckpt is not None:  # resume=RUN/fold_i: that fold, continued as one run
+    if ckpt is not None or not (k or cfg.resume):  # resume=RUN/fold_i: one fold as a run
         fold = ckpt["spec"].get("fold") if ckpt else None
         return train_job(cfg, run_dir, overrides, ckpt, fold=fold, **job)
     log, moved = job.get("log", say), bool(cfg.resume)  # resume=RUN: data may move
-    if cfg.resume:  # each fold below is continued or trained anew
-        cfg = OmegaConf.merge(cfg, {"resume": None})
+    if cfg.resume:  # of a k-fold run (d2lrun.app.resumed): each fold is continued or trained anew
+        cfg, saved = OmegaConf.merge(cfg, {"resume": None}), resume_checkpoint(run_dir / "fold_0")
+        k = saved["config"]["dataset"]["folds"]  # dataset.folds=null now: refused below
         if (done := completed(run_dir)) and done.get("kfold"):  # as one run that trained all
             fold, n = run_dir / "fold_0", done["epochs"]  # any other key: this line first
             raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
                              f"Fix: {shell_arg('resume', fold)} trainer.epochs="
                              f"{max(cfg.trainer.epochs, 2 * n)} to go on with one fold as a run, "
                              f"or d2lrun-eval {shell_arg('run', fold)}.")  # fmt: skip
-        if diff := changed(saved := resume_checkpoint(run_dir / "fold_0"), cfg, moved):
+        if diff := changed(saved, cfg, moved):
             key, was, now = diff  # refused before any fold's files are touched
+            if key.endswith(".name") and (typed := given(overrides, key[:-5])):  # logger=
+                key, now = key[:-5], typed  # as typed: logger.name=tensorboard picks none
             check_same_meaning(saved["config"], cfg, f"resume={shown(run_dir)}", KEPT, overrides)
             folds = [f for i in range(k) if saved_checkpoint(f := run_dir / f"fold_{i}")]
             last = resume_checkpoint(fold := next((f for f in folds if not completed(f)), folds[0]))
@@ -64,22 +68,46 @@ def train(
     # Tracked as one run too: the folds' mean its metrics, and its folds nested under it (MLflow)
     name = experiment_name(cfg, given(overrides, "experiment"), job.get("experiment"))
     tracker = open_tracker(checked(cfg), run_dir, name, None, job.get("sweep_dir"), log, kfold=k)
-    job["parent"] = tracker.start(OmegaConf.to_container(checked(cfg), resolve=True), [])
+    folds = None
     try:
-        summary = train_folds(cfg, run_dir, overrides, k, moved, **job)
-        best = summary["best"]
-        tracker.log_epoch(
-            summary["final"] | {"epoch": best["epoch"], f"best_{best['metric']}": best["value"]}
-        )
-        return summary
-    finally:  # as its metrics.json says; none: stopped in fold 1's first epoch, or refused
-        record = read_json(run_dir / "metrics.json") or {"status": "interrupted"}
-        started = int(bool(saved_checkpoint(run_dir / "fold_0")))  # else a new tracked run goes
-        tracker.finish(record["status"], {"epochs_completed": started} | record, run_dir)
+        job["parent"] = tracker.start(OmegaConf.to_container(checked(cfg), resolve=True), [])
+        folds = train_folds(cfg, run_dir, overrides, k, moved, **job)
+    finally:
+        summary, stop = end(folds, cfg, run_dir, log, tracker)
+    if stop is not None:  # held back while its files and its tracked run's end were written
+        signum = getattr(stop, "signum", signal.SIGINT)
+        raise Interrupted(f"interrupted by {by(signum)} as the run ended (completed); its files "
+                          f"are all written in {shown(run_dir)}.", signum)  # fmt: skip
+    return summary
+
+
+def end(folds: list[dict] | None, cfg: DictConfig, run_dir: Path, log, tracker):
+    """The k-fold run's end: the folds' mean (completed), then its tracked run's end, as its
+    metrics.json says (none: stopped in fold 1's first epoch, or refused: a new one goes). A
+    signal waits for them (for a server, only for the mean); (summary, the signal's error)."""
+    summary = stop = None
+    try:
+        with deferred_signals():
+            summary = folds and mean_of(folds, cfg, run_dir, log)
+    except KeyboardInterrupt as e:
+        stop = e
+    finally:  # a full disk's error goes on, once the tracked run has ended
+        try:
+            with deferred_signals() if tracker.local else nullcontext():
+                if summary:  # the mean at the last epoch; best_<metric> the mean's
+                    best = summary["best"]
+                    best = {"epoch": best["epoch"], f"best_{best['metric']}": best["value"]}
+                    tracker.log_epoch(summary["final"] | best)
+                record = summary or read_json(run_dir / "metrics.json") or {"status": "interrupted"}
+                started = int(bool(saved_checkpoint(run_dir / "fold_0")))
+                tracker.finish(record["status"], {"epochs_completed": started} | record, run_dir)
+        except KeyboardInterrupt as e:
+            stop = stop or e
+    return summary, stop
 
 
 def train_folds(cfg: DictConfig, run_dir: Path, overrides: list[str], k: int, moved: bool, **job):
-    """The folds of a k-fold run, each trained, continued or kept; their mean in metrics.json."""
+    """The folds of a k-fold run, each trained, continued or kept: their summaries."""
     folds, log = [], job.get("log", say)
     for i in range(k):
         folder, fold_cfg = run_dir / f"fold_{i}", cfg.copy()
@@ -116,7 +144,12 @@ def train_folds(cfg: DictConfig, run_dir: Path, overrides: list[str], k: int, mo
                 write_json(run_dir / "metrics.json", record)  # metric: a sweep table's columns
             raise
         folds.append(fold)  # its metrics.json: the run's wall time and restarts sum the folds'
-    finals = [fold["final"] for fold in folds]
+    return folds
+
+
+def mean_of(folds: list[dict], cfg: DictConfig, run_dir: Path, log) -> dict:
+    """The k-fold run's summary from its folds': their mean, printed and in its metrics.json."""
+    k, finals = len(folds), [fold["final"] for fold in folds]
     keys = [m for m, v in finals[0].items() if m not in ("epoch", "seconds") and v is not None]
     mean = {m: sum(f[m] for f in finals) / k for m in keys}
     metric = next(m for m in ("val_acc", "val_loss", "train_acc", "train_loss") if m in mean)

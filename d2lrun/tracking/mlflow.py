@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig
 
 from d2lrun.errors import UsageError
-from d2lrun.files import hold
+from d2lrun.files import hold, saved_checkpoint
 from d2lrun.tracking import Tracker, flatten, metrics_of, why
 
 # MLflow's HTTP client retries for minutes by default (7 times, backing off: a run whose server went
@@ -97,11 +97,13 @@ class MLflow(Tracker):
         if not run_id:
             return None
         try:
-            if self.client.get_run(run_id).info.lifecycle_stage == "deleted":
+            if (run := self.client.get_run(run_id)).info.lifecycle_stage == "deleted":
                 raise MlflowException("deleted")
         except MlflowException:
             self.log(f"note: the checkpoint's MLflow run {run_id} is not in {self.uri}; new run")
             return None
+        if "mlflow.parentRunId" in run.data.tags and not self.parent:  # a fold of a k-fold run
+            return None  # going on as a run of its own (resume=RUN/fold_i): a run of its own
         steps = [m.step for m in self.client.get_metric_history(run_id, "train_loss")]
         if any(step > epoch for step in steps):
             self.log(f"note: MLflow run {run_id} has epochs after epoch {epoch}; new run")
@@ -110,9 +112,10 @@ class MLflow(Tracker):
         return run_id
 
     def _kfold_run(self) -> str | None:
-        """The k-fold run's MLflow run from before it stopped (resume=RUN): it goes on."""
+        """The k-fold run's MLflow run from before it stopped (resume=RUN, a sweep's job run
+        again), when it goes on: a new one in its folder made anew (its first fold not saved)."""
         where, self.logged = str(self.run_dir.resolve()), 0
-        if "'" in where:  # not within the search's quotes: a new run
+        if "'" in where or not saved_checkpoint(self.run_dir / "fold_0"):  # ' ends the query
             return None
         query = f"tags.`d2lrun.run_dir` = '{where}' and tags.`d2lrun.kfold` = '{self.kfold}'"
         found = self.client.search_runs([self.experiment_id], query, max_results=1)

@@ -123,7 +123,8 @@ def test_a_run_resumed_in_place_shows_its_last_status_in_the_hparams_view(tmp_pa
     # One epoch each, as a run, its resume, and their resume: TensorBoard's own session status
     # (the view's Status filter) said success for each; now as the run ended
     for status in ("interrupted", "diverged", "completed"):
-        tracker = TensorBoard(tmp_path, print)
+        time.sleep(1.05 if rows else 0)  # apart as attempts are: TensorBoard orders a folder's
+        tracker = TensorBoard(tmp_path, print)  # event files by their names' second, then uid
         tracker.start({"optim": {"lr": 0.1}}, list(rows))
         rows.append({"epoch": len(rows) + 1, "val_loss": 1.0 / (len(rows) + 1)})
         tracker.log_epoch(rows[-1])
@@ -373,6 +374,20 @@ def test_a_k_fold_run_is_one_mlflow_run_its_folds_nested_and_resumed_under_it(
     )
     assert [m.step for m in client.get_metric_history(whole.info.run_id, "val_loss")] == [2]
     assert whole.data.params["dataset.folds"] == "3"
+
+    # One fold going on as a run of its own: its own MLflow run, the nested fold's left as it was
+    one = tmp_path / "one"
+    app.train([f"resume={run / 'fold_1'}", "trainer.epochs=3", f"hydra.run.dir={one}"])
+    [alone] = client.search_runs([experiment], f"tags.`d2lrun.run_dir` = '{one}'")
+    assert "mlflow.parentRunId" not in alone.data.tags
+    assert [m.step for m in client.get_metric_history(alone.info.run_id, "val_loss")] == [1, 2, 3]
+    fold = client.get_run(folds[1].info.run_id)
+    assert fold.data.tags["d2lrun.run_dir"] == str(run / "fold_1")
+    assert [m.step for m in client.get_metric_history(fold.info.run_id, "val_loss")] == [1, 2]
+    # A new k-fold run into the folder of one deleted: a new MLflow run, not the old one's
+    shutil.rmtree(run)
+    app.train(args)
+    assert len(client.search_runs([experiment], "tags.`d2lrun.kfold` = '3'")) == 2
 
 
 def test_an_artifact_upload_that_fails_still_ends_the_mlflow_run(

@@ -944,6 +944,15 @@ def test_a_refused_k_fold_resume_offers_one_fold_only_where_that_command_is_not_
     assert fix(stopped, "trainer.epochs=1") == "drop trainer.epochs=1."
     assert fix(stopped, "seed=1") == "seed=0 (the run's), or start a new run."  # as a fold's
     assert fix(stopped, "dataset.folds=2") == "dataset.folds=3 (the run's), or start a new run."
+    # It trained a new run into the k-fold run's folder, its metrics.json overwritten
+    assert fix(stopped, "dataset.folds=null") == (
+        "dataset.folds=3 (the run's), or start a new run."
+    )
+    # It offered logger.name=tensorboard, refused ('picks none'): as typed, the group's option
+    assert fix(stopped, "logger=tensorboard") == (
+        "drop logger=tensorboard, or resume=RUN/fold_1 logger=tensorboard to go on with one fold "
+        "as a run."
+    )
     assert fix(stopped, "optim=adam") == "drop optim=adam, or start a new run."
     assert fix(stopped, "dataset.shuffle_folds=true") == (
         "dataset.shuffle_folds=false (the run's), or start a new run."

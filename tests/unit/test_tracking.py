@@ -5,6 +5,7 @@ every exit)."""
 
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 from d2lrun.config import checked, compose
 from d2lrun.errors import Interrupted, RunFailed, UsageError
 from d2lrun.reload import merge_overrides, resume_checkpoint, run_overrides
+from d2lrun.stopping import stop_signals
 from d2lrun.tracking import Tracker, experiment_name, flatten, metrics_of, why
 from d2lrun.tracking.mlflow import quick_requests, unreachable
 
@@ -395,6 +397,21 @@ def test_a_k_fold_run_is_tracked_as_one_run_its_mean_its_metrics_its_folds_under
         ("epoch", mean | {"epoch": 3, "best_val_loss": mean["val_loss"]}),
         ("completed", 1, ["fold_0", "fold_1", "metrics.json"]),
     ]
+
+    # A signal as the mean prints waits for its metrics.json and the tracked run's end: it said
+    # 'interrupted before anything was saved', and the tracked run stayed running
+    def log(line):
+        if line.startswith("2-fold cross-validation"):
+            signal.raise_signal(signal.SIGTERM)
+
+    opened.clear()
+    with stop_signals(), pytest.raises(Interrupted) as e:
+        d2lrun.kfold.train(compose(args), tmp_path / "late", args, log=log)
+    assert (str(e.value), e.value.exit_code) == (
+        f"interrupted by SIGTERM as the run ended (completed); its files are all written in "
+        f"{tmp_path / 'late'}.", 143)  # fmt: skip
+    assert json.loads((tmp_path / "late" / "metrics.json").read_text())["status"] == "completed"
+    assert [c[0] for c in opened[0][3]] == ["start", "epoch", "completed"]
     # Stopped in fold 2, it ends to go on; in fold 1's first epoch, as a run that never started
     step = d2lrun.optim.Optimizer.step
     for steps, epochs in [(3 * 5 + 2, 1), (2, 0)]:  # 5 batches an epoch
