@@ -50,24 +50,30 @@ def train(
                              f"or d2lrun-eval {shell_arg('run', fold)}.")  # fmt: skip
         if diff := changed(saved, cfg, moved):
             key, was, now = diff  # refused before any fold's files are touched
-            if key.endswith(".name") and (typed := given(overrides, key[:-5])):  # logger=
-                key, now = key[:-5], typed  # as typed: logger.name=tensorboard picks none
+            group = key[:-5] if key.endswith(".name") and given(overrides, key[:-5]) else key
+            typed = given(overrides, group)  # as typed: logger=tensorboard, not logger.name=...
             check_same_meaning(saved["config"], cfg, f"resume={shown(run_dir)}", KEPT, overrides)
             folds = [f for i in range(k) if saved_checkpoint(f := run_dir / f"fold_{i}")]
             last = resume_checkpoint(fold := next((f for f in folds if not completed(f)), folds[0]))
             asked = int(now) if key == "trainer.epochs" else last["config"]["trainer"]["epochs"]
-            one = f", or {shell_arg('resume', fold)} {key}={now} to go on with one fold as a run"
+            one = (
+                f", or {shell_arg('resume', fold)} {group}={typed} to go on with one fold as a run"
+            )
             one = one if asked > last["epoch"] else ""  # offered where a fold's Run takes it
-            raise UsageError(
+            fix = (
+                f"drop {group}={typed}{one}" if typed else f"{key}={was} (the run's)"
+            )  # not typed:
+            raise UsageError(  # from an environment variable, or another key's option
                 f"resume={shown(run_dir)} goes on with a k-fold run as it was trained "
-                f"({key}={was} there, {now} now). Fix: drop {key}={now}{one}."
+                f"({key}={was} there, {now} now). Fix: {fix}."
             )
     # Refused before 'fold 1/K': more folds than rows, or resume=RUN's test file gone (cached)
     if todo := [i for i in range(k) if not saved_checkpoint(run_dir / f"fold_{i}")]:
         build_data(checked(cfg).dataset, cfg.seed, fold=[k, todo[0]])
     # Tracked as one run too: the folds' mean its metrics, and its folds nested under it (MLflow)
     name = experiment_name(cfg, given(overrides, "experiment"), job.get("experiment"))
-    tracker = open_tracker(checked(cfg), run_dir, name, None, job.get("sweep_dir"), log, kfold=k)
+    first = saved_checkpoint(run_dir / "fold_0") and resume_checkpoint(run_dir / "fold_0")
+    tracker = open_tracker(checked(cfg), run_dir, name, first, job.get("sweep_dir"), log, kfold=k)
     folds = None
     try:
         job["parent"] = tracker.start(OmegaConf.to_container(checked(cfg), resolve=True), [])

@@ -221,10 +221,10 @@ def continued(cfg: DictConfig, run_dir: Path, moved: bool = False) -> dict | Non
     if not saved_checkpoint(run_dir):
         return None
     saved = resume_checkpoint(run_dir)
-    if diff := changed(saved, cfg, moved):
+    if diff := changed(saved, cfg, moved):  # moved: a fold of resume=RUN, which no sweep has
+        again = " to train it anew" if moved else ", or another hydra.sweep.dir"
         raise UsageError(f"{shown(run_dir)} holds a checkpoint of another config ({diff[0]}="
-                         f"{diff[1]} there, {diff[2]} now). Fix: another hydra.sweep.dir, or "
-                         f"delete {shown(run_dir)}.")  # fmt: skip
+                         f"{diff[1]} there, {diff[2]} now). Fix: delete it{again}.")  # fmt: skip
     cfg.resume = str(run_dir)
     return saved
 

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig
 
 from d2lrun.errors import UsageError
-from d2lrun.files import hold, saved_checkpoint
+from d2lrun.files import hold
 from d2lrun.tracking import Tracker, flatten, metrics_of, why
 
 # MLflow's HTTP client retries for minutes by default (7 times, backing off: a run whose server went
@@ -62,7 +62,7 @@ class MLflow(Tracker):
                 with lock:  # while the others wait: their migrations clash ("table exists")
                     self.client = MlflowClient(self.uri)
                     self.experiment_id = self._experiment(name)
-                self.continued = self._continued(ckpt) if ckpt else kfold and self._kfold_run()
+                self.continued = ckpt and (self._kfold_run if kfold else self._continued)(ckpt)
             except UsageError:
                 raise
             except Exception as e:
@@ -102,8 +102,9 @@ class MLflow(Tracker):
         except MlflowException:
             self.log(f"note: the checkpoint's MLflow run {run_id} is not in {self.uri}; new run")
             return None
-        if "mlflow.parentRunId" in run.data.tags and not self.parent:  # a fold of a k-fold run
-            return None  # going on as a run of its own (resume=RUN/fold_i): a run of its own
+        tags, here = run.data.tags, str(self.run_dir.resolve())  # a fold of a k-fold run, going
+        if "mlflow.parentRunId" in tags and not self.parent and tags.get("d2lrun.run_dir") != here:
+            return None  # on as a run of its own elsewhere (resume=RUN/fold_i): a run of its own
         steps = [m.step for m in self.client.get_metric_history(run_id, "train_loss")]
         if any(step > epoch for step in steps):
             self.log(f"note: MLflow run {run_id} has epochs after epoch {epoch}; new run")
@@ -111,15 +112,18 @@ class MLflow(Tracker):
         self.logged = max(steps, default=0)  # fewer where its server was down: start sends them
         return run_id
 
-    def _kfold_run(self) -> str | None:
-        """The k-fold run's MLflow run from before it stopped (resume=RUN, a sweep's job run
-        again), when it goes on: a new one in its folder made anew (its first fold not saved)."""
-        where, self.logged = str(self.run_dir.resolve()), 0
-        if "'" in where or not saved_checkpoint(self.run_dir / "fold_0"):  # ' ends the query
+    def _kfold_run(self, first: dict) -> str | None:
+        """The k-fold run's MLflow run from before (resume=RUN, moved or not, a sweep's job run
+        again): the one its first fold's run (first: that fold's checkpoint) is nested in."""
+        from mlflow.exceptions import MlflowException
+
+        self.logged = 0
+        try:
+            fold = self.client.get_run(first.get("mlflow_run_id") or "-")
+            run = self.client.get_run(fold.data.tags.get("mlflow.parentRunId", "-"))
+        except MlflowException:  # gone, or never tracked: a new run
             return None
-        query = f"tags.`d2lrun.run_dir` = '{where}' and tags.`d2lrun.kfold` = '{self.kfold}'"
-        found = self.client.search_runs([self.experiment_id], query, max_results=1)
-        return found[0].info.run_id if found else None
+        return run.info.run_id if run.info.lifecycle_stage == "active" else None
 
     def start(self, config: dict, rows: list[dict]) -> str | None:
         from mlflow.entities import Param, RunTag
@@ -129,7 +133,7 @@ class MLflow(Tracker):
         tags |= {"d2lrun.sweep_dir": str(Path(self.sweep_dir).resolve())} if self.sweep_dir else {}
         tags |= {"d2lrun.kfold": str(self.kfold)} if self.kfold else {}  # its folds' mean
         tags |= {"mlflow.parentRunId": self.parent} if self.parent else {}  # a fold: nested
-        if self.ckpt:
+        if self.ckpt and not self.kfold:  # a k-fold run's: its first fold's, to find its run
             tags["d2lrun.resumed_from"] = str(Path(config["resume"]).resolve())
         with self._sending():
             if self.continued:  # its earlier epochs are logged already, but for an outage's
@@ -251,7 +255,7 @@ def unreachable(uri: str, e: Exception) -> UsageError:
         )
     if "MLFLOW_ALLOW_FILE_STORE" in str(e):  # MLflow 3 refuses a folder store, saying this key
         path = urlparse(uri).path  # file:./mlruns, outputs/mlflow.db: a path is a folder store
-        if Path(path).suffix in (".db", ".sqlite") or Path(path).is_file():  # a SQLite file meant
+        if Path(path).suffix in (".db", ".sqlite", ".sqlite3") or Path(path).is_file():  # SQLite
             return UsageError(
                 f"logger.tracking_uri={uri} is a path, which MLflow takes for a folder of files "
                 f"(a store MLflow 3 no longer makes). Fix: logger.tracking_uri=sqlite:///{path}."

@@ -357,15 +357,15 @@ def test_a_k_fold_run_is_one_mlflow_run_its_folds_nested_and_resumed_under_it(
     assert stopped.info.status == "KILLED"
 
     monkeypatch.setattr(d2lrun.optim.Optimizer, "step", step)
+    run = run.rename(tmp_path / "moved")  # found by its first fold's run, not by its path
     app.train([f"resume={run}"])
     runs = client.search_runs([experiment])
     [whole] = [r for r in runs if r.data.tags["d2lrun.run_dir"] == str(run)]
-    folds = sorted((r for r in runs if r is not whole), key=lambda r: r.data.tags["d2lrun.run_dir"])
+    folds = sorted((r for r in runs if r is not whole), key=lambda r: r.info.run_name[-6:])
     assert whole.info.run_id == stopped.info.run_id and len(runs) == 4  # one run, as resumed
     assert whole.info.status == "FINISHED" and whole.data.tags["d2lrun.status"] == "completed"
-    assert [r.data.tags["d2lrun.run_dir"] for r in folds] == [
-        str(run / f"fold_{i}") for i in range(3)
-    ]
+    assert [r.data.tags["d2lrun.run_dir"] for r in folds] == [  # fold 1 completed before
+        str(tmp_path / "run" / "fold_0"), str(run / "fold_1"), str(run / "fold_2")]  # fmt: skip
     assert {r.data.tags["mlflow.parentRunId"] for r in folds} == {whole.info.run_id}
     mean = json.loads((run / "metrics.json").read_text())["kfold"]["mean"]
     assert whole.data.metrics == pytest.approx(
@@ -384,9 +384,15 @@ def test_a_k_fold_run_is_one_mlflow_run_its_folds_nested_and_resumed_under_it(
     fold = client.get_run(folds[1].info.run_id)
     assert fold.data.tags["d2lrun.run_dir"] == str(run / "fold_1")
     assert [m.step for m in client.get_metric_history(fold.info.run_id, "val_loss")] == [1, 2]
+    # Going on in the fold's own folder: the fold's run, still nested, no other
+    app.train([f"resume={run / 'fold_2'}", "trainer.epochs=3", f"hydra.run.dir={run / 'fold_2'}"])
+    fold = client.get_run(folds[2].info.run_id)
+    assert [m.step for m in client.get_metric_history(fold.info.run_id, "val_loss")] == [1, 2, 3]
+    assert fold.data.tags["mlflow.parentRunId"] == whole.info.run_id
+    assert len(client.search_runs([experiment])) == 5  # the 4, and the fold alone in one/
     # A new k-fold run into the folder of one deleted: a new MLflow run, not the old one's
     shutil.rmtree(run)
-    app.train(args)
+    app.train([*args[:-1], f"hydra.run.dir={run}"])
     assert len(client.search_runs([experiment], "tags.`d2lrun.kfold` = '3'")) == 2
 
 

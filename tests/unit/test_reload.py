@@ -948,6 +948,9 @@ def test_a_refused_k_fold_resume_offers_one_fold_only_where_that_command_is_not_
     assert fix(stopped, "dataset.folds=null") == (
         "dataset.folds=3 (the run's), or start a new run."
     )
+    # A key not typed (set by another key's option, or from an environment variable): 'drop
+    # optim.weight_decay=0.001', which was not there to drop; now the value the run had
+    assert fix(stopped, "regularizer=l2") == "optim.weight_decay=0.0 (the run's)."
     # It offered logger.name=tensorboard, refused ('picks none'): as typed, the group's option
     assert fix(stopped, "logger=tensorboard") == (
         "drop logger=tensorboard, or resume=RUN/fold_1 logger=tensorboard to go on with one fold "
@@ -960,6 +963,19 @@ def test_a_refused_k_fold_resume_offers_one_fold_only_where_that_command_is_not_
     new = f"hydra.run.dir={tmp_path / 'new'}"  # it offered fold_0, completed: 'asks for no more'
     assert fix(stopped, new) == f"drop {new}."
     assert fix(completed, new).startswith("resume=RUN/fold_0 trainer.epochs=4 to go on")
+    # A fold gone on in its own folder with more epochs: 'Fix: another hydra.sweep.dir', of a
+    # sweep; now its own, which the k-fold run then takes
+    fold = stopped / "fold_1"
+    app.train(
+        [f"resume={fold}", "trainer.epochs=3", f"hydra.run.dir={fold}", "trainer.progress=false"]
+    )
+    with pytest.raises(UsageError) as e:
+        app.train([f"resume={stopped}"])
+    assert str(e.value) == (f"{fold} holds a checkpoint of another config (trainer.epochs=3 there, "
+                            f"2 now). Fix: delete it to train it anew.")  # fmt: skip
+    shutil.rmtree(fold)
+    app.train([f"resume={stopped}"])
+    assert json.loads((stopped / "metrics.json").read_text())["status"] == "completed"
 
 
 def test_a_stopped_run_resumed_with_no_epoch_left_is_refused_unless_it_stopped_in_its_last_files(

@@ -129,7 +129,7 @@ def test_run_job_skips_a_finished_job_and_drops_an_earlier_attempts_result(
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").optim.lr == 0.1  # and its config
     assert capsys.readouterr().err == (
         f"d2lrun: error: {run_dir} holds a checkpoint of another config (optim.lr=0.1 there, 0.3 "
-        f"now). Fix: another hydra.sweep.dir, or delete {run_dir}.\n"
+        f"now). Fix: delete it, or another hydra.sweep.dir.\n"
     )
 
 

@@ -189,6 +189,7 @@ def test_a_folder_store_that_mlflow_3_refuses_gets_a_fix_that_works():
     for typed, path in [
         ("outputs/mlflow.db", "outputs/mlflow.db"),
         ("file:///x/m.sqlite", "/x/m.sqlite"),
+        ("m.sqlite3", "m.sqlite3"),
     ]:
         assert str(unreachable(typed, refusal)) == (
             f"logger.tracking_uri={typed} is a path, which MLflow takes for a folder of files (a "
