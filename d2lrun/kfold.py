@@ -56,14 +56,12 @@ def train(
             folds = [f for i in range(k) if saved_checkpoint(f := run_dir / f"fold_{i}")]
             last = resume_checkpoint(fold := next((f for f in folds if not completed(f)), folds[0]))
             asked = int(now) if key == "trainer.epochs" else last["config"]["trainer"]["epochs"]
-            one = (
-                f", or {shell_arg('resume', fold)} {group}={typed} to go on with one fold as a run"
-            )
-            one = one if asked > last["epoch"] else ""  # offered where a fold's Run takes it
-            fix = (
-                f"drop {group}={typed}{one}" if typed else f"{key}={was} (the run's)"
-            )  # not typed:
-            raise UsageError(  # from an environment variable, or another key's option
+            one = f", or {shell_arg('resume', fold)} {group}={typed} to go on with one fold"
+            one = f"{one} as a run" if asked > last["epoch"] else ""  # where a fold's Run takes it
+            # A key not typed (set by an environment variable, or by another key's option): the
+            # run's value, as 'drop' would name nothing there is
+            fix = f"drop {group}={typed}{one}" if typed else f"{key}={was} (the run's)"
+            raise UsageError(
                 f"resume={shown(run_dir)} goes on with a k-fold run as it was trained "
                 f"({key}={was} there, {now} now). Fix: {fix}."
             )
