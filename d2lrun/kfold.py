@@ -39,9 +39,11 @@ def train(
         fold = ckpt["spec"].get("fold") if ckpt else None
         return train_job(cfg, run_dir, overrides, ckpt, fold=fold, **job)
     log, moved = job.get("log", say), bool(cfg.resume)  # resume=RUN: data may move
+    # Its first fold's checkpoint, when it goes on (resume=RUN, a sweep's job run again)
+    saved = saved_checkpoint(run_dir / "fold_0") and resume_checkpoint(run_dir / "fold_0")
     if cfg.resume:  # of a k-fold run (d2lrun.app.resumed): each fold is continued or trained anew
-        cfg, saved = OmegaConf.merge(cfg, {"resume": None}), resume_checkpoint(run_dir / "fold_0")
-        k = saved["config"]["dataset"]["folds"]  # dataset.folds=null now: refused below
+        # its k as trained: dataset.folds=null now is refused below, as another k is
+        cfg, k = OmegaConf.merge(cfg, {"resume": None}), saved["config"]["dataset"]["folds"]
         if (done := completed(run_dir)) and done.get("kfold"):  # as one run that trained all
             fold, n = run_dir / "fold_0", done["epochs"]  # any other key: this line first
             raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
@@ -70,8 +72,7 @@ def train(
         build_data(checked(cfg).dataset, cfg.seed, fold=[k, todo[0]])
     # Tracked as one run too: the folds' mean its metrics, and its folds nested under it (MLflow)
     name = experiment_name(cfg, given(overrides, "experiment"), job.get("experiment"))
-    first = saved_checkpoint(run_dir / "fold_0") and resume_checkpoint(run_dir / "fold_0")
-    tracker = open_tracker(checked(cfg), run_dir, name, first, job.get("sweep_dir"), log, kfold=k)
+    tracker = open_tracker(checked(cfg), run_dir, name, saved, job.get("sweep_dir"), log, kfold=k)
     folds = None
     try:
         job["parent"] = tracker.start(OmegaConf.to_container(checked(cfg), resolve=True), [])
