@@ -12,6 +12,7 @@ A checkpoint is a plain dict of tensors and containers, loaded weights_only:
 Resume, eval and predict compose a saved run alike: run_overrides, then check_same_meaning.
 """
 
+import contextlib
 import gzip
 import json
 import os
@@ -41,9 +42,25 @@ from d2lrun.config import (
     typed_override,
 )
 from d2lrun.config.messages import first_difference
-from d2lrun.data import Spec, as_images, build_data, prepare_batch, read_inputs, sha1_of, table_file
+from d2lrun.data import (
+    Spec,
+    as_images,
+    build_data,
+    predictions_table,
+    prepare_batch,
+    read_inputs,
+    sha1_of,
+    table_file,
+)
 from d2lrun.errors import UsageError, note
-from d2lrun.files import atomic_write, override, remove_stale_temporaries, saved_checkpoint, shown
+from d2lrun.files import (
+    atomic_write,
+    override,
+    read_json,
+    remove_stale_temporaries,
+    saved_checkpoint,
+    shown,
+)
 from d2lrun.models import build_model, load_state_dict_strict, loss_kind
 from d2lrun.plots import curves_figure
 from d2lrun.trainer import evaluate, loss_for, own_torch
@@ -61,10 +78,8 @@ def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
         raise UsageError(f"{path}: no such checkpoint. Fix: give a run folder or a .pt file that "
                          f"exists.")  # fmt: skip
     if path.is_dir():
-        raise UsageError(
-            f"{path} is a directory. Fix: give a .pt file in it, or the folder as the run "
-            f"(run={path}; load_run('{path}') in Python)."
-        )
+        raise UsageError(f"{path} is a directory. Fix: give a .pt file in it, or the folder as the "
+                         f"run (run={path}; load_run('{path}') in Python).")  # fmt: skip
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a damaged zip or pickle stream
@@ -94,14 +109,6 @@ def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
     return obj
 
 
-def is_checkpoint(path: Path) -> bool:
-    """path is a checkpoint d2lrun wrote (read to tell: only for a Fix)."""
-    try:
-        return load_checkpoint(path, needs="it") is not None
-    except UsageError:
-        return False
-
-
 def find_checkpoint(run: str | Path) -> Path:
     """The checkpoint file for `run`, which is a run folder (its last.pt) or a .pt file."""
     run = Path(run)
@@ -112,6 +119,11 @@ def find_checkpoint(run: str | Path) -> Path:
         return run
     if saved := saved_checkpoint(run):
         return saved
+    ended = {} if saved_checkpoint(run / "fold_0") else read_json(run / "metrics.json") or {}
+    if (end := ended.get("status")) in ("diverged", "failed"):  # in epoch 1 (or a k-fold run's)
+        why, _, fix = (ended.get("reason") or "").rstrip(".").partition(" Fix: ")
+        raise UsageError(f"{run} has no last.pt: it {end} in its first epoch ({why.rstrip('.')}). "
+                         f"Fix: {fix or 'mend that'}, and train it anew.")  # fmt: skip
     if (run / "multirun.yaml").exists():
         raise UsageError(
             f"{run} is a sweep's folder: each job is a run of its own, in 0/, 1/, ... "
@@ -123,7 +135,10 @@ def find_checkpoint(run: str | Path) -> Path:
             f"Fix: give one fold, e.g. {run / 'fold_0'}."
         )
     have = sorted(p.name for p in run.glob("*.pt"))
-    ours = [run / name for name in have if is_checkpoint(run / name)]  # never model.pt, as a Fix
+    ours = []  # never model.pt, as a Fix
+    for name in have:
+        with contextlib.suppress(UsageError):
+            ours += [run / name] * bool(load_checkpoint(run / name, needs="it"))
     one = f", or one of its .pt files ({ours[0]})" if ours else ""  # resume=, run=, ckpt=
     below = [*run.glob("*/last.pt"), *run.glob("*/*/last.pt")]  # outputs/: not a whole disk's
     runs = sorted(below, key=os.path.getmtime)  # a folder of runs, outputs/DATE/TIME/last.pt
@@ -332,10 +347,9 @@ class SavedRun:
             return (prepare_batch(X) if self.spec.class_names else X).float()
         X = X.reshape(1, -1) if X.ndim == 1 else X  # one example
         if X.ndim != 2 or X.shape[1] != self.spec.num_inputs:
-            raise UsageError(
-                f"inputs must be (N, {self.spec.num_inputs}), one row per example; got "
-                f"{tuple(X.shape)}. Fix: {self.spec.num_inputs} numbers per example."
-            )
+            raise UsageError(f"inputs must be (N, {self.spec.num_inputs}), one row per example; "
+                             f"got {tuple(X.shape)}. Fix: {self.spec.num_inputs} numbers per "
+                             f"example.")  # fmt: skip
         return X.to(self.device, torch.float32)
 
 
@@ -379,22 +393,8 @@ def evaluate_run(run: SavedRun) -> dict:
 
 def predict_file(run: SavedRun, path: Path, out: Path) -> int:
     """Predict every input in `path` and write them, one row each, to the CSV file `out`."""
-    import pandas as pd
-
     inputs = read_inputs(run.spec, path)
-    predictions = run.predict(inputs)
-    if isinstance(inputs, pd.DataFrame):
-        kept = [c for c in run.spec.drop if c in inputs.columns]  # new rows may lack a leaky one
-        if lacks := [c for c in run.spec.drop if c not in kept]:
-            note(f"input={path} lacks the dataset.drop column(s) {lacks}: predictions without them")
-        # Rows keep their ids (dataset.drop; all columns when it drops none) and the truth when the
-        # input has it, beside the prediction named after the target: Kaggle's submission (§4.10).
-        name = run.spec.target or "prediction"
-        truth = [name] * (name in inputs.columns and name not in run.spec.drop)
-        frame = inputs[[*kept, *truth] if run.spec.drop else list(inputs.columns)].copy()
-        frame[f"{name}_predicted" if name in frame else name] = predictions  # truth kept beside
-    else:
-        frame = pd.DataFrame({"prediction": predictions})
+    frame = predictions_table(run.spec, inputs, run.predict(inputs), path)
     data = frame.to_csv(index=False).encode()
     atomic_write(out, gzip.compress(data) if out.suffix == ".gz" else data)  # as inputs are read
-    return len(predictions)
+    return len(frame)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from d2lrun.errors import UsageError
+from d2lrun.errors import UsageError, note
 
 # dataset.name: its module d2lrun.data.<name> has load(cfg, seed) -> (train, val, spec).
 # Tables fit their statistics on the training rows, so they split folds themselves, and a saved
@@ -219,3 +219,21 @@ def read_inputs(spec: Spec, path: Path):
             f"({type(e).__name__}), which d2lrun never does. Fix: save them with {save}."
         ) from None
     raise UsageError(f"input={path}: unknown kind of file. Fix: give {takes} in .npy or .pt.")
+
+
+def predictions_table(spec: Spec, inputs, predictions: list, path: Path):
+    """d2lrun-predict's output: the predictions beside the inputs' ids (a DataFrame)."""
+    import pandas as pd
+
+    if not isinstance(inputs, pd.DataFrame):
+        return pd.DataFrame({"prediction": predictions})
+    kept = [c for c in spec.drop if c in inputs.columns]  # new rows may lack a leaky one
+    if lacks := [c for c in spec.drop if c not in kept]:
+        note(f"input={path} lacks the dataset.drop column(s) {lacks}: predictions without them")
+    # Rows keep their ids (dataset.drop; all columns when it drops none) and the truth when the
+    # input has it, beside the prediction named after the target: Kaggle's submission (§4.10).
+    name = spec.target or "prediction"
+    truth = [name] * (name in inputs.columns and name not in spec.drop)
+    frame = inputs[[*kept, *truth] if spec.drop else list(inputs.columns)].copy()
+    frame[f"{name}_predicted" if name in frame else name] = predictions  # truth kept beside
+    return frame

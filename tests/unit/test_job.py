@@ -1,6 +1,7 @@
 """The job around the loop: its checkpoints (last.pt, best.pt), Ctrl-C, L1/L2, the random state."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -699,6 +700,15 @@ def test_a_named_folder_of_a_run_that_diverged_in_its_first_epoch_takes_the_comm
         app.train(["optim.lr=1000", *named])
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())  # kept, as it says why
     assert record["status"] == "diverged" and record.get("epochs_completed", 0) == 0
+    # resume=R said 'Fix: give a run folder that finished an epoch' (a k-fold run's: 'give one
+    # fold, e.g. R/fold_0', which then said that): the Fix is the divergence's
+    with pytest.raises(UsageError) as e:
+        app.train([f"resume={tmp_path / 'run'}"])
+    fold = "fold 1/3: diverged: " if folds else ""
+    said = (f"{tmp_path / 'run'} has no last.pt: it diverged in its first epoch ({fold}the "
+            f"training loss became inf at epoch 1, batch N). Fix: lower optim.lr (now 1000), and "
+            f"train it anew.")  # fmt: skip
+    assert re.sub(r"batch \d+", "batch N", str(e.value)) == said
     app.train(["optim.lr=0.03", "trainer.epochs=1", *named])
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
     with pytest.raises(UsageError, match="already holds a run"):  # a run that trained: never
