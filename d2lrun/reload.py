@@ -69,14 +69,14 @@ FORMAT = "d2lrun-checkpoint"
 RETRAIN = "Fix: use another checkpoint of the run (last.pt, best.pt) or train again."
 MEANING = ("model", "dataset", "seed")  # what a reloaded run must keep
 LOCATION_KEYS = (*PATH_KEYS, "download")  # the dataset keys that say where data is, not what it is
+TRAINER_SHOWN = ("progress", "checkpoint_every")  # what it shows (a bar, last.pt), not its numbers
 
 
 def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
     """A checkpoint loaded without running pickled code; with `needs`, never a bare state_dict."""
     path = Path(path)
     if not path.exists():
-        raise UsageError(f"{path}: no such checkpoint. Fix: give a run folder or a .pt file that "
-                         f"exists.")  # fmt: skip
+        raise UsageError(f"{path}: no such checkpoint. Fix: give a run folder or a .pt file.")
     if path.is_dir():
         raise UsageError(f"{path} is a directory. Fix: give a .pt file in it, or the folder as the "
                          f"run (run={path}; load_run('{path}') in Python).")  # fmt: skip
@@ -155,8 +155,7 @@ def resume_checkpoint(resume: str | Path) -> dict:
     source = find_checkpoint(resume)
     remove_stale_temporaries(source.parent)  # of a run killed inside a write (kill -9, power loss)
     ckpt = load_checkpoint(source, needs="resuming")
-    later = Path(resume).is_dir() and source.name != "best.pt"  # best.pt alone: read once
-    best = readable_best(source.parent) if later else None
+    best = Path(resume).is_dir() and source.name != "best.pt" and readable_best(source.parent)
     return best if best and best["epoch"] > ckpt["epoch"] else ckpt
 
 
@@ -246,13 +245,14 @@ def continued(cfg: DictConfig, run_dir: Path, moved: bool = False) -> dict | Non
 
 def changed(saved: dict, cfg: DictConfig, moved: bool = False) -> tuple[str, str, str] | None:
     """The first key (but resume=) whose value cfg changes from the checkpoint's: key, was, now.
-    moved: also not device= or where the data is, which `resume=` may change; a sweep's job run
-    again never does (the same dataset.path typed in another folder is another file)."""
+    moved (resume=): also not device=, the logger, what trainer.* shows or where the data is; a
+    sweep's job run again keeps them (the same dataset.path typed elsewhere is another file)."""
     now = OmegaConf.to_container(checked(cfg), resolve=True)
-    here = ("resume", "device") if moved else ("resume",)
+    here = ("resume", "device", "logger") if moved else ("resume",)
     was, now = ({k: v for k, v in c.items() if k not in here} for c in (saved["config"], now))
     for c in (was, now) if moved else ():
         c["dataset"] = {k: v for k, v in c["dataset"].items() if k not in LOCATION_KEYS}
+        c["trainer"] = {k: v for k, v in c["trainer"].items() if k not in TRAINER_SHOWN}
     diff = first_difference(was, now, "config")
     return (diff[0][7:], diff[1], diff[2]) if diff else None
 

@@ -951,10 +951,9 @@ def test_a_refused_k_fold_resume_offers_one_fold_only_where_that_command_is_not_
     # A key not typed (set by another key's option, or from an environment variable): 'drop
     # optim.weight_decay=0.001', which was not there to drop; now the value the run had
     assert fix(stopped, "regularizer=l2") == "optim.weight_decay=0.0 (the run's)."
-    # It offered logger.name=tensorboard, refused ('picks none'): as typed, the group's option
-    assert fix(stopped, "logger=tensorboard") == (
-        "drop logger=tensorboard, or resume=RUN/fold_1 logger=tensorboard to go on with one fold "
-        "as a run."
+    # As typed, the group's option (it offered logger.name=tensorboard, refused: 'picks none')
+    assert fix(stopped, "init=xavier") == (
+        "drop init=xavier, or resume=RUN/fold_1 init=xavier to go on with one fold as a run."
     )
     assert fix(stopped, "optim=adam") == "drop optim=adam, or start a new run."
     assert fix(stopped, "dataset.shuffle_folds=true") == (
@@ -974,8 +973,12 @@ def test_a_refused_k_fold_resume_offers_one_fold_only_where_that_command_is_not_
     assert str(e.value) == (f"{fold} holds a checkpoint of another config (trainer.epochs=3 there, "
                             f"2 now). Fix: delete it to train it anew.")  # fmt: skip
     shutil.rmtree(fold)
-    app.train([f"resume={stopped}"])
+    # What it shows may change, as a single run's resume= may: it refused any logger= (its Fix:
+    # 'drop logger=tensorboard'), trainer.progress= and trainer.checkpoint_every=
+    app.train([f"resume={stopped}", "logger=tensorboard", "trainer.progress=true",
+               "trainer.checkpoint_every=2"])  # fmt: skip
     assert json.loads((stopped / "metrics.json").read_text())["status"] == "completed"
+    assert list((stopped / "fold_2" / "tensorboard").glob("events.*"))
 
 
 def test_a_stopped_run_resumed_with_no_epoch_left_is_refused_unless_it_stopped_in_its_last_files(
