@@ -98,7 +98,8 @@ class StackOptimizer:
         self.optimizers, self.kind = optimizers, optimizers[0].kind
         device = stack.weights[0].device
         self.live = torch.ones(stack.members, dtype=torch.bool, device=device)
-        self.param_groups = [{"lr": [o.param_groups[0]["lr"] for o in optimizers]}]
+        self.param_groups = [{k: [o.param_groups[0].get(k, 0.0) for o in optimizers]
+                              for k in ("lr", "momentum")}]  # fmt: skip
         # The stack's parameters, each with its member dimension and its members' own parameters.
         own = [[w for w, _ in layers(m)] + [b for _, b in layers(m) if b is not None]
                for m in models]  # fmt: skip

@@ -204,8 +204,8 @@ def fit(
             out = train_one_epoch(model, loss, optimizer, train, trainer.batch_size,
                                   trainer.generator, lambda: bar.advance(0))  # fmt: skip
             train_loss = (out["loss_sum"].double() / len(train)).tolist()  # the one host sync
-            lr = optimizer.param_groups[0]["lr"]  # a stack's: one per member
-            why = functools.partial(diverged, out["batch_losses"], trainer.batch_size, epoch, lr)
+            group = optimizer.param_groups[0]  # a stack's: lr and momentum one per member
+            why = functools.partial(diverged, out["batch_losses"], trainer.batch_size, epoch, group)
             if live is None and not math.isfinite(train_loss):
                 raise why()
             seconds = time.perf_counter() - start
@@ -218,11 +218,11 @@ def fit(
             row |= {f"val_{k}": v for k, v in evaluate(model, loss, val, trainer.log_rmse).items()}
             row |= {"seconds": round(time.perf_counter() - start, 4),
                     "examples_per_s": round(len(train) / seconds, 1)}  # fmt: skip
-            if live is None and (blown := overflowed(row, epoch, lr)):
+            if live is None and (blown := overflowed(row, epoch, group)):
                 raise blown
             if live is not None:  # why each member that stops in this epoch stops
                 now = live.tolist()
-                stops = [(why(m) if not now[m] else overflowed(row, epoch, lr, m)) if was[m]
+                stops = [(why(m) if not now[m] else overflowed(row, epoch, group, m)) if was[m]
                          else None for m in range(len(now))]  # fmt: skip
                 live &= torch.tensor([s is None for s in stops], device=live.device)
                 row["diverged"], now = [s and str(s) for s in stops], live.tolist()
@@ -271,29 +271,34 @@ def piped(stream) -> bool:
         return False
 
 
-def diverged(batch_losses, batch_size: int, epoch: int, lr, member: int | None = None):
+def diverged(batch_losses, batch_size: int, epoch: int, group: dict, member: int | None = None):
     """Where the loss stopped being finite: the first batch whose loss, or running sum, is not."""
-    if member is not None:  # a stack's batch_losses (batches, members), lr (members)
-        batch_losses, lr = batch_losses[:, member], lr[member]
+    if member is not None:  # a stack's batch_losses (batches, members)
+        batch_losses = batch_losses[:, member]
     running = torch.cumsum(batch_losses * batch_size, 0)
     first = (~torch.isfinite(running)).nonzero()
     bad = int(first[0]) if len(first) else len(running) - 1
-    return Diverged(
-        f"the training loss became {batch_losses[bad].item():.4g} at epoch {epoch}, "
-        f"batch {bad + 1}. Fix: lower optim.lr (now {float(lr):g})."
-    )
+    return Diverged(f"the training loss became {batch_losses[bad].item():.4g} at epoch {epoch}, "
+                    f"batch {bad + 1}. {lower(group, member)}")  # fmt: skip
 
 
-def overflowed(row: dict, epoch: int, lr, member: int | None = None) -> Diverged | None:
+def overflowed(row: dict, epoch: int, group: dict, member: int | None = None) -> Diverged | None:
     """A loss or RMSE past float range after the epoch's last step, the batches' losses finite:
     diverged as well (its weights would be best.pt, and `inf` is no JSON)."""
     for key, value in row.items():
         value = value[member] if member is not None and isinstance(value, list) else value
         if key.startswith(("train_", "val_")) and not math.isfinite(value):
-            lr = lr if member is None else lr[member]
             return Diverged(f"the {key} became {value:.4g} after epoch {epoch}. "
-                            f"Fix: lower optim.lr (now {float(lr):g}).")  # fmt: skip
+                            f"{lower(group, member)}")  # fmt: skip
     return None
+
+
+def lower(group: dict, member: int | None) -> str:
+    """A divergence's Fix: optim.lr lower, or SGD's optim.momentum (a stack's group: per member)."""
+    lr, momentum = group["lr"], group.get("momentum", 0)  # Adam's: none
+    lr, momentum = (lr, momentum) if member is None else (lr[member], momentum[member])
+    also = f" or optim.momentum (now {float(momentum):g})" if momentum else ""
+    return f"Fix: lower optim.lr (now {float(lr):g}){also}."
 
 
 def compiled(model: nn.Module, device: torch.device, log: Callable[[str], None]) -> nn.Module:

@@ -39,9 +39,9 @@ def linreg():
     return build_model(OmegaConf.create({"name": "linreg", "impl": "concise", "bias": True}), SPEC)
 
 
-def sgd(model, lr=0.03, wd=0.0):
+def sgd(model, lr=0.03, wd=0.0, momentum=0.0):
     return build_optimizer(
-        model, OmegaConf.create({"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": wd})
+        model, OmegaConf.create({"name": "sgd", "lr": lr, "momentum": momentum, "weight_decay": wd})
     )
 
 
@@ -212,6 +212,16 @@ def test_a_loss_that_overflows_after_the_epochs_last_step_is_divergence_too():
     fit(stack, optimizer, mse_loss, data, data, trainer(), rows.append)
     assert [r["diverged"] for r in rows] == [[None, why], [None, None]]  # member 1: in epoch 1
     assert all(math.isfinite(r["val_loss"][0]) for r in rows)
+    # With momentum, its Fix named only optim.lr: lowering optim.momentum is the other way out
+    why = why.replace("(now 1).", "(now 1) or optim.momentum (now 0.9).")
+    with pytest.raises(Diverged, match=f"^{re.escape(why)}$"):
+        fit((m := linreg()), sgd(m, lr=1, momentum=0.9), mse_loss, data, data, trainer(), print)
+    models = [linreg(), linreg()]
+    stack = Stack(models, [cfg, cfg], [torch.Generator(), torch.Generator()])
+    members = [sgd(models[0], lr=1e-22), sgd(models[1], lr=1, momentum=0.9)]
+    rows.clear()
+    fit(stack, StackOptimizer(stack, members, models), mse_loss, data, data, trainer(), rows.append)
+    assert rows[0]["diverged"] == [None, why]
 
 
 @pytest.mark.parametrize(
@@ -224,7 +234,7 @@ def test_a_loss_that_overflows_after_the_epochs_last_step_is_divergence_too():
     ],
 )
 def test_divergence_names_the_batch_where_the_loss_stopped_being_finite(losses, batch):
-    error = diverged(torch.tensor(losses), 10, 7, lr=1e6)
+    error = diverged(torch.tensor(losses), 10, 7, {"lr": 1e6})
     value = f"{losses[batch - 1]:.4g}"
     assert str(error) == (
         f"the training loss became {value} at epoch 7, batch {batch}. "
