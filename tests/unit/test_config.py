@@ -3,6 +3,7 @@ message is one line naming the key, the value and a working fix."""
 
 import contextlib
 import errno
+import signal
 import sys
 
 import pytest
@@ -11,6 +12,7 @@ from omegaconf import OmegaConf
 from d2lrun.config import checked, compose, example, resolve_device
 from d2lrun.config.messages import explain
 from d2lrun.errors import Bug, D2lrunError, Diverged, Interrupted, RunFailed, UsageError
+from d2lrun.stopping import Stop
 
 
 def message(*overrides) -> str:
@@ -382,7 +384,13 @@ def test_devices():
             KeyboardInterrupt(),
             Interrupted,
             130,
-            "interrupted before anything was saved.",
+            "interrupted by Ctrl-C before anything was saved.",
+        ),
+        (  # it did not name the signal
+            Stop(signal.SIGTERM),
+            Interrupted,
+            143,
+            "interrupted by SIGTERM before anything was saved.",
         ),
         (
             OSError(errno.ENOSPC, "No space left on device", "/tmp/run/last.pt"),
@@ -406,7 +414,7 @@ def test_devices():
             "(a bug in d2lrun? HYDRA_FULL_ERROR=1 shows the traceback)",
         ),
     ],
-    ids=["ctrl-c", "disk-full", "permission", "bug"],
+    ids=["ctrl-c", "sigterm", "disk-full", "permission", "bug"],
 )
 def test_explain_turns_any_exception_into_one_line_and_its_exit_code(error, kind, code, expected):
     explained = explain(error)
