@@ -26,7 +26,11 @@ def read_table(
     only_these = {} if na_values is None else {"keep_default_na": False, "na_values": na_values}
     # low_memory=False: pandas' default infers each column's type per chunk of rows, so past
     # about 262,144 rows one column read 1.0 above and '1' below: two categories for one value.
-    read = dict(dtype=dict.fromkeys(text, str), low_memory=False, **only_these)
+    # skipinitialspace: a space after each comma (`a, NA, 2`), as many tools write, read as if
+    # none (NA missing, 2 a number, the column `NumRooms`), not as ' NA' and ' 2': categories.
+    read = dict(
+        dtype=dict.fromkeys(text, str), low_memory=False, skipinitialspace=True, **only_these
+    )
     try:
         frame = pd.read_csv(p, **read)
     except UnicodeDecodeError:  # its e.start counts from a chunk of pandas': found again here
@@ -68,7 +72,8 @@ def read_table(
             frame = pd.read_csv(p, index_col=False, **read)
     if frame.empty:
         raise UsageError(f"{where} has a header but no data rows. Fix: add rows.")
-    header = [c for c in pd.read_csv(p, header=None, nrows=1, dtype=str).iloc[0] if pd.notna(c)]
+    first = pd.read_csv(p, header=None, nrows=1, dtype=str, skipinitialspace=True).iloc[0]
+    header = [c for c in first if pd.notna(c)]
     if twice := sorted({c for c in header if header.count(c) > 1}):  # pandas reads x, x.1
         raise UsageError(
             f"{where} names the column(s) {twice} twice in its header; pandas reads the second "

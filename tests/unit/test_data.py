@@ -473,6 +473,19 @@ def test_read_table_with_na_values_reads_only_those_as_missing(tmp_path):
     ]
 
 
+def test_a_csv_with_a_space_after_each_comma_is_read_as_the_book_reads_house_tiny(tmp_path):
+    """'NumRooms, NA' was read as ' NA', a category: NumRooms became three categories, not a
+    column filled with its mean (§2.2), and the target was named ' Price'; the Fix it gave
+    ('leave those cells empty') read ' ' as a category again."""
+    spaced = "\n".join(", ".join(row.split(",")) for row in HOUSE.strip().splitlines())
+    (tmp_path / "spaced.csv").write_text(spaced + "\n")
+    frame = read_table(tmp_path / "spaced.csv")
+    assert list(frame.columns) == ["NumRooms", "Alley", "Price"]
+    assert frame.equals(pd.read_csv(io.StringIO(HOUSE)))
+    stats = fit_preprocess(frame.iloc[:, :2], standardize=False, max_categories=50, ddof=0)
+    assert stats["columns"] == ["NumRooms", "Alley_Pave", "Alley_nan"]
+
+
 def test_the_validation_rows_are_drawn_with_the_runs_seed(tmp_path):
     """The same seed holds out the same rows, run after run; another seed other rows."""
     path = tmp_path / "t.csv"
