@@ -307,21 +307,21 @@ class SavedRun:
             raise UsageError(f"{said}. Fix: load_run the run folder that d2lrun wrote.")
         return self.files / name
 
-    def predict(self, inputs) -> list:
-        """Predict raw inputs, CSV rows (a DataFrame) or uint8 images, or a file of them read as
-        d2lrun-predict reads it (its missing-value markers, a run's categories as written: 01
-        stays 01, where pd.read_csv makes it 1): class names or floats."""
+    def predict(self, inputs, source: str = "the input") -> list:
+        """Class names or floats for raw inputs, CSV rows (a DataFrame) or uint8 images, named
+        source in errors, or a file of them read as d2lrun-predict reads it (its missing-value
+        markers, a run's categories as written: 01 stays 01, where pd.read_csv makes it 1)."""
         if isinstance(inputs, (str, os.PathLike)):
-            inputs = read_inputs(self.spec, Path(inputs))
+            inputs, source = read_inputs(self.spec, Path(inputs)), f"input={inputs}"
         with torch.no_grad():
-            out = self.model(self.prepare(inputs))
+            out = self.model(self.prepare(inputs, source))
         if self.spec.task == "classification":
             return [self.spec.class_names[i] for i in out.argmax(dim=1).tolist()]
         scale = self.spec.target_scale  # predictions in the target's own units
         out = out * scale["std"] + scale["mean"] if scale else out
         return out.flatten(1).squeeze(1).tolist()  # no rows: [], not a reshape of 0 elements
 
-    def prepare(self, inputs) -> torch.Tensor:
+    def prepare(self, inputs, source: str = "the input") -> torch.Tensor:
         """Raw inputs -> the tensor the model was trained on, with the run's stored statistics."""
         if self.spec.preprocess:  # a table: the statistics fitted when it trained
             import pandas as pd
@@ -333,7 +333,7 @@ class SavedRun:
                     f"this run was trained on a CSV table; predict takes a pandas "
                     f"DataFrame, not {type(inputs).__name__}. Fix: pd.read_csv(FILE)."
                 )
-            return torch.from_numpy(transform(inputs, self.spec.preprocess)).to(self.device)
+            return torch.from_numpy(transform(inputs, self.spec.preprocess, source)).to(self.device)
         is_tensor = isinstance(inputs, torch.Tensor)  # taken as it is (on a GPU, or needing grad)
         try:  # anything else through numpy, as a copy: pandas 3 arrays are read-only
             X = inputs.detach() if is_tensor else torch.as_tensor(np.array(inputs))
@@ -394,7 +394,7 @@ def evaluate_run(run: SavedRun) -> dict:
 def predict_file(run: SavedRun, path: Path, out: Path) -> int:
     """Predict every input in `path` and write them, one row each, to the CSV file `out`."""
     inputs = read_inputs(run.spec, path)
-    frame = predictions_table(run.spec, inputs, run.predict(inputs), path)
+    frame = predictions_table(run.spec, inputs, run.predict(inputs, f"input={path}"), path)
     data = frame.to_csv(index=False).encode()
     atomic_write(out, gzip.compress(data) if out.suffix == ".gz" else data)  # as inputs are read
     return len(frame)

@@ -529,7 +529,7 @@ def test_predict_refuses_inputs_beyond_float32_in_one_line(tmp_path, capsys):
         handle("d2lrun-predict", lambda: app.predict(args))
     assert e.value.code == 2 and not (tmp_path / "run" / "predictions.csv").exists()
     assert capsys.readouterr().err == (
-        "d2lrun-predict: error: column(s) ['x'] of the input hold infinite values or values "
-        "beyond float32's range (about 3.4e38), which the model cannot use. Fix: leave those "
-        "cells empty (missing), or give finite numbers within that range.\n"
+        f"d2lrun-predict: error: column(s) ['x'] of input={tmp_path / 'new.csv'} hold infinite "
+        "values or values beyond float32's range (about 3.4e38), which the model cannot use. "
+        "Fix: leave those cells empty (missing), or give finite numbers within that range.\n"
     )

@@ -62,7 +62,7 @@ def transform(features: pd.DataFrame, stats: dict, source: str = "the input") ->
         fix = ", ".join(renamed(n, m) for m, n in near.items())
         fix = commas_fix(features.columns, fix or "add them (values may be empty)")
         raise UsageError(
-            f"The input lacks the column(s) [{listed([repr(m) for m in missing])}] the model was "
+            f"{source} lacks the column(s) [{listed([repr(m) for m in missing])}] the model was "
             f"trained on. Fix: {fix}."
         )
     parts = []
@@ -72,6 +72,9 @@ def transform(features: pd.DataFrame, stats: dict, source: str = "the input") ->
         v = v if pd.api.types.is_numeric_dtype(v) else v.map(lambda x: bools.get(str(x), x))
         number = pd.to_numeric(v, errors="coerce").astype(float)  # inf: refused below
         if len(text := v[number.isna() & v.notna()]):  # "five", "1,000": not numbers
+            if len(written := text[text.astype(str).str.fullmatch(WRITTEN_NUMBER)]):  # as trained
+                raise UsageError(f"column '{col}' of {source} holds numbers that read as text, "
+                                 f"such as '{written.iloc[0]}' {AS_TEXT}.")  # fmt: skip
             note(f"{len(text)} cell(s) of column '{col}' are not numbers, such as "
                  f"'{text.iloc[0]}'; they get the training mean, as empty cells do")  # fmt: skip
         v = number.fillna(s["mean"])
@@ -103,6 +106,9 @@ def float32(values: np.ndarray, columns: list[str], source: str) -> np.ndarray:
 # A number as a spreadsheet may write it: -$1,234.50, 75%, 1,5 (a decimal comma),
 # 12345678901234567890 (beyond int64).
 WRITTEN_NUMBER = r"[-+]?[$€£]?-?(\d{1,3}(,\d{3})+|\d+)(\.\d+|,\d+)?\s?%?"
+AS_TEXT = ("(with $, %, thousands separators or decimal commas, or past 64-bit integers). Fix: "
+           "save them as plain numbers (pd.read_csv(FILE, thousands=',') reads 1,000; "
+           "decimal=',' reads 1,5)")  # fmt: skip
 
 
 def as_typed(columns, names: list[str]) -> list[str]:
@@ -182,15 +188,12 @@ def table_splits(
         raise UsageError(f"dataset.drop names {unknown}, which {source} does not have. Fix: {fix}.")
     text = [c for c in frame if c not in cfg.drop and not pd.api.types.is_numeric_dtype(frame[c])]
     if not fitted and (written := [c for c in text if written_numbers(frame[c])]):
-        example = frame[written[0]].dropna().astype(str).iloc[0]  # else categories, or dropped
+        cells = frame[written[0]].dropna().astype(str)  # one that is not a plain number, first
+        example = cells[pd.to_numeric(cells, errors="coerce").isna()].tolist() + cells.tolist()
         ids = f", or {list_arg('dataset.drop', [*cfg.drop, written[0]])} if they are ids"
         ids = ids if written[0] != target else ""
-        raise UsageError(
-            f"column(s) {written} of {source} hold numbers that read as text, such as "
-            f"'{example}' (with $, %, thousands separators or decimal commas, or past 64-bit "
-            f"integers). Fix: save them as plain numbers (pd.read_csv(FILE, thousands=',') "
-            f"reads 1,000; decimal=',' reads 1,5){ids}."
-        )
+        raise UsageError(f"column(s) {written} of {source} hold numbers that read as text, such as "
+                         f"'{example[0]}' {AS_TEXT}{ids}.")  # fmt: skip
     index = frame.columns[0]  # pandas' to_csv writes its row index as a first, unnamed column
     if not fitted and str(index).startswith("Unnamed: ") and index not in (target, *cfg.drop):
         if pd.api.types.is_integer_dtype(frame[index]) and frame[index].is_unique:

@@ -2,6 +2,7 @@
 
 import gzip
 import io
+import re
 import shutil
 import warnings
 
@@ -237,7 +238,7 @@ def test_new_rows_need_the_trained_columns_and_a_stray_text_in_a_number_column_i
     with pytest.raises(UsageError) as e:
         transform(pd.DataFrame({"b": [1.0]}), stats)
     assert str(e.value) == (
-        "The input lacks the column(s) ['a', 'c'] the model was trained on. "
+        "the input lacks the column(s) ['a', 'c'] the model was trained on. "
         "Fix: add them (values may be empty)."
     )
     with pytest.raises(UsageError) as e:  # the data was there, under names not quite the same
@@ -745,7 +746,7 @@ def test_a_file_of_semicolons_or_tabs_with_decimal_commas_is_named_as_such_not_r
     stats = fit_preprocess(pd.DataFrame({"x": [1.0, 2.0], "c": ["a", "b"]}), False, 50, ddof=0)
     with pytest.raises(UsageError) as e:
         transform(pd.DataFrame({f"x{sep}c": ["8;b"]}), stats)
-    lacks = "The input lacks the column(s) ['x', 'c'] the model was trained on."
+    lacks = "the input lacks the column(s) ['x', 'c'] the model was trained on."
     assert str(e.value) == f"{lacks} {fix}"
 
 
@@ -757,6 +758,9 @@ def test_a_file_without_the_runs_target_is_refused_with_a_fix_eval_can_take(tmp_
     with pytest.raises(
         UsageError, match=r"its columns are: x\. Fix: give a file with a column 'y'\.$"
     ):
+        csv_load(table_cfg(tmp_path / "new.csv"), seed=0, fitted=spec)
+    (tmp_path / "new.csv").write_text("y\n1\n2\n3\n4\n5\n")  # 'The input lacks': no file
+    with pytest.raises(UsageError, match=f"^{re.escape(str(tmp_path / 'new.csv'))} lacks the col"):
         csv_load(table_cfg(tmp_path / "new.csv"), seed=0, fitted=spec)
 
 
@@ -775,14 +779,22 @@ def test_numbers_with_thousands_separators_are_refused_with_the_pandas_line_that
 ):
     """'147,592' reads as text: as a target it was 40 'classes', as a feature 40 categories."""
     path = tmp_path / "p.csv"
-    path.write_text('x,y,name\n"1,000",5,"a,b"\n999,6,c\n"-2,500.5",7,d\n')
+    path.write_text('x,y,name\n999,4,e\n"1,000",5,"a,b"\n999,6,c\n"-2,500.5",7,d\n')
     with pytest.raises(UsageError) as e:
         table_splits(pd.read_csv(path), table_cfg(path), 0, None, "p.csv", "auto", False)
-    assert str(e.value) == (
+    assert str(e.value) == (  # such as '999' it said, a plain number, when one came first
         "column(s) ['x'] of p.csv hold numbers that read as text, such as '1,000' (with $, %, "
         "thousands separators or decimal commas, or past 64-bit integers). Fix: save them as "
         "plain numbers (pd.read_csv(FILE, thousands=',') reads 1,000; decimal=',' reads 1,5), "
         "or dataset.drop=[x] if they are ids."
+    )
+    # New rows (d2lrun-predict, d2lrun-eval dataset.path=): each such cell got the training mean,
+    # with a note, and wrong predictions; refused as training refuses them
+    stats = fit_preprocess(pd.DataFrame({"x": [999.0, 1000.0]}), False, 50, ddof=0)
+    with pytest.raises(UsageError) as e:
+        transform(pd.read_csv(path)[["x"]], stats, "input=p.csv")
+    assert str(e.value).startswith(
+        "column 'x' of input=p.csv holds numbers that read as text, such as '1,000' (with $, %,"
     )
     with pytest.raises(UsageError) as e:  # it said dataset.drop=[x], no longer dropping name
         table_splits(pd.read_csv(path), table_cfg(path, drop=["name"]), 0, None, "p.csv", "auto",
