@@ -345,7 +345,7 @@ def evaluate(args: Sequence[str]) -> dict:
 def predict(args: Sequence[str]) -> Path:
     """`d2lrun-predict ARGS`: predictions for new inputs, written as CSV; the file."""
     with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
-        from d2lrun.reload import predict_file
+        from d2lrun.reload import predict_file, table_file
 
     check_flags(args, "predict")
 
@@ -362,7 +362,9 @@ def predict(args: Sequence[str]) -> Path:
         ours = folder == run.checkpoint.parent.resolve() or folder.name == ".hydra"
         a_run = kept and (ours or any((folder / f).exists() for f in (*RUN_FILES, "multirun.yaml")))
         data = {Path(cfg.input).resolve(): "the input file"}  # never written over, nor the run's
-        data |= {Path(p).resolve(): "the run's data" for p in [run.config.dataset.get("path")] if p}
+        splits = ("train", "test") if run.config.dataset.name == "kaggle_house" else ("train",)
+        tables = [table_file(run.config.dataset, s) for s in splits]  # dataset.path, or the book's
+        data |= {Path(p).resolve(): "the run's data" for p in tables if p}
         if a_run or out.resolve() in data:
             what = "a run's file" if a_run else data[out.resolve()]
             raise UsageError(f"output={out} is {what}. Fix: output=predictions.csv, or another.")

@@ -92,12 +92,13 @@ def sha1_of(path: str | Path) -> str | None:
 
 
 def table_file(cfg: DictConfig, split: str = "train") -> str:
-    """The file a table's rows are read from: dataset.path, or the Kaggle file of split."""
+    """The file a table's rows are read from: dataset.path, or the Kaggle file of split (images:
+    None)."""
     if cfg.name == "kaggle_house":
         from d2lrun.data.kaggle_house import book_file
 
         return str(book_file(cfg, split))
-    return cfg.path
+    return cfg.get("path")
 
 
 @functools.lru_cache(maxsize=4)  # the jobs of a sweep in one process decode a dataset once

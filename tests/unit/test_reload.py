@@ -1012,6 +1012,25 @@ def test_a_stopped_run_resumed_with_no_epoch_left_is_refused_unless_it_stopped_i
     assert load_run(more).summary["restarts"] == 1  # untouched (it restarted, training nothing)
 
 
+def test_predictions_never_write_over_the_book_kaggle_files_a_run_trained_on(
+    kaggle_house, tmp_path
+):
+    """output=ROOT/kaggle_house_pred_train.csv wrote over the run's training file (dataset.path,
+    of dataset=csv, was refused); eval then said it lacked 79 columns: 'Fix: add them'."""
+    from d2lrun import app
+
+    root = tmp_path / "root"
+    shutil.copytree(kaggle_house, root)
+    run = trained(tmp_path / "run", "dataset=kaggle_house", f"dataset.root={root}",
+                  "trainer.epochs=1")  # fmt: skip
+    shutil.copy(root / "kaggle_house_pred_test.csv", tmp_path / "new.csv")
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    for name in ("kaggle_house_pred_train.csv", "kaggle_house_pred_test.csv"):
+        with pytest.raises(UsageError, match=r"is the run's data\. Fix: output=predictions.csv"):
+            app.predict([f"run={run}", f"input={tmp_path / 'new.csv'}", f"output={root / name}"])
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+
+
 def test_predictions_go_to_a_file_in_a_folder_that_exists(table_run, tmp_path):
     import pandas as pd
 
