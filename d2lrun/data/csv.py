@@ -282,11 +282,12 @@ def table_splits(
                 ignored = [c for c in ignored if c != col]  # said here, not again below
         if ignored:
             note(f"ignored column(s) {ignored} (empty in training rows or {too_many})")
-        if not stats["columns"]:
-            raise UsageError(
-                f"{source} has no usable feature column besides '{target}'. "
-                f"Fix: add feature columns."
-            )
+        if not stats["columns"]:  # Fix: what made them unusable, where it was a key's
+            wide = max((fit_on[c].nunique() for c in many), default=0)
+            fix = f"dataset.max_categories={wide}" if wide else "add feature columns"
+            dropped = f"keep one out of {list_arg('dataset.drop', cfg.drop)}"
+            raise UsageError(f"{source} has no usable feature column besides '{target}'. Fix: "
+                             f"{dropped if cfg.drop and not features else fix}.")  # fmt: skip
         classes, scale = None, None
         if task == "classification":
             classes = sorted(train_rows[target].astype(str).unique())

@@ -764,6 +764,27 @@ def test_a_file_without_the_runs_target_is_refused_with_a_fix_eval_can_take(tmp_
         csv_load(table_cfg(tmp_path / "new.csv"), seed=0, fitted=spec)
 
 
+def test_no_usable_feature_column_says_which_key_made_them_unusable():
+    """'Fix: add feature columns', of a file that had them: dataset.drop dropped them all, or
+    each was text of more values than dataset.max_categories (the Fix led to a run)."""
+    frame = pd.DataFrame({"a": range(120), "name": [f"n{i % 70}" for i in range(120)],
+                          "y": np.arange(120.0)})  # fmt: skip
+    cases = [
+        (table_cfg(drop=["a", "name"]), "keep one out of dataset.drop=[a,name]"),
+        (table_cfg(drop=["a"]), "dataset.max_categories=66"),  # of the 96 training rows
+        (table_cfg(drop=["a"], max_categories=66), None),
+    ]
+    for cfg, fix in cases:
+        if fix is None:
+            assert table_splits(frame, cfg, 0, None, "t.csv", "auto", False)[2].num_inputs == 67
+            continue
+        with pytest.raises(UsageError) as e:
+            table_splits(frame, cfg, 0, None, "t.csv", "auto", False)
+        assert str(e.value) == f"t.csv has no usable feature column besides 'y'. Fix: {fix}."
+    with pytest.raises(UsageError, match=r"Fix: add feature columns\.$"):  # none: nothing to keep
+        table_splits(frame[["y"]], table_cfg(), 0, None, "t.csv", "auto", False)
+
+
 @pytest.mark.parametrize(
     "cells",
     [["$10", "$20", "-$5.50"], ["75%", "80 %", "5%"], ["12345678901234567890", "2", "3"]],
