@@ -49,9 +49,12 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
     if flags.config_path is not None:
         raise UsageError(f"--config-path {flags.config_path}: {prog} runs its own configs. Fix: "
                          f"drop it; --config-dir DIR adds a folder of YAML files.")  # fmt: skip
-    for arg in flags.overrides:  # d2lrun-eval outputs/DATE/TIME: a path without its key
-        if not flags.multirun and (fix := path_fix(arg, name)):
-            raise UsageError(f"{arg} is not an override. Fix: {fix}.")
+    # d2lrun-predict outputs/DATE/TIME new.csv: paths without their keys, each Fixed at once
+    paths = {} if flags.multirun else {a: f for a in flags.overrides if (f := path_fix(a, name))}
+    if paths:
+        what = "is not an override" if len(paths) == 1 else "are not overrides"
+        raise UsageError(f"{' '.join(paths)} {what}. Fix: {' '.join(paths.values())}.")
+    for arg in flags.overrides:
         if arg.startswith("hydra.mode=") and arg != "hydra.mode=RUN" and not flags.multirun:
             swept = shlex.join(a for a in flags.overrides if a != arg) or "optim.lr=0.03,0.1"
             swept = f"{prog} -m {swept}"  # the sweep's table as well

@@ -849,6 +849,13 @@ def test_a_path_given_without_its_key_is_told_which_key(tmp_path, monkeypatch, n
         check_flags(["trainer.epochs=1", arg], name)
     said = f"{arg} is not an override. Fix: {fix}." if fix else "Fix: write it as KEY=VALUE."
     assert str(explain(e.value)).endswith(said)
+    if (
+        fix and name == "predict" and arg != "images.npy"
+    ):  # a second one: Fixed at once, not after the first's Fix
+        with pytest.raises(UsageError) as e:
+            check_flags([arg, "images.npy"], name)
+        assert str(e.value) == (f"{arg} images.npy are not overrides. Fix: "
+                                f"{fix} input=images.npy.")  # fmt: skip
     for args in (["runs/b"], ["-m", "runs/a"]):  # no such path; a sweep's: Hydra's error, as before
         with pytest.raises(Exception) as e:
             check_flags(args, name)
