@@ -1,5 +1,6 @@
 """Any CSV file read into a DataFrame (pandas), every way it can be unreadable as one line."""
 
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -72,6 +73,11 @@ def read_table(
             frame = pd.read_csv(p, index_col=False, **read)
     if frame.empty:
         raise UsageError(f"{where} has a header but no data rows. Fix: add rows.")
+    # Unicode's composed form (NFC), as typed: a file saved decomposed (NFD, as macOS apps may)
+    # names 'größe' the same, and its 'ä' is the category a run's 'ä' is (0.03 s per 100,000 cells)
+    frame.columns = [unicodedata.normalize("NFC", c) if isinstance(c, str) else c for c in frame]
+    for c in [c for c in frame if pd.api.types.is_string_dtype(frame[c])]:
+        frame[c] = frame[c].str.normalize("NFC")
     first = pd.read_csv(p, header=None, nrows=1, dtype=str, skipinitialspace=True).iloc[0]
     header = [c for c in first if pd.notna(c)]
     if twice := sorted({c for c in header if header.count(c) > 1}):  # pandas reads x, x.1

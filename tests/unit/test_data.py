@@ -487,6 +487,16 @@ def test_a_csv_with_a_space_after_each_comma_is_read_as_the_book_reads_house_tin
     assert stats["columns"] == ["NumRooms", "Alley_Pave", "Alley_nan"]
 
 
+def test_a_csv_saved_in_decomposed_unicode_reads_as_typed(tmp_path):
+    """A file saved in NFD (macOS apps may): predict said "lacks the column(s) ['größe'] ...
+    Fix: rename 'größe' to 'größe'", and its 'ä' was a category new since training: all zeros."""
+    import unicodedata
+
+    typed = "größe,straße\n3,ä\n"
+    (tmp_path / "nfd.csv").write_text(unicodedata.normalize("NFD", typed))
+    assert read_table(tmp_path / "nfd.csv").equals(pd.read_csv(io.StringIO(typed)))
+
+
 def test_the_validation_rows_are_drawn_with_the_runs_seed(tmp_path):
     """The same seed holds out the same rows, run after run; another seed other rows."""
     path = tmp_path / "t.csv"
