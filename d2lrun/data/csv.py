@@ -222,11 +222,13 @@ def table_splits(
     numeric_target = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
     task = fitted.task if fitted else task
     stray = y[pd.to_numeric(y, errors="coerce").isna()] if not numeric_target else y[:0]
+    ids = y.value_counts().eq(1).sum() * 2 > len(y)  # most rows a value of their own: no names
     if task != "classification" and 0 < len(stray) <= len(y) // 10:  # numbers, but for a few
         raise UsageError(
             f"column '{target}' of {source} holds numbers but for {len(stray)} cell(s) such as "
             f"'{stray.iloc[0]}'. Fix: leave them empty (those rows are dropped)"
-            f"{'' if fitted else ', or dataset.task=classification if its values are names'}."
+            f"{'' if fitted or ids else ', or dataset.task=classification if its values are names'}"
+            f"."
         )
     if task == "auto":
         task = "regression" if numeric_target else "classification"
@@ -309,9 +311,10 @@ def table_splits(
                     if k:  # shuffled folds that still hold a class out: only its rows help
                         where, other = f" of fold {i + 1}/{k}", ", or dataset.shuffle_folds=true"
                         other = "" if cfg.shuffle_folds else f"{other} (the rows are in order)"
-                    if cfg.task == "auto" and 0 < 2 * len(stray) < len(y):  # prices, and 'n/a'
+                    if 0 < 2 * len(stray) < len(y):  # prices, and 'n/a'
+                        typed = " (and drop dataset.task=classification)" * (cfg.task != "auto")
                         other += (f", or leave the {len(stray)} cell(s) that are not numbers "
-                                  f"empty to predict it as a number")  # fmt: skip
+                                  f"empty{typed} to predict it as a number")  # fmt: skip
                     raise UsageError(
                         f"class(es) {unseen} of '{target}' occur only in the validation rows"
                         f"{where}, so the model could never learn them. Fix: add training rows of "

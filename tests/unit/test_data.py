@@ -667,6 +667,12 @@ def test_a_target_of_numbers_and_many_words_is_read_as_classes_with_a_note(tmp_p
         csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
     assert str(e.value).endswith(", or leave the 10 cell(s) that are not numbers empty to predict "
                                  "it as a number.")  # fmt: skip
+    with pytest.raises(UsageError) as e:  # asked for: the same, and what was asked for goes
+        csv_load(table_cfg(tmp_path / "t.csv", task="classification"), seed=0)
+    assert str(e.value).endswith(
+        ", or leave the 10 cell(s) that are not numbers empty (and drop "
+        "dataset.task=classification) to predict it as a number."
+    )
 
 
 def test_inf_in_a_feature_is_refused_in_one_line_without_numpys_warning(tmp_path):
@@ -683,11 +689,16 @@ def test_a_number_column_with_a_few_stray_cells_names_one_and_the_fix(tmp_path):
     (tmp_path / "t.csv").write_text("x,y\n" + rows + "20,n/a?\n")
     with pytest.raises(UsageError) as e:
         csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
+    # Not 'or dataset.task=classification if its values are names': a value of its own in each
+    # row but the stray one, which then failed as classes held out, with a Fix no seed met
     assert str(e.value) == (
         f"column 'y' of {tmp_path / 't.csv'} holds numbers but for 1 cell(s) such as 'n/a?'. "
-        f"Fix: leave them empty (those rows are dropped), or dataset.task=classification if its "
-        f"values are names."
+        f"Fix: leave them empty (those rows are dropped)."
     )
+    codes = "".join(f"{i},{i % 3}\n" for i in range(20))  # a few values, each often: names maybe
+    (tmp_path / "t.csv").write_text("x,y\n" + codes + "20,n/a?\n")
+    with pytest.raises(UsageError, match=r"\), or dataset\.task=classification if its values are"):
+        csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
     (tmp_path / "t.csv").write_text("x,y\n" + rows + "20,n/a?\n21,n/a?\n")  # not one per row
     cfg = table_cfg(tmp_path / "t.csv", task="classification", val_fraction=0)
     assert len(csv_load(cfg, seed=0)[2].class_names) == 21  # asked for: every value a class
