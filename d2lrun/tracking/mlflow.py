@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig
 
 from d2lrun.errors import UsageError
-from d2lrun.files import hold
+from d2lrun.files import hold, typed_arg
 from d2lrun.tracking import Tracker, flatten, metrics_of, why
 
 # MLflow's HTTP client retries for minutes by default (7 times, backing off: a run whose server went
@@ -258,7 +258,8 @@ def unreachable(uri: str, e: Exception) -> UsageError:
         if Path(path).suffix in (".db", ".sqlite", ".sqlite3") or Path(path).is_file():  # SQLite
             return UsageError(
                 f"logger.tracking_uri={uri} is a path, which MLflow takes for a folder of files "
-                f"(a store MLflow 3 no longer makes). Fix: logger.tracking_uri=sqlite:///{path}."
+                f"(a store MLflow 3 no longer makes). Fix: "
+                f"{typed_arg('logger.tracking_uri', f'sqlite:///{path}')}."  # '~/x.db' quoted
             )
         return UsageError(
             f"logger.tracking_uri={uri} is a folder of files, which MLflow 3 no longer takes. Fix: "

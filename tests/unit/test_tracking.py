@@ -190,10 +190,13 @@ def test_a_folder_store_that_mlflow_3_refuses_gets_a_fix_that_works():
         ("outputs/mlflow.db", "outputs/mlflow.db"),
         ("file:///x/m.sqlite", "/x/m.sqlite"),
         ("m.sqlite3", "m.sqlite3"),
+        ("~/m.db", "~/m.db"),  # it said sqlite:///~/m.db unquoted, which Hydra cannot read
     ]:
+        fix = f"logger.tracking_uri=sqlite:///{path}"
+        fix = f"\"logger.tracking_uri='sqlite:///{path}'\"" if "~" in path else fix
         assert str(unreachable(typed, refusal)) == (
             f"logger.tracking_uri={typed} is a path, which MLflow takes for a folder of files (a "
-            f"store MLflow 3 no longer makes). Fix: logger.tracking_uri=sqlite:///{path}."
+            f"store MLflow 3 no longer makes). Fix: {fix}."
         )
     # A server's database whose driver is missing: it said 'Fix: a writable place'
     missing = ModuleNotFoundError("No module named 'psycopg'", name="psycopg")
