@@ -114,6 +114,15 @@ def hold(folder: Path, wait: bool = False, name: str = ".lock"):
     return lock
 
 
+def held(folder: Path) -> bool:
+    """A process holds folder's lock (hold): its run goes on."""
+    with contextlib.suppress(OSError):  # no such folder (moved, deleted): nothing runs there
+        if (lock := hold(folder)) is None:
+            return True
+        lock.close()
+    return False
+
+
 def held_dir(folder: Path, waiting: str | None = None):
     """folder, made, and locked (hold) while the returned file is open; None while another process
     holds it, or with waiting: that line said, then waited until it lets go."""
@@ -273,9 +282,7 @@ def running(sweep_dir: Path) -> set[int | None]:
     holders = set()
     for folder in filter(Path.is_dir, sweep_dir.iterdir()):
         with contextlib.suppress(OSError):  # a folder removed meanwhile: no job there
-            if (lock := hold(folder)) is not None:
-                lock.close()
-            else:
+            if held(folder):
                 pid = (folder / ".lock").read_text().strip()
                 holders.add(int(pid) if pid.isdigit() else None)
     return holders

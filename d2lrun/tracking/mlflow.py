@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig
 
 from d2lrun.errors import UsageError
-from d2lrun.files import hold, typed_arg
+from d2lrun.files import held, hold, typed_arg
 from d2lrun.tracking import Tracker, flatten, metrics_of, why
 
 # MLflow's HTTP client retries for minutes by default (7 times, backing off: a run whose server went
@@ -108,6 +108,9 @@ class MLflow(Tracker):
         steps = [m.step for m in self.client.get_metric_history(run_id, "train_loss")]
         if any(step > epoch for step in steps):
             self.log(f"note: MLflow run {run_id} has epochs after epoch {epoch}; new run")
+            there = Path(tags.get("d2lrun.run_dir", here))  # its run goes on there, or was killed
+            if run.info.status == "RUNNING" and (str(there) == here or not held(there)):
+                self.client.set_terminated(run_id, "KILLED")  # kill -9: no process holds its lock
             return None
         self.logged = max(steps, default=0)  # fewer where its server was down: start sends them
         return run_id

@@ -326,6 +326,38 @@ def test_resume_continues_the_checkpoints_mlflow_run_from_another_folder(tmp_pat
     assert logged.data.params["trainer.epochs"] == "2"  # MLflow keeps a param's first value
 
 
+def test_a_killed_run_resumed_from_an_earlier_epoch_ends_its_old_mlflow_run(
+    tmp_path, empty_store, monkeypatch, capsys
+):
+    """kill -9 after the store had an epoch that last.pt had not: resume= started a new MLflow
+    run, as it says, and the old one stayed RUNNING for ever."""
+    from mlflow import MlflowClient
+
+    from d2lrun import app
+    from d2lrun.files import hold
+
+    uri, run = store(empty_store, tmp_path / "mlflow.db"), tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    app.train(["logger=mlflow", f"logger.tracking_uri={uri}", "trainer.epochs=3", *FAST,
+               f"hydra.run.dir={run}"])  # fmt: skip
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    client, old = MlflowClient(uri), ckpt["mlflow_run_id"]
+    client.update_run(old, "RUNNING")  # as kill -9 in epoch 3 leaves it, last.pt at epoch 1
+    ckpt |= {"epoch": 1, "history": ckpt["history"][:1]}
+    torch.save(ckpt, run / "last.pt")
+    for name in ("best.pt", "model.pt", "metrics.json"):
+        (run / name).unlink()
+    lock = hold(run)  # its run goes on (resume= into another folder branches off it): left be
+    app.train([f"resume={run}", f"hydra.run.dir={tmp_path / 'branch'}"])
+    assert client.get_run(old).info.status == "RUNNING"
+    lock.close()  # killed: ended as such, where resume= says it starts a new run
+    resumed = app.train([f"resume={run}"])
+    assert f"note: MLflow run {old} has epochs after epoch 1; new run" in capsys.readouterr().out
+    new = torch.load(resumed / "last.pt", weights_only=True)["mlflow_run_id"]
+    assert new != old and client.get_run(new).info.status == "FINISHED"
+    assert client.get_run(old).info.status == "KILLED"
+
+
 def test_a_k_fold_run_is_one_mlflow_run_its_folds_nested_and_resumed_under_it(
     tmp_path, empty_store, monkeypatch
 ):
