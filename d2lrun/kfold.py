@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from d2lrun.config import checked, given
+from d2lrun.config.schema import SCHEMAS
 from d2lrun.data import build_data
 from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError
 from d2lrun.files import (
@@ -53,6 +54,10 @@ def train(
         if diff := changed(saved, cfg, moved):
             key, was, now = diff  # refused before any fold's files are touched
             group = key[:-5] if key.endswith(".name") and given(overrides, key[:-5]) else key
+            if not given(overrides, group):  # set by an option typed: regularizer=l2 sets
+                # optim.weight_decay, which 'drop' would not find: that option
+                options = [g for g in SCHEMAS if saved["config"][g]["name"] != cfg[g].name]
+                group = next((g for g in options if given(overrides, g)), group)
             typed = given(overrides, group)  # as typed: logger=tensorboard, not logger.name=...
             check_same_meaning(saved["config"], cfg, f"resume={shown(run_dir)}", KEPT, overrides)
             folds = [f for i in range(k) if saved_checkpoint(f := run_dir / f"fold_{i}")]
@@ -60,8 +65,8 @@ def train(
             asked = int(now) if key == "trainer.epochs" else last["config"]["trainer"]["epochs"]
             one = f", or {shell_arg('resume', fold)} {group}={typed} to go on with one fold"
             one = f"{one} as a run" if asked > last["epoch"] else ""  # where a fold's Run takes it
-            # A key not typed (set by an environment variable, or by another key's option): the
-            # run's value, as 'drop' would name nothing there is
+            # A key still not typed (an environment variable's, a preset's): the run's value, as
+            # 'drop' would name nothing there is
             fix = f"drop {group}={typed}{one}" if typed else f"{key}={was} (the run's)"
             raise UsageError(
                 f"resume={shown(run_dir)} goes on with a k-fold run as it was trained "

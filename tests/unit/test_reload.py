@@ -950,7 +950,11 @@ def test_a_refused_k_fold_resume_offers_one_fold_only_where_that_command_is_not_
     )
     # A key not typed (set by another key's option, or from an environment variable): 'drop
     # optim.weight_decay=0.001', which was not there to drop; now the value the run had
-    assert fix(stopped, "regularizer=l2") == "optim.weight_decay=0.0 (the run's)."
+    # A key that another key's option set: the option (it said 'optim.weight_decay=0.0 (the
+    # run's)', which was then refused as 'cannot change regularizer.name')
+    assert fix(stopped, "regularizer=l2") == (
+        "drop regularizer=l2, or resume=RUN/fold_1 regularizer=l2 to go on with one fold as a run."
+    )
     # As typed, the group's option (it offered logger.name=tensorboard, refused: 'picks none')
     assert fix(stopped, "init=xavier") == (
         "drop init=xavier, or resume=RUN/fold_1 init=xavier to go on with one fold as a run."
