@@ -120,10 +120,11 @@ def run_job(
 
 
 def prepared(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict | None:
-    """ckpt, or the job's own last.pt when it was stopped before (requeued, or run again)."""
+    """The job's own last.pt when it was stopped before (requeued, or run again), else ckpt (a
+    sweep of resume=RUN: RUN's, where the job started)."""
     from d2lrun.reload import continued
 
-    ckpt = continued(cfg, run_dir) if ckpt is None else ckpt  # last.pt, or a later best.pt
+    ckpt = continued(cfg, run_dir) or ckpt  # last.pt, or a later best.pt
     if saved_checkpoint(run_dir / "fold_0"):  # a k-fold job of another config: refused before
         continued(cfg.copy(), run_dir / "fold_0")  # its record goes (its folds hold checkpoints)
     (run_dir / "metrics.json").unlink(missing_ok=True)  # an earlier attempt's no longer counts

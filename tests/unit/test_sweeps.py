@@ -490,6 +490,33 @@ def test_a_stopped_job_goes_on_from_its_last_epoch_when_run_again(tmp_path):
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
 
 
+def test_a_stopped_job_of_a_resume_sweep_goes_on_from_its_own_last_epoch(tmp_path, capsys):
+    """d2lrun -m resume=BASE ... stopped at epoch 3 of 4, run again: each job started over from
+    BASE's epoch 1 ('resuming BASE from epoch 1'), its own epochs 2 and 3 trained twice."""
+    from d2lrun.reload import resume_checkpoint
+
+    common = ["device=cpu", "trainer.progress=false", "dataset.num_train=100"]
+    base = tmp_path / "base"
+    job.train_job(compose([*common, "trainer.epochs=1"]), base, common, log=lambda _: None)
+    overrides, run_dir = [*common, f"resume={base}", "trainer.epochs=4"], tmp_path / "0"
+
+    def stop_after_epoch_3(line):
+        if line.startswith("epoch 3/4"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(Exception, match="interrupted after epoch 3"):
+        job.train_job(compose(overrides), run_dir, overrides, resume_checkpoint(base),
+                      log=stop_after_epoch_3)  # fmt: skip
+    capsys.readouterr()
+    sweep.run_job(compose(overrides), run_dir, overrides, tmp_path, 0, resume_checkpoint(base))
+    out = capsys.readouterr().out
+    assert f"resuming {run_dir} from epoch 3" in out and "epoch 3/4" not in out
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["restarts"] == 2  # base's, then its own
+    with open(run_dir / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("every", [2, 100], ids=["last.pt earlier", "best.pt alone"])
 def test_a_job_killed_between_checkpoints_goes_on_from_its_later_best_pt_when_run_again(
     tmp_path, capsys, every
