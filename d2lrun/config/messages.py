@@ -52,7 +52,11 @@ def explain(e: BaseException) -> D2lrunError:
         signum = getattr(e, "signum", 2)  # stopping.Stop: a stop signal, as Ctrl-C (SIGINT) is
         return Interrupted(f"interrupted by {by(signum)} before anything was saved.", signum)
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
-        group, _, name = e.missing_cfg_file.partition("/")  # model=configs/model/mlp.yaml: a path
+        # model=configs/model/mlp.yaml: a path in the option's place; hydra/launcher=joblb: a
+        # group of Hydra's, two parts deep
+        parts = 2 if e.missing_cfg_file.startswith("hydra/") else 1
+        *group, name = e.missing_cfg_file.split("/", parts)
+        group = "/".join(group)
         return unknown_option(group, name, e.options)
     if isinstance(e, OverrideParseException):
         key, equals, value = e.override.partition("=")

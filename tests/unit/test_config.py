@@ -102,6 +102,11 @@ def message(*overrides) -> str:
             "experiment=ch6_lenett",
             "Unknown experiment 'ch6_lenett'. Choose one of: ch3_linreg_concise",
         ),
+        (  # Hydra's own group: it said "Unknown hydra 'launcher/joblb' ... Fix: hydra=joblib"
+            "hydra/launcher=joblb",
+            "Unknown hydra/launcher 'joblb'. Choose one of: basic, batched, joblib, slurm, "
+            "submitit_local, submitit_slurm. Fix: hydra/launcher=joblib.",
+        ),
         (
             "dataset.root=data",
             "dataset.root is not a key of dataset=synthetic (its keys: name, w, b, noise, "
