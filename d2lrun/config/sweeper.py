@@ -24,6 +24,7 @@ from d2lrun.config import (
     check_device,
     checked,
     compose,
+    example,
     options_of,
     resolve_device,
     yaml_value,
@@ -48,7 +49,7 @@ def sweep_config(lines: list[str]) -> tuple[DictConfig, dict[str, str], list[Dic
         if not has_key(picks, o.key_or_group)
     }
     cfg = compose([o.input_line for o in fixed if o.input_line not in again], with_hydra=True)
-    return cfg, again, check_sweep(cfg.hydra, overrides)
+    return cfg, again, check_sweep(cfg.hydra, overrides, cfg)
 
 
 def has_key(cfg: DictConfig, dotted: str) -> bool:
@@ -64,9 +65,9 @@ def is_group(o) -> bool:
     return o.key_or_group in (*GROUPS, "hydra.searchpath") or "/" in o.key_or_group
 
 
-def check_sweep(hydra: DictConfig, overrides: list) -> list[DictConfig]:
+def check_sweep(hydra: DictConfig, overrides: list, cfg=None) -> list[DictConfig]:
     """What Hydra's sweepers and launchers fail on with a traceback, or lose files to, as one
-    line (hydra: the sweep's hydra section, as composed); check_jobs' configs."""
+    line (hydra: the sweep's hydra section, as composed in cfg); check_jobs' configs."""
     sweeper, launcher = hydra.sweeper, hydra.launcher
     if launcher.get("n_jobs") == 0:  # joblib: 'n_jobs == 0 in Parallel has no meaning'
         raise UsageError(
@@ -84,7 +85,7 @@ def check_sweep(hydra: DictConfig, overrides: list) -> list[DictConfig]:
         for o in (o for o in overrides if o.is_sweep_override() and not o.is_discrete_sweep()):
             raise UsageError(
                 f"{o.input_line} is a range to search, which Hydra's basic sweeper cannot list as "
-                f"a grid. Fix: list values ({o.key_or_group}=0.01,0.1,1), or search it with "
+                f"a grid. Fix: list values ({o.key_or_group}={grid_of(o, cfg)}), or search it with "
                 f"hydra/sweeper=optuna_lr_wd."
             )
         check_subdir(hydra, overrides)
@@ -113,6 +114,23 @@ def check_sweep(hydra: DictConfig, overrides: list) -> list[DictConfig]:
             f"maximize."
         )
     return loggers
+
+
+def grid_of(o, cfg: DictConfig | None) -> str:
+    """Values of interval(low, high) for a grid: each whole number of a short range of a whole
+    number's key (in cfg), else four, on a log scale where high is 4x low or more (8,16,32,64);
+    a group's: its options."""
+    if options := options_of(o.key_or_group):  # model=interval(0,1): a value is an option
+        return ",".join(options)
+    low, high = sorted([o.value().start, o.value().end])  # floats, as Hydra reads them
+    section, _, leaf = o.key_or_group.rpartition(".")
+    node = OmegaConf.select(cfg, section) if section else cfg
+    whole = isinstance(node, DictConfig) and isinstance(node._get_node(leaf), IntegerNode)
+    if whole and high - low <= 5:
+        return ",".join(map(str, range(math.ceil(low), math.floor(high) + 1)))
+    log = low > 0 and ("log" in o.value().tags or high >= 4 * low)
+    steps = [low * (high / low) ** (i / 3) if log else low + (high - low) * i / 3 for i in range(4)]
+    return ",".join(dict.fromkeys(str(round(x)) if whole else f"{x:.3g}" for x in steps))
 
 
 def check_search(o, cfg: DictConfig) -> None:
@@ -152,7 +170,10 @@ def check_glob(o, search: bool) -> None:
     key, v = o.key_or_group, o.value()
     if not isinstance(v, Glob):
         return
-    names = ",".join(v.filter(options_of(key))) or "a,b"
+    if not (names := ",".join(v.filter(options := options_of(key)))):  # none, or no options
+        what = f"its options: {', '.join(options)}" if options else "it is a key, not a group"
+        fix = f"'{key}=glob(*)'" if options else f"list values ({key}={example(None, key)},...)"
+        raise UsageError(f"{o.input_line} matches no option of {key} ({what}). Fix: {fix}.")
     who, fix = ("a grid lists", names) if not search else ("Optuna's sweeper searches",
                                                           f"choice({names})")  # fmt: skip
     raise UsageError(f"{o.input_line}: {who} values, not glob(). Fix: '{key}={fix}'.")

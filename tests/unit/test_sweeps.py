@@ -850,7 +850,7 @@ def test_what_hydras_sweepers_fail_on_is_one_line_before_any_folder(tmp_path):
         app.sweep(["optim.lr=interval(0,1)", f"hydra.sweep.dir={s}"])
     assert str(e.value) == (
         "optim.lr=interval(0,1) is a range to search, which Hydra's basic sweeper cannot list as "
-        "a grid. Fix: list values (optim.lr=0.01,0.1,1), or search it with "
+        "a grid. Fix: list values (optim.lr=0,0.333,0.667,1), or search it with "
         "hydra/sweeper=optuna_lr_wd."
     )
     with pytest.raises(UsageError) as e:
@@ -1180,6 +1180,29 @@ def test_a_subdir_of_the_job_id_or_resolved_only_later_is_not_refused():
         check_sweep(cfg.hydra, OverridesParser.create().parse_overrides(given))
 
 
+@pytest.mark.parametrize(
+    "swept, fix",
+    [  # the Fix was 'list values (KEY=0.01,0.1,1)' for every key: no whole numbers, no option
+        ("trainer.batch_size=interval(8,64)", "list values (trainer.batch_size=8,16,32,64)"),
+        ("seed=interval(0,5)", "list values (seed=0,1,2,3,4,5)"),
+        ("dataset.noise=interval(0,1)", "list values (dataset.noise=0,0.333,0.667,1)"),
+        ("optim.lr=interval(0.001,0.1)", "list values (optim.lr=0.001,0.00464,0.0215,0.1)"),
+        ("model=interval(0,1)", "list values (model=conv2d,lenet,linreg,mlp,softmax)"),
+        # glob() of nothing: it said 'model=a,b', two options there are not
+        ("model=glob(x*)", "'model=glob(*)'"),
+        ("optim.lr=glob(*)", "list values (optim.lr=0.03,...)"),
+    ],
+)
+def test_a_sweep_a_grid_cannot_list_gets_values_that_the_key_takes(swept, fix):
+    from d2lrun.config.sweeper import sweep_config
+
+    with pytest.raises(UsageError) as e:
+        sweep_config([swept])
+    assert str(e.value).partition(" Fix: ")[2].startswith(fix)
+    if fix.startswith("list values") and not fix.endswith("...)") and "model" not in fix:
+        sweep_config([fix.removeprefix("list values (").removesuffix(")")])  # taken
+
+
 def test_a_run_or_sweep_folder_under_home_is_there_not_in_a_folder_named_tilde(
     tmp_path, monkeypatch
 ):
@@ -1223,8 +1246,8 @@ FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, i
          "Fix: choose model=mlp or model=lenet."),
         (["model=glob(lin*)", "optim.lr=0.01,0.1"],  # 'ConfigLoader is not set (a bug?)'
          "model=glob(lin*): a grid lists values, not glob(). Fix: 'model=linreg'."),
-        (["optim.lr=glob(*)"], "optim.lr=glob(*): a grid lists values, not glob(). "
-                               "Fix: 'optim.lr=a,b'."),
+        (["optim.lr=glob(*)"], "optim.lr=glob(*) matches no option of optim.lr (it is a key, not "
+                               "a group). Fix: list values (optim.lr=0.03,...)."),
         # no job: said d2lrun-report's 'holds no sweep ... give a folder that d2lrun -m wrote'
         (["trainer.epochs=range(5,1)"], "trainer.epochs=range(5,1) gives no value, so the sweep "
                                         "would have no job. Fix: trainer.epochs=range(1,5)."),
