@@ -27,7 +27,13 @@ OPTIONS = [
     for p in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))
 ]
 FILES = sorted(Path(CONFIG_DIR).glob("**/*.yaml")) + sorted(EXPERIMENTS_DIR.glob("*.yaml"))
-NEEDS = {"csv": ["dataset.path=x.csv", "dataset.target=y"], "lenet": [], "dropout": ["model=mlp"]}
+NEEDS = {
+    "csv": ["dataset.path=x.csv", "dataset.target=y"],
+    "lenet": [],
+    "dropout": ["model=mlp"],
+    "fashion_mnist": ["model=softmax"],
+    "kernel": ["model=conv2d"],
+}  # not the default linreg
 
 
 def test_every_group_has_options_on_disk_and_a_schema_for_each():

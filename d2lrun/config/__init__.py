@@ -75,6 +75,30 @@ def typed_override(key: str, value) -> str:
     return f"{key}={json.dumps(value, ensure_ascii=False)}"
 
 
+# Which models can learn which kind of data, and each dataset's kind (a CSV's: its target's, once
+# read), so that a sweep's pairs are refused before its first job, and a run's before its data
+FITTING = {
+    "a regression table": ("linreg", "mlp"),
+    "a classification table": ("softmax", "mlp"),
+    "images to classify": ("softmax", "mlp", "lenet"),
+    "images to images": ("conv2d",),
+}
+KINDS = {"synthetic": "a regression table", "polynomial": "a regression table",
+         "kaggle_house": "a regression table", "kernel": "images to images",
+         "fashion_mnist": "images to classify"}  # fmt: skip
+
+
+def check_pair(model: str, dataset: str, kind: str, target: str | None = None) -> None:
+    """Refuse a model/dataset pair that cannot work, naming the models that would."""
+    if model not in (fits := FITTING[kind]):  # a CSV's numbers read as a regression may be 0/1
+        classes = dataset == "csv" and model in FITTING["a classification table"]
+        other = f"dataset.task=classification if '{target}' holds classes" * classes
+        raise UsageError(
+            f"model={model} cannot learn dataset={dataset} ({kind}). Models that fit it: "
+            f"{', '.join(fits)}. Fix: model={fits[0]}, or {other or 'choose another dataset='}."
+        )
+
+
 def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     """A checked copy of cfg (ranges, rules between keys, a preset's step), its paths absolute."""
     check_preset(cfg, overrides)
@@ -83,6 +107,8 @@ def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
             f"model=lenet needs images, and dataset={cfg.dataset.name} is a table. "
             f"Fix: dataset=fashion_mnist, or model=mlp for dataset={cfg.dataset.name}."
         )
+    if kind := KINDS.get(cfg.dataset.name):
+        check_pair(cfg.model.name, cfg.dataset.name, kind)
     if missing := sorted(OmegaConf.missing_keys(cfg)):
         k, group = missing[0], missing[0].split(".")[0]
         which = f" for {group}={cfg[group].name}" if group in SCHEMAS else ""

@@ -4,7 +4,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from d2lrun.config import hidden_sizes
+from d2lrun.config import check_pair, hidden_sizes
 from d2lrun.data import Spec
 from d2lrun.errors import UsageError
 from d2lrun.models.lenet import Conv2D, LeNet
@@ -16,29 +16,14 @@ from d2lrun.models.linear import (
 )
 from d2lrun.models.mlp import MLP, MLPScratch
 
-# Which models can learn which kind of data.
-FITTING = {
-    "a regression table": ("linreg", "mlp"),
-    "a classification table": ("softmax", "mlp"),
-    "images to classify": ("softmax", "mlp", "lenet"),
-    "images to images": ("conv2d",),
-}
-
 
 def check_fit(name: str, spec: Spec) -> None:
-    """Refuse a model/dataset pair that cannot work, naming the models that would."""
+    """Refuse a model/dataset pair that cannot work, as the data decided (a CSV's target)."""
     if spec.image_shape:
         kind = "images to images" if spec.task == "regression" else "images to classify"
     else:
         kind = f"a {spec.task} table"
-    fits = FITTING[kind]
-    if name not in fits:  # a CSV's numbers read as a regression may be classes (0/1)
-        classes = spec.dataset == "csv" and name in FITTING["a classification table"]
-        other = f"dataset.task=classification if '{spec.target}' holds classes" * classes
-        raise UsageError(
-            f"model={name} cannot learn dataset={spec.dataset} ({kind}). Models that fit it: "
-            f"{', '.join(fits)}. Fix: model={fits[0]}, or {other or 'choose another dataset='}."
-        )
+    check_pair(name, spec.dataset, kind, spec.target)
 
 
 def is_scratch(cfg: DictConfig) -> bool:

@@ -1244,6 +1244,9 @@ FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, i
         (["model=linreg,mlp", "model.dropout=0.1"],  # a key that job 0 lacks: one line still
          "model.dropout is not a key of model=linreg (its keys: name, impl, bias). "
          "Fix: choose model=mlp or model=lenet."),
+        (["model=softmax,linreg", "dataset=synthetic"],  # job 0 failed as it ran, job 1 trained
+         "model=softmax cannot learn dataset=synthetic (a regression table). Models that fit it: "
+         "linreg, mlp. Fix: model=linreg, or choose another dataset=."),
         (["model=glob(lin*)", "optim.lr=0.01,0.1"],  # 'ConfigLoader is not set (a bug?)'
          "model=glob(lin*): a grid lists values, not glob(). Fix: 'model=linreg'."),
         (["optim.lr=glob(*)"], "optim.lr=glob(*) matches no option of optim.lr (it is a key, not "
@@ -1272,7 +1275,8 @@ def test_a_value_any_job_would_refuse_ends_the_sweep_before_any_job_in_one_line(
     assert (str(error), error.exit_code) == (line, 2)
     assert not (tmp_path / "outputs").exists()
     key, _, values = line.rpartition(" Fix: ")[2].removesuffix(".").partition("=")
-    if "," in values and not set("(')") & set(key + values):  # a list kept: pasted, it is taken
+    # a list kept: pasted, it is taken
+    if "," in values and not set("(') ") & set(key + values):
         sweep.checked_sweep(["trainer.epochs=1", *[a for a in given if a.split("=")[0] != key],
                              f"{key}={values}"])  # fmt: skip
 
