@@ -200,12 +200,12 @@ def check_jobs(overrides: list, search: bool, here: bool) -> list[DictConfig]:
         for job in jobs:
             parsed = parse(list(job))
             picks = tuple(o.input_line for o in parsed if is_group(o))
-            if picks not in composed:
-                composed[picks] = compose(picks)
-                for o in (o for o in overrides if search and o.is_sweep_override()):
-                    check_search(o, composed[picks])  # its range, before a bound as a value
-            cfg = copy.deepcopy(composed[picks])
-            try:
+            try:  # optim=sgd,adamw: 'Fix: optim=sgd,adam' (in_sweep), not one option
+                if picks not in composed:
+                    composed[picks] = compose(picks)
+                    for o in (o for o in overrides if search and o.is_sweep_override()):
+                        check_search(o, composed[picks])  # its range, before a bound as a value
+                cfg = copy.deepcopy(composed[picks])
                 ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not is_group(o)],
                                                             cfg)  # fmt: skip
                 with contextlib.suppress(InterpolationResolutionError):  # ${hydra:job.num}: its

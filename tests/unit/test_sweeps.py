@@ -1244,6 +1244,8 @@ FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, i
         (["model=linreg,mlp", "model.dropout=0.1"],  # a key that job 0 lacks: one line still
          "model.dropout is not a key of model=linreg (its keys: name, impl, bias). "
          "Fix: choose model=mlp or model=lenet."),
+        (["optim=sgd,adamw"],  # it said 'Fix: optim=adam', the sweep's other option gone
+         "Unknown optim 'adamw'. Choose one of: adam, sgd. Fix: optim=sgd,adam."),
         (["model=softmax,linreg", "dataset=synthetic"],  # job 0 failed as it ran, job 1 trained
          "model=softmax cannot learn dataset=synthetic (a regression table). Models that fit it: "
          "linreg, mlp. Fix: model=linreg, or choose another dataset=."),
