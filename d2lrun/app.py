@@ -316,7 +316,8 @@ def launched(sweep_dir: Path, args: list[str], cfg: DictConfig, ckpt: dict | Non
             raise e.__context__ from None  # raised again by the handler it gave way to
         signum = getattr(e, "signum", signal.SIGINT)  # between jobs, or while one saved its files
         finish = f"run the same command again with {shell_arg('hydra.sweep.dir', sweep_dir)}"
-        raise Interrupted(f"interrupted. To finish the sweep, {finish}", signum) from None
+        raise Interrupted(f"interrupted by {by(signum)}. To finish the sweep, {finish}",
+                          signum) from None  # fmt: skip
 
 
 def evaluate(args: Sequence[str]) -> dict:

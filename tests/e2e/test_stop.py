@@ -210,9 +210,10 @@ def test_a_signal_to_a_joblib_sweep_stops_its_workers_once_their_jobs_are_saved(
     # "...resource_tracker.py:N: UserWarning: ..." and Python's "  warnings.warn(" below it.
     lines = [ln for ln in out.splitlines()
              if "resource_tracker" not in ln and ln.strip() != "warnings.warn("]  # fmt: skip
+    by = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"  # it named neither
     assert lines[-1] == (
-        f"d2lrun: error: interrupted. To finish the sweep, run the same command again with "
-        f"hydra.sweep.dir={s}"
+        f"d2lrun: error: interrupted by {by}. To finish the sweep, run the same command "
+        f"again with hydra.sweep.dir={s}"
     )
     time.sleep(1)
     assert [w for w in workers if os.path.exists(f"/proc/{w}")] == []  # none left training
