@@ -49,7 +49,7 @@ from d2lrun.files import (
     write_json,
 )
 from d2lrun.plots import Plotter
-from d2lrun.stopping import by, deferred_signals, stop_signals, stopping_workers
+from d2lrun.stopping import by, deferred_signals, interrupted, stop_signals, stopping_workers
 
 RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.json", "metrics.csv", "fold_0")
 
@@ -316,8 +316,7 @@ def launched(sweep_dir: Path, args: list[str], cfg: DictConfig, ckpt: dict | Non
             raise e.__context__ from None  # raised again by the handler it gave way to
         signum = getattr(e, "signum", signal.SIGINT)  # between jobs, or while one saved its files
         finish = f"run the same command again with {shell_arg('hydra.sweep.dir', sweep_dir)}"
-        raise Interrupted(f"interrupted by {by(signum)}. To finish the sweep, {finish}",
-                          signum) from None  # fmt: skip
+        raise Interrupted(f"{interrupted(signum)}. To finish the sweep, {finish}", signum) from None
 
 
 def evaluate(args: Sequence[str]) -> dict:

@@ -31,7 +31,7 @@ from d2lrun.models.init import apply_init
 from d2lrun.optim import Optimizer, build_optimizer
 from d2lrun.plots import curves_png
 from d2lrun.reload import FORMAT, MEANING, check_same_meaning, readable_best
-from d2lrun.stopping import by, deferred_signals
+from d2lrun.stopping import by, deferred_signals, interrupted
 from d2lrun.tracking import experiment_name, open_tracker
 from d2lrun.trainer import Trainer, compiled, fit, format_row, loss_for, rng_state, set_rng_state
 
@@ -255,7 +255,7 @@ class Run:
         if status == "diverged":
             raise Diverged(f"diverged: {reason}")
         if status == "interrupted":
-            what = "interrupted" + ("" if signum == signal.SIGINT else f" by {by(signum)}")
+            what = interrupted(signum)
             if epoch == 0:
                 raise Interrupted(f"{what} before any epoch finished; nothing to resume.", signum)
             raise Interrupted(

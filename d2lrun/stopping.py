@@ -31,6 +31,11 @@ def by(signum: int) -> str:
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
+def interrupted(signum: int) -> str:
+    """'interrupted', by the signal's name but Ctrl-C's (the user's own keys)."""
+    return "interrupted" + ("" if signum == signal.SIGINT else f" by {by(signum)}")
+
+
 @contextlib.contextmanager
 def signals_to(handler):
     """Ctrl-C and the stop signals go to handler(signum, frame) within, in the main thread (the

@@ -27,7 +27,7 @@ from d2lrun.config.schema import (
 )
 from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
 from d2lrun.files import disk_full, typed_arg
-from d2lrun.stopping import by
+from d2lrun.stopping import interrupted
 
 
 def quote_items(found: re.Match) -> str:
@@ -50,7 +50,7 @@ def explain(e: BaseException) -> D2lrunError:
         return e
     if isinstance(e, KeyboardInterrupt):
         signum = getattr(e, "signum", 2)  # stopping.Stop: a stop signal, as Ctrl-C (SIGINT) is
-        return Interrupted(f"interrupted by {by(signum)} before anything was saved.", signum)
+        return Interrupted(f"{interrupted(signum)} before anything was saved.", signum)
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
         # model=configs/model/mlp.yaml: a path in the option's place; hydra/launcher=joblb: a
         # group of Hydra's, two parts deep

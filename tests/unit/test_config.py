@@ -389,7 +389,7 @@ def test_devices():
             KeyboardInterrupt(),
             Interrupted,
             130,
-            "interrupted by Ctrl-C before anything was saved.",
+            "interrupted before anything was saved.",
         ),
         (  # it did not name the signal
             Stop(signal.SIGTERM),

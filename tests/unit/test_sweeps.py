@@ -894,8 +894,9 @@ def test_ctrl_c_between_jobs_says_how_to_finish_the_sweep(tmp_path, monkeypatch)
     s = tmp_path / "sweep"
     with pytest.raises(Interrupted) as e:
         app.sweep(["optim.lr=0.1,0.3", f"hydra.sweep.dir={s}"])
-    assert e.value.exit_code == 130 and str(e.value) == (f"interrupted by Ctrl-C. To finish the "
-        f"sweep, run the same command again with hydra.sweep.dir={s}")  # fmt: skip
+    assert e.value.exit_code == 130 and str(e.value) == (
+        f"interrupted. To finish the sweep, run the same command again with hydra.sweep.dir={s}"
+    )
     assert (s / "multirun.yaml").exists() and (s / "0").is_dir()
 
 
@@ -1006,8 +1007,9 @@ def test_a_signal_while_the_sweeps_table_is_drawn_says_how_to_finish(tmp_path, m
     with pytest.raises(Interrupted) as e:
         app.sweep(["optim.lr=0.1,0.2", "trainer.epochs=1", "trainer.progress=false",
                    f"hydra.sweep.dir={s}"])  # fmt: skip
-    assert str(e.value) == (f"interrupted by Ctrl-C. To finish the sweep, run the same command "
-                            f"again with hydra.sweep.dir={s}")  # fmt: skip
+    assert str(e.value) == (
+        f"interrupted. To finish the sweep, run the same command again with hydra.sweep.dir={s}"
+    )
 
 
 def test_flags_and_null_in_a_sweeps_list_are_read_as_hydra_reads_them(tmp_path):
