@@ -217,8 +217,14 @@ def message(*overrides) -> str:
             "cannot read the override dataset.target=preis€. "
             "Fix: quote the value: \"dataset.target='preis€'\" (outer quotes for a shell).",
         ),
+        # A number or list cut short: it said 'quote the value', and quoted it was not a number
+        ("model.num_hiddens=[256,256", "cannot read the override model.num_hiddens=[256,256. "
+                                       "Fix: model.num_hiddens=[256,256]."),
+        ("optim.lr=[0.1", "cannot read the override optim.lr=[0.1. Fix: optim.lr=0.1."),
+        ("optim.lr=0.1,", "cannot read the override optim.lr=0.1,. Fix: optim.lr=0.1."),
+        ("trainer.epochs=3)", "cannot read the override trainer.epochs=3). Fix: trainer.epochs=3."),
     ],
-)
+)  # fmt: skip
 def test_bad_values_name_key_value_and_fix(override, expected):
     assert message(*override.split()).startswith(expected)
 
