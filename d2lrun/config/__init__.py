@@ -26,11 +26,13 @@ from d2lrun.config.schema import (
     CONFIG_DIR,
     EXPERIMENTS_DIR,
     GROUPS,
+    KINDS,
     SCHEMAS,
     Config,
     Eval,
     Predict,
     broken_rule,
+    check_pair,
     closest,
     example,
     options_of,
@@ -73,30 +75,6 @@ def typed_override(key: str, value) -> str:
     if isinstance(value, str):
         return override(key, value)
     return f"{key}={json.dumps(value, ensure_ascii=False)}"
-
-
-# Which models can learn which kind of data, and each dataset's kind (a CSV's: its target's, once
-# read), so that a sweep's pairs are refused before its first job, and a run's before its data
-FITTING = {
-    "a regression table": ("linreg", "mlp"),
-    "a classification table": ("softmax", "mlp"),
-    "images to classify": ("softmax", "mlp", "lenet"),
-    "images to images": ("conv2d",),
-}
-KINDS = {"synthetic": "a regression table", "polynomial": "a regression table",
-         "kaggle_house": "a regression table", "kernel": "images to images",
-         "fashion_mnist": "images to classify"}  # fmt: skip
-
-
-def check_pair(model: str, dataset: str, kind: str, target: str | None = None) -> None:
-    """Refuse a model/dataset pair that cannot work, naming the models that would."""
-    if model not in (fits := FITTING[kind]):  # a CSV's numbers read as a regression may be 0/1
-        classes = dataset == "csv" and model in FITTING["a classification table"]
-        other = f"dataset.task=classification if '{target}' holds classes" * classes
-        raise UsageError(
-            f"model={model} cannot learn dataset={dataset} ({kind}). Models that fit it: "
-            f"{', '.join(fits)}. Fix: model={fits[0]}, or {other or 'choose another dataset='}."
-        )
 
 
 def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
@@ -236,8 +214,9 @@ def overrides_of(args: Sequence[str]) -> list[str]:
 
 
 def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """A preset's optim.lr is its optimizer's: another optimizer without optim.lr is refused; and
-    regularizer=none, which cannot undo the regularization a preset sets itself."""
+    """A preset's optim.lr is its optimizer's: another optimizer without optim.lr is refused; so
+    are regularizer=none, which cannot undo the regularization a preset sets itself, and another
+    regularizer= or init= whose keys the preset sets (its own would win, unsaid)."""
     preset, chosen = given(overrides, "experiment"), cfg.optim.name
     if not (preset and (EXPERIMENTS_DIR / f"{preset}.yaml").is_file()):
         return
@@ -249,6 +228,20 @@ def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
                 f"experiment={preset} sets {key}={yaml_value(value)} itself, which "
                 f"regularizer=none does not undo. Fix: {key}=0 as well."
             )
+    for group in ("regularizer", "init"):  # an option typed whose keys the preset sets too
+        if (option := given(overrides, group)) in (None, picks.get(group), "none"):
+            continue
+        path, unset = Path(CONFIG_DIR, group, f"{option}.yaml"), object()
+        keys = OmegaConf.load(path) if path.is_file() else {}  # its own keys, or the group's
+        keys = keys if path.is_file() and "@package _global_" in path.read_text() else {group: keys}
+        keys = {f"{s}.{k}": v for s, own in keys.items() if s != "defaults" for k, v in own.items()}
+        untyped = [k for k in keys if not k.endswith(".name") and given(overrides, k) is None]
+        wins = [(k, keys[k], w) for k in untyped if (w := OmegaConf.select(text, k, default=unset))
+                not in (unset, keys[k])]  # fmt: skip
+        if wins:  # all of them in the one Fix
+            (k, v, was), fix = wins[0], " ".join(f"{k}={yaml_value(v)}" for k, v, _ in wins)
+            raise UsageError(f"experiment={preset} sets {k}={yaml_value(was)}, over {group}="
+                             f"{option}'s {yaml_value(v)}. Fix: {fix} as well.")  # fmt: skip
     own, lr = picks.get("optim", "sgd"), OmegaConf.select(text, "optim.lr")
     if lr is None or chosen == own or given(overrides, "optim.lr") is not None:
         return

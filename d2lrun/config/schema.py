@@ -14,7 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from d2lrun.errors import alike
+from d2lrun.errors import UsageError, alike
 
 SIZE = 2**31  # counts and widths: far beyond any memory, and within torch's int64 sizes
 
@@ -359,3 +359,27 @@ def options_of(group: str) -> list[str]:
 def closest(name: str, options, default: str | None = None) -> str:
     """The option alike name (MLP: mlp, lenett: lenet); none (model=foo): default, else first."""
     return alike(name, options) or default or sorted(options)[0]
+
+
+# Which models can learn which kind of data, and each dataset's kind (a CSV's: its target's, once
+# read), so that a sweep's pairs are refused before its first job, and a run's before its data
+FITTING = {
+    "a regression table": ("linreg", "mlp"),
+    "a classification table": ("softmax", "mlp"),
+    "images to classify": ("softmax", "mlp", "lenet"),
+    "images to images": ("conv2d",),
+}
+KINDS = {"synthetic": "a regression table", "polynomial": "a regression table",
+         "kaggle_house": "a regression table", "kernel": "images to images",
+         "fashion_mnist": "images to classify"}  # fmt: skip
+
+
+def check_pair(model: str, dataset: str, kind: str, target: str | None = None) -> None:
+    """Refuse a model/dataset pair that cannot work, naming the models that would."""
+    if model not in (fits := FITTING[kind]):  # a CSV's numbers read as a regression may be 0/1
+        classes = dataset == "csv" and model in FITTING["a classification table"]
+        other = f"dataset.task=classification if '{target}' holds classes" * classes
+        raise UsageError(
+            f"model={model} cannot learn dataset={dataset} ({kind}). Models that fit it: "
+            f"{', '.join(fits)}. Fix: model={fits[0]}, or {other or 'choose another dataset='}."
+        )

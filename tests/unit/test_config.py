@@ -639,6 +639,30 @@ def test_regularizer_none_over_a_preset_that_regularizes_itself_is_refused(prese
     assert not OmegaConf.select(checked(compose(args), args), key)
 
 
+@pytest.mark.parametrize(
+    "preset,option,fix",
+    [
+        ("ch4_kaggle_house", "regularizer=l2", "optim.weight_decay=0.001"),
+        ("ch6_lenet", "init=kaiming", "init.distribution=normal init.bias=0.0"),
+    ],
+)
+def test_an_option_whose_keys_the_preset_sets_is_refused_with_them_all(preset, option, fix):
+    """regularizer=l2 over ch4_kaggle_house trained with its weight decay 0, unsaid; init=kaiming
+    over ch6_lenet drew from a uniform distribution, its biases nn.Linear's (the preset's)."""
+    args = [f"experiment={preset}", option]
+    with pytest.raises(UsageError) as e:
+        checked(compose(args), args)
+    assert str(e.value).startswith(f"experiment={preset} sets ")
+    assert str(e.value).endswith(f", over {option}'s {fix.split()[0].partition('=')[2]}. Fix: "
+                                 f"{fix} as well.")  # fmt: skip
+    args += fix.split()  # the Fix: the option's own values
+    cfg = checked(compose(args), args)
+    assert all(
+        str(OmegaConf.select(cfg, k)) == v for k, _, v in (f.partition("=") for f in fix.split())
+    )
+    checked(compose([f"experiment={preset}"]), [f"experiment={preset}"])  # its own: as it was
+
+
 @pytest.mark.parametrize("preset,lr", [("ch4_poly_third", 0.01), ("ch4_poly_underfit", 0.01)])
 def test_a_preset_built_on_another_keeps_its_optimizers_step_size(preset, lr):
     """ch4_poly_underfit builds on ch4_poly_third: optim=adam trained Adam with SGD's 0.01."""
