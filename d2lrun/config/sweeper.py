@@ -223,14 +223,22 @@ def check_jobs(overrides: list, search: bool, here: bool) -> list[DictConfig]:
 
 def in_sweep(error: UsageError, job: list[str], overrides: list) -> UsageError:
     """A job's refusal whose Fix is one value of a listed key: the Fix keeps the list, with the
-    value refused replaced (optim.lr=0.1,-1: Fix: optim.lr=0.1,0.03, not optim.lr=0.03)."""
+    value refused replaced (optim.lr=0.1,-1: Fix: optim.lr=0.1,0.03, not optim.lr=0.03); an
+    interval's bound likewise (Optuna's interval(-1,1): interval(0.03,1), not one value)."""
     said, _, fix = str(error).rpartition(" Fix: ")
     key, _, value = fix.removesuffix(".").partition("=")
-    listed = [o for o in overrides if o.get_key_element() == key and o.is_discrete_sweep()]
+    listed = [o for o in overrides if o.get_key_element() == key and o.is_sweep_override()]
     if not listed or not value or not fix.endswith(".") or " " in fix:
         return error
     refused = next(v.partition("=")[2] for v in job if v.partition("=")[0] == key)
-    values = [value if v == refused else v for v in listed[0].sweep_string_iterator()]
+    if (o := listed[0]).is_interval_sweep():  # a bound that its key refuses: the Fix's value
+        low, high = (
+            value if str(b) == refused else str(b) for b in (o.value().start, o.value().end)
+        )
+        new = f"interval({low},{high})" if float(low) < float(high) else None
+        new = f"tag(log,{new})" if new and "log" in o.value().tags else new
+        return UsageError(f"{said} Fix: '{key}={new}'.") if new else error
+    values = [value if v == refused else v for v in o.sweep_string_iterator()]
     return UsageError(f"{said} Fix: {key}={','.join(dict.fromkeys(values))}.")
 
 

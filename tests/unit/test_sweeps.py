@@ -1260,6 +1260,9 @@ FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, i
                                        "no job. Fix: seed=range(0,1)."),
         ([*OPTUNA, "trainer.epochs=choice(1,2.5)"],  # trial 0 trained, then the search ended
          "trainer.epochs=2.5 is not a whole number. Fix: trainer.epochs=1,3."),
+        ([*OPTUNA, "optim.lr=interval(-1,1)"],  # 'Fix: optim.lr=0.03': no search left
+         "optim.lr=-1.0 is out of range: it must be greater than 0. "
+         "Fix: 'optim.lr=interval(0.03,1.0)'."),
         ([*OPTUNA, "trainer.batch_size=interval(8,64)"],  # 'Fix: trainer.batch_size=10'
          "trainer.batch_size=interval(8,64): trainer.batch_size is a whole number, which "
          "int(interval(...)) draws. Fix: 'trainer.batch_size=int(interval(8, 64))'."),
