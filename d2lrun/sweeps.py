@@ -106,9 +106,10 @@ def run_job(
         if done is not None:  # the same sweep run again: only missing or failed jobs train
             say(f"job {num}: already completed in {shown(run_dir)}; skipped")
             return score(done)
-        # 'job N: ' before its lines where jobs run side by side (joblib), as a stack member's
-        joblib = HydraConfig.initialized() and "Joblib" in HydraConfig.get().launcher._target_
-        label = f"job {num}: " if joblib else ""
+        # 'job N: ' before its lines where jobs run side by side (joblib), or beside a stack's
+        # members (batched), whose lines say it
+        target = HydraConfig.get().launcher._target_ if HydraConfig.initialized() else ""
+        label = f"job {num}: " if "Joblib" in target or "Batched" in target else ""
         try:
             ckpt = prepared(cfg, run_dir, ckpt)
             name = sweep_experiment(sweep_dir)  # MLflow's experiment

@@ -52,6 +52,9 @@ def test_models_that_do_not_stack_run_one_after_another(tmp_path):
     assert "jobs 0, 1: softmax, trained as one stack of 2" in r.stdout
     assert "jobs 2, 3: one after another (model=lenet: convolutions do not stack" in r.stdout
     assert f"sweep {s}: 4 completed" in r.stdout
+    # Each job's lines say which (a stack's members' do): it printed a lone job's bare
+    lone = [ln for ln in r.stdout.splitlines() if ln.startswith("lenet on fashion_mnist")]
+    assert not lone and "job 3: lenet on fashion_mnist" in r.stdout
 
 
 def test_a_stopped_stack_saves_every_member_at_one_epoch_and_goes_on(tmp_path):
