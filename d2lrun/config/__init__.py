@@ -232,8 +232,9 @@ def check_preset(cfg: DictConfig, overrides: Sequence[str]) -> None:
         if (option := given(overrides, group)) in (None, picks.get(group), "none"):
             continue
         path, unset = Path(CONFIG_DIR, group, f"{option}.yaml"), object()
-        keys = OmegaConf.load(path) if path.is_file() else {}  # its own keys, or the group's
-        keys = keys if path.is_file() and "@package _global_" in path.read_text() else {group: keys}
+        body = path.read_text() if path.is_file() else ""  # its own keys, or the group's
+        keys = OmegaConf.create(body)
+        keys = keys if "@package _global_" in body else {group: keys}
         keys = {f"{s}.{k}": v for s, own in keys.items() if s != "defaults" for k, v in own.items()}
         untyped = [k for k in keys if not k.endswith(".name") and given(overrides, k) is None]
         wins = [(k, keys[k], w) for k in untyped if (w := OmegaConf.select(text, k, default=unset))

@@ -222,8 +222,8 @@ def table_splits(
     numeric_target = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
     task = fitted.task if fitted else task
     stray = y[pd.to_numeric(y, errors="coerce").isna()] if not numeric_target else y[:0]
-    ids = y.value_counts().eq(1).sum() * 2 > len(y)  # most rows a value of their own: no names
     if task != "classification" and 0 < len(stray) <= len(y) // 10:  # numbers, but for a few
+        ids = y.value_counts().eq(1).sum() * 2 > len(y)  # most rows a value of their own: no names
         raise UsageError(
             f"column '{target}' of {source} holds numbers but for {len(stray)} cell(s) such as "
             f"'{stray.iloc[0]}'. Fix: leave them empty (those rows are dropped)"
