@@ -49,7 +49,7 @@ from d2lrun.files import (
     write_json,
 )
 from d2lrun.plots import Plotter
-from d2lrun.stopping import by, deferred_signals, interrupted, stop_signals, stopping_workers
+from d2lrun.stopping import deferred_signals, interrupted, stop_signals, stopping_workers
 
 RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.json", "metrics.csv", "fold_0")
 
@@ -249,7 +249,7 @@ def train(args: Sequence[str]) -> Path:
         if not any(str(a).startswith("resume=") for a in args):
             raise
         signum = getattr(e, "signum", signal.SIGINT)
-        raise Interrupted(f"interrupted by {by(signum)} before the resumed run went on; its saved "
+        raise Interrupted(f"{interrupted(signum)} before the resumed run went on; its saved "
                           f"epochs are kept. To go on, run the same command again.",
                           signum) from None  # fmt: skip
 

@@ -248,7 +248,7 @@ class Run:
         if stop is not None and status != "interrupted":
             signum = getattr(stop, "signum", signal.SIGINT)
             raise Interrupted(
-                f"interrupted by {by(signum)} as the run ended ({status}); its files are all "
+                f"{interrupted(signum)} as the run ended ({status}); its files are all "
                 f"written in {shown(run_dir)}.",
                 signum,
             ) from None

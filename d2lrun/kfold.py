@@ -26,7 +26,7 @@ from d2lrun.files import (
 )
 from d2lrun.job import KEPT, train_job
 from d2lrun.reload import changed, check_same_meaning, continued, resume_checkpoint
-from d2lrun.stopping import by, deferred_signals
+from d2lrun.stopping import deferred_signals, interrupted
 from d2lrun.tracking import experiment_name, open_tracker
 
 
@@ -86,7 +86,7 @@ def train(
         summary, stop = end(folds, cfg, run_dir, log, tracker)
     if stop is not None:  # held back while its files and its tracked run's end were written
         signum = getattr(stop, "signum", signal.SIGINT)
-        raise Interrupted(f"interrupted by {by(signum)} as the run ended (completed); its files "
+        raise Interrupted(f"{interrupted(signum)} as the run ended (completed); its files "
                           f"are all written in {shown(run_dir)}.", signum)  # fmt: skip
     return summary
 
@@ -132,7 +132,7 @@ def train_folds(cfg: DictConfig, run_dir: Path, overrides: list[str], k: int, mo
             if not saved_checkpoint(run_dir / "fold_0"):
                 raise
             signum = getattr(e, "signum", signal.SIGINT)  # Ctrl-C while a fold's data loads
-            said = f"interrupted by {by(signum)} before its first epoch."
+            said = f"{interrupted(signum)} before its first epoch."
             if isinstance(e, Interrupted):
                 signum, said = e.exit_code - 128, str(e).partition(" Resume with:")[0]
             said = said.replace("; nothing to resume.", ".")

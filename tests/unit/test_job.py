@@ -332,7 +332,7 @@ def test_ctrl_c_while_a_completed_run_writes_its_files_waits_for_them(tmp_path, 
     import signal
 
     handler = signal_while_drawing(monkeypatch, signal.SIGINT)
-    with pytest.raises(Interrupted, match=r"^interrupted by Ctrl-C as the run ended \(completed"):
+    with pytest.raises(Interrupted, match=r"^interrupted as the run ended \(completed"):
         run_job(tmp_path, "trainer.epochs=2")
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
     assert {p.name for p in tmp_path.iterdir()} >= {"model.pt", "curves.png", "metrics.csv"}
@@ -430,7 +430,7 @@ def test_a_k_fold_run_stopped_as_a_fold_starts_says_how_to_go_on(tmp_path):
     with pytest.raises(Interrupted) as e:
         d2lrun.kfold.train(compose(args), tmp_path / "run", args, log=log)
     assert str(e.value) == (
-        "fold 2/3: interrupted by Ctrl-C before its first epoch. "
+        "fold 2/3: interrupted before its first epoch. "
         f"Resume with: d2lrun resume={tmp_path / 'run'}"
     )
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["fold_0", "metrics.json"]
@@ -560,7 +560,7 @@ def test_ctrl_c_while_a_later_fold_loads_its_data_says_how_to_go_on(tmp_path, mo
     with pytest.raises(Interrupted) as e:
         d2lrun.kfold.train(compose(args), tmp_path, args, log=lambda *_: None)
     assert str(e.value) == (
-        f"fold 2/3: interrupted by Ctrl-C before its first epoch. Resume with: d2lrun "
+        f"fold 2/3: interrupted before its first epoch. Resume with: d2lrun "
         f"resume={tmp_path}"
     )
     assert not (tmp_path / "fold_1").exists()  # it was left empty
@@ -573,7 +573,7 @@ def test_a_signal_while_the_tracker_finishes_leaves_the_run_completed(tmp_path, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Tracker, "finish", finish)
-    with pytest.raises(Interrupted, match=r"^interrupted by Ctrl-C as the run ended \(completed"):
+    with pytest.raises(Interrupted, match=r"^interrupted as the run ended \(completed"):
         run_job(tmp_path, "trainer.epochs=1")
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
 
