@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from d2lrun.data import Spec, Split, fold_rows, sha1_of
-from d2lrun.data.table import commas_fix, read_table
+from d2lrun.data.table import commas_fix, composed, read_table
 from d2lrun.errors import UsageError, alike, listed, note
 from d2lrun.files import list_arg, shown, typed_arg
 
@@ -55,6 +55,7 @@ def renamed(name: str, to: str) -> str:
 
 def transform(features: pd.DataFrame, stats: dict, source: str = "the input") -> np.ndarray:
     """§2.2 on fitted statistics: fillna(mean) (then standardize), one-hot with a NaN column."""
+    features = composed(features)  # a DataFrame from Python too, as read_table reads a file
     used = [*stats["numeric"], *stats["categorical"]]
     if missing := [c for c in used if c not in features.columns]:
         unused = [c for c in features.columns if c not in used]

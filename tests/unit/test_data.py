@@ -497,6 +497,20 @@ def test_a_csv_saved_in_decomposed_unicode_reads_as_typed(tmp_path):
     assert read_table(tmp_path / "nfd.csv").equals(pd.read_csv(io.StringIO(typed)))
 
 
+def test_a_decomposed_dataframe_from_python_predicts_as_typed():
+    """load_run(...).predict(df) with a DataFrame built in NFD: its 'größe' column was missing
+    and its 'ä' a category new since training (all zeros). The caller's DataFrame is kept."""
+    import unicodedata
+
+    nfd = lambda text: unicodedata.normalize("NFD", text)  # noqa: E731
+    typed = pd.DataFrame({"größe": [3.0, 1.0], "straße": ["ä", "o"]})
+    stats = fit_preprocess(typed, standardize=False, max_categories=50, ddof=0)
+    decomposed = pd.DataFrame({nfd("größe"): [3.0, 1.0], "straße": [nfd("ä"), "o"]})
+    before = decomposed.copy()
+    assert np.array_equal(transform(decomposed, stats), transform(typed, stats))
+    assert decomposed.equals(before) and not decomposed.equals(typed)
+
+
 def test_the_validation_rows_are_drawn_with_the_runs_seed(tmp_path):
     """The same seed holds out the same rows, run after run; another seed other rows."""
     path = tmp_path / "t.csv"

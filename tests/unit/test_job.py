@@ -560,8 +560,7 @@ def test_ctrl_c_while_a_later_fold_loads_its_data_says_how_to_go_on(tmp_path, mo
     with pytest.raises(Interrupted) as e:
         d2lrun.kfold.train(compose(args), tmp_path, args, log=lambda *_: None)
     assert str(e.value) == (
-        f"fold 2/3: interrupted before its first epoch. Resume with: d2lrun "
-        f"resume={tmp_path}"
+        f"fold 2/3: interrupted before its first epoch. Resume with: d2lrun resume={tmp_path}"
     )
     assert not (tmp_path / "fold_1").exists()  # it was left empty
 
