@@ -12,7 +12,7 @@ from hydra._internal.utils import get_args_parser
 from omegaconf import OmegaConf
 
 from d2lrun.config import check_groups, compose, overrides_of
-from d2lrun.config.schema import closest
+from d2lrun.config.schema import GROUPS, closest, options_of
 from d2lrun.errors import UsageError
 from d2lrun.files import path_fix
 
@@ -55,6 +55,15 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
         what = "is not an override" if len(paths) == 1 else "are not overrides"
         raise UsageError(f"{' '.join(paths)} {what}. Fix: {' '.join(paths.values())}.")
     for arg in flags.overrides:
+        key, equals, value = arg.partition("=")
+        sign, parts = key[: len(key) - len(key.lstrip("+~"))], key.lstrip("+~").split(".")
+        if equals and "" in parts:  # =mlp, +=mlp, trainer..epochs=5: Hydra's traceback, or a
+            # 'quote the value' Fix again and again
+            group = next((g for g in GROUPS if value in options_of(g)), None)  # =mlp: model=mlp
+            fix = f"{group}={value}" if group else f"KEY={value} with a key `{prog} --help` lists"
+            fix = f"{sign}{'.'.join(p for p in parts if p)}={value}" if parts != [""] else fix
+            what = "no key before '='" if parts == [""] else "an empty part in its key"
+            raise UsageError(f"{arg} has {what}. Fix: {fix}.")
         if arg.startswith("hydra.mode=") and arg != "hydra.mode=RUN" and not flags.multirun:
             swept = shlex.join(a for a in flags.overrides if a != arg) or "optim.lr=0.03,0.1"
             swept = f"{prog} -m {swept}"  # the sweep's table as well

@@ -150,6 +150,9 @@ def explain(e: BaseException) -> D2lrunError:
     if found := re.match(again, str(e)):  # +model=mlp
         return UsageError(f"+{found[1]}= adds {found[1]}, which config.yaml chooses already. "
                           f"Fix: {found[1]}={found[2]} (without the +).")  # fmt: skip
+    if found := re.search(r"already at '(.+?)'\.\s+Either remove \+ prefix: '(.+?)'", str(e)):
+        return UsageError(f"+{found[2]} adds {found[1]}, which the config has already. "
+                          f"Fix: {found[2]} (without the +).")  # fmt: skip
     if isinstance(e, (ConfigCompositionException, OmegaConfBaseException)):
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()][:2]
         return UsageError(" ".join(lines) + " Fix: see `d2lrun --help` for the keys and options.")

@@ -314,7 +314,8 @@ def example(cfg: DictConfig | None, dotted: str, option: str | None = None) -> s
         text = path.read_text()
         within_group = path.parent.name == group and "@package _global_" not in text
         key = rest if within_group else dotted
-        value = OmegaConf.select(OmegaConf.create(text), key, default=...)  # ???: ...
+        node = OmegaConf.create(text)  # hydra.run.dir: ${now:...}, unresolved outside Hydra
+        value = OmegaConf.select(node, key, default=..., throw_on_resolution_failure=False)
         if value is not ... and value is not None:
             return yaml_value(value)
         # A key without a value (??? or null) shows one in its comment: `e.g. KEY=VALUE`.

@@ -226,6 +226,13 @@ def test_an_override_hydra_cannot_read_says_how_to_quote_it(tmp_path):
     shell = f"{BIN / 'd2lrun'} dataset=csv dataset.path=x.csv {fix} hydra.run.dir={tmp_path / 'r'}"
     again = subprocess.run(["bash", "-c", shell], capture_output=True, text=True)
     assert "dataset.path=x.csv: no such file" in again.stderr  # the target was read
+    # A folder's: it was a traceback (UnsupportedInterpolationType: now), from the example of
+    # hydra.run.dir (outputs/${now:...}) read outside Hydra; quoted, ~ is the home folder
+    r = run_cli("hydra.run.dir=~/runs/a", "trainer.epochs=1")
+    assert r.returncode == 2 and r.stderr == (
+        "d2lrun: error: cannot read the override hydra.run.dir=~/runs/a. "
+        "Fix: quote the value: \"hydra.run.dir='~/runs/a'\" (outer quotes for a shell).\n"
+    )
 
 
 def test_lenet_on_fashion_mnist_format(tmp_path, fake_fmnist):

@@ -223,6 +223,9 @@ def message(*overrides) -> str:
         ("optim.lr=[0.1", "cannot read the override optim.lr=[0.1. Fix: optim.lr=0.1."),
         ("optim.lr=0.1,", "cannot read the override optim.lr=0.1,. Fix: optim.lr=0.1."),
         ("trainer.epochs=3)", "cannot read the override trainer.epochs=3). Fix: trainer.epochs=3."),
+        # Hydra's 'Could not append to config ... Fix: see `d2lrun --help`'
+        ("+trainer.epochs=5", "+trainer.epochs=5 adds trainer.epochs, which the config has "
+                              "already. Fix: trainer.epochs=5 (without the +)."),
     ],
 )  # fmt: skip
 def test_bad_values_name_key_value_and_fix(override, expected):
@@ -771,6 +774,14 @@ def test_shell_completions_query_run_by_hand_says_how_completion_is_installed():
         (["-m", "optim.lr=0.1,0.2", "--cfg", "job", "-p", "optim.lr"], "--cfg and --info show one "
          "run's config, not a sweep's. Fix: drop -m and give one value per key (d2lrun "
          "optim.lr=0.1 --cfg job)."),
+        # A key empty, or with an empty part: 'ValueError: Config group override must be a string
+        # (a bug in d2lrun?)', exit 1; "AssertionError"; "quote the value: trainer..epochs='5'"
+        (["=5"], "=5 has no key before '='. Fix: KEY=5 with a key `d2lrun --help` lists."),
+        (["+=mlp"], "+=mlp has no key before '='. Fix: model=mlp."),
+        (["trainer..epochs=5"], "trainer..epochs=5 has an empty part in its key. "
+                                "Fix: trainer.epochs=5."),
+        (["-m", "+optim.lr.=0.1,1"], "+optim.lr.=0.1,1 has an empty part in its key. "
+                                     "Fix: +optim.lr=0.1,1."),
     ],
 )  # fmt: skip
 def test_hydras_flags_that_failed_with_a_traceback_are_one_line(args, line):
