@@ -137,7 +137,7 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
         if "error" in job:
             scores[num] = job_failed(job["error"], run_dir, sweep_dir, f"job {num}: ")
             continue
-        done = finished_job(run_dir, overrides)
+        done = finished_job(run_dir, overrides, cfg)
         if done is not None:
             say(f"job {num}: already completed in {shown(run_dir)}; skipped")
             scores[num] = score(done)

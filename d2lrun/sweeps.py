@@ -37,6 +37,7 @@ from d2lrun.files import (
 from d2lrun.plots import heatmap_figure, png
 from d2lrun.stopping import STOP_MARKER, deferred_signals
 
+ASKED_AGAIN = ("resume", "trainer.epochs")  # what a job resumed in its folder changes (in place)
 HIGHER_IS_BETTER = {"val_acc", "train_acc"}  # every other metric (val_loss) is better when lower
 
 
@@ -66,13 +67,31 @@ def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
     return cfg, again
 
 
-def finished_job(run_dir: Path, overrides: list[str]) -> dict | None:
-    """metrics.json of the job that completed in run_dir with these same overrides, else None."""
+def finished_job(run_dir: Path, overrides: list[str], cfg: DictConfig) -> dict | None:
+    """metrics.json of the job that completed in run_dir with these same overrides, or was
+    resumed there to train on past the sweep's epochs, else None. A completed job's .hydra/ is
+    again what it ran with (the table's values), over what Hydra wrote as it started again."""
     metrics = completed(run_dir)
     ckpt = saved_job(run_dir) if metrics else None
-    # In any order: the same sweep run again with its overrides typed in another order skips it.
-    kept = sorted(o for o in overrides if not o.startswith("resume="))
-    return metrics if ckpt is not None and sorted(ckpt.get("overrides", [])) == kept else None
+    if ckpt is not None and (run_dir / ".hydra").is_dir():
+        for name, ran in (("overrides", ckpt.get("overrides", [])), ("config", ckpt["config"])):
+            atomic_write(run_dir / ".hydra" / f"{name}.yaml", OmegaConf.to_yaml(ran).encode())
+    epochs = OmegaConf.select(cfg, "trainer.epochs", throw_on_resolution_failure=False)
+    if ckpt is None or not isinstance(epochs, int) or metrics.get("epochs", epochs) < epochs:
+        return None
+    return metrics if same_job(ckpt.get("overrides", []), overrides) else None
+
+
+def same_job(a: list[str] | dict, b: list[str] | dict) -> bool:
+    """Two jobs' overrides (KEY=VALUE lines, or found_jobs' {key: value}) alike as Hydra reads
+    them (False and false), in any order, but for ASKED_AGAIN."""
+
+    def values(job) -> dict:
+        lines = [f"{k}={v}" for k, v in job.items()] if isinstance(job, dict) else job
+        parsed = OverridesParser.create().parse_overrides(list(lines))
+        return {o.key_or_group: o.value() for o in parsed if o.key_or_group not in ASKED_AGAIN}
+
+    return values(a) == values(b)
 
 
 def saved_job(run_dir: Path) -> dict | None:
@@ -102,7 +121,7 @@ def run_job(
     # Locked: of two sweeps run into one folder, one trains the job and the other then skips it.
     run_dir.mkdir(parents=True, exist_ok=True)
     with hold(run_dir, wait=True):
-        done = finished_job(run_dir, overrides)
+        done = finished_job(run_dir, overrides, cfg)
         if done is not None:  # the same sweep run again: only missing or failed jobs train
             say(f"job {num}: already completed in {shown(run_dir)}; skipped")
             return score(done)
@@ -155,12 +174,8 @@ def job_failed(e: Exception, run_dir: Path, sweep_dir: Path, label: str = "") ->
     run_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(error, Bug):
         atomic_write(run_dir / "error.txt", "".join(traceback.format_exception(e)).encode())
-    if not (run_dir / "metrics.json").exists():
+    if not (run_dir / "metrics.json").exists():  # a completed job's record stays
         record_failure(run_dir, reason, error.exit_code)
-    elif completed(run_dir) and (ckpt := saved_job(run_dir)) and (run_dir / ".hydra").is_dir():
-        # Its record stays, and what it ran with (the table's values), over what Hydra wrote.
-        for name, ran in (("overrides", ckpt.get("overrides", [])), ("config", ckpt["config"])):
-            atomic_write(run_dir / ".hydra" / f"{name}.yaml", OmegaConf.to_yaml(ran).encode())
     return -math.inf
 
 
@@ -261,6 +276,9 @@ def collect(sweep_dir: Path):
         if match is None and num in todo and None in (overrides, todo[num]):
             match = num  # a sampler's trial, or no .hydra/: matched by number
             overrides = overrides or todo[match]  # hydra.output_subdir=null: the grid's
+        elif match is None and num in todo and same_job(overrides, todo[num]):
+            match = num  # resumed in its folder: resume=JOB trainer.epochs=N
+            overrides = todo[num] | {k: overrides[k] for k in ASKED_AGAIN[1:] if k in overrides}
         # A run folder put there is no job of the sweep: only the planned are, and a sampler's
         # trials past the plan that began (n_trials grew, or the re-run's is smaller), or
         # without multirun.yaml 0/, 1/, ...

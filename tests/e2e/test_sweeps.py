@@ -104,6 +104,29 @@ def test_rerun_skips_completed_jobs_and_report_shows_a_partial_sweep(tmp_path):
     ]
 
 
+def test_a_job_resumed_in_its_folder_stays_the_sweeps_job(tmp_path):
+    """README's `resume=JOB trainer.epochs=N hydra.run.dir=JOB` on a sweep's job: d2lrun-report
+    listed it 'missing' (its overrides.yaml gained resume=), and the same sweep run again
+    refused it: 'holds a checkpoint of another config ... Fix: delete it'."""
+    s, grid = tmp_path / "sweep", ["optim.lr=0.01,0.03", "trainer.epochs=1"]
+    assert sweep(s, *grid).returncode == 0
+    r = run_cli(f"resume={s / '1'}", f"hydra.run.dir={s / '1'}", "trainer.epochs=2", *FAST)
+    assert r.returncode == 0, r.stderr
+    r = run_cli(str(s), tool="d2lrun-report")
+    assert r.returncode == 0 and f"sweep {s}: 2 completed" in r.stdout, r.stdout
+    rows = [(row["job"], row["trainer.epochs"], row["status"]) for row in summary(s)]
+    assert sorted(rows) == [("0", "1", "completed"), ("1", "2", "completed")]
+    trained = (s / "1" / "model.pt").read_bytes()
+    r = sweep(s, *grid)
+    assert r.returncode == 0, r.stderr
+    assert f"job 1: already completed in {s / '1'}; skipped" in r.stdout
+    assert (s / "1" / "model.pt").read_bytes() == trained
+    assert sorted((row["job"], row["trainer.epochs"]) for row in summary(s)) == [
+        ("0", "1"),
+        ("1", "2"),
+    ]
+
+
 def test_fashion_mnist_sweep_decodes_the_data_once(tmp_path):
     """Jobs in one process share the decoded dataset (d2lrun.data caches it by config)."""
     root = write_fake_fashion_mnist(tmp_path / "data")

@@ -73,26 +73,35 @@ def save_overrides(run_dir: Path, overrides: list[str]) -> None:
 
 
 def test_a_job_counts_as_finished_only_when_completed_with_the_same_overrides(tmp_path):
-    job_overrides = ["optim.lr=0.1", "trainer.epochs=2"]
-    assert sweep.finished_job(tmp_path, job_overrides) is None  # a fresh start
-    (tmp_path / "metrics.json").write_text(json.dumps({"status": "completed"}))
-    assert sweep.finished_job(tmp_path, job_overrides) is None  # no checkpoint says which job
-    save_overrides(tmp_path, job_overrides)
-    assert sweep.finished_job(tmp_path, job_overrides) == {"status": "completed"}
-    assert sweep.finished_job(tmp_path, job_overrides[::-1]) == {"status": "completed"}  # retyped
-    assert sweep.finished_job(tmp_path, [*job_overrides, f"resume={tmp_path}"]) == {
-        "status": "completed"
-    }  # resume= is not kept in a checkpoint
-    assert (
-        sweep.finished_job(tmp_path, ["optim.lr=0.3", "trainer.epochs=2"]) is None
-    )  # the grid changed
+    job, done = ["optim.lr=0.1", "trainer.epochs=2"], {"status": "completed", "epochs": 2}
+
+    def finished(overrides, epochs=2, run_dir=tmp_path):  # the job's config as far as it is read
+        return sweep.finished_job(
+            run_dir, overrides, OmegaConf.create({"trainer": {"epochs": epochs}})
+        )
+
+    assert finished(job) is None  # a fresh start
+    (tmp_path / "metrics.json").write_text(json.dumps(done))
+    assert finished(job) is None  # no checkpoint says which job
+    save_overrides(tmp_path, job)
+    assert finished(job) == finished(job[::-1]) == done  # retyped in another order
+    assert finished([*job, f"resume={tmp_path}"]) == done  # resume= is not kept in a checkpoint
+    assert finished(["optim.lr=0.3", "trainer.epochs=2"]) is None  # the grid changed
+    assert finished([*job, "trainer.epochs=3"], 3) is None  # more epochs: it trains on
+    # Resumed in its folder to train on: resume=JOB trainer.epochs=3 hydra.run.dir=JOB; Hydra's
+    # grid writes trainer.progress=False, the resumed run's checkpoint false
+    save_overrides(tmp_path, ["optim.lr=0.1", "trainer.epochs=3", "trainer.progress=false"])
+    (tmp_path / "metrics.json").write_text(json.dumps(done | {"epochs": 3}))
+    assert finished([*job, "trainer.progress=False"]) == done | {"epochs": 3}
+    assert finished(job) is None  # the progress bar shown: another job
+    assert finished([*job, "trainer.progress=False"], "${trainer.epoch}") is None  # runs, fails
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "diverged"}))
-    assert sweep.finished_job(tmp_path, job_overrides) is None
+    assert finished(job) is None
     folds = tmp_path / "kfold"  # a k-fold job: its first fold's checkpoint
-    save_overrides(folds / "fold_0", job_overrides)
-    (folds / "metrics.json").write_text(json.dumps({"status": "completed"}))
-    assert sweep.finished_job(folds, job_overrides) == {"status": "completed"}
-    assert sweep.finished_job(folds, ["optim.lr=0.3", "trainer.epochs=2"]) is None
+    save_overrides(folds / "fold_0", job)
+    (folds / "metrics.json").write_text(json.dumps(done))
+    assert finished(job, run_dir=folds) == done
+    assert finished(["optim.lr=0.3", "trainer.epochs=2"], run_dir=folds) is None
 
 
 def test_run_job_skips_a_finished_job_and_drops_an_earlier_attempts_result(
