@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from d2lrun.errors import UsageError
 from d2lrun.files import held, hold, typed_arg
+from d2lrun.stopping import deferred_signals
 from d2lrun.tracking import Tracker, flatten, metrics_of, why
 
 # MLflow's HTTP client retries for minutes by default (7 times, backing off: a run whose server went
@@ -33,7 +34,8 @@ class MLflow(Tracker):
         # MLflow 3's usage telemetry starts threads at import that slowed a softmax epoch here from
         # 0.14 s to 6-9 s (offline); off unless the user chose (MLFLOW_DISABLE_TELEMETRY=false).
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        from mlflow import MlflowClient
+        with deferred_signals():  # Ctrl-C within: after it (a half-imported mlflow stays broken
+            from mlflow import MlflowClient  # in a Python session; and a half-made store below)
 
         # A new SQLite store logs its migrations at INFO on stderr, which d2lrun keeps for errors.
         for logger in ("mlflow.store.db.utils", "alembic"):
@@ -59,7 +61,8 @@ class MLflow(Tracker):
                     self.sqlite_dir.mkdir(parents=True, exist_ok=True)  # processes (joblib)
                     with suppress(OSError):  # another user's lock file: the store is made
                         lock = hold(self.sqlite_dir, True, f".{Path(self.uri).name}.lock")
-                with lock:  # while the others wait: their migrations clash ("table exists")
+                # while the others wait: their migrations clash ("table exists")
+                with lock, deferred_signals() if local else nullcontext():
                     self.client = MlflowClient(self.uri)
                     self.experiment_id = self._experiment(name)
                 self.continued = ckpt and (self._kfold_run if kfold else self._continued)(ckpt)

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import run_module
+from tests.conftest import ROOT, run_module
 
 FAST = ["trainer.progress=false", "dataset.num_train=200"]
 NOT_METRICS = ("epoch", "seconds", "examples_per_s")
@@ -549,6 +549,35 @@ def test_a_run_stopped_before_its_first_epoch_leaves_no_mlflow_run(tmp_path, emp
     client = MlflowClient(uri)
     kept = client.search_runs([client.get_experiment_by_name("e").experiment_id])
     assert sorted(r.info.status for r in kept) == ["FAILED", "KILLED"]
+
+
+def test_ctrl_c_as_mlflow_is_imported_leaves_it_whole_for_the_next_run(tmp_path):
+    """In a Python session (a notebook), Ctrl-C during mlflow's first import left it half
+    imported: every later run with logger=mlflow failed, 'partially initialized module 'mlflow'
+    has no attribute ...' or 'cannot be used', until the kernel restarted."""
+    script = """if True:
+        import os, signal, sys
+        import d2lrun
+        from d2lrun.errors import Interrupted
+
+        class CtrlC:  # pressed as mlflow, importing itself, imports mlflow.tracking
+            def find_spec(self, name, path=None, target=None):
+                if name == "mlflow.tracking" and not sys.meta_path.remove(self):
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        sys.meta_path.insert(0, CtrlC())
+        args = ["logger=mlflow", "trainer.epochs=1", "trainer.progress=false"]
+        try:
+            d2lrun.train(*args)
+        except Interrupted as e:
+            print("first:", e)
+        print("then:", d2lrun.train(*args).summary["status"])
+    """
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    lines = r.stdout.splitlines()
+    assert lines[0] == "first: interrupted before anything was saved.", r.stderr
+    assert lines[-1] == "then: completed", r.stderr
 
 
 def test_a_sweep_logs_over_http_to_an_mlflow_server_in_one_experiment(tmp_path):
