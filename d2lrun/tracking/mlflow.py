@@ -105,9 +105,12 @@ class MLflow(Tracker):
         except MlflowException:
             self.log(f"note: the checkpoint's MLflow run {run_id} is not in {self.uri}; new run")
             return None
-        tags, here = run.data.tags, str(self.run_dir.resolve())  # a fold of a k-fold run, going
-        if "mlflow.parentRunId" in tags and not self.parent and tags.get("d2lrun.run_dir") != here:
-            return None  # on as a run of its own elsewhere (resume=RUN/fold_i): a run of its own
+        # A run of its own, from the checkpoint's weights: a fold of a k-fold run going on as a
+        # run elsewhere (resume=RUN/fold_i), or each job of a sweep over resume=RUN
+        tags, here = run.data.tags, str(self.run_dir.resolve())
+        nested = "mlflow.parentRunId" in tags and not self.parent
+        if (nested or self.sweep_dir) and tags.get("d2lrun.run_dir") != here:
+            return None
         steps = [m.step for m in self.client.get_metric_history(run_id, "train_loss")]
         if any(step > epoch for step in steps):
             self.log(f"note: MLflow run {run_id} has epochs after epoch {epoch}; new run")

@@ -326,6 +326,33 @@ def test_resume_continues_the_checkpoints_mlflow_run_from_another_folder(tmp_pat
     assert logged.data.params["trainer.epochs"] == "2"  # MLflow keeps a param's first value
 
 
+def test_each_job_of_a_sweep_over_resume_is_an_mlflow_run_of_its_own(tmp_path, empty_store):
+    """Job 0 of `d2lrun -m resume=RUN optim.lr=...` went on with RUN's own MLflow run: RUN's
+    record became job 0's (its run_dir tag, its metrics.json), beside RUN's params."""
+    from mlflow import MlflowClient
+
+    uri = store(empty_store, tmp_path / "mlflow.db")
+    base = tmp_path / "base"
+    args = ["logger=mlflow", f"logger.tracking_uri={uri}", *FAST]
+    r = run_module(*args, "trainer.epochs=2", f"hydra.run.dir={base}")
+    assert r.returncode == 0, r.stderr
+    first = torch.load(base / "last.pt", weights_only=True)["mlflow_run_id"]
+    sweep = ["-m", f"resume={base}", "optim.lr=0.01,0.1", "trainer.epochs=3"]
+    r = run_module(*sweep, *FAST, f"hydra.sweep.dir={tmp_path / 'sw'}")
+    assert r.returncode == 0, r.stderr
+    ids = [torch.load(tmp_path / "sw" / j / "last.pt", weights_only=True)["mlflow_run_id"]
+           for j in "01"]  # fmt: skip
+    assert len({first, *ids}) == 3
+    client = MlflowClient(uri)
+    kept = client.get_run(first)
+    assert kept.data.tags["d2lrun.run_dir"] == str(base)
+    assert max(m.step for m in client.get_metric_history(first, "train_loss")) == 2
+    for job, run_id in enumerate(ids):
+        run = client.get_run(run_id)
+        assert run.data.params["optim.lr"] == ["0.01", "0.1"][job]
+        assert run.data.tags["d2lrun.resumed_from"] == str(base)
+
+
 def test_a_killed_run_resumed_from_an_earlier_epoch_ends_its_old_mlflow_run(
     tmp_path, empty_store, monkeypatch, capsys
 ):
