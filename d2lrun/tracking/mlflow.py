@@ -64,8 +64,9 @@ class MLflow(Tracker):
                 # while the others wait: their migrations clash ("table exists")
                 with lock, deferred_signals() if local else nullcontext():
                     self.client = MlflowClient(self.uri)
-                    self.experiment_id = self._experiment(name)
-                self.continued = ckpt and (self._kfold_run if kfold else self._continued)(ckpt)
+                    self.continued = ckpt and (self._kfold_run if kfold else self._continued)(ckpt)
+                    # A run that goes on stays in its experiment: no other made, empty
+                    self.experiment_id = None if self.continued else self._experiment(name)
             except UsageError:
                 raise
             except Exception as e:

@@ -298,6 +298,7 @@ def test_resume_continues_the_checkpoints_mlflow_run_from_another_folder(tmp_pat
     r = run_module(
         "resume=../runs/first",
         "trainer.epochs=4",
+        "logger.experiment_name=other",  # it made 'other', and left it empty
         "hydra.run.dir=../runs/resumed",
         *FAST,
         cwd=tmp_path / "elsewhere",
@@ -324,6 +325,7 @@ def test_resume_continues_the_checkpoints_mlflow_run_from_another_folder(tmp_pat
     assert logged.data.tags["d2lrun.run_dir"] == str(tmp_path / "runs" / "resumed")
     assert logged.data.tags["d2lrun.resumed_from"] == str(tmp_path / "runs" / "first")
     assert logged.data.params["trainer.epochs"] == "2"  # MLflow keeps a param's first value
+    assert client.get_experiment_by_name("other") is None  # it goes on in its experiment
 
 
 def test_each_job_of_a_sweep_over_resume_is_an_mlflow_run_of_its_own(tmp_path, empty_store):
