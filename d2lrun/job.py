@@ -156,7 +156,8 @@ class Run:
             f"{params:,} parameters -> {shown(run_dir)}")  # fmt: skip
         self.summary = {"status": "running", "model": cfg.model.name, "dataset": spec.dataset,
                         "device": str(device), "epochs": cfg.trainer.epochs, "metric": self.metric,
-                        "run_dir": str(run_dir), "resumed_from": cfg.resume and str(cfg.resume),
+                        "run_dir": str(run_dir),
+                        "resumed_from": cfg.resume and str(Path(cfg.resume).resolve()),
                         "restarts": extra["restarts"]}  # fmt: skip
 
     def on_epoch(self, row: dict) -> None:

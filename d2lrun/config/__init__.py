@@ -282,11 +282,14 @@ def hidden_sizes(model: DictConfig) -> list[int]:
 
 def check_device(name: str) -> None:
     """device= as a name d2lrun knows, without torch (resolve_device: one this machine has)."""
-    if name not in ("auto", "cpu", "mps") and name.partition(":")[0] != "cuda":
-        raise UsageError(
-            f"Unknown device '{name}'. Choose one of: auto, cpu, cuda, cuda:N, mps. "
-            f"Fix: device=auto."
-        )
+
+    def known(name: str) -> bool:
+        return name in ("auto", "cpu", "mps") or name.partition(":")[0] == "cuda"
+
+    if not known(name):
+        near = {"gpu": "cuda"}.get(name.lower(), name.lower())  # CPU: cpu, GPU: cuda
+        raise UsageError(f"Unknown device '{name}'. Choose one of: auto, cpu, cuda, cuda:N, mps. "
+                         f"Fix: device={near if known(near) else 'auto'}.")  # fmt: skip
 
 
 def resolve_device(name: str):

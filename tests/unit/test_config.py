@@ -389,6 +389,9 @@ def test_devices():
             resolve_device("cuda:3")
     with pytest.raises(UsageError, match="Unknown device 'tpu'"):
         resolve_device("tpu")
+    for typed, fix in [("CPU", "cpu"), ("GPU", "cuda"), ("Cuda:1", "cuda:1")]:  # said device=auto
+        with pytest.raises(UsageError, match=f"Unknown device '{typed}'.* Fix: device={fix}.$"):
+            resolve_device(typed)
 
 
 @pytest.mark.parametrize(

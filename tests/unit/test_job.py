@@ -238,16 +238,19 @@ def test_resume_restores_the_history_and_the_best_epoch_so_far(tmp_path):
     assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
 
 
-def test_a_run_resumed_into_a_new_folder_has_the_best_epochs_best_pt(tmp_path):
-    """Its metrics.json names epoch 1 as the best: d2lrun-eval ckpt=NEW/best.pt finds it there."""
+def test_a_run_resumed_into_a_new_folder_has_the_best_epochs_best_pt(tmp_path, monkeypatch):
+    """Its metrics.json names epoch 1 as the best: d2lrun-eval ckpt=NEW/best.pt finds it there;
+    and the run it went on from by its whole path (it was resume=a as typed, here or not)."""
     run_job(tmp_path / "a", "trainer.epochs=1")
     ckpt = load_checkpoint(tmp_path / "a" / "last.pt")
     # a step too small to change a float32 weight: epoch 2 does not beat epoch 1
     args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "trainer.epochs=2",
-            f"resume={tmp_path / 'a'}", "optim.lr=1e-30"]  # fmt: skip
+            "resume=a", "optim.lr=1e-30"]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
     train_job(compose(args), tmp_path / "b", args, ckpt, log=lambda *_: None)
     summary = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert summary["epochs_completed"] == 2 and summary["best"]["epoch"] == 1
+    assert summary["resumed_from"] == str(tmp_path / "a")
     assert (tmp_path / "b" / "best.pt").read_bytes() == (tmp_path / "a" / "best.pt").read_bytes()
 
 
