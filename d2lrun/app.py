@@ -116,7 +116,7 @@ def named_dir(args: Sequence[str]):
         yield
         return
     folder = Path(named)
-    made = not folder.exists()
+    made = [f for f in (folder, *folder.parents) if not f.exists()]  # x/y/z: y and x too
     lock = held_dir(folder)
     if lock is None:
         raise UsageError(
@@ -127,6 +127,9 @@ def named_dir(args: Sequence[str]):
         resume = given(args, "resume")
         resume = Path(resume).resolve() if resume else None  # RUN, or a .pt file of RUN's
         ours = resume and (resume.parent if resume.suffix == ".pt" else resume)
+        if (folder / "multirun.yaml").exists():  # its jobs' folders would sit beside the run's
+            raise UsageError(f"hydra.run.dir={named} holds a sweep (multirun.yaml), not a run. "
+                             f"Fix: choose another hydra.run.dir.")  # fmt: skip
         found = [f for f in RUN_FILES if (folder / f).exists()]
         if found and ours != folder.resolve() and not untrained(folder, ended=True):
             raise UsageError(
@@ -140,6 +143,7 @@ def named_dir(args: Sequence[str]):
         except BaseException as e:  # refused before it started: the folder it made goes again
             if made and untrained(folder):
                 shutil.rmtree(folder, ignore_errors=True)
+                remove_empty(made[1:])  # a sweep's value: ChoiceSweep(... list=['runs/ of a,b
             elif isinstance(e, (UsageError, KeyboardInterrupt)):  # and a run's .hydra/ its own
                 for path in set(folder.glob(".hydra/*")) - set(record):  # again, not the command's
                     path.unlink()
@@ -271,6 +275,9 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     if given_dir == "":  # Hydra would write the jobs into the current folder
         raise UsageError("hydra.sweep.dir= names no folder. Fix: hydra.sweep.dir=outputs/"
                          "multirun/NAME.")  # fmt: skip
+    if given_dir and (held := [f for f in RUN_FILES if (Path(given_dir) / f).exists()]):
+        raise UsageError(f"hydra.sweep.dir={given_dir} holds a run ({', '.join(held)}), not a "
+                         f"sweep. Fix: another hydra.sweep.dir.")  # fmt: skip
     made = not (given_dir and Path(given_dir).exists())
     # Named by the user: run again into it, completed jobs skipped; else the configured folder,
     # claimed: two sweeps started in one second never share it. Locked: a second sweep into it

@@ -109,6 +109,35 @@ def test_a_named_folder_that_holds_a_run_is_refused_unless_resumed(tmp_path):
     assert list(pd.read_csv(run_dir / "metrics.csv")["epoch"]) == [1, 2, 3, 4, 5]
 
 
+def test_a_run_into_a_sweeps_folder_or_a_sweep_into_a_runs_is_refused_and_leaves_no_folder(
+    tmp_path,
+):
+    """Both were accepted: a run's files beside multirun.yaml and the jobs' folders, or the jobs'
+    beside a run's; and a refused run named new/deep/run left new/deep/ (a swept value:
+    'ChoiceSweep(tags=set(), list=['runs')."""
+    fast = ["trainer.progress=false", "trainer.epochs=1"]
+    assert (
+        run_cli("-m", *fast, "optim.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'sw'}").returncode
+        == 0
+    )
+    assert run_cli(*fast, f"hydra.run.dir={tmp_path / 'run'}").returncode == 0
+    before = sorted(tmp_path.rglob("*"))
+    r = run_cli(*fast, f"hydra.run.dir={tmp_path / 'sw'}")
+    assert r.returncode == 2 and r.stderr == (
+        f"d2lrun: error: hydra.run.dir={tmp_path / 'sw'} holds a sweep (multirun.yaml), not a run. "
+        f"Fix: choose another hydra.run.dir.\n"
+    )
+    r = run_cli("-m", *fast, "optim.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'run'}")
+    assert r.returncode == 2 and r.stderr == (
+        f"d2lrun: error: hydra.sweep.dir={tmp_path / 'run'} holds a run (last.pt, best.pt, "
+        f"model.pt, metrics.json, metrics.csv), not a sweep. Fix: another hydra.sweep.dir.\n"
+    )
+    r = run_cli(*fast, "optim.lr=-1", f"hydra.run.dir={tmp_path / 'new' / 'deep' / 'run'}")
+    assert r.returncode == 2 and "optim.lr=-1.0 is out of range" in r.stderr
+    assert run_cli(f"hydra.run.dir={tmp_path / 'runs'}/a,b", cwd=tmp_path).returncode == 2
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_a_named_folder_being_written_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     proc = start(*SLOW, f"hydra.run.dir={run_dir}")
