@@ -152,7 +152,7 @@ def train_folds(cfg: DictConfig, run_dir: Path, overrides: list[str], k: int, mo
                 record = {"status": status, "reason": f"fold {i + 1}/{k}: {e}"}
                 record["metric"] = (read_json(folder / "metrics.json") or {}).get("metric")
                 write_json(run_dir / "metrics.json", record)  # metric: a sweep table's columns
-            raise
+            raise type(e)(f"fold {i + 1}/{k}: {e}") from e  # its line says which, as its record
         folds.append(fold)  # its metrics.json: the run's wall time and restarts sum the folds'
     return folds
 

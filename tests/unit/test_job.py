@@ -734,7 +734,8 @@ def test_a_record_of_a_run_stopped_in_its_first_epoch_says_so(tmp_path, monkeypa
 def test_a_k_fold_runs_record_counts_its_folds_as_its_lines_do(tmp_path):
     """Its lines said 'fold 1/3', its table and metrics.json 'fold 0' for the same fold."""
     args = ["device=cpu", "trainer.progress=false", "dataset.folds=3", "optim.lr=1e6"]
-    with pytest.raises(Diverged):
+    with pytest.raises(Diverged) as e:
         d2lrun.kfold.train(compose(args), tmp_path, args, log=lambda *_: None)
     reason = json.loads((tmp_path / "metrics.json").read_text())["reason"]
     assert reason.startswith("fold 1/3: diverged: the training loss became")
+    assert str(e.value) == reason  # its line too, which said only 'diverged: ...'
