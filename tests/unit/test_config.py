@@ -798,6 +798,20 @@ def test_hydras_flags_that_failed_with_a_traceback_are_one_line(args, line):
     check_flags(["--cfg", "hydra", "-p", "hydra.launcher"])
 
 
+@pytest.mark.parametrize("name", ["eval", "predict"])
+def test_eval_and_predict_refuse_the_folders_hydra_would_make_for_nothing(name):
+    """d2lrun-eval run=R -m left multirun/DATE/TIME/ in the current folder, hydra.run.dir=X an
+    empty X/: they read a run and write beside it."""
+    from d2lrun.config.flags import check_flags
+
+    for args in (["run=R", "-m"], ["run=R", "hydra.run.dir=X"], ["-m", "hydra.sweep.dir=X"]):
+        with pytest.raises(UsageError) as e:
+            check_flags(args, name)
+        made = " ".join(a for a in args if a != "run=R")
+        assert str(e.value) == (f"{made}: d2lrun-{name} reads one run and writes beside it, into "
+                                f"no folder of its own. Fix: drop {made}.")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "override,line",
     [("model=[mlp,lenet]", "model=[mlp,lenet] gives 2 options, and a run takes one. Fix: "
@@ -908,4 +922,6 @@ def test_a_path_given_without_its_key_is_told_which_key(tmp_path, monkeypatch, n
     for args in (["runs/b"], ["-m", "runs/a"]):  # no such path; a sweep's: Hydra's error, as before
         with pytest.raises(Exception) as e:
             check_flags(args, name)
-        assert str(explain(e.value)).endswith(f"override {args[-1]}. Fix: write it as KEY=VALUE.")
+        said = f"override {args[-1]}. Fix: write it as KEY=VALUE."
+        said = "Fix: drop -m." if "-m" in args and name != "config" else said  # evaluates one run
+        assert str(explain(e.value)).endswith(said)
