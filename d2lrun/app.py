@@ -278,7 +278,8 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     if given_dir and (held := [f for f in RUN_FILES if (Path(given_dir) / f).exists()]):
         raise UsageError(f"hydra.sweep.dir={given_dir} holds a run ({', '.join(held)}), not a "
                          f"sweep. Fix: another hydra.sweep.dir.")  # fmt: skip
-    made = not (given_dir and Path(given_dir).exists())
+    made = not (given_dir and Path(given_dir).exists())  # and the folders above it it makes:
+    made = made and [p for p in Path(given_dir or cfg.hydra.sweep.dir).parents if not p.exists()]
     # Named by the user: run again into it, completed jobs skipped; else the configured folder,
     # claimed: two sweeps started in one second never share it. Locked: a second sweep into it
     # waits for the first to end, then skips its jobs: Hydra (re)writes multirun.yaml and its
@@ -296,8 +297,9 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
         return launched(sweep_dir, args, cfg, ckpt, made)
 
 
-def launched(sweep_dir: Path, args: list[str], cfg: DictConfig, ckpt: dict | None, made: bool):
-    """The sweep's jobs, launched by Hydra into sweep_dir (made: by this sweep); as sweep()."""
+def launched(sweep_dir: Path, args: list[str], cfg: DictConfig, ckpt: dict | None, made):
+    """The sweep's jobs, launched by Hydra into sweep_dir (made: by this sweep, and the folders
+    above it, a list; else False); as sweep()."""
     from d2lrun import sweeps
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's INFO lines, not Hydra's
@@ -314,8 +316,9 @@ def launched(sweep_dir: Path, args: list[str], cfg: DictConfig, ckpt: dict | Non
     except BaseException as e:
         kept = {"multirun.yaml", ".lock", *[".submitit"] * isinstance(e, UsageError)}  # Slurm's
         started = sweep_dir.is_dir() and any(p.name not in kept for p in sweep_dir.iterdir())
-        if made and not started:  # refused before any job started: no folder behind
-            shutil.rmtree(sweep_dir, ignore_errors=True)
+        if made is not False and not started:  # refused before any job started: no folder
+            shutil.rmtree(sweep_dir, ignore_errors=True)  # behind (outputs/multirun/DATE/ too)
+            remove_empty(made)
         e = next((x for x in chained(e) if isinstance(x, KeyboardInterrupt)), e)  # a signal in
         if not isinstance(e, KeyboardInterrupt) or not started:  # OmegaConf's code: its error's
             raise e

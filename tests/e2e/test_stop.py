@@ -114,7 +114,7 @@ def test_a_run_into_a_sweeps_folder_or_a_sweep_into_a_runs_is_refused_and_leaves
 ):
     """Both were accepted: a run's files beside multirun.yaml and the jobs' folders, or the jobs'
     beside a run's; and a refused run named new/deep/run left new/deep/ (a swept value:
-    'ChoiceSweep(tags=set(), list=['runs')."""
+    'ChoiceSweep(tags=set(), list=['runs'), a refused sweep outputs/multirun/DATE/."""
     fast = ["trainer.progress=false", "trainer.epochs=1"]
     assert (
         run_cli("-m", *fast, "optim.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'sw'}").returncode
@@ -135,6 +135,8 @@ def test_a_run_into_a_sweeps_folder_or_a_sweep_into_a_runs_is_refused_and_leaves
     r = run_cli(*fast, "optim.lr=-1", f"hydra.run.dir={tmp_path / 'new' / 'deep' / 'run'}")
     assert r.returncode == 2 and "optim.lr=-1.0 is out of range" in r.stderr
     assert run_cli(f"hydra.run.dir={tmp_path / 'runs'}/a,b", cwd=tmp_path).returncode == 2
+    # A sweep refused before any job: its outputs/multirun/DATE/ stayed, empty
+    assert run_cli("-m", "hydra.job.chdir=true", "optim.lr=0.1,1", cwd=tmp_path).returncode == 2
     assert sorted(tmp_path.rglob("*")) == before
 
 
