@@ -44,8 +44,9 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
         raise UsageError(f"--config-dir {flags.config_dir} is not a folder. Fix: a folder of YAML "
                          f"files to add, or drop it.")  # fmt: skip
     if flags.config_name not in (None, name):
+        preset = "; a preset is experiment=NAME" if name == "config" else ""  # d2lrun's only
         raise UsageError(f"--config-name {flags.config_name}: {prog} runs its own config "
-                         f"({name}.yaml). Fix: drop it; a preset is experiment=NAME.")  # fmt: skip
+                         f"({name}.yaml). Fix: drop it{preset}.")  # fmt: skip
     if flags.config_path is not None:
         raise UsageError(f"--config-path {flags.config_path}: {prog} runs its own configs. Fix: "
                          f"drop it; --config-dir DIR adds a folder of YAML files.")  # fmt: skip

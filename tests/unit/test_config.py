@@ -801,7 +801,7 @@ def test_hydras_flags_that_failed_with_a_traceback_are_one_line(args, line):
 @pytest.mark.parametrize("name", ["eval", "predict"])
 def test_eval_and_predict_refuse_the_folders_hydra_would_make_for_nothing(name):
     """d2lrun-eval run=R -m left multirun/DATE/TIME/ in the current folder, hydra.run.dir=X an
-    empty X/: they read a run and write beside it."""
+    empty X/: they read a run and write beside it. And -cn: no preset for them."""
     from d2lrun.config.flags import check_flags
 
     for args in (["run=R", "-m"], ["run=R", "hydra.run.dir=X"], ["-m", "hydra.sweep.dir=X"]):
@@ -810,6 +810,10 @@ def test_eval_and_predict_refuse_the_folders_hydra_would_make_for_nothing(name):
         made = " ".join(a for a in args if a != "run=R")
         assert str(e.value) == (f"{made}: d2lrun-{name} reads one run and writes beside it, into "
                                 f"no folder of its own. Fix: drop {made}.")  # fmt: skip
+    with pytest.raises(UsageError) as e:  # said 'a preset is experiment=NAME', which it takes not
+        check_flags(["-cn", "config"], name)
+    assert str(e.value) == (f"--config-name config: d2lrun-{name} runs its own config "
+                            f"({name}.yaml). Fix: drop it.")  # fmt: skip
 
 
 @pytest.mark.parametrize(
