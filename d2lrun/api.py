@@ -85,9 +85,12 @@ def plain(overrides: tuple, name: str, example="'optim.lr=0.1', 'trainer.epochs=
         w for o in overrides for w in (o.split(maxsplit=1) if o.startswith(multirun) else [o])
     ]
     if flags := [o for o in overrides if o.startswith("-") and o not in ("-m", "--multirun")]:
+        own = {"-cn", "--config-name", "-cp", "--config-path"}  # which d2lrun refuses as well
+        shell = f"d2lrun {shlex.join(overrides)} in a shell, or "
+        shell = "" if own & {f.split("=")[0] for f in flags} else shell
         raise UsageError(
             f"d2lrun.{name} takes overrides, not the command's flags ({', '.join(flags)}). "
-            f"Fix: d2lrun {shlex.join(overrides)} in a shell, or overrides such as 'optim.lr=0.1'."
+            f"Fix: {shell}overrides such as 'optim.lr=0.1'."
         )
     return list(overrides)
 

@@ -132,6 +132,8 @@ def test_flags_are_refused_and_one_list_of_overrides_is_taken(here):
         d2lrun.train("--version")
     with pytest.raises(UsageError, match=r"Fix: d2lrun --cfg job optim\.lr=0\.1 in a shell, or "):
         d2lrun.train("--cfg", "job", "optim.lr=0.1")  # the whole command, its flag's value too
+    with pytest.raises(UsageError, match=r"\(-cn\)\. Fix: overrides such as 'optim\.lr=0\.1'\.$"):
+        d2lrun.train("-cn", "eval")  # said 'Fix: d2lrun -cn eval in a shell', which is refused
     for wrong in (("optim.lr", 0.1), (Path("x=1"),), (["trainer.epochs=1"], "seed=1")):
         with pytest.raises(UsageError, match=r"^d2lrun.train takes overrides as text, one KEY"):
             d2lrun.train(*wrong)  # it was AttributeError: ... has no attribute 'startswith'
