@@ -307,9 +307,18 @@ def test_fashion_mnist_damaged_file(tmp_path, fake_fmnist):
 def test_fashion_mnist_root_not_writable(tmp_path):
     (tmp_path / "file").write_text("")
     r = run_cli(
-        "model=softmax", f"dataset.root={tmp_path / 'file'}", f"hydra.run.dir={tmp_path / 'run'}"
+        "model=softmax", f"dataset.root={tmp_path / 'file' / 'sub'}", f"hydra.run.dir={tmp_path}/r"
     )
     assert r.returncode == 1 and "is not writable" in r.stderr and "Traceback" not in r.stderr
+    # A file itself: it said 'is not writable', exit 1; the Fix is the folder above FashionMNIST/
+    raw = tmp_path / "my data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    r = run_cli("model=softmax", f"dataset.root={raw / 'train-images-idx3-ubyte.gz'}")
+    assert r.returncode == 2 and r.stderr == (
+        f"d2lrun: error: dataset.root={raw / 'train-images-idx3-ubyte.gz'} is a file, not the "
+        f"folder of FashionMNIST/raw/. Fix: 'dataset.root={tmp_path / 'my data'}'.\n"
+    )
 
 
 def test_hydra_full_error_shows_the_traceback_and_keeps_the_exit_code(tmp_path):

@@ -1,5 +1,6 @@
 """Fashion-MNIST (§3.5) through torchvision's own loader, held as uint8 tensors (N, 1, 28, 28)."""
 
+import errno
 import gzip
 import hashlib
 from pathlib import Path
@@ -8,7 +9,7 @@ from omegaconf import DictConfig
 
 from d2lrun.data import Spec, Split
 from d2lrun.errors import RunFailed, UsageError
-from d2lrun.files import atomic_write, remove_empty, shown
+from d2lrun.files import atomic_write, remove_empty, shell_arg, shown
 
 # d2l's text labels (§3.5 get_fashion_mnist_labels).
 CLASS_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
@@ -23,14 +24,18 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
 
     root = Path(str(cfg.root)).expanduser()
     raw = root / "FashionMNIST" / "raw"
+    if root.is_file():  # one of its files: the folder above FashionMNIST/raw/, or its own
+        up = root.parents[2] if root.parent.parts[-2:] == ("FashionMNIST", "raw") else root.parent
+        raise UsageError(f"dataset.root={shown(root)} is a file, not the folder of "
+                         f"FashionMNIST/raw/. Fix: {shell_arg('dataset.root', up)}.")  # fmt: skip
     missing = absent(raw)
     moved = None  # the files in root itself: dataset.root named raw/, or a folder of the .gz files
     if missing and not absent(root):
         moved = f"copy (or move) the files of {shown(root)} into {raw}"
         if root.name == "raw" and root.parent.name == "FashionMNIST":
-            moved = f"dataset.root={shown(root.parent.parent)}"
+            moved = shell_arg("dataset.root", root.parent.parent)
     if missing and root.name == "FashionMNIST" and not absent(root / "raw"):  # one level low
-        moved = f"dataset.root={shown(root.parent)}"
+        moved = shell_arg("dataset.root", root.parent)
     if missing and not cfg.download:
         raise UsageError(
             f"Fashion-MNIST is not in {shown(raw)} (missing {', '.join(missing)}) and "
@@ -40,23 +45,17 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
     made = [p for p in (raw, *raw.parents) if not p.exists()]  # gone if it fails
     try:
         raw.mkdir(parents=True, exist_ok=True)  # where missing files are downloaded to
+        if not cfg.download:  # torchvision reads unpacked files only: the .gz there, unpacked
+            unpack(FashionMNIST.resources, raw)
     except OSError as e:
-        raise RunFailed(
-            f"dataset.root={cfg.root} is not writable, so Fashion-MNIST cannot be downloaded "
-            f"there ({e.strerror}). Fix: dataset.root=<a writable folder>."
-        ) from None
-    if not cfg.download:  # torchvision reads unpacked files only: the .gz placed there, unpacked
-        unpack(FashionMNIST.resources, raw)
+        raise unwritable(cfg, e) from None
     splits = []
     for train in (True, False):
         try:
             ds = FashionMNIST(str(root), train=train, download=bool(cfg.download))
-        except PermissionError as e:
-            raise RunFailed(
-                f"dataset.root={cfg.root} is not writable ({e.strerror}: {e.filename}). "
-                f"Fix: dataset.root=<a writable folder>."
-            ) from None
         except Exception as e:  # torchvision's RuntimeError, OSError, EOFError, ...: any failure
+            if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise unwritable(cfg, e) from None  # a read-only mount: not 'damaged'
             reason = str(e).splitlines()[0].rstrip(": ") if str(e) else type(e).__name__
             if missing:
                 remove_empty(made)  # a dataset.root mistyped: no empty folders left
@@ -71,14 +70,30 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
                     f"a checksum does not match and no fresh copy could be downloaded: {reason}"
                 )
             split = [f.removesuffix(".gz") for f in FILES if f.startswith(("t10k", "train")[train])]
+            # torchvision checks all four .gz as it loads the training split: the one that failed
+            bad = [n for n, md5 in FashionMNIST.resources if damaged(raw / n, md5)]
             fresh = "run again" if cfg.download else "run with dataset.download=true"
             raise UsageError(
-                f"Fashion-MNIST files in {shown(raw)} are damaged, {' or '.join(split)} "
+                f"Fashion-MNIST files in {shown(raw)} are damaged, {' or '.join(bad or split)} "
                 f"({reason}). Fix: delete them and {fresh} to download fresh copies, or copy "
                 f"fresh ones there."
             ) from None
         splits.append(Split(ds.data.unsqueeze(1), ds.targets))  # (N, 1, 28, 28) uint8, (N,) int64
     return *splits, Spec("fashion_mnist", "classification", 28 * 28, 10, [1, 28, 28], CLASS_NAMES)
+
+
+def unwritable(cfg: DictConfig, e: OSError) -> RunFailed:
+    """dataset.root where the files cannot be downloaded or unpacked (a read-only mount)."""
+    return RunFailed(
+        f"dataset.root={cfg.root} is not writable ({e.strerror}: {e.filename}), and Fashion-MNIST "
+        f"is downloaded and unpacked there. Fix: dataset.root=<a writable folder> (with the files "
+        f"copied there if you have them)."
+    )
+
+
+def damaged(gz: Path, md5: str) -> bool:
+    """gz is there, and its MD5 is not the release's."""
+    return gz.exists() and hashlib.md5(gz.read_bytes()).hexdigest() != md5
 
 
 def absent(folder: Path) -> list[str]:
@@ -92,11 +107,10 @@ def unpack(resources: list[tuple[str, str]], raw: Path) -> None:
         gz = raw / name
         if (raw / gz.stem).exists() or not gz.exists():
             continue
-        data = gz.read_bytes()
-        if hashlib.md5(data).hexdigest() != md5:
+        if damaged(gz, md5):
             raise UsageError(
                 f"Fashion-MNIST file {gz} is damaged (its MD5 is not the release's) and "
                 f"dataset.download=false. Fix: copy a fresh {name} from {URL} there, or "
                 f"dataset.download=true."
             )
-        atomic_write(raw / gz.stem, gzip.decompress(data))
+        atomic_write(raw / gz.stem, gzip.decompress(gz.read_bytes()))

@@ -64,7 +64,7 @@ def find_files(root: str | Path, fetch: bool, splits=tuple(FILES)) -> dict[str, 
     if root.is_file():  # the training file itself: its folder is the root
         raise UsageError(
             f"dataset.root={shown(root)} is a file; it names the folder that holds "
-            f"{FILES['train'][0]}. Fix: dataset.root={shown(root.parent)}."
+            f"{FILES['train'][0]}. Fix: {shell_arg('dataset.root', root.parent)}."
         )
     paths = {}
     for split in splits:

@@ -226,13 +226,14 @@ def test_kaggle_root_given_as_the_training_file_names_its_folder(tmp_path):
     """It said 'Not a directory (.../train.csv/kaggle_house). Fix: free disk space ...', exit 1."""
     from d2lrun.data.kaggle_house import find_files
 
-    file = tmp_path / "kaggle_house_pred_train.csv"
+    file = tmp_path / "k h" / "kaggle_house_pred_train.csv"  # a Fix quoted: pasted, it works
+    file.parent.mkdir()
     file.write_text("Id\n1\n")
     with pytest.raises(UsageError) as e:
         find_files(file, fetch=True)
     assert str(e.value) == (
         f"dataset.root={file} is a file; it names the folder that holds "
-        f"kaggle_house_pred_train.csv. Fix: dataset.root={tmp_path}."
+        f"kaggle_house_pred_train.csv. Fix: 'dataset.root={tmp_path / 'k h'}'."
     )
 
 

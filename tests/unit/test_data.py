@@ -164,6 +164,42 @@ def test_a_damaged_gz_with_download_false_is_refused_and_not_unpacked(fake_fmnis
     assert not images.exists()
 
 
+def test_a_damaged_test_file_is_named_itself_not_the_training_files(real_fmnist, tmp_path):
+    """torchvision checks all four .gz as the training split loads: a t10k file cut short was
+    called 'train-images-idx3-ubyte or train-labels-idx1-ubyte', whose Fix deleted good files."""
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in (real_fmnist / "FashionMNIST" / "raw").glob("*.gz"):
+        shutil.copy(gz, raw / gz.name)
+    cut = raw / "t10k-images-idx3-ubyte.gz"
+    cut.write_bytes(cut.read_bytes()[:100000])
+    cfg = OmegaConf.create({"name": "fashion_mnist", "root": str(tmp_path), "download": True})
+    with pytest.raises(UsageError, match=r"are damaged, t10k-images-idx3-ubyte\.gz \("):
+        build_data(cfg, seed=0)
+
+
+def test_a_read_only_data_folder_is_called_so_not_damaged(fake_fmnist, tmp_path, monkeypatch):
+    """A read-only mount (a cluster's shared data, docker's :ro) was 'damaged ... Fix: delete
+    them', or, with download=false, a Fix naming hydra.run.dir."""
+    import errno
+
+    import torchvision.datasets
+
+    from d2lrun.errors import RunFailed
+
+    class ReadOnly(torchvision.datasets.FashionMNIST):
+        def __init__(self, root, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system", f"{root}/FashionMNIST/raw/x")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", ReadOnly)
+    shutil.copytree(fake_fmnist, tmp_path / "ro")
+    cfg = OmegaConf.create(
+        {"name": "fashion_mnist", "root": str(tmp_path / "ro"), "download": True}
+    )
+    with pytest.raises(RunFailed, match=r"is not writable \(Read-only file system: .*Fix: dataset"):
+        build_data(cfg, seed=0)
+
+
 def test_datasets_are_decoded_once_per_process(fake_fmnist, monkeypatch):
     import d2lrun.data.fashion_mnist as fm
 
