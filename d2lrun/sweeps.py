@@ -7,6 +7,7 @@ which returns its score; report writes summary.csv and heatmap.png. No torch unt
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import traceback
@@ -115,7 +116,9 @@ def run_job(
         from d2lrun.kfold import train
 
     marker = os.environ.get(STOP_MARKER)  # a signal stopped its sweep (stopping.stopping_workers)
-    if marker and (sweep_dir / marker).exists():
+    if marker and (sweep_dir / marker).exists():  # its folder (Hydra's .hydra/) goes: 'missing'
+        if untrained(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise Interrupted("interrupted before it started.", signal.SIGTERM)
 
     # Locked: of two sweeps run into one folder, one trains the job and the other then skips it.
@@ -383,8 +386,7 @@ def print_table(sweep_dir: Path, table, counts, best: bool = True) -> None:
         style = ("bold" if i == 0 and best else None) if r["status"] == "completed" else "red"
         rich_table.add_row(*(fmt(r[c]) for c in columns), style=style)
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # piped to a file: not squeezed into 80 columns
+    console = console if console.is_terminal else Console(width=200)  # piped: not 80 columns
     console.print(f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items()),
                   soft_wrap=True)  # fmt: skip
     console.print(rich_table)

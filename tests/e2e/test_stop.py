@@ -1,6 +1,7 @@
 """What clusters and shells do to runs: SIGTERM mid-epoch, runs and sweeps that start together, a
 named folder that already holds a run. (Slurm's requeue is in test_slurm.py.)"""
 
+import csv
 import json
 import os
 import shlex
@@ -296,6 +297,10 @@ def test_jobs_queued_in_joblibs_pool_do_not_start_after_a_stop_signal(tmp_path):
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert [j for j in "2345" if (s / j / "last.pt").exists()] == []
+    # and each is 'missing', as README says of a job that never started: it was 'unfinished'
+    r = run_cli(str(s), tool="d2lrun-report")
+    statuses = {row["job"]: row["status"] for row in csv.DictReader(open(s / "summary.csv"))}
+    assert [statuses[j] for j in "2345"] == ["missing"] * 4, r.stdout
 
 
 def test_a_folder_named_with_a_resolver_is_the_folder_it_resolves_to(tmp_path):
