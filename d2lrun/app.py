@@ -44,6 +44,7 @@ from d2lrun.files import (
     remove_empty,
     shell_arg,
     shown,
+    unmade,
     untrained,
     unwritable,
     write_json,
@@ -85,7 +86,7 @@ class RunDir(Callback):
         if claimed_dir(config.hydra) is None:
             return  # named: named_dir holds it
         with contextlib.suppress(RunFailed):  # unwritable: Hydra's own mkdir then says so
-            RunDir.made = [p for p in Path(config.hydra.run.dir).parents[:2] if not p.exists()]
+            RunDir.made = unmade(Path(config.hydra.run.dir).parent)[:2]
             RunDir.folder = folder = claim_dir(config.hydra.run.dir)
             RunDir.lock = hold(folder)  # a resume= into it is refused while the run runs
             with read_write(config.hydra.run):
@@ -116,7 +117,7 @@ def named_dir(args: Sequence[str]):
         yield
         return
     folder = Path(named)
-    made = [f for f in (folder, *folder.parents) if not f.exists()]  # x/y/z: y and x too
+    made = unmade(folder)  # x/y/z: y and x too
     lock = held_dir(folder)
     if lock is None:
         raise UsageError(
@@ -278,8 +279,8 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
     if given_dir and (held := [f for f in RUN_FILES if (Path(given_dir) / f).exists()]):
         raise UsageError(f"hydra.sweep.dir={given_dir} holds a run ({', '.join(held)}), not a "
                          f"sweep. Fix: another hydra.sweep.dir.")  # fmt: skip
-    made = not (given_dir and Path(given_dir).exists())  # and the folders above it it makes:
-    made = made and [p for p in Path(given_dir or cfg.hydra.sweep.dir).parents if not p.exists()]
+    fresh = not (given_dir and Path(given_dir).exists())  # made by this sweep, with the
+    above = unmade(Path(given_dir or cfg.hydra.sweep.dir).parent)  # folders above it it makes
     # Named by the user: run again into it, completed jobs skipped; else the configured folder,
     # claimed: two sweeps started in one second never share it. Locked: a second sweep into it
     # waits for the first to end, then skips its jobs: Hydra (re)writes multirun.yaml and its
@@ -294,12 +295,12 @@ def sweep(args: Sequence[str]) -> tuple[Path, str | None]:
         # The plan, for d2lrun-report and a re-run: this run's (a search's n_trials may change)
         cfg.hydra.overrides.task = task  # (Hydra's basic sweeper saves it too, Optuna's does not)
         atomic_write(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(cfg).encode())
-        return launched(sweep_dir, args, cfg, ckpt, made)
+        return launched(sweep_dir, args, cfg, ckpt, [sweep_dir, *above] if fresh else [])
 
 
-def launched(sweep_dir: Path, args: list[str], cfg: DictConfig, ckpt: dict | None, made):
-    """The sweep's jobs, launched by Hydra into sweep_dir (made: by this sweep, and the folders
-    above it, a list; else False); as sweep()."""
+def launched(sweep_dir: Path, args: list[str], cfg: DictConfig, ckpt: dict | None, made: list):
+    """The sweep's jobs, launched by Hydra into sweep_dir (made: the folders this sweep made, its
+    own first; none when it was there); as sweep()."""
     from d2lrun import sweeps
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's INFO lines, not Hydra's
@@ -316,9 +317,9 @@ def launched(sweep_dir: Path, args: list[str], cfg: DictConfig, ckpt: dict | Non
     except BaseException as e:
         kept = {"multirun.yaml", ".lock", *[".submitit"] * isinstance(e, UsageError)}  # Slurm's
         started = sweep_dir.is_dir() and any(p.name not in kept for p in sweep_dir.iterdir())
-        if made is not False and not started:  # refused before any job started: no folder
-            shutil.rmtree(sweep_dir, ignore_errors=True)  # behind (outputs/multirun/DATE/ too)
-            remove_empty(made)
+        if made and not started:  # refused before any job started: no folder behind
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+            remove_empty(made[1:])  # outputs/multirun/DATE/ too
         e = next((x for x in chained(e) if isinstance(x, KeyboardInterrupt)), e)  # a signal in
         if not isinstance(e, KeyboardInterrupt) or not started:  # OmegaConf's code: its error's
             raise e

@@ -142,6 +142,12 @@ def held_dir(folder: Path, waiting: str | None = None):
     raise unwritable(folder, FileNotFoundError(2, "No such file or directory"))
 
 
+def unmade(path: Path) -> list[Path]:
+    """path and the folders above it that are not there yet, deepest first: what making it
+    makes, for remove_empty to take away again."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
 def remove_empty(folders) -> None:
     """Each folder, in order, if it is empty: what a failed attempt made (deepest first) and left
     empty goes again; any folder with a file stays."""

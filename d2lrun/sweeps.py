@@ -281,7 +281,7 @@ def collect(sweep_dir: Path):
             overrides = overrides or todo[match]  # hydra.output_subdir=null: the grid's
         elif match is None and num in todo and same_job(overrides, todo[num]):
             match = num  # resumed in its folder: resume=JOB trainer.epochs=N
-            overrides = todo[num] | {k: overrides[k] for k in ASKED_AGAIN[1:] if k in overrides}
+            overrides = todo[num] | {k: v for k, v in overrides.items() if k == "trainer.epochs"}
         # A run folder put there is no job of the sweep: only the planned are, and a sampler's
         # trials past the plan that began (n_trials grew, or the re-run's is smaller), or
         # without multirun.yaml 0/, 1/, ...

@@ -52,7 +52,8 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
                          f"drop it; --config-dir DIR adds a folder of YAML files.")  # fmt: skip
     # Hydra's folders, which it would make (multirun/DATE/TIME, an empty X) and eval never uses
     made = [a for a in flags.overrides if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
-    if name != "config" and (made := ["-m"] * flags.multirun + made):
+    made = ["-m"] * flags.multirun + made
+    if name != "config" and made:
         raise UsageError(f"{' '.join(made)}: {prog} reads one run and writes beside it, into no "
                          f"folder of its own. Fix: drop {' '.join(made)}.")  # fmt: skip
     # d2lrun-predict outputs/DATE/TIME new.csv: paths without their keys, each Fixed at once

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from d2lrun.data import Spec, Split
 from d2lrun.errors import RunFailed, UsageError
-from d2lrun.files import atomic_write, remove_empty, shell_arg, shown
+from d2lrun.files import atomic_write, remove_empty, shell_arg, shown, unmade
 
 # d2l's text labels (§3.5 get_fashion_mnist_labels).
 CLASS_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
@@ -42,7 +42,7 @@ def load(cfg: DictConfig, seed: int) -> tuple[Split, Split, Spec]:
             f"dataset.download=false. "
             f"Fix: {moved or f'place the files from {URL} there, or dataset.download=true'}."
         )
-    made = [p for p in (raw, *raw.parents) if not p.exists()]  # gone if it fails
+    made = unmade(raw)  # gone if it fails
     try:
         raw.mkdir(parents=True, exist_ok=True)  # where missing files are downloaded to
         if not cfg.download:  # torchvision reads unpacked files only: the .gz there, unpacked

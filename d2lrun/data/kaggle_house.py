@@ -15,7 +15,7 @@ from d2lrun.data import Spec, sha1_of
 from d2lrun.data.csv import table_splits
 from d2lrun.data.table import read_table
 from d2lrun.errors import UsageError, note
-from d2lrun.files import atomic_write, remove_empty, shell_arg, shown
+from d2lrun.files import atomic_write, remove_empty, shell_arg, shown, unmade
 
 DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"  # the book's DATA_HUB
 # pandas 1's missing-value markers, as the book read: pandas 2 added "None", a real category here
@@ -33,7 +33,7 @@ def download(url: str, path: Path, sha1: str, also: str = "") -> Path:
     also: another way out, added to the Fix when it fails."""
     if sha1_of(path) == sha1:
         return path
-    made = [p for p in path.parents if not p.exists()]  # gone if it fails
+    made = unmade(path.parent)  # gone if it fails
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
