@@ -198,10 +198,11 @@ def kfold_run(folder: Path) -> bool:
 
 
 def untrained(folder: Path, ended: bool = False) -> bool:
-    """folder holds no run: only Hydra's .hydra/, the lock, a tensorboard/ logger folder, the
-    metrics.json of a run stopped before its first epoch ("nothing to resume"), which leaves no
-    folder behind, and a k-fold run's fold_i/ that holds no more; ended: or of one that diverged
-    or failed in its first epoch, whose record stays (a named folder it may run into again)."""
+    """folder holds no run: only Hydra's .hydra/ and job log (hydra/job_logging=default), the
+    lock, a tensorboard/ logger folder, the metrics.json of a run stopped before its first epoch
+    ("nothing to resume"), which leaves no folder behind, and a k-fold run's fold_i/ that holds no
+    more; ended: or of one that diverged or failed in its first epoch, whose record stays (a named
+    folder it may run into again)."""
     if not folder.is_dir():
         return False
     summary = read_json(folder / "metrics.json") or {}
@@ -210,7 +211,7 @@ def untrained(folder: Path, ended: bool = False) -> bool:
     stopped = summary.get("status") in ends and epochs == 0
     kept = {".hydra", ".lock", "tensorboard", *["metrics.json"] * stopped}
     return all(
-        p.name in kept or p.name.startswith("fold_") and untrained(p, ended)
+        p.name in kept or p.suffix == ".log" or p.name.startswith("fold_") and untrained(p, ended)
         for p in folder.iterdir()
     )
 

@@ -567,8 +567,9 @@ def test_a_run_refused_before_it_started_leaves_no_folder(tmp_path, monkeypatch)
     from d2lrun import app
 
     monkeypatch.chdir(tmp_path)  # the configured outputs/DATE/TIME, claimed then given back
-    for args in (["~seed"], ["hydra.run.dir="], ["optim.lr=-1"]):  # ~seed: OmegaConf's error,
-        with pytest.raises(Exception) as e:  # after the claim
+    # ~seed: OmegaConf's error, after the claim; hydra/job_logging=default: its d2lrun.log too
+    for args in (["~seed"], ["hydra.run.dir="], ["optim.lr=-1", "hydra/job_logging=default"]):
+        with pytest.raises(Exception) as e:
             app.train(args)
         assert isinstance(explain(e.value), UsageError)
     assert not list(tmp_path.iterdir())  # not an empty outputs/DATE/ either, nor outputs/
