@@ -98,7 +98,8 @@ def heatmap_figure(table, x_key: str, y_key: str, metric: str, higher: bool, swe
         image = ax.scatter(cells.loc[ok, x_key], cells.loc[ok, y_key], c=values, cmap=cmap,
                            norm=norm, s=60, edgecolors="black")  # fmt: skip
         failed = cells[~ok]
-        ax.scatter(failed[x_key], failed[y_key], marker="x", color="red", label="failed")
+        label = ", ".join(sorted(set(failed["status"])))  # diverged, failed
+        ax.scatter(failed[x_key], failed[y_key], marker="x", color="red", label=label)
         for scale, axis, vals in ((ax.set_xscale, ax.xaxis, xs), (ax.set_yscale, ax.yaxis, ys)):
             if vals[0] > 0 and vals[-1] > 10 * vals[0]:  # 0.02 0.05: not 2×10⁻²3×10⁻² (overlaid)
                 scale("log")

@@ -238,8 +238,13 @@ def in_sweep(error: UsageError, job: list[str], overrides: list) -> UsageError:
         new = f"interval({low},{high})" if float(low) < float(high) else None
         new = f"tag(log,{new})" if new and "log" in o.value().tags else new
         return UsageError(f"{said} Fix: '{key}={new}'.") if new else error
-    values = [value if v == refused else v for v in o.sweep_string_iterator()]
-    return UsageError(f"{said} Fix: {key}={','.join(dict.fromkeys(values))}.")
+    values: dict = {}  # each value once: 0 and the Fix's 0.0 are one job
+    for v in (value if v == refused else v for v in o.sweep_string_iterator()):
+        try:
+            values.setdefault(float(v), v)
+        except ValueError:  # a word, a list
+            values.setdefault(v, v)
+    return UsageError(f"{said} Fix: {key}={','.join(values.values())}.")
 
 
 def values_of(o) -> list[str]:

@@ -697,7 +697,7 @@ def test_a_search_sweeps_heatmap_is_a_dot_per_trial_on_log_axes_failures_as_red_
     assert isinstance(dots.norm, LogNorm)  # 0.04 .. 0.5: more than a decade
     assert crosses.get_offsets().tolist() == [[1.0, 0.01]]
     assert matplotlib.colors.to_hex(crosses.get_facecolor()[0]) == "#ff0000"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["failed"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["diverged"]  # its status
     assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("optim.lr", "optim.weight_decay")
     assert ax.get_title() == "best_val_loss (sweep)" and colorbar.get_ylabel() == "best_val_loss"
@@ -1244,6 +1244,9 @@ FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, i
          "trainer.epochs=0 is out of range: it must be at least 1. Fix: trainer.epochs=3,1."),
         (["optim.momentum=0.5,1.5"], "optim.momentum=1.5 is out of range: it must be less than 1. "
                                      "Fix: optim.momentum=0.5,0.0."),
+        (["optim.weight_decay=0,-1"],  # not 0,0.0: the same job twice
+         "optim.weight_decay=-1.0 is out of range: it must be at least 0. "
+         "Fix: optim.weight_decay=0."),
         (["device=cpu,tpu"],
          "Unknown device 'tpu'. Choose one of: auto, cpu, cuda, cuda:N, mps. Fix: device=auto."),
         pytest.param(
