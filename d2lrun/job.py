@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from d2lrun.config import checked, given, new_overrides, resolve_device, searchpath
-from d2lrun.data import Spec, build_data, check_positive_target, table_file
+from d2lrun.data import Spec, build_data, check_log_rmse, table_file
 from d2lrun.errors import Diverged, Interrupted, RunFailed, UsageError, note
 from d2lrun.files import (
     atomic_write,
@@ -113,8 +113,8 @@ class Run:
         # Higher accuracy, or lower loss, is better; without a validation split, the training one.
         self.classify = spec.task == "classification"
         self.metric = ("val_" if len(self.val) else "train_") + ("acc" if self.classify else "loss")
-        if cfg.trainer.log_rmse and spec.task == "regression":
-            check_positive_target(self.train, self.val, spec)
+        if cfg.trainer.log_rmse:
+            check_log_rmse(self.train, self.val, spec)
         self.model = model = build_model(cfg.model, spec)
         if ckpt is None:
             apply_init(model, cfg.init)

@@ -171,7 +171,7 @@ def table_splits(
     target = cfg.target
     if target not in frame.columns:
         near = None if fitted else alike(target, frame.columns)  # Y: y, saleprice: SalePrice
-        fix = typed_arg("dataset.target", near) if near else "dataset.target=<one of them>"
+        fix = typed_arg("dataset.target", near or str(frame.columns[-1]))  # or its last
         fix = commas_fix(frame.columns, f"give a file with a column '{target}'" if fitted else fix)
         if not fitted and (typed := as_typed(frame.columns, [target])):
             quoted = f"\"dataset.target='{typed[0]}'\""

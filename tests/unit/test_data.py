@@ -397,7 +397,7 @@ def test_a_csv_run_reads_its_file_by_fold_and_names_it_in_errors(tmp_path):
         build_data(table_cfg(path, target="price"), seed=0)
     assert str(e.value) == (
         f"dataset.target=price is not a column of {path}; its columns are: x, y. "
-        "Fix: dataset.target=<one of them>."
+        "Fix: dataset.target=y."  # none alike: its last column, a working one
     )
 
 
@@ -822,7 +822,7 @@ def test_a_file_of_semicolons_or_tabs_with_decimal_commas_is_named_as_such_not_r
 
 
 def test_a_file_without_the_runs_target_is_refused_with_a_fix_eval_can_take(tmp_path):
-    """d2lrun-eval dataset.path=F: "Fix: dataset.target=<one of them>", a key eval refuses."""
+    """d2lrun-eval dataset.path=F: "Fix: dataset.target=<one of them>" (a key eval refuses)."""
     (tmp_path / "t.csv").write_text("x,y\n" + "".join(f"{i},{i}\n" for i in range(10)))
     _, _, spec = csv_load(table_cfg(tmp_path / "t.csv"), seed=0)
     (tmp_path / "new.csv").write_text("x\n1\n")

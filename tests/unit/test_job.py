@@ -168,26 +168,32 @@ def test_the_k_fold_table_has_a_row_per_fold_and_their_mean():
     ]
 
 
-def test_log_rmse_refuses_a_target_with_values_at_or_below_zero_in_its_own_units():
+def test_log_rmse_refuses_a_class_target_or_one_with_values_at_or_below_zero_in_its_own_units():
     from d2lrun.data import Split
     from d2lrun.errors import UsageError
-    from d2lrun.job import check_positive_target
+    from d2lrun.job import check_log_rmse
 
     spec = Spec(dataset="csv", task="regression", num_inputs=1, num_outputs=1,
                 target="price", target_scale={"mean": 10.0, "std": 2.0})  # fmt: skip
     x = torch.zeros(2, 1)
     fine = Split(x, torch.tensor([[-4.9], [1.0]]))  # 0.2 and 12 in the target's own units
-    check_positive_target(fine, fine, spec)
+    check_log_rmse(fine, fine, spec)
     low = Split(x, torch.tensor([[-5.5], [0.0]]))  # -1: in the validation rows only
     with pytest.raises(UsageError) as e:
-        check_positive_target(fine, low, spec)
+        check_log_rmse(fine, low, spec)
     assert str(e.value) == (
         "trainer.log_rmse=true takes the log of the target, and price has values <= 0 "
         "(smallest -1). Fix: trainer.log_rmse=false."
     )
     unscaled = Spec(dataset="synthetic", task="regression", num_inputs=1, num_outputs=1)
     with pytest.raises(UsageError, match=r"and it has values <= 0 \(smallest -1\.5\)"):
-        check_positive_target(Split(x, torch.tensor([[-1.5], [3.0]])), Split(x, x + 1), unscaled)
+        check_log_rmse(Split(x, torch.tensor([[-1.5], [3.0]])), Split(x, x + 1), unscaled)
+    classes = Spec(dataset="csv", task="classification", num_inputs=1, num_outputs=2,
+                   target="kind")  # fmt: skip
+    with pytest.raises(UsageError) as e:  # it was silently not measured
+        check_log_rmse(fine, fine, classes)
+    assert str(e.value) == ("trainer.log_rmse=true measures a regression (§4.10), and kind is a "
+                            "classification target. Fix: trainer.log_rmse=false.")  # fmt: skip
 
 
 def test_a_run_on_generated_data_says_what_it_learned_against_the_truth(tmp_path):
