@@ -345,7 +345,7 @@ class SavedRun:
         if self.spec.image_shape:  # §6.2.4's 0/1 images are numbers, not pixels out of 255
             X = as_images(X, self.spec).to(self.device)
             return (prepare_batch(X) if self.spec.class_names else X).float()
-        X = X.reshape(1, -1) if X.ndim == 1 else X  # one example
+        X = X.reshape(-1, X.numel() or self.spec.num_inputs) if X.ndim == 1 else X  # one, or []
         if X.ndim != 2 or X.shape[1] != self.spec.num_inputs:
             raise UsageError(f"inputs must be (N, {self.spec.num_inputs}), one row per example; "
                              f"got {tuple(X.shape)}. Fix: {self.spec.num_inputs} numbers per "

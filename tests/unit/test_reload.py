@@ -1087,6 +1087,7 @@ def test_predict_takes_rows_of_numbers_of_any_kind_for_a_run_on_generated_data(t
     assert run.predict([[1, 2], [0, -1]]) == floats == pytest.approx([-0.6, 7.6], abs=0.05)
     assert run.predict([1, 2]) == floats[:1]  # one example
     assert run.predict(torch.zeros(0, 2)) == []  # none: it was "cannot reshape tensor of 0 ..."
+    assert run.predict([]) == []  # it was "inputs must be (N, 2) ...; got (1, 0)"
     needs_grad = torch.tensor([[1.0, 2.0], [0.0, -1.0]], requires_grad=True)  # a model's output
     assert run.predict(needs_grad) == pytest.approx(floats)
     with pytest.raises(
