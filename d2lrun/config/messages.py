@@ -6,7 +6,9 @@ import difflib
 import re
 import shlex
 import typing
+from pathlib import Path
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -17,6 +19,7 @@ from omegaconf.errors import (
 )
 
 from d2lrun.config.schema import (
+    CONFIG_DIR,
     SCHEMAS,
     broken_rule,
     closest,
@@ -206,7 +209,9 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
         where = f"{group}={option}" if option and group in SCHEMAS else group or "the config"
         options = SCHEMAS.get(group, {}) if schema in SCHEMAS.get(group, {}).values() else {}
         has = [o for o, s in options.items() if name in typing.get_type_hints(s)]  # not eval's
-        fix = f"choose {' or '.join(f'{group}={o}' for o in has)}" if has else f"drop {dotted}"
+        pick = group.replace(".", "/")  # hydra.launcher.n_jobs: hydra/launcher=joblib has it
+        has = has or hydra_owners(pick, name)
+        fix = f"choose {' or '.join(f'{pick}={o}' for o in has)}" if has else f"drop {dotted}"
         inner = {} if group or has else section_keys(types)  # the book's lr=0.1, num_epochs=3
         known = OTHER_NAMES.get(name, name)  # learning_rate: too far from lr for difflib
         if near := difflib.get_close_matches(known, list(inner), n=1, cutoff=0.75):
@@ -236,6 +241,21 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
         default = next(f.default for f in dataclasses.fields(schema) if f.name == name)
         fix = fix if default is dataclasses.MISSING else yaml_value(default)
     return f"{dotted}={yaml_value(value)} is not {what}. Fix: {key}={fix}."
+
+
+def hydra_owners(group: str, key: str) -> list[str]:
+    """The options of Hydra's group (hydra/launcher) that have key: d2lrun's own (with the keys of
+    the plugin's option each builds on, slurm's submitit_slurm), else the plugins' (joblib)."""
+    if group not in ("hydra/launcher", "hydra/sweeper"):
+        return []
+    plugins = ConfigStore.instance().repo.get("hydra", {}).get(group.split("/")[1], {})
+    keys = {n.removesuffix(".yaml"): set(c.node) for n, c in plugins.items() if hasattr(c, "node")}
+    ours = {}
+    for o in options_of(group):
+        node = OmegaConf.load(Path(CONFIG_DIR, group, f"{o}.yaml"))
+        ours[o] = set(node).union(*(keys.get(str(d), ()) for d in node.get("defaults", [])))
+    found = [o for o, k in ours.items() if key in k]
+    return found or sorted(o for o, k in keys.items() if key in k)
 
 
 def first_difference(a, b, prefix: str):

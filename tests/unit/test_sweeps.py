@@ -1053,6 +1053,21 @@ def test_a_batched_launcher_key_mistyped_gets_a_fix_that_works(override, line, f
     assert "max_members" in compose_hydra("hydra/launcher=batched", fixed).hydra.launcher
 
 
+@pytest.mark.parametrize(
+    "override,launcher",
+    [("hydra.launcher.n_jobs=2", "hydra/launcher=joblib"),
+     ("hydra.launcher.max_members=2", "hydra/launcher=batched"),
+     ("hydra.launcher.qos=high", "hydra/launcher=slurm"),  # submitit_slurm's, which slurm builds on
+     ("hydra.sweeper.n_trials=3", "hydra/sweeper=optuna_lr_wd")],
+)  # fmt: skip
+def test_a_key_of_another_launcher_or_sweeper_names_the_option_that_has_it(override, launcher):
+    """It said 'Fix: drop hydra.launcher.n_jobs': the user meant joblib's, and forgot to pick it."""
+    with pytest.raises(Exception) as e:
+        compose_hydra(override)
+    assert str(explain(e.value)).endswith(f"Fix: choose {launcher}.")
+    compose_hydra(launcher, override)
+
+
 @pytest.mark.parametrize("direction", ["maximize", "MAXIMIZE", "[maximize]"])
 def test_optunas_spellings_of_maximize_are_taken(direction):
     """Optuna reads MAXIMIZE and [maximize] as maximize (d2lrun refused them)."""
