@@ -19,8 +19,8 @@ install: $(STAMP)
 run: install
 	@$(BIN)/d2lrun $(ARGS)
 
-# Two test processes (pytest-xdist), each taking whole test files: the suite took 8 min 52 s here
-# against 14 min 23 s in one process (2 cores). TEST_WORKERS=0 runs it in this one process.
+# Two test processes (pytest-xdist), each taking whole test files (one for each of the 2 cores
+# here). TEST_WORKERS=0 runs it in this one process.
 TEST_WORKERS ?= 2
 test: install lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
