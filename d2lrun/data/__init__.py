@@ -170,8 +170,8 @@ def check_log_rmse(train: Split, val: Split, spec: Spec) -> None:
     """§4.10's log RMSE is a regression's, and takes the log of the target: each is positive."""
     if spec.task != "regression":  # not left unmeasured and unsaid
         raise UsageError(
-            f"trainer.log_rmse=true measures a regression (§4.10), and {spec.target or 'this'} "
-            f"is a {spec.task} target. Fix: trainer.log_rmse=false."
+            f"trainer.log_rmse=true measures a regression (§4.10), and this run classifies "
+            f"{spec.target or spec.dataset}. Fix: trainer.log_rmse=false."
         )
     scale = spec.target_scale or {"mean": 0.0, "std": 1.0}
     y = torch.cat([train.y, val.y]).reshape(-1) * scale["std"] + scale["mean"]

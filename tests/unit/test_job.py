@@ -192,8 +192,8 @@ def test_log_rmse_refuses_a_class_target_or_one_with_values_at_or_below_zero_in_
                    target="kind")  # fmt: skip
     with pytest.raises(UsageError) as e:  # it was silently not measured
         check_log_rmse(fine, fine, classes)
-    assert str(e.value) == ("trainer.log_rmse=true measures a regression (§4.10), and kind is a "
-                            "classification target. Fix: trainer.log_rmse=false.")  # fmt: skip
+    assert str(e.value) == ("trainer.log_rmse=true measures a regression (§4.10), and this run "
+                            "classifies kind. Fix: trainer.log_rmse=false.")  # fmt: skip
 
 
 def test_a_run_on_generated_data_says_what_it_learned_against_the_truth(tmp_path):
