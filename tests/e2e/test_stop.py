@@ -2,6 +2,7 @@
 named folder that already holds a run. (Slurm's requeue is in test_slurm.py.)"""
 
 import csv
+import functools
 import json
 import os
 import shlex
@@ -21,8 +22,10 @@ SLOW = ["trainer.epochs=6", "dataset.num_train=50000", "trainer.progress=false"]
 def start(*args: str, cwd=None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     cmd = [str(BIN / "d2lrun"), *args]
+    # As from a terminal: under nohup (`nohup make test`) SIGHUP is ignored, which d2lrun keeps
+    hup = functools.partial(signal.signal, signal.SIGHUP, signal.SIG_DFL)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=cwd, env=env)  # fmt: skip
+                            cwd=cwd, env=env, preexec_fn=hup)  # fmt: skip
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP])  # HUP: ssh
