@@ -68,6 +68,15 @@ def write_fake_fashion_mnist(
     return Path(root)
 
 
+@pytest.fixture(autouse=True)
+def outside_any_hydra_run(monkeypatch):
+    """Each test starts outside any Hydra run: an in-process sweep (app.sweep) leaves its last
+    job's HydraConfig set, and d2lrun reads it (a batched job's lines start `job N:`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+
+
 @pytest.fixture
 def fake_fmnist(tmp_path_factory) -> Path:
     """Root folder of a tiny IDX-format Fashion-MNIST (64 train, 32 test images)."""

@@ -449,10 +449,6 @@ def test_optuna_preset_maximizes_over_log_lr_and_weight_decay():
 def test_a_failed_job_is_recorded_with_its_reason_and_exit_code(tmp_path, monkeypatch, capsys):
     """A job's error ends as metrics.json {status, reason, exit_code} and one line; a bug's
     traceback goes to error.txt; the sweep goes on (score -inf)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    # A job outside any sweep's Hydra run: not the batched one an earlier test left (job N:)
-    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
     overrides = ["optim.lr=0.1"]
 
     def refused(cfg, run_dir, overrides, ckpt=None, **kwargs):
