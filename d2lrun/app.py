@@ -4,6 +4,7 @@ d2lrun.cli prints their errors and d2lrun.api raises them, both through config.m
 """
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from d2lrun.config import (
     CONFIG_DIR,
     TIMESTAMP,
     check_groups,
+    checked,
     claimed_dir,
     compose,
     given,
@@ -211,13 +213,13 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
 
 def resumed(args: Sequence[str]) -> tuple[list[str], dict | None]:
     """args, and with resume=RUN: the run's own overrides, then args; and its checkpoint."""
-    from d2lrun.reload import resume_checkpoint, run_overrides
-
     resume = given(args, "resume")
     if resume == "":  # d2lrun resume=$RUN with RUN unset: not a new run from scratch
         raise UsageError("resume= names no run. Fix: resume=outputs/DATE/TIME, or drop resume=.")
     if not resume:
         return list(args), None
+    with deferred_signals():  # Ctrl-C in torch's import: after it (train's task says why)
+        from d2lrun.reload import resume_checkpoint, run_overrides
     if kfold_run(folder := Path(resume)):
         # A k-fold run goes on in its folder: completed folds kept, the stopped one resumed
         named = None if completed(folder) else given(args, "hydra.run.dir")  # train refuses it
@@ -237,14 +239,17 @@ def train(args: Sequence[str]) -> Path:
 
     def task(cfg: DictConfig) -> Path:  # in its folder, claimed by RunDir or held by named_dir
         hc = HydraConfig.get()
-        kfold.train(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), ckpt, draw=draw)
+        overrides = list(hc.overrides.task)
+        # A refusal before torch's import (1.5 s of 2.3 here); kfold.train checks again, with notes
+        with contextlib.redirect_stderr(io.StringIO()):
+            checked(cfg, overrides if ckpt is None else ())
+        with deferred_signals():  # Ctrl-C in torch's import: after it (within, torch swallows it,
+            from d2lrun import kfold  # aborts, or fails the next import of torch)
+        kfold.train(cfg, Path(hc.runtime.output_dir), overrides, ckpt, draw=draw)
         return Path(hc.run.dir)  # as named (relative to where the command ran)
 
     try:
-        with Plotter() as draw:  # before d2lrun.job imports torch: matplotlib's import beside it
-            with deferred_signals():  # Ctrl-C in torch's import: after it (within, torch swallows
-                from d2lrun import kfold  # it, aborts, or fails the next import of torch)
-
+        with Plotter() as draw:  # matplotlib's import in a helper, beside torch's
             check_flags(args)  # once, before resume= is read from them
             args, ckpt = resumed(args)
             args = literal_dir(args, "hydra.run.dir")
