@@ -72,8 +72,11 @@ def finished_job(run_dir: Path, overrides: list[str], cfg: DictConfig) -> dict |
     """metrics.json of the job that completed in run_dir with these same overrides, or was
     resumed there to train on past the sweep's epochs, else None. A completed job's .hydra/ is
     again what it ran with (the table's values), over what Hydra wrote as it started again."""
-    metrics = completed(run_dir)
-    ckpt = saved_job(run_dir) if metrics else None
+    from d2lrun.reload import load_checkpoint
+
+    metrics = completed(run_dir)  # its checkpoint: a k-fold job's is its first fold's
+    saved = metrics and (saved_checkpoint(run_dir) or saved_checkpoint(run_dir / "fold_0"))
+    ckpt = load_checkpoint(saved) if saved else None
     if ckpt is not None and (run_dir / ".hydra").is_dir():
         for name, ran in (("overrides", ckpt.get("overrides", [])), ("config", ckpt["config"])):
             atomic_write(run_dir / ".hydra" / f"{name}.yaml", OmegaConf.to_yaml(ran).encode())
@@ -93,14 +96,6 @@ def same_job(a: list[str] | dict, b: list[str] | dict) -> bool:
         return {o.key_or_group: o.value() for o in parsed if o.key_or_group not in ASKED_AGAIN}
 
     return values(a) == values(b)
-
-
-def saved_job(run_dir: Path) -> dict | None:
-    """The checkpoint in run_dir (a k-fold job's: its first fold's), or None."""
-    from d2lrun.reload import load_checkpoint
-
-    saved = saved_checkpoint(run_dir) or saved_checkpoint(run_dir / "fold_0")
-    return load_checkpoint(saved) if saved else None
 
 
 def run_job(
@@ -333,7 +328,8 @@ def report(sweep_dir: Path, show: bool = True) -> str | None:
             f"{sweep_dir} is not a folder. Fix: d2lrun-report outputs/multirun/DATE/TIME "
             f"(the folder a sweep printed)."
         )
-    below = [] if (sweep_dir / "multirun.yaml").exists() else sweeps_below(sweep_dir)
+    levels = [] if (sweep_dir / "multirun.yaml").exists() else ["*/", "*/*/", "*/*/*/"]
+    below = sorted(p.parent for g in levels for p in sweep_dir.glob(g + "multirun.yaml"))
     if below:  # outputs/, or outputs/multirun/DATE/: its sweeps' jobs ranked as one table
         more = f" (the last 3 of {len(below)})" if len(below) > 3 else ""
         raise UsageError(
@@ -368,11 +364,6 @@ def report(sweep_dir: Path, show: bool = True) -> str | None:
             f"{bad} of {len(table)} sweep jobs did not complete ({what}); see {written[0]}{finish}"
         )
     return None
-
-
-def sweeps_below(folder: Path) -> list[Path]:
-    """The sweep folders (with a multirun.yaml) 1 to 3 levels below folder, in name order."""
-    return sorted(p.parent for n in (1, 2, 3) for p in folder.glob("*/" * n + "multirun.yaml"))
 
 
 def print_table(sweep_dir: Path, table, counts, best: bool = True) -> None:
