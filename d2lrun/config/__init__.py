@@ -138,9 +138,7 @@ def check_ranges(cfg: DictConfig, path: str) -> None:
             rule = broken_rule(m, v) if number else None
             if rule or ranged and not number:  # no range: any value of its type but nan and inf
                 what = f"out of range: it must be {rule}" if rule else "not a number"
-                raise UsageError(
-                    f"{name}={yaml_value(value)} is {what}. Fix: {name}={example(cfg, name)}."
-                )
+                raise refused(cfg, name, f"is {what}")
 
 
 def check_rules(cfg: DictConfig) -> None:

@@ -27,10 +27,9 @@ def fit_preprocess(
         if pd.api.types.is_numeric_dtype(values):
             v = values.astype(float)
             with np.errstate(invalid="ignore", over="ignore"):  # inf cells: float32() refuses
-                std = float(v.std(ddof=ddof)) if standardize else 1.0
-                numeric[col] = {"mean": float(v.mean())}
+                mean, std = float(v.mean()), float(v.std(ddof=ddof)) if standardize else 1.0
             std = std if std > 0 and np.isfinite(std) else 1.0  # constant, or one row: only centred
-            numeric[col]["std"] = std
+            numeric[col] = {"mean": mean, "std": std}
         else:
             cats = sorted(values.dropna().astype(str).unique())
             if len(cats) <= max_categories:  # more: an id or free text, a one-hot column per row
