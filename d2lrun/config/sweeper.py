@@ -19,17 +19,9 @@ from hydra.core.override_parser.types import Glob, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, IntegerNode, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from d2lrun.config import (
-    GROUPS,
-    check_device,
-    checked,
-    compose,
-    example,
-    options_of,
-    resolve_device,
-    yaml_value,
-)
+from d2lrun.config import check_device, checked, compose, resolve_device
 from d2lrun.config.messages import explain, first_difference
+from d2lrun.config.schema import GROUPS, example, options_of, yaml_value
 from d2lrun.errors import UsageError
 
 
