@@ -16,6 +16,7 @@ from d2lrun.config import compose
 from d2lrun.data import build_data, prepare_batch
 from d2lrun.data.csv import fit_preprocess, table_splits, transform
 from d2lrun.data.csv import load as csv_load
+from d2lrun.data.fashion_mnist import unpacked
 from d2lrun.data.table import read_table
 from d2lrun.errors import UsageError
 
@@ -151,6 +152,9 @@ def test_the_official_gz_files_placed_by_hand_load_with_download_false(real_fmni
         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
         "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
     ]  # fmt: skip
+    ours = unpacked(raw)  # a later run reads them itself: as torchvision read them
+    assert all(torch.equal(a, b) for a, b in [(ours[0].X, train.X), (ours[0].y, train.y),
+                                              (ours[1].X, val.X), (ours[1].y, val.y)])  # fmt: skip
 
 
 def test_a_damaged_gz_with_download_false_is_refused_and_not_unpacked(fake_fmnist):
@@ -193,11 +197,40 @@ def test_a_read_only_data_folder_is_called_so_not_damaged(fake_fmnist, tmp_path,
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", ReadOnly)
     shutil.copytree(fake_fmnist, tmp_path / "ro")
+    labels = tmp_path / "ro" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"  # packed, for
+    labels.with_suffix(".gz").write_bytes(gzip.compress(labels.read_bytes()))  # torchvision to
+    labels.unlink()  # unpack (four unpacked files are read without writing: the next test)
     cfg = OmegaConf.create(
         {"name": "fashion_mnist", "root": str(tmp_path / "ro"), "download": True}
     )
     with pytest.raises(RunFailed, match=r"is not writable \(Read-only file system: .*Fix: dataset"):
         build_data(cfg, seed=0)
+
+
+def test_unpacked_files_are_read_as_torchvision_reads_them_without_its_import(fake_fmnist):
+    """torchvision's import is 1.2 s of a run's start-up: unpacked files are read without it."""
+    import subprocess
+    import sys
+
+    from torchvision.datasets import FashionMNIST
+
+    from d2lrun.data.fashion_mnist import load
+
+    root = str(fake_fmnist)
+    code = (
+        "import sys\n"
+        "from omegaconf import OmegaConf\n"
+        "from d2lrun.data.fashion_mnist import load\n"
+        f"load(OmegaConf.create({{'root': {root!r}, 'download': True}}), 0)\n"
+        "print('torchvision' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout == "False\n", r.stderr
+    splits = load(OmegaConf.create({"root": root, "download": True}), 0)[:2]
+    for split, train in zip(splits, (True, False), strict=True):
+        theirs = FashionMNIST(root, train=train)
+        assert torch.equal(split.X, theirs.data.unsqueeze(1)) and split.X.dtype == torch.uint8
+        assert torch.equal(split.y, theirs.targets) and split.y.dtype == torch.long
 
 
 def test_datasets_are_decoded_once_per_process(fake_fmnist, monkeypatch):
