@@ -93,6 +93,4 @@ def why(e: Exception) -> str:
     text = str(e)
     found = re.search(r"\[Errno -?\d+\] [^'\")\]]+|(?:Read|Connect)TimeoutError|timed out", text)
     first = (text.strip().splitlines() or [type(e).__name__])[0]
-    return (
-        found.group(0).rstrip(": ") if found else textwrap.shorten(first, 160, placeholder=" ...")
-    )
+    return found[0].rstrip(": ") if found else textwrap.shorten(first, 160, placeholder=" ...")

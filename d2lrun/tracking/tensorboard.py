@@ -67,9 +67,8 @@ class TensorBoard(Tracker):
             # torch ends every session a success; the HParams view filters them by this status
             plugin = end.value[0].metadata.plugin_data
             data = HParamsPluginData.FromString(plugin.content)
-            data.session_end_info.status = Status.Value(
-                f"STATUS_{SESSION_STATUS.get(status, 'UNKNOWN')}"
-            )
+            ended = SESSION_STATUS.get(status, "UNKNOWN")
+            data.session_end_info.status = Status.Value(f"STATUS_{ended}")
             plugin.content = data.SerializeToString()
             for part in (*parts, end):
                 writer.add_summary(part)
