@@ -17,15 +17,6 @@ from d2lrun.models.linear import (
 from d2lrun.models.mlp import MLP, MLPScratch
 
 
-def check_fit(name: str, spec: Spec) -> None:
-    """Refuse a model/dataset pair that cannot work, as the data decided (a CSV's target)."""
-    if spec.image_shape:
-        kind = "images to images" if spec.task == "regression" else "images to classify"
-    else:
-        kind = f"a {spec.task} table"
-    check_pair(name, spec.dataset, kind, spec.target)
-
-
 def is_scratch(cfg: DictConfig) -> bool:
     """model.impl=scratch: the book's from-scratch code, trained with its hand-written losses."""
     return "impl" in cfg and cfg.impl == "scratch"
@@ -44,7 +35,11 @@ def dropouts(p, num_layers: int) -> list[float]:
 
 def build_model(cfg: DictConfig, spec: Spec) -> nn.Module:
     """Model cfg.name sized by the data spec; the weights are set by init (d2lrun.models.init)."""
-    check_fit(cfg.name, spec)
+    # Refused: a model/dataset pair that cannot work, as the data decided (a CSV's target)
+    kind = f"a {spec.task} table"
+    if spec.image_shape:
+        kind = "images to images" if spec.task == "regression" else "images to classify"
+    check_pair(cfg.name, spec.dataset, kind, spec.target)
     d, q = spec.num_inputs, spec.num_outputs
     scratch = is_scratch(cfg)
     if cfg.name == "linreg":
