@@ -24,14 +24,12 @@ def apply_init(model: nn.Module, cfg: DictConfig) -> nn.Module:
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         elif name == "normal":
             nn.init.normal_(w, mean=cfg.mean, std=cfg.std)
-        elif name == "constant":
-            nn.init.constant_(w, cfg.value)
+        elif name in ("constant", "zeros"):  # init=zeros has no value key: 0
+            nn.init.constant_(w, cfg.get("value", 0.0))
         elif name == "xavier":  # xavier_uniform_ or xavier_normal_
             getattr(nn.init, f"xavier_{cfg.distribution}_")(w)
         elif name == "kaiming":
             getattr(nn.init, f"kaiming_{cfg.distribution}_")(w, mode=cfg.mode, nonlinearity="relu")
-        elif name == "zeros":
-            nn.init.zeros_(w)
         bias = None if name == "default" else cfg.get("bias", 0.0)  # init=zeros has no key: 0
         if b is not None and bias is not None:
             nn.init.constant_(b, bias)
