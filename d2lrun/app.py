@@ -4,7 +4,6 @@ d2lrun.cli prints their errors and d2lrun.api raises them, both through config.m
 """
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -239,13 +238,11 @@ def train(args: Sequence[str]) -> Path:
 
     def task(cfg: DictConfig) -> Path:  # in its folder, claimed by RunDir or held by named_dir
         hc = HydraConfig.get()
-        overrides = list(hc.overrides.task)
-        # A refusal before torch's import (1.5 s of 2.3 here); kfold.train checks again, with notes
-        with contextlib.redirect_stderr(io.StringIO()):
-            checked(cfg, overrides if ckpt is None else ())
+        run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
+        checked(cfg, overrides if ckpt is None else (), notes=False)  # before torch's import
         with deferred_signals():  # Ctrl-C in torch's import: after it (within, torch swallows it,
             from d2lrun import kfold  # aborts, or fails the next import of torch)
-        kfold.train(cfg, Path(hc.runtime.output_dir), overrides, ckpt, draw=draw)
+        kfold.train(cfg, run_dir, overrides, ckpt, draw=draw)
         return Path(hc.run.dir)  # as named (relative to where the command ran)
 
     try:

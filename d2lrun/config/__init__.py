@@ -77,8 +77,9 @@ def typed_override(key: str, value) -> str:
     return f"{key}={json.dumps(value, ensure_ascii=False)}"
 
 
-def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
-    """A checked copy of cfg (ranges, rules between keys, a preset's step), its paths absolute."""
+def checked(cfg: DictConfig, overrides: Sequence[str] = (), notes: bool = True) -> DictConfig:
+    """A checked copy of cfg (ranges, rules between keys, a preset's step), its paths absolute;
+    notes=False: a check ahead of the one that says them."""
     check_preset(cfg, overrides)
     if cfg.model.name == "lenet" and cfg.dataset.name not in ("fashion_mnist", "kernel"):
         raise UsageError(
@@ -94,7 +95,7 @@ def checked(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     for path in ["", "trainer", *SCHEMAS]:
         check_ranges(cfg, path)
     check_rules(cfg)
-    if cfg.regularizer.name == "l2" and given(overrides, "regularizer.lambd") is not None:
+    if notes and cfg.regularizer.name == "l2" and given(overrides, "regularizer.lambd") is not None:
         note(  # §4.5's lambd is L2's λ: regularizer.lambd=0 over ch4_weight_decay still decays
             f"regularizer.lambd is the L1 term's strength; L2's λ (§4.5's lambd) is "
             f"optim.weight_decay, now {cfg.optim.weight_decay}"

@@ -687,6 +687,8 @@ def test_l1s_lambd_typed_over_l2_says_that_l2s_lambda_is_weight_decay(capsys):
         "note: regularizer.lambd is the L1 term's strength; L2's λ (§4.5's lambd) is "
         "optim.weight_decay, now 3.0\n"
     )
+    checked(compose(args), args, notes=False)  # d2lrun's check ahead of the run's, which says it
+    assert capsys.readouterr().err == ""
     for quiet in (["experiment=ch4_weight_decay"], ["regularizer=l1", "regularizer.lambd=0.1"]):
         checked(compose(quiet), quiet)
         assert capsys.readouterr().err == ""
