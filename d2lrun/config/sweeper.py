@@ -4,7 +4,6 @@ hydra.sweep.subdir that puts two jobs into one folder), each as one line with it
 
 import contextlib
 import copy
-import io
 import itertools
 import math
 import os
@@ -188,26 +187,24 @@ def check_jobs(overrides: list, search: bool, here: bool) -> list[DictConfig]:
                           for i, vs in enumerate(values.values()) for v in vs[1:]]  # fmt: skip
     resumes = any(o.key_or_group == "resume" for o in overrides)  # checked as the job is
     composed, devices, loggers = {}, set(), {}
-    with contextlib.redirect_stderr(io.StringIO()):  # checked's notes: each job prints its own
-        for job in jobs:
-            parsed = parse(list(job))
-            picks = tuple(o.input_line for o in parsed if is_group(o))
-            try:  # optim=sgd,adamw: 'Fix: optim=sgd,adam' (in_sweep), not one option
-                if picks not in composed:
-                    composed[picks] = compose(picks)
-                    for o in (o for o in overrides if search and o.is_sweep_override()):
-                        check_search(o, composed[picks])  # its range, before a bound as a value
-                cfg = copy.deepcopy(composed[picks])
-                ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not is_group(o)],
-                                                            cfg)  # fmt: skip
-                with contextlib.suppress(InterpolationResolutionError):  # ${hydra:job.num}: its
-                    run = checked(cfg, () if resumes else job)
-                    devices.add(run.device)
-                    loggers.setdefault(OmegaConf.to_yaml(run.logger), run)
-            except Exception as e:
-                if not isinstance(error := explain(e), UsageError):
-                    raise
-                raise in_sweep(error, job, overrides) from None
+    for job in jobs:
+        parsed = parse(list(job))
+        picks = tuple(o.input_line for o in parsed if is_group(o))
+        try:  # optim=sgd,adamw: 'Fix: optim=sgd,adam' (in_sweep), not one option
+            if picks not in composed:
+                composed[picks] = compose(picks)
+                for o in (o for o in overrides if search and o.is_sweep_override()):
+                    check_search(o, composed[picks])  # its range, before a bound as a value
+            cfg = copy.deepcopy(composed[picks])
+            ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not is_group(o)], cfg)
+            with contextlib.suppress(InterpolationResolutionError):  # ${hydra:job.num}: its
+                run = checked(cfg, () if resumes else job, notes=False)  # each job says its own
+                devices.add(run.device)
+                loggers.setdefault(OmegaConf.to_yaml(run.logger), run)
+        except Exception as e:
+            if not isinstance(error := explain(e), UsageError):
+                raise
+            raise in_sweep(error, job, overrides) from None
     for name in devices:  # only cuda and mps import torch
         resolve_device(name) if here and name not in ("auto", "cpu") else check_device(name)
     return list(loggers.values())
