@@ -140,23 +140,46 @@ def test_jobs_whose_values_differ_once_resolved_do_not_stack():
     assert [[num for num, _ in group] for group in grouped(configs)] == [[0, 2], [1]]
 
 
-def test_the_launcher_takes_each_job_config_the_sweeper_composed_and_never_one_twice():
+def test_the_launcher_composes_each_job_as_hydra_does_once_and_copies_a_value_change():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from d2lrun.config.schema import CONFIG_DIR, register
     from hydra_plugins.d2lrun_launcher.batched_launcher import Composed
 
-    class Loader:  # Hydra's config loader: a new config per call
-        calls = 0
+    register()  # the schema's configs
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        hydra = GlobalHydra.instance().config_loader()
+        master = hydra.load_configuration(  # the sweep's, with a folder named by the overrides
+            "config", ["hydra/launcher=batched", "hydra.job.config.override_dirname.exclude_keys="
+                       "[seed]"], RunMode.MULTIRUN)  # fmt: skip
 
-        def load_sweep_config(self, master_config, sweep_overrides):
-            self.calls += 1
-            return {"overrides": list(sweep_overrides), "call": self.calls}
+        class Counted:  # Hydra's config loader, counting what it composes
+            calls = 0
 
-    loader = Composed(Loader())
-    checked = loader.load_sweep_config(None, ["optim.lr=0.1"])  # Hydra's basic sweeper checks it
-    assert loader.take(None, ["optim.lr=0.1"]) is checked  # the launcher takes it: no second one
-    # Again (a search sampler's repeated trial), or never checked: composed anew.
-    assert loader.take(None, ["optim.lr=0.1"]) == {"overrides": ["optim.lr=0.1"], "call": 2}
-    assert loader.take(None, ["optim.lr=1"])["call"] == 3
-    assert loader.calls == 3 and loader.kept == {}
+            def load_sweep_config(self, master_config, sweep_overrides):
+                self.calls += 1
+                return hydra.load_sweep_config(master_config, sweep_overrides)
+
+        loader = Composed(Counted())
+        jobs = [["model=softmax", "optim.lr=0.1", "seed=1", "+trainer.note=a"],
+                ["model=softmax", "optim.lr=1", "seed=2", "+trainer.note=a"],  # values: copied
+                ["model=softmax", "optim.lr=${optim.momentum}", "seed=2", "+trainer.note=a"],
+                ["model=mlp", "optim.lr=1", "seed=2", "+trainer.note=a"],  # a group: composed
+                ["model=mlp", "optim.lr=1", "seed=2", "+trainer.note=b"],  # an added key too
+                ["model=mlp", "init=xavier"], ["model=mlp", "init=kaiming"],  # a group's option
+                ["model=mlp", "model.num_hiddens=[8]"],
+                ["model=mlp", "model.num_hiddens=[8,4]"]]  # fmt: skip
+        for job in jobs:
+            expected = OmegaConf.to_container(hydra.load_sweep_config(master, job))
+            checked = loader.load_sweep_config(master, job)  # as Hydra's basic sweeper checks it
+            assert OmegaConf.to_container(checked) == expected, job
+            assert loader.take(master, job) is checked  # the launcher takes it: no second one
+            assert OmegaConf.to_container(loader.take(master, job)) == expected  # again: anew
+        assert loader.loader.calls == 6 and loader.kept == {}
+    assert checked.hydra.job.override_dirname == "model.num_hiddens=[8,4],model=mlp"
 
 
 def test_a_stop_signal_while_the_members_write_their_files_waits_for_all_of_them(
