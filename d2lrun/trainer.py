@@ -130,7 +130,7 @@ def train_one_epoch(
     loss_sum, correct, batch_losses = 0, 0, []
     for idx in perm.split(batch_size):
         y = data.y[idx]
-        y_hat = model(prepare_batch(data.X[idx]))
+        y_hat = model(prepare_batch(data.X.index_select(0, idx)))  # 5x X[idx]'s speed (uint8)
         batch_loss = loss(y_hat, y)
         if batch_loss.ndim:  # a stack: a member whose loss is not finite stops training
             optimizer.live &= torch.isfinite(batch_loss.detach())
