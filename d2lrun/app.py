@@ -38,6 +38,7 @@ from d2lrun.files import (
     atomic_write,
     claim_dir,
     completed,
+    existing,
     held_dir,
     hold,
     kfold_run,
@@ -334,13 +335,12 @@ def launched(sweep_dir: Path, args: list[str], cfg: DictConfig, ckpt: dict | Non
 
 def evaluate(args: Sequence[str]) -> dict:
     """`d2lrun-eval ARGS`: a saved run's metrics on its held-out split, also in RUN/eval.json."""
-    with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
-        from d2lrun.reload import evaluate_run, table_file
-
     check_flags(args, "eval")
 
     def task(cfg: DictConfig) -> dict:
         run = saved_run(cfg)
+        from d2lrun.reload import evaluate_run, table_file  # imported by saved_run
+
         metrics = evaluate_run(run)
         other = {"data": table_file(run.config.dataset)} if "test_loss" in metrics else {}
         stems = [Path(p).stem for p in (cfg.ckpt, other.get("data")) if p]  # eval-best-FILE.json
@@ -357,13 +357,12 @@ def evaluate(args: Sequence[str]) -> dict:
 
 def predict(args: Sequence[str]) -> Path:
     """`d2lrun-predict ARGS`: predictions for new inputs, written as CSV; the file."""
-    with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
-        from d2lrun.reload import predict_file, table_file
-
     check_flags(args, "predict")
 
     def task(cfg: DictConfig) -> Path:
         run = saved_run(cfg)
+        from d2lrun.reload import predict_file, table_file  # imported by saved_run
+
         out = Path(cfg.output) if cfg.output else run.checkpoint.parent / "predictions.csv"
         if out.is_dir() or not out.parent.is_dir():
             where = "is a folder" if out.is_dir() else f"is in {out.parent}, which does not exist"
@@ -390,10 +389,12 @@ def predict(args: Sequence[str]) -> Path:
 
 def saved_run(cfg: DictConfig):
     """The run of d2lrun-eval's and -predict's run= or ckpt=, its data where dataset.* says."""
-    from d2lrun.reload import load_run
-
     if not cfg.run and not cfg.ckpt:
         raise UsageError("say which run. Fix: run=outputs/DATE/TIME (a run folder) or ckpt=PATH "
                          "(a .pt file).")  # fmt: skip
+    if not (cfg.run and cfg.ckpt):  # before torch's import (two: load_run says which is wrong)
+        existing(cfg.ckpt or cfg.run, run=not cfg.ckpt)
+    with deferred_signals():  # Ctrl-C in torch's import: after it (train's task says why)
+        from d2lrun.reload import load_run
     where = [override(f"dataset.{k}", str(v)) for k, v in cfg.dataset.items() if v is not None]
     return load_run(cfg.run, cfg.ckpt, cfg.device, where)

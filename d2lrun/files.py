@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from d2lrun.errors import RunFailed
+from d2lrun.errors import RunFailed, UsageError
 
 
 def reader_gone() -> None:
@@ -190,6 +190,16 @@ def completed(folder: Path) -> dict | None:
 def saved_checkpoint(folder: Path) -> Path | None:
     """folder's last.pt, else its best.pt (killed before trainer.checkpoint_every's first)."""
     return next((p for p in (folder / "last.pt", folder / "best.pt") if p.exists()), None)
+
+
+def existing(path: str | Path, run: bool = False) -> Path:
+    """path, a checkpoint (or with run: a run folder or a checkpoint) that is there; checked also
+    before torch's import (d2lrun-eval run=typo: refused in 0.5 s, not 2 s)."""
+    if not Path(path).exists():
+        what = "run folder or checkpoint" if run else "checkpoint"
+        fix = "give a path under outputs/" if run else "give a run folder or a .pt file"
+        raise UsageError(f"{path}: no such {what}. Fix: {fix}.")
+    return Path(path)
 
 
 def kfold_run(folder: Path) -> bool:

@@ -55,6 +55,7 @@ from d2lrun.data import (
 from d2lrun.errors import UsageError, note
 from d2lrun.files import (
     atomic_write,
+    existing,
     override,
     read_json,
     remove_stale_temporaries,
@@ -74,9 +75,7 @@ TRAINER_SHOWN = ("progress", "checkpoint_every")  # what it shows (a bar, last.p
 
 def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
     """A checkpoint loaded without running pickled code; with `needs`, never a bare state_dict."""
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path}: no such checkpoint. Fix: give a run folder or a .pt file.")
+    path = existing(path)
     if path.is_dir():
         raise UsageError(f"{path} is a directory. Fix: give a .pt file in it, or the folder as the "
                          f"run (run={path}; load_run('{path}') in Python).")  # fmt: skip
@@ -111,10 +110,7 @@ def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
 
 def find_checkpoint(run: str | Path) -> Path:
     """The checkpoint file for `run`, which is a run folder (its last.pt) or a .pt file."""
-    run = Path(run)
-    if not run.exists():
-        raise UsageError(f"{run}: no such run folder or checkpoint. Fix: give a path under "
-                         f"outputs/.")  # fmt: skip
+    run = existing(run, run=True)
     if not run.is_dir():
         return run
     if saved := saved_checkpoint(run):

@@ -85,19 +85,23 @@ def test_a_default_run_never_imports_torch_dynamo(tmp_path):
     assert "error in estimating w" in r.stdout and "dynamo imported: False" in r.stdout
 
 
-@pytest.mark.parametrize("args", [["optim.lr=-1"], ["dataset=csv", "dataset.path=nowhere.csv"],
-                                  ["model=lenet", "dataset=synthetic"]])  # fmt: skip
-def test_a_refused_run_says_so_before_importing_torch(tmp_path, args):
+@pytest.mark.parametrize(("tool", "args"), [
+    ("train", ["optim.lr=-1"]), ("train", ["dataset=csv", "dataset.path=nowhere.csv"]),
+    ("train", ["model=lenet", "dataset=synthetic"]), ("eval", []), ("eval", ["run=nowhere"]),
+    ("eval", ["ckpt=nowhere.pt"]), ("predict", ["run=nowhere", "input=x.csv"]),
+])  # fmt: skip
+def test_a_refused_run_says_so_before_importing_torch(tmp_path, tool, args):
     """torch's import is 1.5 s of a run's start-up: a typo is refused without it."""
+    name = "d2lrun" if tool == "train" else f"d2lrun-{tool}"
     code = (
         "import atexit, sys\n"
         "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules))\n"
-        f"sys.argv = ['d2lrun', *{args!r}]\n"
-        "from d2lrun.cli import train_main\n"
-        "train_main()\n"
+        f"sys.argv = [{name!r}, *{args!r}]\n"
+        f"from d2lrun.cli import {tool}_main\n"
+        f"{tool}_main()\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.startswith("d2lrun: error: "), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith(f"{name}: error: "), r.stderr
     assert r.stdout == "torch imported: False\n"
     assert list(tmp_path.iterdir()) == []  # no outputs/ left
 
