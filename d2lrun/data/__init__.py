@@ -231,15 +231,19 @@ def predictions_table(spec: Spec, inputs, predictions: list, path: Path):
     """d2lrun-predict's output: the predictions beside the inputs' ids (a DataFrame)."""
     import pandas as pd
 
+    from d2lrun.data.table import read_table
+
     if not isinstance(inputs, pd.DataFrame):
         return pd.DataFrame({"prediction": predictions})
     kept = [c for c in spec.drop if c in inputs.columns]  # new rows may lack a leaky one
     if lacks := [c for c in spec.drop if c not in kept]:
         note(f"input={path} lacks the dataset.drop column(s) {lacks}: predictions without them")
     # Rows keep their ids (dataset.drop; all columns when it drops none) and the truth when the
-    # input has it, beside the prediction named after the target: Kaggle's submission (§4.10).
+    # input has it, as written (2, not the 2.0 pandas reads in an integer column with an empty
+    # cell), beside the prediction named after the target: Kaggle's submission (§4.10).
     name = spec.target or "prediction"
     truth = [name] * (name in inputs.columns and name not in spec.drop)
-    frame = inputs[[*kept, *truth] if spec.drop else list(inputs.columns)].copy()
+    written = read_table(path, "input", spec.na_values, list(inputs.columns))
+    frame = written[[*kept, *truth] if spec.drop else list(inputs.columns)].copy()
     frame[f"{name}_predicted" if name in frame else name] = predictions  # truth kept beside
     return frame

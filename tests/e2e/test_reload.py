@@ -159,7 +159,7 @@ def test_predict_new_csv_rows_with_missing_values_and_unseen_categories(csv_run)
     loaded = load_run(run)
     preds = loaded.predict(rows)
     assert preds == ["big", no_color(loaded, np.array([np.nan]))[0], "small"]
-    rows.to_csv(tmp / "new.csv", index=False)
+    (tmp / "new.csv").write_text("size,color\n2,red\n,green\n-2,\n")  # the rows above
     r = run_cli(
         f"run={run}", f"input={tmp / 'new.csv'}", f"output={tmp / 'out.csv'}", tool="d2lrun-predict"
     )
@@ -168,6 +168,8 @@ def test_predict_new_csv_rows_with_missing_values_and_unseen_categories(csv_run)
     assert (
         list(out.columns) == ["size", "color", "label"] and out["label"].tolist() == preds
     )  # named after the target
+    written = (tmp / "out.csv").read_text().splitlines()  # the inputs as written: 2, not 2.0
+    assert [line.rsplit(",", 1)[0] for line in written] == ["size,color", "2,red", ",green", "-2,"]
 
 
 def test_predictions_go_through_a_link_or_to_stdout_and_a_write_that_fails_names_its_file(
