@@ -111,10 +111,15 @@ class StackOptimizer:
         for p, dim, members in self.params:
             values = [self.hyper(o, q) for o, q in zip(optimizers, members, strict=True)]
             shape = [-1 if d == dim else 1 for d in range(p.ndim)]
+            # The first weight's (d, M, h) as (1, M, h), not (1, M, 1), where h is small: torch's
+            # CPU addcmul_ then takes 9 µs, not 39 (16 members, softmax's h = 10; an epoch 8%
+            # less); 80 µs, not 94, for h = 128; but 455, not 253, for h = 256.
+            whole = (1, *p.shape[1:]) if dim and p.shape[-1] <= 128 else shape
             self.state[p] = {
-                k: torch.tensor([v[k] for v in values], device=device).view(shape)
+                k: torch.tensor([v[k] for v in values], device=device).view(shape).expand(whole)
                 for k in ("lr", "weight_decay", "momentum", "l1")
             }
+            self.state[p] |= {k: t.contiguous() for k, t in self.state[p].items()}
             saved = [o.state.get(own_param(q)) for o, q in zip(optimizers, members, strict=True)]
             for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):  # a resumed member's
                 if any(s and key in s for s in saved):
