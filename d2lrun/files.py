@@ -4,6 +4,7 @@ its paths and overrides are shown and quoted."""
 
 import contextlib
 import csv
+import difflib
 import errno
 import io
 import json
@@ -194,10 +195,15 @@ def saved_checkpoint(folder: Path) -> Path | None:
 
 def existing(path: str | Path, run: bool = False) -> Path:
     """path, a checkpoint (or with run: a run folder or a checkpoint) that is there; checked also
-    before torch's import (d2lrun-eval run=typo: refused in 0.5 s, not 2 s)."""
+    before torch's import (d2lrun-eval run=typo: refused in 0.5 s, not 2 s). A typo's Fix names
+    the nearest one or two in its folder (10-49-4: 10-49-40), as difflib finds them."""
     if not Path(path).exists():
         what = "run folder or checkpoint" if run else "checkpoint"
         fix = "give a path under outputs/" if run else "give a run folder or a .pt file"
+        there = Path(path).parent
+        names = [p.name for p in there.iterdir()] if there.is_dir() else []
+        if near := difflib.get_close_matches(Path(path).name, names, n=2, cutoff=0.8):
+            fix = f"{' or '.join(str(there / name) for name in near)} (the nearest there), or {fix}"
         raise UsageError(f"{path}: no such {what}. Fix: {fix}.")
     return Path(path)
 

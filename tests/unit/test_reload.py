@@ -172,6 +172,17 @@ def test_missing_paths(tmp_path):
         find_checkpoint(tmp_path)
     with pytest.raises(UsageError, match="no such run folder"):
         find_checkpoint(tmp_path / "nope")
+    (tmp_path / "10-49-40").mkdir()  # a typo: the nearest name is offered, no other
+    with pytest.raises(UsageError) as e:
+        find_checkpoint(tmp_path / "10-49-4")
+    assert str(e.value) == (f"{tmp_path / '10-49-4'}: no such run folder or checkpoint. Fix: "
+                            f"{tmp_path / '10-49-40'} (the nearest there), or give a path under "
+                            f"outputs/.")  # fmt: skip
+    (tmp_path / "10-49-41").mkdir()  # as near: both
+    with pytest.raises(UsageError, match=r"Fix: \S+10-49-4\d or \S+10-49-4\d \(the nearest"):
+        find_checkpoint(tmp_path / "10-49-4")
+    with pytest.raises(UsageError, match=r"\. Fix: give a path under outputs/\.$"):
+        find_checkpoint(tmp_path / "11-02-13")
 
 
 def test_a_run_folder_without_last_pt_lists_the_checkpoints_it_has(tmp_path):
