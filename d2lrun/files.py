@@ -200,8 +200,9 @@ def existing(path: str | Path, run: bool = False) -> Path:
     if not Path(path).exists():
         what = "run folder or checkpoint" if run else "checkpoint"
         fix = "give a path under outputs/" if run else "give a run folder or a .pt file"
-        there = Path(path).parent
-        names = [p.name for p in there.iterdir()] if there.is_dir() else []
+        there, names = Path(path).parent, []
+        with contextlib.suppress(OSError):  # none there, or a folder it may not read
+            names = [p.name for p in there.iterdir()]
         if near := difflib.get_close_matches(Path(path).name, names, n=2, cutoff=0.8):
             fix = f"{' or '.join(str(there / name) for name in near)} (the nearest there), or {fix}"
         raise UsageError(f"{path}: no such {what}. Fix: {fix}.")

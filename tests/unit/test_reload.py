@@ -9,6 +9,7 @@ import shutil
 import textwrap
 import zipfile
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import pytest
@@ -181,6 +182,9 @@ def test_missing_paths(tmp_path):
     (tmp_path / "10-49-41").mkdir()  # as near: both
     with pytest.raises(UsageError, match=r"Fix: \S+10-49-4\d or \S+10-49-4\d \(the nearest"):
         find_checkpoint(tmp_path / "10-49-4")
+    with mock.patch.object(Path, "iterdir", side_effect=PermissionError(13, "Permission denied")):
+        with pytest.raises(UsageError, match=r"\. Fix: give a path under outputs/\.$"):
+            find_checkpoint(tmp_path / "10-49-4")  # a folder it may not read: the line alone
     with pytest.raises(UsageError, match=r"\. Fix: give a path under outputs/\.$"):
         find_checkpoint(tmp_path / "11-02-13")
 
