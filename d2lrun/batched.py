@@ -50,7 +50,7 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     jobs = []
     for num, overrides in enumerate(job_overrides, initial_job_idx):
         log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
-        cfg = launcher.hydra_context.config_loader.take(launcher.config, overrides)
+        cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
         with open_dict(cfg):
             cfg.hydra.job.id = cfg.hydra.job.num = num
         jobs.append((num, cfg))

@@ -140,14 +140,14 @@ def test_jobs_whose_values_differ_once_resolved_do_not_stack():
     assert [[num for num, _ in group] for group in grouped(configs)] == [[0, 2], [1]]
 
 
-def test_the_launcher_composes_each_job_as_hydra_does_once_and_copies_a_value_change():
+def test_a_sweep_composes_each_job_as_hydra_does_once_and_copies_a_value_change():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     from d2lrun.config.schema import CONFIG_DIR, register
-    from hydra_plugins.d2lrun_launcher.batched_launcher import Composed
+    from hydra_plugins.d2lrun_launcher.composed import Composed
 
     register()  # the schema's configs
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -176,9 +176,9 @@ def test_the_launcher_composes_each_job_as_hydra_does_once_and_copies_a_value_ch
             expected = OmegaConf.to_container(hydra.load_sweep_config(master, job))
             checked = loader.load_sweep_config(master, job)  # as Hydra's basic sweeper checks it
             assert OmegaConf.to_container(checked) == expected, job
-            assert loader.take(master, job) is checked  # the launcher takes it: no second one
-            assert OmegaConf.to_container(loader.take(master, job)) == expected  # again: anew
-        assert loader.loader.calls == 6 and loader.kept == {}
+            launched = loader.load_sweep_config(master, job)  # as its launcher composes it
+            assert launched is not checked and OmegaConf.to_container(launched) == expected
+        assert loader.loader.calls == 6
     assert checked.hydra.job.override_dirname == "model.num_hiddens=[8,4],model=mlp"
 
 

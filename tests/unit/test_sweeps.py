@@ -65,6 +65,29 @@ def test_default_sweep_dir_is_claimed_once_per_sweep_and_shared_by_its_jobs(tmp_
     assert len(list((tmp_path / "outputs" / "multirun").glob("*/*"))) == 2  # no folder per job
 
 
+def test_a_sweep_has_hydra_compose_a_job_once_and_each_job_gets_its_own_values(
+    tmp_path, monkeypatch
+):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    composed = []  # jobs Hydra composed: its sweeper checks each, then its launcher composes it
+    original = ConfigLoaderImpl.load_sweep_config
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", lambda self, master_config,
+                        sweep_overrides: composed.append(sweep_overrides)
+                        or original(self, master_config, sweep_overrides))  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    fast = ["trainer.epochs=1", "dataset.num_train=50"]  # (false: Hydra's sweeper writes False)
+    folder, failure = app.sweep([*fast, "optim.lr=0.1,0.3", "seed=1,2"])
+    assert failure is None and len(composed) == 1  # the others: its config copied, values set
+    for num, (lr, seed) in enumerate([(0.1, 1), (0.1, 2), (0.3, 1), (0.3, 2)]):
+        cfg = OmegaConf.load(folder / str(num) / ".hydra/config.yaml")
+        assert (cfg.optim.lr, cfg.seed) == (lr, seed)
+        hydra_cfg = OmegaConf.load(folder / str(num) / ".hydra/hydra.yaml").hydra
+        assert hydra_cfg.job.num == num
+        assert hydra_cfg.overrides.task == [*fast, f"optim.lr={lr}", f"seed={seed}"]
+        assert hydra_cfg.job.override_dirname == ",".join(sorted(hydra_cfg.overrides.task))
+
+
 def save_overrides(run_dir: Path, overrides: list[str]) -> None:
     """The last.pt a job with these overrides writes (only the keys finished_job reads)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -918,11 +941,11 @@ def test_a_signal_inside_omegaconfs_code_between_jobs_is_an_interruption(tmp_pat
 
     from d2lrun.stopping import Stop
 
-    calls, load = [], ConfigLoaderImpl.load_sweep_config
+    calls, apply = [], ConfigLoaderImpl._apply_overrides_to_config
 
-    def load_sweep_config(self, master_config, sweep_overrides):
-        calls.append(sweep_overrides)
-        if len(calls) == 4:  # the sweeper's checks, job 0, then job 1
+    def apply_overrides(overrides, cfg):  # a job's values set on its config
+        calls.extend(o for o in overrides if o.input_line == "optim.lr=0.3")
+        if len(calls) == 3:  # job 1 checked by d2lrun, by Hydra's sweeper, then launched
             try:
                 raise Stop(signal.SIGTERM)
             except Stop:
@@ -930,9 +953,9 @@ def test_a_signal_inside_omegaconfs_code_between_jobs_is_an_interruption(tmp_pat
                     None._invalidate_flags_cache()
                 except AttributeError as e:
                     raise ConfigCompositionException("Error merging override") from e
-        return load(self, master_config, sweep_overrides)
+        return apply(overrides, cfg)
 
-    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", load_sweep_config)
+    monkeypatch.setattr(ConfigLoaderImpl, "_apply_overrides_to_config", apply_overrides)
     monkeypatch.setattr(sweep, "run_job", lambda cfg, run_dir, *_: run_dir.mkdir(parents=True))
     s = tmp_path / "sweep"
     with pytest.raises(Interrupted) as e:
