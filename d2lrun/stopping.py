@@ -3,13 +3,14 @@ held back while it writes its files (d2lrun.files), and reach the workers of a s
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from d2lrun.files import running
+from d2lrun.files import hold, running
 
 # What clusters and containers send to stop a process: SIGTERM (Slurm's time limit and scancel,
 # docker stop, systemd, Kubernetes) and the warning Slurm can send before (--signal=USR2@90); and
@@ -121,6 +122,14 @@ def stopping_workers(sweep_dir: Path, local: bool = True):
             yield
         if pool := joblib_pool():  # reused, its workers kept the cwd and environment of the
             pool.shutdown(wait=True)  # first sweep of a notebook: the next starts its own
+    except BaseException:  # joblib killed its workers, one maybe as Hydra made its job's folder
+        with contextlib.suppress(OSError):  # whose job never began: as of any job not started,
+            for folder in filter(Path.is_dir, sweep_dir.iterdir() if local else ()):  # no folder
+                begun = {p.name for p in folder.iterdir() if p.suffix != ".log"} - {".hydra"}
+                if begun <= {".lock"} and (lock := hold(folder)) is not None:  # ('missing', not
+                    with lock:  # 'unfinished' in the table); not one a process holds
+                        shutil.rmtree(folder, ignore_errors=True)
+        raise
     finally:  # this sweep ended: a later one into its folder goes on
         marker.unlink(missing_ok=True)
 
