@@ -912,17 +912,23 @@ def test_what_hydras_sweepers_fail_on_is_one_line_before_any_folder(tmp_path):
     assert not s.exists()
 
 
+def stopped_at(stopped: int | None, error: BaseException | None):
+    """A sweep's run_job whose jobs complete at once, but job `stopped`, which raises error."""
+
+    def run_job(cfg, run_dir, overrides, sweep_dir, num, ckpt):
+        if num == stopped:
+            raise error
+        (run_dir / "metrics.json").write_text(json.dumps({"status": "completed"}))
+        return 0.0
+
+    return run_job
+
+
 def test_ctrl_c_between_jobs_says_how_to_finish_the_sweep(tmp_path, monkeypatch):
     """Not 'nothing was saved': job 0 completed before Ctrl-C came, outside any job's training."""
     from d2lrun.errors import Interrupted
 
-    def run_job(cfg, run_dir, overrides, sweep_dir, num, ckpt):
-        if num == 1:
-            raise KeyboardInterrupt
-        (run_dir / "metrics.json").write_text(json.dumps({"status": "completed"}))
-        return 0.0
-
-    monkeypatch.setattr(sweep, "run_job", run_job)
+    monkeypatch.setattr(sweep, "run_job", stopped_at(1, KeyboardInterrupt()))
     s = tmp_path / "sweep"
     with pytest.raises(Interrupted) as e:
         app.sweep(["optim.lr=0.1,0.3", f"hydra.sweep.dir={s}"])
@@ -956,9 +962,7 @@ def test_a_signal_inside_omegaconfs_code_between_jobs_is_an_interruption(tmp_pat
         return apply(overrides, cfg)
 
     monkeypatch.setattr(ConfigLoaderImpl, "_apply_overrides_to_config", apply_overrides)
-    completed = json.dumps({"status": "completed"})  # job 0, before the signal
-    monkeypatch.setattr(sweep, "run_job", lambda cfg, run_dir, *_: (run_dir / "metrics.json")
-                        .write_text(completed))  # fmt: skip
+    monkeypatch.setattr(sweep, "run_job", stopped_at(None, None))  # job 0, before the signal
     s = tmp_path / "sweep"
     with pytest.raises(Interrupted) as e:
         app.sweep(["optim.lr=0.1,0.3", f"hydra.sweep.dir={s}"])
@@ -968,14 +972,10 @@ def test_a_signal_inside_omegaconfs_code_between_jobs_is_an_interruption(tmp_pat
 def test_a_stop_as_hydra_made_a_jobs_folder_leaves_it_missing_not_unfinished(tmp_path, monkeypatch):
     """joblib kills its workers as a stop ends the sweep: one that had just been handed a queued
     job left Hydra's .hydra/ of it, and the table called the job unfinished (seen in one CI run)."""
-
-    def run_job(cfg, run_dir, overrides, sweep_dir, num, ckpt):
-        if num == 1:  # stopped after Hydra made its folder, before its task began
-            raise Interrupted("interrupted by SIGTERM.", signal.SIGTERM)
-        (run_dir / "metrics.json").write_text(json.dumps({"status": "completed"}))
-        return 0.0
-
-    monkeypatch.setattr(sweep, "run_job", run_job)
+    # stopped after Hydra made job 1's folder, before its task began
+    monkeypatch.setattr(
+        sweep, "run_job", stopped_at(1, Interrupted("interrupted.", signal.SIGTERM))
+    )
     s = tmp_path / "sweep"
     with pytest.raises(Interrupted) as e:
         app.sweep(["optim.lr=0.1,0.3,1", f"hydra.sweep.dir={s}"])
