@@ -21,6 +21,7 @@ kind of device, so a GPU's numbers never overwrite the CPU's.
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import json
 import os
@@ -195,7 +196,7 @@ def summarize(result: dict) -> dict:
 def find_root(root: str | None) -> Path:
     """A folder with FashionMNIST/raw: the one given; else d2lrun's own (dataset.root:
     $D2LRUN_DATA, else data/), where a first `d2lrun model=softmax` put them; else a temporary
-    copy of ../shared's."""
+    copy of ../shared's, removed when the script ends."""
     if root:
         return Path(root)
     own = Path(os.environ.get("D2LRUN_DATA") or "data")
@@ -208,6 +209,7 @@ def find_root(root: str | None) -> Path:
             f"DIR/FashionMNIST/raw)."
         )
     tmp = Path(tempfile.mkdtemp(prefix="d2lrun-bench-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # 82 MB decoded: not left behind
     (tmp / "FashionMNIST" / "raw").mkdir(parents=True)
     for f in SHARED.glob("*.gz"):
         shutil.copy(f, tmp / "FashionMNIST" / "raw" / f.name)

@@ -82,6 +82,24 @@ def test_benchmark_finds_fashion_mnist_where_d2lrun_put_it(tmp_path, monkeypatch
     assert benchmark.find_root("given") == Path("given")
 
 
+def test_the_benchmarks_copy_of_shareds_fashion_mnist_goes_when_the_script_ends(tmp_path):
+    """Each make bench or bench-sweep without --root left an 82 MB decoded copy in /tmp."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    code = (
+        "import sys; sys.path.insert(0, 'experiments'); import benchmark, pathlib; "
+        "import torchvision.datasets as d; d.FashionMNIST = lambda *a, **k: None; "  # no decoding
+        f"benchmark.SHARED = pathlib.Path({str(shared)!r}); root = benchmark.find_root(None); "
+        "print(root, root.is_dir())"
+    )
+    env = {**os.environ, "D2LRUN_DATA": str(tmp_path / "none"), "TMPDIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    root, made = r.stdout.split()
+    assert made == "True" and root.startswith(str(tmp_path)) and not Path(root).exists()
+
+
 def test_benchmark_writes_one_file_per_kind_of_device():
     """Without --out, a GPU's numbers go to experiments/bench-cuda.json, never over the CPU's."""
     import torch
