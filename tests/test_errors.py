@@ -109,6 +109,11 @@ def test_csv_mistakes(tmp_path, capsys, name, content, target, match):
                 "Fix: dataset.drop=[x,c]."
             ),
         ),
+        (  # ignored, it was predicted all the same (and x, no longer dropped, a feature)
+            ["dataset.drop=[x,y]"],
+            "dataset.drop names 'y', the column to predict (dataset.target=y). "
+            "Fix: dataset.drop=[x], or another dataset.target.",
+        ),
         (
             ["dataset.task=regression", "dataset.target=c"],
             (

@@ -186,6 +186,10 @@ def table_splits(
         fix = list_arg("dataset.drop", named, quote_all=bool(typed))
         fix = f"quote them, as Hydra reads {typed[0]} otherwise: {fix}" if typed else fix
         raise UsageError(f"dataset.drop names {unknown}, which {source} does not have. Fix: {fix}.")
+    if not fitted and target in cfg.drop:  # it would be predicted all the same
+        rest = list_arg("dataset.drop", [c for c in cfg.drop if c != target])
+        raise UsageError(f"dataset.drop names '{target}', the column to predict (dataset.target="
+                         f"{target}). Fix: {rest}, or another dataset.target.")  # fmt: skip
     text = [c for c in frame if c not in cfg.drop and not pd.api.types.is_numeric_dtype(frame[c])]
     if not fitted and (written := [c for c in text if written_numbers(frame[c])]):
         cells = frame[written[0]].dropna().astype(str)  # one that is not a plain number, first
