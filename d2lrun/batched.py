@@ -173,7 +173,7 @@ def train_group(launcher, found: dict, sweep_dir: Path, plotter: Plotter) -> dic
                     scores[num] = job_failed(end, found[num]["run_dir"], sweep_dir, f"job {num}: ")
             stopped = [end for end in ended if isinstance(end, Interrupted)]
             if stopped:  # Ctrl-C or a stop signal: every member saved; the sweep ends
-                job_failed(stopped[0], jobs[0]["run_dir"], sweep_dir)
+                job_failed(stopped[0], jobs[0]["run_dir"], sweep_dir, f"{named(part)}: ")
     return scores
 
 

@@ -162,8 +162,8 @@ def job_failed(e: Exception, run_dir: Path, sweep_dir: Path, label: str = "") ->
     label: 'job N: ' in its line, where jobs run side by side."""
     if isinstance(e, Interrupted):  # its run's own `Resume with:` gives way to the sweep's
         raise Interrupted(
-            f"{str(e).partition(' Resume with:')[0]} To finish the sweep, run the same command "
-            f"again with {shell_arg('hydra.sweep.dir', sweep_dir)}",
+            f"{label}{str(e).partition(' Resume with:')[0]} To finish the sweep, run the same "
+            f"command again with {shell_arg('hydra.sweep.dir', sweep_dir)}",
             e.exit_code - 128,  # the signal's number (SIGINT for Ctrl-C)
         ) from None
     error = explain(e)

@@ -76,7 +76,8 @@ def test_a_stopped_stack_saves_every_member_at_one_epoch_and_goes_on(tmp_path):
     stopped = [json.loads((s / j / "metrics.json").read_text()) for j in "01"]
     assert not (s / "2").exists()  # it was left with .hydra/ and .lock: 'unfinished'
     assert out.splitlines()[-1] == (  # it said only "interrupted."
-        f"d2lrun: error: interrupted by SIGTERM after epoch {stopped[0]['epochs_completed']}; the "
+        f"d2lrun: error: jobs 0, 1: interrupted by SIGTERM after epoch "
+        f"{stopped[0]['epochs_completed']}; the "
         f"last complete epoch is saved. To finish the sweep, run the same command again with "
         f"hydra.sweep.dir={s}"
     )

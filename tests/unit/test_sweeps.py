@@ -824,10 +824,10 @@ def test_a_job_stopped_by_a_signal_ends_the_sweep_with_its_exit_code_and_how_to_
     saved = "interrupted by SIGTERM after epoch 2; the last complete epoch is saved."
     stop = Interrupted(f"{saved} Resume with: d2lrun resume={tmp_path}/sweep/3", signal.SIGTERM)
     with pytest.raises(Interrupted) as e:
-        sweep.job_failed(stop, tmp_path / "sweep" / "3", tmp_path / "sweep")
+        sweep.job_failed(stop, tmp_path / "sweep" / "3", tmp_path / "sweep", "job 3: ")
     assert e.value.exit_code == 143  # 128 + SIGTERM, as the job's own exit would be
-    assert str(e.value) == (  # the sweep's way on, not the run's
-        f"{saved} To finish the sweep, run the same command again with "
+    assert str(e.value) == (  # the sweep's way on, not the run's; which job, as its lines say
+        f"job 3: {saved} To finish the sweep, run the same command again with "
         f"hydra.sweep.dir={tmp_path / 'sweep'}"
     )
     assert not (tmp_path / "sweep").exists()  # nothing recorded as failed: the job goes on later
