@@ -59,9 +59,8 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete what atomic_write left in folder when killed (kill -9, power loss); return it."""
-    removed = []
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete what atomic_write left in folder when killed (kill -9, power loss)."""
     for tmp in folder.glob(".*.tmp*"):
         pid = tmp.name.rpartition(".tmp")[2]
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -70,10 +69,8 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             os.kill(int(pid), 0)  # signal 0 only asks: is that process alive?
         except ProcessLookupError:  # no: its temporary goes
             tmp.unlink(missing_ok=True)
-            removed.append(tmp)
         except PermissionError:  # yes, another user's: its write may still finish
             pass
-    return removed
 
 
 def claim_dir(base: str | Path) -> Path:

@@ -122,8 +122,13 @@ class Run:
         self.loss = loss_for(spec.task, loss_kind(cfg.model))
         self.optimizer = build_optimizer(model, cfg.optim, cfg.regularizer.lambd)
         self.trainer = Trainer(**cfg.trainer, generator=torch.Generator().manual_seed(cfg.seed))
-        self.history = restore(ckpt, model, self.optimizer, self.trainer) if ckpt else History()
-        if ckpt is not None:
+        self.history = History()
+        if ckpt is not None:  # its weights, optimizer state, random state and epoch: it goes on
+            load_state_dict_strict(model, ckpt["model"], "the checkpoint")
+            self.optimizer.load_state_dict(ckpt["optimizer"])  # lr as configured now: optim.lr=0.01
+            set_rng_state(ckpt["rng"], self.trainer.generator)
+            self.trainer.epoch = ckpt["epoch"]
+            self.history = History(list(ckpt["history"]), ckpt["best"])
             if source != run_dir.resolve() and ckpt.get("best"):  # a new folder has the best
                 best = readable_best(source)  # epoch's best.pt too
                 if best and best["epoch"] == ckpt["best"]["epoch"]:
@@ -284,12 +289,3 @@ def checkpoint(model, optimizer: Optimizer, trainer: Trainer, history: History, 
 
 def copied(tensors: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
-
-
-def restore(ckpt: dict, model, optimizer: Optimizer, trainer: Trainer) -> History:
-    """Weights, optimizer state, random state and epoch from a checkpoint, to resume training."""
-    load_state_dict_strict(model, ckpt["model"], "the checkpoint")
-    optimizer.load_state_dict(ckpt["optimizer"])  # lr as configured now: resume optim.lr=0.01
-    set_rng_state(ckpt["rng"], trainer.generator)
-    trainer.epoch = ckpt["epoch"]
-    return History(list(ckpt["history"]), ckpt["best"])

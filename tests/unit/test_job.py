@@ -232,15 +232,13 @@ def test_a_model_without_bias_or_with_many_weights_says_it_in_one_line(tmp_path)
 
 
 def test_resume_restores_the_history_and_the_best_epoch_so_far(tmp_path):
-    from d2lrun.job import restore
-    from d2lrun.trainer import Trainer
-
     run_job(tmp_path)
     ckpt = load_checkpoint(tmp_path / "last.pt")
-    model = linreg()
-    trainer = Trainer(**compose(["device=cpu"]).trainer)
-    history = restore(ckpt, model, sgd(model), trainer)
-    assert (history.rows, history.best, trainer.epoch) == (ckpt["history"], ckpt["best"], 3)
+    args = ["device=cpu", "trainer.progress=false", "dataset.num_train=200", "trainer.epochs=5",
+            f"resume={tmp_path}"]  # fmt: skip
+    run = d2lrun.job.Run(compose(args), tmp_path, args, ckpt, log=lambda *_: None)
+    history, model = run.history, run.model
+    assert (history.rows, history.best, run.trainer.epoch) == (ckpt["history"], ckpt["best"], 3)
     assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
 
 
