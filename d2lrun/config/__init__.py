@@ -199,10 +199,13 @@ def refused(cfg: DictConfig, key: str, why: str) -> UsageError:
     return UsageError(f"{key}={value} {why}. Fix: {key}={example(cfg, key)}.")
 
 
-def hydra_args(args: Sequence[str]):
-    """args as Hydra's argument parser reads them (.overrides, .help, .cfg); None: it says why."""
-    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
-    with quiet[0], quiet[1], contextlib.suppress(SystemExit):
+def hydra_args(args: Sequence[str], said: io.StringIO | None = None, strict: bool = False):
+    """args as Hydra's argument parser reads them (.overrides, .help, .cfg); None: it says why
+    (into said). strict: an unknown flag or an override among the flags is refused too."""
+    err = contextlib.redirect_stderr(said or io.StringIO())
+    with contextlib.redirect_stdout(io.StringIO()), err, contextlib.suppress(SystemExit):
+        if strict:
+            return get_args_parser().parse_args(list(args))
         return get_args_parser().parse_known_intermixed_args(list(args))[0]  # a=1 -c job b=2
 
 

@@ -2,16 +2,14 @@
 Hydra would fail on with a traceback or its usage text, or that would run another config, is
 refused in one line."""
 
-import contextlib
 import io
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from hydra._internal.utils import get_args_parser
 from omegaconf import OmegaConf
 
-from d2lrun.config import check_groups, compose, overrides_of
+from d2lrun.config import check_groups, compose, hydra_args, overrides_of
 from d2lrun.config.schema import GROUPS, closest, options_of
 from d2lrun.errors import UsageError
 from d2lrun.files import path_fix
@@ -20,10 +18,8 @@ from d2lrun.files import path_fix
 def check_flags(args: Sequence[str], name: str = "config") -> None:
     """Hydra's flags as its parser reads them; a refusal (--bogus, --cfg foo) as one line, not
     Hydra's usage text; then the overrides (check_groups)."""
-    said, flags = io.StringIO(), None
-    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(said)
-    with quiet[0], quiet[1], contextlib.suppress(SystemExit):
-        flags = get_args_parser().parse_args(list(args))
+    said = io.StringIO()
+    flags = hydra_args(args, said, strict=True)
     prog = "d2lrun" if name == "config" else f"d2lrun-{name}"
     if flags is None:
         reason = (said.getvalue().strip().splitlines() or ["?"])[-1].partition("error: ")[2]

@@ -233,13 +233,12 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
     key = dotted.partition("[")[0]
     items = typing.get_args(kind)  # drop=Id: [Id]; a list of numbers: the option's own
     fix = f"[{value}]" if items == (str,) and value is not None else example(None, key, option)
-    rules = {f.name: f.metadata for f in dataclasses.fields(schema)}.get(name) if types else None
+    rules = (own := next(f for f in dataclasses.fields(schema) if f.name == name)).metadata
     if kind is int and isinstance(value, float) and value.is_integer() and not item and rules:
         if not broken_rule(rules, int(value)):  # 5e4: the same number, where the key takes it
             what, fix = "a whole number as written", int(value)
-    if fix == "..." and dataclasses.is_dataclass(schema):  # a plugin's key: its schema's default
-        default = next(f.default for f in dataclasses.fields(schema) if f.name == name)
-        fix = fix if default is dataclasses.MISSING else yaml_value(default)
+    if fix == "..." and own.default is not dataclasses.MISSING:  # a plugin's key: its default
+        fix = yaml_value(own.default)
     return f"{dotted}={yaml_value(value)} is not {what}. Fix: {key}={fix}."
 
 
