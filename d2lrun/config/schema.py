@@ -358,8 +358,16 @@ def options_of(group: str) -> list[str]:
 
 
 def closest(name: str, options, default: str | None = None) -> str:
-    """The option alike name (MLP: mlp, lenett: lenet); none (model=foo): default, else first."""
-    return alike(name, options) or default or sorted(options)[0]
+    """The option alike name (MLP: mlp, lenett: lenet), or the one that holds it (mnist:
+    fashion_mnist) or that it holds (softmax_regression: softmax); none (model=foo): default, else
+    the first."""
+
+    def plain(s: str) -> str:  # Fashion-MNIST, FashionMNIST: fashionmnist
+        return re.sub(r"[\W_]", "", s.lower())
+
+    options, key = list(options), plain(name)
+    held = [o for o in options if min(len(p := plain(o)), len(key)) > 2 and (p in key or key in p)]
+    return alike(name, options) or (held[0] if len(held) == 1 else default) or sorted(options)[0]
 
 
 # Which models can learn which kind of data, and each dataset's kind (a CSV's: its target's, once

@@ -93,6 +93,16 @@ def message(*overrides) -> str:
             "Unknown model 'MLP'. Choose one of: conv2d, lenet, linreg, mlp, softmax. "
             "Fix: model=mlp.",
         ),
+        (  # the one option that holds it, as written: it said Fix: dataset=synthetic
+            "dataset=FashionMNIST",
+            "Unknown dataset 'FashionMNIST'. Choose one of: csv, fashion_mnist, kaggle_house, "
+            "kernel, polynomial, synthetic. Fix: dataset=fashion_mnist.",
+        ),
+        (  # or that it holds: it said Fix: model=linreg
+            "model=softmax_regression",
+            "Unknown model 'softmax_regression'. Choose one of: conv2d, lenet, linreg, mlp, "
+            "softmax. Fix: model=softmax.",
+        ),
         (  # nothing like it: config.yaml's choice, not the nearest of unlike names (conv2d)
             "model=foo",
             "Unknown model 'foo'. Choose one of: conv2d, lenet, linreg, mlp, softmax. "
