@@ -329,7 +329,8 @@ class SavedRun:
                     f"this run was trained on a CSV table; predict takes a pandas "
                     f"DataFrame, not {type(inputs).__name__}. Fix: pd.read_csv(FILE)."
                 )
-            return torch.from_numpy(transform(inputs, self.spec.preprocess, source)).to(self.device)
+            X = transform(inputs, self.spec.preprocess, source, say_new=True)
+            return torch.from_numpy(X).to(self.device)
         is_tensor = isinstance(inputs, torch.Tensor)  # taken as it is (on a GPU, or needing grad)
         try:  # anything else through numpy, as a copy: pandas 3 arrays are read-only
             X = inputs.detach() if is_tensor else torch.as_tensor(np.array(inputs))

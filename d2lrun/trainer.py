@@ -166,7 +166,7 @@ def evaluate(model: nn.Module, loss: Callable, data: Split, log_rmse: bool = Fal
         pred, true = y_hat.reshape(*lead, *y.shape), y
         if scale:
             pred, true = pred * scale["std"] + scale["mean"], true * scale["std"] + scale["mean"]
-        squares = squares + squared(pred - true)
+        squares = squares + squared((pred - true).double())  # 1e20 off: no inf in float32
         if log_rmse:  # §4.10: predictions below 1 are clamped to 1 so that the log is defined
             log_squares = log_squares + squared(pred.clamp(min=1).log() - true.log())
     # In float64, as Python's floats: a run alone gets the same numbers as from .item().

@@ -245,5 +245,8 @@ def predictions_table(spec: Spec, inputs, predictions: list, path: Path):
     truth = [name] * (name in inputs.columns and name not in spec.drop)
     written = read_table(path, "input", spec.na_values, list(inputs.columns))
     frame = written[[*kept, *truth] if spec.drop else list(inputs.columns)].copy()
-    frame[f"{name}_predicted" if name in frame else name] = predictions  # truth kept beside
+    column = f"{name}_predicted" if name in frame else name  # truth kept beside
+    if column in frame:  # an earlier d2lrun-predict's output, given again
+        note(f"input={path} has a column '{column}' already: this run's predictions replace it")
+    frame[column] = predictions
     return frame

@@ -52,8 +52,11 @@ def renamed(name: str, to: str) -> str:
     return f"rename '{name}' to '{to}'"
 
 
-def transform(features: pd.DataFrame, stats: dict, source: str = "the input") -> np.ndarray:
-    """§2.2 on fitted statistics: fillna(mean) (then standardize), one-hot with a NaN column."""
+def transform(
+    features: pd.DataFrame, stats: dict, source: str = "the input", say_new: bool = False
+) -> np.ndarray:
+    """§2.2 on fitted statistics: fillna(mean) (then standardize), one-hot with a NaN column;
+    say_new (predictions): a note of the cells of categories new since training."""
     features = composed(features)  # a DataFrame from Python too, as read_table reads a file
     used = [*stats["numeric"], *stats["categorical"]]
     if missing := [c for c in used if c not in features.columns]:
@@ -79,13 +82,22 @@ def transform(features: pd.DataFrame, stats: dict, source: str = "the input") ->
                  f"'{text.iloc[0]}'; they get the training mean, as empty cells do")  # fmt: skip
         v = number.fillna(s["mean"])
         parts.append(((v - s["mean"]) / s["std"] if stats["standardize"] else v).to_numpy())
-    for col, cats in stats["categorical"].items():  # a category new since training: all zeros
+    new = {}  # column: its cells of a category new since training, all zeros
+    for col, cats in stats["categorical"].items():
         values = features[col]
         isna = values.isna().to_numpy()
         text = values.astype(str)
         if (other := ~text.isin(cats) & ~isna).any():  # as pandas read it here: True, or 1.0
             text[other] = values[other].map(lambda x, cats=cats: category(x, cats))
+            if len(cells := text[~text.isin(cats) & ~isna]):
+                new[col] = cells
         parts += [(text.to_numpy() == c) & ~isna for c in cats] + [isna]
+    if new and say_new:  # one line, not one per column: a file of 40 text columns
+        col, cells = next(iter(new.items()))
+        where = f"column '{col}'" if len(new) == 1 else f"{len(new)} columns"
+        note(f"{sum(map(len, new.values()))} cell(s) in {where} of {source} hold categories the "
+             f"run never trained on, such as {col}='{cells.iloc[0]}': each counts as none of them "
+             f"(all zeros)")  # fmt: skip
     return float32(np.column_stack(parts), stats["columns"], source)  # predict's: no inf out
 
 
@@ -247,6 +259,8 @@ def table_splits(
             f"'{target}' of {source} is not numeric. Fix: {fix}."
         )
 
+    if fitted and fitted.class_names:  # TRUE beside 'no' is text: the run's True all the same
+        frame[target] = frame[target].map(lambda v: category(v, fitted.class_names))
     n = len(frame)
     if fold is not None:
         train_at, val_at = fold_rows(n, *fold, cfg.shuffle_folds, seed)
@@ -326,7 +340,7 @@ def table_splits(
                     )  # fmt: skip
         elif cfg.standardize_target:  # predictions and *_rmse are scaled back to target units
             y = train_rows[target].astype(float)
-            with np.errstate(over="ignore"):  # 1e200: numpy's warning, then float32's one line
+            with np.errstate(over="ignore", invalid="ignore"):  # 1e200, inf: float32's one line
                 scale = {"mean": float(y.mean()), "std": float(y.std(ddof=0)) or 1.0}
     spec = Spec(
         cfg.name, task, len(stats["columns"]), len(classes) if classes else 1, class_names=classes,

@@ -102,6 +102,10 @@ def test_log_rmse_is_the_books_formula():
     assert scaled["rmse"] == pytest.approx(
         torch.sqrt(((net(X) * 2 + 3 - y) ** 2).mean()).item(), rel=1e-5
     )
+    # Errors past 1.8e19 (a target in the 1e20s) square past float32: inf ended the run as
+    # diverged, Fix: lower optim.lr, where the loss, on the scaled target, was fine.
+    huge = evaluate(net, nn.functional.mse_loss, Split(X, (y - 3) / 2, {"mean": 0, "std": 1e20}))
+    assert huge["rmse"] == pytest.approx(scaled["rmse"] / 2 * 1e20, rel=1e-5)
 
 
 def test_polynomial_features_are_x_to_the_i_over_i_factorial():

@@ -613,6 +613,7 @@ def test_class_codes_follow_the_training_classes_in_every_split_and_the_scale_is
         ("1,2,1\n2,3,2\n3,4,-inf\n", "['y']"),
         ("1e39,2,1\n2,3,2\n3,4,3\n", "['x']"),  # inf once cast to float32
         ("1,2,1e200\n2,3,2\n3,4,3\n", "['y']"),  # its std overflowed: numpy's warning first
+        ("1,2,inf\n2,3,inf\n3,4,3\n", "['y']"),  # in training rows: inf - inf, pandas' warning
     ],
 )
 def test_numbers_training_cannot_use_are_refused_in_one_line(tmp_path, rows, columns):

@@ -22,9 +22,12 @@ from d2lrun.files import save_torch
 from d2lrun.models import load_state_dict_strict
 from d2lrun.reload import (
     FORMAT,
+    evaluate_run,
     find_checkpoint,
     load_checkpoint,
+    load_run,
     merge_overrides,
+    predict_file,
     resume_checkpoint,
     run_overrides,
 )
@@ -648,6 +651,24 @@ def test_eval_refuses_a_class_the_run_never_learned(tmp_path):
     )
 
 
+def test_eval_reads_true_and_false_as_the_classes_they_name_in_a_file_of_other_text(tmp_path):
+    """TRUE beside 'maybe' is text to pandas: eval named TRUE among the classes never learned."""
+    classes = ["True", "False", "maybe"]
+    (tmp_path / "t.csv").write_text(
+        "x,ok\n" + "".join(f"{i},{classes[i % 3]}\n" for i in range(12))
+    )
+    run = trained(tmp_path / "run", "dataset=csv", f"dataset.path={tmp_path / 't.csv'}",
+                  "dataset.target=ok", "model=softmax", "trainer.epochs=1")  # fmt: skip
+
+    def evaluated(rows: str) -> dict:
+        (tmp_path / "e.csv").write_text("x,ok\n" + rows)
+        return evaluate_run(load_run(run, overrides=[f"dataset.path={tmp_path / 'e.csv'}"]))
+
+    with pytest.raises(UsageError, match=r"^class\(es\) \['no'\] of 'ok' in .*e\.csv are not"):
+        evaluated("1,TRUE\n2,no\n")
+    assert evaluated("1,TRUE\n2,maybe\n3,false\n") == evaluated("1,True\n2,maybe\n3,False\n")
+
+
 def test_predict_gives_the_target_in_its_own_units(table_run):
     from d2lrun.data.csv import transform
     from d2lrun.reload import load_run
@@ -716,6 +737,29 @@ def test_predict_file_writes_ids_beside_predictions_named_after_the_target(
         UsageError, match=r"it takes CSV rows, not a \.npy array\. Fix: give a \.csv"
     ):
         predict_file(run, tmp_path / "rows.npy", tmp_path / "out4.csv")
+
+
+def test_predict_says_which_categories_are_new_and_which_column_it_replaces(tmp_path, capsys):
+    """A category the run never trained on ('A ' with its space, 'B') counts as none of its
+    categories, and an earlier output's y_predicted given again is replaced: both were silent."""
+    pd.DataFrame({"Zone": ["1", "2", "A"] * 10, "x": range(30), "y": [1.0, 5.0, 9.0] * 10}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    run = load_run(trained(tmp_path / "run", "dataset=csv", f"dataset.path={tmp_path / 't.csv'}",
+                           "dataset.target=y", "trainer.epochs=2"))  # fmt: skip
+    given = tmp_path / "given.csv"
+    given.write_text("Zone,x,y,y_predicted\nA ,3,1.0,7\nB,4,,7\nA,5,,7\n")
+    capsys.readouterr()
+    assert predict_file(run, given, tmp_path / "out.csv") == 3
+    assert capsys.readouterr().err == (
+        f"note: 2 cell(s) in column 'Zone' of input={given} hold categories the run never trained "
+        f"on, such as Zone='A ': each counts as none of them (all zeros)\n"
+        f"note: input={given} has a column 'y_predicted' already: this run's predictions replace "
+        f"it\n"
+    )
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out.columns) == ["Zone", "x", "y", "y_predicted"]
+    assert list(out.y_predicted) == run.predict(given) != [7, 7, 7]
 
 
 def test_a_category_that_looks_like_a_number_is_one_whatever_the_other_rows(tmp_path):

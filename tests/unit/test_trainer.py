@@ -190,7 +190,7 @@ def test_an_overflowing_sum_of_finite_losses_is_divergence_too(monkeypatch):
 
 def test_a_loss_that_overflows_after_the_epochs_last_step_is_divergence_too():
     """Each batch's loss was finite, the weights after the epoch's last step were not usable: the
-    epoch (train_rmse and val_loss inf) went to on_epoch, so into best.pt, and metrics.json held
+    epoch (val_loss inf) went to on_epoch, so into best.pt, and metrics.json held
     Infinity, which is no JSON. A stack's member stops there; the others go on."""
     from d2lrun.stack import Stack, StackOptimizer
 
@@ -201,7 +201,7 @@ def test_a_loss_that_overflows_after_the_epochs_last_step_is_divergence_too():
                        compile=False, log_rmse=False, generator=torch.Generator())  # fmt: skip
 
     rows, model = [], linreg()
-    why = "the train_rmse became inf after epoch 1. Fix: lower optim.lr (now 1)."
+    why = "the val_loss became inf after epoch 1. Fix: lower optim.lr (now 1)."
     with pytest.raises(Diverged, match=f"^{re.escape(why)}$"):
         fit(model, sgd(model, lr=1), mse_loss, data, data, trainer(), rows.append)
     assert rows == []
