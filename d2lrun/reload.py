@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from d2lrun.config import (
+    ANEW,
     PATH_KEYS,
     checked,
     compose,
@@ -240,16 +241,20 @@ def continued(cfg: DictConfig, run_dir: Path, moved: bool = False) -> dict | Non
 
 
 def changed(saved: dict, cfg: DictConfig, moved: bool = False) -> tuple[str, str, str] | None:
-    """The first key (but resume=) whose value cfg changes from the checkpoint's: key, was, now.
-    moved (resume=): also not device=, the logger, what trainer.* shows or where the data is; a
-    sweep's job run again keeps them (the same dataset.path typed elsewhere is another file)."""
+    """The first key whose value cfg changes from the checkpoint's: key, was, now; but resume= and
+    ANEW. moved (resume=): also not the logger, what else trainer.* shows or where the data is; a
+    sweep's job run again keeps those (the same dataset.path typed elsewhere is another file)."""
     now = OmegaConf.to_container(checked(cfg), resolve=True)
-    here = ("resume", "device", "logger") if moved else ("resume",)
-    was, now = ({k: v for k, v in c.items() if k not in here} for c in (saved["config"], now))
-    for c in (was, now) if moved else ():
-        c["dataset"] = {k: v for k, v in c["dataset"].items() if k not in LOCATION_KEYS}
-        c["trainer"] = {k: v for k, v in c["trainer"].items() if k not in TRAINER_SHOWN}
-    diff = first_difference(was, now, "config")
+    here = {"resume", *ANEW}
+    if moved:
+        here |= {"logger", *(f"dataset.{k}" for k in LOCATION_KEYS)}
+        here |= {f"trainer.{k}" for k in TRAINER_SHOWN}
+
+    def kept(c: dict) -> dict:  # its keys but those in here (two deep: trainer.progress)
+        return {k: {a: b for a, b in v.items() if f"{k}.{a}" not in here}
+                if isinstance(v, dict) else v for k, v in c.items() if k not in here}  # fmt: skip
+
+    diff = first_difference(kept(saved["config"]), kept(now), "config")
     return (diff[0][7:], diff[1], diff[2]) if diff else None
 
 

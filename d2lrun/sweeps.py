@@ -18,12 +18,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from yaml import YAMLError
 
-from d2lrun.config import given
+from d2lrun.config import ANEW, given
 from d2lrun.config.messages import explain
+from d2lrun.config.sweeper import same_overrides, sweep_config
 from d2lrun.errors import Bug, Interrupted, UsageError
 from d2lrun.files import (
     atomic_write,
     completed,
+    held,
     hold,
     kfold_run,
     read_json,
@@ -46,7 +48,6 @@ def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
     """config.sweeper.sweep_config, and each MLflow store among the jobs checked once: one that
     cannot be, or a server that cannot be reached (from Slurm's nodes as from here), ends the
     sweep before any job starts, in the line each job would give. It makes no store or run."""
-    from d2lrun.config.sweeper import sweep_config
     from d2lrun.tracking import experiment_name, open_tracker
 
     resume = given(lines, "resume")  # a k-fold run goes on in its own folder, as one run
@@ -88,14 +89,9 @@ def finished_job(run_dir: Path, overrides: list[str], cfg: DictConfig) -> dict |
 
 def same_job(a: list[str] | dict, b: list[str] | dict) -> bool:
     """Two jobs' overrides (KEY=VALUE lines, or found_jobs' {key: value}) alike as Hydra reads
-    them (False and false), in any order, but for ASKED_AGAIN."""
-
-    def values(job) -> dict:
-        lines = [f"{k}={v}" for k, v in job.items()] if isinstance(job, dict) else job
-        parsed = OverridesParser.create().parse_overrides(list(lines))
-        return {o.key_or_group: o.value() for o in parsed if o.key_or_group not in ASKED_AGAIN}
-
-    return values(a) == values(b)
+    them, but for ASKED_AGAIN and what a sweep run again may give anew."""
+    a, b = ([f"{k}={v}" for k, v in j.items()] if isinstance(j, dict) else j for j in (a, b))
+    return same_overrides(a, b, (*ASKED_AGAIN, *ANEW))
 
 
 def run_job(
@@ -284,9 +280,10 @@ def collect(sweep_dir: Path):
             (None not in planned or untrained(sweep_dir / name)) if planned else num >= 1 << 30
         ):
             continue
-        rows.append(row(name, overrides, metrics, started=True))
+        running_now = not metrics and held(sweep_dir / name)
+        rows.append(row(name, overrides, metrics, "running" if running_now else None))
         todo.pop(match, None)
-    rows += [row(str(j), o, None, started=False) for j, o in todo.items()]
+    rows += [row(str(j), o, None, "missing") for j, o in todo.items()]
     if not rows:
         raise UsageError(
             f"{sweep_dir} holds no sweep: no multirun.yaml and no job folders (0/, 1/, ...). "
@@ -309,9 +306,11 @@ def collect(sweep_dir: Path):
     return table, keys
 
 
-def row(job: str, overrides: dict | None, metrics: dict | None, started: bool) -> dict:
+def row(job: str, overrides: dict | None, metrics: dict | None, unrecorded: str | None) -> dict:
+    """unrecorded: its status without metrics.json: running (its folder held), missing (no
+    folder), else unfinished (killed with kill -9, say)."""
     metrics = metrics or {}
-    status = metrics.get("status", "unknown") if metrics else "unfinished" if started else "missing"
+    status = metrics.get("status", "unknown") if metrics else unrecorded or "unfinished"
     best, final = metrics.get("best") or {}, metrics.get("final") or {}
     metric = best.get("metric") or metrics.get("metric")  # None: no final_None, best_None
     return {"job": job, "_overrides": overrides or {}, "_score": score(metrics), "_metric": metric,

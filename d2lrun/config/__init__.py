@@ -44,6 +44,9 @@ from d2lrun.errors import UsageError, note
 from d2lrun.files import double_quoted, override
 
 PATH_KEYS = ("path", "root")  # dataset keys holding a path the user typed
+# Where a job's data is, where it runs and how it shows: a sweep run again to finish it may give
+# them anew, as resume= may (its completed jobs are kept). dataset.root: the Kaggle files' Fix.
+ANEW = ("device", "trainer.progress", "dataset.root")
 
 
 def compose(

@@ -68,7 +68,7 @@ def explain(e: BaseException) -> D2lrunError:
             value = f"[{','.join(i.strip() for i in items[1].split(',') if i.strip())}]"
         lists = r"\[[^'\"\[\]]*\]"  # a list's items each (dataset.drop=['Größe'], a sweep of
         # A number or list cut short or left open ([256, 0.1, or 3)): mended, not quoted (a text)
-        mended = value.strip(",)") + "]" * (value.count("[") - value.count("]"))
+        mended = re.sub(",,+", ",", value.strip(",)")) + "]" * (value.count("[") - value.count("]"))
         if "," not in mended and not example(None, key).startswith("["):  # optim.lr=[0.1: 0.1
             mended = mended.strip("[]")
         if readable(f"{key}={value}"):  # lists too), else the whole value, quoted

@@ -18,10 +18,21 @@ from hydra.core.override_parser.types import Glob, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, IntegerNode, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from d2lrun.config import check_device, checked, compose, resolve_device
+from d2lrun.config import ANEW, check_device, checked, compose, resolve_device
 from d2lrun.config.messages import explain, first_difference
 from d2lrun.config.schema import GROUPS, example, options_of, yaml_value
 from d2lrun.errors import UsageError
+
+
+def same_overrides(a: list[str], b: list[str], ignore: tuple = ANEW) -> bool:
+    """Two command lines alike as Hydra reads them (1e-3 and 0.001, False and false), in any
+    order, but for the keys ignore."""
+
+    def values(lines: list[str]) -> dict:
+        parsed = OverridesParser.create().parse_overrides(list(lines))
+        return {o.key_or_group: o.value() for o in parsed if o.key_or_group not in ignore}
+
+    return values(a) == values(b)
 
 
 def sweep_config(lines: list[str]) -> tuple[DictConfig, dict[str, str], list[DictConfig]]:
@@ -73,6 +84,13 @@ def check_sweep(hydra: DictConfig, overrides: list, cfg=None) -> list[DictConfig
                 f"Fix: {o.key_or_group}=range({lo},{hi if hi > lo else lo + 1})."
             )
     if str(sweeper._target_).endswith("BasicSweeper"):
+        for o in (o for o in overrides if getattr(o.value(), "shuffle", False)):
+            listed = o.input_line.partition("=")[2].strip()
+            raise UsageError(
+                f"{o.input_line} numbers the jobs in a new order each time, so the sweep run "
+                f"again (to finish it) would find other jobs in its folders 0/, 1/, ... Fix: "
+                f"'{o.key_or_group}={listed[listed.index('(') + 1 : listed.rindex(')')]}'."
+            )
         for o in (o for o in overrides if o.is_sweep_override() and not o.is_discrete_sweep()):
             raise UsageError(
                 f"{o.input_line} is a range to search, which Hydra's basic sweeper cannot list as "
@@ -303,7 +321,7 @@ def check_same_sweep(sweep_dir: Path, task: list[str], hydra: DictConfig, folder
 
     saved = OmegaConf.load(plan).hydra
     before = list(saved.overrides.task)
-    if sorted(before) != sorted(task):  # its folders 0/, 1/, ... hold other jobs
+    if not same_overrides(before, task):  # its folders 0/, 1/, ... hold other jobs
         raise another(" ".join(before), "the same overrides")
     chosen = [OmegaConf.select(h, "runtime.choices", default={}) for h in (saved, hydra)]
     for group, there in chosen[0].items():  # hydra/sweeper/sampler=random: the option
@@ -329,10 +347,10 @@ def check_same_sweep(sweep_dir: Path, task: list[str], hydra: DictConfig, folder
         fix = f"'{key}={there}'" if "$" in there else f"{key}={there}"  # quoted for a shell
         raise another(f"{key}={there} there, {asked} now", fix)
     parse = OverridesParser.create().parse_overrides
-    swept = [[o.input_line for o in parse(x) if o.is_sweep_override()] for x in (before, task)]
-    if swept[0] != swept[1]:  # Hydra numbers the jobs in the order of these
-        raise UsageError(
-            f"hydra.sweep.dir={folder} holds this sweep with its swept keys in another "
-            f"order ({' '.join(swept[0])}), which numbers its jobs 0/, 1/, ... Fix: give them "
-            f"in that order, or another hydra.sweep.dir."
+    swept = [[o for o in parse(x) if o.is_sweep_override()] for x in (before, task)]
+    if [o.key_or_group for o in swept[0]] != [o.key_or_group for o in swept[1]]:
+        raise UsageError(  # Hydra numbers the jobs in the order of these
+            f"hydra.sweep.dir={folder} holds this sweep with its swept keys in another order "
+            f"({' '.join(o.input_line for o in swept[0])}), which numbers its jobs 0/, 1/, ... "
+            f"Fix: give them in that order, or another hydra.sweep.dir."
         )

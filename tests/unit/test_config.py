@@ -232,6 +232,7 @@ def message(*overrides) -> str:
                                        "Fix: model.num_hiddens=[256,256]."),
         ("optim.lr=[0.1", "cannot read the override optim.lr=[0.1. Fix: optim.lr=0.1."),
         ("optim.lr=0.1,", "cannot read the override optim.lr=0.1,. Fix: optim.lr=0.1."),
+        ("optim.lr=0.1,,0.2", "cannot read the override optim.lr=0.1,,0.2. Fix: optim.lr=0.1,0.2."),
         ("trainer.epochs=3)", "cannot read the override trainer.epochs=3). Fix: trainer.epochs=3."),
         # Hydra's 'Could not append to config ... Fix: see `d2lrun --help`'
         ("+trainer.epochs=5", "+trainer.epochs=5 adds trainer.epochs, which the config has "

@@ -26,7 +26,7 @@ from d2lrun import sweeps as sweep
 from d2lrun.config import checked, compose
 from d2lrun.config.messages import explain
 from d2lrun.errors import Interrupted, RunFailed, UsageError
-from d2lrun.files import save_torch
+from d2lrun.files import hold, save_torch
 from d2lrun.plots import png
 from d2lrun.reload import FORMAT
 
@@ -116,7 +116,7 @@ def test_a_job_counts_as_finished_only_when_completed_with_the_same_overrides(tm
     save_overrides(tmp_path, ["optim.lr=0.1", "trainer.epochs=3", "trainer.progress=false"])
     (tmp_path / "metrics.json").write_text(json.dumps(done | {"epochs": 3}))
     assert finished([*job, "trainer.progress=False"]) == done | {"epochs": 3}
-    assert finished(job) is None  # the progress bar shown: another job
+    assert finished(job) == done | {"epochs": 3}  # the bar shown: the same job (config.ANEW)
     assert finished([*job, "trainer.progress=False"], "${trainer.epoch}") is None  # runs, fails
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "diverged"}))
     assert finished(job) is None
@@ -255,6 +255,11 @@ def test_report_of_an_interrupted_grid_lists_missing_and_unfinished_jobs(tmp_pat
     assert (s / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "2 completed, 1 unfinished, 1 missing" in out and "missing" in out.splitlines()[-3]
+    lock = hold(s / "2")  # as its job holds it while it trains: it was 'unfinished' too
+    assert sweep.report(s, show=False) == (
+        f"2 of 4 sweep jobs did not complete (1 running, 1 missing); see {s / 'summary.csv'}"
+    )  # not how to finish them while one runs
+    lock.close()
 
 
 def test_heatmap_colours_each_jobs_cell_by_its_best_value_and_failures_grey(tmp_path, monkeypatch):
@@ -1034,6 +1039,28 @@ def test_a_sweep_run_again_with_its_swept_keys_in_another_order_is_refused(tmp_p
     app.sweep(["optim.lr=0.01,0.1", "optim.weight_decay=0,1", *reversed(common)])  # all skipped
 
 
+def test_a_sweep_is_finished_with_its_values_written_otherwise_and_where_it_runs_anew(
+    tmp_path, capsys
+):
+    """optim.weight_decay=0.0,0.001 for 0,1e-3 was 'holds another sweep', and so was device=,
+    trainer.progress= or dataset.root= (the Kaggle files' Fix) given to finish it, as resume= takes
+    them. Its completed jobs stay as they were; the one left trains."""
+    s = tmp_path / "sweep"
+    app.sweep(["optim.lr=0.01,0.1", "optim.weight_decay=0,1e-3", "trainer.epochs=1",
+               "trainer.progress=false", f"hydra.sweep.dir={s}"])  # fmt: skip
+    (s / "3" / "metrics.json").unlink()  # stopped in its first epoch, say
+    done = {n: (s / n / "metrics.json").read_bytes() for n in "012"}
+    capsys.readouterr()
+    app.sweep(["optim.lr=0.010,0.1", "optim.weight_decay=0.0,0.001", "trainer.epochs=1",
+               "device=cpu", f"hydra.sweep.dir={s}"])  # fmt: skip
+    assert capsys.readouterr().out.count(": already completed in") == 3
+    assert {n: (s / n / "metrics.json").read_bytes() for n in "012"} == done
+    assert json.loads((s / "3" / "metrics.json").read_text())["status"] == "completed"
+    with pytest.raises(UsageError, match=r"another sweep \(optim.lr=0.010,0.1 optim.weight_decay"):
+        app.sweep(["optim.lr=0.01,0.1", "optim.weight_decay=0,1e-2", "trainer.epochs=1",
+                   f"hydra.sweep.dir={s}"])  # fmt: skip
+
+
 def test_a_sweep_folder_that_names_none_or_cannot_be_made_is_one_line(tmp_path):
     """hydra.sweep.dir= was "ValueError ... (a bug in d2lrun?)"; a file's path said "File exists.
     Fix: free disk space or choose a writable folder (hydra.run.dir=DIR)"."""
@@ -1321,6 +1348,10 @@ FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, i
         (["model=softmax,linreg", "dataset=synthetic"],  # job 0 failed as it ran, job 1 trained
          "model=softmax cannot learn dataset=synthetic (a regression table). Models that fit it: "
          "linreg, mlp. Fix: model=linreg, or choose another dataset=."),
+        (["optim.lr=shuffle(0.01,0.1)"],  # run again: 'holds a checkpoint of another config'
+         "optim.lr=shuffle(0.01,0.1) numbers the jobs in a new order each time, so the sweep run "
+         "again (to finish it) would find other jobs in its folders 0/, 1/, ... Fix: "
+         "'optim.lr=0.01,0.1'."),
         (["model=glob(lin*)", "optim.lr=0.01,0.1"],  # 'ConfigLoader is not set (a bug?)'
          "model=glob(lin*): a grid lists values, not glob(). Fix: 'model=linreg'."),
         (["optim.lr=glob(*)"], "optim.lr=glob(*) matches no option of optim.lr (it is a key, not "
