@@ -251,10 +251,13 @@ def save_torch(paths: str | Path | list[Path], obj) -> None:
 
 
 def shown(path: str | Path) -> str:
-    """A path as the user would type it: relative to the current folder when it is below it,
-    without the `..` of one given relative to another folder (/a/../b is /b)."""
+    """A path as the user would type it: relative to the current folder when it is below it (but
+    /: a container's, where /tmp/a is no tmp/a), without the `..` of one given relative to
+    another folder (/a/../b is /b)."""
     try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
+        if (here := Path.cwd()) == Path(here.anchor):
+            raise ValueError
+        return str(Path(path).resolve().relative_to(here))
     except ValueError:
         return os.path.normpath(path)
 

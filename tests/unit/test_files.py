@@ -35,6 +35,8 @@ def test_a_path_is_shown_as_typed_below_here_and_without_dot_dots_elsewhere(tmp_
     monkeypatch.chdir(tmp_path / "here")
     assert shown(tmp_path / "here" / "data" / "x.csv") == "data/x.csv"
     assert shown(f"{tmp_path}/here/../data/kaggle_house") == f"{tmp_path}/data/kaggle_house"
+    monkeypatch.chdir("/")  # a container's: input=/tmp/x.csv was shown as input=tmp/x.csv
+    assert shown(tmp_path / "x.csv") == str(tmp_path / "x.csv")
 
 
 def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
