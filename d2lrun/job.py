@@ -35,7 +35,8 @@ from d2lrun.stopping import by, deferred_signals, interrupted
 from d2lrun.tracking import experiment_name, open_tracker
 from d2lrun.trainer import Trainer, compiled, fit, format_row, loss_for, rng_state, set_rng_state
 
-KEPT = (*MEANING, "optim.name")  # what a resumed run keeps: another optimizer has other state
+# What a resumed run keeps: another optimizer has other state, another init is not how it began
+KEPT = (*MEANING, "optim.name", "init")
 
 
 @dataclass

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -45,10 +44,9 @@ from d2lrun.config import (
 from d2lrun.config.messages import first_difference
 from d2lrun.data import (
     Spec,
-    as_images,
+    as_inputs,
     build_data,
     predictions_table,
-    prepare_batch,
     read_inputs,
     sha1_of,
     table_file,
@@ -336,23 +334,7 @@ class SavedRun:
                 )
             X = transform(inputs, self.spec.preprocess, source, say_new=True)
             return torch.from_numpy(X).to(self.device)
-        is_tensor = isinstance(inputs, torch.Tensor)  # taken as it is (on a GPU, or needing grad)
-        try:  # anything else through numpy, as a copy: pandas 3 arrays are read-only
-            X = inputs.detach() if is_tensor else torch.as_tensor(np.array(inputs))
-        except (TypeError, ValueError, RuntimeError) as e:  # a DataFrame of text, ragged lists
-            raise UsageError(
-                f"predict takes an array of inputs; {type(inputs).__name__} cannot be one ({e}). "
-                f"Fix: a numpy array or torch tensor."
-            ) from None
-        if self.spec.image_shape:  # §6.2.4's 0/1 images are numbers, not pixels out of 255
-            X = as_images(X, self.spec).to(self.device)
-            return (prepare_batch(X) if self.spec.class_names else X).float()
-        X = X.reshape(-1, X.numel() or self.spec.num_inputs) if X.ndim == 1 else X  # one, or []
-        if X.ndim != 2 or X.shape[1] != self.spec.num_inputs:
-            raise UsageError(f"inputs must be (N, {self.spec.num_inputs}), one row per example; "
-                             f"got {tuple(X.shape)}. Fix: {self.spec.num_inputs} numbers per "
-                             f"example.")  # fmt: skip
-        return X.to(self.device, torch.float32)
+        return as_inputs(inputs, self.spec, source, self.device)
 
 
 def load_run(

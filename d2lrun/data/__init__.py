@@ -143,6 +143,36 @@ def prepare_batch(X: torch.Tensor) -> torch.Tensor:
     return X.float().div_(255) if X.dtype == torch.uint8 else X
 
 
+def as_inputs(inputs, spec: Spec, source: str, device: torch.device) -> torch.Tensor:
+    """New inputs of a run on numbers or images as the float32 tensor its model takes, on device,
+    else one line that says how to make them so."""
+    is_tensor = isinstance(inputs, torch.Tensor)  # taken as it is (on a GPU, or needing grad)
+    try:  # anything else through numpy, as a copy: pandas 3 arrays are read-only
+        X = inputs.detach() if is_tensor else torch.as_tensor(np.array(inputs))
+    except (TypeError, ValueError, RuntimeError) as e:  # a DataFrame of text, ragged lists
+        raise UsageError(
+            f"predict takes an array of inputs; {type(inputs).__name__} cannot be one ({e}). "
+            f"Fix: a numpy array or torch tensor."
+        ) from None
+    if spec.image_shape:  # §6.2.4's 0/1 images are numbers, not pixels out of 255
+        X = as_images(X, spec).to(device)
+        X = (prepare_batch(X) if spec.class_names else X).float()
+    else:
+        X = X.reshape(-1, X.numel() or spec.num_inputs) if X.ndim == 1 else X  # one, or []
+        if X.ndim != 2 or X.shape[1] != spec.num_inputs:
+            raise UsageError(
+                f"inputs must be (N, {spec.num_inputs}), one row per example; got "
+                f"{tuple(X.shape)}. Fix: {spec.num_inputs} numbers per example."
+            )
+        X = X.to(device, torch.float32)
+    if not torch.isfinite(X).all():  # predicted nan or inf, written as if all were well
+        raise UsageError(
+            f"{source} holds NaN, inf or numbers beyond float32's range (about 3.4e38), which "
+            f"the model cannot use. Fix: give finite numbers."
+        )
+    return X
+
+
 def as_images(X: torch.Tensor, spec: Spec) -> torch.Tensor:
     """New inputs of an image run (one or N, with or without channels) as (N, C, H, W) of the
     run's pixels, else one line that says how to make them so."""
@@ -204,16 +234,13 @@ def read_inputs(spec: Spec, path: Path):
             f"input={path}: this run was not trained on a CSV table; it takes {takes} in .npy "
             f"or .pt. Fix: save them with {save}."
         )
+    if kind not in (".npy", ".pt"):
+        raise UsageError(f"input={path}: unknown kind of file. Fix: give {takes} in .npy or .pt.")
     try:  # never unpickling: a file of Python objects could run code when loaded
         if kind == ".npy":
-            return np.load(path, allow_pickle=False)
-        if kind == ".pt":
-            if isinstance(loaded := torch.load(path, weights_only=True), torch.Tensor):
-                return loaded
-            raise UsageError(  # a dict of tensors (a state_dict), a list
-                f"input={path} holds a {type(loaded).__name__}, not a tensor of {takes}. "
-                f"Fix: save them with {save}."
-            )
+            loaded = np.load(path, allow_pickle=False)
+        else:
+            loaded = torch.load(path, weights_only=True)
     except (ValueError, pickle.UnpicklingError, RuntimeError, OSError) as e:
         # A file cut short or damaged (EOF, a bad zip) is said as such, not as one that unpickles
         if not isinstance(e, pickle.UnpicklingError) and "pickle" not in str(e).lower():
@@ -224,7 +251,13 @@ def read_inputs(spec: Spec, path: Path):
             f"input={path} cannot be read as {takes} without unpickling Python objects "
             f"({type(e).__name__}), which d2lrun never does. Fix: save them with {save}."
         ) from None
-    raise UsageError(f"input={path}: unknown kind of file. Fix: give {takes} in .npy or .pt.")
+    if not isinstance(loaded, (np.ndarray, torch.Tensor)):  # a dict of tensors (a state_dict)
+        raise UsageError(f"input={path} holds a {type(loaded).__name__}, not a tensor of {takes}. "
+                         f"Fix: save them with {save}.")  # fmt: skip
+    if loaded.shape[:1] == (0,):  # it wrote a header alone over the run's predictions.csv
+        raise UsageError(f"input={path} holds no inputs (shape {tuple(loaded.shape)}). Fix: give "
+                         f"a file of one or more.")  # fmt: skip
+    return loaded
 
 
 def predictions_table(spec: Spec, inputs, predictions: list, path: Path):

@@ -240,6 +240,13 @@ def test_resume_restores_the_history_and_the_best_epoch_so_far(tmp_path):
     history, model = run.history, run.model
     assert (history.rows, history.best, run.trainer.epoch) == (ckpt["history"], ckpt["best"], 3)
     assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
+    # Another init was taken and saved as the run's, though its weights began as the run's did
+    with pytest.raises(UsageError) as e:
+        d2lrun.job.Run(compose([*args, "init=xavier"]), tmp_path, [*args, "init=xavier"], ckpt)
+    assert str(e.value) == (
+        f"resume={tmp_path} cannot change init.name (the run has init.name=normal, asked "
+        "init.name=xavier). Fix: drop init=xavier, or start a new run."
+    )
 
 
 def test_a_run_resumed_into_a_new_folder_has_the_best_epochs_best_pt(tmp_path, monkeypatch):

@@ -1014,10 +1014,9 @@ def test_a_refused_k_fold_resume_offers_one_fold_only_where_that_command_is_not_
     assert fix(stopped, "regularizer=l2") == (
         "drop regularizer=l2, or resume=RUN/fold_1 regularizer=l2 to go on with one fold as a run."
     )
-    # As typed, the group's option (it offered logger.name=tensorboard, refused: 'picks none')
-    assert fix(stopped, "init=xavier") == (
-        "drop init=xavier, or resume=RUN/fold_1 init=xavier to go on with one fold as a run."
-    )
+    # As typed, the group's option (it offered logger.name=tensorboard, refused: 'picks none');
+    # no fold to go on with: one resumed keeps the init it began with, as its optimizer
+    assert fix(stopped, "init=xavier") == "drop init=xavier, or start a new run."
     assert fix(stopped, "optim=adam") == "drop optim=adam, or start a new run."
     assert fix(stopped, "dataset.shuffle_folds=true") == (
         "dataset.shuffle_folds=false (the run's), or start a new run."
@@ -1153,6 +1152,19 @@ def test_predict_takes_rows_of_numbers_of_any_kind_for_a_run_on_generated_data(t
         UsageError, match=r"^inputs must be \(N, 2\), one row per example; got \(1, 3"
     ):
         run.predict([[1, 2, 3]])
+    import numpy as np  # NaN, inf, 1e300 (inf as float32): predicted nan or inf, rc 0
+
+    for x in (float("nan"), float("inf"), 1e300):
+        (tmp_path / "x.npy").unlink(missing_ok=True)
+        np.save(tmp_path / "x.npy", np.array([[1.0, 2.0], [x, 2.0]]))
+        with pytest.raises(UsageError, match=r"^input=.*x\.npy holds NaN, inf or numbers beyond"):
+            predict_file(run, tmp_path / "x.npy", tmp_path / "out.csv")
+    np.save(tmp_path / "x.npy", np.ones((1, 2)))
+    assert predict_file(run, tmp_path / "x.npy", tmp_path / "out.csv") == 1
+    np.save(tmp_path / "none.npy", np.zeros((0, 2)))  # it wrote a header over out.csv, rc 0
+    with pytest.raises(UsageError, match=r"holds no inputs \(shape \(0, 2\)\)\. Fix: give a"):
+        predict_file(run, tmp_path / "none.npy", tmp_path / "out.csv")
+    assert (tmp_path / "out.csv").read_text().count("\n") == 2
 
 
 def test_a_kernel_run_predicts_its_image_as_the_numbers_given_whatever_their_dtype(tmp_path):
