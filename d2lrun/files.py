@@ -24,9 +24,12 @@ def reader_gone() -> None:
 
 
 def say(message: str) -> None:
-    """Print a line at once, also when stdout is a file or a pipe (`d2lrun | tee log`)."""
+    """Print a line at once, also when stdout is a file or a pipe (`d2lrun | tee log`), in one
+    write: joblib's workers run unbuffered, where print wrote a line and its newline apart and
+    another worker's line came in between."""
     try:
-        print(message, flush=True)
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
     except BrokenPipeError:  # the run goes on, unprinted
         reader_gone()
 

@@ -23,6 +23,7 @@ from d2lrun.files import (
     hold,
     remove_stale_temporaries,
     save_torch,
+    say,
     shown,
     write_csv,
     write_json,
@@ -37,6 +38,16 @@ def test_a_path_is_shown_as_typed_below_here_and_without_dot_dots_elsewhere(tmp_
     assert shown(f"{tmp_path}/here/../data/kaggle_house") == f"{tmp_path}/data/kaggle_house"
     monkeypatch.chdir("/")  # a container's: input=/tmp/x.csv was shown as input=tmp/x.csv
     assert shown(tmp_path / "x.csv") == str(tmp_path / "x.csv")
+
+
+def test_a_line_is_said_in_one_write(monkeypatch):
+    """joblib's workers run unbuffered (PYTHONUNBUFFERED=1): print wrote the line and its newline
+    apart, another worker's line came in between, and a sweep's 'job 0: epoch' line was lost."""
+    writes = []
+    out = type("Out", (), {"write": lambda self, s: writes.append(s), "flush": lambda self: None})
+    monkeypatch.setattr(sys, "stdout", out())
+    say("job 0: epoch 1/2")
+    assert writes == ["job 0: epoch 1/2\n"]
 
 
 def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
