@@ -89,10 +89,10 @@ def transform(
         text = values.astype(str)
         if (other := ~text.isin(cats) & ~isna).any():  # as pandas read it here: True, or 1.0
             text[other] = values[other].map(lambda x, cats=cats: category(x, cats))
-            if len(cells := text[~text.isin(cats) & ~isna]):
+            if say_new and len(cells := text[~text.isin(cats) & ~isna]):
                 new[col] = cells
         parts += [(text.to_numpy() == c) & ~isna for c in cats] + [isna]
-    if new and say_new:  # one line, not one per column: a file of 40 text columns
+    if new:  # one line, not one per column: a file of 40 text columns
         col, cells = next(iter(new.items()))
         where = f"column '{col}'" if len(new) == 1 else f"{len(new)} columns"
         note(f"{sum(map(len, new.values()))} cell(s) in {where} of {source} hold categories the "
