@@ -77,11 +77,13 @@ def check_sweep(hydra: DictConfig, overrides: list, cfg=None) -> list[DictConfig
             "CPU). Fix: hydra.launcher.n_jobs=2."
         )
     for o in overrides:  # range(5,1), range(0,0): no value, no job
-        if isinstance(o.value(), RangeSweep) and not list(o.sweep_string_iterator()):
-            lo, hi = sorted((o.value().start, o.value().stop))
+        r = o.value()
+        if isinstance(r, RangeSweep) and not list(o.sweep_string_iterator()):
+            # the step turned, from the start typed: range(1,0) as 1, not range(0,1)'s 0
+            stop = r.start + 1 if r.start == r.stop else f"{r.stop},{-r.step}"
             raise UsageError(
                 f"{o.input_line} gives no value, so the sweep would have no job. "
-                f"Fix: {o.key_or_group}=range({lo},{hi if hi > lo else lo + 1})."
+                f"Fix: {o.key_or_group}=range({r.start},{stop})."
             )
     if str(sweeper._target_).endswith("BasicSweeper"):
         for o in (o for o in overrides if getattr(o.value(), "shuffle", False)):

@@ -1358,7 +1358,13 @@ FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, i
                                "a group). Fix: list values (optim.lr=0.03,...)."),
         # no job: said d2lrun-report's 'holds no sweep ... give a folder that d2lrun -m wrote'
         (["trainer.epochs=range(5,1)"], "trainer.epochs=range(5,1) gives no value, so the sweep "
-                                        "would have no job. Fix: trainer.epochs=range(1,5)."),
+                                        "would have no job. Fix: trainer.epochs=range(5,1,-1)."),
+        (["optim.lr=range(1,0)"],  # it said range(0,1): a sweep of lr 0, which is refused
+         "optim.lr=range(1,0) gives no value, so the sweep would have no job. "
+         "Fix: optim.lr=range(1,0,-1)."),
+        (["optim.lr=range(0.1,0.5,-0.1)"],
+         "optim.lr=range(0.1,0.5,-0.1) gives no value, so the sweep would have no job. "
+         "Fix: optim.lr=range(0.1,0.5,0.1)."),
         ([*OPTUNA, "seed=range(0,0)"], "seed=range(0,0) gives no value, so the sweep would have "
                                        "no job. Fix: seed=range(0,1)."),
         ([*OPTUNA, "trainer.epochs=choice(1,2.5)"],  # trial 0 trained, then the search ended
