@@ -54,6 +54,23 @@ def test_default_run_trains_linreg_and_writes_every_file(tmp_path):
     assert not list(run.glob(".*tmp*"))
 
 
+def test_a_script_that_calls_an_entry_point_keeps_its_exit_handlers_and_code(tmp_path):
+    """The command itself ends without Python's teardown (d2lrun.cli._exit_now), past the exit
+    handlers registered before d2lrun.cli's import; a script of the user's that calls
+    train_main is no such command: its own handler runs, and the exit code is the error's."""
+    script = tmp_path / "mine.py"
+    script.write_text(
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('my handler ran'))\n"
+        "from d2lrun.cli import train_main\n"
+        "sys.argv = ['d2lrun', 'optim.lr=-1']\n"
+        "train_main()\n"
+    )
+    r = subprocess.run([sys.executable, script], capture_output=True, text=True, cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (2, "my handler ran\n")
+    assert r.stderr.startswith("d2lrun: error: optim.lr=-1.0 is out of range")
+
+
 def test_a_signal_in_a_librarys_exit_handler_after_the_command_ended_is_ignored():
     """Ctrl-C as torch's own exit handlers ran (registered as the command imported it, so run
     before d2lrun's, which ignores signals once the command has ended): 'Exception ignored in
