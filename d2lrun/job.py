@@ -111,9 +111,11 @@ class Run:
             note(f"{shown(table_file(cfg.dataset))} is not the file the run trained on (its "
                  f"SHA-1 differs): its rows are split anew, and may validate on rows it trained "
                  f"on")  # fmt: skip
-        # Higher accuracy, or lower loss, is better; without a validation split, the training one.
+        # Higher accuracy, or lower loss (log RMSE where measured, §4.10's), is better; without a
+        # validation split, the training one.
         self.classify = spec.task == "classification"
-        self.metric = ("val_" if len(self.val) else "train_") + ("acc" if self.classify else "loss")
+        kind = "acc" if self.classify else "log_rmse" if cfg.trainer.log_rmse else "loss"
+        self.metric = ("val_" if len(self.val) else "train_") + kind
         if cfg.trainer.log_rmse:
             check_log_rmse(self.train, self.val, spec)
         self.model = model = build_model(cfg.model, spec)
@@ -130,6 +132,8 @@ class Run:
             set_rng_state(ckpt["rng"], self.trainer.generator)
             self.trainer.epoch = ckpt["epoch"]
             self.history = History(list(ckpt["history"]), ckpt["best"])
+            if ckpt["best"]:  # judged as it began (val_loss before log RMSE judged §4.10's runs)
+                self.metric = ckpt["best"]["metric"]
             if source != run_dir.resolve() and ckpt.get("best"):  # a new folder has the best
                 best = readable_best(source)  # epoch's best.pt too
                 if best and best["epoch"] == ckpt["best"]["epoch"]:

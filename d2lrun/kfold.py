@@ -162,7 +162,8 @@ def mean_of(folds: list[dict], cfg: DictConfig, run_dir: Path, log) -> dict:
     k, finals = len(folds), [fold["final"] for fold in folds]
     keys = [m for m, v in finals[0].items() if m not in ("epoch", "seconds") and v is not None]
     mean = {m: sum(f[m] for f in finals) / k for m in keys}
-    metric = next(m for m in ("val_acc", "val_loss", "train_acc", "train_loss") if m in mean)
+    judged = [f"{s}_{m}" for s in ("val", "train") for m in ("acc", "log_rmse", "loss")]
+    metric = next(m for m in judged if m in mean)  # as each fold's (d2lrun.job.Run.metric)
     log(fold_table(finals, mean, k))
     summary = {
         "status": "completed", "model": cfg.model.name, "dataset": cfg.dataset.name,

@@ -120,11 +120,12 @@ def test_k_fold_trains_one_run_per_fold_and_reports_their_mean(tmp_path):
     assert kfold["k"] == 3 and kfold["folds"] == folds
     for key in ("train_log_rmse", "val_log_rmse", "val_rmse", "val_loss"):
         assert kfold["mean"][key] == pytest.approx(sum(f[key] for f in folds) / 3)
-    assert summary_of(run)["best"] == {
+    assert summary_of(run)["best"] == {  # §4.10's measure, not the loss on raw values
         "epoch": 2,
-        "metric": "val_loss",
-        "value": kfold["mean"]["val_loss"],
+        "metric": "val_log_rmse",
+        "value": kfold["mean"]["val_log_rmse"],
     }
+    assert {summary_of(run / f"fold_{i}")["best"]["metric"] for i in range(3)} == {"val_log_rmse"}
 
 
 def test_a_k_fold_sweep_ranks_jobs_by_their_k_fold_mean(tmp_path):

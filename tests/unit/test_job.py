@@ -265,6 +265,26 @@ def test_a_run_resumed_into_a_new_folder_has_the_best_epochs_best_pt(tmp_path, m
     assert (tmp_path / "b" / "best.pt").read_bytes() == (tmp_path / "a" / "best.pt").read_bytes()
 
 
+def test_a_run_that_measures_log_rmse_is_judged_by_it_and_a_resumed_one_as_it_began(tmp_path):
+    """§4.10's runs ranked, kept best.pt and were searched by the loss on raw prices; a run
+    resumed from before that goes on judged by its val_loss, which its best epoch holds."""
+    table = tmp_path / "t.csv"
+    table.write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(60)))
+    args = ["dataset=csv", f"dataset.path={table}", "dataset.target=y", "trainer.log_rmse=true",
+            "trainer.progress=false"]  # fmt: skip
+    train_job(compose([*args, "trainer.epochs=2"]), tmp_path / "a", args, log=lambda *_: None)
+    ckpt = load_checkpoint(tmp_path / "a" / "last.pt")
+    log_rmse = [row["val_log_rmse"] for row in ckpt["history"]]
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["best"] == {
+        "epoch": 1 + log_rmse.index(min(log_rmse)), "metric": "val_log_rmse",
+        "value": min(log_rmse)}  # fmt: skip
+    # as a run saved before judged it
+    ckpt["best"] = {"epoch": 2, "metric": "val_loss", "value": ckpt["history"][1]["val_loss"]}
+    again = [*args, f"resume={tmp_path / 'a'}", "trainer.epochs=3"]
+    train_job(compose(again), tmp_path / "b", again, ckpt, log=lambda *_: None)
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["best"]["metric"] == "val_loss"
+
+
 def test_resuming_a_csv_run_whose_file_was_edited_says_so(tmp_path, capsys):
     """A table cut to half its rows was trained on, split anew, without a word."""
     table = tmp_path / "t.csv"
