@@ -47,9 +47,10 @@ def train(
         cfg, k = OmegaConf.merge(cfg, {"resume": None}), saved["config"]["dataset"]["folds"]
         if (done := completed(run_dir)) and done.get("kfold"):  # as one run that trained all
             fold, n = run_dir / "fold_0", done["epochs"]  # any other key: this line first
+            more = cfg.trainer.epochs if cfg.trainer.epochs > n else 2 * n  # as asked, if more
             raise UsageError(f"resume={shown(run_dir)}: its {k} folds completed {n} epochs each. "
-                             f"Fix: {shell_arg('resume', fold)} trainer.epochs="
-                             f"{max(cfg.trainer.epochs, 2 * n)} to go on with one fold as a run, "
+                             f"Fix: {shell_arg('resume', fold)} trainer.epochs={more} "
+                             f"to go on with one fold as a run, "
                              f"or d2lrun-eval {shell_arg('run', fold)}.")  # fmt: skip
         if diff := changed(saved, cfg, moved):
             key, was, now = diff  # refused before any fold's files are touched

@@ -948,6 +948,10 @@ def test_resume_of_a_k_fold_run_refuses_another_config_or_folder_and_leaves_its_
         f"resume={kfold}: its 3 folds completed 2 epochs each. Fix: resume={kfold / 'fold_0'} "
         f"trainer.epochs=5 to go on with one fold as a run, or d2lrun-eval run={kfold / 'fold_0'}."
     )
+    with pytest.raises(UsageError, match=r"trainer\.epochs=3 to go on"):  # as asked: it said 4
+        app.train([f"resume={kfold}", "trainer.epochs=3"])
+    with pytest.raises(UsageError, match=r"trainer\.epochs=4 to go on"):  # twice, where not more
+        app.train([f"resume={kfold}", "trainer.epochs=2"])
     new = tmp_path / "new"  # completed, refused as such (a stopped one: 'not in hydra.run.dir')
     with pytest.raises(UsageError, match=r"its 3 folds completed 2 epochs each\. Fix: resume="):
         app.train([f"resume={kfold}", f"hydra.run.dir={new}"])
