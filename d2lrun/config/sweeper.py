@@ -8,6 +8,7 @@ import itertools
 import math
 import os
 import re
+import shlex
 from pathlib import Path
 
 # Loaded with d2lrun.config already; the basic sweeper's module is not, and waits for a sweep.
@@ -324,7 +325,12 @@ def check_same_sweep(sweep_dir: Path, task: list[str], hydra: DictConfig, folder
     saved = OmegaConf.load(plan).hydra
     before = list(saved.overrides.task)
     if not same_overrides(before, task):  # its folders 0/, 1/, ... hold other jobs
-        raise another(" ".join(before), "the same overrides")
+        # as typed (hydra/launcher=batched too), quoted for a shell; not as sweep_config wrote a
+        # key of the swept options only (key=choice(value))
+        skip = ("hydra.mode=", "hydra.sweep.dir=")
+        hydra_own = [o for o in saved.overrides.hydra if not o.startswith(skip)]
+        typed = [re.sub(r"^([\w.]+)=choice\(([^,()]*)\)$", r"\1=\2", o) for o in before]
+        raise another(" ".join(map(shlex.quote, hydra_own + typed)), "the same overrides")
     chosen = [OmegaConf.select(h, "runtime.choices", default={}) for h in (saved, hydra)]
     for group, there in chosen[0].items():  # hydra/sweeper/sampler=random: the option
         asked = chosen[1].get(group)

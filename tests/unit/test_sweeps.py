@@ -1399,11 +1399,24 @@ def test_a_fixed_key_that_only_the_swept_presets_have_is_set_in_each_job(tmp_pat
     """'dataset.num_features is not a key of dataset=synthetic': the default, which no job has."""
     s = tmp_path / "s"
     app.sweep(["experiment=ch4_poly_third,ch4_poly_overfit", "dataset.num_features=3",
-               "trainer.epochs=1", "trainer.progress=false", f"hydra.sweep.dir={s}"])  # fmt: skip
+               "trainer.epochs=1", "trainer.progress=false", "hydra/launcher=batched",
+               f"hydra.sweep.dir={s}"])  # fmt: skip
     for n in (0, 1):
         assert OmegaConf.load(s / f"{n}/.hydra/config.yaml").dataset.num_features == 3
         assert "dataset.num_features=3" in OmegaConf.load(s / f"{n}/.hydra/overrides.yaml")
-    assert [r["status"] for r in csv.DictReader(open(s / "summary.csv"))] == ["completed"] * 2
+    rows = list(csv.DictReader(open(s / "summary.csv")))  # no column of the one value 3
+    assert [r["status"] for r in rows] == ["completed"] * 2 and list(rows[0])[:3] == [
+        "job", "experiment", "status"]  # fmt: skip
+    # Run again with another list: the sweep there as typed, launcher too, for a shell; it said
+    # 'dataset.num_features=choice(3)' (a bash syntax error pasted) and left out the launcher
+    with pytest.raises(UsageError) as e:
+        app.sweep(["experiment=ch4_poly_third", "dataset.num_features=3", "trainer.epochs=1",
+                   "trainer.progress=false", f"hydra.sweep.dir={s}"])  # fmt: skip
+    assert str(e.value).startswith(
+        f"hydra.sweep.dir={s} holds another sweep (hydra/launcher=batched "
+        f"experiment=ch4_poly_third,ch4_poly_overfit dataset.num_features=3 trainer.epochs=1 "
+        f"trainer.progress=false). Fix: the same overrides"
+    )
 
 
 def test_a_sweep_over_resume_is_one_line_naming_its_values(tmp_path, monkeypatch):
