@@ -289,9 +289,11 @@ def collect(sweep_dir: Path):
         todo.pop(match, None)
     rows += [row(str(j), o, None, "missing") for j, o in todo.items()]
     if not rows:
+        job_of = (sweep_dir.parent / "multirun.yaml").exists()  # a job's folder: its sweep's
+        fix = f"its sweep's, {sweep_dir.parent}" if job_of else "e.g. outputs/multirun/DATE/TIME"
         raise UsageError(
             f"{sweep_dir} holds no sweep: no multirun.yaml and no job folders (0/, 1/, ...). "
-            f"Fix: give a folder that `d2lrun -m` wrote, e.g. outputs/multirun/DATE/TIME."
+            f"Fix: give a folder that `d2lrun -m` wrote, {fix}."
         )
     overrides = [{k: number(v) for k, v in r.pop("_overrides").items()} for r in rows]
     values = pd.DataFrame(overrides, dtype=object)  # object: 3 stays 3 beside 0.1, as typed

@@ -339,6 +339,12 @@ def test_report_names_the_problem_and_the_fix(tmp_path):
         UsageError, match="holds no sweep.*Fix: give a folder that `d2lrun -m` wrote"
     ):
         sweep.report(tmp_path)
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")  # a job's folder: its sweep's named
+    (tmp_path / "0").mkdir()
+    with pytest.raises(
+        UsageError, match=f"Fix: give a folder that `d2lrun -m` wrote, its sweep's, {tmp_path}\\.$"
+    ):
+        sweep.report(tmp_path / "0")
 
 
 SLURM_COMMANDS = mock.patch("shutil.which", lambda command: f"/usr/bin/{command}")
