@@ -170,15 +170,19 @@ def run_overrides(ckpt: dict, new: Sequence[str] = (), what: str = "the run") ->
     saved = ckpt["config"]
     for o in OverridesParser.create().parse_overrides(overrides_of(new)):
         section, _, key = o.key_or_group.partition(".")  # Hydra's own line would advise another
-        if section in ("model", "dataset") and not key and "GLOB" not in str(o.value_type):
-            # Refused before a new option fails to compose with the run's dataset.* keys; every
-            # value of a sweep too (a glob's are left to its jobs)
-            names = o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]
-            was = saved[section]["name"]
-            if asked := next((n for n in names if n != was), None):
+        # Refused before a new option fails to compose with the run's dataset.* keys; every
+        # value of a sweep too (a glob's are left to its jobs); a preset's model and dataset
+        names = [] if "GLOB" in str(o.value_type) or o.is_delete() else [o.value()]  # ~model
+        names = o.sweep_string_iterator() if names and o.is_sweep_override() else names
+        asks = [(section, n) for n in names] if section in ("model", "dataset") and not key else []
+        if section == "experiment":
+            picked = [compose([f"experiment={n}"]) for n in names]
+            asks = [(s, c[s].name) for c in picked for s in ("model", "dataset")]
+        for group, asked in asks:
+            if asked != (was := saved[group]["name"]):
                 raise UsageError(
-                    f"{what} cannot change {section}.name (the run has {section}.name={was}, "
-                    f"asked {section}.name={asked}). Fix: drop {o.input_line}, or start a new run."
+                    f"{what} cannot change {group}.name (the run has {group}.name={was}, "
+                    f"asked {group}.name={asked}). Fix: drop {o.input_line}, or start a new run."
                 )
         if section in ("model", "dataset") and key and key.split(".")[0] not in saved[section]:
             raise UsageError(  # model or dataset, which a reloaded run keeps

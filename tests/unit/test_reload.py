@@ -417,6 +417,13 @@ def test_run_overrides_put_the_saved_runs_absolute_data_and_mlflow_paths(tmp_pat
         )
     for same in ("model=linreg", "model=linreg,linreg", "model=glob(lin*)", "~model"):
         assert run_overrides(ckpt, [same], "resume=R")[-1] == same  # a glob: left to its jobs
+    # A preset of another model: it said 'dataset.target is not a key of dataset=fashion_mnist'
+    with pytest.raises(UsageError) as e:
+        run_overrides(ckpt, ["experiment=ch3_softmax_concise"], "resume=R")
+    assert str(e.value) == (
+        "resume=R cannot change model.name (the run has model.name=linreg, asked "
+        "model.name=softmax). Fix: drop experiment=ch3_softmax_concise, or start a new run."
+    )
 
 
 def test_a_change_a_preset_makes_is_refused_with_the_preset_to_drop():
