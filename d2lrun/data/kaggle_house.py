@@ -78,7 +78,8 @@ def find_files(root: str | Path, fetch: bool, splits=tuple(FILES)) -> dict[str, 
         also = ", or dataset.statistics=train (no test file)" if split == "test" else ""
         if there is None and not fetch:
             raise UsageError(
-                f"{name} is not in {shown(root / 'kaggle_house')} and dataset.download=false. "
+                f"{name} is not in {shown(root / 'kaggle_house')} nor in {shown(root)}, and "
+                f"dataset.download=false. "
                 f"Fix: place it there from {DATA_URL}{name}, or dataset.download=true{also}."
             )
         if there and there.is_dir():

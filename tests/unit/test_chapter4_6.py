@@ -305,6 +305,11 @@ def test_kaggle_files_edited_between_two_runs_of_one_process_are_read_again(tmp_
     write("test", 100)  # the book's statistics are fitted on the test rows too
     _, _, after = build_data(cfg.dataset, 0)
     assert after.preprocess != before.preprocess
+    (tmp_path / FILES["test"][0]).unlink()  # both places it looks named (it named the first)
+    with pytest.raises(UsageError, match=re.escape(
+            f"kaggle_house_pred_test.csv is not in {tmp_path / 'kaggle_house'} nor in {tmp_path}, "
+            f"and dataset.download=false. Fix: place it there")):  # fmt: skip
+        build_data(cfg.dataset, 0)
 
 
 def test_kaggle_statistics_of_the_training_rows_need_no_test_file(server, tmp_path, monkeypatch):
