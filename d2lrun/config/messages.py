@@ -149,6 +149,12 @@ def explain(e: BaseException) -> D2lrunError:
             f"--shell-completion takes one of {found[1]}. "
             f'Fix: eval "$(d2lrun --shell-completion install=bash)".'
         )
+    if found := re.match(r"Sweeping over Hydra's configuration is not supported : '(.+)'", str(e)):
+        swept = OverridesParser.create().parse_override(found[1])  # hydra.launcher.max_members=1,2
+        first = next(iter(swept.sweep_string_iterator()), "...")
+        fix = f"{swept.key_or_group}={first}, and a sweep per value"
+        return UsageError(f"{found[1]} sweeps a setting of Hydra's, which takes one value per "
+                          f"sweep. Fix: {fix}.")  # fmt: skip
     again = r"Multiple values for (\w+)\. To override a value use 'override \w+: (.+)'"
     if found := re.match(again, str(e)):  # +model=mlp
         return UsageError(f"+{found[1]}= adds {found[1]}, which config.yaml chooses already. "

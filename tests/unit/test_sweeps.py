@@ -1365,6 +1365,9 @@ FOO_KEYS = "device, seed, resume, trainer, dataset, model, optim, regularizer, i
         # no job: said d2lrun-report's 'holds no sweep ... give a folder that d2lrun -m wrote'
         (["trainer.epochs=range(5,1)"], "trainer.epochs=range(5,1) gives no value, so the sweep "
                                         "would have no job. Fix: trainer.epochs=range(5,1,-1)."),
+        (["hydra/launcher=batched", "hydra.launcher.max_members=1,2"],  # Hydra's own words
+         "hydra.launcher.max_members=1,2 sweeps a setting of Hydra's, which takes one value per "
+         "sweep. Fix: hydra.launcher.max_members=1, and a sweep per value."),
         (["optim.lr=range(1,0)"],  # it said range(0,1): a sweep of lr 0, which is refused
          "optim.lr=range(1,0) gives no value, so the sweep would have no job. "
          "Fix: optim.lr=range(1,0,-1)."),
