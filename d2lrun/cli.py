@@ -34,9 +34,10 @@ _exit_code: int | None = None  # the command's, once it ended: _exit_now ends th
 def _exit_now() -> None:
     """The command has ended and every other exit handler has run (torch's, multiprocessing's
     joining the plot helpers, MLflow's): end the process without the interpreter's teardown,
-    which freed torch's and pandas' modules one by one for 0.4-0.5 s of every command (2-core
-    x86_64: `d2lrun` 3.2 s to 2.7 s, alternating). Not where Python code called an entry point
-    (tests, a notebook), nor under coverage, whose exit handler was registered before this."""
+    which freed torch's and pandas' modules one by one for 0.35-0.5 s of every command (2-core
+    x86_64, alternating five times: `python -m d2lrun` 2.00 s to 1.65 s, medians). Not where
+    Python code called an entry point (tests, a notebook), nor under coverage, whose exit handler
+    was registered before this one."""
     if _exit_code is None or "coverage" in sys.modules:
         return
     logging.shutdown()  # registered before this module was imported, so it would run after
@@ -78,6 +79,7 @@ def handle(prog: str, main: Callable[[], object]) -> None:
 
 
 def is_command(prog: str) -> bool:
+    """Whether this process runs prog as its program: the installed script, or python -m d2lrun."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     return Path(getattr(main, "__file__", None) or "").name == prog or (
