@@ -99,10 +99,14 @@ def checked(cfg: DictConfig, overrides: Sequence[str] = (), notes: bool = True) 
         check_ranges(cfg, path)
     check_rules(cfg)
     if notes and cfg.regularizer.name == "l2" and given(overrides, "regularizer.lambd") is not None:
-        note(  # §4.5's lambd is L2's λ: regularizer.lambd=0 over ch4_weight_decay still decays
-            f"regularizer.lambd is the L1 term's strength; L2's λ (§4.5's lambd) is "
-            f"optim.weight_decay, now {cfg.optim.weight_decay}"
-        )
+        # §4.5's lambd is L2's λ: regularizer.lambd=0 over ch4_weight_decay still decays
+        note(f"regularizer.lambd is the L1 term's strength; L2's λ (§4.5's lambd) is "
+             f"optim.weight_decay, now {cfg.optim.weight_decay}")  # fmt: skip
+    folds = cfg.dataset.get("folds")  # a key typed that the run does not use
+    unused = "dataset.val_fraction" if folds else "dataset.shuffle_folds"
+    if notes and given(overrides, unused) is not None:
+        why = f"each fold holds out 1/{folds} of the rows" if folds else "it orders k folds' rows"
+        note(f"{unused} is not used with dataset.folds={yaml_value(folds)}: {why}")
     cfg = cfg.copy()
     for k in PATH_KEYS:  # a run folder must work from any folder: store what the user meant
         if isinstance(cfg.dataset.get(k), str):

@@ -705,6 +705,23 @@ def test_l1s_lambd_typed_over_l2_says_that_l2s_lambda_is_weight_decay(capsys):
         assert capsys.readouterr().err == ""
 
 
+def test_a_data_key_typed_that_the_run_does_not_use_gets_a_note(capsys):
+    """dataset.val_fraction=0.2 dataset.folds=2 trained 730/730 on Kaggle's rows, unsaid."""
+    for args, line in (
+        (["dataset=kaggle_house", "dataset.val_fraction=0.2", "dataset.folds=2"],
+         "dataset.val_fraction is not used with dataset.folds=2: each fold holds out 1/2 of the "
+         "rows"),
+        (["dataset.shuffle_folds=true"],
+         "dataset.shuffle_folds is not used with dataset.folds=null: it orders k folds' rows"),
+    ):  # fmt: skip
+        checked(compose(args), args)
+        assert capsys.readouterr().err == f"note: {line}\n"
+    for quiet in (["dataset=kaggle_house", "dataset.folds=2"], ["dataset.folds=2",
+                  "dataset.shuffle_folds=true"]):  # fmt: skip
+        checked(compose(quiet), quiet)
+        assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize(
     "override,fix",
     [("optim=5", "Unknown optim '5'. Choose one of: adam, sgd. Fix: optim=sgd."),
