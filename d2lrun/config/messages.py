@@ -211,6 +211,10 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
     types = typing.get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
     group, _, name = dotted.rpartition(".")
     name, item, _ = name.partition("[")  # optim.betas[0]: an item of a list
+    if name not in types and dataclasses.is_dataclass(schema):  # a plugin's base class typed the
+        # node (Optuna's SamplerConfig, whose TPESamplerConfig has the seed): the one with the key
+        subs = [c for c in schema.__subclasses__() if name in typing.get_type_hints(c)]
+        schema, types = (subs[0], typing.get_type_hints(subs[0])) if subs else (schema, types)
     if name not in types:  # a key the chosen option does not have
         where = f"{group}={option}" if option and group in SCHEMAS else group or "the config"
         options = SCHEMAS.get(group, {}) if schema in SCHEMAS.get(group, {}).values() else {}
@@ -243,8 +247,9 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
     if kind is int and isinstance(value, float) and value.is_integer() and not item and rules:
         if not broken_rule(rules, int(value)):  # 5e4: the same number, where the key takes it
             what, fix = "a whole number as written", int(value)
-    if fix == "..." and own.default is not dataclasses.MISSING:  # a plugin's key: its default
-        fix = yaml_value(own.default)
+    if fix == "..." and own.default is not dataclasses.MISSING:  # a plugin's key: its default;
+        fix = yaml_value(0 if name == "seed" else own.default)  # a seed's 0: null's sweep cannot
+        # be run again to finish it (Optuna's trials drawn anew)
     return f"{dotted}={yaml_value(value)} is not {what}. Fix: {key}={fix}."
 
 

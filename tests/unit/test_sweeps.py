@@ -1117,14 +1117,17 @@ def test_flags_and_null_in_a_sweeps_list_are_read_as_hydra_reads_them(tmp_path):
         ("hydra.launcher.max_members=x",  # "Fix: hydra.launcher.max_members=...."
          "hydra.launcher.max_members=x is not a whole number. "
          "Fix: hydra.launcher.max_members=null.", "hydra.launcher.max_members=null"),
+        ("hydra.sweeper.sampler.seed=abc",  # "not a key of hydra.sweeper.sampler. Fix: drop it"
+         "hydra.sweeper.sampler.seed=abc is not a whole number. "
+         "Fix: hydra.sweeper.sampler.seed=0.", "hydra.sweeper.sampler.seed=0"),
     ],
 )  # fmt: skip
-def test_a_batched_launcher_key_mistyped_gets_a_fix_that_works(override, line, fixed):
-
+def test_a_launcher_or_sweeper_key_mistyped_gets_a_fix_that_works(override, line, fixed):
+    option = "hydra/sweeper=optuna_lr_wd" if "sweeper" in override else "hydra/launcher=batched"
     with pytest.raises(Exception) as e:
-        compose_hydra("hydra/launcher=batched", override)
+        compose_hydra(option, override)
     assert str(explain(e.value)) == line
-    assert "max_members" in compose_hydra("hydra/launcher=batched", fixed).hydra.launcher
+    assert compose_hydra(option, fixed).hydra[override.split(".")[1]]
 
 
 @pytest.mark.parametrize(
