@@ -117,15 +117,38 @@ def check_sweep(hydra: DictConfig, overrides: list, cfg=None) -> list[DictConfig
                 f"hydra.sweeper.{key}={value} is out of range: it must be {must}. "
                 f"Fix: hydra.sweeper.{key}={fix}."
             )
+    if not sweeper.get("params") and not any(o.is_sweep_override() for o in overrides):
+        raise UsageError(  # the plugin's own option: its 20 trials would train one config
+            "the Optuna sweeper has nothing to search: no hydra.sweeper.params and no key given "
+            "a range. Fix: hydra/sweeper=optuna_lr_wd (lr and weight decay), or a range such as "
+            "'optim.lr=tag(log, interval(0.001, 1))'."
+        )
+    check_storage(sweeper.get("storage"))
     direction = sweeper.direction  # maximize, MAXIMIZE, Direction.maximize, [maximize]: Optuna's
     direction = direction[0] if OmegaConf.is_list(direction) and len(direction) == 1 else direction
     if str(getattr(direction, "name", direction)).lower() != "maximize":  # minimize: the worst
+        shown = direction.name if hasattr(direction, "name") else yaml_value(sweeper.direction)
         raise UsageError(
-            f"hydra.sweeper.direction={yaml_value(sweeper.direction)}: a job's score is higher "
+            f"hydra.sweeper.direction={shown}: a job's score is higher "
             f"for better settings (accuracy, or minus the loss). Fix: hydra.sweeper.direction="
             f"maximize."
         )
     return loggers
+
+
+def check_storage(storage: str | None) -> None:
+    """Optuna 2.10 (hydra-optuna-sweeper 1.2's) fails on SQLAlchemy 2's databases, which MLflow's
+    packages need: an AssertionError as the study is created, its database file left behind."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    with contextlib.suppress(PackageNotFoundError):
+        optuna, sqlalchemy = version("optuna"), version("sqlalchemy")
+        if storage and int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
+            raise UsageError(
+                f"hydra.sweeper.storage={storage}: Optuna {optuna} cannot keep a study in a "
+                f"database with SQLAlchemy {sqlalchemy}. Fix: drop it; the sweep's folder keeps "
+                f"every trial, and the same command finishes a stopped sweep."
+            )
 
 
 def grid_of(o, cfg: DictConfig | None) -> str:

@@ -888,6 +888,8 @@ def test_a_key_given_twice_is_planned_once_with_its_last_value_as_hydra_runs_it(
 
 
 def test_what_hydras_sweepers_fail_on_is_one_line_before_any_folder(tmp_path):
+    from importlib.metadata import version
+
     s = tmp_path / "sweep"
     with pytest.raises(UsageError) as e:
         app.sweep(["optim.lr=interval(0,1)", f"hydra.sweep.dir={s}"])
@@ -915,12 +917,23 @@ def test_what_hydras_sweepers_fail_on_is_one_line_before_any_folder(tmp_path):
         ("direction=minimize", "hydra.sweeper.direction=minimize: a job's score is higher for "
                                "better settings (accuracy, or minus the loss). Fix: "
                                "hydra.sweeper.direction=maximize."),
+        ("storage=sqlite:///o.db",  # an AssertionError, 'a bug in d2lrun?', o.db left behind
+         f"hydra.sweeper.storage=sqlite:///o.db: Optuna {version('optuna')} cannot keep a study "
+         f"in a database with SQLAlchemy {version('sqlalchemy')}. Fix: drop it; the sweep's "
+         f"folder keeps every trial, and the same command finishes a stopped sweep."),
     ):  # fmt: skip
         with pytest.raises(UsageError) as e:
             app.sweep(["hydra/sweeper=optuna_lr_wd", f"hydra.sweeper.{key}",
                        f"hydra.sweep.dir={s}"])  # fmt: skip
         assert str(e.value) == line
     assert not s.exists()
+    # The plugin's own option: 'hydra.sweeper.direction=Direction.minimize ... Fix: maximize',
+    # after which its 20 trials trained one config; with a range, the direction in YAML's words
+    for args, start in ((["hydra/sweeper=optuna"], "the Optuna sweeper has nothing to search: "),
+                        (["hydra/sweeper=optuna", "optim.lr=interval(0.01,0.1)"],
+                         "hydra.sweeper.direction=minimize: ")):  # fmt: skip
+        with pytest.raises(UsageError, match=f"^{re.escape(start)}"):
+            app.sweep([*args, f"hydra.sweep.dir={s}"])
 
 
 def stopped_at(stopped: int | None, error: BaseException | None):
