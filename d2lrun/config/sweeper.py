@@ -28,12 +28,20 @@ from d2lrun.errors import UsageError
 def same_overrides(a: list[str], b: list[str], ignore: tuple = ANEW) -> bool:
     """Two command lines alike as Hydra reads them (1e-3 and 0.001, False and false), in any
     order, but for the keys ignore."""
+    return not override_difference(a, b, ignore)
 
-    def values(lines: list[str]) -> dict:
-        parsed = OverridesParser.create().parse_overrides(list(lines))
-        return {o.key_or_group: o.value() for o in parsed if o.key_or_group not in ignore}
 
-    return values(a) == values(b)
+def override_difference(a: list[str], b: list[str], ignore: tuple = ANEW) -> str | None:
+    """The first key whose value differs between two command lines, as 'key=A there, B now'."""
+    parsed = [{o.key_or_group: o for o in OverridesParser.create().parse_overrides(list(lines))
+               if o.key_or_group not in ignore} for lines in (a, b)]  # fmt: skip
+    there, now = ({k: o.value() for k, o in p.items()} for p in parsed)
+    key = next((k for k in {**there, **now} if k not in there or k not in now or
+                there[k] != now[k]), None)  # fmt: skip
+    if key is None:
+        return None
+    a, b = (p[key].input_line.partition("=")[2] if key in p else "not given" for p in parsed)
+    return f"{key}={b} now, not given there" if key not in there else f"{key}={a} there, {b} now"
 
 
 def sweep_config(lines: list[str]) -> tuple[DictConfig, dict[str, str], list[DictConfig]]:
@@ -353,7 +361,8 @@ def check_same_sweep(sweep_dir: Path, task: list[str], hydra: DictConfig, folder
         skip = ("hydra.mode=", "hydra.sweep.dir=")
         hydra_own = [o for o in saved.overrides.hydra if not o.startswith(skip)]
         typed = [re.sub(r"^([\w.]+)=choice\(([^,()]*)\)$", r"\1=\2", o) for o in before]
-        raise another(" ".join(map(shlex.quote, hydra_own + typed)), "the same overrides")
+        same = " ".join(map(shlex.quote, hydra_own + typed))
+        raise another(override_difference(before, task), f"the same overrides ({same})")
     chosen = [OmegaConf.select(h, "runtime.choices", default={}) for h in (saved, hydra)]
     for group, there in chosen[0].items():  # hydra/sweeper/sampler=random: the option
         asked = chosen[1].get(group)

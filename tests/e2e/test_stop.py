@@ -178,8 +178,8 @@ def test_two_sweeps_into_one_folder_lose_no_job(tmp_path):
     r = run_cli("-m", "optim.lr=0.5", f"hydra.sweep.dir={tmp_path}")
     assert r.returncode == 2 and r.stderr.splitlines() == [
         f"d2lrun: error: hydra.sweep.dir={tmp_path} holds another sweep (optim.lr=0.01,0.03,0.1 "
-        f"trainer.progress=false). Fix: the same overrides to finish that one, or another "
-        f"hydra.sweep.dir."
+        f"there, 0.5 now). Fix: the same overrides (optim.lr=0.01,0.03,0.1 "
+        f"trainer.progress=false) to finish that one, or another hydra.sweep.dir."
     ]
 
 

@@ -1033,7 +1033,11 @@ def test_a_sweep_without_hydra_folders_is_not_finished_with_other_values(tmp_pat
     common = ["trainer.epochs=1", "trainer.progress=false", "hydra.output_subdir=null",
               f"hydra.sweep.dir={s}"]  # fmt: skip
     app.sweep(["optim.lr=0.01,0.02", *common])
-    with pytest.raises(UsageError, match=r"holds another sweep \(optim.lr=0.01,0.02 trainer"):
+    with pytest.raises(
+        UsageError,
+        match=r"holds another sweep \(optim.lr=0.01,0.02 there, "
+        r"0.5,0.6 now\)\. Fix: the same overrides \(hydra.output_",
+    ):
         app.sweep(["optim.lr=0.5,0.6", *common])
     rows = list(csv.DictReader(open(s / "summary.csv")))
     assert sorted(r["optim.lr"] for r in rows) == ["0.01", "0.02"]
@@ -1075,7 +1079,11 @@ def test_a_sweep_is_finished_with_its_values_written_otherwise_and_where_it_runs
     assert capsys.readouterr().out.count(": already completed in") == 3
     assert {n: (s / n / "metrics.json").read_bytes() for n in "012"} == done
     assert json.loads((s / "3" / "metrics.json").read_text())["status"] == "completed"
-    with pytest.raises(UsageError, match=r"another sweep \(optim.lr=0.010,0.1 optim.weight_decay"):
+    with pytest.raises(
+        UsageError,
+        match=r"another sweep \(optim.weight_decay=0.0,0.001 there, "
+        r"0,1e-2 now\)\. Fix: the same overrides \(optim.lr=0.010",
+    ):
         app.sweep(["optim.lr=0.01,0.1", "optim.weight_decay=0,1e-2", "trainer.epochs=1",
                    f"hydra.sweep.dir={s}"])  # fmt: skip
 
@@ -1162,7 +1170,8 @@ def test_a_key_of_another_launcher_or_sweeper_names_the_option_that_has_it(overr
 def test_optunas_spellings_of_maximize_are_taken(direction):
     """Optuna reads MAXIMIZE and [maximize] as maximize (d2lrun refused them)."""
     sweeper = OmegaConf.create({"_target_": "hydra_plugins.optuna.OptunaSweeper", "n_trials": 2,
-                                "direction": OmegaConf.create(f"d: {direction}").d})  # fmt: skip
+                                "direction": OmegaConf.create(f"d: {direction}").d,
+                                "params": {"optim.lr": "interval(0.01, 0.1)"}})  # fmt: skip
     from d2lrun.config.sweeper import check_sweep
 
     check_sweep(OmegaConf.create({"sweeper": sweeper, "launcher": {}}), [])
@@ -1437,10 +1446,11 @@ def test_a_fixed_key_that_only_the_swept_presets_have_is_set_in_each_job(tmp_pat
     with pytest.raises(UsageError) as e:
         app.sweep(["experiment=ch4_poly_third", "dataset.num_features=3", "trainer.epochs=1",
                    "trainer.progress=false", f"hydra.sweep.dir={s}"])  # fmt: skip
-    assert str(e.value).startswith(
-        f"hydra.sweep.dir={s} holds another sweep (hydra/launcher=batched "
+    assert str(e.value) == (  # and what differs, which it left to be found by eye
+        f"hydra.sweep.dir={s} holds another sweep (experiment=ch4_poly_third,ch4_poly_overfit "
+        f"there, ch4_poly_third now). Fix: the same overrides (hydra/launcher=batched "
         f"experiment=ch4_poly_third,ch4_poly_overfit dataset.num_features=3 trainer.epochs=1 "
-        f"trainer.progress=false). Fix: the same overrides"
+        f"trainer.progress=false) to finish that one, or another hydra.sweep.dir."
     )
 
 
