@@ -45,9 +45,10 @@ HIGHER_IS_BETTER = {"val_acc", "train_acc"}  # every other metric (val_loss) is 
 
 
 def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
-    """config.sweeper.sweep_config, and each MLflow store among the jobs checked once: one that
-    cannot be, or a server that cannot be reached (from Slurm's nodes as from here), ends the
-    sweep before any job starts, in the line each job would give. It makes no store or run."""
+    """config.sweeper.sweep_config, and each logger's package and MLflow store among the jobs
+    checked once: one that is missing, or a server that cannot be reached (from Slurm's nodes as
+    from here), ends the sweep before any job starts, in the line each job would give. It makes
+    no store or run."""
     from d2lrun.tracking import experiment_name, open_tracker
 
     resume = given(lines, "resume")  # a k-fold run goes on in its own folder, as one run
@@ -63,7 +64,7 @@ def checked_sweep(lines: list[str]) -> tuple[DictConfig, dict[str, str]]:
     parsed = OverridesParser.create().parse_overrides(lines)
     swept = [o.key_or_group for o in parsed if o.is_sweep_override()]
     own = sweep_experiment(Path(cfg.hydra.sweep.dir), swept)
-    for job in (job for job in jobs if job.logger.name == "mlflow"):  # TensorBoard: torch's import
+    for job in (job for job in jobs if job.logger.name != "none"):
         name = experiment_name(job, given(lines, "experiment"), own)
         open_tracker(job, Path(), name, None, None, print, check=True)
     return cfg, again

@@ -44,7 +44,9 @@ def open_tracker(
     k of a k-fold run tracked as a whole; parent: a fold's, the id that start gave that run."""
     logger = cfg.logger.name
     try:
-        if logger == "tensorboard":
+        if logger == "tensorboard" and check:  # a sweep's: its package, not torch's import
+            import tensorboard  # noqa: F401  (5 ms)
+        elif logger == "tensorboard":
             from d2lrun.tracking.tensorboard import TensorBoard
 
             return TensorBoard(run_dir, log)

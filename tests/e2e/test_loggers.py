@@ -695,6 +695,12 @@ def test_a_missing_package_fails_before_training_naming_the_install_command(tmp_
         assert r.returncode == 2
         assert one_error_line(r).endswith(f"Fix: pip install 'd2lrun[{logger}]', or logger=none.")
         assert r.stdout == "" and not run.exists()  # nothing trained, no folder left
+    # A sweep too, before its folder: TensorBoard's made each job fail in it (MLflow's did not)
+    sweep = tmp_path / "sweep"
+    r = run_module("-m", "logger=tensorboard", "optim.lr=0.1,0.2", *FAST,
+                   f"hydra.sweep.dir={sweep}", pythonpath=(tmp_path / "hide",))  # fmt: skip
+    assert r.returncode == 2 and not sweep.exists()
+    assert one_error_line(r).startswith("d2lrun: error: logger=tensorboard needs the tensorboard")
 
 
 def test_an_unreachable_tracking_server_fails_quickly_before_training(tmp_path):
