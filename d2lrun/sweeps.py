@@ -376,19 +376,21 @@ def print_table(sweep_dir: Path, table, counts, best: bool = True) -> None:
     """The rows as a rich table, best first (bold if best), failures in red, their reasons below."""
     from rich.console import Console
     from rich.table import Column, Table
+    from rich.text import Text  # a cell as written: [alley] is no markup to rich
 
     columns = [c for c in table if c != "reason"]
     rich_table = Table(*(Column(c, justify="left" if c == "status" else "right") for c in columns))
     for i, r in enumerate(table.to_dict("records")):
         style = ("bold" if i == 0 and best else None) if r["status"] == "completed" else "red"
-        rich_table.add_row(*(fmt(r[c]) for c in columns), style=style)
+        rich_table.add_row(*(Text(fmt(r[c])) for c in columns), style=style)
     console = Console()
     console = console if console.is_terminal else Console(width=200)  # piped: not 80 columns
     console.print(f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items()),
-                  soft_wrap=True)  # fmt: skip
+                  soft_wrap=True, markup=False)  # fmt: skip
     console.print(rich_table)
     for r in table.dropna(subset=["reason"]).to_dict("records"):
-        console.print(f"job {r['job']} {r['status']}: {r['reason']}", style="red", soft_wrap=True)
+        console.print(f"job {r['job']} {r['status']}: {r['reason']}", style="red", soft_wrap=True,
+                      markup=False)  # fmt: skip
 
 
 def fmt(value) -> str:

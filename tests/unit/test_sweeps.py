@@ -347,6 +347,19 @@ def test_report_names_the_problem_and_the_fix(tmp_path):
         sweep.report(tmp_path / "0")
 
 
+def test_the_table_shows_its_cells_and_reasons_as_written_not_as_rich_markup(capsys):
+    """dataset.drop=[alley] showed an empty cell; a reason's Fix lost d2lrun[tensorboard]'s part."""
+    import pandas as pd
+
+    reason = "logger=tensorboard needs ... Fix: pip install 'd2lrun[tensorboard]', or logger=none."
+    table = pd.DataFrame([{"job": "0", "dataset.drop": "[alley]", "status": "failed",
+                           "reason": reason}])  # fmt: skip
+    sweep.print_table(Path("s[x]"), table, table["status"].value_counts(sort=False))
+    out = capsys.readouterr().out
+    assert out.startswith("sweep s[x]: 1 failed\n") and out.endswith(f"job 0 failed: {reason}\n")
+    assert " [alley] │" in out
+
+
 SLURM_COMMANDS = mock.patch("shutil.which", lambda command: f"/usr/bin/{command}")
 
 
