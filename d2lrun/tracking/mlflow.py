@@ -258,8 +258,9 @@ def check_sqlite(uri: str) -> Path:
 def unreachable(uri: str, e: Exception) -> UsageError:
     if uri.startswith(("http://", "https://")):
         where = urlparse(uri)
+        env = " (from MLFLOW_TRACKING_URI)" if os.environ.get("MLFLOW_TRACKING_URI") == uri else ""
         return UsageError(
-            f"logger.tracking_uri={uri} cannot be reached ({why(e)}). Fix: start the server "
+            f"logger.tracking_uri={uri}{env} cannot be reached ({why(e)}). Fix: start the server "
             f"(mlflow server --host {where.hostname} --port {where.port or 80}) or correct the "
             f"address; logger.tracking_uri=sqlite:///outputs/mlflow.db logs to a local file."
         )

@@ -171,7 +171,7 @@ def test_why_keeps_the_os_error_of_a_long_client_message():
     assert why(Exception("first line\nsecond")) == "first line"
 
 
-def test_a_folder_store_that_mlflow_3_refuses_gets_a_fix_that_works():
+def test_a_store_that_mlflow_refuses_gets_a_fix_that_works(monkeypatch):
     """It said 'Fix: a writable place' for a folder that is writable, and 'a folder of files'
     for outputs/mlflow.db, meant as a SQLite file."""
     refusal = Exception(  # MLflow 3.17's MlflowException for file:./mlruns, abridged
@@ -213,6 +213,11 @@ def test_a_folder_store_that_mlflow_3_refuses_gets_a_fix_that_works():
     odd = unreachable("ftp://x", Exception("got unsupported URI 'ftp://x' for model registry"))
     assert str(odd).endswith(
         "Fix: a kind of store MLflow takes, e.g. logger.tracking_uri=sqlite:///outputs/mlflow.db."
+    )
+    # An address the command never typed says where it came from
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://h:5999")
+    assert str(unreachable("http://h:5999", OSError("refused"))).startswith(
+        "logger.tracking_uri=http://h:5999 (from MLFLOW_TRACKING_URI) cannot be reached (refused)"
     )
 
 
