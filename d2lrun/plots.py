@@ -140,7 +140,8 @@ class Plotter(contextlib.AbstractContextManager):
     def __exit__(self, *exc) -> None:  # the command ended: a helper still waiting goes
         for helper in self.helpers:
             helper.kill()
-            helper.wait()
+            with helper:  # its pipes closed (a ResourceWarning each, left open), and waited for
+                pass
 
     def __call__(self, rows: list[dict], title: str) -> bytes:
         return self.many([(rows, title)])[0]

@@ -89,6 +89,6 @@ def test_a_runs_curves_come_from_its_helper_process_or_are_drawn_here_without_on
         draw.helpers[0].kill()  # a helper that died (or never started): drawn in this process
         draw.helpers[0].wait()
         assert draw(rows, "linreg") == curves_png(rows, "linreg")
-    with Plotter(2) as draw:  # the command ended without a plot: its helpers go with it
-        helpers = list(draw.helpers)
-    assert all(h.poll() is not None for h in helpers)
+    with Plotter(2) as draw:  # the command ended without a plot: its helpers go with it, and
+        helpers = list(draw.helpers)  # their pipes (ResourceWarning: unclosed file, in a notebook)
+    assert all(h.poll() is not None and h.stdin.closed and h.stdout.closed for h in helpers)
