@@ -64,12 +64,15 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
     for num, overrides in enumerate(job_overrides, initial_job_idx):
         log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
-    # The plugin's own arguments: each array task calls launcher(*call) on its node.
-    calls = [
-        (list(o), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
-        for num, o in enumerate(job_overrides, initial_job_idx)
-    ]
     check_time_limit(launcher.params)
+    numbered = list(enumerate(job_overrides, initial_job_idx))
+    done = {num: skipped(launcher, num, o) for num, o in numbered}  # a sweep run again: those
+    done = {num: ret for num, ret in done.items() if ret}  # completed wait in no queue to skip
+    if len(done) == len(numbered):
+        return list(done.values())
+    # The plugin's own arguments: each array task calls launcher(*call) on its node.
+    calls = [(list(o), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
+             for num, o in numbered if num not in done]  # fmt: skip
     jobs = submit(executor(launcher.params), launcher, calls)
     array = jobs[0].job_id.split("_")[0]
     logs = shown(jobs[0].paths.folder.parent)
@@ -82,8 +85,10 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             f"Its results, later: d2lrun-report {shlex.quote(shown(sweep_dir))}",
             getattr(e, "signum", signal.SIGINT),
         ) from None
-    numbered = enumerate(zip(jobs, job_overrides, strict=True), initial_job_idx)
-    return [collect(launcher, job, num, o, ended.get(job.job_id)) for num, (job, o) in numbered]
+    queued = dict(zip([num for num, _ in numbered if num not in done], jobs, strict=True))
+    return [done[num] if num in done else
+            collect(launcher, job := queued[num], num, o, ended.get(job.job_id))
+            for num, o in numbered]  # fmt: skip
 
 
 def check_time_limit(params: dict) -> None:
@@ -263,7 +268,7 @@ def collect(launcher, job, num: int, overrides: Sequence[str], ended: str | None
             reason = f"{_last_line(e)}. {where}"
     else:
         reason = f"Slurm ended job {job.job_id} ({ended}) without a result. {where}"
-    run_dir = job_dir(launcher, num, overrides)
+    run_dir = job_dir(launcher, num, overrides)[0]
     if not (run_dir / ".hydra").exists():  # it never started: its overrides as Hydra records
         (run_dir / ".hydra").mkdir(parents=True)  # them, for the sweep's table
         OmegaConf.save(list(overrides), run_dir / ".hydra" / "overrides.yaml")
@@ -272,17 +277,32 @@ def collect(launcher, job, num: int, overrides: Sequence[str], ended: str | None
     return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=-math.inf)
 
 
-def job_dir(launcher, num: int, overrides: Sequence[str]) -> Path:
-    """The job's folder: hydra.sweep.dir / hydra.sweep.subdir (0/, 1/, ... unless overridden)."""
+def skipped(launcher, num: int, overrides: Sequence[str]) -> JobReturn | None:
+    """The JobReturn of a job that completed in its folder with these overrides, else None."""
+    from d2lrun.files import say
+    from d2lrun.sweeps import finished_job, score
+
+    run_dir, cfg = job_dir(launcher, num, overrides)
+    if cfg is None or (done := finished_job(run_dir, list(overrides), cfg)) is None:
+        return None
+    say(f"job {num}: already completed in {shown(run_dir)}; skipped")
+    return JobReturn(
+        overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=score(done)
+    )
+
+
+def job_dir(launcher, num: int, overrides: Sequence[str]):
+    """The job's folder, hydra.sweep.dir / hydra.sweep.subdir (0/, 1/, ... unless overridden),
+    and its config (None where it does not load)."""
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     loader = launcher.hydra_context.config_loader
     try:
         cfg = loader.load_sweep_config(launcher.config, list(overrides))
         with open_dict(cfg.hydra.job):
             cfg.hydra.job.num = num
-        return sweep_dir / str(cfg.hydra.sweep.subdir)
+        return sweep_dir / str(cfg.hydra.sweep.subdir), cfg
     except Exception:  # its config does not load (the job failed for that): Hydra's default
-        return sweep_dir / str(num)
+        return sweep_dir / str(num), None
 
 
 def _last_line(error: Exception) -> str:

@@ -232,3 +232,21 @@ def test_a_stopped_submitter_leaves_its_jobs_to_go_on(sweep_dir):
         time.sleep(0.5)
     for job in "01":
         assert json.loads((s / job / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_sweep_run_again_queues_only_the_jobs_it_has_not_completed(sweep_dir):
+    """Run again to finish it, a sweep queued every job, each to wait for a node only to say on
+    it that it had completed (on a busy cluster, hours for a GPU), unseen here."""
+    s = sweep_dir
+    sweep = ["-m", *SLURM, "hydra.launcher.cpus_per_task=1", "optim.lr=0.1,0.03", *FAST,
+             f"hydra.sweep.dir={s}"]  # fmt: skip
+    assert run_cli(*sweep, timeout=120).returncode == 0
+    shutil.rmtree(s / "1")  # a job that never ran, say
+    r = run_cli(*sweep, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"job 0: already completed in {s / '0'}; skipped" in r.stdout
+    assert len(squeue(slurm_job(r.stdout), "%i")) == 1  # job 1 alone was queued
+    assert f"sweep {s}: 2 completed" in r.stdout
+    r = run_cli(*sweep, timeout=120)  # all completed: nothing is queued
+    assert r.returncode == 0 and "Slurm job" not in r.stdout and "2 completed" in r.stdout
+    assert r.stdout.count("already completed") == 2
