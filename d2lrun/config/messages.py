@@ -211,8 +211,9 @@ def bad_value(dotted: str, value, schema, option: str | None) -> str:
     types = typing.get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
     group, _, name = dotted.rpartition(".")
     name, item, _ = name.partition("[")  # optim.betas[0]: an item of a list
-    if name not in types and dataclasses.is_dataclass(schema):  # a plugin's base class typed the
-        # node (Optuna's SamplerConfig, whose TPESamplerConfig has the seed): the one with the key
+    if name not in types and group.startswith("hydra.") and dataclasses.is_dataclass(schema):
+        # a plugin's base class typed the node (Optuna's SamplerConfig; TPESamplerConfig has the
+        # seed): the one with the key. Not d2lrun's (trainer.Trainer's epoch is no key of trainer)
         subs = [c for c in schema.__subclasses__() if name in typing.get_type_hints(c)]
         schema, types = (subs[0], typing.get_type_hints(subs[0])) if subs else (schema, types)
     if name not in types:  # a key the chosen option does not have
