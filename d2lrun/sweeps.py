@@ -20,7 +20,7 @@ from yaml import YAMLError
 
 from d2lrun.config import ANEW, given
 from d2lrun.config.messages import explain
-from d2lrun.config.sweeper import same_overrides, sweep_config
+from d2lrun.config.sweeper import fixed_in_sweep, same_overrides, sweep_config
 from d2lrun.errors import Bug, Interrupted, UsageError
 from d2lrun.files import (
     atomic_write,
@@ -200,11 +200,8 @@ def planned_jobs(sweep_dir: Path) -> tuple[list[dict | None], list[str]]:
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     task = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
     overrides = OverridesParser.create().parse_overrides(params + task)
-    # Not key=choice(value): a fixed key that only the swept options have (sweep_config's)
-    one = [
-        o for o in overrides if o.is_discrete_sweep() and len(list(o.sweep_string_iterator())) == 1
-    ]
-    swept = [o.get_key_element() for o in overrides if o.is_sweep_override() and o not in one]
+    swept = [o.get_key_element() for o in overrides
+             if o.is_sweep_override() and not fixed_in_sweep(o)]  # fmt: skip
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return [None] * int(sweeper.get("n_trials") or 0), swept
     # The grid as Hydra's basic sweeper makes it: a key given twice once, with its last value.

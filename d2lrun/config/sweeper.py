@@ -15,7 +15,7 @@ from pathlib import Path
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Glob, IntervalSweep, RangeSweep
+from hydra.core.override_parser.types import ChoiceSweep, Glob, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, IntegerNode, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
@@ -61,6 +61,12 @@ def sweep_config(lines: list[str]) -> tuple[DictConfig, dict[str, str], list[Dic
     }
     cfg = compose([o.input_line for o in fixed if o.input_line not in again], with_hydra=True)
     return cfg, again, check_sweep(cfg.hydra, overrides, cfg)
+
+
+def fixed_in_sweep(o) -> bool:
+    """key=choice(value): how sweep_config passes a fixed key that only the swept options have
+    (Hydra could not set it); no swept key of the table, and shown as typed, key=value."""
+    return isinstance(o.value(), ChoiceSweep) and len(o.value().list) == 1
 
 
 def has_key(cfg: DictConfig, dotted: str) -> bool:
@@ -356,11 +362,12 @@ def check_same_sweep(sweep_dir: Path, task: list[str], hydra: DictConfig, folder
     saved = OmegaConf.load(plan).hydra
     before = list(saved.overrides.task)
     if not same_overrides(before, task):  # its folders 0/, 1/, ... hold other jobs
-        # as typed (hydra/launcher=batched too), quoted for a shell; not as sweep_config wrote a
-        # key of the swept options only (key=choice(value))
+        # as typed (hydra/launcher=batched too), quoted for a shell
         skip = ("hydra.mode=", "hydra.sweep.dir=")
         hydra_own = [o for o in saved.overrides.hydra if not o.startswith(skip)]
-        typed = [re.sub(r"^([\w.]+)=choice\(([^,()]*)\)$", r"\1=\2", o) for o in before]
+        typed = [f"{o.key_or_group}={o.input_line.partition('=choice(')[2][:-1]}"
+                 if fixed_in_sweep(o) else o.input_line
+                 for o in OverridesParser.create().parse_overrides(before)]  # fmt: skip
         same = " ".join(map(shlex.quote, hydra_own + typed))
         raise another(override_difference(before, task), f"the same overrides ({same})")
     chosen = [OmegaConf.select(h, "runtime.choices", default={}) for h in (saved, hydra)]
