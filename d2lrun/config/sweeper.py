@@ -64,8 +64,7 @@ def sweep_config(lines: list[str]) -> tuple[DictConfig, dict[str, str], list[Dic
 
 
 def fixed_in_sweep(o) -> bool:
-    """key=choice(value): how sweep_config passes a fixed key that only the swept options have
-    (Hydra could not set it); no swept key of the table, and shown as typed, key=value."""
+    """key=choice(value): sweep_config's fixed key that only the swept options have; not swept."""
     return isinstance(o.value(), ChoiceSweep) and len(o.value().list) == 1
 
 
@@ -153,16 +152,15 @@ def check_sweep(hydra: DictConfig, overrides: list, cfg=None) -> list[DictConfig
 def check_storage(storage: str | None) -> None:
     """Optuna 2.10 (hydra-optuna-sweeper 1.2's) fails on SQLAlchemy 2's databases, which MLflow's
     packages need: an AssertionError as the study is created, its database file left behind."""
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import version  # both there: the sweeper's plugin needs them
 
-    with contextlib.suppress(PackageNotFoundError):
-        optuna, sqlalchemy = version("optuna"), version("sqlalchemy")
-        if storage and int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
-            raise UsageError(
-                f"hydra.sweeper.storage={storage}: Optuna {optuna} cannot keep a study in a "
-                f"database with SQLAlchemy {sqlalchemy}. Fix: drop it; the sweep's folder keeps "
-                f"every trial, and the same command finishes a stopped sweep."
-            )
+    optuna, sqlalchemy = version("optuna"), version("sqlalchemy")
+    if storage and int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
+        raise UsageError(
+            f"hydra.sweeper.storage={storage}: Optuna {optuna} cannot keep a study in a "
+            f"database with SQLAlchemy {sqlalchemy}. Fix: drop it; the sweep's folder keeps "
+            f"every trial, and the same command finishes a stopped sweep."
+        )
 
 
 def grid_of(o, cfg: DictConfig | None) -> str:
@@ -362,11 +360,10 @@ def check_same_sweep(sweep_dir: Path, task: list[str], hydra: DictConfig, folder
     saved = OmegaConf.load(plan).hydra
     before = list(saved.overrides.task)
     if not same_overrides(before, task):  # its folders 0/, 1/, ... hold other jobs
-        # as typed (hydra/launcher=batched too), quoted for a shell
-        skip = ("hydra.mode=", "hydra.sweep.dir=")
+        skip = ("hydra.mode=", "hydra.sweep.dir=")  # as typed (hydra/launcher=batched too)
         hydra_own = [o for o in saved.overrides.hydra if not o.startswith(skip)]
         typed = [f"{o.key_or_group}={o.input_line.partition('=choice(')[2][:-1]}"
-                 if fixed_in_sweep(o) else o.input_line
+                 if fixed_in_sweep(o) else o.input_line  # key=value, as typed
                  for o in OverridesParser.create().parse_overrides(before)]  # fmt: skip
         same = " ".join(map(shlex.quote, hydra_own + typed))
         raise another(override_difference(before, task), f"the same overrides ({same})")
