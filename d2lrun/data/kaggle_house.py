@@ -96,16 +96,15 @@ def find_files(root: str | Path, fetch: bool, splits=tuple(FILES)) -> dict[str, 
     return paths
 
 
-def located(root: str | Path, name: str) -> Path | None:
+def located(root: Path, name: str) -> Path | None:
     """ROOT/kaggle_house/NAME, else ROOT/NAME, where either is."""
-    root = Path(root).expanduser()
     return next((p for p in (root / "kaggle_house" / name, root / name) if p.exists()), None)
 
 
 def book_file(cfg: DictConfig, split: str) -> Path:
     """The file of split load reads: where it is, or where dataset.download puts the book's."""
-    name = FILES[split][0]
-    return located(cfg.root, name) or Path(cfg.root).expanduser() / "kaggle_house" / name
+    root, name = Path(cfg.root).expanduser(), FILES[split][0]
+    return located(root, name) or root / "kaggle_house" / name
 
 
 def load(cfg: DictConfig, seed: int, fold=None, fitted: Spec | None = None):

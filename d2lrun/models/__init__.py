@@ -19,7 +19,7 @@ from d2lrun.models.mlp import MLP, MLPScratch
 
 def is_scratch(cfg: DictConfig) -> bool:
     """model.impl=scratch: the book's from-scratch code, trained with its hand-written losses."""
-    return "impl" in cfg and cfg.impl == "scratch"
+    return cfg.get("impl") == "scratch"
 
 
 def loss_kind(cfg: DictConfig) -> str:
@@ -29,7 +29,7 @@ def loss_kind(cfg: DictConfig) -> str:
 
 def dropouts(p, num_layers: int) -> list[float]:
     """model.dropout as one rate per hidden layer."""
-    rates = list(p) if OmegaConf.is_list(p) or isinstance(p, list) else [p]
+    rates = list(p) if OmegaConf.is_list(p) else [p]
     return [float(r) for r in (rates * num_layers if len(rates) == 1 else rates)]
 
 
