@@ -122,7 +122,6 @@ def png(fig) -> bytes:
 
 
 def curves_png(rows: list[dict], title: str) -> bytes:
-    """curves.png's bytes: the curves_figure of the rows."""
     return png(curves_figure(rows, title))
 
 

@@ -251,7 +251,10 @@ def progress_bar(show: bool, batches: int):
     console = Console(stderr=True)  # stdout keeps the epoch lines
     # Not when stdout is a pipe (`d2lrun | tee log`): the epoch lines tee shows on the terminal
     # would land on the bar's last frame, which nothing clears first (`> log`: no lines there).
-    terminal = console.is_terminal and (Console().is_terminal or not piped(sys.stdout))
+    piped = False  # also where stdout has no file: a notebook's, pytest's capture
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        piped = stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+    terminal = console.is_terminal and (Console().is_terminal or not piped)
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Remaining(),
         console=console, transient=True, disable=not (show and (terminal or console.is_jupyter)),
@@ -261,13 +264,6 @@ def progress_bar(show: bool, batches: int):
     )  # fmt: skip
     bar.add_task("", total=batches)
     return bar
-
-
-def piped(stream) -> bool:
-    try:
-        return stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode)
-    except (OSError, ValueError, AttributeError):  # no file: a notebook's, pytest's capture
-        return False
 
 
 def diverged(batch_losses, batch_size: int, epoch: int, group: dict, member: int | None = None):
