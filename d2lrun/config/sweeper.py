@@ -233,7 +233,6 @@ def check_jobs(overrides: list, search: bool, here: bool) -> list[DictConfig]:
     composed once and the jobs' keys set on a copy, as Hydra sets them (0.1 s a composition,
     5 ms a job here); devices are looked up where the jobs run (here: not on Slurm's nodes).
     A ${...} is left to its job, where ${hydra:...} resolves (or says why it cannot)."""
-    parse = OverridesParser.create().parse_overrides
     values = {o.get_key_element(): values_of(o) for o in overrides
               if not o.is_hydra_override() or is_group(o)}  # fmt: skip
     jobs = list(itertools.product(*values.values()))
@@ -244,7 +243,7 @@ def check_jobs(overrides: list, search: bool, here: bool) -> list[DictConfig]:
     resumes = any(o.key_or_group == "resume" for o in overrides)  # checked as the job is
     composed, devices, loggers = {}, set(), {}
     for job in jobs:
-        parsed = parse(list(job))
+        parsed = OverridesParser.create().parse_overrides(list(job))
         picks = tuple(o.input_line for o in parsed if is_group(o))
         try:  # optim=sgd,adamw: 'Fix: optim=sgd,adam' (in_sweep), not one option
             if picks not in composed:
@@ -357,16 +356,16 @@ def check_same_sweep(sweep_dir: Path, task: list[str], hydra: DictConfig, folder
             f"one, or another hydra.sweep.dir."
         )
 
-    saved = OmegaConf.load(plan).hydra
+    saved, parse = OmegaConf.load(plan).hydra, OverridesParser.create().parse_overrides
     before = list(saved.overrides.task)
-    if not same_overrides(before, task):  # its folders 0/, 1/, ... hold other jobs
+    if diff := override_difference(before, task):  # its folders 0/, 1/, ... hold other jobs
         skip = ("hydra.mode=", "hydra.sweep.dir=")  # as typed (hydra/launcher=batched too)
         hydra_own = [o for o in saved.overrides.hydra if not o.startswith(skip)]
         typed = [f"{o.key_or_group}={o.input_line.partition('=choice(')[2][:-1]}"
                  if fixed_in_sweep(o) else o.input_line  # key=value, as typed
-                 for o in OverridesParser.create().parse_overrides(before)]  # fmt: skip
+                 for o in parse(before)]  # fmt: skip
         same = " ".join(map(shlex.quote, hydra_own + typed))
-        raise another(override_difference(before, task), f"the same overrides ({same})")
+        raise another(diff, f"the same overrides ({same})")
     chosen = [OmegaConf.select(h, "runtime.choices", default={}) for h in (saved, hydra)]
     for group, there in chosen[0].items():  # hydra/sweeper/sampler=random: the option
         asked = chosen[1].get(group)
@@ -390,7 +389,6 @@ def check_same_sweep(sweep_dir: Path, task: list[str], hydra: DictConfig, folder
         key, there, asked = diff
         fix = f"'{key}={there}'" if "$" in there else f"{key}={there}"  # quoted for a shell
         raise another(f"{key}={there} there, {asked} now", fix)
-    parse = OverridesParser.create().parse_overrides
     swept = [[o for o in parse(x) if o.is_sweep_override()] for x in (before, task)]
     if [o.key_or_group for o in swept[0]] != [o.key_or_group for o in swept[1]]:
         raise UsageError(  # Hydra numbers the jobs in the order of these
