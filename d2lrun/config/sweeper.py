@@ -136,7 +136,18 @@ def check_sweep(hydra: DictConfig, overrides: list, cfg=None) -> list[DictConfig
             "a range. Fix: hydra/sweeper=optuna_lr_wd (lr and weight decay), or a range such as "
             "'optim.lr=tag(log, interval(0.001, 1))'."
         )
-    check_storage(sweeper.get("storage"))
+    # Optuna 2.10 (hydra-optuna-sweeper 1.2's) fails on SQLAlchemy 2's databases, which MLflow's
+    # packages need: an AssertionError as the study is created, its database file left behind.
+    if storage := sweeper.get("storage"):
+        from importlib.metadata import version  # both there: the sweeper's plugin needs them
+
+        optuna, sqlalchemy = version("optuna"), version("sqlalchemy")
+        if int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
+            raise UsageError(
+                f"hydra.sweeper.storage={storage}: Optuna {optuna} cannot keep a study in a "
+                f"database with SQLAlchemy {sqlalchemy}. Fix: drop it; the sweep's folder keeps "
+                f"every trial, and the same command finishes a stopped sweep."
+            )
     direction = sweeper.direction  # maximize, MAXIMIZE, Direction.maximize, [maximize]: Optuna's
     direction = direction[0] if OmegaConf.is_list(direction) and len(direction) == 1 else direction
     if str(getattr(direction, "name", direction)).lower() != "maximize":  # minimize: the worst
@@ -147,20 +158,6 @@ def check_sweep(hydra: DictConfig, overrides: list, cfg=None) -> list[DictConfig
             f"maximize."
         )
     return loggers
-
-
-def check_storage(storage: str | None) -> None:
-    """Optuna 2.10 (hydra-optuna-sweeper 1.2's) fails on SQLAlchemy 2's databases, which MLflow's
-    packages need: an AssertionError as the study is created, its database file left behind."""
-    from importlib.metadata import version  # both there: the sweeper's plugin needs them
-
-    optuna, sqlalchemy = version("optuna"), version("sqlalchemy")
-    if storage and int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
-        raise UsageError(
-            f"hydra.sweeper.storage={storage}: Optuna {optuna} cannot keep a study in a "
-            f"database with SQLAlchemy {sqlalchemy}. Fix: drop it; the sweep's folder keeps "
-            f"every trial, and the same command finishes a stopped sweep."
-        )
 
 
 def grid_of(o, cfg: DictConfig | None) -> str:
