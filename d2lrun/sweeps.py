@@ -4,6 +4,7 @@ Every launcher (Hydra's, submitit's, hydra_plugins/d2lrun_launcher's) hands each
 which returns its score; report writes summary.csv and heatmap.png. No torch until a job trains.
 """
 
+import contextlib
 import math
 import os
 import re
@@ -184,7 +185,7 @@ def score(metrics: dict | None) -> float:
     # -inf rather than NaN: Optuna rejects NaN (and the Hydra plugin then crashes the sweep), while
     # -inf is a valid value that steers the search away from settings that diverge.
     best = (metrics or {}).get("best")
-    if not metrics or metrics.get("status") != "completed" or not best:
+    if not best or metrics.get("status") != "completed":
         return -math.inf
     return best["value"] if best["metric"] in HIGHER_IS_BETTER else -best["value"]
 
@@ -250,11 +251,9 @@ def number(text: str):
     as it was typed (Hydra records `${x}`, `a,b` and `"a b"` as `$\\{x\\}`, `a\\,b` and `"a b"`:
     its grammar's escapes and quotes undone)."""
     for cast in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             value = cast(text)
             return value if math.isfinite(value) else text
-        except ValueError:
-            pass
     if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1].replace("\\" + text[0], text[0])
     return re.sub(r"\\([\\()\[\]{}:=, \t])", r"\1", text)
