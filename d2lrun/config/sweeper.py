@@ -115,7 +115,7 @@ def check_sweep(hydra: DictConfig, overrides: list, cfg=None) -> list[DictConfig
             )
         check_subdir(hydra, overrides)
     search = sweeper.get("n_trials") is not None  # Optuna's
-    for o in (o for o in overrides if o.is_sweep_override()):  # the plugin fails, or differs
+    for o in (o for o in overrides if isinstance(o.value(), Glob)):  # the plugin fails, or differs
         check_glob(o, search)
     loggers = check_jobs(overrides, search, "Slurm" not in str(launcher.get("_target_")))
     if not search:
@@ -210,11 +210,9 @@ def check_search(o, cfg: DictConfig) -> None:
 
 def check_glob(o, search: bool) -> None:
     """glob(), which Hydra expands only with its config loader (d2lrun-report and a sweep's jobs
-    read the plan without one), as the options it names."""
-    key, v = o.key_or_group, o.value()
-    if not isinstance(v, Glob):
-        return
-    if not (names := ",".join(v.filter(options := options_of(key)))):  # none, or no options
+    read the plan without one), refused: the options it names are the Fix."""
+    key = o.key_or_group
+    if not (names := ",".join(o.value().filter(options := options_of(key)))):  # none, or no options
         what = f"its options: {', '.join(options)}" if options else "it is a key, not a group"
         fix = f"'{key}=glob(*)'" if options else f"list values ({key}={example(None, key)},...)"
         raise UsageError(f"{o.input_line} matches no option of {key} ({what}). Fix: {fix}.")
