@@ -38,7 +38,7 @@ MEMBER_KEYS = ("optim.lr", "optim.weight_decay", "optim.momentum", "regularizer.
 def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     """Every job of the sweep, grouped; their JobReturns in job order."""
     most = launcher.max_members
-    if most is not None and (type(most) is not int or most < 1):
+    if most is not None and most < 1:  # its type is the schema's (config.schema.BatchedLauncher)
         raise UsageError(
             f"hydra.launcher.max_members={most} is not a whole number of at least 1. "
             f"Fix: hydra.launcher.max_members=8, or null for as many as fit in memory."
