@@ -66,16 +66,16 @@ def explain(e: BaseException) -> D2lrunError:
         key, value = key.strip(), value.strip()  # "optim.lr = 0.1", as Python spaces it
         if items := re.fullmatch(r"\(([^()]*)\)", value):  # a tuple: f"dataset.w={w}"
             value = f"[{','.join(i.strip() for i in items[1].split(',') if i.strip())}]"
-        lists = r"\[[^'\"\[\]]*\]"  # a list's items each (dataset.drop=['Größe'], a sweep of
         # A number or list cut short or left open ([256, 0.1, or 3)): mended, not quoted (a text)
         mended = re.sub(",,+", ",", value.strip(",)")) + "]" * (value.count("[") - value.count("]"))
         if "," not in mended and not example(None, key).startswith("["):  # optim.lr=[0.1: 0.1
             mended = mended.strip("[]")
-        if readable(f"{key}={value}"):  # lists too), else the whole value, quoted
+        if readable(f"{key}={value}"):
             fix = f"{key}={value}"
         elif re.fullmatch(r"[-+.\deE\[\], ]+", mended) and readable(f"{key}={mended}"):
             fix = f"{key}={mended}"
-        else:
+        else:  # quoted: a list's items each (dataset.drop=['Größe'], a sweep of lists too),
+            lists = r"\[[^'\"\[\]]*\]"  # else the whole value
             only_lists = re.fullmatch(rf"{lists}(,{lists})*", value)
             value = re.sub(lists, quote_items, value) if only_lists else f"'{value}'"
             fix = f"""quote the value: "{key}={value}" (outer quotes for a shell)"""
