@@ -69,7 +69,6 @@ FORMAT = "d2lrun-checkpoint"
 RETRAIN = "Fix: use another checkpoint of the run (last.pt, best.pt) or train again."
 MEANING = ("model", "dataset", "seed")  # what a reloaded run must keep
 LOCATION_KEYS = (*PATH_KEYS, "download")  # the dataset keys that say where data is, not what it is
-TRAINER_SHOWN = ("progress", "checkpoint_every")  # what it shows (a bar, last.pt), not its numbers
 
 
 def load_checkpoint(path: str | Path, needs: str | None = None) -> dict:
@@ -130,11 +129,12 @@ def find_checkpoint(run: str | Path) -> Path:
             f"Fix: give one fold, e.g. {run / 'fold_0'}."
         )
     have = sorted(p.name for p in run.glob("*.pt"))
-    ours = []  # never model.pt, as a Fix
+    one = ""  # the first of them d2lrun wrote (never model.pt), for resume=, run=, ckpt=
     for name in have:
         with contextlib.suppress(UsageError):
-            ours += [run / name] * bool(load_checkpoint(run / name, needs="it"))
-    one = f", or one of its .pt files ({ours[0]})" if ours else ""  # resume=, run=, ckpt=
+            load_checkpoint(run / name, needs="it")
+            one = f", or one of its .pt files ({run / name})"
+            break
     below = [*run.glob("*/last.pt"), *run.glob("*/*/last.pt")]  # outputs/: not a whole disk's
     runs = sorted(below, key=os.path.getmtime)  # a folder of runs, outputs/DATE/TIME/last.pt
     one = one or (f", such as the latest below it, {runs[-1].parent}" if runs else "")
@@ -248,9 +248,9 @@ def changed(saved: dict, cfg: DictConfig, moved: bool = False) -> tuple[str, str
     sweep's job run again keeps those (the same dataset.path typed elsewhere is another file)."""
     now = OmegaConf.to_container(checked(cfg), resolve=True)
     here = {"resume", *ANEW}
-    if moved:
-        here |= {"logger", *(f"dataset.{k}" for k in LOCATION_KEYS)}
-        here |= {f"trainer.{k}" for k in TRAINER_SHOWN}
+    if moved:  # trainer.*: what it shows (a bar, last.pt), not its numbers
+        here |= {"logger", "trainer.progress", "trainer.checkpoint_every"}
+        here |= {f"dataset.{k}" for k in LOCATION_KEYS}
 
     def kept(c: dict) -> dict:  # its keys but those in here (two deep: trainer.progress)
         return {k: {a: b for a, b in v.items() if f"{k}.{a}" not in here}
