@@ -92,7 +92,7 @@ def plain(overrides: tuple, name: str, example="'optim.lr=0.1', 'trainer.epochs=
             f"d2lrun.{name} takes overrides, not the command's flags ({', '.join(flags)}). "
             f"Fix: {shell}overrides such as 'optim.lr=0.1'."
         )
-    return list(overrides)
+    return overrides
 
 
 def raising(fn: Callable, *args):

@@ -85,10 +85,12 @@ class Run:
         # ckpt: the one it resumes; fold=[k, i]: validated on fold i of k, parent: the k-fold
         # run's tracked id; draw: curves.png's bytes
         self.wall, self.run_dir, self.log, self.draw = time.perf_counter(), run_dir, log, draw
+        in_place = False  # resumed in its own folder
         if ckpt is not None:
             check_same_meaning(ckpt["config"], cfg, f"resume={cfg.resume}", KEPT, overrides)
             source = Path(cfg.resume)  # a run folder, or a checkpoint in one
             source = (source if source.is_dir() else source.parent).resolve()
+            in_place = source == run_dir.resolve()
             done, asked = ckpt["epoch"], cfg.trainer.epochs
             # No epoch to train: only a run killed while it wrote its last files finishes them.
             last_files = done == ckpt["config"]["trainer"]["epochs"] and not completed(source)
@@ -125,16 +127,15 @@ class Run:
         self.loss = loss_for(spec.task, loss_kind(cfg.model))
         self.optimizer = build_optimizer(model, cfg.optim, cfg.regularizer.lambd)
         self.trainer = Trainer(**cfg.trainer, generator=torch.Generator().manual_seed(cfg.seed))
-        self.history = History()
+        self.history = History(list(ckpt["history"]), ckpt["best"]) if ckpt else History()
         if ckpt is not None:  # its weights, optimizer state, random state and epoch: it goes on
             load_state_dict_strict(model, ckpt["model"], "the checkpoint")
             self.optimizer.load_state_dict(ckpt["optimizer"])  # lr as configured now: optim.lr=0.01
             set_rng_state(ckpt["rng"], self.trainer.generator)
             self.trainer.epoch = ckpt["epoch"]
-            self.history = History(list(ckpt["history"]), ckpt["best"])
             if ckpt["best"]:  # judged as it began (val_loss before log RMSE judged §4.10's runs)
                 self.metric = ckpt["best"]["metric"]
-            if source != run_dir.resolve() and ckpt.get("best"):  # a new folder has the best
+            if not in_place and ckpt["best"]:  # a new folder has the best
                 best = readable_best(source)  # epoch's best.pt too
                 if best and best["epoch"] == ckpt["best"]["epoch"]:
                     atomic_write(run_dir / "best.pt", (source / "best.pt").read_bytes())
@@ -145,7 +146,6 @@ class Run:
         kept = [o for o in overrides if not o.startswith("resume=")]
         # In its own folder, last.pt is the run's until an epoch ends: what this command changes
         # (trainer.epochs=3) goes into the line that says how to go on (end)
-        in_place = ckpt is not None and source == run_dir.resolve()
         self.again = new_overrides(ckpt["overrides"], kept) if in_place else []
         extra = {"format": FORMAT, "config": config, "overrides": kept, "spec": asdict(spec)}
         extra["restarts"] = ckpt.get("restarts", 0) + 1 if ckpt else 0  # resumed or requeued
