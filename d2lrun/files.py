@@ -257,12 +257,10 @@ def shown(path: str | Path) -> str:
     """A path as the user would type it: relative to the current folder when it is below it (but
     /: a container's, where /tmp/a is no tmp/a), without the `..` of one given relative to
     another folder (/a/../b is /b)."""
-    try:
-        if (here := Path.cwd()) == Path(here.anchor):
-            raise ValueError
-        return str(Path(path).resolve().relative_to(here))
-    except ValueError:
-        return os.path.normpath(path)
+    here, resolved = Path.cwd(), Path(path).resolve()
+    if here != Path(here.anchor) and resolved.is_relative_to(here):
+        return str(resolved.relative_to(here))
+    return os.path.normpath(path)
 
 
 def shell_arg(key: str, path: str | Path) -> str:
