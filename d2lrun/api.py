@@ -134,7 +134,7 @@ def in_python(line: str) -> str:
     return line.replace("d2lrun-report one of them", "d2lrun.report(...) of one of them")
 
 
-def table(sweep_dir: str | Path):
+def table(sweep_dir: Path):
     import pandas as pd
 
-    return pd.read_csv(Path(sweep_dir) / "summary.csv")
+    return pd.read_csv(sweep_dir / "summary.csv")

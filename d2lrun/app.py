@@ -254,7 +254,7 @@ def train(args: Sequence[str]) -> Path:
             with named_dir(args):
                 return run("config", args, task)
     except KeyboardInterrupt as e:  # before a run began (once it has: its own Interrupted line)
-        if not any(str(a).startswith("resume=") for a in args):
+        if not any(a.startswith("resume=") for a in args):
             raise
         signum = getattr(e, "signum", signal.SIGINT)
         raise Interrupted(f"{interrupted(signum)} before the resumed run went on; its saved "

@@ -81,10 +81,8 @@ def handle(prog: str, main: Callable[[], object]) -> None:
 def is_command(prog: str) -> bool:
     """Whether this process runs prog as its program: the installed script, or python -m d2lrun."""
     main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    return Path(getattr(main, "__file__", None) or "").name == prog or (
-        spec is not None and spec.name == "d2lrun.__main__"
-    )
+    as_module = getattr(getattr(main, "__spec__", None), "name", None) == "d2lrun.__main__"
+    return as_module or Path(getattr(main, "__file__", None) or "").name == prog
 
 
 def train_main() -> None:
