@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import BooleanNode, DictConfig, OmegaConf, ValidationError, read_write
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from d2lrun.config import (
     CONFIG_DIR,
@@ -171,16 +171,6 @@ def run(config_name: str, args: Sequence[str], task: Callable[[DictConfig], obje
                     raise KeyboardInterrupt from e
 
     check_groups(args, config_name)
-    typed = chdir = given(args, "hydra.job.chdir")  # true, yes, on, 1: as OmegaConf reads bools
-    with contextlib.suppress(ValidationError):  # not a bool at all: Hydra's own line then
-        chdir = OmegaConf.create({"chdir": BooleanNode(chdir)}).chdir
-    if chdir is True:  # Hydra would run the job in its run folder
-        typed = "true" if typed == "True" else typed
-        raise UsageError(
-            f"hydra.job.chdir={typed} is not supported: d2lrun reads the paths you give "
-            f"(dataset.path, resume=) from the folder you run it in. Fix: drop hydra.job.chdir="
-            f"{typed}."
-        )
     # The presets when the command names one (+experiment=...), or reloads a run that may have.
     completing = {"-sc", "--shell-completion"} & set(args)  # experiment= is offered too
     register(presets=config_name != "config" or completing or any("experiment" in a for a in args))

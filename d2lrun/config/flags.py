@@ -2,14 +2,15 @@
 Hydra would fail on with a traceback or its usage text, or that would run another config, is
 refused in one line."""
 
+import contextlib
 import io
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import BooleanNode, OmegaConf, ValidationError
 
-from d2lrun.config import check_groups, compose, hydra_args, overrides_of
+from d2lrun.config import check_groups, compose, given, hydra_args, overrides_of
 from d2lrun.config.schema import GROUPS, closest, options_of
 from d2lrun.errors import UsageError
 from d2lrun.files import path_fix
@@ -72,6 +73,16 @@ def check_flags(args: Sequence[str], name: str = "config") -> None:
             swept = f"{prog} -m {swept}"  # the sweep's table as well
             raise UsageError(f"{arg}: -m sets Hydra's mode, for a sweep. Fix: "
                              f"{swept if name == 'config' else f'drop {arg}'}.")  # fmt: skip
+    typed = chdir = given(args, "hydra.job.chdir")  # true, yes, on, 1: as OmegaConf reads bools
+    with contextlib.suppress(ValidationError):  # not a bool at all: Hydra's own line then
+        chdir = OmegaConf.create({"chdir": BooleanNode(chdir)}).chdir
+    if chdir is True:  # Hydra would run the job in its run folder
+        typed = "true" if typed == "True" else typed
+        raise UsageError(
+            f"hydra.job.chdir={typed} is not supported: d2lrun reads the paths you give "
+            f"(dataset.path, resume=) from the folder you run it in. Fix: drop hydra.job.chdir="
+            f"{typed}."
+        )
     check_groups(args, name)  # before resume= is read from them
     if flags.cfg and flags.package not in (None, "_global_"):  # Hydra: not found, exit 1
         cfg = compose(overrides_of(args), name, with_hydra=flags.cfg != "job")
