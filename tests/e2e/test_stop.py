@@ -148,6 +148,7 @@ def test_a_named_folder_being_written_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     proc = start(*SLOW, f"hydra.run.dir={run_dir}")
     assert proc.stdout.readline().startswith("linreg on synthetic")  # it holds the folder now
+    assert proc.stdout.readline().startswith("epoch 1/6")  # and last.pt: resume= reads it first
     r = run_cli(f"resume={run_dir}", f"hydra.run.dir={run_dir}")
     proc.terminate()
     proc.communicate(timeout=60)
