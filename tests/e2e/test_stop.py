@@ -260,6 +260,21 @@ def test_a_signal_to_a_joblib_sweep_stops_its_workers_once_their_jobs_are_saved(
         assert r.returncode == 0 and f"sweep {s}: 3 completed" in r.stdout, r.stderr
 
 
+def test_a_stopped_sweep_writes_its_table_again_over_one_reported_mid_sweep(tmp_path):
+    """d2lrun-report while the sweep runs writes summary.csv (job 0 running, 1 missing); the stop
+    writes it again as it left them, not stale."""
+    proc = start("-m", "optim.lr=0.01,0.03", *SLOW, f"hydra.sweep.dir={tmp_path}")
+    for line in proc.stdout:
+        if line.startswith("epoch 2/6"):
+            mid = subprocess.run([BIN / "d2lrun-report", tmp_path], capture_output=True, text=True)
+            proc.send_signal(signal.SIGTERM)
+            break
+    assert proc.communicate(timeout=120)[1].count("To finish the sweep") == 1
+    assert " running " in mid.stdout and " missing " in mid.stdout, mid.stdout
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert list(table["status"]) == ["interrupted", "missing"]
+
+
 def test_a_joblib_sweep_with_an_idle_worker_still_saves_its_running_job(tmp_path):
     """n_jobs=2 for one job (or a re-run's last): the signal went to the idle worker too, which
     has no handler and died; loky then killed the busy one before it saved: no metrics.json nor

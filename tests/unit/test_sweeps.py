@@ -1116,21 +1116,32 @@ def test_a_sweep_folder_that_names_none_or_cannot_be_made_is_one_line(tmp_path):
     assert "(hydra.sweep.dir=DIR with -m)" in str(e.value)
 
 
-def test_a_signal_while_the_sweeps_table_is_drawn_says_how_to_finish(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_sweeps_table_is_drawn_says_every_job_completed(
+    tmp_path, monkeypatch, signum
+):
     """It said "interrupted before training started; nothing was saved." (Ctrl-C), or nothing
-    (SIGTERM), with every job saved."""
+    (SIGTERM), with every job saved; then 'To finish the sweep', with nothing left to finish. The
+    table is written all the same."""
+    from d2lrun.stopping import Stop
 
-    def stopped(sweep_dir, show=True):
-        raise KeyboardInterrupt
+    report = sweep.report
+
+    def stopped(sweep_dir, show=True):  # as the table is drawn; once
+        monkeypatch.setattr(sweep, "report", report)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Stop(signum)
 
     s = tmp_path / "sweep"
     monkeypatch.setattr(sweep, "report", stopped)
     with pytest.raises(Interrupted) as e:
         app.sweep(["optim.lr=0.1,0.2", "trainer.epochs=1", "trainer.progress=false",
                    f"hydra.sweep.dir={s}"])  # fmt: skip
-    assert str(e.value) == (
-        f"interrupted. To finish the sweep, run the same command again with hydra.sweep.dir={s}"
+    by = " by SIGTERM" if signum == signal.SIGTERM else ""
+    assert e.value.exit_code == 128 + signum and str(e.value) == (
+        f"interrupted{by} as the sweep ended: every job had completed; see {s}/summary.csv"
     )
+    with open(s / "summary.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["completed"] * 2
 
 
 def test_flags_and_null_in_a_sweeps_list_are_read_as_hydra_reads_them(tmp_path):
