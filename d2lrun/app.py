@@ -129,7 +129,7 @@ def named_dir(args: Sequence[str]):
     with lock:
         resume = given(args, "resume")
         resume = Path(resume).resolve() if resume else None  # RUN, or a .pt file of RUN's
-        ours = resume and (resume.parent if resume.suffix == ".pt" else resume)
+        ours = resume and (resume.parent if resume.is_file() else resume)  # as job.Run reads it
         if (folder / "multirun.yaml").exists():  # its jobs' folders would sit beside the run's
             raise UsageError(f"hydra.run.dir={named} holds a sweep (multirun.yaml), not a run. "
                              f"Fix: choose another hydra.run.dir.")  # fmt: skip

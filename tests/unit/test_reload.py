@@ -1210,8 +1210,8 @@ def test_a_run_resumed_in_its_folder_and_stopped_reloads_its_latest_weights(tabl
 
 def test_resume_goes_on_from_best_pt_alone_and_past_a_damaged_one(tmp_path, capsys):
     """kill -9 before trainer.checkpoint_every's first last.pt leaves best.pt only: resume=RUN
-    said 'has no last.pt', and resume=RUN/best.pt into RUN 'already holds a run'. A damaged best.pt
-    refused resume=RUN/last.pt too."""
+    said 'has no last.pt', and resume=RUN/best.pt into RUN 'already holds a run', as a checkpoint
+    of RUN's named otherwise (.pth) still was. A damaged best.pt refused resume=RUN/last.pt too."""
     from d2lrun import app
 
     run = trained(tmp_path / "run", "trainer.epochs=2")
@@ -1232,6 +1232,10 @@ def test_resume_goes_on_from_best_pt_alone_and_past_a_damaged_one(tmp_path, caps
                    f"hydra.run.dir={killed}"])  # fmt: skip
         assert json.loads((killed / "metrics.json").read_text())["restarts"] >= 1
         best += 1
+    (killed / "snapshot.pth").write_bytes((killed / "last.pt").read_bytes())  # a file, not .pt
+    app.train([f"resume={killed / 'snapshot.pth'}", f"trainer.epochs={best + 1}",
+               "trainer.progress=false", f"hydra.run.dir={killed}"])  # fmt: skip
+    assert json.loads((killed / "metrics.json").read_text())["epochs_completed"] == best + 1
 
 
 def test_a_k_fold_run_goes_on_after_its_data_moved_or_on_another_device(table_run, tmp_path):
