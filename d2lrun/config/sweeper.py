@@ -237,8 +237,9 @@ def check_jobs(overrides: list, search: bool, here: bool) -> list[DictConfig]:
                           for i, vs in enumerate(values.values()) for v in vs[1:]]  # fmt: skip
     resumes = any(o.key_or_group == "resume" for o in overrides)  # checked as the job is
     composed, devices, loggers = {}, set(), {}
+    parse = OverridesParser.create().parse_overrides  # one parser for every job
     for job in jobs:
-        parsed = OverridesParser.create().parse_overrides(list(job))
+        parsed = parse(list(job))
         picks = tuple(o.input_line for o in parsed if is_group(o))
         try:  # optim=sgd,adamw: 'Fix: optim=sgd,adam' (in_sweep), not one option
             if picks not in composed:
