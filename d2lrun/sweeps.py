@@ -261,7 +261,8 @@ def number(text: str):
 
 def collect(sweep_dir: Path):
     """One row per job, found or only planned, best first, as a DataFrame; and the swept keys."""
-    import pandas as pd
+    with deferred_signals():  # a stop within would leave pandas half imported: the table that
+        import pandas as pd  # app.launched writes again as a sweep stops failed on it
 
     planned, swept = planned_jobs(sweep_dir)
     todo = dict(enumerate(planned))  # job number -> planned overrides, until its folder turns up
@@ -346,6 +347,8 @@ def report(sweep_dir: Path, show: bool = True) -> str | None:
     numeric = all(isinstance(v, (int, float)) for k in keys for v in table[k].dropna())
     if len(keys) == 2 and numeric and len(metrics) == 1:
         metric, name = metrics.pop(), sweep_dir.resolve().name
+        with deferred_signals():  # as pandas' (collect)
+            import matplotlib.figure  # noqa: F401
         image = png(heatmap_figure(table, *keys, metric, metric in HIGHER_IS_BETTER, name))
         written.append(atomic_write(sweep_dir / "heatmap.png", image))
     counts = table["status"].value_counts(sort=False)

@@ -275,6 +275,40 @@ def test_a_stopped_sweep_writes_its_table_again_over_one_reported_mid_sweep(tmp_
     assert list(table["status"]) == ["interrupted", "missing"]
 
 
+# Ctrl-C as the table's import of pandas, or the heatmap's of matplotlib, loads its compiled parts
+STOP_IN_IMPORT = """
+import importlib.abc, signal, sys
+module = sys.argv[1]
+class StopIn(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == module:
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGINT)
+sys.meta_path.insert(0, StopIn())
+from d2lrun.cli import train_main
+sys.argv[1:2] = ["-m"]
+train_main()
+"""
+
+
+@pytest.mark.parametrize("module", ["pandas._libs.tslibs.offsets", "matplotlib.ft2font"])
+def test_ctrl_c_in_the_tables_imports_still_writes_the_whole_table(tmp_path, module):
+    """The import, stopped half way, failed again as the stop wrote the table again: no
+    summary.csv (pandas) or no heatmap.png (matplotlib), and 'To finish the sweep' with every job
+    completed."""
+    s = tmp_path / "sweep"
+    args = ["hydra/launcher=batched", "experiment=ch4_weight_decay", "optim.weight_decay=0,3",
+            "optim.lr=0.003,0.001", "trainer.epochs=2", f"hydra.sweep.dir={s}"]  # fmt: skip
+    r = subprocess.run([BIN / "python", "-c", STOP_IN_IMPORT, module, *args], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 130 and r.stderr.splitlines()[-1] == (
+        f"d2lrun: error: interrupted as the sweep ended: every job had completed; see "
+        f"{s}/summary.csv"
+    ), r.stderr
+    assert list(pd.read_csv(s / "summary.csv")["status"]) == ["completed"] * 4
+    assert (s / "heatmap.png").stat().st_size > 0
+
+
 def test_a_joblib_sweep_with_an_idle_worker_still_saves_its_running_job(tmp_path):
     """n_jobs=2 for one job (or a re-run's last): the signal went to the idle worker too, which
     has no handler and died; loky then killed the busy one before it saved: no metrics.json nor
