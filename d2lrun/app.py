@@ -314,22 +314,22 @@ def launched(sweep_dir: Path, args: list[str], cfg: DictConfig, ckpt: dict | Non
             shutil.rmtree(sweep_dir, ignore_errors=True)
             remove_empty(made[1:])  # outputs/multirun/DATE/ too
         e = next((x for x in chained(e) if isinstance(x, KeyboardInterrupt)), e)  # a signal in
-        if started and isinstance(e, (KeyboardInterrupt, Interrupted)):
-            # summary.csv written again as the stop left the jobs: one that d2lrun-report wrote
-            # mid-sweep, or the run before, is stale. A second stop meanwhile is dropped.
-            failure = "unreported"
+        stopped = started and isinstance(e, (KeyboardInterrupt, Interrupted))
+        if stopped:  # summary.csv written again as the stop left the jobs: one that
+            failure = "unreported"  # d2lrun-report wrote mid-sweep, or the run before, is stale
             with contextlib.suppress(Exception), deferred_signals() as caught:
-                failure = sweeps.report(sweep_dir, show=False)
+                failure = sweeps.report(sweep_dir, show=False)  # a second stop meanwhile: dropped
                 caught.clear()
+        code = getattr(e, "exit_code", 128 + signal.SIGINT)  # a job's Interrupted: 128 + signal
+        signum = getattr(e, "signum", code - 128)  # Stop's own; else Ctrl-C's
+        if stopped and failure is None:  # as the last job or the table ended: nothing to finish
+            done = f"every job had completed; see {sweep_dir / 'summary.csv'}"
+            raise Interrupted(f"{interrupted(signum)} as the sweep ended: {done}", signum) from None
         if not isinstance(e, KeyboardInterrupt) or not started:  # OmegaConf's code: its error's
             raise e
         if isinstance(e.__context__, Interrupted):  # a stack's own line (after epoch 3; ...),
             raise e.__context__ from None  # raised again by the handler it gave way to
-        signum = getattr(e, "signum", signal.SIGINT)  # between jobs, or while one saved its files
         finish = f"run the same command again with {shell_arg('hydra.sweep.dir', sweep_dir)}"
-        if failure is None:  # as the last job ended: nothing left to finish
-            done = f"every job had completed; see {sweep_dir / 'summary.csv'}"
-            raise Interrupted(f"{interrupted(signum)} as the sweep ended: {done}", signum) from None
         raise Interrupted(f"{interrupted(signum)}. To finish the sweep, {finish}", signum) from None
 
 

@@ -1144,6 +1144,30 @@ def test_a_signal_while_the_sweeps_table_is_drawn_says_every_job_completed(
         assert [r["status"] for r in csv.DictReader(f)] == ["completed"] * 2
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_as_the_last_job_ends_says_every_job_completed(tmp_path, monkeypatch, signum):
+    """The last job, its files all written, said 'interrupted as the run ended (completed); ...
+    To finish the sweep, run the same command again', with nothing left to finish."""
+    run_job = sweep.run_job
+
+    def stopped(cfg, run_dir, overrides, sweep_dir, num, ckpt=None):  # as job.Run ends it
+        value = run_job(cfg, run_dir, overrides, sweep_dir, num, ckpt)
+        if num < 1:
+            return value
+        ended = f"interrupted as the run ended (completed); its files are all written in {run_dir}."
+        sweep.job_failed(Interrupted(ended, signum), run_dir, sweep_dir)
+
+    s = tmp_path / "sweep"
+    monkeypatch.setattr(sweep, "run_job", stopped)
+    with pytest.raises(Interrupted) as e:
+        app.sweep(["optim.lr=0.1,0.2", "trainer.epochs=1", "trainer.progress=false",
+                   f"hydra.sweep.dir={s}"])  # fmt: skip
+    by = " by SIGTERM" if signum == signal.SIGTERM else ""
+    assert e.value.exit_code == 128 + signum and str(e.value) == (
+        f"interrupted{by} as the sweep ended: every job had completed; see {s}/summary.csv"
+    )
+
+
 def test_flags_and_null_in_a_sweeps_list_are_read_as_hydra_reads_them(tmp_path):
     with pytest.raises(UsageError, match=r"^logger=null picks none of logger's options"):
         app.sweep(["logger=none,null", f"hydra.sweep.dir={tmp_path / 's'}"])
