@@ -105,9 +105,6 @@ def run_job(
     ckpt: dict | None = None,
 ) -> float:
     """Job num of a sweep (ckpt: the checkpoint it resumes); its score. A failure is recorded."""
-    with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
-        from d2lrun.kfold import train
-
     marker = os.environ.get(STOP_MARKER)  # a signal stopped its sweep (stopping.stopping_workers)
     if marker and (sweep_dir / marker).exists():  # its folder (Hydra's .hydra/) goes: 'missing'
         if untrained(run_dir):
@@ -116,7 +113,9 @@ def run_job(
 
     # Locked: of two sweeps run into one folder, one trains the job and the other then skips it.
     run_dir.mkdir(parents=True, exist_ok=True)
-    with hold(run_dir, wait=True):
+    with hold(run_dir, wait=True):  # 'running' in d2lrun-report's table from here, torch's
+        with deferred_signals():  # import too; Ctrl-C in it: after it (d2lrun.app.train)
+            from d2lrun.kfold import train
         done = finished_job(run_dir, overrides, cfg)
         if done is not None:  # the same sweep run again: only missing or failed jobs train
             say(f"job {num}: already completed in {shown(run_dir)}; skipped")

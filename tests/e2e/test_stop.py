@@ -275,6 +275,23 @@ def test_a_stopped_sweep_writes_its_table_again_over_one_reported_mid_sweep(tmp_
     assert list(table["status"]) == ["interrupted", "missing"]
 
 
+def test_a_sweeps_job_is_running_in_its_table_once_hydra_has_made_its_folder(tmp_path):
+    """The job imported torch (a second or two) before it took its folder's lock, and
+    d2lrun-report meanwhile called it 'unfinished', as a job killed by kill -9."""
+    from d2lrun.sweeps import collect
+
+    proc = start("-m", "optim.lr=0.01,0.03", *SLOW, f"hydra.sweep.dir={tmp_path}")
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "0" / ".hydra" / "overrides.yaml").exists():  # Hydra's last write
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    time.sleep(0.5)
+    statuses = list(collect(tmp_path)[0]["status"])
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert statuses == ["running", "missing"]
+
+
 # Ctrl-C as the table's import of pandas, or the heatmap's of matplotlib, loads its compiled parts
 STOP_IN_IMPORT = """
 import importlib.abc, signal, sys
