@@ -95,6 +95,8 @@ def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]
         hc = HydraConfig.get()
         run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
         found[hc.job.num] = {"cfg": cfg, "run_dir": run_dir, "overrides": overrides}  # Run's
+        # As run_job: of two sweeps into one folder, one trains each job; 'running' from here
+        locks.enter_context(hold(run_dir, wait=True))
         try:
             OmegaConf.resolve(cfg)  # while Hydra's config is this job's
         except Exception as e:  # trainer.epochs=${nothing}: its job fails alone
@@ -102,11 +104,12 @@ def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]
 
     # The plot helpers, one per core, import matplotlib while the stack trains.
     try:
-        with Plotter(min(len(group), os.cpu_count() or 1)) as plotter:
+        with (
+            Plotter(min(len(group), os.cpu_count() or 1)) as plotter,
+            contextlib.ExitStack() as locks,
+        ):
             returns = {num: run(launcher, cfg, folder) for num, cfg in group}
-            with contextlib.ExitStack() as locks, stop_signals():
-                for num in nums:  # as run_job: of two sweeps into one folder, one trains each job
-                    locks.enter_context(hold(found[num]["run_dir"], wait=True))
+            with stop_signals():
                 scores = train_group(launcher, found, sweep_dir, plotter)
     except (KeyboardInterrupt, Interrupted):  # as Hydra made the folders, or a stack trained
         remove_unstarted(found)

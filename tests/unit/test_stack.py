@@ -268,3 +268,24 @@ def test_a_stopped_sweep_removes_no_folder_another_sweep_holds(tmp_path):
     with hold(tmp_path / "1"):  # held as another process holds it (flock: per open file)
         remove_unstarted({num: {"run_dir": tmp_path / str(num)} for num in range(2)})
         assert [p.name for p in tmp_path.iterdir()] == ["1"]
+
+
+def test_each_job_of_a_stack_is_running_in_the_table_once_hydra_has_made_its_folder(
+    tmp_path, monkeypatch
+):
+    """The members' folders were locked once Hydra had made all of them (about 0.1 s a job):
+    d2lrun-report meanwhile called the first ones 'unfinished', as jobs killed by kill -9."""
+    from d2lrun import app, batched
+    from d2lrun.files import held
+
+    run, seen, s = batched.run, [], tmp_path / "sweep"
+
+    def made(launcher, cfg, task):  # Hydra made the job's folder and ran task in it
+        returned = run(launcher, cfg, task)
+        seen.append(held(s / str(cfg.hydra.job.num)))
+        return returned
+
+    monkeypatch.setattr(batched, "run", made)
+    app.sweep(["hydra/launcher=batched", "optim.lr=0.1,0.3", "trainer.epochs=1",
+               "trainer.progress=false", f"hydra.sweep.dir={s}"])  # fmt: skip
+    assert seen == [True, True]
