@@ -193,10 +193,10 @@ def saved_checkpoint(folder: Path) -> Path | None:
     return next((p for p in (folder / "last.pt", folder / "best.pt") if p.exists()), None)
 
 
-def existing(path: str | Path, run: bool = False) -> Path:
+def existing(path: str | Path, run: bool = False, key: str = "") -> Path:
     """path, a checkpoint (or with run: a run folder or a checkpoint) that is there; checked also
     before torch's import (d2lrun-eval run=typo: refused in 0.5 s, not 2 s). A typo's Fix names
-    the nearest one or two in its folder (10-49-4: 10-49-40), as difflib finds them."""
+    the nearest one or two in its folder (10-49-4: 10-49-40), as difflib finds them (key=them)."""
     if not Path(path).exists():
         what = "run folder or checkpoint" if run else "checkpoint"
         fix = "give a path under outputs/" if run else "give a run folder or a .pt file"
@@ -204,7 +204,8 @@ def existing(path: str | Path, run: bool = False) -> Path:
         with contextlib.suppress(OSError):  # none there, or a folder it may not read
             names = [p.name for p in there.iterdir()]
         if near := difflib.get_close_matches(Path(path).name, names, n=2, cutoff=0.8):
-            fix = f"{' or '.join(str(there / name) for name in near)} (the nearest there), or {fix}"
+            near = [shell_arg(key, there / name) if key else str(there / name) for name in near]
+            fix = f"{' or '.join(near)} (the nearest there), or {fix}"
         raise UsageError(f"{path}: no such {what}. Fix: {fix}.")
     return Path(path)
 
@@ -317,6 +318,9 @@ def path_fix(arg: str, name: str) -> str | None:
     """The key that a file or folder given alone is meant for: a run's folder or checkpoint for
     resume=, run= or ckpt=, new inputs for input=, a CSV table for dataset.path=; else None."""
     if "=" in arg or not os.path.exists(arg):  # os.path: False for a name too long, not OSError
+        if "=" not in arg and "/" in arg and (suffix := Path(arg).suffix) in ("", ".pt", ".pth"):
+            key = "resume" if name == "config" else "ckpt" if suffix else "run"
+            existing(arg, run=True, key=key)  # a run mistyped: the nearest there, not KEY=VALUE
         return None
     path = Path(arg)
     run = any((path.parent / f).exists() for f in ("last.pt", "best.pt", ".hydra"))

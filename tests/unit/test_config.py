@@ -954,9 +954,18 @@ def test_a_path_given_without_its_key_is_told_which_key(tmp_path, monkeypatch, n
             check_flags([arg, "images.npy"], name)
         assert str(e.value) == (f"{arg} images.npy are not overrides. Fix: "
                                 f"{fix} input=images.npy.")  # fmt: skip
-    for args in (["runs/b"], ["-m", "runs/a"]):  # no such path; a sweep's: Hydra's error, as before
-        with pytest.raises(Exception) as e:
-            check_flags(args, name)
-        said = f"override {args[-1]}. Fix: write it as KEY=VALUE."
-        said = "Fix: drop -m." if "-m" in args and name != "config" else said  # evaluates one run
-        assert str(explain(e.value)).endswith(said)
+    with pytest.raises(Exception) as e:  # a sweep's: Hydra's error, as before
+        check_flags(["-m", "runs/a"], name)
+    said = "Fix: drop -m." if name != "config" else "override runs/a. Fix: write it as KEY=VALUE."
+    assert str(explain(e.value)).endswith(said)  # (d2lrun-eval evaluates one run)
+    # No such run (it said 'Fix: write it as KEY=VALUE'): the nearest there, with its key
+    (tmp_path / "runs" / "10-49-40").mkdir()
+    key = "resume" if name == "config" else "run"
+    for typed, fix in (
+        ("runs/10-49-4", f"{key}=runs/10-49-40 (the nearest there), or "),
+        ("runs/b", ""),
+    ):
+        with pytest.raises(UsageError) as e:
+            check_flags([typed], name)
+        assert str(e.value) == (f"{typed}: no such run folder or checkpoint. Fix: {fix}give a "
+                                f"path under outputs/.")  # fmt: skip
