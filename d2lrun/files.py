@@ -317,8 +317,10 @@ def running(sweep_dir: Path) -> set[int | None]:
 def path_fix(arg: str, name: str) -> str | None:
     """The key that a file or folder given alone is meant for: a run's folder or checkpoint for
     resume=, run= or ckpt=, new inputs for input=, a CSV table for dataset.path=; else None."""
-    if "=" in arg or not os.path.exists(arg):  # os.path: False for a name too long, not OSError
-        if "=" not in arg and "/" in arg and (suffix := Path(arg).suffix) in ("", ".pt", ".pth"):
+    if "=" in arg:
+        return None
+    if not os.path.exists(arg):  # os.path: False for a name too long, not OSError
+        if "/" in arg and (suffix := Path(arg).suffix.lower()) in ("", ".pt", ".pth"):
             key = "resume" if name == "config" else "ckpt" if suffix else "run"
             existing(arg, run=True, key=key)  # a run mistyped: the nearest there, not KEY=VALUE
         return None
