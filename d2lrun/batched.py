@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from d2lrun.config import checked
 from d2lrun.errors import Diverged, Interrupted, UsageError
-from d2lrun.files import hold, say, shown, untrained
+from d2lrun.files import hold, kept_record, say, shown, untrained
 from d2lrun.job import Run
 from d2lrun.plots import Plotter
 from d2lrun.stack import Stack, StackOptimizer, most_members, stackable
@@ -95,8 +95,9 @@ def launch_group(launcher, group: list, sweep_dir: Path) -> dict[int, JobReturn]
         hc = HydraConfig.get()
         run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
         found[hc.job.num] = {"cfg": cfg, "run_dir": run_dir, "overrides": overrides}  # Run's
-        # As run_job: of two sweeps into one folder, one trains each job; 'running' from here
-        locks.enter_context(hold(run_dir, wait=True))
+        # As run_job: of two sweeps into one folder, one trains each job; 'running' from here;
+        locks.enter_context(hold(run_dir, wait=True))  # a stop before its run writes its
+        locks.enter_context(kept_record(run_dir))  # metrics.json puts back the earlier one
         try:
             OmegaConf.resolve(cfg)  # while Hydra's config is this job's
         except Exception as e:  # trainer.epochs=${nothing}: its job fails alone

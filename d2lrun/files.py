@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from d2lrun.errors import RunFailed, UsageError
+from d2lrun.errors import Interrupted, RunFailed, UsageError
 
 
 def reader_gone() -> None:
@@ -186,6 +186,20 @@ def completed(folder: Path) -> dict | None:
     """metrics.json of the run that completed in folder, else None."""
     summary = read_json(folder / "metrics.json") or {}
     return summary if summary.get("status") == "completed" else None
+
+
+@contextlib.contextmanager
+def kept_record(folder: Path):
+    """Within: a sweep's job starts again (d2lrun.sweeps.prepared drops its earlier metrics.json).
+    Stopped before the run wrote its own, the earlier one comes back: saved epochs stay recorded."""
+    path = folder / "metrics.json"
+    earlier = path.read_bytes() if path.exists() else None
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted):
+        if earlier is not None and not path.exists():
+            atomic_write(path, earlier)
+        raise
 
 
 def saved_checkpoint(folder: Path) -> Path | None:

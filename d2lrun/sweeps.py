@@ -28,6 +28,7 @@ from d2lrun.files import (
     completed,
     held,
     hold,
+    kept_record,
     kfold_run,
     read_json,
     running,
@@ -111,10 +112,12 @@ def run_job(
             shutil.rmtree(run_dir, ignore_errors=True)
         raise Interrupted("interrupted before it started.", signal.SIGTERM)
 
-    # Locked: of two sweeps run into one folder, one trains the job and the other then skips it.
+    # Locked: of two sweeps run into one folder, one trains the job and the other then skips it;
+    # 'running' in d2lrun-report's table from here. A stop before the run writes its metrics.json
+    # puts back the one that prepared dropped (kept_record).
     run_dir.mkdir(parents=True, exist_ok=True)
-    with hold(run_dir, wait=True):  # 'running' in d2lrun-report's table from here, torch's
-        with deferred_signals():  # import too; Ctrl-C in it: after it (d2lrun.app.train)
+    with hold(run_dir, wait=True), kept_record(run_dir):
+        with deferred_signals():  # Ctrl-C in torch's import: after it (d2lrun.app.train)
             from d2lrun.kfold import train
         done = finished_job(run_dir, overrides, cfg)
         if done is not None:  # the same sweep run again: only missing or failed jobs train

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from d2lrun.errors import RunFailed
+from d2lrun.errors import Interrupted, RunFailed
 from d2lrun.files import (
     atomic_write,
     claim_dir,
     held_dir,
     hold,
+    kept_record,
+    read_json,
     remove_stale_temporaries,
     save_torch,
     say,
@@ -357,3 +359,23 @@ def test_a_slurm_sweep_stopped_leaves_no_marker_and_signals_no_joblib_worker(tmp
     with pytest.raises(Stop), stopping_workers(tmp_path, local=False):
         signal.raise_signal(signal.SIGINT)
     assert list(tmp_path.glob(".stopping*")) == [] and killed == []
+
+
+def test_a_jobs_earlier_record_comes_back_when_a_stop_ends_it_before_it_writes_its_own(tmp_path):
+    """A sweep's job started again drops its metrics.json; stopped before the run wrote its own,
+    it had none, and the table called it 'unfinished' (with its saved epochs)."""
+    record = tmp_path / "metrics.json"
+    write_json(record, {"status": "interrupted", "epochs_completed": 1})
+    for stop in (KeyboardInterrupt(), Interrupted("interrupted.")):  # Ctrl-C, or a job's own
+        with pytest.raises(type(stop)), kept_record(tmp_path):
+            record.unlink()
+            raise stop
+        assert read_json(record) == {"status": "interrupted", "epochs_completed": 1}
+    with pytest.raises(KeyboardInterrupt), kept_record(tmp_path):  # the run's own: it stays
+        write_json(record, {"status": "interrupted", "epochs_completed": 2})
+        raise KeyboardInterrupt
+    assert read_json(record)["epochs_completed"] == 2
+    with pytest.raises(ValueError), kept_record(tmp_path):  # a failure: recorded as such instead
+        record.unlink()
+        raise ValueError
+    assert not record.exists()
