@@ -235,19 +235,20 @@ def train_stack(jobs: list[dict], plotter: Plotter | None = None, **common) -> l
 
     try:
         fit(stack, optimizer, first.loss, first.train, first.val, first.trainer, on_epoch)
+        with deferred_signals():  # Ctrl-C or a stop signal now: once every member has its files
+            going = [m for m in range(len(runs)) if ended[m] is None]
+            plots = [(runs[m].history.rows, runs[m].title) for m in going]
+            for m, png in zip(going, (plotter or Plotter(0)).many(plots), strict=True):
+                runs[m].draw = lambda rows, title, png=png: png  # drawn side by side above
+                end(m, "completed")
     except KeyboardInterrupt as e:  # Ctrl-C, or a stop signal (d2lrun.stopping.stop_signals)
-        for m in range(len(runs)):
+        if None not in ended:  # held back until every member ended: the sweep stops after them
+            raise
+        for m in range(len(runs)):  # (at the last epoch's: completed, as the run ended)
             if ended[m] is None:
                 end(m, "interrupted", signum=getattr(e, "signum", signal.SIGINT))
-        return ended
     except Exception as e:  # a full disk, a bug: each member failed, with its own Fix
         return [
             end if end is not None else run.failed(e) for end, run in zip(ended, runs, strict=True)
         ]
-    with deferred_signals():  # Ctrl-C or a stop signal now: once every member has its files
-        going = [m for m in range(len(runs)) if ended[m] is None]
-        plots = [(runs[m].history.rows, runs[m].title) for m in going]
-        for m, png in zip(going, (plotter or Plotter(0)).many(plots), strict=True):
-            runs[m].draw = lambda rows, title, png=png: png  # drawn side by side above
-            end(m, "completed")
     return ended

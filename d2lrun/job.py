@@ -31,7 +31,7 @@ from d2lrun.models.init import apply_init
 from d2lrun.optim import Optimizer, build_optimizer
 from d2lrun.plots import curves_png
 from d2lrun.reload import FORMAT, MEANING, check_same_meaning, readable_best
-from d2lrun.stopping import by, deferred_signals, interrupted
+from d2lrun.stopping import Stop, by, deferred_signals, interrupted
 from d2lrun.tracking import experiment_name, open_tracker
 from d2lrun.trainer import Trainer, compiled, fit, format_row, loss_for, rng_state, set_rng_state
 
@@ -224,8 +224,10 @@ class Run:
         history, run_dir, summary = self.history, self.run_dir, self.summary
         epoch = history.rows[-1]["epoch"] if history.rows else 0  # the last one saved
         # Ctrl-C or a stop signal now is handled once the files are written (ignored when the
-        # run is stopping already: a second Ctrl-C)
+        # run is stopping already: a second Ctrl-C); one as its last epoch was saved: completed
         stop = None
+        if status == "interrupted" and epoch == self.trainer.epochs:
+            status, stop = "completed", Stop(signum)
         try:
             with deferred_signals() as caught:
                 if status == "interrupted":

@@ -92,6 +92,40 @@ def test_ctrl_c_saves_the_last_complete_epoch(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "interrupted"
 
 
+@pytest.mark.parametrize("stop", ["in its last epoch's save", "after it"])
+def test_a_stop_once_the_last_epoch_is_saved_leaves_the_run_completed(tmp_path, monkeypatch, stop):
+    """Every epoch trained and saved, the stop ended the run as 'interrupted after epoch 2' (of 2),
+    without model.pt, as if it had more to train."""
+    import signal
+
+    from d2lrun.stopping import Stop
+
+    on_epoch, fit = d2lrun.job.Run.on_epoch, d2lrun.job.fit
+
+    def saved(self, row):  # SIGTERM as the epoch is saved, raised once it is
+        on_epoch(self, row)
+        if row["epoch"] == 2:
+            raise Stop(signal.SIGTERM)
+
+    def fitted(*args):  # SIGTERM as fit returns
+        fit(*args)
+        raise Stop(signal.SIGTERM)
+
+    if stop == "after it":
+        monkeypatch.setattr(d2lrun.job, "fit", fitted)
+    else:
+        monkeypatch.setattr(d2lrun.job.Run, "on_epoch", saved)
+    with pytest.raises(Interrupted) as e:
+        run_job(tmp_path, "trainer.epochs=2")
+    assert e.value.exit_code == 143 and str(e.value) == (
+        f"interrupted by SIGTERM as the run ended (completed); its files are all written in "
+        f"{tmp_path}."
+    )
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    assert (tmp_path / "model.pt").exists()
+
+
 def test_weight_decay_applies_to_weights_not_biases():
     model = linreg()
     opt = sgd(model, wd=0.5)

@@ -213,6 +213,49 @@ def test_a_stop_signal_while_the_members_write_their_files_waits_for_all_of_them
         assert summary["status"] == "completed" and (tmp_path / f"m{i}" / "model.pt").exists()
 
 
+@pytest.mark.parametrize("stop", ["in the last epoch's save", "as fit returns"])
+def test_a_stop_once_the_last_epoch_is_saved_leaves_every_member_completed(
+    tmp_path, monkeypatch, stop
+):
+    """Held back until every member had saved the last epoch, the stop ended them all as
+    'interrupted after epoch 2' (of 2), without model.pt, as if they had more to train; as fit
+    returned, it left them with no metrics.json at all ('unfinished')."""
+    import os
+    import signal
+
+    import d2lrun.batched
+    import d2lrun.job
+    from d2lrun.stopping import stop_signals
+
+    on_epoch, fit = d2lrun.job.Run.on_epoch, d2lrun.batched.fit
+
+    def saved(self, row):  # SIGTERM as the first member saves the last epoch
+        if row["epoch"] == 2 and self.run_dir.name == "m0":
+            os.kill(os.getpid(), signal.SIGTERM)
+        on_epoch(self, row)
+
+    def fitted(*args):
+        fit(*args)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if stop == "as fit returns":
+        monkeypatch.setattr(d2lrun.batched, "fit", fitted)
+    else:
+        monkeypatch.setattr(d2lrun.job.Run, "on_epoch", saved)
+    with stop_signals():
+        ended = train_stack([quiet(["experiment=ch4_weight_decay", "trainer.epochs=2",
+                                    f"optim.lr={lr}"], tmp_path / f"m{i}")
+                             for i, lr in enumerate((0.003, 0.001))])  # fmt: skip
+    assert [str(e) for e in ended] == [
+        f"interrupted by SIGTERM as the run ended (completed); its files are all written in "
+        f"{tmp_path / f'm{i}'}."
+        for i in range(2)
+    ]
+    for i in range(2):
+        summary = json.loads((tmp_path / f"m{i}" / "metrics.json").read_text())
+        assert summary["status"] == "completed" and (tmp_path / f"m{i}" / "model.pt").exists()
+
+
 def test_a_full_disk_fails_each_member_with_the_fix_that_goes_on_from_its_own_last_pt(
     tmp_path, monkeypatch
 ):
