@@ -1117,22 +1117,32 @@ def test_a_sweep_folder_that_names_none_or_cannot_be_made_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_while_the_sweeps_table_is_drawn_says_every_job_completed(
-    tmp_path, monkeypatch, signum
-):
+@pytest.mark.parametrize("when", ["the table is drawn", "the last job ends"])
+def test_a_signal_as_the_sweep_ends_says_every_job_completed(tmp_path, monkeypatch, signum, when):
     """It said "interrupted before training started; nothing was saved." (Ctrl-C), or nothing
-    (SIGTERM), with every job saved; then 'To finish the sweep', with nothing left to finish. The
-    table is written all the same."""
+    (SIGTERM), or the last job's 'interrupted as the run ended (completed); ...', each then 'To
+    finish the sweep', with every job saved and nothing left to finish. The table is written
+    all the same."""
     from d2lrun.stopping import Stop
 
-    report = sweep.report
+    report, run_job = sweep.report, sweep.run_job
 
-    def stopped(sweep_dir, show=True):  # as the table is drawn; once
+    def drawn(sweep_dir, show=True):  # as the table is drawn; once
         monkeypatch.setattr(sweep, "report", report)
         raise KeyboardInterrupt if signum == signal.SIGINT else Stop(signum)
 
+    def ended(cfg, run_dir, overrides, sweep_dir, num, ckpt=None):  # as job.Run ends the last
+        value = run_job(cfg, run_dir, overrides, sweep_dir, num, ckpt)
+        if num < 1:
+            return value
+        line = f"interrupted as the run ended (completed); its files are all written in {run_dir}."
+        sweep.job_failed(Interrupted(line, signum), run_dir, sweep_dir)
+
     s = tmp_path / "sweep"
-    monkeypatch.setattr(sweep, "report", stopped)
+    if when == "the table is drawn":
+        monkeypatch.setattr(sweep, "report", drawn)
+    else:
+        monkeypatch.setattr(sweep, "run_job", ended)
     with pytest.raises(Interrupted) as e:
         app.sweep(["optim.lr=0.1,0.2", "trainer.epochs=1", "trainer.progress=false",
                    f"hydra.sweep.dir={s}"])  # fmt: skip
@@ -1142,30 +1152,6 @@ def test_a_signal_while_the_sweeps_table_is_drawn_says_every_job_completed(
     )
     with open(s / "summary.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["completed"] * 2
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_as_the_last_job_ends_says_every_job_completed(tmp_path, monkeypatch, signum):
-    """The last job, its files all written, said 'interrupted as the run ended (completed); ...
-    To finish the sweep, run the same command again', with nothing left to finish."""
-    run_job = sweep.run_job
-
-    def stopped(cfg, run_dir, overrides, sweep_dir, num, ckpt=None):  # as job.Run ends it
-        value = run_job(cfg, run_dir, overrides, sweep_dir, num, ckpt)
-        if num < 1:
-            return value
-        ended = f"interrupted as the run ended (completed); its files are all written in {run_dir}."
-        sweep.job_failed(Interrupted(ended, signum), run_dir, sweep_dir)
-
-    s = tmp_path / "sweep"
-    monkeypatch.setattr(sweep, "run_job", stopped)
-    with pytest.raises(Interrupted) as e:
-        app.sweep(["optim.lr=0.1,0.2", "trainer.epochs=1", "trainer.progress=false",
-                   f"hydra.sweep.dir={s}"])  # fmt: skip
-    by = " by SIGTERM" if signum == signal.SIGTERM else ""
-    assert e.value.exit_code == 128 + signum and str(e.value) == (
-        f"interrupted{by} as the sweep ended: every job had completed; see {s}/summary.csv"
-    )
 
 
 def test_flags_and_null_in_a_sweeps_list_are_read_as_hydra_reads_them(tmp_path):
