@@ -1,7 +1,8 @@
 """The command-line entry points (d2lrun, d2lrun-eval, d2lrun-predict, d2lrun-report): each reads
 its arguments and calls one function of d2lrun.app or d2lrun.sweeps inside `handle`. Heavy imports
 (torch, pandas, matplotlib) wait for the function that needs them, so `--help` is quick; Hydra's
-too wait for `handle`, so Ctrl-C as the command starts is its one line, not a traceback.
+too wait for `handle`, so Ctrl-C or SIGTERM as the command starts is its one line, not a
+traceback or a silent death.
 """
 
 import argparse
@@ -11,12 +12,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from d2lrun import __version__
 from d2lrun.errors import RunFailed
 from d2lrun.files import reader_gone
+from d2lrun.stopping import Stop, before_saving, signals
 
 
 def _done() -> None:
@@ -47,12 +50,22 @@ def _exit_now() -> None:
     os._exit(_exit_code)
 
 
+def _stop(signum, frame):
+    raise Stop(signum)
+
+
 def handle(prog: str, main: Callable[[], object]) -> None:
     """Run an entry point; any error ends as one line on stderr and its exit code."""
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"  # not app.run's, set while Hydra runs
     # A [HYDRA] line logged after stdout's reader left (`d2lrun -m ... | head -1`) printed a
     # traceback per line; it goes unprinted, as say's lines do.
     logging.raiseExceptions = False
+    # A stop signal before the command's own handlers (as Hydra and torch load) killed it with no
+    # line, and left a run's claimed folder behind: it ends the command as Ctrl-C does there.
+    main_thread = threading.current_thread() is threading.main_thread()
+    default = [n for n in signals() if signal.getsignal(n) is signal.SIG_DFL] if main_thread else []
+    for signum in default:
+        signal.signal(signum, _stop)
     code = 0
     try:
         main()
@@ -60,16 +73,21 @@ def handle(prog: str, main: Callable[[], object]) -> None:
         reader_gone()
         code = 1
     except (Exception, KeyboardInterrupt) as e:
-        from d2lrun.config.messages import explain
-
         if full_error:  # the traceback too, above the line; the exit code stays the error's
             import traceback
 
             traceback.print_exc()
-        error = explain(e)
+        if isinstance(e, KeyboardInterrupt):  # not explain's import: one in Hydra's, cut short
+            error = before_saving(e)  # by the stop, is half done
+        else:
+            from d2lrun.config.messages import explain
+
+            error = explain(e)
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         code = error.exit_code
     finally:
+        for signum in default:
+            signal.signal(signum, signal.SIG_DFL)
         atexit.register(_done)
     if is_command(prog):  # the process is the command itself: python -m d2lrun, or d2lrun
         global _exit_code

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from d2lrun.errors import Interrupted
 from d2lrun.files import hold, running
 
 # What clusters and containers send to stop a process: SIGTERM (Slurm's time limit and scancel,
@@ -35,6 +36,12 @@ def by(signum: int) -> str:
 def interrupted(signum: int) -> str:
     """'interrupted', by the signal's name but Ctrl-C's (the user's own keys)."""
     return "interrupted" + ("" if signum == signal.SIGINT else f" by {by(signum)}")
+
+
+def before_saving(e: KeyboardInterrupt) -> Interrupted:
+    """Ctrl-C or a stop signal (Stop) that ended a command before it saved anything."""
+    signum = getattr(e, "signum", signal.SIGINT)
+    return Interrupted(f"{interrupted(signum)} before anything was saved.", signum)
 
 
 @contextlib.contextmanager

@@ -28,9 +28,9 @@ from d2lrun.config.schema import (
     preset_keys,
     yaml_value,
 )
-from d2lrun.errors import Bug, D2lrunError, Interrupted, RunFailed, UsageError
+from d2lrun.errors import Bug, D2lrunError, RunFailed, UsageError
 from d2lrun.files import disk_full, typed_arg
-from d2lrun.stopping import interrupted
+from d2lrun.stopping import before_saving
 
 
 def quote_items(found: re.Match) -> str:
@@ -51,9 +51,8 @@ def explain(e: BaseException) -> D2lrunError:
     # Hydra's, OmegaConf's and the OS's are translated; anything else is a Bug.
     if isinstance(e, D2lrunError):
         return e
-    if isinstance(e, KeyboardInterrupt):
-        signum = getattr(e, "signum", 2)  # stopping.Stop: a stop signal, as Ctrl-C (SIGINT) is
-        return Interrupted(f"{interrupted(signum)} before anything was saved.", signum)
+    if isinstance(e, KeyboardInterrupt):  # or stopping.Stop: a stop signal, as Ctrl-C is
+        return before_saving(e)
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
         # model=configs/model/mlp.yaml: a path in the option's place; hydra/launcher=joblb: a
         # group of Hydra's, two parts deep

@@ -292,20 +292,33 @@ def test_a_sweeps_job_is_running_in_its_table_once_hydra_has_made_its_folder(tmp
     assert statuses == ["running", "missing"]
 
 
-# Ctrl-C as the table's import of pandas, or the heatmap's of matplotlib, loads its compiled parts
+# d2lrun ARGS, with the signal SIGNAL raised as MODULE first loads: python -c ... MODULE SIGNAL ARGS
 STOP_IN_IMPORT = """
 import importlib.abc, signal, sys
-module = sys.argv[1]
+module, signum = sys.argv[1], getattr(signal, sys.argv[2])
 class StopIn(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == module:
             sys.meta_path.remove(self)
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signum)
 sys.meta_path.insert(0, StopIn())
 from d2lrun.cli import train_main
-sys.argv[1:2] = ["-m"]
+del sys.argv[1:3]
 train_main()
 """
+
+
+def test_a_stop_signal_as_the_command_starts_ends_it_as_ctrl_c_does(tmp_path):
+    """SIGTERM as Hydra loaded, before the run's own handlers, killed the command without a line,
+    and could leave the run's claimed folder holding only .lock."""
+    r = subprocess.run([BIN / "python", "-c", STOP_IN_IMPORT, "hydra", "SIGTERM",
+                        f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert (r.returncode, r.stderr) == (
+        128 + signal.SIGTERM,
+        "d2lrun: error: interrupted by SIGTERM before anything was saved.\n",
+    )
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("module", ["pandas._libs.tslibs.offsets", "matplotlib.ft2font"])
@@ -316,8 +329,8 @@ def test_ctrl_c_in_the_tables_imports_still_writes_the_whole_table(tmp_path, mod
     s = tmp_path / "sweep"
     args = ["hydra/launcher=batched", "experiment=ch4_weight_decay", "optim.weight_decay=0,3",
             "optim.lr=0.003,0.001", "trainer.epochs=2", f"hydra.sweep.dir={s}"]  # fmt: skip
-    r = subprocess.run([BIN / "python", "-c", STOP_IN_IMPORT, module, *args], capture_output=True,
-                       text=True, timeout=120)  # fmt: skip
+    r = subprocess.run([BIN / "python", "-c", STOP_IN_IMPORT, module, "SIGINT", "-m", *args],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 130 and r.stderr.splitlines()[-1] == (
         f"d2lrun: error: interrupted as the sweep ended: every job had completed; see "
         f"{s}/summary.csv"
